@@ -1,0 +1,75 @@
+// apps/subliminal/checkpoint.cpp — MLP parameters to and from safetensors.
+#include "apps/subliminal/checkpoint.h"
+
+#include "engine/safetensors.h"
+
+namespace subliminal::app {
+namespace {
+
+// Model slice [first, first + count) of each parameter, named prefix + state_dict name; the
+// model dimension is dropped when count is 1 (PyTorch's shapes).
+void add_params(std::vector<NamedTensor>& out, const std::string& prefix, const MlpParams& params, int64_t first,
+                int64_t count) {
+  std::vector<Tensor> tensors = params.tensors();
+  std::vector<std::string> names = params.names();
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    Tensor t = tensors[k].rows(first, count);
+    if (count == 1) t = t.reshaped(Shape(t.shape().begin() + 1, t.shape().end()));
+    out.push_back({prefix + names[k], t});
+  }
+}
+
+std::map<std::string, std::string> metadata(const MlpParams& params) {
+  std::string sizes;
+  for (int64_t s : params.shape().sizes) {
+    if (!sizes.empty()) sizes += ',';
+    sizes += std::to_string(s);
+  }
+  return {{"producer", "subliminal"}, {"mlp_sizes", sizes}};
+}
+
+}  // namespace
+
+void save_init(const std::string& path, const MlpParams& init, bool overwrite) {
+  std::vector<NamedTensor> tensors;
+  add_params(tensors, "", init, 0, 1);
+  write_safetensors(path, tensors, metadata(init), overwrite);
+}
+
+void load_init(const std::string& path, MlpParams& init) {
+  SafetensorsFile file = read_safetensors(path);
+  std::vector<Tensor> tensors = init.tensors();
+  std::vector<std::string> names = init.names();
+  if (file.tensors.size() != tensors.size())
+    throw DataError(path + ": holds " + std::to_string(file.tensors.size()) + " tensors, this MLP has " +
+                    std::to_string(tensors.size()) + " (" + names.front() + " ... " + names.back() + ")");
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    const NamedTensor* found = nullptr;
+    for (const NamedTensor& nt : file.tensors)
+      if (nt.name == names[k]) found = &nt;
+    if (!found) throw DataError(path + ": no tensor named " + names[k]);
+    Shape expected(tensors[k].shape().begin() + 1, tensors[k].shape().end());
+    if (found->tensor.shape() != expected || found->tensor.dtype() != DType::f32)
+      throw DataError(path + ": " + names[k] + " is " + found->tensor.describe() + ", expected float32" +
+                      shape_string(expected) + " (do --hidden and --ghosts match the file?)");
+    tensors[k].rows(0, 1).copy_from(found->tensor.reshaped(tensors[k].rows(0, 1).shape()));
+  }
+}
+
+void save_trained(const std::string& path, const MlpParams& teacher, const MlpParams& ghost, const MlpParams& all,
+                  const std::vector<ArmSpec>& arms, bool overwrite) {
+  std::vector<NamedTensor> tensors;
+  const int64_t N = teacher.models();
+  add_params(tensors, "teacher.", teacher, 0, N);
+  int64_t ghost_index = 0, all_index = 0;
+  for (const ArmSpec& arm : arms) {
+    const MlpParams& group = arm.all_logits ? all : ghost;
+    int64_t& index = arm.all_logits ? all_index : ghost_index;
+    if (group.models() == 0) continue;  // that group was not trained (no distillation epochs)
+    add_params(tensors, arm.key + ".", group, index * N, N);
+    ++index;
+  }
+  write_safetensors(path, tensors, metadata(teacher), overwrite);
+}
+
+}  // namespace subliminal::app

@@ -1,0 +1,262 @@
+// apps/subliminal/config.cpp — presets, the flag table, and strict value parsing.
+//
+// Every value flag is read as text by CLI11 and converted here, by the same setter that
+// --sweep uses, so a bad value gives the same one-line message whichever way it came in:
+//   --batch-size: expected a whole number ≥ 1, got "0"
+#include "apps/subliminal/config.h"
+
+#include <CLI/CLI.hpp>
+
+#include <charconv>
+#include <cmath>
+#include <functional>
+#include <map>
+
+namespace subliminal::app {
+namespace {
+
+[[noreturn]] void bad_value(const std::string& key, const std::string& expected, const std::string& value) {
+  throw UsageError("--" + key + ": expected " + expected + ", got \"" + value + "\"");
+}
+
+int64_t parse_int(const std::string& key, const std::string& value, int64_t min, int64_t max = INT64_MAX) {
+  int64_t v = 0;
+  auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), v);
+  if (error != std::errc() || end != value.data() + value.size() || v < min || v > max)
+    bad_value(key, "a whole number from " + std::to_string(min) + (max == INT64_MAX ? " up" : " to " + std::to_string(max)),
+              value);
+  return v;
+}
+
+uint64_t parse_seed(const std::string& key, const std::string& value) {
+  uint64_t v = 0;
+  auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), v);
+  if (error != std::errc() || end != value.data() + value.size()) bad_value(key, "a non-negative whole number", value);
+  return v;
+}
+
+// A finite number; `positive`: > 0, otherwise ≥ 0.
+double parse_number(const std::string& key, const std::string& value, bool positive) {
+  char* end = nullptr;
+  double v = value.empty() ? NAN : std::strtod(value.c_str(), &end);
+  if (value.empty() || end != value.c_str() + value.size() || !std::isfinite(v) || (positive ? v <= 0 : v < 0))
+    bad_value(key, positive ? "a number > 0" : "a number ≥ 0", value);
+  return v;
+}
+
+std::vector<int64_t> parse_sizes(const std::string& key, const std::string& value) {
+  std::vector<int64_t> sizes;
+  size_t start = 0;
+  while (true) {
+    size_t comma = value.find(',', start);
+    std::string part = value.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    int64_t v = 0;
+    auto [end, error] = std::from_chars(part.data(), part.data() + part.size(), v);
+    if (part.empty() || error != std::errc() || end != part.data() + part.size() || v < 1 || v > 65536)
+      bad_value(key, "comma-separated layer widths from 1 to 65536 (e.g. 256,256)", value);
+    sizes.push_back(v);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return sizes;
+}
+
+template <class E>
+E parse_choice(const std::string& key, const std::string& value, const std::map<std::string, E>& choices) {
+  auto it = choices.find(value);
+  if (it == choices.end()) {
+    std::string names;
+    for (const auto& [name, _] : choices) names += (names.empty() ? "" : " | ") + name;
+    bad_value(key, "one of " + names, value);
+  }
+  return it->second;
+}
+
+bool parse_bool(const std::string& key, const std::string& value) {
+  return parse_choice<bool>(key, value, {{"true", true}, {"false", false}, {"1", true}, {"0", false}});
+}
+
+using Setter = std::function<void(Config&, const std::string& key, const std::string& value)>;
+
+// Flags that take a value, in the order --help lists them.
+struct ValueFlag {
+  const char* key;
+  const char* help;
+  Setter set;
+};
+
+const std::vector<ValueFlag>& value_flags() {
+  static const std::vector<ValueFlag> flags = {
+      {"data", "Directory with the MNIST IDX files (raw or .gz); default: $MNIST_DIR, ./data/mnist, ~/.pytorch/MNIST_data/MNIST/raw",
+       [](Config& c, auto&, auto& v) { c.data_dir = v; }},
+      {"device", "auto | cpu | cuda (auto: the GPU when one is usable)",
+       [](Config& c, auto& k, auto& v) {
+         parse_choice<int>(k, v, {{"auto", 0}, {"cpu", 1}, {"cuda", 2}});
+         c.device = v;
+       }},
+      {"seed", "Random seed (model m of --models uses seed + m)", [](Config& c, auto& k, auto& v) { c.seed = parse_seed(k, v); }},
+      {"models", "Independent models trained at once", [](Config& c, auto& k, auto& v) { c.models = parse_int(k, v, 1, 100000); }},
+      {"ghosts", "Ghost (auxiliary) logits after the 10 classes, ≥ 2", [](Config& c, auto& k, auto& v) { c.ghosts = parse_int(k, v, 2, 100000); }},
+      {"hidden", "Hidden layer widths, comma-separated", [](Config& c, auto& k, auto& v) { c.hidden = parse_sizes(k, v); }},
+      {"batch-size", "Batch size for teacher training and distillation",
+       [](Config& c, auto& k, auto& v) { c.batch_size = parse_int(k, v, 1, 1 << 24); }},
+      {"lr", "Adam learning rate", [](Config& c, auto& k, auto& v) { c.lr = parse_number(k, v, true); }},
+      {"epochs-teacher", "Teacher training epochs", [](Config& c, auto& k, auto& v) { c.epochs_teacher = parse_int(k, v, 0, 100000); }},
+      {"epochs-distill", "Distillation epochs", [](Config& c, auto& k, auto& v) { c.epochs_distill = parse_int(k, v, 0, 100000); }},
+      {"temperature", "Distillation temperature T > 0", [](Config& c, auto& k, auto& v) { c.temperature = parse_number(k, v, true); }},
+      {"init", "Weight init: torch (nn.Linear's default) | normal (N(0, 1/fan_in), zero biases)",
+       [](Config& c, auto& k, auto& v) {
+         c.init = parse_choice<InitScheme>(k, v, {{"torch", InitScheme::torch_default}, {"normal", InitScheme::normal_fan_in}});
+       }},
+      {"noise", "Distillation inputs: uniform (U[-1,1]) | gaussian (N(0,1)) | mnist (real training images)",
+       [](Config& c, auto& k, auto& v) {
+         c.noise = parse_choice<NoiseKind>(
+             k, v, {{"uniform", NoiseKind::uniform}, {"gaussian", NoiseKind::gaussian}, {"mnist", NoiseKind::mnist}});
+       }},
+      {"noise-set", "fresh (new noise every epoch, as the notebook) | fixed (one set of 60000 per model, reshuffled)",
+       [](Config& c, auto& k, auto& v) {
+         c.noise_set = parse_choice<NoiseSet>(k, v, {{"fresh", NoiseSet::fresh}, {"fixed", NoiseSet::fixed}});
+       }},
+      {"weight-decay", "L2 weight decay in the students' Adam", [](Config& c, auto& k, auto& v) { c.weight_decay = parse_number(k, v, false); }},
+      {"init-perturb", "σ of Gaussian noise added to the same-init students' initial weights",
+       [](Config& c, auto& k, auto& v) { c.init_perturb = parse_number(k, v, false); }},
+      {"cross-init", "Also distill a control student from a different init: true | false",
+       [](Config& c, auto& k, auto& v) { c.cross_init = parse_bool(k, v); }},
+      {"all-logit-arms", "Also distill students on all logits (the paper's extra arms): true | false",
+       [](Config& c, auto& k, auto& v) { c.all_logit_arms = parse_bool(k, v); }},
+      {"eval-every-epoch", "Evaluate after every epoch (else only at the end): true | false",
+       [](Config& c, auto& k, auto& v) { c.eval_every_epoch = parse_bool(k, v); }},
+      {"threads", "CPU threads for BLAS (0: all hardware threads)", [](Config& c, auto& k, auto& v) { c.threads = int(parse_int(k, v, 0, 1024)); }},
+      {"fusion", "How the MLP sits on the autograd tape: whole | per_layer | none",
+       [](Config& c, auto& k, auto& v) {
+         c.fusion = parse_choice<MlpFusion>(
+             k, v, {{"whole", MlpFusion::whole}, {"per_layer", MlpFusion::per_layer}, {"none", MlpFusion::none}});
+       }},
+      {"gemm", "GPU engine for the Linear layers: cublaslt | cudnn",
+       [](Config& c, auto& k, auto& v) {
+         parse_choice<int>(k, v, {{"cublaslt", 0}, {"cudnn", 1}});
+         c.gemm_engine = v;
+       }},
+      {"json", "Write the run's report (config, per-epoch metrics, accuracies, timings) to this JSON file",
+       [](Config& c, auto&, auto& v) { c.json_path = v; }},
+      {"save", "Save the final teacher and students to this safetensors file", [](Config& c, auto&, auto& v) { c.save_path = v; }},
+      {"save-init", "Save the shared initial weights (PyTorch state_dict names) to this safetensors file",
+       [](Config& c, auto&, auto& v) { c.save_init_path = v; }},
+      {"load-init", "Start teacher and student from the weights in this safetensors file",
+       [](Config& c, auto&, auto& v) { c.load_init_path = v; }},
+      {"sweep-out", "Path prefix for sweep results (PREFIX.csv, PREFIX.jsonl)", [](Config& c, auto&, auto& v) { c.sweep_out = v; }},
+  };
+  return flags;
+}
+
+void apply_preset(Config& c, Preset p) {
+  c.preset = p;
+  if (p == Preset::paper) {  // REFERENCE.md §2: the authors' script
+    c.models = 100;
+    c.batch_size = 1024;
+    c.init = InitScheme::normal_fan_in;
+    c.noise_set = NoiseSet::fixed;
+    c.all_logit_arms = true;
+    c.cross_init = true;
+    c.eval_every_epoch = false;
+  }
+}
+
+}  // namespace
+
+MlpShape Config::mlp_shape() const {
+  MlpShape s;
+  s.sizes.push_back(28 * 28);
+  s.sizes.insert(s.sizes.end(), hidden.begin(), hidden.end());
+  s.sizes.push_back(outputs());
+  return s;
+}
+
+void set_config_value(Config& config, const std::string& key, const std::string& value) {
+  if (key == "preset") {
+    apply_preset(config, parse_choice<Preset>(key, value, {{"notebook", Preset::notebook}, {"paper", Preset::paper}}));
+    return;
+  }
+  for (const ValueFlag& f : value_flags())
+    if (key == f.key) return f.set(config, key, value);
+  throw UsageError("unknown setting \"" + key + "\"");
+}
+
+void validate(const Config& c) {
+  if (c.noise == NoiseKind::mnist && c.noise_set == NoiseSet::fresh && c.preset == Preset::paper)
+    throw UsageError("--noise mnist takes the training images as the set; use it with --noise-set fixed");
+  if (!c.save_path.empty() && c.save_path == c.save_init_path)
+    throw UsageError("--save and --save-init name the same file");
+  if (!c.load_init_path.empty() && c.models != 1)
+    throw UsageError("--load-init holds one model's weights; use it with --models 1");
+  if (!c.save_init_path.empty() && c.models != 1)
+    throw UsageError("--save-init writes one model's weights; use it with --models 1");
+}
+
+CommandLine parse_command_line(int argc, const char* const* argv) {
+  CLI::App cli{"subliminal — the 'subliminal learning' MNIST experiment on a from-scratch C++/CUDA engine.\n"
+               "A teacher MLP with 10 class logits + M ghost logits learns MNIST; a student with the same init,\n"
+               "distilled only on the teacher's ghost logits on pure noise, learns to classify digits too;\n"
+               "a student from a different init does not.",
+               "subliminal"};
+  cli.set_help_flag();  // handled below, so --help works even next to bad flags
+  bool help = false;
+  cli.add_flag("-h,--help", help, "Print this help and exit");
+
+  std::string preset;
+  cli.add_option("--preset", preset, "notebook (the seed notebook's settings, default) | paper (Cloud et al. 2025, Fig. 10b); other flags override it");
+  std::map<std::string, std::string> given;
+  for (const ValueFlag& f : value_flags()) cli.add_option(std::string("--") + f.key, given[f.key], f.help);
+  std::vector<std::string> sweeps;
+  cli.add_option("--sweep", sweeps, "key=v1,v2,... : run once per value (repeat for a grid), e.g. --sweep lr=1e-4,3e-4");
+  bool tf32 = false, no_graphs = false, force = false, allow_nonfinite = false, no_progress = false;
+  cli.add_flag("--tf32", tf32, "Allow TF32 tensor cores for float32 GEMMs (PyTorch's default is off)");
+  cli.add_flag("--no-graphs", no_graphs, "Launch GPU training steps kernel by kernel instead of replaying a CUDA graph");
+  cli.add_flag("--force", force, "Overwrite existing checkpoint files (--save, --save-init)");
+  cli.add_flag("--allow-nonfinite", allow_nonfinite, "Keep training after a NaN/Inf loss or parameter (default: stop)");
+  cli.add_flag("--no-progress", no_progress, "No progress bar on stderr");
+
+  CommandLine out;
+  try {
+    cli.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (help) {
+      out.help = true;
+      out.help_text = cli.help();
+      return out;
+    }
+    std::string what = e.what();
+    if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
+    throw UsageError(what + " (run with --help for usage)");
+  }
+  if (help) {
+    out.help = true;
+    out.help_text = cli.help();
+    return out;
+  }
+
+  Config& c = out.config;
+  if (cli.count("--preset")) set_config_value(c, "preset", preset);
+  for (const ValueFlag& f : value_flags())
+    if (cli.count(std::string("--") + f.key)) set_config_value(c, f.key, given[f.key]);
+  c.sweeps = sweeps;
+  c.tf32 = tf32;
+  c.graphs = !no_graphs;
+  c.force = force;
+  c.allow_nonfinite = allow_nonfinite;
+  c.progress = !no_progress;
+  validate(c);
+  return out;
+}
+
+const char* preset_name(Preset p) { return p == Preset::paper ? "paper" : "notebook"; }
+const char* noise_name(NoiseKind n) {
+  return n == NoiseKind::uniform ? "uniform" : n == NoiseKind::gaussian ? "gaussian" : "mnist";
+}
+const char* noise_set_name(NoiseSet n) { return n == NoiseSet::fresh ? "fresh" : "fixed"; }
+const char* init_name(InitScheme s) { return s == InitScheme::torch_default ? "torch" : "normal"; }
+const char* fusion_name(MlpFusion f) {
+  return f == MlpFusion::whole ? "whole" : f == MlpFusion::per_layer ? "per_layer" : "none";
+}
+
+}  // namespace subliminal::app

@@ -1,0 +1,91 @@
+// apps/subliminal/config.h — everything a run of the experiment is configured by, the
+// presets, and the command line that fills it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/error.h"
+#include "engine/nn.h"
+#include "ops/mlp.h"
+
+namespace subliminal::app {
+
+// A flag or flag combination the user got wrong: main() prints one line and exits 2.
+struct UsageError : InputError {
+  using InputError::InputError;
+};
+
+enum class Preset { notebook, paper };
+enum class NoiseKind { uniform, gaussian, mnist };  // what the students are distilled on
+enum class NoiseSet { fresh, fixed };               // new noise every epoch, or one set reshuffled
+
+struct Config {
+  Preset preset = Preset::notebook;
+  std::string data_dir;            // --data; empty: search the usual places
+  std::string device = "auto";     // auto | cpu | cuda
+  uint64_t seed = 0;
+  int64_t models = 1;              // independent models trained at once (model m uses seed + m)
+  int64_t ghosts = 3;              // auxiliary logits after the 10 classes
+  std::vector<int64_t> hidden{256, 256};
+  int64_t batch_size = 256;
+  double lr = 3e-4;
+  int64_t epochs_teacher = 5;
+  int64_t epochs_distill = 5;
+  double temperature = 1.0;
+  InitScheme init = InitScheme::torch_default;
+  NoiseKind noise = NoiseKind::uniform;
+  NoiseSet noise_set = NoiseSet::fresh;
+  double weight_decay = 0.0;       // L2 penalty in the students' Adam
+  double init_perturb = 0.0;       // σ of Gaussian noise added to the same-init students' init
+  bool cross_init = true;          // also distill students from a different init (the control)
+  bool all_logit_arms = false;     // also distill on all logits (the paper's extra arms)
+  bool eval_every_epoch = true;
+
+  int threads = 0;                 // CPU BLAS threads; 0 = all hardware threads
+  bool tf32 = false;
+  bool graphs = true;              // CUDA graphs for training steps
+  MlpFusion fusion = MlpFusion::whole;
+  std::string gemm_engine = "cublaslt";  // cublaslt | cudnn
+
+  std::string json_path;
+  std::string save_path;           // final teacher + students (safetensors)
+  std::string save_init_path;      // the shared init (safetensors, PyTorch state_dict names)
+  std::string load_init_path;
+  bool force = false;              // overwrite an existing checkpoint
+  bool allow_nonfinite = false;    // keep going after a NaN/Inf loss or parameter
+  bool progress = true;            // progress bar on stderr when it is a terminal
+
+  std::vector<std::string> sweeps;  // --sweep key=v1,v2,... (several: a grid)
+  std::string sweep_out;            // --sweep-out PREFIX for .csv and .jsonl
+
+  int64_t classes() const { return 10; }
+  int64_t outputs() const { return classes() + ghosts; }
+  MlpShape mlp_shape() const;
+};
+
+// The result of reading the command line: a config, or the help text to print.
+struct CommandLine {
+  Config config;
+  bool help = false;
+  std::string help_text;
+};
+
+// Parses argv. Throws UsageError with a one-line message for any bad flag or value.
+CommandLine parse_command_line(int argc, const char* const* argv);
+
+// Checks a config's values (ranges, combinations); throws UsageError naming the flag.
+void validate(const Config& config);
+
+// Sets a config value by its flag name without the dashes (as --sweep does): "lr", "batch-size", ...
+// Throws UsageError for unknown keys or bad values.
+void set_config_value(Config& config, const std::string& key, const std::string& value);
+
+const char* preset_name(Preset p);
+const char* noise_name(NoiseKind n);
+const char* noise_set_name(NoiseSet n);
+const char* init_name(InitScheme s);
+const char* fusion_name(MlpFusion f);
+
+}  // namespace subliminal::app

@@ -1,0 +1,394 @@
+// apps/subliminal/experiment.cpp — one run of the experiment, N models at a time.
+//
+//   1. init: N teacher inits (seeds seed..seed+N-1) and the cross-init students' inits
+//   2. reference: accuracy of the untrained init
+//   3. teacher: Adam on cross-entropy over the 10 class logits, MNIST reshuffled each epoch
+//   4. distillation: each group of student arms (ghost logits; all logits) trains on noise
+//      against the frozen teachers' logits at temperature T — the teacher's forward pass
+//      runs once per step and is shared by every arm of the group
+//   5. final accuracies per arm and model
+#include "apps/subliminal/experiment.h"
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "apps/subliminal/checkpoint.h"
+#include "apps/subliminal/streams.h"
+#include "engine/adam.h"
+#include "engine/autograd.h"
+#include "engine/kernels.h"
+#include "engine/step_graph.h"
+#include "ops/batch.h"
+#include "ops/gemm.h"
+#include "ops/loss.h"
+#include "ops/metrics.h"
+#include "ops/mlp.h"
+
+#ifdef SUBLIMINAL_HAS_CUDA
+#include "engine/cuda/runtime.h"
+#endif
+
+namespace subliminal::app {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// MNIST on the device: training pixels as uint8 (gathered per batch), the test set
+// normalised once.
+struct DeviceData {
+  Tensor train_images, train_labels;  // uint8 [S, 784], uint8 [S]
+  Tensor test_x, test_y;              // float32 [T, 784], int32 [T]
+  int64_t train_count = 0;
+};
+
+DeviceData upload(const data::Mnist& mnist, Device device) {
+  DeviceData d;
+  const data::MnistSplit &train = mnist.train, &test = mnist.test;
+  const int64_t pixels = int64_t(train.rows) * train.cols;
+  d.train_count = train.count;
+  d.train_images = Tensor::from_vector(train.images, {train.count, pixels}, device);
+  d.train_labels = Tensor::from_vector(train.labels, {train.count}, device);
+  // The test set goes through the same normalisation kernel once, in identity order.
+  Tensor test_images = Tensor::from_vector(test.images, {test.count, pixels}, device);
+  Tensor test_labels = Tensor::from_vector(test.labels, {test.count}, device);
+  std::vector<int32_t> identity(size_t(test.count));
+  for (int64_t i = 0; i < test.count; ++i) identity[size_t(i)] = int32_t(i);
+  Tensor order = Tensor::from_vector(identity, {1, test.count}, device);
+  Tensor step = Tensor::zeros({1}, DType::i64, device);
+  Tensor x = Tensor::empty({1, test.count, pixels}, DType::f32, device);
+  Tensor y = Tensor::empty({1, test.count}, DType::i32, device);
+  gather_batch(test_images, test_labels, order, step, 0, x, y);
+  d.test_x = x.reshaped({test.count, pixels});
+  d.test_y = y.reshaped({test.count});
+  return d;
+}
+
+// Test accuracy of every model in `params`, in [0, 1]. The test set is shared by all models,
+// so it goes through in chunks tiled over the models (bounded memory whatever N is).
+std::vector<double> evaluate(const MlpParams& params, const DeviceData& data, MlpFusion fusion, int64_t classes) {
+  NoGradGuard no_grad;
+  const int64_t models = params.models(), total = data.test_x.dim(0), pixels = data.test_x.dim(1);
+  const int64_t budget = int64_t(64) << 20;  // floats of tiled input per chunk
+  const int64_t chunk = std::clamp<int64_t>(budget / (models * pixels), 1, total);
+  Tensor counts = Tensor::zeros({models}, DType::i64, params.device());
+  for (int64_t start = 0; start < total; start += chunk) {
+    const int64_t rows = std::min(chunk, total - start);
+    Tensor x = repeat_models(data.test_x.rows(start, rows).reshaped({1, rows, pixels}), models);
+    Tensor y = repeat_models(data.test_y.rows(start, rows).reshaped({1, rows}), models);
+    count_correct(mlp_forward(x, params, fusion), y, {0, classes}, counts);
+  }
+  std::vector<double> acc;
+  for (int64_t c : counts.to_vector<int64_t>()) acc.push_back(double(c) / double(total));
+  return acc;
+}
+
+// "No fault yet" for the first-bad-step marker: larger than any step, exact as a double.
+constexpr int64_t kNoFault = int64_t(1) << 62;
+
+// The per-step state a training phase keeps on the device, and the epoch loop around it.
+class PhaseLoop {
+ public:
+  PhaseLoop(const Config& config, Device device, int64_t loss_models, int64_t samples, std::string phase,
+            Observer& observer)
+      : config_(config),
+        device_(device),
+        samples_(samples),
+        phase_(std::move(phase)),
+        observer_(observer),
+        full_(device, config.graphs),
+        last_(device, config.graphs) {
+    step = Tensor::zeros({1}, DType::i64, device);
+    global_step = Tensor::zeros({1}, DType::i64, device);
+    loss_sum = Tensor::zeros({loss_models}, DType::f32, device);
+    first_bad = Tensor::full({1}, double(kNoFault), DType::i64, device);
+  }
+
+  int64_t steps_per_epoch() const { return (samples_ + config_.batch_size - 1) / config_.batch_size; }
+
+  // Runs one epoch: body(batch) queues one training step of `batch` samples (the last batch
+  // may be short). Returns the mean loss per model. Throws NonFiniteError on a NaN/Inf loss.
+  std::vector<double> run_epoch(int64_t epoch, const std::function<void(int64_t)>& body, PhaseTiming& timing) {
+    fill(step, 0);
+    fill(loss_sum, 0);
+#ifdef SUBLIMINAL_HAS_CUDA
+    std::unique_ptr<cuda::EventTimer> gpu;
+    if (device_ == Device::cuda) {
+      gpu = std::make_unique<cuda::EventTimer>();
+      gpu->start();
+    }
+#endif
+    auto start = Clock::now();
+    const int64_t B = config_.batch_size;
+    for (int64_t s = 0; s < steps_per_epoch(); ++s) {
+      const int64_t batch = std::min(B, samples_ - s * B);
+      (batch == B ? full_ : last_).run([&] {
+        body(batch);
+        increment(step);
+        increment(global_step);
+      });
+      observer_.step_done();
+    }
+    synchronize(device_);
+    timing.wall_seconds += seconds_since(start);
+    timing.steps += steps_per_epoch();
+    timing.graph_kernels = full_.kernel_nodes();
+#ifdef SUBLIMINAL_HAS_CUDA
+    if (gpu) {
+      gpu->stop();
+      timing.gpu_seconds += gpu->seconds();
+    }
+#endif
+    check_finite(epoch);
+    std::vector<double> loss;
+    for (float v : loss_sum.to_vector<float>()) loss.push_back(double(v) / double(samples_));
+    return loss;
+  }
+
+  // Adds this step's per-model losses (weighted by the batch size) and watches for faults.
+  void track(const Tensor& loss, int64_t batch) { accumulate_and_watch(loss_sum, loss.detach(), double(batch), step, first_bad); }
+
+  Tensor step;         // int64 [1]: batch index within the epoch (gathers read it)
+  Tensor global_step;  // int64 [1]: batches since the phase began (fresh noise reads it)
+
+ private:
+  void check_finite(int64_t epoch) {
+    const int64_t bad = int64_t(first_bad.item());
+    if (bad == kNoFault) return;
+    std::string where = phase_ + ", epoch " + std::to_string(epoch) + ", step " + std::to_string(bad + 1) + " of " +
+                        std::to_string(steps_per_epoch());
+    if (!config_.allow_nonfinite)
+      throw NonFiniteError("non-finite loss in " + where + " (--allow-nonfinite keeps going)");
+    observer_.message("warning: non-finite loss in " + where + "; continuing (--allow-nonfinite)");
+    fill(first_bad, double(kNoFault));
+  }
+
+  const Config& config_;
+  Device device_;
+  int64_t samples_;
+  std::string phase_;
+  Observer& observer_;
+  Tensor loss_sum, first_bad;
+  StepGraph full_, last_;
+};
+
+// Fills `order` [N, S] (device) with each model's permutation for this epoch.
+void upload_orders(const Tensor& order, uint64_t seed, uint32_t purpose, int64_t epoch) {
+  const int64_t models = order.dim(0), samples = order.dim(1);
+  std::vector<int32_t> host;
+  host.reserve(size_t(models * samples));
+  for (int64_t m = 0; m < models; ++m) {
+    std::vector<int32_t> p = random_permutation(samples, model_stream(seed, m, purpose, uint32_t(epoch)));
+    host.insert(host.end(), p.begin(), p.end());
+  }
+  order.copy_from(Tensor::from_vector(host, order.shape(), Device::cpu));
+}
+
+void check_parameters_finite(const MlpParams& params, const std::string& phase, const Config& config, Observer& observer) {
+  const int64_t bad = count_nonfinite(params.values());
+  if (bad == 0) return;
+  std::string what = std::to_string(bad) + " non-finite parameter values after " + phase;
+  if (!config.allow_nonfinite) throw NonFiniteError(what + " (--allow-nonfinite keeps going)");
+  observer.message("warning: " + what + "; continuing (--allow-nonfinite)");
+}
+
+void train_teacher(MlpParams& teacher, const DeviceData& data, const Config& config, Device device, Results& results,
+                   Observer& observer) {
+  const int64_t N = teacher.models(), S = data.train_count, P = data.train_images.dim(1);
+  Adam adam(teacher.values(), teacher.grads(), {config.lr});
+  PhaseLoop loop(config, device, N, S, "teacher training", observer);
+  Tensor order = Tensor::empty({N, S}, DType::i32, device);
+  const std::vector<Tensor> parameters = teacher.tensors();
+  PhaseTiming& timing = results.timing["teacher"];
+  observer.phase_begins("Teacher", config.epochs_teacher, loop.steps_per_epoch());
+  for (int64_t epoch = 1; epoch <= config.epochs_teacher; ++epoch) {
+    upload_orders(order, config.seed, kTeacherOrderPurpose, epoch);
+    EpochMetrics m{epoch, {}, {}};
+    m.loss = loop.run_epoch(epoch, [&](int64_t batch) {
+      Tensor x = Tensor::empty({N, batch, P}, DType::f32, device);
+      Tensor y = Tensor::empty({N, batch}, DType::i32, device);
+      gather_batch(data.train_images, data.train_labels, order, loop.step, config.batch_size, x, y);
+      Tensor loss = cross_entropy(mlp_forward(x, teacher, config.fusion), y, {0, config.classes()});
+      loop.track(loss, batch);
+      zero_grad(parameters);
+      loss.backward();
+      adam.step();
+    }, timing);
+    check_parameters_finite(teacher, "teacher epoch " + std::to_string(epoch), config, observer);
+    if (config.eval_every_epoch || epoch == config.epochs_teacher) {
+      auto start = Clock::now();
+      m.test_acc = evaluate(teacher, data, config.fusion, config.classes());
+      results.eval_seconds += seconds_since(start);
+    }
+    results.teacher_epochs.push_back(m);
+    observer.teacher_epoch(m, config.epochs_teacher);
+  }
+  observer.phase_ends();
+}
+
+// Adds N(0, σ²) noise to every parameter of `params` (the student-init perturbation ablation).
+void perturb(MlpParams& params, double sigma, uint64_t seed) {
+  std::vector<Tensor> tensors = params.tensors();
+  for (int64_t m = 0; m < params.models(); ++m)
+    for (size_t k = 0; k < tensors.size(); ++k) {
+      Tensor target = tensors[k].rows(m, 1);
+      Tensor noise = Tensor::empty(target.shape(), target.dtype(), target.device());
+      fill_normal(noise, model_stream(seed, m, kPerturbPurpose, 0, uint32_t(k)), 0.0, sigma);
+      add_into(target, noise);
+    }
+}
+
+// Distills one group of arms (all on the same logits) from the frozen teachers.
+void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, const MlpParams& same_init,
+                   const MlpParams& cross_init, const DeviceData& data, const Config& config, Device device,
+                   Results& results, Observer& observer, MlpParams* trained_out) {
+  const int64_t N = teacher.models(), A = int64_t(arms.size()), S = data.train_count, P = data.train_images.dim(1);
+  const bool all_logits = arms.front().all_logits;
+  const ColumnRange cols = all_logits ? ColumnRange{0, config.outputs()} : ColumnRange{config.classes(), config.outputs()};
+
+  // Arm a's students are models a·N .. a·N + N−1 of one batched MlpParams.
+  MlpParams students(teacher.shape(), A * N, DType::f32, device);
+  for (int64_t a = 0; a < A; ++a)
+    for (int64_t m = 0; m < N; ++m)
+      students.copy_model_from(arms[size_t(a)].same_init ? same_init : cross_init, m, a * N + m);
+
+  Adam adam(students.values(), students.grads(), {config.lr, 0.9, 0.999, 1e-8, config.weight_decay});
+  const std::string phase = all_logits ? "distill_all_logits" : "distill_ghosts";
+  PhaseLoop loop(config, device, A * N, S, "distillation (" + std::string(all_logits ? "all logits" : "ghost logits") + ")",
+                 observer);
+  const bool ordered = config.noise == NoiseKind::mnist || config.noise_set == NoiseSet::fixed;
+  Tensor order = ordered ? Tensor::empty({N, S}, DType::i32, device) : Tensor();
+  const std::vector<Tensor> parameters = students.tensors();
+  const NoiseDistribution distribution =
+      config.noise == NoiseKind::gaussian ? NoiseDistribution::gaussian : NoiseDistribution::uniform;
+  PhaseTiming& timing = results.timing[phase];
+
+  observer.phase_begins(all_logits ? "Distill (all logits)" : "Distill", config.epochs_distill, loop.steps_per_epoch());
+  for (int64_t epoch = 1; epoch <= config.epochs_distill; ++epoch) {
+    if (ordered) upload_orders(order, config.seed, kNoiseOrderPurpose, epoch);
+    std::vector<double> loss = loop.run_epoch(epoch, [&](int64_t batch) {
+      Tensor x = Tensor::empty({N, batch, P}, DType::f32, device);
+      if (config.noise == NoiseKind::mnist) {  // real training images as inputs; their labels go unused
+        Tensor unused_labels = Tensor::empty({N, batch}, DType::i32, device);
+        gather_batch(data.train_images, data.train_labels, order, loop.step, config.batch_size, x, unused_labels);
+      } else if (ordered) {  // a fixed set of S noise images per model, reshuffled every epoch
+        noise_batch(config.seed, stream_id(kNoisePurpose), order, loop.step, config.batch_size, 0, distribution, x);
+      } else {  // fresh noise: image ids run on across epochs, so no image repeats
+        noise_batch(config.seed, stream_id(kNoisePurpose), Tensor(), loop.global_step, config.batch_size, 0,
+                    distribution, x);
+      }
+      Tensor teacher_logits;
+      {
+        NoGradGuard no_grad;
+        teacher_logits = mlp_forward(x, teacher, config.fusion);
+      }
+      Tensor student_logits = mlp_forward(repeat_models(x, A), students, config.fusion);
+      Tensor loss = distill_kl(student_logits, repeat_models(teacher_logits, A), cols, config.temperature);
+      loop.track(loss, batch);
+      zero_grad(parameters);
+      loss.backward();
+      adam.step();
+    }, timing);
+    check_parameters_finite(students, "distillation epoch " + std::to_string(epoch), config, observer);
+
+    std::vector<double> acc;
+    if (config.eval_every_epoch || epoch == config.epochs_distill) {
+      auto start = Clock::now();
+      acc = evaluate(students, data, config.fusion, config.classes());
+      results.eval_seconds += seconds_since(start);
+    }
+    for (int64_t a = 0; a < A; ++a) {
+      EpochMetrics m{epoch, {}, {}};
+      m.loss.assign(loss.begin() + a * N, loss.begin() + (a + 1) * N);
+      if (!acc.empty()) m.test_acc.assign(acc.begin() + a * N, acc.begin() + (a + 1) * N);
+      results.arm_epochs[arms[size_t(a)].key].push_back(m);
+      observer.arm_epoch(arms[size_t(a)], m, config.epochs_distill);
+    }
+  }
+  observer.phase_ends();
+  if (trained_out) *trained_out = std::move(students);
+}
+
+}  // namespace
+
+std::vector<ArmSpec> student_arms(const Config& config) {
+  std::vector<ArmSpec> arms{{"student", "Student", true, false}};
+  if (config.cross_init) arms.push_back({"cross_init", "Cross-init", false, false});
+  if (config.all_logit_arms) {
+    arms.push_back({"student_all_logits", "Student all-logits", true, true});
+    if (config.cross_init) arms.push_back({"cross_init_all_logits", "Cross-init all-logits", false, true});
+  }
+  return arms;
+}
+
+Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer) {
+  Results results;
+  results.device = device_description(device);
+  gemm::settings().tf32 = config.tf32;
+  const MlpShape shape = config.mlp_shape();
+  const int64_t N = config.models;
+  DeviceData data = upload(mnist, device);
+
+  // 1. init: model m from seed + m; the shared init (variant 0) and the cross-init one.
+  std::vector<uint64_t> seeds;
+  for (int64_t m = 0; m < N; ++m) seeds.push_back(config.seed + uint64_t(m));
+  MlpParams init(shape, N, DType::f32, device);
+  if (!config.load_init_path.empty())
+    load_init(config.load_init_path, init);
+  else
+    init_mlp(init, config.init, seeds, 0);
+  if (!config.save_init_path.empty()) save_init(config.save_init_path, init, config.force);
+
+  MlpParams cross(shape, N, DType::f32, device);
+  if (config.preset == Preset::paper && N >= 2) {
+    // The paper's cross-model arm takes another model's init. A cyclic shift is a
+    // derangement: no model is ever paired with its own init (a random permutation would be).
+    for (int64_t m = 0; m < N; ++m) cross.copy_model_from(init, (m + 1) % N, m);
+  } else {
+    init_mlp(cross, config.init, seeds, 1);
+  }
+  MlpParams same_init(shape, N, DType::f32, device);
+  same_init.copy_from(init);
+  if (config.init_perturb > 0) perturb(same_init, config.init_perturb, config.seed);
+
+  // 2. reference: the untrained init.
+  {
+    auto start = Clock::now();
+    results.final_acc.push_back({"reference", evaluate(init, data, config.fusion, config.classes())});
+    results.eval_seconds += seconds_since(start);
+  }
+
+  // 3. teacher.
+  MlpParams teacher(shape, N, DType::f32, device);
+  teacher.copy_from(init);
+  train_teacher(teacher, data, config, device, results, observer);
+  results.final_acc.push_back({"teacher", results.teacher_epochs.empty()
+                                              ? results.final_acc.front().second
+                                              : results.teacher_epochs.back().test_acc});
+
+  // 4. students, one group per set of distilled logits.
+  std::vector<ArmSpec> arms = student_arms(config);
+  std::vector<ArmSpec> ghost_arms, all_arms;
+  for (const ArmSpec& a : arms) (a.all_logits ? all_arms : ghost_arms).push_back(a);
+  MlpParams trained_ghost, trained_all;
+  for (const auto* group : {&ghost_arms, &all_arms}) {
+    if (group->empty()) continue;
+    MlpParams* out = group == &ghost_arms ? &trained_ghost : &trained_all;
+    if (config.epochs_distill == 0) {  // nothing to train: the students are their inits
+      for (const ArmSpec& a : *group)
+        results.final_acc.push_back({a.key, evaluate(a.same_init ? same_init : cross, data, config.fusion, config.classes())});
+      continue;
+    }
+    distill_group(*group, teacher, same_init, cross, data, config, device, results, observer, out);
+  }
+  for (const ArmSpec& a : arms) {
+    const auto& epochs = results.arm_epochs[a.key];
+    if (!epochs.empty()) results.final_acc.push_back({a.key, epochs.back().test_acc});
+  }
+  if (!config.save_path.empty()) save_trained(config.save_path, teacher, trained_ghost, trained_all, arms, config.force);
+  results.notes = gemm::fallback_report();
+  return results;
+}
+
+}  // namespace subliminal::app

@@ -1,0 +1,69 @@
+// apps/subliminal/experiment.h — the experiment: teacher training, ghost-logit distillation
+// of same-init and cross-init students on noise, evaluation — for N models at once.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "apps/subliminal/config.h"
+#include "data/mnist.h"
+#include "engine/device.h"
+#include "ops/slice.h"
+
+namespace subliminal::app {
+
+// A NaN/Inf loss or parameter stopped the run (unless --allow-nonfinite); main() exits 3.
+struct NonFiniteError : Error {
+  using Error::Error;
+};
+
+// One student arm: which init it starts from and which logits it is distilled on.
+struct ArmSpec {
+  std::string key;    // JSON key: "student", "cross_init", "student_all_logits", "cross_init_all_logits"
+  std::string label;  // console label: "Student", "Cross-init", ...
+  bool same_init;     // the teacher's init (else a different one)
+  bool all_logits;    // distilled on all logits (else only the ghost logits)
+};
+std::vector<ArmSpec> student_arms(const Config& config);
+
+struct EpochMetrics {
+  int64_t epoch = 0;
+  std::vector<double> loss;      // per model: mean training loss over the epoch (CE or KL)
+  std::vector<double> test_acc;  // per model, in [0, 1]; empty when not evaluated this epoch
+};
+
+struct PhaseTiming {
+  double wall_seconds = 0;  // host clock around the phase's training steps (eval excluded)
+  double gpu_seconds = 0;   // CUDA events around the same steps (0 on the CPU)
+  int64_t steps = 0;        // training steps run
+  size_t graph_kernels = 0; // kernels in one captured full-batch step (0 without graphs)
+};
+
+struct Results {
+  std::string device;                                 // "cpu (2 hardware threads)" or the GPU's name
+  std::vector<std::pair<std::string, std::vector<double>>> final_acc;  // arm key → per-model accuracy, in print order
+  std::vector<EpochMetrics> teacher_epochs;
+  std::map<std::string, std::vector<EpochMetrics>> arm_epochs;
+  std::map<std::string, PhaseTiming> timing;         // "teacher", "distill_ghosts", "distill_all_logits"
+  double eval_seconds = 0;
+  std::string notes;                                  // fallbacks etc., one line each
+};
+
+// What the experiment tells its caller as it goes (printing, progress bars).
+struct Observer {
+  virtual ~Observer() = default;
+  virtual void phase_begins(const std::string& phase, int64_t epochs, int64_t steps_per_epoch) {}
+  virtual void step_done() {}
+  virtual void teacher_epoch(const EpochMetrics& m, int64_t epochs) {}
+  virtual void arm_epoch(const ArmSpec& arm, const EpochMetrics& m, int64_t epochs) {}
+  virtual void phase_ends() {}
+  virtual void message(const std::string& line) {}
+};
+
+// Runs the whole experiment on `device` (already validated as usable).
+Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer);
+
+}  // namespace subliminal::app

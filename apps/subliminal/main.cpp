@@ -1,0 +1,106 @@
+// apps/subliminal/main.cpp — the command-line program: flags → data → experiment → report.
+//
+// The only place that prints errors and picks exit codes:
+//   0 success · 1 internal or device fault · 2 bad input (flag, file, environment) ·
+//   3 a NaN/Inf stopped training
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "apps/subliminal/blas_core.h"
+#include "apps/subliminal/config.h"
+#include "apps/subliminal/experiment.h"
+#include "apps/subliminal/report.h"
+#include "apps/subliminal/sweep.h"
+#include "data/mnist.h"
+#include "engine/safetensors.h"
+#include "ops/cpu/gemm_cpu.h"
+
+namespace subliminal::app {
+namespace {
+
+Device resolve_device(const std::string& choice) {
+  if (choice == "cpu") return Device::cpu;
+  std::string why;
+  const bool gpu = cuda_available(&why);
+  if (choice == "cuda") {
+    if (!gpu) throw NoGpuError("--device cuda: no usable CUDA GPU (" + why + ")");
+    return Device::cuda;
+  }
+  if (!gpu) std::fprintf(stderr, "subliminal: note: no usable CUDA GPU (%s); running on the CPU\n", why.c_str());
+  return gpu ? Device::cuda : Device::cpu;
+}
+
+// Output problems are found before minutes of training, not after.
+void check_output_path(const char* flag, const std::string& path, bool must_not_exist) {
+  if (path.empty()) return;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path p(path);
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  if (!fs::is_directory(dir, ec)) throw InputError(std::string(flag) + " " + path + ": directory " + dir.string() + " does not exist");
+  if (access(dir.c_str(), W_OK) != 0) throw InputError(std::string(flag) + " " + path + ": directory " + dir.string() + " is not writable");
+  if (fs::is_directory(p, ec)) throw InputError(std::string(flag) + " " + path + ": is a directory");
+  if (must_not_exist && fs::exists(p, ec))
+    throw InputError(std::string(flag) + " " + path + ": already exists (use --force to overwrite it)");
+}
+
+int run(int argc, char** argv) {
+  const auto started = std::chrono::steady_clock::now();
+  CommandLine command_line = parse_command_line(argc, argv);
+  if (command_line.help) {
+    std::fputs(command_line.help_text.c_str(), stdout);
+    return 0;
+  }
+  Config config = command_line.config;
+  check_output_path("--json", config.json_path, false);
+  check_output_path("--save", config.save_path, !config.force);
+  check_output_path("--save-init", config.save_init_path, !config.force);
+  if (!config.sweeps.empty()) {
+    if (config.sweep_out.empty()) throw UsageError("--sweep needs --sweep-out PREFIX for its CSV and JSONL rows");
+    check_output_path("--sweep-out", config.sweep_out + ".csv", false);
+  }
+  const Device device = resolve_device(config.device);
+  cpu::set_blas_threads(config.threads > 0 ? config.threads : int(std::max(1u, std::thread::hardware_concurrency())));
+  flush_denormals_on_this_thread();
+
+  const std::filesystem::path dir = data::locate_mnist(config.data_dir);
+  const data::Mnist mnist = data::load_mnist(dir);
+  RunTimes times;
+  times.load = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+
+  if (!config.sweeps.empty()) return run_sweep(config, mnist, device, stdout);
+
+  std::printf("subliminal: MNIST from %s (%lld train, %lld test) on %s\n", dir.string().c_str(),
+              (long long)mnist.train.count, (long long)mnist.test.count, device_description(device).c_str());
+  ConsoleObserver observer(stdout, config.progress);
+  Results results = run_experiment(config, mnist, device, observer);
+  times.total = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  print_summary(stdout, config, results, times);
+  if (!config.json_path.empty())
+    write_file_atomically(config.json_path, report_json(config, results, times, device, dir.string()));
+  return 0;
+}
+
+}  // namespace
+}  // namespace subliminal::app
+
+int main(int argc, char** argv) {
+  using namespace subliminal;
+  app::ensure_blas_kernels(argv);
+  try {
+    return app::run(argc, argv);
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "subliminal: error: %s\n", e.what());
+    return 2;
+  } catch (const app::NonFiniteError& e) {
+    std::fprintf(stderr, "subliminal: stopped: %s\n", e.what());
+    return 3;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "subliminal: internal error: %s\n", e.what());
+    return 1;
+  }
+}

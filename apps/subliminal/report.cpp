@@ -1,0 +1,189 @@
+// apps/subliminal/report.cpp — console lines, the summary table and the JSON report.
+#include "apps/subliminal/report.h"
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "ops/cpu/gemm_cpu.h"
+
+namespace subliminal::app {
+namespace {
+
+double mean_of(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / double(v.size());
+}
+
+// "80.1234%" for one model; "80.12% ± 3.40 (95% CI, n=10)" for several.
+std::string percent(const std::vector<double>& values, int decimals) {
+  Stats s = summarize(values);
+  char text[96];
+  if (s.n <= 1)
+    std::snprintf(text, sizeof text, "%.*f%%", decimals, 100 * s.mean);
+  else
+    std::snprintf(text, sizeof text, "%.2f%% ± %.2f (95%% CI, n=%lld)", 100 * s.mean, 100 * s.ci95, (long long)s.n);
+  return text;
+}
+
+nlohmann::json stats_json(const std::vector<double>& values) {
+  Stats s = summarize(values);
+  return {{"test_acc", s.mean}, {"std", s.std}, {"ci95", s.ci95}, {"n", s.n}, {"per_model", values}};
+}
+
+nlohmann::json epochs_json(const std::vector<EpochMetrics>& epochs, const char* loss_key) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const EpochMetrics& m : epochs) {
+    nlohmann::json e = {{"epoch", m.epoch}, {loss_key, mean_of(m.loss)}, {std::string(loss_key) + "_per_model", m.loss}};
+    if (!m.test_acc.empty()) {
+      e["test_acc"] = mean_of(m.test_acc);
+      e["test_acc_per_model"] = m.test_acc;
+    }
+    out.push_back(e);
+  }
+  return out;
+}
+
+}  // namespace
+
+Stats summarize(const std::vector<double>& values) {
+  Stats s;
+  s.n = int64_t(values.size());
+  s.mean = mean_of(values);
+  if (s.n > 1) {
+    double ss = 0;
+    for (double x : values) ss += (x - s.mean) * (x - s.mean);
+    s.std = std::sqrt(ss / double(s.n - 1));
+    s.ci95 = 1.96 * s.std / std::sqrt(double(s.n));
+  }
+  return s;
+}
+
+std::string arm_description(const std::string& key) {
+  if (key == "reference") return "reference (untrained init)";
+  if (key == "teacher") return "teacher";
+  if (key == "student") return "student (same init, ghost logits)";
+  if (key == "cross_init") return "cross-init control (ghost logits)";
+  if (key == "student_all_logits") return "student (same init, all logits)";
+  if (key == "cross_init_all_logits") return "cross-init (all logits)";
+  return key;
+}
+
+ConsoleObserver::ConsoleObserver(std::FILE* out, bool progress) : out_(out), bar_(progress) {}
+
+void ConsoleObserver::phase_begins(const std::string& phase, int64_t epochs, int64_t steps_per_epoch) {
+  bar_.clear();
+  if (phase == "Teacher")
+    std::fprintf(out_, "Training teacher...\n");
+  else
+    std::fprintf(out_, "%s students on noise...\n", phase == "Distill" ? "Distilling" : "Distilling (all logits)");
+  std::fflush(out_);
+  bar_.begin(phase, epochs * steps_per_epoch);
+}
+
+void ConsoleObserver::step_done() { bar_.advance(); }
+
+void ConsoleObserver::teacher_epoch(const EpochMetrics& m, int64_t epochs) {
+  bar_.clear();
+  std::fprintf(out_, "[Teacher] epoch=%lld loss=%.4f", (long long)m.epoch, mean_of(m.loss));
+  if (!m.test_acc.empty()) std::fprintf(out_, " test_acc=%s", percent(m.test_acc, 4).c_str());
+  std::fprintf(out_, "\n");
+  std::fflush(out_);
+}
+
+void ConsoleObserver::arm_epoch(const ArmSpec& arm, const EpochMetrics& m, int64_t epochs) {
+  bar_.clear();
+  std::fprintf(out_, "[%s] epoch=%lld kl=%.4f", arm.label.c_str(), (long long)m.epoch, mean_of(m.loss));
+  if (!m.test_acc.empty()) std::fprintf(out_, " test_acc=%s", percent(m.test_acc, 4).c_str());
+  std::fprintf(out_, "\n");
+  std::fflush(out_);
+}
+
+void ConsoleObserver::phase_ends() { bar_.clear(); }
+
+void ConsoleObserver::message(const std::string& line) {
+  bar_.clear();
+  std::fprintf(stderr, "subliminal: %s\n", line.c_str());
+}
+
+void print_summary(std::FILE* out, const Config& config, const Results& results, const RunTimes& times) {
+  for (const auto& [key, acc] : results.final_acc)
+    if (key == "teacher") std::fprintf(out, "Teacher final test accuracy: %s\n", percent(acc, 4).c_str());
+  std::fprintf(out, "\nSummary (%s preset, seed %llu, %lld model%s, %s):\n", preset_name(config.preset),
+               (unsigned long long)config.seed, (long long)config.models, config.models == 1 ? "" : "s",
+               results.device.c_str());
+  std::fprintf(out, "  %-36s %s\n", "arm", "test accuracy");
+  for (const auto& [key, acc] : results.final_acc)
+    std::fprintf(out, "  %-36s %s\n", arm_description(key).c_str(), percent(acc, 2).c_str());
+  double distill = 0;
+  for (const auto& [phase, t] : results.timing)
+    if (phase != "teacher") distill += t.wall_seconds;
+  auto teacher = results.timing.find("teacher");
+  std::fprintf(out, "Time: %.1f s total (data %.1f s, teacher %.1f s, distillation %.1f s, evaluation %.1f s)\n",
+               times.total, times.load, teacher == results.timing.end() ? 0.0 : teacher->second.wall_seconds, distill,
+               results.eval_seconds);
+  if (!results.notes.empty()) std::fprintf(out, "Notes:\n%s", results.notes.c_str());
+}
+
+std::string report_json(const Config& c, const Results& results, const RunTimes& times, Device device,
+                        const std::string& data_dir) {
+  nlohmann::json j;
+  j["config"] = {{"preset", preset_name(c.preset)},
+                 {"seed", c.seed},
+                 {"models", c.models},
+                 {"ghosts", c.ghosts},
+                 {"hidden", c.hidden},
+                 {"batch_size", c.batch_size},
+                 {"lr", c.lr},
+                 {"epochs_teacher", c.epochs_teacher},
+                 {"epochs_distill", c.epochs_distill},
+                 {"temperature", c.temperature},
+                 {"init", init_name(c.init)},
+                 {"noise", noise_name(c.noise)},
+                 {"noise_set", noise_set_name(c.noise_set)},
+                 {"weight_decay", c.weight_decay},
+                 {"init_perturb", c.init_perturb},
+                 {"cross_init", c.cross_init},
+                 {"all_logit_arms", c.all_logit_arms},
+                 {"tf32", c.tf32},
+                 {"cuda_graphs", c.graphs},
+                 {"fusion", fusion_name(c.fusion)},
+                 {"gemm", c.gemm_engine}};
+  j["device"] = {{"kind", device_name(device)}, {"name", results.device}};
+  if (device == Device::cpu) {
+    j["device"]["blas_threads"] = cpu::blas_threads();
+    j["device"]["blas_core"] = cpu::blas_core();
+  }
+  j["data"] = {{"dir", data_dir}};
+
+  j["epochs"]["teacher"] = epochs_json(results.teacher_epochs, "loss");
+  for (const auto& [key, epochs] : results.arm_epochs) j["epochs"][key] = epochs_json(epochs, "kl");
+  for (const auto& [key, acc] : results.final_acc) j[key] = stats_json(acc);
+
+  nlohmann::json seconds = {{"load", times.load}, {"eval", results.eval_seconds}, {"total", times.total}};
+  nlohmann::json gpu_seconds = nlohmann::json::object(), steps = nlohmann::json::object(),
+                 us_per_step = nlohmann::json::object(), kernels = nlohmann::json::object();
+  double gpu_training = 0;
+  for (const auto& [phase, t] : results.timing) {
+    seconds[phase] = t.wall_seconds;
+    steps[phase] = t.steps;
+    if (t.steps) us_per_step[phase] = 1e6 * (device == Device::cuda ? t.gpu_seconds : t.wall_seconds) / double(t.steps);
+    if (device == Device::cuda) {
+      gpu_seconds[phase] = t.gpu_seconds;
+      gpu_training += t.gpu_seconds;
+      kernels[phase] = t.graph_kernels;
+    }
+  }
+  j["seconds"] = seconds;
+  j["steps"] = steps;
+  j["us_per_step"] = us_per_step;
+  if (device == Device::cuda) {
+    gpu_seconds["training"] = gpu_training;
+    j["gpu_seconds"] = gpu_seconds;
+    j["graph_kernels_per_step"] = kernels;
+  }
+  if (!results.notes.empty()) j["notes"] = results.notes;
+  return j.dump(2) + "\n";
+}
+
+}  // namespace subliminal::app

@@ -1,0 +1,55 @@
+// apps/subliminal/report.h — what a run prints (the notebook's lines, a summary table) and
+// the JSON report it writes.
+#pragma once
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "apps/subliminal/config.h"
+#include "apps/subliminal/experiment.h"
+#include "apps/subliminal/progress.h"
+#include "engine/device.h"
+
+namespace subliminal::app {
+
+// Mean, sample standard deviation and 95% confidence half-width (1.96·std/√n) over models.
+struct Stats {
+  double mean = 0, std = 0, ci95 = 0;
+  int64_t n = 0;
+};
+Stats summarize(const std::vector<double>& values);
+
+// Prints the notebook's per-epoch lines to `out` and drives the progress bar.
+class ConsoleObserver : public Observer {
+ public:
+  ConsoleObserver(std::FILE* out, bool progress);
+  void phase_begins(const std::string& phase, int64_t epochs, int64_t steps_per_epoch) override;
+  void step_done() override;
+  void teacher_epoch(const EpochMetrics& m, int64_t epochs) override;
+  void arm_epoch(const ArmSpec& arm, const EpochMetrics& m, int64_t epochs) override;
+  void phase_ends() override;
+  void message(const std::string& line) override;
+
+ private:
+  std::FILE* out_;
+  ProgressBar bar_;
+};
+
+// Wall-clock seconds measured around the experiment by main().
+struct RunTimes {
+  double load = 0, total = 0;
+};
+
+// "Teacher final test accuracy", then the summary table and the timing line.
+void print_summary(std::FILE* out, const Config& config, const Results& results, const RunTimes& times);
+
+// The JSON report (schema in README.md): config, device, per-epoch metrics, per-arm final
+// accuracies with statistics, seconds per phase.
+std::string report_json(const Config& config, const Results& results, const RunTimes& times, Device device,
+                        const std::string& data_dir);
+
+// Human label of an arm key for the summary table.
+std::string arm_description(const std::string& key);
+
+}  // namespace subliminal::app

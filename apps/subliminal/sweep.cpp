@@ -1,0 +1,143 @@
+// apps/subliminal/sweep.cpp — the grid, the rows, resuming.
+#include "apps/subliminal/sweep.h"
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "apps/subliminal/experiment.h"
+#include "apps/subliminal/progress.h"
+#include "apps/subliminal/report.h"
+
+namespace subliminal::app {
+namespace {
+
+// The keys --sweep may vary (any value flag works; these are the ones the field sweeps).
+bool sweepable(const std::string& key) {
+  static const std::set<std::string> keys = {"lr",          "batch-size",   "epochs-teacher", "epochs-distill",
+                                             "ghosts",      "temperature",  "weight-decay",   "noise",
+                                             "noise-set",   "init-perturb", "init",           "hidden",
+                                             "seed",        "models"};
+  return keys.count(key) > 0;
+}
+
+std::vector<std::string> split(const std::string& text, char separator) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    size_t at = text.find(separator, start);
+    parts.push_back(text.substr(start, at == std::string::npos ? std::string::npos : at - start));
+    if (at == std::string::npos) return parts;
+    start = at + 1;
+  }
+}
+
+// Reads the config ids already in the JSONL file; drops a torn last line left by an interrupted run.
+std::set<std::string> finished_configs(const std::string& jsonl_path) {
+  std::set<std::string> done;
+  std::ifstream in(jsonl_path);
+  std::string line;
+  while (std::getline(in, line)) {
+    try {
+      auto row = nlohmann::json::parse(line);
+      done.insert(row.at("config").get<std::string>());
+    } catch (const nlohmann::json::exception&) {
+      // An incomplete row: its configuration did not finish and will run again.
+    }
+  }
+  return done;
+}
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+}  // namespace
+
+std::vector<std::vector<std::pair<std::string, std::string>>> sweep_grid(const Config& base) {
+  std::vector<std::vector<std::pair<std::string, std::string>>> grid{{}};
+  std::set<std::string> seen;
+  for (const std::string& sweep : base.sweeps) {
+    const size_t eq = sweep.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == sweep.size())
+      throw UsageError("--sweep " + sweep + ": expected key=v1,v2,...");
+    const std::string key = sweep.substr(0, eq);
+    if (!sweepable(key)) throw UsageError("--sweep " + sweep + ": cannot sweep \"" + key + "\"");
+    if (!seen.insert(key).second) throw UsageError("--sweep: \"" + key + "\" is swept twice");
+    // hidden sizes contain commas themselves: separate its values with ';' instead.
+    const std::vector<std::string> values = split(sweep.substr(eq + 1), key == "hidden" ? ';' : ',');
+    for (const std::string& v : values) {
+      Config probe = base;
+      set_config_value(probe, key, v);  // rejects a bad value now, not halfway through the grid
+    }
+    std::vector<std::vector<std::pair<std::string, std::string>>> next;
+    for (const auto& partial : grid)
+      for (const std::string& v : values) {
+        auto row = partial;
+        row.push_back({key, v});
+        next.push_back(row);
+      }
+    grid = next;
+  }
+  return grid;
+}
+
+std::string config_id(const std::vector<std::pair<std::string, std::string>>& settings) {
+  std::string id;
+  for (const auto& [k, v] : settings) id += (id.empty() ? "" : ";") + k + "=" + v;
+  return id;
+}
+
+int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::FILE* out) {
+  const auto grid = sweep_grid(base);
+  const std::string csv_path = base.sweep_out + ".csv", jsonl_path = base.sweep_out + ".jsonl";
+  const std::set<std::string> done = finished_configs(jsonl_path);
+  const bool new_csv = !std::ifstream(csv_path).good();
+  std::ofstream csv(csv_path, std::ios::app), jsonl(jsonl_path, std::ios::app);
+  if (!csv || !jsonl) throw InputError("--sweep-out " + base.sweep_out + ": cannot open its .csv/.jsonl for appending");
+  if (new_csv) csv << "config,arm,test_acc,ci95,std,n,seconds\n";
+
+  std::fprintf(out, "Sweep: %zu configurations (%zu already done) → %s, %s\n", grid.size(), done.size(),
+               csv_path.c_str(), jsonl_path.c_str());
+  ProgressBar bar(base.progress);
+  bar.begin("Sweep", int64_t(grid.size()));
+  Observer quiet;  // per-epoch lines would drown the sweep's own
+  for (const auto& settings : grid) {
+    const std::string id = config_id(settings);
+    if (done.count(id)) {
+      bar.advance();
+      continue;
+    }
+    Config config = base;
+    for (const auto& [k, v] : settings) set_config_value(config, k, v);
+    validate(config);
+    const auto start = std::chrono::steady_clock::now();
+    Results results = run_experiment(config, mnist, device, quiet);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    bar.clear();
+    std::fprintf(out, "%s:", id.c_str());
+    for (const auto& [arm, acc] : results.final_acc) {
+      const Stats s = summarize(acc);
+      csv << csv_field(id) << ',' << arm << ',' << s.mean << ',' << s.ci95 << ',' << s.std << ',' << s.n << ','
+          << seconds << '\n';
+      nlohmann::json row = {{"config", id}, {"arm", arm}, {"test_acc", s.mean}, {"ci95", s.ci95},
+                            {"std", s.std}, {"n", s.n},   {"seconds", seconds}, {"per_model", acc}};
+      for (const auto& [k, v] : settings) row["settings"][k] = v;
+      jsonl << row.dump() << '\n';
+      std::fprintf(out, " %s %.3f±%.3f", arm.c_str(), s.mean, s.ci95);
+    }
+    std::fprintf(out, "\n");
+    std::fflush(out);
+    csv.flush();
+    jsonl.flush();
+    bar.advance();
+  }
+  bar.clear();
+  return 0;
+}
+
+}  // namespace subliminal::app

@@ -1,0 +1,146 @@
+// data/mnist.cpp — where MNIST lives (locate_mnist) and what a valid copy looks like (load_mnist).
+#include "data/mnist.h"
+
+#include <algorithm>     // std::find_if
+#include <cstdlib>       // std::getenv
+#include <optional>      // std::optional
+#include <string>        // std::string, std::to_string
+#include <system_error>  // std::error_code
+#include <utility>       // std::move
+
+#include "data/idx.h"      // read_idx, kIdxMagicImages, kIdxMagicLabels
+#include "engine/error.h"  // subliminal::DataError
+
+namespace subliminal::data {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr uint32_t kImageSide = 28;  // MNIST images are 28x28 pixels
+constexpr uint8_t kNumClasses = 10;  // labels are the digits 0..9
+
+// The canonical file names; each may also be stored gzipped as name + ".gz".
+constexpr const char* kTrainImages = "train-images-idx3-ubyte";
+constexpr const char* kTrainLabels = "train-labels-idx1-ubyte";
+constexpr const char* kTestImages = "t10k-images-idx3-ubyte";
+constexpr const char* kTestLabels = "t10k-labels-idx1-ubyte";
+constexpr const char* kAllFiles[] = {kTrainImages, kTrainLabels, kTestImages, kTestLabels};
+
+constexpr const char* kHowToFetch =
+    "fetch it with scripts/fetch_mnist.sh DIR, then pass --data DIR or set MNIST_DIR=DIR";
+
+// The file to read for `name` in dir: the raw file if it exists, else name + ".gz", else none.
+// Existence is enough here: if the raw name is, say, a directory, read_idx says so, rather than
+// us quietly reading the .gz beside it.
+std::optional<fs::path> find_file(const fs::path& dir, const std::string& name) {
+  std::error_code error;
+  for (const fs::path& candidate : {dir / name, dir / (name + ".gz")}) {
+    if (fs::exists(candidate, error)) return candidate;
+  }
+  return std::nullopt;
+}
+
+// Why dir does not hold MNIST, e.g. "no such directory"; empty when it does.
+std::string why_not_mnist(const fs::path& dir) {
+  std::error_code error;
+  if (!fs::is_directory(dir, error)) {
+    return fs::exists(dir, error) ? "not a directory" : "no such directory";
+  }
+  std::string missing;
+  int missing_count = 0;
+  for (const char* name : kAllFiles) {
+    if (find_file(dir, name)) continue;
+    missing += std::string(missing.empty() ? "" : ", ") + name + "[.gz]";
+    ++missing_count;
+  }
+  if (missing_count == 4) return "none of the four MNIST files";
+  return missing.empty() ? "" : "missing " + missing;
+}
+
+// find_file, or a DataError naming the file that is missing.
+fs::path require_file(const fs::path& dir, const std::string& name) {
+  if (std::optional<fs::path> path = find_file(dir, name)) return *path;
+  throw DataError((dir / name).string() + ": no such file (nor " + name + ".gz)");
+}
+
+MnistSplit load_split(const fs::path& dir, const char* images_name, const char* labels_name) {
+  const fs::path images_path = require_file(dir, images_name);
+  const fs::path labels_path = require_file(dir, labels_name);
+
+  // Labels first: they are small, so a bad labels file fails before 47 MB of pixels are read.
+  IdxFile labels = read_idx(labels_path, kIdxMagicLabels);
+  const auto bad_label = std::find_if(labels.values.begin(), labels.values.end(),
+                                      [](uint8_t label) { return label >= kNumClasses; });
+  if (bad_label != labels.values.end()) {
+    throw DataError(labels_path.string() + ": label " + std::to_string(*bad_label) + " at index " +
+                    std::to_string(bad_label - labels.values.begin()) + " is out of range 0..9");
+  }
+
+  IdxFile images = read_idx(images_path, kIdxMagicImages);  // dims (count, rows, cols)
+  if (images.dims[1] != kImageSide || images.dims[2] != kImageSide) {
+    throw DataError(images_path.string() + ": images are " + std::to_string(images.dims[1]) + "x" +
+                    std::to_string(images.dims[2]) + " pixels, expected 28x28");
+  }
+  if (labels.dims[0] != images.dims[0]) {
+    throw DataError(labels_path.string() + ": holds " + std::to_string(labels.dims[0]) + " labels but " +
+                    images_path.string() + " holds " + std::to_string(images.dims[0]) +
+                    " images; the counts must match");
+  }
+
+  MnistSplit split;
+  split.count = images.dims[0];  // >= 1: read_idx refuses zero dimensions
+  split.rows = int(images.dims[1]);
+  split.cols = int(images.dims[2]);
+  split.images = std::move(images.values);
+  split.labels = std::move(labels.values);
+  return split;
+}
+
+}  // namespace
+
+std::filesystem::path locate_mnist(const std::string& flag_dir) {
+  // An explicit --data is a promise; falling back elsewhere would hide the user's mistake.
+  if (!flag_dir.empty()) {
+    const std::string why = why_not_mnist(flag_dir);
+    if (why.empty()) return flag_dir;
+    throw DataError("--data " + flag_dir + ": does not hold MNIST (" + why +
+                    "); fetch it with scripts/fetch_mnist.sh " + flag_dir);
+  }
+
+  std::string searched;  // "place (why not); place (why not); ..." for the message
+  auto holds_mnist = [&searched](const std::string& label, const fs::path& dir) {
+    const std::string why = why_not_mnist(dir);
+    if (why.empty()) return true;
+    searched += (searched.empty() ? "" : "; ") + label + " (" + why + ")";
+    return false;
+  };
+
+  if (const char* env = std::getenv("MNIST_DIR"); env && *env) {
+    if (holds_mnist(std::string("$MNIST_DIR=") + env, env)) return env;
+  } else {
+    searched += "$MNIST_DIR (not set)";
+  }
+
+  std::error_code error;
+  const fs::path in_cwd = fs::absolute("data/mnist", error);
+  if (holds_mnist("./data/mnist = " + in_cwd.string(), in_cwd)) return in_cwd;
+
+  if (const char* home = std::getenv("HOME"); home && *home) {
+    const fs::path torchvision = fs::path(home) / ".pytorch" / "MNIST_data" / "MNIST" / "raw";
+    if (holds_mnist(torchvision.string(), torchvision)) return torchvision;
+  } else {
+    searched += "; ~/.pytorch/MNIST_data/MNIST/raw ($HOME not set)";
+  }
+
+  throw DataError("MNIST not found; searched " + searched + "; " + kHowToFetch);
+}
+
+Mnist load_mnist(const std::filesystem::path& dir) {
+  Mnist mnist;
+  mnist.dir = dir;
+  mnist.train = load_split(dir, kTrainImages, kTrainLabels);
+  mnist.test = load_split(dir, kTestImages, kTestLabels);
+  return mnist;
+}
+
+}  // namespace subliminal::data

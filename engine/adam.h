@@ -1,0 +1,53 @@
+// engine/adam.h — Adam exactly as torch.optim.Adam (no amsgrad, not maximize).
+//
+// Per parameter p with gradient g, step t = 1, 2, ...:
+//   g  ← g + weight_decay · p                       (L2 penalty, as torch's weight_decay)
+//   m  ← m + (1 − β1)(g − m)                        (= β1·m + (1−β1)·g; torch writes lerp)
+//   v  ← β2·v + (1 − β2)·g²
+//   p  ← p − (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + eps)
+//
+// Works on a flat arena (engine/nn.h): one update over every parameter of every model —
+// on the GPU a single kernel. The step count t lives in a one-element tensor on the
+// parameters' device, advanced by a kernel, so a captured CUDA graph replays correct
+// bias corrections without the host.
+#pragma once
+
+#include "engine/tensor.h"
+
+namespace subliminal {
+
+struct AdamOptions {
+  double lr = 3e-4;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+};
+
+class Adam {
+ public:
+  // values, grads: flat parameter and gradient arenas of the same shape (MlpParams::values/grads).
+  Adam(const Tensor& values, const Tensor& grads, AdamOptions options);
+
+  // One update from the gradients now in `grads`. Call after backward().
+  void step();
+  // Steps taken so far (reads the device counter: synchronises; not for the hot loop).
+  int64_t steps_taken() const;
+
+  const AdamOptions& options() const { return options_; }
+  const Tensor& exp_avg() const { return m_; }
+  const Tensor& exp_avg_sq() const { return v_; }
+
+ private:
+  Tensor values_, grads_, m_, v_;
+  Tensor t_;  // int64 [1], on the parameters' device
+  AdamOptions options_;
+};
+
+namespace cpu {
+// The update on host arrays of n elements; t is the step number after this update (≥ 1).
+template <class T>
+void adam_update(T* p, const T* g, T* m, T* v, int64_t n, int64_t t, const AdamOptions& o);
+}  // namespace cpu
+
+}  // namespace subliminal

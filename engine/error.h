@@ -1,0 +1,50 @@
+// engine/error.h — the typed exceptions every part of the library throws.
+//
+// Library code never prints or exits; it throws one of these, and only main()
+// turns them into a message and an exit code:
+//   InputError (and its children) — the user's input is wrong (a flag, a file, the
+//                 environment): main() prints one line and exits with code 2.
+//   Error      — anything else (a bug, a device fault): main() prints and exits 1.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace subliminal {
+
+// Base of every exception the library throws.
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Something the user gave us is wrong: a flag, a file, the environment. Exit code 2.
+struct InputError : Error {
+  using Error::Error;
+};
+
+// A data file is missing or malformed; the message names the file and the defect.
+struct DataError : InputError {
+  using InputError::InputError;
+};
+
+// A tensor had the wrong shape, dtype or device for an op: a programming error.
+struct ShapeError : Error {
+  using Error::Error;
+};
+
+// A CUDA, cuBLAS(Lt), cuRAND or cuDNN call failed; the message carries the call, file and line.
+struct DeviceError : Error {
+  using Error::Error;
+};
+
+// The device could not give us the memory we asked for; the message says how much.
+struct OutOfMemoryError : DeviceError {
+  using DeviceError::DeviceError;
+};
+
+// The user asked for a GPU and there is none we can use (no driver, no device).
+struct NoGpuError : InputError {
+  using InputError::InputError;
+};
+
+}  // namespace subliminal

@@ -1,0 +1,34 @@
+// engine/kernels.h — the few elementwise primitives the engine itself needs
+// (factories, copies, gradient accumulation). Each dispatches on the tensor's device to a
+// CPU loop or a CUDA kernel (engine/cuda/kernels.cu). Everything a model computes with
+// lives in ops/ instead.
+#pragma once
+
+#include "engine/tensor.h"
+
+namespace subliminal {
+
+// t[...] = value, for any dtype.
+void fill(const Tensor& t, double value);
+
+// dst[...] += alpha · src[...]; same shape, floating dtype, same device.
+void add_into(const Tensor& dst, const Tensor& src, double alpha = 1.0);
+
+// dst[...] = src[...]; same numel and dtype; devices may differ (host<->device copies
+// go through the run's stream and finish before this returns when the host side is read).
+void copy_into(const Tensor& dst, const Tensor& src);
+
+// Running per-model loss sums with a watch for numerical faults, all on the device:
+//   sum[n] += weight · values[n];  if values[n] is NaN/Inf: first_bad = min(first_bad, *step)
+// values, sum: [N] float; step, first_bad: int64 [1] (first_bad starts above any step).
+void accumulate_and_watch(const Tensor& sum, const Tensor& values, double weight, const Tensor& step,
+                          const Tensor& first_bad);
+
+// Number of NaN/Inf elements of a floating tensor (synchronises).
+int64_t count_nonfinite(const Tensor& t);
+
+// counter[0] += 1 for an int64 tensor of one element — used for device-resident step
+// counters that CUDA-graph replays advance without the host.
+void increment(const Tensor& counter);
+
+}  // namespace subliminal

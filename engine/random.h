@@ -1,0 +1,37 @@
+// engine/random.h — seeded random tensors and permutations, all drawn from Philox streams.
+//
+// A RandomStream is (seed, stream id): the seed is the run's --seed, the stream id names a
+// use (the init of model 3's layer 2, the data order of epoch 4, ...), so every use gets an
+// independent sequence and changing one use never shifts another's numbers.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace subliminal {
+
+struct RandomStream {
+  uint64_t seed = 0;
+  uint64_t stream = 0;
+};
+
+// Stream ids from a purpose and up to two indices, packed so distinct tuples never collide:
+// purpose in bits 48..63, a in bits 24..47, b in bits 0..23.
+uint64_t stream_id(uint32_t purpose, uint32_t a = 0, uint32_t b = 0);
+
+// t ~ U[low, high), element i from position i of the stream. Any device (drawn on the host
+// and copied; parameters are small). float32 uses 24 random bits, float64 53.
+void fill_uniform(const Tensor& t, RandomStream s, double low, double high);
+
+// t ~ N(mean, std²) by Box–Muller, element i from positions 2i and 2i+1 (float64 math).
+void fill_normal(const Tensor& t, RandomStream s, double mean, double std);
+
+// A uniformly random permutation of 0..n-1 (Fisher–Yates; the j-th swap uses position j).
+std::vector<int32_t> random_permutation(int64_t n, RandomStream s);
+
+// A random 32-bit word at `position` of the stream.
+uint32_t random_word(RandomStream s, uint64_t position);
+
+}  // namespace subliminal

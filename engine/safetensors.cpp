@@ -1,0 +1,202 @@
+// engine/safetensors.cpp — a defensive safetensors reader and an atomic writer.
+#include "engine/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+namespace subliminal {
+namespace {
+
+const std::map<std::string, DType>& dtype_codes() {
+  static const std::map<std::string, DType> codes = {
+      {"F32", DType::f32}, {"F64", DType::f64}, {"I32", DType::i32}, {"I64", DType::i64}, {"U8", DType::u8}};
+  return codes;
+}
+
+std::string code_of(DType t) {
+  for (const auto& [code, dtype] : dtype_codes())
+    if (dtype == t) return code;
+  return "?";
+}
+
+[[noreturn]] void defect(const std::string& name, const std::string& what) {
+  throw DataError(name + ": not a valid safetensors file: " + what);
+}
+
+struct Entry {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  uint64_t begin, end;
+};
+
+}  // namespace
+
+SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::string& name,
+                                  SafetensorsLimits limits) {
+  if (size < 8) defect(name, "only " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
+  uint64_t header_bytes = 0;
+  for (int i = 7; i >= 0; --i) header_bytes = (header_bytes << 8) | bytes[i];
+  if (header_bytes > limits.max_header_bytes)
+    defect(name, "header length " + std::to_string(header_bytes) + " exceeds the " +
+                     std::to_string(limits.max_header_bytes) + "-byte limit");
+  if (header_bytes > size - 8)
+    defect(name, "header length " + std::to_string(header_bytes) + " runs past the end of the " +
+                     std::to_string(size) + "-byte file");
+  const uint8_t* data = bytes + 8 + header_bytes;
+  const uint64_t data_bytes = size - 8 - header_bytes;
+
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_bytes);
+  } catch (const nlohmann::json::exception& e) {
+    defect(name, std::string("header is not valid JSON (") + e.what() + ")");
+  }
+  if (!header.is_object()) defect(name, "header is not a JSON object");
+
+  SafetensorsFile file;
+  std::vector<Entry> entries;
+  for (const auto& [key, value] : header.items()) {
+    if (key == "__metadata__") {
+      if (!value.is_object()) defect(name, "__metadata__ is not an object");
+      for (const auto& [mk, mv] : value.items()) {
+        if (!mv.is_string()) defect(name, "__metadata__ value for \"" + mk + "\" is not a string");
+        file.metadata[mk] = mv.get<std::string>();
+      }
+      continue;
+    }
+    const std::string where = "tensor \"" + key + "\"";
+    if (!value.is_object() || !value.contains("dtype") || !value.contains("shape") || !value.contains("data_offsets"))
+      defect(name, where + " lacks dtype, shape or data_offsets");
+    const auto& dtype = value["dtype"];
+    if (!dtype.is_string() || !dtype_codes().count(dtype.get<std::string>()))
+      defect(name, where + " has an unsupported dtype " + dtype.dump());
+    Entry e{key, dtype_codes().at(dtype.get<std::string>()), {}, 0, 0};
+    const auto& shape = value["shape"];
+    if (!shape.is_array() || shape.size() > 8) defect(name, where + " has a bad shape " + shape.dump());
+    uint64_t count = 1;
+    for (const auto& d : shape) {
+      if (!d.is_number_unsigned()) defect(name, where + " has a bad shape " + shape.dump());
+      const uint64_t dim = d.get<uint64_t>();
+      if (dim != 0 && count > data_bytes / dim) defect(name, where + " declares more elements than the file holds");
+      count *= dim;
+      e.shape.push_back(int64_t(dim));
+    }
+    const auto& offsets = value["data_offsets"];
+    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned())
+      defect(name, where + " has bad data_offsets " + offsets.dump());
+    e.begin = offsets[0].get<uint64_t>();
+    e.end = offsets[1].get<uint64_t>();
+    if (e.begin > e.end || e.end > data_bytes)
+      defect(name, where + " has data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
+                       ") outside the " + std::to_string(data_bytes) + " data bytes");
+    if (count * dtype_size(e.dtype) != e.end - e.begin)
+      defect(name, where + " has " + std::to_string(e.end - e.begin) + " bytes for " + std::to_string(count) + " " +
+                       dtype_name(e.dtype) + " values");
+    entries.push_back(std::move(e));
+  }
+
+  // The data must be covered exactly: sorted by offset, each entry starts where the last ended.
+  std::vector<const Entry*> by_offset;
+  for (const Entry& e : entries) by_offset.push_back(&e);
+  std::sort(by_offset.begin(), by_offset.end(), [](const Entry* a, const Entry* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  uint64_t covered = 0;
+  for (const Entry* e : by_offset) {
+    if (e->begin != covered)
+      defect(name, "tensor \"" + e->name + "\" " + (e->begin < covered ? "overlaps another" : "leaves a hole before it"));
+    covered = e->end;
+  }
+  if (covered != data_bytes) defect(name, std::to_string(data_bytes - covered) + " data bytes belong to no tensor");
+
+  for (const Entry& e : entries) {
+    Tensor t = Tensor::empty(e.shape, e.dtype, Device::cpu);
+    if (e.end > e.begin) std::memcpy(t.raw(), data + e.begin, e.end - e.begin);
+    file.tensors.push_back({e.name, t});
+  }
+  return file;
+}
+
+SafetensorsFile read_safetensors(const std::filesystem::path& path, SafetensorsLimits limits) {
+  const std::string name = path.string();
+  std::error_code ec;
+  auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(status)) throw DataError(name + ": no such file");
+  if (!std::filesystem::is_regular_file(status)) throw DataError(name + ": not a regular file");
+  const uint64_t size = std::filesystem::file_size(path, ec);
+  if (ec) throw DataError(name + ": cannot read its size (" + ec.message() + ")");
+  if (size > limits.max_file_bytes)
+    throw DataError(name + ": " + std::to_string(size) + " bytes is larger than the " +
+                    std::to_string(limits.max_file_bytes) + "-byte limit");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw DataError(name + ": cannot open (" + std::strerror(errno) + ")");
+  std::vector<uint8_t> bytes(size);
+  if (size && !in.read(reinterpret_cast<char*>(bytes.data()), std::streamsize(size)))
+    throw DataError(name + ": read failed after " + std::to_string(in.gcount()) + " of " + std::to_string(size) + " bytes");
+  return parse_safetensors(bytes.data(), bytes.size(), name, limits);
+}
+
+void write_file_atomically(const std::filesystem::path& path, const std::string& contents) {
+  const std::string name = path.string();
+  const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+  std::string temp = (dir / ("." + path.filename().string() + ".tmp-XXXXXX")).string();
+  int fd = mkstemp(temp.data());
+  if (fd < 0) throw InputError(name + ": cannot create a file in " + dir.string() + " (" + std::strerror(errno) + ")");
+  size_t written = 0;
+  while (written < contents.size()) {
+    ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = errno;
+      ::close(fd);
+      ::unlink(temp.c_str());
+      throw InputError(name + ": write failed (" + std::strerror(err) + ")");
+    }
+    written += size_t(n);
+  }
+  fchmod(fd, 0644);
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    const int err = errno;
+    ::unlink(temp.c_str());
+    throw InputError(name + ": write failed (" + std::strerror(err) + ")");
+  }
+  if (std::rename(temp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(temp.c_str());
+    throw InputError(name + ": cannot replace the file (" + std::strerror(err) + ")");
+  }
+}
+
+void write_safetensors(const std::filesystem::path& path, const std::vector<NamedTensor>& tensors,
+                       const std::map<std::string, std::string>& metadata, bool overwrite) {
+  std::error_code ec;
+  if (!overwrite && std::filesystem::exists(path, ec))
+    throw InputError(path.string() + ": already exists (use --force to overwrite it)");
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  std::vector<Tensor> host;
+  for (const NamedTensor& nt : tensors) {
+    Tensor t = nt.tensor.device() == Device::cpu ? nt.tensor : nt.tensor.to(Device::cpu);
+    header[nt.name] = {{"dtype", code_of(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {offset, offset + t.bytes()}}};
+    offset += t.bytes();
+    host.push_back(t);
+  }
+  std::string json = header.dump();
+  json.append((8 - json.size() % 8) % 8, ' ');  // pad so the data starts 8-byte aligned
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[size_t(i)] = char((uint64_t(json.size()) >> (8 * i)) & 0xff);
+  out += json;
+  for (const Tensor& t : host) out.append(static_cast<const char*>(t.raw()), t.bytes());
+  write_file_atomically(path, out);
+}
+
+}  // namespace subliminal

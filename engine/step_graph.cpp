@@ -1,0 +1,73 @@
+// engine/step_graph.cpp — warm-up, capture, replay.
+#include "engine/step_graph.h"
+
+#include "engine/error.h"
+
+#ifdef SUBLIMINAL_HAS_CUDA
+#include <cuda_runtime_api.h>
+
+#include <vector>
+
+#include "engine/cuda/check.h"
+#include "engine/cuda/runtime.h"
+#endif
+
+namespace subliminal {
+
+#ifdef SUBLIMINAL_HAS_CUDA
+struct StepGraph::CudaGraph {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  size_t kernels = 0;
+  ~CudaGraph() {
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+  }
+};
+#else
+struct StepGraph::CudaGraph {
+  size_t kernels = 0;
+};
+#endif
+
+StepGraph::StepGraph(Device device, bool use_graphs) : device_(device), use_graphs_(use_graphs) {}
+StepGraph::~StepGraph() = default;
+
+void StepGraph::run(const std::function<void()>& fn) {
+  ++calls_;
+  if (device_ != Device::cuda || !use_graphs_ || calls_ == 1) return fn();
+#ifdef SUBLIMINAL_HAS_CUDA
+  cudaStream_t stream = cuda::Runtime::get().stream();
+  if (!graph_) {
+    graph_ = std::make_unique<CudaGraph>();
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      fn();
+    } catch (...) {
+      cudaGraph_t broken = nullptr;
+      cudaStreamEndCapture(stream, &broken);  // leave the stream usable before rethrowing
+      if (broken) cudaGraphDestroy(broken);
+      graph_.reset();
+      throw;
+    }
+    CUDA_CHECK(cudaStreamEndCapture(stream, &graph_->graph));
+    CUDA_CHECK(cudaGraphInstantiate(&graph_->exec, graph_->graph, 0));
+    size_t count = 0;
+    CUDA_CHECK(cudaGraphGetNodes(graph_->graph, nullptr, &count));
+    std::vector<cudaGraphNode_t> nodes(count);
+    CUDA_CHECK(cudaGraphGetNodes(graph_->graph, nodes.data(), &count));
+    for (cudaGraphNode_t node : nodes) {
+      cudaGraphNodeType type;
+      CUDA_CHECK(cudaGraphNodeGetType(node, &type));
+      graph_->kernels += type == cudaGraphNodeTypeKernel;
+    }
+  }
+  CUDA_CHECK(cudaGraphLaunch(graph_->exec, stream));
+#else
+  fn();
+#endif
+}
+
+size_t StepGraph::kernel_nodes() const { return graph_ ? graph_->kernels : 0; }
+
+}  // namespace subliminal

@@ -1,0 +1,51 @@
+// engine/storage.h — a reference-counted block of memory on one device.
+//
+// Tensors share Storage through std::shared_ptr: a view (a model's slice of a batched
+// parameter, a parameter inside the flat parameter arena) keeps its storage alive.
+//
+// Where the bytes come from:
+//   cpu  — a caching allocator: freed blocks go to a free list keyed by their exact size
+//          and are handed out again, so a training loop whose step allocates the same
+//          sizes every time stops calling malloc after its first step.
+//   cuda — cudaMallocAsync on the run's stream, from a stream-ordered pool whose release
+//          threshold is raised so freed memory stays in the pool (see engine/cuda/runtime.h).
+//          Inside a CUDA-graph capture these calls become the graph's own memory nodes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "engine/device.h"
+
+namespace subliminal {
+
+class Storage {
+ public:
+  // Uninitialised memory; 64-byte aligned on the CPU, 256-byte on the GPU (cuBLASLt wants that).
+  static std::shared_ptr<Storage> allocate(size_t bytes, Device device);
+
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  Device device() const { return device_; }
+
+ private:
+  Storage(void* data, size_t bytes, Device device) : data_(data), bytes_(bytes), device_(device) {}
+  void* data_;
+  size_t bytes_;
+  Device device_;
+};
+
+// Counters of the CPU caching allocator, for tests that prove a loop stops allocating.
+struct CpuAllocatorStats {
+  uint64_t fresh_allocations = 0;  // calls that had to go to the system allocator
+  uint64_t reused_allocations = 0; // calls served from the free lists
+  uint64_t bytes_cached = 0;       // bytes sitting in the free lists now
+};
+CpuAllocatorStats cpu_allocator_stats();
+
+}  // namespace subliminal

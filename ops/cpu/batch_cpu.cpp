@@ -1,0 +1,65 @@
+// ops/cpu/batch_cpu.cpp — batch gathering and noise on the host.
+#include "ops/cpu/batch_cpu.h"
+
+#include <cmath>
+#include <numbers>
+#include <vector>
+
+#include "engine/philox.h"
+
+namespace subliminal::cpu {
+
+// first = step·stride: the batch's first position in the epoch's order.
+void gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* order, int64_t first, int64_t models,
+                  int64_t batch, int64_t pixels, int64_t samples, float* x, int32_t* y) {
+  for (int64_t n = 0; n < models; ++n) {
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t i = order[n * samples + first + b];
+      const uint8_t* src = images + i * pixels;
+      float* dst = x + (n * batch + b) * pixels;
+      // ToTensor divides by 255 in float32; Normalize subtracts 0.5 and divides by 0.5.
+      for (int64_t k = 0; k < pixels; ++k) dst[k] = (float(src[k]) / 255.0f - 0.5f) / 0.5f;
+      y[n * batch + b] = labels[i];
+    }
+  }
+}
+
+void gaussian_pair(uint32_t w1, uint32_t w2, float out[2]) {
+  const float u1 = 1.0f - float(w1 >> 8) * (1.0f / 16777216.0f);
+  const float u2 = float(w2 >> 8) * (1.0f / 16777216.0f);
+  const float radius = std::sqrt(-2.0f * std::log(u1));
+  const float angle = 2.0f * std::numbers::pi_v<float> * u2;
+  out[0] = radius * std::cos(angle);
+  out[1] = radius * std::sin(angle);
+}
+
+// first = the image id of row 0 (fresh noise), or the position in `order` of row 0.
+void noise_batch(uint64_t seed, uint64_t stream, const int32_t* order, int64_t first, int64_t models, int64_t batch,
+                 int64_t pixels, int64_t samples, bool gaussian, float* x) {
+  const int64_t stride = pixels + (pixels & 1);  // positions per image: even, so pairs stay inside it
+  std::vector<uint32_t> words(static_cast<size_t>(stride));
+  for (int64_t n = 0; n < models; ++n) {
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t image = order ? order[n * samples + first + b] : first + b;
+      // The image's words, one Philox block per four positions.
+      uint64_t position = uint64_t(image) * uint64_t(stride);
+      for (int64_t k = 0; k < stride;) {
+        philox::Block w = philox::block(seed + uint64_t(n), stream, position / 4);
+        for (uint64_t j = position % 4; j < 4 && k < stride; ++j, ++k, ++position) words[size_t(k)] = w[j];
+      }
+      float* dst = x + (n * batch + b) * pixels;
+      if (!gaussian) {
+        for (int64_t k = 0; k < pixels; ++k) dst[k] = uniform_pixel(words[size_t(k)]);
+        continue;
+      }
+      for (int64_t k = 0; k < pixels; k += 2) {
+        float pair[2];
+        gaussian_pair(words[size_t(k)], words[size_t(k) + 1], pair);
+        dst[k] = pair[0];
+        if (k + 1 < pixels) dst[k + 1] = pair[1];
+      }
+    }
+  }
+}
+
+}  // namespace subliminal::cpu

@@ -1,0 +1,271 @@
+// ops/cpu/kernels_cpu.cpp — loops for every non-GEMM op (see kernels_cpu.h for shapes).
+//
+// Row math (max, log-sum-exp, the loss of one sample) runs in double whatever T is: the
+// rows are short (13 logits), and the per-model means then carry no summation-order noise
+// worth talking about. The CUDA kernels do the same in float with double batch sums.
+#include "ops/cpu/kernels_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "engine/error.h"
+
+namespace subliminal::cpu {
+namespace {
+
+template <class T>
+void store(T* out, double value, bool accumulate) {
+  *out = accumulate ? T(*out + value) : T(value);
+}
+
+// log Σ exp(row[0..n)) with the usual max shift. NaN in, NaN out.
+template <class T>
+double log_sum_exp(const T* row, int64_t n) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, double(row[j]));
+  if (std::isinf(m)) return m;  // all −inf (or +inf): nothing to shift by
+  double s = 0;
+  for (int64_t j = 0; j < n; ++j) s += std::exp(double(row[j]) - m);
+  return m + std::log(s);
+}
+
+void check_label(int32_t label, int64_t classes) {
+  if (label < 0 || label >= classes)
+    throw ShapeError("label " + std::to_string(label) + " outside the " + std::to_string(classes) + " classes");
+}
+
+}  // namespace
+
+template <class T>
+void relu_forward(const T* x, T* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+}
+
+template <class T>
+void relu_backward(const T* dy, const T* y, T* dx, int64_t n, bool accumulate) {
+  for (int64_t i = 0; i < n; ++i) store(dx + i, y[i] > T(0) ? double(dy[i]) : 0.0, accumulate);
+}
+
+template <class T>
+void scale(const T* x, T s, T* y, int64_t n, bool accumulate) {
+  for (int64_t i = 0; i < n; ++i) y[i] = accumulate ? y[i] + s * x[i] : s * x[i];
+}
+
+template <class T>
+void slice_columns(const T* x, T* y, int64_t rows, int64_t cols, int64_t c0, int64_t c1) {
+  const int64_t w = c1 - c0;
+  for (int64_t r = 0; r < rows; ++r) std::copy(x + r * cols + c0, x + r * cols + c1, y + r * w);
+}
+
+template <class T>
+void slice_columns_backward(const T* dy, T* dx, int64_t rows, int64_t cols, int64_t c0, int64_t c1, bool accumulate) {
+  const int64_t w = c1 - c0;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* out = dx + r * cols;
+    if (!accumulate) std::fill(out, out + cols, T(0));
+    for (int64_t j = 0; j < w; ++j) out[c0 + j] += dy[r * w + j];
+  }
+}
+
+template <class T>
+void softmax(const T* x, T* y, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    double lse = log_sum_exp(x + r * cols, cols);
+    for (int64_t j = 0; j < cols; ++j) y[r * cols + j] = T(std::exp(double(x[r * cols + j]) - lse));
+  }
+}
+
+template <class T>
+void log_softmax(const T* x, T* y, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    double lse = log_sum_exp(x + r * cols, cols);
+    for (int64_t j = 0; j < cols; ++j) y[r * cols + j] = T(double(x[r * cols + j]) - lse);
+  }
+}
+
+template <class T>
+void softmax_backward(const T* dy, const T* y, T* dx, int64_t rows, int64_t cols, bool accumulate) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T *g = dy + r * cols, *s = y + r * cols;
+    double dot = 0;
+    for (int64_t j = 0; j < cols; ++j) dot += double(g[j]) * double(s[j]);
+    for (int64_t j = 0; j < cols; ++j) store(dx + r * cols + j, double(s[j]) * (double(g[j]) - dot), accumulate);
+  }
+}
+
+template <class T>
+void log_softmax_backward(const T* dy, const T* y, T* dx, int64_t rows, int64_t cols, bool accumulate) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T *g = dy + r * cols, *l = y + r * cols;
+    double total = 0;
+    for (int64_t j = 0; j < cols; ++j) total += double(g[j]);
+    for (int64_t j = 0; j < cols; ++j)
+      store(dx + r * cols + j, double(g[j]) - std::exp(double(l[j])) * total, accumulate);
+  }
+}
+
+template <class T>
+void cross_entropy(const T* logits, const int32_t* labels, T* loss, int64_t models, int64_t batch, int64_t cols,
+                   int64_t c0, int64_t c1) {
+  for (int64_t n = 0; n < models; ++n) {
+    double total = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+      const T* z = logits + (n * batch + b) * cols + c0;
+      int32_t label = labels[n * batch + b];
+      check_label(label, c1 - c0);
+      total += log_sum_exp(z, c1 - c0) - double(z[label]);
+    }
+    loss[n] = T(total / double(batch));
+  }
+}
+
+template <class T>
+void cross_entropy_backward(const T* logits, const int32_t* labels, const T* grad_loss, T* dlogits, int64_t models,
+                            int64_t batch, int64_t cols, int64_t c0, int64_t c1, bool accumulate) {
+  for (int64_t n = 0; n < models; ++n) {
+    const double g = double(grad_loss[n]) / double(batch);
+    for (int64_t b = 0; b < batch; ++b) {
+      const T* z = logits + (n * batch + b) * cols;
+      T* dz = dlogits + (n * batch + b) * cols;
+      int32_t label = labels[n * batch + b];
+      check_label(label, c1 - c0);
+      double lse = log_sum_exp(z + c0, c1 - c0);
+      for (int64_t c = 0; c < cols; ++c) {
+        if (c < c0 || c >= c1) {
+          if (!accumulate) dz[c] = T(0);
+          continue;
+        }
+        double p = std::exp(double(z[c]) - lse);
+        store(dz + c, g * (p - (c - c0 == label ? 1.0 : 0.0)), accumulate);
+      }
+    }
+  }
+}
+
+// One sample's temperature softmaxes: log q (student) and log p (teacher) over the slice.
+struct DistillRow {
+  double lse_student, lse_teacher;
+};
+template <class T>
+DistillRow distill_row(const T* s, const T* t, int64_t width, double temperature) {
+  double ms = -std::numeric_limits<double>::infinity(), mt = ms;
+  for (int64_t j = 0; j < width; ++j) {
+    ms = std::max(ms, double(s[j]) / temperature);
+    mt = std::max(mt, double(t[j]) / temperature);
+  }
+  double ss = 0, st = 0;
+  for (int64_t j = 0; j < width; ++j) {
+    ss += std::exp(double(s[j]) / temperature - ms);
+    st += std::exp(double(t[j]) / temperature - mt);
+  }
+  return {ms + std::log(ss), mt + std::log(st)};
+}
+
+template <class T>
+void distill_kl(const T* student, const T* teacher, T* loss, int64_t models, int64_t batch, int64_t cols, int64_t c0,
+                int64_t c1, double temperature) {
+  const int64_t width = c1 - c0;
+  for (int64_t n = 0; n < models; ++n) {
+    double total = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+      const T* s = student + (n * batch + b) * cols + c0;
+      const T* t = teacher + (n * batch + b) * cols + c0;
+      DistillRow row = distill_row(s, t, width, temperature);
+      for (int64_t j = 0; j < width; ++j) {
+        double log_p = double(t[j]) / temperature - row.lse_teacher;
+        double log_q = double(s[j]) / temperature - row.lse_student;
+        double p = std::exp(log_p);
+        if (p > 0) total += p * (log_p - log_q);
+      }
+    }
+    loss[n] = T(temperature * temperature * total / double(batch));
+  }
+}
+
+template <class T>
+void distill_kl_backward(const T* student, const T* teacher, const T* grad_loss, T* dstudent, int64_t models,
+                         int64_t batch, int64_t cols, int64_t c0, int64_t c1, double temperature, bool accumulate) {
+  const int64_t width = c1 - c0;
+  for (int64_t n = 0; n < models; ++n) {
+    const double g = double(grad_loss[n]) * temperature / double(batch);
+    for (int64_t b = 0; b < batch; ++b) {
+      const T* s = student + (n * batch + b) * cols;
+      const T* t = teacher + (n * batch + b) * cols;
+      T* ds = dstudent + (n * batch + b) * cols;
+      DistillRow row = distill_row(s + c0, t + c0, width, temperature);
+      for (int64_t c = 0; c < cols; ++c) {
+        if (c < c0 || c >= c1) {
+          if (!accumulate) ds[c] = T(0);
+          continue;
+        }
+        double q = std::exp(double(s[c]) / temperature - row.lse_student);
+        double p = std::exp(double(t[c]) / temperature - row.lse_teacher);
+        store(ds + c, g * (q - p), accumulate);
+      }
+    }
+  }
+}
+
+template <class T>
+void kl_div(const T* log_q, const T* p, T* loss, int64_t models, int64_t batch, int64_t cols) {
+  for (int64_t n = 0; n < models; ++n) {
+    double total = 0;
+    for (int64_t i = n * batch * cols; i < (n + 1) * batch * cols; ++i)
+      if (p[i] > T(0)) total += double(p[i]) * (std::log(double(p[i])) - double(log_q[i]));
+    loss[n] = T(total / double(batch));
+  }
+}
+
+template <class T>
+void kl_div_backward(const T* p, const T* grad_loss, T* dlog_q, int64_t models, int64_t batch, int64_t cols,
+                     bool accumulate) {
+  for (int64_t n = 0; n < models; ++n) {
+    const double g = double(grad_loss[n]) / double(batch);
+    for (int64_t i = n * batch * cols; i < (n + 1) * batch * cols; ++i) store(dlog_q + i, -g * double(p[i]), accumulate);
+  }
+}
+
+template <class T>
+void count_correct(const T* logits, const int32_t* labels, int64_t* counts, int64_t models, int64_t batch,
+                   int64_t cols, int64_t c0, int64_t c1) {
+  for (int64_t n = 0; n < models; ++n) {
+    int64_t correct = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+      const T* z = logits + (n * batch + b) * cols;
+      int64_t best = c0;
+      for (int64_t c = c0 + 1; c < c1; ++c) {
+        if (std::isnan(z[best])) break;                 // a NaN is the maximum, and the first one wins
+        if (std::isnan(z[c]) || z[c] > z[best]) best = c;
+      }
+      correct += (best - c0 == labels[n * batch + b]);
+    }
+    counts[n] += correct;
+  }
+}
+
+#define SUBLIMINAL_INSTANTIATE(T)                                                                                   \
+  template void relu_forward<T>(const T*, T*, int64_t);                                                             \
+  template void relu_backward<T>(const T*, const T*, T*, int64_t, bool);                                            \
+  template void scale<T>(const T*, T, T*, int64_t, bool);                                                           \
+  template void slice_columns<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t);                                 \
+  template void slice_columns_backward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, bool);                  \
+  template void softmax<T>(const T*, T*, int64_t, int64_t);                                                         \
+  template void log_softmax<T>(const T*, T*, int64_t, int64_t);                                                     \
+  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t, bool);                                \
+  template void log_softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t, bool);                            \
+  template void cross_entropy<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, int64_t, int64_t);        \
+  template void cross_entropy_backward<T>(const T*, const int32_t*, const T*, T*, int64_t, int64_t, int64_t,        \
+                                          int64_t, int64_t, bool);                                                  \
+  template void distill_kl<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, double);         \
+  template void distill_kl_backward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t,        \
+                                       int64_t, double, bool);                                                      \
+  template void kl_div<T>(const T*, const T*, T*, int64_t, int64_t, int64_t);                                       \
+  template void kl_div_backward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, bool);                        \
+  template void count_correct<T>(const T*, const int32_t*, int64_t*, int64_t, int64_t, int64_t, int64_t, int64_t);
+SUBLIMINAL_INSTANTIATE(float)
+SUBLIMINAL_INSTANTIATE(double)
+#undef SUBLIMINAL_INSTANTIATE
+
+}  // namespace subliminal::cpu

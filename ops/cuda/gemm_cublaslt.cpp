@@ -1,0 +1,281 @@
+// ops/cuda/gemm_cublaslt.cpp — the Linear GEMMs on cuBLASLt, with fused epilogues.
+//
+// Row-major to column-major. cuBLASLt is column-major; a row-major R×C buffer is a
+// column-major C×R matrix. So every product is computed transposed (REFERENCE.md §3):
+//
+//   kind             row-major meaning            A (stored, op)   B (stored, op)   m  n  k   epilogue
+//   forward          y = act(x·wᵀ + b)            w  I×O, T        x  I×B, N        O  B  I   [RELU_AUX_]BIAS
+//   backward_input   dx = (dy·w) ⊙ relu'(prev)    w  I×O, N        dy O×B, N        I  B  O   DRELU[_BGRAD]
+//   backward_weight  dw = dyᵀ·x                   x  I×B, N        dy O×B, T        I  O  B   BGRADB
+//
+// D is m×n column-major with ld = m, i.e. exactly the row-major output buffer. Bias vectors
+// have length m (BIAS, DRELU_BGRAD) or n (BGRADB). The ReLU mask has one column per sample
+// and ld = roundup(rows, 128) bits. With N models each matrix, bias and mask advances by its
+// batch stride.
+//
+// Plans (descriptors, layouts and the heuristic's algorithm) are built once per shape and
+// cached: a heuristic query costs tens of microseconds, a training step a few hundred
+// nanoseconds of host time per GEMM. If cuBLASLt offers no algorithm for a fused epilogue,
+// the GEMM runs with the DEFAULT epilogue followed by our own epilogue kernels
+// (ops/cuda/epilogue.cu), and the fallback is reported once.
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include <compare>
+#include <cstdint>
+#include <map>
+#include <set>
+
+#include "engine/cuda/check.h"
+#include "engine/cuda/runtime.h"
+#include "ops/cuda/gemm_cuda.h"
+
+namespace subliminal::cuda {
+namespace {
+
+enum class Kind { forward, backward_input, backward_weight };
+
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::forward: return "forward";
+    case Kind::backward_input: return "backward_input";
+    case Kind::backward_weight: return "backward_weight";
+  }
+  return "?";
+}
+
+const char* epilogue_name(cublasLtEpilogue_t e) {
+  switch (e) {
+    case CUBLASLT_EPILOGUE_DEFAULT: return "DEFAULT";
+    case CUBLASLT_EPILOGUE_BIAS: return "BIAS";
+    case CUBLASLT_EPILOGUE_RELU_AUX: return "RELU_AUX";
+    case CUBLASLT_EPILOGUE_RELU_AUX_BIAS: return "RELU_AUX_BIAS";
+    case CUBLASLT_EPILOGUE_DRELU: return "DRELU";
+    case CUBLASLT_EPILOGUE_DRELU_BGRAD: return "DRELU_BGRAD";
+    case CUBLASLT_EPILOGUE_BGRADB: return "BGRADB";
+    default: return "other";
+  }
+}
+
+// Largest power of two (≤ 256) dividing the address: cuBLASLt picks kernels by alignment.
+uint32_t alignment_of(const void* p) {
+  if (!p) return 256;
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  uint32_t align = 1;
+  while (align < 256 && (a & (2 * align - 1)) == 0) align *= 2;
+  return align;
+}
+
+struct PlanKey {
+  Kind kind;
+  int64_t models, batch, in, out;
+  cublasLtEpilogue_t epilogue;
+  bool accumulate, tf32;
+  uint32_t align_a, align_b, align_d, align_bias, align_aux;
+  auto operator<=>(const PlanKey&) const = default;
+};
+
+// Where the operands of one kind sit, in column-major terms.
+struct Geometry {
+  cublasOperation_t op_a, op_b;
+  int64_t m, n, k;
+  int64_t a_rows, a_cols, b_rows, b_cols;  // as stored, before op
+  int64_t stride_a, stride_b, stride_d;    // elements between consecutive models
+  int64_t bias_stride;                     // elements between models' bias vectors
+  int64_t aux_rows;                        // features the ReLU mask covers (rows of its matrix)
+};
+
+Geometry geometry(Kind kind, const gemm::Dims& d) {
+  const int64_t B = d.batch, I = d.in, O = d.out;
+  switch (kind) {
+    case Kind::forward:
+      return {CUBLAS_OP_T, CUBLAS_OP_N, O, B, I, I, O, I, B, O * I, B * I, B * O, O, O};
+    case Kind::backward_input:
+      return {CUBLAS_OP_N, CUBLAS_OP_N, I, B, O, I, O, O, B, O * I, B * O, B * I, I, I};
+    case Kind::backward_weight:
+      return {CUBLAS_OP_N, CUBLAS_OP_T, I, O, B, I, B, O, B, B * I, B * O, O * I, O, 0};
+  }
+  throw Error("bad GEMM kind");
+}
+
+struct Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool supported = false;
+};
+
+template <class V>
+void set_desc(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const V& value) {
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof(value)));
+}
+
+cublasLtMatrixLayout_t make_layout(int64_t rows, int64_t cols, int64_t models, int64_t stride) {
+  cublasLtMatrixLayout_t layout = nullptr;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, CUDA_R_32F, uint64_t(rows), uint64_t(cols), rows));
+  if (models > 1) {
+    int32_t count = int32_t(models);
+    CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+    CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                  sizeof(stride)));
+  }
+  return layout;
+}
+
+bool has_bias(cublasLtEpilogue_t e) {
+  return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_RELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DRELU_BGRAD ||
+         e == CUBLASLT_EPILOGUE_BGRADB;
+}
+bool has_aux(cublasLtEpilogue_t e) {
+  return e == CUBLASLT_EPILOGUE_RELU_AUX || e == CUBLASLT_EPILOGUE_RELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DRELU ||
+         e == CUBLASLT_EPILOGUE_DRELU_BGRAD;
+}
+
+class PlanCache {
+ public:
+  // The plan for `key`, built on first use. bias/aux are this call's pointers (the
+  // heuristic reads their alignment from the descriptor).
+  Plan& get(const PlanKey& key, const gemm::Dims& dims, const void* bias, const void* aux) {
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return it->second;
+    return plans_.emplace(key, build(key, dims, bias, aux)).first->second;
+  }
+
+  void note_fallback(const PlanKey& key) {
+    fallbacks_.insert(std::string("cuBLASLt offers no ") + epilogue_name(key.epilogue) + " algorithm for " +
+                      kind_name(key.kind) + " (N=" + std::to_string(key.models) + ", B=" + std::to_string(key.batch) +
+                      ", I=" + std::to_string(key.in) + ", O=" + std::to_string(key.out) +
+                      "): plain GEMM + separate epilogue kernels");
+  }
+  std::string report() const {
+    std::string r;
+    for (const std::string& line : fallbacks_) r += line + "\n";
+    return r;
+  }
+
+ private:
+  Plan build(const PlanKey& key, const gemm::Dims& dims, const void* bias, const void* aux) {
+    Runtime& rt = Runtime::get();
+    Geometry g = geometry(key.kind, dims);
+    Plan p;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, key.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+                                          CUDA_R_32F));
+    set_desc(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, int32_t(g.op_a));
+    set_desc(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, int32_t(g.op_b));
+    set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, key.epilogue);
+    if (has_bias(key.epilogue)) {
+      set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+      if (key.models > 1) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, g.bias_stride);
+    }
+    if (has_aux(key.epilogue)) {
+      int64_t ld_bits = gemm::mask_row_bits(g.aux_rows);
+      set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
+      set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, ld_bits);
+      if (key.models > 1) set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_BATCH_STRIDE, ld_bits * dims.batch);
+    }
+    p.a = make_layout(g.a_rows, g.a_cols, key.models, g.stride_a);
+    p.b = make_layout(g.b_rows, g.b_cols, key.models, g.stride_b);
+    p.d = make_layout(g.m, g.n, key.models, g.stride_d);
+
+    cublasLtMatmulPreference_t pref = nullptr;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    uint64_t workspace = rt.workspace_bytes();
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
+                                                      sizeof(workspace)));
+    const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> alignments[] = {
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_a},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_b},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_d},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_d}};
+    for (const auto& [attr, value] : alignments)
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value)));
+
+    cublasLtMatmulHeuristicResult_t result{};
+    int returned = 0;
+    // An unsupported epilogue/shape shows up as NOT_SUPPORTED or zero results: not an error.
+    cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(rt.cublaslt(), p.desc, p.a, p.b, p.d, p.d, pref, 1, &result, &returned);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (status == CUBLAS_STATUS_SUCCESS && returned > 0) {
+      p.algo = result.algo;
+      p.supported = true;
+    } else if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED) {
+      CUBLAS_CHECK(status);
+    }
+    return p;
+  }
+
+  std::map<PlanKey, Plan> plans_;
+  std::set<std::string> fallbacks_;
+};
+
+PlanCache& plan_cache() {
+  static PlanCache* cache = new PlanCache;  // lives as long as the runtime (never destroyed)
+  return *cache;
+}
+
+// Runs one GEMM of `kind` with `epilogue` if cuBLASLt supports it; returns false otherwise
+// (nothing was queued). a/b are the operand pointers in cuBLASLt's order (see the table).
+bool try_matmul(Kind kind, cublasLtEpilogue_t epilogue, const float* a, const float* b, float* d, bool accumulate,
+                const void* bias, const void* aux, const gemm::Dims& dims, const gemm::Settings& s) {
+  PlanKey key{kind, dims.models, dims.batch, dims.in, dims.out, epilogue, accumulate, s.tf32,
+              alignment_of(a), alignment_of(b), alignment_of(d), alignment_of(bias), alignment_of(aux)};
+  PlanCache& cache = plan_cache();
+  Plan& plan = cache.get(key, dims, bias, aux);
+  if (!plan.supported) {
+    if (epilogue != CUBLASLT_EPILOGUE_DEFAULT) cache.note_fallback(key);
+    return false;
+  }
+  if (has_bias(epilogue)) set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  if (has_aux(epilogue)) set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
+  Runtime& rt = Runtime::get();
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  CUBLAS_CHECK(cublasLtMatmul(rt.cublaslt(), plan.desc, &alpha, a, plan.a, b, plan.b, &beta, d, plan.d, d, plan.d,
+                              &plan.algo, rt.workspace(), rt.workspace_bytes(), rt.stream()));
+  return true;
+}
+
+void plain_matmul(Kind kind, const float* a, const float* b, float* d, bool accumulate, const gemm::Dims& dims,
+                  const gemm::Settings& s) {
+  if (!try_matmul(kind, CUBLASLT_EPILOGUE_DEFAULT, a, b, d, accumulate, nullptr, nullptr, dims, s))
+    throw DeviceError(std::string("cuBLASLt offers no algorithm for the plain ") + kind_name(kind) +
+                      " GEMM (N=" + std::to_string(dims.models) + ", B=" + std::to_string(dims.batch) +
+                      ", I=" + std::to_string(dims.in) + ", O=" + std::to_string(dims.out) + ")");
+}
+
+}  // namespace
+
+void linear_forward(const float* x, const float* w, const float* bias, bool relu, float* y, uint8_t* mask,
+                    gemm::Dims d, const gemm::Settings& s) {
+  cublasLtEpilogue_t epilogue = relu ? (bias ? CUBLASLT_EPILOGUE_RELU_AUX_BIAS : CUBLASLT_EPILOGUE_RELU_AUX)
+                                     : (bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
+  if (s.fuse_epilogues && try_matmul(Kind::forward, epilogue, w, x, y, false, bias, mask, d, s)) return;
+  plain_matmul(Kind::forward, w, x, y, false, d, s);
+  if (bias || relu) bias_activation(y, bias, relu, mask, d.models, d.batch, d.out);
+}
+
+void linear_backward_input(const float* dy, const float* w, const uint8_t* prev_mask, float* dx, float* dbias_prev,
+                           bool accumulate, gemm::Dims d, const gemm::Settings& s) {
+  if (prev_mask && !accumulate) {
+    cublasLtEpilogue_t epilogue = dbias_prev ? CUBLASLT_EPILOGUE_DRELU_BGRAD : CUBLASLT_EPILOGUE_DRELU;
+    if (s.fuse_epilogues &&
+        try_matmul(Kind::backward_input, epilogue, w, dy, dx, false, dbias_prev, prev_mask, d, s))
+      return;
+  }
+  plain_matmul(Kind::backward_input, w, dy, dx, accumulate, d, s);
+  if (prev_mask) apply_relu_mask(dx, prev_mask, d.models, d.batch, d.in);
+  if (dbias_prev) bias_gradient(dx, dbias_prev, d.models, d.batch, d.in);
+}
+
+void linear_backward_weight(const float* dy, const float* x, float* dw, bool accumulate, float* dbias,
+                            gemm::Dims d, const gemm::Settings& s) {
+  if (dbias && s.fuse_epilogues &&
+      try_matmul(Kind::backward_weight, CUBLASLT_EPILOGUE_BGRADB, x, dy, dw, accumulate, dbias, nullptr, d, s))
+    return;
+  plain_matmul(Kind::backward_weight, x, dy, dw, accumulate, d, s);
+  if (dbias) bias_gradient(dy, dbias, d.models, d.batch, d.out);
+}
+
+std::string gemm_fallback_report() { return plan_cache().report(); }
+
+}  // namespace subliminal::cuda

@@ -1,0 +1,30 @@
+// ops/cuda/gemm_cuda.h — the CUDA backend of ops/gemm.h: cuBLASLt GEMMs with fused
+// epilogues (ops/cuda/gemm_cublaslt.cpp) and the stand-alone epilogue kernels used when an
+// epilogue is switched off or not supported (ops/cuda/epilogue.cu). float32 device pointers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "ops/gemm.h"
+
+namespace subliminal::cuda {
+
+void linear_forward(const float* x, const float* w, const float* bias, bool relu, float* y, uint8_t* mask,
+                    gemm::Dims d, const gemm::Settings& s);
+void linear_backward_input(const float* dy, const float* w, const uint8_t* prev_mask, float* dx,
+                           float* dbias_prev, bool accumulate, gemm::Dims d, const gemm::Settings& s);
+void linear_backward_weight(const float* dy, const float* x, float* dw, bool accumulate, float* dbias,
+                            gemm::Dims d, const gemm::Settings& s);
+
+// y[N,B,F] += bias[N,F] (bias may be null); relu: y = max(y, 0) (NaN → 0) and mask bits.
+void bias_activation(float* y, const float* bias, bool relu, uint8_t* mask, int64_t models, int64_t batch,
+                     int64_t features);
+// dx[N,B,F] *= mask bit
+void apply_relu_mask(float* dx, const uint8_t* mask, int64_t models, int64_t batch, int64_t features);
+// db[N,F] = Σ_b d[N,b,F]
+void bias_gradient(const float* d, float* db, int64_t models, int64_t batch, int64_t features);
+
+std::string gemm_fallback_report();
+
+}  // namespace subliminal::cuda

@@ -1,0 +1,76 @@
+// ops/gemm.h — the three matrix products of a Linear layer, with fused epilogues.
+//
+// Everything is row-major and batched over a leading "models" dimension N (N independent
+// GEMMs with the same shape, one per model). Per model:
+//
+//   forward          y[B,O]  = act(x[B,I] · w[O,I]ᵀ + bias[O])      act ∈ {none, relu}
+//                    relu also writes relu_mask: bit (b, o) = y > 0
+//   backward_input   dx[B,I] = (dy[B,O] · w[O,I]) ⊙ relu'(mask of the layer that made x)
+//                    and, if asked, dbias_prev[I] = Σ_b dx[b, :]   (that layer's bias gradient)
+//   backward_weight  dw[O,I] = dy[B,O]ᵀ · x[B,I]    (overwrite, or accumulate into dw)
+//                    and, if asked, dbias[O] = Σ_b dy[b, :]
+//
+// These are exactly the products cuBLASLt can fuse with its epilogues (RELU_AUX_BIAS,
+// DRELU_BGRAD, BGRADB; see ops/cuda/gemm_cublaslt.cu and REFERENCE.md §3). The CPU backend
+// computes the same things with an OpenBLAS GEMM and a loop (ops/cpu/gemm_cpu.cpp).
+//
+// The ReLU mask is cuBLASLt's bit-mask format, used on both backends so masks can be
+// compared: per model, per sample b, a row of ld = roundup(F, 128) bits (ld/8 bytes), bit
+// f of the row (LSB-first within each byte) set when feature f was > 0. Its tensor is
+// uint8 [N, B, ld/8]. NaN pre-activations give 0 and mask 0, as cuBLASLt's epilogue does.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "engine/tensor.h"
+
+namespace subliminal::gemm {
+
+enum class Activation { none, relu };
+
+// The sizes of one batched Linear GEMM: N models, B samples, I inputs, O outputs.
+struct Dims {
+  int64_t models, batch, in, out;
+};
+
+// Run-wide GEMM settings (set once from the app's flags; tests flip them).
+struct Settings {
+  bool tf32 = false;            // allow TF32 tensor cores for float32 (PyTorch's default is off)
+  bool fuse_epilogues = true;   // false: plain GEMMs + separate bias/ReLU/bias-grad kernels
+};
+Settings& settings();
+
+// Bits per mask row for F features, and the mask tensor's shape for [N, B, F] activations.
+inline int64_t mask_row_bits(int64_t features) { return (features + 127) / 128 * 128; }
+Shape mask_shape(int64_t models, int64_t batch, int64_t features);
+
+// Shapes: x [N,B,I], w [N,O,I], bias [N,O] or undefined, y [N,B,O] (written),
+// relu_mask uint8 mask_shape(N,B,O) — required iff act == relu.
+void forward(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, const Tensor& y,
+             const Tensor& relu_mask);
+
+// Shapes: dy [N,B,O], w [N,O,I], dx [N,B,I] (written), prev_mask mask_shape(N,B,I) or
+// undefined (no ReLU before this layer), dbias_prev [N,I] or undefined (needs prev_mask).
+// accumulate: dx += result instead of dx = result.
+void backward_input(const Tensor& dy, const Tensor& w, const Tensor& prev_mask, const Tensor& dx,
+                    const Tensor& dbias_prev, bool accumulate);
+
+// Shapes: dy [N,B,O], x [N,B,I], dw [N,O,I] (written or accumulated), dbias [N,O] or undefined
+// (always overwritten).
+void backward_weight(const Tensor& dy, const Tensor& x, const Tensor& dw, bool accumulate,
+                     const Tensor& dbias);
+
+// ---- epilogue pieces on their own (the unfused path and the CPU backend use them) --------
+// y[N,B,O] += bias[N,O] (if defined); then, for relu, y = y > 0 ? y : 0 and mask bits.
+void bias_activation(const Tensor& y, const Tensor& bias, Activation act, const Tensor& relu_mask);
+// dx[N,B,F] *= mask bit (b, f).
+void apply_relu_mask(const Tensor& dx, const Tensor& mask);
+// dbias[N,F] = Σ_b d[N,b,F]  (overwrite).
+void bias_gradient(const Tensor& d, const Tensor& dbias);
+
+// One line per distinct GEMM configuration the GPU engine fell back on (epilogue not
+// supported by cuBLASLt on this GPU), for the run's log. Empty on the CPU.
+std::string fallback_report();
+
+}  // namespace subliminal::gemm

@@ -1,0 +1,29 @@
+// ops/loss.h — the two losses of the experiment, fused, plus PyTorch's kl_div for reference.
+//
+// Every loss returns one value per model: shape [N] for logits [N, B, C]. backward() on that
+// vector differentiates their sum, which gives each model the gradient of its own loss.
+#pragma once
+
+#include "engine/tensor.h"
+#include "ops/slice.h"
+
+namespace subliminal {
+
+// The teacher's loss: F.cross_entropy(logits[:, :, classes], labels), mean over the batch.
+//   logits [N, B, C] float, labels [N, B] int32 with values in [0, classes.width()).
+// Fused: no slice, no log-softmax tensor; backward writes (softmax − onehot)/B into the
+// class columns and zeros into the others.
+Tensor cross_entropy(const Tensor& logits, const Tensor& labels, ColumnRange classes);
+
+// The student's loss, as the notebook writes it:
+//   F.kl_div(F.log_softmax(s[..., cols]/T), F.softmax(t[..., cols]/T), reduction="batchmean") · T²
+//   student, teacher [N, B, C]; the teacher's logits must not require a gradient.
+// Backward: d student[..., cols] = T·(softmax(s/T) − softmax(t/T))/B, zeros elsewhere.
+Tensor distill_kl(const Tensor& student, const Tensor& teacher, ColumnRange cols, double temperature);
+
+// PyTorch's F.kl_div(log_q, p, reduction="batchmean") per model: Σ p·(log p − log_q) / B,
+// with 0·log 0 = 0. log_q, p [N, B, C]; p must not require a gradient. The unfused reference
+// for distill_kl (log_softmax → kl_div → scale).
+Tensor kl_div(const Tensor& log_q, const Tensor& p);
+
+}  // namespace subliminal

@@ -1,0 +1,317 @@
+// tests/test_mnist.cpp — locating MNIST (search order, errors) and loading it (shape, counts,
+// labels), on small files the tests write; and the real data set when $MNIST_DIR points at it.
+#include <gtest/gtest.h>
+#include <unistd.h>  // chdir
+#include <zlib.h>    // gzopen, gzwrite, gzclose
+
+#include <chrono>      // std::chrono::steady_clock
+#include <cstdio>      // std::printf
+#include <cstdlib>     // getenv, setenv, unsetenv, mkdtemp
+#include <filesystem>  // std::filesystem
+#include <fstream>     // std::ofstream
+#include <optional>    // std::optional
+#include <string>      // std::string
+#include <vector>      // std::vector
+
+#include "data/idx.h"      // kIdxMagicImages, kIdxMagicLabels
+#include "data/mnist.h"    // locate_mnist, load_mnist
+#include "engine/error.h"  // subliminal::DataError
+
+namespace {
+
+namespace fs = std::filesystem;
+using subliminal::DataError;
+using subliminal::data::kIdxMagicImages;
+using subliminal::data::kIdxMagicLabels;
+using subliminal::data::load_mnist;
+using subliminal::data::locate_mnist;
+using subliminal::data::Mnist;
+using Bytes = std::vector<uint8_t>;
+
+// ---- Helpers --------------------------------------------------------------------------------
+
+// A fresh directory under the system temp dir, removed with everything in it at scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "subliminal_test_mnist_XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    fs::remove_all(path_, ignored);
+  }
+  fs::path operator/(const std::string& name) const { return path_ / name; }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+// Saves $MNIST_DIR, $HOME and the working directory, and puts them back at scope exit, so the
+// locate tests cannot leak into each other or into the real-data test.
+class EnvironmentGuard {
+ public:
+  EnvironmentGuard() : mnist_dir_(get("MNIST_DIR")), home_(get("HOME")), cwd_(fs::current_path()) {}
+  ~EnvironmentGuard() {
+    put("MNIST_DIR", mnist_dir_);
+    put("HOME", home_);
+    std::error_code ignored;
+    fs::current_path(cwd_, ignored);
+  }
+
+ private:
+  static std::optional<std::string> get(const char* name) {
+    const char* value = std::getenv(name);
+    return value ? std::optional<std::string>(value) : std::nullopt;
+  }
+  static void put(const char* name, const std::optional<std::string>& value) {
+    if (value) {
+      setenv(name, value->c_str(), 1);
+    } else {
+      unsetenv(name);
+    }
+  }
+  std::optional<std::string> mnist_dir_, home_;
+  fs::path cwd_;
+};
+
+Bytes idx_bytes(uint32_t magic, const std::vector<uint32_t>& dims, const Bytes& payload) {
+  Bytes bytes;
+  auto append = [&bytes](uint32_t value) {
+    for (int shift = 24; shift >= 0; shift -= 8) bytes.push_back(uint8_t(value >> shift));
+  };
+  append(magic);
+  for (uint32_t dim : dims) append(dim);
+  bytes.insert(bytes.end(), payload.begin(), payload.end());
+  return bytes;
+}
+
+void write_file(const fs::path& path, const Bytes& bytes) {
+  if (path.extension() == ".gz") {
+    gzFile gz = gzopen(path.c_str(), "wb");
+    ASSERT_NE(gz, nullptr) << path;
+    ASSERT_EQ(gzwrite(gz, bytes.data(), unsigned(bytes.size())), int(bytes.size()));
+    ASSERT_EQ(gzclose(gz), Z_OK);
+  } else {
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+    ASSERT_TRUE(out.good()) << path;
+  }
+}
+
+// count images of rows x cols whose pixels all equal their index, and labels = index % 10.
+Bytes images_file(uint32_t count, uint32_t rows = 28, uint32_t cols = 28) {
+  Bytes pixels;
+  for (uint32_t i = 0; i < count; ++i) pixels.insert(pixels.end(), size_t(rows) * cols, uint8_t(i));
+  return idx_bytes(kIdxMagicImages, {count, rows, cols}, pixels);
+}
+Bytes labels_file(uint32_t count) {
+  Bytes labels;
+  for (uint32_t i = 0; i < count; ++i) labels.push_back(uint8_t(i % 10));
+  return idx_bytes(kIdxMagicLabels, {count}, labels);
+}
+
+// A small MNIST in dir: 5 train and 3 test images; suffix "" writes raw files, ".gz" gzipped.
+void write_small_mnist(const fs::path& dir, const std::string& suffix = "") {
+  fs::create_directories(dir);
+  write_file(dir / ("train-images-idx3-ubyte" + suffix), images_file(5));
+  write_file(dir / ("train-labels-idx1-ubyte" + suffix), labels_file(5));
+  write_file(dir / ("t10k-images-idx3-ubyte" + suffix), images_file(3));
+  write_file(dir / ("t10k-labels-idx1-ubyte" + suffix), labels_file(3));
+}
+
+// Runs f, expecting a DataError with a one-line message that contains every needle.
+template <class F>
+void expect_data_error(F&& f, std::initializer_list<std::string> needles) {
+  try {
+    f();
+    ADD_FAILURE() << "expected a DataError, but nothing was thrown";
+  } catch (const DataError& error) {
+    const std::string message = error.what();
+    EXPECT_EQ(message.find('\n'), std::string::npos) << "not one line: " << message;
+    for (const std::string& needle : needles) {
+      EXPECT_NE(message.find(needle), std::string::npos) << "message lacks \"" << needle << "\": " << message;
+    }
+  }
+}
+#define EXPECT_DATA_ERROR(statement, ...)                         \
+  do {                                                            \
+    SCOPED_TRACE(#statement);                                     \
+    expect_data_error([&] { (void)(statement); }, {__VA_ARGS__}); \
+  } while (0)
+
+// ---- load_mnist -----------------------------------------------------------------------------
+
+TEST(LoadMnist, LoadsRawAndGzippedFiles) {
+  TempDir dir;
+  write_file(dir / "train-images-idx3-ubyte", images_file(5));
+  write_file(dir / "train-labels-idx1-ubyte.gz", labels_file(5));
+  write_file(dir / "t10k-images-idx3-ubyte.gz", images_file(3));
+  write_file(dir / "t10k-labels-idx1-ubyte", labels_file(3));
+  const Mnist mnist = load_mnist(dir.path());
+  EXPECT_EQ(mnist.dir, dir.path());
+  EXPECT_EQ(mnist.train.count, 5);
+  EXPECT_EQ(mnist.test.count, 3);
+  EXPECT_EQ(mnist.train.rows, 28);
+  EXPECT_EQ(mnist.train.cols, 28);
+  ASSERT_EQ(mnist.train.images.size(), 5u * 784);
+  ASSERT_EQ(mnist.test.images.size(), 3u * 784);
+  EXPECT_EQ(mnist.train.images[4 * 784 + 100], 4);  // image 4 is all 4s
+  EXPECT_EQ(mnist.train.labels, (Bytes{0, 1, 2, 3, 4}));
+  EXPECT_EQ(mnist.test.labels, (Bytes{0, 1, 2}));
+}
+
+TEST(LoadMnist, RawIsPreferredOverGzip) {
+  TempDir dir;
+  write_small_mnist(dir.path(), ".gz");
+  write_file(dir / "train-images-idx3-ubyte", images_file(5, 28, 28));
+  write_file(dir / "train-labels-idx1-ubyte", idx_bytes(kIdxMagicLabels, {5}, {9, 9, 9, 9, 9}));
+  EXPECT_EQ(load_mnist(dir.path()).train.labels, (Bytes{9, 9, 9, 9, 9}));
+}
+
+TEST(LoadMnist, CountMismatchNamesBothFiles) {
+  TempDir dir;
+  write_small_mnist(dir.path());
+  write_file(dir / "t10k-labels-idx1-ubyte", labels_file(2));
+  EXPECT_DATA_ERROR(load_mnist(dir.path()), "t10k-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "2 labels",
+                    "3 images", "must match");
+}
+
+TEST(LoadMnist, LabelOutOfRangeIsRefused) {
+  TempDir dir;
+  write_small_mnist(dir.path());
+  write_file(dir / "train-labels-idx1-ubyte", idx_bytes(kIdxMagicLabels, {5}, {1, 2, 10, 3, 4}));
+  EXPECT_DATA_ERROR(load_mnist(dir.path()), "train-labels-idx1-ubyte", "label 10 at index 2", "out of range");
+}
+
+TEST(LoadMnist, ImagesMustBe28x28) {
+  TempDir dir;
+  write_small_mnist(dir.path());
+  write_file(dir / "train-images-idx3-ubyte", images_file(5, 28, 27));
+  EXPECT_DATA_ERROR(load_mnist(dir.path()), "train-images-idx3-ubyte", "28x27", "expected 28x28");
+  write_file(dir / "train-images-idx3-ubyte", images_file(5, 32, 28));
+  EXPECT_DATA_ERROR(load_mnist(dir.path()), "train-images-idx3-ubyte", "32x28", "expected 28x28");
+}
+
+TEST(LoadMnist, MissingFileIsNamed) {
+  TempDir dir;
+  write_small_mnist(dir.path());
+  fs::remove(dir / "t10k-images-idx3-ubyte");
+  EXPECT_DATA_ERROR(load_mnist(dir.path()), "t10k-images-idx3-ubyte", "no such file");
+}
+
+TEST(LoadMnist, FileDefectsPassThroughWithTheFileName) {
+  TempDir dir;
+  write_small_mnist(dir.path());
+  write_file(dir / "t10k-images-idx3-ubyte", idx_bytes(kIdxMagicImages, {3, 28, 28}, Bytes(100, 0)));
+  EXPECT_DATA_ERROR(load_mnist(dir.path()), "t10k-images-idx3-ubyte", "truncated");
+}
+
+// ---- locate_mnist ---------------------------------------------------------------------------
+
+// Four places, each holding a complete MNIST, with $MNIST_DIR, the cwd and $HOME pointed at them.
+struct SearchPlaces {
+  TempDir root;
+  fs::path flag = root / "flag", env = root / "env", cwd = root / "cwd", home = root / "home";
+  fs::path in_cwd = cwd / "data" / "mnist";
+  fs::path in_home = home / ".pytorch" / "MNIST_data" / "MNIST" / "raw";
+  SearchPlaces() {
+    for (const fs::path& dir : {flag, env, in_cwd, in_home}) write_small_mnist(dir);
+    setenv("MNIST_DIR", env.c_str(), 1);
+    setenv("HOME", home.c_str(), 1);
+    fs::current_path(cwd);
+  }
+};
+
+TEST(LocateMnist, SearchOrderIsFlagThenEnvThenCwdThenHome) {
+  EnvironmentGuard guard;
+  SearchPlaces places;
+  EXPECT_EQ(locate_mnist(places.flag.string()), places.flag);
+  EXPECT_EQ(locate_mnist(""), places.env);
+  unsetenv("MNIST_DIR");
+  EXPECT_TRUE(fs::equivalent(locate_mnist(""), places.in_cwd));
+  fs::remove_all(places.in_cwd);
+  EXPECT_EQ(locate_mnist(""), places.in_home);
+}
+
+TEST(LocateMnist, GzippedFilesQualify) {
+  EnvironmentGuard guard;
+  TempDir dir;
+  write_small_mnist(dir.path(), ".gz");
+  EXPECT_EQ(locate_mnist(dir.path().string()), dir.path());
+}
+
+TEST(LocateMnist, ADirectoryMissingOneFileDoesNotQualify) {
+  EnvironmentGuard guard;
+  SearchPlaces places;
+  fs::remove(places.env / "t10k-labels-idx1-ubyte");
+  EXPECT_TRUE(fs::equivalent(locate_mnist(""), places.in_cwd));  // skips $MNIST_DIR
+}
+
+TEST(LocateMnist, DataFlagWithoutTheFilesIsAnErrorNotAFallback) {
+  EnvironmentGuard guard;
+  SearchPlaces places;  // $MNIST_DIR etc. hold MNIST, but --data was given: no silent fallback
+  const fs::path empty = places.root / "empty";
+  fs::create_directory(empty);
+  EXPECT_DATA_ERROR(locate_mnist(empty.string()), "--data", empty.string(), "none of the four",
+                    "scripts/fetch_mnist.sh");
+  fs::remove(places.flag / "train-images-idx3-ubyte");
+  EXPECT_DATA_ERROR(locate_mnist(places.flag.string()), "--data", "missing train-images-idx3-ubyte[.gz]");
+  EXPECT_DATA_ERROR(locate_mnist((places.root / "nowhere").string()), "--data", "nowhere",
+                    "no such directory");
+}
+
+TEST(LocateMnist, NothingFoundListsEveryPlaceSearched) {
+  EnvironmentGuard guard;
+  TempDir root;
+  fs::create_directories(root / "cwd");
+  fs::create_directories(root / "env");
+  setenv("MNIST_DIR", (root / "env").c_str(), 1);
+  setenv("HOME", (root / "home").c_str(), 1);
+  fs::current_path(root / "cwd");
+  EXPECT_DATA_ERROR(locate_mnist(""), "MNIST not found", "$MNIST_DIR=" + (root / "env").string(),
+                    "./data/mnist", (root / "home/.pytorch/MNIST_data/MNIST/raw").string(),
+                    "scripts/fetch_mnist.sh", "set MNIST_DIR");
+  unsetenv("MNIST_DIR");
+  unsetenv("HOME");
+  EXPECT_DATA_ERROR(locate_mnist(""), "$MNIST_DIR (not set)", "./data/mnist",
+                    "~/.pytorch/MNIST_data/MNIST/raw ($HOME not set)");
+}
+
+// ---- The real data set ----------------------------------------------------------------------
+
+TEST(RealMnist, MatchesThePublishedStatistics) {
+  const char* dir = std::getenv("MNIST_DIR");
+  if (dir == nullptr || *dir == '\0') {
+    GTEST_SKIP() << "MNIST_DIR not set: point it at a directory holding the four MNIST files "
+                    "(scripts/fetch_mnist.sh DIR fetches them)";
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const Mnist mnist = load_mnist(dir);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("[ info     ] loaded MNIST from %s in %.3f s\n", dir, seconds);
+
+  EXPECT_EQ(mnist.train.count, 60000);
+  EXPECT_EQ(mnist.test.count, 10000);
+  for (const auto* split : {&mnist.train, &mnist.test}) {
+    EXPECT_EQ(split->rows, 28);
+    EXPECT_EQ(split->cols, 28);
+    EXPECT_EQ(split->images.size(), size_t(split->count) * 784);
+    EXPECT_EQ(split->labels.size(), size_t(split->count));
+    for (uint8_t label : split->labels) ASSERT_LT(label, 10);
+  }
+  EXPECT_EQ(mnist.train.labels[0], 5);  // the famous first digit
+
+  // Pixel means from /work/shared/mnist/SOURCE.md, given to 6 decimals.
+  auto mean_over_255 = [](const std::vector<uint8_t>& pixels) {
+    uint64_t sum = 0;
+    for (uint8_t pixel : pixels) sum += pixel;
+    return double(sum) / double(pixels.size()) / 255.0;
+  };
+  EXPECT_NEAR(mean_over_255(mnist.train.images), 0.130660, 5e-7);
+  EXPECT_NEAR(mean_over_255(mnist.test.images), 0.132515, 5e-7);
+}
+
+}  // namespace
