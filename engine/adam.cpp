@@ -13,8 +13,8 @@ namespace subliminal {
 
 namespace cpu {
 template <class T>
-void adam_update(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v, int64_t n, int64_t t,
-                 const AdamOptions& o) {
+void adam_update(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v, int64_t n,
+                 int64_t t, const AdamOptions& o) {
   // Scalars in double as torch computes them in Python, then used at the tensor's precision.
   const double bias_correction1 = 1.0 - std::pow(o.beta1, double(t));
   const double bias_correction2 = 1.0 - std::pow(o.beta2, double(t));
@@ -31,7 +31,8 @@ void adam_update(T* __restrict p, const T* __restrict g, T* __restrict m, T* __r
   }
 }
 template void adam_update<float>(float*, const float*, float*, float*, int64_t, int64_t, const AdamOptions&);
-template void adam_update<double>(double*, const double*, double*, double*, int64_t, int64_t, const AdamOptions&);
+template void adam_update<double>(double*, const double*, double*, double*, int64_t, int64_t,
+                                  const AdamOptions&);
 }  // namespace cpu
 
 Adam::Adam(const Tensor& values, const Tensor& grads, AdamOptions options)
@@ -59,7 +60,8 @@ void Adam::step() {
   int64_t t = *t_.data<int64_t>();
   dispatch_floating(values_.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    cpu::adam_update(values_.data<T>(), grads_.data<T>(), m_.data<T>(), v_.data<T>(), values_.numel(), t, options_);
+    cpu::adam_update(values_.data<T>(), grads_.data<T>(), m_.data<T>(), v_.data<T>(), values_.numel(), t,
+                     options_);
   });
 }
 

@@ -1,6 +1,8 @@
 // engine/autograd.cpp — the backward walk, grad mode, and Tensor's autograd accessors.
 #include "engine/autograd.h"
 
+#include <map>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -44,6 +46,18 @@ std::vector<std::shared_ptr<Node>> topological_order(const std::shared_ptr<Node>
 }
 
 }  // namespace
+
+// The seed dL/dL = 1 of a backward pass. Kept per (shape, dtype, device) because a training
+// step asks for the same one every time: no fill kernel per step, and inside a captured CUDA
+// graph the seed is a buffer that outlives the graph rather than one of its allocations.
+// Nothing writes into a seed (gradients go to sinks), so sharing it is safe.
+static Tensor ones(const Shape& shape, DType dtype, Device device) {
+  static std::map<std::tuple<Shape, DType, Device>, Tensor>* cache =
+      new std::map<std::tuple<Shape, DType, Device>, Tensor>;
+  auto [it, inserted] = cache->try_emplace({shape, dtype, device});
+  if (inserted) it->second = Tensor::full(shape, 1.0, dtype, device);
+  return it->second;
+}
 
 bool grad_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
@@ -132,7 +146,7 @@ std::shared_ptr<Node> Tensor::grad_fn() const {
 
 void Tensor::backward() const {
   if (!requires_grad()) throw Error("backward() on " + describe() + ", which does not require a gradient");
-  Tensor seed = Tensor::full(shape(), 1.0, dtype(), device());
+  const Tensor seed = ones(shape(), dtype(), device());
 
   AutogradMeta& root_meta = *impl().autograd;
   if (!root_meta.grad_fn) {  // backward() on a leaf: its gradient is the seed itself

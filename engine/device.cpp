@@ -32,7 +32,8 @@ bool cuda_available(std::string* why) {
 }
 
 std::string device_description(Device d) {
-  if (d == Device::cpu) return "cpu (" + std::to_string(std::thread::hardware_concurrency()) + " hardware threads)";
+  if (d == Device::cpu)
+    return "cpu (" + std::to_string(std::thread::hardware_concurrency()) + " hardware threads)";
 #ifdef SUBLIMINAL_HAS_CUDA
   return cuda::Runtime::get().properties().name;
 #else

@@ -28,11 +28,16 @@ void fill(const Tensor& t, double value) {
     return;
   }
   switch (t.dtype()) {
-    case DType::f32: return fill_cpu(t.data<float>(), n, static_cast<float>(value));
-    case DType::f64: return fill_cpu(t.data<double>(), n, value);
-    case DType::i32: return fill_cpu(t.data<int32_t>(), n, static_cast<int32_t>(value));
-    case DType::i64: return fill_cpu(t.data<int64_t>(), n, static_cast<int64_t>(value));
-    case DType::u8: return fill_cpu(t.data<uint8_t>(), n, static_cast<uint8_t>(value));
+    case DType::f32:
+      return fill_cpu(t.data<float>(), n, static_cast<float>(value));
+    case DType::f64:
+      return fill_cpu(t.data<double>(), n, value);
+    case DType::i32:
+      return fill_cpu(t.data<int32_t>(), n, static_cast<int32_t>(value));
+    case DType::i64:
+      return fill_cpu(t.data<int64_t>(), n, static_cast<int64_t>(value));
+    case DType::u8:
+      return fill_cpu(t.data<uint8_t>(), n, static_cast<uint8_t>(value));
   }
 }
 
@@ -61,9 +66,12 @@ void copy_into(const Tensor& dst, const Tensor& src) {
     if (bytes) std::memmove(dst.raw(), src.raw(), bytes);
     return;
   }
-  if (from == Device::cuda && to == Device::cuda) ON_CUDA(cuda::copy_device_to_device(dst.raw(), src.raw(), bytes));
-  if (from == Device::cpu && to == Device::cuda) ON_CUDA(cuda::copy_host_to_device(dst.raw(), src.raw(), bytes));
-  if (from == Device::cuda && to == Device::cpu) ON_CUDA(cuda::copy_device_to_host(dst.raw(), src.raw(), bytes));
+  if (from == Device::cuda && to == Device::cuda)
+    ON_CUDA(cuda::copy_device_to_device(dst.raw(), src.raw(), bytes));
+  if (from == Device::cpu && to == Device::cuda)
+    ON_CUDA(cuda::copy_host_to_device(dst.raw(), src.raw(), bytes));
+  if (from == Device::cuda && to == Device::cpu)
+    ON_CUDA(cuda::copy_device_to_host(dst.raw(), src.raw(), bytes));
 }
 
 void accumulate_and_watch(const Tensor& sum, const Tensor& values, double weight, const Tensor& step,
@@ -87,8 +95,8 @@ void accumulate_and_watch(const Tensor& sum, const Tensor& values, double weight
         }
       },
       [&] {
-        ON_CUDA(cuda::accumulate_and_watch(sum.data<float>(), values.data<float>(), sum.numel(), float(weight),
-                                           step.data<int64_t>(), first_bad.data<int64_t>()));
+        ON_CUDA(cuda::accumulate_and_watch(sum.data<float>(), values.data<float>(), sum.numel(),
+                                           float(weight), step.data<int64_t>(), first_bad.data<int64_t>()));
       });
 }
 
@@ -105,14 +113,21 @@ int64_t count_nonfinite(const Tensor& t) {
   return count;
 }
 
-void increment(const Tensor& counter) {
-  check_dtype("increment", counter, DType::i64, "the counter");
-  if (counter.numel() != 1) throw ShapeError("increment: counter must have one element");
-  if (counter.device() == Device::cuda) {
-    ON_CUDA(cuda::increment(counter.data<int64_t>()));
+void increment(const std::vector<Tensor>& counters) {
+  if (counters.empty()) return;
+  if (counters.size() > 4) throw ShapeError("increment: at most 4 counters per call");
+  for (const Tensor& c : counters) {
+    check_dtype("increment", c, DType::i64, "a counter");
+    if (c.numel() != 1) throw ShapeError("increment: counters must have one element");
+    check_same_device("increment", counters.front(), c);
+  }
+  if (counters.front().device() == Device::cuda) {
+    int64_t* pointers[4] = {nullptr, nullptr, nullptr, nullptr};
+    for (size_t k = 0; k < counters.size(); ++k) pointers[k] = counters[k].data<int64_t>();
+    ON_CUDA(cuda::increment(pointers));
     return;
   }
-  *counter.data<int64_t>() += 1;
+  for (const Tensor& c : counters) *c.data<int64_t>() += 1;
 }
 
 }  // namespace subliminal

@@ -4,6 +4,8 @@
 // lives in ops/ instead.
 #pragma once
 
+#include <vector>
+
 #include "engine/tensor.h"
 
 namespace subliminal {
@@ -27,8 +29,9 @@ void accumulate_and_watch(const Tensor& sum, const Tensor& values, double weight
 // Number of NaN/Inf elements of a floating tensor (synchronises).
 int64_t count_nonfinite(const Tensor& t);
 
-// counter[0] += 1 for an int64 tensor of one element — used for device-resident step
-// counters that CUDA-graph replays advance without the host.
-void increment(const Tensor& counter);
+// counter[0] += 1 for each int64 one-element tensor (at most 4, one launch) — device-resident
+// step counters that CUDA-graph replays advance without the host.
+void increment(const std::vector<Tensor>& counters);
+inline void increment(const Tensor& counter) { increment(std::vector<Tensor>{counter}); }
 
 }  // namespace subliminal

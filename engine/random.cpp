@@ -10,8 +10,8 @@ namespace subliminal {
 
 uint64_t stream_id(uint32_t purpose, uint32_t a, uint32_t b) {
   if (purpose >= (1u << 16) || a >= (1u << 24) || b >= (1u << 24))
-    throw Error("stream_id(" + std::to_string(purpose) + ", " + std::to_string(a) + ", " +
-                std::to_string(b) + ") out of range");
+    throw Error("stream_id(" + std::to_string(purpose) + ", " + std::to_string(a) + ", " + std::to_string(b) +
+                ") out of range");
   return (uint64_t(purpose) << 48) | (uint64_t(a) << 24) | uint64_t(b);
 }
 

@@ -41,7 +41,8 @@ struct Entry {
 
 SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::string& name,
                                   SafetensorsLimits limits) {
-  if (size < 8) defect(name, "only " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
+  if (size < 8)
+    defect(name, "only " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
   uint64_t header_bytes = 0;
   for (int i = 7; i >= 0; --i) header_bytes = (header_bytes << 8) | bytes[i];
   if (header_bytes > limits.max_header_bytes)
@@ -73,7 +74,8 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::
       continue;
     }
     const std::string where = "tensor \"" + key + "\"";
-    if (!value.is_object() || !value.contains("dtype") || !value.contains("shape") || !value.contains("data_offsets"))
+    if (!value.is_object() || !value.contains("dtype") || !value.contains("shape") ||
+        !value.contains("data_offsets"))
       defect(name, where + " lacks dtype, shape or data_offsets");
     const auto& dtype = value["dtype"];
     if (!dtype.is_string() || !dtype_codes().count(dtype.get<std::string>()))
@@ -85,12 +87,14 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::
     for (const auto& d : shape) {
       if (!d.is_number_unsigned()) defect(name, where + " has a bad shape " + shape.dump());
       const uint64_t dim = d.get<uint64_t>();
-      if (dim != 0 && count > data_bytes / dim) defect(name, where + " declares more elements than the file holds");
+      if (dim != 0 && count > data_bytes / dim)
+        defect(name, where + " declares more elements than the file holds");
       count *= dim;
       e.shape.push_back(int64_t(dim));
     }
     const auto& offsets = value["data_offsets"];
-    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned())
+    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
+        !offsets[1].is_number_unsigned())
       defect(name, where + " has bad data_offsets " + offsets.dump());
     e.begin = offsets[0].get<uint64_t>();
     e.end = offsets[1].get<uint64_t>();
@@ -98,8 +102,8 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::
       defect(name, where + " has data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
                        ") outside the " + std::to_string(data_bytes) + " data bytes");
     if (count * dtype_size(e.dtype) != e.end - e.begin)
-      defect(name, where + " has " + std::to_string(e.end - e.begin) + " bytes for " + std::to_string(count) + " " +
-                       dtype_name(e.dtype) + " values");
+      defect(name, where + " has " + std::to_string(e.end - e.begin) + " bytes for " + std::to_string(count) +
+                       " " + dtype_name(e.dtype) + " values");
     entries.push_back(std::move(e));
   }
 
@@ -112,10 +116,12 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::
   uint64_t covered = 0;
   for (const Entry* e : by_offset) {
     if (e->begin != covered)
-      defect(name, "tensor \"" + e->name + "\" " + (e->begin < covered ? "overlaps another" : "leaves a hole before it"));
+      defect(name, "tensor \"" + e->name + "\" " +
+                       (e->begin < covered ? "overlaps another" : "leaves a hole before it"));
     covered = e->end;
   }
-  if (covered != data_bytes) defect(name, std::to_string(data_bytes - covered) + " data bytes belong to no tensor");
+  if (covered != data_bytes)
+    defect(name, std::to_string(data_bytes - covered) + " data bytes belong to no tensor");
 
   for (const Entry& e : entries) {
     Tensor t = Tensor::empty(e.shape, e.dtype, Device::cpu);
@@ -140,16 +146,21 @@ SafetensorsFile read_safetensors(const std::filesystem::path& path, SafetensorsL
   if (!in) throw DataError(name + ": cannot open (" + std::strerror(errno) + ")");
   std::vector<uint8_t> bytes(size);
   if (size && !in.read(reinterpret_cast<char*>(bytes.data()), std::streamsize(size)))
-    throw DataError(name + ": read failed after " + std::to_string(in.gcount()) + " of " + std::to_string(size) + " bytes");
+    throw DataError(name + ": read failed after " + std::to_string(in.gcount()) + " of " +
+                    std::to_string(size) + " bytes");
   return parse_safetensors(bytes.data(), bytes.size(), name, limits);
 }
 
 void write_file_atomically(const std::filesystem::path& path, const std::string& contents) {
   const std::string name = path.string();
   const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
-  std::string temp = (dir / ("." + path.filename().string() + ".tmp-XXXXXX")).string();
+  std::string temp_name = ".";  // built in steps: g++ 12 warns falsely on "." + string (GCC bug 105329)
+  temp_name += path.filename().string();
+  temp_name += ".tmp-XXXXXX";
+  std::string temp = (dir / temp_name).string();
   int fd = mkstemp(temp.data());
-  if (fd < 0) throw InputError(name + ": cannot create a file in " + dir.string() + " (" + std::strerror(errno) + ")");
+  if (fd < 0)
+    throw InputError(name + ": cannot create a file in " + dir.string() + " (" + std::strerror(errno) + ")");
   size_t written = 0;
   while (written < contents.size()) {
     ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
@@ -186,7 +197,8 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
   std::vector<Tensor> host;
   for (const NamedTensor& nt : tensors) {
     Tensor t = nt.tensor.device() == Device::cpu ? nt.tensor : nt.tensor.to(Device::cpu);
-    header[nt.name] = {{"dtype", code_of(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {offset, offset + t.bytes()}}};
+    header[nt.name] = {
+        {"dtype", code_of(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {offset, offset + t.bytes()}}};
     offset += t.bytes();
     host.push_back(t);
   }

@@ -42,9 +42,9 @@ class Storage {
 
 // Counters of the CPU caching allocator, for tests that prove a loop stops allocating.
 struct CpuAllocatorStats {
-  uint64_t fresh_allocations = 0;  // calls that had to go to the system allocator
-  uint64_t reused_allocations = 0; // calls served from the free lists
-  uint64_t bytes_cached = 0;       // bytes sitting in the free lists now
+  uint64_t fresh_allocations = 0;   // calls that had to go to the system allocator
+  uint64_t reused_allocations = 0;  // calls served from the free lists
+  uint64_t bytes_cached = 0;        // bytes sitting in the free lists now
 };
 CpuAllocatorStats cpu_allocator_stats();
 

@@ -63,8 +63,8 @@ std::vector<T> Tensor::to_vector() const {
   return out;
 }
 
-#define SUBLIMINAL_INSTANTIATE(T)                                                           \
-  template Tensor Tensor::from_vector<T>(const std::vector<T>&, const Shape&, Device);     \
+#define SUBLIMINAL_INSTANTIATE(T)                                                      \
+  template Tensor Tensor::from_vector<T>(const std::vector<T>&, const Shape&, Device); \
   template std::vector<T> Tensor::to_vector<T>() const;
 SUBLIMINAL_INSTANTIATE(float)
 SUBLIMINAL_INSTANTIATE(double)
@@ -77,8 +77,8 @@ Tensor Tensor::view_of(const Tensor& base, int64_t offset, const Shape& shape) {
   const TensorImpl& b = base.impl();
   int64_t count = shape_numel(shape);
   if (offset < 0 || offset + count > base.numel())
-    throw ShapeError("view_of: " + std::to_string(count) + " elements at offset " +
-                     std::to_string(offset) + " do not fit in " + base.describe());
+    throw ShapeError("view_of: " + std::to_string(count) + " elements at offset " + std::to_string(offset) +
+                     " do not fit in " + base.describe());
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = b.storage;
   impl->offset_bytes = b.offset_bytes + static_cast<size_t>(offset) * dtype_size(b.dtype);
@@ -119,11 +119,16 @@ void Tensor::copy_from(const Tensor& src) const {
 double Tensor::item() const {
   if (numel() != 1) throw ShapeError("item() of " + describe() + ": needs exactly one element");
   switch (dtype()) {
-    case DType::f32: return to_vector<float>()[0];
-    case DType::f64: return to_vector<double>()[0];
-    case DType::i32: return to_vector<int32_t>()[0];
-    case DType::i64: return static_cast<double>(to_vector<int64_t>()[0]);
-    case DType::u8: return to_vector<uint8_t>()[0];
+    case DType::f32:
+      return to_vector<float>()[0];
+    case DType::f64:
+      return to_vector<double>()[0];
+    case DType::i32:
+      return to_vector<int32_t>()[0];
+    case DType::i64:
+      return static_cast<double>(to_vector<int64_t>()[0]);
+    case DType::u8:
+      return to_vector<uint8_t>()[0];
   }
   return 0;
 }
@@ -146,8 +151,8 @@ Tensor Tensor::reshaped(const Shape& new_shape) const {
 
 void check_rank(const char* op, const Tensor& t, int rank, const char* what) {
   if (t.rank() != rank)
-    throw ShapeError(std::string(op) + ": " + what + " must have rank " + std::to_string(rank) +
-                     ", got " + t.describe());
+    throw ShapeError(std::string(op) + ": " + what + " must have rank " + std::to_string(rank) + ", got " +
+                     t.describe());
 }
 
 void check_dtype(const char* op, const Tensor& t, DType dtype, const char* what) {

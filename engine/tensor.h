@@ -52,12 +52,10 @@ class Tensor {
   // ---- factories ----------------------------------------------------------------------
   static Tensor empty(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu);
   static Tensor zeros(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu);
-  static Tensor full(const Shape& shape, double value, DType dtype = DType::f32,
-                     Device device = Device::cpu);
+  static Tensor full(const Shape& shape, double value, DType dtype = DType::f32, Device device = Device::cpu);
   // Copies host values into a new tensor on `device`; values.size() must equal the numel.
   template <class T>
-  static Tensor from_vector(const std::vector<T>& values, const Shape& shape,
-                            Device device = Device::cpu);
+  static Tensor from_vector(const std::vector<T>& values, const Shape& shape, Device device = Device::cpu);
   // A tensor sharing `base`'s storage: `shape` elements starting `offset` elements into base.
   // Used for views along the leading dimension and for parameters inside a flat arena.
   static Tensor view_of(const Tensor& base, int64_t offset, const Shape& shape);
@@ -83,12 +81,12 @@ class Tensor {
   }
 
   // ---- copies -------------------------------------------------------------------------
-  Tensor to(Device device) const;               // always a fresh copy
+  Tensor to(Device device) const;  // always a fresh copy
   Tensor clone() const { return to(device()); }
-  void copy_from(const Tensor& src) const;      // same shape and dtype; any devices
+  void copy_from(const Tensor& src) const;  // same shape and dtype; any devices
   template <class T>
-  std::vector<T> to_vector() const;             // host copy of the values (synchronises)
-  double item() const;                          // the single value of a 1-element tensor, as double
+  std::vector<T> to_vector() const;  // host copy of the values (synchronises)
+  double item() const;               // the single value of a 1-element tensor, as double
 
   // The slice [begin, begin+count) along dimension 0, sharing storage (no autograd).
   Tensor rows(int64_t begin, int64_t count) const;
@@ -102,8 +100,8 @@ class Tensor {
   bool requires_grad() const;
   Tensor& set_requires_grad(bool on = true);  // only on leaves
   bool is_leaf() const;
-  const Tensor& grad() const;   // a leaf's accumulated gradient (undefined before any backward)
-  bool has_grad() const;        // false after zero_grad until the next backward writes it
+  const Tensor& grad() const;  // a leaf's accumulated gradient (undefined before any backward)
+  bool has_grad() const;       // false after zero_grad until the next backward writes it
   std::shared_ptr<Node> grad_fn() const;
   // Reverse-mode differentiation of this tensor. For one element this is the usual
   // backward(); for several it differentiates their sum — one independent loss per model.

@@ -7,8 +7,9 @@
 //
 // Noise is a function, not a buffer: pixel k of noise image i for model n comes from the
 // Philox word(s) at position i·P' + k of stream `stream` under key seed + n (engine/philox.h;
-// P' = P rounded up to even, so Gaussian pixel pairs never straddle two images), so a "fixed set of 60000 noise images" and "fresh noise every epoch"
-// differ only in which image ids a batch asks for, and no N × 60000 × 784 buffer exists.
+// P' = P rounded up to even, so Gaussian pixel pairs never straddle two images), so a "fixed set of 60000
+// noise images" and "fresh noise every epoch" differ only in which image ids a batch asks for, and no N ×
+// 60000 × 784 buffer exists.
 #pragma once
 
 #include <cstdint>
@@ -33,11 +34,14 @@ enum class NoiseDistribution {
 //   i = order[n, step·stride + b]        when order is defined (a fixed, reshuffled noise set)
 //   i = first_image + step·stride + b    otherwise (fresh noise: first_image = epoch · S)
 //   x float32 [N, B, P], order int32 [N, S] or undefined, step int64 [1].
+//   sources: model n of x draws from noise source n mod sources — its key seed + (n mod sources)
+//   and that row of `order` — so several student arms can share each model's noise without a
+//   copy (0: sources = N, every model its own).
 void noise_batch(uint64_t seed, uint64_t stream, const Tensor& order, const Tensor& step, int64_t stride,
-                 int64_t first_image, NoiseDistribution distribution, const Tensor& x);
+                 int64_t first_image, NoiseDistribution distribution, const Tensor& x, int64_t sources = 0);
 
 // [N, ...] → [repeats·N, ...]: out[r·N + n] = x[n]. Tiles a batch (or the teacher's logits)
-// for several student arms that see the same inputs. No autograd.
+// for several student arms that see the same inputs. No autograd; repeats = 1 returns a view.
 Tensor repeat_models(const Tensor& x, int64_t repeats);
 
 }  // namespace subliminal

@@ -2,8 +2,8 @@
 #include "ops/elementwise.h"
 
 #include "engine/autograd.h"
-#include "ops/cpu/kernels_cpu.h"
 #include "engine/dispatch.h"
+#include "ops/cpu/kernels_cpu.h"
 
 #ifdef SUBLIMINAL_HAS_CUDA
 #include "ops/cuda/kernels_cuda.h"
@@ -26,8 +26,10 @@ class ReluNode : public Node {
           using T = decltype(zero);
           cpu::relu_backward(dy.data<T>(), y.data<T>(), dx.target.data<T>(), y.numel(), dx.accumulate);
         },
-        [&] { ON_CUDA(cuda::relu_backward(dy.data<float>(), y.data<float>(), dx.target.data<float>(), y.numel(),
-                                          dx.accumulate)); });
+        [&] {
+          ON_CUDA(cuda::relu_backward(dy.data<float>(), y.data<float>(), dx.target.data<float>(), y.numel(),
+                                      dx.accumulate));
+        });
   }
 };
 
@@ -44,7 +46,10 @@ class ScaleNode : public Node {
           using T = decltype(zero);
           cpu::scale(dy.data<T>(), T(s_), dx.target.data<T>(), dy.numel(), dx.accumulate);
         },
-        [&] { ON_CUDA(cuda::scale(dy.data<float>(), float(s_), dx.target.data<float>(), dy.numel(), dx.accumulate)); });
+        [&] {
+          ON_CUDA(
+              cuda::scale(dy.data<float>(), float(s_), dx.target.data<float>(), dy.numel(), dx.accumulate));
+        });
   }
 
  private:

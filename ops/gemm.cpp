@@ -1,9 +1,9 @@
 // ops/gemm.cpp — shape checks for the Linear GEMMs and dispatch to the CPU or CUDA backend.
 #include "ops/gemm.h"
 
+#include "engine/dispatch.h"
 #include "engine/kernels.h"
 #include "ops/cpu/gemm_cpu.h"
-#include "engine/dispatch.h"
 
 #ifdef SUBLIMINAL_HAS_CUDA
 #include "ops/cuda/gemm_cuda.h"
@@ -14,7 +14,8 @@ namespace {
 
 void expect_shape(const char* op, const Tensor& t, const Shape& shape, const char* what) {
   if (t.shape() != shape)
-    throw ShapeError(std::string(op) + ": " + what + " must be " + shape_string(shape) + ", got " + t.describe());
+    throw ShapeError(std::string(op) + ": " + what + " must be " + shape_string(shape) + ", got " +
+                     t.describe());
 }
 
 void expect_same(const char* op, const Tensor& ref, const Tensor& t) {
@@ -70,24 +71,40 @@ void forward(const Tensor& x, const Tensor& w, const Tensor& bias, Activation ac
         cpu::linear_forward(x.data<T>(), w.data<T>(), ptr_or_null<T>(bias), relu, y.data<T>(),
                             relu ? relu_mask.data<uint8_t>() : nullptr, d);
       },
-      [&] { ON_CUDA(cuda::linear_forward(x.data<float>(), w.data<float>(), ptr_or_null<float>(bias), relu, y.data<float>(), relu ? relu_mask.data<uint8_t>() : nullptr, d, settings())); });
+      [&] {
+        ON_CUDA(cuda::linear_forward(x.data<float>(), w.data<float>(), ptr_or_null<float>(bias), relu,
+                                     y.data<float>(), relu ? relu_mask.data<uint8_t>() : nullptr, d,
+                                     settings()));
+      });
+}
+
+bool cudnn_compiled() {
+#ifdef SUBLIMINAL_HAS_CUDNN
+  return true;
+#else
+  return false;
+#endif
 }
 
 void backward_input(const Tensor& dy, const Tensor& w, const Tensor& prev_mask, const Tensor& dx,
-                    const Tensor& dbias_prev, bool accumulate) {
+                    const Tensor& dbias_prev, bool accumulate, const Tensor& prev_output) {
   const char* op = "gemm::backward_input";
   check_rank(op, dy, 3, "the output gradient");
   check_rank(op, w, 3, "the weight");
   const Dims d{dy.dim(0), dy.dim(1), w.dim(2), w.dim(1)};
   if (w.dim(0) != d.models || dy.dim(2) != d.out)
-    throw ShapeError(std::string(op) + ": output gradient " + dy.describe() + " does not match weight " + w.describe());
+    throw ShapeError(std::string(op) + ": output gradient " + dy.describe() + " does not match weight " +
+                     w.describe());
   expect_shape(op, dx, {d.models, d.batch, d.in}, "the input gradient");
   if (prev_mask.defined()) expect_shape(op, prev_mask, mask_shape(d.models, d.batch, d.in), "the ReLU mask");
   if (dbias_prev.defined()) {
-    if (!prev_mask.defined()) throw ShapeError(std::string(op) + ": a previous-layer bias gradient needs its ReLU mask");
+    if (!prev_mask.defined())
+      throw ShapeError(std::string(op) + ": a previous-layer bias gradient needs its ReLU mask");
     expect_shape(op, dbias_prev, {d.models, d.in}, "the previous layer's bias gradient");
   }
-  for (const Tensor* t : {&w, &prev_mask, &dx, &dbias_prev}) expect_same(op, dy, *t);
+  if (prev_output.defined())
+    expect_shape(op, prev_output, {d.models, d.batch, d.in}, "the previous layer's output");
+  for (const Tensor* t : {&w, &prev_mask, &dx, &dbias_prev, &prev_output}) expect_same(op, dy, *t);
 
   if (accumulate && prev_mask.defined()) {
     // The mask must not touch what dx already holds: compute into a temporary, then add.
@@ -103,16 +120,23 @@ void backward_input(const Tensor& dy, const Tensor& w, const Tensor& prev_mask, 
         cpu::linear_backward_input(dy.data<T>(), w.data<T>(), ptr_or_null<uint8_t>(prev_mask), dx.data<T>(),
                                    mut_ptr_or_null<T>(dbias_prev), accumulate, d);
       },
-      [&] { ON_CUDA(cuda::linear_backward_input(dy.data<float>(), w.data<float>(), ptr_or_null<uint8_t>(prev_mask), dx.data<float>(), mut_ptr_or_null<float>(dbias_prev), accumulate, d, settings())); });
+      [&] {
+        ON_CUDA(cuda::linear_backward_input(dy.data<float>(), w.data<float>(),
+                                            ptr_or_null<uint8_t>(prev_mask), ptr_or_null<float>(prev_output),
+                                            dx.data<float>(), mut_ptr_or_null<float>(dbias_prev), accumulate,
+                                            d, settings()));
+      });
 }
 
-void backward_weight(const Tensor& dy, const Tensor& x, const Tensor& dw, bool accumulate, const Tensor& dbias) {
+void backward_weight(const Tensor& dy, const Tensor& x, const Tensor& dw, bool accumulate,
+                     const Tensor& dbias) {
   const char* op = "gemm::backward_weight";
   check_rank(op, dy, 3, "the output gradient");
   check_rank(op, x, 3, "the input");
   const Dims d{x.dim(0), x.dim(1), x.dim(2), dy.dim(2)};
   if (dy.dim(0) != d.models || dy.dim(1) != d.batch)
-    throw ShapeError(std::string(op) + ": output gradient " + dy.describe() + " does not match input " + x.describe());
+    throw ShapeError(std::string(op) + ": output gradient " + dy.describe() + " does not match input " +
+                     x.describe());
   expect_shape(op, dw, {d.models, d.out, d.in}, "the weight gradient");
   if (dbias.defined()) expect_shape(op, dbias, {d.models, d.out}, "the bias gradient");
   for (const Tensor* t : {&x, &dw, &dbias}) expect_same(op, dy, *t);
@@ -121,9 +145,13 @@ void backward_weight(const Tensor& dy, const Tensor& x, const Tensor& dw, bool a
       op, dy,
       [&](auto zero) {
         using T = decltype(zero);
-        cpu::linear_backward_weight(dy.data<T>(), x.data<T>(), dw.data<T>(), accumulate, mut_ptr_or_null<T>(dbias), d);
+        cpu::linear_backward_weight(dy.data<T>(), x.data<T>(), dw.data<T>(), accumulate,
+                                    mut_ptr_or_null<T>(dbias), d);
       },
-      [&] { ON_CUDA(cuda::linear_backward_weight(dy.data<float>(), x.data<float>(), dw.data<float>(), accumulate, mut_ptr_or_null<float>(dbias), d, settings())); });
+      [&] {
+        ON_CUDA(cuda::linear_backward_weight(dy.data<float>(), x.data<float>(), dw.data<float>(), accumulate,
+                                             mut_ptr_or_null<float>(dbias), d, settings()));
+      });
 }
 
 void bias_activation(const Tensor& y, const Tensor& bias, Activation act, const Tensor& relu_mask) {
@@ -138,9 +166,13 @@ void bias_activation(const Tensor& y, const Tensor& bias, Activation act, const 
       op, y,
       [&](auto zero) {
         using T = decltype(zero);
-        cpu::bias_activation(y.data<T>(), ptr_or_null<T>(bias), relu, relu ? relu_mask.data<uint8_t>() : nullptr, N, B, F);
+        cpu::bias_activation(y.data<T>(), ptr_or_null<T>(bias), relu,
+                             relu ? relu_mask.data<uint8_t>() : nullptr, N, B, F);
       },
-      [&] { ON_CUDA(cuda::bias_activation(y.data<float>(), ptr_or_null<float>(bias), relu, relu ? relu_mask.data<uint8_t>() : nullptr, N, B, F)); });
+      [&] {
+        ON_CUDA(cuda::bias_activation(y.data<float>(), ptr_or_null<float>(bias), relu,
+                                      relu ? relu_mask.data<uint8_t>() : nullptr, N, B, F));
+      });
 }
 
 void apply_relu_mask(const Tensor& dx, const Tensor& mask) {

@@ -34,11 +34,19 @@ struct Dims {
   int64_t models, batch, in, out;
 };
 
+// Which library runs the GPU's Linear GEMMs. cuDNN (ops/cudnn) is tried first when chosen;
+// any graph it cannot run on this GPU falls back to cuBLASLt and is reported once.
+enum class GpuEngine { cublaslt, cudnn };
+
 // Run-wide GEMM settings (set once from the app's flags; tests flip them).
 struct Settings {
-  bool tf32 = false;            // allow TF32 tensor cores for float32 (PyTorch's default is off)
-  bool fuse_epilogues = true;   // false: plain GEMMs + separate bias/ReLU/bias-grad kernels
+  bool tf32 = false;           // allow TF32 tensor cores for float32 (PyTorch's default is off)
+  bool fuse_epilogues = true;  // false: plain GEMMs + separate bias/ReLU/bias-grad kernels
+  GpuEngine engine = GpuEngine::cublaslt;
+  bool cudnn_tf32 = true;  // cuDNN's fused fp32 graphs exist only as TF32 on Hopper (docs/CUDNN.md)
 };
+// True when this build has the cuDNN engine.
+bool cudnn_compiled();
 Settings& settings();
 
 // Bits per mask row for F features, and the mask tensor's shape for [N, B, F] activations.
@@ -52,9 +60,10 @@ void forward(const Tensor& x, const Tensor& w, const Tensor& bias, Activation ac
 
 // Shapes: dy [N,B,O], w [N,O,I], dx [N,B,I] (written), prev_mask mask_shape(N,B,I) or
 // undefined (no ReLU before this layer), dbias_prev [N,I] or undefined (needs prev_mask).
-// accumulate: dx += result instead of dx = result.
+// accumulate: dx += result instead of dx = result. prev_output [N,B,I] (optional): the
+// previous layer's post-ReLU output, which the cuDNN engine gates on instead of the mask.
 void backward_input(const Tensor& dy, const Tensor& w, const Tensor& prev_mask, const Tensor& dx,
-                    const Tensor& dbias_prev, bool accumulate);
+                    const Tensor& dbias_prev, bool accumulate, const Tensor& prev_output = Tensor());
 
 // Shapes: dy [N,B,O], x [N,B,I], dw [N,O,I] (written or accumulated), dbias [N,O] or undefined
 // (always overwritten).

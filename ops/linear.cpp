@@ -29,7 +29,8 @@ class LinearNode : public Node {
       if (fused_bias) return;
     }
     if (db.wanted()) {
-      Tensor fresh = db.accumulate ? Tensor::empty(db.target.shape(), db.target.dtype(), db.target.device()) : db.target;
+      Tensor fresh =
+          db.accumulate ? Tensor::empty(db.target.shape(), db.target.dtype(), db.target.device()) : db.target;
       gemm::bias_gradient(dz, fresh);
       if (db.accumulate) add_into(db.target, fresh);
     }

@@ -10,6 +10,7 @@ namespace subliminal {
 // undefined). With act = relu the GEMM's epilogue applies the ReLU and keeps its bit-mask
 // for backward, so no separate ReLU op or saved pre-activation is needed.
 // Backward: dz = dy ⊙ mask; dx = dz·w; dw = dzᵀ·x; db = Σ_b dz.
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, gemm::Activation act = gemm::Activation::none);
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b,
+              gemm::Activation act = gemm::Activation::none);
 
 }  // namespace subliminal

@@ -2,8 +2,8 @@
 #include "ops/loss.h"
 
 #include "engine/autograd.h"
-#include "ops/cpu/kernels_cpu.h"
 #include "engine/dispatch.h"
+#include "ops/cpu/kernels_cpu.h"
 
 #ifdef SUBLIMINAL_HAS_CUDA
 #include "ops/cuda/kernels_cuda.h"
@@ -25,7 +25,8 @@ LossDims loss_dims(const char* op, const Tensor& logits) {
 
 void check_constant(const char* op, const Tensor& t, const char* what) {
   if (t.requires_grad())
-    throw ShapeError(std::string(op) + ": " + what + " must not require a gradient (compute it under NoGradGuard)");
+    throw ShapeError(std::string(op) + ": " + what +
+                     " must not require a gradient (compute it under NoGradGuard)");
 }
 
 class CrossEntropyNode : public Node {
@@ -47,9 +48,10 @@ class CrossEntropyNode : public Node {
                                       classes_.end, dlogits.accumulate);
         },
         [&] {
-          ON_CUDA(cuda::cross_entropy_backward(logits.data<float>(), labels.data<int32_t>(), grad_loss.data<float>(),
-                                               dlogits.target.data<float>(), d.models, d.batch, d.cols,
-                                               classes_.begin, classes_.end, dlogits.accumulate));
+          ON_CUDA(cuda::cross_entropy_backward(logits.data<float>(), labels.data<int32_t>(),
+                                               grad_loss.data<float>(), dlogits.target.data<float>(),
+                                               d.models, d.batch, d.cols, classes_.begin, classes_.end,
+                                               dlogits.accumulate));
         });
   }
 
@@ -72,13 +74,14 @@ class DistillKlNode : public Node {
         [&](auto zero) {
           using T = decltype(zero);
           cpu::distill_kl_backward(student.data<T>(), teacher.data<T>(), grad_loss.data<T>(),
-                                   dstudent.target.data<T>(), d.models, d.batch, d.cols, cols_.begin, cols_.end,
-                                   temperature_, dstudent.accumulate);
+                                   dstudent.target.data<T>(), d.models, teacher.dim(0), d.batch, d.cols,
+                                   cols_.begin, cols_.end, temperature_, dstudent.accumulate);
         },
         [&] {
-          ON_CUDA(cuda::distill_kl_backward(student.data<float>(), teacher.data<float>(), grad_loss.data<float>(),
-                                            dstudent.target.data<float>(), d.models, d.batch, d.cols, cols_.begin,
-                                            cols_.end, temperature_, dstudent.accumulate));
+          ON_CUDA(cuda::distill_kl_backward(student.data<float>(), teacher.data<float>(),
+                                            grad_loss.data<float>(), dstudent.target.data<float>(), d.models,
+                                            teacher.dim(0), d.batch, d.cols, cols_.begin, cols_.end,
+                                            temperature_, dstudent.accumulate));
         });
   }
 
@@ -100,8 +103,8 @@ class KlDivNode : public Node {
         name(), p,
         [&](auto zero) {
           using T = decltype(zero);
-          cpu::kl_div_backward(p.data<T>(), grad_loss.data<T>(), dlog_q.target.data<T>(), d.models, d.batch, d.cols,
-                               dlog_q.accumulate);
+          cpu::kl_div_backward(p.data<T>(), grad_loss.data<T>(), dlog_q.target.data<T>(), d.models, d.batch,
+                               d.cols, dlog_q.accumulate);
         },
         [&] {
           ON_CUDA(cuda::kl_div_backward(p.data<float>(), grad_loss.data<float>(), dlog_q.target.data<float>(),
@@ -119,18 +122,19 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, ColumnRange cla
   check_dtype(op, labels, DType::i32, "the labels");
   check_same_device(op, logits, labels);
   if (labels.shape() != Shape{d.models, d.batch})
-    throw ShapeError(std::string(op) + ": labels " + labels.describe() + " do not match logits " + logits.describe());
+    throw ShapeError(std::string(op) + ": labels " + labels.describe() + " do not match logits " +
+                     logits.describe());
   Tensor loss = Tensor::empty({d.models}, logits.dtype(), logits.device());
   backend_dispatch(
       op, logits,
       [&](auto zero) {
         using T = decltype(zero);
-        cpu::cross_entropy(logits.data<T>(), labels.data<int32_t>(), loss.data<T>(), d.models, d.batch, d.cols,
-                           classes.begin, classes.end);
+        cpu::cross_entropy(logits.data<T>(), labels.data<int32_t>(), loss.data<T>(), d.models, d.batch,
+                           d.cols, classes.begin, classes.end);
       },
       [&] {
-        ON_CUDA(cuda::cross_entropy(logits.data<float>(), labels.data<int32_t>(), loss.data<float>(), d.models,
-                                    d.batch, d.cols, classes.begin, classes.end));
+        ON_CUDA(cuda::cross_entropy(logits.data<float>(), labels.data<int32_t>(), loss.data<float>(),
+                                    d.models, d.batch, d.cols, classes.begin, classes.end));
       });
   if (any_requires_grad({logits})) {
     auto node = std::make_shared<CrossEntropyNode>(classes);
@@ -146,20 +150,22 @@ Tensor distill_kl(const Tensor& student, const Tensor& teacher, ColumnRange cols
   check_columns(op, cols, d.cols);
   check_constant(op, teacher, "the teacher's logits");
   check_same_device(op, student, teacher);
-  if (teacher.shape() != student.shape() || teacher.dtype() != student.dtype())
-    throw ShapeError(std::string(op) + ": teacher " + teacher.describe() + " vs student " + student.describe());
+  if (teacher.rank() != 3 || teacher.dim(0) < 1 || d.models % teacher.dim(0) != 0 ||
+      teacher.dim(1) != d.batch || teacher.dim(2) != d.cols || teacher.dtype() != student.dtype())
+    throw ShapeError(std::string(op) + ": teacher " + teacher.describe() + " vs student " +
+                     student.describe() + " (student n learns from teacher n mod the teachers' count)");
   if (!(temperature > 0)) throw ShapeError(std::string(op) + ": temperature must be > 0");
   Tensor loss = Tensor::empty({d.models}, student.dtype(), student.device());
   backend_dispatch(
       op, student,
       [&](auto zero) {
         using T = decltype(zero);
-        cpu::distill_kl(student.data<T>(), teacher.data<T>(), loss.data<T>(), d.models, d.batch, d.cols, cols.begin,
-                        cols.end, temperature);
+        cpu::distill_kl(student.data<T>(), teacher.data<T>(), loss.data<T>(), d.models, teacher.dim(0),
+                        d.batch, d.cols, cols.begin, cols.end, temperature);
       },
       [&] {
-        ON_CUDA(cuda::distill_kl(student.data<float>(), teacher.data<float>(), loss.data<float>(), d.models, d.batch,
-                                 d.cols, cols.begin, cols.end, temperature));
+        ON_CUDA(cuda::distill_kl(student.data<float>(), teacher.data<float>(), loss.data<float>(), d.models,
+                                 teacher.dim(0), d.batch, d.cols, cols.begin, cols.end, temperature));
       });
   if (any_requires_grad({student})) {
     auto node = std::make_shared<DistillKlNode>(cols, temperature);
@@ -183,7 +189,10 @@ Tensor kl_div(const Tensor& log_q, const Tensor& p) {
         using T = decltype(zero);
         cpu::kl_div(log_q.data<T>(), p.data<T>(), loss.data<T>(), d.models, d.batch, d.cols);
       },
-      [&] { ON_CUDA(cuda::kl_div(log_q.data<float>(), p.data<float>(), loss.data<float>(), d.models, d.batch, d.cols)); });
+      [&] {
+        ON_CUDA(cuda::kl_div(log_q.data<float>(), p.data<float>(), loss.data<float>(), d.models, d.batch,
+                             d.cols));
+      });
   if (any_requires_grad({log_q})) {
     auto node = std::make_shared<KlDivNode>();
     node->saved = {p};

@@ -17,7 +17,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, ColumnRange cla
 
 // The student's loss, as the notebook writes it:
 //   F.kl_div(F.log_softmax(s[..., cols]/T), F.softmax(t[..., cols]/T), reduction="batchmean") · T²
-//   student, teacher [N, B, C]; the teacher's logits must not require a gradient.
+//   student [N, B, C], teacher [M, B, C] with N a multiple of M: student n learns from teacher
+//   n mod M (student arms sharing a teacher need no copies of its logits). The teacher's logits
+//   must not require a gradient.
 // Backward: d student[..., cols] = T·(softmax(s/T) − softmax(t/T))/B, zeros elsewhere.
 Tensor distill_kl(const Tensor& student, const Tensor& teacher, ColumnRange cols, double temperature);
 

@@ -1,8 +1,8 @@
 // ops/metrics.cpp — shape checks and dispatch for count_correct.
 #include "ops/metrics.h"
 
-#include "ops/cpu/kernels_cpu.h"
 #include "engine/dispatch.h"
+#include "ops/cpu/kernels_cpu.h"
 
 #ifdef SUBLIMINAL_HAS_CUDA
 #include "ops/cuda/kernels_cuda.h"
@@ -26,12 +26,12 @@ void count_correct(const Tensor& logits, const Tensor& labels, ColumnRange class
       op, logits,
       [&](auto zero) {
         using T = decltype(zero);
-        cpu::count_correct(logits.data<T>(), labels.data<int32_t>(), counts.data<int64_t>(), N, B, C, classes.begin,
-                           classes.end);
+        cpu::count_correct(logits.data<T>(), labels.data<int32_t>(), counts.data<int64_t>(), N, B, C,
+                           classes.begin, classes.end);
       },
       [&] {
-        ON_CUDA(cuda::count_correct(logits.data<float>(), labels.data<int32_t>(), counts.data<int64_t>(), N, B, C,
-                                    classes.begin, classes.end));
+        ON_CUDA(cuda::count_correct(logits.data<float>(), labels.data<int32_t>(), counts.data<int64_t>(), N,
+                                    B, C, classes.begin, classes.end));
       });
 }
 

@@ -48,18 +48,22 @@ class MlpNode : public Node {
       // The output layer's bias gradient comes from its weight GEMM's BGRADB epilogue;
       // hidden layers' came with dz from the layer above (DRELU_BGRAD).
       const bool bias_in_weight_gemm = last && db.wanted() && !db.accumulate && dw.wanted();
-      if (dw.wanted()) gemm::backward_weight(dz, input(l), dw.target, dw.accumulate, bias_in_weight_gemm ? db.target : Tensor());
+      if (dw.wanted())
+        gemm::backward_weight(dz, input(l), dw.target, dw.accumulate,
+                              bias_in_weight_gemm ? db.target : Tensor());
       if (last && db.wanted() && !bias_in_weight_gemm) bias_gradient_into(dz, db);
 
       if (l == 0) {
-        if (sinks[0].wanted()) gemm::backward_input(dz, weight(0), Tensor(), sinks[0].target, Tensor(), sinks[0].accumulate);
+        if (sinks[0].wanted())
+          gemm::backward_input(dz, weight(0), Tensor(), sinks[0].target, Tensor(), sinks[0].accumulate);
         break;
       }
       if (!wanted_below(l - 1)) break;
       GradSink& db_below = bias_sink(l - 1);
       const bool bias_in_input_gemm = db_below.wanted() && !db_below.accumulate;
       Tensor dz_below = Tensor::empty(input(l).shape(), dz.dtype(), dz.device());
-      gemm::backward_input(dz, weight(l), mask(l - 1), dz_below, bias_in_input_gemm ? db_below.target : Tensor(), false);
+      gemm::backward_input(dz, weight(l), mask(l - 1), dz_below,
+                           bias_in_input_gemm ? db_below.target : Tensor(), false, input(l));
       if (db_below.wanted() && !bias_in_input_gemm) bias_gradient_into(dz_below, db_below);
       dz = dz_below;
     }
@@ -79,8 +83,8 @@ Tensor mlp_whole(const Tensor& x, const MlpParams& params) {
     const int64_t out = params.shape().sizes[size_t(l) + 1];
     Tensor y = Tensor::empty({N, B, out}, x.dtype(), x.device());
     Tensor mask = hidden ? Tensor::empty(gemm::mask_shape(N, B, out), DType::u8, x.device()) : Tensor();
-    gemm::forward(h, params.weight(l), params.bias(l), hidden ? gemm::Activation::relu : gemm::Activation::none, y,
-                  mask);
+    gemm::forward(h, params.weight(l), params.bias(l),
+                  hidden ? gemm::Activation::relu : gemm::Activation::none, y, mask);
     weights.push_back(params.weight(l).detach());
     if (hidden) {
       masks.push_back(mask);
@@ -117,7 +121,8 @@ Tensor mlp_forward(const Tensor& x, const MlpParams& params, MlpFusion fusion) {
   for (int l = 0; l < L; ++l) {
     const bool hidden = l < L - 1;
     if (fusion == MlpFusion::per_layer) {
-      h = linear(h, params.weight(l), params.bias(l), hidden ? gemm::Activation::relu : gemm::Activation::none);
+      h = linear(h, params.weight(l), params.bias(l),
+                 hidden ? gemm::Activation::relu : gemm::Activation::none);
     } else {
       h = linear(h, params.weight(l), params.bias(l));
       if (hidden) h = relu(h);

@@ -2,8 +2,8 @@
 #include "ops/slice.h"
 
 #include "engine/autograd.h"
-#include "ops/cpu/kernels_cpu.h"
 #include "engine/dispatch.h"
+#include "ops/cpu/kernels_cpu.h"
 
 #ifdef SUBLIMINAL_HAS_CUDA
 #include "ops/cuda/kernels_cuda.h"
@@ -24,11 +24,13 @@ class SliceColumnsNode : public Node {
         "slice_columns backward", dy,
         [&](auto zero) {
           using T = decltype(zero);
-          cpu::slice_columns_backward(dy.data<T>(), dx.target.data<T>(), rows, columns_, cols_.begin, cols_.end,
-                                      dx.accumulate);
+          cpu::slice_columns_backward(dy.data<T>(), dx.target.data<T>(), rows, columns_, cols_.begin,
+                                      cols_.end, dx.accumulate);
         },
-        [&] { ON_CUDA(cuda::slice_columns_backward(dy.data<float>(), dx.target.data<float>(), rows, columns_,
-                                                   cols_.begin, cols_.end, dx.accumulate)); });
+        [&] {
+          ON_CUDA(cuda::slice_columns_backward(dy.data<float>(), dx.target.data<float>(), rows, columns_,
+                                               cols_.begin, cols_.end, dx.accumulate));
+        });
   }
 
  private:
@@ -57,7 +59,9 @@ Tensor slice_columns(const Tensor& x, ColumnRange cols) {
         using T = decltype(zero);
         cpu::slice_columns(x.data<T>(), y.data<T>(), rows, columns, cols.begin, cols.end);
       },
-      [&] { ON_CUDA(cuda::slice_columns(x.data<float>(), y.data<float>(), rows, columns, cols.begin, cols.end)); });
+      [&] {
+        ON_CUDA(cuda::slice_columns(x.data<float>(), y.data<float>(), rows, columns, cols.begin, cols.end));
+      });
   if (any_requires_grad({x})) record(y, std::make_shared<SliceColumnsNode>(cols, columns), {x});
   return y;
 }

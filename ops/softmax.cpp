@@ -2,8 +2,8 @@
 #include "ops/softmax.h"
 
 #include "engine/autograd.h"
-#include "ops/cpu/kernels_cpu.h"
 #include "engine/dispatch.h"
+#include "ops/cpu/kernels_cpu.h"
 
 #ifdef SUBLIMINAL_HAS_CUDA
 #include "ops/cuda/kernels_cuda.h"
@@ -50,7 +50,9 @@ Tensor softmax_op(const Tensor& x, bool log) {
         using T = decltype(zero);
         (log ? cpu::log_softmax<T> : cpu::softmax<T>)(x.data<T>(), y.data<T>(), rows, cols);
       },
-      [&] { ON_CUDA((log ? cuda::log_softmax : cuda::softmax)(x.data<float>(), y.data<float>(), rows, cols)); });
+      [&] {
+        ON_CUDA((log ? cuda::log_softmax : cuda::softmax)(x.data<float>(), y.data<float>(), rows, cols));
+      });
   if (any_requires_grad({x})) {
     auto node = std::make_shared<SoftmaxNode>(log);
     node->saved = {y.detach()};

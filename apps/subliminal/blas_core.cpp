@@ -14,11 +14,12 @@ namespace subliminal::app {
 void ensure_blas_kernels(char** argv) {
   if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("SUBLIMINAL_BLAS_REEXECUTED")) return;
   // Cores OpenBLAS falls back to when it does not recognise a CPU.
-  static const std::set<std::string> generic = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom"};
+  static const std::set<std::string> generic = {"Prescott",   "Core2",   "Penryn",
+                                                "Dunnington", "Nehalem", "Atom"};
   if (!generic.count(cpu::blas_core())) return;
   const char* better = nullptr;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512vl"))
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
     better = "SkylakeX";
   else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
     better = "Haswell";

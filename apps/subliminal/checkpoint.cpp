@@ -8,8 +8,8 @@ namespace {
 
 // Model slice [first, first + count) of each parameter, named prefix + state_dict name; the
 // model dimension is dropped when count is 1 (PyTorch's shapes).
-void add_params(std::vector<NamedTensor>& out, const std::string& prefix, const MlpParams& params, int64_t first,
-                int64_t count) {
+void add_params(std::vector<NamedTensor>& out, const std::string& prefix, const MlpParams& params,
+                int64_t first, int64_t count) {
   std::vector<Tensor> tensors = params.tensors();
   std::vector<std::string> names = params.names();
   for (size_t k = 0; k < tensors.size(); ++k) {
@@ -56,8 +56,8 @@ void load_init(const std::string& path, MlpParams& init) {
   }
 }
 
-void save_trained(const std::string& path, const MlpParams& teacher, const MlpParams& ghost, const MlpParams& all,
-                  const std::vector<ArmSpec>& arms, bool overwrite) {
+void save_trained(const std::string& path, const MlpParams& teacher, const MlpParams& ghost,
+                  const MlpParams& all, const std::vector<ArmSpec>& arms, bool overwrite) {
   std::vector<NamedTensor> tensors;
   const int64_t N = teacher.models();
   add_params(tensors, "teacher.", teacher, 0, N);

@@ -19,7 +19,7 @@ void save_init(const std::string& path, const MlpParams& init, bool overwrite);
 // Fills `init` (one model) from the file; errors name the file and the tensor.
 void load_init(const std::string& path, MlpParams& init);
 // `ghost` / `all` hold the arms of each distilled group in `arms` order (may be empty).
-void save_trained(const std::string& path, const MlpParams& teacher, const MlpParams& ghost, const MlpParams& all,
-                  const std::vector<ArmSpec>& arms, bool overwrite);
+void save_trained(const std::string& path, const MlpParams& teacher, const MlpParams& ghost,
+                  const MlpParams& all, const std::vector<ArmSpec>& arms, bool overwrite);
 
 }  // namespace subliminal::app

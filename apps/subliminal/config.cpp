@@ -12,6 +12,8 @@
 #include <functional>
 #include <map>
 
+#include "ops/gemm.h"
+
 namespace subliminal::app {
 namespace {
 
@@ -23,7 +25,9 @@ int64_t parse_int(const std::string& key, const std::string& value, int64_t min,
   int64_t v = 0;
   auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), v);
   if (error != std::errc() || end != value.data() + value.size() || v < min || v > max)
-    bad_value(key, "a whole number from " + std::to_string(min) + (max == INT64_MAX ? " up" : " to " + std::to_string(max)),
+    bad_value(key,
+              "a whole number from " + std::to_string(min) +
+                  (max == INT64_MAX ? " up" : " to " + std::to_string(max)),
               value);
   return v;
 }
@@ -31,7 +35,8 @@ int64_t parse_int(const std::string& key, const std::string& value, int64_t min,
 uint64_t parse_seed(const std::string& key, const std::string& value) {
   uint64_t v = 0;
   auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), v);
-  if (error != std::errc() || end != value.data() + value.size()) bad_value(key, "a non-negative whole number", value);
+  if (error != std::errc() || end != value.data() + value.size())
+    bad_value(key, "a non-negative whole number", value);
   return v;
 }
 
@@ -39,7 +44,8 @@ uint64_t parse_seed(const std::string& key, const std::string& value) {
 double parse_number(const std::string& key, const std::string& value, bool positive) {
   char* end = nullptr;
   double v = value.empty() ? NAN : std::strtod(value.c_str(), &end);
-  if (value.empty() || end != value.c_str() + value.size() || !std::isfinite(v) || (positive ? v <= 0 : v < 0))
+  if (value.empty() || end != value.c_str() + value.size() || !std::isfinite(v) ||
+      (positive ? v <= 0 : v < 0))
     bad_value(key, positive ? "a number > 0" : "a number ≥ 0", value);
   return v;
 }
@@ -87,37 +93,51 @@ struct ValueFlag {
 
 const std::vector<ValueFlag>& value_flags() {
   static const std::vector<ValueFlag> flags = {
-      {"data", "Directory with the MNIST IDX files (raw or .gz); default: $MNIST_DIR, ./data/mnist, ~/.pytorch/MNIST_data/MNIST/raw",
+      {"data",
+       "Directory with the MNIST IDX files (raw or .gz); default: $MNIST_DIR, ./data/mnist, "
+       "~/.pytorch/MNIST_data/MNIST/raw",
        [](Config& c, auto&, auto& v) { c.data_dir = v; }},
       {"device", "auto | cpu | cuda (auto: the GPU when one is usable)",
        [](Config& c, auto& k, auto& v) {
          parse_choice<int>(k, v, {{"auto", 0}, {"cpu", 1}, {"cuda", 2}});
          c.device = v;
        }},
-      {"seed", "Random seed (model m of --models uses seed + m)", [](Config& c, auto& k, auto& v) { c.seed = parse_seed(k, v); }},
-      {"models", "Independent models trained at once", [](Config& c, auto& k, auto& v) { c.models = parse_int(k, v, 1, 100000); }},
-      {"ghosts", "Ghost (auxiliary) logits after the 10 classes, ≥ 2", [](Config& c, auto& k, auto& v) { c.ghosts = parse_int(k, v, 2, 100000); }},
-      {"hidden", "Hidden layer widths, comma-separated", [](Config& c, auto& k, auto& v) { c.hidden = parse_sizes(k, v); }},
+      {"seed", "Random seed (model m of --models uses seed + m)",
+       [](Config& c, auto& k, auto& v) { c.seed = parse_seed(k, v); }},
+      {"models", "Independent models trained at once",
+       [](Config& c, auto& k, auto& v) { c.models = parse_int(k, v, 1, 100000); }},
+      {"ghosts", "Ghost (auxiliary) logits after the 10 classes, ≥ 2",
+       [](Config& c, auto& k, auto& v) { c.ghosts = parse_int(k, v, 2, 100000); }},
+      {"hidden", "Hidden layer widths, comma-separated",
+       [](Config& c, auto& k, auto& v) { c.hidden = parse_sizes(k, v); }},
       {"batch-size", "Batch size for teacher training and distillation",
        [](Config& c, auto& k, auto& v) { c.batch_size = parse_int(k, v, 1, 1 << 24); }},
       {"lr", "Adam learning rate", [](Config& c, auto& k, auto& v) { c.lr = parse_number(k, v, true); }},
-      {"epochs-teacher", "Teacher training epochs", [](Config& c, auto& k, auto& v) { c.epochs_teacher = parse_int(k, v, 0, 100000); }},
-      {"epochs-distill", "Distillation epochs", [](Config& c, auto& k, auto& v) { c.epochs_distill = parse_int(k, v, 0, 100000); }},
-      {"temperature", "Distillation temperature T > 0", [](Config& c, auto& k, auto& v) { c.temperature = parse_number(k, v, true); }},
+      {"epochs-teacher", "Teacher training epochs",
+       [](Config& c, auto& k, auto& v) { c.epochs_teacher = parse_int(k, v, 0, 100000); }},
+      {"epochs-distill", "Distillation epochs",
+       [](Config& c, auto& k, auto& v) { c.epochs_distill = parse_int(k, v, 0, 100000); }},
+      {"temperature", "Distillation temperature T > 0",
+       [](Config& c, auto& k, auto& v) { c.temperature = parse_number(k, v, true); }},
       {"init", "Weight init: torch (nn.Linear's default) | normal (N(0, 1/fan_in), zero biases)",
        [](Config& c, auto& k, auto& v) {
-         c.init = parse_choice<InitScheme>(k, v, {{"torch", InitScheme::torch_default}, {"normal", InitScheme::normal_fan_in}});
+         c.init = parse_choice<InitScheme>(
+             k, v, {{"torch", InitScheme::torch_default}, {"normal", InitScheme::normal_fan_in}});
        }},
       {"noise", "Distillation inputs: uniform (U[-1,1]) | gaussian (N(0,1)) | mnist (real training images)",
        [](Config& c, auto& k, auto& v) {
-         c.noise = parse_choice<NoiseKind>(
-             k, v, {{"uniform", NoiseKind::uniform}, {"gaussian", NoiseKind::gaussian}, {"mnist", NoiseKind::mnist}});
+         c.noise = parse_choice<NoiseKind>(k, v,
+                                           {{"uniform", NoiseKind::uniform},
+                                            {"gaussian", NoiseKind::gaussian},
+                                            {"mnist", NoiseKind::mnist}});
        }},
-      {"noise-set", "fresh (new noise every epoch, as the notebook) | fixed (one set of 60000 per model, reshuffled)",
+      {"noise-set",
+       "fresh (new noise every epoch, as the notebook) | fixed (one set of 60000 per model, reshuffled)",
        [](Config& c, auto& k, auto& v) {
          c.noise_set = parse_choice<NoiseSet>(k, v, {{"fresh", NoiseSet::fresh}, {"fixed", NoiseSet::fixed}});
        }},
-      {"weight-decay", "L2 weight decay in the students' Adam", [](Config& c, auto& k, auto& v) { c.weight_decay = parse_number(k, v, false); }},
+      {"weight-decay", "L2 weight decay in the students' Adam",
+       [](Config& c, auto& k, auto& v) { c.weight_decay = parse_number(k, v, false); }},
       {"init-perturb", "σ of Gaussian noise added to the same-init students' initial weights",
        [](Config& c, auto& k, auto& v) { c.init_perturb = parse_number(k, v, false); }},
       {"cross-init", "Also distill a control student from a different init: true | false",
@@ -126,11 +146,13 @@ const std::vector<ValueFlag>& value_flags() {
        [](Config& c, auto& k, auto& v) { c.all_logit_arms = parse_bool(k, v); }},
       {"eval-every-epoch", "Evaluate after every epoch (else only at the end): true | false",
        [](Config& c, auto& k, auto& v) { c.eval_every_epoch = parse_bool(k, v); }},
-      {"threads", "CPU threads for BLAS (0: all hardware threads)", [](Config& c, auto& k, auto& v) { c.threads = int(parse_int(k, v, 0, 1024)); }},
+      {"threads", "CPU threads for BLAS (0: all hardware threads)",
+       [](Config& c, auto& k, auto& v) { c.threads = int(parse_int(k, v, 0, 1024)); }},
       {"fusion", "How the MLP sits on the autograd tape: whole | per_layer | none",
        [](Config& c, auto& k, auto& v) {
          c.fusion = parse_choice<MlpFusion>(
-             k, v, {{"whole", MlpFusion::whole}, {"per_layer", MlpFusion::per_layer}, {"none", MlpFusion::none}});
+             k, v,
+             {{"whole", MlpFusion::whole}, {"per_layer", MlpFusion::per_layer}, {"none", MlpFusion::none}});
        }},
       {"gemm", "GPU engine for the Linear layers: cublaslt | cudnn",
        [](Config& c, auto& k, auto& v) {
@@ -139,12 +161,18 @@ const std::vector<ValueFlag>& value_flags() {
        }},
       {"json", "Write the run's report (config, per-epoch metrics, accuracies, timings) to this JSON file",
        [](Config& c, auto&, auto& v) { c.json_path = v; }},
-      {"save", "Save the final teacher and students to this safetensors file", [](Config& c, auto&, auto& v) { c.save_path = v; }},
+      {"save", "Save the final teacher and students to this safetensors file",
+       [](Config& c, auto&, auto& v) { c.save_path = v; }},
       {"save-init", "Save the shared initial weights (PyTorch state_dict names) to this safetensors file",
        [](Config& c, auto&, auto& v) { c.save_init_path = v; }},
       {"load-init", "Start teacher and student from the weights in this safetensors file",
        [](Config& c, auto&, auto& v) { c.load_init_path = v; }},
-      {"sweep-out", "Path prefix for sweep results (PREFIX.csv, PREFIX.jsonl)", [](Config& c, auto&, auto& v) { c.sweep_out = v; }},
+      {"parity-batch",
+       "Write one batch's losses and gradients from the init to this safetensors file and exit "
+       "(bench/parity.py)",
+       [](Config& c, auto&, auto& v) { c.parity_batch_path = v; }},
+      {"sweep-out", "Path prefix for sweep results (PREFIX.csv, PREFIX.jsonl)",
+       [](Config& c, auto&, auto& v) { c.sweep_out = v; }},
   };
   return flags;
 }
@@ -174,7 +202,8 @@ MlpShape Config::mlp_shape() const {
 
 void set_config_value(Config& config, const std::string& key, const std::string& value) {
   if (key == "preset") {
-    apply_preset(config, parse_choice<Preset>(key, value, {{"notebook", Preset::notebook}, {"paper", Preset::paper}}));
+    apply_preset(
+        config, parse_choice<Preset>(key, value, {{"notebook", Preset::notebook}, {"paper", Preset::paper}}));
     return;
   }
   for (const ValueFlag& f : value_flags())
@@ -189,31 +218,41 @@ void validate(const Config& c) {
     throw UsageError("--save and --save-init name the same file");
   if (!c.load_init_path.empty() && c.models != 1)
     throw UsageError("--load-init holds one model's weights; use it with --models 1");
+  if (c.gemm_engine == "cudnn" && !gemm::cudnn_compiled())
+    throw UsageError(
+        "--gemm cudnn: this build has no cuDNN engine (needs CUDA, cuDNN and the cudnn-frontend headers: "
+        "scripts/get_cudnn_frontend.sh, then rebuild)");
   if (!c.save_init_path.empty() && c.models != 1)
     throw UsageError("--save-init writes one model's weights; use it with --models 1");
 }
 
 CommandLine parse_command_line(int argc, const char* const* argv) {
-  CLI::App cli{"subliminal — the 'subliminal learning' MNIST experiment on a from-scratch C++/CUDA engine.\n"
-               "A teacher MLP with 10 class logits + M ghost logits learns MNIST; a student with the same init,\n"
-               "distilled only on the teacher's ghost logits on pure noise, learns to classify digits too;\n"
-               "a student from a different init does not.",
-               "subliminal"};
+  CLI::App cli{
+      "subliminal — the 'subliminal learning' MNIST experiment on a from-scratch C++/CUDA engine.\n"
+      "A teacher MLP with 10 class logits + M ghost logits learns MNIST; a student with the same init,\n"
+      "distilled only on the teacher's ghost logits on pure noise, learns to classify digits too;\n"
+      "a student from a different init does not.",
+      "subliminal"};
   cli.set_help_flag();  // handled below, so --help works even next to bad flags
   bool help = false;
   cli.add_flag("-h,--help", help, "Print this help and exit");
 
   std::string preset;
-  cli.add_option("--preset", preset, "notebook (the seed notebook's settings, default) | paper (Cloud et al. 2025, Fig. 10b); other flags override it");
+  cli.add_option("--preset", preset,
+                 "notebook (the seed notebook's settings, default) | paper (Cloud et al. 2025, Fig. 10b); "
+                 "other flags override it");
   std::map<std::string, std::string> given;
   for (const ValueFlag& f : value_flags()) cli.add_option(std::string("--") + f.key, given[f.key], f.help);
   std::vector<std::string> sweeps;
-  cli.add_option("--sweep", sweeps, "key=v1,v2,... : run once per value (repeat for a grid), e.g. --sweep lr=1e-4,3e-4");
+  cli.add_option("--sweep", sweeps,
+                 "key=v1,v2,... : run once per value (repeat for a grid), e.g. --sweep lr=1e-4,3e-4");
   bool tf32 = false, no_graphs = false, force = false, allow_nonfinite = false, no_progress = false;
   cli.add_flag("--tf32", tf32, "Allow TF32 tensor cores for float32 GEMMs (PyTorch's default is off)");
-  cli.add_flag("--no-graphs", no_graphs, "Launch GPU training steps kernel by kernel instead of replaying a CUDA graph");
+  cli.add_flag("--no-graphs", no_graphs,
+               "Launch GPU training steps kernel by kernel instead of replaying a CUDA graph");
   cli.add_flag("--force", force, "Overwrite existing checkpoint files (--save, --save-init)");
-  cli.add_flag("--allow-nonfinite", allow_nonfinite, "Keep training after a NaN/Inf loss or parameter (default: stop)");
+  cli.add_flag("--allow-nonfinite", allow_nonfinite,
+               "Keep training after a NaN/Inf loss or parameter (default: stop)");
   cli.add_flag("--no-progress", no_progress, "No progress bar on stderr");
 
   CommandLine out;

@@ -23,11 +23,11 @@ enum class NoiseSet { fresh, fixed };               // new noise every epoch, or
 
 struct Config {
   Preset preset = Preset::notebook;
-  std::string data_dir;            // --data; empty: search the usual places
-  std::string device = "auto";     // auto | cpu | cuda
+  std::string data_dir;         // --data; empty: search the usual places
+  std::string device = "auto";  // auto | cpu | cuda
   uint64_t seed = 0;
-  int64_t models = 1;              // independent models trained at once (model m uses seed + m)
-  int64_t ghosts = 3;              // auxiliary logits after the 10 classes
+  int64_t models = 1;  // independent models trained at once (model m uses seed + m)
+  int64_t ghosts = 3;  // auxiliary logits after the 10 classes
   std::vector<int64_t> hidden{256, 256};
   int64_t batch_size = 256;
   double lr = 3e-4;
@@ -37,25 +37,26 @@ struct Config {
   InitScheme init = InitScheme::torch_default;
   NoiseKind noise = NoiseKind::uniform;
   NoiseSet noise_set = NoiseSet::fresh;
-  double weight_decay = 0.0;       // L2 penalty in the students' Adam
-  double init_perturb = 0.0;       // σ of Gaussian noise added to the same-init students' init
-  bool cross_init = true;          // also distill students from a different init (the control)
-  bool all_logit_arms = false;     // also distill on all logits (the paper's extra arms)
+  double weight_decay = 0.0;    // L2 penalty in the students' Adam
+  double init_perturb = 0.0;    // σ of Gaussian noise added to the same-init students' init
+  bool cross_init = true;       // also distill students from a different init (the control)
+  bool all_logit_arms = false;  // also distill on all logits (the paper's extra arms)
   bool eval_every_epoch = true;
 
-  int threads = 0;                 // CPU BLAS threads; 0 = all hardware threads
+  int threads = 0;  // CPU BLAS threads; 0 = all hardware threads
   bool tf32 = false;
-  bool graphs = true;              // CUDA graphs for training steps
+  bool graphs = true;  // CUDA graphs for training steps
   MlpFusion fusion = MlpFusion::whole;
   std::string gemm_engine = "cublaslt";  // cublaslt | cudnn
 
   std::string json_path;
-  std::string save_path;           // final teacher + students (safetensors)
-  std::string save_init_path;      // the shared init (safetensors, PyTorch state_dict names)
+  std::string save_path;       // final teacher + students (safetensors)
+  std::string save_init_path;  // the shared init (safetensors, PyTorch state_dict names)
   std::string load_init_path;
-  bool force = false;              // overwrite an existing checkpoint
-  bool allow_nonfinite = false;    // keep going after a NaN/Inf loss or parameter
-  bool progress = true;            // progress bar on stderr when it is a terminal
+  std::string parity_batch_path;  // write one batch's losses and gradients (bench/parity.py) and exit
+  bool force = false;             // overwrite an existing checkpoint
+  bool allow_nonfinite = false;   // keep going after a NaN/Inf loss or parameter
+  bool progress = true;           // progress bar on stderr when it is a terminal
 
   std::vector<std::string> sweeps;  // --sweep key=v1,v2,... (several: a grid)
   std::string sweep_out;            // --sweep-out PREFIX for .csv and .jsonl

@@ -33,7 +33,9 @@ namespace subliminal::app {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
 
 // MNIST on the device: training pixels as uint8 (gathered per batch), the test set
 // normalised once.
@@ -67,7 +69,8 @@ DeviceData upload(const data::Mnist& mnist, Device device) {
 
 // Test accuracy of every model in `params`, in [0, 1]. The test set is shared by all models,
 // so it goes through in chunks tiled over the models (bounded memory whatever N is).
-std::vector<double> evaluate(const MlpParams& params, const DeviceData& data, MlpFusion fusion, int64_t classes) {
+std::vector<double> evaluate(const MlpParams& params, const DeviceData& data, MlpFusion fusion,
+                             int64_t classes) {
   NoGradGuard no_grad;
   const int64_t models = params.models(), total = data.test_x.dim(0), pixels = data.test_x.dim(1);
   const int64_t budget = int64_t(64) << 20;  // floats of tiled input per chunk
@@ -109,7 +112,8 @@ class PhaseLoop {
 
   // Runs one epoch: body(batch) queues one training step of `batch` samples (the last batch
   // may be short). Returns the mean loss per model. Throws NonFiniteError on a NaN/Inf loss.
-  std::vector<double> run_epoch(int64_t epoch, const std::function<void(int64_t)>& body, PhaseTiming& timing) {
+  std::vector<double> run_epoch(int64_t epoch, const std::function<void(int64_t)>& body,
+                                PhaseTiming& timing) {
     fill(step, 0);
     fill(loss_sum, 0);
 #ifdef SUBLIMINAL_HAS_CUDA
@@ -125,8 +129,7 @@ class PhaseLoop {
       const int64_t batch = std::min(B, samples_ - s * B);
       (batch == B ? full_ : last_).run([&] {
         body(batch);
-        increment(step);
-        increment(global_step);
+        increment({step, global_step});
       });
       observer_.step_done();
     }
@@ -147,7 +150,9 @@ class PhaseLoop {
   }
 
   // Adds this step's per-model losses (weighted by the batch size) and watches for faults.
-  void track(const Tensor& loss, int64_t batch) { accumulate_and_watch(loss_sum, loss.detach(), double(batch), step, first_bad); }
+  void track(const Tensor& loss, int64_t batch) {
+    accumulate_and_watch(loss_sum, loss.detach(), double(batch), step, first_bad);
+  }
 
   Tensor step;         // int64 [1]: batch index within the epoch (gathers read it)
   Tensor global_step;  // int64 [1]: batches since the phase began (fresh noise reads it)
@@ -156,8 +161,8 @@ class PhaseLoop {
   void check_finite(int64_t epoch) {
     const int64_t bad = int64_t(first_bad.item());
     if (bad == kNoFault) return;
-    std::string where = phase_ + ", epoch " + std::to_string(epoch) + ", step " + std::to_string(bad + 1) + " of " +
-                        std::to_string(steps_per_epoch());
+    std::string where = phase_ + ", epoch " + std::to_string(epoch) + ", step " + std::to_string(bad + 1) +
+                        " of " + std::to_string(steps_per_epoch());
     if (!config_.allow_nonfinite)
       throw NonFiniteError("non-finite loss in " + where + " (--allow-nonfinite keeps going)");
     observer_.message("warning: non-finite loss in " + where + "; continuing (--allow-nonfinite)");
@@ -185,7 +190,8 @@ void upload_orders(const Tensor& order, uint64_t seed, uint32_t purpose, int64_t
   order.copy_from(Tensor::from_vector(host, order.shape(), Device::cpu));
 }
 
-void check_parameters_finite(const MlpParams& params, const std::string& phase, const Config& config, Observer& observer) {
+void check_parameters_finite(const MlpParams& params, const std::string& phase, const Config& config,
+                             Observer& observer) {
   const int64_t bad = count_nonfinite(params.values());
   if (bad == 0) return;
   std::string what = std::to_string(bad) + " non-finite parameter values after " + phase;
@@ -193,8 +199,8 @@ void check_parameters_finite(const MlpParams& params, const std::string& phase, 
   observer.message("warning: " + what + "; continuing (--allow-nonfinite)");
 }
 
-void train_teacher(MlpParams& teacher, const DeviceData& data, const Config& config, Device device, Results& results,
-                   Observer& observer) {
+void train_teacher(MlpParams& teacher, const DeviceData& data, const Config& config, Device device,
+                   Results& results, Observer& observer) {
   const int64_t N = teacher.models(), S = data.train_count, P = data.train_images.dim(1);
   Adam adam(teacher.values(), teacher.grads(), {config.lr});
   PhaseLoop loop(config, device, N, S, "teacher training", observer);
@@ -205,16 +211,19 @@ void train_teacher(MlpParams& teacher, const DeviceData& data, const Config& con
   for (int64_t epoch = 1; epoch <= config.epochs_teacher; ++epoch) {
     upload_orders(order, config.seed, kTeacherOrderPurpose, epoch);
     EpochMetrics m{epoch, {}, {}};
-    m.loss = loop.run_epoch(epoch, [&](int64_t batch) {
-      Tensor x = Tensor::empty({N, batch, P}, DType::f32, device);
-      Tensor y = Tensor::empty({N, batch}, DType::i32, device);
-      gather_batch(data.train_images, data.train_labels, order, loop.step, config.batch_size, x, y);
-      Tensor loss = cross_entropy(mlp_forward(x, teacher, config.fusion), y, {0, config.classes()});
-      loop.track(loss, batch);
-      zero_grad(parameters);
-      loss.backward();
-      adam.step();
-    }, timing);
+    m.loss = loop.run_epoch(
+        epoch,
+        [&](int64_t batch) {
+          Tensor x = Tensor::empty({N, batch, P}, DType::f32, device);
+          Tensor y = Tensor::empty({N, batch}, DType::i32, device);
+          gather_batch(data.train_images, data.train_labels, order, loop.step, config.batch_size, x, y);
+          Tensor loss = cross_entropy(mlp_forward(x, teacher, config.fusion), y, {0, config.classes()});
+          loop.track(loss, batch);
+          zero_grad(parameters);
+          loss.backward();
+          adam.step();
+        },
+        timing);
     check_parameters_finite(teacher, "teacher epoch " + std::to_string(epoch), config, observer);
     if (config.eval_every_epoch || epoch == config.epochs_teacher) {
       auto start = Clock::now();
@@ -243,9 +252,11 @@ void perturb(MlpParams& params, double sigma, uint64_t seed) {
 void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, const MlpParams& same_init,
                    const MlpParams& cross_init, const DeviceData& data, const Config& config, Device device,
                    Results& results, Observer& observer, MlpParams* trained_out) {
-  const int64_t N = teacher.models(), A = int64_t(arms.size()), S = data.train_count, P = data.train_images.dim(1);
+  const int64_t N = teacher.models(), A = int64_t(arms.size()), S = data.train_count,
+                P = data.train_images.dim(1);
   const bool all_logits = arms.front().all_logits;
-  const ColumnRange cols = all_logits ? ColumnRange{0, config.outputs()} : ColumnRange{config.classes(), config.outputs()};
+  const ColumnRange cols =
+      all_logits ? ColumnRange{0, config.outputs()} : ColumnRange{config.classes(), config.outputs()};
 
   // Arm a's students are models a·N .. a·N + N−1 of one batched MlpParams.
   MlpParams students(teacher.shape(), A * N, DType::f32, device);
@@ -255,8 +266,8 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
 
   Adam adam(students.values(), students.grads(), {config.lr, 0.9, 0.999, 1e-8, config.weight_decay});
   const std::string phase = all_logits ? "distill_all_logits" : "distill_ghosts";
-  PhaseLoop loop(config, device, A * N, S, "distillation (" + std::string(all_logits ? "all logits" : "ghost logits") + ")",
-                 observer);
+  PhaseLoop loop(config, device, A * N, S,
+                 "distillation (" + std::string(all_logits ? "all logits" : "ghost logits") + ")", observer);
   const bool ordered = config.noise == NoiseKind::mnist || config.noise_set == NoiseSet::fixed;
   Tensor order = ordered ? Tensor::empty({N, S}, DType::i32, device) : Tensor();
   const std::vector<Tensor> parameters = students.tensors();
@@ -264,32 +275,44 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
       config.noise == NoiseKind::gaussian ? NoiseDistribution::gaussian : NoiseDistribution::uniform;
   PhaseTiming& timing = results.timing[phase];
 
-  observer.phase_begins(all_logits ? "Distill (all logits)" : "Distill", config.epochs_distill, loop.steps_per_epoch());
+  observer.phase_begins(all_logits ? "Distill (all logits)" : "Distill", config.epochs_distill,
+                        loop.steps_per_epoch());
   for (int64_t epoch = 1; epoch <= config.epochs_distill; ++epoch) {
     if (ordered) upload_orders(order, config.seed, kNoiseOrderPurpose, epoch);
-    std::vector<double> loss = loop.run_epoch(epoch, [&](int64_t batch) {
-      Tensor x = Tensor::empty({N, batch, P}, DType::f32, device);
-      if (config.noise == NoiseKind::mnist) {  // real training images as inputs; their labels go unused
-        Tensor unused_labels = Tensor::empty({N, batch}, DType::i32, device);
-        gather_batch(data.train_images, data.train_labels, order, loop.step, config.batch_size, x, unused_labels);
-      } else if (ordered) {  // a fixed set of S noise images per model, reshuffled every epoch
-        noise_batch(config.seed, stream_id(kNoisePurpose), order, loop.step, config.batch_size, 0, distribution, x);
-      } else {  // fresh noise: image ids run on across epochs, so no image repeats
-        noise_batch(config.seed, stream_id(kNoisePurpose), Tensor(), loop.global_step, config.batch_size, 0,
-                    distribution, x);
-      }
-      Tensor teacher_logits;
-      {
-        NoGradGuard no_grad;
-        teacher_logits = mlp_forward(x, teacher, config.fusion);
-      }
-      Tensor student_logits = mlp_forward(repeat_models(x, A), students, config.fusion);
-      Tensor loss = distill_kl(student_logits, repeat_models(teacher_logits, A), cols, config.temperature);
-      loop.track(loss, batch);
-      zero_grad(parameters);
-      loss.backward();
-      adam.step();
-    }, timing);
+    std::vector<double> loss = loop.run_epoch(
+        epoch,
+        [&](int64_t batch) {
+          // x: the inputs of all A·N students; student a·N + m sees model m's inputs, and rows
+          // 0..N−1 are exactly the teachers' inputs. Noise is drawn straight into that layout
+          // (source = model mod N); real images are gathered once and tiled.
+          Tensor x;
+          if (config.noise == NoiseKind::mnist) {  // real training images as inputs; their labels go unused
+            Tensor images = Tensor::empty({N, batch, P}, DType::f32, device);
+            Tensor unused_labels = Tensor::empty({N, batch}, DType::i32, device);
+            gather_batch(data.train_images, data.train_labels, order, loop.step, config.batch_size, images,
+                         unused_labels);
+            x = repeat_models(images, A);
+          } else {
+            x = Tensor::empty({A * N, batch, P}, DType::f32, device);
+            // fixed: a set of S noise images per model, reshuffled every epoch;
+            // fresh: image ids run on across epochs (global step), so no image repeats.
+            noise_batch(config.seed, stream_id(kNoisePurpose), ordered ? order : Tensor(),
+                        ordered ? loop.step : loop.global_step, config.batch_size, 0, distribution, x, N);
+          }
+          Tensor teacher_logits;
+          {
+            NoGradGuard no_grad;
+            teacher_logits = mlp_forward(x.rows(0, N), teacher, config.fusion);
+          }
+          // Student a·N + m learns from teacher m: distill_kl cycles over the N teachers.
+          Tensor loss =
+              distill_kl(mlp_forward(x, students, config.fusion), teacher_logits, cols, config.temperature);
+          loop.track(loss, batch);
+          zero_grad(parameters);
+          loss.backward();
+          adam.step();
+        },
+        timing);
     check_parameters_finite(students, "distillation epoch " + std::to_string(epoch), config, observer);
 
     std::vector<double> acc;
@@ -326,6 +349,8 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   Results results;
   results.device = device_description(device);
   gemm::settings().tf32 = config.tf32;
+  gemm::settings().engine =
+      config.gemm_engine == "cudnn" ? gemm::GpuEngine::cudnn : gemm::GpuEngine::cublaslt;
   const MlpShape shape = config.mlp_shape();
   const int64_t N = config.models;
   DeviceData data = upload(mnist, device);
@@ -377,7 +402,8 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
     MlpParams* out = group == &ghost_arms ? &trained_ghost : &trained_all;
     if (config.epochs_distill == 0) {  // nothing to train: the students are their inits
       for (const ArmSpec& a : *group)
-        results.final_acc.push_back({a.key, evaluate(a.same_init ? same_init : cross, data, config.fusion, config.classes())});
+        results.final_acc.push_back(
+            {a.key, evaluate(a.same_init ? same_init : cross, data, config.fusion, config.classes())});
       continue;
     }
     distill_group(*group, teacher, same_init, cross, data, config, device, results, observer, out);
@@ -386,7 +412,8 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
     const auto& epochs = results.arm_epochs[a.key];
     if (!epochs.empty()) results.final_acc.push_back({a.key, epochs.back().test_acc});
   }
-  if (!config.save_path.empty()) save_trained(config.save_path, teacher, trained_ghost, trained_all, arms, config.force);
+  if (!config.save_path.empty())
+    save_trained(config.save_path, teacher, trained_ghost, trained_all, arms, config.force);
   results.notes = gemm::fallback_report();
   return results;
 }

@@ -36,20 +36,21 @@ struct EpochMetrics {
 };
 
 struct PhaseTiming {
-  double wall_seconds = 0;  // host clock around the phase's training steps (eval excluded)
-  double gpu_seconds = 0;   // CUDA events around the same steps (0 on the CPU)
-  int64_t steps = 0;        // training steps run
-  size_t graph_kernels = 0; // kernels in one captured full-batch step (0 without graphs)
+  double wall_seconds = 0;   // host clock around the phase's training steps (eval excluded)
+  double gpu_seconds = 0;    // CUDA events around the same steps (0 on the CPU)
+  int64_t steps = 0;         // training steps run
+  size_t graph_kernels = 0;  // kernels in one captured full-batch step (0 without graphs)
 };
 
 struct Results {
-  std::string device;                                 // "cpu (2 hardware threads)" or the GPU's name
-  std::vector<std::pair<std::string, std::vector<double>>> final_acc;  // arm key → per-model accuracy, in print order
+  std::string device;  // "cpu (2 hardware threads)" or the GPU's name
+  std::vector<std::pair<std::string, std::vector<double>>>
+      final_acc;  // arm key → per-model accuracy, in print order
   std::vector<EpochMetrics> teacher_epochs;
   std::map<std::string, std::vector<EpochMetrics>> arm_epochs;
-  std::map<std::string, PhaseTiming> timing;         // "teacher", "distill_ghosts", "distill_all_logits"
+  std::map<std::string, PhaseTiming> timing;  // "teacher", "distill_ghosts", "distill_all_logits"
   double eval_seconds = 0;
-  std::string notes;                                  // fallbacks etc., one line each
+  std::string notes;  // fallbacks etc., one line each
 };
 
 // What the experiment tells its caller as it goes (printing, progress bars).

@@ -13,6 +13,7 @@
 #include "apps/subliminal/blas_core.h"
 #include "apps/subliminal/config.h"
 #include "apps/subliminal/experiment.h"
+#include "apps/subliminal/parity.h"
 #include "apps/subliminal/report.h"
 #include "apps/subliminal/sweep.h"
 #include "data/mnist.h"
@@ -30,7 +31,8 @@ Device resolve_device(const std::string& choice) {
     if (!gpu) throw NoGpuError("--device cuda: no usable CUDA GPU (" + why + ")");
     return Device::cuda;
   }
-  if (!gpu) std::fprintf(stderr, "subliminal: note: no usable CUDA GPU (%s); running on the CPU\n", why.c_str());
+  if (!gpu)
+    std::fprintf(stderr, "subliminal: note: no usable CUDA GPU (%s); running on the CPU\n", why.c_str());
   return gpu ? Device::cuda : Device::cpu;
 }
 
@@ -41,8 +43,10 @@ void check_output_path(const char* flag, const std::string& path, bool must_not_
   std::error_code ec;
   const fs::path p(path);
   const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
-  if (!fs::is_directory(dir, ec)) throw InputError(std::string(flag) + " " + path + ": directory " + dir.string() + " does not exist");
-  if (access(dir.c_str(), W_OK) != 0) throw InputError(std::string(flag) + " " + path + ": directory " + dir.string() + " is not writable");
+  if (!fs::is_directory(dir, ec))
+    throw InputError(std::string(flag) + " " + path + ": directory " + dir.string() + " does not exist");
+  if (access(dir.c_str(), W_OK) != 0)
+    throw InputError(std::string(flag) + " " + path + ": directory " + dir.string() + " is not writable");
   if (fs::is_directory(p, ec)) throw InputError(std::string(flag) + " " + path + ": is a directory");
   if (must_not_exist && fs::exists(p, ec))
     throw InputError(std::string(flag) + " " + path + ": already exists (use --force to overwrite it)");
@@ -59,12 +63,15 @@ int run(int argc, char** argv) {
   check_output_path("--json", config.json_path, false);
   check_output_path("--save", config.save_path, !config.force);
   check_output_path("--save-init", config.save_init_path, !config.force);
+  check_output_path("--parity-batch", config.parity_batch_path, false);
   if (!config.sweeps.empty()) {
-    if (config.sweep_out.empty()) throw UsageError("--sweep needs --sweep-out PREFIX for its CSV and JSONL rows");
+    if (config.sweep_out.empty())
+      throw UsageError("--sweep needs --sweep-out PREFIX for its CSV and JSONL rows");
     check_output_path("--sweep-out", config.sweep_out + ".csv", false);
   }
   const Device device = resolve_device(config.device);
-  cpu::set_blas_threads(config.threads > 0 ? config.threads : int(std::max(1u, std::thread::hardware_concurrency())));
+  cpu::set_blas_threads(config.threads > 0 ? config.threads
+                                           : int(std::max(1u, std::thread::hardware_concurrency())));
   flush_denormals_on_this_thread();
 
   const std::filesystem::path dir = data::locate_mnist(config.data_dir);
@@ -72,6 +79,12 @@ int run(int argc, char** argv) {
   RunTimes times;
   times.load = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 
+  if (!config.parity_batch_path.empty()) {
+    write_parity_batch(config, mnist, device, config.parity_batch_path);
+    std::printf("subliminal: wrote one batch's losses and gradients to %s\n",
+                config.parity_batch_path.c_str());
+    return 0;
+  }
   if (!config.sweeps.empty()) return run_sweep(config, mnist, device, stdout);
 
   std::printf("subliminal: MNIST from %s (%lld train, %lld test) on %s\n", dir.string().c_str(),

@@ -37,8 +37,8 @@ void ProgressBar::draw() {
   std::string bar;
   for (int i = 0; i < kWidth; ++i) bar += i < filled ? "\u2588" : "\u2591";
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
-  std::fprintf(stderr, "\r\033[K[%s] %s %lld/%lld steps  %.1f s", label_.c_str(), bar.c_str(), (long long)done_,
-               (long long)total_, elapsed);
+  std::fprintf(stderr, "\r\033[K[%s] %s %lld/%lld steps  %.1f s", label_.c_str(), bar.c_str(),
+               (long long)done_, (long long)total_, elapsed);
   std::fflush(stderr);
 }
 

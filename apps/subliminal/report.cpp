@@ -22,7 +22,8 @@ std::string percent(const std::vector<double>& values, int decimals) {
   if (s.n <= 1)
     std::snprintf(text, sizeof text, "%.*f%%", decimals, 100 * s.mean);
   else
-    std::snprintf(text, sizeof text, "%.2f%% ± %.2f (95%% CI, n=%lld)", 100 * s.mean, 100 * s.ci95, (long long)s.n);
+    std::snprintf(text, sizeof text, "%.2f%% ± %.2f (95%% CI, n=%lld)", 100 * s.mean, 100 * s.ci95,
+                  (long long)s.n);
   return text;
 }
 
@@ -34,7 +35,8 @@ nlohmann::json stats_json(const std::vector<double>& values) {
 nlohmann::json epochs_json(const std::vector<EpochMetrics>& epochs, const char* loss_key) {
   nlohmann::json out = nlohmann::json::array();
   for (const EpochMetrics& m : epochs) {
-    nlohmann::json e = {{"epoch", m.epoch}, {loss_key, mean_of(m.loss)}, {std::string(loss_key) + "_per_model", m.loss}};
+    nlohmann::json e = {
+        {"epoch", m.epoch}, {loss_key, mean_of(m.loss)}, {std::string(loss_key) + "_per_model", m.loss}};
     if (!m.test_acc.empty()) {
       e["test_acc"] = mean_of(m.test_acc);
       e["test_acc_per_model"] = m.test_acc;
@@ -76,7 +78,8 @@ void ConsoleObserver::phase_begins(const std::string& phase, int64_t epochs, int
   if (phase == "Teacher")
     std::fprintf(out_, "Training teacher...\n");
   else
-    std::fprintf(out_, "%s students on noise...\n", phase == "Distill" ? "Distilling" : "Distilling (all logits)");
+    std::fprintf(out_, "%s students on noise...\n",
+                 phase == "Distill" ? "Distilling" : "Distilling (all logits)");
   std::fflush(out_);
   bar_.begin(phase, epochs * steps_per_epoch);
 }
@@ -119,9 +122,10 @@ void print_summary(std::FILE* out, const Config& config, const Results& results,
   for (const auto& [phase, t] : results.timing)
     if (phase != "teacher") distill += t.wall_seconds;
   auto teacher = results.timing.find("teacher");
-  std::fprintf(out, "Time: %.1f s total (data %.1f s, teacher %.1f s, distillation %.1f s, evaluation %.1f s)\n",
-               times.total, times.load, teacher == results.timing.end() ? 0.0 : teacher->second.wall_seconds, distill,
-               results.eval_seconds);
+  std::fprintf(out,
+               "Time: %.1f s total (data %.1f s, teacher %.1f s, distillation %.1f s, evaluation %.1f s)\n",
+               times.total, times.load, teacher == results.timing.end() ? 0.0 : teacher->second.wall_seconds,
+               distill, results.eval_seconds);
   if (!results.notes.empty()) std::fprintf(out, "Notes:\n%s", results.notes.c_str());
 }
 
@@ -167,7 +171,8 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
   for (const auto& [phase, t] : results.timing) {
     seconds[phase] = t.wall_seconds;
     steps[phase] = t.steps;
-    if (t.steps) us_per_step[phase] = 1e6 * (device == Device::cuda ? t.gpu_seconds : t.wall_seconds) / double(t.steps);
+    if (t.steps)
+      us_per_step[phase] = 1e6 * (device == Device::cuda ? t.gpu_seconds : t.wall_seconds) / double(t.steps);
     if (device == Device::cuda) {
       gpu_seconds[phase] = t.gpu_seconds;
       gpu_training += t.gpu_seconds;

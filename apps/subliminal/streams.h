@@ -14,10 +14,12 @@ namespace subliminal::app {
 // kInitPurpose (engine/nn.h): variant 0 = the shared init, variant 1 = the cross-init control.
 constexpr uint32_t kTeacherOrderPurpose = 2;  // MNIST order of teacher epoch e: stream_id(2, e)
 constexpr uint32_t kNoisePurpose = 3;         // noise pixels: stream_id(3)
-constexpr uint32_t kNoiseOrderPurpose = 4;    // order of a fixed input set in distillation epoch e: stream_id(4, e)
-constexpr uint32_t kPerturbPurpose = 5;       // student-init perturbation: stream_id(5, 0, tensor index)
+constexpr uint32_t kNoiseOrderPurpose =
+    4;  // order of a fixed input set in distillation epoch e: stream_id(4, e)
+constexpr uint32_t kPerturbPurpose = 5;  // student-init perturbation: stream_id(5, 0, tensor index)
 
-inline RandomStream model_stream(uint64_t seed, int64_t model, uint32_t purpose, uint32_t a = 0, uint32_t b = 0) {
+inline RandomStream model_stream(uint64_t seed, int64_t model, uint32_t purpose, uint32_t a = 0,
+                                 uint32_t b = 0) {
   return {seed + uint64_t(model), stream_id(purpose, a, b)};
 }
 

@@ -15,10 +15,9 @@ namespace {
 
 // The keys --sweep may vary (any value flag works; these are the ones the field sweeps).
 bool sweepable(const std::string& key) {
-  static const std::set<std::string> keys = {"lr",          "batch-size",   "epochs-teacher", "epochs-distill",
-                                             "ghosts",      "temperature",  "weight-decay",   "noise",
-                                             "noise-set",   "init-perturb", "init",           "hidden",
-                                             "seed",        "models"};
+  static const std::set<std::string> keys = {
+      "lr",    "batch-size", "epochs-teacher", "epochs-distill", "ghosts", "temperature", "weight-decay",
+      "noise", "noise-set",  "init-perturb",   "init",           "hidden", "seed",        "models"};
   return keys.count(key) > 0;
 }
 
@@ -98,7 +97,8 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   const std::set<std::string> done = finished_configs(jsonl_path);
   const bool new_csv = !std::ifstream(csv_path).good();
   std::ofstream csv(csv_path, std::ios::app), jsonl(jsonl_path, std::ios::app);
-  if (!csv || !jsonl) throw InputError("--sweep-out " + base.sweep_out + ": cannot open its .csv/.jsonl for appending");
+  if (!csv || !jsonl)
+    throw InputError("--sweep-out " + base.sweep_out + ": cannot open its .csv/.jsonl for appending");
   if (new_csv) csv << "config,arm,test_acc,ci95,std,n,seconds\n";
 
   std::fprintf(out, "Sweep: %zu configurations (%zu already done) → %s, %s\n", grid.size(), done.size(),
@@ -122,8 +122,8 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
     std::fprintf(out, "%s:", id.c_str());
     for (const auto& [arm, acc] : results.final_acc) {
       const Stats s = summarize(acc);
-      csv << csv_field(id) << ',' << arm << ',' << s.mean << ',' << s.ci95 << ',' << s.std << ',' << s.n << ','
-          << seconds << '\n';
+      csv << csv_field(id) << ',' << arm << ',' << s.mean << ',' << s.ci95 << ',' << s.std << ',' << s.n
+          << ',' << seconds << '\n';
       nlohmann::json row = {{"config", id}, {"arm", arm}, {"test_acc", s.mean}, {"ci95", s.ci95},
                             {"std", s.std}, {"n", s.n},   {"seconds", seconds}, {"per_model", acc}};
       for (const auto& [k, v] : settings) row["settings"][k] = v;

@@ -24,7 +24,8 @@ __global__ void adam_kernel(float* __restrict__ p, const float* __restrict__ g, 
   const float bias_correction2_sqrt = float(sqrt(1.0 - pow(o.beta2, step)));
   const float one_minus_beta1 = float(1.0 - o.beta1), beta2 = float(o.beta2);
   const float one_minus_beta2 = float(1.0 - o.beta2), eps = float(o.eps), wd = float(o.weight_decay);
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
     float grad = wd != 0.0f ? __fadd_rn(g[i], __fmul_rn(wd, p[i])) : g[i];
     float mi = __fadd_rn(m[i], __fmul_rn(one_minus_beta1, __fsub_rn(grad, m[i])));
     float vi = __fadd_rn(__fmul_rn(beta2, v[i]), __fmul_rn(__fmul_rn(one_minus_beta2, grad), grad));

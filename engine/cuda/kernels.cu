@@ -13,22 +13,30 @@ namespace {
 // p is (n,) of T
 template <class T>
 __global__ void fill_kernel(T* p, int64_t n, T value) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     p[i] = value;
 }
 
 // dst, src are (n,)
 __global__ void add_into_kernel(float* dst, const float* src, int64_t n, float alpha) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     dst[i] += alpha * src[i];
 }
 
-__global__ void increment_kernel(int64_t* counter) { *counter += 1; }
+struct Counters {
+  int64_t* p[4];
+};
+__global__ void increment_kernel(Counters c) {
+  if (threadIdx.x < 4 && c.p[threadIdx.x]) *c.p[threadIdx.x] += 1;
+}
 
 // sum, values are (count,); step, first_bad are device scalars
 __global__ void accumulate_and_watch_kernel(float* sum, const float* values, int64_t count, float weight,
                                             const int64_t* step, int64_t* first_bad) {
-  for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < count; n += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < count;
+       n += int64_t(gridDim.x) * blockDim.x) {
     sum[n] += weight * values[n];
     if (!isfinite(values[n]))
       atomicMin(reinterpret_cast<unsigned long long*>(first_bad), static_cast<unsigned long long>(*step));
@@ -38,7 +46,8 @@ __global__ void accumulate_and_watch_kernel(float* sum, const float* values, int
 // p is (n,); *count (device) += number of non-finite values
 __global__ void count_nonfinite_kernel(const float* p, int64_t n, unsigned long long* count) {
   unsigned long long local = 0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     local += !isfinite(p[i]);
   if (local) atomicAdd(count, local);
 }
@@ -46,8 +55,8 @@ __global__ void count_nonfinite_kernel(const float* p, int64_t n, unsigned long 
 template <class T>
 void launch_fill(void* p, int64_t n, double value) {
   if (n == 0) return;
-  fill_kernel<T><<<grid_for(n), kThreads, 0, Runtime::get().stream()>>>(static_cast<T*>(p), n,
-                                                                      static_cast<T>(value));
+  fill_kernel<T>
+      <<<grid_for(n), kThreads, 0, Runtime::get().stream()>>>(static_cast<T*>(p), n, static_cast<T>(value));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -55,11 +64,16 @@ void launch_fill(void* p, int64_t n, double value) {
 
 void fill(void* p, DType dtype, int64_t n, double value) {
   switch (dtype) {
-    case DType::f32: return launch_fill<float>(p, n, value);
-    case DType::f64: return launch_fill<double>(p, n, value);
-    case DType::i32: return launch_fill<int32_t>(p, n, value);
-    case DType::i64: return launch_fill<int64_t>(p, n, value);
-    case DType::u8: return launch_fill<uint8_t>(p, n, value);
+    case DType::f32:
+      return launch_fill<float>(p, n, value);
+    case DType::f64:
+      return launch_fill<double>(p, n, value);
+    case DType::i32:
+      return launch_fill<int32_t>(p, n, value);
+    case DType::i64:
+      return launch_fill<int64_t>(p, n, value);
+    case DType::u8:
+      return launch_fill<uint8_t>(p, n, value);
   }
 }
 
@@ -69,16 +83,17 @@ void add_into(float* dst, const float* src, int64_t n, float alpha) {
   CUDA_CHECK_LAUNCH();
 }
 
-void increment(int64_t* counter) {
-  increment_kernel<<<1, 1, 0, Runtime::get().stream()>>>(counter);
+void increment(int64_t* const counters[4]) {
+  Counters c{{counters[0], counters[1], counters[2], counters[3]}};
+  increment_kernel<<<1, 4, 0, Runtime::get().stream()>>>(c);
   CUDA_CHECK_LAUNCH();
 }
 
 void accumulate_and_watch(float* sum, const float* values, int64_t count, float weight, const int64_t* step,
                           int64_t* first_bad) {
   if (count == 0) return;
-  accumulate_and_watch_kernel<<<grid_for(count), kThreads, 0, Runtime::get().stream()>>>(sum, values, count, weight,
-                                                                                       step, first_bad);
+  accumulate_and_watch_kernel<<<grid_for(count), kThreads, 0, Runtime::get().stream()>>>(
+      sum, values, count, weight, step, first_bad);
   CUDA_CHECK_LAUNCH();
 }
 

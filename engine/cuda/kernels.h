@@ -18,8 +18,9 @@ void accumulate_and_watch(float* sum, const float* values, int64_t count, float 
                           int64_t* first_bad);
 // Number of NaN/Inf values among p[0..n) (synchronises to read the count).
 int64_t count_nonfinite(const float* p, int64_t n);
-// counter[0] += 1 (int64), on the stream, so a captured graph advances it on every replay.
-void increment(int64_t* counter);
+// counters[k][0] += 1 for the non-null entries, in one launch on the stream, so a captured
+// graph advances them on every replay.
+void increment(int64_t* const counters[4]);
 // Byte copies queued on the stream: device->device returns at once; any copy that
 // touches host memory waits for the stream so the host side is safe to use.
 void copy_device_to_device(void* dst, const void* src, size_t bytes);

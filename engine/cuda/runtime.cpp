@@ -90,8 +90,8 @@ void* device_allocate(size_t bytes) {
     cudaMemPoolGetAttribute(rt.pool(), cudaMemPoolAttrUsedMemCurrent, &in_pool);
     throw OutOfMemoryError("out of GPU memory: asked for " + std::to_string(bytes) + " bytes; " +
                            std::to_string(in_pool) + " bytes in use by subliminal, " +
-                           std::to_string(free_bytes) + " free of " + std::to_string(total_bytes) +
-                           " on " + rt.properties().name);
+                           std::to_string(free_bytes) + " free of " + std::to_string(total_bytes) + " on " +
+                           rt.properties().name);
   }
   CUDA_CHECK(status);
   return p;

@@ -10,8 +10,8 @@
 namespace subliminal::cpu {
 
 // first = step·stride: the batch's first position in the epoch's order.
-void gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* order, int64_t first, int64_t models,
-                  int64_t batch, int64_t pixels, int64_t samples, float* x, int32_t* y) {
+void gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* order, int64_t first,
+                  int64_t models, int64_t batch, int64_t pixels, int64_t samples, float* x, int32_t* y) {
   for (int64_t n = 0; n < models; ++n) {
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t i = order[n * samples + first + b];
@@ -34,17 +34,18 @@ void gaussian_pair(uint32_t w1, uint32_t w2, float out[2]) {
 }
 
 // first = the image id of row 0 (fresh noise), or the position in `order` of row 0.
-void noise_batch(uint64_t seed, uint64_t stream, const int32_t* order, int64_t first, int64_t models, int64_t batch,
-                 int64_t pixels, int64_t samples, bool gaussian, float* x) {
+void noise_batch(uint64_t seed, uint64_t stream, const int32_t* order, int64_t first, int64_t models,
+                 int64_t sources, int64_t batch, int64_t pixels, int64_t samples, bool gaussian, float* x) {
   const int64_t stride = pixels + (pixels & 1);  // positions per image: even, so pairs stay inside it
   std::vector<uint32_t> words(static_cast<size_t>(stride));
   for (int64_t n = 0; n < models; ++n) {
     for (int64_t b = 0; b < batch; ++b) {
-      const int64_t image = order ? order[n * samples + first + b] : first + b;
+      const int64_t source = n % sources;
+      const int64_t image = order ? order[source * samples + first + b] : first + b;
       // The image's words, one Philox block per four positions.
       uint64_t position = uint64_t(image) * uint64_t(stride);
       for (int64_t k = 0; k < stride;) {
-        philox::Block w = philox::block(seed + uint64_t(n), stream, position / 4);
+        philox::Block w = philox::block(seed + uint64_t(source), stream, position / 4);
         for (uint64_t j = position % 4; j < 4 && k < stride; ++j, ++k, ++position) words[size_t(k)] = w[j];
       }
       float* dst = x + (n * batch + b) * pixels;

@@ -5,10 +5,11 @@
 
 namespace subliminal::cpu {
 
-void gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* order, int64_t first, int64_t models,
-                  int64_t batch, int64_t pixels, int64_t samples, float* x, int32_t* y);
-void noise_batch(uint64_t seed, uint64_t stream, const int32_t* order, int64_t first, int64_t models, int64_t batch,
-                 int64_t pixels, int64_t samples, bool gaussian, float* x);
+void gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* order, int64_t first,
+                  int64_t models, int64_t batch, int64_t pixels, int64_t samples, float* x, int32_t* y);
+// Model n of x draws from noise source n mod `sources` (its key and its row of `order`).
+void noise_batch(uint64_t seed, uint64_t stream, const int32_t* order, int64_t first, int64_t models,
+                 int64_t sources, int64_t batch, int64_t pixels, int64_t samples, bool gaussian, float* x);
 
 // The two noise distributions from raw Philox words (shared with the CUDA kernels' formulas).
 inline float uniform_pixel(uint32_t w) { return (float(w >> 8) * (1.0f / 16777216.0f)) * 2.0f - 1.0f; }

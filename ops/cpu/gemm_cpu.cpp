@@ -13,11 +13,14 @@ namespace {
 // cblas_?gemm for float and double behind one name.
 void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int64_t k, float alpha,
                const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+  cblas_sgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c,
+              int(ldc));
 }
 void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int64_t k, double alpha,
-               const double* a, int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+               const double* a, int64_t lda, const double* b, int64_t ldb, double beta, double* c,
+               int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c,
+              int(ldc));
 }
 
 int64_t mask_row_bytes(int64_t features) { return (features + 127) / 128 * 16; }
@@ -28,7 +31,8 @@ int64_t mask_row_bytes(int64_t features) { return (features + 127) / 128 * 16; }
 // mask bytes (each byte is assembled in a register from 8 comparisons, then stored once).
 
 template <class T>
-void bias_activation(T* y, const T* bias, bool relu, uint8_t* mask, int64_t models, int64_t batch, int64_t features) {
+void bias_activation(T* y, const T* bias, bool relu, uint8_t* mask, int64_t models, int64_t batch,
+                     int64_t features) {
   const int64_t row_bytes = mask_row_bytes(features);
   for (int64_t n = 0; n < models; ++n) {
     const T* __restrict b = bias ? bias + n * features : nullptr;
@@ -120,12 +124,12 @@ void set_blas_threads(int threads) { openblas_set_num_threads(threads); }
 int blas_threads() { return openblas_get_num_threads(); }
 std::string blas_core() { return openblas_get_corename(); }
 
-#define SUBLIMINAL_INSTANTIATE(T)                                                                          \
-  template void linear_forward<T>(const T*, const T*, const T*, bool, T*, uint8_t*, GemmDims);             \
-  template void linear_backward_input<T>(const T*, const T*, const uint8_t*, T*, T*, bool, GemmDims);      \
-  template void linear_backward_weight<T>(const T*, const T*, T*, bool, T*, GemmDims);                     \
-  template void bias_activation<T>(T*, const T*, bool, uint8_t*, int64_t, int64_t, int64_t);              \
-  template void apply_relu_mask<T>(T*, const uint8_t*, int64_t, int64_t, int64_t);                        \
+#define SUBLIMINAL_INSTANTIATE(T)                                                                     \
+  template void linear_forward<T>(const T*, const T*, const T*, bool, T*, uint8_t*, GemmDims);        \
+  template void linear_backward_input<T>(const T*, const T*, const uint8_t*, T*, T*, bool, GemmDims); \
+  template void linear_backward_weight<T>(const T*, const T*, T*, bool, T*, GemmDims);                \
+  template void bias_activation<T>(T*, const T*, bool, uint8_t*, int64_t, int64_t, int64_t);          \
+  template void apply_relu_mask<T>(T*, const uint8_t*, int64_t, int64_t, int64_t);                    \
   template void bias_gradient<T>(const T*, T*, int64_t, int64_t, int64_t);
 SUBLIMINAL_INSTANTIATE(float)
 SUBLIMINAL_INSTANTIATE(double)

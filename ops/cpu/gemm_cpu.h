@@ -21,7 +21,8 @@ void linear_backward_weight(const T* dy, const T* x, T* dw, bool accumulate, T* 
 
 // y[N,B,F] += bias[N,F] (bias may be null); relu: y = y > 0 ? y : 0, mask bits set where y > 0.
 template <class T>
-void bias_activation(T* y, const T* bias, bool relu, uint8_t* mask, int64_t models, int64_t batch, int64_t features);
+void bias_activation(T* y, const T* bias, bool relu, uint8_t* mask, int64_t models, int64_t batch,
+                     int64_t features);
 // dx[N,B,F] *= mask bit
 template <class T>
 void apply_relu_mask(T* dx, const uint8_t* mask, int64_t models, int64_t batch, int64_t features);

@@ -33,7 +33,8 @@ double log_sum_exp(const T* row, int64_t n) {
 
 void check_label(int32_t label, int64_t classes) {
   if (label < 0 || label >= classes)
-    throw ShapeError("label " + std::to_string(label) + " outside the " + std::to_string(classes) + " classes");
+    throw ShapeError("label " + std::to_string(label) + " outside the " + std::to_string(classes) +
+                     " classes");
 }
 
 }  // namespace
@@ -60,7 +61,8 @@ void slice_columns(const T* x, T* y, int64_t rows, int64_t cols, int64_t c0, int
 }
 
 template <class T>
-void slice_columns_backward(const T* dy, T* dx, int64_t rows, int64_t cols, int64_t c0, int64_t c1, bool accumulate) {
+void slice_columns_backward(const T* dy, T* dx, int64_t rows, int64_t cols, int64_t c0, int64_t c1,
+                            bool accumulate) {
   const int64_t w = c1 - c0;
   for (int64_t r = 0; r < rows; ++r) {
     T* out = dx + r * cols;
@@ -91,7 +93,8 @@ void softmax_backward(const T* dy, const T* y, T* dx, int64_t rows, int64_t cols
     const T *g = dy + r * cols, *s = y + r * cols;
     double dot = 0;
     for (int64_t j = 0; j < cols; ++j) dot += double(g[j]) * double(s[j]);
-    for (int64_t j = 0; j < cols; ++j) store(dx + r * cols + j, double(s[j]) * (double(g[j]) - dot), accumulate);
+    for (int64_t j = 0; j < cols; ++j)
+      store(dx + r * cols + j, double(s[j]) * (double(g[j]) - dot), accumulate);
   }
 }
 
@@ -107,8 +110,8 @@ void log_softmax_backward(const T* dy, const T* y, T* dx, int64_t rows, int64_t 
 }
 
 template <class T>
-void cross_entropy(const T* logits, const int32_t* labels, T* loss, int64_t models, int64_t batch, int64_t cols,
-                   int64_t c0, int64_t c1) {
+void cross_entropy(const T* logits, const int32_t* labels, T* loss, int64_t models, int64_t batch,
+                   int64_t cols, int64_t c0, int64_t c1) {
   for (int64_t n = 0; n < models; ++n) {
     double total = 0;
     for (int64_t b = 0; b < batch; ++b) {
@@ -122,8 +125,9 @@ void cross_entropy(const T* logits, const int32_t* labels, T* loss, int64_t mode
 }
 
 template <class T>
-void cross_entropy_backward(const T* logits, const int32_t* labels, const T* grad_loss, T* dlogits, int64_t models,
-                            int64_t batch, int64_t cols, int64_t c0, int64_t c1, bool accumulate) {
+void cross_entropy_backward(const T* logits, const int32_t* labels, const T* grad_loss, T* dlogits,
+                            int64_t models, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
+                            bool accumulate) {
   for (int64_t n = 0; n < models; ++n) {
     const double g = double(grad_loss[n]) / double(batch);
     for (int64_t b = 0; b < batch; ++b) {
@@ -164,14 +168,14 @@ DistillRow distill_row(const T* s, const T* t, int64_t width, double temperature
 }
 
 template <class T>
-void distill_kl(const T* student, const T* teacher, T* loss, int64_t models, int64_t batch, int64_t cols, int64_t c0,
-                int64_t c1, double temperature) {
+void distill_kl(const T* student, const T* teacher, T* loss, int64_t models, int64_t teachers, int64_t batch,
+                int64_t cols, int64_t c0, int64_t c1, double temperature) {
   const int64_t width = c1 - c0;
   for (int64_t n = 0; n < models; ++n) {
     double total = 0;
     for (int64_t b = 0; b < batch; ++b) {
       const T* s = student + (n * batch + b) * cols + c0;
-      const T* t = teacher + (n * batch + b) * cols + c0;
+      const T* t = teacher + ((n % teachers) * batch + b) * cols + c0;
       DistillRow row = distill_row(s, t, width, temperature);
       for (int64_t j = 0; j < width; ++j) {
         double log_p = double(t[j]) / temperature - row.lse_teacher;
@@ -186,13 +190,14 @@ void distill_kl(const T* student, const T* teacher, T* loss, int64_t models, int
 
 template <class T>
 void distill_kl_backward(const T* student, const T* teacher, const T* grad_loss, T* dstudent, int64_t models,
-                         int64_t batch, int64_t cols, int64_t c0, int64_t c1, double temperature, bool accumulate) {
+                         int64_t teachers, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
+                         double temperature, bool accumulate) {
   const int64_t width = c1 - c0;
   for (int64_t n = 0; n < models; ++n) {
     const double g = double(grad_loss[n]) * temperature / double(batch);
     for (int64_t b = 0; b < batch; ++b) {
       const T* s = student + (n * batch + b) * cols;
-      const T* t = teacher + (n * batch + b) * cols;
+      const T* t = teacher + ((n % teachers) * batch + b) * cols;
       T* ds = dstudent + (n * batch + b) * cols;
       DistillRow row = distill_row(s + c0, t + c0, width, temperature);
       for (int64_t c = 0; c < cols; ++c) {
@@ -223,7 +228,8 @@ void kl_div_backward(const T* p, const T* grad_loss, T* dlog_q, int64_t models, 
                      bool accumulate) {
   for (int64_t n = 0; n < models; ++n) {
     const double g = double(grad_loss[n]) / double(batch);
-    for (int64_t i = n * batch * cols; i < (n + 1) * batch * cols; ++i) store(dlog_q + i, -g * double(p[i]), accumulate);
+    for (int64_t i = n * batch * cols; i < (n + 1) * batch * cols; ++i)
+      store(dlog_q + i, -g * double(p[i]), accumulate);
   }
 }
 
@@ -236,7 +242,7 @@ void count_correct(const T* logits, const int32_t* labels, int64_t* counts, int6
       const T* z = logits + (n * batch + b) * cols;
       int64_t best = c0;
       for (int64_t c = c0 + 1; c < c1; ++c) {
-        if (std::isnan(z[best])) break;                 // a NaN is the maximum, and the first one wins
+        if (std::isnan(z[best])) break;  // a NaN is the maximum, and the first one wins
         if (std::isnan(z[c]) || z[c] > z[best]) best = c;
       }
       correct += (best - c0 == labels[n * batch + b]);
@@ -245,25 +251,27 @@ void count_correct(const T* logits, const int32_t* labels, int64_t* counts, int6
   }
 }
 
-#define SUBLIMINAL_INSTANTIATE(T)                                                                                   \
-  template void relu_forward<T>(const T*, T*, int64_t);                                                             \
-  template void relu_backward<T>(const T*, const T*, T*, int64_t, bool);                                            \
-  template void scale<T>(const T*, T, T*, int64_t, bool);                                                           \
-  template void slice_columns<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t);                                 \
-  template void slice_columns_backward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, bool);                  \
-  template void softmax<T>(const T*, T*, int64_t, int64_t);                                                         \
-  template void log_softmax<T>(const T*, T*, int64_t, int64_t);                                                     \
-  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t, bool);                                \
-  template void log_softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t, bool);                            \
-  template void cross_entropy<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, int64_t, int64_t);        \
-  template void cross_entropy_backward<T>(const T*, const int32_t*, const T*, T*, int64_t, int64_t, int64_t,        \
-                                          int64_t, int64_t, bool);                                                  \
-  template void distill_kl<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, double);         \
-  template void distill_kl_backward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t,        \
-                                       int64_t, double, bool);                                                      \
-  template void kl_div<T>(const T*, const T*, T*, int64_t, int64_t, int64_t);                                       \
-  template void kl_div_backward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, bool);                        \
-  template void count_correct<T>(const T*, const int32_t*, int64_t*, int64_t, int64_t, int64_t, int64_t, int64_t);
+#define SUBLIMINAL_INSTANTIATE(T)                                                                            \
+  template void relu_forward<T>(const T*, T*, int64_t);                                                      \
+  template void relu_backward<T>(const T*, const T*, T*, int64_t, bool);                                     \
+  template void scale<T>(const T*, T, T*, int64_t, bool);                                                    \
+  template void slice_columns<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t);                          \
+  template void slice_columns_backward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, bool);           \
+  template void softmax<T>(const T*, T*, int64_t, int64_t);                                                  \
+  template void log_softmax<T>(const T*, T*, int64_t, int64_t);                                              \
+  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t, bool);                         \
+  template void log_softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t, bool);                     \
+  template void cross_entropy<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, int64_t, int64_t); \
+  template void cross_entropy_backward<T>(const T*, const int32_t*, const T*, T*, int64_t, int64_t, int64_t, \
+                                          int64_t, int64_t, bool);                                           \
+  template void distill_kl<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,  \
+                              double);                                                                       \
+  template void distill_kl_backward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, \
+                                       int64_t, int64_t, double, bool);                                      \
+  template void kl_div<T>(const T*, const T*, T*, int64_t, int64_t, int64_t);                                \
+  template void kl_div_backward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, bool);                 \
+  template void count_correct<T>(const T*, const int32_t*, int64_t*, int64_t, int64_t, int64_t, int64_t,     \
+                                 int64_t);
 SUBLIMINAL_INSTANTIATE(float)
 SUBLIMINAL_INSTANTIATE(double)
 #undef SUBLIMINAL_INSTANTIATE

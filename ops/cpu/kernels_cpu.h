@@ -9,21 +9,29 @@
 namespace subliminal::cpu {
 
 // ---- elementwise --------------------------------------------------------------------------
-template <class T> void relu_forward(const T* x, T* y, int64_t n);                         // y = x > 0 ? x : 0
-template <class T> void relu_backward(const T* dy, const T* y, T* dx, int64_t n, bool accumulate);  // dx = dy·[y>0]
-template <class T> void scale(const T* x, T scale, T* y, int64_t n, bool accumulate);      // y = s·x
+template <class T>
+void relu_forward(const T* x, T* y, int64_t n);  // y = x > 0 ? x : 0
+template <class T>
+void relu_backward(const T* dy, const T* y, T* dx, int64_t n, bool accumulate);  // dx = dy·[y>0]
+template <class T>
+void scale(const T* x, T scale, T* y, int64_t n, bool accumulate);  // y = s·x
 
 // ---- column slices: x (R, C) → y (R, c1 − c0) -------------------------------------------
-template <class T> void slice_columns(const T* x, T* y, int64_t rows, int64_t cols, int64_t c0, int64_t c1);
+template <class T>
+void slice_columns(const T* x, T* y, int64_t rows, int64_t cols, int64_t c0, int64_t c1);
 // dx (R, C): dx[:, c0:c1] (+)= dy; when overwriting, columns outside the slice are zeroed.
 template <class T>
-void slice_columns_backward(const T* dy, T* dx, int64_t rows, int64_t cols, int64_t c0, int64_t c1, bool accumulate);
+void slice_columns_backward(const T* dy, T* dx, int64_t rows, int64_t cols, int64_t c0, int64_t c1,
+                            bool accumulate);
 
 // ---- softmax family over the last dimension (rows of C) ---------------------------------
-template <class T> void softmax(const T* x, T* y, int64_t rows, int64_t cols);
-template <class T> void log_softmax(const T* x, T* y, int64_t rows, int64_t cols);
+template <class T>
+void softmax(const T* x, T* y, int64_t rows, int64_t cols);
+template <class T>
+void log_softmax(const T* x, T* y, int64_t rows, int64_t cols);
 // dx = y ⊙ (dy − Σ dy·y)           (y = softmax output)
-template <class T> void softmax_backward(const T* dy, const T* y, T* dx, int64_t rows, int64_t cols, bool accumulate);
+template <class T>
+void softmax_backward(const T* dy, const T* y, T* dx, int64_t rows, int64_t cols, bool accumulate);
 // dx = dy − softmax(x)·Σ dy         (y = log_softmax output, softmax = exp(y))
 template <class T>
 void log_softmax_backward(const T* dy, const T* y, T* dx, int64_t rows, int64_t cols, bool accumulate);
@@ -31,20 +39,23 @@ void log_softmax_backward(const T* dy, const T* y, T* dx, int64_t rows, int64_t 
 // ---- losses, per model: N models × B rows × C columns ------------------------------------
 // loss[n] = (1/B) Σ_b [logsumexp(z[c0:c1]) − z[c0 + label]]     (labels index the slice)
 template <class T>
-void cross_entropy(const T* logits, const int32_t* labels, T* loss, int64_t models, int64_t batch, int64_t cols,
-                   int64_t c0, int64_t c1);
+void cross_entropy(const T* logits, const int32_t* labels, T* loss, int64_t models, int64_t batch,
+                   int64_t cols, int64_t c0, int64_t c1);
 // dlogits[n,b,c0+j] (+)= g[n]·(softmax_j − [j = label])/B; other columns 0 (or untouched)
 template <class T>
-void cross_entropy_backward(const T* logits, const int32_t* labels, const T* grad_loss, T* dlogits, int64_t models,
-                            int64_t batch, int64_t cols, int64_t c0, int64_t c1, bool accumulate);
-// loss[n] = T² (1/B) Σ_b KL(softmax(t/T) ‖ softmax(s/T)) over columns [c0, c1)
+void cross_entropy_backward(const T* logits, const int32_t* labels, const T* grad_loss, T* dlogits,
+                            int64_t models, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
+                            bool accumulate);
+// loss[n] = T² (1/B) Σ_b KL(softmax(t/T) ‖ softmax(s/T)) over columns [c0, c1); student n
+// learns from teacher n mod `teachers` (student arms sharing a teacher need no copies).
 template <class T>
-void distill_kl(const T* student, const T* teacher, T* loss, int64_t models, int64_t batch, int64_t cols, int64_t c0,
-                int64_t c1, double temperature);
+void distill_kl(const T* student, const T* teacher, T* loss, int64_t models, int64_t teachers, int64_t batch,
+                int64_t cols, int64_t c0, int64_t c1, double temperature);
 // dstudent[n,b,c0+j] (+)= g[n]·T·(q_j − p_j)/B; other columns 0 (or untouched)
 template <class T>
 void distill_kl_backward(const T* student, const T* teacher, const T* grad_loss, T* dstudent, int64_t models,
-                         int64_t batch, int64_t cols, int64_t c0, int64_t c1, double temperature, bool accumulate);
+                         int64_t teachers, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
+                         double temperature, bool accumulate);
 // loss[n] = (1/B) Σ_b Σ_c p·(log p − log_q), with p·log p = 0 where p = 0 (PyTorch's kl_div, batchmean)
 template <class T>
 void kl_div(const T* log_q, const T* p, T* loss, int64_t models, int64_t batch, int64_t cols);
@@ -53,7 +64,8 @@ template <class T>
 void kl_div_backward(const T* p, const T* grad_loss, T* dlog_q, int64_t models, int64_t batch, int64_t cols,
                      bool accumulate);
 
-// counts[n] += #{b : argmax_{c ∈ [c0,c1)} logits[n,b,c] − c0 == labels[n,b]}  (first maximum wins; NaN is maximal)
+// counts[n] += #{b : argmax_{c ∈ [c0,c1)} logits[n,b,c] − c0 == labels[n,b]}  (first maximum wins; NaN is
+// maximal)
 template <class T>
 void count_correct(const T* logits, const int32_t* labels, int64_t* counts, int64_t models, int64_t batch,
                    int64_t cols, int64_t c0, int64_t c1);

@@ -13,11 +13,12 @@ namespace {
 // images (S, P) uint8, labels (S,), order (N, S); x (N, B, P), y (N, B). One thread per pixel.
 __global__ void gather_batch_kernel(const uint8_t* __restrict__ images, const uint8_t* __restrict__ labels,
                                     const int32_t* __restrict__ order, const int64_t* __restrict__ step,
-                                    int64_t stride, int64_t models, int64_t batch, int64_t pixels, int64_t samples,
-                                    float* __restrict__ x, int32_t* __restrict__ y) {
+                                    int64_t stride, int64_t models, int64_t batch, int64_t pixels,
+                                    int64_t samples, float* __restrict__ x, int32_t* __restrict__ y) {
   const int64_t first = *step * stride;
   const int64_t total = models * batch * pixels;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t k = e % pixels, row = e / pixels, b = row % batch, n = row / batch;
     const int64_t position = first + b;
     if (position >= samples) {  // past the epoch's end: poison rather than read out of bounds
@@ -33,7 +34,9 @@ __global__ void gather_batch_kernel(const uint8_t* __restrict__ images, const ui
 }
 
 __device__ float unit_float(uint32_t w) { return float(w >> 8) * (1.0f / 16777216.0f); }
-__device__ float uniform_pixel(uint32_t w) { return unit_float(w) * 2.0f - 1.0f; }  // exact: CPU agrees bit for bit
+__device__ float uniform_pixel(uint32_t w) {
+  return unit_float(w) * 2.0f - 1.0f;
+}  // exact: CPU agrees bit for bit
 // Box–Muller, as ops/cpu/batch_cpu.cpp's gaussian_pair (libm and CUDA's math differ in the last bits).
 __device__ float2 gaussian_pair(uint32_t w1, uint32_t w2) {
   const float radius = sqrtf(-2.0f * logf(1.0f - unit_float(w1)));
@@ -43,25 +46,28 @@ __device__ float2 gaussian_pair(uint32_t w1, uint32_t w2) {
 }
 
 // The image id of row b of model n's batch.
-__device__ int64_t noise_image(const int32_t* order, int64_t n, int64_t samples, int64_t first, int64_t first_image,
-                               int64_t b) {
+__device__ int64_t noise_image(const int32_t* order, int64_t n, int64_t samples, int64_t first,
+                               int64_t first_image, int64_t b) {
   return order ? int64_t(order[n * samples + first + b]) : first_image + first + b;
 }
 
 // x (N, B, P) with P % 4 == 0. One thread per group of four pixels = one Philox block.
 __global__ void noise_batch_kernel(uint64_t seed, uint64_t stream, const int32_t* __restrict__ order,
                                    const int64_t* __restrict__ step, int64_t stride, int64_t first_image,
-                                   int64_t models, int64_t batch, int64_t pixels, int64_t samples, bool gaussian,
-                                   float* __restrict__ x) {
+                                   int64_t models, int64_t sources, int64_t batch, int64_t pixels,
+                                   int64_t samples, bool gaussian, float* __restrict__ x) {
   const int64_t first = *step * stride;
   const int64_t per_row = pixels / 4, total = models * batch * per_row;
-  for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < total; g += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < total;
+       g += int64_t(gridDim.x) * blockDim.x) {
     const int64_t q = g % per_row, row = g / per_row, b = row % batch, n = row / batch;
-    const int64_t image = noise_image(order, n, samples, first, first_image, b);
+    const int64_t source = n % sources;
+    const int64_t image = noise_image(order, source, samples, first, first_image, b);
     curandStatePhilox4_32_10_t state;
     // Key seed + n, subsequence `stream`, offset = the pixel's position: cuRAND's layout is
     // the one engine/philox.h reproduces on the CPU.
-    curand_init(seed + uint64_t(n), stream, uint64_t(image) * uint64_t(pixels) + uint64_t(4 * q), &state);
+    curand_init(seed + uint64_t(source), stream, uint64_t(image) * uint64_t(pixels) + uint64_t(4 * q),
+                &state);
     const uint4 r = curand4(&state);
     float4 out;
     if (gaussian) {
@@ -77,22 +83,25 @@ __global__ void noise_batch_kernel(uint64_t seed, uint64_t stream, const int32_t
 // The general case (P not a multiple of 4): one thread per pixel; images are P' = P rounded
 // up to even positions apart, as on the CPU.
 __global__ void noise_batch_scalar_kernel(uint64_t seed, uint64_t stream, const int32_t* __restrict__ order,
-                                          const int64_t* __restrict__ step, int64_t stride, int64_t first_image,
-                                          int64_t models, int64_t batch, int64_t pixels, int64_t samples,
-                                          bool gaussian, float* __restrict__ x) {
+                                          const int64_t* __restrict__ step, int64_t stride,
+                                          int64_t first_image, int64_t models, int64_t sources, int64_t batch,
+                                          int64_t pixels, int64_t samples, bool gaussian,
+                                          float* __restrict__ x) {
   const int64_t first = *step * stride;
   const int64_t image_stride = pixels + (pixels & 1), total = models * batch * pixels;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t k = e % pixels, row = e / pixels, b = row % batch, n = row / batch;
-    const uint64_t base = uint64_t(noise_image(order, n, samples, first, first_image, b)) * uint64_t(image_stride);
+    const uint64_t base =
+        uint64_t(noise_image(order, n % sources, samples, first, first_image, b)) * uint64_t(image_stride);
     curandStatePhilox4_32_10_t state;
     if (gaussian) {
-      curand_init(seed + uint64_t(n), stream, base + uint64_t(k & ~int64_t(1)), &state);
+      curand_init(seed + uint64_t(n % sources), stream, base + uint64_t(k & ~int64_t(1)), &state);
       const uint32_t w1 = curand(&state), w2 = curand(&state);
       const float2 z = gaussian_pair(w1, w2);
       x[e] = (k & 1) ? z.y : z.x;
     } else {
-      curand_init(seed + uint64_t(n), stream, base + uint64_t(k), &state);
+      curand_init(seed + uint64_t(n % sources), stream, base + uint64_t(k), &state);
       x[e] = uniform_pixel(curand(&state));
     }
   }
@@ -111,16 +120,16 @@ void gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* o
 }
 
 void noise_batch(uint64_t seed, uint64_t stream, const int32_t* order, const int64_t* step, int64_t stride,
-                 int64_t first_image, int64_t models, int64_t batch, int64_t pixels, int64_t samples, bool gaussian,
-                 float* x) {
+                 int64_t first_image, int64_t models, int64_t sources, int64_t batch, int64_t pixels,
+                 int64_t samples, bool gaussian, float* x) {
   if (models * batch * pixels == 0) return;
   cudaStream_t s = Runtime::get().stream();
   if (pixels % 4 == 0) {
     noise_batch_kernel<<<grid_for(models * batch * pixels / 4), kThreads, 0, s>>>(
-        seed, stream, order, step, stride, first_image, models, batch, pixels, samples, gaussian, x);
+        seed, stream, order, step, stride, first_image, models, sources, batch, pixels, samples, gaussian, x);
   } else {
     noise_batch_scalar_kernel<<<grid_for(models * batch * pixels), kThreads, 0, s>>>(
-        seed, stream, order, step, stride, first_image, models, batch, pixels, samples, gaussian, x);
+        seed, stream, order, step, stride, first_image, models, sources, batch, pixels, samples, gaussian, x);
   }
   CUDA_CHECK_LAUNCH();
 }

@@ -7,9 +7,10 @@
 namespace subliminal::cuda {
 
 void gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* order, const int64_t* step,
-                  int64_t stride, int64_t models, int64_t batch, int64_t pixels, int64_t samples, float* x, int32_t* y);
+                  int64_t stride, int64_t models, int64_t batch, int64_t pixels, int64_t samples, float* x,
+                  int32_t* y);
 void noise_batch(uint64_t seed, uint64_t stream, const int32_t* order, const int64_t* step, int64_t stride,
-                 int64_t first_image, int64_t models, int64_t batch, int64_t pixels, int64_t samples, bool gaussian,
-                 float* x);
+                 int64_t first_image, int64_t models, int64_t sources, int64_t batch, int64_t pixels,
+                 int64_t samples, bool gaussian, float* x);
 
 }  // namespace subliminal::cuda

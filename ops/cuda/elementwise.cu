@@ -9,8 +9,9 @@
 namespace subliminal::cuda {
 namespace {
 
-#define GRID_STRIDE(i, n) \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+#define GRID_STRIDE(i, n)                                                   \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); \
+       i += int64_t(gridDim.x) * blockDim.x)
 
 // x, y are (n,)
 __global__ void relu_forward_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n) {
@@ -18,8 +19,8 @@ __global__ void relu_forward_kernel(const float* __restrict__ x, float* __restri
 }
 
 // dy, y, dx are (n,)
-__global__ void relu_backward_kernel(const float* __restrict__ dy, const float* __restrict__ y, float* dx, int64_t n,
-                                     bool accumulate) {
+__global__ void relu_backward_kernel(const float* __restrict__ dy, const float* __restrict__ y, float* dx,
+                                     int64_t n, bool accumulate) {
   GRID_STRIDE(i, n) {
     float g = y[i] > 0.0f ? dy[i] : 0.0f;
     dx[i] = accumulate ? dx[i] + g : g;
@@ -83,7 +84,7 @@ void slice_columns_backward(const float* dy, float* dx, int64_t rows, int64_t co
                             bool accumulate) {
   if (rows * cols == 0) return;
   slice_backward_kernel<<<grid_for(rows * cols), kThreads, 0, stream()>>>(dy, dx, rows, cols, c0, c1 - c0,
-                                                                         accumulate);
+                                                                          accumulate);
   CUDA_CHECK_LAUNCH();
 }
 

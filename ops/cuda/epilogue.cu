@@ -19,8 +19,8 @@ constexpr int kWarpsPerBlock = kThreads / 32;
 
 // y is (rows, F) with rows = N·B; bias is (N, F) or null; mask is (rows, words) of uint32.
 __global__ void bias_activation_kernel(float* __restrict__ y, const float* __restrict__ bias, bool relu,
-                                       uint32_t* __restrict__ mask, int64_t rows, int64_t batch, int64_t features,
-                                       int64_t words) {
+                                       uint32_t* __restrict__ mask, int64_t rows, int64_t batch,
+                                       int64_t features, int64_t words) {
   const int lane = threadIdx.x & 31;
   const int64_t warps_total = int64_t(gridDim.x) * kWarpsPerBlock;
   for (int64_t item = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5); item < rows * words;
@@ -42,8 +42,8 @@ __global__ void bias_activation_kernel(float* __restrict__ y, const float* __res
 }
 
 // dx is (rows, F); mask is (rows, words) of uint32.
-__global__ void apply_relu_mask_kernel(float* __restrict__ dx, const uint32_t* __restrict__ mask, int64_t rows,
-                                       int64_t features, int64_t words) {
+__global__ void apply_relu_mask_kernel(float* __restrict__ dx, const uint32_t* __restrict__ mask,
+                                       int64_t rows, int64_t features, int64_t words) {
   const int lane = threadIdx.x & 31;
   const int64_t warps_total = int64_t(gridDim.x) * kWarpsPerBlock;
   const int64_t feature_words = (features + 31) / 32;  // words past the features hold only padding
@@ -93,8 +93,8 @@ void apply_relu_mask(float* dx, const uint8_t* mask, int64_t models, int64_t bat
 
 void bias_gradient(const float* d, float* db, int64_t models, int64_t batch, int64_t features) {
   if (models * features == 0) return;
-  bias_gradient_kernel<<<grid_for(models * features), kThreads, 0, Runtime::get().stream()>>>(d, db, models, batch,
-                                                                                              features);
+  bias_gradient_kernel<<<grid_for(models * features), kThreads, 0, Runtime::get().stream()>>>(
+      d, db, models, batch, features);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -37,23 +37,34 @@ enum class Kind { forward, backward_input, backward_weight };
 
 const char* kind_name(Kind k) {
   switch (k) {
-    case Kind::forward: return "forward";
-    case Kind::backward_input: return "backward_input";
-    case Kind::backward_weight: return "backward_weight";
+    case Kind::forward:
+      return "forward";
+    case Kind::backward_input:
+      return "backward_input";
+    case Kind::backward_weight:
+      return "backward_weight";
   }
   return "?";
 }
 
 const char* epilogue_name(cublasLtEpilogue_t e) {
   switch (e) {
-    case CUBLASLT_EPILOGUE_DEFAULT: return "DEFAULT";
-    case CUBLASLT_EPILOGUE_BIAS: return "BIAS";
-    case CUBLASLT_EPILOGUE_RELU_AUX: return "RELU_AUX";
-    case CUBLASLT_EPILOGUE_RELU_AUX_BIAS: return "RELU_AUX_BIAS";
-    case CUBLASLT_EPILOGUE_DRELU: return "DRELU";
-    case CUBLASLT_EPILOGUE_DRELU_BGRAD: return "DRELU_BGRAD";
-    case CUBLASLT_EPILOGUE_BGRADB: return "BGRADB";
-    default: return "other";
+    case CUBLASLT_EPILOGUE_DEFAULT:
+      return "DEFAULT";
+    case CUBLASLT_EPILOGUE_BIAS:
+      return "BIAS";
+    case CUBLASLT_EPILOGUE_RELU_AUX:
+      return "RELU_AUX";
+    case CUBLASLT_EPILOGUE_RELU_AUX_BIAS:
+      return "RELU_AUX_BIAS";
+    case CUBLASLT_EPILOGUE_DRELU:
+      return "DRELU";
+    case CUBLASLT_EPILOGUE_DRELU_BGRAD:
+      return "DRELU_BGRAD";
+    case CUBLASLT_EPILOGUE_BGRADB:
+      return "BGRADB";
+    default:
+      return "other";
   }
 }
 
@@ -115,20 +126,21 @@ cublasLtMatrixLayout_t make_layout(int64_t rows, int64_t cols, int64_t models, i
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, CUDA_R_32F, uint64_t(rows), uint64_t(cols), rows));
   if (models > 1) {
     int32_t count = int32_t(models);
-    CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
-    CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
-                                                  sizeof(stride)));
+    CUBLAS_CHECK(
+        cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+    CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                  &stride, sizeof(stride)));
   }
   return layout;
 }
 
 bool has_bias(cublasLtEpilogue_t e) {
-  return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_RELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DRELU_BGRAD ||
-         e == CUBLASLT_EPILOGUE_BGRADB;
+  return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_RELU_AUX_BIAS ||
+         e == CUBLASLT_EPILOGUE_DRELU_BGRAD || e == CUBLASLT_EPILOGUE_BGRADB;
 }
 bool has_aux(cublasLtEpilogue_t e) {
-  return e == CUBLASLT_EPILOGUE_RELU_AUX || e == CUBLASLT_EPILOGUE_RELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DRELU ||
-         e == CUBLASLT_EPILOGUE_DRELU_BGRAD;
+  return e == CUBLASLT_EPILOGUE_RELU_AUX || e == CUBLASLT_EPILOGUE_RELU_AUX_BIAS ||
+         e == CUBLASLT_EPILOGUE_DRELU || e == CUBLASLT_EPILOGUE_DRELU_BGRAD;
 }
 
 class PlanCache {
@@ -143,9 +155,9 @@ class PlanCache {
 
   void note_fallback(const PlanKey& key) {
     fallbacks_.insert(std::string("cuBLASLt offers no ") + epilogue_name(key.epilogue) + " algorithm for " +
-                      kind_name(key.kind) + " (N=" + std::to_string(key.models) + ", B=" + std::to_string(key.batch) +
-                      ", I=" + std::to_string(key.in) + ", O=" + std::to_string(key.out) +
-                      "): plain GEMM + separate epilogue kernels");
+                      kind_name(key.kind) + " (N=" + std::to_string(key.models) +
+                      ", B=" + std::to_string(key.batch) + ", I=" + std::to_string(key.in) +
+                      ", O=" + std::to_string(key.out) + "): plain GEMM + separate epilogue kernels");
   }
   std::string report() const {
     std::string r;
@@ -158,8 +170,8 @@ class PlanCache {
     Runtime& rt = Runtime::get();
     Geometry g = geometry(key.kind, dims);
     Plan p;
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, key.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
-                                          CUDA_R_32F));
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(
+        &p.desc, key.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
     set_desc(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, int32_t(g.op_a));
     set_desc(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, int32_t(g.op_b));
     set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, key.epilogue);
@@ -171,7 +183,8 @@ class PlanCache {
       int64_t ld_bits = gemm::mask_row_bits(g.aux_rows);
       set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
       set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, ld_bits);
-      if (key.models > 1) set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_BATCH_STRIDE, ld_bits * dims.batch);
+      if (key.models > 1)
+        set_desc(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_BATCH_STRIDE, ld_bits * dims.batch);
     }
     p.a = make_layout(g.a_rows, g.a_cols, key.models, g.stride_a);
     p.b = make_layout(g.b_rows, g.b_cols, key.models, g.stride_b);
@@ -180,8 +193,8 @@ class PlanCache {
     cublasLtMatmulPreference_t pref = nullptr;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     uint64_t workspace = rt.workspace_bytes();
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
-                                                      sizeof(workspace)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                      &workspace, sizeof(workspace)));
     const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> alignments[] = {
         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_a},
         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_b},
@@ -193,8 +206,8 @@ class PlanCache {
     cublasLtMatmulHeuristicResult_t result{};
     int returned = 0;
     // An unsupported epilogue/shape shows up as NOT_SUPPORTED or zero results: not an error.
-    cublasStatus_t status =
-        cublasLtMatmulAlgoGetHeuristic(rt.cublaslt(), p.desc, p.a, p.b, p.d, p.d, pref, 1, &result, &returned);
+    cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(rt.cublaslt(), p.desc, p.a, p.b, p.d, p.d, pref, 1,
+                                                           &result, &returned);
     cublasLtMatmulPreferenceDestroy(pref);
     if (status == CUBLAS_STATUS_SUCCESS && returned > 0) {
       p.algo = result.algo;
@@ -216,10 +229,22 @@ PlanCache& plan_cache() {
 
 // Runs one GEMM of `kind` with `epilogue` if cuBLASLt supports it; returns false otherwise
 // (nothing was queued). a/b are the operand pointers in cuBLASLt's order (see the table).
-bool try_matmul(Kind kind, cublasLtEpilogue_t epilogue, const float* a, const float* b, float* d, bool accumulate,
-                const void* bias, const void* aux, const gemm::Dims& dims, const gemm::Settings& s) {
-  PlanKey key{kind, dims.models, dims.batch, dims.in, dims.out, epilogue, accumulate, s.tf32,
-              alignment_of(a), alignment_of(b), alignment_of(d), alignment_of(bias), alignment_of(aux)};
+bool try_matmul(Kind kind, cublasLtEpilogue_t epilogue, const float* a, const float* b, float* d,
+                bool accumulate, const void* bias, const void* aux, const gemm::Dims& dims,
+                const gemm::Settings& s) {
+  PlanKey key{kind,
+              dims.models,
+              dims.batch,
+              dims.in,
+              dims.out,
+              epilogue,
+              accumulate,
+              s.tf32,
+              alignment_of(a),
+              alignment_of(b),
+              alignment_of(d),
+              alignment_of(bias),
+              alignment_of(aux)};
   PlanCache& cache = plan_cache();
   Plan& plan = cache.get(key, dims, bias, aux);
   if (!plan.supported) {
@@ -230,13 +255,13 @@ bool try_matmul(Kind kind, cublasLtEpilogue_t epilogue, const float* a, const fl
   if (has_aux(epilogue)) set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
   Runtime& rt = Runtime::get();
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  CUBLAS_CHECK(cublasLtMatmul(rt.cublaslt(), plan.desc, &alpha, a, plan.a, b, plan.b, &beta, d, plan.d, d, plan.d,
-                              &plan.algo, rt.workspace(), rt.workspace_bytes(), rt.stream()));
+  CUBLAS_CHECK(cublasLtMatmul(rt.cublaslt(), plan.desc, &alpha, a, plan.a, b, plan.b, &beta, d, plan.d, d,
+                              plan.d, &plan.algo, rt.workspace(), rt.workspace_bytes(), rt.stream()));
   return true;
 }
 
-void plain_matmul(Kind kind, const float* a, const float* b, float* d, bool accumulate, const gemm::Dims& dims,
-                  const gemm::Settings& s) {
+void plain_matmul(Kind kind, const float* a, const float* b, float* d, bool accumulate,
+                  const gemm::Dims& dims, const gemm::Settings& s) {
   if (!try_matmul(kind, CUBLASLT_EPILOGUE_DEFAULT, a, b, d, accumulate, nullptr, nullptr, dims, s))
     throw DeviceError(std::string("cuBLASLt offers no algorithm for the plain ") + kind_name(kind) +
                       " GEMM (N=" + std::to_string(dims.models) + ", B=" + std::to_string(dims.batch) +
@@ -245,8 +270,23 @@ void plain_matmul(Kind kind, const float* a, const float* b, float* d, bool accu
 
 }  // namespace
 
+// With --gemm cudnn, each GEMM asks cuDNN first. The cuDNN forward graph keeps no ReLU
+// mask, so one small kernel derives it from y (y > 0 exactly where the pre-activation was):
+// a backward GEMM that cuDNN cannot run then still finds the mask cuBLASLt needs.
+static bool use_cudnn(const gemm::Settings& s) {
+#ifdef SUBLIMINAL_HAS_CUDNN
+  return s.engine == gemm::GpuEngine::cudnn;
+#else
+  return false;
+#endif
+}
+
 void linear_forward(const float* x, const float* w, const float* bias, bool relu, float* y, uint8_t* mask,
                     gemm::Dims d, const gemm::Settings& s) {
+  if (use_cudnn(s) && cudnn_linear_forward(x, w, bias, relu, y, d)) {
+    if (relu) bias_activation(y, nullptr, true, mask, d.models, d.batch, d.out);
+    return;
+  }
   cublasLtEpilogue_t epilogue = relu ? (bias ? CUBLASLT_EPILOGUE_RELU_AUX_BIAS : CUBLASLT_EPILOGUE_RELU_AUX)
                                      : (bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
   if (s.fuse_epilogues && try_matmul(Kind::forward, epilogue, w, x, y, false, bias, mask, d, s)) return;
@@ -254,8 +294,12 @@ void linear_forward(const float* x, const float* w, const float* bias, bool relu
   if (bias || relu) bias_activation(y, bias, relu, mask, d.models, d.batch, d.out);
 }
 
-void linear_backward_input(const float* dy, const float* w, const uint8_t* prev_mask, float* dx, float* dbias_prev,
-                           bool accumulate, gemm::Dims d, const gemm::Settings& s) {
+void linear_backward_input(const float* dy, const float* w, const uint8_t* prev_mask,
+                           const float* prev_output, float* dx, float* dbias_prev, bool accumulate,
+                           gemm::Dims d, const gemm::Settings& s) {
+  if (use_cudnn(s) && prev_mask && prev_output && !accumulate &&
+      cudnn_linear_backward_input(dy, w, prev_output, dx, dbias_prev, d))
+    return;
   if (prev_mask && !accumulate) {
     cublasLtEpilogue_t epilogue = dbias_prev ? CUBLASLT_EPILOGUE_DRELU_BGRAD : CUBLASLT_EPILOGUE_DRELU;
     if (s.fuse_epilogues &&
@@ -269,13 +313,15 @@ void linear_backward_input(const float* dy, const float* w, const uint8_t* prev_
 
 void linear_backward_weight(const float* dy, const float* x, float* dw, bool accumulate, float* dbias,
                             gemm::Dims d, const gemm::Settings& s) {
+  if (use_cudnn(s) && cudnn_linear_backward_weight(dy, x, dw, accumulate, dbias, d)) return;
   if (dbias && s.fuse_epilogues &&
-      try_matmul(Kind::backward_weight, CUBLASLT_EPILOGUE_BGRADB, x, dy, dw, accumulate, dbias, nullptr, d, s))
+      try_matmul(Kind::backward_weight, CUBLASLT_EPILOGUE_BGRADB, x, dy, dw, accumulate, dbias, nullptr, d,
+                 s))
     return;
   plain_matmul(Kind::backward_weight, x, dy, dw, accumulate, d, s);
   if (dbias) bias_gradient(dy, dbias, d.models, d.batch, d.out);
 }
 
-std::string gemm_fallback_report() { return plan_cache().report(); }
+std::string gemm_fallback_report() { return plan_cache().report() + cudnn_report(); }
 
 }  // namespace subliminal::cuda

@@ -12,8 +12,9 @@ namespace subliminal::cuda {
 
 void linear_forward(const float* x, const float* w, const float* bias, bool relu, float* y, uint8_t* mask,
                     gemm::Dims d, const gemm::Settings& s);
-void linear_backward_input(const float* dy, const float* w, const uint8_t* prev_mask, float* dx,
-                           float* dbias_prev, bool accumulate, gemm::Dims d, const gemm::Settings& s);
+void linear_backward_input(const float* dy, const float* w, const uint8_t* prev_mask,
+                           const float* prev_output, float* dx, float* dbias_prev, bool accumulate,
+                           gemm::Dims d, const gemm::Settings& s);
 void linear_backward_weight(const float* dy, const float* x, float* dw, bool accumulate, float* dbias,
                             gemm::Dims d, const gemm::Settings& s);
 
@@ -26,5 +27,15 @@ void apply_relu_mask(float* dx, const uint8_t* mask, int64_t models, int64_t bat
 void bias_gradient(const float* d, float* db, int64_t models, int64_t batch, int64_t features);
 
 std::string gemm_fallback_report();
+
+// The cuDNN engine's attempts (ops/cuda/cudnn_route.cpp, built with SUBLIMINAL_HAS_CUDNN):
+// each returns false, having written nothing, when cuDNN cannot run that graph here.
+bool cudnn_linear_forward(const float* x, const float* w, const float* bias, bool relu, float* y,
+                          gemm::Dims d);
+bool cudnn_linear_backward_input(const float* dy, const float* w, const float* prev_output, float* dx,
+                                 float* dbias_prev, gemm::Dims d);
+bool cudnn_linear_backward_weight(const float* dy, const float* x, float* dw, bool accumulate, float* dbias,
+                                  gemm::Dims d);
+std::string cudnn_report();
 
 }  // namespace subliminal::cuda

@@ -18,18 +18,21 @@ void slice_columns_backward(const float* dy, float* dx, int64_t rows, int64_t co
 
 void softmax(const float* x, float* y, int64_t rows, int64_t cols);
 void log_softmax(const float* x, float* y, int64_t rows, int64_t cols);
-void softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, int64_t cols, bool accumulate);
-void log_softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, int64_t cols, bool accumulate);
+void softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, int64_t cols,
+                      bool accumulate);
+void log_softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, int64_t cols,
+                          bool accumulate);
 
 void cross_entropy(const float* logits, const int32_t* labels, float* loss, int64_t models, int64_t batch,
                    int64_t cols, int64_t c0, int64_t c1);
-void cross_entropy_backward(const float* logits, const int32_t* labels, const float* grad_loss, float* dlogits,
-                            int64_t models, int64_t batch, int64_t cols, int64_t c0, int64_t c1, bool accumulate);
-void distill_kl(const float* student, const float* teacher, float* loss, int64_t models, int64_t batch, int64_t cols,
-                int64_t c0, int64_t c1, double temperature);
+void cross_entropy_backward(const float* logits, const int32_t* labels, const float* grad_loss,
+                            float* dlogits, int64_t models, int64_t batch, int64_t cols, int64_t c0,
+                            int64_t c1, bool accumulate);
+void distill_kl(const float* student, const float* teacher, float* loss, int64_t models, int64_t teachers,
+                int64_t batch, int64_t cols, int64_t c0, int64_t c1, double temperature);
 void distill_kl_backward(const float* student, const float* teacher, const float* grad_loss, float* dstudent,
-                         int64_t models, int64_t batch, int64_t cols, int64_t c0, int64_t c1, double temperature,
-                         bool accumulate);
+                         int64_t models, int64_t teachers, int64_t batch, int64_t cols, int64_t c0,
+                         int64_t c1, double temperature, bool accumulate);
 void kl_div(const float* log_q, const float* p, float* loss, int64_t models, int64_t batch, int64_t cols);
 void kl_div_backward(const float* p, const float* grad_loss, float* dlog_q, int64_t models, int64_t batch,
                      int64_t cols, bool accumulate);

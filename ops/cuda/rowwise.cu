@@ -53,7 +53,7 @@ __device__ double block_sum_in_order(double value) {
   return total;
 }
 
-#define WARP_PER_ROW(row, rows)                                                                              \
+#define WARP_PER_ROW(row, rows)                                                       \
   for (int64_t row = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5); row < (rows); \
        row += int64_t(gridDim.x) * kWarps)
 
@@ -63,7 +63,8 @@ cudaStream_t stream() { return Runtime::get().stream(); }
 // ---- softmax family: x, y, dy, dx are (rows, cols) ----------------------------------------
 
 template <bool kLog>
-__global__ void softmax_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t rows, int64_t cols) {
+__global__ void softmax_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t rows,
+                               int64_t cols) {
   const int lane = threadIdx.x & 31;
   WARP_PER_ROW(r, rows) {
     const float lse = warp_log_sum_exp(x + r * cols, cols, 1.0f);
@@ -94,7 +95,8 @@ __global__ void softmax_backward_kernel(const float* __restrict__ dy, const floa
 // ---- losses: logits (N, B, cols); loss, grad_loss (N,) --------------------------------------
 
 __global__ void cross_entropy_kernel(const float* __restrict__ logits, const int32_t* __restrict__ labels,
-                                     float* __restrict__ loss, int64_t batch, int64_t cols, int64_t c0, int64_t c1) {
+                                     float* __restrict__ loss, int64_t batch, int64_t cols, int64_t c0,
+                                     int64_t c1) {
   const int64_t n = blockIdx.x;
   const int lane = threadIdx.x & 31;
   double sum = 0;
@@ -109,9 +111,11 @@ __global__ void cross_entropy_kernel(const float* __restrict__ logits, const int
   if (threadIdx.x == 0) loss[n] = float(total / double(batch));
 }
 
-__global__ void cross_entropy_backward_kernel(const float* __restrict__ logits, const int32_t* __restrict__ labels,
-                                              const float* __restrict__ grad_loss, float* dlogits, int64_t models,
-                                              int64_t batch, int64_t cols, int64_t c0, int64_t c1, bool accumulate) {
+__global__ void cross_entropy_backward_kernel(const float* __restrict__ logits,
+                                              const int32_t* __restrict__ labels,
+                                              const float* __restrict__ grad_loss, float* dlogits,
+                                              int64_t models, int64_t batch, int64_t cols, int64_t c0,
+                                              int64_t c1, bool accumulate) {
   const int lane = threadIdx.x & 31;
   WARP_PER_ROW(r, models * batch) {
     const float* z = logits + r * cols;
@@ -127,15 +131,16 @@ __global__ void cross_entropy_backward_kernel(const float* __restrict__ logits, 
   }
 }
 
+// Student model n learns from teacher model n mod `teachers`.
 __global__ void distill_kl_kernel(const float* __restrict__ student, const float* __restrict__ teacher,
-                                  float* __restrict__ loss, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
-                                  float inv_t, double t_squared) {
+                                  float* __restrict__ loss, int64_t teachers, int64_t batch, int64_t cols,
+                                  int64_t c0, int64_t c1, float inv_t, double t_squared) {
   const int64_t n = blockIdx.x;
   const int lane = threadIdx.x & 31;
   double sum = 0;
   for (int64_t b = threadIdx.x >> 5; b < batch; b += kWarps) {
     const float* s = student + (n * batch + b) * cols + c0;
-    const float* t = teacher + (n * batch + b) * cols + c0;
+    const float* t = teacher + ((n % teachers) * batch + b) * cols + c0;
     const float lse_s = warp_log_sum_exp(s, c1 - c0, inv_t);
     const float lse_t = warp_log_sum_exp(t, c1 - c0, inv_t);
     float kl = 0.0f;
@@ -151,14 +156,16 @@ __global__ void distill_kl_kernel(const float* __restrict__ student, const float
   if (threadIdx.x == 0) loss[n] = float(t_squared * total / double(batch));
 }
 
-__global__ void distill_kl_backward_kernel(const float* __restrict__ student, const float* __restrict__ teacher,
-                                           const float* __restrict__ grad_loss, float* dstudent, int64_t models,
-                                           int64_t batch, int64_t cols, int64_t c0, int64_t c1, float inv_t,
-                                           float temperature, bool accumulate) {
+__global__ void distill_kl_backward_kernel(const float* __restrict__ student,
+                                           const float* __restrict__ teacher,
+                                           const float* __restrict__ grad_loss, float* dstudent,
+                                           int64_t models, int64_t teachers, int64_t batch, int64_t cols,
+                                           int64_t c0, int64_t c1, float inv_t, float temperature,
+                                           bool accumulate) {
   const int lane = threadIdx.x & 31;
   WARP_PER_ROW(r, models * batch) {
     const float* s = student + r * cols;
-    const float* t = teacher + r * cols;
+    const float* t = teacher + (((r / batch) % teachers) * batch + r % batch) * cols;
     const float lse_s = warp_log_sum_exp(s + c0, c1 - c0, inv_t);
     const float lse_t = warp_log_sum_exp(t + c0, c1 - c0, inv_t);
     const float g = grad_loss[r / batch] * temperature / float(batch);
@@ -172,8 +179,8 @@ __global__ void distill_kl_backward_kernel(const float* __restrict__ student, co
 }
 
 // log_q, p are (N, B·cols): block n sums model n's elements.
-__global__ void kl_div_kernel(const float* __restrict__ log_q, const float* __restrict__ p, float* __restrict__ loss,
-                              int64_t batch, int64_t per_model) {
+__global__ void kl_div_kernel(const float* __restrict__ log_q, const float* __restrict__ p,
+                              float* __restrict__ loss, int64_t batch, int64_t per_model) {
   const int64_t n = blockIdx.x;
   float sum = 0.0f;
   for (int64_t i = threadIdx.x; i < per_model; i += blockDim.x) {
@@ -185,9 +192,11 @@ __global__ void kl_div_kernel(const float* __restrict__ log_q, const float* __re
   if (threadIdx.x == 0) loss[n] = float(total / double(batch));
 }
 
-__global__ void kl_div_backward_kernel(const float* __restrict__ p, const float* __restrict__ grad_loss, float* dlog_q,
-                                       int64_t batch, int64_t per_model, int64_t total, bool accumulate) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+__global__ void kl_div_backward_kernel(const float* __restrict__ p, const float* __restrict__ grad_loss,
+                                       float* dlog_q, int64_t batch, int64_t per_model, int64_t total,
+                                       bool accumulate) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
     const float v = -grad_loss[i / per_model] / float(batch) * p[i];
     dlog_q[i] = accumulate ? dlog_q[i] + v : v;
   }
@@ -213,7 +222,8 @@ __global__ void count_correct_kernel(const float* __restrict__ logits, const int
     for (int offset = 16; offset > 0; offset >>= 1) {
       const float other_value = __shfl_xor_sync(kFull, best_value, offset);
       const int64_t other = __shfl_xor_sync(kFull, best, offset);
-      if (other >= 0 && (best < 0 || better(other_value, other, best_value, best))) best_value = other_value, best = other;
+      if (other >= 0 && (best < 0 || better(other_value, other, best_value, best)))
+        best_value = other_value, best = other;
     }
     if (lane == 0 && best - c0 == labels[r]) atomicAdd(counts + r / batch, 1ull);
   }
@@ -233,13 +243,16 @@ void log_softmax(const float* x, float* y, int64_t rows, int64_t cols) {
   CUDA_CHECK_LAUNCH();
 }
 
-void softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, int64_t cols, bool accumulate) {
+void softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, int64_t cols,
+                      bool accumulate) {
   if (rows == 0) return;
-  softmax_backward_kernel<false><<<row_grid(rows), kThreads, 0, stream()>>>(dy, y, dx, rows, cols, accumulate);
+  softmax_backward_kernel<false>
+      <<<row_grid(rows), kThreads, 0, stream()>>>(dy, y, dx, rows, cols, accumulate);
   CUDA_CHECK_LAUNCH();
 }
 
-void log_softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, int64_t cols, bool accumulate) {
+void log_softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, int64_t cols,
+                          bool accumulate) {
   if (rows == 0) return;
   softmax_backward_kernel<true><<<row_grid(rows), kThreads, 0, stream()>>>(dy, y, dx, rows, cols, accumulate);
   CUDA_CHECK_LAUNCH();
@@ -248,32 +261,35 @@ void log_softmax_backward(const float* dy, const float* y, float* dx, int64_t ro
 void cross_entropy(const float* logits, const int32_t* labels, float* loss, int64_t models, int64_t batch,
                    int64_t cols, int64_t c0, int64_t c1) {
   if (models == 0) return;
-  cross_entropy_kernel<<<unsigned(models), kThreads, 0, stream()>>>(logits, labels, loss, batch, cols, c0, c1);
+  cross_entropy_kernel<<<unsigned(models), kThreads, 0, stream()>>>(logits, labels, loss, batch, cols, c0,
+                                                                    c1);
   CUDA_CHECK_LAUNCH();
 }
 
-void cross_entropy_backward(const float* logits, const int32_t* labels, const float* grad_loss, float* dlogits,
-                            int64_t models, int64_t batch, int64_t cols, int64_t c0, int64_t c1, bool accumulate) {
+void cross_entropy_backward(const float* logits, const int32_t* labels, const float* grad_loss,
+                            float* dlogits, int64_t models, int64_t batch, int64_t cols, int64_t c0,
+                            int64_t c1, bool accumulate) {
   if (models * batch == 0) return;
   cross_entropy_backward_kernel<<<row_grid(models * batch), kThreads, 0, stream()>>>(
       logits, labels, grad_loss, dlogits, models, batch, cols, c0, c1, accumulate);
   CUDA_CHECK_LAUNCH();
 }
 
-void distill_kl(const float* student, const float* teacher, float* loss, int64_t models, int64_t batch, int64_t cols,
-                int64_t c0, int64_t c1, double temperature) {
+void distill_kl(const float* student, const float* teacher, float* loss, int64_t models, int64_t teachers,
+                int64_t batch, int64_t cols, int64_t c0, int64_t c1, double temperature) {
   if (models == 0) return;
-  distill_kl_kernel<<<unsigned(models), kThreads, 0, stream()>>>(student, teacher, loss, batch, cols, c0, c1,
-                                                                 float(1.0 / temperature), temperature * temperature);
+  distill_kl_kernel<<<unsigned(models), kThreads, 0, stream()>>>(student, teacher, loss, teachers, batch,
+                                                                 cols, c0, c1, float(1.0 / temperature),
+                                                                 temperature * temperature);
   CUDA_CHECK_LAUNCH();
 }
 
 void distill_kl_backward(const float* student, const float* teacher, const float* grad_loss, float* dstudent,
-                         int64_t models, int64_t batch, int64_t cols, int64_t c0, int64_t c1, double temperature,
-                         bool accumulate) {
+                         int64_t models, int64_t teachers, int64_t batch, int64_t cols, int64_t c0,
+                         int64_t c1, double temperature, bool accumulate) {
   if (models * batch == 0) return;
   distill_kl_backward_kernel<<<row_grid(models * batch), kThreads, 0, stream()>>>(
-      student, teacher, grad_loss, dstudent, models, batch, cols, c0, c1, float(1.0 / temperature),
+      student, teacher, grad_loss, dstudent, models, teachers, batch, cols, c0, c1, float(1.0 / temperature),
       float(temperature), accumulate);
   CUDA_CHECK_LAUNCH();
 }
@@ -288,8 +304,8 @@ void kl_div_backward(const float* p, const float* grad_loss, float* dlog_q, int6
                      int64_t cols, bool accumulate) {
   const int64_t total = models * batch * cols;
   if (total == 0) return;
-  kl_div_backward_kernel<<<grid_for(total), kThreads, 0, stream()>>>(p, grad_loss, dlog_q, batch, batch * cols, total,
-                                                                     accumulate);
+  kl_div_backward_kernel<<<grid_for(total), kThreads, 0, stream()>>>(p, grad_loss, dlog_q, batch,
+                                                                     batch * cols, total, accumulate);
   CUDA_CHECK_LAUNCH();
 }
 

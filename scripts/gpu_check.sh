@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# scripts/gpu_check.sh — everything worth checking on a GPU machine, in one command:
+# configure and build there, run the whole test suite, the default experiment on the GPU
+# (CUDA graphs on and off, cuBLASLt and cuDNN engines), the paper preset, parity with PyTorch
+# and the benchmark table, then print a short summary. Logs and JSON land in $OUT (default
+# ./gpu-out).
+#
+#   scripts/gpu_check.sh              the full check
+#   scripts/gpu_check.sh --sanitize   also the GPU tests under compute-sanitizer (memcheck, racecheck)
+#   scripts/gpu_check.sh --quick      build + GPU tests + default run only
+#
+# On a machine without package registries, first run scripts/gpu_bundle.sh where one is, and
+# bring .gpu/ and third_party/cudnn-frontend/ along: this script uses them when present.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+OUT="${OUT:-$root/gpu-out}"
+mkdir -p "$OUT"
+sanitize=0
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+    --sanitize) sanitize=1 ;;
+    --quick) quick=1 ;;
+    *) echo "gpu_check.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+summary="$OUT/summary.txt"
+: > "$summary"
+say() { echo "$*" | tee -a "$summary"; }
+stage() { echo; echo "=== $* ($(date +%T))"; }
+t0=$(date +%s)
+
+gpu=$(nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader 2>/dev/null | head -1)
+[ -n "$gpu" ] || { echo "gpu_check.sh: nvidia-smi finds no GPU" >&2; exit 1; }
+arch=$(echo "$gpu" | awk -F', ' '{gsub(/\./,"",$2); print $2}')
+say "GPU: $gpu (building for sm_$arch)"
+
+cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_ARCHITECTURES=$arch")
+if [ -d .gpu/deps ]; then
+  deps="$root/.gpu/deps/usr"
+  cmake_args+=("-DCMAKE_PREFIX_PATH=$deps")
+  export LD_LIBRARY_PATH="$deps/lib/x86_64-linux-gnu/openblas-pthread:$deps/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+fi
+if [ -z "${MNIST_DIR:-}" ]; then
+  for d in .gpu/mnist ../shared/mnist data/mnist; do [ -d "$d" ] && export MNIST_DIR="$root/$d" && break; done
+fi
+say "MNIST_DIR=${MNIST_DIR:-unset}"
+
+stage "configure + build"
+if ! cmake -S . -B build-gpu "${cmake_args[@]}" > "$OUT/configure.log" 2>&1; then
+  tail -30 "$OUT/configure.log"; say "configure FAILED (see configure.log)"; exit 1
+fi
+grep "subliminal:" "$OUT/configure.log" | tee -a "$summary"
+if ! cmake --build build-gpu -j "$(nproc)" > "$OUT/build.log" 2>&1; then
+  grep -E "error|Error" "$OUT/build.log" | head -30; say "build FAILED (see build.log)"; exit 1
+fi
+say "build: ok ($(( $(date +%s) - t0 )) s)"
+app=build-gpu/apps/subliminal
+
+stage "tests"
+if [ "$quick" = 1 ]; then test_filter=(-R "test_cuda|test_cudnn"); else test_filter=(); fi
+(cd build-gpu && ctest -j 8 --timeout 300 --output-on-failure "${test_filter[@]}") > "$OUT/ctest.log" 2>&1
+grep -E "tests passed|tests failed" "$OUT/ctest.log" | tee -a "$summary"
+grep -E "\*\*\*Failed|\*\*\*Exception|Timeout" "$OUT/ctest.log" | head -20 | tee -a "$summary"
+echo "skipped: $(grep -c 'Skipped' "$OUT/ctest.log" || true)" | tee -a "$summary"
+(build-gpu/tests/test_cuda --gtest_brief=1 > "$OUT/test_cuda.log" 2>&1) || true
+
+run_app() {  # name, args...
+  local name=$1; shift
+  if timeout 300 "$app" --data "$MNIST_DIR" --no-progress --json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1; then
+    python3 - "$OUT/$name.json" "$name" <<'PY' | tee -a "$summary"
+import json, sys
+r = json.load(open(sys.argv[1])); name = sys.argv[2]
+accs = " ".join(f"{k}={r[k]['test_acc']:.4f}" for k in ["reference", "teacher", "student", "student_all_logits",
+        "cross_init", "cross_init_all_logits"] if k in r)
+g = r.get("gpu_seconds", {}); us = r.get("us_per_step", {}); k = r.get("graph_kernels_per_step", {})
+print(f"{name}: {accs} | total {r['seconds']['total']:.2f} s, GPU training {g.get('training', 0):.3f} s, "
+      f"us/step {', '.join(f'{p}={v:.1f}' for p, v in us.items())}, kernels/step {k}")
+PY
+  else
+    say "$name: FAILED (exit $?): $(tail -3 "$OUT/$name.log" | tr '\n' ' ')"
+  fi
+}
+
+stage "experiments"
+run_app default --device cuda
+[ "$quick" = 1 ] && { say "total $(( $(date +%s) - t0 )) s"; exit 0; }
+run_app no_graphs --device cuda --no-graphs
+run_app unfused --device cuda --fusion none
+run_app cudnn --device cuda --gemm cudnn
+run_app models10 --device cuda --models 10
+run_app paper --device cuda --preset paper
+grep -h "cuDNN\|cuBLASLt" "$OUT"/*.log | sort -u | head -20 > "$OUT/fallbacks.txt"
+
+if [ -f bench/compare.py ]; then
+  stage "parity + benchmark"
+  timeout 120 python3 bench/parity.py --engine "$app" --data "$MNIST_DIR" --device cuda > "$OUT/parity.log" 2>&1
+  say "parity: exit $? — $(tail -4 "$OUT/parity.log" | tr '\n' ' ')"
+  timeout 400 python3 bench/compare.py --engine "$app" --data "$MNIST_DIR" --device cuda --repeats 1 \
+    --faithful-epochs 1 --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+  say "bench: exit $?"
+  tail -15 "$OUT/bench.log" | tee -a "$summary"
+fi
+if [ -f scripts/plot.py ] && [ -f "$OUT/paper.json" ]; then
+  python3 scripts/plot.py "$OUT/paper.json" --out "$OUT/paper_fig.png" > "$OUT/plot.log" 2>&1 || say "plot FAILED"
+fi
+
+if [ "$sanitize" = 1 ]; then
+  stage "compute-sanitizer"
+  for tool in memcheck racecheck; do
+    timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 build-gpu/tests/test_cuda \
+      --gtest_filter='*Gemm*:*Loss*:*Noise*:*Training*' > "$OUT/sanitize_$tool.log" 2>&1
+    say "compute-sanitizer $tool: exit $? ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitize_$tool.log") clean summaries)"
+  done
+fi
+say "total $(( $(date +%s) - t0 )) s"

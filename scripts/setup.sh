@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# scripts/setup.sh — installs everything subliminal needs to build, test and benchmark on a
+# Debian/Ubuntu machine. Safe to run again: apt skips what is there.
+#
+#   scripts/setup.sh            build + test dependencies (compiler, CMake, OpenBLAS, zlib,
+#                               GoogleTest, CLI11, nlohmann-json), the cudnn-frontend headers
+#                               when a CUDA toolkit is present, and MNIST when it can be found
+#                               or fetched
+#   scripts/setup.sh --bench    also PyTorch for the CPU (Debian's python3-torch) for bench/
+#   scripts/setup.sh --fuzz     also clang/libFuzzer for tests/fuzz
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_bench=0
+want_fuzz=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) want_bench=1 ;;
+    --fuzz) want_fuzz=1 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "setup.sh: run as root or install sudo" >&2; exit 1; }
+  sudo="sudo"
+fi
+
+packages=(cmake ninja-build g++ make pkg-config libopenblas-dev zlib1g-dev libgtest-dev libcli11-dev
+          nlohmann-json3-dev python3)
+[ "$want_bench" = 1 ] && packages+=(python3-torch python3-torchvision python3-numpy python3-pil python3-matplotlib)
+[ "$want_fuzz" = 1 ] && packages+=(clang libclang-rt-dev)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The cuDNN engine needs the cudnn-frontend headers (never committed; see third_party/README.md).
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  scripts/get_cudnn_frontend.sh || echo "setup.sh: cudnn-frontend headers unavailable; the cuDNN engine will be off"
+fi
+
+# MNIST: use what is there ($MNIST_DIR, ./data/mnist, torchvision's cache), else try the mirrors.
+if [ -n "${MNIST_DIR:-}" ] && [ -d "$MNIST_DIR" ]; then
+  :
+elif [ -d data/mnist ] || [ -d "$HOME/.pytorch/MNIST_data/MNIST/raw" ]; then
+  :
+else
+  scripts/fetch_mnist.sh data/mnist || echo "setup.sh: could not fetch MNIST (offline?); set MNIST_DIR to a folder with the IDX files"
+fi
+echo "setup.sh: done"

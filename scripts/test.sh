@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# scripts/test.sh — builds subliminal (CPU backend; the CUDA code too when a CUDA toolkit is
+# installed) and runs the whole test suite. GPU tests skip, saying why, without a GPU;
+# end-to-end tests on real MNIST run when MNIST_DIR is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build build
+ctest --test-dir build --output-on-failure -j "$(nproc)"
