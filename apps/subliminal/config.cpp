@@ -11,6 +11,7 @@
 #include <cmath>
 #include <functional>
 #include <map>
+#include <set>
 
 #include "ops/gemm.h"
 
@@ -102,22 +103,22 @@ const std::vector<ValueFlag>& value_flags() {
          parse_choice<int>(k, v, {{"auto", 0}, {"cpu", 1}, {"cuda", 2}});
          c.device = v;
        }},
-      {"seed", "Random seed (model m of --models uses seed + m)",
+      {"seed", "Random seed; model m of --models uses seed + m (default 0)",
        [](Config& c, auto& k, auto& v) { c.seed = parse_seed(k, v); }},
-      {"models", "Independent models trained at once",
+      {"models", "Independent models trained at once (default 1; paper 100)",
        [](Config& c, auto& k, auto& v) { c.models = parse_int(k, v, 1, 100000); }},
-      {"ghosts", "Ghost (auxiliary) logits after the 10 classes, ≥ 2",
+      {"ghosts", "Ghost (auxiliary) logits after the 10 classes, ≥ 2 (default 3)",
        [](Config& c, auto& k, auto& v) { c.ghosts = parse_int(k, v, 2, 100000); }},
-      {"hidden", "Hidden layer widths, comma-separated",
+      {"hidden", "Hidden layer widths, comma-separated (default 256,256)",
        [](Config& c, auto& k, auto& v) { c.hidden = parse_sizes(k, v); }},
-      {"batch-size", "Batch size for teacher training and distillation",
+      {"batch-size", "Batch size for teacher training and distillation (default 256; paper 1024)",
        [](Config& c, auto& k, auto& v) { c.batch_size = parse_int(k, v, 1, 1 << 24); }},
-      {"lr", "Adam learning rate", [](Config& c, auto& k, auto& v) { c.lr = parse_number(k, v, true); }},
-      {"epochs-teacher", "Teacher training epochs",
+      {"lr", "Adam learning rate (default 3e-4)", [](Config& c, auto& k, auto& v) { c.lr = parse_number(k, v, true); }},
+      {"epochs-teacher", "Teacher training epochs (default 5)",
        [](Config& c, auto& k, auto& v) { c.epochs_teacher = parse_int(k, v, 0, 100000); }},
-      {"epochs-distill", "Distillation epochs",
+      {"epochs-distill", "Distillation epochs (default 5)",
        [](Config& c, auto& k, auto& v) { c.epochs_distill = parse_int(k, v, 0, 100000); }},
-      {"temperature", "Distillation temperature T > 0",
+      {"temperature", "Distillation temperature T > 0 (default 1)",
        [](Config& c, auto& k, auto& v) { c.temperature = parse_number(k, v, true); }},
       {"init", "Weight init: torch (nn.Linear's default) | normal (N(0, 1/fan_in), zero biases)",
        [](Config& c, auto& k, auto& v) {
@@ -175,6 +176,19 @@ const std::vector<ValueFlag>& value_flags() {
        [](Config& c, auto&, auto& v) { c.sweep_out = v; }},
   };
   return flags;
+}
+
+// The placeholder --help shows for a flag's value.
+const char* value_type(const std::string& key) {
+  static const std::map<std::string, const char*> types = {
+      {"data", "DIR"},        {"json", "FILE"},        {"save", "FILE"},      {"save-init", "FILE"},
+      {"load-init", "FILE"},  {"parity-batch", "FILE"}, {"sweep-out", "PREFIX"}, {"hidden", "W1,W2,..."},
+      {"lr", "X"},            {"temperature", "X"},    {"weight-decay", "X"}, {"init-perturb", "SIGMA"}};
+  auto it = types.find(key);
+  if (it != types.end()) return it->second;
+  static const std::set<std::string> choices = {"device", "init", "noise", "noise-set", "cross-init", "all-logit-arms",
+                                                "eval-every-epoch", "fusion", "gemm"};
+  return choices.count(key) ? "CHOICE" : "N";
 }
 
 void apply_preset(Config& c, Preset p) {
@@ -240,12 +254,15 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   std::string preset;
   cli.add_option("--preset", preset,
                  "notebook (the seed notebook's settings, default) | paper (Cloud et al. 2025, Fig. 10b); "
-                 "other flags override it");
+                 "other flags override it")
+      ->type_name("NAME");
   std::map<std::string, std::string> given;
-  for (const ValueFlag& f : value_flags()) cli.add_option(std::string("--") + f.key, given[f.key], f.help);
+  for (const ValueFlag& f : value_flags())
+    cli.add_option(std::string("--") + f.key, given[f.key], f.help)->type_name(value_type(f.key));
   std::vector<std::string> sweeps;
   cli.add_option("--sweep", sweeps,
-                 "key=v1,v2,... : run once per value (repeat for a grid), e.g. --sweep lr=1e-4,3e-4");
+                 "Run once per value (repeat the flag for a grid), e.g. --sweep lr=1e-4,3e-4; needs --sweep-out")
+      ->type_name("KEY=V1,V2,...");
   bool tf32 = false, no_graphs = false, force = false, allow_nonfinite = false, no_progress = false;
   cli.add_flag("--tf32", tf32, "Allow TF32 tensor cores for float32 GEMMs (PyTorch's default is off)");
   cli.add_flag("--no-graphs", no_graphs,

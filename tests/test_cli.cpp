@@ -1,0 +1,153 @@
+// tests/test_cli.cpp — the app's command line as a user meets it: every bad flag, missing or
+// malformed data, an unusable device and unsafe output paths end with exit code 2 and one line
+// on stderr that says what was wrong, before any training starts. The binary runs as a
+// subprocess in an empty temporary directory with MNIST_DIR unset, so nothing is found by luck.
+#include <gtest/gtest.h>
+
+#include <cstdint>  // uint32_t
+#include <string>   // std::string
+#include <vector>   // std::vector
+
+#include "engine/device.h"    // cuda_available
+#include "tests/test_util.h"  // run_process, TempDir, count_lines
+
+namespace {
+
+using subliminal::test::count_lines;
+using subliminal::test::ProcessResult;
+using subliminal::test::read_text;
+using subliminal::test::TempDir;
+using subliminal::test::write_text;
+namespace fs = std::filesystem;
+
+ProcessResult run_app(const std::vector<std::string>& args, const fs::path& cwd) {
+  return subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, cwd, {"MNIST_DIR"});
+}
+
+// Exit code 2, nothing on stdout, exactly one line on stderr, and that line contains `names`.
+void expect_usage_error(const std::vector<std::string>& args, const std::string& names) {
+  TempDir cwd;
+  std::string command;
+  for (const std::string& a : args) command += " " + a;
+  SCOPED_TRACE("subliminal" + command);
+  const ProcessResult r = run_app(args, cwd.path());
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find(names), std::string::npos) << "stderr does not name " << names << ": " << r.err;
+}
+
+// Out-of-range, non-numeric, NaN/inf, malformed lists, unknown flags and missing values.
+TEST(Cli, EveryBadFlagIsExitCodeTwoWithOneLineNamingIt) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--batch-size", "0"}, "--batch-size"},
+      {{"--batch-size", "-3"}, "--batch-size"},
+      {{"--batch-size", "abc"}, "--batch-size"},
+      {{"--batch-size", "12x"}, "--batch-size"},
+      {{"--lr", "0"}, "--lr"},
+      {{"--lr", "nan"}, "--lr"},
+      {{"--lr", "inf"}, "--lr"},
+      {{"--temperature", "0"}, "--temperature"},
+      {{"--temperature", "-1"}, "--temperature"},
+      {{"--ghosts", "1"}, "--ghosts"},
+      {{"--hidden", "256,0"}, "--hidden"},
+      {{"--hidden", "abc"}, "--hidden"},
+      {{"--hidden", "256,"}, "--hidden"},
+      {{"--epochs-teacher", "-1"}, "--epochs-teacher"},
+      {{"--device", "gpu"}, "--device"},
+      {{"--unknown-flag"}, "--unknown-flag"},
+      {{"--models", "0"}, "--models"},
+      {{"--seed", "-1"}, "--seed"},
+      {{"--noise", "pink"}, "--noise"},
+      {{"--lr"}, "--lr"},  // a value flag without its value
+  };
+  for (const auto& [args, flag] : cases) expect_usage_error(args, flag);
+}
+
+// --help wins even next to a bad flag: usage on stdout, exit 0.
+TEST(Cli, HelpPrintsUsageAndExitsZero) {
+  TempDir cwd;
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"--help"}, std::vector<std::string>{"--batch-size", "0", "--help"}}) {
+    const ProcessResult r = run_app(args, cwd.path());
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("Usage:"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("--batch-size"), std::string::npos);
+    EXPECT_NE(r.out.find("--epochs-distill"), std::string::npos);
+    EXPECT_EQ(r.err, "");
+  }
+}
+
+// An explicit --data that does not hold MNIST is an error about --data, not a silent search
+// elsewhere.
+TEST(Cli, MissingDataDirectoryNamesTheDataFlag) {
+  expect_usage_error({"--device", "cpu", "--data", "/nonexistent/mnist"}, "--data");
+}
+
+// ---- A data directory with a malformed file ---------------------------------------------------------
+
+void write_idx(const fs::path& path, uint32_t magic, const std::vector<uint32_t>& dims, size_t payload) {
+  std::string bytes;
+  auto put = [&](uint32_t v) {
+    for (int shift = 24; shift >= 0; shift -= 8) bytes.push_back(char((v >> shift) & 0xff));
+  };
+  put(magic);
+  for (uint32_t d : dims) put(d);
+  bytes.append(payload, '\x01');  // pixels 1, labels 1
+  write_text(path, bytes);
+}
+
+// Two images per split: a data set small enough that a 0-epoch run is instant.
+void write_tiny_mnist(const fs::path& dir) {
+  write_idx(dir / "train-images-idx3-ubyte", 0x803, {2, 28, 28}, 2 * 784);
+  write_idx(dir / "train-labels-idx1-ubyte", 0x801, {2}, 2);
+  write_idx(dir / "t10k-images-idx3-ubyte", 0x803, {2, 28, 28}, 2 * 784);
+  write_idx(dir / "t10k-labels-idx1-ubyte", 0x801, {2}, 2);
+}
+
+// A data file with a wrong magic: the message names that file, so the user knows which to
+// fetch again.
+TEST(Cli, MalformedIdxFileIsNamedInTheError) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  {  // Control: the four good files load and a run with no training finishes.
+    const ProcessResult r = run_app({"--device", "cpu", "--data", data.path().string(), "--epochs-teacher",
+                                     "0", "--epochs-distill", "0", "--no-progress"},
+                                    data.path());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  const fs::path bad = data / "t10k-labels-idx1-ubyte";
+  write_idx(bad, 0x12345678, {2}, 2);
+  expect_usage_error({"--device", "cpu", "--data", data.path().string()}, bad.string());
+}
+
+// ---- Device and output paths ------------------------------------------------------------------------
+
+// Asking for the GPU where none is usable is the user's input problem (exit 2), with the reason.
+TEST(Cli, DeviceCudaWithoutAGpuSaysSo) {
+  if (subliminal::cuda_available())
+    GTEST_SKIP() << "a usable GPU is present; this test is for machines without one";
+  expect_usage_error({"--device", "cuda"}, "GPU");
+}
+
+// An existing checkpoint is not overwritten without --force — found before any training.
+TEST(Cli, SaveOntoAnExistingFileWithoutForceLeavesItUntouched) {
+  TempDir cwd;
+  const fs::path existing = cwd / "model.safetensors";
+  write_text(existing, "keep me");
+  expect_usage_error({"--device", "cpu", "--save", existing.string()}, "--save");
+  EXPECT_EQ(read_text(existing), "keep me");
+}
+
+// Found before training, not after minutes of it.
+TEST(Cli, JsonIntoAMissingDirectoryIsRefusedUpFront) {
+  expect_usage_error({"--device", "cpu", "--json", "/nonexistent/dir/report.json"}, "--json");
+}
+
+// Flag combinations that cannot work are caught by validation, naming the flags.
+TEST(Cli, InconsistentFlagCombinationsAreRefused) {
+  expect_usage_error({"--models", "2", "--load-init", "init.safetensors"}, "--load-init");
+  expect_usage_error({"--device", "cpu", "--sweep", "lr=1e-3"}, "--sweep-out");
+}
+
+}  // namespace

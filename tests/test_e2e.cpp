@@ -1,0 +1,216 @@
+// tests/test_e2e.cpp — short real runs of the app on MNIST (skipped without MNIST_DIR):
+// the notebook's output lines, the JSON report, the subliminal effect itself at a small
+// scale, "--models N is N independent runs" to the bit, and a resumable sweep.
+//
+// The runs (seconds each on a CPU) are made on first use and shared by the tests of one
+// process: one per seed with --models 1, one with --models 2. Under ctest every test is a
+// process of its own, so each test asks only for the runs it needs.
+#include <gtest/gtest.h>
+
+#include <chrono>             // std::chrono::steady_clock
+#include <cmath>              // std::abs
+#include <cstdlib>            // std::getenv
+#include <iostream>           // std::cout: run times for the log
+#include <map>                // std::map
+#include <nlohmann/json.hpp>  // nlohmann::json
+#include <regex>              // std::regex
+#include <sstream>            // std::istringstream
+#include <string>             // std::string
+#include <vector>             // std::vector
+
+#include "tests/test_util.h"  // run_process, TempDir, read_text
+
+namespace {
+
+using nlohmann::json;
+using subliminal::test::ProcessResult;
+using subliminal::test::read_text;
+using subliminal::test::TempDir;
+namespace fs = std::filesystem;
+
+const char* mnist_dir() { return std::getenv("MNIST_DIR"); }
+
+#define SKIP_WITHOUT_MNIST() \
+  if (!mnist_dir()) GTEST_SKIP() << "MNIST_DIR not set: the end-to-end runs need the MNIST files"
+
+// The short setting every run here shares: 1 teacher epoch, 2 distillation epochs, on the CPU.
+const std::vector<std::string> kShortRun = {"--device",         "cpu", "--epochs-teacher", "1",
+                                            "--epochs-distill", "2",   "--no-progress"};
+
+struct AppRun {
+  ProcessResult process;
+  json report;
+  double seconds = 0;
+};
+
+// Runs the app in `cwd` with the short setting plus `extra`, writing and parsing a JSON report.
+AppRun run_short(const std::vector<std::string>& extra, const fs::path& cwd, const std::string& name) {
+  std::vector<std::string> args = kShortRun;
+  args.insert(args.end(), extra.begin(), extra.end());
+  const fs::path report = cwd / (name + ".json");
+  args.insert(args.end(), {"--json", report.string()});
+  const auto start = std::chrono::steady_clock::now();
+  AppRun run;
+  run.process = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, cwd);
+  run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::cout << "[ e2e      ] " << name << ": " << run.seconds << " s\n";
+  if (run.process.exit_code == 0) run.report = json::parse(read_text(report));
+  return run;
+}
+
+// Each run is made on first use and shared by the tests of this process.
+const AppRun& shared_run(const std::string& name, const std::vector<std::string>& extra) {
+  static TempDir dir;  // removed at exit with the reports in it
+  static std::map<std::string, AppRun> made;
+  auto it = made.find(name);
+  if (it == made.end()) it = made.emplace(name, run_short(extra, dir.path(), name)).first;
+  return it->second;
+}
+const AppRun& seed_run(int seed) {
+  return shared_run("seed" + std::to_string(seed), {"--seed", std::to_string(seed)});
+}
+const AppRun& two_model_run() { return shared_run("two_models", {"--seed", "0", "--models", "2"}); }
+
+void expect_succeeded(const AppRun& run) {
+  ASSERT_EQ(run.process.exit_code, 0) << run.process.err;
+  ASSERT_TRUE(run.report.is_object());
+}
+
+// ---- One run: console, report, the effect --------------------------------------------------------
+
+// The notebook's lines, as its readers know them, and the report's shape: every arm with an
+// accuracy in [0, 1], per-epoch arrays of the right length, times that were measured. (One
+// test: under ctest each test is a process of its own, and this run costs seconds.)
+TEST(EndToEnd, OneModelRunPrintsTheNotebooksLinesAndWritesTheReport) {
+  SKIP_WITHOUT_MNIST();
+  const AppRun& run = seed_run(0);
+  ASSERT_NO_FATAL_FAILURE(expect_succeeded(run));
+  const std::string& out = run.process.out;
+  EXPECT_TRUE(
+      std::regex_search(out, std::regex(R"(\[Teacher\] epoch=1 loss=\d+\.\d{4} test_acc=\d+\.\d{4}%)")))
+      << out;
+  EXPECT_TRUE(std::regex_search(out, std::regex(R"(\[Student\] epoch=2 kl=\d+\.\d{4} test_acc=\d+\.\d{4}%)")))
+      << out;
+  EXPECT_TRUE(std::regex_search(out, std::regex(R"(Teacher final test accuracy: \d+\.\d{4}%)"))) << out;
+
+  const json& r = run.report;
+  for (const char* arm : {"reference", "teacher", "student", "cross_init"}) {
+    ASSERT_TRUE(r.contains(arm)) << arm;
+    const double acc = r[arm]["test_acc"].get<double>();
+    EXPECT_GE(acc, 0.0) << arm;
+    EXPECT_LE(acc, 1.0) << arm;
+    EXPECT_EQ(r[arm]["per_model"].size(), 1u) << arm;
+  }
+  EXPECT_GT(r["seconds"]["total"].get<double>(), 0.0);
+  EXPECT_EQ(r["epochs"]["teacher"].size(), 1u);
+  EXPECT_EQ(r["epochs"]["student"].size(), 2u);
+  EXPECT_EQ(r["epochs"]["cross_init"].size(), 2u);
+  EXPECT_EQ(r["steps"]["teacher"], 235);  // 60000 = 234·256 + 96: the short last batch is kept
+  EXPECT_EQ(r["steps"]["distill_ghosts"], 2 * 235);
+  EXPECT_EQ(r["config"]["epochs_distill"], 2);
+  // The final teacher accuracy is the last epoch's evaluation.
+  EXPECT_EQ(r["teacher"]["test_acc"], r["epochs"]["teacher"][0]["test_acc"]);
+}
+
+// Subliminal learning at small scale. After 1 + 2 epochs, seeds 0 and 1 gave: teacher 0.909,
+// 0.910; same-init student 0.532, 0.538; cross-init student 0.098, 0.043 (chance is 0.1).
+// The thresholds leave wide margins where the student varies between seeds; the teacher's
+// 0.90 is the notebook's one-epoch level and is deterministic here.
+TEST(EndToEnd, SameInitStudentLearnsAndCrossInitDoesNot) {
+  SKIP_WITHOUT_MNIST();
+  for (const AppRun* run : {&seed_run(0), &seed_run(1)}) {
+    ASSERT_NO_FATAL_FAILURE(expect_succeeded(*run));
+    const json& r = run->report;
+    EXPECT_GT(r["teacher"]["test_acc"].get<double>(), 0.90);
+    EXPECT_GT(r["student"]["test_acc"].get<double>(), 0.20);
+    EXPECT_LT(r["cross_init"]["test_acc"].get<double>(), 0.15);
+    EXPECT_LT(r["reference"]["test_acc"].get<double>(), 0.20);
+  }
+}
+
+// ---- --models N is N independent runs --------------------------------------------------------------
+
+// Every per-model number of `batched` at index m equals the single run's (accuracies exactly:
+// counts over the same test set; losses to 1e-6 relative).
+void expect_model_equals_run(const json& batched, int m, const json& single) {
+  for (const char* arm : {"reference", "teacher", "student", "cross_init"})
+    EXPECT_EQ(batched[arm]["per_model"][m], single[arm]["per_model"][0]) << arm << ", model " << m;
+  for (const auto& [phase, loss_key] :
+       {std::pair{"teacher", "loss_per_model"}, std::pair{"student", "kl_per_model"},
+        std::pair{"cross_init", "kl_per_model"}}) {
+    const json &a = batched["epochs"][phase], &b = single["epochs"][phase];
+    ASSERT_EQ(a.size(), b.size()) << phase;
+    for (size_t e = 0; e < a.size(); ++e) {
+      EXPECT_EQ(a[e]["test_acc_per_model"][m], b[e]["test_acc_per_model"][0]) << phase << " epoch " << e + 1;
+      const double x = a[e][loss_key][m].get<double>(), y = b[e][loss_key][0].get<double>();
+      EXPECT_NEAR(x, y, 1e-6 * std::abs(y)) << phase << " epoch " << e + 1 << ", model " << m;
+    }
+  }
+}
+
+// A design requirement: the batched engine is exactly N independent runs, model m of
+// --models N being --models 1 --seed seed+m (same init, data order, noise and arithmetic).
+TEST(EndToEnd, TwoModelsAreExactlyTwoSeparateRuns) {
+  SKIP_WITHOUT_MNIST();
+  const AppRun &batched = two_model_run(), &seed0 = seed_run(0), &seed1 = seed_run(1);
+  ASSERT_NO_FATAL_FAILURE(expect_succeeded(batched));
+  ASSERT_NO_FATAL_FAILURE(expect_succeeded(seed0));
+  ASSERT_NO_FATAL_FAILURE(expect_succeeded(seed1));
+  for (const char* arm : {"reference", "teacher", "student", "cross_init"})
+    ASSERT_EQ(batched.report[arm]["per_model"].size(), 2u) << arm;
+  {
+    SCOPED_TRACE("model 0 vs --seed 0");
+    expect_model_equals_run(batched.report, 0, seed0.report);
+  }
+  {
+    SCOPED_TRACE("model 1 vs --seed 1");
+    expect_model_equals_run(batched.report, 1, seed1.report);
+  }
+}
+
+// ---- Sweeps ---------------------------------------------------------------------------------------------
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+// One CSV and one JSONL row per configuration × arm; rerunning the same command finds every
+// configuration done, says so, runs nothing and writes no duplicate rows.
+TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
+  SKIP_WITHOUT_MNIST();
+  TempDir dir;
+  const std::string prefix = (dir / "sweep").string();
+  const std::vector<std::string> args = {"--device",         "cpu",  "--epochs-teacher", "1",
+                                         "--epochs-distill", "1",    "--sweep",          "lr=1e-3,3e-4",
+                                         "--sweep-out",      prefix, "--no-progress"};
+  const ProcessResult first = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const std::vector<std::string> csv = lines_of(read_text(prefix + ".csv"));
+  const std::vector<std::string> jsonl = lines_of(read_text(prefix + ".jsonl"));
+  ASSERT_EQ(csv.size(), 1 + 2 * 4u) << read_text(prefix + ".csv");  // header + 2 configs × 4 arms
+  EXPECT_EQ(csv[0], "config,arm,test_acc,ci95,std,n,seconds");
+  ASSERT_EQ(jsonl.size(), 2 * 4u);
+  std::map<std::string, int> rows_per_config;
+  for (const std::string& line : jsonl) {
+    const json row = json::parse(line);
+    rows_per_config[row["config"].get<std::string>()]++;
+    EXPECT_EQ(row["n"], 1);
+  }
+  EXPECT_EQ(rows_per_config, (std::map<std::string, int>{{"lr=1e-3", 4}, {"lr=3e-4", 4}}));
+
+  const auto start = std::chrono::steady_clock::now();
+  const ProcessResult again = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.out.find("2 already done"), std::string::npos) << again.out;
+  EXPECT_EQ(again.out.find("lr=1e-3:"), std::string::npos) << "a finished configuration ran again:\n"
+                                                           << again.out;
+  EXPECT_EQ(lines_of(read_text(prefix + ".csv")), csv);
+  EXPECT_EQ(lines_of(read_text(prefix + ".jsonl")), jsonl);
+  std::cout << "[ e2e      ] sweep rerun (nothing to do): " << seconds << " s\n";
+}
+
+}  // namespace

@@ -1,0 +1,366 @@
+// tests/test_ops.cpp — forward values of the ops against computations written out here by
+// hand (naive loops, the formulas of REFERENCE.md), and the GEMM layer's contracts that a
+// gradient check cannot see: the ReLU bit-mask layout, NaN and zero handling, overwrite versus
+// accumulate, and the masked-accumulate path that must not mask what dx already held.
+#include <gtest/gtest.h>
+
+#include <cmath>   // std::exp, std::log, std::isnan
+#include <limits>  // std::numeric_limits
+#include <vector>  // std::vector
+
+#include "engine/autograd.h"  // NoGradGuard
+#include "engine/kernels.h"   // fill
+#include "ops/gemm.h"         // gemm::forward, backward_input, backward_weight, mask_shape
+#include "ops/loss.h"         // cross_entropy, distill_kl, kl_div
+#include "ops/metrics.h"      // count_correct
+#include "tests/test_util.h"  // random tensors, values_of
+
+namespace {
+
+using namespace subliminal;
+using subliminal::test::random_f32;
+using subliminal::test::random_f64;
+using subliminal::test::random_labels;
+using subliminal::test::values_of;
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// ---- Losses ------------------------------------------------------------------------------------
+
+// log Σ_{c ∈ [c0, c1)} exp(row[c]), written the naive way (inputs are small).
+double log_sum_exp(const std::vector<double>& row, int64_t c0, int64_t c1) {
+  double s = 0;
+  for (int64_t c = c0; c < c1; ++c) s += std::exp(row[size_t(c)]);
+  return std::log(s);
+}
+
+std::vector<double> row_of(const std::vector<double>& v, int64_t row, int64_t cols) {
+  return {v.begin() + row * cols, v.begin() + (row + 1) * cols};
+}
+
+// F.cross_entropy(logits[:, :, 2:7], labels): the mean over the batch of −log softmax at the
+// label, per model, in float64 and float32.
+TEST(Ops, CrossEntropyIsMeanNegativeLogSoftmaxAtTheLabel) {
+  const int64_t N = 2, B = 4, C = 9, c0 = 2, c1 = 7;
+  const Tensor labels = random_labels(N, B, int32_t(c1 - c0), 1);
+  for (DType dtype : {DType::f64, DType::f32}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const Tensor logits =
+        dtype == DType::f64 ? random_f64({N, B, C}, 2, -3, 3) : random_f32({N, B, C}, 2, -3, 3);
+    const std::vector<double> z = values_of(logits);
+    const std::vector<int32_t> y = labels.to_vector<int32_t>();
+    const std::vector<double> loss = values_of(cross_entropy(logits, labels, {c0, c1}));
+    ASSERT_EQ(loss.size(), size_t(N));
+    for (int64_t n = 0; n < N; ++n) {
+      double expected = 0;
+      for (int64_t b = 0; b < B; ++b) {
+        std::vector<double> row = row_of(z, n * B + b, C);
+        expected += -(row[size_t(c0 + y[size_t(n * B + b)])] - log_sum_exp(row, c0, c1)) / double(B);
+      }
+      EXPECT_NEAR(loss[size_t(n)], expected, dtype == DType::f64 ? 1e-12 : 1e-5) << "model " << n;
+    }
+  }
+}
+
+// The notebook's distillation loss: kl_div(log_softmax(s/T), softmax(t/T), "batchmean") · T²
+// on the ghost columns only.
+TEST(Ops, DistillKlIsTSquaredTimesTheKlByHand) {
+  const int64_t N = 2, B = 3, C = 13, c0 = 10, c1 = 13;
+  const double T = 2.5;
+  const Tensor student = random_f64({N, B, C}, 3, -3, 3), teacher = random_f64({N, B, C}, 4, -3, 3);
+  const std::vector<double> s = values_of(student), t = values_of(teacher);
+  const std::vector<double> loss = values_of(distill_kl(student, teacher, {c0, c1}, T));
+  for (int64_t n = 0; n < N; ++n) {
+    double kl = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<double> sr = row_of(s, n * B + b, C), tr = row_of(t, n * B + b, C);
+      for (double& v : sr) v /= T;
+      for (double& v : tr) v /= T;
+      const double lse_s = log_sum_exp(sr, c0, c1), lse_t = log_sum_exp(tr, c0, c1);
+      for (int64_t c = c0; c < c1; ++c) {
+        const double log_p = tr[size_t(c)] - lse_t, log_q = sr[size_t(c)] - lse_s;
+        kl += std::exp(log_p) * (log_p - log_q);
+      }
+    }
+    EXPECT_NEAR(loss[size_t(n)], T * T * kl / double(B), 1e-12) << "model " << n;
+  }
+}
+
+// PyTorch's kl_div defines 0·log 0 = 0: a target with exact zeros gives a finite loss equal to
+// the sum over the non-zero entries only (computed naively, 0·(log 0 − x) would be NaN).
+TEST(Ops, KlDivTreatsZeroTimesLogZeroAsZero) {
+  const int64_t N = 2, B = 2, C = 3;
+  const std::vector<double> p = {0.5, 0.5, 0.0, /**/ 1.0, 0.0, 0.0, /**/ 0.2, 0.3, 0.5, /**/ 0.0, 0.25, 0.75};
+  const std::vector<double> log_q = {-1.0, -0.5, -2.0, -0.1, -3.0, -4.0, -1.5, -1.2, -0.7, -2.2, -1.1, -0.3};
+  const std::vector<double> loss =
+      values_of(kl_div(Tensor::from_vector(log_q, {N, B, C}), Tensor::from_vector(p, {N, B, C})));
+  for (int64_t n = 0; n < N; ++n) {
+    double expected = 0;
+    for (int64_t i = n * B * C; i < (n + 1) * B * C; ++i)
+      if (p[size_t(i)] != 0) expected += p[size_t(i)] * (std::log(p[size_t(i)]) - log_q[size_t(i)]);
+    EXPECT_NEAR(loss[size_t(n)], expected / double(B), 1e-14) << "model " << n;
+  }
+}
+
+// ---- Accuracy counting ---------------------------------------------------------------------------
+
+// torch.argmax's rules: the first of tied maxima wins, and a NaN is the maximum (the first NaN
+// if there are several). Classes sit in columns 1..4 of 5 here; counts accumulate.
+TEST(Ops, CountCorrectTiesGoToTheFirstAndNaNIsMaximal) {
+  const int64_t N = 2, B = 5, C = 5;
+  // Column 0 is outside the classes: its huge value must be ignored.
+  const std::vector<double> logits = {
+      // model 0
+      99, 1, 3, 3, 0,        // tie between classes 1 and 2: argmax 1
+      99, 1, 3, 3, 0,        // same row, label 2: wrong
+      99, 1, kNaN, 5, 0,     // NaN at class 1 beats 5
+      99, 1, kNaN, 5, 0,     // same row, label 2 (the 5): wrong
+      99, kNaN, 2, kNaN, 0,  // two NaNs: the first (class 0) wins
+      // model 1
+      99, 0, 0, 0, 0,      // all tied: class 0
+      99, -1, -2, -3, -4,  // plain maximum at class 0
+      99, 4, 3, 2, 1,      // label 3: wrong
+      99, -kNaN, 1, 2, 3,  // a NaN of either sign is maximal
+      99, 1, 2, 3, 3,      // tie between classes 2 and 3, label 3: wrong
+  };
+  const std::vector<int32_t> labels = {1, 2, 1, 2, 0, /**/ 0, 0, 3, 0, 3};
+  Tensor counts = Tensor::from_vector(std::vector<int64_t>{10, 20}, {N});
+  count_correct(Tensor::from_vector(logits, {N, B, C}), Tensor::from_vector(labels, {N, B}), {1, 5}, counts);
+  EXPECT_EQ(counts.to_vector<int64_t>(), (std::vector<int64_t>{10 + 3, 20 + 3}));
+}
+
+// ---- GEMMs against naive loops -------------------------------------------------------------------
+
+constexpr int64_t N = 2, B = 5, I = 7, O = 3;  // odd sizes, two models
+
+// y[n,b,o] = Σ_i x[n,b,i]·w[n,o,i] + bias[n,o]
+std::vector<double> naive_forward(const std::vector<double>& x, const std::vector<double>& w,
+                                  const std::vector<double>* bias, int64_t n_models, int64_t batch,
+                                  int64_t in, int64_t out) {
+  std::vector<double> y(size_t(n_models * batch * out));
+  for (int64_t n = 0; n < n_models; ++n)
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t o = 0; o < out; ++o) {
+        double s = bias ? (*bias)[size_t(n * out + o)] : 0.0;
+        for (int64_t i = 0; i < in; ++i)
+          s += x[size_t((n * batch + b) * in + i)] * w[size_t((n * out + o) * in + i)];
+        y[size_t((n * batch + b) * out + o)] = s;
+      }
+  return y;
+}
+
+// dx[n,b,i] = Σ_o dy[n,b,o]·w[n,o,i]
+std::vector<double> naive_dx(const std::vector<double>& dy, const std::vector<double>& w) {
+  std::vector<double> dx(size_t(N * B * I));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < I; ++i) {
+        double s = 0;
+        for (int64_t o = 0; o < O; ++o) s += dy[size_t((n * B + b) * O + o)] * w[size_t((n * O + o) * I + i)];
+        dx[size_t((n * B + b) * I + i)] = s;
+      }
+  return dx;
+}
+
+// dw[n,o,i] = Σ_b dy[n,b,o]·x[n,b,i];  db[n,o] = Σ_b dy[n,b,o]
+std::vector<double> naive_dw(const std::vector<double>& dy, const std::vector<double>& x) {
+  std::vector<double> dw(size_t(N * O * I));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t i = 0; i < I; ++i) {
+        double s = 0;
+        for (int64_t b = 0; b < B; ++b) s += dy[size_t((n * B + b) * O + o)] * x[size_t((n * B + b) * I + i)];
+        dw[size_t((n * O + o) * I + i)] = s;
+      }
+  return dw;
+}
+std::vector<double> naive_db(const std::vector<double>& dy, int64_t features) {
+  const int64_t batch = int64_t(dy.size()) / (N * features);
+  std::vector<double> db(size_t(N * features), 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t f = 0; f < features; ++f)
+        db[size_t(n * features + f)] += dy[size_t((n * batch + b) * features + f)];
+  return db;
+}
+
+void expect_near_all(const std::vector<double>& got, const std::vector<double>& expected, double tolerance,
+                     const char* what) {
+  ASSERT_EQ(got.size(), expected.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_NEAR(got[i], expected[i], tolerance) << what << "[" << i << "]";
+}
+
+bool mask_bit(const std::vector<uint8_t>& mask, int64_t row, int64_t row_bytes, int64_t f) {
+  return (mask[size_t(row * row_bytes + f / 8)] >> (f % 8)) & 1;
+}
+
+// forward with and without bias and ReLU, two models, float32 and float64.
+TEST(Gemm, ForwardMatchesNaiveLoops) {
+  for (DType dtype : {DType::f64, DType::f32}) {
+    const double tolerance = dtype == DType::f64 ? 1e-13 : 1e-5;
+    auto make = [&](const Shape& s, uint64_t seed) {
+      return dtype == DType::f64 ? random_f64(s, seed) : random_f32(s, seed);
+    };
+    const Tensor x = make({N, B, I}, 1), w = make({N, O, I}, 2), bias = make({N, O}, 3);
+    const std::vector<double> xv = values_of(x), wv = values_of(w), bv = values_of(bias);
+    for (bool with_bias : {false, true}) {
+      for (gemm::Activation act : {gemm::Activation::none, gemm::Activation::relu}) {
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + (with_bias ? " bias" : " no bias") +
+                     (act == gemm::Activation::relu ? " relu" : ""));
+        const bool relu = act == gemm::Activation::relu;
+        Tensor y = Tensor::full({N, B, O}, kNaN, dtype);  // poisoned: every element must be written
+        Tensor mask = relu ? Tensor::empty(gemm::mask_shape(N, B, O), DType::u8) : Tensor();
+        gemm::forward(x, w, with_bias ? bias : Tensor(), act, y, mask);
+        std::vector<double> expected = naive_forward(xv, wv, with_bias ? &bv : nullptr, N, B, I, O);
+        if (relu)
+          for (double& v : expected) v = v > 0 ? v : 0;
+        expect_near_all(values_of(y), expected, tolerance, "y");
+      }
+    }
+  }
+}
+
+// backward_input and backward_weight (with the bias gradient) for two models.
+TEST(Gemm, BackwardMatchesNaiveLoops) {
+  const Tensor x = random_f64({N, B, I}, 4), w = random_f64({N, O, I}, 5), dy = random_f64({N, B, O}, 6);
+  Tensor dx = Tensor::full({N, B, I}, kNaN, DType::f64);
+  gemm::backward_input(dy, w, Tensor(), dx, Tensor(), false);
+  expect_near_all(values_of(dx), naive_dx(values_of(dy), values_of(w)), 1e-13, "dx");
+
+  Tensor dw = Tensor::full({N, O, I}, kNaN, DType::f64), db = Tensor::full({N, O}, kNaN, DType::f64);
+  gemm::backward_weight(dy, x, dw, false, db);
+  expect_near_all(values_of(dw), naive_dw(values_of(dy), values_of(x)), 1e-13, "dw");
+  expect_near_all(values_of(db), naive_db(values_of(dy), O), 1e-13, "db");
+}
+
+// The mask is cuBLASLt's format: per (model, sample) a row of roundup(F, 128) bits, bit f of
+// the row at byte f/8, bit f%8 (LSB first), set where the output is > 0. F = 130 spans two
+// 128-bit words, so a row is 32 bytes and a row-stride mistake shows at sample 1.
+TEST(Gemm, ReluMaskBitsAreLsbFirstInRowsOf128BitWords) {
+  const int64_t F = 130, In = 4, row_bytes = 32;
+  ASSERT_EQ(gemm::mask_row_bits(F), 256);
+  ASSERT_EQ(gemm::mask_shape(N, 3, F), (Shape{N, 3, row_bytes}));
+  const Tensor x = random_f64({N, 3, In}, 7), w = random_f64({N, F, In}, 8), bias = random_f64({N, F}, 9);
+  Tensor y = Tensor::empty({N, 3, F}, DType::f64);
+  Tensor mask = Tensor::full(gemm::mask_shape(N, 3, F), 0xA5, DType::u8);  // garbage to overwrite
+  gemm::forward(x, w, bias, gemm::Activation::relu, y, mask);
+  const std::vector<double> pre = [&] {
+    std::vector<double> bv = values_of(bias);
+    const std::vector<double> xv = values_of(x), wv = values_of(w);
+    return naive_forward(xv, wv, &bv, N, 3, In, F);
+  }();
+  const std::vector<uint8_t> bits = mask.to_vector<uint8_t>();
+  int positives = 0;
+  for (int64_t r = 0; r < N * 3; ++r)
+    for (int64_t f = 0; f < F; ++f) {
+      const bool positive = pre[size_t(r * F + f)] > 0;
+      positives += positive;
+      EXPECT_EQ(mask_bit(bits, r, row_bytes, f), positive) << "row " << r << " feature " << f;
+    }
+  EXPECT_GT(positives, 0);
+  EXPECT_LT(positives, N * 3 * F);  // both kinds present, or the test proves little
+}
+
+// ReLU of an exact zero and of NaN is 0 with mask bit 0 (relu'(0) = 0; NaN → 0 as cuBLASLt's
+// epilogue does) — through bias_activation and through a whole forward GEMM.
+TEST(Gemm, ReluOfZeroAndNaNGivesZeroAndMaskZero) {
+  const std::vector<double> pre = {0.0, kNaN, -0.0, -1.0, 2.0, 1e-300, -kNaN, 3.5};
+  Tensor y = Tensor::from_vector(pre, {1, 1, 8});
+  Tensor mask = Tensor::full(gemm::mask_shape(1, 1, 8), 0xFF, DType::u8);
+  gemm::bias_activation(y, Tensor(), gemm::Activation::relu, mask);
+  EXPECT_EQ(values_of(y), (std::vector<double>{0, 0, 0, 0, 2.0, 1e-300, 0, 3.5}));
+  EXPECT_EQ(mask.to_vector<uint8_t>()[0], 0b10110000);
+
+  // Through the GEMM: sample 0 has a NaN input (all its outputs NaN before the ReLU); output 1
+  // has a zero weight row and zero bias (pre-activation exactly 0 for every sample).
+  std::vector<double> xv = values_of(random_f64({1, 2, 3}, 10, 0.5, 1.0));
+  xv[1] = kNaN;
+  const std::vector<double> wv = {1, 1, 1, /**/ 0, 0, 0};
+  Tensor y2 = Tensor::empty({1, 2, 2}, DType::f64);
+  Tensor mask2 = Tensor::full(gemm::mask_shape(1, 2, 2), 0xFF, DType::u8);
+  gemm::forward(Tensor::from_vector(xv, {1, 2, 3}), Tensor::from_vector(wv, {1, 2, 3}),
+                Tensor::zeros({1, 2}, DType::f64), gemm::Activation::relu, y2, mask2);
+  const std::vector<double> out = values_of(y2);
+  EXPECT_EQ(out[0], 0.0);  // NaN → 0
+  EXPECT_EQ(out[1], 0.0);  // NaN → 0
+  EXPECT_GT(out[2], 0.0);  // sample 1, positive weights and inputs
+  EXPECT_EQ(out[3], 0.0);  // exact zero
+  const std::vector<uint8_t> bits = mask2.to_vector<uint8_t>();
+  EXPECT_EQ(bits[0] & 0b11, 0);      // sample 0: both bits clear
+  EXPECT_EQ(bits[16] & 0b11, 0b01);  // sample 1 (row 16 bytes on): only output 0
+}
+
+// Bias gradients and non-accumulating weight gradients overwrite: a NaN already in the buffer
+// must not survive (0·NaN would if the kernel scaled instead of overwriting).
+TEST(Gemm, OverwritingGradientsIgnorePriorContents) {
+  const Tensor x = random_f64({N, B, I}, 11), dy = random_f64({N, B, O}, 12);
+  Tensor db = Tensor::full({N, O}, kNaN, DType::f64);
+  gemm::bias_gradient(dy, db);
+  expect_near_all(values_of(db), naive_db(values_of(dy), O), 1e-13, "bias_gradient");
+
+  Tensor dw = Tensor::full({N, O, I}, kNaN, DType::f64), db2 = Tensor::full({N, O}, kNaN, DType::f64);
+  gemm::backward_weight(dy, x, dw, false, db2);
+  expect_near_all(values_of(dw), naive_dw(values_of(dy), values_of(x)), 1e-13, "dw");
+  expect_near_all(values_of(db2), naive_db(values_of(dy), O), 1e-13, "db");
+}
+
+// accumulate = true adds the product to what the buffer holds (a shared weight's gradient).
+// The bias gradient is always overwritten, even when dw accumulates.
+TEST(Gemm, AccumulateAddsToThePriorContents) {
+  const Tensor x = random_f64({N, B, I}, 13), w = random_f64({N, O, I}, 14), dy = random_f64({N, B, O}, 15);
+  const Tensor prior_w = random_f64({N, O, I}, 16), prior_x = random_f64({N, B, I}, 17);
+
+  Tensor dw = prior_w.clone(), db = Tensor::full({N, O}, 123.0, DType::f64);
+  gemm::backward_weight(dy, x, dw, true, db);
+  std::vector<double> expected = naive_dw(values_of(dy), values_of(x));
+  const std::vector<double> pw = values_of(prior_w);
+  for (size_t i = 0; i < expected.size(); ++i) expected[i] += pw[i];
+  expect_near_all(values_of(dw), expected, 1e-13, "dw");
+  expect_near_all(values_of(db), naive_db(values_of(dy), O), 1e-13, "db");
+
+  Tensor dx = prior_x.clone();
+  gemm::backward_input(dy, w, Tensor(), dx, Tensor(), true);
+  std::vector<double> expected_x = naive_dx(values_of(dy), values_of(w));
+  const std::vector<double> px = values_of(prior_x);
+  for (size_t i = 0; i < expected_x.size(); ++i) expected_x[i] += px[i];
+  expect_near_all(values_of(dx), expected_x, 1e-13, "dx");
+}
+
+// With a mask and accumulate, only the new product is masked: dx = prior + mask ⊙ (dy·w).
+// Masking in place would zero the prior contents where the mask is 0 (ops/gemm.cpp's temporary).
+TEST(Gemm, MaskedAccumulateLeavesPriorContentsUnmasked) {
+  const Tensor w = random_f64({N, O, I}, 18), dy = random_f64({N, B, O}, 19);
+  // A mask with about half the bits set, different per model and sample.
+  std::vector<uint8_t> mask_bytes(size_t(N * B * 16), 0);
+  std::vector<bool> on(size_t(N * B * I));
+  for (int64_t r = 0; r < N * B; ++r)
+    for (int64_t i = 0; i < I; ++i) {
+      const bool bit = (r * 7 + i * 3) % 5 < 2;
+      on[size_t(r * I + i)] = bit;
+      if (bit) mask_bytes[size_t(r * 16 + i / 8)] |= uint8_t(1u << (i % 8));
+    }
+  const Tensor mask = Tensor::from_vector(mask_bytes, gemm::mask_shape(N, B, I));
+  Tensor dx = Tensor::full({N, B, I}, 5.0, DType::f64);
+  gemm::backward_input(dy, w, mask, dx, Tensor(), true);
+  const std::vector<double> product = naive_dx(values_of(dy), values_of(w)), got = values_of(dx);
+  int masked = 0;
+  for (size_t k = 0; k < got.size(); ++k) {
+    masked += !on[k];
+    EXPECT_NEAR(got[k], 5.0 + (on[k] ? product[k] : 0.0), 1e-13)
+        << "element " << k << (on[k] ? "" : " (masked)");
+  }
+  EXPECT_GT(masked, 0);
+
+  // The same without accumulate: masked elements become exactly 0, the bias gradient of the
+  // layer below is the batch sum of the masked product.
+  Tensor dx2 = Tensor::full({N, B, I}, kNaN, DType::f64), db = Tensor::full({N, I}, kNaN, DType::f64);
+  gemm::backward_input(dy, w, mask, dx2, db, false);
+  std::vector<double> masked_product = product;
+  for (size_t k = 0; k < masked_product.size(); ++k)
+    if (!on[k]) masked_product[k] = 0;
+  expect_near_all(values_of(dx2), masked_product, 1e-13, "dx");
+  expect_near_all(values_of(db), naive_db(masked_product, I), 1e-13, "dbias_prev");
+}
+
+}  // namespace

@@ -1,0 +1,206 @@
+// tests/test_safetensors.cpp — the safetensors reader and writer: round trips of every dtype,
+// a header a third-party parser agrees with, every malformed file refused with a DataError
+// naming the file, and atomic, non-clobbering writes.
+#include <gtest/gtest.h>
+#include <sys/stat.h>  // stat: inode numbers, to see that a replace is a rename
+
+#include <algorithm>          // std::sort
+#include <cstdint>            // uint8_t, uint64_t
+#include <filesystem>         // std::filesystem
+#include <map>                // std::map
+#include <nlohmann/json.hpp>  // an independent parse of the header the writer produced
+#include <string>             // std::string
+#include <vector>             // std::vector
+
+#include "engine/safetensors.h"  // read_safetensors, write_safetensors
+#include "tests/test_util.h"     // TempDir, read_text, write_text
+
+namespace {
+
+using namespace subliminal;
+using subliminal::test::read_text;
+using subliminal::test::TempDir;
+using subliminal::test::write_text;
+namespace fs = std::filesystem;
+
+const Tensor* find(const SafetensorsFile& file, const std::string& name) {
+  for (const NamedTensor& nt : file.tensors)
+    if (nt.name == name) return &nt.tensor;
+  return nullptr;
+}
+
+std::vector<NamedTensor> sample_tensors() {
+  return {
+      {"weights", Tensor::from_vector(std::vector<float>{1.5f, -2.25f, 3e-8f, 4e20f, 0.0f, -0.0f}, {2, 3})},
+      {"doubles", Tensor::from_vector(std::vector<double>{3.141592653589793, -1e-300}, {2})},
+      {"labels", Tensor::from_vector(std::vector<int32_t>{7, -1, 2147483647}, {3})},
+      {"counter", Tensor::from_vector(std::vector<int64_t>{int64_t(1) << 40}, {1})},
+      {"pixels", Tensor::from_vector(std::vector<uint8_t>{0, 128, 255}, {1, 3})},
+      {"empty", Tensor::empty({0, 4}, DType::f32)},
+  };
+}
+
+// Raw bytes of a tensor, for bitwise comparison (−0.0 and 0.0 differ there).
+std::string bytes_of(const Tensor& t) { return {static_cast<const char*>(t.raw()), t.bytes()}; }
+
+// What is written is read back bit for bit (−0.0, 3e-8, 2³¹−1 included), with its metadata.
+TEST(Safetensors, RoundTripsEveryDtypeTheEmptyTensorAndMetadata) {
+  TempDir dir;
+  const fs::path path = dir / "model.safetensors";
+  const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"seed", "0"}};
+  write_safetensors(path, sample_tensors(), metadata, false);
+  const SafetensorsFile file = read_safetensors(path);
+  EXPECT_EQ(file.metadata, metadata);
+  ASSERT_EQ(file.tensors.size(), sample_tensors().size());
+  for (const NamedTensor& original : sample_tensors()) {
+    const Tensor* read = find(file, original.name);
+    ASSERT_NE(read, nullptr) << original.name;
+    EXPECT_EQ(read->dtype(), original.tensor.dtype()) << original.name;
+    EXPECT_EQ(read->shape(), original.tensor.shape()) << original.name;
+    EXPECT_EQ(bytes_of(*read), bytes_of(original.tensor)) << original.name;
+  }
+}
+
+// The header as the format defines it, read by a JSON parser rather than by our reader: the
+// 8-byte little-endian length, dtype codes, shapes, contiguous offsets, data 8-byte aligned.
+TEST(Safetensors, WritesTheHeaderTheFormatDefines) {
+  TempDir dir;
+  const fs::path path = dir / "one.safetensors";
+  const Tensor w = Tensor::from_vector(std::vector<float>{1, 2, 3, 4, 5, 6}, {2, 3});
+  write_safetensors(path, {{"net.0.weight", w}}, {{"k", "v"}}, false);
+  const std::string bytes = read_text(path);
+  ASSERT_GE(bytes.size(), 8u);
+  uint64_t header_bytes = 0;
+  for (int i = 7; i >= 0; --i) header_bytes = header_bytes << 8 | uint8_t(bytes[size_t(i)]);
+  EXPECT_EQ((8 + header_bytes) % 8, 0u);
+  const auto header = nlohmann::json::parse(bytes.substr(8, header_bytes));
+  EXPECT_EQ(header["net.0.weight"]["dtype"], "F32");
+  EXPECT_EQ(header["net.0.weight"]["shape"], nlohmann::json({2, 3}));
+  EXPECT_EQ(header["net.0.weight"]["data_offsets"], nlohmann::json({0, 24}));
+  EXPECT_EQ(header["__metadata__"]["k"], "v");
+  EXPECT_EQ(bytes.size(), 8 + header_bytes + 24);
+  EXPECT_EQ(bytes.substr(8 + header_bytes), bytes_of(w));
+}
+
+// ---- Malformed files ------------------------------------------------------------------------------
+
+// A file from a header string and data bytes, with the length prefix computed (or overridden).
+std::string file_bytes(const std::string& header, const std::string& data, int64_t length = -1) {
+  const uint64_t n = length < 0 ? header.size() : uint64_t(length);
+  std::string out;
+  for (int i = 0; i < 8; ++i) out.push_back(char((n >> (8 * i)) & 0xff));
+  return out + header + data;
+}
+
+std::string f32_entry(const std::string& name, const std::string& shape, uint64_t begin, uint64_t end) {
+  return "\"" + name + "\":{\"dtype\":\"F32\",\"shape\":" + shape + ",\"data_offsets\":[" +
+         std::to_string(begin) + "," + std::to_string(end) + "]}";
+}
+
+// Each defect must be a DataError whose message names the file; `what` must appear in it too.
+void expect_defect(const std::string& bytes, const std::string& what) {
+  TempDir dir;
+  const fs::path path = dir / "bad.safetensors";
+  write_text(path, bytes);
+  try {
+    read_safetensors(path);
+    ADD_FAILURE() << "no error for a file with: " << what;
+  } catch (const DataError& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find(path.string()), std::string::npos) << message;
+    EXPECT_NE(message.find(what), std::string::npos) << "expected \"" << what << "\" in: " << message;
+  }
+}
+
+const std::string kEightBytes(8, '\x01');
+
+// The reader trusts nothing: each defect below is refused with a message naming the file
+// and the defect, before any tensor memory is allocated.
+TEST(Safetensors, RefusesEveryMalformedFileNamingIt) {
+  const std::string good = "{" + f32_entry("a", "[2]", 0, 8) + "}";
+  // Control: the well-formed version of the files below is accepted.
+  {
+    TempDir dir;
+    write_text(dir / "good.safetensors", file_bytes(good, kEightBytes));
+    EXPECT_EQ(read_safetensors(dir / "good.safetensors").tensors.size(), 1u);
+  }
+  expect_defect("abc", "shorter than the 8-byte header length");
+  expect_defect(file_bytes(good, kEightBytes).substr(0, 20), "runs past the end");  // truncated in the header
+  expect_defect(file_bytes(good, kEightBytes).substr(0, 8 + good.size() + 5), "outside");  // truncated data
+  expect_defect(file_bytes(good, kEightBytes, int64_t(good.size() + 9)), "runs past the end");
+  expect_defect(file_bytes(good, kEightBytes, int64_t(1) << 62), "exceeds");
+  expect_defect(file_bytes("{\"a\": [1, 2", ""), "not valid JSON");
+  expect_defect(file_bytes("[1, 2, 3]", ""), "not a JSON object");
+  expect_defect(file_bytes("{\"a\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]}}", "1234"),
+                "unsupported dtype");
+  expect_defect(file_bytes("{" + f32_entry("a", "[3]", 0, 8) + "}", kEightBytes), "bytes for 3");
+  expect_defect(file_bytes("{" + f32_entry("a", "[2]", 0, 8) + "}", "1234"), "outside");
+  expect_defect(file_bytes("{" + f32_entry("a", "[2]", 8, 0) + "}", kEightBytes), "outside");
+  expect_defect(file_bytes("{" + f32_entry("a", "[2]", 0, 8) + "," + f32_entry("b", "[2]", 4, 12) + "}",
+                           std::string(12, 'x')),
+                "overlaps");
+  expect_defect(file_bytes("{" + f32_entry("a", "[2]", 0, 8) + "," + f32_entry("b", "[2]", 12, 20) + "}",
+                           std::string(20, 'x')),
+                "hole");
+  expect_defect(file_bytes(good, kEightBytes + "tail"), "belong to no tensor");
+  expect_defect(file_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", kEightBytes),
+                "bad shape");
+  expect_defect(file_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", kEightBytes), "lacks");
+  expect_defect(file_bytes("{\"__metadata__\":{\"k\":1}}", ""), "not a string");
+}
+
+// A directory or a missing path is a DataError too, not a crash or an empty result.
+TEST(Safetensors, RefusesADirectoryAndAMissingFile) {
+  TempDir dir;
+  fs::create_directory(dir / "sub");
+  EXPECT_THROW(read_safetensors(dir / "sub"), DataError);
+  try {
+    read_safetensors(dir / "missing.safetensors");
+    FAIL() << "a missing file must throw";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("missing.safetensors"), std::string::npos) << e.what();
+  }
+}
+
+// ---- Writing ---------------------------------------------------------------------------------------
+
+std::vector<std::string> directory_entries(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Without overwrite an existing file is an InputError and keeps its bytes; with it, the new file
+// replaces the old by a rename (a new inode: a reader holding the old file still sees it whole),
+// and no temporary file is left behind either way.
+TEST(Safetensors, WriteRefusesToClobberAndReplacesAtomically) {
+  TempDir dir;
+  const fs::path path = dir / "ckpt.safetensors";
+  write_text(path, "precious");
+  const Tensor t = Tensor::from_vector(std::vector<float>{1, 2}, {2});
+  EXPECT_THROW(write_safetensors(path, {{"t", t}}, {}, false), InputError);
+  EXPECT_EQ(read_text(path), "precious");
+  EXPECT_EQ(directory_entries(dir.path()), std::vector<std::string>{"ckpt.safetensors"});
+
+  struct stat before {};
+  ASSERT_EQ(stat(path.c_str(), &before), 0);
+  write_safetensors(path, {{"t", t}}, {}, true);
+  struct stat after {};
+  ASSERT_EQ(stat(path.c_str(), &after), 0);
+  EXPECT_NE(before.st_ino, after.st_ino) << "replaced in place, not by rename";
+  const SafetensorsFile file = read_safetensors(path);
+  ASSERT_EQ(file.tensors.size(), 1u);
+  EXPECT_EQ(file.tensors[0].tensor.to_vector<float>(), (std::vector<float>{1, 2}));
+  EXPECT_EQ(directory_entries(dir.path()), std::vector<std::string>{"ckpt.safetensors"});
+}
+
+// A failed write throws and leaves nothing behind (no stray temporary file).
+TEST(Safetensors, WriteIntoAMissingDirectoryFailsCleanly) {
+  TempDir dir;
+  const Tensor t = Tensor::from_vector(std::vector<float>{1}, {1});
+  EXPECT_THROW(write_safetensors(dir / "no" / "such.safetensors", {{"t", t}}, {}, false), InputError);
+  EXPECT_TRUE(directory_entries(dir.path()).empty());
+}
+
+}  // namespace
