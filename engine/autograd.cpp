@@ -54,9 +54,14 @@ std::vector<std::shared_ptr<Node>> topological_order(const std::shared_ptr<Node>
 static Tensor ones(const Shape& shape, DType dtype, Device device) {
   static std::map<std::tuple<Shape, DType, Device>, Tensor>* cache =
       new std::map<std::tuple<Shape, DType, Device>, Tensor>;
-  auto [it, inserted] = cache->try_emplace({shape, dtype, device});
-  if (inserted) it->second = Tensor::full(shape, 1.0, dtype, device);
-  return it->second;
+  auto found = cache->find({shape, dtype, device});
+  if (found != cache->end()) return found->second;
+  // Inside a CUDA-graph capture the seed would become the graph's own memory and outlive it;
+  // StepGraph's eager warm-up step always creates it first.
+  if (device == Device::cuda && device_capturing())
+    throw Error("backward(): the first backward of shape " + shape_string(shape) +
+                " ran inside a CUDA graph capture; run one step eagerly first");
+  return cache->try_emplace({shape, dtype, device}, Tensor::full(shape, 1.0, dtype, device)).first->second;
 }
 
 bool grad_enabled() { return g_grad_enabled; }

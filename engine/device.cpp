@@ -47,6 +47,15 @@ void flush_denormals_on_this_thread() {
 #endif
 }
 
+bool device_capturing() {
+#ifdef SUBLIMINAL_HAS_CUDA
+  std::string why;
+  return cuda::probe(&why) && cuda::Runtime::get().capturing();
+#else
+  return false;
+#endif
+}
+
 void synchronize(Device d) {
 #ifdef SUBLIMINAL_HAS_CUDA
   if (d == Device::cuda) cuda::synchronize();

@@ -23,6 +23,9 @@ std::string device_description(Device d);
 // Blocks until all work queued on the device is done (no-op on the CPU).
 void synchronize(Device d);
 
+// True while the GPU's stream is being captured into a CUDA graph (false without CUDA).
+bool device_capturing();
+
 // Makes this thread's float arithmetic flush subnormal numbers to zero (x86 FTZ + DAZ).
 // Late in training, Adam's second moments and some gradients fall below 1.2e-38; x86 cores
 // take microcode assists on such values and the CPU run slowed by 40% over its last epochs.

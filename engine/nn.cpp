@@ -87,19 +87,23 @@ MlpParams MlpParams::to(Device device, DType dtype) const {
     out.values_.copy_from(values_);
     return out;
   }
-  // A dtype change goes through the host in double precision (tests use this for float64 checks).
-  Tensor src = values_.device() == Device::cpu ? values_ : values_.to(Device::cpu);
-  Tensor host = Tensor::empty(values_.shape(), dtype, Device::cpu);
-  dispatch_floating(src.dtype(), [&](auto zs) {
-    dispatch_floating(dtype, [&](auto zd) {
-      using S = decltype(zs);
-      using D = decltype(zd);
-      const S* s = src.data<S>();
-      D* d = host.data<D>();
-      for (int64_t i = 0; i < host.numel(); ++i) d[i] = static_cast<D>(s[i]);
+  // Another dtype pads the arena differently (256-byte alignment is 64 floats or 32 doubles),
+  // so convert tensor by tensor, through the host in double precision.
+  std::vector<Tensor> mine = tensors(), theirs = out.tensors();
+  for (size_t k = 0; k < mine.size(); ++k) {
+    Tensor src = mine[k].device() == Device::cpu ? mine[k] : mine[k].to(Device::cpu);
+    Tensor host = Tensor::empty(src.shape(), dtype, Device::cpu);
+    dispatch_floating(src.dtype(), [&](auto zs) {
+      dispatch_floating(dtype, [&](auto zd) {
+        using S = decltype(zs);
+        using D = decltype(zd);
+        const S* from = src.data<S>();
+        D* to = host.data<D>();
+        for (int64_t i = 0; i < host.numel(); ++i) to[i] = static_cast<D>(from[i]);
+      });
     });
-  });
-  out.values_.copy_from(host);
+    theirs[k].copy_from(host);
+  }
   return out;
 }
 

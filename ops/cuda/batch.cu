@@ -46,9 +46,12 @@ __device__ float2 gaussian_pair(uint32_t w1, uint32_t w2) {
 }
 
 // The image id of row b of model n's batch.
-__device__ int64_t noise_image(const int32_t* order, int64_t n, int64_t samples, int64_t first,
-                               int64_t first_image, int64_t b) {
-  return order ? int64_t(order[n * samples + first + b]) : first_image + first + b;
+// Returns −1 when an ordered batch runs past the order (the caller then writes NaN rather
+// than reading out of bounds; the CPU path throws for the same request).
+__device__ int64_t noise_image(const int32_t* order, int64_t n, int64_t samples, int64_t first, int64_t first_image,
+                               int64_t b) {
+  if (!order) return first_image + first + b;
+  return first + b < samples ? int64_t(order[n * samples + first + b]) : -1;
 }
 
 // x (N, B, P) with P % 4 == 0. One thread per group of four pixels = one Philox block.
@@ -63,6 +66,10 @@ __global__ void noise_batch_kernel(uint64_t seed, uint64_t stream, const int32_t
     const int64_t q = g % per_row, row = g / per_row, b = row % batch, n = row / batch;
     const int64_t source = n % sources;
     const int64_t image = noise_image(order, source, samples, first, first_image, b);
+    if (image < 0) {
+      reinterpret_cast<float4*>(x)[g] = make_float4(NAN, NAN, NAN, NAN);
+      continue;
+    }
     curandStatePhilox4_32_10_t state;
     // Key seed + n, subsequence `stream`, offset = the pixel's position: cuRAND's layout is
     // the one engine/philox.h reproduces on the CPU.
@@ -92,8 +99,12 @@ __global__ void noise_batch_scalar_kernel(uint64_t seed, uint64_t stream, const 
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t k = e % pixels, row = e / pixels, b = row % batch, n = row / batch;
-    const uint64_t base =
-        uint64_t(noise_image(order, n % sources, samples, first, first_image, b)) * uint64_t(image_stride);
+    const int64_t image = noise_image(order, n % sources, samples, first, first_image, b);
+    if (image < 0) {
+      x[e] = NAN;
+      continue;
+    }
+    const uint64_t base = uint64_t(image) * uint64_t(image_stride);
     curandStatePhilox4_32_10_t state;
     if (gaussian) {
       curand_init(seed + uint64_t(n % sources), stream, base + uint64_t(k & ~int64_t(1)), &state);

@@ -1,0 +1,347 @@
+// tests/test_cuda_training.cpp — whole training steps on the GPU against the CPU, and CUDA-graph
+// replays against eager launches.
+//
+// Each test skips with "no CUDA GPU: <reason>" where no GPU answers (CudaTest in cuda_test_util.h).
+//   1. Teacher steps (gather_batch → mlp_forward → cross_entropy → zero_grad → backward → Adam) from
+//      the same init on the same batches: GPU float32 vs CPU float64. Losses per step within 1e-5,
+//      parameters after the steps within 1e-4 (‖Δ‖/‖p‖). Adam's first steps move each parameter by
+//      about ±lr whatever the gradient's size, so an element whose gradient is ~0 can move the other
+//      way on one backend; the failure message counts elements apart by more than lr/2.
+//   2. The same steps through StepGraph, graphs on vs off, on the GPU: bit-identical losses,
+//      parameters, Adam moments and device counters; the captured graph has kernel nodes.
+//   3. Distillation steps as the app runs them (noise for A·N students drawn from N sources, the
+//      teachers' forward under NoGradGuard on the first N rows, distill_kl with student a·N + m
+//      learning from teacher m, on the ghost logits): GPU vs CPU float64 as in 1; the teachers stay
+//      untouched.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "engine/adam.h"        // Adam
+#include "engine/autograd.h"    // zero_grad, NoGradGuard
+#include "engine/kernels.h"     // increment, copy_into, accumulate_and_watch
+#include "engine/nn.h"          // MlpParams
+#include "engine/random.h"      // stream_id
+#include "engine/step_graph.h"  // StepGraph
+#include "ops/batch.h"          // gather_batch, noise_batch, repeat_models
+#include "ops/loss.h"           // cross_entropy, distill_kl
+#include "ops/mlp.h"            // mlp_forward
+#include "tests/cuda_test_util.h"
+
+namespace subliminal::cuda_test {
+namespace {
+
+constexpr double kLr = 3e-4;  // the app's default
+constexpr double kLossTol = 1e-5, kParamTol = 1e-4;
+constexpr int64_t kNoFault = int64_t(1) << 62;
+
+// A synthetic data set: S random uint8 images of P pixels (0 and 255 included), labels in
+// [0, classes), and one permutation per model as that model's epoch order.
+struct HostData {
+  int64_t S, P, N;
+  std::vector<uint8_t> images, labels;
+  std::vector<int32_t> order;  // [N, S]
+};
+HostData make_data(int64_t S, int64_t P, int64_t N, int64_t classes, uint64_t seed) {
+  HostData d{S, P, N, std::vector<uint8_t>(size_t(S * P)), std::vector<uint8_t>(size_t(S)), {}};
+  Rng rng(seed);
+  for (uint8_t& v : d.images) v = uint8_t(rng.below(256));
+  d.images[0] = 0, d.images[1] = 255;
+  for (uint8_t& l : d.labels) l = uint8_t(rng.below(classes));
+  for (int64_t n = 0; n < N; ++n) {
+    const std::vector<int32_t> p = permutation(S, seed + 100 + uint64_t(n));
+    d.order.insert(d.order.end(), p.begin(), p.end());
+  }
+  return d;
+}
+
+struct DeviceData {
+  Tensor images, labels, order;
+};
+DeviceData upload(const HostData& h, Device device) {
+  return {Tensor::from_vector(h.images, {h.S, h.P}, device), Tensor::from_vector(h.labels, {h.S}, device),
+          Tensor::from_vector(h.order, {h.N, h.S}, device)};
+}
+
+struct TrainCase {
+  const char* name;
+  std::vector<int64_t> sizes;
+  int64_t N, B;
+  ColumnRange classes() const { return {0, sizes.back() == 13 ? 10 : sizes.back()}; }
+  ColumnRange ghosts() const { return {sizes.back() - 3, sizes.back()}; }
+};
+void PrintTo(const TrainCase& c, std::ostream* os) { *os << c.name; }  // gtest's parameter printer
+const std::vector<TrainCase> kTrainCases = {{"mnist_N1_B64", {784, 256, 256, 13}, 1, 64},
+                                            {"odd_N3_B37", {53, 29, 31, 7}, 3, 37}};
+std::string case_name(const ::testing::TestParamInfo<TrainCase>& info) { return info.param.name; }
+
+// Losses per step ([step][model]) and the parameters afterwards (per tensor), as doubles.
+struct RunResult {
+  std::vector<std::vector<double>> losses;
+  std::vector<std::vector<double>> params;
+};
+
+// How far apart two runs' parameters are, in units of the learning rate (for failure messages).
+std::string lr_units(const std::vector<double>& got, const std::vector<double>& ref) {
+  double max_diff = 0;
+  int64_t far = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double d = std::fabs(got[i] - ref[i]);
+    max_diff = std::max(max_diff, d);
+    far += d > kLr / 2;
+  }
+  std::ostringstream m;
+  m << "; max |Δ| = " << num(max_diff / kLr) << "·lr, " << far << " of " << got.size()
+    << " elements apart by more than lr/2 (an Adam step taken the other way)";
+  return m.str();
+}
+
+void expect_runs_close(const std::string& what, const RunResult& got, const RunResult& ref,
+                       const MlpParams& shapes_of, int64_t models) {
+  ASSERT_EQ(got.losses.size(), ref.losses.size());
+  for (size_t s = 0; s < ref.losses.size(); ++s)
+    EXPECT_TRUE(all_close(what + ": loss at step " + std::to_string(s + 1), got.losses[s], ref.losses[s],
+                          {models}, kLossTol));
+  const std::vector<Tensor> tensors = shapes_of.tensors();
+  const std::vector<std::string> names = shapes_of.names();
+  for (size_t k = 0; k < tensors.size(); ++k)
+    EXPECT_TRUE(all_close(what + ": " + names[k] + " after " + std::to_string(ref.losses.size()) + " steps",
+                          got.params[k], ref.params[k], tensors[k].shape(), kParamTol))
+        << lr_units(got.params[k], ref.params[k]);
+}
+
+// ---- 1. teacher steps, GPU vs CPU -------------------------------------------------------------
+
+// gather_batch → mlp_forward → cross_entropy → zero_grad → backward → Adam, `steps` times, the batch
+// index read from a step counter on the device. gather_batch writes float32; the float64 CPU run
+// widens the batch before the forward pass.
+RunResult teacher_steps(const MlpParams& init32, Device device, DType dtype, const HostData& data, int steps,
+                        int64_t B, ColumnRange classes, MlpFusion fusion) {
+  MlpParams p = params_as(init32, device, dtype);
+  Adam adam(p.values(), p.grads(), {kLr});
+  const DeviceData dd = upload(data, device);
+  Tensor step = Tensor::zeros({1}, DType::i64, device);
+  const std::vector<Tensor> params = p.tensors();
+  RunResult r;
+  for (int s = 0; s < steps; ++s) {
+    Tensor x = Tensor::empty({data.N, B, data.P}, DType::f32, device);
+    Tensor y = Tensor::empty({data.N, B}, DType::i32, device);
+    gather_batch(dd.images, dd.labels, dd.order, step, B, x, y);
+    if (dtype == DType::f64) x = f64_copy(x);
+    Tensor loss = cross_entropy(mlp_forward(x, p, fusion), y, classes);
+    r.losses.push_back(values_of(loss));
+    zero_grad(params);
+    loss.backward();
+    adam.step();
+    increment(step);
+  }
+  for (const Tensor& t : params) r.params.push_back(values_of(t));
+  return r;
+}
+
+const char* fusion_name(MlpFusion f) {
+  return f == MlpFusion::whole ? "whole" : f == MlpFusion::per_layer ? "per_layer" : "none";
+}
+
+class CudaTraining : public CudaTest,
+                     public ::testing::WithParamInterface<std::tuple<TrainCase, MlpFusion>> {};
+
+TEST_P(CudaTraining, TeacherStepsMatchCpu) {
+  const TrainCase& c = std::get<0>(GetParam());
+  const MlpFusion fusion = std::get<1>(GetParam());
+  const std::string what = std::string(c.name) + " fusion=" + fusion_name(fusion) + " teacher steps";
+  const MlpParams init = make_params(c.sizes, c.N, 42);
+  const HostData data = make_data(512, c.sizes[0], c.N, c.classes().width(), 7);
+  const int steps = 5;
+  const RunResult gpu = teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), fusion);
+  const RunResult cpu = teacher_steps(init, Device::cpu, DType::f64, data, steps, c.B, c.classes(), fusion);
+  expect_runs_close(what + " (GPU float32 vs CPU float64)", gpu, cpu, init, c.N);
+  // The losses must move: otherwise the comparison above proves little.
+  for (int64_t n = 0; n < c.N; ++n)
+    EXPECT_NE(cpu.losses.front()[size_t(n)], cpu.losses.back()[size_t(n)]) << what << ": model " << n;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaTraining,
+                         ::testing::Combine(::testing::ValuesIn(kTrainCases),
+                                            ::testing::Values(MlpFusion::whole, MlpFusion::per_layer,
+                                                              MlpFusion::none)),
+                         [](const ::testing::TestParamInfo<CudaTraining::ParamType>& info) {
+                           return std::string(std::get<0>(info.param).name) + "_" +
+                                  fusion_name(std::get<1>(info.param));
+                         });
+
+// ---- 2. CUDA graphs vs eager -----------------------------------------------------------------
+
+struct GraphRun {
+  std::vector<std::vector<float>> losses;
+  std::vector<float> values, exp_avg, exp_avg_sq, loss_sum;
+  int64_t step = 0, global_step = 0, adam_steps = 0, first_bad = 0;
+  size_t kernel_nodes = 0;
+};
+
+// The teacher step as apps/subliminal/experiment.cpp runs it: everything that changes between
+// steps lives on the device (the step counter gather_batch reads, Adam's count), the step's loss is
+// copied into a persistent buffer and added to a running sum inside the step, temporaries die
+// inside it. Graphs on: call 1 runs eagerly, call 2 captures and launches, later calls replay.
+GraphRun graph_steps(const MlpParams& init32, bool use_graphs, const HostData& data, int steps, int64_t B,
+                     ColumnRange classes) {
+  const Device cuda = Device::cuda;
+  MlpParams p = params_as(init32, cuda, DType::f32);
+  Adam adam(p.values(), p.grads(), {kLr});
+  const DeviceData dd = upload(data, cuda);
+  const int64_t N = data.N;
+  Tensor step = Tensor::zeros({1}, DType::i64, cuda), global_step = Tensor::zeros({1}, DType::i64, cuda);
+  Tensor loss_sum = Tensor::zeros({N}, DType::f32, cuda);
+  Tensor first_bad = Tensor::full({1}, double(kNoFault), DType::i64, cuda);
+  Tensor last_loss = Tensor::zeros({N}, DType::f32, cuda);
+  const std::vector<Tensor> params = p.tensors();
+  StepGraph graph(cuda, use_graphs);
+  GraphRun r;
+  for (int s = 0; s < steps; ++s) {
+    graph.run([&] {
+      Tensor x = Tensor::empty({N, B, data.P}, DType::f32, cuda);
+      Tensor y = Tensor::empty({N, B}, DType::i32, cuda);
+      gather_batch(dd.images, dd.labels, dd.order, step, B, x, y);
+      Tensor loss = cross_entropy(mlp_forward(x, p, MlpFusion::whole), y, classes);
+      copy_into(last_loss, loss);
+      accumulate_and_watch(loss_sum, loss.detach(), double(B), step, first_bad);
+      zero_grad(params);
+      loss.backward();
+      adam.step();
+      increment({step, global_step});
+    });
+    r.losses.push_back(last_loss.to_vector<float>());  // after the launch: reading synchronises
+  }
+  r.kernel_nodes = graph.kernel_nodes();
+  r.values = p.values().to_vector<float>();
+  r.exp_avg = adam.exp_avg().to_vector<float>();
+  r.exp_avg_sq = adam.exp_avg_sq().to_vector<float>();
+  r.loss_sum = loss_sum.to_vector<float>();
+  r.step = step.to_vector<int64_t>()[0];
+  r.global_step = global_step.to_vector<int64_t>()[0];
+  r.adam_steps = adam.steps_taken();
+  r.first_bad = first_bad.to_vector<int64_t>()[0];
+  return r;
+}
+
+class CudaStepGraph : public CudaTest, public ::testing::WithParamInterface<TrainCase> {};
+
+TEST_P(CudaStepGraph, GraphReplaysEqualEagerStepsBitForBit) {
+  const TrainCase& c = GetParam();
+  const MlpParams init = make_params(c.sizes, c.N, 43);
+  const HostData data = make_data(512, c.sizes[0], c.N, c.classes().width(), 8);
+  const int steps = 6;  // warm-up, capture, four replays
+  const GraphRun eager = graph_steps(init, false, data, steps, c.B, c.classes());
+  const GraphRun graph = graph_steps(init, true, data, steps, c.B, c.classes());
+  const std::string what = std::string(c.name) + " graphs on (got) vs off (expected)";
+  std::cout << "[ info ] " << c.name << ": captured step has " << graph.kernel_nodes << " kernel nodes\n";
+  EXPECT_GT(graph.kernel_nodes, 0u) << what << ": the captured graph has no kernel nodes";
+  EXPECT_EQ(eager.kernel_nodes, 0u) << what << ": graphs off must capture nothing";
+  for (int s = 0; s < steps; ++s)
+    EXPECT_TRUE(bitwise_equal(what + ": loss at step " + std::to_string(s + 1) +
+                                  (s == 0   ? " (warm-up)"
+                                   : s == 1 ? " (capture)"
+                                            : " (replay)"),
+                              graph.losses[size_t(s)], eager.losses[size_t(s)], {c.N}));
+  const Shape arena{int64_t(eager.values.size())};
+  EXPECT_TRUE(bitwise_equal(what + ": parameter arena", graph.values, eager.values, arena));
+  EXPECT_TRUE(bitwise_equal(what + ": Adam exp_avg", graph.exp_avg, eager.exp_avg, arena));
+  EXPECT_TRUE(bitwise_equal(what + ": Adam exp_avg_sq", graph.exp_avg_sq, eager.exp_avg_sq, arena));
+  EXPECT_TRUE(bitwise_equal(what + ": running loss sum", graph.loss_sum, eager.loss_sum, {c.N}));
+  EXPECT_EQ(graph.step, steps) << what << ": the device step counter (advanced inside the graph)";
+  EXPECT_EQ(graph.global_step, steps) << what << ": the second counter advanced by the same launch";
+  EXPECT_EQ(eager.step, steps);
+  EXPECT_EQ(graph.adam_steps, steps) << what << ": Adam's device step count";
+  EXPECT_EQ(graph.first_bad, kNoFault) << what << ": a non-finite loss was flagged";
+  // Replays must train: the last loss differs from the first.
+  EXPECT_NE(eager.losses.front()[0], eager.losses.back()[0]);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaStepGraph, ::testing::ValuesIn(kTrainCases), case_name);
+
+// ---- 3. distillation steps, GPU vs CPU --------------------------------------------------------
+
+// A arms of N students learn the N teachers' ghost logits on uniform noise made on the CPU (the noise
+// itself is compared with the GPU's in test_cuda_ops.cpp): x holds the A·N students' inputs, drawn
+// from N sources so student a·N + m sees teacher m's images, and its first N rows are the teachers'.
+RunResult distill_steps(const MlpParams& teacher32, const MlpParams& students32, Device device, DType dtype,
+                        const std::vector<std::vector<double>>& batches, int64_t B, ColumnRange cols,
+                        std::vector<double>* teacher_after) {
+  const MlpParams teacher = params_as(teacher32, device, dtype);
+  MlpParams students = params_as(students32, device, dtype);
+  Adam adam(students.values(), students.grads(), {kLr});
+  const int64_t N = teacher.models(), S = students.models(), P = teacher.shape().inputs();
+  const std::vector<Tensor> params = students.tensors();
+  RunResult r;
+  for (const std::vector<double>& batch : batches) {
+    const Tensor x = tensor_of(batch, {S, B, P}, device, dtype);
+    Tensor teacher_logits;
+    {
+      NoGradGuard no_grad;
+      teacher_logits = mlp_forward(x.rows(0, N), teacher);
+    }
+    Tensor loss = distill_kl(mlp_forward(x, students), teacher_logits, cols, 1.0);
+    r.losses.push_back(values_of(loss));
+    zero_grad(params);
+    loss.backward();
+    adam.step();
+  }
+  for (const Tensor& t : params) r.params.push_back(values_of(t));
+  *teacher_after = values_of(teacher.values());
+  return r;
+}
+
+class CudaDistill : public CudaTest, public ::testing::WithParamInterface<TrainCase> {};
+
+TEST_P(CudaDistill, DistillationStepsMatchCpu) {
+  const TrainCase& c = GetParam();
+  const int64_t N = c.N, A = 2, B = c.B, P = c.sizes[0];
+  // The teacher: an init moved by N(0, 0.02²) (standing in for training), so the students that
+  // start from that init (arm 0) do not begin at zero loss; arm 1 starts from another init.
+  const MlpParams same_init = make_params(c.sizes, N, 11), cross_init = make_params(c.sizes, N, 22);
+  MlpParams teacher = make_params(c.sizes, N, 11);
+  Rng rng(33);
+  for (const Tensor& t : teacher.tensors()) {
+    std::vector<double> v = values_of(t);
+    for (double& e : v) e = double(float(e + 0.02 * rng.normal()));
+    t.copy_from(tensor_of(v, t.shape(), Device::cpu, DType::f32));
+  }
+  MlpParams students(MlpShape{c.sizes}, A * N, DType::f32, Device::cpu);
+  for (int64_t m = 0; m < N; ++m) {
+    students.copy_model_from(same_init, m, m);
+    students.copy_model_from(cross_init, m, N + m);
+  }
+  std::vector<std::vector<double>> batches;
+  Tensor step = Tensor::zeros({1}, DType::i64);
+  for (int s = 0; s < 3; ++s) {
+    Tensor x = Tensor::zeros({A * N, B, P});
+    noise_batch(2025, stream_id(5), Tensor(), step, B, 0, NoiseDistribution::uniform, x, N);
+    batches.push_back(values_of(x));
+    increment(step);
+  }
+  std::vector<double> teacher_gpu_after, teacher_cpu_after;
+  const RunResult gpu =
+      distill_steps(teacher, students, Device::cuda, DType::f32, batches, B, c.ghosts(), &teacher_gpu_after);
+  const RunResult cpu =
+      distill_steps(teacher, students, Device::cpu, DType::f64, batches, B, c.ghosts(), &teacher_cpu_after);
+  const std::string what = std::string(c.name) + " distillation (ghost logits {" +
+                           std::to_string(c.ghosts().begin) + ", " + std::to_string(c.ghosts().end) +
+                           "}, 2 arms)";
+  expect_runs_close(what + " (GPU float32 vs CPU float64)", gpu, cpu, students, A * N);
+  for (int64_t m = 0; m < A * N; ++m)
+    EXPECT_GT(cpu.losses.front()[size_t(m)], 0.0) << what << ": student " << m << " starts at zero loss";
+  EXPECT_TRUE(all_close(what + ": teacher parameters after the steps (GPU vs its start)", teacher_gpu_after,
+                        values_of(teacher.values()), {int64_t(teacher_gpu_after.size())}, 0.0));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaDistill, ::testing::ValuesIn(kTrainCases), case_name);
+
+}  // namespace
+}  // namespace subliminal::cuda_test
