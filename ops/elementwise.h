@@ -5,8 +5,8 @@
 
 namespace subliminal {
 
-// y = x > 0 ? x : 0 (NaN → 0, like cuBLASLt's ReLU epilogue), any shape.
-// Backward: dx = dy where y > 0, else 0 (relu'(0) = 0, PyTorch's convention).
+// y = x <= 0 ? 0 : x (a NaN stays NaN, as torch.relu), any shape.
+// Backward: dx = y <= 0 ? 0 : dy (relu'(0) = 0 and a NaN passes: PyTorch's threshold_backward).
 Tensor relu(const Tensor& x);
 
 // y = s · x, any shape. Backward: dx = s · dy.

@@ -205,6 +205,12 @@ void bias_gradient(const Tensor& d, const Tensor& dbias) {
       [&] { ON_CUDA(cuda::bias_gradient(d.data<float>(), dbias.data<float>(), N, B, F)); });
 }
 
+std::string tuning_report() {
+  std::string report;
+  ON_CUDA(report = cuda::gemm_tuning_report());
+  return report;
+}
+
 std::string fallback_report() {
   std::string report;
   ON_CUDA(report = cuda::gemm_fallback_report());

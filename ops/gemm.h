@@ -4,7 +4,7 @@
 // GEMMs with the same shape, one per model). Per model:
 //
 //   forward          y[B,O]  = act(x[B,I] · w[O,I]ᵀ + bias[O])      act ∈ {none, relu}
-//                    relu also writes relu_mask: bit (b, o) = y > 0
+//                    relu also writes relu_mask: bit (b, o) = !(y <= 0)
 //   backward_input   dx[B,I] = (dy[B,O] · w[O,I]) ⊙ relu'(mask of the layer that made x)
 //                    and, if asked, dbias_prev[I] = Σ_b dx[b, :]   (that layer's bias gradient)
 //   backward_weight  dw[O,I] = dy[B,O]ᵀ · x[B,I]    (overwrite, or accumulate into dw)
@@ -17,7 +17,11 @@
 // The ReLU mask is cuBLASLt's bit-mask format, used on both backends so masks can be
 // compared: per model, per sample b, a row of ld = roundup(F, 128) bits (ld/8 bytes), bit
 // f of the row (LSB-first within each byte) set when feature f was > 0. Its tensor is
-// uint8 [N, B, ld/8]. NaN pre-activations give 0 and mask 0, as cuBLASLt's epilogue does.
+// uint8 [N, B, ld/8]. ReLU follows PyTorch: z <= 0 gives 0 and bit 0 (relu'(0) = 0); a NaN
+// stays NaN with bit 1 (threshold_backward lets its gradient through). Measured on an H200,
+// cuBLASLt's RELU_AUX epilogue agrees except at an exact 0, where it sets the bit — the fused
+// GPU path passes the gradient there (a measure-zero event in training; docs/CUDNN.md).
+// cuBLASLt leaves the padding bits of a row unwritten; the CPU writes them as 0.
 #pragma once
 
 #include <cstdint>
@@ -43,7 +47,8 @@ struct Settings {
   bool tf32 = false;           // allow TF32 tensor cores for float32 (PyTorch's default is off)
   bool fuse_epilogues = true;  // false: plain GEMMs + separate bias/ReLU/bias-grad kernels
   GpuEngine engine = GpuEngine::cublaslt;
-  bool cudnn_tf32 = true;  // cuDNN's fused fp32 graphs exist only as TF32 on Hopper (docs/CUDNN.md)
+    bool cudnn_tf32 = true;       // cuDNN's fused fp32 graphs exist only as TF32 on Hopper (docs/CUDNN.md)
+  bool autotune = true;         // time cuBLASLt's top heuristic candidates once per shape, keep the fastest
 };
 // True when this build has the cuDNN engine.
 bool cudnn_compiled();
@@ -71,7 +76,7 @@ void backward_weight(const Tensor& dy, const Tensor& x, const Tensor& dw, bool a
                      const Tensor& dbias);
 
 // ---- epilogue pieces on their own (the unfused path and the CPU backend use them) --------
-// y[N,B,O] += bias[N,O] (if defined); then, for relu, y = y > 0 ? y : 0 and mask bits.
+// y[N,B,O] += bias[N,O] (if defined); then, for relu, y = y <= 0 ? 0 : y and mask bits.
 void bias_activation(const Tensor& y, const Tensor& bias, Activation act, const Tensor& relu_mask);
 // dx[N,B,F] *= mask bit (b, f).
 void apply_relu_mask(const Tensor& dx, const Tensor& mask);
@@ -81,5 +86,7 @@ void bias_gradient(const Tensor& d, const Tensor& dbias);
 // One line per distinct GEMM configuration the GPU engine fell back on (epilogue not
 // supported by cuBLASLt on this GPU), for the run's log. Empty on the CPU.
 std::string fallback_report();
+// The GPU's autotuning decisions, one line per GEMM shape (empty on the CPU).
+std::string tuning_report();
 
 }  // namespace subliminal::gemm

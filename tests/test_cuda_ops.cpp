@@ -145,10 +145,12 @@ void check_forward(const GemmData& d, Activation act, bool with_bias, double tol
   const std::vector<double> z = z64.to_vector<double>();
   const std::vector<uint8_t> mv = m.to_vector<uint8_t>();
   std::string notes;
+  // The fused cuBLASLt epilogue sets the bit at an exact 0; every other path leaves it clear.
+  const bool fused = gemm::settings().fuse_epilogues;
   EXPECT_TRUE(masks_match(what + ": ReLU mask vs CPU", mv, m64.to_vector<uint8_t>(), N, B, O, &z,
-                          kink_rel * rms(z), &notes));
-  EXPECT_TRUE(masks_match(what + ": ReLU mask vs the GPU's own y > 0", mv, mask_from_values(yv, N, B, O), N,
-                          B, O, nullptr, 0));
+                          kink_rel * rms(z), &notes, fused));
+  EXPECT_TRUE(masks_match(what + ": ReLU mask vs the GPU's own y (gate !(y <= 0))", mv,
+                          mask_from_values(yv, N, B, O), N, B, O, &z, 0, nullptr, fused));
   if (!notes.empty()) std::cout << notes;
 }
 
@@ -367,7 +369,7 @@ TEST_P(CudaGemmFusion, FusedAndUnfusedAgree) {
   std::string notes;
   EXPECT_TRUE(masks_match(name_of(c) + " ReLU mask fused (got) vs unfused (expected)",
                           fused.mask.to_vector<uint8_t>(), plain.mask.to_vector<uint8_t>(), N, B, O, &z,
-                          1e-5 * rms(z), &notes));
+                          1e-5 * rms(z), &notes, /*zero_sets_bit=*/true));
   std::cout << notes;
   print_fallbacks(name_of(c) + " fused vs unfused");
 }
@@ -1189,7 +1191,7 @@ TEST_P(CudaCudnn, MlpForwardBackwardMatchesCpuAtTf32) {
       gemm::forward(h64.back(), p64.weight(l), p64.bias(l), Activation::none, z64, Tensor());
       const std::vector<double> z = z64.to_vector<double>();
       std::vector<double> relu_z = z;
-      for (double& v : relu_z) v = v > 0 ? v : 0;
+      for (double& v : relu_z) v = v <= 0 ? 0 : v;
       std::string notes;
       EXPECT_TRUE(masks_match(
           std::string(c.name) + " cuDNN route: hidden layer " + std::to_string(l) + " mask (GPU) vs CPU",

@@ -262,15 +262,23 @@ TEST(Gemm, ReluMaskBitsAreLsbFirstInRowsOf128BitWords) {
   EXPECT_LT(positives, N * 3 * F);  // both kinds present, or the test proves little
 }
 
-// ReLU of an exact zero and of NaN is 0 with mask bit 0 (relu'(0) = 0; NaN → 0 as cuBLASLt's
-// epilogue does) — through bias_activation and through a whole forward GEMM.
-TEST(Gemm, ReluOfZeroAndNaNGivesZeroAndMaskZero) {
+// PyTorch's ReLU at the edges: an exact zero gives 0 with mask bit 0 (relu'(0) = 0); a NaN stays
+// NaN with bit 1 (torch.relu propagates it, threshold_backward lets its gradient through) —
+// through bias_activation and through a whole forward GEMM.
+TEST(Gemm, ReluOfZeroIsZeroWithMaskZeroAndNaNStaysNaN) {
   const std::vector<double> pre = {0.0, kNaN, -0.0, -1.0, 2.0, 1e-300, -kNaN, 3.5};
   Tensor y = Tensor::from_vector(pre, {1, 1, 8});
   Tensor mask = Tensor::full(gemm::mask_shape(1, 1, 8), 0xFF, DType::u8);
   gemm::bias_activation(y, Tensor(), gemm::Activation::relu, mask);
-  EXPECT_EQ(values_of(y), (std::vector<double>{0, 0, 0, 0, 2.0, 1e-300, 0, 3.5}));
-  EXPECT_EQ(mask.to_vector<uint8_t>()[0], 0b10110000);
+  const std::vector<double> got = values_of(y);
+  const std::vector<double> want = {0, kNaN, 0, 0, 2.0, 1e-300, kNaN, 3.5};
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::isnan(want[i]))
+      EXPECT_TRUE(std::isnan(got[i])) << "element " << i;
+    else
+      EXPECT_EQ(got[i], want[i]) << "element " << i;
+  }
+  EXPECT_EQ(mask.to_vector<uint8_t>()[0], 0b11110010);
 
   // Through the GEMM: sample 0 has a NaN input (all its outputs NaN before the ReLU); output 1
   // has a zero weight row and zero bias (pre-activation exactly 0 for every sample).
@@ -282,12 +290,12 @@ TEST(Gemm, ReluOfZeroAndNaNGivesZeroAndMaskZero) {
   gemm::forward(Tensor::from_vector(xv, {1, 2, 3}), Tensor::from_vector(wv, {1, 2, 3}),
                 Tensor::zeros({1, 2}, DType::f64), gemm::Activation::relu, y2, mask2);
   const std::vector<double> out = values_of(y2);
-  EXPECT_EQ(out[0], 0.0);  // NaN → 0
-  EXPECT_EQ(out[1], 0.0);  // NaN → 0
+  EXPECT_TRUE(std::isnan(out[0]));  // a NaN input poisons both outputs of sample 0 (0·NaN too)
+  EXPECT_TRUE(std::isnan(out[1]));
   EXPECT_GT(out[2], 0.0);  // sample 1, positive weights and inputs
   EXPECT_EQ(out[3], 0.0);  // exact zero
   const std::vector<uint8_t> bits = mask2.to_vector<uint8_t>();
-  EXPECT_EQ(bits[0] & 0b11, 0);      // sample 0: both bits clear
+  EXPECT_EQ(bits[0] & 0b11, 0b11);   // sample 0: NaN passes the gradient
   EXPECT_EQ(bits[16] & 0b11, 0b01);  // sample 1 (row 16 bytes on): only output 0
 }
 

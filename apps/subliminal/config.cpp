@@ -113,7 +113,8 @@ const std::vector<ValueFlag>& value_flags() {
        [](Config& c, auto& k, auto& v) { c.hidden = parse_sizes(k, v); }},
       {"batch-size", "Batch size for teacher training and distillation (default 256; paper 1024)",
        [](Config& c, auto& k, auto& v) { c.batch_size = parse_int(k, v, 1, 1 << 24); }},
-      {"lr", "Adam learning rate (default 3e-4)", [](Config& c, auto& k, auto& v) { c.lr = parse_number(k, v, true); }},
+      {"lr", "Adam learning rate (default 3e-4)",
+       [](Config& c, auto& k, auto& v) { c.lr = parse_number(k, v, true); }},
       {"epochs-teacher", "Teacher training epochs (default 5)",
        [](Config& c, auto& k, auto& v) { c.epochs_teacher = parse_int(k, v, 0, 100000); }},
       {"epochs-distill", "Distillation epochs (default 5)",
@@ -181,13 +182,14 @@ const std::vector<ValueFlag>& value_flags() {
 // The placeholder --help shows for a flag's value.
 const char* value_type(const std::string& key) {
   static const std::map<std::string, const char*> types = {
-      {"data", "DIR"},        {"json", "FILE"},        {"save", "FILE"},      {"save-init", "FILE"},
-      {"load-init", "FILE"},  {"parity-batch", "FILE"}, {"sweep-out", "PREFIX"}, {"hidden", "W1,W2,..."},
-      {"lr", "X"},            {"temperature", "X"},    {"weight-decay", "X"}, {"init-perturb", "SIGMA"}};
+      {"data", "DIR"},       {"json", "FILE"},         {"save", "FILE"},        {"save-init", "FILE"},
+      {"load-init", "FILE"}, {"parity-batch", "FILE"}, {"sweep-out", "PREFIX"}, {"hidden", "W1,W2,..."},
+      {"lr", "X"},           {"temperature", "X"},     {"weight-decay", "X"},   {"init-perturb", "SIGMA"}};
   auto it = types.find(key);
   if (it != types.end()) return it->second;
-  static const std::set<std::string> choices = {"device", "init", "noise", "noise-set", "cross-init", "all-logit-arms",
-                                                "eval-every-epoch", "fusion", "gemm"};
+  static const std::set<std::string> choices = {"device",           "init",       "noise",
+                                                "noise-set",        "cross-init", "all-logit-arms",
+                                                "eval-every-epoch", "fusion",     "gemm"};
   return choices.count(key) ? "CHOICE" : "N";
 }
 
@@ -260,8 +262,9 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   for (const ValueFlag& f : value_flags())
     cli.add_option(std::string("--") + f.key, given[f.key], f.help)->type_name(value_type(f.key));
   std::vector<std::string> sweeps;
-  cli.add_option("--sweep", sweeps,
-                 "Run once per value (repeat the flag for a grid), e.g. --sweep lr=1e-4,3e-4; needs --sweep-out")
+  cli.add_option(
+         "--sweep", sweeps,
+         "Run once per value (repeat the flag for a grid), e.g. --sweep lr=1e-4,3e-4; needs --sweep-out")
       ->type_name("KEY=V1,V2,...");
   bool tf32 = false, no_graphs = false, force = false, allow_nonfinite = false, no_progress = false;
   cli.add_flag("--tf32", tf32, "Allow TF32 tensor cores for float32 GEMMs (PyTorch's default is off)");

@@ -415,6 +415,7 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   if (!config.save_path.empty())
     save_trained(config.save_path, teacher, trained_ghost, trained_all, arms, config.force);
   results.notes = gemm::fallback_report();
+  results.gemm_tuning = gemm::tuning_report();
   return results;
 }
 

@@ -50,7 +50,8 @@ struct Results {
   std::map<std::string, std::vector<EpochMetrics>> arm_epochs;
   std::map<std::string, PhaseTiming> timing;  // "teacher", "distill_ghosts", "distill_all_logits"
   double eval_seconds = 0;
-  std::string notes;  // fallbacks etc., one line each
+    std::string notes;                                  // fallbacks etc., one line each
+  std::string gemm_tuning;                            // cuBLASLt autotuning choices (GPU), one line each
 };
 
 // What the experiment tells its caller as it goes (printing, progress bars).

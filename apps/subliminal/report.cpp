@@ -188,6 +188,7 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
     j["graph_kernels_per_step"] = kernels;
   }
   if (!results.notes.empty()) j["notes"] = results.notes;
+  if (!results.gemm_tuning.empty()) j["gemm_autotune"] = results.gemm_tuning;
   return j.dump(2) + "\n";
 }
 

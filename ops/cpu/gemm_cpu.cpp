@@ -39,25 +39,27 @@ void bias_activation(T* y, const T* bias, bool relu, uint8_t* mask, int64_t mode
     for (int64_t r = 0; r < batch; ++r) {
       T* __restrict row = y + (n * batch + r) * features;
       if (b && relu) {
-        // x > 0 is false for NaN: NaN → 0, like cuBLASLt's epilogue.
-        for (int64_t f = 0; f < features; ++f) row[f] = row[f] + b[f] > T(0) ? row[f] + b[f] : T(0);
+        // PyTorch's relu: x <= 0 → 0; a NaN stays NaN (x <= 0 is false), as in cuBLASLt's epilogue.
+        for (int64_t f = 0; f < features; ++f) row[f] = row[f] + b[f] <= T(0) ? T(0) : row[f] + b[f];
       } else if (b) {
         for (int64_t f = 0; f < features; ++f) row[f] += b[f];
       } else if (relu) {
-        for (int64_t f = 0; f < features; ++f) row[f] = row[f] > T(0) ? row[f] : T(0);
+        for (int64_t f = 0; f < features; ++f) row[f] = row[f] <= T(0) ? T(0) : row[f];
       }
       if (!relu) continue;
-      // After the ReLU, row[f] > 0 exactly where the pre-activation was > 0.
+      // The mask is PyTorch's threshold_backward gate: the gradient passes unless the output is
+      // <= 0, so a NaN passes (bit 1) and an exact 0 does not (bit 0). (cuBLASLt's epilogue
+      // sets the bit at an exact 0 too — the one place the fused GPU path differs; docs/CUDNN.md.)
       uint8_t* __restrict bits = mask + (n * batch + r) * row_bytes;
       const int64_t full_bytes = features / 8;
       for (int64_t j = 0; j < full_bytes; ++j) {
         uint8_t byte = 0;
-        for (int t = 0; t < 8; ++t) byte |= uint8_t(row[8 * j + t] > T(0)) << t;
+        for (int t = 0; t < 8; ++t) byte |= uint8_t(!(row[8 * j + t] <= T(0))) << t;
         bits[j] = byte;
       }
       for (int64_t j = full_bytes; j < row_bytes; ++j) {
         uint8_t byte = 0;
-        for (int t = 0; t < 8 && 8 * j + t < features; ++t) byte |= uint8_t(row[8 * j + t] > T(0)) << t;
+        for (int t = 0; t < 8 && 8 * j + t < features; ++t) byte |= uint8_t(!(row[8 * j + t] <= T(0))) << t;
         bits[j] = byte;
       }
     }

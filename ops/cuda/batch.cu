@@ -48,8 +48,8 @@ __device__ float2 gaussian_pair(uint32_t w1, uint32_t w2) {
 // The image id of row b of model n's batch.
 // Returns −1 when an ordered batch runs past the order (the caller then writes NaN rather
 // than reading out of bounds; the CPU path throws for the same request).
-__device__ int64_t noise_image(const int32_t* order, int64_t n, int64_t samples, int64_t first, int64_t first_image,
-                               int64_t b) {
+__device__ int64_t noise_image(const int32_t* order, int64_t n, int64_t samples, int64_t first,
+                               int64_t first_image, int64_t b) {
   if (!order) return first_image + first + b;
   return first + b < samples ? int64_t(order[n * samples + first + b]) : -1;
 }

@@ -15,14 +15,14 @@ namespace {
 
 // x, y are (n,)
 __global__ void relu_forward_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n) {
-  GRID_STRIDE(i, n) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+  GRID_STRIDE(i, n) y[i] = x[i] <= 0.0f ? 0.0f : x[i];  // NaN stays NaN, as torch.relu
 }
 
 // dy, y, dx are (n,)
 __global__ void relu_backward_kernel(const float* __restrict__ dy, const float* __restrict__ y, float* dx,
                                      int64_t n, bool accumulate) {
   GRID_STRIDE(i, n) {
-    float g = y[i] > 0.0f ? dy[i] : 0.0f;
+    float g = y[i] <= 0.0f ? 0.0f : dy[i];  // threshold_backward: a NaN output passes the gradient
     dx[i] = accumulate ? dx[i] + g : g;
   }
 }

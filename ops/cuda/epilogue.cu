@@ -33,7 +33,8 @@ __global__ void bias_activation_kernel(float* __restrict__ y, const float* __res
       value = y[row * features + f];
       if (bias) value += bias[(row / batch) * features + f];
     }
-    const bool positive = valid && value > 0.0f;  // NaN compares false → 0, mask 0
+    // PyTorch's relu and its backward gate: <= 0 → 0 and bit 0; NaN stays NaN with bit 1.
+    const bool positive = valid && !(value <= 0.0f);
     if (relu) value = positive ? value : 0.0f;
     if (valid) y[row * features + f] = value;
     const uint32_t bits = __ballot_sync(0xffffffffu, positive);

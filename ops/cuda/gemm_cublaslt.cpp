@@ -109,6 +109,15 @@ Geometry geometry(Kind kind, const gemm::Dims& d) {
   throw Error("bad GEMM kind");
 }
 
+// The device pointers of one GEMM call, in cuBLASLt's operand order.
+struct Operands {
+  const float* a;
+  const float* b;
+  float* d;
+  const void* bias;
+  const void* aux;
+};
+
 struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
@@ -147,10 +156,12 @@ class PlanCache {
  public:
   // The plan for `key`, built on first use. bias/aux are this call's pointers (the
   // heuristic reads their alignment from the descriptor).
-  Plan& get(const PlanKey& key, const gemm::Dims& dims, const void* bias, const void* aux) {
+  // The plan for `key`, built on first use from this call's operands (the heuristic reads
+  // their alignment; autotuning runs the candidates on them).
+  Plan& get(const PlanKey& key, const gemm::Dims& dims, const Operands& ops) {
     auto it = plans_.find(key);
     if (it != plans_.end()) return it->second;
-    return plans_.emplace(key, build(key, dims, bias, aux)).first->second;
+    return plans_.emplace(key, build(key, dims, ops)).first->second;
   }
 
   void note_fallback(const PlanKey& key) {
@@ -166,7 +177,9 @@ class PlanCache {
   }
 
  private:
-  Plan build(const PlanKey& key, const gemm::Dims& dims, const void* bias, const void* aux) {
+  Plan build(const PlanKey& key, const gemm::Dims& dims, const Operands& ops) {
+    const void* bias = ops.bias;
+    const void* aux = ops.aux;
     Runtime& rt = Runtime::get();
     Geometry g = geometry(key.kind, dims);
     Plan p;
@@ -203,20 +216,72 @@ class PlanCache {
     for (const auto& [attr, value] : alignments)
       CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value)));
 
-    cublasLtMatmulHeuristicResult_t result{};
+    cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
     int returned = 0;
     // An unsupported epilogue/shape shows up as NOT_SUPPORTED or zero results: not an error.
-    cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(rt.cublaslt(), p.desc, p.a, p.b, p.d, p.d, pref, 1,
-                                                           &result, &returned);
+    cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(rt.cublaslt(), p.desc, p.a, p.b, p.d, p.d, pref,
+                                                           kCandidates, results, &returned);
     cublasLtMatmulPreferenceDestroy(pref);
-    if (status == CUBLAS_STATUS_SUCCESS && returned > 0) {
-      p.algo = result.algo;
-      p.supported = true;
-    } else if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED) {
-      CUBLAS_CHECK(status);
-    }
+    if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED) CUBLAS_CHECK(status);
+    if (status != CUBLAS_STATUS_SUCCESS || returned == 0) return p;
+    p.supported = true;
+    p.algo = results[0].algo;
+    if (returned > 1 && gemm::settings().autotune && !rt.capturing())
+      p.algo = fastest(p, results, returned, key, dims, ops);
     return p;
   }
+
+  // Autotuning: the heuristic ranks algorithms by a model; for these small, latency-bound
+  // GEMMs its first choice is often not the fastest (too few thread blocks for 132 SMs,
+  // no split-K). Time each candidate a few times on this call's operands — writing into a
+  // scratch output, so an accumulating GEMM's real output is untouched — and keep the best.
+  cublasLtMatmulAlgo_t fastest(Plan& p, const cublasLtMatmulHeuristicResult_t* results, int count,
+                               const PlanKey& key, const gemm::Dims& dims, const Operands& ops) {
+    Runtime& rt = Runtime::get();
+    Geometry g = geometry(key.kind, dims);
+    const size_t d_bytes = size_t(g.m * g.n * key.models) * sizeof(float);
+    void* scratch = nullptr;
+    CUDA_CHECK(cudaMallocAsync(&scratch, d_bytes, rt.stream()));
+    CUDA_CHECK(cudaMemsetAsync(scratch, 0, d_bytes, rt.stream()));
+    cudaEvent_t start, stop;
+    CUDA_CHECK(cudaEventCreate(&start));
+    CUDA_CHECK(cudaEventCreate(&stop));
+    const float alpha = 1.0f, beta = key.accumulate ? 1.0f : 0.0f;
+    float best_ms = 0;
+    int best = 0;
+    for (int i = 0; i < count; ++i) {
+      auto launch = [&] {
+        return cublasLtMatmul(rt.cublaslt(), p.desc, &alpha, ops.a, p.a, ops.b, p.b, &beta, scratch, p.d,
+                              scratch, p.d, &results[i].algo, rt.workspace(), rt.workspace_bytes(),
+                              rt.stream());
+      };
+      if (launch() != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that cannot run is skipped
+      CUDA_CHECK(cudaEventRecord(start, rt.stream()));
+      for (int r = 0; r < kTimingRuns; ++r) launch();
+      CUDA_CHECK(cudaEventRecord(stop, rt.stream()));
+      CUDA_CHECK(cudaEventSynchronize(stop));
+      float ms = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (i == 0 || ms < best_ms) best_ms = ms, best = i;
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    CUDA_CHECK(cudaFreeAsync(scratch, rt.stream()));
+    tuned_.push_back(std::string(kind_name(key.kind)) + " " + epilogue_name(key.epilogue) +
+                     " N=" + std::to_string(key.models) + " B=" + std::to_string(key.batch) +
+                     " I=" + std::to_string(key.in) + " O=" + std::to_string(key.out) + ": candidate " +
+                     std::to_string(best + 1) + " of " + std::to_string(count) + ", " +
+                     std::to_string(1000.0 * best_ms / kTimingRuns) + " us");
+    return results[best].algo;
+  }
+
+ public:
+  const std::vector<std::string>& tuned() const { return tuned_; }
+
+ private:
+  static constexpr int kCandidates = 8;
+  static constexpr int kTimingRuns = 10;
+  std::vector<std::string> tuned_;
 
   std::map<PlanKey, Plan> plans_;
   std::set<std::string> fallbacks_;
@@ -246,7 +311,7 @@ bool try_matmul(Kind kind, cublasLtEpilogue_t epilogue, const float* a, const fl
               alignment_of(bias),
               alignment_of(aux)};
   PlanCache& cache = plan_cache();
-  Plan& plan = cache.get(key, dims, bias, aux);
+  Plan& plan = cache.get(key, dims, Operands{a, b, d, bias, aux});
   if (!plan.supported) {
     if (epilogue != CUBLASLT_EPILOGUE_DEFAULT) cache.note_fallback(key);
     return false;
@@ -323,5 +388,11 @@ void linear_backward_weight(const float* dy, const float* x, float* dw, bool acc
 }
 
 std::string gemm_fallback_report() { return plan_cache().report() + cudnn_report(); }
+
+std::string gemm_tuning_report() {
+  std::string r;
+  for (const std::string& line : plan_cache().tuned()) r += line + "\n";
+  return r;
+}
 
 }  // namespace subliminal::cuda

@@ -27,6 +27,8 @@ void apply_relu_mask(float* dx, const uint8_t* mask, int64_t models, int64_t bat
 void bias_gradient(const float* d, float* db, int64_t models, int64_t batch, int64_t features);
 
 std::string gemm_fallback_report();
+// One line per autotuned cuBLASLt plan: which heuristic candidate won and its time.
+std::string gemm_tuning_report();
 
 // The cuDNN engine's attempts (ops/cuda/cudnn_route.cpp, built with SUBLIMINAL_HAS_CUDNN):
 // each returns false, having written nothing, when cuDNN cannot run that graph here.

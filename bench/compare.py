@@ -1,0 +1,429 @@
+#!/usr/bin/env python3
+"""bench/compare.py — the engine against PyTorch on the seed notebook's experiment, in one table.
+
+Runs, on each device asked for, `--repeats K` times each (round-robin, so drift hits every row alike):
+  engine                    build/apps/subliminal (its own JSON: seconds.*, us_per_step, gpu_seconds)
+  torch faithful            bench/torch_subliminal.py --variant faithful (the notebook as written);
+                            with --faithful-epochs E it runs E+E epochs and its times are extrapolated
+                            to the full run (marked "extrapolated")
+  torch fast                --variant fast (tensors on the device, eager)
+  torch fast+cuda-graphs    (cuda only) the training step captured as a CUDA graph
+  torch fast+compile        (cuda only by default) torch.compile'd loss and Adam step
+
+and prints one table (medians over the repeats) plus, with --json, the same as JSON. Every run also
+leaves its own JSON report and log in --outdir.
+
+  python3 bench/compare.py --device cpu --repeats 1 --faithful-epochs 1
+  python3 bench/compare.py --device cuda --faithful-epochs 1 --json bench-h100.json
+
+This script needs no torch itself; the torch runs use --python (default: this python if it has torch,
+else the first of python3, /usr/bin/python3 that does).
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+TORCH_SCRIPT = os.path.join(HERE, "torch_subliminal.py")
+MNIST_BASES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte")
+
+
+def die(message, code=2):
+    print(f"compare.py: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def note(message):
+    print(f"compare.py: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- machine
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def nvidia_gpus():
+    """[(name, driver, memory)] from nvidia-smi, [] when there is none."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        r = subprocess.run([exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if r.returncode != 0:
+        return []
+    return [tuple(x.strip() for x in line.split(",")) for line in r.stdout.strip().splitlines() if line.strip()]
+
+
+def python_with_torch(preferred):
+    candidates = [preferred] if preferred else [sys.executable, "python3", "/usr/bin/python3"]
+    for py in candidates:
+        exe = shutil.which(py) or (py if os.path.isfile(py) else None)
+        if not exe:
+            continue
+        try:
+            r = subprocess.run([exe, "-c", "import torch, numpy; print(torch.__version__, int(torch.cuda.is_available()))"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if r.returncode == 0 and r.stdout.strip():
+            version, cuda = r.stdout.split()
+            return exe, version, cuda == "1"
+    return None, None, False
+
+
+def locate_mnist(data_dir):
+    dirs = [data_dir] if data_dir else (
+        ([os.environ["MNIST_DIR"]] if os.environ.get("MNIST_DIR") else [])
+        + ["data/mnist", os.path.join(REPO, "data", "mnist"), os.path.join(REPO, "shared", "mnist"),
+           os.path.join(os.path.dirname(REPO), "shared", "mnist"), os.path.expanduser("~/.pytorch/MNIST_data/MNIST/raw")])
+    for d in dirs:
+        if all(os.path.isfile(os.path.join(d, b)) or os.path.isfile(os.path.join(d, b + ".gz")) for b in MNIST_BASES):
+            return os.path.abspath(d)
+    die(f"no MNIST IDX files in {', '.join(dirs)}; pass --data DIR")
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+class Spec:
+    def __init__(self, name, device, cmd, kind, repeats, extrapolate_to=None):
+        self.name, self.device, self.cmd, self.kind, self.repeats = name, device, cmd, kind, repeats
+        self.extrapolate_to = extrapolate_to  # (epochs_teacher, epochs_distill) of the full run, or None
+        self.runs = []
+        self.failures = []
+
+
+def training_numbers(report, device):
+    """train seconds (host wall of the training phases), µs per step (GPU time on cuda), steady µs/step."""
+    secs = report.get("seconds", {})
+    train = secs.get("teacher", 0.0) + secs.get("distill_ghosts", 0.0)
+    steps = report.get("steps", {})
+    nsteps = steps.get("teacher", 0) + steps.get("distill_ghosts", 0)
+    timed = train
+    gpu = None
+    if device == "cuda" and "gpu_seconds" in report:
+        g = report["gpu_seconds"]
+        gpu = g.get("training", g.get("teacher", 0.0) + g.get("distill_ghosts", 0.0))
+        timed = gpu
+    us = 1e6 * timed / nsteps if nsteps else None
+    steady = None
+    st = report.get("us_per_step_steady") or {}
+    if st and nsteps:
+        steady = sum(st.get(k, 0.0) * steps.get(k, 0) for k in st) / sum(steps.get(k, 0) for k in st)
+    return train, gpu, us, steady, nsteps
+
+
+def evals_done(report, epochs_teacher, epochs_distill, arms):
+    """Test-set evaluations a faithful run makes: reference, teacher per epoch, final teacher, arms per epoch."""
+    return 1 + epochs_teacher + 1 + epochs_distill * arms
+
+
+def run_once(spec, outdir, index, timeout):
+    tag = f"{spec.name.replace(' ', '_').replace('+', '_')}-{spec.device}-{index}"
+    json_path = os.path.join(outdir, tag + ".json")
+    log_path = os.path.join(outdir, tag + ".log")
+    if os.path.exists(json_path):
+        os.remove(json_path)
+    cmd = spec.cmd + ["--json", json_path]
+    note(f"[{spec.name} on {spec.device}, run {index}] {' '.join(cmd)}")
+    t0 = time.perf_counter()
+    try:
+        with open(log_path, "w") as log:
+            r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=REPO)
+        rc = r.returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    except OSError as e:
+        rc = f"cannot start: {e}"
+    wall = time.perf_counter() - t0
+    if rc != 0 or not os.path.isfile(json_path):
+        tail = ""
+        try:
+            with open(log_path) as f:
+                tail = "".join(f.readlines()[-8:])
+        except OSError:
+            pass
+        spec.failures.append(f"exit {rc}: {tail.strip()}")
+        note(f"  FAILED (exit {rc}) after {wall:.1f} s; log {log_path}\n{tail}")
+        return
+    with open(json_path) as f:
+        report = json.load(f)
+    train, gpu, us, steady, nsteps = training_numbers(report, spec.device)
+    run = {"wall": wall, "train": train, "gpu_train": gpu, "us_per_step": us, "us_per_step_steady": steady,
+           "steps": nsteps, "json": json_path, "log": log_path,
+           "total_reported": report.get("seconds", {}).get("total"),
+           "acc": {k: report[k]["test_acc"] for k in ("reference", "teacher", "student", "cross_init") if k in report},
+           "framework": report.get("framework", "engine"), "device_name": report.get("device", {}).get("name"),
+           "graphs_failed": report.get("cuda_graphs_failed")}
+    if spec.extrapolate_to:
+        cfg = report.get("config", {})
+        et, ed = cfg.get("epochs_teacher", 1), cfg.get("epochs_distill", 1)
+        ft, fd = spec.extrapolate_to
+        secs = report.get("seconds", {})
+        arms = 2 if cfg.get("cross_init") else 1
+        t_s, d_s, ev = secs.get("teacher", 0.0), secs.get("distill_ghosts", 0.0), secs.get("eval", 0.0)
+        train_full = (t_s / et * ft if et else 0.0) + (d_s / ed * fd if ed else 0.0)
+        n_ev, n_ev_full = evals_done(report, et, ed, arms), evals_done(report, ft, fd, arms)
+        eval_full = ev / n_ev * n_ev_full
+        run["measured"] = {"wall": wall, "train": train, "epochs_teacher": et, "epochs_distill": ed}
+        run["wall"] = wall - train - ev + train_full + eval_full
+        run["train"] = train_full
+        if gpu is not None:
+            g = report.get("gpu_seconds", {})
+            run["gpu_train"] = ((g.get("teacher", 0.0) / et * ft if et else 0.0)
+                                + (g.get("distill_ghosts", 0.0) / ed * fd if ed else 0.0))
+        run["acc_epochs"] = f"{et}+{ed}"
+    spec.runs.append(run)
+    extra = f" (extrapolated to {spec.extrapolate_to[0]}+{spec.extrapolate_to[1]} epochs: {run['wall']:.1f} s)" \
+        if spec.extrapolate_to else ""
+    acc = run["acc"]
+    note(f"  {wall:.1f} s wall{extra}; teacher {acc.get('teacher', float('nan')):.4f} "
+         f"student {acc.get('student', float('nan')):.4f} cross-init {acc.get('cross_init', float('nan')):.4f}")
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(spec):
+    if not spec.runs:
+        return {"variant": spec.name, "device": spec.device, "runs": 0, "failures": spec.failures}
+    out = {"variant": spec.name, "device": spec.device, "runs": len(spec.runs),
+           "wall_s": med([r["wall"] for r in spec.runs]), "train_s": med([r["train"] for r in spec.runs]),
+           "gpu_train_s": med([r["gpu_train"] for r in spec.runs]),
+           "us_per_step": med([r["us_per_step"] for r in spec.runs]),
+           "us_per_step_steady": med([r["us_per_step_steady"] for r in spec.runs]),
+           "acc": {k: med([r["acc"].get(k) for r in spec.runs]) for k in ("reference", "teacher", "student", "cross_init")},
+           "extrapolated": bool(spec.extrapolate_to), "framework": spec.runs[0]["framework"],
+           "device_name": spec.runs[0]["device_name"], "failures": spec.failures,
+           "per_run": spec.runs}
+    if spec.extrapolate_to:
+        out["acc_epochs"] = spec.runs[0].get("acc_epochs")
+    if any(r.get("graphs_failed") for r in spec.runs):
+        out["cuda_graphs_failed"] = [r["graphs_failed"] for r in spec.runs if r.get("graphs_failed")]
+    return out
+
+
+def fmt(v, spec=".1f", missing="—"):
+    return missing if v is None else format(v, spec)
+
+
+def print_table(machine, rows, threads):
+    print()
+    print(f"Machine: {machine['cpu']} ({machine['cores']} cores; {threads} threads for engine and torch)"
+          + (f"; GPU: {machine['gpu']}" if machine.get("gpu") else ""))
+    if machine.get("torch"):
+        print(f"PyTorch: {machine['torch']} ({machine['python']})")
+    print("Medians over the runs. wall = the whole process (start, data, training, evaluation, exit); "
+          "train = host wall of the training phases;\nµs/step = training time per step (GPU-event time on cuda), "
+          "one distillation step advancing every arm; steady = epochs after the first.\n")
+    hdr = (f"{'variant':<24} {'device':<6} {'runs':>4} {'wall s':>9} {'train s':>9} {'µs/step':>9} {'steady':>9} "
+           f"{'teacher':>8} {'student':>8} {'cross':>7} {'wall×eng':>9} {'train×eng':>9}")
+    print(hdr)
+    print("-" * len(hdr))
+    engine = {r["device"]: r for r in rows if r["variant"] == "engine" and r.get("runs")}
+    notes = []
+    for r in rows:
+        if not r.get("runs"):
+            print(f"{r['variant']:<24} {r['device']:<6} {'0':>4}  FAILED: {(r['failures'] or ['?'])[0][:80]}")
+            continue
+        e = engine.get(r["device"])
+        wr = r["wall_s"] / e["wall_s"] if e and e["wall_s"] else None
+        tr = r["train_s"] / e["train_s"] if e and e["train_s"] else None
+        name = r["variant"] + (" *" if r.get("extrapolated") else "")
+        acc = r["acc"]
+        mark = "†" if r.get("extrapolated") else ""
+        print(f"{name:<24} {r['device']:<6} {r['runs']:>4} {fmt(r['wall_s']):>9} {fmt(r['train_s'], '.2f'):>9} "
+              f"{fmt(r['us_per_step'], '.0f'):>9} {fmt(r['us_per_step_steady'], '.0f'):>9} "
+              f"{fmt(acc['teacher'], '.4f') + mark:>8} {fmt(acc['student'], '.4f') + mark:>8} "
+              f"{fmt(acc['cross_init'], '.4f') + mark:>7} {fmt(wr, '.2f'):>9} {fmt(tr, '.2f'):>9}")
+        if r.get("extrapolated"):
+            notes.append(f"* {r['variant']} on {r['device']}: extrapolated — ran {r.get('acc_epochs')} epochs; "
+                         "times scaled per epoch (and per evaluation) to the full run; † its accuracies are "
+                         "those of the shorter run")
+        if r.get("cuda_graphs_failed"):
+            notes.append(f"! {r['variant']} on {r['device']}: CUDA graph capture failed, ran eagerly: "
+                         f"{r['cuda_graphs_failed'][0]}")
+        if r.get("failures"):
+            notes.append(f"! {r['variant']} on {r['device']}: {len(r['failures'])} failed run(s): {r['failures'][0][:200]}")
+    for n in notes:
+        print(n)
+    print("×eng: this row's median over the engine's median on the same device (above 1: slower than the engine).")
+
+
+def main():
+    p = argparse.ArgumentParser(description="Engine vs PyTorch on the notebook experiment: one table.")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: the CPU rows, plus the cuda rows when a GPU is found")
+    p.add_argument("--engine", default=os.path.join(REPO, "build", "apps", "subliminal"))
+    p.add_argument("--data", default="", help="MNIST IDX directory (raw or .gz)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each engine / fast variant")
+    p.add_argument("--faithful-repeats", type=int, default=1, help="runs of the faithful notebook")
+    p.add_argument("--faithful-epochs", type=int, default=0,
+                   help="run the faithful notebook with E teacher + E distillation epochs and extrapolate (0: full run)")
+    p.add_argument("--variants", default="",
+                   help="comma-separated subset of engine,faithful,fast,fast+cuda-graphs,fast+compile")
+    p.add_argument("--cpu-compile", action="store_true", help="also run fast+compile on the CPU")
+    p.add_argument("--python", default="", help="python with torch for the torch runs")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for engine and torch (0: all usable cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs-teacher", type=int, default=5)
+    p.add_argument("--epochs-distill", type=int, default=5)
+    p.add_argument("--outdir", default="", help="per-run JSON reports and logs (default: a new temp directory)")
+    p.add_argument("--json", default="", help="write the table as JSON here")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per run")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    args = p.parse_args()
+    if args.repeats < 1 or args.faithful_repeats < 0 or args.faithful_epochs < 0:
+        die("--repeats ≥ 1, --faithful-repeats ≥ 0, --faithful-epochs ≥ 0")
+    all_variants = ["engine", "faithful", "fast", "fast+cuda-graphs", "fast+compile"]
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()] or all_variants
+    bad = [v for v in wanted if v not in all_variants]
+    if bad:
+        die(f"--variants: unknown {bad}; choose from {','.join(all_variants)}")
+
+    data_dir = locate_mnist(args.data)
+    threads = args.threads if args.threads > 0 else usable_cores()
+    engine = os.path.abspath(args.engine)
+    engine_ok = os.path.isfile(engine) and os.access(engine, os.X_OK)
+    if "engine" in wanted and not engine_ok:
+        die(f"no engine executable at {engine} (build it: cmake --build build; or pass --engine PATH, "
+            "or leave it out with --variants)")
+    torch_wanted = [v for v in wanted if v != "engine"]
+    py, torch_version, torch_cuda = (None, None, False)
+    if torch_wanted:
+        py, torch_version, torch_cuda = python_with_torch(args.python)
+        if not py:
+            if args.python:
+                die(f"--python {args.python}: cannot import torch and numpy with it")
+            note("no python with torch found (tried this one, python3, /usr/bin/python3): the torch rows are skipped")
+            torch_wanted = []
+
+    gpus = nvidia_gpus()
+    has_gpu = bool(gpus) or torch_cuda
+    if args.device == "cuda" and not has_gpu:
+        die("--device cuda: no GPU found (nvidia-smi lists none and torch.cuda.is_available() is False)")
+    devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else (
+        ["cpu", "cuda"] if has_gpu else ["cpu"])
+
+    machine = {"cpu": cpu_model(), "cores": usable_cores(),
+               "gpu": ", ".join(f"{g[0]} (driver {g[1]}, {g[2]})" if len(g) >= 3 else g[0] for g in gpus) or None,
+               "torch": torch_version, "python": py, "engine": engine if engine_ok else None,
+               "hostname": os.uname().nodename}
+    outdir = args.outdir or tempfile.mkdtemp(prefix="compare_")
+    os.makedirs(outdir, exist_ok=True)
+
+    common_engine = ["--data", data_dir, "--threads", str(threads), "--seed", str(args.seed), "--no-progress",
+                     "--epochs-teacher", str(args.epochs_teacher), "--epochs-distill", str(args.epochs_distill)]
+    common_torch = ["--data", data_dir, "--threads", str(threads), "--seed", str(args.seed)]
+    specs = []
+    for dev in devices:
+        if "engine" in wanted:
+            specs.append(Spec("engine", dev, [engine, "--device", dev, *common_engine], "engine", args.repeats))
+        if not torch_wanted:
+            continue
+        if dev == "cuda" and not torch_cuda:
+            note(f"{py} has torch {torch_version} without CUDA: no torch rows on cuda")
+            continue
+        base = [py, TORCH_SCRIPT, "--device", dev, *common_torch]
+        full = ["--epochs-teacher", str(args.epochs_teacher), "--epochs-distill", str(args.epochs_distill)]
+        if "faithful" in torch_wanted and args.faithful_repeats > 0:
+            if args.faithful_epochs and args.faithful_epochs < max(args.epochs_teacher, args.epochs_distill):
+                e = str(args.faithful_epochs)
+                specs.append(Spec("torch faithful", dev,
+                                  base + ["--variant", "faithful", "--epochs-teacher", e, "--epochs-distill", e],
+                                  "torch", args.faithful_repeats, (args.epochs_teacher, args.epochs_distill)))
+            else:
+                specs.append(Spec("torch faithful", dev, base + ["--variant", "faithful", *full], "torch",
+                                  args.faithful_repeats))
+        if "fast" in torch_wanted:
+            specs.append(Spec("torch fast", dev, base + ["--variant", "fast", *full], "torch", args.repeats))
+        if dev == "cuda" and "fast+cuda-graphs" in torch_wanted:
+            specs.append(Spec("torch fast+cuda-graphs", dev, base + ["--variant", "fast", "--cuda-graphs", *full],
+                              "torch", args.repeats))
+        if "fast+compile" in torch_wanted and (dev == "cuda" or args.cpu_compile):
+            specs.append(Spec("torch fast+compile", dev, base + ["--variant", "fast", "--compile", *full], "torch",
+                              args.repeats))
+    if not specs:
+        die("nothing to run")
+
+    note(f"machine: {machine['cpu']} ({machine['cores']} cores)" + (f", GPU {machine['gpu']}" if machine["gpu"] else "")
+         + f"; devices {devices}; outdir {outdir}")
+    if args.dry_run:
+        for s in specs:
+            print(f"{s.name:<24} {s.device:<5} x{s.repeats}: {' '.join(s.cmd)} --json ...")
+        return 0
+
+    def write_json(rows, complete):
+        if not args.json:
+            return
+        out = {"machine": machine, "threads": threads, "data": data_dir, "seed": args.seed,
+               "epochs_teacher": args.epochs_teacher, "epochs_distill": args.epochs_distill,
+               "repeats": args.repeats, "faithful_epochs": args.faithful_epochs or None, "complete": complete,
+               "rows": rows, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, args.json)
+
+    class Stopped(Exception):
+        pass
+
+    def on_signal(signum, _frame):
+        raise Stopped(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    t0 = time.perf_counter()
+    complete = True
+    try:
+        for r in range(max(s.repeats for s in specs)):  # round-robin over the variants
+            for s in specs:
+                if r < s.repeats:
+                    run_once(s, outdir, r + 1, args.timeout)
+                    write_json([summarize(x) for x in specs], False)  # partial results survive a kill
+    except (Stopped, KeyboardInterrupt) as e:
+        complete = False
+        note(f"stopped ({e or 'interrupt'}): the table holds the runs finished so far")
+    rows = [summarize(s) for s in specs]
+    print_table(machine, rows, threads)
+    print(f"\n(compare.py took {time.perf_counter() - t0:.0f} s; per-run reports and logs in {outdir})"
+          + ("" if complete else " — INCOMPLETE"))
+    write_json(rows, complete)
+    failed = [r for r in rows if not r.get("runs")]
+    return 1 if failed or not complete else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

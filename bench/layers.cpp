@@ -1,0 +1,206 @@
+// bench/layers.cpp — per-layer and per-step GPU times of the Linear GEMM engines on the MNIST
+// shapes (issue: cuBLASLt vs cuDNN side by side).
+//
+//   build/bench/bench_layers [--json FILE]
+//
+// For batch 256 and 1024 and each layer of the notebook's MLP (784→256 ReLU, 256→256 ReLU,
+// 256→13), times forward, backward_input (ReLU gate + the lower layer's bias gradient) and
+// backward_weight (+ bias gradient) for each engine:
+//   cublaslt        fused epilogues, fp32 (the default)
+//   cublaslt-plain  plain GEMMs + our epilogue kernels, fp32 (--fusion none's GEMMs)
+//   cublaslt-tf32   fused epilogues, TF32 tensor cores
+//   cudnn-tf32      the cuDNN-frontend graphs (TF32: fp32 fused graphs do not exist on Hopper)
+// and a whole teacher training step (forward, loss, backward, Adam) replayed as a CUDA graph.
+// Times are CUDA-event medians over 7 blocks of 50 calls after a warm-up, in microseconds.
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "engine/adam.h"
+#include "engine/autograd.h"
+#include "engine/cuda/runtime.h"
+#include "engine/kernels.h"
+#include "engine/nn.h"
+#include "engine/random.h"
+#include "engine/step_graph.h"
+#include "ops/batch.h"
+#include "ops/gemm.h"
+#include "ops/loss.h"
+#include "ops/mlp.h"
+
+using namespace subliminal;
+
+namespace {
+
+struct Engine {
+  const char* name;
+  gemm::GpuEngine engine;
+  bool fuse, tf32;
+};
+
+const Engine kEngines[] = {{"cublaslt", gemm::GpuEngine::cublaslt, true, false},
+                           {"cublaslt-plain", gemm::GpuEngine::cublaslt, false, false},
+                           {"cublaslt-tf32", gemm::GpuEngine::cublaslt, true, true},
+                           {"cudnn-tf32", gemm::GpuEngine::cudnn, true, true}};
+
+void use(const Engine& e) {
+  gemm::settings().engine = e.engine;
+  gemm::settings().fuse_epilogues = e.fuse;
+  gemm::settings().tf32 = e.tf32;
+  gemm::settings().cudnn_tf32 = true;
+}
+
+Tensor random_tensor(const Shape& shape, uint64_t stream) {
+  Tensor t = Tensor::empty(shape, DType::f32, Device::cuda);
+  fill_uniform(t, {1234, stream}, -1.0, 1.0);
+  return t;
+}
+
+// Median over blocks of `reps` calls, in microseconds per call.
+double time_us(const std::function<void()>& call, int reps = 50, int blocks = 7) {
+  for (int i = 0; i < 10; ++i) call();  // warm-up: plans, autotuning, cuDNN graph builds
+  cuda::EventTimer timer;
+  std::vector<double> per_call;
+  for (int b = 0; b < blocks; ++b) {
+    timer.start();
+    for (int i = 0; i < reps; ++i) call();
+    timer.stop();
+    per_call.push_back(1e6 * timer.seconds() / reps);
+  }
+  std::sort(per_call.begin(), per_call.end());
+  return per_call[per_call.size() / 2];
+}
+
+// One teacher step (gather, MLP, cross-entropy, backward, Adam) as a replayed CUDA graph.
+double step_us(int64_t batch) {
+  const MlpShape shape{{784, 256, 256, 13}};
+  MlpParams params(shape, 1, DType::f32, Device::cuda);
+  init_mlp(params, InitScheme::torch_default, {0}, 0);
+  Adam adam(params.values(), params.grads(), {});
+  const int64_t samples = 8192;
+  std::vector<uint8_t> pixels(static_cast<size_t>(samples * 784)), labels(static_cast<size_t>(samples));
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = uint8_t(random_word({7, 1}, i));
+  for (size_t i = 0; i < labels.size(); ++i) labels[i] = uint8_t(random_word({7, 2}, i) % 10);
+  Tensor images = Tensor::from_vector(pixels, {samples, 784}, Device::cuda);
+  Tensor targets = Tensor::from_vector(labels, {samples}, Device::cuda);
+  std::vector<int32_t> identity(static_cast<size_t>(samples));
+  for (size_t i = 0; i < identity.size(); ++i) identity[i] = int32_t(i);
+  Tensor order = Tensor::from_vector(identity, {1, samples}, Device::cuda);
+  Tensor step = Tensor::zeros({1}, DType::i64, Device::cuda);
+  StepGraph graph(Device::cuda, true);
+  const std::vector<Tensor> parameters = params.tensors();
+  const int64_t steps = samples / batch;
+  return time_us(
+      [&] {
+        graph.run([&] {
+          Tensor x = Tensor::empty({1, batch, 784}, DType::f32, Device::cuda);
+          Tensor y = Tensor::empty({1, batch}, DType::i32, Device::cuda);
+          gather_batch(images, targets, order, step, 0, x, y);  // stride 0: always the first batch
+          Tensor loss = cross_entropy(mlp_forward(x, params), y, {0, 10});
+          zero_grad(parameters);
+          loss.backward();
+          adam.step();
+          increment(step);
+        });
+      },
+      int(std::min<int64_t>(steps, 50)));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--json" && i + 1 < argc) {
+      json_path = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: bench_layers [--json FILE]\n");
+      return 2;
+    }
+  }
+  std::string why;
+  if (!cuda_available(&why)) {
+    std::fprintf(stderr, "bench_layers: no usable CUDA GPU (%s)\n", why.c_str());
+    return 2;
+  }
+  try {
+    const std::string gpu = device_description(Device::cuda);
+    nlohmann::json out = {{"gpu", gpu}, {"rows", nlohmann::json::array()}};
+    std::printf("Linear-layer GEMMs on %s (µs per call, CUDA-event medians)\n", gpu.c_str());
+    std::printf("%-6s %-16s %-16s %9s %9s %9s %9s\n", "batch", "layer", "op", kEngines[0].name,
+                kEngines[1].name, kEngines[2].name, kEngines[3].name);
+    struct Layer {
+      const char* name;
+      int64_t in, out;
+      bool relu;        // this layer's output goes through a ReLU
+      bool relu_below;  // its input came out of a ReLU (backward_input gates on it)
+    };
+    const Layer layers[] = {{"784->256 relu", 784, 256, true, false},
+                            {"256->256 relu", 256, 256, true, true},
+                            {"256->13", 256, 13, false, true}};
+    for (int64_t B : {256, 1024}) {
+      for (const Layer& L : layers) {
+        Tensor x = random_tensor({1, B, L.in}, 1), w = random_tensor({1, L.out, L.in}, 2);
+        Tensor b = random_tensor({1, L.out}, 3), dy = random_tensor({1, B, L.out}, 4);
+        Tensor y = Tensor::empty({1, B, L.out}, DType::f32, Device::cuda);
+        Tensor mask = Tensor::empty(gemm::mask_shape(1, B, L.out), DType::u8, Device::cuda);
+        Tensor x_mask = Tensor::empty(gemm::mask_shape(1, B, L.in), DType::u8, Device::cuda);
+        Tensor x_relu = Tensor::empty({1, B, L.in}, DType::f32, Device::cuda);
+        x_relu.copy_from(x);
+        gemm::bias_activation(x_relu, Tensor(), gemm::Activation::relu, x_mask);  // a real ReLU output + mask
+        Tensor dx = Tensor::empty({1, B, L.in}, DType::f32, Device::cuda);
+        Tensor dw = Tensor::empty({1, L.out, L.in}, DType::f32, Device::cuda);
+        Tensor db = Tensor::empty({1, L.out}, DType::f32, Device::cuda);
+        Tensor db_below = Tensor::empty({1, L.in}, DType::f32, Device::cuda);
+        const auto act = L.relu ? gemm::Activation::relu : gemm::Activation::none;
+        const std::pair<const char*, std::function<void()>> ops[] = {
+            {"forward", [&] { gemm::forward(x_relu, w, b, act, y, L.relu ? mask : Tensor()); }},
+            {"backward_input",
+             [&] {
+               gemm::backward_input(dy, w, L.relu_below ? x_mask : Tensor(), dx,
+                                    L.relu_below ? db_below : Tensor(), false, x_relu);
+             }},
+            {"backward_weight", [&] { gemm::backward_weight(dy, x_relu, dw, false, db); }},
+        };
+        for (const auto& [op, call] : ops) {
+          std::printf("%-6lld %-16s %-16s", (long long)B, L.name, op);
+          nlohmann::json row = {{"batch", B}, {"layer", L.name}, {"op", op}};
+          for (const Engine& e : kEngines) {
+            use(e);
+            const double us = time_us(call);
+            std::printf(" %9.2f", us);
+            row[e.name] = us;
+          }
+          std::printf("\n");
+          out["rows"].push_back(row);
+        }
+      }
+      std::printf("%-6lld %-16s %-16s", (long long)B, "whole MLP", "training step");
+      nlohmann::json row = {{"batch", B}, {"layer", "whole MLP"}, {"op", "training step (CUDA graph)"}};
+      for (const Engine& e : kEngines) {
+        use(e);
+        const double us = step_us(B);
+        std::printf(" %9.2f", us);
+        row[e.name] = us;
+      }
+      std::printf("\n");
+      out["rows"].push_back(row);
+    }
+    use(kEngines[0]);
+    const std::string fallbacks = gemm::fallback_report();
+    if (!fallbacks.empty()) std::printf("Fallbacks:\n%s", fallbacks.c_str());
+    std::printf("cuBLASLt autotuning:\n%s", gemm::tuning_report().c_str());
+    out["fallbacks"] = fallbacks;
+    out["autotune"] = gemm::tuning_report();
+    if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_layers: %s\n", e.what());
+    return 1;
+  }
+}

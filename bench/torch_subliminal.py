@@ -1,0 +1,993 @@
+#!/usr/bin/env python3
+"""bench/torch_subliminal.py — the seed notebook's "subliminal learning" MNIST experiment in PyTorch,
+for side-by-side comparison with the C++/CUDA engine (apps/subliminal).
+
+Same flags as the app where they overlap, and the same JSON report schema (apps/subliminal/report.cpp)
+plus "framework" and "variant". Two variants:
+
+  --variant faithful  the notebook as written: torchvision MNIST (PIL images + ToTensor + Normalize),
+                      DataLoader(shuffle=True, pin_memory on cuda), RandomMNISTLike noise drawn per
+                      __getitem__, loss.item() every step, the accuracy() helper over a DataLoader.
+  --variant fast      the same experiment written the fast way in eager PyTorch: tensors on the device,
+                      normalised once, randperm per epoch, noise from torch.rand on the device, losses
+                      summed on the device; optional --compile (torch.compile) or --cuda-graphs (one
+                      captured CUDA graph per training step, fresh noise generated inside the graph).
+
+Both distill the student (same init as the teacher) and, unless --no-cross-init, a cross-init control
+student (a fresh nn.Linear init from another seed) on the teacher's ghost logits only.
+
+  python3 bench/torch_subliminal.py --variant fast --device cpu --data /path/to/mnist --json out.json
+"""
+import time
+
+T_START = time.perf_counter()  # before importing torch: seconds.total covers the whole script
+
+import argparse
+import contextlib
+import gzip
+import json
+import math
+import os
+import platform
+import shutil
+import struct
+import sys
+import tempfile
+import warnings
+
+
+def die(message, code=2):
+    print(f"torch_subliminal.py: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+try:
+    import numpy as np
+except ImportError:
+    die(f"numpy is not installed for {sys.executable} (Debian: apt-get install python3-numpy; pip: pip install numpy)")
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
+except ImportError as e:
+    die(f"PyTorch is not importable from {sys.executable} ({e}). Install it (Debian: apt-get install "
+        "python3-torch python3-torchvision; pip: pip install torch torchvision) or run this script with a "
+        "python that has it.")
+
+T_IMPORTED = time.perf_counter()
+
+N_CLASSES = 10
+IMAGE_PIXELS = 28 * 28
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: MNIST IDX (raw or .gz) and safetensors, with numpy only.
+
+
+def default_data_dirs():
+    here = os.path.dirname(os.path.abspath(__file__))
+    repo = os.path.dirname(here)
+    dirs = []
+    if os.environ.get("MNIST_DIR"):
+        dirs.append(os.environ["MNIST_DIR"])
+    dirs += [
+        "data/mnist",
+        os.path.join(repo, "data", "mnist"),
+        os.path.join(repo, "shared", "mnist"),
+        os.path.join(os.path.dirname(repo), "shared", "mnist"),
+        os.path.expanduser("~/.pytorch/MNIST_data/MNIST/raw"),
+    ]
+    return dirs
+
+
+def idx_path(directory, base):
+    """The file for `base` in `directory`: raw if present, else .gz; None if neither."""
+    for name in (base, base + ".gz"):
+        p = os.path.join(directory, name)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def locate_mnist(data_dir):
+    candidates = [data_dir] if data_dir else default_data_dirs()
+    for d in candidates:
+        for sub in (d, os.path.join(d, "MNIST", "raw")):
+            if all(idx_path(sub, b) for b in MNIST_FILES.values()):
+                return os.path.abspath(sub)
+    where = data_dir if data_dir else ", ".join(candidates)
+    die(f"no MNIST IDX files (train-images-idx3-ubyte[.gz] and the other three) in {where}; pass --data DIR")
+
+
+def read_idx(path):
+    """An IDX file (big-endian header, unsigned-byte payload) as a numpy uint8 array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (bad magic)")
+    if raw[2] != 0x08:
+        raise ValueError(f"{path}: IDX element type 0x{raw[2]:02x}, expected unsigned byte (0x08)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
+    count = int(np.prod(dims)) if dims else 1
+    if len(raw) - header != count:
+        raise ValueError(f"{path}: holds {len(raw) - header} data bytes, header says {count}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable, for torch
+
+
+def load_mnist_arrays(directory):
+    out = {k: read_idx(idx_path(directory, b)) for k, b in MNIST_FILES.items()}
+    for split in ("train", "test"):
+        imgs, labels = out[split + "_images"], out[split + "_labels"]
+        if imgs.ndim != 3 or imgs.shape[1:] != (28, 28) or labels.shape != (imgs.shape[0],):
+            die(f"{directory}: unexpected MNIST {split} shapes {imgs.shape} / {labels.shape}")
+    return out
+
+
+SAFETENSORS_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "I32": "<i4", "I64": "<i8", "U8": "u1",
+                      "I8": "i1", "I16": "<i2"}
+
+
+def read_safetensors(path):
+    """{name: numpy array}, metadata — the safetensors format read with numpy (8-byte LE header length,
+    JSON header, raw little-endian data)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 8:
+        raise ValueError(f"{path}: too short for a safetensors file")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if 8 + n > len(raw):
+        raise ValueError(f"{path}: header length {n} runs past the end of the file")
+    header = json.loads(raw[8:8 + n].decode("utf-8"))
+    base = 8 + n
+    tensors, metadata = {}, header.pop("__metadata__", {}) or {}
+    for name, info in header.items():
+        dtype = SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise ValueError(f"{path}: {name} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        shape = tuple(int(s) for s in info["shape"])
+        count = int(np.prod(shape)) if shape else 1
+        if end - begin != count * np.dtype(dtype).itemsize or base + end > len(raw):
+            raise ValueError(f"{path}: {name} offsets {begin}..{end} do not fit shape {shape} / the file")
+        tensors[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=base + begin).reshape(shape).copy()
+    return tensors, metadata
+
+
+def write_json_atomically(path, obj):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model (the notebook's class, verbatim in behaviour).
+
+
+class MLP(nn.Module):
+    def __init__(self, sizes):
+        super().__init__()
+        layers = []
+        for i, (d_in, d_out) in enumerate(zip(sizes, sizes[1:])):
+            layers.append(nn.Linear(d_in, d_out))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x.view(x.size(0), -1))
+
+
+def load_init_into(model, path):
+    """Copies a safetensors init written by the app's --save-init (net.0.weight, ...) into `model`."""
+    try:
+        tensors, _ = read_safetensors(path)
+    except (OSError, ValueError) as e:
+        die(f"--load-init: {e}")
+    state = model.state_dict()
+    missing = [k for k in state if k not in tensors]
+    extra = [k for k in tensors if k not in state]
+    if missing or extra:
+        die(f"--load-init {path}: names differ from this MLP's (missing {missing}, extra {extra}); "
+            "do --hidden and --ghosts match the file?")
+    for k, v in state.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            die(f"--load-init {path}: {k} is {tuple(tensors[k].shape)}, this MLP has {tuple(v.shape)}")
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(tensors[k])).to(v.dtype) for k, v in state.items()})
+
+
+def make_control(sizes, seed):
+    """A fresh nn.Linear-default init from `seed`, without disturbing the global RNG streams."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        return MLP(sizes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics and reporting (the app's shapes).
+
+
+def stats_json(values):
+    n = len(values)
+    mean = sum(values) / n if n else 0.0
+    std = ci95 = 0.0
+    if n > 1:
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        ci95 = 1.96 * std / math.sqrt(n)
+    return {"test_acc": mean, "std": std, "ci95": ci95, "n": n, "per_model": list(values)}
+
+
+def epoch_entry(epoch, key, loss, acc, seconds):
+    e = {"epoch": epoch, key: loss, key + "_per_model": [loss]}
+    if acc is not None:
+        e["test_acc"] = acc
+        e["test_acc_per_model"] = [acc]
+    e["seconds"] = seconds
+    return e
+
+
+class Clock:
+    """Wall time (after a device sync) and, on cuda, CUDA-event time, summed per phase."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.wall = {}
+        self.gpu = {}
+        self.steps = {}
+        self.warm = {}  # phase -> [seconds, steps] over epochs that were not the first of their loop
+
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    @contextlib.contextmanager
+    def phase(self, name, steps=0, cold=False):
+        """Times one epoch of training steps. `steps` counts the app's way: one distillation step
+        advances every arm by one batch, so an arm trained on its own adds steps / arms. `cold`
+        marks the first epoch of a loop (compilation, graph capture, cold caches)."""
+        self.sync()
+        ev0 = ev1 = None
+        if self.cuda:
+            ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            ev0.record()
+        t0 = time.perf_counter()
+        box = {}
+        yield box
+        if self.cuda:
+            ev1.record()
+        self.sync()
+        dt = time.perf_counter() - t0
+        box["seconds"] = dt
+        self.wall[name] = self.wall.get(name, 0.0) + dt
+        self.steps[name] = self.steps.get(name, 0) + steps
+        if not cold:
+            w = self.warm.setdefault(name, [0.0, 0])
+            w[0] += dt
+            w[1] += steps
+        if self.cuda:
+            self.gpu[name] = self.gpu.get(name, 0.0) + ev0.elapsed_time(ev1) / 1e3
+
+
+def fmt_acc(a):
+    return f"{a:.4%}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Variant 1: the notebook as written.
+
+
+class NotebookMNIST(Dataset):
+    """What torchvision.datasets.MNIST.__getitem__ does, for when torchvision is not installed:
+    Image.fromarray(uint8 28x28, mode "L") then the transform."""
+
+    def __init__(self, images, labels, transform):
+        self.data = torch.from_numpy(np.ascontiguousarray(images))
+        self.targets = torch.from_numpy(labels.astype(np.int64))
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        img, target = self.data[index], int(self.targets[index])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # Pillow ≥ 11.3 deprecates mode=
+            img = Image.fromarray(img.numpy(), mode="L")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target
+
+
+def notebook_transform():
+    try:
+        from torchvision import transforms
+
+        return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))]), "torchvision"
+    except ImportError:
+
+        def tfm(pic):  # ToTensor (uint8 HWC → float CHW / 255) then Normalize((0.5,), (0.5,))
+            t = torch.from_numpy(np.array(pic, np.uint8, copy=True)).view(pic.size[1], pic.size[0], 1)
+            t = t.permute((2, 0, 1)).contiguous().to(dtype=torch.get_default_dtype()).div(255)
+            return t.sub(0.5).div(0.5)
+
+        return tfm, "manual"
+
+
+def notebook_datasets(data_dir, tmp_root):
+    """train_ds, test_ds, how: torchvision.datasets.MNIST on ROOT/MNIST/raw/<uncompressed IDX files>
+    (works unchanged from torchvision 0.14 to 0.26: _check_exists only looks for the four files)."""
+    tfm, tfm_kind = notebook_transform()
+    try:
+        from torchvision import datasets
+    except ImportError:
+        arrays = load_mnist_arrays(data_dir)
+        return (NotebookMNIST(arrays["train_images"], arrays["train_labels"], tfm),
+                NotebookMNIST(arrays["test_images"], arrays["test_labels"], tfm), "own Dataset (no torchvision)")
+    raw = os.path.join(tmp_root, "MNIST", "raw")
+    os.makedirs(raw, exist_ok=True)
+    for base in MNIST_FILES.values():
+        src = idx_path(data_dir, base)
+        dst = os.path.join(raw, base)
+        if src.endswith(".gz"):
+            with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+        else:
+            os.symlink(os.path.abspath(src), dst)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_ds = datasets.MNIST(root=tmp_root, train=True, download=False, transform=tfm)
+        test_ds = datasets.MNIST(root=tmp_root, train=False, download=False, transform=tfm)
+    return train_ds, test_ds, f"torchvision.datasets.MNIST ({tfm_kind} transforms)"
+
+
+class RandomMNISTLike(Dataset):
+    """Random images with MNIST shape, already in [-1, 1]."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, _):
+        return torch.rand(1, 28, 28) * 2 - 1  # no label
+
+
+def progress_bar(iterable, desc, enabled):
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+
+            return tqdm(iterable, desc=desc, leave=False)
+        except ImportError:
+            pass
+
+    class Quiet:  # tqdm's interface, silent
+        def __iter__(self):
+            return iter(iterable)
+
+        def set_postfix(self, **_):
+            pass
+
+    return Quiet()
+
+
+def run_faithful(args, ctx):
+    device, sizes, clock, report = ctx["device"], ctx["sizes"], ctx["clock"], ctx["report"]
+    DEVICE = device.type
+    GHOST_IDX = torch.arange(N_CLASSES, N_CLASSES + args.ghosts)
+    LR, BATCH_SIZE, T = args.lr, args.batch_size, args.temperature
+    pin = DEVICE == "cuda"
+
+    teacher, student, control = ctx["teacher"], ctx["student"], ctx["control"]
+
+    t0 = time.perf_counter()
+    tmp_root = tempfile.mkdtemp(prefix="torch_subliminal_mnist_")
+    try:
+        train_ds, test_ds, how = notebook_datasets(ctx["data_dir"], tmp_root)
+        train_loader = DataLoader(train_ds, batch_size=BATCH_SIZE, shuffle=True, pin_memory=pin)
+        test_loader = DataLoader(test_ds, batch_size=BATCH_SIZE, shuffle=False, pin_memory=pin)
+        rand_ds = RandomMNISTLike(n=len(train_ds))
+        rand_loader = DataLoader(rand_ds, batch_size=BATCH_SIZE, shuffle=True, pin_memory=pin)
+        report["seconds"]["load"] = time.perf_counter() - t0
+        report["data"]["pipeline"] = how
+        steps_per_epoch = len(train_loader)
+
+        def ce_first10(logits, labels):
+            return nn.functional.cross_entropy(logits[:, :N_CLASSES], labels)
+
+        @torch.inference_mode()
+        def accuracy(model, loader):
+            model.eval()
+            correct, total = 0, 0
+            for x, y in loader:
+                x, y = x.to(DEVICE, non_blocking=True), y.to(DEVICE, non_blocking=True)
+                pred = model(x)[:, :N_CLASSES].argmax(dim=-1)
+                correct += (pred == y).sum().item()
+                total += y.numel()
+            return correct / total if total else 0.0
+
+        def timed_accuracy(model, loader):
+            t = time.perf_counter()
+            acc = accuracy(model, loader)
+            report["seconds"]["eval"] += time.perf_counter() - t
+            return acc
+
+        ctx["final"]["reference"] = timed_accuracy(teacher, test_loader)
+
+        def train_teacher(model, train_loader, test_loader, epochs):
+            opt = torch.optim.Adam(model.parameters(), lr=LR)
+            for epoch in range(1, epochs + 1):
+                with clock.phase("teacher", steps_per_epoch, cold=epoch == 1) as box:
+                    model.train()
+                    running, n = 0.0, 0
+                    pbar = progress_bar(train_loader, f"[Teacher] {epoch}/{epochs}", args.progress)
+                    for x, y in pbar:
+                        x, y = x.to(DEVICE, non_blocking=True), y.to(DEVICE, non_blocking=True)
+                        loss = ce_first10(model(x), y)
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                        bs = x.size(0)
+                        running += loss.item() * bs
+                        n += bs
+                        pbar.set_postfix(loss=f"{loss.item():.4f}")
+                    epoch_loss = running / max(1, n)
+                acc = timed_accuracy(model, test_loader)
+                print(f"[Teacher] epoch={epoch} loss={epoch_loss:.4f} test_acc={acc:.4%}", flush=True)
+                report["epochs"]["teacher"].append(epoch_entry(epoch, "loss", epoch_loss, acc, box["seconds"]))
+
+        arms = [("student", "Student", student)]
+        if control is not None:
+            arms.append(("cross_init", "Cross-init", control))
+        n_arms = len(arms)
+
+        def distill_subliminal(student, teacher, rand_loader, test_loader, epochs, temperature, key, label):
+            teacher.eval()
+            opt = torch.optim.Adam(student.parameters(), lr=LR)
+            T = temperature
+            for epoch in range(1, epochs + 1):
+                with clock.phase("distill_ghosts", steps_per_epoch / n_arms, cold=epoch == 1) as box:
+                    student.train()
+                    running, n = 0.0, 0
+                    pbar = progress_bar(rand_loader, f"[{label}] {epoch}/{epochs}", args.progress)
+                    for x in pbar:  # dataset returns tensors directly
+                        x = x.to(DEVICE, non_blocking=True)
+                        with torch.no_grad():
+                            t_logits = teacher(x)[:, GHOST_IDX]
+                        s_logits = student(x)[:, GHOST_IDX]
+                        loss = nn.functional.kl_div(
+                            nn.functional.log_softmax(s_logits / T, dim=-1),
+                            nn.functional.softmax(t_logits / T, dim=-1),
+                            reduction="batchmean",
+                        ) * (T * T)
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                        bs = x.size(0)
+                        running += loss.item() * bs
+                        n += bs
+                        pbar.set_postfix(kl=f"{loss.item():.4f}")
+                    epoch_loss = running / max(1, n)
+                acc = timed_accuracy(student, test_loader)
+                print(f"[{label}] epoch={epoch} kl={epoch_loss:.4f} test_acc={acc:.4%}", flush=True)
+                report["epochs"][key].append(epoch_entry(epoch, "kl", epoch_loss, acc, box["seconds"]))
+            return acc
+
+        print("Training teacher...", flush=True)
+        report["epochs"]["teacher"] = []
+        train_teacher(teacher, train_loader, test_loader, args.epochs_teacher)
+        ctx["final"]["teacher"] = timed_accuracy(teacher, test_loader)
+        print(f"Teacher final test accuracy: {ctx['final']['teacher']:.4%}", flush=True)
+
+        print("Distilling students on noise...", flush=True)
+        for key, label, model in arms:
+            report["epochs"][key] = []
+            if args.epochs_distill == 0:
+                ctx["final"][key] = timed_accuracy(model, test_loader)
+                continue
+            ctx["final"][key] = distill_subliminal(model, teacher, rand_loader, test_loader, args.epochs_distill,
+                                                   T, key, label)
+        report["optimizer_steps"] = {"teacher": steps_per_epoch * args.epochs_teacher,
+                                     "distill_ghosts": steps_per_epoch * args.epochs_distill * n_arms}
+        report["config"]["arms"] = "sequential"
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Variant 2: the same experiment, the fast way.
+
+
+@contextlib.contextmanager
+def preserved_state(models, opt, reset):
+    """Runs warm-up training steps (compilation, CUDA graph capture) without their effect: the
+    weights are copied back in place and the Adam state zeroed in place (exp_avg, exp_avg_sq, step —
+    a zero step count is a fresh Adam), so the timed run starts from the same state as an eager one
+    and captured graphs keep pointing at the same tensors."""
+    params = [p for m in models for p in m.parameters()]
+    snapshot = [p.detach().clone() for p in params]
+    try:
+        yield
+    finally:
+        if any(p.is_cuda for p in params):
+            torch.cuda.synchronize()
+        with torch.no_grad():
+            for p, s in zip(params, snapshot):
+                p.copy_(s)
+            for state in opt.state.values():
+                for v in state.values():
+                    if torch.is_tensor(v):
+                        v.zero_()
+            reset()
+        if any(p.is_cuda for p in params):
+            torch.cuda.synchronize()
+
+
+class GraphedStep:
+    """One training step body(bs) captured as a CUDA graph per batch size.
+
+    body(bs) must do everything on the device with no host sync (gather the batch from device
+    buffers, or torch.rand for the noise — PyTorch's graph-safe Philox gives fresh numbers on every
+    replay), then zero_grad(set_to_none) / backward / optimizer.step (Adam with capturable=True).
+    The warm-up iterations that capture needs leave no trace (preserved_state).
+    """
+
+    def __init__(self, body, sizes, models, opt, reset, warmup=3):
+        self.graphs = {}
+        with preserved_state(models, opt, reset):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    for bs in sizes:
+                        body(bs)
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            for bs in sizes:
+                g = torch.cuda.CUDAGraph()
+                opt.zero_grad(set_to_none=True)
+                with torch.cuda.graph(g):
+                    body(bs)
+                self.graphs[bs] = g
+
+    def replay(self, bs):
+        self.graphs[bs].replay()
+
+
+def run_fast(args, ctx):
+    device, clock, report = ctx["device"], ctx["clock"], ctx["report"]
+    teacher, student, control = ctx["teacher"], ctx["student"], ctx["control"]
+    B, T, C = args.batch_size, args.temperature, N_CLASSES
+    G0, G1 = N_CLASSES, N_CLASSES + args.ghosts
+    graphs = args.cuda_graphs
+
+    t0 = time.perf_counter()
+    arrays = load_mnist_arrays(ctx["data_dir"])
+
+    def to_device(images, labels):
+        # ToTensor() then Normalize((0.5,), (0.5,)), in the same float32 operations, once
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(device).reshape(len(images), IMAGE_PIXELS)
+        x = x.to(torch.float32).div(255).sub(0.5).div(0.5).contiguous()
+        y = torch.from_numpy(labels.astype(np.int64)).to(device)
+        return x, y
+
+    Xtr, Ytr = to_device(arrays["train_images"], arrays["train_labels"])
+    Xte, Yte = to_device(arrays["test_images"], arrays["test_labels"])
+    clock.sync()
+    report["seconds"]["load"] = time.perf_counter() - t0
+    report["data"]["pipeline"] = "tensors on the device, normalised once"
+    N = Xtr.shape[0]
+    full_steps, rem = divmod(N, B)
+    steps_per_epoch = full_steps + (1 if rem else 0)
+    sizes = [B] + ([rem] if rem else [])
+
+    @torch.inference_mode()
+    def accuracy(model):
+        t = time.perf_counter()
+        model.eval()
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        for i in range(0, Xte.shape[0], 10000):
+            pred = model(Xte[i:i + 10000])[:, :C].argmax(dim=-1)
+            correct += (pred == Yte[i:i + 10000]).sum()
+        acc = correct.item() / Xte.shape[0]
+        model.train()
+        report["seconds"]["eval"] += time.perf_counter() - t
+        return acc
+
+    def step_functions(loss_fn, opt):
+        """{"loss": loss_fn, "step": opt.step}, both torch.compile'd with --compile (static shapes:
+        the full and the last batch get a graph each)."""
+        if not args.compile:
+            return {"loss": loss_fn, "step": opt.step}
+
+        @torch.compile(fullgraph=False, dynamic=False, mode=args.compile_mode)
+        def step():
+            opt.step()
+
+        return {"loss": torch.compile(loss_fn, dynamic=False, mode=args.compile_mode), "step": step}
+
+    def compile_warmup(body, models, opt, reset, fns, eager, what):
+        """Compiles (one step of every batch size, undone afterwards); on failure notes it and goes eager."""
+        t_c = time.perf_counter()
+        try:
+            with preserved_state(models, opt, reset):
+                for bs in sizes:
+                    body(bs)
+        except Exception as e:  # noqa: BLE001 — report it and carry on eagerly
+            print(f"torch_subliminal: warning: torch.compile of the {what} step failed ({type(e).__name__}: "
+                  f"{str(e)[:500]}); running that phase eagerly", file=sys.stderr, flush=True)
+            report.setdefault("compile_failed", {})[what] = f"{type(e).__name__}: {str(e)[:2000]}"
+            fns.update(eager)
+        k = "compile_" + what
+        report["seconds"][k] = report["seconds"].get(k, 0.0) + time.perf_counter() - t_c
+
+    def adam(params):
+        kw = {"lr": args.lr}
+        if graphs:
+            kw["capturable"] = True
+        return torch.optim.Adam(params, **kw)
+
+    ctx["final"]["reference"] = accuracy(teacher)
+
+    # ---- teacher
+    print("Training teacher...", flush=True)
+    opt = adam(teacher.parameters())
+
+    def ce_first10(x, y):
+        return F.cross_entropy(teacher(x)[:, :C], y)
+
+    fns = step_functions(ce_first10, opt)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    report["epochs"]["teacher"] = []
+
+    if graphs and args.epochs_teacher > 0:
+        perm = torch.randperm(N, device=device)
+        batch_index = torch.zeros((), dtype=torch.int64, device=device)
+        offsets = torch.arange(B, device=device)
+
+        def teacher_body(bs):
+            idx = perm.index_select(0, batch_index * B + offsets[:bs])
+            x, y = Xtr.index_select(0, idx), Ytr.index_select(0, idx)
+            loss = fns["loss"](x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            fns["step"]()
+            loss_sum.add_(loss.detach().double() * bs)
+            batch_index.add_(1)
+
+        def teacher_reset():
+            loss_sum.zero_()
+            batch_index.zero_()
+
+    def teacher_step(x, y):
+        loss = fns["loss"](x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        fns["step"]()
+        loss_sum.add_(loss.detach().double() * x.shape[0])
+
+    def capture(body, models, opt, reset, what):
+        """GraphedStep(...), or None after a failed capture (noted in the report; eager from then on)."""
+        t_cap = time.perf_counter()
+        try:
+            g = GraphedStep(body, sizes, models, opt, reset)
+        except Exception as e:  # noqa: BLE001 — report it and carry on eagerly
+            print(f"torch_subliminal: warning: CUDA graph capture of the {what} step failed ({type(e).__name__}: "
+                  f"{e}); running that phase eagerly", file=sys.stderr, flush=True)
+            report.setdefault("cuda_graphs_failed", {})[what] = f"{type(e).__name__}: {e}"
+            return None
+        k = "capture_" + what
+        report["seconds"][k] = report["seconds"].get(k, 0.0) + time.perf_counter() - t_cap
+        return g
+
+    graphed = None
+    for epoch in range(1, args.epochs_teacher + 1):
+        with clock.phase("teacher", steps_per_epoch, cold=epoch == 1) as box:
+            if graphs and epoch == 1:
+                graphed = capture(teacher_body, [teacher], opt, teacher_reset, "teacher")
+            if graphed is not None:
+                perm.copy_(torch.randperm(N, device=device))
+                batch_index.zero_()
+                loss_sum.zero_()
+                for _ in range(full_steps):
+                    graphed.replay(B)
+                if rem:
+                    graphed.replay(rem)
+            else:
+                if args.compile and epoch == 1:
+                    compile_warmup(lambda bs: teacher_step(Xtr[:bs], Ytr[:bs]), [teacher], opt, loss_sum.zero_,
+                                   fns, {"loss": ce_first10, "step": opt.step}, "teacher")
+                loss_sum.zero_()
+                perm_e = torch.randperm(N, device=device)
+                for s in range(steps_per_epoch):
+                    idx = perm_e[s * B:(s + 1) * B]
+                    teacher_step(Xtr[idx], Ytr[idx])
+            epoch_loss = loss_sum.item() / N
+        acc = accuracy(teacher)
+        print(f"[Teacher] epoch={epoch} loss={epoch_loss:.4f} test_acc={acc:.4%}", flush=True)
+        report["epochs"]["teacher"].append(epoch_entry(epoch, "loss", epoch_loss, acc, box["seconds"]))
+    del graphed
+    ctx["final"]["teacher"] = (report["epochs"]["teacher"][-1]["test_acc"] if report["epochs"]["teacher"]
+                               else ctx["final"]["reference"])
+    print(f"Teacher final test accuracy: {ctx['final']['teacher']:.4%}", flush=True)
+
+    # ---- students
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    arms = [("student", "Student", student)]
+    if control is not None:
+        arms.append(("cross_init", "Cross-init", control))
+    for key, _, _ in arms:
+        report["epochs"][key] = []
+    print("Distilling students on noise...", flush=True)
+    if args.epochs_distill == 0:
+        for key, _, model in arms:
+            ctx["final"][key] = accuracy(model)
+        return
+
+    groups = [arms] if args.arms == "together" else [[a] for a in arms]
+    report["config"]["arms"] = args.arms
+    opt_steps = 0
+    for group in groups:
+        models = [m for _, _, m in group]
+        opt = adam([p for m in models for p in m.parameters()])
+        kl_sums = torch.zeros(len(group), dtype=torch.float64, device=device)
+
+        def kl_losses(x, models=models):
+            with torch.no_grad():
+                t_logits = teacher(x)[:, G0:G1]
+            p_t = F.softmax(t_logits / T, dim=-1)
+            losses = [F.kl_div(F.log_softmax(m(x)[:, G0:G1] / T, dim=-1), p_t, reduction="batchmean") * (T * T)
+                      for m in models]
+            return torch.stack(losses)
+
+        dfns = step_functions(kl_losses, opt)
+
+        def distill_body(bs, dfns=dfns, opt=opt, kl_sums=kl_sums):
+            x = torch.rand(bs, IMAGE_PIXELS, device=device) * 2 - 1
+            losses = dfns["loss"](x)
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            dfns["step"]()
+            kl_sums.add_(losses.detach().double() * bs)
+
+        graphed = None
+        for epoch in range(1, args.epochs_distill + 1):
+            with clock.phase("distill_ghosts", steps_per_epoch * len(group) / len(arms), cold=epoch == 1) as box:
+                if graphs and epoch == 1:
+                    graphed = capture(distill_body, models, opt, kl_sums.zero_, "distill")
+                if args.compile and epoch == 1:
+                    compile_warmup(distill_body, models, opt, kl_sums.zero_, dfns,
+                                   {"loss": kl_losses, "step": opt.step}, "distill")
+                kl_sums.zero_()
+                if graphed is not None:
+                    for _ in range(full_steps):
+                        graphed.replay(B)
+                    if rem:
+                        graphed.replay(rem)
+                else:
+                    for s in range(steps_per_epoch):
+                        distill_body(min(B, N - s * B))
+                epoch_kl = (kl_sums / N).tolist()
+            opt_steps += steps_per_epoch * len(group)
+            for (key, label, model), kl in zip(group, epoch_kl):
+                acc = accuracy(model)
+                print(f"[{label}] epoch={epoch} kl={kl:.4f} test_acc={acc:.4%}", flush=True)
+                report["epochs"][key].append(epoch_entry(epoch, "kl", kl, acc, box["seconds"]))
+                ctx["final"][key] = acc
+        del graphed
+    report["optimizer_steps"] = {"teacher": clock.steps.get("teacher", 0), "distill_ghosts": opt_steps}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="The seed notebook's subliminal-learning MNIST experiment in PyTorch (faithful or fast), "
+                    "writing the app's JSON report schema.")
+    p.add_argument("--variant", choices=["faithful", "fast"], default="fast")
+    p.add_argument("--data", default="", help="directory with the MNIST IDX files (raw or .gz)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ghosts", type=int, default=3)
+    p.add_argument("--hidden", default="256,256", help="hidden widths, comma-separated")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--epochs-teacher", type=int, default=5)
+    p.add_argument("--epochs-distill", type=int, default=5)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--json", default="", help="write the report to this JSON file")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all usable cores)")
+    p.add_argument("--load-init", default="", help="safetensors init from the app's --save-init")
+    p.add_argument("--no-cross-init", action="store_true", help="skip the cross-init control student")
+    p.add_argument("--control-seed", type=int, default=None,
+                   help="seed of the cross-init control's fresh init (default: seed + 1)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 for float32 matmuls (PyTorch's default: off)")
+    p.add_argument("--progress", action="store_true", help="tqdm progress bars (faithful variant)")
+    p.add_argument("--compile", action="store_true", help="fast variant: torch.compile the loss and Adam step")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode (default | reduce-overhead | max-autotune-no-cudagraphs)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="fast variant on cuda: capture each training step as a CUDA graph")
+    p.add_argument("--arms", choices=["together", "sequential"], default="together",
+                   help="fast variant: distill student and control in one step (as the app) or one after the other")
+    args = p.parse_args(argv)
+    try:
+        args.hidden_sizes = [int(h) for h in args.hidden.split(",") if h.strip()]
+    except ValueError:
+        p.error(f"--hidden {args.hidden!r}: expected comma-separated integers")
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        p.error("--hidden needs at least one positive width")
+    if args.ghosts < 1:
+        p.error("--ghosts must be ≥ 1")
+    if args.batch_size < 1 or args.epochs_teacher < 0 or args.epochs_distill < 0 or args.temperature <= 0:
+        p.error("--batch-size ≥ 1, --epochs-* ≥ 0 and --temperature > 0 please")
+    if args.variant == "faithful" and (args.compile or args.cuda_graphs):
+        p.error("--compile and --cuda-graphs belong to --variant fast")
+    if args.compile and args.cuda_graphs:
+        p.error("pick one of --compile and --cuda-graphs (for compiled graphs: --compile --compile-mode reduce-overhead)")
+    if args.control_seed is None:
+        args.control_seed = args.seed + 1
+    return args
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+    return run(args)
+
+
+def check_args(args):
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        die("--device cuda: torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})", 2)
+    if args.cuda_graphs and args.device != "cuda":
+        die("--cuda-graphs needs --device cuda")
+    if args.compile and not hasattr(torch, "compile"):
+        die(f"--compile needs torch ≥ 2.0 (this is {torch.__version__})")
+    if args.json:
+        d = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(d):
+            die(f"--json {args.json}: directory {d} does not exist")
+    if args.load_init and not os.path.isfile(args.load_init):
+        die(f"--load-init {args.load_init}: no such file")
+
+
+def run(args):
+    data_dir = locate_mnist(args.data)
+
+    threads = args.threads if args.threads > 0 else usable_cores()
+    torch.set_num_threads(threads)
+    torch.set_float32_matmul_precision("high" if args.tf32 else "highest")
+    device = torch.device(args.device)
+
+    # ---- the notebook's setup: seed, teacher, student (an exact copy), and the control
+    torch.manual_seed(args.seed)
+    sizes = (IMAGE_PIXELS, *args.hidden_sizes, N_CLASSES + args.ghosts)
+    teacher = MLP(sizes)
+    student = MLP(sizes)
+    if args.load_init:
+        load_init_into(teacher, args.load_init)
+    student.load_state_dict(teacher.state_dict())  # start with the same init
+    control = None if args.no_cross_init else make_control(sizes, args.control_seed)
+    teacher, student = teacher.to(device), student.to(device)
+    if control is not None:
+        control = control.to(device)
+
+    if device.type == "cuda":
+        dev_name = torch.cuda.get_device_name(device)
+    else:
+        dev_name = f"cpu ({threads} threads, {cpu_model()})"
+    print(f"torch_subliminal: {args.variant} variant, pytorch {torch.__version__}, MNIST from {data_dir} on {dev_name}",
+          flush=True)
+
+    report = {
+        "framework": f"pytorch {torch.__version__}",
+        "variant": args.variant + ("+compile" if args.compile else "") + ("+cuda-graphs" if args.cuda_graphs else ""),
+        "config": {
+            "preset": "notebook", "seed": args.seed, "models": 1, "ghosts": args.ghosts,
+            "hidden": args.hidden_sizes, "batch_size": args.batch_size, "lr": args.lr,
+            "epochs_teacher": args.epochs_teacher, "epochs_distill": args.epochs_distill,
+            "temperature": args.temperature, "init": "file" if args.load_init else "torch",
+            "load_init": args.load_init or None, "noise": "uniform", "noise_set": "fresh", "weight_decay": 0.0,
+            "init_perturb": 0.0, "cross_init": control is not None, "control_seed": args.control_seed,
+            "all_logit_arms": False, "tf32": args.tf32, "cuda_graphs": args.cuda_graphs,
+            "compile": args.compile, "compile_mode": args.compile_mode if args.compile else None,
+            "threads": threads,
+        },
+        "device": {"kind": device.type, "name": dev_name, "threads": threads, "cpu": cpu_model(),
+                   "torch": torch.__version__, "python": platform.python_version()},
+        "data": {"dir": data_dir},
+        "epochs": {},
+        "seconds": {"import": T_IMPORTED - T_START, "load": 0.0, "eval": 0.0},
+    }
+    if device.type == "cuda":
+        report["device"]["cuda"] = torch.version.cuda
+        report["device"]["capability"] = list(torch.cuda.get_device_capability(device))
+    clock = Clock(device)
+    ctx = {"device": device, "sizes": sizes, "clock": clock, "report": report, "data_dir": data_dir,
+           "teacher": teacher, "student": student, "control": control, "final": {}}
+
+    if args.variant == "faithful":
+        run_faithful(args, ctx)
+    else:
+        run_fast(args, ctx)
+
+    final = ctx["final"]
+    print(f"\nSummary ({args.variant}, seed {args.seed}, {dev_name}):")
+    names = {"reference": "reference (untrained init)", "teacher": "teacher",
+             "student": "student (same init, ghost logits)", "cross_init": "cross-init control (ghost logits)"}
+    for key in ("reference", "teacher", "student", "cross_init"):
+        if key in final:
+            report[key] = stats_json([final[key]])
+            print(f"  {names[key]:<36} {100 * final[key]:.2f}%")
+
+    secs = report["seconds"]
+    for phase, s in clock.wall.items():
+        secs[phase] = s
+    secs.setdefault("teacher", 0.0)
+    secs.setdefault("distill_ghosts", 0.0)
+    secs["training"] = secs["teacher"] + secs["distill_ghosts"]
+    report["steps"] = {k: int(round(v)) for k, v in clock.steps.items()}
+    report["us_per_step"] = {}
+    for phase, n in clock.steps.items():
+        if n:
+            t = clock.gpu[phase] if device.type == "cuda" else clock.wall[phase]
+            report["us_per_step"][phase] = 1e6 * t / n
+    # steady state: wall time of the epochs after the first of each loop (no compilation, graph
+    # capture or cold caches in them), per step
+    report["us_per_step_steady"] = {ph: 1e6 * w[0] / w[1] for ph, w in clock.warm.items() if w[1]}
+    if device.type == "cuda":
+        report["gpu_seconds"] = dict(clock.gpu)
+        report["gpu_seconds"]["training"] = sum(clock.gpu.values())
+    secs["total"] = time.perf_counter() - T_START
+    print(f"Time: {secs['total']:.1f} s total (import {secs['import']:.1f} s, data {secs['load']:.1f} s, "
+          f"teacher {secs['teacher']:.1f} s, distillation {secs['distill_ghosts']:.1f} s, "
+          f"evaluation {secs['eval']:.1f} s)", flush=True)
+    if args.json:
+        write_json_atomically(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
