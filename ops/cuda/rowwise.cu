@@ -41,6 +41,26 @@ __device__ float warp_log_sum_exp(const float* x, int64_t n, float scale) {
   return m + logf(warp_sum(s));
 }
 
+// The same in double precision, for the distillation loss: KL between two nearly equal
+// softmaxes is a small difference of logs (the parity check against PyTorch measured a 3e-4
+// relative error with float row math on an H200; double brings it to the inputs' rounding).
+__device__ double warp_log_sum_exp_double(const float* x, int64_t n, double scale) {
+  const int lane = threadIdx.x & 31;
+  double m = -INFINITY;
+  for (int64_t j = lane; j < n; j += 32) m = fmax(m, scale * double(x[j]));
+  for (int offset = 16; offset > 0; offset >>= 1) m = fmax(m, __shfl_xor_sync(kFull, m, offset));
+  if (isinf(m)) return m;
+  double s = 0.0;
+  for (int64_t j = lane; j < n; j += 32) s += exp(scale * double(x[j]) - m);
+  for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_xor_sync(kFull, s, offset);
+  return m + log(s);
+}
+
+__device__ double warp_sum_double(double v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFull, v, offset);
+  return v;
+}
+
 // Adds each warp's lane-0 `value` in warp order; thread 0 gets the block's total.
 __device__ double block_sum_in_order(double value) {
   __shared__ double partial[kWarps];
@@ -134,23 +154,23 @@ __global__ void cross_entropy_backward_kernel(const float* __restrict__ logits,
 // Student model n learns from teacher model n mod `teachers`.
 __global__ void distill_kl_kernel(const float* __restrict__ student, const float* __restrict__ teacher,
                                   float* __restrict__ loss, int64_t teachers, int64_t batch, int64_t cols,
-                                  int64_t c0, int64_t c1, float inv_t, double t_squared) {
+                                  int64_t c0, int64_t c1, double inv_t, double t_squared) {
   const int64_t n = blockIdx.x;
   const int lane = threadIdx.x & 31;
   double sum = 0;
   for (int64_t b = threadIdx.x >> 5; b < batch; b += kWarps) {
     const float* s = student + (n * batch + b) * cols + c0;
     const float* t = teacher + ((n % teachers) * batch + b) * cols + c0;
-    const float lse_s = warp_log_sum_exp(s, c1 - c0, inv_t);
-    const float lse_t = warp_log_sum_exp(t, c1 - c0, inv_t);
-    float kl = 0.0f;
+    const double lse_s = warp_log_sum_exp_double(s, c1 - c0, inv_t);
+    const double lse_t = warp_log_sum_exp_double(t, c1 - c0, inv_t);
+    double kl = 0.0;
     for (int64_t j = lane; j < c1 - c0; j += 32) {
-      const float log_p = t[j] * inv_t - lse_t, log_q = s[j] * inv_t - lse_s;
-      const float p = expf(log_p);
-      if (p > 0.0f) kl += p * (log_p - log_q);
+      const double log_p = double(t[j]) * inv_t - lse_t, log_q = double(s[j]) * inv_t - lse_s;
+      const double p = exp(log_p);
+      if (p > 0.0) kl += p * (log_p - log_q);
     }
-    kl = warp_sum(kl);
-    if (lane == 0) sum += double(kl);
+    kl = warp_sum_double(kl);
+    if (lane == 0) sum += kl;
   }
   const double total = block_sum_in_order(sum);
   if (threadIdx.x == 0) loss[n] = float(t_squared * total / double(batch));
@@ -160,19 +180,21 @@ __global__ void distill_kl_backward_kernel(const float* __restrict__ student,
                                            const float* __restrict__ teacher,
                                            const float* __restrict__ grad_loss, float* dstudent,
                                            int64_t models, int64_t teachers, int64_t batch, int64_t cols,
-                                           int64_t c0, int64_t c1, float inv_t, float temperature,
+                                           int64_t c0, int64_t c1, double inv_t, double temperature,
                                            bool accumulate) {
   const int lane = threadIdx.x & 31;
   WARP_PER_ROW(r, models * batch) {
     const float* s = student + r * cols;
     const float* t = teacher + (((r / batch) % teachers) * batch + r % batch) * cols;
-    const float lse_s = warp_log_sum_exp(s + c0, c1 - c0, inv_t);
-    const float lse_t = warp_log_sum_exp(t + c0, c1 - c0, inv_t);
-    const float g = grad_loss[r / batch] * temperature / float(batch);
+    // q − p of two nearly equal softmaxes: double row math, as in the forward.
+    const double lse_s = warp_log_sum_exp_double(s + c0, c1 - c0, inv_t);
+    const double lse_t = warp_log_sum_exp_double(t + c0, c1 - c0, inv_t);
+    const double g = double(grad_loss[r / batch]) * temperature / double(batch);
     for (int64_t c = lane; c < cols; c += 32) {
       const bool inside = c >= c0 && c < c1;
       if (!inside && accumulate) continue;
-      const float v = inside ? g * (expf(s[c] * inv_t - lse_s) - expf(t[c] * inv_t - lse_t)) : 0.0f;
+      const float v =
+          inside ? float(g * (exp(double(s[c]) * inv_t - lse_s) - exp(double(t[c]) * inv_t - lse_t))) : 0.0f;
       dstudent[r * cols + c] = accumulate ? dstudent[r * cols + c] + v : v;
     }
   }
@@ -278,9 +300,8 @@ void cross_entropy_backward(const float* logits, const int32_t* labels, const fl
 void distill_kl(const float* student, const float* teacher, float* loss, int64_t models, int64_t teachers,
                 int64_t batch, int64_t cols, int64_t c0, int64_t c1, double temperature) {
   if (models == 0) return;
-  distill_kl_kernel<<<unsigned(models), kThreads, 0, stream()>>>(student, teacher, loss, teachers, batch,
-                                                                 cols, c0, c1, float(1.0 / temperature),
-                                                                 temperature * temperature);
+  distill_kl_kernel<<<unsigned(models), kThreads, 0, stream()>>>(
+      student, teacher, loss, teachers, batch, cols, c0, c1, 1.0 / temperature, temperature * temperature);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -289,8 +310,8 @@ void distill_kl_backward(const float* student, const float* teacher, const float
                          int64_t c1, double temperature, bool accumulate) {
   if (models * batch == 0) return;
   distill_kl_backward_kernel<<<row_grid(models * batch), kThreads, 0, stream()>>>(
-      student, teacher, grad_loss, dstudent, models, teachers, batch, cols, c0, c1, float(1.0 / temperature),
-      float(temperature), accumulate);
+      student, teacher, grad_loss, dstudent, models, teachers, batch, cols, c0, c1, 1.0 / temperature,
+      temperature, accumulate);
   CUDA_CHECK_LAUNCH();
 }
 
