@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/kernels.h"
+#include "engine/simd.h"
 
 #ifdef SUBLIMINAL_HAS_CUDA
 #include "engine/cuda/adam.h"
@@ -13,8 +14,8 @@ namespace subliminal {
 
 namespace cpu {
 template <class T>
-void adam_update(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v, int64_t n,
-                 int64_t t, const AdamOptions& o) {
+SUBLIMINAL_HOT_LOOP void adam_update(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v,
+                                     int64_t n, int64_t t, const AdamOptions& o) {
   // Scalars in double as torch computes them in Python, then used at the tensor's precision.
   const double bias_correction1 = 1.0 - std::pow(o.beta1, double(t));
   const double bias_correction2 = 1.0 - std::pow(o.beta2, double(t));

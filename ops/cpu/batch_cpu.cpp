@@ -6,12 +6,15 @@
 #include <vector>
 
 #include "engine/philox.h"
+#include "engine/random.h"
+#include "engine/simd.h"
 
 namespace subliminal::cpu {
 
 // first = step·stride: the batch's first position in the epoch's order.
-void gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* order, int64_t first,
-                  int64_t models, int64_t batch, int64_t pixels, int64_t samples, float* x, int32_t* y) {
+SUBLIMINAL_HOT_LOOP void gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* order,
+                                      int64_t first, int64_t models, int64_t batch, int64_t pixels,
+                                      int64_t samples, float* x, int32_t* y) {
   for (int64_t n = 0; n < models; ++n) {
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t i = order[n * samples + first + b];
@@ -31,6 +34,20 @@ void gaussian_pair(uint32_t w1, uint32_t w2, float out[2]) {
   const float angle = 2.0f * std::numbers::pi_v<float> * u2;
   out[0] = radius * std::cos(angle);
   out[1] = radius * std::sin(angle);
+}
+
+// One image's pixels from its words: uniform maps each word; Gaussian maps word pairs.
+SUBLIMINAL_HOT_LOOP void map_noise(const uint32_t* words, int64_t pixels, bool gaussian, float* dst) {
+  if (!gaussian) {
+    for (int64_t k = 0; k < pixels; ++k) dst[k] = uniform_pixel(words[k]);
+    return;
+  }
+  for (int64_t k = 0; k < pixels; k += 2) {
+    float pair[2];
+    gaussian_pair(words[k], words[k + 1], pair);
+    dst[k] = pair[0];
+    if (k + 1 < pixels) dst[k + 1] = pair[1];
+  }
 }
 
 // first = the image id of row 0 (fresh noise), or the position in `order` of row 0.

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "engine/error.h"
+#include "engine/simd.h"
 
 namespace subliminal::cpu {
 namespace {
@@ -40,18 +41,18 @@ void check_label(int32_t label, int64_t classes) {
 }  // namespace
 
 template <class T>
-void relu_forward(const T* x, T* y, int64_t n) {
+SUBLIMINAL_HOT_LOOP void relu_forward(const T* x, T* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] <= T(0) ? T(0) : x[i];  // NaN stays NaN, as torch.relu
 }
 
 template <class T>
-void relu_backward(const T* dy, const T* y, T* dx, int64_t n, bool accumulate) {
+SUBLIMINAL_HOT_LOOP void relu_backward(const T* dy, const T* y, T* dx, int64_t n, bool accumulate) {
   for (int64_t i = 0; i < n; ++i)
     store(dx + i, y[i] <= T(0) ? 0.0 : double(dy[i]), accumulate);  // threshold_backward
 }
 
 template <class T>
-void scale(const T* x, T s, T* y, int64_t n, bool accumulate) {
+SUBLIMINAL_HOT_LOOP void scale(const T* x, T s, T* y, int64_t n, bool accumulate) {
   for (int64_t i = 0; i < n; ++i) y[i] = accumulate ? y[i] + s * x[i] : s * x[i];
 }
 

@@ -1,0 +1,16 @@
+// engine/simd.h — one binary, the CPU's best vector instructions for the hot loops.
+//
+// SUBLIMINAL_HOT_LOOP marks a function (a plain loop the compiler vectorises) to be compiled
+// three times — for AVX-512, for AVX2, and for the x86-64 baseline — with the copy that fits
+// the CPU chosen once when the program loads (GCC/Clang target_clones, through an ifunc).
+// The build keeps its portable -O3 baseline: no -march flag, nothing that fails on an older
+// CPU. Results do not depend on the copy: the build is ISO C++ (no FMA contraction) and
+// these loops never reassociate, so each element is rounded exactly as in the baseline.
+#pragma once
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(SUBLIMINAL_NO_MULTIVERSION) && !defined(__SANITIZE_ADDRESS__)
+#define SUBLIMINAL_HOT_LOOP __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SUBLIMINAL_HOT_LOOP
+#endif
