@@ -410,6 +410,22 @@ void check_op(const std::string& what, const OpFn& op, const std::vector<double>
 
 class CudaOps : public CudaTest {};
 
+// Asking for more memory than any GPU has is an OutOfMemoryError that says how much was asked
+// for and what the device holds — and the runtime keeps working afterwards.
+TEST_F(CudaOps, OutOfMemoryNamesTheBytes) {
+  const int64_t absurd = int64_t(1) << 40;  // 4 TiB of float32
+  try {
+    Tensor::empty({absurd}, DType::f32, Device::cuda);
+    FAIL() << "a 4 TiB allocation succeeded";
+  } catch (const OutOfMemoryError& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("asked for " + std::to_string(absurd * 4) + " bytes"), std::string::npos) << message;
+    EXPECT_NE(message.find("free of"), std::string::npos) << message;
+  }
+  Tensor after = Tensor::full({16}, 1.0, DType::f32, Device::cuda);
+  EXPECT_EQ(after.to_vector<float>()[15], 1.0f);
+}
+
 TEST_F(CudaOps, ReluAndScaleMatchCpu) {
   const Shape s{3, 37, 29};
   std::vector<double> x = uniform_values(shape_numel(s), 11, -1, 1);

@@ -7,6 +7,7 @@
 // process of its own, so each test asks only for the runs it needs.
 #include <gtest/gtest.h>
 
+#include <algorithm>          // std::count
 #include <chrono>             // std::chrono::steady_clock
 #include <cmath>              // std::abs
 #include <cstdlib>            // std::getenv
@@ -166,6 +167,41 @@ TEST(EndToEnd, TwoModelsAreExactlyTwoSeparateRuns) {
     SCOPED_TRACE("model 1 vs --seed 1");
     expect_model_equals_run(batched.report, 1, seed1.report);
   }
+}
+
+// The same seed twice gives the same bits: every per-model loss and accuracy of every epoch,
+// compared exactly (the CPU backend has no threads racing over a sum, and its SIMD copies of a
+// loop all round alike).
+TEST(EndToEnd, SameSeedGivesBitIdenticalRuns) {
+  SKIP_WITHOUT_MNIST();
+  const AppRun &first = seed_run(0), &again = shared_run("seed0_again", {"--seed", "0"});
+  ASSERT_NO_FATAL_FAILURE(expect_succeeded(first));
+  ASSERT_NO_FATAL_FAILURE(expect_succeeded(again));
+  EXPECT_EQ(first.report["epochs"].dump(), again.report["epochs"].dump());
+  for (const char* arm : {"reference", "teacher", "student", "cross_init"})
+    EXPECT_EQ(first.report[arm]["per_model"].dump(), again.report[arm]["per_model"].dump()) << arm;
+}
+
+// A learning rate that blows the weights up: training stops at the end of the first epoch,
+// naming the phase, the epoch and the first step whose loss was not finite, with exit code 3
+// and one line; --allow-nonfinite keeps going (and says so) instead.
+TEST(EndToEnd, NonFiniteLossStopsTrainingNamingWhereUnlessAllowed) {
+  SKIP_WITHOUT_MNIST();
+  TempDir dir;
+  const std::vector<std::string> args = {"--device", "cpu", "--lr", "1e30", "--epochs-teacher", "1",
+                                         "--epochs-distill", "0", "--no-progress"};
+  const ProcessResult stopped = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
+  EXPECT_EQ(stopped.exit_code, 3) << stopped.err;
+  EXPECT_NE(stopped.err.find("non-finite loss in teacher training, epoch 1, step "), std::string::npos)
+      << stopped.err;
+  EXPECT_EQ(std::count(stopped.err.begin(), stopped.err.end(), '\n'), 1) << stopped.err;
+
+  std::vector<std::string> allowed = args;
+  allowed.push_back("--allow-nonfinite");
+  const ProcessResult kept = subliminal::test::run_process(SUBLIMINAL_APP_PATH, allowed, dir.path());
+  EXPECT_EQ(kept.exit_code, 0) << kept.err;
+  EXPECT_NE(kept.err.find("warning: non-finite loss in teacher training, epoch 1"), std::string::npos) << kept.err;
+  EXPECT_NE(kept.out.find("Teacher final test accuracy"), std::string::npos);
 }
 
 // ---- Sweeps ---------------------------------------------------------------------------------------------

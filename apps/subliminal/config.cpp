@@ -234,6 +234,9 @@ void validate(const Config& c) {
     throw UsageError("--save and --save-init name the same file");
   if (!c.load_init_path.empty() && c.models != 1)
     throw UsageError("--load-init holds one model's weights; use it with --models 1");
+  if (c.deterministic && c.autotune)
+    throw UsageError("--deterministic and --autotune: autotuning picks GEMM algorithms by timing, so two runs "
+                     "may round differently; drop one of them");
   if (c.gemm_engine == "cudnn" && !gemm::cudnn_compiled())
     throw UsageError(
         "--gemm cudnn: this build has no cuDNN engine (needs CUDA, cuDNN and the cudnn-frontend headers: "
@@ -266,8 +269,13 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
          "--sweep", sweeps,
          "Run once per value (repeat the flag for a grid), e.g. --sweep lr=1e-4,3e-4; needs --sweep-out")
       ->type_name("KEY=V1,V2,...");
-  bool tf32 = false, no_graphs = false, force = false, allow_nonfinite = false, no_progress = false;
+  bool tf32 = false, autotune = false, deterministic = false, no_graphs = false, force = false,
+       allow_nonfinite = false, no_progress = false;
   cli.add_flag("--tf32", tf32, "Allow TF32 tensor cores for float32 GEMMs (PyTorch's default is off)");
+  cli.add_flag("--autotune", autotune, "Time cuBLASLt's candidate algorithms once per GEMM shape and keep the fastest");
+  cli.add_flag("--deterministic", deterministic,
+               "Bit-identical results for the same seed on the same machine (the default path already is; "
+               "this refuses --autotune, whose timing-based choices are not)");
   cli.add_flag("--no-graphs", no_graphs,
                "Launch GPU training steps kernel by kernel instead of replaying a CUDA graph");
   cli.add_flag("--force", force, "Overwrite existing checkpoint files (--save, --save-init)");
@@ -300,6 +308,8 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
     if (cli.count(std::string("--") + f.key)) set_config_value(c, f.key, given[f.key]);
   c.sweeps = sweeps;
   c.tf32 = tf32;
+  c.autotune = autotune;
+  c.deterministic = deterministic;
   c.graphs = !no_graphs;
   c.force = force;
   c.allow_nonfinite = allow_nonfinite;

@@ -44,7 +44,9 @@ struct Config {
   bool eval_every_epoch = true;
 
   int threads = 0;  // CPU BLAS threads; 0 = all hardware threads
-  bool tf32 = false;
+    bool tf32 = false;
+    bool autotune = false;           // time cuBLASLt candidates per GEMM shape (gemm::Settings::autotune)
+  bool deterministic = false;      // insist on bit-reproducible runs (refuses --autotune)
   bool graphs = true;  // CUDA graphs for training steps
   MlpFusion fusion = MlpFusion::whole;
   std::string gemm_engine = "cublaslt";  // cublaslt | cudnn

@@ -348,7 +348,8 @@ std::vector<ArmSpec> student_arms(const Config& config) {
 Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer) {
   Results results;
   results.device = device_description(device);
-  gemm::settings().tf32 = config.tf32;
+    gemm::settings().tf32 = config.tf32;
+  gemm::settings().autotune = config.autotune;
   gemm::settings().engine =
       config.gemm_engine == "cudnn" ? gemm::GpuEngine::cudnn : gemm::GpuEngine::cublaslt;
   const MlpShape shape = config.mlp_shape();

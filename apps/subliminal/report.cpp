@@ -149,7 +149,9 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
                  {"init_perturb", c.init_perturb},
                  {"cross_init", c.cross_init},
                  {"all_logit_arms", c.all_logit_arms},
-                 {"tf32", c.tf32},
+                                  {"tf32", c.tf32},
+                                  {"autotune", c.autotune},
+                 {"deterministic", c.deterministic},
                  {"cuda_graphs", c.graphs},
                  {"fusion", fusion_name(c.fusion)},
                  {"gemm", c.gemm_engine}};

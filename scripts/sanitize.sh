@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# scripts/sanitize.sh — the CPU test suite under AddressSanitizer + UndefinedBehaviorSanitizer
+# (any finding fails the run: UBSan does not recover). CUDA off: the sanitizers watch host code.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSUBLIMINAL_SANITIZE=ON -DSUBLIMINAL_CUDA=OFF -DBUILD_TESTING=ON
+cmake --build build-asan
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build-asan --output-on-failure -j "$(nproc)"
