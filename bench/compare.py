@@ -22,6 +22,8 @@ else the first of python3, /usr/bin/python3 that does).
 import argparse
 import json
 import os
+
+from machine import cpu_model, usable_cores
 import shutil
 import signal
 import statistics
@@ -49,24 +51,7 @@ def note(message):
 # ---------------------------------------------------------------------------------------------- machine
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
 
-    return platform.processor() or "unknown CPU"
-
-
-def usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def nvidia_gpus():

@@ -28,6 +28,8 @@ import gzip
 import json
 import math
 import os
+
+from machine import cpu_model, usable_cores
 import platform
 import shutil
 import struct
@@ -851,22 +853,7 @@ def parse_args(argv=None):
     return args
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
-
-def usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def main(argv=None):

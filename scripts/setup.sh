@@ -6,7 +6,8 @@
 #                               GoogleTest, CLI11, nlohmann-json), the cudnn-frontend headers
 #                               when a CUDA toolkit is present, and MNIST when it can be found
 #                               or fetched
-#   scripts/setup.sh --bench    also PyTorch for the CPU (Debian's python3-torch) for bench/
+#   scripts/setup.sh --bench    also PyTorch from PyPI (into .venv, ~5 GB) and matplotlib, for
+#                               bench/ and scripts/plot.py
 #   scripts/setup.sh --fuzz     also clang/libFuzzer for tests/fuzz
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,7 @@ fi
 
 packages=(cmake ninja-build g++ make pkg-config libopenblas-dev zlib1g-dev libgtest-dev libcli11-dev
           nlohmann-json3-dev python3)
-[ "$want_bench" = 1 ] && packages+=(python3-torch python3-torchvision python3-numpy python3-pil python3-matplotlib)
+[ "$want_bench" = 1 ] && packages+=(python3-venv python3-matplotlib)
 [ "$want_fuzz" = 1 ] && packages+=(clang libclang-rt-dev)
 
 missing=()
@@ -41,6 +42,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup.sh: installing ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# PyTorch for the comparisons comes from PyPI (Debian's 1.13 is far older and slower), in a
+# virtual environment of the project's own: bench/compare.py --python .venv/bin/python.
+if [ "$want_bench" = 1 ] && [ ! -x .venv/bin/python ]; then
+  echo "setup.sh: installing PyTorch from PyPI into .venv (a few GB)"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q torch torchvision numpy pillow matplotlib
 fi
 
 # The cuDNN engine needs the cudnn-frontend headers (never committed; see third_party/README.md).

@@ -147,7 +147,7 @@ TEST(Cli, JsonIntoAMissingDirectoryIsRefusedUpFront) {
 // Flag combinations that cannot work are caught by validation, naming the flags.
 TEST(Cli, InconsistentFlagCombinationsAreRefused) {
   expect_usage_error({"--models", "2", "--load-init", "init.safetensors"}, "--load-init");
-    expect_usage_error({"--device", "cpu", "--sweep", "lr=1e-3"}, "--sweep-out");
+  expect_usage_error({"--device", "cpu", "--sweep", "lr=1e-3"}, "--sweep-out");
   expect_usage_error({"--deterministic", "--autotune"}, "--autotune");
 }
 

@@ -419,7 +419,8 @@ TEST_F(CudaOps, OutOfMemoryNamesTheBytes) {
     FAIL() << "a 4 TiB allocation succeeded";
   } catch (const OutOfMemoryError& e) {
     const std::string message = e.what();
-    EXPECT_NE(message.find("asked for " + std::to_string(absurd * 4) + " bytes"), std::string::npos) << message;
+    EXPECT_NE(message.find("asked for " + std::to_string(absurd * 4) + " bytes"), std::string::npos)
+        << message;
     EXPECT_NE(message.find("free of"), std::string::npos) << message;
   }
   Tensor after = Tensor::full({16}, 1.0, DType::f32, Device::cuda);

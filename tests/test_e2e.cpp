@@ -188,8 +188,8 @@ TEST(EndToEnd, SameSeedGivesBitIdenticalRuns) {
 TEST(EndToEnd, NonFiniteLossStopsTrainingNamingWhereUnlessAllowed) {
   SKIP_WITHOUT_MNIST();
   TempDir dir;
-  const std::vector<std::string> args = {"--device", "cpu", "--lr", "1e30", "--epochs-teacher", "1",
-                                         "--epochs-distill", "0", "--no-progress"};
+  const std::vector<std::string> args = {
+      "--device", "cpu", "--lr", "1e30", "--epochs-teacher", "1", "--epochs-distill", "0", "--no-progress"};
   const ProcessResult stopped = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
   EXPECT_EQ(stopped.exit_code, 3) << stopped.err;
   EXPECT_NE(stopped.err.find("non-finite loss in teacher training, epoch 1, step "), std::string::npos)
@@ -200,7 +200,8 @@ TEST(EndToEnd, NonFiniteLossStopsTrainingNamingWhereUnlessAllowed) {
   allowed.push_back("--allow-nonfinite");
   const ProcessResult kept = subliminal::test::run_process(SUBLIMINAL_APP_PATH, allowed, dir.path());
   EXPECT_EQ(kept.exit_code, 0) << kept.err;
-  EXPECT_NE(kept.err.find("warning: non-finite loss in teacher training, epoch 1"), std::string::npos) << kept.err;
+  EXPECT_NE(kept.err.find("warning: non-finite loss in teacher training, epoch 1"), std::string::npos)
+      << kept.err;
   EXPECT_NE(kept.out.find("Teacher final test accuracy"), std::string::npos);
 }
 

@@ -14,8 +14,10 @@
 #include <string>            // std::string
 #include <vector>            // std::vector
 
-#include "data/idx.h"      // read_idx, IdxFile, IdxLimits
-#include "engine/error.h"  // subliminal::DataError
+#include "data/idx.h"         // read_idx, IdxFile, IdxLimits
+#include "engine/error.h"     // subliminal::DataError
+#include "tests/idx_files.h"  // idx_bytes, write_raw, write_gz
+#include "tests/temp_dir.h"   // TempDir
 
 namespace {
 
@@ -26,63 +28,19 @@ using subliminal::data::IdxLimits;
 using subliminal::data::kIdxMagicImages;
 using subliminal::data::kIdxMagicLabels;
 using subliminal::data::read_idx;
-using Bytes = std::vector<uint8_t>;
+using subliminal::test::Bytes;
+using subliminal::test::idx_bytes;
+using subliminal::test::TempDir;
+using subliminal::test::write_gz;
+using subliminal::test::write_raw;
 
 // ---- Helpers --------------------------------------------------------------------------------
-
-// A fresh directory under the system temp dir, removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "subliminal_test_idx_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-void append_big_endian(Bytes& bytes, uint32_t value) {
-  for (int shift = 24; shift >= 0; shift -= 8) bytes.push_back(uint8_t(value >> shift));
-}
-
-// magic, then each dim as a big-endian u32, then the payload.
-Bytes idx_bytes(uint32_t magic, const std::vector<uint32_t>& dims, const Bytes& payload) {
-  Bytes bytes;
-  append_big_endian(bytes, magic);
-  for (uint32_t dim : dims) append_big_endian(bytes, dim);
-  bytes.insert(bytes.end(), payload.begin(), payload.end());
-  return bytes;
-}
 
 // n bytes of a fixed pattern that no off-by-one can reproduce by accident.
 Bytes pattern(size_t n) {
   Bytes bytes(n);
   for (size_t i = 0; i < n; ++i) bytes[i] = uint8_t((i * 131 + 7) % 251);
   return bytes;
-}
-
-void write_raw(const fs::path& path, const Bytes& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-  ASSERT_TRUE(out.good()) << path;
-}
-
-// Writes bytes as one gzip member; mode "ab" appends a second member, as `cat a.gz b.gz` would.
-void write_gz(const fs::path& path, const Bytes& bytes, const char* mode = "wb") {
-  gzFile gz = gzopen(path.c_str(), mode);
-  ASSERT_NE(gz, nullptr) << path;
-  if (!bytes.empty()) {
-    ASSERT_EQ(gzwrite(gz, bytes.data(), unsigned(bytes.size())), int(bytes.size()));
-  }
-  ASSERT_EQ(gzclose(gz), Z_OK);
 }
 
 Bytes read_all(const fs::path& path) {

@@ -13,9 +13,11 @@
 #include <string>      // std::string
 #include <vector>      // std::vector
 
-#include "data/idx.h"      // kIdxMagicImages, kIdxMagicLabels
-#include "data/mnist.h"    // locate_mnist, load_mnist
-#include "engine/error.h"  // subliminal::DataError
+#include "data/idx.h"         // kIdxMagicImages, kIdxMagicLabels
+#include "data/mnist.h"       // locate_mnist, load_mnist
+#include "engine/error.h"     // subliminal::DataError
+#include "tests/idx_files.h"  // idx_bytes, write_raw, write_gz
+#include "tests/temp_dir.h"   // TempDir
 
 namespace {
 
@@ -26,28 +28,11 @@ using subliminal::data::kIdxMagicLabels;
 using subliminal::data::load_mnist;
 using subliminal::data::locate_mnist;
 using subliminal::data::Mnist;
-using Bytes = std::vector<uint8_t>;
+using subliminal::test::Bytes;
+using subliminal::test::idx_bytes;
+using subliminal::test::TempDir;
 
 // ---- Helpers --------------------------------------------------------------------------------
-
-// A fresh directory under the system temp dir, removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "subliminal_test_mnist_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 // Saves $MNIST_DIR, $HOME and the working directory, and puts them back at scope exit, so the
 // locate tests cannot leak into each other or into the real-data test.
@@ -77,28 +62,12 @@ class EnvironmentGuard {
   fs::path cwd_;
 };
 
-Bytes idx_bytes(uint32_t magic, const std::vector<uint32_t>& dims, const Bytes& payload) {
-  Bytes bytes;
-  auto append = [&bytes](uint32_t value) {
-    for (int shift = 24; shift >= 0; shift -= 8) bytes.push_back(uint8_t(value >> shift));
-  };
-  append(magic);
-  for (uint32_t dim : dims) append(dim);
-  bytes.insert(bytes.end(), payload.begin(), payload.end());
-  return bytes;
-}
-
+// Gzip for a .gz name, raw otherwise.
 void write_file(const fs::path& path, const Bytes& bytes) {
-  if (path.extension() == ".gz") {
-    gzFile gz = gzopen(path.c_str(), "wb");
-    ASSERT_NE(gz, nullptr) << path;
-    ASSERT_EQ(gzwrite(gz, bytes.data(), unsigned(bytes.size())), int(bytes.size()));
-    ASSERT_EQ(gzclose(gz), Z_OK);
-  } else {
-    std::ofstream out(path, std::ios::binary);
-    out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-    ASSERT_TRUE(out.good()) << path;
-  }
+  if (path.extension() == ".gz")
+    subliminal::test::write_gz(path, bytes);
+  else
+    subliminal::test::write_raw(path, bytes);
 }
 
 // count images of rows x cols whose pixels all equal their index, and labels = index % 10.

@@ -23,6 +23,8 @@
 #include <string>      // std::string
 #include <vector>      // std::vector
 
+#include "tests/temp_dir.h"  // TempDir
+
 #include <gtest/gtest.h>
 
 #include "engine/autograd.h"  // Node, record, zero_grad, NoGradGuard
@@ -175,27 +177,6 @@ inline ::testing::AssertionResult gradient_matches(const std::function<Tensor()>
 }
 
 // ---- Files and processes ------------------------------------------------------------------------
-
-// A fresh directory under the system temp dir, removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "subliminal_test_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 inline std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
