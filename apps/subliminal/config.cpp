@@ -148,6 +148,8 @@ const std::vector<ValueFlag>& value_flags() {
        [](Config& c, auto& k, auto& v) { c.all_logit_arms = parse_bool(k, v); }},
       {"eval-every-epoch", "Evaluate after every epoch (else only at the end): true | false",
        [](Config& c, auto& k, auto& v) { c.eval_every_epoch = parse_bool(k, v); }},
+      {"train-samples", "Use only the first N training images (default 0: all 60000) — for quick runs",
+       [](Config& c, auto& k, auto& v) { c.train_samples = parse_int(k, v, 0, INT32_MAX); }},
       {"threads", "CPU threads for BLAS (0: all hardware threads)",
        [](Config& c, auto& k, auto& v) { c.threads = int(parse_int(k, v, 0, 1024)); }},
       {"fusion", "How the MLP sits on the autograd tape: whole | per_layer | none",
@@ -235,8 +237,9 @@ void validate(const Config& c) {
   if (!c.load_init_path.empty() && c.models != 1)
     throw UsageError("--load-init holds one model's weights; use it with --models 1");
   if (c.deterministic && c.autotune)
-    throw UsageError("--deterministic and --autotune: autotuning picks GEMM algorithms by timing, so two runs "
-                     "may round differently; drop one of them");
+    throw UsageError(
+        "--deterministic and --autotune: autotuning picks GEMM algorithms by timing, so two runs "
+        "may round differently; drop one of them");
   if (c.gemm_engine == "cudnn" && !gemm::cudnn_compiled())
     throw UsageError(
         "--gemm cudnn: this build has no cuDNN engine (needs CUDA, cuDNN and the cudnn-frontend headers: "
@@ -272,7 +275,8 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   bool tf32 = false, autotune = false, deterministic = false, no_graphs = false, force = false,
        allow_nonfinite = false, no_progress = false;
   cli.add_flag("--tf32", tf32, "Allow TF32 tensor cores for float32 GEMMs (PyTorch's default is off)");
-  cli.add_flag("--autotune", autotune, "Time cuBLASLt's candidate algorithms once per GEMM shape and keep the fastest");
+  cli.add_flag("--autotune", autotune,
+               "Time cuBLASLt's candidate algorithms once per GEMM shape and keep the fastest");
   cli.add_flag("--deterministic", deterministic,
                "Bit-identical results for the same seed on the same machine (the default path already is; "
                "this refuses --autotune, whose timing-based choices are not)");

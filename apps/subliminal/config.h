@@ -42,12 +42,13 @@ struct Config {
   bool cross_init = true;       // also distill students from a different init (the control)
   bool all_logit_arms = false;  // also distill on all logits (the paper's extra arms)
   bool eval_every_epoch = true;
+  int64_t train_samples = 0;  // use only the first N training images (0: all) — quick experiments
 
   int threads = 0;  // CPU BLAS threads; 0 = all hardware threads
-    bool tf32 = false;
-    bool autotune = false;           // time cuBLASLt candidates per GEMM shape (gemm::Settings::autotune)
-  bool deterministic = false;      // insist on bit-reproducible runs (refuses --autotune)
-  bool graphs = true;  // CUDA graphs for training steps
+  bool tf32 = false;
+  bool autotune = false;       // time cuBLASLt candidates per GEMM shape (gemm::Settings::autotune)
+  bool deterministic = false;  // insist on bit-reproducible runs (refuses --autotune)
+  bool graphs = true;          // CUDA graphs for training steps
   MlpFusion fusion = MlpFusion::whole;
   std::string gemm_engine = "cublaslt";  // cublaslt | cudnn
 

@@ -45,13 +45,14 @@ struct DeviceData {
   int64_t train_count = 0;
 };
 
-DeviceData upload(const data::Mnist& mnist, Device device) {
+// train_samples > 0 keeps only the first that many training images.
+DeviceData upload(const data::Mnist& mnist, Device device, int64_t train_samples) {
   DeviceData d;
   const data::MnistSplit &train = mnist.train, &test = mnist.test;
   const int64_t pixels = int64_t(train.rows) * train.cols;
-  d.train_count = train.count;
-  d.train_images = Tensor::from_vector(train.images, {train.count, pixels}, device);
-  d.train_labels = Tensor::from_vector(train.labels, {train.count}, device);
+  d.train_count = train_samples > 0 ? std::min(train_samples, train.count) : train.count;
+  d.train_images = Tensor::from_vector(train.images, {train.count, pixels}, device).rows(0, d.train_count);
+  d.train_labels = Tensor::from_vector(train.labels, {train.count}, device).rows(0, d.train_count);
   // The test set goes through the same normalisation kernel once, in identity order.
   Tensor test_images = Tensor::from_vector(test.images, {test.count, pixels}, device);
   Tensor test_labels = Tensor::from_vector(test.labels, {test.count}, device);
@@ -335,6 +336,8 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
 
 }  // namespace
 
+int64_t cross_init_partner(int64_t model, int64_t models) { return (model + 1) % models; }
+
 std::vector<ArmSpec> student_arms(const Config& config) {
   std::vector<ArmSpec> arms{{"student", "Student", true, false}};
   if (config.cross_init) arms.push_back({"cross_init", "Cross-init", false, false});
@@ -348,13 +351,13 @@ std::vector<ArmSpec> student_arms(const Config& config) {
 Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer) {
   Results results;
   results.device = device_description(device);
-    gemm::settings().tf32 = config.tf32;
+  gemm::settings().tf32 = config.tf32;
   gemm::settings().autotune = config.autotune;
   gemm::settings().engine =
       config.gemm_engine == "cudnn" ? gemm::GpuEngine::cudnn : gemm::GpuEngine::cublaslt;
   const MlpShape shape = config.mlp_shape();
   const int64_t N = config.models;
-  DeviceData data = upload(mnist, device);
+  DeviceData data = upload(mnist, device, config.train_samples);
 
   // 1. init: model m from seed + m; the shared init (variant 0) and the cross-init one.
   std::vector<uint64_t> seeds;
@@ -370,7 +373,7 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   if (config.preset == Preset::paper && N >= 2) {
     // The paper's cross-model arm takes another model's init. A cyclic shift is a
     // derangement: no model is ever paired with its own init (a random permutation would be).
-    for (int64_t m = 0; m < N; ++m) cross.copy_model_from(init, (m + 1) % N, m);
+    for (int64_t m = 0; m < N; ++m) cross.copy_model_from(init, cross_init_partner(m, N), m);
   } else {
     init_mlp(cross, config.init, seeds, 1);
   }

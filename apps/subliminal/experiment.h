@@ -50,8 +50,8 @@ struct Results {
   std::map<std::string, std::vector<EpochMetrics>> arm_epochs;
   std::map<std::string, PhaseTiming> timing;  // "teacher", "distill_ghosts", "distill_all_logits"
   double eval_seconds = 0;
-    std::string notes;                                  // fallbacks etc., one line each
-  std::string gemm_tuning;                            // cuBLASLt autotuning choices (GPU), one line each
+  std::string notes;        // fallbacks etc., one line each
+  std::string gemm_tuning;  // cuBLASLt autotuning choices (GPU), one line each
 };
 
 // What the experiment tells its caller as it goes (printing, progress bars).
@@ -64,6 +64,11 @@ struct Observer {
   virtual void phase_ends() {}
   virtual void message(const std::string& line) {}
 };
+
+// The model whose init cross-init student m takes in the paper's arms: a cyclic shift, so a
+// derangement — no student ever gets its own model's init (a random permutation would pair
+// about one model with itself). Needs models ≥ 2.
+int64_t cross_init_partner(int64_t model, int64_t models);
 
 // Runs the whole experiment on `device` (already validated as usable).
 Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer);

@@ -1,0 +1,185 @@
+// tests/test_app_units.cpp — the app's pieces called directly: presets and flag overrides, the
+// cross-init derangement, the confidence-interval arithmetic, the sweep grid, a training loop
+// that stops allocating, and a small paper-mode run whose arms must come out in the paper's order.
+#include <gtest/gtest.h>
+
+#include <cmath>     // std::sqrt
+#include <cstdlib>   // std::getenv
+#include <iostream>  // std::cout
+#include <map>       // std::map
+#include <set>       // std::set
+#include <string>    // std::string
+#include <vector>    // std::vector
+
+#include "apps/subliminal/config.h"      // parse_command_line, Config
+#include "apps/subliminal/experiment.h"  // run_experiment, cross_init_partner
+#include "apps/subliminal/report.h"      // summarize
+#include "apps/subliminal/sweep.h"       // sweep_grid, config_id
+#include "data/mnist.h"                  // locate_mnist, load_mnist
+#include "engine/adam.h"                 // Adam
+#include "engine/autograd.h"             // zero_grad
+#include "engine/nn.h"                   // MlpParams, init_mlp
+#include "engine/storage.h"              // cpu_allocator_stats
+#include "ops/batch.h"                   // gather_batch
+#include "ops/loss.h"                    // cross_entropy
+#include "ops/mlp.h"                     // mlp_forward
+
+namespace {
+
+using namespace subliminal;
+using namespace subliminal::app;
+
+Config parse(std::vector<const char*> args) {
+  args.insert(args.begin(), "subliminal");
+  return parse_command_line(int(args.size()), args.data()).config;
+}
+
+// --preset paper sets REFERENCE.md §2's values; any explicit flag wins over the preset,
+// whichever side of it on the command line.
+TEST(Presets, PaperSetsThePaperScriptsValuesAndFlagsOverrideThem) {
+  const Config notebook = parse({});
+  EXPECT_EQ(notebook.preset, Preset::notebook);
+  EXPECT_EQ(notebook.models, 1);
+  EXPECT_EQ(notebook.batch_size, 256);
+  EXPECT_EQ(notebook.init, InitScheme::torch_default);
+  EXPECT_EQ(notebook.noise_set, NoiseSet::fresh);
+  EXPECT_FALSE(notebook.all_logit_arms);
+
+  const Config paper = parse({"--preset", "paper"});
+  EXPECT_EQ(paper.models, 100);
+  EXPECT_EQ(paper.batch_size, 1024);
+  EXPECT_EQ(paper.init, InitScheme::normal_fan_in);
+  EXPECT_EQ(paper.noise_set, NoiseSet::fixed);
+  EXPECT_TRUE(paper.all_logit_arms);
+  EXPECT_TRUE(paper.cross_init);
+  EXPECT_DOUBLE_EQ(paper.lr, 3e-4);
+  EXPECT_EQ(paper.epochs_teacher, 5);
+  EXPECT_EQ(paper.epochs_distill, 5);
+  EXPECT_EQ(paper.ghosts, 3);
+
+  const Config overridden = parse({"--models", "10", "--preset", "paper", "--batch-size", "512"});
+  EXPECT_EQ(overridden.models, 10);
+  EXPECT_EQ(overridden.batch_size, 512);
+  EXPECT_EQ(overridden.init, InitScheme::normal_fan_in);
+}
+
+// The paper's arms: six, in its order; the notebook's: student and control.
+TEST(Presets, ArmsOfEachPreset) {
+  std::vector<std::string> keys;
+  for (const ArmSpec& a : student_arms(parse({"--preset", "paper"}))) keys.push_back(a.key);
+  EXPECT_EQ(keys, (std::vector<std::string>{"student", "cross_init", "student_all_logits",
+                                            "cross_init_all_logits"}));
+  keys.clear();
+  for (const ArmSpec& a : student_arms(parse({}))) keys.push_back(a.key);
+  EXPECT_EQ(keys, (std::vector<std::string>{"student", "cross_init"}));
+}
+
+// The cross-model pairing is a derangement for every N ≥ 2: a permutation with no fixed point.
+TEST(CrossInit, PartnerIsADerangementForEveryModelCount) {
+  for (int64_t n = 2; n <= 257; ++n) {
+    std::set<int64_t> partners;
+    for (int64_t m = 0; m < n; ++m) {
+      const int64_t p = cross_init_partner(m, n);
+      ASSERT_NE(p, m) << "model " << m << " of " << n << " paired with itself";
+      ASSERT_GE(p, 0);
+      ASSERT_LT(p, n);
+      partners.insert(p);
+    }
+    EXPECT_EQ(int64_t(partners.size()), n) << "not a permutation for N = " << n;
+  }
+}
+
+// mean, sample std and 95% CI = 1.96·std/√n, computed by hand for a few values.
+TEST(Statistics, MeanStdAndConfidenceInterval) {
+  const Stats two = summarize({0.5, 0.7});
+  EXPECT_DOUBLE_EQ(two.mean, 0.6);
+  EXPECT_NEAR(two.std, std::sqrt(0.02), 1e-15);
+  EXPECT_NEAR(two.ci95, 1.96 * std::sqrt(0.02) / std::sqrt(2.0), 1e-15);
+  EXPECT_EQ(two.n, 2);
+  const Stats four = summarize({0.1, 0.2, 0.3, 0.4});
+  const double var = (0.0225 + 0.0025 + 0.0025 + 0.0225) / 3;
+  EXPECT_NEAR(four.mean, 0.25, 1e-15);
+  EXPECT_NEAR(four.std, std::sqrt(var), 1e-15);
+  EXPECT_NEAR(four.ci95, 1.96 * std::sqrt(var) / 2, 1e-15);
+  const Stats one = summarize({0.42});
+  EXPECT_DOUBLE_EQ(one.mean, 0.42);
+  EXPECT_EQ(one.std, 0);
+  EXPECT_EQ(one.ci95, 0);
+}
+
+// Several --sweep keys form a grid; each configuration has a stable id; bad text is refused up front.
+TEST(Sweep, KeysFormAGridWithStableIdsAndBadValuesAreRefused) {
+  Config base = parse({});
+  base.sweeps = {"lr=1e-3,3e-4", "temperature=1,2,4"};
+  const auto grid = sweep_grid(base);
+  ASSERT_EQ(grid.size(), 6u);
+  EXPECT_EQ(config_id(grid.front()), "lr=1e-3;temperature=1");
+  EXPECT_EQ(config_id(grid.back()), "lr=3e-4;temperature=4");
+  std::set<std::string> ids;
+  for (const auto& settings : grid) ids.insert(config_id(settings));
+  EXPECT_EQ(ids.size(), 6u);
+
+  base.sweeps = {"hidden=256,256;128"};  // hidden sizes contain commas: ';' separates values
+  EXPECT_EQ(sweep_grid(base).size(), 2u);
+  for (const char* bad : {"lr", "lr=", "lr=0.1,abc", "colour=red", "=1"}) {
+    base.sweeps = {bad};
+    EXPECT_THROW(sweep_grid(base), UsageError) << bad;
+  }
+  base.sweeps = {"lr=1e-3", "lr=3e-4"};
+  EXPECT_THROW(sweep_grid(base), UsageError);
+}
+
+// After its first steps, a CPU training loop allocates nothing: every tensor of a step comes
+// from the caching allocator's free lists.
+TEST(CpuTraining, StepsStopAllocatingAfterTheFirst) {
+  const int64_t samples = 1024, batch = 128;
+  MlpParams params(MlpShape{{784, 64, 64, 13}}, 2, DType::f32, Device::cpu);
+  init_mlp(params, InitScheme::torch_default, {1, 2}, 0);
+  Adam adam(params.values(), params.grads(), {});
+  std::vector<uint8_t> pixels(static_cast<size_t>(samples * 784)), labels(static_cast<size_t>(samples));
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = uint8_t(i * 37 % 251);
+  for (size_t i = 0; i < labels.size(); ++i) labels[i] = uint8_t(i % 10);
+  const Tensor images = Tensor::from_vector(pixels, {samples, 784}),
+               targets = Tensor::from_vector(labels, {samples});
+  std::vector<int32_t> order(static_cast<size_t>(2 * samples));
+  for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i % size_t(samples));
+  const Tensor order_t = Tensor::from_vector(order, {2, samples});
+  const Tensor step = Tensor::zeros({1}, DType::i64);
+  auto train_step = [&] {
+    Tensor x = Tensor::empty({2, batch, 784}), y = Tensor::empty({2, batch}, DType::i32);
+    gather_batch(images, targets, order_t, step, batch, x, y);
+    Tensor loss = cross_entropy(mlp_forward(x, params), y, {0, 10});
+    zero_grad(params.tensors());
+    loss.backward();
+    adam.step();
+    *step.data<int64_t>() = (*step.data<int64_t>() + 1) % (samples / batch);
+  };
+  for (int i = 0; i < 3; ++i) train_step();
+  const uint64_t before = cpu_allocator_stats().fresh_allocations;
+  for (int i = 0; i < 10; ++i) train_step();
+  EXPECT_EQ(cpu_allocator_stats().fresh_allocations, before)
+      << "a steady training step allocated fresh memory";
+}
+
+// The paper's experiment at a small scale on the CPU (3 models, 12 000 training images, batch
+// 256, 2 + 3 epochs): the arms come out in the paper's order — teacher > student on all logits >
+// student on ghost logits > cross-init on ghost logits ≈ the untrained reference.
+TEST(PaperMode, SmallRunOrdersTheArmsAsThePaperDoes) {
+  if (!std::getenv("MNIST_DIR"))
+    GTEST_SKIP() << "MNIST_DIR not set: the paper-mode run needs the MNIST files";
+  Config config = parse({"--preset", "paper", "--models", "3", "--batch-size", "256", "--train-samples",
+                         "12000", "--epochs-teacher", "2", "--epochs-distill", "3", "--no-progress"});
+  const data::Mnist mnist = data::load_mnist(data::locate_mnist(""));
+  Observer quiet;
+  const Results results = run_experiment(config, mnist, Device::cpu, quiet);
+  std::map<std::string, double> mean;
+  for (const auto& [arm, acc] : results.final_acc) mean[arm] = summarize(acc).mean;
+  for (const auto& [arm, m] : mean) std::cout << "[ paper    ] " << arm << " " << m << "\n";
+  EXPECT_GT(mean["teacher"], mean["student_all_logits"]);
+  EXPECT_GT(mean["student_all_logits"], mean["student"]);
+  EXPECT_GT(mean["student"], mean["cross_init"] + 0.05);  // measured: 0.225 vs 0.097
+  EXPECT_NEAR(mean["cross_init"], mean["reference"], 0.05);
+  EXPECT_GT(mean["cross_init_all_logits"], mean["cross_init"]);
+}
+
+}  // namespace
