@@ -8,8 +8,9 @@
 #include <string>   // std::string
 #include <vector>   // std::vector
 
-#include "engine/device.h"    // cuda_available
-#include "tests/test_util.h"  // run_process, TempDir, count_lines
+#include "engine/device.h"       // cuda_available
+#include "engine/safetensors.h"  // write_safetensors: a checkpoint of the wrong shape
+#include "tests/test_util.h"     // run_process, TempDir, count_lines
 
 namespace {
 
@@ -119,6 +120,33 @@ TEST(Cli, MalformedIdxFileIsNamedInTheError) {
   const fs::path bad = data / "t10k-labels-idx1-ubyte";
   write_idx(bad, 0x12345678, {2}, 2);
   expect_usage_error({"--device", "cpu", "--data", data.path().string()}, bad.string());
+}
+
+// --load-init with a tensor of the wrong shape (a checkpoint of another --hidden): the message
+// names the file and the tensor; a file that is not safetensors at all names the file.
+TEST(Cli, LoadInitOfAnotherShapeNamesTheFileAndTensor) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  const fs::path init = data / "other.safetensors";
+  subliminal::write_safetensors(init,
+                                {{"net.0.weight", subliminal::Tensor::zeros({128, 784})},
+                                 {"net.0.bias", subliminal::Tensor::zeros({128})},
+                                 {"net.2.weight", subliminal::Tensor::zeros({256, 128})},
+                                 {"net.2.bias", subliminal::Tensor::zeros({256})},
+                                 {"net.4.weight", subliminal::Tensor::zeros({13, 256})},
+                                 {"net.4.bias", subliminal::Tensor::zeros({13})}},
+                                {}, false);
+  const std::vector<std::string> run = {"--device",         "cpu", "--data",           data.path().string(),
+                                        "--epochs-teacher", "0",   "--epochs-distill", "0",
+                                        "--load-init"};
+  std::vector<std::string> args = run;
+  args.push_back(init.string());
+  expect_usage_error(args, init.string() + ": net.0.weight");
+  const fs::path not_safetensors = data / "notes.txt";
+  write_text(not_safetensors, "hello");
+  args = run;
+  args.push_back(not_safetensors.string());
+  expect_usage_error(args, not_safetensors.string());
 }
 
 // ---- Device and output paths ------------------------------------------------------------------------

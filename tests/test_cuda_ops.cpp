@@ -427,6 +427,36 @@ TEST_F(CudaOps, OutOfMemoryNamesTheBytes) {
   EXPECT_EQ(after.to_vector<float>()[15], 1.0f);
 }
 
+// A batch that runs past the end of the epoch's order (the CPU path throws for it): the GPU
+// kernels write NaN (and label −1) for the missing rows instead of reading out of bounds.
+TEST_F(CudaOps, BatchPastTheEndOfTheOrderIsPoisonedNotReadOutOfBounds) {
+  const int64_t S = 10, P = 4, B = 4;
+  std::vector<uint8_t> pixels(static_cast<size_t>(S * P)), labels(static_cast<size_t>(S));
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = uint8_t(i);
+  for (size_t i = 0; i < labels.size(); ++i) labels[i] = uint8_t(i % 10);
+  std::vector<int32_t> order(static_cast<size_t>(S));
+  for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(S - 1 - int64_t(i));
+  const Tensor images = Tensor::from_vector(pixels, {S, P}, Device::cuda);
+  const Tensor targets = Tensor::from_vector(labels, {S}, Device::cuda);
+  const Tensor order_t = Tensor::from_vector(order, {1, S}, Device::cuda);
+  const Tensor step = Tensor::full({1}, 2.0, DType::i64, Device::cuda);  // positions 8..11 of 10
+  Tensor x = Tensor::empty({1, B, P}, DType::f32, Device::cuda),
+         y = Tensor::empty({1, B}, DType::i32, Device::cuda);
+  gather_batch(images, targets, order_t, step, B, x, y);
+  const std::vector<float> xv = x.to_vector<float>();
+  const std::vector<int32_t> yv = y.to_vector<int32_t>();
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t k = 0; k < P; ++k)
+      EXPECT_EQ(std::isnan(xv[size_t(r * P + k)]), r >= 2) << "gather row " << r;
+  EXPECT_EQ(yv[2], -1);
+  EXPECT_EQ(yv[3], -1);
+  Tensor noise = Tensor::empty({1, B, P}, DType::f32, Device::cuda);
+  noise_batch(5, 7, order_t, step, B, 0, NoiseDistribution::uniform, noise);
+  const std::vector<float> nv = noise.to_vector<float>();
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t k = 0; k < P; ++k) EXPECT_EQ(std::isnan(nv[size_t(r * P + k)]), r >= 2) << "noise row " << r;
+}
+
 TEST_F(CudaOps, ReluAndScaleMatchCpu) {
   const Shape s{3, 37, 29};
   std::vector<double> x = uniform_values(shape_numel(s), 11, -1, 1);

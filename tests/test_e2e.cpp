@@ -202,6 +202,8 @@ TEST(EndToEnd, NonFiniteLossStopsTrainingNamingWhereUnlessAllowed) {
   EXPECT_EQ(kept.exit_code, 0) << kept.err;
   EXPECT_NE(kept.err.find("warning: non-finite loss in teacher training, epoch 1"), std::string::npos)
       << kept.err;
+  EXPECT_NE(kept.err.find("non-finite parameter values after teacher epoch 1"), std::string::npos)
+      << kept.err;
   EXPECT_NE(kept.out.find("Teacher final test accuracy"), std::string::npos);
 }
 

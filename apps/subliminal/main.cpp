@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "apps/subliminal/blas_core.h"
+#include "apps/subliminal/checkpoint.h"
 #include "apps/subliminal/config.h"
 #include "apps/subliminal/experiment.h"
 #include "apps/subliminal/parity.h"
@@ -68,6 +69,10 @@ int run(int argc, char** argv) {
     if (config.sweep_out.empty())
       throw UsageError("--sweep needs --sweep-out PREFIX for its CSV and JSONL rows");
     check_output_path("--sweep-out", config.sweep_out + ".csv", false);
+  }
+  if (!config.load_init_path.empty()) {  // a bad checkpoint is found before anything runs
+    MlpParams probe(config.mlp_shape(), 1, DType::f32, Device::cpu);
+    load_init(config.load_init_path, probe);
   }
   const Device device = resolve_device(config.device);
   cpu::set_blas_threads(config.threads > 0 ? config.threads
