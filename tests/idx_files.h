@@ -5,12 +5,18 @@
 #include <gtest/gtest.h>
 #include <zlib.h>
 
-#include <cstdint>     // uint8_t, uint32_t
-#include <filesystem>  // std::filesystem::path
-#include <fstream>     // std::ofstream
-#include <vector>      // std::vector
+#include <cstdint>           // uint8_t, uint32_t
+#include <filesystem>        // std::filesystem::path
+#include <fstream>           // std::ofstream
+#include <initializer_list>  // std::initializer_list
+#include <string>            // std::string
+#include <vector>            // std::vector
+
+#include "engine/error.h"  // DataError
 
 namespace subliminal::test {
+
+using subliminal::DataError;
 
 using Bytes = std::vector<uint8_t>;
 
@@ -41,5 +47,25 @@ inline void write_gz(const std::filesystem::path& path, const Bytes& bytes, cons
   }
   ASSERT_EQ(gzclose(gz), Z_OK);
 }
+
+// Runs f, expecting a DataError with a one-line message that contains every needle.
+template <class F>
+void expect_data_error(F&& f, std::initializer_list<std::string> needles) {
+  try {
+    f();
+    ADD_FAILURE() << "expected a DataError, but nothing was thrown";
+  } catch (const DataError& error) {
+    const std::string message = error.what();
+    EXPECT_EQ(message.find('\n'), std::string::npos) << "not one line: " << message;
+    for (const std::string& needle : needles) {
+      EXPECT_NE(message.find(needle), std::string::npos) << "message lacks \"" << needle << "\": " << message;
+    }
+  }
+}
+#define EXPECT_DATA_ERROR(statement, ...)                                             \
+  do {                                                                                \
+    SCOPED_TRACE(#statement);                                                         \
+    ::subliminal::test::expect_data_error([&] { (void)(statement); }, {__VA_ARGS__}); \
+  } while (0)
 
 }  // namespace subliminal::test

@@ -55,26 +55,6 @@ uint64_t peak_rss_bytes() {
   return uint64_t(usage.ru_maxrss) * 1024;
 }
 
-// Runs f, expecting a DataError with a one-line message that contains every needle.
-template <class F>
-void expect_data_error(F&& f, std::initializer_list<std::string> needles) {
-  try {
-    f();
-    ADD_FAILURE() << "expected a DataError, but nothing was thrown";
-  } catch (const DataError& error) {
-    const std::string message = error.what();
-    EXPECT_EQ(message.find('\n'), std::string::npos) << "not one line: " << message;
-    for (const std::string& needle : needles) {
-      EXPECT_NE(message.find(needle), std::string::npos) << "message lacks \"" << needle << "\": " << message;
-    }
-  }
-}
-#define EXPECT_DATA_ERROR(statement, ...)                         \
-  do {                                                            \
-    SCOPED_TRACE(#statement);                                     \
-    expect_data_error([&] { (void)(statement); }, {__VA_ARGS__}); \
-  } while (0)
-
 const Bytes kImagesPayload = pattern(3 * 28 * 28);
 const Bytes kImagesFile = idx_bytes(kIdxMagicImages, {3, 28, 28}, kImagesPayload);
 

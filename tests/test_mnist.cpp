@@ -91,26 +91,6 @@ void write_small_mnist(const fs::path& dir, const std::string& suffix = "") {
   write_file(dir / ("t10k-labels-idx1-ubyte" + suffix), labels_file(3));
 }
 
-// Runs f, expecting a DataError with a one-line message that contains every needle.
-template <class F>
-void expect_data_error(F&& f, std::initializer_list<std::string> needles) {
-  try {
-    f();
-    ADD_FAILURE() << "expected a DataError, but nothing was thrown";
-  } catch (const DataError& error) {
-    const std::string message = error.what();
-    EXPECT_EQ(message.find('\n'), std::string::npos) << "not one line: " << message;
-    for (const std::string& needle : needles) {
-      EXPECT_NE(message.find(needle), std::string::npos) << "message lacks \"" << needle << "\": " << message;
-    }
-  }
-}
-#define EXPECT_DATA_ERROR(statement, ...)                         \
-  do {                                                            \
-    SCOPED_TRACE(#statement);                                     \
-    expect_data_error([&] { (void)(statement); }, {__VA_ARGS__}); \
-  } while (0)
-
 // ---- load_mnist -----------------------------------------------------------------------------
 
 TEST(LoadMnist, LoadsRawAndGzippedFiles) {
