@@ -29,7 +29,10 @@ class Adam {
   // values, grads: flat parameter and gradient arenas of the same shape (MlpParams::values/grads).
   Adam(const Tensor& values, const Tensor& grads, AdamOptions options);
 
-  // One update from the gradients now in `grads`. Call after backward().
+  // One update from the gradients now in `grads`. Call after backward(). Like PyTorch's Adam
+  // over parameters that all have a .grad, it updates the whole arena: a parameter that this
+  // step's backward did not reach would be moved by its previous gradient (zero_grad only marks
+  // gradients empty). Every parameter of an MLP receives a gradient on every step.
   void step();
   // Steps taken so far (reads the device counter: synchronises; not for the hot loop).
   int64_t steps_taken() const;

@@ -47,4 +47,29 @@ struct NoGpuError : InputError {
   using InputError::InputError;
 };
 
+// Text from outside (a flag's value, a name inside a file) made safe for a one-line message:
+// quoted, control characters escaped, cut to `limit` characters.
+inline std::string quoted(const std::string& text, size_t limit = 80) {
+  static const char* hex = "0123456789abcdef";
+  std::string out = "\"";
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (out.size() > limit) {
+      out += "...";
+      break;
+    }
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += char(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += char(c);
+    }
+  }
+  return out + "\"";
+}
+
 }  // namespace subliminal

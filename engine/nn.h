@@ -40,6 +40,12 @@ class MlpParams {
   // Zero-filled parameters for `models` MLPs of `shape`; each parameter requires grad and
   // has its gradient buffer inside `grads`.
   MlpParams(const MlpShape& shape, int64_t models, DType dtype, Device device);
+  // Tensors are handles: a copy would share the storage and train the original too. Copy
+  // values with copy_from; move is fine.
+  MlpParams(const MlpParams&) = delete;
+  MlpParams& operator=(const MlpParams&) = delete;
+  MlpParams(MlpParams&&) = default;
+  MlpParams& operator=(MlpParams&&) = default;
 
   const MlpShape& shape() const { return shape_; }
   int64_t models() const { return models_; }

@@ -6,7 +6,6 @@
 #include <numbers>
 
 #include "engine/philox.h"
-#include "engine/simd.h"
 
 namespace subliminal {
 
@@ -19,46 +18,6 @@ uint64_t stream_id(uint32_t purpose, uint32_t a, uint32_t b) {
 
 uint32_t random_word(RandomStream s, uint64_t position) {
   return philox::block(s.seed, s.stream, position / 4)[position % 4];
-}
-
-SUBLIMINAL_HOT_LOOP void random_blocks(RandomStream s, uint64_t first_block, int64_t blocks, uint32_t* out) {
-  // Structure of arrays over kLanes counter blocks, so each round is one vector loop (the
-  // 32×32→64-bit products become vpmuludq). Same rounds as philox::block, same words.
-  constexpr int kLanes = 16;
-  const uint32_t stream_lo = static_cast<uint32_t>(s.stream),
-                 stream_hi = static_cast<uint32_t>(s.stream >> 32);
-  for (int64_t base = 0; base < blocks; base += kLanes) {
-    uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
-    for (int i = 0; i < kLanes; ++i) {
-      const uint64_t b = first_block + uint64_t(base + i);
-      c0[i] = static_cast<uint32_t>(b);
-      c1[i] = static_cast<uint32_t>(b >> 32);
-      c2[i] = stream_lo;
-      c3[i] = stream_hi;
-    }
-    uint32_t k0 = static_cast<uint32_t>(s.seed), k1 = static_cast<uint32_t>(s.seed >> 32);
-    for (int round = 0; round < 10; ++round) {
-      for (int i = 0; i < kLanes; ++i) {
-        const uint64_t p0 = uint64_t(philox::kM0) * c0[i], p1 = uint64_t(philox::kM1) * c2[i];
-        const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[i] ^ k0;
-        const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[i] ^ k1;
-        c1[i] = static_cast<uint32_t>(p1);
-        c3[i] = static_cast<uint32_t>(p0);
-        c0[i] = n0;
-        c2[i] = n2;
-      }
-      k0 += philox::kW0;
-      k1 += philox::kW1;
-    }
-    const int64_t lanes = std::min<int64_t>(kLanes, blocks - base);
-    for (int64_t i = 0; i < lanes; ++i) {
-      uint32_t* w = out + 4 * (base + i);
-      w[0] = c0[i];
-      w[1] = c1[i];
-      w[2] = c2[i];
-      w[3] = c3[i];
-    }
-  }
 }
 
 namespace {
@@ -88,7 +47,9 @@ void fill_uniform(const Tensor& t, RandomStream s, double low, double high) {
     fill_host_then_copy<T>(t, [&](T* out, int64_t n) {
       if constexpr (std::is_same_v<T, float>) {
         for_each_word(s, uint64_t(n), [&](uint64_t i, uint32_t w) {
-          out[i] = static_cast<float>(low + (high - low) * double(philox::to_unit_float(w)));
+          // Rounding to float can land on `high` itself; keep the interval half-open.
+          const float v = static_cast<float>(low + (high - low) * double(philox::to_unit_float(w)));
+          out[i] = double(v) >= high ? std::nextafter(static_cast<float>(high), static_cast<float>(low)) : v;
         });
       } else {  // two words per element for 53 bits
         std::vector<uint32_t> words(2 * size_t(n));

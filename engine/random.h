@@ -34,8 +34,4 @@ std::vector<int32_t> random_permutation(int64_t n, RandomStream s);
 // A random 32-bit word at `position` of the stream.
 uint32_t random_word(RandomStream s, uint64_t position);
 
-// The words at positions [4·first_block, 4·(first_block + blocks)) of the stream into out
-// (4·blocks words): many Philox blocks at once, in SIMD lanes — the CPU's noise generator.
-void random_blocks(RandomStream s, uint64_t first_block, int64_t blocks, uint32_t* out);
-
 }  // namespace subliminal

@@ -68,25 +68,35 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::
     if (key == "__metadata__") {
       if (!value.is_object()) defect(name, "__metadata__ is not an object");
       for (const auto& [mk, mv] : value.items()) {
-        if (!mv.is_string()) defect(name, "__metadata__ value for \"" + mk + "\" is not a string");
+        if (!mv.is_string()) defect(name, "__metadata__ value for " + quoted(mk) + " is not a string");
         file.metadata[mk] = mv.get<std::string>();
       }
       continue;
     }
-    const std::string where = "tensor \"" + key + "\"";
+    // Names and values come from the file: quoted (one line, bounded), and JSON values are
+    // described by their type, never dumped (dumping is recursive: a deeply nested value
+    // would overflow the stack).
+    const std::string where = "tensor " + quoted(key);
     if (!value.is_object() || !value.contains("dtype") || !value.contains("shape") ||
         !value.contains("data_offsets"))
       defect(name, where + " lacks dtype, shape or data_offsets");
     const auto& dtype = value["dtype"];
     if (!dtype.is_string() || !dtype_codes().count(dtype.get<std::string>()))
-      defect(name, where + " has an unsupported dtype " + dtype.dump());
+      defect(name,
+             where + " has an unsupported dtype " +
+                 (dtype.is_string() ? quoted(dtype.get<std::string>()) : std::string(dtype.type_name())));
     Entry e{key, dtype_codes().at(dtype.get<std::string>()), {}, 0, 0};
     const auto& shape = value["shape"];
-    if (!shape.is_array() || shape.size() > 8) defect(name, where + " has a bad shape " + shape.dump());
+    if (!shape.is_array() || shape.size() > 8)
+      defect(name, where + " has a bad shape (expected an array of at most 8 dimensions)");
     uint64_t count = 1;
     for (const auto& d : shape) {
-      if (!d.is_number_unsigned()) defect(name, where + " has a bad shape " + shape.dump());
+      if (!d.is_number_unsigned())
+        defect(name, where + " has a bad shape (an entry is not a whole number ≥ 0)");
       const uint64_t dim = d.get<uint64_t>();
+      if (dim > data_bytes && dim != 0)  // also keeps every dimension far below 2^63
+        defect(name, where + " has a bad shape (a dimension of " + std::to_string(dim) +
+                         ", more than the file's data bytes)");
       if (dim != 0 && count > data_bytes / dim)
         defect(name, where + " declares more elements than the file holds");
       count *= dim;
@@ -95,7 +105,7 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::
     const auto& offsets = value["data_offsets"];
     if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
         !offsets[1].is_number_unsigned())
-      defect(name, where + " has bad data_offsets " + offsets.dump());
+      defect(name, where + " has bad data_offsets (expected two whole numbers)");
     e.begin = offsets[0].get<uint64_t>();
     e.end = offsets[1].get<uint64_t>();
     if (e.begin > e.end || e.end > data_bytes)
@@ -116,7 +126,7 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::
   uint64_t covered = 0;
   for (const Entry* e : by_offset) {
     if (e->begin != covered)
-      defect(name, "tensor \"" + e->name + "\" " +
+      defect(name, "tensor " + quoted(e->name) + " " +
                        (e->begin < covered ? "overlaps another" : "leaves a hole before it"));
     covered = e->end;
   }
@@ -151,8 +161,17 @@ SafetensorsFile read_safetensors(const std::filesystem::path& path, SafetensorsL
   return parse_safetensors(bytes.data(), bytes.size(), name, limits);
 }
 
-void write_file_atomically(const std::filesystem::path& path, const std::string& contents) {
-  const std::string name = path.string();
+void write_file_atomically(const std::filesystem::path& requested, const std::string& contents) {
+  const std::string name = requested.string();
+  // A symbolic link is written through (its target is replaced, the link stays); anything
+  // else that is not a regular file (a directory, a device, a FIFO) is refused.
+  std::error_code ec;
+  std::filesystem::path path = requested;
+  if (std::filesystem::is_symlink(std::filesystem::symlink_status(requested, ec)))
+    path = std::filesystem::weakly_canonical(requested, ec);
+  const auto status = std::filesystem::status(path, ec);
+  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status))
+    throw InputError(name + ": not a regular file; refusing to replace it");
   const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
   std::string temp_name = ".";  // built in steps: g++ 12 warns falsely on "." + string (GCC bug 105329)
   temp_name += path.filename().string();

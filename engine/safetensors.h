@@ -25,13 +25,13 @@ struct NamedTensor {
 };
 
 struct SafetensorsFile {
-  std::vector<NamedTensor> tensors;  // on the CPU, in file order
+  std::vector<NamedTensor> tensors;  // on the CPU, sorted by name
   std::map<std::string, std::string> metadata;
 };
 
 struct SafetensorsLimits {
   uint64_t max_header_bytes = uint64_t(100) << 20;  // the format's own recommended cap
-  uint64_t max_file_bytes = uint64_t(16) << 30;
+  uint64_t max_file_bytes = uint64_t(2) << 30;      // far above any checkpoint this app writes
 };
 
 // Reads a whole file. Throws DataError naming the file and the defect.

@@ -10,8 +10,8 @@
 
 // GCC only: clang (the fuzzing build) cannot multiversion function templates yet, and the
 // sanitizer builds want the plain code.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(SUBLIMINAL_NO_MULTIVERSION) && \
-    !defined(__SANITIZE_ADDRESS__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(SUBLIMINAL_NO_MULTIVERSION) && !defined(__SANITIZE_ADDRESS__)
 #define SUBLIMINAL_HOT_LOOP __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define SUBLIMINAL_HOT_LOOP

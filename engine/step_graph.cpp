@@ -39,7 +39,9 @@ void StepGraph::run(const std::function<void()>& fn) {
 #ifdef SUBLIMINAL_HAS_CUDA
   cudaStream_t stream = cuda::Runtime::get().stream();
   if (!graph_) {
-    graph_ = std::make_unique<CudaGraph>();
+    // Built aside and kept only when capture and instantiation both succeed, so a failure
+    // leaves no half-made graph behind for the next call to launch.
+    auto graph = std::make_unique<CudaGraph>();
     CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     try {
       fn();
@@ -47,20 +49,20 @@ void StepGraph::run(const std::function<void()>& fn) {
       cudaGraph_t broken = nullptr;
       cudaStreamEndCapture(stream, &broken);  // leave the stream usable before rethrowing
       if (broken) cudaGraphDestroy(broken);
-      graph_.reset();
       throw;
     }
-    CUDA_CHECK(cudaStreamEndCapture(stream, &graph_->graph));
-    CUDA_CHECK(cudaGraphInstantiate(&graph_->exec, graph_->graph, 0));
+    CUDA_CHECK(cudaStreamEndCapture(stream, &graph->graph));
+    CUDA_CHECK(cudaGraphInstantiate(&graph->exec, graph->graph, 0));
     size_t count = 0;
-    CUDA_CHECK(cudaGraphGetNodes(graph_->graph, nullptr, &count));
+    CUDA_CHECK(cudaGraphGetNodes(graph->graph, nullptr, &count));
     std::vector<cudaGraphNode_t> nodes(count);
-    CUDA_CHECK(cudaGraphGetNodes(graph_->graph, nodes.data(), &count));
+    CUDA_CHECK(cudaGraphGetNodes(graph->graph, nodes.data(), &count));
     for (cudaGraphNode_t node : nodes) {
       cudaGraphNodeType type;
       CUDA_CHECK(cudaGraphNodeGetType(node, &type));
-      graph_->kernels += type == cudaGraphNodeTypeKernel;
+      graph->kernels += type == cudaGraphNodeTypeKernel;
     }
+    graph_ = std::move(graph);
   }
   CUDA_CHECK(cudaGraphLaunch(graph_->exec, stream));
 #else

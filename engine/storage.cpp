@@ -54,12 +54,18 @@ void* cpu_allocate(size_t bytes) {
   return p;
 }
 
-void cpu_release(void* p, size_t bytes) {
+// Never throws (called from ~Storage): if the free list cannot grow, the block goes back to
+// the system instead.
+void cpu_release(void* p, size_t bytes) noexcept {
   size_t rounded = round_up(bytes == 0 ? 1 : bytes, kCpuAlignment);
   CpuCache& cache = cpu_cache();
   std::lock_guard<std::mutex> lock(cache.mutex);
-  cache.free_blocks[rounded].push_back(p);
-  cache.stats.bytes_cached += rounded;
+  try {
+    cache.free_blocks[rounded].push_back(p);
+    cache.stats.bytes_cached += rounded;
+  } catch (...) {
+    std::free(p);
+  }
 }
 
 }  // namespace
@@ -86,6 +92,15 @@ Storage::~Storage() {
     cuda::device_release(data_);  // never throws: destructors must not
 #endif
   }
+}
+
+void cpu_cache_trim() {
+  CpuCache& cache = cpu_cache();
+  std::lock_guard<std::mutex> lock(cache.mutex);
+  for (auto& [size, blocks] : cache.free_blocks)
+    for (void* p : blocks) std::free(p);
+  cache.free_blocks.clear();
+  cache.stats.bytes_cached = 0;
 }
 
 CpuAllocatorStats cpu_allocator_stats() {

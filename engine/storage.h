@@ -48,4 +48,8 @@ struct CpuAllocatorStats {
 };
 CpuAllocatorStats cpu_allocator_stats();
 
+// Returns every cached CPU block to the system: between phases whose sizes differ (the
+// teacher's batches, then the students'), so peak memory is one phase's, not their sum.
+void cpu_cache_trim();
+
 }  // namespace subliminal

@@ -1,6 +1,7 @@
 // engine/tensor.cpp — factories, views and copies of Tensor.
 #include "engine/tensor.h"
 
+#include <cstdint>
 #include <cstring>
 #include <limits>
 
@@ -29,7 +30,11 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   auto impl = std::make_shared<TensorImpl>();
   impl->shape = shape;
   impl->dtype = dtype;
-  impl->storage = Storage::allocate(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  const int64_t count = shape_numel(shape);
+  if (uint64_t(count) > SIZE_MAX / dtype_size(dtype))
+    throw ShapeError("shape " + shape_string(shape) + " of " + dtype_name(dtype) +
+                     " is too large to allocate");
+  impl->storage = Storage::allocate(static_cast<size_t>(count) * dtype_size(dtype), device);
   return Tensor(std::move(impl));
 }
 

@@ -32,7 +32,8 @@ enum class NoiseDistribution {
 
 // x[n, b, k] = noise pixel k of image i for model n (see above), with
 //   i = order[n, step·stride + b]        when order is defined (a fixed, reshuffled noise set)
-//   i = first_image + step·stride + b    otherwise (fresh noise: first_image = epoch · S)
+//   i = first_image + step·stride + b    otherwise (fresh noise: the app passes 0 and a step
+//                                          counter that runs on across epochs)
 //   x float32 [N, B, P], order int32 [N, S] or undefined, step int64 [1].
 //   sources: model n of x draws from noise source n mod sources — its key seed + (n mod sources)
 //   and that row of `order` — so several student arms can share each model's noise without a

@@ -11,12 +11,12 @@
 //                    and, if asked, dbias[O] = Σ_b dy[b, :]
 //
 // These are exactly the products cuBLASLt can fuse with its epilogues (RELU_AUX_BIAS,
-// DRELU_BGRAD, BGRADB; see ops/cuda/gemm_cublaslt.cu and REFERENCE.md §3). The CPU backend
+// DRELU_BGRAD, BGRADB; see ops/cuda/gemm_cublaslt.cpp and ../shared/docs/REFERENCE.md §3). The CPU backend
 // computes the same things with an OpenBLAS GEMM and a loop (ops/cpu/gemm_cpu.cpp).
 //
 // The ReLU mask is cuBLASLt's bit-mask format, used on both backends so masks can be
 // compared: per model, per sample b, a row of ld = roundup(F, 128) bits (ld/8 bytes), bit
-// f of the row (LSB-first within each byte) set when feature f was > 0. Its tensor is
+// f of the row (LSB-first within each byte) set when feature f passes the ReLU gate (below). Its tensor is
 // uint8 [N, B, ld/8]. ReLU follows PyTorch: z <= 0 gives 0 and bit 0 (relu'(0) = 0); a NaN
 // stays NaN with bit 1 (threshold_backward lets its gradient through). Measured on an H200,
 // cuBLASLt's RELU_AUX epilogue agrees except at an exact 0, where it sets the bit — the fused
@@ -47,8 +47,8 @@ struct Settings {
   bool tf32 = false;           // allow TF32 tensor cores for float32 (PyTorch's default is off)
   bool fuse_epilogues = true;  // false: plain GEMMs + separate bias/ReLU/bias-grad kernels
   GpuEngine engine = GpuEngine::cublaslt;
-    bool cudnn_tf32 = true;       // cuDNN's fused fp32 graphs exist only as TF32 on Hopper (docs/CUDNN.md)
-    // Time cuBLASLt's top heuristic candidates once per shape and keep the fastest. Off by
+  bool cudnn_tf32 = true;  // cuDNN's fused fp32 graphs exist only as TF32 on Hopper (docs/CUDNN.md)
+  // Time cuBLASLt's top heuristic candidates once per shape and keep the fastest. Off by
   // default: on an H200 the heuristic's first choice gave 133 µs per teacher step and the
   // tuned choices 149 µs (timed back to back, candidates that pipeline well are not the ones
   // that are fastest inside a CUDA graph). --autotune turns it on.

@@ -98,6 +98,11 @@ Tensor mlp_whole(const Tensor& x, const MlpParams& params) {
     edge_inputs.push_back(params.bias(l));
   }
   if (any_requires_grad(edge_inputs)) {
+    // MlpNode writes its sinks from the last layer down, not in argument order, which is safe
+    // only while no tensor is two of its inputs (autograd.h). MlpParams never shares them.
+    for (size_t i = 1; i < edge_inputs.size(); ++i)
+      if (edge_inputs[i].impl_ptr() == edge_inputs[0].impl_ptr())
+        throw ShapeError("mlp_forward: the input is also one of the parameters");
     auto node = std::make_shared<MlpNode>(L);
     inputs[0] = x.detach();
     node->saved = inputs;

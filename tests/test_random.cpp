@@ -194,21 +194,4 @@ TEST(Random, RandomPermutationRejectsBadLengths) {
   EXPECT_THROW(random_permutation(int64_t(1) << 32, {}), Error);
 }
 
-// The vectorised bulk generator (the CPU's noise source) gives exactly philox::block's words,
-// for block counts that are and are not multiples of its 16 SIMD lanes, and counters that
-// carry from the low into the high word.
-TEST(Random, RandomBlocksEqualsBlockByBlock) {
-  const RandomStream s{0x0123456789abcdefULL, 0xfedcba9876543210ULL};
-  for (const auto& [first, count] : std::vector<std::pair<uint64_t, int64_t>>{
-           {0, 1}, {5, 16}, {7, 37}, {0xfffffffaULL, 20}, {123456789, 196}}) {
-    std::vector<uint32_t> words(size_t(4 * count));
-    random_blocks(s, first, count, words.data());
-    for (int64_t b = 0; b < count; ++b) {
-      const philox::Block expected = philox::block(s.seed, s.stream, first + uint64_t(b));
-      for (int k = 0; k < 4; ++k)
-        ASSERT_EQ(words[size_t(4 * b + k)], expected[size_t(k)]) << "block " << first + b << " word " << k;
-    }
-  }
-}
-
 }  // namespace

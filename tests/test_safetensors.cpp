@@ -149,6 +149,26 @@ TEST(Safetensors, RefusesEveryMalformedFileNamingIt) {
   expect_defect(file_bytes("{\"__metadata__\":{\"k\":1}}", ""), "not a string");
 }
 
+// Hostile headers found in review: a value nested two million deep (describing it must not
+// recurse), a dimension of 2^63 (must not turn negative), and a name with a newline (the
+// message stays on one line).
+TEST(Safetensors, HostileHeadersGiveOneLineErrors) {
+  const std::string deep = std::string(2000000, '[') + std::string(2000000, ']');
+  expect_defect(
+      file_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":" + deep + ",\"data_offsets\":[0,8]}}", kEightBytes),
+      "bad shape");
+  expect_defect(file_bytes("{" + f32_entry("a", "[0,9223372036854775808]", 0, 0) + "}", ""), "bad shape");
+  TempDir dir;
+  write_text(dir / "f.safetensors",
+             file_bytes("{" + f32_entry("a\\nsecond line", "[3]", 0, 8) + "}", kEightBytes));
+  try {
+    read_safetensors(dir / "f.safetensors");
+    ADD_FAILURE() << "no error";
+  } catch (const DataError& e) {
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+  }
+}
+
 // A directory or a missing path is a DataError too, not a crash or an empty result.
 TEST(Safetensors, RefusesADirectoryAndAMissingFile) {
   TempDir dir;

@@ -19,7 +19,7 @@ namespace subliminal::app {
 namespace {
 
 [[noreturn]] void bad_value(const std::string& key, const std::string& expected, const std::string& value) {
-  throw UsageError("--" + key + ": expected " + expected + ", got \"" + value + "\"");
+  throw UsageError("--" + key + ": expected " + expected + ", got " + quoted(value));
 }
 
 int64_t parse_int(const std::string& key, const std::string& value, int64_t min, int64_t max = INT64_MAX) {
@@ -126,7 +126,9 @@ const std::vector<ValueFlag>& value_flags() {
          c.init = parse_choice<InitScheme>(
              k, v, {{"torch", InitScheme::torch_default}, {"normal", InitScheme::normal_fan_in}});
        }},
-      {"noise", "Distillation inputs: uniform (U[-1,1]) | gaussian (N(0,1)) | mnist (real training images)",
+      {"noise",
+       "Distillation inputs: uniform (U[-1,1]) | gaussian (N(0,1)) | mnist (the real training images, "
+       "reshuffled each epoch)",
        [](Config& c, auto& k, auto& v) {
          c.noise = parse_choice<NoiseKind>(k, v,
                                            {{"uniform", NoiseKind::uniform},
@@ -197,7 +199,7 @@ const char* value_type(const std::string& key) {
 
 void apply_preset(Config& c, Preset p) {
   c.preset = p;
-  if (p == Preset::paper) {  // REFERENCE.md §2: the authors' script
+  if (p == Preset::paper) {  // ../shared/docs/REFERENCE.md §2: the authors' script
     c.models = 100;
     c.batch_size = 1024;
     c.init = InitScheme::normal_fan_in;
@@ -230,12 +232,26 @@ void set_config_value(Config& config, const std::string& key, const std::string&
 }
 
 void validate(const Config& c) {
-  if (c.noise == NoiseKind::mnist && c.noise_set == NoiseSet::fresh && c.preset == Preset::paper)
-    throw UsageError("--noise mnist takes the training images as the set; use it with --noise-set fixed");
-  if (!c.save_path.empty() && c.save_path == c.save_init_path)
-    throw UsageError("--save and --save-init name the same file");
+  // Output files: distinct, and none of them per-run files when a sweep makes many runs.
+  const std::vector<std::pair<const char*, const std::string*>> outputs = {
+      {"--json", &c.json_path},
+      {"--save", &c.save_path},
+      {"--save-init", &c.save_init_path},
+      {"--parity-batch", &c.parity_batch_path}};
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (outputs[i].second->empty()) continue;
+    if (!c.sweeps.empty())
+      throw UsageError(std::string(outputs[i].first) +
+                       " writes one run's file; a --sweep writes its rows to --sweep-out");
+    for (size_t j = i + 1; j < outputs.size(); ++j)
+      if (*outputs[i].second == *outputs[j].second)
+        throw UsageError(std::string(outputs[i].first) + " and " + outputs[j].first + " name the same file");
+  }
   if (!c.load_init_path.empty() && c.models != 1)
     throw UsageError("--load-init holds one model's weights; use it with --models 1");
+  if (c.deterministic && c.gemm_engine == "cudnn")
+    throw UsageError(
+        "--deterministic and --gemm cudnn: cuDNN may pick engines whose reductions are not reproducible");
   if (c.deterministic && c.autotune)
     throw UsageError(
         "--deterministic and --autotune: autotuning picks GEMM algorithms by timing, so two runs "

@@ -19,6 +19,7 @@
 #include "engine/autograd.h"
 #include "engine/kernels.h"
 #include "engine/step_graph.h"
+#include "engine/storage.h"
 #include "ops/batch.h"
 #include "ops/gemm.h"
 #include "ops/loss.h"
@@ -88,6 +89,11 @@ std::vector<double> evaluate(const MlpParams& params, const DeviceData& data, Ml
   return acc;
 }
 
+// CUDA graphs bake buffer addresses into the replay. The cuDNN engine grows its workspace when
+// a later, larger graph (an evaluation pass, the short last batch) needs more, freeing the old
+// one a captured step still points at — so with --gemm cudnn steps are launched, not replayed.
+bool replay_graphs(const Config& config) { return config.graphs && config.gemm_engine != "cudnn"; }
+
 // "No fault yet" for the first-bad-step marker: larger than any step, exact as a double.
 constexpr int64_t kNoFault = int64_t(1) << 62;
 
@@ -101,8 +107,8 @@ class PhaseLoop {
         samples_(samples),
         phase_(std::move(phase)),
         observer_(observer),
-        full_(device, config.graphs),
-        last_(device, config.graphs) {
+        full_(device, replay_graphs(config)),
+        last_(device, replay_graphs(config)) {
     step = Tensor::zeros({1}, DType::i64, device);
     global_step = Tensor::zeros({1}, DType::i64, device);
     loss_sum = Tensor::zeros({loss_models}, DType::f32, device);
@@ -235,6 +241,7 @@ void train_teacher(MlpParams& teacher, const DeviceData& data, const Config& con
     observer.teacher_epoch(m, config.epochs_teacher);
   }
   observer.phase_ends();
+  cpu_cache_trim();  // the next phase allocates other sizes
 }
 
 // Adds N(0, σ²) noise to every parameter of `params` (the student-init perturbation ablation).
@@ -331,6 +338,7 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
     }
   }
   observer.phase_ends();
+  cpu_cache_trim();
   if (trained_out) *trained_out = std::move(students);
 }
 
@@ -355,6 +363,11 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   gemm::settings().autotune = config.autotune;
   gemm::settings().engine =
       config.gemm_engine == "cudnn" ? gemm::GpuEngine::cudnn : gemm::GpuEngine::cublaslt;
+  // --fusion none is the reference: no fused epilogues either, every bias, ReLU and bias
+  // gradient its own kernel.
+  gemm::settings().fuse_epilogues = config.fusion != MlpFusion::none;
+  if (device == Device::cuda && config.graphs && !replay_graphs(config))
+    observer.message("note: --gemm cudnn launches each step without CUDA graphs (its workspace may move)");
   const MlpShape shape = config.mlp_shape();
   const int64_t N = config.models;
   DeviceData data = upload(mnist, device, config.train_samples);
@@ -413,8 +426,9 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
     distill_group(*group, teacher, same_init, cross, data, config, device, results, observer, out);
   }
   for (const ArmSpec& a : arms) {
-    const auto& epochs = results.arm_epochs[a.key];
-    if (!epochs.empty()) results.final_acc.push_back({a.key, epochs.back().test_acc});
+    const auto found = results.arm_epochs.find(a.key);
+    if (found != results.arm_epochs.end() && !found->second.empty())
+      results.final_acc.push_back({a.key, found->second.back().test_acc});
   }
   if (!config.save_path.empty())
     save_trained(config.save_path, teacher, trained_ghost, trained_all, arms, config.force);

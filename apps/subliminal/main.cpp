@@ -114,6 +114,9 @@ int main(int argc, char** argv) {
   } catch (const InputError& e) {
     std::fprintf(stderr, "subliminal: error: %s\n", e.what());
     return 2;
+  } catch (const OutOfMemoryError& e) {  // the flags asked for more than the machine has
+    std::fprintf(stderr, "subliminal: error: %s (reduce --models, --hidden or --batch-size)\n", e.what());
+    return 2;
   } catch (const app::NonFiniteError& e) {
     std::fprintf(stderr, "subliminal: stopped: %s\n", e.what());
     return 3;

@@ -3,9 +3,12 @@
 
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
+#include "apps/subliminal/checkpoint.h"
 #include "apps/subliminal/experiment.h"
 #include "apps/subliminal/progress.h"
 #include "apps/subliminal/report.h"
@@ -32,20 +35,33 @@ std::vector<std::string> split(const std::string& text, char separator) {
   }
 }
 
-// Reads the config ids already in the JSONL file; drops a torn last line left by an interrupted run.
-std::set<std::string> finished_configs(const std::string& jsonl_path) {
-  std::set<std::string> done;
+// Rows of each configuration already in the JSONL file. A torn last line (an interrupted write)
+// is not a row; its configuration counts as unfinished and runs again.
+std::map<std::string, size_t> rows_done(const std::string& jsonl_path) {
+  std::map<std::string, size_t> rows;
   std::ifstream in(jsonl_path);
   std::string line;
   while (std::getline(in, line)) {
     try {
       auto row = nlohmann::json::parse(line);
-      done.insert(row.at("config").get<std::string>());
+      rows[row.at("config").get<std::string>()]++;
     } catch (const nlohmann::json::exception&) {
-      // An incomplete row: its configuration did not finish and will run again.
     }
   }
-  return done;
+  return rows;
+}
+
+// Rows one configuration writes: reference, teacher and one per student arm.
+size_t rows_expected(const Config& config) { return 2 + student_arms(config).size(); }
+
+// Appending after a torn last line would glue the next row onto it: end that line first.
+void end_torn_line(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in || in.tellg() <= 0) return;
+  in.seekg(-1, std::ios::end);
+  char last = 0;
+  in.get(last);
+  if (last != '\n') std::ofstream(path, std::ios::app) << '\n';
 }
 
 std::string csv_field(const std::string& s) {
@@ -93,47 +109,73 @@ std::string config_id(const std::vector<std::pair<std::string, std::string>>& se
 
 int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::FILE* out) {
   const auto grid = sweep_grid(base);
+  // Every configuration is checked before the first one runs: a bad combination found
+  // halfway would waste the runs before it.
+  std::vector<Config> configs;
+  for (const auto& settings : grid) {
+    Config config = base;
+    for (const auto& [k, v] : settings) set_config_value(config, k, v);
+    try {
+      validate(config);
+      if (!config.load_init_path.empty()) {
+        MlpParams probe(config.mlp_shape(), 1, DType::f32, Device::cpu);
+        load_init(config.load_init_path, probe);
+      }
+    } catch (const InputError& e) {
+      throw UsageError("--sweep configuration " + config_id(settings) + ": " + e.what());
+    }
+    configs.push_back(config);
+  }
+
   const std::string csv_path = base.sweep_out + ".csv", jsonl_path = base.sweep_out + ".jsonl";
-  const std::set<std::string> done = finished_configs(jsonl_path);
+  const std::map<std::string, size_t> done = rows_done(jsonl_path);
   const bool new_csv = !std::ifstream(csv_path).good();
+  end_torn_line(csv_path);
+  end_torn_line(jsonl_path);
   std::ofstream csv(csv_path, std::ios::app), jsonl(jsonl_path, std::ios::app);
   if (!csv || !jsonl)
     throw InputError("--sweep-out " + base.sweep_out + ": cannot open its .csv/.jsonl for appending");
   if (new_csv) csv << "config,arm,test_acc,ci95,std,n,seconds\n";
 
-  std::fprintf(out, "Sweep: %zu configurations (%zu already done) → %s, %s\n", grid.size(), done.size(),
+  auto finished = [&](size_t k) {
+    auto it = done.find(config_id(grid[k]));
+    return it != done.end() && it->second >= rows_expected(configs[k]);
+  };
+  size_t already = 0;
+  for (size_t k = 0; k < grid.size(); ++k) already += finished(k);
+  std::fprintf(out, "Sweep: %zu configurations (%zu already done) → %s, %s\n", grid.size(), already,
                csv_path.c_str(), jsonl_path.c_str());
   ProgressBar bar(base.progress);
   bar.begin("Sweep", int64_t(grid.size()));
   Observer quiet;  // per-epoch lines would drown the sweep's own
-  for (const auto& settings : grid) {
-    const std::string id = config_id(settings);
-    if (done.count(id)) {
+  for (size_t k = 0; k < grid.size(); ++k) {
+    if (finished(k)) {
       bar.advance();
       continue;
     }
-    Config config = base;
-    for (const auto& [k, v] : settings) set_config_value(config, k, v);
-    validate(config);
+    const std::string id = config_id(grid[k]);
     const auto start = std::chrono::steady_clock::now();
-    Results results = run_experiment(config, mnist, device, quiet);
+    Results results = run_experiment(configs[k], mnist, device, quiet);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     bar.clear();
+    // All of a configuration's rows go out in one write each, then are flushed: an interrupted
+    // sweep leaves whole configurations (at worst one torn last line, which resuming ignores).
+    std::ostringstream csv_rows, jsonl_rows;
     std::fprintf(out, "%s:", id.c_str());
     for (const auto& [arm, acc] : results.final_acc) {
       const Stats s = summarize(acc);
-      csv << csv_field(id) << ',' << arm << ',' << s.mean << ',' << s.ci95 << ',' << s.std << ',' << s.n
-          << ',' << seconds << '\n';
+      csv_rows << csv_field(id) << ',' << arm << ',' << s.mean << ',' << s.ci95 << ',' << s.std << ',' << s.n
+               << ',' << seconds << '\n';
       nlohmann::json row = {{"config", id}, {"arm", arm}, {"test_acc", s.mean}, {"ci95", s.ci95},
                             {"std", s.std}, {"n", s.n},   {"seconds", seconds}, {"per_model", acc}};
-      for (const auto& [k, v] : settings) row["settings"][k] = v;
-      jsonl << row.dump() << '\n';
+      for (const auto& [key, value] : grid[k]) row["settings"][key] = value;
+      jsonl_rows << row.dump() << '\n';
       std::fprintf(out, " %s %.3f±%.3f", arm.c_str(), s.mean, s.ci95);
     }
+    csv << csv_rows.str() << std::flush;
+    jsonl << jsonl_rows.str() << std::flush;
     std::fprintf(out, "\n");
     std::fflush(out);
-    csv.flush();
-    jsonl.flush();
     bar.advance();
   }
   bar.clear();

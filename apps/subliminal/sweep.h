@@ -21,7 +21,7 @@ namespace subliminal::app {
 // Throws UsageError for malformed --sweep text or values a key does not accept.
 std::vector<std::vector<std::pair<std::string, std::string>>> sweep_grid(const Config& base);
 
-// "lr=0.0003,batch-size=256": identifies a configuration's rows (used for resuming).
+// "lr=0.0003;batch-size=256": identifies a configuration's rows (used for resuming).
 std::string config_id(const std::vector<std::pair<std::string, std::string>>& settings);
 
 int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::FILE* out);

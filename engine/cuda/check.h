@@ -3,7 +3,7 @@
 // Every call into an NVIDIA library goes through one of these. A failure throws
 // subliminal::DeviceError whose message carries the status, the call as written,
 // and the file and line — e.g.
-//   cublasLtMatmul(...) failed: CUBLAS_STATUS_NOT_SUPPORTED at ops/cuda/gemm_cublaslt.cu:212
+//   cublasLtMatmul(...) failed: CUBLAS_STATUS_NOT_SUPPORTED at ops/cuda/gemm_cublaslt.cpp:212
 // Out-of-memory statuses throw OutOfMemoryError instead, so callers can say how much.
 //
 // Only include this from .cu files or from .cpp files compiled with the CUDA toolkit's

@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "engine/philox.h"
-#include "engine/random.h"
 #include "engine/simd.h"
 
 namespace subliminal::cpu {
@@ -37,7 +36,7 @@ void gaussian_pair(uint32_t w1, uint32_t w2, float out[2]) {
 }
 
 // One image's pixels from its words: uniform maps each word; Gaussian maps word pairs.
-SUBLIMINAL_HOT_LOOP void map_noise(const uint32_t* words, int64_t pixels, bool gaussian, float* dst) {
+static SUBLIMINAL_HOT_LOOP void map_noise(const uint32_t* words, int64_t pixels, bool gaussian, float* dst) {
   if (!gaussian) {
     for (int64_t k = 0; k < pixels; ++k) dst[k] = uniform_pixel(words[k]);
     return;
@@ -56,26 +55,18 @@ void noise_batch(uint64_t seed, uint64_t stream, const int32_t* order, int64_t f
   const int64_t stride = pixels + (pixels & 1);  // positions per image: even, so pairs stay inside it
   std::vector<uint32_t> words(static_cast<size_t>(stride));
   for (int64_t n = 0; n < models; ++n) {
+    const int64_t source = n % sources;
     for (int64_t b = 0; b < batch; ++b) {
-      const int64_t source = n % sources;
       const int64_t image = order ? order[source * samples + first + b] : first + b;
-      // The image's words, one Philox block per four positions.
+      // The image's words, one Philox block per four positions. (A structure-of-arrays version
+      // over 16 blocks at once measured 3× slower here: the compiler's vectorised 32×32→64-bit
+      // products cost more than the scalar ones.)
       uint64_t position = uint64_t(image) * uint64_t(stride);
       for (int64_t k = 0; k < stride;) {
-        philox::Block w = philox::block(seed + uint64_t(source), stream, position / 4);
+        const philox::Block w = philox::block(seed + uint64_t(source), stream, position / 4);
         for (uint64_t j = position % 4; j < 4 && k < stride; ++j, ++k, ++position) words[size_t(k)] = w[j];
       }
-      float* dst = x + (n * batch + b) * pixels;
-      if (!gaussian) {
-        for (int64_t k = 0; k < pixels; ++k) dst[k] = uniform_pixel(words[size_t(k)]);
-        continue;
-      }
-      for (int64_t k = 0; k < pixels; k += 2) {
-        float pair[2];
-        gaussian_pair(words[size_t(k)], words[size_t(k) + 1], pair);
-        dst[k] = pair[0];
-        if (k + 1 < pixels) dst[k + 1] = pair[1];
-      }
+      map_noise(words.data(), pixels, gaussian, x + (n * batch + b) * pixels);
     }
   }
 }

@@ -19,7 +19,7 @@ void linear_backward_input(const T* dy, const T* w, const uint8_t* prev_mask, T*
 template <class T>
 void linear_backward_weight(const T* dy, const T* x, T* dw, bool accumulate, T* dbias, GemmDims d);
 
-// y[N,B,F] += bias[N,F] (bias may be null); relu: y = y > 0 ? y : 0, mask bits set where y > 0.
+// y[N,B,F] += bias[N,F] (bias may be null); relu: y = y <= 0 ? 0 : y (NaN stays), mask bit !(y <= 0).
 template <class T>
 void bias_activation(T* y, const T* bias, bool relu, uint8_t* mask, int64_t models, int64_t batch,
                      int64_t features);

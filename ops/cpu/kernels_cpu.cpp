@@ -2,7 +2,8 @@
 //
 // Row math (max, log-sum-exp, the loss of one sample) runs in double whatever T is: the
 // rows are short (13 logits), and the per-model means then carry no summation-order noise
-// worth talking about. The CUDA kernels do the same in float with double batch sums.
+// worth talking about. The CUDA kernels use float row math with double batch sums, except the
+// distillation KL, whose rows they also compute in double (a small difference of logs).
 #include "ops/cpu/kernels_cpu.h"
 
 #include <algorithm>

@@ -10,9 +10,9 @@ namespace subliminal::cpu {
 
 // ---- elementwise --------------------------------------------------------------------------
 template <class T>
-void relu_forward(const T* x, T* y, int64_t n);  // y = x > 0 ? x : 0
+void relu_forward(const T* x, T* y, int64_t n);  // y = x <= 0 ? 0 : x (NaN stays)
 template <class T>
-void relu_backward(const T* dy, const T* y, T* dx, int64_t n, bool accumulate);  // dx = dy·[y>0]
+void relu_backward(const T* dy, const T* y, T* dx, int64_t n, bool accumulate);  // dx = y <= 0 ? 0 : dy
 template <class T>
 void scale(const T* x, T scale, T* y, int64_t n, bool accumulate);  // y = s·x
 

@@ -1,7 +1,7 @@
 // ops/cuda/gemm_cublaslt.cpp — the Linear GEMMs on cuBLASLt, with fused epilogues.
 //
 // Row-major to column-major. cuBLASLt is column-major; a row-major R×C buffer is a
-// column-major C×R matrix. So every product is computed transposed (REFERENCE.md §3):
+// column-major C×R matrix. So every product is computed transposed (../shared/docs/REFERENCE.md §3):
 //
 //   kind             row-major meaning            A (stored, op)   B (stored, op)   m  n  k   epilogue
 //   forward          y = act(x·wᵀ + b)            w  I×O, T        x  I×B, N        O  B  I   [RELU_AUX_]BIAS
@@ -234,7 +234,8 @@ class PlanCache {
   // Autotuning: the heuristic ranks algorithms by a model; for these small, latency-bound
   // GEMMs its first choice is often not the fastest (too few thread blocks for 132 SMs,
   // no split-K). Time each candidate a few times on this call's operands — writing into a
-  // scratch output, so an accumulating GEMM's real output is untouched — and keep the best.
+  // scratch output, so an accumulating GEMM's real output is untouched (bias-gradient and mask
+  // outputs are written, and then overwritten by the real call) — and keep the best.
   cublasLtMatmulAlgo_t fastest(Plan& p, const cublasLtMatmulHeuristicResult_t* results, int count,
                                const PlanKey& key, const gemm::Dims& dims, const Operands& ops) {
     Runtime& rt = Runtime::get();
@@ -248,7 +249,7 @@ class PlanCache {
     CUDA_CHECK(cudaEventCreate(&stop));
     const float alpha = 1.0f, beta = key.accumulate ? 1.0f : 0.0f;
     float best_ms = 0;
-    int best = 0;
+    int best = -1;
     for (int i = 0; i < count; ++i) {
       auto launch = [&] {
         return cublasLtMatmul(rt.cublaslt(), p.desc, &alpha, ops.a, p.a, ops.b, p.b, &beta, scratch, p.d,
@@ -257,13 +258,15 @@ class PlanCache {
       };
       if (launch() != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that cannot run is skipped
       CUDA_CHECK(cudaEventRecord(start, rt.stream()));
-      for (int r = 0; r < kTimingRuns; ++r) launch();
+      bool ran = true;
+      for (int r = 0; r < kTimingRuns; ++r) ran = ran && launch() == CUBLAS_STATUS_SUCCESS;
       CUDA_CHECK(cudaEventRecord(stop, rt.stream()));
       CUDA_CHECK(cudaEventSynchronize(stop));
       float ms = 0;
       CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-      if (i == 0 || ms < best_ms) best_ms = ms, best = i;
+      if (ran && (best < 0 || ms < best_ms)) best_ms = ms, best = i;
     }
+    if (best < 0) best = 0;  // nothing ran: keep the heuristic's choice; the real call reports why
     cudaEventDestroy(start);
     cudaEventDestroy(stop);
     CUDA_CHECK(cudaFreeAsync(scratch, rt.stream()));

@@ -18,7 +18,7 @@ void linear_backward_input(const float* dy, const float* w, const uint8_t* prev_
 void linear_backward_weight(const float* dy, const float* x, float* dw, bool accumulate, float* dbias,
                             gemm::Dims d, const gemm::Settings& s);
 
-// y[N,B,F] += bias[N,F] (bias may be null); relu: y = max(y, 0) (NaN → 0) and mask bits.
+// y[N,B,F] += bias[N,F] (bias may be null); relu: y = y <= 0 ? 0 : y (NaN stays) and mask bits !(y <= 0).
 void bias_activation(float* y, const float* bias, bool relu, uint8_t* mask, int64_t models, int64_t batch,
                      int64_t features);
 // dx[N,B,F] *= mask bit
