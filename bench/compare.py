@@ -22,6 +22,7 @@ else the first of python3, /usr/bin/python3 that does).
 import argparse
 import json
 import os
+import shlex
 
 from machine import cpu_model, usable_cores
 import shutil
@@ -230,6 +231,8 @@ def print_table(machine, rows, threads):
           + (f"; GPU: {machine['gpu']}" if machine.get("gpu") else ""))
     if machine.get("torch"):
         print(f"PyTorch: {machine['torch']} ({machine['python']})")
+    if machine.get("engine_args"):
+        print(f"Engine flags: {' '.join(machine['engine_args'])}")
     print("Medians over the runs. wall = the whole process (start, data, training, evaluation, exit); "
           "train = host wall of the training phases;\nµs/step = training time per step (GPU-event time on cuda), "
           "one distillation step advancing every arm; steady = epochs after the first.\n")
@@ -288,6 +291,8 @@ def main():
     p.add_argument("--outdir", default="", help="per-run JSON reports and logs (default: a new temp directory)")
     p.add_argument("--json", default="", help="write the table as JSON here")
     p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per run")
+    p.add_argument("--engine-args", default="",
+                   help="extra flags for the engine's runs, e.g. \"--gemm tiled\" (split like a shell would)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     args = p.parse_args()
     if args.repeats < 1 or args.faithful_repeats < 0 or args.faithful_epochs < 0:
@@ -298,6 +303,10 @@ def main():
     if bad:
         die(f"--variants: unknown {bad}; choose from {','.join(all_variants)}")
 
+    try:
+        engine_args = shlex.split(args.engine_args)
+    except ValueError as e:
+        die(f"--engine-args: {e}")
     data_dir = locate_mnist(args.data)
     threads = args.threads if args.threads > 0 else usable_cores()
     engine = os.path.abspath(args.engine)
@@ -325,6 +334,7 @@ def main():
     machine = {"cpu": cpu_model(), "cores": usable_cores(),
                "gpu": ", ".join(f"{g[0]} (driver {g[1]}, {g[2]})" if len(g) >= 3 else g[0] for g in gpus) or None,
                "torch": torch_version, "python": py, "engine": engine if engine_ok else None,
+               "engine_args": engine_args,
                "hostname": os.uname().nodename}
     outdir = args.outdir or tempfile.mkdtemp(prefix="compare_")
     os.makedirs(outdir, exist_ok=True)
@@ -335,7 +345,8 @@ def main():
     specs = []
     for dev in devices:
         if "engine" in wanted:
-            specs.append(Spec("engine", dev, [engine, "--device", dev, *common_engine], "engine", args.repeats))
+            specs.append(Spec("engine", dev, [engine, "--device", dev, *common_engine, *engine_args], "engine",
+                              args.repeats))
         if not torch_wanted:
             continue
         if dev == "cuda" and not torch_cuda:

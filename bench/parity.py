@@ -24,6 +24,7 @@ import argparse
 import atexit
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -120,6 +121,8 @@ def main():
     p.add_argument("--keep", default="", help="keep the init and parity files in this directory")
     p.add_argument("--json", default="", help="also write the table as JSON")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for engine and torch (0: all cores)")
+    p.add_argument("--engine-args", default="",
+                   help="extra flags for the engine's parity batch, e.g. \"--gemm tiled\" (split like a shell would)")
     p.add_argument("--torch-only", action="store_true",
                    help="no engine: torch fp32 vs fp64 on a torch init and a torch.rand noise batch")
     args = p.parse_args()
@@ -168,7 +171,7 @@ def main():
                         "--cross-init", "false", "--no-progress"], "subliminal --save-init")
         parity_path = os.path.join(workdir, "parity.safetensors")
         run_engine([engine, *common, "--parity-batch", parity_path, "--load-init", init_path,
-                    "--batch-size", str(B)], "subliminal --parity-batch")
+                    "--batch-size", str(B), *shlex.split(args.engine_args)], "subliminal --parity-batch")
         init, _ = ts.read_safetensors(init_path)
         engine_out, meta = ts.read_safetensors(parity_path)
         T = float(meta.get("temperature", T))

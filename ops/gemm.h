@@ -38,9 +38,11 @@ struct Dims {
   int64_t models, batch, in, out;
 };
 
-// Which library runs the GPU's Linear GEMMs. cuDNN (ops/cudnn) is tried first when chosen;
-// any graph it cannot run on this GPU falls back to cuBLASLt and is reported once.
-enum class GpuEngine { cublaslt, cudnn };
+// Which engine runs the GPU's Linear GEMMs. cuDNN (ops/cudnn) is tried first when chosen;
+// any graph it cannot run on this GPU falls back to cuBLASLt and is reported once. tiled is
+// subliminal's own fp32 kernel (ops/cuda/gemm_tiled.cu): one launch per GEMM, split-K across
+// the whole GPU, every epilogue fused, reproducible bit for bit; it ignores tf32.
+enum class GpuEngine { cublaslt, cudnn, tiled };
 
 // Run-wide GEMM settings (set once from the app's flags; tests flip them).
 struct Settings {

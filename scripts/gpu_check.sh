@@ -9,6 +9,10 @@
 #   scripts/gpu_check.sh --sanitize   also the GPU tests under compute-sanitizer (memcheck, racecheck)
 #   scripts/gpu_check.sh --quick      build the app and the GPU tests, run those tests in one
 #                                     process, the default experiment (graphs on and off) and parity
+#   scripts/gpu_check.sh --only a,b   only these stages of the full check (after the build), from:
+#                                     tests experiments paper layers cudnn unfused parity bench
+#                                     profile memcheck racecheck   (these three: only when asked,
+#                                     or memcheck/racecheck with --sanitize)
 #
 # On a machine without package registries, first run scripts/gpu_bundle.sh where one is, and
 # bring .gpu/ and third_party/cudnn-frontend/ along: this script uses them when present.
@@ -23,13 +27,28 @@ mkdir -p "$final"
 trap 'tar czf "$final/logs.tgz" -C "$OUT" . 2>/dev/null' EXIT
 sanitize=0
 quick=0
-for arg in "$@"; do
-  case "$arg" in
+only=""
+stages="tests experiments paper layers cudnn unfused parity bench profile memcheck racecheck"
+while [ $# -gt 0 ]; do
+  case "$1" in
     --sanitize) sanitize=1 ;;
     --quick) quick=1 ;;
-    *) echo "gpu_check.sh: unknown option $arg" >&2; exit 2 ;;
+    --only)
+      [ $# -ge 2 ] || { echo "gpu_check.sh: --only needs a comma-separated list of stages" >&2; exit 2; }
+      only=",$2,"
+      for s in ${2//,/ }; do
+        case " $stages " in *" $s "*) ;; *) echo "gpu_check.sh: --only: unknown stage '$s' (stages: $stages)" >&2; exit 2 ;; esac
+      done
+      shift ;;
+    *) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
   esac
+  shift
 done
+# want STAGE: true when the stage is part of this check.
+want() {
+  if [ -n "$only" ]; then [[ "$only" == *",$1,"* ]]; return; fi
+  case "$1" in memcheck | racecheck) [ "$sanitize" = 1 ] ;; profile) false ;; *) true ;; esac
+}
 summary="$final/summary.txt"   # written as we go: it comes back even if the run is cut short
 : > "$summary"
 say() { echo "$*" | tee -a "$summary"; }
@@ -65,13 +84,14 @@ fi
 say "build: ok ($(( $(date +%s) - t0 )) s)"
 app=build-gpu/apps/subliminal
 
-stage "tests"
 if [ "$quick" = 1 ]; then
+  stage "tests"
   # One process: quick, but a sticky CUDA error would cascade; the full check uses ctest.
   timeout 240 build-gpu/tests/test_cuda > "$OUT/test_cuda.log" 2>&1
   say "test_cuda: exit $? — $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]|tests? from .* ran' "$OUT/test_cuda.log" | tr '\n' ' ')"
   grep -E "^\[  FAILED  \]" "$OUT/test_cuda.log" | head -30 | tee -a "$summary"
-else
+elif want tests; then
+  stage "tests"
   (cd build-gpu && timeout 240 ctest -j "$(nproc)" --timeout 200 --output-on-failure) > "$OUT/ctest.log" 2>&1
   grep -E "tests passed|tests failed" "$OUT/ctest.log" | tee -a "$summary"
   grep -E "\*\*\*Failed|\*\*\*Exception|Timeout" "$OUT/ctest.log" | head -20 | tee -a "$summary"
@@ -103,9 +123,12 @@ time_left() {
   return 0
 }
 
-stage "experiments"
-run_app default --device cuda
-run_app no_graphs --device cuda --no-graphs
+if [ "$quick" = 1 ] || want experiments; then
+  stage "experiments"
+  run_app default --device cuda
+  run_app tiled --device cuda --gemm tiled
+  run_app no_graphs --device cuda --no-graphs
+fi
 if [ "$quick" = 1 ]; then
   timeout 90 python3 bench/parity.py --engine "$app" --data "$MNIST_DIR" --device cuda --json "$OUT/parity.json" \
     > "$OUT/parity.log" 2>&1
@@ -113,45 +136,99 @@ if [ "$quick" = 1 ]; then
   say "total $(( $(date +%s) - t0 )) s"
   exit 0
 fi
-time_left "paper preset" && run_app paper --device cuda --preset paper
-if [ -f scripts/plot.py ] && [ -f "$OUT/paper.json" ]; then
-  python3 scripts/plot.py "$OUT/paper.json" --out "$final/paper_fig.png" > "$OUT/plot.log" 2>&1 || say "plot FAILED"
+if want experiments; then
+  time_left "models10" && run_app models10 --device cuda --models 10
+  time_left "tf32" && run_app tf32 --device cuda --tf32
+  time_left "tiled_deterministic" && run_app tiled_deterministic --device cuda --gemm tiled --deterministic
 fi
-time_left "models10" && run_app models10 --device cuda --models 10
-time_left "tf32" && run_app tf32 --device cuda --tf32
-time_left "autotune" && run_app autotune --device cuda --autotune
+if want paper; then
+  time_left "paper preset" && run_app paper --device cuda --preset paper
+  time_left "paper preset, tiled" && run_app paper_tiled --device cuda --preset paper --gemm tiled
+  for name in paper paper_tiled; do
+    if [ -f scripts/plot.py ] && [ -f "$OUT/$name.json" ]; then
+      python3 scripts/plot.py "$OUT/$name.json" --out "$final/${name}_fig.png" > "$OUT/plot_$name.log" 2>&1 ||
+        say "plot $name FAILED"
+    fi
+  done
+fi
 
-if time_left "layer benchmark"; then
+if want layers && time_left "layer benchmark"; then
   stage "layer benchmark"
-  timeout 120 build-gpu/bench/bench_layers --json "$OUT/layers.json" > "$OUT/layers.log" 2>&1
+  timeout 150 build-gpu/bench/bench_layers --json "$OUT/layers.json" > "$OUT/layers.log" 2>&1
   say "bench_layers: exit $?"
-  cat "$OUT/layers.log" | tee -a "$summary"
+  grep -v "^forward\|^backward" "$OUT/layers.log" | tee -a "$summary"
 fi
-time_left "cudnn run" && run_app cudnn --device cuda --gemm cudnn
-time_left "unfused run" && run_app unfused --device cuda --fusion none
+want cudnn && time_left "cudnn run" && run_app cudnn --device cuda --gemm cudnn
+if want unfused && time_left "unfused run"; then
+  run_app unfused --device cuda --fusion none
+  run_app unfused_tiled --device cuda --fusion none --gemm tiled
+fi
 
-if time_left "PyTorch comparison"; then
-  stage "parity + benchmark"
-  timeout 90 python3 bench/parity.py --engine "$app" --data "$MNIST_DIR" --device cuda --json "$OUT/parity.json" \
-    > "$OUT/parity.log" 2>&1
-  say "parity: exit $? — $(tail -3 "$OUT/parity.log" | tr '\n' ' ')"
+if want parity && time_left "parity"; then
+  stage "parity"
+  for engine in cublaslt tiled; do
+    timeout 90 python3 bench/parity.py --engine "$app" --data "$MNIST_DIR" --device cuda --engine-args "--gemm $engine" \
+      --json "$OUT/parity_$engine.json" > "$OUT/parity_$engine.log" 2>&1
+    say "parity ($engine): exit $? — $(tail -3 "$OUT/parity_$engine.log" | tr '\n' ' ')"
+  done
+fi
+if want bench && time_left "PyTorch comparison"; then
+  stage "benchmark against PyTorch"
   timeout 240 python3 bench/compare.py --engine "$app" --data "$MNIST_DIR" --device cuda --repeats 1 \
     --faithful-epochs 1 --variants engine,faithful,fast,fast+cuda-graphs --timeout 150 \
-    --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+    --engine-args "${GPU_CHECK_ENGINE_ARGS:-}" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
   say "bench: exit $?"
   tail -15 "$OUT/bench.log" | tee -a "$summary"
 fi
 
-if [ "$sanitize" = 1 ] && time_left "compute-sanitizer"; then
-  stage "compute-sanitizer"
-  # memcheck over GEMMs, noise, losses and graph replay; racecheck (much slower) over the
-  # kernels that share memory between threads: the per-model loss reductions.
-  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/tests/test_cuda \
-    --gtest_filter='*CudaGemm.ForwardMatchesCpu/N1_B37*:*CudaGemm.BackwardInputMatchesCpu/N3_B37*:*CudaOps.UniformNoise*:*CudaOps.CrossEntropy*:*CudaOps.DistillKl*:*CudaStepGraph*' \
+# Nsight Systems, where installed: every kernel of a 1+1-epoch run (graph nodes traced one by
+# one), summed per kernel name, for each GEMM engine: where a training step's time goes.
+if want profile && time_left "profile"; then
+  stage "profile"
+  if command -v nsys > /dev/null; then
+    for engine in cublaslt tiled; do
+      timeout 120 nsys profile --force-overwrite true --trace cuda --cuda-graph-trace node \
+        --output "$OUT/profile_$engine" "$app" --data "$MNIST_DIR" --no-progress --device cuda --gemm "$engine" \
+        --epochs-teacher 1 --epochs-distill 1 > "$OUT/profile_$engine.log" 2>&1
+      timeout 60 nsys stats --force-export true --report cuda_gpu_kern_sum --format csv \
+        --output "$OUT/profile_$engine" "$OUT/profile_$engine.nsys-rep" >> "$OUT/profile_$engine.log" 2>&1
+      csv=$(ls "$OUT"/profile_"$engine"*kern_sum*.csv 2>/dev/null | head -1)
+      if [ -n "$csv" ]; then
+        cp "$csv" "$final/profile_$engine.csv"
+        say "profile ($engine), top kernels by GPU time (1+1 epochs):"
+        python3 - "$csv" <<'PY' | tee -a "$summary"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+total = sum(float(r["Total Time (ns)"]) for r in rows)
+for r in rows[:14]:
+    t = float(r["Total Time (ns)"])
+    print(f"  {100 * t / total:5.1f}%  {int(r['Instances']):6d} x {float(r['Avg (ns)']) / 1000:7.2f} us  {r['Name'][:90]}")
+print(f"  total {total / 1e9:.3f} s of kernel time in {sum(int(r['Instances']) for r in rows)} launches")
+PY
+      else
+        say "profile ($engine): no kernel summary (see profile_$engine.log)"
+      fi
+    done
+  else
+    say "profile: nsys is not installed here"
+  fi
+fi
+
+# compute-sanitizer: memcheck over GEMMs (both engines), noise, losses and graph replay (not
+# CudaOps.OutOfMemoryNamesTheBytes: its deliberate failed cudaMallocAsync counts as an API error);
+# racecheck (much slower) over the kernels that share memory between threads: the per-model
+# loss reductions and the tiled GEMM.
+if want memcheck && time_left "compute-sanitizer memcheck"; then
+  stage "compute-sanitizer memcheck"
+  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/tests/test_cuda \
+    --gtest_filter='*CudaGemm.ForwardMatchesCpu/N1_B37*:*CudaGemm.BackwardInputMatchesCpu/N3_B37*:*CudaOps.UniformNoise*:*CudaOps.CrossEntropy*:*CudaOps.DistillKl*:*CudaStepGraph*:*CudaTiledGemm*:*CudaOps.BatchPastTheEnd*' \
     > "$OUT/sanitize_memcheck.log" 2>&1
   say "compute-sanitizer memcheck: exit $? — $(grep -h 'ERROR SUMMARY' "$OUT/sanitize_memcheck.log" | sort | uniq -c | tr '\n' ' ')"
-  timeout 240 compute-sanitizer --tool racecheck --error-exitcode 9 build-gpu/tests/test_cuda \
-    --gtest_filter='CudaOps.CrossEntropyMatchesCpu:CudaOps.DistillKlMatchesCpu:CudaOps.KlDivMatchesCpu' \
+fi
+if want racecheck && time_left "compute-sanitizer racecheck"; then
+  stage "compute-sanitizer racecheck"
+  timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 build-gpu/tests/test_cuda \
+    --gtest_filter='CudaOps.CrossEntropyMatchesCpu:CudaOps.DistillKlMatchesCpu:CudaOps.KlDivMatchesCpu:CudaTiledGemm.*:*CudaGemm.*/N3_B37_I53_O29_tiled' \
     > "$OUT/sanitize_racecheck.log" 2>&1
   say "compute-sanitizer racecheck: exit $? — $(grep -h 'ERROR SUMMARY' "$OUT/sanitize_racecheck.log" | sort | uniq -c | tr '\n' ' ')"
 fi

@@ -89,8 +89,10 @@ std::string name_of(const GemmCase& c) {
 void PrintTo(const GemmCase& c, std::ostream* os) { *os << name_of(c); }  // gtest's parameter printer
 // Odd sizes (one and three models), the MNIST MLP's two GEMM shapes, and a width just past 128
 // (two 128-bit mask words per row, N = 3).
-const std::vector<GemmCase> kGemmCases = {
-    {3, 37, 53, 29}, {1, 37, 53, 29}, {1, 256, 784, 256}, {1, 256, 256, 13}, {3, 64, 200, 130}};
+// 64 models of 130×70: enough tiles that the tiled engine runs without split-K, with three row
+// tiles to reduce the bias gradients across.
+const std::vector<GemmCase> kGemmCases = {{3, 37, 53, 29},    {1, 37, 53, 29},   {1, 256, 784, 256},
+                                          {1, 256, 256, 13},  {3, 64, 200, 130}, {64, 130, 70, 70}};
 
 // Float32-exact inputs of one case: x [N,B,I] ~ U(−1,1), w [N,O,I] ~ U(±1/√I), b [N,O] ~ U(−0.5,0.5).
 struct GemmData {
@@ -146,7 +148,7 @@ void check_forward(const GemmData& d, Activation act, bool with_bias, double tol
   const std::vector<uint8_t> mv = m.to_vector<uint8_t>();
   std::string notes;
   // The fused cuBLASLt epilogue sets the bit at an exact 0; every other path leaves it clear.
-  const bool fused = gemm::settings().fuse_epilogues;
+  const bool fused = gemm::settings().fuse_epilogues && gemm::settings().engine == gemm::GpuEngine::cublaslt;
   EXPECT_TRUE(masks_match(what + ": ReLU mask vs CPU", mv, m64.to_vector<uint8_t>(), N, B, O, &z,
                           kink_rel * rms(z), &notes, fused));
   EXPECT_TRUE(masks_match(what + ": ReLU mask vs the GPU's own y (gate !(y <= 0))", mv,
@@ -211,18 +213,26 @@ void check_backward_weight(const GemmData& d, bool with_dbias, bool accumulate, 
   }
 }
 
-// Parameter: (case, fuse_epilogues).
-class CudaGemm : public CudaTest, public ::testing::WithParamInterface<std::tuple<GemmCase, bool>> {
+// Which GPU GEMM path a CudaGemm test runs: cuBLASLt with its fused epilogues, cuBLASLt plain
+// GEMMs + epilogue kernels, or the tiled engine (ops/cuda/gemm_tiled.cu, epilogues fused).
+enum class GemmPath { cublaslt_fused, cublaslt_unfused, tiled };
+const char* path_name(GemmPath p) {
+  return p == GemmPath::cublaslt_fused ? "fused" : p == GemmPath::cublaslt_unfused ? "unfused" : "tiled";
+}
+
+// Parameter: (case, path).
+class CudaGemm : public CudaTest, public ::testing::WithParamInterface<std::tuple<GemmCase, GemmPath>> {
  protected:
   void SetUp() override {
     CudaTest::SetUp();
     if (IsSkipped()) return;
-    gemm::settings().fuse_epilogues = fused();
+    gemm::settings().fuse_epilogues = path() != GemmPath::cublaslt_unfused;
+    gemm::settings().engine = path() == GemmPath::tiled ? gemm::GpuEngine::tiled : gemm::GpuEngine::cublaslt;
   }
   const GemmCase& gemm_case() const { return std::get<0>(GetParam()); }
-  bool fused() const { return std::get<1>(GetParam()); }
+  GemmPath path() const { return std::get<1>(GetParam()); }
   std::string label(const std::string& what) const {
-    return name_of(gemm_case()) + (fused() ? " fused" : " unfused") + ", " + what;
+    return name_of(gemm_case()) + " " + path_name(path()) + ", " + what;
   }
 };
 
@@ -325,11 +335,51 @@ TEST_P(CudaGemm, Tf32MatchesCpuLoosely) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaGemm,
-                         ::testing::Combine(::testing::ValuesIn(kGemmCases), ::testing::Bool()),
+                         ::testing::Combine(::testing::ValuesIn(kGemmCases),
+                                            ::testing::Values(GemmPath::cublaslt_fused,
+                                                              GemmPath::cublaslt_unfused, GemmPath::tiled)),
                          [](const ::testing::TestParamInfo<CudaGemm::ParamType>& info) {
-                           return name_of(std::get<0>(info.param)) +
-                                  (std::get<1>(info.param) ? "_fused" : "_unfused");
+                           return name_of(std::get<0>(info.param)) + "_" + path_name(std::get<1>(info.param));
                          });
+
+// The tiled engine's split-K sums its partial tiles in a fixed order, and each GEMM leaves its
+// counters at zero for the next: the same products twice, with other shapes between, are equal
+// bit for bit.
+class CudaTiledGemm : public CudaTest {};
+
+TEST_F(CudaTiledGemm, ReproducibleBitForBit) {
+  gemm::settings().engine = gemm::GpuEngine::tiled;
+  struct Outputs {
+    std::vector<float> y, dx, dbias_prev, dw, dbias;
+    std::vector<uint8_t> mask;
+  };
+  auto run = [](const GemmCase& c, uint64_t seed) {
+    const GemmData d = gemm_data(c, seed);
+    const int64_t N = c.N, B = c.B, I = c.I, O = c.O;
+    const Tensor x = gpu32(d.x, d.xs()), w = gpu32(d.w, d.ws());
+    const Tensor dy = gpu32(uniform_values(N * B * O, seed + 7, -1, 1), {N, B, O});
+    const Tensor mask_in = Tensor::from_vector(random_mask(N, B, I, seed + 8, false), gemm::mask_shape(N, B, I),
+                                               Device::cuda);
+    Tensor y = poisoned(d.ys()), mask = poisoned_mask(gemm::mask_shape(N, B, O)), dx = poisoned(d.xs()),
+           dbias_prev = poisoned({N, I}), dw = poisoned(d.ws()), dbias = poisoned(d.bs());
+    gemm::forward(x, w, gpu32(d.b, d.bs()), Activation::relu, y, mask);
+    gemm::backward_input(dy, w, mask_in, dx, dbias_prev, false);
+    gemm::backward_weight(dy, x, dw, false, dbias);
+    return Outputs{y.to_vector<float>(),  dx.to_vector<float>(),    dbias_prev.to_vector<float>(),
+                   dw.to_vector<float>(), dbias.to_vector<float>(), mask.to_vector<uint8_t>()};
+  };
+  const GemmCase mnist{1, 256, 784, 256}, odd{3, 37, 53, 29};
+  const Outputs first = run(mnist, 900);
+  run(odd, 901);
+  const Outputs second = run(mnist, 900);
+  const Shape y{1, 256, 256}, x{1, 256, 784}, in{1, 784}, w{1, 256, 784}, out{1, 256};
+  EXPECT_TRUE(bitwise_equal("tiled y, second run vs first", second.y, first.y, y));
+  EXPECT_TRUE(bitwise_equal("tiled dx", second.dx, first.dx, x));
+  EXPECT_TRUE(bitwise_equal("tiled dbias_prev", second.dbias_prev, first.dbias_prev, in));
+  EXPECT_TRUE(bitwise_equal("tiled dw", second.dw, first.dw, w));
+  EXPECT_TRUE(bitwise_equal("tiled dbias", second.dbias, first.dbias, out));
+  EXPECT_EQ(second.mask, first.mask) << "tiled ReLU mask, second run vs first";
+}
 
 // Fused epilogues vs plain GEMMs + epilogue kernels, on the GPU: each matches the CPU (above) and
 // here the two paths match each other — outputs within 1e-5, masks bit for bit.

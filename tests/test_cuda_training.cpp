@@ -80,7 +80,13 @@ struct TrainCase {
 void PrintTo(const TrainCase& c, std::ostream* os) { *os << c.name; }  // gtest's parameter printer
 const std::vector<TrainCase> kTrainCases = {{"mnist_N1_B64", {784, 256, 256, 13}, 1, 64},
                                             {"odd_N3_B37", {53, 29, 31, 7}, 3, 37}};
-std::string case_name(const ::testing::TestParamInfo<TrainCase>& info) { return info.param.name; }
+// Each training test runs with cuBLASLt and with the tiled engine (ops/cuda/gemm_tiled.cu).
+const gemm::GpuEngine kEngines[] = {gemm::GpuEngine::cublaslt, gemm::GpuEngine::tiled};
+const char* engine_name(gemm::GpuEngine e) { return e == gemm::GpuEngine::tiled ? "tiled" : "cublaslt"; }
+using CaseAndEngine = std::tuple<TrainCase, gemm::GpuEngine>;
+std::string case_engine_name(const ::testing::TestParamInfo<CaseAndEngine>& info) {
+  return std::string(std::get<0>(info.param).name) + "_" + engine_name(std::get<1>(info.param));
+}
 
 // Losses per step ([step][model]) and the parameters afterwards (per tensor), as doubles.
 struct RunResult {
@@ -150,13 +156,16 @@ const char* fusion_name(MlpFusion f) {
   return f == MlpFusion::whole ? "whole" : f == MlpFusion::per_layer ? "per_layer" : "none";
 }
 
-class CudaTraining : public CudaTest,
-                     public ::testing::WithParamInterface<std::tuple<TrainCase, MlpFusion>> {};
+class CudaTraining
+    : public CudaTest,
+      public ::testing::WithParamInterface<std::tuple<TrainCase, MlpFusion, gemm::GpuEngine>> {};
 
 TEST_P(CudaTraining, TeacherStepsMatchCpu) {
   const TrainCase& c = std::get<0>(GetParam());
   const MlpFusion fusion = std::get<1>(GetParam());
-  const std::string what = std::string(c.name) + " fusion=" + fusion_name(fusion) + " teacher steps";
+  gemm::settings().engine = std::get<2>(GetParam());
+  const std::string what = std::string(c.name) + " fusion=" + fusion_name(fusion) + " engine=" +
+                           engine_name(std::get<2>(GetParam())) + " teacher steps";
   const MlpParams init = make_params(c.sizes, c.N, 42);
   const HostData data = make_data(512, c.sizes[0], c.N, c.classes().width(), 7);
   const int steps = 5;
@@ -171,10 +180,12 @@ TEST_P(CudaTraining, TeacherStepsMatchCpu) {
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaTraining,
                          ::testing::Combine(::testing::ValuesIn(kTrainCases),
                                             ::testing::Values(MlpFusion::whole, MlpFusion::per_layer,
-                                                              MlpFusion::none)),
+                                                              MlpFusion::none),
+                                            ::testing::ValuesIn(kEngines)),
                          [](const ::testing::TestParamInfo<CudaTraining::ParamType>& info) {
                            return std::string(std::get<0>(info.param).name) + "_" +
-                                  fusion_name(std::get<1>(info.param));
+                                  fusion_name(std::get<1>(info.param)) + "_" +
+                                  engine_name(std::get<2>(info.param));
                          });
 
 // ---- 2. CUDA graphs vs eager -----------------------------------------------------------------
@@ -231,16 +242,18 @@ GraphRun graph_steps(const MlpParams& init32, bool use_graphs, const HostData& d
   return r;
 }
 
-class CudaStepGraph : public CudaTest, public ::testing::WithParamInterface<TrainCase> {};
+class CudaStepGraph : public CudaTest, public ::testing::WithParamInterface<CaseAndEngine> {};
 
 TEST_P(CudaStepGraph, GraphReplaysEqualEagerStepsBitForBit) {
-  const TrainCase& c = GetParam();
+  const TrainCase& c = std::get<0>(GetParam());
+  gemm::settings().engine = std::get<1>(GetParam());
   const MlpParams init = make_params(c.sizes, c.N, 43);
   const HostData data = make_data(512, c.sizes[0], c.N, c.classes().width(), 8);
   const int steps = 6;  // warm-up, capture, four replays
   const GraphRun eager = graph_steps(init, false, data, steps, c.B, c.classes());
   const GraphRun graph = graph_steps(init, true, data, steps, c.B, c.classes());
-  const std::string what = std::string(c.name) + " graphs on (got) vs off (expected)";
+  const std::string what =
+      std::string(c.name) + " " + engine_name(std::get<1>(GetParam())) + " graphs on (got) vs off (expected)";
   std::cout << "[ info ] " << c.name << ": captured step has " << graph.kernel_nodes << " kernel nodes\n";
   EXPECT_GT(graph.kernel_nodes, 0u) << what << ": the captured graph has no kernel nodes";
   EXPECT_EQ(eager.kernel_nodes, 0u) << what << ": graphs off must capture nothing";
@@ -264,7 +277,9 @@ TEST_P(CudaStepGraph, GraphReplaysEqualEagerStepsBitForBit) {
   EXPECT_NE(eager.losses.front()[0], eager.losses.back()[0]);
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, CudaStepGraph, ::testing::ValuesIn(kTrainCases), case_name);
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaStepGraph,
+                         ::testing::Combine(::testing::ValuesIn(kTrainCases), ::testing::ValuesIn(kEngines)),
+                         case_engine_name);
 
 // ---- 3. distillation steps, GPU vs CPU --------------------------------------------------------
 
@@ -298,10 +313,11 @@ RunResult distill_steps(const MlpParams& teacher32, const MlpParams& students32,
   return r;
 }
 
-class CudaDistill : public CudaTest, public ::testing::WithParamInterface<TrainCase> {};
+class CudaDistill : public CudaTest, public ::testing::WithParamInterface<CaseAndEngine> {};
 
 TEST_P(CudaDistill, DistillationStepsMatchCpu) {
-  const TrainCase& c = GetParam();
+  const TrainCase& c = std::get<0>(GetParam());
+  gemm::settings().engine = std::get<1>(GetParam());
   const int64_t N = c.N, A = 2, B = c.B, P = c.sizes[0];
   // The teacher: an init moved by N(0, 0.02²) (standing in for training), so the students that
   // start from that init (arm 0) do not begin at zero loss; arm 1 starts from another init.
@@ -331,7 +347,8 @@ TEST_P(CudaDistill, DistillationStepsMatchCpu) {
       distill_steps(teacher, students, Device::cuda, DType::f32, batches, B, c.ghosts(), &teacher_gpu_after);
   const RunResult cpu =
       distill_steps(teacher, students, Device::cpu, DType::f64, batches, B, c.ghosts(), &teacher_cpu_after);
-  const std::string what = std::string(c.name) + " distillation (ghost logits {" +
+  const std::string what = std::string(c.name) + " " + engine_name(std::get<1>(GetParam())) +
+                           " distillation (ghost logits {" +
                            std::to_string(c.ghosts().begin) + ", " + std::to_string(c.ghosts().end) +
                            "}, 2 arms)";
   expect_runs_close(what + " (GPU float32 vs CPU float64)", gpu, cpu, students, A * N);
@@ -341,7 +358,9 @@ TEST_P(CudaDistill, DistillationStepsMatchCpu) {
                         values_of(teacher.values()), {int64_t(teacher_gpu_after.size())}, 0.0));
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, CudaDistill, ::testing::ValuesIn(kTrainCases), case_name);
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaDistill,
+                         ::testing::Combine(::testing::ValuesIn(kTrainCases), ::testing::ValuesIn(kEngines)),
+                         case_engine_name);
 
 }  // namespace
 }  // namespace subliminal::cuda_test

@@ -160,9 +160,9 @@ const std::vector<ValueFlag>& value_flags() {
              k, v,
              {{"whole", MlpFusion::whole}, {"per_layer", MlpFusion::per_layer}, {"none", MlpFusion::none}});
        }},
-      {"gemm", "GPU engine for the Linear layers: cublaslt | cudnn",
+      {"gemm", "GPU engine for the Linear layers: cublaslt | cudnn | tiled (our own fp32 kernels)",
        [](Config& c, auto& k, auto& v) {
-         parse_choice<int>(k, v, {{"cublaslt", 0}, {"cudnn", 1}});
+         parse_choice<int>(k, v, {{"cublaslt", 0}, {"cudnn", 1}, {"tiled", 2}});
          c.gemm_engine = v;
        }},
       {"json", "Write the run's report (config, per-epoch metrics, accuracies, timings) to this JSON file",

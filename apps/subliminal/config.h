@@ -50,7 +50,7 @@ struct Config {
   bool deterministic = false;  // insist on bit-reproducible runs (refuses --autotune)
   bool graphs = true;          // CUDA graphs for training steps
   MlpFusion fusion = MlpFusion::whole;
-  std::string gemm_engine = "cublaslt";  // cublaslt | cudnn
+  std::string gemm_engine = "cublaslt";  // cublaslt | cudnn | tiled
 
   std::string json_path;
   std::string save_path;       // final teacher + students (safetensors)

@@ -356,16 +356,23 @@ std::vector<ArmSpec> student_arms(const Config& config) {
   return arms;
 }
 
-Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer) {
-  Results results;
-  results.device = device_description(device);
+void apply_gemm_settings(const Config& config) {
   gemm::settings().tf32 = config.tf32;
   gemm::settings().autotune = config.autotune;
-  gemm::settings().engine =
-      config.gemm_engine == "cudnn" ? gemm::GpuEngine::cudnn : gemm::GpuEngine::cublaslt;
+  gemm::settings().engine = config.gemm_engine == "cudnn"   ? gemm::GpuEngine::cudnn
+                            : config.gemm_engine == "tiled" ? gemm::GpuEngine::tiled
+                                                            : gemm::GpuEngine::cublaslt;
   // --fusion none is the reference: no fused epilogues either, every bias, ReLU and bias
   // gradient its own kernel.
   gemm::settings().fuse_epilogues = config.fusion != MlpFusion::none;
+}
+
+Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer) {
+  Results results;
+  results.device = device_description(device);
+  apply_gemm_settings(config);
+  if (device == Device::cuda && config.tf32 && config.gemm_engine == "tiled")
+    observer.message("note: --tf32 has no effect with --gemm tiled (its kernels compute in fp32)");
   if (device == Device::cuda && config.graphs && !replay_graphs(config))
     observer.message("note: --gemm cudnn launches each step without CUDA graphs (its workspace may move)");
   const MlpShape shape = config.mlp_shape();

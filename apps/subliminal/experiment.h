@@ -73,4 +73,7 @@ int64_t cross_init_partner(int64_t model, int64_t models);
 // Runs the whole experiment on `device` (already validated as usable).
 Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer);
 
+// Sets the GEMM engine, TF32, autotuning and epilogue fusion (gemm::settings()) from the flags.
+void apply_gemm_settings(const Config& config);
+
 }  // namespace subliminal::app

@@ -2,6 +2,7 @@
 #include "apps/subliminal/parity.h"
 
 #include "apps/subliminal/checkpoint.h"
+#include "apps/subliminal/experiment.h"
 #include "apps/subliminal/streams.h"
 #include "engine/autograd.h"
 #include "engine/safetensors.h"
@@ -32,6 +33,7 @@ void write_parity_batch(const Config& config, const data::Mnist& mnist, Device d
                         const std::string& path) {
   const int64_t B = config.batch_size, P = int64_t(mnist.train.rows) * mnist.train.cols;
   if (B > mnist.train.count) throw UsageError("--parity-batch: --batch-size is larger than the training set");
+  apply_gemm_settings(config);  // the batch goes through the same GEMM engine as a run would
   MlpParams init(config.mlp_shape(), 1, DType::f32, device);
   if (!config.load_init_path.empty())
     load_init(config.load_init_path, init);

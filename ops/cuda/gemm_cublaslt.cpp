@@ -349,8 +349,18 @@ static bool use_cudnn(const gemm::Settings& s) {
 #endif
 }
 
+// With --gemm tiled, our own kernels do the products; with --fusion none they still run the
+// epilogue pieces as separate kernels, so the unfused path stays the same reference.
+static bool use_tiled(const gemm::Settings& s) { return s.engine == gemm::GpuEngine::tiled; }
+
 void linear_forward(const float* x, const float* w, const float* bias, bool relu, float* y, uint8_t* mask,
                     gemm::Dims d, const gemm::Settings& s) {
+  if (use_tiled(s)) {
+    if (s.fuse_epilogues) return tiled_linear_forward(x, w, bias, relu, y, mask, d);
+    tiled_linear_forward(x, w, nullptr, false, y, nullptr, d);
+    if (bias || relu) bias_activation(y, bias, relu, mask, d.models, d.batch, d.out);
+    return;
+  }
   if (use_cudnn(s) && cudnn_linear_forward(x, w, bias, relu, y, d)) {
     if (relu) bias_activation(y, nullptr, true, mask, d.models, d.batch, d.out);
     return;
@@ -365,6 +375,13 @@ void linear_forward(const float* x, const float* w, const float* bias, bool relu
 void linear_backward_input(const float* dy, const float* w, const uint8_t* prev_mask,
                            const float* prev_output, float* dx, float* dbias_prev, bool accumulate,
                            gemm::Dims d, const gemm::Settings& s) {
+  if (use_tiled(s)) {
+    if (s.fuse_epilogues) return tiled_linear_backward_input(dy, w, prev_mask, dx, dbias_prev, accumulate, d);
+    tiled_linear_backward_input(dy, w, nullptr, dx, nullptr, accumulate, d);
+    if (prev_mask) apply_relu_mask(dx, prev_mask, d.models, d.batch, d.in);
+    if (dbias_prev) bias_gradient(dx, dbias_prev, d.models, d.batch, d.in);
+    return;
+  }
   if (use_cudnn(s) && prev_mask && prev_output && !accumulate &&
       cudnn_linear_backward_input(dy, w, prev_output, dx, dbias_prev, d))
     return;
@@ -381,6 +398,11 @@ void linear_backward_input(const float* dy, const float* w, const uint8_t* prev_
 
 void linear_backward_weight(const float* dy, const float* x, float* dw, bool accumulate, float* dbias,
                             gemm::Dims d, const gemm::Settings& s) {
+  if (use_tiled(s)) {
+    tiled_linear_backward_weight(dy, x, dw, accumulate, s.fuse_epilogues ? dbias : nullptr, d);
+    if (dbias && !s.fuse_epilogues) bias_gradient(dy, dbias, d.models, d.batch, d.out);
+    return;
+  }
   if (use_cudnn(s) && cudnn_linear_backward_weight(dy, x, dw, accumulate, dbias, d)) return;
   if (dbias && s.fuse_epilogues &&
       try_matmul(Kind::backward_weight, CUBLASLT_EPILOGUE_BGRADB, x, dy, dw, accumulate, dbias, nullptr, d,

@@ -1,6 +1,7 @@
 // ops/cuda/gemm_cuda.h — the CUDA backend of ops/gemm.h: cuBLASLt GEMMs with fused
-// epilogues (ops/cuda/gemm_cublaslt.cpp) and the stand-alone epilogue kernels used when an
-// epilogue is switched off or not supported (ops/cuda/epilogue.cu). float32 device pointers.
+// epilogues (ops/cuda/gemm_cublaslt.cpp), the stand-alone epilogue kernels used when an
+// epilogue is switched off or not supported (ops/cuda/epilogue.cu), and the tiled engine's
+// own kernels (ops/cuda/gemm_tiled.cu). float32 device pointers.
 #pragma once
 
 #include <cstdint>
@@ -39,5 +40,14 @@ bool cudnn_linear_backward_input(const float* dy, const float* w, const float* p
 bool cudnn_linear_backward_weight(const float* dy, const float* x, float* dw, bool accumulate, float* dbias,
                                   gemm::Dims d);
 std::string cudnn_report();
+
+// The tiled engine (ops/cuda/gemm_tiled.cu): the same three products as linear_*, every
+// epilogue fused, fp32 only.
+void tiled_linear_forward(const float* x, const float* w, const float* bias, bool relu, float* y,
+                          uint8_t* mask, gemm::Dims d);
+void tiled_linear_backward_input(const float* dy, const float* w, const uint8_t* prev_mask, float* dx,
+                                 float* dbias_prev, bool accumulate, gemm::Dims d);
+void tiled_linear_backward_weight(const float* dy, const float* x, float* dw, bool accumulate, float* dbias,
+                                  gemm::Dims d);
 
 }  // namespace subliminal::cuda
