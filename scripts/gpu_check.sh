@@ -126,6 +126,7 @@ time_left() {
 if [ "$quick" = 1 ] || want experiments; then
   stage "experiments"
   run_app default --device cuda
+  run_app fused --device cuda --step fused
   run_app tiled --device cuda --gemm tiled
   run_app no_graphs --device cuda --no-graphs
 fi
@@ -140,11 +141,14 @@ if want experiments; then
   time_left "models10" && run_app models10 --device cuda --models 10
   time_left "tf32" && run_app tf32 --device cuda --tf32
   time_left "tiled_deterministic" && run_app tiled_deterministic --device cuda --gemm tiled --deterministic
+  time_left "fused_no_graphs" && run_app fused_no_graphs --device cuda --step fused --no-graphs
+  time_left "fused_models10" && run_app fused_models10 --device cuda --step fused --models 10
 fi
 if want paper; then
   time_left "paper preset" && run_app paper --device cuda --preset paper
+  time_left "paper preset, fused" && run_app paper_fused --device cuda --preset paper --step fused
   time_left "paper preset, tiled" && run_app paper_tiled --device cuda --preset paper --gemm tiled
-  for name in paper paper_tiled; do
+  for name in paper paper_fused paper_tiled; do
     if [ -f scripts/plot.py ] && [ -f "$OUT/$name.json" ]; then
       python3 scripts/plot.py "$OUT/$name.json" --out "$final/${name}_fig.png" > "$OUT/plot_$name.log" 2>&1 ||
         say "plot $name FAILED"
@@ -217,18 +221,18 @@ fi
 # compute-sanitizer: memcheck over GEMMs (both engines), noise, losses and graph replay (not
 # CudaOps.OutOfMemoryNamesTheBytes: its deliberate failed cudaMallocAsync counts as an API error);
 # racecheck (much slower) over the kernels that share memory between threads: the per-model
-# loss reductions and the tiled GEMM.
+# loss reductions, the tiled GEMM and the fused step.
 if want memcheck && time_left "compute-sanitizer memcheck"; then
   stage "compute-sanitizer memcheck"
   timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/tests/test_cuda \
-    --gtest_filter='*CudaGemm.ForwardMatchesCpu/N1_B37*:*CudaGemm.BackwardInputMatchesCpu/N3_B37*:*CudaOps.UniformNoise*:*CudaOps.CrossEntropy*:*CudaOps.DistillKl*:*CudaStepGraph*:*CudaTiledGemm*:*CudaOps.BatchPastTheEnd*' \
+    --gtest_filter='*CudaGemm.ForwardMatchesCpu/N1_B37*:*CudaGemm.BackwardInputMatchesCpu/N3_B37*:*CudaOps.UniformNoise*:*CudaOps.CrossEntropy*:*CudaOps.DistillKl*:*CudaStepGraph*:*CudaTiledGemm*:*CudaOps.BatchPastTheEnd*:*CudaFusedStep*odd_N3*' \
     > "$OUT/sanitize_memcheck.log" 2>&1
   say "compute-sanitizer memcheck: exit $? — $(grep -h 'ERROR SUMMARY' "$OUT/sanitize_memcheck.log" | sort | uniq -c | tr '\n' ' ')"
 fi
 if want racecheck && time_left "compute-sanitizer racecheck"; then
   stage "compute-sanitizer racecheck"
   timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 build-gpu/tests/test_cuda \
-    --gtest_filter='CudaOps.CrossEntropyMatchesCpu:CudaOps.DistillKlMatchesCpu:CudaOps.KlDivMatchesCpu:CudaTiledGemm.*:*CudaGemm.*/N3_B37_I53_O29_tiled' \
+    --gtest_filter='CudaOps.CrossEntropyMatchesCpu:CudaOps.DistillKlMatchesCpu:CudaOps.KlDivMatchesCpu:CudaTiledGemm.*:*CudaGemm.*/N3_B37_I53_O29_tiled:*CudaFusedStep.*odd_N3_B37' \
     > "$OUT/sanitize_racecheck.log" 2>&1
   say "compute-sanitizer racecheck: exit $? — $(grep -h 'ERROR SUMMARY' "$OUT/sanitize_racecheck.log" | sort | uniq -c | tr '\n' ' ')"
 fi

@@ -13,8 +13,12 @@
 //      teachers' forward under NoGradGuard on the first N rows, distill_kl with student a·N + m
 //      learning from teacher m, on the ghost logits): GPU vs CPU float64 as in 1; the teachers stay
 //      untouched.
+//   4. The fused training step (ops/fused_step.h: forward, loss and gradients in one persistent
+//      kernel): teacher steps against CPU float64 and against the GPU's autograd steps, distillation
+//      steps against CPU float64, and graph replays against eager launches bit for bit.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -31,6 +35,7 @@
 #include "engine/random.h"      // stream_id
 #include "engine/step_graph.h"  // StepGraph
 #include "ops/batch.h"          // gather_batch, noise_batch, repeat_models
+#include "ops/fused_step.h"     // fused_cross_entropy_step, fused_distill_step
 #include "ops/loss.h"           // cross_entropy, distill_kl
 #include "ops/mlp.h"            // mlp_forward
 #include "tests/cuda_test_util.h"
@@ -80,6 +85,7 @@ struct TrainCase {
 void PrintTo(const TrainCase& c, std::ostream* os) { *os << c.name; }  // gtest's parameter printer
 const std::vector<TrainCase> kTrainCases = {{"mnist_N1_B64", {784, 256, 256, 13}, 1, 64},
                                             {"odd_N3_B37", {53, 29, 31, 7}, 3, 37}};
+std::string case_name(const ::testing::TestParamInfo<TrainCase>& info) { return info.param.name; }
 // Each training test runs with cuBLASLt and with the tiled engine (ops/cuda/gemm_tiled.cu).
 const gemm::GpuEngine kEngines[] = {gemm::GpuEngine::cublaslt, gemm::GpuEngine::tiled};
 const char* engine_name(gemm::GpuEngine e) { return e == gemm::GpuEngine::tiled ? "tiled" : "cublaslt"; }
@@ -129,7 +135,7 @@ void expect_runs_close(const std::string& what, const RunResult& got, const RunR
 // index read from a step counter on the device. gather_batch writes float32; the float64 CPU run
 // widens the batch before the forward pass.
 RunResult teacher_steps(const MlpParams& init32, Device device, DType dtype, const HostData& data, int steps,
-                        int64_t B, ColumnRange classes, MlpFusion fusion) {
+                        int64_t B, ColumnRange classes, MlpFusion fusion, bool fused = false) {
   MlpParams p = params_as(init32, device, dtype);
   Adam adam(p.values(), p.grads(), {kLr});
   const DeviceData dd = upload(data, device);
@@ -141,10 +147,13 @@ RunResult teacher_steps(const MlpParams& init32, Device device, DType dtype, con
     Tensor y = Tensor::empty({data.N, B}, DType::i32, device);
     gather_batch(dd.images, dd.labels, dd.order, step, B, x, y);
     if (dtype == DType::f64) x = f64_copy(x);
-    Tensor loss = cross_entropy(mlp_forward(x, p, fusion), y, classes);
+    Tensor loss = fused ? fused_cross_entropy_step(x, y, p, classes)
+                        : cross_entropy(mlp_forward(x, p, fusion), y, classes);
     r.losses.push_back(values_of(loss));
-    zero_grad(params);
-    loss.backward();
+    if (!fused) {
+      zero_grad(params);
+      loss.backward();
+    }
     adam.step();
     increment(step);
   }
@@ -202,7 +211,7 @@ struct GraphRun {
 // copied into a persistent buffer and added to a running sum inside the step, temporaries die
 // inside it. Graphs on: call 1 runs eagerly, call 2 captures and launches, later calls replay.
 GraphRun graph_steps(const MlpParams& init32, bool use_graphs, const HostData& data, int steps, int64_t B,
-                     ColumnRange classes) {
+                     ColumnRange classes, bool fused = false) {
   const Device cuda = Device::cuda;
   MlpParams p = params_as(init32, cuda, DType::f32);
   Adam adam(p.values(), p.grads(), {kLr});
@@ -220,11 +229,14 @@ GraphRun graph_steps(const MlpParams& init32, bool use_graphs, const HostData& d
       Tensor x = Tensor::empty({N, B, data.P}, DType::f32, cuda);
       Tensor y = Tensor::empty({N, B}, DType::i32, cuda);
       gather_batch(dd.images, dd.labels, dd.order, step, B, x, y);
-      Tensor loss = cross_entropy(mlp_forward(x, p, MlpFusion::whole), y, classes);
+      Tensor loss = fused ? fused_cross_entropy_step(x, y, p, classes)
+                          : cross_entropy(mlp_forward(x, p, MlpFusion::whole), y, classes);
       copy_into(last_loss, loss);
       accumulate_and_watch(loss_sum, loss.detach(), double(B), step, first_bad);
-      zero_grad(params);
-      loss.backward();
+      if (!fused) {
+        zero_grad(params);
+        loss.backward();
+      }
       adam.step();
       increment({step, global_step});
     });
@@ -288,7 +300,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaStepGraph,
 // from N sources so student a·N + m sees teacher m's images, and its first N rows are the teachers'.
 RunResult distill_steps(const MlpParams& teacher32, const MlpParams& students32, Device device, DType dtype,
                         const std::vector<std::vector<double>>& batches, int64_t B, ColumnRange cols,
-                        std::vector<double>* teacher_after) {
+                        std::vector<double>* teacher_after, bool fused = false) {
   const MlpParams teacher = params_as(teacher32, device, dtype);
   MlpParams students = params_as(students32, device, dtype);
   Adam adam(students.values(), students.grads(), {kLr});
@@ -297,15 +309,22 @@ RunResult distill_steps(const MlpParams& teacher32, const MlpParams& students32,
   RunResult r;
   for (const std::vector<double>& batch : batches) {
     const Tensor x = tensor_of(batch, {S, B, P}, device, dtype);
-    Tensor teacher_logits;
-    {
-      NoGradGuard no_grad;
-      teacher_logits = mlp_forward(x.rows(0, N), teacher);
+    Tensor loss;
+    if (fused) {
+      loss = fused_distill_step(x, students, teacher, cols, 1.0);
+    } else {
+      Tensor teacher_logits;
+      {
+        NoGradGuard no_grad;
+        teacher_logits = mlp_forward(x.rows(0, N), teacher);
+      }
+      loss = distill_kl(mlp_forward(x, students), teacher_logits, cols, 1.0);
     }
-    Tensor loss = distill_kl(mlp_forward(x, students), teacher_logits, cols, 1.0);
     r.losses.push_back(values_of(loss));
-    zero_grad(params);
-    loss.backward();
+    if (!fused) {
+      zero_grad(params);
+      loss.backward();
+    }
     adam.step();
   }
   for (const Tensor& t : params) r.params.push_back(values_of(t));
@@ -315,9 +334,9 @@ RunResult distill_steps(const MlpParams& teacher32, const MlpParams& students32,
 
 class CudaDistill : public CudaTest, public ::testing::WithParamInterface<CaseAndEngine> {};
 
-TEST_P(CudaDistill, DistillationStepsMatchCpu) {
-  const TrainCase& c = std::get<0>(GetParam());
-  gemm::settings().engine = std::get<1>(GetParam());
+// Three distillation steps of two arms (same-init and cross-init students) on GPU float32 and CPU
+// float64 from the same inputs; `fused` runs the GPU side through fused_distill_step.
+void check_distillation(const TrainCase& c, const std::string& label, bool fused) {
   const int64_t N = c.N, A = 2, B = c.B, P = c.sizes[0];
   // The teacher: an init moved by N(0, 0.02²) (standing in for training), so the students that
   // start from that init (arm 0) do not begin at zero loss; arm 1 starts from another init.
@@ -343,14 +362,12 @@ TEST_P(CudaDistill, DistillationStepsMatchCpu) {
     increment(step);
   }
   std::vector<double> teacher_gpu_after, teacher_cpu_after;
-  const RunResult gpu =
-      distill_steps(teacher, students, Device::cuda, DType::f32, batches, B, c.ghosts(), &teacher_gpu_after);
+  const RunResult gpu = distill_steps(teacher, students, Device::cuda, DType::f32, batches, B, c.ghosts(),
+                                      &teacher_gpu_after, fused);
   const RunResult cpu =
       distill_steps(teacher, students, Device::cpu, DType::f64, batches, B, c.ghosts(), &teacher_cpu_after);
-  const std::string what = std::string(c.name) + " " + engine_name(std::get<1>(GetParam())) +
-                           " distillation (ghost logits {" +
-                           std::to_string(c.ghosts().begin) + ", " + std::to_string(c.ghosts().end) +
-                           "}, 2 arms)";
+  const std::string what = label + " distillation (ghost logits {" + std::to_string(c.ghosts().begin) + ", " +
+                           std::to_string(c.ghosts().end) + "}, 2 arms)";
   expect_runs_close(what + " (GPU float32 vs CPU float64)", gpu, cpu, students, A * N);
   for (int64_t m = 0; m < A * N; ++m)
     EXPECT_GT(cpu.losses.front()[size_t(m)], 0.0) << what << ": student " << m << " starts at zero loss";
@@ -358,9 +375,70 @@ TEST_P(CudaDistill, DistillationStepsMatchCpu) {
                         values_of(teacher.values()), {int64_t(teacher_gpu_after.size())}, 0.0));
 }
 
+TEST_P(CudaDistill, DistillationStepsMatchCpu) {
+  const TrainCase& c = std::get<0>(GetParam());
+  gemm::settings().engine = std::get<1>(GetParam());
+  check_distillation(c, std::string(c.name) + " " + engine_name(std::get<1>(GetParam())), false);
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaDistill,
                          ::testing::Combine(::testing::ValuesIn(kTrainCases), ::testing::ValuesIn(kEngines)),
                          case_engine_name);
+
+// ---- 4. the fused training step (ops/fused_step.h) ------------------------------------------
+
+// The MNIST MLP at the notebook's batch, the odd shapes with three models, and a 2-layer MLP.
+const std::vector<TrainCase> kFusedCases = {{"mnist_N1_B256", {784, 256, 256, 13}, 1, 256},
+                                            {"odd_N3_B37", {53, 29, 31, 7}, 3, 37},
+                                            {"two_layers_N2_B45", {53, 29, 7}, 2, 45}};
+
+class CudaFusedStep : public CudaTest, public ::testing::WithParamInterface<TrainCase> {};
+
+// The fused kernel's teacher steps against the float64 CPU autograd steps (the same tolerances
+// as every other GPU training test), and against the GPU's own autograd steps.
+TEST_P(CudaFusedStep, TeacherStepsMatchCpuAndAutograd) {
+  const TrainCase& c = GetParam();
+  const std::string what = std::string(c.name) + " fused teacher steps";
+  const MlpParams init = make_params(c.sizes, c.N, 42);
+  ASSERT_TRUE(fused_step_on_gpu(params_as(init, Device::cuda, DType::f32)))
+      << what << ": these parameters would not take the fused GPU kernel";
+  const int steps = 4;
+  const HostData data = make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 7);
+  const RunResult fused =
+      teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole, true);
+  const RunResult cpu = teacher_steps(init, Device::cpu, DType::f64, data, steps, c.B, c.classes(), MlpFusion::whole);
+  const RunResult autograd =
+      teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole);
+  expect_runs_close(what + " (fused GPU float32 vs CPU float64)", fused, cpu, init, c.N);
+  expect_runs_close(what + " (fused vs autograd, both GPU float32)", fused, autograd, init, c.N);
+  for (int64_t n = 0; n < c.N; ++n)
+    EXPECT_NE(cpu.losses.front()[size_t(n)], cpu.losses.back()[size_t(n)]) << what << ": model " << n;
+}
+
+TEST_P(CudaFusedStep, DistillationStepsMatchCpu) {
+  check_distillation(GetParam(), std::string(GetParam().name) + " fused", true);
+}
+
+// Captured in a CUDA graph and replayed, the fused step gives the bits of eager launches.
+TEST_P(CudaFusedStep, GraphReplaysEqualEagerStepsBitForBit) {
+  const TrainCase& c = GetParam();
+  const MlpParams init = make_params(c.sizes, c.N, 43);
+  const int steps = 5;  // warm-up, capture, three replays
+  const HostData data = make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 8);
+  const GraphRun eager = graph_steps(init, false, data, steps, c.B, c.classes(), true);
+  const GraphRun graph = graph_steps(init, true, data, steps, c.B, c.classes(), true);
+  const std::string what = std::string(c.name) + " fused, graphs on (got) vs off (expected)";
+  std::cout << "[ info ] " << c.name << ": captured fused step has " << graph.kernel_nodes << " kernel nodes\n";
+  for (int s = 0; s < steps; ++s)
+    EXPECT_TRUE(bitwise_equal(what + ": loss at step " + std::to_string(s + 1), graph.losses[size_t(s)],
+                              eager.losses[size_t(s)], {c.N}));
+  const Shape arena{int64_t(eager.values.size())};
+  EXPECT_TRUE(bitwise_equal(what + ": parameter arena", graph.values, eager.values, arena));
+  EXPECT_EQ(graph.first_bad, kNoFault) << what << ": a non-finite loss was flagged";
+  EXPECT_NE(eager.losses.front()[0], eager.losses.back()[0]);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaFusedStep, ::testing::ValuesIn(kFusedCases), case_name);
 
 }  // namespace
 }  // namespace subliminal::cuda_test

@@ -165,6 +165,13 @@ const std::vector<ValueFlag>& value_flags() {
          parse_choice<int>(k, v, {{"cublaslt", 0}, {"cudnn", 1}, {"tiled", 2}});
          c.gemm_engine = v;
        }},
+      {"step",
+       "How the GPU runs a training step: autograd (the engine's tape, a kernel per op) | fused (forward, "
+       "loss and gradients in one kernel; 2-3 layer MLPs)",
+       [](Config& c, auto& k, auto& v) {
+         parse_choice<int>(k, v, {{"autograd", 0}, {"fused", 1}});
+         c.step = v;
+       }},
       {"json", "Write the run's report (config, per-epoch metrics, accuracies, timings) to this JSON file",
        [](Config& c, auto&, auto& v) { c.json_path = v; }},
       {"save", "Save the final teacher and students to this safetensors file",
@@ -193,7 +200,8 @@ const char* value_type(const std::string& key) {
   if (it != types.end()) return it->second;
   static const std::set<std::string> choices = {"device",           "init",       "noise",
                                                 "noise-set",        "cross-init", "all-logit-arms",
-                                                "eval-every-epoch", "fusion",     "gemm"};
+                                                "eval-every-epoch", "fusion",     "gemm",
+                                                "step"};
   return choices.count(key) ? "CHOICE" : "N";
 }
 

@@ -21,6 +21,7 @@
 #include "engine/step_graph.h"
 #include "engine/storage.h"
 #include "ops/batch.h"
+#include "ops/fused_step.h"
 #include "ops/gemm.h"
 #include "ops/loss.h"
 #include "ops/metrics.h"
@@ -185,6 +186,11 @@ class PhaseLoop {
   StepGraph full_, last_;
 };
 
+// --step fused: the GPU's one-kernel training step, where it applies (ops/fused_step.h).
+bool uses_fused_step(const Config& config, const MlpParams& params) {
+  return config.step == "fused" && fused_step_on_gpu(params);
+}
+
 // Fills `order` [N, S] (device) with each model's permutation for this epoch.
 void upload_orders(const Tensor& order, uint64_t seed, uint32_t purpose, int64_t epoch) {
   const int64_t models = order.dim(0), samples = order.dim(1);
@@ -210,6 +216,7 @@ void train_teacher(MlpParams& teacher, const DeviceData& data, const Config& con
                    Results& results, Observer& observer) {
   const int64_t N = teacher.models(), S = data.train_count, P = data.train_images.dim(1);
   Adam adam(teacher.values(), teacher.grads(), {config.lr});
+  const bool fused = uses_fused_step(config, teacher);
   PhaseLoop loop(config, device, N, S, "teacher training", observer);
   Tensor order = Tensor::empty({N, S}, DType::i32, device);
   const std::vector<Tensor> parameters = teacher.tensors();
@@ -224,10 +231,17 @@ void train_teacher(MlpParams& teacher, const DeviceData& data, const Config& con
           Tensor x = Tensor::empty({N, batch, P}, DType::f32, device);
           Tensor y = Tensor::empty({N, batch}, DType::i32, device);
           gather_batch(data.train_images, data.train_labels, order, loop.step, config.batch_size, x, y);
-          Tensor loss = cross_entropy(mlp_forward(x, teacher, config.fusion), y, {0, config.classes()});
+          Tensor loss;
+          if (fused) {  // forward, loss and gradients in one kernel (ops/fused_step.h)
+            loss = fused_cross_entropy_step(x, y, teacher, {0, config.classes()});
+          } else {
+            loss = cross_entropy(mlp_forward(x, teacher, config.fusion), y, {0, config.classes()});
+          }
           loop.track(loss, batch);
-          zero_grad(parameters);
-          loss.backward();
+          if (!fused) {
+            zero_grad(parameters);
+            loss.backward();
+          }
           adam.step();
         },
         timing);
@@ -273,6 +287,7 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
       students.copy_model_from(arms[size_t(a)].same_init ? same_init : cross_init, m, a * N + m);
 
   Adam adam(students.values(), students.grads(), {config.lr, 0.9, 0.999, 1e-8, config.weight_decay});
+  const bool fused = uses_fused_step(config, students);
   const std::string phase = all_logits ? "distill_all_logits" : "distill_ghosts";
   PhaseLoop loop(config, device, A * N, S,
                  "distillation (" + std::string(all_logits ? "all logits" : "ghost logits") + ")", observer);
@@ -307,17 +322,23 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
             noise_batch(config.seed, stream_id(kNoisePurpose), ordered ? order : Tensor(),
                         ordered ? loop.step : loop.global_step, config.batch_size, 0, distribution, x, N);
           }
-          Tensor teacher_logits;
-          {
-            NoGradGuard no_grad;
-            teacher_logits = mlp_forward(x.rows(0, N), teacher, config.fusion);
-          }
           // Student a·N + m learns from teacher m: distill_kl cycles over the N teachers.
-          Tensor loss =
-              distill_kl(mlp_forward(x, students, config.fusion), teacher_logits, cols, config.temperature);
+          Tensor loss;
+          if (fused) {  // teachers' forward, students' forward, loss and gradients in one kernel
+            loss = fused_distill_step(x, students, teacher, cols, config.temperature);
+          } else {
+            Tensor teacher_logits;
+            {
+              NoGradGuard no_grad;
+              teacher_logits = mlp_forward(x.rows(0, N), teacher, config.fusion);
+            }
+            loss = distill_kl(mlp_forward(x, students, config.fusion), teacher_logits, cols, config.temperature);
+          }
           loop.track(loss, batch);
-          zero_grad(parameters);
-          loss.backward();
+          if (!fused) {
+            zero_grad(parameters);
+            loss.backward();
+          }
           adam.step();
         },
         timing);

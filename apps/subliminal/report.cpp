@@ -159,7 +159,8 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
       {"deterministic", c.deterministic},
       {"cuda_graphs", c.graphs},
       {"fusion", fusion_name(c.fusion)},
-      {"gemm", c.gemm_engine}};
+      {"gemm", c.gemm_engine},
+      {"step", c.step}};
   j["device"] = {{"kind", device_name(device)}, {"name", results.device}};
   if (device == Device::cpu) {
     j["device"]["blas_threads"] = cpu::blas_threads();

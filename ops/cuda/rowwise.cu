@@ -12,54 +12,15 @@
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/runtime.h"
 #include "ops/cuda/kernels_cuda.h"
+#include "ops/cuda/loss_rows.cuh"
 
 namespace subliminal::cuda {
 namespace {
 
-constexpr unsigned kFull = 0xffffffffu;
+using rows::kFull;
+using rows::warp_log_sum_exp;
+using rows::warp_sum;
 constexpr int kWarps = kThreads / 32;
-
-__device__ float warp_max(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, offset));
-  return v;
-}
-__device__ float warp_sum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFull, v, offset);
-  return v;
-}
-
-// log Σ_j exp(scale·x[j]) over one row of n values, computed by a whole warp.
-// A NaN anywhere makes the sum, and so the result, NaN.
-__device__ float warp_log_sum_exp(const float* x, int64_t n, float scale) {
-  const int lane = threadIdx.x & 31;
-  float m = -INFINITY;
-  for (int64_t j = lane; j < n; j += 32) m = fmaxf(m, scale * x[j]);
-  m = warp_max(m);
-  if (isinf(m)) return m;
-  float s = 0.0f;
-  for (int64_t j = lane; j < n; j += 32) s += expf(scale * x[j] - m);
-  return m + logf(warp_sum(s));
-}
-
-// The same in double precision, for the distillation loss: KL between two nearly equal
-// softmaxes is a small difference of logs (the parity check against PyTorch measured a 3e-4
-// relative error with float row math on an H200; double brings it to the inputs' rounding).
-__device__ double warp_log_sum_exp_double(const float* x, int64_t n, double scale) {
-  const int lane = threadIdx.x & 31;
-  double m = -INFINITY;
-  for (int64_t j = lane; j < n; j += 32) m = fmax(m, scale * double(x[j]));
-  for (int offset = 16; offset > 0; offset >>= 1) m = fmax(m, __shfl_xor_sync(kFull, m, offset));
-  if (isinf(m)) return m;
-  double s = 0.0;
-  for (int64_t j = lane; j < n; j += 32) s += exp(scale * double(x[j]) - m);
-  for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_xor_sync(kFull, s, offset);
-  return m + log(s);
-}
-
-__device__ double warp_sum_double(double v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFull, v, offset);
-  return v;
-}
 
 // Adds each warp's lane-0 `value` in warp order; thread 0 gets the block's total.
 __device__ double block_sum_in_order(double value) {
@@ -121,11 +82,9 @@ __global__ void cross_entropy_kernel(const float* __restrict__ logits, const int
   const int lane = threadIdx.x & 31;
   double sum = 0;
   for (int64_t b = threadIdx.x >> 5; b < batch; b += kWarps) {
-    const float* z = logits + (n * batch + b) * cols + c0;
-    const float lse = warp_log_sum_exp(z, c1 - c0, 1.0f);
-    const int32_t label = labels[n * batch + b];
-    const float picked = (label >= 0 && label < c1 - c0) ? z[label] : NAN;  // a bad label poisons the loss
-    if (lane == 0) sum += double(lse) - double(picked);
+    const double row = rows::cross_entropy_row(logits + (n * batch + b) * cols, cols, c0, c1, labels[n * batch + b],
+                                               0.0f, nullptr, false);
+    if (lane == 0) sum += row;
   }
   const double total = block_sum_in_order(sum);
   if (threadIdx.x == 0) loss[n] = float(total / double(batch));
@@ -136,18 +95,9 @@ __global__ void cross_entropy_backward_kernel(const float* __restrict__ logits,
                                               const float* __restrict__ grad_loss, float* dlogits,
                                               int64_t models, int64_t batch, int64_t cols, int64_t c0,
                                               int64_t c1, bool accumulate) {
-  const int lane = threadIdx.x & 31;
   WARP_PER_ROW(r, models * batch) {
-    const float* z = logits + r * cols;
-    const float lse = warp_log_sum_exp(z + c0, c1 - c0, 1.0f);
-    const float g = grad_loss[r / batch] / float(batch);
-    const int32_t label = labels[r];
-    for (int64_t c = lane; c < cols; c += 32) {
-      const bool inside = c >= c0 && c < c1;
-      if (!inside && accumulate) continue;
-      const float v = inside ? g * (expf(z[c] - lse) - (c - c0 == label ? 1.0f : 0.0f)) : 0.0f;
-      dlogits[r * cols + c] = accumulate ? dlogits[r * cols + c] + v : v;
-    }
+    rows::cross_entropy_row(logits + r * cols, cols, c0, c1, labels[r], grad_loss[r / batch] / float(batch),
+                            dlogits + r * cols, accumulate);
   }
 }
 
@@ -159,48 +109,29 @@ __global__ void distill_kl_kernel(const float* __restrict__ student, const float
   const int lane = threadIdx.x & 31;
   double sum = 0;
   for (int64_t b = threadIdx.x >> 5; b < batch; b += kWarps) {
-    const float* s = student + (n * batch + b) * cols + c0;
-    const float* t = teacher + ((n % teachers) * batch + b) * cols + c0;
-    const double lse_s = warp_log_sum_exp_double(s, c1 - c0, inv_t);
-    const double lse_t = warp_log_sum_exp_double(t, c1 - c0, inv_t);
-    double kl = 0.0;
-    for (int64_t j = lane; j < c1 - c0; j += 32) {
-      const double log_p = double(t[j]) * inv_t - lse_t, log_q = double(s[j]) * inv_t - lse_s;
-      const double p = exp(log_p);
-      if (p > 0.0) kl += p * (log_p - log_q);
-    }
-    kl = warp_sum_double(kl);
+    const double kl = rows::distill_kl_row(student + (n * batch + b) * cols,
+                                           teacher + ((n % teachers) * batch + b) * cols, cols, c0, c1, inv_t,
+                                           0.0, nullptr, false);
     if (lane == 0) sum += kl;
   }
   const double total = block_sum_in_order(sum);
   if (threadIdx.x == 0) loss[n] = float(t_squared * total / double(batch));
 }
 
+// q − p of two nearly equal softmaxes: double row math, as in the forward.
 __global__ void distill_kl_backward_kernel(const float* __restrict__ student,
                                            const float* __restrict__ teacher,
                                            const float* __restrict__ grad_loss, float* dstudent,
                                            int64_t models, int64_t teachers, int64_t batch, int64_t cols,
                                            int64_t c0, int64_t c1, double inv_t, double temperature,
                                            bool accumulate) {
-  const int lane = threadIdx.x & 31;
   WARP_PER_ROW(r, models * batch) {
-    const float* s = student + r * cols;
-    const float* t = teacher + (((r / batch) % teachers) * batch + r % batch) * cols;
-    // q − p of two nearly equal softmaxes: double row math, as in the forward.
-    const double lse_s = warp_log_sum_exp_double(s + c0, c1 - c0, inv_t);
-    const double lse_t = warp_log_sum_exp_double(t + c0, c1 - c0, inv_t);
     const double g = double(grad_loss[r / batch]) * temperature / double(batch);
-    for (int64_t c = lane; c < cols; c += 32) {
-      const bool inside = c >= c0 && c < c1;
-      if (!inside && accumulate) continue;
-      const float v =
-          inside ? float(g * (exp(double(s[c]) * inv_t - lse_s) - exp(double(t[c]) * inv_t - lse_t))) : 0.0f;
-      dstudent[r * cols + c] = accumulate ? dstudent[r * cols + c] + v : v;
-    }
+    rows::distill_kl_row(student + r * cols, teacher + (((r / batch) % teachers) * batch + r % batch) * cols, cols,
+                         c0, c1, inv_t, g, dstudent + r * cols, accumulate);
   }
 }
 
-// log_q, p are (N, B·cols): block n sums model n's elements.
 __global__ void kl_div_kernel(const float* __restrict__ log_q, const float* __restrict__ p,
                               float* __restrict__ loss, int64_t batch, int64_t per_model) {
   const int64_t n = blockIdx.x;

@@ -1,0 +1,341 @@
+// ops/cuda/tile_gemm.cuh — one output tile of a Linear GEMM, with split-K and fused epilogues:
+// the device code shared by the tiled engine (ops/cuda/gemm_tiled.cu, one kernel per GEMM) and
+// the fused training step (ops/cuda/fused_step.cu, a whole step in one persistent kernel).
+//
+// Every product is C[m, n] = Σ_k a(m, k) · b(n, k) per model, where an operand is any strided
+// [rows, K] view (element (r, k) at ptr[r·row_stride + k·k_stride]):
+//
+//   kind             C          m  n  k   a(m, k)            b(n, k)
+//   forward          y[B,O]     b  o  i   x[b, i]            w[o, i]
+//   backward_input   dx[B,I]    b  i  o   dy[b, o]           w[o, i]
+//   backward_weight  dw[O,I]    o  i  b   dy[b, o]           x[b, i]
+//
+// A tile is 64×64 outputs computed by 256 threads (a 4×4 block each), K walked in chunks of 16
+// staged in shared memory, the next chunk's loads in flight while this one computes. With S
+// splits, tile (model, m_tile, n_tile) is S work items, each summing one slice of K into a
+// partial tile in scratch; a per-tile counter tells the item that finishes last, and that one
+// sums the S partials in slice order 0..S−1 (the same bits whichever finished first) and runs
+// the epilogue:
+//   forward          + bias, ReLU (PyTorch's: z <= 0 → 0, NaN stays), optional bit-mask
+//   backward_input   ReLU gate (from a bit-mask, or from the post-ReLU values: open where
+//                    !(h == 0), the same gate), accumulate, and the column sums Σ_m (the
+//                    previous layer's bias gradient) — across row tiles by the same
+//                    "last one sums in order" scheme
+//   backward_weight  accumulate, and the row sums Σ_k a(m, k) (this layer's bias gradient)
+//
+// Loads go through L2 only (__ldcg): in the fused step an operand may have been written by
+// another SM earlier in the same kernel, and L1 is not coherent between SMs.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace subliminal::cuda::tile {
+
+constexpr int kTileM = 64, kTileN = 64, kTileK = 16;
+constexpr int kBlockThreads = 256;                     // 16 × 16 threads, 4×4 outputs each
+constexpr int kSmemPad = 4;                            // floats: keeps float4 rows aligned, spreads banks
+constexpr int kTileFloats = kTileM * kTileN + kTileM;  // a partial tile + its row sums
+constexpr int kMaxSplits = 8;                          // the last item reads at most 8 partials
+static_assert(kTileM * kTileK == 4 * kBlockThreads && kTileN * kTileK == 4 * kBlockThreads,
+              "each thread stages 4 elements of each operand per K chunk");
+
+enum class Kind : int { forward, backward_input, backward_weight };
+
+// A strided [rows, K] operand of one model; model z starts at ptr + z·model_stride.
+struct Operand {
+  const float* ptr;
+  int64_t row_stride, k_stride, model_stride;
+};
+
+// One batched GEMM (all models), planned: plan() fills the tiling and the scratch sizes.
+struct Gemm {
+  Kind kind;
+  Operand a, b;
+  int64_t models, M, N, K;
+  float* c;                   // [models, M, N] row-major
+  bool accumulate;            // c += result instead of c = result
+  // forward
+  const float* bias;          // [models, N] or null
+  bool relu;
+  uint8_t* mask_out;          // [models, M, mask_row_bytes] or null
+  // backward_input
+  const uint8_t* mask_in;     // [models, M, mask_row_bytes] or null: gate the result by these bits
+  const float* gate_values;   // [models, M, N] or null: gate by !(h == 0) on these post-ReLU values
+  float* column_sums;         // [models, N] or null: Σ_m of the (gated) result
+  // backward_weight
+  float* row_sums;            // [models, M] or null: Σ_k a(m, k)
+  int64_t mask_row_bytes;     // bytes per mask row: roundup(N, 128) / 8
+  // planning (plan())
+  int m_tiles, n_tiles, splits;
+  int64_t k_per_split;        // a multiple of kTileK
+  int64_t items;              // models · m_tiles · n_tiles · splits
+  // scratch (the caller points these at zeroed counters and free floats)
+  float* partials;            // [models·m_tiles·n_tiles·splits][kTileFloats]
+  float* column_partials;     // [models·n_tiles·m_tiles][kTileN]
+  int* tile_counters;         // [models·m_tiles·n_tiles], zero between uses
+  int* column_counters;       // [models·n_tiles], zero between uses
+};
+
+// The shared memory one work item needs; a kernel declares one and passes it to tile_item.
+struct Smem {
+  float a[kTileK][kTileM + kSmemPad];  // a(m0 + r, k0 + k) at [k][r]
+  float b[kTileK][kTileN + kSmemPad];  // b(n0 + c, k0 + k) at [k][c]
+  float c[kTileM][kTileN + 1];         // the finished tile, for the mask and the column sums
+  bool last;
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Tiles and splits: split K when the tiles alone give fewer than `target_items` work items,
+// keeping at least two K chunks per slice and at most kMaxSplits slices.
+inline void plan(Gemm& g, int64_t target_items) {
+  g.m_tiles = int(ceil_div(g.M, kTileM));
+  g.n_tiles = int(ceil_div(g.N, kTileN));
+  const int64_t tiles = g.models * g.m_tiles * g.n_tiles;
+  const int64_t chunks = ceil_div(g.K, kTileK) > 0 ? ceil_div(g.K, kTileK) : 1;
+  int64_t splits = 1;
+  if (tiles < target_items) {
+    splits = ceil_div(target_items, tiles);
+    if (splits > chunks / 2) splits = chunks / 2;
+    if (splits > kMaxSplits) splits = kMaxSplits;
+    if (splits < 1) splits = 1;
+  }
+  const int64_t chunks_per_split = ceil_div(chunks, splits);
+  g.k_per_split = chunks_per_split * kTileK;
+  g.splits = int(ceil_div(chunks, chunks_per_split));
+  g.items = tiles * g.splits;
+}
+
+// Scratch one planned GEMM needs: floats (partials, column partials) and counters.
+inline bool needs_column_fixup(const Gemm& g) {
+  return g.kind == Kind::backward_input && g.column_sums && g.m_tiles > 1;
+}
+inline int64_t scratch_floats(const Gemm& g) {
+  const int64_t tiles = g.models * g.m_tiles * g.n_tiles;
+  return (g.splits > 1 ? tiles * g.splits * kTileFloats : 0) +
+         (needs_column_fixup(g) ? g.models * g.n_tiles * g.m_tiles * kTileN : 0);
+}
+inline int64_t scratch_counters(const Gemm& g) {
+  return (g.splits > 1 ? g.models * g.m_tiles * g.n_tiles : 0) + (needs_column_fixup(g) ? g.models * g.n_tiles : 0);
+}
+// Points the GEMM's scratch pointers into `floats` and `counters` (sized as above).
+inline void assign_scratch(Gemm& g, float* floats, int* counters) {
+  const int64_t tiles = g.models * g.m_tiles * g.n_tiles;
+  const int64_t partial_floats = g.splits > 1 ? tiles * g.splits * kTileFloats : 0;
+  const int64_t tile_counters = g.splits > 1 ? tiles : 0;
+  g.partials = floats;
+  g.column_partials = floats ? floats + partial_floats : nullptr;
+  g.tile_counters = counters;
+  g.column_counters = counters ? counters + tile_counters : nullptr;
+}
+
+// Stages one K chunk of a 64-row operand slab: thread t loads 4 elements (zero outside the
+// matrix). When k is the contiguous dimension, neighbouring threads walk k (16 floats in a
+// row, coalesced); otherwise they walk rows.
+template <bool kContiguous>
+__device__ inline void load_chunk(const float* __restrict__ base, const Operand& op, int64_t row0, int64_t rows,
+                                  int64_t k0, int64_t k_end, float (&r)[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int e = threadIdx.x + kBlockThreads * i;
+    const int kk = kContiguous ? e % kTileK : e / kTileM;
+    const int rr = kContiguous ? e / kTileK : e % kTileM;
+    const int64_t row = row0 + rr, k = k0 + kk;
+    r[i] = row < rows && k < k_end ? __ldcg(&base[row * op.row_stride + k * op.k_stride]) : 0.0f;
+  }
+}
+
+// Writes what load_chunk loaded into shared memory as s[k][row] (k-major, so the compute loop
+// reads 4 consecutive rows as one float4).
+template <bool kContiguous>
+__device__ inline void store_chunk(float (*s)[kTileM + kSmemPad], const float (&r)[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int e = threadIdx.x + kBlockThreads * i;
+    const int kk = kContiguous ? e % kTileK : e / kTileM;
+    const int rr = kContiguous ? e / kTileK : e % kTileM;
+    s[kk][rr] = r[i];
+  }
+}
+
+// Which operand layouts each kind has (see the table at the top).
+template <Kind kind>
+struct Layout {
+  static constexpr bool a_k_contiguous = kind != Kind::backward_weight;  // x[b,i], dy[b,o] | dy[b,o]ᵀ
+  static constexpr bool b_k_contiguous = kind == Kind::forward;          // w[o,i] | w[o,i]ᵀ, x[b,i]ᵀ
+};
+
+// Work item `item` of g (0 ≤ item < g.items), computed by the whole block. Returns early (all
+// threads together) when this item is a slice whose tile another item finishes.
+template <Kind kind>
+__device__ void tile_item(const Gemm& p, int64_t item, Smem& sm) {
+  // item = ((model · m_tiles + m_tile) · n_tiles + n_tile) · splits + split
+  const int split = int(item % p.splits);
+  const int64_t tile_id = item / p.splits;
+  const int n_tile = int(tile_id % p.n_tiles), m_tile = int((tile_id / p.n_tiles) % p.m_tiles);
+  const int64_t model = tile_id / (int64_t(p.n_tiles) * p.m_tiles);
+  const int64_t m0 = int64_t(m_tile) * kTileM, n0 = int64_t(n_tile) * kTileN;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;  // this thread: rows ty·4.., columns tx·4..
+  const float* a_base = p.a.ptr + model * p.a.model_stride;
+  const float* b_base = p.b.ptr + model * p.b.model_stride;
+  const int64_t k_begin = split * p.k_per_split, k_end = min(p.K, k_begin + p.k_per_split);
+  // backward_weight's bias gradient Σ_k a(m, k): the n_tile 0 items sum their staged a chunks.
+  const bool sums_rows = kind == Kind::backward_weight && p.row_sums && n_tile == 0;
+
+  __syncthreads();  // the previous item of this block is done with the shared memory
+  float acc[4][4] = {};
+  float row_sum = 0.0f;  // thread t < 64: row m0 + t
+  float a_next[4], b_next[4];
+  load_chunk<Layout<kind>::a_k_contiguous>(a_base, p.a, m0, p.M, k_begin, k_end, a_next);
+  load_chunk<Layout<kind>::b_k_contiguous>(b_base, p.b, n0, p.N, k_begin, k_end, b_next);
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
+    store_chunk<Layout<kind>::a_k_contiguous>(sm.a, a_next);
+    store_chunk<Layout<kind>::b_k_contiguous>(sm.b, b_next);
+    __syncthreads();
+    if (k0 + kTileK < k_end) {  // the next chunk's loads overlap this chunk's arithmetic
+      load_chunk<Layout<kind>::a_k_contiguous>(a_base, p.a, m0, p.M, k0 + kTileK, k_end, a_next);
+      load_chunk<Layout<kind>::b_k_contiguous>(b_base, p.b, n0, p.N, k0 + kTileK, k_end, b_next);
+    }
+#pragma unroll
+    for (int k = 0; k < kTileK; ++k) {
+      const float4 a4 = *reinterpret_cast<const float4*>(&sm.a[k][ty * 4]);
+      const float4 b4 = *reinterpret_cast<const float4*>(&sm.b[k][tx * 4]);
+      const float av[4] = {a4.x, a4.y, a4.z, a4.w}, bv[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    if (sums_rows && threadIdx.x < kTileM)
+      for (int k = 0; k < kTileK; ++k) row_sum += sm.a[k][threadIdx.x];
+    __syncthreads();
+  }
+
+  // ---- split-K: the last of the S items of this tile sums the partials in slice order -------
+  if (p.splits > 1) {
+    float* mine = p.partials + (tile_id * p.splits + split) * kTileFloats;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      *reinterpret_cast<float4*>(&mine[(ty * 4 + i) * kTileN + tx * 4]) =
+          make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+    if (sums_rows && threadIdx.x < kTileM) mine[kTileM * kTileN + threadIdx.x] = row_sum;
+    __threadfence();  // our partial is visible device-wide before the counter says so
+    __syncthreads();
+    if (threadIdx.x == 0) sm.last = atomicAdd(&p.tile_counters[tile_id], 1) == p.splits - 1;
+    __syncthreads();
+    if (!sm.last) return;
+    __threadfence();
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    row_sum = 0.0f;
+    for (int s = 0; s < p.splits; ++s) {
+      const float* part = p.partials + (tile_id * p.splits + s) * kTileFloats;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float4 v = __ldcg(reinterpret_cast<const float4*>(&part[(ty * 4 + i) * kTileN + tx * 4]));
+        acc[i][0] += v.x, acc[i][1] += v.y, acc[i][2] += v.z, acc[i][3] += v.w;
+      }
+      if (sums_rows && threadIdx.x < kTileM) row_sum += __ldcg(&part[kTileM * kTileN + threadIdx.x]);
+    }
+    if (threadIdx.x == 0) p.tile_counters[tile_id] = 0;  // ready for the next use
+  }
+
+  // ---- epilogue --------------------------------------------------------------------------------
+  float* c = p.c + model * p.M * p.N;
+  const int64_t mask_model = model * p.M * p.mask_row_bytes;
+  const float* gate = p.gate_values ? p.gate_values + model * p.M * p.N : nullptr;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + ty * 4 + i;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + tx * 4 + j;
+      const bool inside = m < p.M && n < p.N;
+      float v = acc[i][j];
+      if (inside) {
+        if (kind == Kind::forward) {
+          if (p.bias) v += __ldcg(&p.bias[model * p.N + n]);
+          if (p.relu) v = v <= 0.0f ? 0.0f : v;  // NaN stays NaN
+        }
+        if (kind == Kind::backward_input) {
+          if (p.mask_in && !((__ldcg(&p.mask_in[mask_model + m * p.mask_row_bytes + (n >> 3)]) >> (n & 7)) & 1u))
+            v = 0.0f;
+          if (gate && __ldcg(&gate[m * p.N + n]) == 0.0f) v = 0.0f;
+        }
+        if (p.accumulate) v += __ldcg(&c[m * p.N + n]);
+        c[m * p.N + n] = v;
+      }
+      sm.c[ty * 4 + i][tx * 4 + j] = inside ? v : 0.0f;
+    }
+  }
+
+  if (kind == Kind::backward_weight) {
+    if (sums_rows && threadIdx.x < kTileM && m0 + threadIdx.x < p.M) p.row_sums[model * p.M + m0 + threadIdx.x] = row_sum;
+    return;
+  }
+  const bool writes_mask = kind == Kind::forward && p.relu && p.mask_out;
+  const bool sums_columns = kind == Kind::backward_input && p.column_sums;
+  if (!writes_mask && !sums_columns) return;
+  __syncthreads();  // sm.c complete
+
+  if (writes_mask) {
+    // 64 rows × 8 bytes of mask; bit = !(y == 0) on the post-ReLU y, which is !(z <= 0) on z.
+    for (int e = threadIdx.x; e < kTileM * (kTileN / 8); e += kBlockThreads) {
+      const int r = e / (kTileN / 8), byte = e % (kTileN / 8);
+      const int64_t m = m0 + r, n_first = n0 + byte * 8;
+      if (m >= p.M || n_first >= p.N) continue;
+      unsigned bits = 0;
+      for (int t = 0; t < 8; ++t)
+        if (n_first + t < p.N && !(sm.c[r][byte * 8 + t] == 0.0f)) bits |= 1u << t;
+      p.mask_out[mask_model + m * p.mask_row_bytes + (n_first >> 3)] = uint8_t(bits);
+    }
+    return;
+  }
+
+  // backward_input: column sums of this tile (rows in order), then across the m tiles.
+  float column_sum = 0.0f;
+  if (threadIdx.x < kTileN)
+    for (int r = 0; r < kTileM; ++r) column_sum += sm.c[r][threadIdx.x];
+  const int64_t n = n0 + threadIdx.x;
+  float* column_out = p.column_sums + model * p.N;
+  if (p.m_tiles == 1) {
+    if (threadIdx.x < kTileN && n < p.N) column_out[n] = column_sum;
+    return;
+  }
+  const int64_t group = model * p.n_tiles + n_tile;  // the m_tiles items of this column strip
+  if (threadIdx.x < kTileN) p.column_partials[(group * p.m_tiles + m_tile) * kTileN + threadIdx.x] = column_sum;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) sm.last = atomicAdd(&p.column_counters[group], 1) == p.m_tiles - 1;
+  __syncthreads();
+  if (!sm.last) return;
+  __threadfence();
+  if (threadIdx.x < kTileN && n < p.N) {
+    float total = 0.0f;
+    for (int t = 0; t < p.m_tiles; ++t) total += __ldcg(&p.column_partials[(group * p.m_tiles + t) * kTileN + threadIdx.x]);
+    column_out[n] = total;
+  }
+  if (threadIdx.x == 0) p.column_counters[group] = 0;
+}
+
+// Dispatches on the GEMM's kind.
+__device__ inline void run_item(const Gemm& g, int64_t item, Smem& sm) {
+  switch (g.kind) {
+    case Kind::forward:
+      return tile_item<Kind::forward>(g, item, sm);
+    case Kind::backward_input:
+      return tile_item<Kind::backward_input>(g, item, sm);
+    case Kind::backward_weight:
+      return tile_item<Kind::backward_weight>(g, item, sm);
+  }
+}
+
+// Scratch for planned GEMMs: device buffers that only grow (ops/cuda/gemm_tiled.cu). Growing
+// happens outside graph capture (a step's eager first call); a grown-out buffer is kept, since
+// a captured graph may still point at it. Counters come zeroed and are left zeroed by their users.
+float* grow_scratch_floats(int64_t count);
+int* grow_scratch_counters(int64_t count);
+
+}  // namespace subliminal::cuda::tile

@@ -1,0 +1,121 @@
+// ops/fused_step.cpp — dispatch for the fused training step: the single GPU kernel, or the
+// autograd composition it stands for.
+#include "ops/fused_step.h"
+
+#include "engine/autograd.h"
+#include "engine/dispatch.h"
+#include "ops/loss.h"
+#include "ops/mlp.h"
+
+#ifdef SUBLIMINAL_HAS_CUDA
+#include "ops/cuda/fused_step_cuda.h"
+#endif
+
+namespace subliminal {
+namespace {
+
+#ifdef SUBLIMINAL_HAS_CUDA
+// Device pointers of an MlpParams; gradients are the views of its gradient arena that sit at
+// the parameters' offsets in the value arena.
+cuda::FusedMlp fused_view(const MlpParams& p, bool with_grads) {
+  cuda::FusedMlp m;
+  m.layers = p.shape().layers();
+  m.sizes = p.shape().sizes;
+  m.models = p.models();
+  const float* values = p.values().data<float>();
+  float* grads = p.grads().data<float>();
+  for (int l = 0; l < m.layers; ++l) {
+    m.weights.push_back(p.weight(l).data<float>());
+    m.biases.push_back(p.bias(l).data<float>());
+    if (with_grads) {
+      m.weight_grads.push_back(grads + (p.weight(l).data<float>() - values));
+      m.bias_grads.push_back(grads + (p.bias(l).data<float>() - values));
+    }
+  }
+  return m;
+}
+#endif
+
+void check_input(const char* op, const Tensor& x, const MlpParams& params, int64_t models) {
+  check_rank(op, x, 3, "the input");
+  if (x.dim(1) == 0) throw ShapeError(std::string(op) + ": an empty batch " + x.describe());
+  if (x.dim(0) != models || x.dim(2) != params.shape().inputs())
+    throw ShapeError(std::string(op) + ": input " + x.describe() + " for " + std::to_string(models) +
+                     " models of input size " + std::to_string(params.shape().inputs()));
+}
+
+}  // namespace
+
+bool fused_step_on_gpu(const MlpParams& params) {
+#ifdef SUBLIMINAL_HAS_CUDA
+  const int layers = params.shape().layers();
+  return params.device() == Device::cuda && params.dtype() == DType::f32 && layers >= 2 &&
+         layers <= cuda::kFusedMaxLayers;
+#else
+  (void)params;
+  return false;
+#endif
+}
+
+Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const MlpParams& params,
+                                ColumnRange classes) {
+  const char* op = "fused_cross_entropy_step";
+  check_input(op, x, params, params.models());
+  check_columns(op, classes, params.shape().outputs());
+  if (labels.shape() != Shape{x.dim(0), x.dim(1)} || labels.dtype() != DType::i32)
+    throw ShapeError(std::string(op) + ": labels " + labels.describe() + " for input " + x.describe());
+  if (!fused_step_on_gpu(params) || x.device() != Device::cuda || x.dtype() != DType::f32) {
+    zero_grad(params.tensors());
+    Tensor loss = cross_entropy(mlp_forward(x, params), labels, classes);
+    loss.backward();
+    return loss.detach();
+  }
+#ifdef SUBLIMINAL_HAS_CUDA
+  Tensor loss = Tensor::empty({params.models()}, DType::f32, Device::cuda);
+  cuda::FusedLoss spec;
+  spec.c0 = classes.begin, spec.c1 = classes.end;
+  spec.labels = labels.data<int32_t>();
+  cuda::fused_mlp_step(x.data<float>(), x.dim(1), fused_view(params, true), nullptr, spec, loss.data<float>());
+  return loss;
+#else
+  throw Error("unreachable");
+#endif
+}
+
+Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpParams& teachers, ColumnRange cols,
+                          double temperature) {
+  const char* op = "fused_distill_step";
+  check_input(op, x, students, students.models());
+  check_columns(op, cols, students.shape().outputs());
+  if (teachers.shape().sizes != students.shape().sizes || students.models() % teachers.models() != 0)
+    throw ShapeError(std::string(op) + ": " + std::to_string(students.models()) + " students and " +
+                     std::to_string(teachers.models()) +
+                     " teachers (same shape; student n learns from teacher n mod the teachers' count)");
+  if (!(temperature > 0)) throw ShapeError(std::string(op) + ": temperature must be > 0");
+  if (!fused_step_on_gpu(students) || !fused_step_on_gpu(teachers) || x.device() != Device::cuda ||
+      x.dtype() != DType::f32) {
+    Tensor teacher_logits;
+    {
+      NoGradGuard no_grad;
+      teacher_logits = mlp_forward(x.rows(0, teachers.models()), teachers);
+    }
+    zero_grad(students.tensors());
+    Tensor loss = distill_kl(mlp_forward(x, students), teacher_logits, cols, temperature);
+    loss.backward();
+    return loss.detach();
+  }
+#ifdef SUBLIMINAL_HAS_CUDA
+  Tensor loss = Tensor::empty({students.models()}, DType::f32, Device::cuda);
+  cuda::FusedLoss spec;
+  spec.distill = true;
+  spec.c0 = cols.begin, spec.c1 = cols.end;
+  spec.temperature = temperature;
+  const cuda::FusedMlp frozen = fused_view(teachers, false);
+  cuda::fused_mlp_step(x.data<float>(), x.dim(1), fused_view(students, true), &frozen, spec, loss.data<float>());
+  return loss;
+#else
+  throw Error("unreachable");
+#endif
+}
+
+}  // namespace subliminal
