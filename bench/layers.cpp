@@ -1,7 +1,7 @@
 // bench/layers.cpp — per-layer and per-step GPU times of the Linear GEMM engines on the MNIST
 // shapes (issue: cuBLASLt vs cuDNN side by side).
 //
-//   build/bench/bench_layers [--json FILE]
+//   build/bench/bench_layers [--json FILE] [--fused-only]
 //
 // For batch 256 and 1024 and each layer of the notebook's MLP (784→256 ReLU, 256→256 ReLU,
 // 256→13), times forward, backward_input (ReLU gate + the lower layer's bias gradient) and
@@ -11,7 +11,8 @@
 //   cublaslt-tf32   fused epilogues, TF32 tensor cores
 //   cudnn-tf32      the cuDNN-frontend graphs (TF32: fp32 fused graphs do not exist on Hopper)
 //   tiled           our own fp32 kernels, one launch per GEMM, split-K (ops/cuda/gemm_tiled.cu)
-// and a whole teacher training step (forward, loss, backward, Adam) replayed as a CUDA graph.
+// and a whole teacher training step (forward, loss, backward, Adam) replayed as a CUDA graph;
+// then the fused training step (ops/fused_step.h) phase by phase.
 // Times are CUDA-event medians over 7 blocks of 50 calls after a warm-up, in microseconds.
 #include <algorithm>
 #include <cstdio>
@@ -29,6 +30,8 @@
 #include "engine/random.h"
 #include "engine/step_graph.h"
 #include "ops/batch.h"
+#include "ops/cuda/fused_step_cuda.h"
+#include "ops/fused_step.h"
 #include "ops/gemm.h"
 #include "ops/loss.h"
 #include "ops/mlp.h"
@@ -112,16 +115,62 @@ double step_us(int64_t batch) {
       int(std::min<int64_t>(steps, 50)));
 }
 
+// The fused training step (ops/fused_step.h) at batch B, launched eagerly `reps` times: the
+// median of each phase's time (block 0's view of the grid-wide barriers) and of the whole
+// kernel. distill: two students and one frozen teacher on the ghost logits, as in the app.
+nlohmann::json fused_phases(int64_t batch, bool distill, int reps = 30) {
+  const MlpShape shape{{784, 256, 256, 13}};
+  MlpParams trained(shape, distill ? 2 : 1, DType::f32, Device::cuda), frozen(shape, 1, DType::f32, Device::cuda);
+  init_mlp(trained, InitScheme::torch_default, distill ? std::vector<uint64_t>{0, 1} : std::vector<uint64_t>{0}, 0);
+  init_mlp(frozen, InitScheme::torch_default, {2}, 0);
+  Tensor x = random_tensor({trained.models(), batch, 784}, 5);
+  std::vector<int32_t> labels(static_cast<size_t>(trained.models() * batch));
+  for (size_t i = 0; i < labels.size(); ++i) labels[i] = int32_t(random_word({7, 3}, i) % 10);
+  Tensor y = Tensor::from_vector(labels, {trained.models(), batch}, Device::cuda);
+  cuda::fused_step_clock(true);
+  std::vector<std::vector<std::pair<std::string, double>>> runs;
+  for (int r = 0; r < reps + 3; ++r) {
+    if (distill)
+      fused_distill_step(x, trained, frozen, {10, 13}, 1.0);
+    else
+      fused_cross_entropy_step(x, y, trained, {0, 10});
+    if (r >= 3) runs.push_back(cuda::fused_step_phase_us());  // after a warm-up
+  }
+  cuda::fused_step_clock(false);
+  nlohmann::json out = {{"batch", batch}, {"step", distill ? "distillation (2 students + frozen teacher)" : "teacher"},
+                        {"phases", nlohmann::json::array()}};
+  std::printf("fused %s step, batch %lld (medians of %d eager launches, µs):\n", distill ? "distillation" : "teacher",
+              (long long)batch, reps);
+  std::vector<double> totals(runs.size(), 0.0);
+  for (size_t ph = 0; ph < runs.front().size(); ++ph) {
+    std::vector<double> us;
+    for (size_t r = 0; r < runs.size(); ++r) {
+      us.push_back(runs[r][ph].second);
+      totals[r] += runs[r][ph].second;
+    }
+    std::sort(us.begin(), us.end());
+    std::printf("  %-22s %8.2f\n", runs.front()[ph].first.c_str(), us[us.size() / 2]);
+    out["phases"].push_back({{"phase", runs.front()[ph].first}, {"us", us[us.size() / 2]}});
+  }
+  std::sort(totals.begin(), totals.end());
+  std::printf("  %-22s %8.2f\n", "whole kernel", totals[totals.size() / 2]);
+  out["kernel_us"] = totals[totals.size() / 2];
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string json_path;
+  bool fused_only = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--json" && i + 1 < argc) {
       json_path = argv[++i];
+    } else if (a == "--fused-only") {
+      fused_only = true;
     } else {
-      std::fprintf(stderr, "usage: bench_layers [--json FILE]\n");
+      std::fprintf(stderr, "usage: bench_layers [--json FILE] [--fused-only]\n");
       return 2;
     }
   }
@@ -133,67 +182,72 @@ int main(int argc, char** argv) {
   try {
     const std::string gpu = device_description(Device::cuda);
     nlohmann::json out = {{"gpu", gpu}, {"rows", nlohmann::json::array()}};
-    std::printf("Linear-layer GEMMs on %s (µs per call, CUDA-event medians)\n", gpu.c_str());
-    std::printf("%-6s %-16s %-16s", "batch", "layer", "op");
-    for (const Engine& e : kEngines) std::printf(" %14s", e.name);
-    std::printf("\n");
-    struct Layer {
-      const char* name;
-      int64_t in, out;
-      bool relu;        // this layer's output goes through a ReLU
-      bool relu_below;  // its input came out of a ReLU (backward_input gates on it)
-    };
-    const Layer layers[] = {{"784->256 relu", 784, 256, true, false},
-                            {"256->256 relu", 256, 256, true, true},
-                            {"256->13", 256, 13, false, true}};
-    for (int64_t B : {256, 1024}) {
-      for (const Layer& L : layers) {
-        Tensor x = random_tensor({1, B, L.in}, 1), w = random_tensor({1, L.out, L.in}, 2);
-        Tensor b = random_tensor({1, L.out}, 3), dy = random_tensor({1, B, L.out}, 4);
-        Tensor y = Tensor::empty({1, B, L.out}, DType::f32, Device::cuda);
-        Tensor mask = Tensor::empty(gemm::mask_shape(1, B, L.out), DType::u8, Device::cuda);
-        Tensor x_mask = Tensor::empty(gemm::mask_shape(1, B, L.in), DType::u8, Device::cuda);
-        Tensor x_relu = Tensor::empty({1, B, L.in}, DType::f32, Device::cuda);
-        x_relu.copy_from(x);
-        gemm::bias_activation(x_relu, Tensor(), gemm::Activation::relu, x_mask);  // a real ReLU output + mask
-        Tensor dx = Tensor::empty({1, B, L.in}, DType::f32, Device::cuda);
-        Tensor dw = Tensor::empty({1, L.out, L.in}, DType::f32, Device::cuda);
-        Tensor db = Tensor::empty({1, L.out}, DType::f32, Device::cuda);
-        Tensor db_below = Tensor::empty({1, L.in}, DType::f32, Device::cuda);
-        const auto act = L.relu ? gemm::Activation::relu : gemm::Activation::none;
-        const std::pair<const char*, std::function<void()>> ops[] = {
-            {"forward", [&] { gemm::forward(x_relu, w, b, act, y, L.relu ? mask : Tensor()); }},
-            {"backward_input",
-             [&] {
-               gemm::backward_input(dy, w, L.relu_below ? x_mask : Tensor(), dx,
-                                    L.relu_below ? db_below : Tensor(), false, x_relu);
-             }},
-            {"backward_weight", [&] { gemm::backward_weight(dy, x_relu, dw, false, db); }},
-        };
-        for (const auto& [op, call] : ops) {
-          std::printf("%-6lld %-16s %-16s", (long long)B, L.name, op);
-          nlohmann::json row = {{"batch", B}, {"layer", L.name}, {"op", op}};
-          for (const Engine& e : kEngines) {
-            use(e);
-            const double us = time_us(call);
-            std::printf(" %14.2f", us);
-            row[e.name] = us;
-          }
-          std::printf("\n");
-          out["rows"].push_back(row);
-        }
-      }
-      std::printf("%-6lld %-16s %-16s", (long long)B, "whole MLP", "training step");
-      nlohmann::json row = {{"batch", B}, {"layer", "whole MLP"}, {"op", "training step (CUDA graph)"}};
-      for (const Engine& e : kEngines) {
-        use(e);
-        const double us = step_us(B);
-        std::printf(" %14.2f", us);
-        row[e.name] = us;
-      }
+    if (!fused_only) {
+      std::printf("Linear-layer GEMMs on %s (µs per call, CUDA-event medians)\n", gpu.c_str());
+      std::printf("%-6s %-16s %-16s", "batch", "layer", "op");
+      for (const Engine& e : kEngines) std::printf(" %14s", e.name);
       std::printf("\n");
-      out["rows"].push_back(row);
+      struct Layer {
+        const char* name;
+        int64_t in, out;
+        bool relu;        // this layer's output goes through a ReLU
+        bool relu_below;  // its input came out of a ReLU (backward_input gates on it)
+      };
+      const Layer layers[] = {{"784->256 relu", 784, 256, true, false},
+                              {"256->256 relu", 256, 256, true, true},
+                              {"256->13", 256, 13, false, true}};
+      for (int64_t B : {256, 1024}) {
+        for (const Layer& L : layers) {
+          Tensor x = random_tensor({1, B, L.in}, 1), w = random_tensor({1, L.out, L.in}, 2);
+          Tensor b = random_tensor({1, L.out}, 3), dy = random_tensor({1, B, L.out}, 4);
+          Tensor y = Tensor::empty({1, B, L.out}, DType::f32, Device::cuda);
+          Tensor mask = Tensor::empty(gemm::mask_shape(1, B, L.out), DType::u8, Device::cuda);
+          Tensor x_mask = Tensor::empty(gemm::mask_shape(1, B, L.in), DType::u8, Device::cuda);
+          Tensor x_relu = Tensor::empty({1, B, L.in}, DType::f32, Device::cuda);
+          x_relu.copy_from(x);
+          gemm::bias_activation(x_relu, Tensor(), gemm::Activation::relu, x_mask);  // a real ReLU output + mask
+          Tensor dx = Tensor::empty({1, B, L.in}, DType::f32, Device::cuda);
+          Tensor dw = Tensor::empty({1, L.out, L.in}, DType::f32, Device::cuda);
+          Tensor db = Tensor::empty({1, L.out}, DType::f32, Device::cuda);
+          Tensor db_below = Tensor::empty({1, L.in}, DType::f32, Device::cuda);
+          const auto act = L.relu ? gemm::Activation::relu : gemm::Activation::none;
+          const std::pair<const char*, std::function<void()>> ops[] = {
+              {"forward", [&] { gemm::forward(x_relu, w, b, act, y, L.relu ? mask : Tensor()); }},
+              {"backward_input",
+               [&] {
+                 gemm::backward_input(dy, w, L.relu_below ? x_mask : Tensor(), dx,
+                                      L.relu_below ? db_below : Tensor(), false, x_relu);
+               }},
+              {"backward_weight", [&] { gemm::backward_weight(dy, x_relu, dw, false, db); }},
+          };
+          for (const auto& [op, call] : ops) {
+            std::printf("%-6lld %-16s %-16s", (long long)B, L.name, op);
+            nlohmann::json row = {{"batch", B}, {"layer", L.name}, {"op", op}};
+            for (const Engine& e : kEngines) {
+              use(e);
+              const double us = time_us(call);
+              std::printf(" %14.2f", us);
+              row[e.name] = us;
+            }
+            std::printf("\n");
+            out["rows"].push_back(row);
+          }
+        }
+        std::printf("%-6lld %-16s %-16s", (long long)B, "whole MLP", "training step");
+        nlohmann::json row = {{"batch", B}, {"layer", "whole MLP"}, {"op", "training step (CUDA graph)"}};
+        for (const Engine& e : kEngines) {
+          use(e);
+          const double us = step_us(B);
+          std::printf(" %14.2f", us);
+          row[e.name] = us;
+        }
+        std::printf("\n");
+        out["rows"].push_back(row);
+      }
     }
+    out["fused_step"] = nlohmann::json::array();
+    for (int64_t B : {256, 1024})
+      for (bool distill : {false, true}) out["fused_step"].push_back(fused_phases(B, distill));
     use(kEngines[0]);
     const std::string fallbacks = gemm::fallback_report();
     if (!fallbacks.empty()) std::printf("Fallbacks:\n%s", fallbacks.c_str());

@@ -33,6 +33,7 @@
 #include <cuda_runtime.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/cuda/check.h"
@@ -73,7 +74,14 @@ struct Program {
   Phase phase[kMaxPhases];
   Gemm gemm[kMaxGemms];
   LossRows loss;
+  unsigned long long* clock;    // null, or [phases + 1]: block 0's global timer as each phase begins, and at the end
 };
+
+__device__ inline unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 
 // One warp per (model, sample) row: the row's loss and its logits' gradient (dLoss/dZ with the
 // loss a per-model mean, so dLoss = 1 per model).
@@ -110,7 +118,9 @@ __device__ void reduce_losses(const LossRows& p) {
 __global__ void __launch_bounds__(tile::kBlockThreads, 2) fused_step_kernel(const __grid_constant__ Program prog) {
   __shared__ __align__(16) tile::Smem sm;
   cg::grid_group grid = cg::this_grid();
+  const bool clocks = prog.clock && blockIdx.x == 0 && threadIdx.x == 0;
   for (int ph = 0; ph < prog.phases; ++ph) {
+    if (clocks) prog.clock[ph] = global_ns();
     if (ph == prog.loss_phase) loss_rows(prog.loss);
     if (ph == prog.loss_phase + 1 && blockIdx.x == 0) reduce_losses(prog.loss);
     const Phase& phase = prog.phase[ph];
@@ -124,6 +134,17 @@ __global__ void __launch_bounds__(tile::kBlockThreads, 2) fused_step_kernel(cons
     }
     if (ph + 1 < prog.phases) grid.sync();  // this phase's writes are visible to the next
   }
+  if (clocks) prog.clock[prog.phases] = global_ns();
+}
+
+// --- phase timing (bench/layers.cpp) ----------------------------------------------------------
+struct PhaseClock {
+  unsigned long long* device = nullptr;  // kMaxPhases + 1 timestamps, written by the last step
+  std::vector<std::string> names;        // of the last step's phases
+};
+PhaseClock& phase_clock() {
+  static PhaseClock* c = new PhaseClock;  // never destroyed, like the runtime
+  return *c;
 }
 
 // The cooperative grid: as many blocks as can be resident at once.
@@ -223,6 +244,14 @@ void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, cons
     }
   }
   prog.phases = phases;
+  prog.clock = phase_clock().device;
+  if (prog.clock) {
+    std::vector<std::string>& names = phase_clock().names;
+    names.clear();
+    for (int l = 0; l < L; ++l) names.push_back("forward, layer " + std::to_string(l));
+    names.push_back("loss rows");
+    for (int l = L - 1; l >= 0; --l) names.push_back("backward, layer " + std::to_string(l));
+  }
 
   // Plan every GEMM for the whole grid, then give each its own scratch.
   const int grid = resident_blocks();
@@ -252,6 +281,31 @@ void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, cons
   config.attrs = &cooperative;
   config.numAttrs = 1;
   CUDA_CHECK(cudaLaunchKernelEx(&config, fused_step_kernel, prog));
+}
+
+void fused_step_clock(bool on) {
+  PhaseClock& c = phase_clock();
+  if (on && !c.device) {
+    void* p = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, sizeof(unsigned long long) * (kMaxPhases + 1)));
+    c.device = static_cast<unsigned long long*>(p);
+  }
+  if (!on && c.device) {
+    CUDA_CHECK(cudaStreamSynchronize(Runtime::get().stream()));
+    CUDA_CHECK(cudaFree(c.device));
+    c.device = nullptr;
+  }
+}
+
+std::vector<std::pair<std::string, double>> fused_step_phase_us() {
+  PhaseClock& c = phase_clock();
+  if (!c.device || c.names.empty()) return {};
+  std::vector<unsigned long long> t(c.names.size() + 1);
+  CUDA_CHECK(cudaStreamSynchronize(Runtime::get().stream()));
+  CUDA_CHECK(cudaMemcpy(t.data(), c.device, sizeof(unsigned long long) * t.size(), cudaMemcpyDeviceToHost));
+  std::vector<std::pair<std::string, double>> out;
+  for (size_t i = 0; i < c.names.size(); ++i) out.push_back({c.names[i], double(t[i + 1] - t[i]) / 1000.0});
+  return out;
 }
 
 }  // namespace subliminal::cuda

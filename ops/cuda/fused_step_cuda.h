@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace subliminal::cuda {
@@ -34,5 +36,11 @@ struct FusedLoss {
 // MLP's gradients (overwriting) and each trained model's loss into loss_out [S].
 void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
                     const FusedLoss& loss, float* loss_out);
+
+// Timing, for bench/layers.cpp: while on, each fused step records when block 0 starts each of
+// its phases (the GPU's global timer); fused_step_phase_us() synchronises and returns the last
+// step's phases, in microseconds, by name. Turn it on outside graph capture.
+void fused_step_clock(bool on);
+std::vector<std::pair<std::string, double>> fused_step_phase_us();
 
 }  // namespace subliminal::cuda
