@@ -60,6 +60,8 @@ TEST(Cli, EveryBadFlagIsExitCodeTwoWithOneLineNamingIt) {
       {{"--models", "0"}, "--models"},
       {{"--seed", "-1"}, "--seed"},
       {{"--noise", "pink"}, "--noise"},
+      {{"--gemm", "cublas"}, "--gemm"},
+      {{"--step", "eager"}, "--step"},
       {{"--lr"}, "--lr"},  // a value flag without its value
   };
   for (const auto& [args, flag] : cases) expect_usage_error(args, flag);

@@ -166,10 +166,10 @@ const std::vector<ValueFlag>& value_flags() {
          c.gemm_engine = v;
        }},
       {"step",
-       "How the GPU runs a training step: autograd (the engine's tape, a kernel per op) | fused (forward, "
-       "loss and gradients in one kernel; 2-3 layer MLPs)",
+       "How the GPU runs a training step: auto (fused for small steps on the default GEMM path) | autograd "
+       "(the engine's tape, a kernel per op) | fused (forward, loss and gradients in one kernel; 2-3 layers)",
        [](Config& c, auto& k, auto& v) {
-         parse_choice<int>(k, v, {{"autograd", 0}, {"fused", 1}});
+         parse_choice<int>(k, v, {{"auto", 0}, {"autograd", 1}, {"fused", 2}});
          c.step = v;
        }},
       {"json", "Write the run's report (config, per-epoch metrics, accuracies, timings) to this JSON file",

@@ -51,7 +51,7 @@ struct Config {
   bool graphs = true;          // CUDA graphs for training steps
   MlpFusion fusion = MlpFusion::whole;
   std::string gemm_engine = "cublaslt";  // cublaslt | cudnn | tiled
-  std::string step = "autograd";         // autograd | fused (GPU: a training step in one kernel)
+  std::string step = "auto";             // auto | autograd | fused (GPU: a training step in one kernel)
 
   std::string json_path;
   std::string save_path;       // final teacher + students (safetensors)

@@ -186,9 +186,17 @@ class PhaseLoop {
   StepGraph full_, last_;
 };
 
-// --step fused: the GPU's one-kernel training step, where it applies (ops/fused_step.h).
+// Whether a phase trains with the GPU's one-kernel step (ops/fused_step.h). --step fused asks
+// for it wherever it applies; --step auto (the default) takes it where an H200 measured it
+// faster — small problems, up to 1024 rows (models × batch) per step: the default run (0.33 vs
+// 0.44 s of GPU time in training) but not --models 10 or the paper preset, where cuBLASLt's
+// larger kernels win (docs/PERFORMANCE.md) — and only on the default GEMM path: a run that
+// names another engine, TF32 or another fusion gets what it named.
 bool uses_fused_step(const Config& config, const MlpParams& params) {
-  return config.step == "fused" && fused_step_on_gpu(params);
+  if (!fused_step_on_gpu(params) || config.step == "autograd") return false;
+  if (config.step == "fused") return true;
+  return config.gemm_engine == "cublaslt" && config.fusion == MlpFusion::whole && !config.tf32 &&
+         params.models() * config.batch_size <= 1024;
 }
 
 // Fills `order` [N, S] (device) with each model's permutation for this epoch.
@@ -221,6 +229,7 @@ void train_teacher(MlpParams& teacher, const DeviceData& data, const Config& con
   Tensor order = Tensor::empty({N, S}, DType::i32, device);
   const std::vector<Tensor> parameters = teacher.tensors();
   PhaseTiming& timing = results.timing["teacher"];
+  timing.fused = fused;
   observer.phase_begins("Teacher", config.epochs_teacher, loop.steps_per_epoch());
   for (int64_t epoch = 1; epoch <= config.epochs_teacher; ++epoch) {
     upload_orders(order, config.seed, kTeacherOrderPurpose, epoch);
@@ -297,6 +306,7 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
   const NoiseDistribution distribution =
       config.noise == NoiseKind::gaussian ? NoiseDistribution::gaussian : NoiseDistribution::uniform;
   PhaseTiming& timing = results.timing[phase];
+  timing.fused = fused;
 
   observer.phase_begins(all_logits ? "Distill (all logits)" : "Distill", config.epochs_distill,
                         loop.steps_per_epoch());

@@ -174,7 +174,8 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
 
   nlohmann::json seconds = {{"load", times.load}, {"eval", results.eval_seconds}, {"total", times.total}};
   nlohmann::json gpu_seconds = nlohmann::json::object(), steps = nlohmann::json::object(),
-                 us_per_step = nlohmann::json::object(), kernels = nlohmann::json::object();
+                 us_per_step = nlohmann::json::object(), kernels = nlohmann::json::object(),
+                 step_kind = nlohmann::json::object();
   double gpu_training = 0;
   for (const auto& [phase, t] : results.timing) {
     seconds[phase] = t.wall_seconds;
@@ -185,6 +186,7 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
       gpu_seconds[phase] = t.gpu_seconds;
       gpu_training += t.gpu_seconds;
       kernels[phase] = t.graph_kernels;
+      step_kind[phase] = t.fused ? "fused" : "autograd";
     }
   }
   j["seconds"] = seconds;
@@ -194,6 +196,7 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
     gpu_seconds["training"] = gpu_training;
     j["gpu_seconds"] = gpu_seconds;
     j["graph_kernels_per_step"] = kernels;
+    j["step_kind"] = step_kind;
   }
   if (!results.notes.empty()) j["notes"] = results.notes;
   if (!results.gemm_tuning.empty()) j["gemm_autotune"] = results.gemm_tuning;
