@@ -234,6 +234,6 @@ if want racecheck && time_left "compute-sanitizer racecheck"; then
   timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 build-gpu/tests/test_cuda \
     --gtest_filter='CudaOps.CrossEntropyMatchesCpu:CudaOps.DistillKlMatchesCpu:CudaOps.KlDivMatchesCpu:CudaTiledGemm.*:*CudaGemm.*/N3_B37_I53_O29_tiled:*CudaFusedStep.*odd_N3_B37' \
     > "$OUT/sanitize_racecheck.log" 2>&1
-  say "compute-sanitizer racecheck: exit $? — $(grep -h 'ERROR SUMMARY' "$OUT/sanitize_racecheck.log" | sort | uniq -c | tr '\n' ' ')"
+  say "compute-sanitizer racecheck: exit $? — $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_racecheck.log" | sort | uniq -c | tr '\n' ' ')"
 fi
 say "total $(( $(date +%s) - t0 )) s"
