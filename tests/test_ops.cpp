@@ -1,7 +1,8 @@
 // tests/test_ops.cpp — forward values of the ops against computations written out here by
 // hand (naive loops, the formulas of REFERENCE.md), and the GEMM layer's contracts that a
 // gradient check cannot see: the ReLU bit-mask layout, NaN and zero handling, overwrite versus
-// accumulate, and the masked-accumulate path that must not mask what dx already held.
+// accumulate, and the masked-accumulate path that must not mask what dx already held; and the
+// fused training step's CPU path (the autograd step it stands for) and its shape checks.
 #include <gtest/gtest.h>
 
 #include <cmath>   // std::exp, std::log, std::isnan
@@ -10,9 +11,11 @@
 
 #include "engine/autograd.h"  // NoGradGuard
 #include "engine/kernels.h"   // fill
+#include "ops/fused_step.h"   // fused_cross_entropy_step, fused_distill_step
 #include "ops/gemm.h"         // gemm::forward, backward_input, backward_weight, mask_shape
 #include "ops/loss.h"         // cross_entropy, distill_kl, kl_div
 #include "ops/metrics.h"      // count_correct
+#include "ops/mlp.h"          // mlp_forward
 #include "tests/test_util.h"  // random tensors, values_of
 
 namespace {
@@ -372,3 +375,75 @@ TEST(Gemm, MaskedAccumulateLeavesPriorContentsUnmasked) {
 }
 
 }  // namespace
+
+// ---- The fused training step (ops/fused_step.h) on the CPU ---------------------------------------
+
+namespace subliminal_fused_test {
+
+using namespace subliminal;
+
+// Each parameter's gradient (the arena's padding between tensors is not a gradient).
+std::vector<std::vector<double>> gradients_of(const MlpParams& p) {
+  std::vector<std::vector<double>> g;
+  for (const Tensor& t : p.tensors()) g.push_back(values_of(t.grad()));
+  return g;
+}
+
+MlpParams random_mlp(const std::vector<int64_t>& sizes, int64_t models, uint64_t seed) {
+  MlpParams p(MlpShape{sizes}, models, DType::f64, Device::cpu);
+  init_mlp(p, InitScheme::torch_default, std::vector<uint64_t>(size_t(models), seed), 0);
+  return p;
+}
+
+// On the CPU the fused step is the autograd step it stands for: the same losses, the same
+// gradients in the arena, whatever the arena held before.
+TEST(FusedStep, CpuCrossEntropyStepIsTheAutogradStep) {
+  const std::vector<int64_t> sizes{11, 9, 8, 6};
+  MlpParams fused = random_mlp(sizes, 2, 5), reference = random_mlp(sizes, 2, 5);
+  EXPECT_FALSE(fused_step_on_gpu(fused));
+  const Tensor x = random_f64({2, 7, 11}, 1), y = random_labels(2, 7, 4, 2);
+  fill(fused.grads(), 123.0);  // stale gradients must be overwritten
+  const Tensor loss = fused_cross_entropy_step(x, y, fused, {1, 5});
+  zero_grad(reference.tensors());
+  Tensor ref_loss = cross_entropy(mlp_forward(x, reference), y, {1, 5});
+  ref_loss.backward();
+  EXPECT_EQ(values_of(loss), values_of(ref_loss));
+  EXPECT_FALSE(loss.requires_grad()) << "the fused step returns a plain tensor, no graph";
+  EXPECT_EQ(gradients_of(fused), gradients_of(reference));
+}
+
+TEST(FusedStep, CpuDistillStepIsTheAutogradStep) {
+  const std::vector<int64_t> sizes{11, 9, 6};
+  MlpParams students = random_mlp(sizes, 4, 6), reference = random_mlp(sizes, 4, 6);
+  const MlpParams teachers = random_mlp(sizes, 2, 7);
+  const Tensor x = random_f64({4, 5, 11}, 3);
+  const Tensor loss = fused_distill_step(x, students, teachers, {3, 6}, 2.0);
+  Tensor teacher_logits;
+  {
+    NoGradGuard no_grad;
+    teacher_logits = mlp_forward(x.rows(0, 2), teachers);
+  }
+  zero_grad(reference.tensors());
+  Tensor ref_loss = distill_kl(mlp_forward(x, reference), teacher_logits, {3, 6}, 2.0);
+  ref_loss.backward();
+  EXPECT_EQ(values_of(loss), values_of(ref_loss));
+  EXPECT_EQ(gradients_of(students), gradients_of(reference));
+}
+
+TEST(FusedStep, BadShapesAreShapeErrors) {
+  const std::vector<int64_t> sizes{11, 9, 6};
+  const MlpParams students = random_mlp(sizes, 4, 6), three = random_mlp(sizes, 3, 7),
+                  other = random_mlp({11, 8, 6}, 2, 8);
+  const Tensor x = random_f64({4, 5, 11}, 3), empty = random_f64({4, 0, 11}, 3);
+  const Tensor y = random_labels(4, 5, 6, 2);
+  EXPECT_THROW(fused_cross_entropy_step(empty, random_labels(4, 0, 6, 2), students, {0, 6}), ShapeError);
+  EXPECT_THROW(fused_cross_entropy_step(x.rows(0, 3), y, students, {0, 6}), ShapeError);  // 3 inputs, 4 models
+  EXPECT_THROW(fused_cross_entropy_step(x, y.rows(0, 3), students, {0, 6}), ShapeError);  // labels
+  EXPECT_THROW(fused_cross_entropy_step(x, y, students, {0, 7}), ShapeError);             // columns
+  EXPECT_THROW(fused_distill_step(x, students, three, {3, 6}, 1.0), ShapeError);  // 4 students, 3 teachers
+  EXPECT_THROW(fused_distill_step(x, students, other, {3, 6}, 1.0), ShapeError);  // other sizes
+  const MlpParams two = random_mlp(sizes, 2, 9);
+  EXPECT_THROW(fused_distill_step(x, students, two, {3, 6}, 0.0), ShapeError);  // temperature
+}
+
+}  // namespace subliminal_fused_test
