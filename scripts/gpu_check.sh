@@ -222,18 +222,16 @@ fi
 # CudaOps.OutOfMemoryNamesTheBytes: its deliberate failed cudaMallocAsync counts as an API error);
 # racecheck (much slower) over the kernels that share memory between threads: the per-model
 # loss reductions, the tiled GEMM and the fused step.
-if want memcheck && time_left "compute-sanitizer memcheck"; then
-  stage "compute-sanitizer memcheck"
-  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/tests/test_cuda \
-    --gtest_filter='*CudaGemm.ForwardMatchesCpu/N1_B37*:*CudaGemm.BackwardInputMatchesCpu/N3_B37*:*CudaOps.UniformNoise*:*CudaOps.CrossEntropy*:*CudaOps.DistillKl*:*CudaStepGraph*:*CudaTiledGemm*:*CudaOps.BatchPastTheEnd*:*CudaFusedStep*odd_N3*' \
-    > "$OUT/sanitize_memcheck.log" 2>&1
-  say "compute-sanitizer memcheck: exit $? — $(grep -h 'ERROR SUMMARY' "$OUT/sanitize_memcheck.log" | sort | uniq -c | tr '\n' ' ')"
-fi
-if want racecheck && time_left "compute-sanitizer racecheck"; then
-  stage "compute-sanitizer racecheck"
-  timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 build-gpu/tests/test_cuda \
-    --gtest_filter='CudaOps.CrossEntropyMatchesCpu:CudaOps.DistillKlMatchesCpu:CudaOps.KlDivMatchesCpu:CudaTiledGemm.*:*CudaGemm.*/N3_B37_I53_O29_tiled:*CudaFusedStep.*odd_N3_B37' \
-    > "$OUT/sanitize_racecheck.log" 2>&1
-  say "compute-sanitizer racecheck: exit $? — $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_racecheck.log" | sort | uniq -c | tr '\n' ' ')"
-fi
+sanitize() {  # tool, gtest filter
+  local tool=$1 filter=$2
+  stage "compute-sanitizer $tool"
+  timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 9 build-gpu/tests/test_cuda \
+    --gtest_filter="$filter" > "$OUT/sanitize_$tool.log" 2>&1
+  say "compute-sanitizer $tool: exit $? — $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_$tool.log" |
+    sort | uniq -c | tr '\n' ' ')"
+}
+want memcheck && time_left "compute-sanitizer memcheck" && sanitize memcheck \
+  '*CudaGemm.ForwardMatchesCpu/N1_B37*:*CudaGemm.BackwardInputMatchesCpu/N3_B37*:*CudaOps.UniformNoise*:*CudaOps.CrossEntropy*:*CudaOps.DistillKl*:*CudaStepGraph*:*CudaTiledGemm*:*CudaOps.BatchPastTheEnd*:*CudaFusedStep*odd_N3*'
+want racecheck && time_left "compute-sanitizer racecheck" && sanitize racecheck \
+  'CudaOps.CrossEntropyMatchesCpu:CudaOps.DistillKlMatchesCpu:CudaOps.KlDivMatchesCpu:CudaTiledGemm.*:*CudaGemm.*/N3_B37_I53_O29_tiled:*CudaFusedStep.*odd_N3_B37'
 say "total $(( $(date +%s) - t0 )) s"

@@ -199,6 +199,18 @@ bool uses_fused_step(const Config& config, const MlpParams& params) {
          params.models() * config.batch_size <= 1024;
 }
 
+// The end of every training step: the loss joins the epoch's sum, the backward pass runs
+// through the tape (unless the fused step already wrote the gradients), then Adam.
+void finish_step(PhaseLoop& loop, const Tensor& loss, int64_t batch, bool fused, const std::vector<Tensor>& parameters,
+                 Adam& adam) {
+  loop.track(loss, batch);
+  if (!fused) {
+    zero_grad(parameters);
+    loss.backward();
+  }
+  adam.step();
+}
+
 // Fills `order` [N, S] (device) with each model's permutation for this epoch.
 void upload_orders(const Tensor& order, uint64_t seed, uint32_t purpose, int64_t epoch) {
   const int64_t models = order.dim(0), samples = order.dim(1);
@@ -246,12 +258,7 @@ void train_teacher(MlpParams& teacher, const DeviceData& data, const Config& con
           } else {
             loss = cross_entropy(mlp_forward(x, teacher, config.fusion), y, {0, config.classes()});
           }
-          loop.track(loss, batch);
-          if (!fused) {
-            zero_grad(parameters);
-            loss.backward();
-          }
-          adam.step();
+          finish_step(loop, loss, batch, fused, parameters, adam);
         },
         timing);
     check_parameters_finite(teacher, "teacher epoch " + std::to_string(epoch), config, observer);
@@ -344,12 +351,7 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
             }
             loss = distill_kl(mlp_forward(x, students, config.fusion), teacher_logits, cols, config.temperature);
           }
-          loop.track(loss, batch);
-          if (!fused) {
-            zero_grad(parameters);
-            loss.backward();
-          }
-          adam.step();
+          finish_step(loop, loss, batch, fused, parameters, adam);
         },
         timing);
     check_parameters_finite(students, "distillation epoch " + std::to_string(epoch), config, observer);
