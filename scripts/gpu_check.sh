@@ -19,12 +19,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-# Logs go to a work folder; at exit they are packed into $OUT/logs.tgz beside $OUT/summary.txt
-# (a few files come back more reliably than dozens).
-final="${OUT:-$root/gpu-out}"
-OUT=$(mktemp -d /tmp/gpu_check.XXXXXX)
-mkdir -p "$final"
-trap 'tar czf "$final/logs.tgz" -C "$OUT" . 2>/dev/null' EXIT
 sanitize=0
 quick=0
 only=""
@@ -49,14 +43,20 @@ want() {
   if [ -n "$only" ]; then [[ "$only" == *",$1,"* ]]; return; fi
   case "$1" in memcheck | racecheck) [ "$sanitize" = 1 ] ;; profile) false ;; *) true ;; esac
 }
+gpu=$(nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader 2>/dev/null | head -1)
+[ -n "$gpu" ] || { echo "gpu_check.sh: nvidia-smi finds no GPU" >&2; exit 2; }
+
+# Logs go to a work folder; at exit they are packed into $OUT/logs.tgz beside $OUT/summary.txt
+# (a few files come back more reliably than dozens).
+final="${OUT:-$root/gpu-out}"
+OUT=$(mktemp -d /tmp/gpu_check.XXXXXX)
+mkdir -p "$final"
+trap 'tar czf "$final/logs.tgz" -C "$OUT" . 2>/dev/null' EXIT
 summary="$final/summary.txt"   # written as we go: it comes back even if the run is cut short
 : > "$summary"
 say() { echo "$*" | tee -a "$summary"; }
 stage() { echo; echo "=== $* ($(date +%T))"; }
 t0=$(date +%s)
-
-gpu=$(nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader 2>/dev/null | head -1)
-[ -n "$gpu" ] || { echo "gpu_check.sh: nvidia-smi finds no GPU" >&2; exit 1; }
 arch=$(echo "$gpu" | awk -F', ' '{gsub(/\./,"",$2); print $2}')
 say "GPU: $gpu (building for sm_$arch)"
 
