@@ -3,7 +3,6 @@
 #include "ops/fused_step.h"
 
 #include "engine/autograd.h"
-#include "engine/dispatch.h"
 #include "ops/loss.h"
 #include "ops/mlp.h"
 
