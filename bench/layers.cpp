@@ -196,6 +196,20 @@ int main(int argc, char** argv) {
       const Layer layers[] = {{"784->256 relu", 784, 256, true, false},
                               {"256->256 relu", 256, 256, true, true},
                               {"256->13", 256, 13, false, true}};
+      // One line of the table (and its JSON row): `measure` timed with each engine in turn.
+      auto table_row = [](int64_t B, const char* layer, const char* op, const char* json_op,
+                          const std::function<double()>& measure) {
+        std::printf("%-6lld %-16s %-16s", (long long)B, layer, op);
+        nlohmann::json row = {{"batch", B}, {"layer", layer}, {"op", json_op}};
+        for (const Engine& e : kEngines) {
+          use(e);
+          const double us = measure();
+          std::printf(" %14.2f", us);
+          row[e.name] = us;
+        }
+        std::printf("\n");
+        return row;
+      };
       for (int64_t B : {256, 1024}) {
         for (const Layer& L : layers) {
           Tensor x = random_tensor({1, B, L.in}, 1), w = random_tensor({1, L.out, L.in}, 2);
@@ -220,29 +234,11 @@ int main(int argc, char** argv) {
                }},
               {"backward_weight", [&] { gemm::backward_weight(dy, x_relu, dw, false, db); }},
           };
-          for (const auto& [op, call] : ops) {
-            std::printf("%-6lld %-16s %-16s", (long long)B, L.name, op);
-            nlohmann::json row = {{"batch", B}, {"layer", L.name}, {"op", op}};
-            for (const Engine& e : kEngines) {
-              use(e);
-              const double us = time_us(call);
-              std::printf(" %14.2f", us);
-              row[e.name] = us;
-            }
-            std::printf("\n");
-            out["rows"].push_back(row);
-          }
+          for (const auto& [op, call] : ops)
+            out["rows"].push_back(table_row(B, L.name, op, op, [&] { return time_us(call); }));
         }
-        std::printf("%-6lld %-16s %-16s", (long long)B, "whole MLP", "training step");
-        nlohmann::json row = {{"batch", B}, {"layer", "whole MLP"}, {"op", "training step (CUDA graph)"}};
-        for (const Engine& e : kEngines) {
-          use(e);
-          const double us = step_us(B);
-          std::printf(" %14.2f", us);
-          row[e.name] = us;
-        }
-        std::printf("\n");
-        out["rows"].push_back(row);
+        out["rows"].push_back(
+            table_row(B, "whole MLP", "training step", "training step (CUDA graph)", [&] { return step_us(B); }));
       }
     }
     out["fused_step"] = nlohmann::json::array();
