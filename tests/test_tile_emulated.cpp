@@ -1,0 +1,269 @@
+// tests/test_tile_emulated.cpp — our GEMM tile (ops/cuda/tile_gemm.cuh) run by host threads.
+//
+// The tile is the device code under both `--gemm tiled` and the fused training step. Here it
+// is compiled for the host against tests/simt/cuda_runtime.h (a block = 256 std::threads with
+// a barrier for __syncthreads, several blocks at once) and checked on every machine, GPU or
+// not, against a float64 reference:
+//   - each kind with its epilogues (bias + ReLU + mask; gate by mask or by values + column
+//     sums across row tiles; row sums), odd sizes, two models, strided operands laid out as the
+//     fused step lays them out;
+//   - split-K: the slices' partial tiles, the "last one sums in order" hand-off, and that the
+//     result is the same bits whatever order the work items run in and however many blocks;
+//   - outputs poisoned with NaN before each run, so an element the tile forgets to write fails;
+//     the scratch counters left at zero for the next GEMM.
+// The GPU suite (tests/test_cuda_ops.cpp, CudaTiledGemm, CudaFusedStep) runs the same code on
+// the real thing.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ops/cuda/tile_gemm.cuh"
+
+namespace subliminal::cuda::tile {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// A strided operand's storage: element (model, r, k) at r·row_stride + k·k_stride.
+struct Stored {
+  std::vector<float> values;
+  Operand op;
+  float at(int64_t model, int64_t r, int64_t k) const {
+    return values[size_t(model * op.model_stride + r * op.row_stride + k * op.k_stride)];
+  }
+};
+
+// rows × K per model, stored row-major as [models, rows, K] (k contiguous) or as
+// [models, K, rows] (rows contiguous), filled with values in [-1, 1).
+Stored make_operand(int64_t models, int64_t rows, int64_t K, bool k_contiguous, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  Stored s;
+  s.values.resize(size_t(models * rows * K));
+  for (float& v : s.values) v = u(rng);
+  s.op = k_contiguous ? Operand{nullptr, K, 1, rows * K} : Operand{nullptr, 1, rows, rows * K};
+  s.op.ptr = s.values.data();
+  return s;
+}
+
+std::vector<float> random_vector(int64_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = u(rng);
+  return v;
+}
+
+// What a GEMM writes: C, the mask, the column or row sums.
+struct Outputs {
+  std::vector<float> c, column_sums, row_sums;
+  std::vector<uint8_t> mask;
+};
+
+// Runs every work item of the planned GEMM `g` on `blocks` emulated blocks, block b taking
+// items order[b], order[b + blocks], … (the persistent kernels' grid-stride loop, with the
+// order shuffled by the caller). Scratch comes fresh: NaN floats, zeroed counters; the
+// counters must come back zeroed.
+void run_gemm(Gemm g, unsigned blocks, const std::vector<int64_t>& order) {
+  std::vector<float> floats(size_t(std::max<int64_t>(scratch_floats(g), 1)), kNaN);
+  std::vector<int> counters(size_t(std::max<int64_t>(scratch_counters(g), 1)), 0);
+  assign_scratch(g, floats.data(), counters.data());
+  std::vector<Smem> smem(blocks);
+  simt::launch(blocks, kBlockThreads, [&] {
+    for (size_t i = blockIdx.x; i < order.size(); i += gridDim.x) run_item(g, order[i], smem[blockIdx.x]);
+  });
+  EXPECT_TRUE(std::all_of(counters.begin(), counters.end(), [](int c) { return c == 0; }))
+      << "the tile counters must be left at zero for the next GEMM";
+}
+
+std::vector<int64_t> item_order(const Gemm& g, int how, unsigned seed) {
+  std::vector<int64_t> order(size_t(g.items));
+  std::iota(order.begin(), order.end(), 0);
+  if (how == 1) std::reverse(order.begin(), order.end());
+  if (how == 2) std::shuffle(order.begin(), order.end(), std::mt19937(seed));
+  return order;
+}
+
+// ‖got − ref‖ / ‖ref‖ over the first n elements (NaN in got makes it NaN, and fails).
+double relative_error(const std::vector<float>& got, const std::vector<double>& ref) {
+  double diff = 0.0, norm = 0.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    diff += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
+    norm += ref[i] * ref[i];
+  }
+  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// One case: a GEMM of one kind with the epilogues switched on by the flags.
+struct Case {
+  Kind kind;
+  int64_t models, M, N, K;
+  int64_t target_items;  // plan(): split K until this many items
+  bool bias_relu_mask;   // forward
+  bool gate_by_mask;     // backward_input (else gate by values)
+  bool column_sums;      // backward_input
+  bool row_sums;         // backward_weight
+  bool accumulate;
+};
+
+class TileEmulated : public ::testing::Test {
+ protected:
+  // Builds the case's operands and GEMM, runs it once per (blocks, order) and checks each run
+  // against float64 and against the first run bit for bit.
+  void check(const Case& k) {
+    std::mt19937 rng(1234 + unsigned(k.M * 7 + k.N * 3 + k.K));
+    const bool a_kc = k.kind != Kind::backward_weight, b_kc = k.kind == Kind::forward;
+    Stored a = make_operand(k.models, k.M, k.K, a_kc, rng), b = make_operand(k.models, k.N, k.K, b_kc, rng);
+    const std::vector<float> bias = random_vector(k.models * k.N, rng);
+    const std::vector<float> initial_c = random_vector(k.models * k.M * k.N, rng);  // for accumulate
+    const int64_t mask_row_bytes = (k.N + 127) / 128 * 16;
+    // The backward gate: post-ReLU values with exact zeros, and the same as mask bits.
+    std::vector<float> gate_values(size_t(k.models * k.M * k.N));
+    std::vector<uint8_t> gate_mask(size_t(k.models * k.M * mask_row_bytes), 0);
+    for (int64_t z = 0; z < k.models; ++z)
+      for (int64_t m = 0; m < k.M; ++m)
+        for (int64_t n = 0; n < k.N; ++n) {
+          const bool open = rng() % 3 != 0;
+          gate_values[size_t((z * k.M + m) * k.N + n)] = open ? 0.5f + float(rng() % 7) : 0.0f;
+          if (open) gate_mask[size_t((z * k.M + m) * mask_row_bytes + n / 8)] |= uint8_t(1u << (n % 8));
+        }
+
+    // ---- the float64 reference ---------------------------------------------------------------
+    std::vector<double> ref_c(size_t(k.models * k.M * k.N)), ref_columns(size_t(k.models * k.N), 0.0),
+        ref_rows(size_t(k.models * k.M), 0.0);
+    for (int64_t z = 0; z < k.models; ++z)
+      for (int64_t m = 0; m < k.M; ++m)
+        for (int64_t n = 0; n < k.N; ++n) {
+          double v = 0.0;
+          for (int64_t kk = 0; kk < k.K; ++kk) v += double(a.at(z, m, kk)) * double(b.at(z, n, kk));
+          const size_t e = size_t((z * k.M + m) * k.N + n);
+          if (k.bias_relu_mask) v = std::max(v + double(bias[size_t(z * k.N + n)]), 0.0);
+          if (k.kind == Kind::backward_input && gate_values[e] == 0.0f) v = 0.0;
+          if (k.accumulate) v += double(initial_c[e]);
+          ref_c[e] = v;
+          ref_columns[size_t(z * k.N + n)] += v;
+        }
+    for (int64_t z = 0; z < k.models; ++z)
+      for (int64_t m = 0; m < k.M; ++m)
+        for (int64_t kk = 0; kk < k.K; ++kk) ref_rows[size_t(z * k.M + m)] += double(a.at(z, m, kk));
+
+    // ---- the GEMM, run several ways -----------------------------------------------------------
+    std::vector<Outputs> runs;
+    for (const auto& [blocks, how] : std::vector<std::pair<unsigned, int>>{{1, 0}, {3, 1}, {2, 2}}) {
+      Outputs out;
+      out.c = k.accumulate ? initial_c : std::vector<float>(initial_c.size(), kNaN);
+      out.column_sums.assign(size_t(k.models * k.N), kNaN);
+      out.row_sums.assign(size_t(k.models * k.M), kNaN);
+      out.mask.assign(size_t(k.models * k.M * mask_row_bytes), 0xA5);
+      Gemm g{};
+      g.kind = k.kind;
+      g.a = a.op, g.b = b.op;
+      g.models = k.models, g.M = k.M, g.N = k.N, g.K = k.K;
+      g.c = out.c.data();
+      g.accumulate = k.accumulate;
+      g.mask_row_bytes = mask_row_bytes;
+      if (k.bias_relu_mask) g.bias = bias.data(), g.relu = true, g.mask_out = out.mask.data();
+      if (k.kind == Kind::backward_input) {
+        if (k.gate_by_mask) g.mask_in = gate_mask.data();
+        else g.gate_values = gate_values.data();
+        if (k.column_sums) g.column_sums = out.column_sums.data();
+      }
+      if (k.row_sums) g.row_sums = out.row_sums.data();
+      plan(g, k.target_items);
+      if (runs.empty()) planned_splits = g.splits, planned_m_tiles = g.m_tiles;
+      run_gemm(g, blocks, item_order(g, how, 99u + blocks));
+      runs.push_back(std::move(out));
+    }
+
+    const std::string what = "kind " + std::to_string(int(k.kind)) + ", " + std::to_string(k.M) + "×" +
+                             std::to_string(k.N) + "×" + std::to_string(k.K) + ", " + std::to_string(planned_splits) +
+                             " splits";
+    const Outputs& first = runs.front();
+    EXPECT_LE(relative_error(first.c, ref_c), 1e-5) << what << ": C";
+    if (k.column_sums) {
+      EXPECT_LE(relative_error(first.column_sums, ref_columns), 1e-5) << what << ": column sums";
+    }
+    if (k.row_sums) {
+      EXPECT_LE(relative_error(first.row_sums, ref_rows), 1e-5) << what << ": row sums";
+    }
+    if (k.bias_relu_mask) {
+      // Bit n of row m is "y ≠ 0" on the written y; bits and bytes past N stay as they were
+      // (the mask buffer's padding is never read).
+      for (int64_t z = 0; z < k.models; ++z)
+        for (int64_t m = 0; m < k.M; ++m)
+          for (int64_t n = 0; n < k.N; ++n) {
+            const size_t byte = size_t((z * k.M + m) * mask_row_bytes + n / 8);
+            const bool bit = (first.mask[byte] >> (n % 8)) & 1u;
+            ASSERT_EQ(bit, first.c[size_t((z * k.M + m) * k.N + n)] != 0.0f) << what << ": mask bit " << m << "," << n;
+          }
+    }
+    for (size_t r = 1; r < runs.size(); ++r) {
+      EXPECT_TRUE(same_bits(runs[r].c, first.c)) << what << ": C differs between item orders (run " << r << ")";
+      if (k.column_sums) {
+        EXPECT_TRUE(same_bits(runs[r].column_sums, first.column_sums)) << what << ": column sums";
+      }
+      if (k.row_sums) {
+        EXPECT_TRUE(same_bits(runs[r].row_sums, first.row_sums)) << what << ": row sums";
+      }
+      EXPECT_EQ(runs[r].mask, first.mask) << what << ": mask";
+    }
+  }
+
+  int planned_splits = 0, planned_m_tiles = 0;
+};
+
+// Forward with bias, ReLU and mask: K not a multiple of 16, partial row and column tiles.
+TEST_F(TileEmulated, ForwardBiasReluMaskSplitK) {
+  check({Kind::forward, 2, 70, 45, 100, 64, true, false, false, false, false});
+  EXPECT_EQ(planned_splits, 3);
+}
+
+TEST_F(TileEmulated, ForwardWithoutSplitK) {
+  check({Kind::forward, 2, 70, 130, 37, 1, true, false, false, false, false});
+  EXPECT_EQ(planned_splits, 1);
+}
+
+// The most slices the planner makes, and the fix-up summing all of them.
+TEST_F(TileEmulated, ForwardMaxSplits) {
+  check({Kind::forward, 1, 33, 20, 600, 1000, false, false, false, false, false});
+  EXPECT_EQ(planned_splits, kMaxSplits);
+}
+
+// Input gradient gated by post-ReLU values, column sums across 2 row tiles (the previous
+// layer's bias gradient), split K.
+TEST_F(TileEmulated, BackwardInputGateValuesColumnSums) {
+  check({Kind::backward_input, 2, 130, 45, 77, 64, false, false, true, false, false});
+  EXPECT_GT(planned_splits, 1);
+  EXPECT_EQ(planned_m_tiles, 3);
+}
+
+TEST_F(TileEmulated, BackwardInputGateMaskColumnSums) {
+  check({Kind::backward_input, 2, 70, 200, 13, 1, false, true, true, false, false});
+}
+
+TEST_F(TileEmulated, BackwardInputAccumulates) {
+  check({Kind::backward_input, 1, 64, 64, 64, 16, false, false, false, false, true});
+}
+
+// Weight gradient with this layer's bias gradient as row sums, K = the batch, split.
+TEST_F(TileEmulated, BackwardWeightRowSumsSplitK) {
+  check({Kind::backward_weight, 2, 45, 70, 257, 64, false, false, false, true, false});
+  EXPECT_GT(planned_splits, 1);
+}
+
+TEST_F(TileEmulated, BackwardWeightAccumulatesWithoutSplitK) {
+  check({Kind::backward_weight, 1, 13, 100, 50, 1, false, false, false, true, true});
+}
+
+}  // namespace
+}  // namespace subliminal::cuda::tile
