@@ -38,6 +38,7 @@ constexpr int kBlockThreads = 256;                     // 16 × 16 threads, 4×4
 constexpr int kSmemPad = 4;                            // floats: keeps float4 rows aligned, spreads banks
 constexpr int kTileFloats = kTileM * kTileN + kTileM;  // a partial tile + its row sums
 constexpr int kMaxSplits = 8;                          // the last item reads at most 8 partials
+constexpr int kFixupBatch = 4;                         // partials in flight at once in a fix-up
 static_assert(kTileM * kTileK == 4 * kBlockThreads && kTileN * kTileK == 4 * kBlockThreads,
               "each thread stages 4 elements of each operand per K chunk");
 
@@ -313,8 +314,16 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm) {
   if (!sm.last) return;
   __threadfence();
   if (threadIdx.x < kTileN && n < p.N) {
-    float total = 0.0f;
-    for (int t = 0; t < p.m_tiles; ++t) total += __ldcg(&p.column_partials[(group * p.m_tiles + t) * kTileN + threadIdx.x]);
+    float total = 0.0f;  // the row tiles' sums in order, loaded a batch at a time as above
+    for (int t0 = 0; t0 < p.m_tiles; t0 += kFixupBatch) {
+      float v[kFixupBatch];
+#pragma unroll
+      for (int b = 0; b < kFixupBatch; ++b)
+        v[b] = t0 + b < p.m_tiles ? __ldcg(&p.column_partials[(group * p.m_tiles + t0 + b) * kTileN + threadIdx.x]) : 0.0f;
+#pragma unroll
+      for (int b = 0; b < kFixupBatch; ++b)
+        if (t0 + b < p.m_tiles) total += v[b];
+    }
     column_out[n] = total;
   }
   if (threadIdx.x == 0) p.column_counters[group] = 0;
