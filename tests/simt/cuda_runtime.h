@@ -8,9 +8,13 @@
 // run at once. So the tile's indexing, split-K hand-off and epilogues are checked on every CI
 // run, under AddressSanitizer too, and a change to them is tested before it ever meets a GPU.
 //
+// The fused training step (ops/cuda/fused_program.cuh) runs here too: cooperative groups'
+// grid.sync() is simt::grid_sync(), a barrier over every thread of the launch, and warp
+// shuffles swap values through a per-warp slot array between two barriers.
+//
 // What it cannot check: speed, the GPU memory model's weaker corners (our threads are ordered
-// by C++ atomics and barriers, which are stronger than __threadfence), warp-synchronous code
-// (no shuffles here), and the real compiler's code generation. The GPU suite still does that.
+// by C++ atomics and barriers, which are stronger than __threadfence), divergent warps, and
+// the real compiler's code generation. The GPU suite still does that.
 #pragma once
 
 #include <algorithm>
@@ -18,6 +22,7 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <thread>
@@ -45,15 +50,30 @@ inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace simt {
 
-// One block's barrier; every thread of a block points at its block's.
-inline thread_local std::barrier<>* block_barrier = nullptr;
+// A warp's lanes swap values through these slots (see __shfl_xor_sync below).
+struct Warp {
+  explicit Warp(std::ptrdiff_t lanes) : barrier(lanes) {}
+  std::barrier<> barrier;
+  alignas(8) unsigned char slot[32][8];
+};
 
-// Runs body() on blocks × threads host threads, blocks all at once (as a cooperative launch
-// would), and returns when every thread has finished. body reads threadIdx/blockIdx like a
-// kernel; whatever it keeps per block (its "shared memory") it indexes by blockIdx.x.
+// What each host thread knows of its place: its block's and warp's barriers, and the grid's.
+inline thread_local std::barrier<>* block_barrier = nullptr;
+inline thread_local Warp* warp = nullptr;
+inline thread_local std::barrier<>* grid_barrier = nullptr;
+
+// Runs body() on blocks × threads host threads, all blocks at once (as a cooperative launch
+// would: grid_sync() below waits for every thread), and returns when every thread has
+// finished. body reads threadIdx/blockIdx like a kernel; what it keeps per block (its "shared
+// memory") it indexes by blockIdx.x. threads must be a multiple of 32.
 inline void launch(unsigned blocks, unsigned threads, const std::function<void()>& body) {
   std::vector<std::unique_ptr<std::barrier<>>> barriers;
-  for (unsigned b = 0; b < blocks; ++b) barriers.push_back(std::make_unique<std::barrier<>>(std::ptrdiff_t(threads)));
+  std::vector<std::unique_ptr<Warp>> warps;
+  for (unsigned b = 0; b < blocks; ++b) {
+    barriers.push_back(std::make_unique<std::barrier<>>(std::ptrdiff_t(threads)));
+    for (unsigned w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<Warp>(32));
+  }
+  std::barrier<> grid(std::ptrdiff_t(blocks) * threads);
   std::vector<std::thread> pool;
   pool.reserve(size_t(blocks) * threads);
   for (unsigned b = 0; b < blocks; ++b)
@@ -64,10 +84,15 @@ inline void launch(unsigned blocks, unsigned threads, const std::function<void()
         blockDim = dim3{threads, 1, 1};
         gridDim = dim3{blocks, 1, 1};
         block_barrier = barriers[b].get();
+        warp = warps[b * (threads / 32) + t / 32].get();
+        grid_barrier = &grid;
         body();
       });
   for (std::thread& th : pool) th.join();
 }
+
+// cooperative_groups' grid.sync(): every thread of every block.
+inline void grid_sync() { grid_barrier->arrive_and_wait(); }
 
 }  // namespace simt
 
@@ -81,8 +106,27 @@ inline T __ldcg(const T* address) {
   return *address;
 }
 
-// ---- the math the device code calls unqualified ------------------------------------------
+// Lane i gets lane (i ^ lane_mask)'s v. All 32 lanes must call it together, as the device code
+// does (its loops over rows are uniform across a warp); the mask of lanes is not checked.
+template <class T>
+inline T __shfl_xor_sync(unsigned /*lanes*/, T v, int lane_mask) {
+  static_assert(sizeof(T) <= 8, "one slot per lane");
+  simt::Warp& w = *simt::warp;
+  const unsigned lane = threadIdx.x % 32;
+  std::memcpy(w.slot[lane], &v, sizeof(T));
+  w.barrier.arrive_and_wait();  // every lane's value is in its slot
+  T out;
+  std::memcpy(&out, w.slot[lane ^ unsigned(lane_mask)], sizeof(T));
+  w.barrier.arrive_and_wait();  // every lane has read before any writes again
+  return out;
+}
+
+// ---- the math the device code calls unqualified (expf, logf, fmaxf: <cmath>'s global ones) ------------------------------------------
+using std::exp;
+using std::fmax;
 using std::fmaf;
+using std::isinf;
+using std::log;
 template <class T>
 inline T min(T a, T b) {
   return std::min(a, b);

@@ -1,0 +1,246 @@
+// ops/cuda/fused_program.cuh — the fused training step's "program" and the device code that
+// runs it: what ops/cuda/fused_step.cu's one persistent kernel does, written without the
+// kernel around it, so that host threads can run it too (tests/test_fused_emulated.cpp).
+//
+// The program for an MLP of L layers (sizes s_0 … s_L), S trained models and F frozen ones
+// (the teachers of a distillation step; F = 0 for cross-entropy). H_0 = x, H_l the post-ReLU
+// activations, Z the logits, G_l = dLoss/d(pre-activation of layer l's output):
+//
+//   phase          work                                                      shapes per model
+//   F_0 … F_{L−1}  H_{l+1} = relu(H_l·W_lᵀ + b_l) for trained and frozen      [B, s_{l+1}]
+//                  models; the last layer writes the logits Z (no ReLU)
+//   loss           one warp per (model, row): the loss row, G_L = dLoss/dZ     [B, s_L]
+//                  (the same row math as the loss kernels: ops/cuda/loss_rows.cuh)
+//   B_{L−1}        dW_{L−1} = G_Lᵀ·H_{L−1}, db_{L−1} = Σ_b G_L;              [s_L, s_{L−1}]
+//                  G_{L−1} = (G_L·W_{L−1}) ⊙ [H_{L−1} ≠ 0], db_{L−2} = Σ_b G_{L−1};
+//                  block 0 also sums the rows' losses into each model's mean
+//   B_l, l ≥ 1     dW_l = G_{l+1}ᵀ·H_l; G_l and db_{l−1} as above
+//   B_0            dW_0 = G_1ᵀ·x
+//
+// 2L + 1 phases, 2L barriers (L = 3: 6 barriers). Within a phase the blocks share the work
+// items of that phase's GEMMs (the tiles of ops/cuda/tile_gemm.cuh, split-K included) or the
+// loss's rows. Gradients are written (not accumulated) into the parameters' gradient buffers.
+// Every reduction sums in a fixed order, so a step gives the same bits on every run.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ops/cuda/fused_step_cuda.h"
+#include "ops/cuda/loss_rows.cuh"
+#include "ops/cuda/tile_gemm.cuh"
+
+namespace subliminal::cuda::fused {
+
+using tile::Gemm;
+using tile::Kind;
+
+constexpr int kMaxPhases = 2 * kFusedMaxLayers + 1;
+constexpr int kMaxGemms = 2 * kFusedMaxLayers + 2 * kFusedMaxLayers - 1;  // forward ×2, backward
+
+struct Phase {
+  int first_gemm, gemms;
+};
+
+struct LossRows {
+  const float* logits;          // [S + F, B, O]: trained models, then frozen
+  float* dlogits;               // [S, B, O]
+  double* row_loss;             // [S, B]
+  float* loss_out;              // [S]
+  const int32_t* labels;        // [S, B] (cross-entropy)
+  int64_t trained, frozen, batch, cols, c0, c1;
+  bool distill;
+  double inv_t, temperature;    // distill: 1/T and T
+};
+
+struct Program {
+  int phases, gemms;
+  int loss_phase;               // loss_phase + 1 also reduces the per-model losses
+  Phase phase[kMaxPhases];
+  Gemm gemm[kMaxGemms];
+  LossRows loss;
+  unsigned long long* clock;    // null, or [phases + 1]: block 0's global timer as each phase begins, and at the end
+};
+
+// The buffers a step writes besides the gradients (device pointers), for L layers, S trained
+// and F frozen models, batch B:
+struct Workspace {
+  std::vector<float*> H;        // H[l], 1 ≤ l < L: [S + F, B, s_l] (H[0] unused)
+  std::vector<float*> G;        // G[l], 1 ≤ l ≤ L: [S, B, s_l] (G[0] unused)
+  float* logits;                // [S + F, B, s_L]
+  double* row_loss;             // [S, B]
+};
+
+// ---- device code -----------------------------------------------------------------------------
+
+// One warp per (model, sample) row: the row's loss and its logits' gradient (dLoss/dZ with the
+// loss a per-model mean, so dLoss = 1 per model).
+__device__ inline void loss_rows(const LossRows& p) {
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  const int lane = threadIdx.x & 31;
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32; r < p.trained * p.batch; r += warps) {
+    const int64_t model = r / p.batch, b = r % p.batch;
+    const float* z = p.logits + r * p.cols;
+    double row;
+    if (p.distill) {
+      const float* t = p.logits + ((p.trained + model % p.frozen) * p.batch + b) * p.cols;
+      row = rows::distill_kl_row(z, t, p.cols, p.c0, p.c1, p.inv_t, p.temperature / double(p.batch),
+                                 p.dlogits + r * p.cols, false);
+    } else {
+      row = rows::cross_entropy_row(z, p.cols, p.c0, p.c1, p.labels[r], 1.0f / float(p.batch),
+                                    p.dlogits + r * p.cols, false);
+    }
+    if (lane == 0) p.row_loss[r] = row;
+  }
+}
+
+// Block 0: each model's loss, the rows summed in order (cross-entropy: the mean; distillation:
+// T²·the mean, as the loss kernels compute it).
+__device__ inline void reduce_losses(const LossRows& p) {
+  for (int64_t model = threadIdx.x; model < p.trained; model += blockDim.x) {
+    double sum = 0.0;
+    for (int64_t b = 0; b < p.batch; ++b) sum += __ldcg(&p.row_loss[model * p.batch + b]);
+    const double scale = p.distill ? p.temperature * p.temperature : 1.0;
+    p.loss_out[model] = float(scale * sum / double(p.batch));
+  }
+}
+
+// The whole program, run by every thread of every block of the grid. grid_sync() waits for
+// the whole grid (and makes its writes visible); phase_begins(ph) is called before phase ph
+// and with ph = phases at the end (the kernel's phase clock).
+template <class GridSync, class PhaseBegins>
+__device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid_sync, PhaseBegins&& phase_begins) {
+  for (int ph = 0; ph < prog.phases; ++ph) {
+    phase_begins(ph);
+    if (ph == prog.loss_phase) loss_rows(prog.loss);
+    if (ph == prog.loss_phase + 1 && blockIdx.x == 0) reduce_losses(prog.loss);
+    const Phase& phase = prog.phase[ph];
+    int64_t total = 0;
+    for (int j = 0; j < phase.gemms; ++j) total += prog.gemm[phase.first_gemm + j].items;
+    for (int64_t item = blockIdx.x; item < total; item += gridDim.x) {
+      int j = phase.first_gemm;
+      int64_t local = item;
+      while (local >= prog.gemm[j].items) local -= prog.gemm[j++].items;
+      tile::run_item(prog.gemm[j], local, sm);
+    }
+    if (ph + 1 < prog.phases) grid_sync();  // this phase's writes are visible to the next
+  }
+  phase_begins(prog.phases);
+}
+
+// ---- host code: building the program ----------------------------------------------------------
+
+inline Gemm forward_gemm(const float* in, int64_t in_stride_model, const float* w, const float* b, float* out,
+                         int64_t models, int64_t batch, int64_t fan_in, int64_t fan_out, bool relu) {
+  Gemm g{};
+  g.kind = Kind::forward;
+  g.a = {in, fan_in, 1, in_stride_model};   // a(m=b, k=i) = H[b, i]
+  g.b = {w, fan_in, 1, fan_out * fan_in};   // b(n=o, k=i) = W[o, i]
+  g.models = models, g.M = batch, g.N = fan_out, g.K = fan_in;
+  g.c = out;
+  g.bias = b;
+  g.relu = relu;
+  return g;
+}
+
+// The program for one step (arguments as fused_mlp_step's, checked by it), its GEMMs planned
+// for `grid` blocks. The GEMMs' scratch is left unassigned: scratch_sizes() says how much the
+// program needs, assign_scratch() points it there.
+inline Program build_program(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
+                             const FusedLoss& loss, float* loss_out, const Workspace& ws, int grid) {
+  const int L = trained.layers;
+  const int64_t S = trained.models, F = frozen ? frozen->models : 0, B = batch;
+  const std::vector<int64_t>& s = trained.sizes;
+  auto h_in = [&](int l) -> const float* { return l == 0 ? x : ws.H[size_t(l)]; };
+  auto h_out = [&](int l) -> float* { return l + 1 < L ? ws.H[size_t(l) + 1] : ws.logits; };
+  auto stride = [&](int l) { return B * s[size_t(l)]; };  // one model's activations of width s_l
+
+  Program prog{};
+  int gemms = 0, phases = 0;
+  auto begin_phase = [&] { prog.phase[phases++] = Phase{gemms, 0}; };
+  auto add = [&](const Gemm& g) {
+    prog.gemm[gemms++] = g;
+    ++prog.phase[phases - 1].gemms;
+  };
+
+  // Forward: trained models, then frozen ones, which read x[f] for f < F and write after the trained.
+  for (int l = 0; l < L; ++l) {
+    begin_phase();
+    const bool relu = l + 1 < L;
+    add(forward_gemm(h_in(l), stride(l), trained.weights[size_t(l)], trained.biases[size_t(l)], h_out(l), S, B,
+                     s[size_t(l)], s[size_t(l) + 1], relu));
+    if (F > 0)
+      add(forward_gemm(h_in(l) + (l == 0 ? 0 : S * stride(l)), stride(l), frozen->weights[size_t(l)],
+                       frozen->biases[size_t(l)], h_out(l) + S * stride(l + 1), F, B, s[size_t(l)],
+                       s[size_t(l) + 1], relu));
+  }
+  prog.loss_phase = phases;
+  begin_phase();  // the loss rows (no GEMMs)
+  prog.loss = LossRows{ws.logits, ws.G[size_t(L)], ws.row_loss, loss_out, loss.labels, S, F, B, s[size_t(L)],
+                       loss.c0, loss.c1, loss.distill, loss.distill ? 1.0 / loss.temperature : 1.0, loss.temperature};
+
+  // Backward: layer l's weight gradient and, for l ≥ 1, the gradient below it.
+  for (int l = L - 1; l >= 0; --l) {
+    begin_phase();
+    const int64_t in = s[size_t(l)], out = s[size_t(l) + 1];
+    const float* g_out = ws.G[size_t(l) + 1];
+    Gemm dw{};
+    dw.kind = Kind::backward_weight;
+    dw.a = {g_out, 1, out, B * out};           // a(m=o, k=b) = G[b, o]
+    dw.b = {h_in(l), 1, in, stride(l)};        // b(n=i, k=b) = H[b, i]
+    dw.models = S, dw.M = out, dw.N = in, dw.K = B;
+    dw.c = trained.weight_grads[size_t(l)];
+    dw.row_sums = l == L - 1 ? trained.bias_grads[size_t(l)] : nullptr;  // the others come from below
+    add(dw);
+    if (l >= 1) {
+      Gemm dx{};
+      dx.kind = Kind::backward_input;
+      dx.a = {g_out, out, 1, B * out};         // a(m=b, k=o) = G[b, o]
+      dx.b = {trained.weights[size_t(l)], 1, in, out * in};  // b(n=i, k=o) = W[o, i]
+      dx.models = S, dx.M = B, dx.N = in, dx.K = out;
+      dx.c = ws.G[size_t(l)];
+      dx.gate_values = ws.H[size_t(l)];        // the trained models' part comes first
+      dx.column_sums = trained.bias_grads[size_t(l) - 1];
+      add(dx);
+    }
+  }
+  prog.phases = phases, prog.gemms = gemms;
+
+  // Plan every GEMM for the whole grid: the phase's GEMMs share it.
+  for (int ph = 0; ph < phases; ++ph)
+    for (int j = prog.phase[ph].first_gemm; j < prog.phase[ph].first_gemm + prog.phase[ph].gemms; ++j)
+      tile::plan(prog.gemm[j], grid / prog.phase[ph].gemms);
+  return prog;
+}
+
+// The phases' names, in order (for the phase clock's report).
+inline std::vector<std::string> phase_names(int layers) {
+  std::vector<std::string> names;
+  for (int l = 0; l < layers; ++l) names.push_back("forward, layer " + std::to_string(l));
+  names.push_back("loss rows");
+  for (int l = layers - 1; l >= 0; --l) names.push_back("backward, layer " + std::to_string(l));
+  return names;
+}
+
+// Scratch floats and counters all of the program's GEMMs need.
+inline void scratch_sizes(const Program& prog, int64_t& floats, int64_t& counters) {
+  floats = counters = 0;
+  for (int j = 0; j < prog.gemms; ++j) {
+    floats += tile::scratch_floats(prog.gemm[j]);
+    counters += tile::scratch_counters(prog.gemm[j]);
+  }
+}
+
+// Gives each GEMM its own part of `floats` and `counters` (sized by scratch_sizes; null when 0).
+inline void assign_scratch(Program& prog, float* floats, int* counters) {
+  for (int j = 0; j < prog.gemms; ++j) {
+    tile::assign_scratch(prog.gemm[j], floats, counters);
+    if (floats) floats += tile::scratch_floats(prog.gemm[j]);
+    if (counters) counters += tile::scratch_counters(prog.gemm[j]);
+  }
+}
+
+}  // namespace subliminal::cuda::fused

@@ -1,0 +1,287 @@
+// tests/test_fused_emulated.cpp — the fused training step's program (ops/cuda/fused_program.cuh)
+// run by host threads, against a float64 forward and backward written out here.
+//
+// On a GPU, ops/cuda/fused_step.cu runs this program as one cooperative kernel (tested in
+// tests/test_cuda_training.cpp, CudaFusedStep). Here tests/simt/cuda_runtime.h plays the grid:
+// a few blocks of 256 std::threads, grid.sync() a barrier over all of them, warp shuffles
+// through per-warp slots. Checked, on every machine:
+//   - cross-entropy (teacher) and distillation steps, 3- and 2-layer MLPs, odd sizes, several
+//     trained models and (distillation) frozen teachers, student s learning from teacher s mod F;
+//   - each trained model's loss and every weight and bias gradient against float64
+//     (‖got − ref‖/‖ref‖ ≤ 1e-5), with every output and intermediate buffer poisoned with NaN;
+//   - two runs on the same grid give the same bits.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ops/cuda/fused_program.cuh"
+
+namespace subliminal::cuda::fused {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// `models` MLPs of the given sizes, weights [models, out, in] and biases [models, out] per
+// layer, values in [-0.5, 0.5); gradient buffers of the same shapes.
+struct HostMlp {
+  std::vector<int64_t> sizes;
+  int64_t models;
+  std::vector<std::vector<float>> w, b, dw, db;
+
+  HostMlp(std::vector<int64_t> s, int64_t n, unsigned seed) : sizes(std::move(s)), models(n) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(-0.5f, 0.5f);
+    for (size_t l = 0; l + 1 < sizes.size(); ++l) {
+      w.emplace_back(size_t(models * sizes[l + 1] * sizes[l]));
+      b.emplace_back(size_t(models * sizes[l + 1]));
+      for (float& v : w.back()) v = u(rng);
+      for (float& v : b.back()) v = u(rng);
+      dw.emplace_back(w.back().size(), kNaN);
+      db.emplace_back(b.back().size(), kNaN);
+    }
+  }
+  int layers() const { return int(sizes.size()) - 1; }
+
+  FusedMlp view(bool with_grads) {
+    FusedMlp m;
+    m.layers = layers(), m.sizes = sizes, m.models = models;
+    for (int l = 0; l < layers(); ++l) {
+      m.weights.push_back(w[size_t(l)].data());
+      m.biases.push_back(b[size_t(l)].data());
+      if (with_grads) m.weight_grads.push_back(dw[size_t(l)].data()), m.bias_grads.push_back(db[size_t(l)].data());
+    }
+    return m;
+  }
+};
+
+// ---- the float64 reference -----------------------------------------------------------------
+
+using Matrix = std::vector<double>;  // [B, width], row-major
+
+// acts[0] = x, acts[l] = relu(acts[l−1]·W_{l−1}ᵀ + b_{l−1}), the last without ReLU (the logits).
+std::vector<Matrix> forward(const HostMlp& m, int64_t model, const float* x, int64_t B) {
+  std::vector<Matrix> acts{Matrix(x, x + B * m.sizes[0])};
+  for (int l = 0; l < m.layers(); ++l) {
+    const int64_t in = m.sizes[size_t(l)], out = m.sizes[size_t(l) + 1];
+    const float* w = m.w[size_t(l)].data() + model * out * in;
+    const float* b = m.b[size_t(l)].data() + model * out;
+    Matrix y(size_t(B * out));
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t o = 0; o < out; ++o) {
+        double v = b[o];
+        for (int64_t i = 0; i < in; ++i) v += acts.back()[size_t(r * in + i)] * double(w[o * in + i]);
+        y[size_t(r * out + o)] = l + 1 < m.layers() ? std::max(v, 0.0) : v;
+      }
+    acts.push_back(std::move(y));
+  }
+  return acts;
+}
+
+// log Σ exp(scale·z[c]) over [c0, c1) of one row.
+double log_sum_exp(const double* z, int64_t c0, int64_t c1, double scale) {
+  double top = -INFINITY, sum = 0.0;
+  for (int64_t c = c0; c < c1; ++c) top = std::max(top, scale * z[c]);
+  for (int64_t c = c0; c < c1; ++c) sum += std::exp(scale * z[c] - top);
+  return top + std::log(sum);
+}
+
+// Backward from dLoss/dlogits: the model's weight and bias gradients.
+void backward(const HostMlp& m, int64_t model, const std::vector<Matrix>& acts, Matrix g, int64_t B,
+              std::vector<Matrix>& dw, std::vector<Matrix>& db) {
+  dw.assign(size_t(m.layers()), {});
+  db.assign(size_t(m.layers()), {});
+  for (int l = m.layers() - 1; l >= 0; --l) {
+    const int64_t in = m.sizes[size_t(l)], out = m.sizes[size_t(l) + 1];
+    const Matrix& h = acts[size_t(l)];
+    Matrix& w_grad = dw[size_t(l)];
+    Matrix& b_grad = db[size_t(l)];
+    w_grad.assign(size_t(out * in), 0.0);
+    b_grad.assign(size_t(out), 0.0);
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t o = 0; o < out; ++o) {
+        b_grad[size_t(o)] += g[size_t(r * out + o)];
+        for (int64_t i = 0; i < in; ++i) w_grad[size_t(o * in + i)] += g[size_t(r * out + o)] * h[size_t(r * in + i)];
+      }
+    if (l == 0) break;
+    const float* w = m.w[size_t(l)].data() + model * out * in;
+    Matrix below(size_t(B * in), 0.0);
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t i = 0; i < in; ++i) {
+        if (h[size_t(r * in + i)] == 0.0) continue;  // the ReLU's gate
+        double v = 0.0;
+        for (int64_t o = 0; o < out; ++o) v += g[size_t(r * out + o)] * double(w[o * in + i]);
+        below[size_t(r * in + i)] = v;
+      }
+    g = std::move(below);
+  }
+}
+
+// ‖got − ref‖ / ‖ref‖ (a NaN in got makes it NaN, which fails every ≤).
+double relative_error(const float* got, const Matrix& ref) {
+  double diff = 0.0, norm = 0.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    diff += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
+    norm += ref[i] * ref[i];
+  }
+  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// ---- one step, emulated ----------------------------------------------------------------------
+
+struct Step {
+  const char* name;
+  std::vector<int64_t> sizes;
+  int64_t trained, frozen, batch;
+  bool distill;
+  int64_t c0, c1;
+  double temperature;
+};
+
+// What a step wrote: the losses and the trained models' gradients, flattened.
+struct StepOutput {
+  std::vector<float> loss;
+  std::vector<std::vector<float>> dw, db;
+};
+
+StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std::vector<float>& x,
+                    const std::vector<int32_t>& labels, unsigned blocks) {
+  const int L = trained.layers();
+  const int64_t S = st.trained, F = st.distill ? st.frozen : 0, B = st.batch;
+  for (auto& v : trained.dw) std::fill(v.begin(), v.end(), kNaN);
+  for (auto& v : trained.db) std::fill(v.begin(), v.end(), kNaN);
+  // The workspace, poisoned: every element is written before it is read.
+  std::vector<std::vector<float>> H(static_cast<size_t>(L)), G(static_cast<size_t>(L) + 1);
+  Workspace ws;
+  ws.H.assign(size_t(L), nullptr);
+  ws.G.assign(size_t(L) + 1, nullptr);
+  for (int l = 1; l < L; ++l) H[size_t(l)].assign(size_t((S + F) * B * st.sizes[size_t(l)]), kNaN), ws.H[size_t(l)] = H[size_t(l)].data();
+  for (int l = 1; l <= L; ++l) G[size_t(l)].assign(size_t(S * B * st.sizes[size_t(l)]), kNaN), ws.G[size_t(l)] = G[size_t(l)].data();
+  std::vector<float> logits(size_t((S + F) * B * st.sizes[size_t(L)]), kNaN);
+  std::vector<double> row_loss(size_t(S * B), std::nan(""));
+  ws.logits = logits.data();
+  ws.row_loss = row_loss.data();
+
+  FusedLoss loss;
+  loss.distill = st.distill, loss.c0 = st.c0, loss.c1 = st.c1, loss.temperature = st.temperature;
+  loss.labels = labels.data();
+  StepOutput out;
+  out.loss.assign(size_t(S), kNaN);
+  const FusedMlp frozen_view = frozen.view(false);
+  Program prog = build_program(x.data(), B, trained.view(true), st.distill ? &frozen_view : nullptr, loss,
+                               out.loss.data(), ws, int(blocks));
+  int64_t floats = 0, counters = 0;
+  scratch_sizes(prog, floats, counters);
+  std::vector<float> scratch(size_t(std::max<int64_t>(floats, 1)), kNaN);
+  std::vector<int> counter_scratch(size_t(std::max<int64_t>(counters, 1)), 0);
+  assign_scratch(prog, scratch.data(), counter_scratch.data());
+
+  std::vector<tile::Smem> smem(blocks);
+  simt::launch(blocks, tile::kBlockThreads, [&] {
+    run_program(prog, smem[blockIdx.x], [] { simt::grid_sync(); }, [](int) {});
+  });
+  EXPECT_TRUE(std::all_of(counter_scratch.begin(), counter_scratch.end(), [](int c) { return c == 0; }))
+      << "the program's GEMMs must leave their counters at zero";
+  out.dw = trained.dw, out.db = trained.db;
+  return out;
+}
+
+void PrintTo(const Step& st, std::ostream* os) { *os << st.name; }
+
+class FusedEmulated : public ::testing::TestWithParam<Step> {};
+
+TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
+  const Step& st = GetParam();
+  const int64_t S = st.trained, F = st.frozen, B = st.batch, P = st.sizes.front();
+  HostMlp trained(st.sizes, S, 11), frozen(st.sizes, F, 12);
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(S * B * P));
+  for (float& v : x) v = u(rng);
+  std::vector<int32_t> labels(static_cast<size_t>(S * B));
+  for (int32_t& y : labels) y = int32_t(rng() % uint32_t(st.c1 - st.c0));
+
+  // The reference, model by model.
+  std::vector<double> ref_loss(static_cast<size_t>(S));
+  std::vector<std::vector<Matrix>> ref_dw(static_cast<size_t>(S)), ref_db(static_cast<size_t>(S));
+  const int64_t O = st.sizes.back();
+  for (int64_t s = 0; s < S; ++s) {
+    const std::vector<Matrix> acts = forward(trained, s, x.data() + s * B * P, B);
+    const Matrix& z = acts.back();
+    Matrix dz(size_t(B * O), 0.0);
+    double total = 0.0;
+    if (st.distill) {  // T²·mean KL(softmax(t/T) ‖ softmax(z/T)); dz = (T/B)(q − p)
+      const int64_t f = s % F;
+      const Matrix t = forward(frozen, f, x.data() + f * B * P, B).back();
+      const double inv_t = 1.0 / st.temperature;
+      for (int64_t r = 0; r < B; ++r) {
+        const double lse_s = log_sum_exp(&z[size_t(r * O)], st.c0, st.c1, inv_t);
+        const double lse_t = log_sum_exp(&t[size_t(r * O)], st.c0, st.c1, inv_t);
+        for (int64_t c = st.c0; c < st.c1; ++c) {
+          const double log_p = t[size_t(r * O + c)] * inv_t - lse_t, log_q = z[size_t(r * O + c)] * inv_t - lse_s;
+          total += std::exp(log_p) * (log_p - log_q);
+          dz[size_t(r * O + c)] = st.temperature / double(B) * (std::exp(log_q) - std::exp(log_p));
+        }
+      }
+      ref_loss[size_t(s)] = st.temperature * st.temperature * total / double(B);
+    } else {  // mean cross-entropy over [c0, c1); dz = (softmax − onehot)/B
+      for (int64_t r = 0; r < B; ++r) {
+        const double lse = log_sum_exp(&z[size_t(r * O)], st.c0, st.c1, 1.0);
+        const int64_t label = labels[size_t(s * B + r)];
+        total += lse - z[size_t(r * O + st.c0 + label)];
+        for (int64_t c = st.c0; c < st.c1; ++c)
+          dz[size_t(r * O + c)] = (std::exp(z[size_t(r * O + c)] - lse) - (c - st.c0 == label ? 1.0 : 0.0)) / double(B);
+      }
+      ref_loss[size_t(s)] = total / double(B);
+    }
+    backward(trained, s, acts, dz, B, ref_dw[size_t(s)], ref_db[size_t(s)]);
+  }
+
+  for (unsigned blocks : {1u, 5u}) {
+    const std::string what = std::string(st.distill ? "distillation" : "cross-entropy") + " step, " +
+                             std::to_string(st.sizes.size() - 1) + " layers, " + std::to_string(blocks) + " blocks";
+    const StepOutput got = run_step(st, trained, frozen, x, labels, blocks);
+    for (int64_t s = 0; s < S; ++s) {
+      EXPECT_NEAR(got.loss[size_t(s)], ref_loss[size_t(s)], 1e-5 * std::max(1.0, std::abs(ref_loss[size_t(s)])))
+          << what << ": loss of model " << s;
+      for (int l = 0; l < trained.layers(); ++l) {
+        const int64_t in = st.sizes[size_t(l)], out = st.sizes[size_t(l) + 1];
+        EXPECT_LE(relative_error(got.dw[size_t(l)].data() + s * out * in, ref_dw[size_t(s)][size_t(l)]), 1e-5)
+            << what << ": dW" << l << " of model " << s;
+        EXPECT_LE(relative_error(got.db[size_t(l)].data() + s * out, ref_db[size_t(s)][size_t(l)]), 1e-5)
+            << what << ": db" << l << " of model " << s;
+      }
+    }
+    const StepOutput again = run_step(st, trained, frozen, x, labels, blocks);
+    EXPECT_TRUE(same_bits(again.loss, got.loss)) << what << ": the loss differs between two runs";
+    for (int l = 0; l < trained.layers(); ++l) {
+      EXPECT_TRUE(same_bits(again.dw[size_t(l)], got.dw[size_t(l)])) << what << ": dW" << l << " differs between two runs";
+      EXPECT_TRUE(same_bits(again.db[size_t(l)], got.db[size_t(l)])) << what << ": db" << l << " differs between two runs";
+    }
+  }
+}
+
+// Odd sizes (row tiles 64 wide: a batch of 70 is two), several models; the distillation steps
+// train 6 students from 3 teachers on 3 "ghost" columns at T = 2.
+INSTANTIATE_TEST_SUITE_P(
+    Steps, FusedEmulated,
+    ::testing::Values(Step{"teacher_3_models_B37", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0},
+                      Step{"teacher_two_row_tiles_B70", {53, 70, 31, 13}, 2, 0, 70, false, 0, 10, 1.0},
+                      Step{"teacher_2_layers_B45", {53, 29, 7}, 2, 0, 45, false, 0, 7, 1.0},
+                      Step{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 37, true, 10, 13, 2.0},
+                      Step{"distill_2_layers_all_logits_B70", {40, 33, 13}, 2, 1, 70, true, 0, 13, 1.0}),
+    [](const ::testing::TestParamInfo<Step>& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace subliminal::cuda::fused
