@@ -283,5 +283,38 @@ INSTANTIATE_TEST_SUITE_P(
                       Step{"distill_2_layers_all_logits_B70", {40, 33, 13}, 2, 1, 70, true, 0, 13, 1.0}),
     [](const ::testing::TestParamInfo<Step>& info) { return std::string(info.param.name); });
 
+// The program's plan for the app's default run on an H100/H200 (132 SMs × 2 blocks): every
+// phase's items fit in one wave of the grid, and a phase's GEMMs get items of similar length.
+TEST(FusedPlan, DefaultRunPhasesFitOneWave) {
+  const int grid = 264;
+  const std::vector<int64_t> sizes{784, 256, 256, 13};
+  for (const auto& [S, F] : std::vector<std::pair<int64_t, int64_t>>{{1, 0}, {2, 1}}) {
+    FusedMlp trained, frozen;
+    for (FusedMlp* m : {&trained, &frozen}) {
+      m->layers = 3, m->sizes = sizes;
+      m->weights.assign(3, nullptr), m->biases.assign(3, nullptr);
+      m->weight_grads.assign(3, nullptr), m->bias_grads.assign(3, nullptr);
+    }
+    trained.models = S, frozen.models = F;
+    Workspace ws{std::vector<float*>(3, nullptr), std::vector<float*>(4, nullptr), nullptr, nullptr};
+    FusedLoss loss;
+    loss.distill = F > 0, loss.c0 = F > 0 ? 10 : 0, loss.c1 = F > 0 ? 13 : 10;
+    const Program prog = build_program(nullptr, 256, trained, F > 0 ? &frozen : nullptr, loss, nullptr, ws, grid);
+    for (int ph = 0; ph < prog.phases; ++ph) {
+      int64_t items = 0, longest = 0, shortest = 1 << 30;
+      for (int j = prog.phase[ph].first_gemm; j < prog.phase[ph].first_gemm + prog.phase[ph].gemms; ++j) {
+        const Gemm& g = prog.gemm[j];
+        items += g.items;
+        longest = std::max(longest, g.k_per_split), shortest = std::min(shortest, g.k_per_split);
+      }
+      const std::string what = (F > 0 ? "distillation" : "teacher") + std::string(" step, phase ") + std::to_string(ph);
+      EXPECT_LE(items, grid) << what << ": a second wave";
+      if (prog.phase[ph].gemms > 1 && prog.gemm[prog.phase[ph].first_gemm].K > 32) {
+        EXPECT_LE(longest, 2 * shortest) << what << ": its GEMMs' slices are far apart in length";
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace subliminal::cuda::fused

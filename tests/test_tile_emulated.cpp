@@ -265,5 +265,37 @@ TEST_F(TileEmulated, BackwardWeightAccumulatesWithoutSplitK) {
   check({Kind::backward_weight, 1, 13, 100, 50, 1, false, false, false, true, true});
 }
 
+// plan(): the slices cover K in whole chunks, at least two per slice, at most kMaxSplits, and
+// never more items than the blocks that run at once (unless the tiles alone are more).
+TEST(TilePlan, OneWaveAndWholeChunks) {
+  for (int64_t target : {1, 7, 132, 264})
+    for (int64_t models : {1, 2, 3})
+      for (int64_t M : {13, 64, 256, 300})
+        for (int64_t N : {13, 256, 784})
+          for (int64_t K : {13, 100, 256, 784}) {
+            Gemm g{};
+            g.models = models, g.M = M, g.N = N, g.K = K;
+            plan(g, target);
+            const int64_t tiles = models * ceil_div(M, kTileM) * ceil_div(N, kTileN);
+            const int64_t chunks = ceil_div(K, kTileK), per_slice = g.k_per_split / kTileK;
+            const std::string what = std::to_string(models) + "×" + std::to_string(M) + "×" + std::to_string(N) +
+                                     "×" + std::to_string(K) + " for " + std::to_string(target);
+            ASSERT_EQ(g.items, tiles * g.splits) << what;
+            ASSERT_TRUE(g.splits == 1 || g.items <= target) << what << ": a second wave";
+            ASSERT_LE(g.splits, kMaxSplits) << what;
+            ASSERT_EQ(g.k_per_split % kTileK, 0) << what;
+            ASSERT_TRUE(g.splits == 1 || per_slice >= 2) << what;
+            ASSERT_GE(g.splits * per_slice, chunks) << what << ": K not covered";
+            ASSERT_LT((g.splits - 1) * per_slice, chunks) << what << ": an empty slice";
+          }
+  // The MNIST MLP's first weight gradient at batch 256 on 264 blocks: 52 tiles × 4 slices of
+  // 4 chunks (6 slices would be 312 items: 48 blocks would run two).
+  Gemm dw0{};
+  dw0.models = 1, dw0.M = 256, dw0.N = 784, dw0.K = 256;
+  plan(dw0, 264);
+  EXPECT_EQ(dw0.splits, 4);
+  EXPECT_EQ(dw0.items, 208);
+}
+
 }  // namespace
 }  // namespace subliminal::cuda::tile

@@ -25,6 +25,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -146,6 +147,20 @@ inline Gemm forward_gemm(const float* in, int64_t in_stride_model, const float* 
   return g;
 }
 
+// Plans a phase's GEMMs for the grid. They share it in proportion to their work (tiles × K
+// chunks), so that their work items come out about equally long — a phase lasts as long as its
+// longest item — and all of them fit in one wave of the grid.
+inline void plan_phase(Program& prog, const Phase& phase, int grid) {
+  auto work = [](const Gemm& g) {
+    return g.models * tile::ceil_div(g.M, tile::kTileM) * tile::ceil_div(g.N, tile::kTileN) *
+           std::max<int64_t>(tile::ceil_div(g.K, tile::kTileK), 1);
+  };
+  int64_t total = 0;
+  for (int j = phase.first_gemm; j < phase.first_gemm + phase.gemms; ++j) total += work(prog.gemm[j]);
+  for (int j = phase.first_gemm; j < phase.first_gemm + phase.gemms; ++j)
+    tile::plan(prog.gemm[j], std::max<int64_t>(1, int64_t(grid) * work(prog.gemm[j]) / std::max<int64_t>(total, 1)));
+}
+
 // The program for one step (arguments as fused_mlp_step's, checked by it), its GEMMs planned
 // for `grid` blocks. The GEMMs' scratch is left unassigned: scratch_sizes() says how much the
 // program needs, assign_scratch() points it there.
@@ -209,10 +224,7 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
   }
   prog.phases = phases, prog.gemms = gemms;
 
-  // Plan every GEMM for the whole grid: the phase's GEMMs share it.
-  for (int ph = 0; ph < phases; ++ph)
-    for (int j = prog.phase[ph].first_gemm; j < prog.phase[ph].first_gemm + prog.phase[ph].gemms; ++j)
-      tile::plan(prog.gemm[j], grid / prog.phase[ph].gemms);
+  for (int ph = 0; ph < phases; ++ph) plan_phase(prog, prog.phase[ph], grid);
   return prog;
 }
 

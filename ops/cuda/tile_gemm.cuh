@@ -89,8 +89,10 @@ struct Smem {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Tiles and splits: split K when the tiles alone give fewer than `target_items` work items,
-// keeping at least two K chunks per slice and at most kMaxSplits slices.
+// Tiles and splits. `target_items` is how many blocks run at once: when the tiles alone are
+// fewer, K is split into as many slices as fit in that one wave — tiles × splits ≤
+// target_items, since an item past it would run after another item of its block and double
+// the GEMM's time — keeping at least two K chunks per slice and at most kMaxSplits slices.
 inline void plan(Gemm& g, int64_t target_items) {
   g.m_tiles = int(ceil_div(g.M, kTileM));
   g.n_tiles = int(ceil_div(g.N, kTileN));
@@ -98,7 +100,7 @@ inline void plan(Gemm& g, int64_t target_items) {
   const int64_t chunks = ceil_div(g.K, kTileK) > 0 ? ceil_div(g.K, kTileK) : 1;
   int64_t splits = 1;
   if (tiles < target_items) {
-    splits = ceil_div(target_items, tiles);
+    splits = target_items / tiles;
     if (splits > chunks / 2) splits = chunks / 2;
     if (splits > kMaxSplits) splits = kMaxSplits;
     if (splits < 1) splits = 1;
