@@ -13,6 +13,14 @@
 #                                     tests experiments paper layers cudnn unfused parity bench
 #                                     profile memcheck racecheck   (these three: only when asked,
 #                                     or memcheck/racecheck with --sanitize)
+#   scripts/gpu_check.sh --baseline DIR
+#                                     also build the app from DIR, the source of an earlier
+#                                     revision, and time its default run against this one's,
+#                                     alternating, 3 runs each (the "ab" stage, right after the
+#                                     build: timings move ~10% between GPU sessions, so a change
+#                                     is measured against its baseline in the same one). Make DIR
+#                                     here and carry it:  mkdir -p .baseline &&
+#                                     git archive REV | tar -x -C .baseline
 #
 # On a machine without package registries, first run scripts/gpu_bundle.sh where one is, and
 # bring .gpu/ and third_party/cudnn-frontend/ along: this script uses them when present.
@@ -22,11 +30,16 @@ root=$PWD
 sanitize=0
 quick=0
 only=""
+baseline=""
 stages="tests experiments paper layers cudnn unfused parity bench profile memcheck racecheck"
 while [ $# -gt 0 ]; do
   case "$1" in
     --sanitize) sanitize=1 ;;
     --quick) quick=1 ;;
+    --baseline)
+      [ $# -ge 2 ] && [ -f "$2/CMakeLists.txt" ] || { echo "gpu_check.sh: --baseline needs a source tree (a folder with CMakeLists.txt)" >&2; exit 2; }
+      baseline=$(cd "$2" && pwd)
+      shift ;;
     --only)
       [ $# -ge 2 ] || { echo "gpu_check.sh: --only needs a comma-separated list of stages" >&2; exit 2; }
       only=",$2,"
@@ -83,6 +96,24 @@ if ! cmake --build build-gpu -j "$(nproc)" "${targets[@]}" > "$OUT/build.log" 2>
 fi
 say "build: ok ($(( $(date +%s) - t0 )) s)"
 app=build-gpu/apps/subliminal
+
+# A/B: the baseline's default run and this one's, alternating so that drift hits both alike.
+if [ -n "$baseline" ]; then
+  stage "ab: baseline $baseline"
+  if cmake -S "$baseline" -B build-baseline "${cmake_args[@]}" > "$OUT/baseline_build.log" 2>&1 &&
+     cmake --build build-baseline -j "$(nproc)" --target subliminal >> "$OUT/baseline_build.log" 2>&1; then
+    for i in 1 2 3; do
+      for side in baseline current; do
+        bin=$app; [ "$side" = baseline ] && bin=build-baseline/apps/subliminal
+        timeout 120 "$bin" --data "$MNIST_DIR" --no-progress --device cuda --json "$OUT/ab_${side}_$i.json" \
+          > "$OUT/ab_${side}_$i.log" 2>&1 || say "ab: $side run $i FAILED: $(tail -2 "$OUT/ab_${side}_$i.log" | tr '\n' ' ')"
+      done
+    done
+    python3 scripts/ab_summary.py "$OUT"/ab_baseline_*.json -- "$OUT"/ab_current_*.json | tee -a "$summary"
+  else
+    say "ab: baseline build FAILED (see baseline_build.log): $(grep -m3 -E 'error|Error' "$OUT/baseline_build.log" | tr '\n' ' ')"
+  fi
+fi
 
 if [ "$quick" = 1 ]; then
   stage "tests"
