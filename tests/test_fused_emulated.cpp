@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <ostream>
 #include <random>
@@ -23,9 +22,13 @@
 #include <vector>
 
 #include "ops/cuda/fused_program.cuh"
+#include "tests/simt/compare.h"
 
 namespace subliminal::cuda::fused {
 namespace {
+
+using simt::relative_error;
+using simt::same_bits;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
@@ -122,20 +125,6 @@ void backward(const HostMlp& m, int64_t model, const std::vector<Matrix>& acts, 
       }
     g = std::move(below);
   }
-}
-
-// ‖got − ref‖ / ‖ref‖ (a NaN in got makes it NaN, which fails every ≤).
-double relative_error(const float* got, const Matrix& ref) {
-  double diff = 0.0, norm = 0.0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    diff += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
-    norm += ref[i] * ref[i];
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 // ---- one step, emulated ----------------------------------------------------------------------

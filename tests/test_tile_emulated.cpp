@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -26,9 +25,13 @@
 #include <vector>
 
 #include "ops/cuda/tile_gemm.cuh"
+#include "tests/simt/compare.h"
 
 namespace subliminal::cuda::tile {
 namespace {
+
+using simt::relative_error;
+using simt::same_bits;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
@@ -88,20 +91,6 @@ std::vector<int64_t> item_order(const Gemm& g, int how, unsigned seed) {
   if (how == 1) std::reverse(order.begin(), order.end());
   if (how == 2) std::shuffle(order.begin(), order.end(), std::mt19937(seed));
   return order;
-}
-
-// ‖got − ref‖ / ‖ref‖ over the first n elements (NaN in got makes it NaN, and fails).
-double relative_error(const std::vector<float>& got, const std::vector<double>& ref) {
-  double diff = 0.0, norm = 0.0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    diff += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
-    norm += ref[i] * ref[i];
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 // One case: a GEMM of one kind with the epilogues switched on by the flags.
@@ -189,12 +178,12 @@ class TileEmulated : public ::testing::Test {
                              std::to_string(k.N) + "×" + std::to_string(k.K) + ", " + std::to_string(planned_splits) +
                              " splits";
     const Outputs& first = runs.front();
-    EXPECT_LE(relative_error(first.c, ref_c), 1e-5) << what << ": C";
+    EXPECT_LE(relative_error(first.c.data(), ref_c), 1e-5) << what << ": C";
     if (k.column_sums) {
-      EXPECT_LE(relative_error(first.column_sums, ref_columns), 1e-5) << what << ": column sums";
+      EXPECT_LE(relative_error(first.column_sums.data(), ref_columns), 1e-5) << what << ": column sums";
     }
     if (k.row_sums) {
-      EXPECT_LE(relative_error(first.row_sums, ref_rows), 1e-5) << what << ": row sums";
+      EXPECT_LE(relative_error(first.row_sums.data(), ref_rows), 1e-5) << what << ": row sums";
     }
     if (k.bias_relu_mask) {
       // Bit n of row m is "y ≠ 0" on the written y; bits and bytes past N stay as they were
