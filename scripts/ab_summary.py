@@ -33,7 +33,7 @@ def rows(reports):
         add("GPU s in training", r.get("gpu_seconds", {}).get("training", float("nan")))
         for phase, us in r.get("us_per_step", {}).items():
             add(f"µs/step {phase}", us)
-        add("wall s (whole run)", r["seconds"]["total"])
+        add("wall s (whole run)", r.get("seconds", {}).get("total", float("nan")))
         for arm in ("teacher", "student", "cross_init"):
             if arm in r:
                 add(f"accuracy {arm}", r[arm]["test_acc"])
@@ -51,12 +51,12 @@ def main(argv):
         return 2
     print(f"A/B, medians of {len(next(iter(base.values())))} baseline and {len(next(iter(cur.values())))} current runs:")
     print(f"  {'':24s} {'baseline':>10s} {'current':>10s} {'current/baseline':>17s}")
-    for name in base:
-        if name not in cur:
-            continue
-        b, c = statistics.median(base[name]), statistics.median(cur[name])
-        ratio = f"{c / b:17.3f}" if b and not name.startswith("accuracy") else ""
-        print(f"  {name:24s} {b:10.4f} {c:10.4f} {ratio}")
+    for name in list(base) + [n for n in cur if n not in base]:
+        b = statistics.median(base[name]) if name in base else None
+        c = statistics.median(cur[name]) if name in cur else None
+        ratio = f"{c / b:17.3f}" if b and c is not None and not name.startswith("accuracy") else ""
+        show = lambda v: f"{v:10.4f}" if v is not None else f"{'—':>10s}"
+        print(f"  {name:24s} {show(b)} {show(c)} {ratio}")
     return 0
 
 

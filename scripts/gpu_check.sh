@@ -100,7 +100,11 @@ app=build-gpu/apps/subliminal
 # A/B: the baseline's default run and this one's, alternating so that drift hits both alike.
 if [ -n "$baseline" ]; then
   stage "ab: baseline $baseline"
-  if cmake -S "$baseline" -B build-baseline "${cmake_args[@]}" > "$OUT/baseline_build.log" 2>&1 &&
+  # A fresh build folder (one left by a call with another DIR would not configure), the app
+  # only. The baseline's source has no third_party/ (git archive), so no cuDNN engine: the
+  # default run does not use it.
+  rm -rf build-baseline
+  if cmake -S "$baseline" -B build-baseline "${cmake_args[@]}" -DBUILD_TESTING=OFF > "$OUT/baseline_build.log" 2>&1 &&
      cmake --build build-baseline -j "$(nproc)" --target subliminal >> "$OUT/baseline_build.log" 2>&1; then
     for i in 1 2 3; do
       for side in baseline current; do

@@ -14,6 +14,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -j "$(nproc)" -E "EndToEnd|PaperMode"
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSUBLIMINAL_TSAN=ON -DSUBLIMINAL_CUDA=OFF -DBUILD_TESTING=ON >/dev/null
 cmake --build build-tsan --target test_emulated
-# Every tile case, and one fused step (2 layers, distillation: the loss rows' warp shuffles, the
-# frozen teacher, every phase): the whole fused suite takes 4 minutes under TSan on 2 cores.
-TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_emulated --gtest_filter='TileEmulated.*:*distill_2_layers*'
+# Every tile case, the slice-order check, and one fused step (2 layers, distillation: the
+# loss rows' warp shuffles, the frozen teacher, every phase): the whole fused suite takes
+# minutes under TSan on 2 cores.
+TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_emulated --gtest_filter='TileEmulated.*:TileSplitK.*:*distill_2_layers*'

@@ -136,12 +136,15 @@ struct Step {
   bool distill;
   int64_t c0, c1;
   double temperature;
+  unsigned grid;      // blocks of the multi-block runs (each case also runs on 1 block)
+  bool split_k;       // the case is there to exercise split-K: some GEMM must split on `grid`
 };
 
 // What a step wrote: the losses and the trained models' gradients, flattened.
 struct StepOutput {
   std::vector<float> loss;
   std::vector<std::vector<float>> dw, db;
+  int most_splits = 1;  // of the program's GEMMs
 };
 
 StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std::vector<float>& x,
@@ -176,6 +179,7 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
   std::vector<int> counter_scratch(size_t(std::max<int64_t>(counters, 1)), 0);
   assign_scratch(prog, scratch.data(), counter_scratch.data());
 
+  for (int j = 0; j < prog.gemms; ++j) out.most_splits = std::max(out.most_splits, prog.gemm[j].splits);
   std::vector<tile::Smem> smem(blocks);
   simt::launch(blocks, tile::kBlockThreads, [&] {
     run_program(prog, smem[blockIdx.x], [] { simt::grid_sync(); }, [](int) {});
@@ -237,10 +241,13 @@ TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
     backward(trained, s, acts, dz, B, ref_dw[size_t(s)], ref_db[size_t(s)]);
   }
 
-  for (unsigned blocks : {1u, 5u}) {
+  for (unsigned blocks : {1u, st.grid}) {
     const std::string what = std::string(st.distill ? "distillation" : "cross-entropy") + " step, " +
                              std::to_string(st.sizes.size() - 1) + " layers, " + std::to_string(blocks) + " blocks";
     const StepOutput got = run_step(st, trained, frozen, x, labels, blocks);
+    if (st.split_k && blocks > 1) {
+      EXPECT_GT(got.most_splits, 1) << what << ": no GEMM split K";
+    }
     for (int64_t s = 0; s < S; ++s) {
       EXPECT_NEAR(got.loss[size_t(s)], ref_loss[size_t(s)], 1e-5 * std::max(1.0, std::abs(ref_loss[size_t(s)])))
           << what << ": loss of model " << s;
@@ -265,11 +272,13 @@ TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
 // train 6 students from 3 teachers on 3 "ghost" columns at T = 2.
 INSTANTIATE_TEST_SUITE_P(
     Steps, FusedEmulated,
-    ::testing::Values(Step{"teacher_3_models_B37", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0},
-                      Step{"teacher_two_row_tiles_B70", {53, 70, 31, 13}, 2, 0, 70, false, 0, 10, 1.0},
-                      Step{"teacher_2_layers_B45", {53, 29, 7}, 2, 0, 45, false, 0, 7, 1.0},
-                      Step{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 37, true, 10, 13, 2.0},
-                      Step{"distill_2_layers_all_logits_B70", {40, 33, 13}, 2, 1, 70, true, 0, 13, 1.0}),
+    ::testing::Values(Step{"teacher_3_models_B37", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0, 5, false},
+                      Step{"teacher_two_row_tiles_B70", {53, 70, 31, 13}, 2, 0, 70, false, 0, 10, 1.0, 5, false},
+                      Step{"teacher_2_layers_B45", {53, 29, 7}, 2, 0, 45, false, 0, 7, 1.0, 5, false},
+                      Step{"teacher_split_k_B100", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0, 12, true},
+                      Step{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 37, true, 10, 13, 2.0, 5, false},
+                      Step{"distill_2_layers_all_logits_B70", {40, 33, 13}, 2, 1, 70, true, 0, 13, 1.0, 5, false},
+                      Step{"distill_split_k_B100", {300, 40, 20, 13}, 2, 1, 100, true, 10, 13, 2.0, 12, true}),
     [](const ::testing::TestParamInfo<Step>& info) { return std::string(info.param.name); });
 
 // The program's plan for the app's default run on an H100/H200 (132 SMs × 2 blocks): every
@@ -285,10 +294,14 @@ TEST(FusedPlan, DefaultRunPhasesFitOneWave) {
       m->weight_grads.assign(3, nullptr), m->bias_grads.assign(3, nullptr);
     }
     trained.models = S, frozen.models = F;
-    Workspace ws{std::vector<float*>(3, nullptr), std::vector<float*>(4, nullptr), nullptr, nullptr};
+    // Buffers of the real sizes: build_program only offsets into them (nothing runs here).
+    const int64_t B = 256;
+    std::vector<float> x(static_cast<size_t>(S * B * sizes[0])), h1(static_cast<size_t>((S + F) * B * sizes[1])),
+        h2(static_cast<size_t>((S + F) * B * sizes[2])), logits(static_cast<size_t>((S + F) * B * sizes[3]));
+    Workspace ws{{nullptr, h1.data(), h2.data()}, std::vector<float*>(4, nullptr), logits.data(), nullptr};
     FusedLoss loss;
     loss.distill = F > 0, loss.c0 = F > 0 ? 10 : 0, loss.c1 = F > 0 ? 13 : 10;
-    const Program prog = build_program(nullptr, 256, trained, F > 0 ? &frozen : nullptr, loss, nullptr, ws, grid);
+    const Program prog = build_program(x.data(), B, trained, F > 0 ? &frozen : nullptr, loss, nullptr, ws, grid);
     for (int ph = 0; ph < prog.phases; ++ph) {
       int64_t items = 0, longest = 0, shortest = 1 << 30;
       for (int j = prog.phase[ph].first_gemm; j < prog.phase[ph].first_gemm + prog.phase[ph].gemms; ++j) {

@@ -254,6 +254,47 @@ TEST_F(TileEmulated, BackwardWeightAccumulatesWithoutSplitK) {
   check({Kind::backward_weight, 1, 13, 100, 50, 1, false, false, false, true, true});
 }
 
+// The fix-up adds the slices' partial tiles (and partial row sums) in slice order, starting
+// from zero: each slice run alone — a one-slice GEMM over its part of K — and the results
+// summed here in float in that order give the split GEMM's bits exactly (a fix-up in any other
+// order would not). A weight gradient with its bias gradient, as the backward pass has it.
+TEST(TileSplitK, AddsThePartialsInSliceOrder) {
+  std::mt19937 rng(5);
+  const int64_t M = 33, N = 20, K = 600;
+  const Stored a = make_operand(1, M, K, false, rng), b = make_operand(1, N, K, false, rng);
+  auto gemm_over = [&](int64_t k0, int64_t k_len, Outputs& out) {
+    out.c.assign(static_cast<size_t>(M * N), kNaN);
+    out.row_sums.assign(static_cast<size_t>(M), kNaN);
+    Gemm g{};
+    g.kind = Kind::backward_weight;
+    g.a = a.op, g.b = b.op;
+    g.a.ptr += k0 * a.op.k_stride, g.b.ptr += k0 * b.op.k_stride;
+    g.models = 1, g.M = M, g.N = N, g.K = k_len;
+    g.c = out.c.data();
+    g.row_sums = out.row_sums.data();
+    return g;
+  };
+  Outputs split;
+  Gemm g = gemm_over(0, K, split);
+  plan(g, 1000);
+  ASSERT_EQ(g.splits, kMaxSplits);
+  run_gemm(g, 3, item_order(g, 2, 11));
+
+  std::vector<float> c(split.c.size(), 0.0f), rows(split.row_sums.size(), 0.0f);
+  for (int s = 0; s < g.splits; ++s) {
+    const int64_t k0 = s * g.k_per_split, k_len = std::min(K, k0 + g.k_per_split) - k0;
+    Outputs part;
+    Gemm one = gemm_over(k0, k_len, part);
+    plan(one, 1);
+    ASSERT_EQ(one.splits, 1);
+    run_gemm(one, 1, item_order(one, 0, 0));
+    for (size_t e = 0; e < c.size(); ++e) c[e] = c[e] + part.c[e];
+    for (size_t e = 0; e < rows.size(); ++e) rows[e] = rows[e] + part.row_sums[e];
+  }
+  EXPECT_TRUE(same_bits(split.c, c)) << "the fix-up did not add the " << g.splits << " partial tiles in slice order";
+  EXPECT_TRUE(same_bits(split.row_sums, rows)) << "the fix-up did not add the partial row sums in slice order";
+}
+
 // plan(): the slices cover K in whole chunks, at least two per slice, at most kMaxSplits, and
 // never more items than the blocks that run at once (unless the tiles alone are more).
 TEST(TilePlan, OneWaveAndWholeChunks) {

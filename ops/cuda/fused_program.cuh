@@ -149,7 +149,7 @@ inline Gemm forward_gemm(const float* in, int64_t in_stride_model, const float* 
 
 // Plans a phase's GEMMs for the grid. They share it in proportion to their work (tiles × K
 // chunks), so that their work items come out about equally long — a phase lasts as long as its
-// longest item — and all of them fit in one wave of the grid.
+// longest item — and, where the tiles allow, all of them fit in one wave of the grid.
 inline void plan_phase(Program& prog, const Phase& phase, int grid) {
   auto work = [](const Gemm& g) {
     return g.models * tile::ceil_div(g.M, tile::kTileM) * tile::ceil_div(g.N, tile::kTileN) *

@@ -19,8 +19,8 @@
 // Measured on an H200 (docs/PERFORMANCE.md): 6 kernels per teacher step instead of 26, 123 vs
 // 141 µs per teacher step and 161 vs 230 µs per distillation step against the autograd path
 // in the same run. Most of what remains is inside this kernel: each phase is a chain of
-// dependent L2 round trips (one per K chunk, then the split-K fix-up's, which now loads four
-// partials at a time — not yet measured) plus a barrier. bench/layers.cpp --fused-only times
+// dependent L2 round trips (one per K chunk, then the split-K fix-up's, whose loop now leaves
+// the compiler free to overlap four partials' loads — not yet measured) plus a barrier. bench/layers.cpp --fused-only times
 // the phases (fused_step_clock below).
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>

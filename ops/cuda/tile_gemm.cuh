@@ -80,7 +80,8 @@ struct Gemm {
 };
 
 // The shared memory one work item needs; a kernel declares one and passes it to tile_item.
-struct Smem {
+// 16-byte aligned wherever it lives: the compute loop reads its rows as float4.
+struct alignas(16) Smem {
   float a[kTileK][kTileM + kSmemPad];  // a(m0 + r, k0 + k) at [k][r]
   float b[kTileK][kTileN + kSmemPad];  // b(n0 + c, k0 + k) at [k][c]
   float c[kTileM][kTileN + 1];         // the finished tile, for the mask and the column sums
@@ -233,7 +234,7 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm) {
     for (int i = 0; i < 4; ++i)
       for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
     row_sum = 0.0f;
-    // The loop body has no branch, so the compiler can issue the next slices' loads before
+    // The loop body has no branch, so the compiler may issue the next slices' loads before
     // this one's adds (they are independent) and wait for fewer L2 round trips than slices.
     const float* parts = p.partials + tile_id * p.splits * kTileFloats;
 #pragma unroll 4

@@ -65,7 +65,8 @@ inline thread_local std::barrier<>* grid_barrier = nullptr;
 // Runs body() on blocks × threads host threads, all blocks at once (as a cooperative launch
 // would: grid_sync() below waits for every thread), and returns when every thread has
 // finished. body reads threadIdx/blockIdx like a kernel; what it keeps per block (its "shared
-// memory") it indexes by blockIdx.x. threads must be a multiple of 32.
+// memory") it indexes by blockIdx.x — aligned as the device code expects (tile::Smem is
+// alignas(16), so a std::vector of them is). threads must be a multiple of 32.
 inline void launch(unsigned blocks, unsigned threads, const std::function<void()>& body) {
   std::vector<std::unique_ptr<std::barrier<>>> barriers;
   std::vector<std::unique_ptr<Warp>> warps;
@@ -121,7 +122,8 @@ inline T __shfl_xor_sync(unsigned /*lanes*/, T v, int lane_mask) {
   return out;
 }
 
-// ---- the math the device code calls unqualified (expf, logf, fmaxf: <cmath>'s global ones) ------------------------------------------
+// ---- the math the device code calls unqualified --------------------------------------------
+// (expf, logf and fmaxf are <cmath>'s global ones.)
 using std::exp;
 using std::fmax;
 using std::fmaf;
