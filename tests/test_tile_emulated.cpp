@@ -8,7 +8,9 @@
 //     sums across row tiles; row sums), odd sizes, two models, strided operands laid out as the
 //     fused step lays them out;
 //   - split-K: the slices' partial tiles, the "last one sums in order" hand-off, and that the
-//     result is the same bits whatever order the work items run in and however many blocks;
+//     result is the same bits whatever order the work items run in and however many blocks,
+//     and the same bits as the slices run one by one and added in slice order (TileSplitK);
+//   - plan(): whole K chunks, at most kMaxSplits, one wave of the grid (TilePlan);
 //   - outputs poisoned with NaN before each run, so an element the tile forgets to write fails;
 //     the scratch counters left at zero for the next GEMM.
 // The GPU suite (tests/test_cuda_ops.cpp, CudaTiledGemm, CudaFusedStep) runs the same code on
