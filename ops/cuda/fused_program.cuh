@@ -37,7 +37,6 @@
 namespace subliminal::cuda::fused {
 
 using tile::Gemm;
-using tile::Kind;
 
 constexpr int kMaxPhases = 2 * kFusedMaxLayers + 1;
 constexpr int kMaxGemms = 2 * kFusedMaxLayers + 2 * kFusedMaxLayers - 1;  // forward ×2, backward
@@ -134,19 +133,6 @@ __device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid
 
 // ---- host code: building the program ----------------------------------------------------------
 
-inline Gemm forward_gemm(const float* in, int64_t in_stride_model, const float* w, const float* b, float* out,
-                         int64_t models, int64_t batch, int64_t fan_in, int64_t fan_out, bool relu) {
-  Gemm g{};
-  g.kind = Kind::forward;
-  g.a = {in, fan_in, 1, in_stride_model};   // a(m=b, k=i) = H[b, i]
-  g.b = {w, fan_in, 1, fan_out * fan_in};   // b(n=o, k=i) = W[o, i]
-  g.models = models, g.M = batch, g.N = fan_out, g.K = fan_in;
-  g.c = out;
-  g.bias = b;
-  g.relu = relu;
-  return g;
-}
-
 // Plans a phase's GEMMs for the grid. They share it in proportion to their work (tiles × K
 // chunks), so that their work items come out about equally long — a phase lasts as long as its
 // longest item — and, where the tiles allow, all of them fit in one wave of the grid.
@@ -185,12 +171,14 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
   for (int l = 0; l < L; ++l) {
     begin_phase();
     const bool relu = l + 1 < L;
-    add(forward_gemm(h_in(l), stride(l), trained.weights[size_t(l)], trained.biases[size_t(l)], h_out(l), S, B,
-                     s[size_t(l)], s[size_t(l) + 1], relu));
-    if (F > 0)
-      add(forward_gemm(h_in(l) + (l == 0 ? 0 : S * stride(l)), stride(l), frozen->weights[size_t(l)],
-                       frozen->biases[size_t(l)], h_out(l) + S * stride(l + 1), F, B, s[size_t(l)],
-                       s[size_t(l) + 1], relu));
+    auto forward = [&](const float* in, const FusedMlp& mlp, float* out, int64_t models) {
+      Gemm g = tile::forward_product(in, mlp.weights[size_t(l)], out, models, B, s[size_t(l)], s[size_t(l) + 1]);
+      g.bias = mlp.biases[size_t(l)];
+      g.relu = relu;
+      return g;
+    };
+    add(forward(h_in(l), trained, h_out(l), S));
+    if (F > 0) add(forward(h_in(l) + (l == 0 ? 0 : S * stride(l)), *frozen, h_out(l) + S * stride(l + 1), F));
   }
   prog.loss_phase = phases;
   begin_phase();  // the loss rows (no GEMMs)
@@ -202,21 +190,11 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
     begin_phase();
     const int64_t in = s[size_t(l)], out = s[size_t(l) + 1];
     const float* g_out = ws.G[size_t(l) + 1];
-    Gemm dw{};
-    dw.kind = Kind::backward_weight;
-    dw.a = {g_out, 1, out, B * out};           // a(m=o, k=b) = G[b, o]
-    dw.b = {h_in(l), 1, in, stride(l)};        // b(n=i, k=b) = H[b, i]
-    dw.models = S, dw.M = out, dw.N = in, dw.K = B;
-    dw.c = trained.weight_grads[size_t(l)];
+    Gemm dw = tile::backward_weight_product(g_out, h_in(l), trained.weight_grads[size_t(l)], S, B, in, out);
     dw.row_sums = l == L - 1 ? trained.bias_grads[size_t(l)] : nullptr;  // the others come from below
     add(dw);
     if (l >= 1) {
-      Gemm dx{};
-      dx.kind = Kind::backward_input;
-      dx.a = {g_out, out, 1, B * out};         // a(m=b, k=o) = G[b, o]
-      dx.b = {trained.weights[size_t(l)], 1, in, out * in};  // b(n=i, k=o) = W[o, i]
-      dx.models = S, dx.M = B, dx.N = in, dx.K = out;
-      dx.c = ws.G[size_t(l)];
+      Gemm dx = tile::backward_input_product(g_out, trained.weights[size_t(l)], ws.G[size_t(l)], S, B, in, out);
       dx.gate_values = ws.H[size_t(l)];        // the trained models' part comes first
       dx.column_sums = trained.bias_grads[size_t(l) - 1];
       add(dx);

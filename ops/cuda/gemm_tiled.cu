@@ -116,16 +116,10 @@ int* grow_scratch_counters(int64_t count) {
 }  // namespace tile
 
 using tile::Gemm;
-using tile::Kind;
 
 void tiled_linear_forward(const float* x, const float* w, const float* bias, bool relu, float* y,
                           uint8_t* mask, gemm::Dims d) {
-  Gemm g{};
-  g.kind = Kind::forward;
-  g.a = {x, d.in, 1, d.batch * d.in};  // a(m=b, k=i) = x[b, i]
-  g.b = {w, d.in, 1, d.out * d.in};    // b(n=o, k=i) = w[o, i]
-  g.models = d.models, g.M = d.batch, g.N = d.out, g.K = d.in;
-  g.c = y;
+  Gemm g = tile::forward_product(x, w, y, d.models, d.batch, d.in, d.out);
   g.bias = bias;
   g.relu = relu;
   g.mask_out = mask;
@@ -135,12 +129,7 @@ void tiled_linear_forward(const float* x, const float* w, const float* bias, boo
 
 void tiled_linear_backward_input(const float* dy, const float* w, const uint8_t* prev_mask, float* dx,
                                  float* dbias_prev, bool accumulate, gemm::Dims d) {
-  Gemm g{};
-  g.kind = Kind::backward_input;
-  g.a = {dy, d.out, 1, d.batch * d.out};  // a(m=b, k=o) = dy[b, o]
-  g.b = {w, 1, d.in, d.out * d.in};       // b(n=i, k=o) = w[o, i]
-  g.models = d.models, g.M = d.batch, g.N = d.in, g.K = d.out;
-  g.c = dx;
+  Gemm g = tile::backward_input_product(dy, w, dx, d.models, d.batch, d.in, d.out);
   g.accumulate = accumulate;
   g.mask_in = prev_mask;
   g.column_sums = dbias_prev;
@@ -150,12 +139,7 @@ void tiled_linear_backward_input(const float* dy, const float* w, const uint8_t*
 
 void tiled_linear_backward_weight(const float* dy, const float* x, float* dw, bool accumulate, float* dbias,
                                   gemm::Dims d) {
-  Gemm g{};
-  g.kind = Kind::backward_weight;
-  g.a = {dy, 1, d.out, d.batch * d.out};  // a(m=o, k=b) = dy[b, o]
-  g.b = {x, 1, d.in, d.batch * d.in};     // b(n=i, k=b) = x[b, i]
-  g.models = d.models, g.M = d.out, g.N = d.in, g.K = d.batch;
-  g.c = dw;
+  Gemm g = tile::backward_weight_product(dy, x, dw, d.models, d.batch, d.in, d.out);
   g.accumulate = accumulate;
   g.row_sums = dbias;
   tile::launch(g);

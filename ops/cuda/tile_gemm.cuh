@@ -90,6 +90,40 @@ struct alignas(16) Smem {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The three products of a Linear layer, as in the table at the top, for `models` models stored
+// one after another: x [models, B, I], w [models, O, I], dy [models, B, O]. The epilogue
+// fields (bias, ReLU, masks, gates, sums, accumulate) are the caller's to set.
+inline Gemm forward_product(const float* x, const float* w, float* y, int64_t models, int64_t batch, int64_t in,
+                            int64_t out) {
+  Gemm g{};
+  g.kind = Kind::forward;
+  g.a = {x, in, 1, batch * in};   // a(m=b, k=i) = x[b, i]
+  g.b = {w, in, 1, out * in};     // b(n=o, k=i) = w[o, i]
+  g.models = models, g.M = batch, g.N = out, g.K = in;
+  g.c = y;                        // y [models, B, O]
+  return g;
+}
+inline Gemm backward_input_product(const float* dy, const float* w, float* dx, int64_t models, int64_t batch,
+                                   int64_t in, int64_t out) {
+  Gemm g{};
+  g.kind = Kind::backward_input;
+  g.a = {dy, out, 1, batch * out};  // a(m=b, k=o) = dy[b, o]
+  g.b = {w, 1, in, out * in};       // b(n=i, k=o) = w[o, i]
+  g.models = models, g.M = batch, g.N = in, g.K = out;
+  g.c = dx;                         // dx [models, B, I]
+  return g;
+}
+inline Gemm backward_weight_product(const float* dy, const float* x, float* dw, int64_t models, int64_t batch,
+                                    int64_t in, int64_t out) {
+  Gemm g{};
+  g.kind = Kind::backward_weight;
+  g.a = {dy, 1, out, batch * out};  // a(m=o, k=b) = dy[b, o]
+  g.b = {x, 1, in, batch * in};     // b(n=i, k=b) = x[b, i]
+  g.models = models, g.M = out, g.N = in, g.K = batch;
+  g.c = dw;                         // dw [models, O, I]
+  return g;
+}
+
 // Tiles and splits. `target_items` is how many blocks run at once: when the tiles alone are
 // fewer, K is split into as many slices as fit in that one wave — tiles × splits ≤
 // target_items, since an item past it would run after another item of its block and double
