@@ -117,7 +117,8 @@ double step_us(int64_t batch) {
 
 // The fused training step (ops/fused_step.h) at batch B, launched eagerly `reps` times: the
 // median of each phase's time (block 0's view of the grid-wide barriers) and of the whole
-// kernel. distill: two students and one frozen teacher on the ghost logits, as in the app.
+// kernel. distill: two students and one frozen teacher on the ghost logits, as in the app, which
+// hands the step its tail: Adam runs as the kernel's last phase.
 nlohmann::json fused_phases(int64_t batch, bool distill, int reps = 30) {
   const MlpShape shape{{784, 256, 256, 13}};
   MlpParams trained(shape, distill ? 2 : 1, DType::f32, Device::cuda), frozen(shape, 1, DType::f32, Device::cuda);
@@ -127,13 +128,16 @@ nlohmann::json fused_phases(int64_t batch, bool distill, int reps = 30) {
   std::vector<int32_t> labels(static_cast<size_t>(trained.models() * batch));
   for (size_t i = 0; i < labels.size(); ++i) labels[i] = int32_t(random_word({7, 3}, i) % 10);
   Tensor y = Tensor::from_vector(labels, {trained.models(), batch}, Device::cuda);
+  Adam adam(trained.values(), trained.grads(), {3e-4});
+  StepTail tail;
+  tail.adam = &adam;
   cuda::fused_step_clock(true);
   std::vector<std::vector<std::pair<std::string, double>>> runs;
   for (int r = 0; r < reps + 3; ++r) {
     if (distill)
-      fused_distill_step(x, trained, frozen, {10, 13}, 1.0);
+      fused_distill_step(x, trained, frozen, {10, 13}, 1.0, tail);
     else
-      fused_cross_entropy_step(x, y, trained, {0, 10});
+      fused_cross_entropy_step(x, y, trained, {0, 10}, tail);
     if (r >= 3) runs.push_back(cuda::fused_step_phase_us());  // after a warm-up
   }
   cuda::fused_step_clock(false);

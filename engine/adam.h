@@ -38,6 +38,11 @@ class Adam {
   int64_t steps_taken() const;
 
   const AdamOptions& options() const { return options_; }
+  // The arenas it updates and its device step count (int64 [1]), for a caller that does the
+  // update itself (the fused training step, ops/fused_step.h) — which must then advance the count.
+  const Tensor& values() const { return values_; }
+  const Tensor& grads() const { return grads_; }
+  const Tensor& step_count() const { return t_; }
   const Tensor& exp_avg() const { return m_; }
   const Tensor& exp_avg_sq() const { return v_; }
 

@@ -3,6 +3,7 @@
 #include "ops/fused_step.h"
 
 #include "engine/autograd.h"
+#include "engine/kernels.h"
 #include "ops/loss.h"
 #include "ops/mlp.h"
 
@@ -35,6 +36,55 @@ cuda::FusedMlp fused_view(const MlpParams& p, bool with_grads) {
 }
 #endif
 
+// The tail's kernel-side form, after checking it fits the step: Adam over these parameters'
+// arenas, the loss watch's tensors of the right shapes on the parameters' device.
+void check_tail(const char* op, const StepTail& tail, const MlpParams& params) {
+  const std::string where = std::string(op) + ": the step's tail: ";
+  if (tail.adam && (tail.adam->values().raw() != params.values().raw() ||
+                    tail.adam->values().numel() != params.values().numel() ||
+                    tail.adam->grads().raw() != params.grads().raw()))
+    throw ShapeError(where + "Adam updates other parameters than the step's");
+  if (tail.loss_sum.defined()) {
+    if (tail.loss_sum.shape() != Shape{params.models()} || tail.loss_sum.dtype() != params.dtype())
+      throw ShapeError(where + "loss sums " + tail.loss_sum.describe() + " for " + std::to_string(params.models()) +
+                       " models");
+    for (const Tensor* t : {&tail.step, &tail.first_bad})
+      if (!t->defined() || t->numel() != 1 || t->dtype() != DType::i64)
+        throw ShapeError(where + "the loss watch needs one-element int64 step and fault tensors");
+  }
+  if (tail.counters.size() > 4) throw ShapeError(where + "at most 4 counters");
+  for (const Tensor& c : tail.counters)
+    if (c.numel() != 1 || c.dtype() != DType::i64) throw ShapeError(where + "a counter " + c.describe());
+  std::vector<const Tensor*> all{&tail.loss_sum, &tail.step, &tail.first_bad};
+  for (const Tensor& c : tail.counters) all.push_back(&c);
+  for (const Tensor* t : all)
+    if (t->defined()) check_same_device(op, params.values(), *t);
+}
+
+#ifdef SUBLIMINAL_HAS_CUDA
+cuda::FusedTail fused_tail(const StepTail& tail) {
+  cuda::FusedTail f;
+  if (tail.adam) {
+    Adam& a = *tail.adam;
+    f.adam.p = a.values().data<float>();
+    f.adam.g = a.grads().data<float>();
+    f.adam.m = a.exp_avg().data<float>();
+    f.adam.v = a.exp_avg_sq().data<float>();
+    f.adam.n = a.values().numel();
+    f.adam.t = a.step_count().data<int64_t>();
+    f.adam.options = a.options();
+  }
+  if (tail.loss_sum.defined()) {
+    f.loss_sum = tail.loss_sum.data<float>();
+    f.loss_weight = float(tail.loss_weight);
+    f.step = tail.step.data<int64_t>();
+    f.first_bad = tail.first_bad.data<int64_t>();
+  }
+  for (size_t k = 0; k < tail.counters.size(); ++k) f.counters[k] = tail.counters[k].data<int64_t>();
+  return f;
+}
+#endif
+
 void check_input(const char* op, const Tensor& x, const MlpParams& params, int64_t models) {
   check_rank(op, x, 3, "the input");
   if (x.dim(1) == 0) throw ShapeError(std::string(op) + ": an empty batch " + x.describe());
@@ -44,6 +94,12 @@ void check_input(const char* op, const Tensor& x, const MlpParams& params, int64
 }
 
 }  // namespace
+
+void run_step_tail(const StepTail& tail, const Tensor& loss) {
+  if (tail.adam) tail.adam->step();
+  if (tail.loss_sum.defined()) accumulate_and_watch(tail.loss_sum, loss, tail.loss_weight, tail.step, tail.first_bad);
+  increment(tail.counters);
+}
 
 bool fused_step_on_gpu(const MlpParams& params) {
 #ifdef SUBLIMINAL_HAS_CUDA
@@ -57,9 +113,10 @@ bool fused_step_on_gpu(const MlpParams& params) {
 }
 
 Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const MlpParams& params,
-                                ColumnRange classes) {
+                                ColumnRange classes, const StepTail& tail) {
   const char* op = "fused_cross_entropy_step";
   check_input(op, x, params, params.models());
+  check_tail(op, tail, params);
   check_columns(op, classes, params.shape().outputs());
   if (labels.shape() != Shape{x.dim(0), x.dim(1)} || labels.dtype() != DType::i32)
     throw ShapeError(std::string(op) + ": labels " + labels.describe() + " for input " + x.describe());
@@ -67,6 +124,7 @@ Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const Mlp
     zero_grad(params.tensors());
     Tensor loss = cross_entropy(mlp_forward(x, params), labels, classes);
     loss.backward();
+    run_step_tail(tail, loss.detach());
     return loss.detach();
   }
 #ifdef SUBLIMINAL_HAS_CUDA
@@ -74,7 +132,9 @@ Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const Mlp
   cuda::FusedLoss spec;
   spec.c0 = classes.begin, spec.c1 = classes.end;
   spec.labels = labels.data<int32_t>();
-  cuda::fused_mlp_step(x.data<float>(), x.dim(1), fused_view(params, true), nullptr, spec, loss.data<float>());
+  const cuda::FusedTail kernel_tail = fused_tail(tail);
+  cuda::fused_mlp_step(x.data<float>(), x.dim(1), fused_view(params, true), nullptr, spec, loss.data<float>(),
+                       &kernel_tail);
   return loss;
 #else
   throw Error("unreachable");
@@ -82,9 +142,10 @@ Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const Mlp
 }
 
 Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpParams& teachers, ColumnRange cols,
-                          double temperature) {
+                          double temperature, const StepTail& tail) {
   const char* op = "fused_distill_step";
   check_input(op, x, students, students.models());
+  check_tail(op, tail, students);
   check_columns(op, cols, students.shape().outputs());
   if (teachers.shape().sizes != students.shape().sizes || students.models() % teachers.models() != 0)
     throw ShapeError(std::string(op) + ": " + std::to_string(students.models()) + " students and " +
@@ -101,6 +162,7 @@ Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpP
     zero_grad(students.tensors());
     Tensor loss = distill_kl(mlp_forward(x, students), teacher_logits, cols, temperature);
     loss.backward();
+    run_step_tail(tail, loss.detach());
     return loss.detach();
   }
 #ifdef SUBLIMINAL_HAS_CUDA
@@ -110,7 +172,9 @@ Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpP
   spec.c0 = cols.begin, spec.c1 = cols.end;
   spec.temperature = temperature;
   const cuda::FusedMlp frozen = fused_view(teachers, false);
-  cuda::fused_mlp_step(x.data<float>(), x.dim(1), fused_view(students, true), &frozen, spec, loss.data<float>());
+  const cuda::FusedTail kernel_tail = fused_tail(tail);
+  cuda::fused_mlp_step(x.data<float>(), x.dim(1), fused_view(students, true), &frozen, spec, loss.data<float>(),
+                       &kernel_tail);
   return loss;
 #else
   throw Error("unreachable");

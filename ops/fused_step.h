@@ -3,11 +3,15 @@
 // The same computation as
 //     zero_grad(params); loss = cross_entropy(mlp_forward(x, params), y, classes); loss.backward();
 // (or the distillation loss against frozen teachers), with the gradients left in the
-// parameters' gradient buffers for Adam. On the GPU, for MLPs of 2 or 3 layers in float32, it
+// parameters' gradient buffers — and optionally the rest of the step (StepTail: Adam, the
+// running loss sums, the step counters). On the GPU, for MLPs of 2 or 3 layers in float32, it
 // is one persistent kernel with grid-wide barriers between the layers (ops/cuda/fused_step.cu):
 // no autograd tape, no per-layer launches. Anywhere else it runs exactly the lines above.
 #pragma once
 
+#include <vector>
+
+#include "engine/adam.h"
 #include "engine/nn.h"
 #include "engine/tensor.h"
 #include "ops/slice.h"
@@ -17,15 +21,32 @@ namespace subliminal {
 // True when fused_*_step runs as the single GPU kernel for these parameters.
 bool fused_step_on_gpu(const MlpParams& params);
 
+// What a training loop does after a step's gradients (each part optional):
+//   adam->step()                                                    when adam is set
+//   accumulate_and_watch(loss_sum, loss, loss_weight, step, first_bad)   when loss_sum is defined
+//   increment(counters)                                             (engine/kernels.h)
+// Handed to a fused step, the GPU kernel does all of it itself (no kernels of their own);
+// anywhere else run_step_tail makes exactly these calls. Adam must update the stepped
+// parameters' own arenas.
+struct StepTail {
+  Adam* adam = nullptr;
+  Tensor loss_sum, step, first_bad;
+  double loss_weight = 1.0;
+  std::vector<Tensor> counters;  // at most 4
+};
+
+// The calls above, for a step that has its per-model losses in `loss`.
+void run_step_tail(const StepTail& tail, const Tensor& loss);
+
 // x [N, B, inputs], labels [N, B] (class index within `classes`). Writes params' gradients;
-// returns the per-model mean cross-entropy [N] (no autograd graph).
+// returns the per-model mean cross-entropy [N] (no autograd graph); then does `tail`.
 Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const MlpParams& params,
-                                ColumnRange classes);
+                                ColumnRange classes, const StepTail& tail = {});
 
 // x [S, B, inputs] for S students; teacher m (of N = teachers.models()) reads x[m] and student s
 // learns from teacher s mod N, T²·KL(softmax(t/T) ‖ softmax(s/T)) over `cols`, batch mean, as
-// distill_kl. Writes the students' gradients; returns their losses [S].
+// distill_kl. Writes the students' gradients; returns their losses [S]; then does `tail`.
 Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpParams& teachers, ColumnRange cols,
-                          double temperature);
+                          double temperature, const StepTail& tail = {});
 
 }  // namespace subliminal

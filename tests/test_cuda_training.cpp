@@ -206,12 +206,16 @@ struct GraphRun {
   size_t kernel_nodes = 0;
 };
 
+// How a step ends: autograd and the separate calls; the fused step, then the separate calls; or
+// the fused step doing them itself (its StepTail, as apps/subliminal/experiment.cpp runs it).
+enum class StepKind { autograd, fused, fused_with_tail };
+
 // The teacher step as apps/subliminal/experiment.cpp runs it: everything that changes between
 // steps lives on the device (the step counter gather_batch reads, Adam's count), the step's loss is
 // copied into a persistent buffer and added to a running sum inside the step, temporaries die
 // inside it. Graphs on: call 1 runs eagerly, call 2 captures and launches, later calls replay.
 GraphRun graph_steps(const MlpParams& init32, bool use_graphs, const HostData& data, int steps, int64_t B,
-                     ColumnRange classes, bool fused = false) {
+                     ColumnRange classes, StepKind kind = StepKind::autograd) {
   const Device cuda = Device::cuda;
   MlpParams p = params_as(init32, cuda, DType::f32);
   Adam adam(p.values(), p.grads(), {kLr});
@@ -229,6 +233,15 @@ GraphRun graph_steps(const MlpParams& init32, bool use_graphs, const HostData& d
       Tensor x = Tensor::empty({N, B, data.P}, DType::f32, cuda);
       Tensor y = Tensor::empty({N, B}, DType::i32, cuda);
       gather_batch(dd.images, dd.labels, dd.order, step, B, x, y);
+      if (kind == StepKind::fused_with_tail) {
+        StepTail tail;
+        tail.adam = &adam;
+        tail.loss_sum = loss_sum, tail.step = step, tail.first_bad = first_bad, tail.loss_weight = double(B);
+        tail.counters = {step, global_step};
+        copy_into(last_loss, fused_cross_entropy_step(x, y, p, classes, tail));
+        return;
+      }
+      const bool fused = kind == StepKind::fused;
       Tensor loss = fused ? fused_cross_entropy_step(x, y, p, classes)
                           : cross_entropy(mlp_forward(x, p, MlpFusion::whole), y, classes);
       copy_into(last_loss, loss);
@@ -425,8 +438,8 @@ TEST_P(CudaFusedStep, GraphReplaysEqualEagerStepsBitForBit) {
   const MlpParams init = make_params(c.sizes, c.N, 43);
   const int steps = 5;  // warm-up, capture, three replays
   const HostData data = make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 8);
-  const GraphRun eager = graph_steps(init, false, data, steps, c.B, c.classes(), true);
-  const GraphRun graph = graph_steps(init, true, data, steps, c.B, c.classes(), true);
+  const GraphRun eager = graph_steps(init, false, data, steps, c.B, c.classes(), StepKind::fused);
+  const GraphRun graph = graph_steps(init, true, data, steps, c.B, c.classes(), StepKind::fused);
   const std::string what = std::string(c.name) + " fused, graphs on (got) vs off (expected)";
   std::cout << "[ info ] " << c.name << ": captured fused step has " << graph.kernel_nodes << " kernel nodes\n";
   for (int s = 0; s < steps; ++s)
@@ -436,6 +449,37 @@ TEST_P(CudaFusedStep, GraphReplaysEqualEagerStepsBitForBit) {
   EXPECT_TRUE(bitwise_equal(what + ": parameter arena", graph.values, eager.values, arena));
   EXPECT_EQ(graph.first_bad, kNoFault) << what << ": a non-finite loss was flagged";
   EXPECT_NE(eager.losses.front()[0], eager.losses.back()[0]);
+}
+
+// The step's tail done by the fused kernel (Adam, the running loss sums and fault watch, the
+// step counters) gives the bits of the separate kernels after the fused step, replayed in a
+// graph of two kernels (the batch's gather and the step).
+TEST_P(CudaFusedStep, TailInTheKernelEqualsSeparateCallsBitForBit) {
+  const TrainCase& c = GetParam();
+  const MlpParams init = make_params(c.sizes, c.N, 44);
+  const int steps = 5;
+  const HostData data = make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 9);
+  const GraphRun separate = graph_steps(init, true, data, steps, c.B, c.classes(), StepKind::fused);
+  const GraphRun tail = graph_steps(init, true, data, steps, c.B, c.classes(), StepKind::fused_with_tail);
+  const GraphRun tail_eager = graph_steps(init, false, data, steps, c.B, c.classes(), StepKind::fused_with_tail);
+  const std::string what = std::string(c.name) + " fused step, its tail in the kernel (got) vs separate (expected)";
+  std::cout << "[ info ] " << c.name << ": kernel nodes per step " << tail.kernel_nodes << " with the tail, "
+            << separate.kernel_nodes << " without\n";
+  EXPECT_EQ(tail.kernel_nodes, 2u) << what << ": the step should be the gather and the fused kernel";
+  for (int s = 0; s < steps; ++s)
+    EXPECT_TRUE(bitwise_equal(what + ": loss at step " + std::to_string(s + 1), tail.losses[size_t(s)],
+                              separate.losses[size_t(s)], {c.N}));
+  const Shape arena{int64_t(separate.values.size())};
+  EXPECT_TRUE(bitwise_equal(what + ": parameter arena", tail.values, separate.values, arena));
+  EXPECT_TRUE(bitwise_equal(what + ": Adam exp_avg", tail.exp_avg, separate.exp_avg, arena));
+  EXPECT_TRUE(bitwise_equal(what + ": Adam exp_avg_sq", tail.exp_avg_sq, separate.exp_avg_sq, arena));
+  EXPECT_TRUE(bitwise_equal(what + ": running loss sum", tail.loss_sum, separate.loss_sum, {c.N}));
+  EXPECT_TRUE(bitwise_equal(what + ": parameter arena, graphs off", tail_eager.values, separate.values, arena));
+  EXPECT_EQ(tail.adam_steps, steps) << what << ": Adam's device step count";
+  EXPECT_EQ(tail.step, steps) << what << ": the step counter";
+  EXPECT_EQ(tail.global_step, steps) << what << ": the second counter";
+  EXPECT_EQ(tail.first_bad, kNoFault) << what << ": a non-finite loss was flagged";
+  EXPECT_NE(tail.losses.front()[0], tail.losses.back()[0]) << what << ": the steps did not train";
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaFusedStep, ::testing::ValuesIn(kFusedCases), case_name);

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/adam.h"  // cpu::adam_update, the reference
 #include "ops/cuda/fused_program.cuh"
 #include "tests/simt/compare.h"
 
@@ -148,7 +149,7 @@ struct StepOutput {
 };
 
 StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std::vector<float>& x,
-                    const std::vector<int32_t>& labels, unsigned blocks) {
+                    const std::vector<int32_t>& labels, unsigned blocks, const FusedTail* tail = nullptr) {
   const int L = trained.layers();
   const int64_t S = st.trained, F = st.distill ? st.frozen : 0, B = st.batch;
   for (auto& v : trained.dw) std::fill(v.begin(), v.end(), kNaN);
@@ -172,7 +173,7 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
   out.loss.assign(size_t(S), kNaN);
   const FusedMlp frozen_view = frozen.view(false);
   Program prog = build_program(x.data(), B, trained.view(true), st.distill ? &frozen_view : nullptr, loss,
-                               out.loss.data(), ws, int(blocks));
+                               out.loss.data(), ws, int(blocks), tail);
   int64_t floats = 0, counters = 0;
   scratch_sizes(prog, floats, counters);
   std::vector<float> scratch(size_t(std::max<int64_t>(floats, 1)), kNaN);
@@ -281,6 +282,114 @@ INSTANTIATE_TEST_SUITE_P(
                       Step{"distill_split_k_B100", {300, 40, 20, 13}, 2, 1, 100, true, 10, 13, 2.0, 12, true}),
     [](const ::testing::TestParamInfo<Step>& info) { return std::string(info.param.name); });
 
+// ---- the step's tail: Adam, the running loss sums, the counters ------------------------------
+
+// The state a step's tail works on: Adam's arena (layer 0's weights stand in for it: p is
+// copied into the MLP and back), its moments and step count mid-training, the running loss
+// sums, and two step counters.
+struct TailState {
+  std::vector<float> p, m, v, loss_sum;
+  int64_t t, step, global_step, first_bad;
+};
+
+constexpr int64_t kNoFault = int64_t(1) << 62;
+const AdamOptions kTailAdam{1e-3, 0.9, 0.999, 1e-8, 1e-2};  // weight decay on: every term of the update
+
+TailState initial_tail_state(const HostMlp& mlp) {
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  TailState s;
+  s.p = mlp.w[0];
+  s.m.resize(s.p.size()), s.v.resize(s.p.size());
+  for (size_t i = 0; i < s.p.size(); ++i) s.m[i] = 0.02f * (u(rng) - 0.5f), s.v[i] = 1e-4f * u(rng);
+  s.loss_sum.resize(size_t(mlp.models));
+  for (float& l : s.loss_sum) l = 3.0f * u(rng);
+  s.t = 4, s.step = 7, s.global_step = 1000, s.first_bad = kNoFault;
+  return s;
+}
+
+// One step with a tail over `s`: Adam over s.p, the losses into s.loss_sum weighted by 37, the
+// fault watch reading s.step, and s.step and s.global_step as the counters.
+StepOutput run_tail_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std::vector<float>& x,
+                         const std::vector<int32_t>& labels, unsigned blocks, TailState& s) {
+  const std::vector<float> weights = trained.w[0];
+  trained.w[0] = s.p;
+  FusedTail tail;
+  tail.adam.p = trained.w[0].data(), tail.adam.g = trained.dw[0].data();
+  tail.adam.m = s.m.data(), tail.adam.v = s.v.data();
+  tail.adam.n = int64_t(s.p.size()), tail.adam.t = &s.t;
+  tail.adam.options = kTailAdam;
+  tail.loss_sum = s.loss_sum.data(), tail.loss_weight = 37.0f;
+  tail.step = &s.step, tail.first_bad = &s.first_bad;
+  tail.counters[0] = &s.step, tail.counters[2] = &s.global_step;
+  StepOutput out = run_step(st, trained, frozen, x, labels, blocks, &tail);
+  s.p = trained.w[0];
+  trained.w[0] = weights;
+  return out;
+}
+
+// The tail does in the kernel what the separate calls would: engine/adam.h's update (against
+// the CPU's, from the gradient this very step wrote), the sums and the watch as
+// accumulate_and_watch, the counters advanced after the watch has read them — on 1 block and on
+// 5, with the same bits on both.
+TEST(FusedTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
+  const Step st{"teacher_tail", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0, 5, false};
+  const int64_t S = st.trained, B = st.batch, P = st.sizes.front();
+  HostMlp trained(st.sizes, S, 11), frozen(st.sizes, 0, 12);
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(S * B * P));
+  for (float& v : x) v = u(rng);
+  std::vector<int32_t> labels(static_cast<size_t>(S * B));
+  for (int32_t& y : labels) y = int32_t(rng() % 10u);
+  x[size_t(1 * B * P + 5)] = kNaN;  // model 1's loss is NaN: the watch must flag this step
+  const TailState initial = initial_tail_state(trained);
+  const int64_t per_model = st.sizes[1] * st.sizes[0];
+
+  std::vector<TailState> runs;
+  for (unsigned blocks : {1u, 5u}) {
+    const std::string what = "tail, " + std::to_string(blocks) + " blocks";
+    TailState got = initial;
+    const StepOutput out = run_tail_step(st, trained, frozen, x, labels, blocks, got);
+    TailState again = initial;
+    run_tail_step(st, trained, frozen, x, labels, blocks, again);
+    EXPECT_TRUE(same_bits(again.p, got.p) && same_bits(again.m, got.m) && same_bits(again.v, got.v))
+        << what << ": two runs differ";
+
+    TailState ref = initial;  // the separate calls, on the CPU
+    cpu::adam_update(ref.p.data(), out.dw[0].data(), ref.m.data(), ref.v.data(), int64_t(ref.p.size()), 5,
+                     kTailAdam);
+    int moved = 0, wrong = 0;
+    auto close = [](float a, float b, float floor) { return std::abs(a - b) <= 1e-6f * std::abs(b) + floor; };
+    for (size_t i = 0; i < ref.p.size(); ++i) {
+      if (int64_t(i) / per_model == 1) continue;  // model 1's gradient is NaN
+      const bool ok = close(got.p[i], ref.p[i], 1e-9f) && close(got.m[i], ref.m[i], 1e-12f) &&
+                      close(got.v[i], ref.v[i], 1e-15f);
+      if (!ok && ++wrong <= 3)
+        ADD_FAILURE() << what << ": element " << i << " (p, m, v) = (" << got.p[i] << ", " << got.m[i] << ", "
+                      << got.v[i] << "), the CPU's (" << ref.p[i] << ", " << ref.m[i] << ", " << ref.v[i] << ")";
+      moved += got.p[i] != initial.p[i];
+    }
+    EXPECT_EQ(wrong, 0) << what << ": elements off the CPU's Adam";
+    EXPECT_GT(moved, 0) << what << ": Adam moved nothing";
+    for (int64_t n = 0; n < S; ++n) {
+      if (n == 1) {
+        EXPECT_TRUE(std::isnan(got.loss_sum[size_t(n)])) << what << ": model 1's running sum";
+      } else {
+        EXPECT_FLOAT_EQ(got.loss_sum[size_t(n)], initial.loss_sum[size_t(n)] + 37.0f * out.loss[size_t(n)])
+            << what << ": model " << n << "'s running loss sum";
+      }
+    }
+    EXPECT_EQ(got.t, 5) << what << ": Adam's step count";
+    EXPECT_EQ(got.step, 8) << what << ": the step counter";
+    EXPECT_EQ(got.global_step, 1001) << what << ": the second counter";
+    EXPECT_EQ(got.first_bad, 7) << what << ": the watch must read the step before the counters advance";
+    runs.push_back(got);
+  }
+  EXPECT_TRUE(same_bits(runs[0].p, runs[1].p) && same_bits(runs[0].m, runs[1].m) && same_bits(runs[0].v, runs[1].v))
+      << "1 and 5 blocks give different bits";
+}
+
 // The program's plan for the app's default run on an H100/H200 (132 SMs × 2 blocks): every
 // phase's items fit in one wave of the grid, and a phase's GEMMs get items of similar length.
 TEST(FusedPlan, DefaultRunPhasesFitOneWave) {
@@ -301,7 +410,8 @@ TEST(FusedPlan, DefaultRunPhasesFitOneWave) {
     Workspace ws{{nullptr, h1.data(), h2.data()}, std::vector<float*>(4, nullptr), logits.data(), nullptr};
     FusedLoss loss;
     loss.distill = F > 0, loss.c0 = F > 0 ? 10 : 0, loss.c1 = F > 0 ? 13 : 10;
-    const Program prog = build_program(x.data(), B, trained, F > 0 ? &frozen : nullptr, loss, nullptr, ws, grid);
+    const Program prog =
+        build_program(x.data(), B, trained, F > 0 ? &frozen : nullptr, loss, nullptr, ws, grid, nullptr);
     for (int ph = 0; ph < prog.phases; ++ph) {
       int64_t items = 0, longest = 0, shortest = 1 << 30;
       for (int j = prog.phase[ph].first_gemm; j < prog.phase[ph].first_gemm + prog.phase[ph].gemms; ++j) {

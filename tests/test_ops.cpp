@@ -9,8 +9,9 @@
 #include <limits>  // std::numeric_limits
 #include <vector>  // std::vector
 
+#include "engine/adam.h"      // Adam
 #include "engine/autograd.h"  // NoGradGuard
-#include "engine/kernels.h"   // fill
+#include "engine/kernels.h"   // fill, accumulate_and_watch, increment
 #include "ops/fused_step.h"   // fused_cross_entropy_step, fused_distill_step
 #include "ops/gemm.h"         // gemm::forward, backward_input, backward_weight, mask_shape
 #include "ops/loss.h"         // cross_entropy, distill_kl, kl_div
@@ -428,6 +429,49 @@ TEST(FusedStep, CpuDistillStepIsTheAutogradStep) {
   ref_loss.backward();
   EXPECT_EQ(values_of(loss), values_of(ref_loss));
   EXPECT_EQ(gradients_of(students), gradients_of(reference));
+}
+
+// With a tail, the CPU step then makes the tail's calls: Adam, the loss sums and watch, the
+// counters — the same values as making them by hand after the plain step.
+TEST(FusedStep, CpuTailIsTheSeparateCalls) {
+  const std::vector<int64_t> sizes{11, 9, 6};
+  MlpParams fused = random_mlp(sizes, 2, 5), reference = random_mlp(sizes, 2, 5);
+  Adam fused_adam(fused.values(), fused.grads(), {1e-2}), ref_adam(reference.values(), reference.grads(), {1e-2});
+  const Tensor x = random_f64({2, 7, 11}, 1), y = random_labels(2, 7, 6, 2);
+  auto counters = [] {
+    return std::vector<Tensor>{Tensor::full({1}, 3.0, DType::i64), Tensor::full({1}, 9.0, DType::i64)};
+  };
+  std::vector<Tensor> fused_counters = counters(), ref_counters = counters();
+  Tensor fused_sum = Tensor::full({2}, 0.5, DType::f64), ref_sum = Tensor::full({2}, 0.5, DType::f64);
+  Tensor fused_bad = Tensor::full({1}, 1e9, DType::i64), ref_bad = Tensor::full({1}, 1e9, DType::i64);
+  StepTail tail;
+  tail.adam = &fused_adam;
+  tail.loss_sum = fused_sum, tail.step = fused_counters[0], tail.first_bad = fused_bad, tail.loss_weight = 7.0;
+  tail.counters = fused_counters;
+  const Tensor loss = fused_cross_entropy_step(x, y, fused, {0, 6}, tail);
+
+  const Tensor ref_loss = fused_cross_entropy_step(x, y, reference, {0, 6});
+  ref_adam.step();
+  accumulate_and_watch(ref_sum, ref_loss, 7.0, ref_counters[0], ref_bad);
+  increment(ref_counters);
+  EXPECT_EQ(values_of(loss), values_of(ref_loss));
+  EXPECT_EQ(values_of(fused.values()), values_of(reference.values()));
+  EXPECT_NE(values_of(fused.values()), values_of(random_mlp(sizes, 2, 5).values())) << "Adam did not run";
+  EXPECT_EQ(fused_adam.steps_taken(), 1);
+  EXPECT_EQ(values_of(fused_sum), values_of(ref_sum));
+  EXPECT_NE(values_of(fused_sum), std::vector<double>(2, 0.5)) << "the losses were not added";
+  EXPECT_EQ(fused_counters[0].to_vector<int64_t>(), std::vector<int64_t>{4});
+  EXPECT_EQ(fused_counters[1].to_vector<int64_t>(), std::vector<int64_t>{10});
+  EXPECT_EQ(fused_bad.to_vector<int64_t>(), std::vector<int64_t>{1000000000});
+
+  // A tail that does not fit the step is a ShapeError.
+  Adam other_adam(reference.values(), reference.grads(), {1e-2});
+  StepTail wrong;
+  wrong.adam = &other_adam;
+  EXPECT_THROW(fused_cross_entropy_step(x, y, fused, {0, 6}, wrong), ShapeError);
+  StepTail short_sums;
+  short_sums.loss_sum = Tensor::zeros({3}, DType::f64), short_sums.step = ref_counters[0], short_sums.first_bad = ref_bad;
+  EXPECT_THROW(fused_cross_entropy_step(x, y, fused, {0, 6}, short_sums), ShapeError);
 }
 
 TEST(FusedStep, BadShapesAreShapeErrors) {

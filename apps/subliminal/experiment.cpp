@@ -119,7 +119,8 @@ class PhaseLoop {
   int64_t steps_per_epoch() const { return (samples_ + config_.batch_size - 1) / config_.batch_size; }
 
   // Runs one epoch: body(batch) queues one training step of `batch` samples (the last batch
-  // may be short). Returns the mean loss per model. Throws NonFiniteError on a NaN/Inf loss.
+  // may be short), ending with this loop's tail(adam, batch). Returns the mean loss per model.
+  // Throws NonFiniteError on a NaN/Inf loss.
   std::vector<double> run_epoch(int64_t epoch, const std::function<void(int64_t)>& body,
                                 PhaseTiming& timing) {
     fill(step, 0);
@@ -135,10 +136,7 @@ class PhaseLoop {
     const int64_t B = config_.batch_size;
     for (int64_t s = 0; s < steps_per_epoch(); ++s) {
       const int64_t batch = std::min(B, samples_ - s * B);
-      (batch == B ? full_ : last_).run([&] {
-        body(batch);
-        increment({step, global_step});
-      });
+      (batch == B ? full_ : last_).run([&] { body(batch); });
       observer_.step_done();
     }
     synchronize(device_);
@@ -157,9 +155,15 @@ class PhaseLoop {
     return loss;
   }
 
-  // Adds this step's per-model losses (weighted by the batch size) and watches for faults.
-  void track(const Tensor& loss, int64_t batch) {
-    accumulate_and_watch(loss_sum, loss.detach(), double(batch), step, first_bad);
+  // The end of a step of `batch` samples: Adam, the per-model losses (weighted by the batch
+  // size) into the epoch's sums with a watch for faults, the step counters advanced.
+  StepTail tail(Adam& adam, int64_t batch) const {
+    StepTail t;
+    t.adam = &adam;
+    t.loss_sum = loss_sum, t.step = step, t.first_bad = first_bad;
+    t.loss_weight = double(batch);
+    t.counters = {step, global_step};
+    return t;
   }
 
   Tensor step;         // int64 [1]: batch index within the epoch (gathers read it)
@@ -199,16 +203,12 @@ bool uses_fused_step(const Config& config, const MlpParams& params) {
          params.models() * config.batch_size <= 1024;
 }
 
-// The end of every training step: the loss joins the epoch's sum, the backward pass runs
-// through the tape (unless the fused step already wrote the gradients), then Adam.
-void finish_step(PhaseLoop& loop, const Tensor& loss, int64_t batch, bool fused, const std::vector<Tensor>& parameters,
-                 Adam& adam) {
-  loop.track(loss, batch);
-  if (!fused) {
-    zero_grad(parameters);
-    loss.backward();
-  }
-  adam.step();
+// The end of an autograd training step: the backward pass through the tape, then the tail
+// (Adam, the loss bookkeeping, the counters). A fused step does all of this itself.
+void finish_autograd_step(const Tensor& loss, const std::vector<Tensor>& parameters, const StepTail& tail) {
+  zero_grad(parameters);
+  loss.backward();
+  run_step_tail(tail, loss.detach());
 }
 
 // Fills `order` [N, S] (device) with each model's permutation for this epoch.
@@ -252,13 +252,13 @@ void train_teacher(MlpParams& teacher, const DeviceData& data, const Config& con
           Tensor x = Tensor::empty({N, batch, P}, DType::f32, device);
           Tensor y = Tensor::empty({N, batch}, DType::i32, device);
           gather_batch(data.train_images, data.train_labels, order, loop.step, config.batch_size, x, y);
-          Tensor loss;
-          if (fused) {  // forward, loss and gradients in one kernel (ops/fused_step.h)
-            loss = fused_cross_entropy_step(x, y, teacher, {0, config.classes()});
+          const StepTail tail = loop.tail(adam, batch);
+          if (fused) {  // forward, loss, gradients, Adam and bookkeeping in one kernel (ops/fused_step.h)
+            fused_cross_entropy_step(x, y, teacher, {0, config.classes()}, tail);
           } else {
-            loss = cross_entropy(mlp_forward(x, teacher, config.fusion), y, {0, config.classes()});
+            Tensor loss = cross_entropy(mlp_forward(x, teacher, config.fusion), y, {0, config.classes()});
+            finish_autograd_step(loss, parameters, tail);
           }
-          finish_step(loop, loss, batch, fused, parameters, adam);
         },
         timing);
     check_parameters_finite(teacher, "teacher epoch " + std::to_string(epoch), config, observer);
@@ -340,18 +340,18 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
                         ordered ? loop.step : loop.global_step, config.batch_size, 0, distribution, x, N);
           }
           // Student a·N + m learns from teacher m: distill_kl cycles over the N teachers.
-          Tensor loss;
-          if (fused) {  // teachers' forward, students' forward, loss and gradients in one kernel
-            loss = fused_distill_step(x, students, teacher, cols, config.temperature);
+          const StepTail tail = loop.tail(adam, batch);
+          if (fused) {  // teachers' and students' forward, loss, gradients, Adam, bookkeeping: one kernel
+            fused_distill_step(x, students, teacher, cols, config.temperature, tail);
           } else {
             Tensor teacher_logits;
             {
               NoGradGuard no_grad;
               teacher_logits = mlp_forward(x.rows(0, N), teacher, config.fusion);
             }
-            loss = distill_kl(mlp_forward(x, students, config.fusion), teacher_logits, cols, config.temperature);
+            Tensor loss = distill_kl(mlp_forward(x, students, config.fusion), teacher_logits, cols, config.temperature);
+            finish_autograd_step(loss, parameters, tail);
           }
-          finish_step(loop, loss, batch, fused, parameters, adam);
         },
         timing);
     check_parameters_finite(students, "distillation epoch " + std::to_string(epoch), config, observer);

@@ -6,6 +6,7 @@
 #include "engine/cuda/check.h"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/runtime.h"
+#include "engine/cuda/step_end.cuh"
 
 namespace subliminal::cuda {
 namespace {
@@ -36,11 +37,8 @@ __global__ void increment_kernel(Counters c) {
 __global__ void accumulate_and_watch_kernel(float* sum, const float* values, int64_t count, float weight,
                                             const int64_t* step, int64_t* first_bad) {
   for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < count;
-       n += int64_t(gridDim.x) * blockDim.x) {
-    sum[n] += weight * values[n];
-    if (!isfinite(values[n]))
-      atomicMin(reinterpret_cast<unsigned long long*>(first_bad), static_cast<unsigned long long>(*step));
-  }
+       n += int64_t(gridDim.x) * blockDim.x)
+    accumulate_loss(&sum[n], values[n], weight, *step, first_bad);
 }
 
 // p is (n,); *count (device) += number of non-finite values

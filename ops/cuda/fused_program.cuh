@@ -16,8 +16,13 @@
 //                  block 0 also sums the rows' losses into each model's mean
 //   B_l, l ≥ 1     dW_l = G_{l+1}ᵀ·H_l; G_l and db_{l−1} as above
 //   B_0            dW_0 = G_1ᵀ·x
+//   adam           (with a tail's Adam) every parameter's update, grid-stride over the arena
 //
-// 2L + 1 phases, 2L barriers (L = 3: 6 barriers). Within a phase the blocks share the work
+// The step's tail (FusedTail, ops/cuda/fused_step_cuda.h) rides along: block 0 advances Adam's
+// step count in F_0, adds the losses to their running sums in B_{L−1} and advances the step
+// counters after the last phase, when nothing reads them any more.
+//
+// 2L + 1 phases (2L + 2 with Adam), a barrier between each two (L = 3: 6, or 7 with Adam). Within a phase the blocks share the work
 // items of that phase's GEMMs (the tiles of ops/cuda/tile_gemm.cuh, split-K included) or the
 // loss's rows. Gradients are written (not accumulated) into the parameters' gradient buffers.
 // Every reduction sums in a fixed order, so a step gives the same bits on every run.
@@ -30,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/cuda/step_end.cuh"
 #include "ops/cuda/fused_step_cuda.h"
 #include "ops/cuda/loss_rows.cuh"
 #include "ops/cuda/tile_gemm.cuh"
@@ -38,7 +44,7 @@ namespace subliminal::cuda::fused {
 
 using tile::Gemm;
 
-constexpr int kMaxPhases = 2 * kFusedMaxLayers + 1;
+constexpr int kMaxPhases = 2 * kFusedMaxLayers + 2;
 constexpr int kMaxGemms = 2 * kFusedMaxLayers + 2 * kFusedMaxLayers - 1;  // forward ×2, backward
 
 struct Phase {
@@ -59,9 +65,11 @@ struct LossRows {
 struct Program {
   int phases, gemms;
   int loss_phase;               // loss_phase + 1 also reduces the per-model losses
+  int adam_phase;               // −1: no Adam
   Phase phase[kMaxPhases];
   Gemm gemm[kMaxGemms];
   LossRows loss;
+  FusedTail tail;
   unsigned long long* clock;    // null, or [phases + 1]: block 0's global timer as each phase begins, and at the end
 };
 
@@ -98,13 +106,41 @@ __device__ inline void loss_rows(const LossRows& p) {
 }
 
 // Block 0: each model's loss, the rows summed in order (cross-entropy: the mean; distillation:
-// T²·the mean, as the loss kernels compute it).
-__device__ inline void reduce_losses(const LossRows& p) {
+// T²·the mean, as the loss kernels compute it), and the tail's running sums.
+__device__ inline void reduce_losses(const LossRows& p, const FusedTail& tail) {
   for (int64_t model = threadIdx.x; model < p.trained; model += blockDim.x) {
     double sum = 0.0;
     for (int64_t b = 0; b < p.batch; ++b) sum += __ldcg(&p.row_loss[model * p.batch + b]);
     const double scale = p.distill ? p.temperature * p.temperature : 1.0;
-    p.loss_out[model] = float(scale * sum / double(p.batch));
+    const float loss = float(scale * sum / double(p.batch));
+    p.loss_out[model] = loss;
+    if (tail.loss_sum) accumulate_loss(&tail.loss_sum[model], loss, tail.loss_weight, *tail.step, tail.first_bad);
+  }
+}
+
+// Every thread of the grid: Adam over the whole arena (its step count was advanced in F_0).
+// Each thread takes 4 elements a round, a grid's width apart (coalesced), and loads all 16
+// values before it computes, so their L2 round trips overlap. Loads go through L2 (__ldcg): the
+// gradients were written by other SMs in this kernel.
+__device__ inline void adam_phase(const FusedTail& tail) {
+  const auto& a = tail.adam;
+  const AdamStepScalars scalars = adam_step_scalars(a.options, __ldcg(a.t));
+  const int64_t width = int64_t(gridDim.x) * blockDim.x;
+  constexpr int kRound = 4;
+  for (int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; first < a.n; first += kRound * width) {
+    float p[kRound], g[kRound], m[kRound], v[kRound];
+#pragma unroll
+    for (int r = 0; r < kRound; ++r) {
+      const int64_t i = first + r * width;
+      if (i < a.n) p[r] = __ldcg(&a.p[i]), g[r] = __ldcg(&a.g[i]), m[r] = __ldcg(&a.m[i]), v[r] = __ldcg(&a.v[i]);
+    }
+#pragma unroll
+    for (int r = 0; r < kRound; ++r) {
+      const int64_t i = first + r * width;
+      if (i >= a.n) continue;
+      adam_element(p[r], g[r], m[r], v[r], scalars);
+      a.p[i] = p[r], a.m[i] = m[r], a.v[i] = v[r];
+    }
   }
 }
 
@@ -113,10 +149,13 @@ __device__ inline void reduce_losses(const LossRows& p) {
 // and with ph = phases at the end (the kernel's phase clock).
 template <class GridSync, class PhaseBegins>
 __device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid_sync, PhaseBegins&& phase_begins) {
+  const bool lead = blockIdx.x == 0 && threadIdx.x == 0;
   for (int ph = 0; ph < prog.phases; ++ph) {
     phase_begins(ph);
+    if (ph == 0 && lead && prog.tail.adam.t) *prog.tail.adam.t += 1;  // read in the Adam phase, after barriers
     if (ph == prog.loss_phase) loss_rows(prog.loss);
-    if (ph == prog.loss_phase + 1 && blockIdx.x == 0) reduce_losses(prog.loss);
+    if (ph == prog.loss_phase + 1 && blockIdx.x == 0) reduce_losses(prog.loss, prog.tail);
+    if (ph == prog.adam_phase) adam_phase(prog.tail);
     const Phase& phase = prog.phase[ph];
     int64_t total = 0;
     for (int j = 0; j < phase.gemms; ++j) total += prog.gemm[phase.first_gemm + j].items;
@@ -128,6 +167,10 @@ __device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid
     }
     if (ph + 1 < prog.phases) grid_sync();  // this phase's writes are visible to the next
   }
+  // The step counters: their last reader was reduce_losses, barriers ago.
+  if (lead)
+    for (int64_t* counter : prog.tail.counters)
+      if (counter) *counter += 1;
   phase_begins(prog.phases);
 }
 
@@ -147,11 +190,12 @@ inline void plan_phase(Program& prog, const Phase& phase, int grid) {
     tile::plan(prog.gemm[j], std::max<int64_t>(1, int64_t(grid) * work(prog.gemm[j]) / std::max<int64_t>(total, 1)));
 }
 
-// The program for one step (arguments as fused_mlp_step's, checked by it), its GEMMs planned
-// for `grid` blocks. The GEMMs' scratch is left unassigned: scratch_sizes() says how much the
+// The program for one step (arguments as fused_mlp_step's, checked by it; tail may be null),
+// its GEMMs planned for `grid` blocks. The GEMMs' scratch is left unassigned: scratch_sizes() says how much the
 // program needs, assign_scratch() points it there.
 inline Program build_program(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
-                             const FusedLoss& loss, float* loss_out, const Workspace& ws, int grid) {
+                             const FusedLoss& loss, float* loss_out, const Workspace& ws, int grid,
+                             const FusedTail* tail) {
   const int L = trained.layers;
   const int64_t S = trained.models, F = frozen ? frozen->models : 0, B = batch;
   const std::vector<int64_t>& s = trained.sizes;
@@ -200,18 +244,28 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
       add(dx);
     }
   }
+  prog.adam_phase = -1;
+  if (tail) {
+    prog.tail = *tail;
+    if (tail->adam.t) {  // after B_0: every gradient is final
+      prog.adam_phase = phases;
+      begin_phase();
+    }
+  }
   prog.phases = phases, prog.gemms = gemms;
 
   for (int ph = 0; ph < phases; ++ph) plan_phase(prog, prog.phase[ph], grid);
   return prog;
 }
 
-// The phases' names, in order (for the phase clock's report).
-inline std::vector<std::string> phase_names(int layers) {
+// The program's phases' names, in order (for the phase clock's report).
+inline std::vector<std::string> phase_names(const Program& prog) {
   std::vector<std::string> names;
+  const int layers = prog.loss_phase;
   for (int l = 0; l < layers; ++l) names.push_back("forward, layer " + std::to_string(l));
   names.push_back("loss rows");
   for (int l = layers - 1; l >= 0; --l) names.push_back("backward, layer " + std::to_string(l));
+  if (prog.adam_phase >= 0) names.push_back("adam");
   return names;
 }
 

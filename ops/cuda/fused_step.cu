@@ -10,8 +10,10 @@
 //
 // The program (ops/cuda/fused_program.cuh: the phases, their GEMMs and the loss rows, and the
 // device code that walks them) is built on the host and passed as the kernel's parameter;
-// this file allocates the step's buffers, plans the grid and launches. Adam runs after, as its
-// own kernel.
+// this file allocates the step's buffers, plans the grid and launches. Given the step's tail
+// (FusedTail: Adam, the running loss sums, the step counters), the kernel does that too, as a
+// last phase and in block 0, so that a training step in a CUDA graph is this kernel and the one
+// that makes its batch.
 //
 // Limits: 2 ≤ L ≤ kFusedMaxLayers (the program is a kernel parameter), float32. The op's
 // caller (ops/fused_step.cpp) uses autograd for anything else.
@@ -49,8 +51,18 @@ __device__ inline unsigned long long global_ns() {
   return t;
 }
 
-__global__ void __launch_bounds__(tile::kBlockThreads, 2) fused_step_kernel(const __grid_constant__ Program prog) {
+// The program is a kernel parameter (param space, read through the constant cache). Every
+// phase reads other GEMMs' fields with computed indices, and each launch starts with that cache
+// cold: chains of dependent misses at every phase. So each block first copies the whole
+// program (about 3 KB) into shared memory, all its loads in flight at once, and reads it there.
+__global__ void __launch_bounds__(tile::kBlockThreads, 2) fused_step_kernel(const __grid_constant__ Program param) {
   __shared__ __align__(16) tile::Smem sm;
+  __shared__ __align__(16) uint64_t program_words[(sizeof(Program) + 7) / 8];
+  static_assert(sizeof(Program) % 8 == 0 && alignof(Program) <= 16, "copied as 8-byte words");
+  const uint64_t* from = reinterpret_cast<const uint64_t*>(&param);
+  for (unsigned i = threadIdx.x; i < sizeof(Program) / 8; i += blockDim.x) program_words[i] = from[i];
+  __syncthreads();
+  const Program& prog = *reinterpret_cast<const Program*>(program_words);
   cg::grid_group grid = cg::this_grid();
   const bool clocks = prog.clock && blockIdx.x == 0 && threadIdx.x == 0;
   fused::run_program(
@@ -83,7 +95,7 @@ int resident_blocks() {
 }  // namespace
 
 void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
-                    const FusedLoss& loss, float* loss_out) {
+                    const FusedLoss& loss, float* loss_out, const FusedTail* tail) {
   const int L = trained.layers;
   if (L < 2 || L > kFusedMaxLayers) throw ShapeError("fused_mlp_step: " + std::to_string(L) + " layers");
   const int64_t S = trained.models, F = frozen ? frozen->models : 0, B = batch;
@@ -113,9 +125,9 @@ void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, cons
 
   const int grid = resident_blocks();
   if (grid <= 0) throw DeviceError("fused_mlp_step: the kernel does not fit on this GPU");
-  Program prog = fused::build_program(x, batch, trained, frozen, loss, loss_out, ws, grid);
+  Program prog = fused::build_program(x, batch, trained, frozen, loss, loss_out, ws, grid, tail);
   prog.clock = phase_clock().device;
-  if (prog.clock) phase_clock().names = fused::phase_names(L);
+  if (prog.clock) phase_clock().names = fused::phase_names(prog);
   int64_t floats = 0, counters = 0;
   fused::scratch_sizes(prog, floats, counters);
   fused::assign_scratch(prog, floats > 0 ? tile::grow_scratch_floats(floats) : nullptr,

@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "engine/adam.h"  // AdamOptions
+
 namespace subliminal::cuda {
 
 // The fused kernel's program is a kernel parameter; it has room for this many layers.
@@ -32,10 +34,35 @@ struct FusedLoss {
   const int32_t* labels = nullptr;
 };
 
+// What a training step does after its gradients, done by the same kernel (each would otherwise
+// be a small kernel of its own, a few µs apiece in a CUDA graph). Every part is optional (a
+// null pointer leaves it out):
+//   adam      t ← t + 1, then Adam (engine/cuda/adam_element.cuh) over n floats: parameters p,
+//             gradients g (the arena the step writes its gradients into), moments m and v
+//   watch     loss_sum[s] += loss_weight · loss[s]; a NaN/Inf loss[s] sets
+//             first_bad = min(first_bad, *step)   (engine/kernels.h's accumulate_and_watch)
+//   counters  *counters[k] += 1, once every other part has read them
+struct FusedTail {
+  struct {
+    float* p = nullptr;
+    const float* g = nullptr;
+    float *m = nullptr, *v = nullptr;
+    int64_t n = 0;
+    int64_t* t = nullptr;
+    AdamOptions options;
+  } adam;
+  float* loss_sum = nullptr;
+  float loss_weight = 1.0f;
+  const int64_t* step = nullptr;
+  int64_t* first_bad = nullptr;
+  int64_t* counters[4] = {nullptr, nullptr, nullptr, nullptr};
+};
+
 // x [S, B, sizes[0]]: trained model s reads x[s], frozen model f reads x[f]. Writes the trained
-// MLP's gradients (overwriting) and each trained model's loss into loss_out [S].
+// MLP's gradients (overwriting) and each trained model's loss into loss_out [S], then does
+// `tail` when given.
 void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
-                    const FusedLoss& loss, float* loss_out);
+                    const FusedLoss& loss, float* loss_out, const FusedTail* tail = nullptr);
 
 // Timing, for bench/layers.cpp: while on, each fused step records when block 0 starts each of
 // its phases (the GPU's global timer); fused_step_phase_us() synchronises and returns the last

@@ -101,6 +101,13 @@ inline void grid_sync() { grid_barrier->arrive_and_wait(); }
 inline void __syncthreads() { simt::block_barrier->arrive_and_wait(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline int atomicAdd(int* address, int value) { return std::atomic_ref<int>(*address).fetch_add(value); }
+inline unsigned long long atomicMin(unsigned long long* address, unsigned long long value) {
+  std::atomic_ref<unsigned long long> a(*address);
+  unsigned long long seen = a.load();
+  while (value < seen && !a.compare_exchange_weak(seen, value)) {
+  }
+  return seen;
+}
 // The cache-global load: on the host, a plain load (ordering comes from the atomics above).
 template <class T>
 inline T __ldcg(const T* address) {
@@ -127,8 +134,18 @@ inline T __shfl_xor_sync(unsigned /*lanes*/, T v, int lane_mask) {
 using std::exp;
 using std::fmax;
 using std::fmaf;
+using std::isfinite;
 using std::isinf;
 using std::log;
+using std::pow;
+using std::sqrt;
+// The correctly rounded float operations: what host float arithmetic does anyway (SSE, no
+// contraction across these calls).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 template <class T>
 inline T min(T a, T b) {
   return std::min(a, b);
