@@ -105,12 +105,28 @@ __device__ inline void loss_rows(const LossRows& p) {
   }
 }
 
-// Block 0: each model's loss, the rows summed in order (cross-entropy: the mean; distillation:
-// T²·the mean, as the loss kernels compute it), and the tail's running sums.
+// Block 0: each model's loss (cross-entropy: the mean of its rows; distillation: T²·the mean,
+// as the loss kernels compute it), and the tail's running sums. One warp per model: lane l adds
+// rows l, l + 32, … in order, loading kRowBatch of them at a time so that their L2 round trips
+// overlap, then the warp adds its lanes in a fixed tree — the same bits on every run. (One
+// thread per model adding the rows in a plain loop was at the compiler's mercy: in a build where
+// it issued the loads one after another, this phase took 0.15 µs a row longer on an H100, 35 µs
+// a step at batch 256.)
 __device__ inline void reduce_losses(const LossRows& p, const FusedTail& tail) {
-  for (int64_t model = threadIdx.x; model < p.trained; model += blockDim.x) {
+  constexpr int kRowBatch = 8;
+  const int lane = threadIdx.x & 31;
+  for (int64_t model = threadIdx.x / 32; model < p.trained; model += blockDim.x / 32) {
+    const double* rows = p.row_loss + model * p.batch;
     double sum = 0.0;
-    for (int64_t b = 0; b < p.batch; ++b) sum += __ldcg(&p.row_loss[model * p.batch + b]);
+    for (int64_t first = lane; first < p.batch; first += 32 * kRowBatch) {
+      double v[kRowBatch];
+#pragma unroll
+      for (int k = 0; k < kRowBatch; ++k) v[k] = first + 32 * k < p.batch ? __ldcg(&rows[first + 32 * k]) : 0.0;
+#pragma unroll
+      for (int k = 0; k < kRowBatch; ++k) sum += v[k];
+    }
+    sum = rows::warp_sum_double(sum);
+    if (lane != 0) continue;
     const double scale = p.distill ? p.temperature * p.temperature : 1.0;
     const float loss = float(scale * sum / double(p.batch));
     p.loss_out[model] = loss;

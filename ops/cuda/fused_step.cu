@@ -18,11 +18,11 @@
 // Limits: 2 ≤ L ≤ kFusedMaxLayers (the program is a kernel parameter), float32. The op's
 // caller (ops/fused_step.cpp) uses autograd for anything else.
 //
-// Measured on an H200 (docs/PERFORMANCE.md): 6 kernels per teacher step instead of 26, 123 vs
-// 141 µs per teacher step and 161 vs 230 µs per distillation step against the autograd path
-// in the same run. Most of what remains is inside this kernel: each phase is a chain of
-// dependent L2 round trips (one per K chunk, then the split-K fix-up's, whose loop now leaves
-// the compiler free to overlap four partials' loads — not yet measured) plus a barrier. bench/layers.cpp --fused-only times
+// Measured (docs/PERFORMANCE.md): on an H200, 123 vs 141 µs per teacher step and 161 vs 230 µs
+// per distillation step against the autograd path in the same run; on an H100, after the
+// split-K planner fit every phase in one wave, 115 and 142 µs. Most of it is inside this kernel:
+// each GEMM phase costs at least 12 µs, a chain of dependent L2 round trips (about 1.6 µs per
+// 16-wide K chunk, then the split-K fix-up's) plus a barrier. bench/layers.cpp --fused-only times
 // the phases (fused_step_clock below).
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
@@ -51,18 +51,8 @@ __device__ inline unsigned long long global_ns() {
   return t;
 }
 
-// The program is a kernel parameter (param space, read through the constant cache). Every
-// phase reads other GEMMs' fields with computed indices, and each launch starts with that cache
-// cold: chains of dependent misses at every phase. So each block first copies the whole
-// program (about 3 KB) into shared memory, all its loads in flight at once, and reads it there.
-__global__ void __launch_bounds__(tile::kBlockThreads, 2) fused_step_kernel(const __grid_constant__ Program param) {
+__global__ void __launch_bounds__(tile::kBlockThreads, 2) fused_step_kernel(const __grid_constant__ Program prog) {
   __shared__ __align__(16) tile::Smem sm;
-  __shared__ __align__(16) uint64_t program_words[(sizeof(Program) + 7) / 8];
-  static_assert(sizeof(Program) % 8 == 0 && alignof(Program) <= 16, "copied as 8-byte words");
-  const uint64_t* from = reinterpret_cast<const uint64_t*>(&param);
-  for (unsigned i = threadIdx.x; i < sizeof(Program) / 8; i += blockDim.x) program_words[i] = from[i];
-  __syncthreads();
-  const Program& prog = *reinterpret_cast<const Program*>(program_words);
   cg::grid_group grid = cg::this_grid();
   const bool clocks = prog.clock && blockIdx.x == 0 && threadIdx.x == 0;
   fused::run_program(
