@@ -311,18 +311,26 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaStepGraph,
 // A arms of N students learn the N teachers' ghost logits on uniform noise made on the CPU (the noise
 // itself is compared with the GPU's in test_cuda_ops.cpp): x holds the A·N students' inputs, drawn
 // from N sources so student a·N + m sees teacher m's images, and its first N rows are the teachers'.
+// With `tail` (fused only) the fused step does Adam itself (StepTail).
 RunResult distill_steps(const MlpParams& teacher32, const MlpParams& students32, Device device, DType dtype,
                         const std::vector<std::vector<double>>& batches, int64_t B, ColumnRange cols,
-                        std::vector<double>* teacher_after, bool fused = false) {
+                        std::vector<double>* teacher_after, bool fused = false, bool tail = false,
+                        double weight_decay = 0.0) {
   const MlpParams teacher = params_as(teacher32, device, dtype);
   MlpParams students = params_as(students32, device, dtype);
-  Adam adam(students.values(), students.grads(), {kLr});
+  Adam adam(students.values(), students.grads(), {kLr, 0.9, 0.999, 1e-8, weight_decay});
   const int64_t N = teacher.models(), S = students.models(), P = teacher.shape().inputs();
   const std::vector<Tensor> params = students.tensors();
   RunResult r;
   for (const std::vector<double>& batch : batches) {
     const Tensor x = tensor_of(batch, {S, B, P}, device, dtype);
     Tensor loss;
+    if (fused && tail) {
+      StepTail t;
+      t.adam = &adam;
+      r.losses.push_back(values_of(fused_distill_step(x, students, teacher, cols, 1.0, t)));
+      continue;
+    }
     if (fused) {
       loss = fused_distill_step(x, students, teacher, cols, 1.0);
     } else {
@@ -347,9 +355,14 @@ RunResult distill_steps(const MlpParams& teacher32, const MlpParams& students32,
 
 class CudaDistill : public CudaTest, public ::testing::WithParamInterface<CaseAndEngine> {};
 
-// Three distillation steps of two arms (same-init and cross-init students) on GPU float32 and CPU
-// float64 from the same inputs; `fused` runs the GPU side through fused_distill_step.
-void check_distillation(const TrainCase& c, const std::string& label, bool fused) {
+// A distillation problem: a teacher, two arms of students (same-init, cross-init) and three
+// batches of noise.
+struct DistillSetup {
+  MlpParams teacher, students;
+  std::vector<std::vector<double>> batches;
+};
+
+DistillSetup distill_setup(const TrainCase& c) {
   const int64_t N = c.N, A = 2, B = c.B, P = c.sizes[0];
   // The teacher: an init moved by N(0, 0.02²) (standing in for training), so the students that
   // start from that init (arm 0) do not begin at zero loss; arm 1 starts from another init.
@@ -374,6 +387,16 @@ void check_distillation(const TrainCase& c, const std::string& label, bool fused
     batches.push_back(values_of(x));
     increment(step);
   }
+  return {std::move(teacher), std::move(students), std::move(batches)};
+}
+
+// Three distillation steps of two arms (same-init and cross-init students) on GPU float32 and CPU
+// float64 from the same inputs; `fused` runs the GPU side through fused_distill_step.
+void check_distillation(const TrainCase& c, const std::string& label, bool fused) {
+  const int64_t A = 2, B = c.B;
+  const DistillSetup setup = distill_setup(c);
+  const MlpParams &teacher = setup.teacher, &students = setup.students;
+  const std::vector<std::vector<double>>& batches = setup.batches;
   std::vector<double> teacher_gpu_after, teacher_cpu_after;
   const RunResult gpu = distill_steps(teacher, students, Device::cuda, DType::f32, batches, B, c.ghosts(),
                                       &teacher_gpu_after, fused);
@@ -381,8 +404,8 @@ void check_distillation(const TrainCase& c, const std::string& label, bool fused
       distill_steps(teacher, students, Device::cpu, DType::f64, batches, B, c.ghosts(), &teacher_cpu_after);
   const std::string what = label + " distillation (ghost logits {" + std::to_string(c.ghosts().begin) + ", " +
                            std::to_string(c.ghosts().end) + "}, 2 arms)";
-  expect_runs_close(what + " (GPU float32 vs CPU float64)", gpu, cpu, students, A * N);
-  for (int64_t m = 0; m < A * N; ++m)
+  expect_runs_close(what + " (GPU float32 vs CPU float64)", gpu, cpu, students, A * c.N);
+  for (int64_t m = 0; m < A * c.N; ++m)
     EXPECT_GT(cpu.losses.front()[size_t(m)], 0.0) << what << ": student " << m << " starts at zero loss";
   EXPECT_TRUE(all_close(what + ": teacher parameters after the steps (GPU vs its start)", teacher_gpu_after,
                         values_of(teacher.values()), {int64_t(teacher_gpu_after.size())}, 0.0));
@@ -480,6 +503,31 @@ TEST_P(CudaFusedStep, TailInTheKernelEqualsSeparateCallsBitForBit) {
   EXPECT_EQ(tail.global_step, steps) << what << ": the second counter";
   EXPECT_EQ(tail.first_bad, kNoFault) << what << ": a non-finite loss was flagged";
   EXPECT_NE(tail.losses.front()[0], tail.losses.back()[0]) << what << ": the steps did not train";
+}
+
+// Distillation as the app runs it, with weight decay on: Adam done by the fused kernel (its tail)
+// gives the bits of the Adam kernel after the fused step.
+TEST_P(CudaFusedStep, DistillationTailInTheKernelEqualsSeparateAdamBitForBit) {
+  const TrainCase& c = GetParam();
+  const DistillSetup setup = distill_setup(c);
+  std::vector<double> unused;
+  const RunResult separate = distill_steps(setup.teacher, setup.students, Device::cuda, DType::f32, setup.batches,
+                                           c.B, c.ghosts(), &unused, true, false, 1e-2);
+  const RunResult tail = distill_steps(setup.teacher, setup.students, Device::cuda, DType::f32, setup.batches, c.B,
+                                       c.ghosts(), &unused, true, true, 1e-2);
+  const std::string what = std::string(c.name) + " fused distillation, Adam in the kernel (got) vs after it (expected)";
+  // The runs' values are float32 widened to double: back to float, exactly, for the bit compare.
+  auto same_bits = [&](const std::string& label, const std::vector<double>& got, const std::vector<double>& ref) {
+    return bitwise_equal(what + ": " + label, std::vector<float>(got.begin(), got.end()),
+                         std::vector<float>(ref.begin(), ref.end()), {int64_t(ref.size())});
+  };
+  ASSERT_EQ(tail.losses.size(), separate.losses.size());
+  for (size_t s = 0; s < tail.losses.size(); ++s)
+    EXPECT_TRUE(same_bits("loss at step " + std::to_string(s + 1), tail.losses[s], separate.losses[s]));
+  const std::vector<std::string> names = setup.students.names();
+  for (size_t k = 0; k < separate.params.size(); ++k)
+    EXPECT_TRUE(same_bits(names[k] + " after the steps", tail.params[k], separate.params[k]));
+  EXPECT_NE(tail.losses.front(), tail.losses.back()) << what << ": the steps did not train";
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaFusedStep, ::testing::ValuesIn(kFusedCases), case_name);

@@ -9,7 +9,10 @@
 //     trained models and (distillation) frozen teachers, student s learning from teacher s mod F;
 //   - each trained model's loss and every weight and bias gradient against float64
 //     (‖got − ref‖/‖ref‖ ≤ 1e-5), with every output and intermediate buffer poisoned with NaN;
-//   - two runs on the same grid give the same bits.
+//   - two runs on the same grid give the same bits;
+//   - the step's tail (Adam, the running loss sums and NaN watch, the step counters) against the
+//     CPU's Adam and the separate calls' order, and block 0's per-model loss sums at sizes past
+//     one round of their batched loads.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -388,6 +391,42 @@ TEST(FusedTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
   }
   EXPECT_TRUE(same_bits(runs[0].p, runs[1].p) && same_bits(runs[0].m, runs[1].m) && same_bits(runs[0].v, runs[1].v))
       << "1 and 5 blocks give different bits";
+}
+
+// Block 0's per-model loss sums on their own (a whole step at these sizes is slow to emulate):
+// 10 models, more than a block's 8 warps, and 300 rows, more than one round of 8 loads × 32
+// lanes; against float64 sums, for both losses' scales, with the watch flagging a NaN row.
+TEST(FusedLossSums, ManyModelsAndRowsMatchFloat64) {
+  const int64_t S = 10, B = 300;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<double> u(0.0, 3.0);
+  std::vector<double> rows(static_cast<size_t>(S * B));
+  for (double& r : rows) r = u(rng);
+  for (bool distill : {false, true}) {
+    const std::string what = distill ? "distillation" : "cross-entropy";
+    std::vector<float> loss(size_t(S), kNaN), sums(size_t(S), 1.0f);
+    std::vector<double> with_nan = rows;
+    with_nan[size_t(7 * B + 299)] = std::nan("");  // model 7's last row
+    int64_t step = 41, first_bad = kNoFault;
+    LossRows p{};
+    p.row_loss = with_nan.data(), p.loss_out = loss.data();
+    p.trained = S, p.batch = B, p.distill = distill, p.temperature = 2.0;
+    FusedTail tail;
+    tail.loss_sum = sums.data(), tail.loss_weight = float(B), tail.step = &step, tail.first_bad = &first_bad;
+    simt::launch(1, tile::kBlockThreads, [&] { reduce_losses(p, tail); });
+    for (int64_t m = 0; m < S; ++m) {
+      double sum = 0.0;
+      for (int64_t b = 0; b < B; ++b) sum += rows[size_t(m * B + b)];
+      const double expected = (distill ? 4.0 : 1.0) * sum / double(B);
+      if (m == 7) {
+        EXPECT_TRUE(std::isnan(loss[size_t(m)]) && std::isnan(sums[size_t(m)])) << what << ": model 7's NaN row";
+        continue;
+      }
+      EXPECT_NEAR(loss[size_t(m)], expected, 1e-6 * expected) << what << ": model " << m;
+      EXPECT_EQ(sums[size_t(m)], 1.0f + float(B) * loss[size_t(m)]) << what << ": model " << m << "'s running sum";
+    }
+    EXPECT_EQ(first_bad, 41) << what << ": the NaN row's step";
+  }
 }
 
 // The program's plan for the app's default run on an H100/H200 (132 SMs × 2 blocks): every

@@ -116,12 +116,12 @@ __device__ inline void reduce_losses(const LossRows& p, const FusedTail& tail) {
   constexpr int kRowBatch = 8;
   const int lane = threadIdx.x & 31;
   for (int64_t model = threadIdx.x / 32; model < p.trained; model += blockDim.x / 32) {
-    const double* rows = p.row_loss + model * p.batch;
+    const double* model_rows = p.row_loss + model * p.batch;
     double sum = 0.0;
     for (int64_t first = lane; first < p.batch; first += 32 * kRowBatch) {
       double v[kRowBatch];
 #pragma unroll
-      for (int k = 0; k < kRowBatch; ++k) v[k] = first + 32 * k < p.batch ? __ldcg(&rows[first + 32 * k]) : 0.0;
+      for (int k = 0; k < kRowBatch; ++k) v[k] = first + 32 * k < p.batch ? __ldcg(&model_rows[first + 32 * k]) : 0.0;
 #pragma unroll
       for (int k = 0; k < kRowBatch; ++k) sum += v[k];
     }

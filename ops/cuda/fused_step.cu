@@ -20,7 +20,9 @@
 //
 // Measured (docs/PERFORMANCE.md): on an H200, 123 vs 141 µs per teacher step and 161 vs 230 µs
 // per distillation step against the autograd path in the same run; on an H100, after the
-// split-K planner fit every phase in one wave, 115 and 142 µs. Most of it is inside this kernel:
+// split-K planner fit every phase in one wave, 115 and 142 µs (the tail was not yet in the
+// kernel; the first build with it measured 147 and 173 µs for a reason since fixed, and the fix
+// has not been timed). Most of it is inside this kernel:
 // each GEMM phase costs at least 12 µs, a chain of dependent L2 round trips (about 1.6 µs per
 // 16-wide K chunk, then the split-K fix-up's) plus a barrier. bench/layers.cpp --fused-only times
 // the phases (fused_step_clock below).
@@ -50,6 +52,10 @@ __device__ inline unsigned long long global_ns() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
+
+// The program travels as the kernel's parameter: keep it inside the classic 4 KB limit (newer
+// drivers allow 32 KB, but a larger parameter costs every launch and every graph node).
+static_assert(sizeof(Program) <= 4096, "the fused step's program outgrew a kernel parameter");
 
 __global__ void __launch_bounds__(tile::kBlockThreads, 2) fused_step_kernel(const __grid_constant__ Program prog) {
   __shared__ __align__(16) tile::Smem sm;
@@ -82,6 +88,16 @@ int resident_blocks() {
   return blocks;
 }
 
+// A tail's parts come whole (the kernel dereferences what they name): Adam with its four
+// arrays and its step count, the loss watch with its step counter and fault marker.
+void check_tail(const FusedTail& tail) {
+  const auto& a = tail.adam;
+  if ((a.p || a.g || a.m || a.v || a.t) && !(a.p && a.g && a.m && a.v && a.t && a.n > 0))
+    throw ShapeError("fused_mlp_step: the tail's Adam needs parameters, gradients, both moments, a step count and n > 0");
+  if (tail.loss_sum && !(tail.step && tail.first_bad))
+    throw ShapeError("fused_mlp_step: the tail's loss sums need the step counter and the fault marker");
+}
+
 }  // namespace
 
 void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
@@ -93,6 +109,7 @@ void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, cons
   if (S == 0 || B == 0 || (loss.distill && (F == 0 || S % F != 0)))
     throw ShapeError("fused_mlp_step: " + std::to_string(S) + " trained and " + std::to_string(F) +
                      " frozen models, batch " + std::to_string(B));
+  if (tail) check_tail(*tail);
   const Device gpu = Device::cuda;
 
   // Activations of trained (first S) and frozen (next F) models, the logits, the gradients.

@@ -37,7 +37,7 @@ struct FusedLoss {
 // What a training step does after its gradients, done by the same kernel (each would otherwise
 // be a small kernel of its own, a few µs apiece in a CUDA graph). Every part is optional (a
 // null pointer leaves it out):
-//   adam      t ← t + 1, then Adam (engine/cuda/adam_element.cuh) over n floats: parameters p,
+//   adam      t ← t + 1, then Adam (engine/cuda/step_end.cuh) over n floats: parameters p,
 //             gradients g (the arena the step writes its gradients into), moments m and v
 //   watch     loss_sum[s] += loss_weight · loss[s]; a NaN/Inf loss[s] sets
 //             first_bad = min(first_bad, *step)   (engine/kernels.h's accumulate_and_watch)
