@@ -11,8 +11,8 @@
 #                                     process, the default experiment (graphs on and off) and parity
 #   scripts/gpu_check.sh --only a,b   only these stages of the full check (after the build), from:
 #                                     tests experiments paper layers cudnn unfused parity bench
-#                                     profile memcheck racecheck   (these three: only when asked,
-#                                     or memcheck/racecheck with --sanitize)
+#                                     profile stalls memcheck racecheck   (these four: only when
+#                                     asked, or memcheck/racecheck with --sanitize)
 #   scripts/gpu_check.sh --baseline DIR
 #                                     also build the app from DIR, the source of an earlier
 #                                     revision, and time its default run against this one's,
@@ -31,7 +31,7 @@ sanitize=0
 quick=0
 only=""
 baseline=""
-stages="tests experiments paper layers cudnn unfused parity bench profile memcheck racecheck"
+stages="tests experiments paper layers cudnn unfused parity bench profile stalls memcheck racecheck"
 while [ $# -gt 0 ]; do
   case "$1" in
     --sanitize) sanitize=1 ;;
@@ -54,7 +54,7 @@ done
 # want STAGE: true when the stage is part of this check.
 want() {
   if [ -n "$only" ]; then [[ "$only" == *",$1,"* ]]; return; fi
-  case "$1" in memcheck | racecheck) [ "$sanitize" = 1 ] ;; profile) false ;; *) true ;; esac
+  case "$1" in memcheck | racecheck) [ "$sanitize" = 1 ] ;; profile | stalls) false ;; *) true ;; esac
 }
 gpu=$(nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader 2>/dev/null | head -1)
 [ -n "$gpu" ] || { echo "gpu_check.sh: nvidia-smi finds no GPU" >&2; exit 2; }
@@ -250,6 +250,26 @@ PY
     done
   else
     say "profile: nsys is not installed here"
+  fi
+fi
+
+# Nsight Compute, where installed: why the fused step's warps wait. One teacher step at batch 256
+# (bench_layers --fused-only's sixth launch), the warp-state breakdown per issued instruction:
+# long_scoreboard is waiting on L2/memory loads, barrier on __syncthreads or the grid barrier's,
+# membar on __threadfence. docs/PERFORMANCE.md's phase table says where the time goes; this says
+# what the warps are doing meanwhile.
+if want stalls && time_left "stalls"; then
+  stage "stalls (ncu)"
+  if command -v ncu > /dev/null; then
+    timeout 240 ncu --kernel-name regex:fused_step_kernel --launch-skip 5 --launch-count 1 \
+      --section LaunchStats --section Occupancy --section WarpStateStats \
+      --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+      build-gpu/bench/bench_layers --fused-only > "$OUT/stalls.log" 2>&1
+    say "stalls: exit $?"
+    grep -E "stalled_|Warp Cycles Per Issued|Registers Per Thread|Achieved Occupancy|Block Limit" "$OUT/stalls.log" |
+      head -40 | tee -a "$summary"
+  else
+    say "stalls: ncu is not installed here"
   fi
 fi
 
