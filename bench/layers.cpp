@@ -118,8 +118,8 @@ double step_us(int64_t batch) {
 // The fused training step (ops/fused_step.h) at batch B, launched eagerly `reps` times: the
 // median of each phase's time (block 0's view of the grid-wide barriers) and of the whole
 // kernel. distill: two students and one frozen teacher on the ghost logits, as in the app. The
-// step gets Adam as its tail, so Adam is the kernel's last phase as in the app (whose tail also
-// carries the loss sums and counters: a few loads and stores in block 0).
+// step gets Adam as its tail, so the last backward phase also updates the parameters, as in the
+// app (whose tail also carries the loss sums and counters: a few loads and stores in block 0).
 nlohmann::json fused_phases(int64_t batch, bool distill, int reps = 30) {
   const MlpShape shape{{784, 256, 256, 13}};
   MlpParams trained(shape, distill ? 2 : 1, DType::f32, Device::cuda), frozen(shape, 1, DType::f32, Device::cuda);

@@ -151,8 +151,11 @@ struct StepOutput {
   int most_splits = 1;  // of the program's GEMMs
 };
 
+// One step on `blocks` blocks. With trained_view, the trained MLP is the one it points at (its
+// gradients land there, and out.dw, out.db stay empty); `trained` then gives only the shapes.
 StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std::vector<float>& x,
-                    const std::vector<int32_t>& labels, unsigned blocks, const FusedTail* tail = nullptr) {
+                    const std::vector<int32_t>& labels, unsigned blocks, const FusedTail* tail = nullptr,
+                    const FusedMlp* trained_view = nullptr) {
   const int L = trained.layers();
   const int64_t S = st.trained, F = st.distill ? st.frozen : 0, B = st.batch;
   for (auto& v : trained.dw) std::fill(v.begin(), v.end(), kNaN);
@@ -175,8 +178,8 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
   StepOutput out;
   out.loss.assign(size_t(S), kNaN);
   const FusedMlp frozen_view = frozen.view(false);
-  Program prog = build_program(x.data(), B, trained.view(true), st.distill ? &frozen_view : nullptr, loss,
-                               out.loss.data(), ws, int(blocks), tail);
+  Program prog = build_program(x.data(), B, trained_view ? *trained_view : trained.view(true),
+                               st.distill ? &frozen_view : nullptr, loss, out.loss.data(), ws, int(blocks), tail);
   int64_t floats = 0, counters = 0;
   scratch_sizes(prog, floats, counters);
   std::vector<float> scratch(size_t(std::max<int64_t>(floats, 1)), kNaN);
@@ -190,7 +193,7 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
   });
   EXPECT_TRUE(std::all_of(counter_scratch.begin(), counter_scratch.end(), [](int c) { return c == 0; }))
       << "the program's GEMMs must leave their counters at zero";
-  out.dw = trained.dw, out.db = trained.db;
+  if (!trained_view) out.dw = trained.dw, out.db = trained.db;
   return out;
 }
 
@@ -287,54 +290,81 @@ INSTANTIATE_TEST_SUITE_P(
 
 // ---- the step's tail: Adam, the running loss sums, the counters ------------------------------
 
-// The state a step's tail works on: Adam's arena (layer 0's weights stand in for it: p is
-// copied into the MLP and back), its moments and step count mid-training, the running loss
-// sums, and two step counters.
+// The trained MLP as MlpParams lays one out (engine/nn.h): W0, b0, W1, b1, … one after another
+// in a value arena, with a float of padding after each, and a gradient arena of the same layout.
+// Adam runs over the whole arena, as the app's does: the fused step updates W0 tile by tile as
+// its gradient is finished and the rest after, so the test needs both in one arena.
+struct Arena {
+  std::vector<float> values, grads;
+  std::vector<size_t> w_at, b_at;
+
+  explicit Arena(const HostMlp& m) {
+    for (int l = 0; l < m.layers(); ++l) {
+      for (const std::vector<float>* t : {&m.w[size_t(l)], &m.b[size_t(l)]}) {
+        (t == &m.w[size_t(l)] ? w_at : b_at).push_back(values.size());
+        values.insert(values.end(), t->begin(), t->end());
+        values.push_back(0.25f);  // padding after each tensor: not a parameter, but inside the arena Adam walks
+      }
+    }
+    grads.assign(values.size(), kNaN);
+    for (int l = 0; l < m.layers(); ++l) {  // the padding's gradient: never written by the step
+      grads[w_at[size_t(l)] + m.w[size_t(l)].size()] = 0.0f;
+      grads[b_at[size_t(l)] + m.b[size_t(l)].size()] = 0.0f;
+    }
+  }
+  FusedMlp view(const HostMlp& m) {
+    FusedMlp v;
+    v.layers = m.layers(), v.sizes = m.sizes, v.models = m.models;
+    for (int l = 0; l < m.layers(); ++l) {
+      v.weights.push_back(values.data() + w_at[size_t(l)]), v.biases.push_back(values.data() + b_at[size_t(l)]);
+      v.weight_grads.push_back(grads.data() + w_at[size_t(l)]), v.bias_grads.push_back(grads.data() + b_at[size_t(l)]);
+    }
+    return v;
+  }
+};
+
+// The state a step's tail works on besides the arena: Adam's moments and step count mid-training,
+// the running loss sums, and two step counters.
 struct TailState {
-  std::vector<float> p, m, v, loss_sum;
+  std::vector<float> m, v, loss_sum;
   int64_t t, step, global_step, first_bad;
 };
 
 constexpr int64_t kNoFault = int64_t(1) << 62;
 const AdamOptions kTailAdam{1e-3, 0.9, 0.999, 1e-8, 1e-2};  // weight decay on: every term of the update
 
-TailState initial_tail_state(const HostMlp& mlp) {
+TailState initial_tail_state(size_t arena, int64_t models) {
   std::mt19937 rng(21);
   std::uniform_real_distribution<float> u(0.0f, 1.0f);
   TailState s;
-  s.p = mlp.w[0];
-  s.m.resize(s.p.size()), s.v.resize(s.p.size());
-  for (size_t i = 0; i < s.p.size(); ++i) s.m[i] = 0.02f * (u(rng) - 0.5f), s.v[i] = 1e-4f * u(rng);
-  s.loss_sum.resize(size_t(mlp.models));
+  s.m.resize(arena), s.v.resize(arena);
+  for (size_t i = 0; i < arena; ++i) s.m[i] = 0.02f * (u(rng) - 0.5f), s.v[i] = 1e-4f * u(rng);
+  s.loss_sum.resize(size_t(models));
   for (float& l : s.loss_sum) l = 3.0f * u(rng);
   s.t = 4, s.step = 7, s.global_step = 1000, s.first_bad = kNoFault;
   return s;
 }
 
-// One step with a tail over `s`: Adam over s.p, the losses into s.loss_sum weighted by 37, the
-// fault watch reading s.step, and s.step and s.global_step as the counters.
+// One step with a tail: Adam over the whole arena, the losses into s.loss_sum weighted by 37,
+// the fault watch reading s.step, and s.step and s.global_step as the counters.
 StepOutput run_tail_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std::vector<float>& x,
-                         const std::vector<int32_t>& labels, unsigned blocks, TailState& s) {
-  const std::vector<float> weights = trained.w[0];
-  trained.w[0] = s.p;
+                         const std::vector<int32_t>& labels, unsigned blocks, Arena& arena, TailState& s) {
   FusedTail tail;
-  tail.adam.p = trained.w[0].data(), tail.adam.g = trained.dw[0].data();
+  tail.adam.p = arena.values.data(), tail.adam.g = arena.grads.data();
   tail.adam.m = s.m.data(), tail.adam.v = s.v.data();
-  tail.adam.n = int64_t(s.p.size()), tail.adam.t = &s.t;
+  tail.adam.n = int64_t(arena.values.size()), tail.adam.t = &s.t;
   tail.adam.options = kTailAdam;
   tail.loss_sum = s.loss_sum.data(), tail.loss_weight = 37.0f;
   tail.step = &s.step, tail.first_bad = &s.first_bad;
   tail.counters[0] = &s.step, tail.counters[2] = &s.global_step;
-  StepOutput out = run_step(st, trained, frozen, x, labels, blocks, &tail);
-  s.p = trained.w[0];
-  trained.w[0] = weights;
-  return out;
+  const FusedMlp view = arena.view(trained);
+  return run_step(st, trained, frozen, x, labels, blocks, &tail, &view);
 }
 
-// The tail does in the kernel what the separate calls would: engine/adam.h's update (against
-// the CPU's, from the gradient this very step wrote), the sums and the watch as
-// accumulate_and_watch, the counters advanced after the watch has read them — on 1 block and on
-// 5, with the same bits on both.
+// The tail does in the kernel what the separate calls would: engine/adam.h's update over the
+// whole arena (against the CPU's, from the gradients this very step wrote: W0 tile by tile in
+// the last phase, the rest after), the sums and the watch as accumulate_and_watch, the counters
+// advanced after the watch has read them — on 1 block and on 5, with the same bits on both.
 TEST(FusedTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
   const Step st{"teacher_tail", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0, 5, false};
   const int64_t S = st.trained, B = st.batch, P = st.sizes.front();
@@ -346,51 +376,81 @@ TEST(FusedTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
   std::vector<int32_t> labels(static_cast<size_t>(S * B));
   for (int32_t& y : labels) y = int32_t(rng() % 10u);
   x[size_t(1 * B * P + 5)] = kNaN;  // model 1's loss is NaN: the watch must flag this step
-  const TailState initial = initial_tail_state(trained);
-  const int64_t per_model = st.sizes[1] * st.sizes[0];
+  const Arena fresh(trained);
+  const TailState initial = initial_tail_state(fresh.values.size(), S);
+  const size_t w0_begin = fresh.w_at[0], w0_end = w0_begin + trained.w[0].size();
 
-  std::vector<TailState> runs;
+  std::vector<std::pair<Arena, TailState>> runs;
   for (unsigned blocks : {1u, 5u}) {
     const std::string what = "tail, " + std::to_string(blocks) + " blocks";
-    TailState got = initial;
-    const StepOutput out = run_tail_step(st, trained, frozen, x, labels, blocks, got);
-    TailState again = initial;
-    run_tail_step(st, trained, frozen, x, labels, blocks, again);
-    EXPECT_TRUE(same_bits(again.p, got.p) && same_bits(again.m, got.m) && same_bits(again.v, got.v))
-        << what << ": two runs differ";
+    Arena got = fresh;
+    TailState state = initial;
+    const StepOutput out = run_tail_step(st, trained, frozen, x, labels, blocks, got, state);
 
-    TailState ref = initial;  // the separate calls, on the CPU
-    cpu::adam_update(ref.p.data(), out.dw[0].data(), ref.m.data(), ref.v.data(), int64_t(ref.p.size()), 5,
-                     kTailAdam);
-    int moved = 0, wrong = 0;
-    auto close = [](float a, float b, float floor) { return std::abs(a - b) <= 1e-6f * std::abs(b) + floor; };
-    for (size_t i = 0; i < ref.p.size(); ++i) {
-      if (int64_t(i) / per_model == 1) continue;  // model 1's gradient is NaN
-      const bool ok = close(got.p[i], ref.p[i], 1e-9f) && close(got.m[i], ref.m[i], 1e-12f) &&
-                      close(got.v[i], ref.v[i], 1e-15f);
+    Arena ref = fresh;  // the separate calls: the CPU's Adam from the gradients the step wrote
+    TailState ref_state = initial;
+    cpu::adam_update(ref.values.data(), got.grads.data(), ref_state.m.data(), ref_state.v.data(),
+                     int64_t(ref.values.size()), 5, kTailAdam);
+    int wrong = 0, moved_w0 = 0, moved_rest = 0;
+    auto close = [](float a, float b, float floor) {
+      return (std::isnan(a) && std::isnan(b)) || std::abs(a - b) <= 1e-6f * std::abs(b) + floor;
+    };
+    for (size_t i = 0; i < ref.values.size(); ++i) {
+      const bool ok = close(got.values[i], ref.values[i], 1e-9f) && close(state.m[i], ref_state.m[i], 1e-12f) &&
+                      close(state.v[i], ref_state.v[i], 1e-15f);
       if (!ok && ++wrong <= 3)
-        ADD_FAILURE() << what << ": element " << i << " (p, m, v) = (" << got.p[i] << ", " << got.m[i] << ", "
-                      << got.v[i] << "), the CPU's (" << ref.p[i] << ", " << ref.m[i] << ", " << ref.v[i] << ")";
-      moved += got.p[i] != initial.p[i];
+        ADD_FAILURE() << what << ": arena element " << i << " (p, m, v) = (" << got.values[i] << ", " << state.m[i]
+                      << ", " << state.v[i] << "), the CPU's (" << ref.values[i] << ", " << ref_state.m[i] << ", "
+                      << ref_state.v[i] << ")";
+      const bool moved = got.values[i] != fresh.values[i] && !std::isnan(got.values[i]);
+      (i >= w0_begin && i < w0_end ? moved_w0 : moved_rest) += moved;
     }
-    EXPECT_EQ(wrong, 0) << what << ": elements off the CPU's Adam";
-    EXPECT_GT(moved, 0) << what << ": Adam moved nothing";
+    EXPECT_EQ(wrong, 0) << what << ": arena elements off the CPU's Adam";
+    EXPECT_GT(moved_w0, 0) << what << ": Adam did not move W0";
+    EXPECT_GT(moved_rest, 0) << what << ": Adam did not move the parameters after W0";
     for (int64_t n = 0; n < S; ++n) {
       if (n == 1) {
-        EXPECT_TRUE(std::isnan(got.loss_sum[size_t(n)])) << what << ": model 1's running sum";
+        EXPECT_TRUE(std::isnan(state.loss_sum[size_t(n)])) << what << ": model 1's running sum";
       } else {
-        EXPECT_FLOAT_EQ(got.loss_sum[size_t(n)], initial.loss_sum[size_t(n)] + 37.0f * out.loss[size_t(n)])
+        EXPECT_FLOAT_EQ(state.loss_sum[size_t(n)], initial.loss_sum[size_t(n)] + 37.0f * out.loss[size_t(n)])
             << what << ": model " << n << "'s running loss sum";
       }
     }
-    EXPECT_EQ(got.t, 5) << what << ": Adam's step count";
-    EXPECT_EQ(got.step, 8) << what << ": the step counter";
-    EXPECT_EQ(got.global_step, 1001) << what << ": the second counter";
-    EXPECT_EQ(got.first_bad, 7) << what << ": the watch must read the step before the counters advance";
-    runs.push_back(got);
+    EXPECT_EQ(state.t, 5) << what << ": Adam's step count";
+    EXPECT_EQ(state.step, 8) << what << ": the step counter";
+    EXPECT_EQ(state.global_step, 1001) << what << ": the second counter";
+    EXPECT_EQ(state.first_bad, 7) << what << ": the watch must read the step before the counters advance";
+
+    Arena again = fresh;
+    TailState again_state = initial;
+    run_tail_step(st, trained, frozen, x, labels, blocks, again, again_state);
+    EXPECT_TRUE(same_bits(again.values, got.values) && same_bits(again_state.m, state.m) &&
+                same_bits(again_state.v, state.v))
+        << what << ": two runs differ";
+    runs.emplace_back(std::move(got), std::move(state));
   }
-  EXPECT_TRUE(same_bits(runs[0].p, runs[1].p) && same_bits(runs[0].m, runs[1].m) && same_bits(runs[0].v, runs[1].v))
+  EXPECT_TRUE(same_bits(runs[0].first.values, runs[1].first.values) &&
+              same_bits(runs[0].second.m, runs[1].second.m) && same_bits(runs[0].second.v, runs[1].second.v))
       << "1 and 5 blocks give different bits";
+}
+
+// An Adam arena that does not hold the first layer's weight gradients cannot be updated tile by
+// tile: building the program refuses it.
+TEST(FusedTail, AnArenaWithoutTheFirstLayerIsRefused) {
+  const Step st{"teacher_tail", {53, 29, 31, 13}, 1, 0, 8, false, 0, 10, 1.0, 2, false};
+  HostMlp trained(st.sizes, 1, 11);
+  Arena arena(trained);
+  std::vector<float> m(arena.values.size()), v(arena.values.size());
+  int64_t t = 0;
+  FusedTail tail;
+  tail.adam.p = arena.values.data(), tail.adam.g = arena.grads.data() + arena.b_at[0];  // starts past W0
+  tail.adam.m = m.data(), tail.adam.v = v.data(), tail.adam.t = &t;
+  tail.adam.n = int64_t(arena.values.size() - arena.b_at[0]);
+  std::vector<float> x(size_t(8 * 53)), h1(size_t(8 * 29)), h2(size_t(8 * 31)), logits(size_t(8 * 13));
+  Workspace ws{{nullptr, h1.data(), h2.data()}, std::vector<float*>(4, nullptr), logits.data(), nullptr};
+  FusedLoss loss;
+  loss.c1 = 10;
+  EXPECT_THROW(build_program(x.data(), 8, arena.view(trained), nullptr, loss, nullptr, ws, 2, &tail), ShapeError);
 }
 
 // Block 0's per-model loss sums on their own (a whole step at these sizes is slow to emulate):

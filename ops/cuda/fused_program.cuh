@@ -15,14 +15,16 @@
 //                  G_{L−1} = (G_L·W_{L−1}) ⊙ [H_{L−1} ≠ 0], db_{L−2} = Σ_b G_{L−1};
 //                  block 0 also sums the rows' losses into each model's mean
 //   B_l, l ≥ 1     dW_l = G_{l+1}ᵀ·H_l; G_l and db_{l−1} as above
-//   B_0            dW_0 = G_1ᵀ·x
-//   adam           (with a tail's Adam) every parameter's update, grid-stride over the arena
+//   B_0            dW_0 = G_1ᵀ·x; with a tail's Adam, each dW_0 tile updates its part of W_0
+//                  as it finishes, and after its items every block updates a share of the
+//                  rest of the arena (those gradients were final a barrier ago, and no phase
+//                  reads a parameter after this one's GEMM)
 //
 // The step's tail (FusedTail, ops/cuda/fused_step_cuda.h) rides along: block 0 advances Adam's
 // step count in F_0, adds the losses to their running sums in B_{L−1} and advances the step
 // counters after the last phase, when nothing reads them any more.
 //
-// 2L + 1 phases (2L + 2 with Adam), a barrier between each two (L = 3: 6, or 7 with Adam). Within a phase the blocks share the work
+// 2L + 1 phases, a barrier between each two (L = 3: 6). Within a phase the blocks share the work
 // items of that phase's GEMMs (the tiles of ops/cuda/tile_gemm.cuh, split-K included) or the
 // loss's rows. Gradients are written (not accumulated) into the parameters' gradient buffers.
 // Every reduction sums in a fixed order, so a step gives the same bits on every run.
@@ -36,6 +38,7 @@
 #include <vector>
 
 #include "engine/cuda/step_end.cuh"
+#include "engine/error.h"
 #include "ops/cuda/fused_step_cuda.h"
 #include "ops/cuda/loss_rows.cuh"
 #include "ops/cuda/tile_gemm.cuh"
@@ -44,7 +47,7 @@ namespace subliminal::cuda::fused {
 
 using tile::Gemm;
 
-constexpr int kMaxPhases = 2 * kFusedMaxLayers + 2;
+constexpr int kMaxPhases = 2 * kFusedMaxLayers + 1;
 constexpr int kMaxGemms = 2 * kFusedMaxLayers + 2 * kFusedMaxLayers - 1;  // forward ×2, backward
 
 struct Phase {
@@ -65,7 +68,9 @@ struct LossRows {
 struct Program {
   int phases, gemms;
   int loss_phase;               // loss_phase + 1 also reduces the per-model losses
-  int adam_phase;               // −1: no Adam
+  int adam_gemm;                // −1: no Adam; else B_0's dW_0, whose tiles update W_0 as they finish
+  tile::AdamEpilogue adam_w0;   // … with this
+  int64_t adam_skip_begin, adam_skip_end;  // W_0's elements in the arena, left out of the rest's update
   Phase phase[kMaxPhases];
   Gemm gemm[kMaxGemms];
   LossRows loss;
@@ -134,26 +139,25 @@ __device__ inline void reduce_losses(const LossRows& p, const FusedTail& tail) {
   }
 }
 
-// Every thread of the grid: Adam over the whole arena (its step count was advanced in F_0).
-// Each thread takes 4 elements a round, a grid's width apart (coalesced), and loads all 16
-// values before it computes, so their L2 round trips overlap. Loads go through L2 (__ldcg): the
-// gradients were written by other SMs in this kernel.
-__device__ inline void adam_phase(const FusedTail& tail) {
+// Every thread of the grid: Adam over elements [begin, end) of the arena (its step count was
+// advanced in F_0). Each thread takes 4 elements a round, a grid's width apart (coalesced), and
+// loads all 16 values before it computes, so their L2 round trips overlap. Loads go through L2
+// (__ldcg): the gradients were written by other SMs in this kernel.
+__device__ inline void adam_range(const FusedTail& tail, const AdamStepScalars& scalars, int64_t begin, int64_t end) {
   const auto& a = tail.adam;
-  const AdamStepScalars scalars = adam_step_scalars(a.options, __ldcg(a.t));
   const int64_t width = int64_t(gridDim.x) * blockDim.x;
   constexpr int kRound = 4;
-  for (int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; first < a.n; first += kRound * width) {
+  for (int64_t first = begin + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; first < end; first += kRound * width) {
     float p[kRound], g[kRound], m[kRound], v[kRound];
 #pragma unroll
     for (int r = 0; r < kRound; ++r) {
       const int64_t i = first + r * width;
-      if (i < a.n) p[r] = __ldcg(&a.p[i]), g[r] = __ldcg(&a.g[i]), m[r] = __ldcg(&a.m[i]), v[r] = __ldcg(&a.v[i]);
+      if (i < end) p[r] = __ldcg(&a.p[i]), g[r] = __ldcg(&a.g[i]), m[r] = __ldcg(&a.m[i]), v[r] = __ldcg(&a.v[i]);
     }
 #pragma unroll
     for (int r = 0; r < kRound; ++r) {
       const int64_t i = first + r * width;
-      if (i >= a.n) continue;
+      if (i >= end) continue;
       adam_element(p[r], g[r], m[r], v[r], scalars);
       a.p[i] = p[r], a.m[i] = m[r], a.v[i] = v[r];
     }
@@ -168,10 +172,10 @@ __device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid
   const bool lead = blockIdx.x == 0 && threadIdx.x == 0;
   for (int ph = 0; ph < prog.phases; ++ph) {
     phase_begins(ph);
-    if (ph == 0 && lead && prog.tail.adam.t) *prog.tail.adam.t += 1;  // read in the Adam phase, after barriers
+    if (ph == 0 && lead && prog.tail.adam.t) *prog.tail.adam.t += 1;  // read in B_0, after barriers
     if (ph == prog.loss_phase) loss_rows(prog.loss);
     if (ph == prog.loss_phase + 1 && blockIdx.x == 0) reduce_losses(prog.loss, prog.tail);
-    if (ph == prog.adam_phase) adam_phase(prog.tail);
+    const bool adam_here = ph + 1 == prog.phases && prog.adam_gemm >= 0;
     const Phase& phase = prog.phase[ph];
     int64_t total = 0;
     for (int j = 0; j < phase.gemms; ++j) total += prog.gemm[phase.first_gemm + j].items;
@@ -179,7 +183,12 @@ __device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid
       int j = phase.first_gemm;
       int64_t local = item;
       while (local >= prog.gemm[j].items) local -= prog.gemm[j++].items;
-      tile::run_item(prog.gemm[j], local, sm);
+      tile::run_item(prog.gemm[j], local, sm, adam_here && j == prog.adam_gemm ? &prog.adam_w0 : nullptr);
+    }
+    if (adam_here) {  // the rest of the arena: before W_0, and after it
+      const AdamStepScalars scalars = adam_step_scalars(prog.tail.adam.options, __ldcg(prog.tail.adam.t));
+      adam_range(prog.tail, scalars, 0, prog.adam_skip_begin);
+      adam_range(prog.tail, scalars, prog.adam_skip_end, prog.tail.adam.n);
     }
     if (ph + 1 < prog.phases) grid_sync();  // this phase's writes are visible to the next
   }
@@ -260,12 +269,23 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
       add(dx);
     }
   }
-  prog.adam_phase = -1;
+  prog.adam_gemm = -1;
   if (tail) {
     prog.tail = *tail;
-    if (tail->adam.t) {  // after B_0: every gradient is final
-      prog.adam_phase = phases;
-      begin_phase();
+    if (tail->adam.t) {  // B_0's only GEMM is dW_0; W_0 must lie inside Adam's arena
+      const int j = prog.phase[phases - 1].first_gemm;
+      const Gemm& dw0 = prog.gemm[j];
+      const auto at = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+      const uintptr_t g = at(tail->adam.g), end = g + uintptr_t(tail->adam.n) * sizeof(float);
+      const uintptr_t w0 = at(dw0.c), w0_end = w0 + uintptr_t(dw0.models * dw0.M * dw0.N) * sizeof(float);
+      if (w0 < g || w0_end > end || (w0 - g) % sizeof(float) != 0)
+        throw ShapeError("fused step: the tail's Adam arena does not hold the first layer's weight gradients");
+      prog.adam_gemm = j;
+      prog.adam_skip_begin = int64_t((w0 - g) / sizeof(float));
+      prog.adam_skip_end = int64_t((w0_end - g) / sizeof(float));
+      const auto& a = tail->adam;
+      const int64_t first = prog.adam_skip_begin;
+      prog.adam_w0 = tile::AdamEpilogue{a.p + first, a.m + first, a.v + first, a.t, a.options};
     }
   }
   prog.phases = phases, prog.gemms = gemms;
@@ -281,7 +301,7 @@ inline std::vector<std::string> phase_names(const Program& prog) {
   for (int l = 0; l < layers; ++l) names.push_back("forward, layer " + std::to_string(l));
   names.push_back("loss rows");
   for (int l = layers - 1; l >= 0; --l) names.push_back("backward, layer " + std::to_string(l));
-  if (prog.adam_phase >= 0) names.push_back("adam");
+  if (prog.adam_gemm >= 0) names.back() += " + Adam";
   return names;
 }
 

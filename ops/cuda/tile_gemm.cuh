@@ -21,7 +21,9 @@
 //                    !(h == 0), the same gate), accumulate, and the column sums Σ_m (the
 //                    previous layer's bias gradient) — across row tiles by the same
 //                    "last one sums in order" scheme
-//   backward_weight  accumulate, and the row sums Σ_k a(m, k) (this layer's bias gradient)
+//   backward_weight  accumulate, and the row sums Σ_k a(m, k) (this layer's bias gradient);
+//                    optionally Adam on the weights the finished gradient belongs to (the
+//                    fused step's tail: see AdamEpilogue)
 //
 // Loads go through L2 only (__ldcg): in the fused step an operand may have been written by
 // another SM earlier in the same kernel, and L1 is not coherent between SMs.
@@ -30,6 +32,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "engine/cuda/step_end.cuh"
 
 namespace subliminal::cuda::tile {
 
@@ -86,6 +90,18 @@ struct alignas(16) Smem {
   float b[kTileK][kTileN + kSmemPad];  // b(n0 + c, k0 + k) at [k][c]
   float c[kTileM][kTileN + 1];         // the finished tile, for the mask and the column sums
   bool last;
+};
+
+// Adam on the parameters a backward_weight GEMM's output is the gradient of, applied by the item
+// that finishes each tile, as soon as the tile's gradient is final: param, m and v are laid out
+// like c (element (model, r, n) at the same offset), *t is the step number of this update, and
+// the update is engine/adam.h's, the same bits as the Adam kernel. The fused step uses it for the
+// last gradient it computes, so that its Adam needs no phase of its own. (It lives in the
+// kernel's parameter, not in registers: the GEMM loop is at its register cap.)
+struct AdamEpilogue {
+  float *param, *m, *v;
+  const int64_t* t;
+  AdamOptions options;
 };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -206,9 +222,10 @@ struct Layout {
 };
 
 // Work item `item` of g (0 ≤ item < g.items), computed by the whole block. Returns early (all
-// threads together) when this item is a slice whose tile another item finishes.
+// threads together) when this item is a slice whose tile another item finishes. adam: null, or
+// (backward_weight only) Adam on the finished tile's parameters.
 template <Kind kind>
-__device__ void tile_item(const Gemm& p, int64_t item, Smem& sm) {
+__device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilogue* adam = nullptr) {
   // item = ((model · m_tiles + m_tile) · n_tiles + n_tile) · splits + split
   const int split = int(item % p.splits);
   const int64_t tile_id = item / p.splits;
@@ -315,6 +332,29 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm) {
 
   if (kind == Kind::backward_weight) {
     if (sums_rows && threadIdx.x < kTileM && m0 + threadIdx.x < p.M) p.row_sums[model * p.M + m0 + threadIdx.x] = row_sum;
+    if (adam) {
+      // A row of 4 at a time: its 12 loads in flight together, without holding all 48.
+      const AdamStepScalars scalars = adam_step_scalars(adam->options, __ldcg(adam->t));
+      const int64_t at = model * p.M * p.N;
+#pragma unroll 1
+      for (int i = 0; i < 4; ++i) {
+        const int64_t m = m0 + ty * 4 + i;
+        float w[4], mom[4], var[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int64_t e = at + m * p.N + n0 + tx * 4 + j;
+          if (m < p.M && n0 + tx * 4 + j < p.N)
+            w[j] = __ldcg(&adam->param[e]), mom[j] = __ldcg(&adam->m[e]), var[j] = __ldcg(&adam->v[e]);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int64_t e = at + m * p.N + n0 + tx * 4 + j;
+          if (!(m < p.M && n0 + tx * 4 + j < p.N)) continue;
+          adam_element(w[j], sm.c[ty * 4 + i][tx * 4 + j], mom[j], var[j], scalars);
+          adam->param[e] = w[j], adam->m[e] = mom[j], adam->v[e] = var[j];
+        }
+      }
+    }
     return;
   }
   const bool writes_mask = kind == Kind::forward && p.relu && p.mask_out;
@@ -371,14 +411,14 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm) {
 }
 
 // Dispatches on the GEMM's kind.
-__device__ inline void run_item(const Gemm& g, int64_t item, Smem& sm) {
+__device__ inline void run_item(const Gemm& g, int64_t item, Smem& sm, const AdamEpilogue* adam = nullptr) {
   switch (g.kind) {
     case Kind::forward:
       return tile_item<Kind::forward>(g, item, sm);
     case Kind::backward_input:
       return tile_item<Kind::backward_input>(g, item, sm);
     case Kind::backward_weight:
-      return tile_item<Kind::backward_weight>(g, item, sm);
+      return tile_item<Kind::backward_weight>(g, item, sm, adam);
   }
 }
 
