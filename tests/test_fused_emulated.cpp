@@ -299,6 +299,7 @@ struct Arena {
   std::vector<size_t> w_at, b_at;
 
   explicit Arena(const HostMlp& m) {
+    values.assign(3, 0.25f);  // leading padding too, so that W0 does not start the arena
     for (int l = 0; l < m.layers(); ++l) {
       for (const std::vector<float>* t : {&m.w[size_t(l)], &m.b[size_t(l)]}) {
         (t == &m.w[size_t(l)] ? w_at : b_at).push_back(values.size());
@@ -307,6 +308,7 @@ struct Arena {
       }
     }
     grads.assign(values.size(), kNaN);
+    std::fill(grads.begin(), grads.begin() + 3, 0.0f);
     for (int l = 0; l < m.layers(); ++l) {  // the padding's gradient: never written by the step
       grads[w_at[size_t(l)] + m.w[size_t(l)].size()] = 0.0f;
       grads[b_at[size_t(l)] + m.b[size_t(l)].size()] = 0.0f;
@@ -364,9 +366,10 @@ StepOutput run_tail_step(const Step& st, HostMlp& trained, HostMlp& frozen, cons
 // The tail does in the kernel what the separate calls would: engine/adam.h's update over the
 // whole arena (against the CPU's, from the gradients this very step wrote: W0 tile by tile in
 // the last phase, the rest after), the sums and the watch as accumulate_and_watch, the counters
-// advanced after the watch has read them — on 1 block and on 5, with the same bits on both.
-TEST(FusedTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
-  const Step st{"teacher_tail", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0, 5, false};
+// advanced after the watch has read them. nan_model ≥ 0 poisons that model's input (its loss is
+// NaN, and the watch must flag the step). With more than one block count, the runs must also
+// agree bit for bit (when their split-K plans are the same).
+void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64_t nan_model) {
   const int64_t S = st.trained, B = st.batch, P = st.sizes.front();
   HostMlp trained(st.sizes, S, 11), frozen(st.sizes, 0, 12);
   std::mt19937 rng(13);
@@ -374,24 +377,27 @@ TEST(FusedTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
   std::vector<float> x(static_cast<size_t>(S * B * P));
   for (float& v : x) v = u(rng);
   std::vector<int32_t> labels(static_cast<size_t>(S * B));
-  for (int32_t& y : labels) y = int32_t(rng() % 10u);
-  x[size_t(1 * B * P + 5)] = kNaN;  // model 1's loss is NaN: the watch must flag this step
+  for (int32_t& y : labels) y = int32_t(rng() % uint32_t(st.c1 - st.c0));
+  if (nan_model >= 0) x[size_t(nan_model * B * P + 5)] = kNaN;
   const Arena fresh(trained);
   const TailState initial = initial_tail_state(fresh.values.size(), S);
   const size_t w0_begin = fresh.w_at[0], w0_end = w0_begin + trained.w[0].size();
 
   std::vector<std::pair<Arena, TailState>> runs;
-  for (unsigned blocks : {1u, 5u}) {
-    const std::string what = "tail, " + std::to_string(blocks) + " blocks";
+  for (unsigned blocks : block_counts) {
+    const std::string what = std::string(st.name) + ", " + std::to_string(blocks) + " blocks";
     Arena got = fresh;
     TailState state = initial;
     const StepOutput out = run_tail_step(st, trained, frozen, x, labels, blocks, got, state);
+    if (st.split_k) {
+      EXPECT_GT(out.most_splits, 1) << what << ": no GEMM split K";
+    }
 
     Arena ref = fresh;  // the separate calls: the CPU's Adam from the gradients the step wrote
     TailState ref_state = initial;
     cpu::adam_update(ref.values.data(), got.grads.data(), ref_state.m.data(), ref_state.v.data(),
                      int64_t(ref.values.size()), 5, kTailAdam);
-    int wrong = 0, moved_w0 = 0, moved_rest = 0;
+    int wrong = 0, moved_before_w0 = 0, moved_w0 = 0, moved_after_w0 = 0;
     auto close = [](float a, float b, float floor) {
       return (std::isnan(a) && std::isnan(b)) || std::abs(a - b) <= 1e-6f * std::abs(b) + floor;
     };
@@ -403,14 +409,15 @@ TEST(FusedTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
                       << ", " << state.v[i] << "), the CPU's (" << ref.values[i] << ", " << ref_state.m[i] << ", "
                       << ref_state.v[i] << ")";
       const bool moved = got.values[i] != fresh.values[i] && !std::isnan(got.values[i]);
-      (i >= w0_begin && i < w0_end ? moved_w0 : moved_rest) += moved;
+      (i < w0_begin ? moved_before_w0 : i < w0_end ? moved_w0 : moved_after_w0) += moved;
     }
     EXPECT_EQ(wrong, 0) << what << ": arena elements off the CPU's Adam";
+    EXPECT_GT(moved_before_w0, 0) << what << ": Adam did not move the arena before W0";
     EXPECT_GT(moved_w0, 0) << what << ": Adam did not move W0";
-    EXPECT_GT(moved_rest, 0) << what << ": Adam did not move the parameters after W0";
+    EXPECT_GT(moved_after_w0, 0) << what << ": Adam did not move the parameters after W0";
     for (int64_t n = 0; n < S; ++n) {
-      if (n == 1) {
-        EXPECT_TRUE(std::isnan(state.loss_sum[size_t(n)])) << what << ": model 1's running sum";
+      if (n == nan_model) {
+        EXPECT_TRUE(std::isnan(state.loss_sum[size_t(n)])) << what << ": model " << n << "'s running sum";
       } else {
         EXPECT_FLOAT_EQ(state.loss_sum[size_t(n)], initial.loss_sum[size_t(n)] + 37.0f * out.loss[size_t(n)])
             << what << ": model " << n << "'s running loss sum";
@@ -419,7 +426,8 @@ TEST(FusedTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
     EXPECT_EQ(state.t, 5) << what << ": Adam's step count";
     EXPECT_EQ(state.step, 8) << what << ": the step counter";
     EXPECT_EQ(state.global_step, 1001) << what << ": the second counter";
-    EXPECT_EQ(state.first_bad, 7) << what << ": the watch must read the step before the counters advance";
+    EXPECT_EQ(state.first_bad, nan_model >= 0 ? 7 : kNoFault)
+        << what << ": the watch must read the step before the counters advance";
 
     Arena again = fresh;
     TailState again_state = initial;
@@ -429,9 +437,21 @@ TEST(FusedTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
         << what << ": two runs differ";
     runs.emplace_back(std::move(got), std::move(state));
   }
-  EXPECT_TRUE(same_bits(runs[0].first.values, runs[1].first.values) &&
-              same_bits(runs[0].second.m, runs[1].second.m) && same_bits(runs[0].second.v, runs[1].second.v))
-      << "1 and 5 blocks give different bits";
+  for (size_t r = 1; r < runs.size(); ++r)
+    EXPECT_TRUE(same_bits(runs[0].first.values, runs[r].first.values) &&
+                same_bits(runs[0].second.m, runs[r].second.m) && same_bits(runs[0].second.v, runs[r].second.v))
+        << st.name << ": " << block_counts[0] << " and " << block_counts[r] << " blocks give different bits";
+}
+
+// Three models, one tile of W0 each, a NaN loss; 1 and 5 blocks give the same bits.
+TEST(FusedTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
+  check_tail(Step{"teacher_tail", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0, 5, false}, {1u, 5u}, 1);
+}
+
+// W0's gradient in 2 × 2 tiles, partial at both edges (65 × 70), and split over K on 17 blocks:
+// each tile's Adam runs in the item that finishes it, at its own offsets.
+TEST(FusedTail, AdamFollowsSplitAndPartialTilesOfW0) {
+  check_tail(Step{"tail_split_k", {70, 65, 31, 13}, 1, 0, 64, false, 0, 10, 1.0, 17, true}, {17u}, -1);
 }
 
 // An Adam arena that does not hold the first layer's weight gradients cannot be updated tile by

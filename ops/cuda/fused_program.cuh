@@ -278,8 +278,9 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
       const auto at = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
       const uintptr_t g = at(tail->adam.g), end = g + uintptr_t(tail->adam.n) * sizeof(float);
       const uintptr_t w0 = at(dw0.c), w0_end = w0 + uintptr_t(dw0.models * dw0.M * dw0.N) * sizeof(float);
-      if (w0 < g || w0_end > end || (w0 - g) % sizeof(float) != 0)
-        throw ShapeError("fused step: the tail's Adam arena does not hold the first layer's weight gradients");
+      if (w0 < g || w0_end > end || (w0 - g) % sizeof(float) != 0 ||
+          trained.weights[0] != tail->adam.p + (w0 - g) / sizeof(float))
+        throw ShapeError("fused step: the tail's Adam arena does not hold the first layer's weights and gradients");
       prog.adam_gemm = j;
       prog.adam_skip_begin = int64_t((w0 - g) / sizeof(float));
       prog.adam_skip_end = int64_t((w0_end - g) / sizeof(float));

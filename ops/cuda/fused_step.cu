@@ -12,8 +12,8 @@
 // device code that walks them) is built on the host and passed as the kernel's parameter;
 // this file allocates the step's buffers, plans the grid and launches. Given the step's tail
 // (FusedTail: Adam, the running loss sums, the step counters), the kernel does that too — Adam
-// in the last phase, behind the gradients it needs, the rest in block 0 — so that a training
-// step in a CUDA graph is this kernel and the one that makes its batch.
+// in the last phase, behind the gradients it needs; the loss sums and counters in block 0 — so
+// that a training step in a CUDA graph is this kernel and the one that makes its batch.
 //
 // Limits: 2 ≤ L ≤ kFusedMaxLayers (the program is a kernel parameter), float32. The op's
 // caller (ops/fused_step.cpp) uses autograd for anything else.
