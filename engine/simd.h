@@ -9,9 +9,10 @@
 #pragma once
 
 // GCC only: clang (the fuzzing build) cannot multiversion function templates yet, and the
-// sanitizer builds want the plain code.
+// sanitizer builds want the plain code (under ThreadSanitizer the ifunc resolvers would run
+// before the sanitizer's runtime is up, and the program crashes as it loads).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
-    !defined(SUBLIMINAL_NO_MULTIVERSION) && !defined(__SANITIZE_ADDRESS__)
+    !defined(SUBLIMINAL_NO_MULTIVERSION) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 #define SUBLIMINAL_HOT_LOOP __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define SUBLIMINAL_HOT_LOOP
