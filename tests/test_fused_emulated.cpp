@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/adam.h"  // cpu::adam_update, the reference
+#include "engine/adam.h"  // AdamOptions
 #include "ops/cuda/fused_program.cuh"
 #include "tests/simt/compare.h"
 
@@ -347,6 +347,21 @@ TailState initial_tail_state(size_t arena, int64_t models) {
   return s;
 }
 
+// torch.optim.Adam's update at step t (engine/adam.h), in float64 and written out again here as
+// the oracle (this binary runs on host threads under ThreadSanitizer too, so it keeps off the
+// engine's library).
+void adam_float64(std::vector<float>& p, const std::vector<float>& g, std::vector<float>& m, std::vector<float>& v,
+                  int64_t t, const AdamOptions& o) {
+  const double step_size = o.lr / (1.0 - std::pow(o.beta1, double(t)));
+  const double correction2 = std::sqrt(1.0 - std::pow(o.beta2, double(t)));
+  for (size_t i = 0; i < p.size(); ++i) {
+    const double grad = double(g[i]) + o.weight_decay * double(p[i]);
+    const double mi = o.beta1 * m[i] + (1.0 - o.beta1) * grad, vi = o.beta2 * v[i] + (1.0 - o.beta2) * grad * grad;
+    p[i] = float(p[i] - step_size * mi / (std::sqrt(vi) / correction2 + o.eps));
+    m[i] = float(mi), v[i] = float(vi);
+  }
+}
+
 // One step with a tail: Adam over the whole arena, the losses into s.loss_sum weighted by 37,
 // the fault watch reading s.step, and s.step and s.global_step as the counters.
 StepOutput run_tail_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std::vector<float>& x,
@@ -364,7 +379,7 @@ StepOutput run_tail_step(const Step& st, HostMlp& trained, HostMlp& frozen, cons
 }
 
 // The tail does in the kernel what the separate calls would: engine/adam.h's update over the
-// whole arena (against the CPU's, from the gradients this very step wrote: W0 tile by tile in
+// whole arena (against float64, from the gradients this very step wrote: W0 tile by tile in
 // the last phase, the rest after), the sums and the watch as accumulate_and_watch, the counters
 // advanced after the watch has read them. nan_model ≥ 0 poisons that model's input (its loss is
 // NaN, and the watch must flag the step). With more than one block count, the runs must also
@@ -393,25 +408,27 @@ void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64
       EXPECT_GT(out.most_splits, 1) << what << ": no GEMM split K";
     }
 
-    Arena ref = fresh;  // the separate calls: the CPU's Adam from the gradients the step wrote
+    Arena ref = fresh;  // the separate calls: Adam from the gradients the step wrote
     TailState ref_state = initial;
-    cpu::adam_update(ref.values.data(), got.grads.data(), ref_state.m.data(), ref_state.v.data(),
-                     int64_t(ref.values.size()), 5, kTailAdam);
+    adam_float64(ref.values, got.grads, ref_state.m, ref_state.v, 5, kTailAdam);
     int wrong = 0, moved_before_w0 = 0, moved_w0 = 0, moved_after_w0 = 0;
-    auto close = [](float a, float b, float floor) {
-      return (std::isnan(a) && std::isnan(b)) || std::abs(a - b) <= 1e-6f * std::abs(b) + floor;
+    // Float rounding against float64: m's update adds terms of either sign (0.9·m, 0.1·g, each
+    // up to ~1e-2 here), so its bound is absolute at that scale; a skipped or misplaced update
+    // is off by far more.
+    auto close = [](float a, float b, float relative, float floor) {
+      return (std::isnan(a) && std::isnan(b)) || std::abs(a - b) <= relative * std::abs(b) + floor;
     };
     for (size_t i = 0; i < ref.values.size(); ++i) {
-      const bool ok = close(got.values[i], ref.values[i], 1e-9f) && close(state.m[i], ref_state.m[i], 1e-12f) &&
-                      close(state.v[i], ref_state.v[i], 1e-15f);
+      const bool ok = close(got.values[i], ref.values[i], 1e-6f, 1e-9f) &&
+                      close(state.m[i], ref_state.m[i], 1e-6f, 1e-9f) && close(state.v[i], ref_state.v[i], 1e-6f, 1e-15f);
       if (!ok && ++wrong <= 3)
         ADD_FAILURE() << what << ": arena element " << i << " (p, m, v) = (" << got.values[i] << ", " << state.m[i]
-                      << ", " << state.v[i] << "), the CPU's (" << ref.values[i] << ", " << ref_state.m[i] << ", "
+                      << ", " << state.v[i] << "), float64's (" << ref.values[i] << ", " << ref_state.m[i] << ", "
                       << ref_state.v[i] << ")";
       const bool moved = got.values[i] != fresh.values[i] && !std::isnan(got.values[i]);
       (i < w0_begin ? moved_before_w0 : i < w0_end ? moved_w0 : moved_after_w0) += moved;
     }
-    EXPECT_EQ(wrong, 0) << what << ": arena elements off the CPU's Adam";
+    EXPECT_EQ(wrong, 0) << what << ": arena elements off float64's Adam";
     EXPECT_GT(moved_before_w0, 0) << what << ": Adam did not move the arena before W0";
     EXPECT_GT(moved_w0, 0) << what << ": Adam did not move W0";
     EXPECT_GT(moved_after_w0, 0) << what << ": Adam did not move the parameters after W0";
