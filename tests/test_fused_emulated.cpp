@@ -10,8 +10,8 @@
 //   - each trained model's loss and every weight and bias gradient against float64
 //     (‖got − ref‖/‖ref‖ ≤ 1e-5), with every output and intermediate buffer poisoned with NaN;
 //   - two runs on the same grid give the same bits;
-//   - the step's tail (Adam, the running loss sums and NaN watch, the step counters) against the
-//     CPU's Adam and the separate calls' order, and block 0's per-model loss sums at sizes past
+//   - the step's tail (Adam, the running loss sums and NaN watch, the step counters) against a
+//     float64 Adam and the separate calls' order, and block 0's per-model loss sums at sizes past
 //     one round of their batched loads.
 #include <gtest/gtest.h>
 
