@@ -199,18 +199,29 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
 
 void PrintTo(const Step& st, std::ostream* os) { *os << st.name; }
 
+// A step's inputs, the same for every run of a case: x [S, B, inputs] uniform in [0, 1), and
+// labels [S, B] among the loss's columns.
+struct StepInputs {
+  std::vector<float> x;
+  std::vector<int32_t> labels;
+};
+StepInputs random_inputs(const Step& st) {
+  const int64_t S = st.trained, B = st.batch, P = st.sizes.front();
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  StepInputs in{std::vector<float>(static_cast<size_t>(S * B * P)), std::vector<int32_t>(static_cast<size_t>(S * B))};
+  for (float& v : in.x) v = u(rng);
+  for (int32_t& y : in.labels) y = int32_t(rng() % uint32_t(st.c1 - st.c0));
+  return in;
+}
+
 class FusedEmulated : public ::testing::TestWithParam<Step> {};
 
 TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
   const Step& st = GetParam();
   const int64_t S = st.trained, F = st.frozen, B = st.batch, P = st.sizes.front();
   HostMlp trained(st.sizes, S, 11), frozen(st.sizes, F, 12);
-  std::mt19937 rng(13);
-  std::uniform_real_distribution<float> u(0.0f, 1.0f);
-  std::vector<float> x(static_cast<size_t>(S * B * P));
-  for (float& v : x) v = u(rng);
-  std::vector<int32_t> labels(static_cast<size_t>(S * B));
-  for (int32_t& y : labels) y = int32_t(rng() % uint32_t(st.c1 - st.c0));
+  const auto [x, labels] = random_inputs(st);
 
   // The reference, model by model.
   std::vector<double> ref_loss(static_cast<size_t>(S));
@@ -387,12 +398,7 @@ StepOutput run_tail_step(const Step& st, HostMlp& trained, HostMlp& frozen, cons
 void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64_t nan_model) {
   const int64_t S = st.trained, B = st.batch, P = st.sizes.front();
   HostMlp trained(st.sizes, S, 11), frozen(st.sizes, 0, 12);
-  std::mt19937 rng(13);
-  std::uniform_real_distribution<float> u(0.0f, 1.0f);
-  std::vector<float> x(static_cast<size_t>(S * B * P));
-  for (float& v : x) v = u(rng);
-  std::vector<int32_t> labels(static_cast<size_t>(S * B));
-  for (int32_t& y : labels) y = int32_t(rng() % uint32_t(st.c1 - st.c0));
+  auto [x, labels] = random_inputs(st);
   if (nan_model >= 0) x[size_t(nan_model * B * P + 5)] = kNaN;
   const Arena fresh(trained);
   const TailState initial = initial_tail_state(fresh.values.size(), S);
