@@ -426,7 +426,8 @@ void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64
     };
     for (size_t i = 0; i < ref.values.size(); ++i) {
       const bool ok = close(got.values[i], ref.values[i], 1e-6f, 1e-9f) &&
-                      close(state.m[i], ref_state.m[i], 1e-6f, 1e-9f) && close(state.v[i], ref_state.v[i], 1e-6f, 1e-15f);
+                      close(state.m[i], ref_state.m[i], 1e-6f, 1e-9f) &&
+                      close(state.v[i], ref_state.v[i], 1e-6f, 1e-15f);
       if (!ok && ++wrong <= 3)
         ADD_FAILURE() << what << ": arena element " << i << " (p, m, v) = (" << got.values[i] << ", " << state.m[i]
                       << ", " << state.v[i] << "), float64's (" << ref.values[i] << ", " << ref_state.m[i] << ", "

@@ -470,7 +470,8 @@ TEST(FusedStep, CpuTailIsTheSeparateCalls) {
   wrong.adam = &other_adam;
   EXPECT_THROW(fused_cross_entropy_step(x, y, fused, {0, 6}, wrong), ShapeError);
   StepTail short_sums;
-  short_sums.loss_sum = Tensor::zeros({3}, DType::f64), short_sums.step = ref_counters[0], short_sums.first_bad = ref_bad;
+  short_sums.loss_sum = Tensor::zeros({3}, DType::f64);
+  short_sums.step = ref_counters[0], short_sums.first_bad = ref_bad;
   EXPECT_THROW(fused_cross_entropy_step(x, y, fused, {0, 6}, short_sums), ShapeError);
 }
 

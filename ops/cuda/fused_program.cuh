@@ -216,8 +216,8 @@ inline void plan_phase(Program& prog, const Phase& phase, int grid) {
 }
 
 // The program for one step (arguments as fused_mlp_step's, checked by it; tail may be null),
-// its GEMMs planned for `grid` blocks. The GEMMs' scratch is left unassigned: scratch_sizes() says how much the
-// program needs, assign_scratch() points it there.
+// its GEMMs planned for `grid` blocks. The GEMMs' scratch is left unassigned: scratch_sizes()
+// says how much the program needs, assign_scratch() points it there.
 inline Program build_program(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
                              const FusedLoss& loss, float* loss_out, const Workspace& ws, int grid,
                              const FusedTail* tail) {

@@ -93,7 +93,8 @@ int resident_blocks() {
 void check_tail(const FusedTail& tail) {
   const auto& a = tail.adam;
   if ((a.p || a.g || a.m || a.v || a.t) && !(a.p && a.g && a.m && a.v && a.t && a.n > 0))
-    throw ShapeError("fused_mlp_step: the tail's Adam needs parameters, gradients, both moments, a step count and n > 0");
+    throw ShapeError(
+        "fused_mlp_step: the tail's Adam needs parameters, gradients, both moments, a step count and n > 0");
   if (tail.loss_sum && !(tail.step && tail.first_bad))
     throw ShapeError("fused_mlp_step: the tail's loss sums need the step counter and the fault marker");
 }
