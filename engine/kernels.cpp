@@ -74,14 +74,23 @@ void copy_into(const Tensor& dst, const Tensor& src) {
     ON_CUDA(cuda::copy_device_to_host(dst.raw(), src.raw(), bytes));
 }
 
+void check_loss_watch(const char* op, const Tensor& sum, const Tensor& step, const Tensor& first_bad) {
+  if (!sum.defined() || sum.rank() != 1) throw ShapeError(std::string(op) + ": running sums must be [N]");
+  for (const Tensor* t : {&step, &first_bad})
+    if (!t->defined() || t->numel() != 1)
+      throw ShapeError(std::string(op) + ": the step counter and the fault marker must have one element");
+  check_dtype(op, step, DType::i64, "the step counter");
+  check_dtype(op, first_bad, DType::i64, "the fault marker");
+  for (const Tensor* t : {&step, &first_bad}) check_same_device(op, sum, *t);
+}
+
 void accumulate_and_watch(const Tensor& sum, const Tensor& values, double weight, const Tensor& step,
                           const Tensor& first_bad) {
   const char* op = "accumulate_and_watch";
-  if (sum.shape() != values.shape() || sum.dtype() != values.dtype() || sum.rank() != 1)
+  check_loss_watch(op, sum, step, first_bad);
+  if (sum.shape() != values.shape() || sum.dtype() != values.dtype())
     throw ShapeError(std::string(op) + ": " + values.describe() + " into " + sum.describe());
-  check_dtype(op, step, DType::i64, "the step counter");
-  check_dtype(op, first_bad, DType::i64, "the fault marker");
-  for (const Tensor* t : {&values, &step, &first_bad}) check_same_device(op, sum, *t);
+  check_same_device(op, sum, values);
   backend_dispatch(
       op, sum,
       [&](auto zero) {
@@ -113,14 +122,18 @@ int64_t count_nonfinite(const Tensor& t) {
   return count;
 }
 
+void check_counters(const char* op, const std::vector<Tensor>& counters) {
+  if (counters.size() > 4) throw ShapeError(std::string(op) + ": at most 4 counters per call");
+  for (const Tensor& c : counters) {
+    check_dtype(op, c, DType::i64, "a counter");
+    if (c.numel() != 1) throw ShapeError(std::string(op) + ": counters must have one element");
+    check_same_device(op, counters.front(), c);
+  }
+}
+
 void increment(const std::vector<Tensor>& counters) {
   if (counters.empty()) return;
-  if (counters.size() > 4) throw ShapeError("increment: at most 4 counters per call");
-  for (const Tensor& c : counters) {
-    check_dtype("increment", c, DType::i64, "a counter");
-    if (c.numel() != 1) throw ShapeError("increment: counters must have one element");
-    check_same_device("increment", counters.front(), c);
-  }
+  check_counters("increment", counters);
   if (counters.front().device() == Device::cuda) {
     int64_t* pointers[4] = {nullptr, nullptr, nullptr, nullptr};
     for (size_t k = 0; k < counters.size(); ++k) pointers[k] = counters[k].data<int64_t>();

@@ -25,6 +25,9 @@ void copy_into(const Tensor& dst, const Tensor& src);
 // values, sum: [N] float; step, first_bad: int64 [1] (first_bad starts above any step).
 void accumulate_and_watch(const Tensor& sum, const Tensor& values, double weight, const Tensor& step,
                           const Tensor& first_bad);
+// What accumulate_and_watch requires of its sums, step and marker (a ShapeError naming
+// `op` otherwise) — for callers that do the same work elsewhere (ops/fused_step.h).
+void check_loss_watch(const char* op, const Tensor& sum, const Tensor& step, const Tensor& first_bad);
 
 // Number of NaN/Inf elements of a floating tensor (synchronises).
 int64_t count_nonfinite(const Tensor& t);
@@ -32,6 +35,8 @@ int64_t count_nonfinite(const Tensor& t);
 // counter[0] += 1 for each int64 one-element tensor (at most 4, one launch) — device-resident
 // step counters that CUDA-graph replays advance without the host.
 void increment(const std::vector<Tensor>& counters);
+// What increment requires of its counters (a ShapeError naming `op` otherwise).
+void check_counters(const char* op, const std::vector<Tensor>& counters);
 inline void increment(const Tensor& counter) { increment(std::vector<Tensor>{counter}); }
 
 }  // namespace subliminal

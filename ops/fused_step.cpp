@@ -44,21 +44,15 @@ void check_tail(const char* op, const StepTail& tail, const MlpParams& params) {
                     tail.adam->values().numel() != params.values().numel() ||
                     tail.adam->grads().raw() != params.grads().raw()))
     throw ShapeError(where + "Adam updates other parameters than the step's");
-  if (tail.loss_sum.defined()) {
+  if (tail.loss_sum.defined()) {  // the checks of accumulate_and_watch, for the step's losses
+    check_loss_watch(op, tail.loss_sum, tail.step, tail.first_bad);
     if (tail.loss_sum.shape() != Shape{params.models()} || tail.loss_sum.dtype() != params.dtype())
       throw ShapeError(where + "loss sums " + tail.loss_sum.describe() + " for " + std::to_string(params.models()) +
                        " models");
-    for (const Tensor* t : {&tail.step, &tail.first_bad})
-      if (!t->defined() || t->numel() != 1 || t->dtype() != DType::i64)
-        throw ShapeError(where + "the loss watch needs one-element int64 step and fault tensors");
+    check_same_device(op, params.values(), tail.loss_sum);
   }
-  if (tail.counters.size() > 4) throw ShapeError(where + "at most 4 counters");
-  for (const Tensor& c : tail.counters)
-    if (c.numel() != 1 || c.dtype() != DType::i64) throw ShapeError(where + "a counter " + c.describe());
-  std::vector<const Tensor*> all{&tail.loss_sum, &tail.step, &tail.first_bad};
-  for (const Tensor& c : tail.counters) all.push_back(&c);
-  for (const Tensor* t : all)
-    if (t->defined()) check_same_device(op, params.values(), *t);
+  check_counters(op, tail.counters);  // the checks of increment
+  if (!tail.counters.empty()) check_same_device(op, params.values(), tail.counters.front());
 }
 
 #ifdef SUBLIMINAL_HAS_CUDA

@@ -473,6 +473,9 @@ TEST(FusedStep, CpuTailIsTheSeparateCalls) {
   short_sums.loss_sum = Tensor::zeros({3}, DType::f64);
   short_sums.step = ref_counters[0], short_sums.first_bad = ref_bad;
   EXPECT_THROW(fused_cross_entropy_step(x, y, fused, {0, 6}, short_sums), ShapeError);
+  StepTail float_counter;  // increment's own checks apply to the tail's counters
+  float_counter.counters = {Tensor::zeros({1}, DType::f64)};
+  EXPECT_THROW(fused_cross_entropy_step(x, y, fused, {0, 6}, float_counter), ShapeError);
 }
 
 TEST(FusedStep, BadShapesAreShapeErrors) {
