@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/timing.h"
 #include "engine/adam.h"
 #include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
@@ -37,6 +38,7 @@
 #include "ops/mlp.h"
 
 using namespace subliminal;
+using bench::time_us;
 
 namespace {
 
@@ -63,21 +65,6 @@ Tensor random_tensor(const Shape& shape, uint64_t stream) {
   Tensor t = Tensor::empty(shape, DType::f32, Device::cuda);
   fill_uniform(t, {1234, stream}, -1.0, 1.0);
   return t;
-}
-
-// Median over blocks of `reps` calls, in microseconds per call.
-double time_us(const std::function<void()>& call, int reps = 50, int blocks = 7) {
-  for (int i = 0; i < 10; ++i) call();  // warm-up: plans, autotuning, cuDNN graph builds
-  cuda::EventTimer timer;
-  std::vector<double> per_call;
-  for (int b = 0; b < blocks; ++b) {
-    timer.start();
-    for (int i = 0; i < reps; ++i) call();
-    timer.stop();
-    per_call.push_back(1e6 * timer.seconds() / reps);
-  }
-  std::sort(per_call.begin(), per_call.end());
-  return per_call[per_call.size() / 2];
 }
 
 // One teacher step (gather, MLP, cross-entropy, backward, Adam) as a replayed CUDA graph.
@@ -116,10 +103,12 @@ double step_us(int64_t batch) {
 }
 
 // The fused training step (ops/fused_step.h) at batch B, launched eagerly `reps` times: the
-// median of each phase's time (block 0's view of the grid-wide barriers) and of the whole
-// kernel. distill: two students and one frozen teacher on the ghost logits, as in the app. The
-// step gets Adam as its tail, so the last backward phase also updates the parameters, as in the
-// app (whose tail also carries the loss sums and counters: a few loads and stores in block 0).
+// median of each phase's time (block 0's view of the grid-wide barriers), of when the first and
+// the last block finished the phase's work, of the rest (the barrier's hand-over to the next
+// phase; after the last phase, block 0's tail), and of the whole kernel. distill: two students
+// and one frozen teacher on the ghost logits, as in the app. The step gets Adam as its tail, so
+// the last backward phase also updates the parameters, as in the app (whose tail also carries
+// the loss sums and counters: a few loads and stores in block 0).
 nlohmann::json fused_phases(int64_t batch, bool distill, int reps = 30) {
   const MlpShape shape{{784, 256, 256, 13}};
   MlpParams trained(shape, distill ? 2 : 1, DType::f32, Device::cuda), frozen(shape, 1, DType::f32, Device::cuda);
@@ -133,29 +122,37 @@ nlohmann::json fused_phases(int64_t batch, bool distill, int reps = 30) {
   StepTail tail;
   tail.adam = &adam;
   cuda::fused_step_clock(true);
-  std::vector<std::vector<std::pair<std::string, double>>> runs;
+  std::vector<std::vector<cuda::FusedPhaseTime>> runs;
   for (int r = 0; r < reps + 3; ++r) {
     if (distill)
       fused_distill_step(x, trained, frozen, {10, 13}, 1.0, tail);
     else
       fused_cross_entropy_step(x, y, trained, {0, 10}, tail);
-    if (r >= 3) runs.push_back(cuda::fused_step_phase_us());  // after a warm-up
+    if (r >= 3) runs.push_back(cuda::fused_step_phase_times());  // after a warm-up
   }
   cuda::fused_step_clock(false);
   nlohmann::json out = {{"batch", batch}, {"step", distill ? "distillation (2 students + frozen teacher)" : "teacher"},
                         {"phases", nlohmann::json::array()}};
-  std::printf("fused %s step, batch %lld (medians of %d eager launches, µs):\n", distill ? "distillation" : "teacher",
-              (long long)batch, reps);
+  std::printf("fused %s step, batch %lld (medians of %d eager launches, µs from block 0's start of the phase):\n",
+              distill ? "distillation" : "teacher", (long long)batch, reps);
+  std::printf("  %-22s %8s %11s %11s %11s\n", "phase", "phase", "first done", "last done", "hand-over");
   std::vector<double> totals(runs.size(), 0.0);
   for (size_t ph = 0; ph < runs.front().size(); ++ph) {
-    std::vector<double> us;
-    for (size_t r = 0; r < runs.size(); ++r) {
-      us.push_back(runs[r][ph].second);
-      totals[r] += runs[r][ph].second;
-    }
-    std::sort(us.begin(), us.end());
-    std::printf("  %-22s %8.2f\n", runs.front()[ph].first.c_str(), us[us.size() / 2]);
-    out["phases"].push_back({{"phase", runs.front()[ph].first}, {"us", us[us.size() / 2]}});
+    auto median_of = [&](double (*field)(const cuda::FusedPhaseTime&)) {  // over the launches
+      std::vector<double> v;
+      for (const auto& run : runs) v.push_back(field(run[ph]));
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    for (size_t r = 0; r < runs.size(); ++r) totals[r] += runs[r][ph].us;
+    const double us = median_of([](const cuda::FusedPhaseTime& t) { return t.us; });
+    const double first = median_of([](const cuda::FusedPhaseTime& t) { return t.first_done_us; });
+    const double last = median_of([](const cuda::FusedPhaseTime& t) { return t.last_done_us; });
+    const double hand_over = median_of([](const cuda::FusedPhaseTime& t) { return t.us - t.last_done_us; });
+    const std::string& name = runs.front()[ph].name;
+    std::printf("  %-22s %8.2f %11.2f %11.2f %11.2f\n", name.c_str(), us, first, last, hand_over);
+    out["phases"].push_back(
+        {{"phase", name}, {"us", us}, {"first_done_us", first}, {"last_done_us", last}, {"hand_over_us", hand_over}});
   }
   std::sort(totals.begin(), totals.end());
   std::printf("  %-22s %8.2f\n", "whole kernel", totals[totals.size() / 2]);

@@ -189,7 +189,7 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
   for (int j = 0; j < prog.gemms; ++j) out.most_splits = std::max(out.most_splits, prog.gemm[j].splits);
   std::vector<tile::Smem> smem(blocks);
   simt::launch(blocks, tile::kBlockThreads, [&] {
-    run_program(prog, smem[blockIdx.x], [] { simt::grid_sync(); }, [](int) {});
+    run_program(prog, smem[blockIdx.x], [] { simt::grid_sync(); }, [](int) {}, [](int) {});
   });
   EXPECT_TRUE(std::all_of(counter_scratch.begin(), counter_scratch.end(), [](int c) { return c == 0; }))
       << "the program's GEMMs must leave their counters at zero";

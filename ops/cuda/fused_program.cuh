@@ -75,7 +75,7 @@ struct Program {
   Gemm gemm[kMaxGemms];
   LossRows loss;
   FusedTail tail;
-  unsigned long long* clock;    // null, or [phases + 1]: block 0's global timer as each phase begins, and at the end
+  unsigned long long* clock;    // null, or the phase clock (ops/cuda/fused_step.cu: its layout)
 };
 
 // The buffers a step writes besides the gradients (device pointers), for L layers, S trained
@@ -165,10 +165,12 @@ __device__ inline void adam_range(const FusedTail& tail, const AdamStepScalars& 
 }
 
 // The whole program, run by every thread of every block of the grid. grid_sync() waits for
-// the whole grid (and makes its writes visible); phase_begins(ph) is called before phase ph
-// and with ph = phases at the end (the kernel's phase clock).
-template <class GridSync, class PhaseBegins>
-__device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid_sync, PhaseBegins&& phase_begins) {
+// the whole grid (and makes its writes visible). The kernel's phase clock: phase_begins(ph) is
+// called before phase ph and with ph = phases at the end, phase_done(ph) when this thread's
+// block has no more work in phase ph (before the barrier that ends it).
+template <class GridSync, class PhaseBegins, class PhaseDone>
+__device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid_sync, PhaseBegins&& phase_begins,
+                            PhaseDone&& phase_done) {
   const bool lead = blockIdx.x == 0 && threadIdx.x == 0;
   for (int ph = 0; ph < prog.phases; ++ph) {
     phase_begins(ph);
@@ -190,6 +192,7 @@ __device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid
       adam_range(prog.tail, scalars, 0, prog.adam_skip_begin);
       adam_range(prog.tail, scalars, prog.adam_skip_end, prog.tail.adam.n);
     }
+    phase_done(ph);
     if (ph + 1 < prog.phases) grid_sync();  // this phase's writes are visible to the next
   }
   // The step counters: their last reader was reduce_losses, barriers ago.

@@ -30,7 +30,6 @@
 #include <cuda_runtime.h>
 
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "engine/cuda/check.h"
@@ -57,6 +56,12 @@ __device__ inline unsigned long long global_ns() {
 // drivers allow 32 KB, but a larger parameter costs every launch and every graph node).
 static_assert(sizeof(Program) <= 4096, "the fused step's program outgrew a kernel parameter");
 
+// The phase clock's layout: [kMaxPhases + 1] block 0's phase starts (and the end), then per
+// phase the first and the last block's "done" (min and max over the blocks; the host resets
+// them before each launch).
+constexpr int kClockStarts = 0, kClockFirstDone = fused::kMaxPhases + 1, kClockLastDone = 2 * fused::kMaxPhases + 1;
+constexpr int kClockEntries = 3 * fused::kMaxPhases + 1;
+
 __global__ void __launch_bounds__(tile::kBlockThreads, 2) fused_step_kernel(const __grid_constant__ Program prog) {
   __shared__ __align__(16) tile::Smem sm;
   cg::grid_group grid = cg::this_grid();
@@ -64,13 +69,21 @@ __global__ void __launch_bounds__(tile::kBlockThreads, 2) fused_step_kernel(cons
   fused::run_program(
       prog, sm, [&] { grid.sync(); },
       [&](int phase) {
-        if (clocks) prog.clock[phase] = global_ns();
+        if (clocks) prog.clock[kClockStarts + phase] = global_ns();
+      },
+      [&](int phase) {
+        if (!prog.clock) return;
+        __syncthreads();  // the whole block is done
+        if (threadIdx.x != 0) return;
+        const unsigned long long now = global_ns();
+        atomicMin(&prog.clock[kClockFirstDone + phase], now);
+        atomicMax(&prog.clock[kClockLastDone + phase], now);
       });
 }
 
 // --- phase timing (bench/layers.cpp) ----------------------------------------------------------
 struct PhaseClock {
-  unsigned long long* device = nullptr;  // fused::kMaxPhases + 1 timestamps, written by the last step
+  unsigned long long* device = nullptr;  // kClockEntries timestamps, written by the last step
   std::vector<std::string> names;        // of the last step's phases
 };
 PhaseClock& phase_clock() {
@@ -135,7 +148,14 @@ void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, cons
   if (grid <= 0) throw DeviceError("fused_mlp_step: the kernel does not fit on this GPU");
   Program prog = fused::build_program(x, batch, trained, frozen, loss, loss_out, ws, grid, tail);
   prog.clock = phase_clock().device;
-  if (prog.clock) phase_clock().names = fused::phase_names(prog);
+  if (prog.clock) {
+    phase_clock().names = fused::phase_names(prog);
+    // "first done" starts at the largest time, "last done" at 0.
+    CUDA_CHECK(cudaMemsetAsync(prog.clock + kClockFirstDone, 0xff, sizeof(unsigned long long) * fused::kMaxPhases,
+                               Runtime::get().stream()));
+    CUDA_CHECK(cudaMemsetAsync(prog.clock + kClockLastDone, 0, sizeof(unsigned long long) * fused::kMaxPhases,
+                               Runtime::get().stream()));
+  }
   int64_t floats = 0, counters = 0;
   fused::scratch_sizes(prog, floats, counters);
   fused::assign_scratch(prog, floats > 0 ? tile::grow_scratch_floats(floats) : nullptr,
@@ -157,7 +177,7 @@ void fused_step_clock(bool on) {
   PhaseClock& c = phase_clock();
   if (on && !c.device) {
     void* p = nullptr;
-    CUDA_CHECK(cudaMalloc(&p, sizeof(unsigned long long) * (fused::kMaxPhases + 1)));
+    CUDA_CHECK(cudaMalloc(&p, sizeof(unsigned long long) * kClockEntries));
     c.device = static_cast<unsigned long long*>(p);
   }
   if (!on && c.device) {
@@ -167,14 +187,21 @@ void fused_step_clock(bool on) {
   }
 }
 
-std::vector<std::pair<std::string, double>> fused_step_phase_us() {
+std::vector<FusedPhaseTime> fused_step_phase_times() {
   PhaseClock& c = phase_clock();
   if (!c.device || c.names.empty()) return {};
-  std::vector<unsigned long long> t(c.names.size() + 1);
+  std::vector<unsigned long long> t(kClockEntries);
   CUDA_CHECK(cudaStreamSynchronize(Runtime::get().stream()));
   CUDA_CHECK(cudaMemcpy(t.data(), c.device, sizeof(unsigned long long) * t.size(), cudaMemcpyDeviceToHost));
-  std::vector<std::pair<std::string, double>> out;
-  for (size_t i = 0; i < c.names.size(); ++i) out.push_back({c.names[i], double(t[i + 1] - t[i]) / 1000.0});
+  // Signed (a block that left the barrier before block 0 may finish before block 0 starts), and
+  // subtracted as integers: a double cannot hold a global-timer reading to the nanosecond.
+  auto us = [](unsigned long long from, unsigned long long to) { return double(int64_t(to - from)) / 1000.0; };
+  std::vector<FusedPhaseTime> out;
+  for (size_t i = 0; i < c.names.size(); ++i) {
+    const unsigned long long start = t[kClockStarts + i];
+    out.push_back({c.names[i], us(start, t[kClockStarts + i + 1]), us(start, t[kClockFirstDone + i]),
+                   us(start, t[kClockLastDone + i])});
+  }
   return out;
 }
 

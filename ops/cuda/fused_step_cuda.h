@@ -4,7 +4,6 @@
 
 #include <cstdint>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "engine/adam.h"  // AdamOptions
@@ -64,10 +63,17 @@ struct FusedTail {
 void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
                     const FusedLoss& loss, float* loss_out, const FusedTail* tail = nullptr);
 
-// Timing, for bench/layers.cpp: while on, each fused step records when block 0 starts each of
-// its phases (the GPU's global timer); fused_step_phase_us() synchronises and returns the last
-// step's phases, in microseconds, by name. Turn it on outside graph capture.
+// Timing, for bench/layers.cpp: while on, each fused step records (with the GPU's global timer)
+// when block 0 starts each of its phases and when the first and the last block finish their
+// work in it; fused_step_phase_times() synchronises and returns the last step's phases. Turn it
+// on outside graph capture.
+struct FusedPhaseTime {
+  std::string name;
+  double us;             // from block 0's start of this phase to its start of the next (or the end)
+  double first_done_us;  // from block 0's start until the first block had finished its work …
+  double last_done_us;   // … and the last: what is left of `us` is the barrier's hand-over
+};
 void fused_step_clock(bool on);
-std::vector<std::pair<std::string, double>> fused_step_phase_us();
+std::vector<FusedPhaseTime> fused_step_phase_times();
 
 }  // namespace subliminal::cuda
