@@ -10,24 +10,33 @@
 //   F_0 … F_{L−1}  H_{l+1} = relu(H_l·W_lᵀ + b_l) for trained and frozen      [B, s_{l+1}]
 //                  models; the last layer writes the logits Z (no ReLU)
 //   loss           one warp per (model, row): the loss row, G_L = dLoss/dZ     [B, s_L]
-//                  (the same row math as the loss kernels: ops/cuda/loss_rows.cuh)
+//                  (the same row math as the loss kernels: ops/cuda/loss_rows.cuh),
+//                  then the same row of G_{L−1} = (G_L·W_{L−1}) ⊙ [H_{L−1} ≠ 0]  [B, s_{L−1}]
 //   B_{L−1}        dW_{L−1} = G_Lᵀ·H_{L−1}, db_{L−1} = Σ_b G_L;              [s_L, s_{L−1}]
-//                  G_{L−1} = (G_L·W_{L−1}) ⊙ [H_{L−1} ≠ 0], db_{L−2} = Σ_b G_{L−1};
 //                  block 0 also sums the rows' losses into each model's mean
+//   B_{L−2}        dW_{L−2} = G_{L−1}ᵀ·H_{L−2}, db_{L−2} = Σ_b G_{L−1} (the GEMM's row sums);
+//                  for L − 2 ≥ 1 also G_{L−2} = (G_{L−1}·W_{L−2}) ⊙ [H_{L−2} ≠ 0],
+//                  db_{L−3} = Σ_b G_{L−2}. Both depend on the loss phase only, so this phase
+//                  joins B_{L−1} — unless it is B_0, the last, below
 //   B_l, l ≥ 1     dW_l = G_{l+1}ᵀ·H_l; G_l and db_{l−1} as above
 //   B_0            dW_0 = G_1ᵀ·x; with a tail's Adam, each dW_0 tile updates its part of W_0
 //                  as it finishes, and after its items every block updates a share of the
 //                  rest of the arena (those gradients were final a barrier ago, and no phase
 //                  reads a parameter after this one's GEMM)
 //
+// Why the loss phase computes G_{L−1}: the logits are narrow (s_L = 13), so that product is 13
+// multiply-adds per output, a row's worth of which one warp does in a few L2 round trips — where
+// as a GEMM it cost a phase of its own (≥ 12 µs on an H100, docs/PERFORMANCE.md).
+//
 // The step's tail (FusedTail, ops/cuda/fused_step_cuda.h) rides along: block 0 advances Adam's
 // step count in F_0, adds the losses to their running sums in B_{L−1} and advances the step
 // counters after the last phase, when nothing reads them any more.
 //
-// 2L + 1 phases, a barrier between each two (L = 3: 6). Within a phase the blocks share the work
-// items of that phase's GEMMs (the tiles of ops/cuda/tile_gemm.cuh, split-K included) or the
-// loss's rows. Gradients are written (not accumulated) into the parameters' gradient buffers.
-// Every reduction sums in a fixed order, so a step gives the same bits on every run.
+// 2L phases for L ≥ 3, a barrier between each two (L = 3: 6 phases, 5 barriers); 2L + 1 for
+// L = 2. Within a phase the blocks share the work items of that phase's GEMMs (the tiles of
+// ops/cuda/tile_gemm.cuh, split-K included) or the loss's rows. Gradients are written (not
+// accumulated) into the parameters' gradient buffers. Every reduction sums in a fixed order, so
+// a step gives the same bits on every run.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -63,6 +72,11 @@ struct LossRows {
   int64_t trained, frozen, batch, cols, c0, c1;
   bool distill;
   double inv_t, temperature;    // distill: 1/T and T
+  // G_{L−1} = (G_L·W_{L−1}) ⊙ [H_{L−1} ≠ 0], row by row after the loss rows (below_row):
+  const float* w_below;         // [S, O, I]: the trained models' last weights W_{L−1}
+  const float* h_below;         // [S + F, B, I]: H_{L−1}, the trained models' first
+  float* g_below;               // [S, B, I]: G_{L−1}
+  int64_t below;                // I = s_{L−1}
 };
 
 struct Program {
@@ -89,8 +103,51 @@ struct Workspace {
 
 // ---- device code -----------------------------------------------------------------------------
 
-// One warp per (model, sample) row: the row's loss and its logits' gradient (dLoss/dZ with the
-// loss a per-model mean, so dLoss = 1 per model).
+// Row r (of model `model`) of G_{L−1} = (G_L·W_{L−1}) ⊙ [H_{L−1} ≠ 0], by one warp: the
+// backward_input product of the last layer for one sample. Lane l takes the columns
+// i = l, l + 32, …, kColumns of them at a time: it loads their gate values first (so that
+// round trip overlaps the rest), then kOutputs logits' worth of W_{L−1} before it multiplies.
+// W_{L−1} goes through L1 (__ldg): nothing writes it in this kernel before its last phase, and
+// every warp of the SM reads the same few KB. The sums are the tile's (K padded with zeros to
+// its 16-wide chunks, fmaf from 0 in k order), so the bits are too. (kColumns × kOutputs = 16
+// keeps the kernel under its 128 registers without spills; ptxas -v says so.)
+__device__ inline void below_row(const LossRows& p, int64_t model, int64_t r) {
+  constexpr int kColumns = 4, kOutputs = 4;
+  const int lane = threadIdx.x & 31;
+  const float* dz = p.dlogits + r * p.cols;               // [O]: this warp's lanes wrote it
+  const float* w = p.w_below + model * p.cols * p.below;  // [O, I]
+  const float* h = p.h_below + r * p.below;               // [I]
+  float* g = p.g_below + r * p.below;                     // [I]
+  for (int64_t i0 = lane; i0 < p.below; i0 += 32 * kColumns) {
+    bool open[kColumns];  // the ReLU gate: !(h == 0)
+#pragma unroll
+    for (int c = 0; c < kColumns; ++c) open[c] = i0 + 32 * c < p.below && !(__ldcg(&h[i0 + 32 * c]) == 0.0f);
+    float acc[kColumns] = {};
+    for (int64_t o0 = 0; o0 < p.cols; o0 += kOutputs) {
+      float d[kOutputs], wv[kOutputs][kColumns];
+#pragma unroll
+      for (int k = 0; k < kOutputs; ++k) {
+        const bool row_in = o0 + k < p.cols;
+        d[k] = row_in ? __ldcg(&dz[o0 + k]) : 0.0f;
+#pragma unroll
+        for (int c = 0; c < kColumns; ++c) {
+          const int64_t i = i0 + 32 * c;
+          wv[k][c] = row_in && i < p.below ? __ldg(&w[(o0 + k) * p.below + i]) : 0.0f;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kOutputs; ++k)
+#pragma unroll
+        for (int c = 0; c < kColumns; ++c) acc[c] = fmaf(d[k], wv[k][c], acc[c]);
+    }
+#pragma unroll
+    for (int c = 0; c < kColumns; ++c)
+      if (i0 + 32 * c < p.below) g[i0 + 32 * c] = open[c] ? acc[c] : 0.0f;
+  }
+}
+
+// One warp per (model, sample) row: the row's loss, its logits' gradient (dLoss/dZ with the
+// loss a per-model mean, so dLoss = 1 per model) and the row of G_{L−1} below it.
 __device__ inline void loss_rows(const LossRows& p) {
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   const int lane = threadIdx.x & 31;
@@ -107,6 +164,8 @@ __device__ inline void loss_rows(const LossRows& p) {
                                     p.dlogits + r * p.cols, false);
     }
     if (lane == 0) p.row_loss[r] = row;
+    __syncwarp();  // the lanes' stores of dz are visible to the whole warp
+    below_row(p, model, r);
   }
 }
 
@@ -204,6 +263,11 @@ __device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid
 
 // ---- host code: building the program ----------------------------------------------------------
 
+// Whether the first backward phase (B_{L−1}) and the next (B_{L−2}) are one: both need only the
+// loss phase's gradients, but B_0 is last, and Adam over the arena after it needs every other
+// gradient final a barrier earlier.
+inline bool backward_joins_below(int layers) { return layers >= 3; }
+
 // Plans a phase's GEMMs for the grid. They share it in proportion to their work (tiles × K
 // chunks), so that their work items come out about equally long — a phase lasts as long as its
 // longest item — and, where the tiles allow, all of them fit in one wave of the grid.
@@ -255,17 +319,21 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
   prog.loss_phase = phases;
   begin_phase();  // the loss rows (no GEMMs)
   prog.loss = LossRows{ws.logits, ws.G[size_t(L)], ws.row_loss, loss_out, loss.labels, S, F, B, s[size_t(L)],
-                       loss.c0, loss.c1, loss.distill, loss.distill ? 1.0 / loss.temperature : 1.0, loss.temperature};
+                       loss.c0, loss.c1, loss.distill, loss.distill ? 1.0 / loss.temperature : 1.0, loss.temperature,
+                       trained.weights[size_t(L) - 1], ws.H[size_t(L) - 1], ws.G[size_t(L) - 1], s[size_t(L) - 1]};
 
-  // Backward: layer l's weight gradient and, for l ≥ 1, the gradient below it.
+  // Backward: layer l's weight gradient and, for 1 ≤ l ≤ L − 2, the gradient below it (the
+  // loss phase made G_{L−1}). B_{L−2} joins B_{L−1} unless it is the last phase.
   for (int l = L - 1; l >= 0; --l) {
-    begin_phase();
+    if (!(l == L - 2 && backward_joins_below(L))) begin_phase();
     const int64_t in = s[size_t(l)], out = s[size_t(l) + 1];
     const float* g_out = ws.G[size_t(l) + 1];
     Gemm dw = tile::backward_weight_product(g_out, h_in(l), trained.weight_grads[size_t(l)], S, B, in, out);
-    dw.row_sums = l == L - 1 ? trained.bias_grads[size_t(l)] : nullptr;  // the others come from below
+    // The bias gradients of the top two layers are the row sums of their weight gradients;
+    // the others are the column sums of the backward_input product above them.
+    dw.row_sums = l >= L - 2 ? trained.bias_grads[size_t(l)] : nullptr;
     add(dw);
-    if (l >= 1) {
+    if (l >= 1 && l <= L - 2) {
       Gemm dx = tile::backward_input_product(g_out, trained.weights[size_t(l)], ws.G[size_t(l)], S, B, in, out);
       dx.gate_values = ws.H[size_t(l)];        // the trained models' part comes first
       dx.column_sums = trained.bias_grads[size_t(l) - 1];
@@ -303,8 +371,13 @@ inline std::vector<std::string> phase_names(const Program& prog) {
   std::vector<std::string> names;
   const int layers = prog.loss_phase;
   for (int l = 0; l < layers; ++l) names.push_back("forward, layer " + std::to_string(l));
-  names.push_back("loss rows");
-  for (int l = layers - 1; l >= 0; --l) names.push_back("backward, layer " + std::to_string(l));
+  names.push_back("loss rows + G" + std::to_string(layers - 1));
+  for (int l = layers - 1; l >= 0; --l) {
+    const bool joined = l == layers - 1 && backward_joins_below(layers);
+    names.push_back(joined ? "backward, layers " + std::to_string(l) + " and " + std::to_string(l - 1)
+                           : "backward, layer " + std::to_string(l));
+    if (joined) --l;  // layer l − 1's GEMMs are in this phase too
+  }
   if (prog.adam_gemm >= 0) names.back() += " + Adam";
   return names;
 }

@@ -114,6 +114,12 @@ inline T __ldcg(const T* address) {
   return *address;
 }
 
+// The read-only (L1) load: on the host, a plain load too.
+template <class T>
+inline T __ldg(const T* address) {
+  return *address;
+}
+
 // Lane i gets lane (i ^ lane_mask)'s v. All 32 lanes must call it together, as the device code
 // does (its loops over rows are uniform across a warp); the mask of lanes is not checked.
 template <class T>
@@ -128,6 +134,9 @@ inline T __shfl_xor_sync(unsigned /*lanes*/, T v, int lane_mask) {
   w.barrier.arrive_and_wait();  // every lane has read before any writes again
   return out;
 }
+
+// The warp's barrier: all 32 lanes must call it together, as the device code does.
+inline void __syncwarp(unsigned /*lanes*/ = 0xffffffffu) { simt::warp->barrier.arrive_and_wait(); }
 
 // ---- the math the device code calls unqualified --------------------------------------------
 // (expf, logf and fmaxf are <cmath>'s global ones.)
