@@ -167,7 +167,7 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
   ws.G.assign(size_t(L) + 1, nullptr);
   for (int l = 1; l < L; ++l) H[size_t(l)].assign(size_t((S + F) * B * st.sizes[size_t(l)]), kNaN), ws.H[size_t(l)] = H[size_t(l)].data();
   for (int l = 1; l <= L; ++l) G[size_t(l)].assign(size_t(S * B * st.sizes[size_t(l)]), kNaN), ws.G[size_t(l)] = G[size_t(l)].data();
-  std::vector<float> logits(size_t((S + F) * B * st.sizes[size_t(L)]), kNaN);
+  std::vector<float> logits(size_t(logit_rows(S, st.distill) * B * st.sizes[size_t(L)]), kNaN);
   std::vector<double> row_loss(size_t(S * B), std::nan(""));
   ws.logits = logits.data();
   ws.row_loss = row_loss.data();
@@ -294,9 +294,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Step{"teacher_two_row_tiles_B70", {53, 70, 31, 13}, 2, 0, 70, false, 0, 10, 1.0, 5, false},
                       Step{"teacher_2_layers_B45", {53, 29, 7}, 2, 0, 45, false, 0, 7, 1.0, 5, false},
                       Step{"teacher_split_k_B100", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0, 12, true},
-                      // G below the logits, made in the loss phase: wider than 128 (a lane's
-                      // second round of columns) under more than 16 logits
-                      Step{"teacher_wide_last_hidden_B37", {40, 150, 20}, 1, 0, 37, false, 0, 10, 1.0, 5, false},
+                      // The last layer row by row: a hidden layer wider than one staged chunk
+                      // of 256 under more logits than lanes, the loss on logits 25 … 39
+                      Step{"teacher_wide_last_layer_B37", {40, 300, 40}, 1, 0, 37, false, 25, 40, 1.0, 5, false},
                       Step{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 37, true, 10, 13, 2.0, 5, false},
                       Step{"distill_2_layers_all_logits_B70", {40, 33, 13}, 2, 1, 70, true, 0, 13, 1.0, 5, false},
                       Step{"distill_split_k_B100", {300, 40, 20, 13}, 2, 1, 100, true, 10, 13, 2.0, 12, true}),

@@ -7,16 +7,18 @@
 // activations, Z the logits, G_l = dLoss/d(pre-activation of layer l's output):
 //
 //   phase          work                                                      shapes per model
-//   F_0 … F_{L−1}  H_{l+1} = relu(H_l·W_lᵀ + b_l) for trained and frozen      [B, s_{l+1}]
-//                  models; the last layer writes the logits Z (no ReLU)
-//   loss           one warp per (model, row): the loss row, G_L = dLoss/dZ     [B, s_L]
-//                  (the same row math as the loss kernels: ops/cuda/loss_rows.cuh),
-//                  then the same row of G_{L−1} = (G_L·W_{L−1}) ⊙ [H_{L−1} ≠ 0]  [B, s_{L−1}]
+//   F_0 … F_{L−2}  H_{l+1} = relu(H_l·W_lᵀ + b_l) for trained and frozen      [B, s_{l+1}]
+//                  models
+//   last           one warp per (trained model, sample) row, the last layer row by row:
+//                  the logits Z = H_{L−1}·W_{L−1}ᵀ + b_{L−1} (distillation: the    [B, s_L]
+//                  teacher's row too), the loss row and G_L = dLoss/dZ (the same row math
+//                  as the loss kernels: ops/cuda/loss_rows.cuh), then
+//                  G_{L−1} = (G_L·W_{L−1}) ⊙ [H_{L−1} ≠ 0]                   [B, s_{L−1}]
 //   B_{L−1}        dW_{L−1} = G_Lᵀ·H_{L−1}, db_{L−1} = Σ_b G_L;              [s_L, s_{L−1}]
 //                  block 0 also sums the rows' losses into each model's mean
 //   B_{L−2}        dW_{L−2} = G_{L−1}ᵀ·H_{L−2}, db_{L−2} = Σ_b G_{L−1} (the GEMM's row sums);
 //                  for L − 2 ≥ 1 also G_{L−2} = (G_{L−1}·W_{L−2}) ⊙ [H_{L−2} ≠ 0],
-//                  db_{L−3} = Σ_b G_{L−2}. Both depend on the loss phase only, so this phase
+//                  db_{L−3} = Σ_b G_{L−2}. Both depend on the last phase only, so this phase
 //                  joins B_{L−1} — unless it is B_0, the last, below
 //   B_l, l ≥ 1     dW_l = G_{l+1}ᵀ·H_l; G_l and db_{l−1} as above
 //   B_0            dW_0 = G_1ᵀ·x; with a tail's Adam, each dW_0 tile updates its part of W_0
@@ -24,19 +26,21 @@
 //                  rest of the arena (those gradients were final a barrier ago, and no phase
 //                  reads a parameter after this one's GEMM)
 //
-// Why the loss phase computes G_{L−1}: the logits are narrow (s_L = 13), so that product is 13
-// multiply-adds per output, a row's worth of which one warp does in a few L2 round trips — where
-// as a GEMM it cost a phase of its own (≥ 12 µs on an H100, docs/PERFORMANCE.md).
+// Why the last layer goes row by row: the logits are narrow (s_L = 13). As GEMMs, its forward
+// (K = 256) and the gradient below it (K = 13) each cost a phase — ≥ 12 µs on an H100 however
+// little they compute (docs/PERFORMANCE.md) — while for one sample they are 13 dot products and
+// 13 multiply-adds an output, which the warp that computes the sample's loss does in a few
+// round trips, with no barrier between them.
 //
 // The step's tail (FusedTail, ops/cuda/fused_step_cuda.h) rides along: block 0 advances Adam's
 // step count in F_0, adds the losses to their running sums in B_{L−1} and advances the step
 // counters after the last phase, when nothing reads them any more.
 //
-// 2L phases for L ≥ 3, a barrier between each two (L = 3: 6 phases, 5 barriers); 2L + 1 for
+// 2L − 1 phases for L ≥ 3, a barrier between each two (L = 3: 5 phases, 4 barriers); 2L for
 // L = 2. Within a phase the blocks share the work items of that phase's GEMMs (the tiles of
-// ops/cuda/tile_gemm.cuh, split-K included) or the loss's rows. Gradients are written (not
-// accumulated) into the parameters' gradient buffers. Every reduction sums in a fixed order, so
-// a step gives the same bits on every run.
+// ops/cuda/tile_gemm.cuh, split-K included) or the last layer's rows. Gradients are written
+// (not accumulated) into the parameters' gradient buffers. Every reduction sums in a fixed
+// order, so a step gives the same bits on every run.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -63,20 +67,24 @@ struct Phase {
   int first_gemm, gemms;
 };
 
+// The last layer, one warp per (trained model, sample) row (see the table at the top).
 struct LossRows {
-  const float* logits;          // [S + F, B, O]: trained models, then frozen
-  float* dlogits;               // [S, B, O]
+  const float* h;               // [S + F, B, I]: H_{L−1}, the trained models' rows first
+  const float* w;               // [S, O, I]: the trained models' W_{L−1}
+  const float* bias;            // [S, O]
+  const float* w_frozen;        // [F, O, I], [F, O]: the frozen teachers' (distillation)
+  const float* bias_frozen;
+  float* logits;                // [S or 2S, B, O]: the trained rows, then (distillation) each one's teacher row
+  float* dlogits;               // [S, B, O]: G_L
+  float* g_below;               // [S, B, I]: G_{L−1}
   double* row_loss;             // [S, B]
   float* loss_out;              // [S]
   const int32_t* labels;        // [S, B] (cross-entropy)
-  int64_t trained, frozen, batch, cols, c0, c1;
+  int64_t trained, frozen, batch;
+  int64_t cols, below;          // O = s_L, I = s_{L−1}
+  int64_t c0, c1;
   bool distill;
   double inv_t, temperature;    // distill: 1/T and T
-  // G_{L−1} = (G_L·W_{L−1}) ⊙ [H_{L−1} ≠ 0], row by row after the loss rows (below_row):
-  const float* w_below;         // [S, O, I]: the trained models' last weights W_{L−1}
-  const float* h_below;         // [S + F, B, I]: H_{L−1}, the trained models' first
-  float* g_below;               // [S, B, I]: G_{L−1}
-  int64_t below;                // I = s_{L−1}
 };
 
 struct Program {
@@ -97,27 +105,65 @@ struct Program {
 struct Workspace {
   std::vector<float*> H;        // H[l], 1 ≤ l < L: [S + F, B, s_l] (H[0] unused)
   std::vector<float*> G;        // G[l], 1 ≤ l ≤ L: [S, B, s_l] (G[0] unused)
-  float* logits;                // [S + F, B, s_L]
+  float* logits;                // [logit_rows(S, distill), B, s_L]
   double* row_loss;             // [S, B]
 };
 
 // ---- device code -----------------------------------------------------------------------------
 
+// Each warp's share of the block's shared memory while the last layer runs row by row: the
+// tile's output staging (tile::Smem::c), free in that phase, kStageFloats floats per warp.
+// (256: one chunk for the notebook's hidden width; 512 made the kernel spill registers.)
+constexpr int kStageFloats = 256;
+static_assert(tile::kBlockThreads / 32 * kStageFloats <= tile::kTileM * (tile::kTileN + 1),
+              "the warps' staging areas must fit in the tile's output staging");
+
+// The logits of one sample, by one warp: z = h·Wᵀ + b, h [I], W [O, I], b [O], z [O]. Lane l
+// computes z[l], z[l + 32], …, adding k = 0, 1, … in order with fmaf from 0 and the bias last
+// (the tile's arithmetic without split-K). h is staged in the warp's shared memory (`stage`),
+// kStageFloats at a time — one L2 round trip, every lane loading 8 at once — and read from
+// there by all lanes at once (a broadcast). W and b are plain loads, cached in L1, which every
+// warp of the SM shares: no SM can hold a stale copy, since nothing writes them in this kernel
+// until the last phase's Adam, after every read. (Not __ldg: its read-only path wants them
+// unwritten for the whole kernel.)
+__device__ inline void logits_row(const float* h, const float* w, const float* bias, int64_t I, int64_t O, float* z,
+                                  float* stage) {
+  constexpr int kPerLane = kStageFloats / 32;
+  const int lane = threadIdx.x & 31;
+  for (int64_t o0 = 0; o0 < O; o0 += 32) {
+    const int64_t o = o0 + lane;
+    const float* w_row = w + (o < O ? o : 0) * I;  // lanes past O compute a copy of row 0, unused
+    float acc = 0.0f;
+    for (int64_t k0 = 0; k0 < I; k0 += kStageFloats) {
+      const int64_t n = I - k0 < kStageFloats ? I - k0 : kStageFloats;
+      float held[kPerLane];
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) held[j] = 32 * j + lane < n ? __ldcg(&h[k0 + 32 * j + lane]) : 0.0f;
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) stage[32 * j + lane] = held[j];
+      __syncwarp();  // the whole chunk of h is staged
+#pragma unroll 8
+      for (int64_t k = 0; k < n; ++k) acc = fmaf(stage[k], w_row[k0 + k], acc);
+      __syncwarp();  // every lane is done with it before the next chunk
+    }
+    if (o < O) z[o] = acc + bias[o];
+  }
+}
+
 // Row r (of model `model`) of G_{L−1} = (G_L·W_{L−1}) ⊙ [H_{L−1} ≠ 0], by one warp: the
 // backward_input product of the last layer for one sample. Lane l takes the columns
 // i = l, l + 32, …, kColumns of them at a time: it loads their gate values first (so that
-// round trip overlaps the rest), then kOutputs logits' worth of W_{L−1} before it multiplies.
-// W_{L−1} goes through L1 (__ldg): nothing writes it in this kernel before its last phase, and
-// every warp of the SM reads the same few KB. The sums are the tile's (K padded with zeros to
+// round trip overlaps the rest), then kOutputs logits' worth of W_{L−1} before it multiplies
+// (plain loads, through L1, as in logits_row). The sums are the tile's (K padded with zeros to
 // its 16-wide chunks, fmaf from 0 in k order), so the bits are too. (kColumns × kOutputs = 16
 // keeps the kernel under its 128 registers without spills; ptxas -v says so.)
 __device__ inline void below_row(const LossRows& p, int64_t model, int64_t r) {
   constexpr int kColumns = 4, kOutputs = 4;
   const int lane = threadIdx.x & 31;
-  const float* dz = p.dlogits + r * p.cols;               // [O]: this warp's lanes wrote it
-  const float* w = p.w_below + model * p.cols * p.below;  // [O, I]
-  const float* h = p.h_below + r * p.below;               // [I]
-  float* g = p.g_below + r * p.below;                     // [I]
+  const float* dz = p.dlogits + r * p.cols;         // [O]: this warp's lanes wrote it
+  const float* w = p.w + model * p.cols * p.below;  // [O, I]
+  const float* h = p.h + r * p.below;               // [I]: the trained rows come first
+  float* g = p.g_below + r * p.below;               // [I]
   for (int64_t i0 = lane; i0 < p.below; i0 += 32 * kColumns) {
     bool open[kColumns];  // the ReLU gate: !(h == 0)
 #pragma unroll
@@ -132,7 +178,7 @@ __device__ inline void below_row(const LossRows& p, int64_t model, int64_t r) {
 #pragma unroll
         for (int c = 0; c < kColumns; ++c) {
           const int64_t i = i0 + 32 * c;
-          wv[k][c] = row_in && i < p.below ? __ldg(&w[(o0 + k) * p.below + i]) : 0.0f;
+          wv[k][c] = row_in && i < p.below ? w[(o0 + k) * p.below + i] : 0.0f;
         }
       }
 #pragma unroll
@@ -146,22 +192,32 @@ __device__ inline void below_row(const LossRows& p, int64_t model, int64_t r) {
   }
 }
 
-// One warp per (model, sample) row: the row's loss, its logits' gradient (dLoss/dZ with the
-// loss a per-model mean, so dLoss = 1 per model) and the row of G_{L−1} below it.
-__device__ inline void loss_rows(const LossRows& p) {
+// One warp per (trained model, sample) row: the row's logits (distillation: its teacher's
+// too), its loss, its logits' gradient (dLoss/dZ with the loss a per-model mean, so dLoss = 1
+// per model) and the row of G_{L−1} below it.
+__device__ inline void loss_rows(const LossRows& p, tile::Smem& sm) {
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   const int lane = threadIdx.x & 31;
+  const int64_t O = p.cols, I = p.below;
+  float* stage = &sm.c[0][0] + (threadIdx.x / 32) * kStageFloats;
   for (int64_t r = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32; r < p.trained * p.batch; r += warps) {
     const int64_t model = r / p.batch, b = r % p.batch;
-    const float* z = p.logits + r * p.cols;
+    float* z = p.logits + r * O;
+    logits_row(p.h + r * I, p.w + model * O * I, p.bias + model * O, I, O, z, stage);
+    float* t = nullptr;
+    if (p.distill) {  // the teacher's row, in this student's own slot: no other warp touches it
+      const int64_t f = model % p.frozen;
+      t = p.logits + (p.trained * p.batch + r) * O;
+      logits_row(p.h + ((p.trained + f) * p.batch + b) * I, p.w_frozen + f * O * I, p.bias_frozen + f * O, I, O, t,
+                 stage);
+    }
+    __syncwarp();  // the lanes' logits are visible to the whole warp
     double row;
     if (p.distill) {
-      const float* t = p.logits + ((p.trained + model % p.frozen) * p.batch + b) * p.cols;
-      row = rows::distill_kl_row(z, t, p.cols, p.c0, p.c1, p.inv_t, p.temperature / double(p.batch),
-                                 p.dlogits + r * p.cols, false);
+      row = rows::distill_kl_row(z, t, O, p.c0, p.c1, p.inv_t, p.temperature / double(p.batch), p.dlogits + r * O,
+                                 false);
     } else {
-      row = rows::cross_entropy_row(z, p.cols, p.c0, p.c1, p.labels[r], 1.0f / float(p.batch),
-                                    p.dlogits + r * p.cols, false);
+      row = rows::cross_entropy_row(z, O, p.c0, p.c1, p.labels[r], 1.0f / float(p.batch), p.dlogits + r * O, false);
     }
     if (lane == 0) p.row_loss[r] = row;
     __syncwarp();  // the lanes' stores of dz are visible to the whole warp
@@ -234,7 +290,7 @@ __device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid
   for (int ph = 0; ph < prog.phases; ++ph) {
     phase_begins(ph);
     if (ph == 0 && lead && prog.tail.adam.t) *prog.tail.adam.t += 1;  // read in B_0, after barriers
-    if (ph == prog.loss_phase) loss_rows(prog.loss);
+    if (ph == prog.loss_phase) loss_rows(prog.loss, sm);
     if (ph == prog.loss_phase + 1 && blockIdx.x == 0) reduce_losses(prog.loss, prog.tail);
     const bool adam_here = ph + 1 == prog.phases && prog.adam_gemm >= 0;
     const Phase& phase = prog.phase[ph];
@@ -264,9 +320,13 @@ __device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid
 // ---- host code: building the program ----------------------------------------------------------
 
 // Whether the first backward phase (B_{L−1}) and the next (B_{L−2}) are one: both need only the
-// loss phase's gradients, but B_0 is last, and Adam over the arena after it needs every other
+// last layer's rows, but B_0 is last, and Adam over the arena after it needs every other
 // gradient final a barrier earlier.
 inline bool backward_joins_below(int layers) { return layers >= 3; }
+
+// Rows of the logits buffer (Workspace::logits): each trained model's, then for distillation
+// each one's copy of its teacher's (the warp of a row computes both).
+inline int64_t logit_rows(int64_t trained, bool distill) { return distill ? 2 * trained : trained; }
 
 // Plans a phase's GEMMs for the grid. They share it in proportion to their work (tiles × K
 // chunks), so that their work items come out about equally long — a phase lasts as long as its
@@ -292,7 +352,6 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
   const int64_t S = trained.models, F = frozen ? frozen->models : 0, B = batch;
   const std::vector<int64_t>& s = trained.sizes;
   auto h_in = [&](int l) -> const float* { return l == 0 ? x : ws.H[size_t(l)]; };
-  auto h_out = [&](int l) -> float* { return l + 1 < L ? ws.H[size_t(l) + 1] : ws.logits; };
   auto stride = [&](int l) { return B * s[size_t(l)]; };  // one model's activations of width s_l
 
   Program prog{};
@@ -303,24 +362,33 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
     ++prog.phase[phases - 1].gemms;
   };
 
-  // Forward: trained models, then frozen ones, which read x[f] for f < F and write after the trained.
-  for (int l = 0; l < L; ++l) {
+  // Forward but the last layer: trained models, then frozen ones, which read x[f] for f < F and
+  // write after the trained.
+  for (int l = 0; l + 1 < L; ++l) {
     begin_phase();
-    const bool relu = l + 1 < L;
     auto forward = [&](const float* in, const FusedMlp& mlp, float* out, int64_t models) {
       Gemm g = tile::forward_product(in, mlp.weights[size_t(l)], out, models, B, s[size_t(l)], s[size_t(l) + 1]);
       g.bias = mlp.biases[size_t(l)];
-      g.relu = relu;
+      g.relu = true;
       return g;
     };
-    add(forward(h_in(l), trained, h_out(l), S));
-    if (F > 0) add(forward(h_in(l) + (l == 0 ? 0 : S * stride(l)), *frozen, h_out(l) + S * stride(l + 1), F));
+    float* out = ws.H[size_t(l) + 1];
+    add(forward(h_in(l), trained, out, S));
+    if (F > 0) add(forward(h_in(l) + (l == 0 ? 0 : S * stride(l)), *frozen, out + S * stride(l + 1), F));
   }
   prog.loss_phase = phases;
-  begin_phase();  // the loss rows (no GEMMs)
-  prog.loss = LossRows{ws.logits, ws.G[size_t(L)], ws.row_loss, loss_out, loss.labels, S, F, B, s[size_t(L)],
-                       loss.c0, loss.c1, loss.distill, loss.distill ? 1.0 / loss.temperature : 1.0, loss.temperature,
-                       trained.weights[size_t(L) - 1], ws.H[size_t(L) - 1], ws.G[size_t(L) - 1], s[size_t(L) - 1]};
+  begin_phase();  // the last layer row by row (no GEMMs)
+  LossRows& rows = prog.loss;
+  rows.h = ws.H[size_t(L) - 1];
+  rows.w = trained.weights[size_t(L) - 1], rows.bias = trained.biases[size_t(L) - 1];
+  if (F > 0) rows.w_frozen = frozen->weights[size_t(L) - 1], rows.bias_frozen = frozen->biases[size_t(L) - 1];
+  rows.logits = ws.logits, rows.dlogits = ws.G[size_t(L)], rows.g_below = ws.G[size_t(L) - 1];
+  rows.row_loss = ws.row_loss, rows.loss_out = loss_out, rows.labels = loss.labels;
+  rows.trained = S, rows.frozen = F, rows.batch = B;
+  rows.cols = s[size_t(L)], rows.below = s[size_t(L) - 1];
+  rows.c0 = loss.c0, rows.c1 = loss.c1;
+  rows.distill = loss.distill;
+  rows.inv_t = loss.distill ? 1.0 / loss.temperature : 1.0, rows.temperature = loss.temperature;
 
   // Backward: layer l's weight gradient and, for 1 ≤ l ≤ L − 2, the gradient below it (the
   // loss phase made G_{L−1}). B_{L−2} joins B_{L−1} unless it is the last phase.
@@ -369,9 +437,9 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
 // The program's phases' names, in order (for the phase clock's report).
 inline std::vector<std::string> phase_names(const Program& prog) {
   std::vector<std::string> names;
-  const int layers = prog.loss_phase;
-  for (int l = 0; l < layers; ++l) names.push_back("forward, layer " + std::to_string(l));
-  names.push_back("loss rows + G" + std::to_string(layers - 1));
+  const int layers = prog.loss_phase + 1;
+  for (int l = 0; l + 1 < layers; ++l) names.push_back("forward, layer " + std::to_string(l));
+  names.push_back("last layer, row by row");
   for (int l = layers - 1; l >= 0; --l) {
     const bool joined = l == layers - 1 && backward_joins_below(layers);
     names.push_back(joined ? "backward, layers " + std::to_string(l) + " and " + std::to_string(l - 1)

@@ -139,7 +139,7 @@ void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, cons
     G[size_t(l)] = Tensor::empty({S, B, s[size_t(l)]}, DType::f32, gpu);
     ws.G[size_t(l)] = G[size_t(l)].data<float>();
   }
-  Tensor logits = Tensor::empty({S + F, B, s[size_t(L)]}, DType::f32, gpu);
+  Tensor logits = Tensor::empty({fused::logit_rows(S, loss.distill), B, s[size_t(L)]}, DType::f32, gpu);
   Tensor row_loss = Tensor::empty({S, B}, DType::f64, gpu);
   ws.logits = logits.data<float>();
   ws.row_loss = row_loss.data<double>();

@@ -114,12 +114,6 @@ inline T __ldcg(const T* address) {
   return *address;
 }
 
-// The read-only (L1) load: on the host, a plain load too.
-template <class T>
-inline T __ldg(const T* address) {
-  return *address;
-}
-
 // Lane i gets lane (i ^ lane_mask)'s v. All 32 lanes must call it together, as the device code
 // does (its loops over rows are uniform across a warp); the mask of lanes is not checked.
 template <class T>
