@@ -481,6 +481,13 @@ TEST(FusedTail, AdamFollowsSplitAndPartialTilesOfW0) {
   check_tail(Step{"tail_split_k", {70, 65, 31, 13}, 1, 0, 64, false, 0, 10, 1.0, 17, true}, {17u}, -1);
 }
 
+// Two layers: the last phase is dW_0's, and every other gradient Adam reads after it must be
+// final a barrier earlier — b_0's too (it is not dW_0's row sums here). 17 blocks finish their
+// dW_0 items at different times.
+TEST(FusedTail, TwoLayersHandAdamOnlyFinalGradients) {
+  check_tail(Step{"two_layer_tail", {53, 29, 7}, 2, 0, 64, false, 0, 7, 1.0, 17, false}, {17u}, -1);
+}
+
 // An Adam arena that does not hold the first layer's weight gradients cannot be updated tile by
 // tile: building the program refuses it.
 TEST(FusedTail, AnArenaWithoutTheFirstLayerIsRefused) {
@@ -552,7 +559,8 @@ TEST(FusedPlan, DefaultRunPhasesFitOneWave) {
     // Buffers of the real sizes: build_program only offsets into them (nothing runs here).
     const int64_t B = 256;
     std::vector<float> x(static_cast<size_t>(S * B * sizes[0])), h1(static_cast<size_t>((S + F) * B * sizes[1])),
-        h2(static_cast<size_t>((S + F) * B * sizes[2])), logits(static_cast<size_t>((S + F) * B * sizes[3]));
+        h2(static_cast<size_t>((S + F) * B * sizes[2])),
+        logits(static_cast<size_t>(logit_rows(S, F > 0) * B * sizes[3]));
     Workspace ws{{nullptr, h1.data(), h2.data()}, std::vector<float*>(4, nullptr), logits.data(), nullptr};
     FusedLoss loss;
     loss.distill = F > 0, loss.c0 = F > 0 ? 10 : 0, loss.c1 = F > 0 ? 13 : 10;

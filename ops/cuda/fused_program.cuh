@@ -12,15 +12,15 @@
 //   last           one warp per (trained model, sample) row, the last layer row by row:
 //                  the logits Z = H_{L−1}·W_{L−1}ᵀ + b_{L−1} (distillation: the    [B, s_L]
 //                  teacher's row too), the loss row and G_L = dLoss/dZ (the same row math
-//                  as the loss kernels: ops/cuda/loss_rows.cuh), then
+//                  as the loss kernels: ops/cuda/loss_rows.cuh), then for L ≥ 3
 //                  G_{L−1} = (G_L·W_{L−1}) ⊙ [H_{L−1} ≠ 0]                   [B, s_{L−1}]
 //   B_{L−1}        dW_{L−1} = G_Lᵀ·H_{L−1}, db_{L−1} = Σ_b G_L;              [s_L, s_{L−1}]
 //                  block 0 also sums the rows' losses into each model's mean
-//   B_{L−2}        dW_{L−2} = G_{L−1}ᵀ·H_{L−2}, db_{L−2} = Σ_b G_{L−1} (the GEMM's row sums);
-//                  for L − 2 ≥ 1 also G_{L−2} = (G_{L−1}·W_{L−2}) ⊙ [H_{L−2} ≠ 0],
-//                  db_{L−3} = Σ_b G_{L−2}. Both depend on the last phase only, so this phase
-//                  joins B_{L−1} — unless it is B_0, the last, below
-//   B_l, l ≥ 1     dW_l = G_{l+1}ᵀ·H_l; G_l and db_{l−1} as above
+//   B_{L−2}, L ≥ 3 dW_{L−2} = G_{L−1}ᵀ·H_{L−2}, db_{L−2} = Σ_b G_{L−1} (the GEMM's row sums);
+//                  G_{L−2} = (G_{L−1}·W_{L−2}) ⊙ [H_{L−2} ≠ 0], db_{L−3} = Σ_b G_{L−2}.
+//                  All of it depends on the rows only, so this phase joins B_{L−1}
+//   B_l, l ≥ 1     dW_l = G_{l+1}ᵀ·H_l; G_l = (G_{l+1}·W_l) ⊙ [H_l ≠ 0], db_{l−1} = Σ_b G_l
+//                  (for L = 2, B_1 makes G_1 and db_0 this way: see backward_joins_below)
 //   B_0            dW_0 = G_1ᵀ·x; with a tail's Adam, each dW_0 tile updates its part of W_0
 //                  as it finishes, and after its items every block updates a share of the
 //                  rest of the arena (those gradients were final a barrier ago, and no phase
@@ -36,7 +36,7 @@
 // step count in F_0, adds the losses to their running sums in B_{L−1} and advances the step
 // counters after the last phase, when nothing reads them any more.
 //
-// 2L − 1 phases for L ≥ 3, a barrier between each two (L = 3: 5 phases, 4 barriers); 2L for
+// 2L − 1 phases for L ≥ 3, a barrier between each two (L = 3: 5 phases, 4 barriers); 4 for
 // L = 2. Within a phase the blocks share the work items of that phase's GEMMs (the tiles of
 // ops/cuda/tile_gemm.cuh, split-K included) or the last layer's rows. Gradients are written
 // (not accumulated) into the parameters' gradient buffers. Every reduction sums in a fixed
@@ -76,7 +76,7 @@ struct LossRows {
   const float* bias_frozen;
   float* logits;                // [S or 2S, B, O]: the trained rows, then (distillation) each one's teacher row
   float* dlogits;               // [S, B, O]: G_L
-  float* g_below;               // [S, B, I]: G_{L−1}
+  float* g_below;               // [S, B, I]: G_{L−1}, or null (backward_joins_below)
   double* row_loss;             // [S, B]
   float* loss_out;              // [S]
   const int32_t* labels;        // [S, B] (cross-entropy)
@@ -220,6 +220,7 @@ __device__ inline void loss_rows(const LossRows& p, tile::Smem& sm) {
       row = rows::cross_entropy_row(z, O, p.c0, p.c1, p.labels[r], 1.0f / float(p.batch), p.dlogits + r * O, false);
     }
     if (lane == 0) p.row_loss[r] = row;
+    if (!p.g_below) continue;
     __syncwarp();  // the lanes' stores of dz are visible to the whole warp
     below_row(p, model, r);
   }
@@ -319,9 +320,11 @@ __device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid
 
 // ---- host code: building the program ----------------------------------------------------------
 
-// Whether the first backward phase (B_{L−1}) and the next (B_{L−2}) are one: both need only the
-// last layer's rows, but B_0 is last, and Adam over the arena after it needs every other
-// gradient final a barrier earlier.
+// Whether the rows make G_{L−1} too, so that the first backward phase (B_{L−1}) and the next
+// (B_{L−2}) need only the rows and can be one. Not when B_{L−2} is B_0 (L = 2): B_0 is last,
+// Adam over the arena after it needs every other gradient final a barrier earlier, and B_0's
+// GEMM would have to make db_0 (as its row sums) in that same phase. Then B_1 makes G_1 and
+// db_0 as a GEMM, as for the layers below.
 inline bool backward_joins_below(int layers) { return layers >= 3; }
 
 // Rows of the logits buffer (Workspace::logits): each trained model's, then for distillation
@@ -382,7 +385,8 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
   rows.h = ws.H[size_t(L) - 1];
   rows.w = trained.weights[size_t(L) - 1], rows.bias = trained.biases[size_t(L) - 1];
   if (F > 0) rows.w_frozen = frozen->weights[size_t(L) - 1], rows.bias_frozen = frozen->biases[size_t(L) - 1];
-  rows.logits = ws.logits, rows.dlogits = ws.G[size_t(L)], rows.g_below = ws.G[size_t(L) - 1];
+  rows.logits = ws.logits, rows.dlogits = ws.G[size_t(L)];
+  rows.g_below = backward_joins_below(L) ? ws.G[size_t(L) - 1] : nullptr;
   rows.row_loss = ws.row_loss, rows.loss_out = loss_out, rows.labels = loss.labels;
   rows.trained = S, rows.frozen = F, rows.batch = B;
   rows.cols = s[size_t(L)], rows.below = s[size_t(L) - 1];
@@ -392,16 +396,18 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
 
   // Backward: layer l's weight gradient and, for 1 ≤ l ≤ L − 2, the gradient below it (the
   // loss phase made G_{L−1}). B_{L−2} joins B_{L−1} unless it is the last phase.
+  const bool joined = backward_joins_below(L);  // the rows made G_{L−1}, and B_{L−2} joins B_{L−1}
   for (int l = L - 1; l >= 0; --l) {
-    if (!(l == L - 2 && backward_joins_below(L))) begin_phase();
+    if (!(l == L - 2 && joined)) begin_phase();
     const int64_t in = s[size_t(l)], out = s[size_t(l) + 1];
     const float* g_out = ws.G[size_t(l) + 1];
     Gemm dw = tile::backward_weight_product(g_out, h_in(l), trained.weight_grads[size_t(l)], S, B, in, out);
-    // The bias gradients of the top two layers are the row sums of their weight gradients;
-    // the others are the column sums of the backward_input product above them.
-    dw.row_sums = l >= L - 2 ? trained.bias_grads[size_t(l)] : nullptr;
+    // A bias gradient is the row sums of its layer's weight gradient where the GEMM above it
+    // was not run (the last layer, and the one below it when the rows made G_{L−1}); the
+    // others are the column sums of that backward_input product.
+    dw.row_sums = l == L - 1 || (l == L - 2 && joined) ? trained.bias_grads[size_t(l)] : nullptr;
     add(dw);
-    if (l >= 1 && l <= L - 2) {
+    if (l >= 1 && (l < L - 1 || !joined)) {
       Gemm dx = tile::backward_input_product(g_out, trained.weights[size_t(l)], ws.G[size_t(l)], S, B, in, out);
       dx.gate_values = ws.H[size_t(l)];        // the trained models' part comes first
       dx.column_sums = trained.bias_grads[size_t(l) - 1];

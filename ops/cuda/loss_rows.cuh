@@ -3,8 +3,8 @@
 // (ops/cuda/fused_step.cu), so both compute exactly the same thing.
 //
 // A row is a sample's logits (cols values); the loss reads the columns [c0, c1). Lanes stride
-// over the columns and combine with shuffles. Loads go through L2 only (__ldcg): in the fused
-// step the logits were written by another SM earlier in the same kernel.
+// over the columns and combine with shuffles. Loads go through L2 only (__ldcg), the fused
+// step's rule for data written in the same kernel (there, by the warp's own lanes just before).
 #pragma once
 
 #include <cuda_runtime.h>
