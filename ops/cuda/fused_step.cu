@@ -22,10 +22,11 @@
 // per distillation step against the autograd path in the same run; on an H100, after the
 // split-K planner fit every phase in one wave, 115 and 142 µs (the tail was not yet in the
 // kernel; the first build with it measured 147 and 173 µs for a reason since fixed, and the fix
-// has not been timed). Most of it is inside this kernel:
-// each GEMM phase costs at least 12 µs, a chain of dependent L2 round trips (about 1.6 µs per
-// 16-wide K chunk, then the split-K fix-up's) plus a barrier. bench/layers.cpp --fused-only times
-// the phases (fused_step_clock below).
+// has not been timed). Most of it is inside this kernel: each GEMM phase costs at least 12 µs,
+// a chain of dependent L2 round trips (about 1.6 µs per 16-wide K chunk, then the split-K
+// fix-up's) plus a barrier — which is why the last layer now runs row by row, two GEMM phases
+// fewer (7 → 5 for the notebook's MLP; not yet timed either). bench/layers.cpp --fused-only
+// times the phases (fused_step_clock below); bench/latency.cu the links of that chain.
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
