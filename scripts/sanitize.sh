@@ -14,7 +14,9 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -j "$(nproc)" -E "EndToEnd|PaperMode"
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSUBLIMINAL_TSAN=ON -DSUBLIMINAL_CUDA=OFF -DBUILD_TESTING=ON >/dev/null
 cmake --build build-tsan --target test_emulated
-# Every tile case, the slice-order check, and one fused step (2 layers, distillation: the
-# loss rows' warp shuffles, the frozen teacher, every phase): the whole fused suite takes
-# minutes under TSan on 2 cores.
-TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_emulated --gtest_filter='TileEmulated.*:TileSplitK.*:*distill_2_layers*'
+# Every tile case, the slice-order check, and two fused steps: 2 layers, distillation (the
+# rows' staging and warp shuffles, the frozen teacher, every phase), and 3 layers (the rows'
+# gradient below the logits after __syncwarp, the joined backward phase). The whole fused
+# suite takes minutes under TSan on 2 cores.
+TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_emulated \
+  --gtest_filter='TileEmulated.*:TileSplitK.*:*distill_2_layers*:*teacher_3_models*'
