@@ -394,9 +394,9 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
   rows.distill = loss.distill;
   rows.inv_t = loss.distill ? 1.0 / loss.temperature : 1.0, rows.temperature = loss.temperature;
 
-  // Backward: layer l's weight gradient and, for 1 ≤ l ≤ L − 2, the gradient below it (the
-  // loss phase made G_{L−1}). B_{L−2} joins B_{L−1} unless it is the last phase.
-  const bool joined = backward_joins_below(L);  // the rows made G_{L−1}, and B_{L−2} joins B_{L−1}
+  // Backward: layer l's weight gradient and, for l ≥ 1, the gradient below it — but G_{L−1}
+  // when the rows made it, and then B_{L−2} joins B_{L−1}.
+  const bool joined = backward_joins_below(L);
   for (int l = L - 1; l >= 0; --l) {
     if (!(l == L - 2 && joined)) begin_phase();
     const int64_t in = s[size_t(l)], out = s[size_t(l) + 1];
