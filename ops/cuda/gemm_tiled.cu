@@ -7,7 +7,7 @@
 // that spreads over the whole GPU:
 //
 //   - 64×64 output tiles, 256 threads, each thread a 4×4 block of outputs; K walked in chunks
-//     of 16 staged in shared memory, the next chunk's loads in flight while this one computes;
+//     of 16 staged in shared memory by cp.async, three chunks in flight while one computes;
 //   - split-K: when the tiles alone cannot fill the GPU, the K range is cut into S slices, one
 //     thread block each. Every slice writes its partial tile to a scratch buffer and bumps a
 //     per-tile counter; the block that arrives last sums the S partials in slice order 0..S−1
@@ -23,8 +23,10 @@
 //
 // What it bought, measured on an H200 (docs/PERFORMANCE.md, docs/CUDNN.md): a teacher step
 // has 15 kernels instead of 26 and six of its nine batch-256 GEMMs are faster than cuBLASLt's,
-// but the step as a whole only ties (123 vs 129 µs): every K chunk is a round trip to L2 and
-// the split-K fix-up is serial. At batch 1024 cuBLASLt wins. So cuBLASLt stays the default.
+// but the step as a whole only ties (123 vs 129 µs): every K chunk was a round trip to L2
+// (one chunk was in flight then, in registers; now three are, in shared memory, not yet
+// measured) and the split-K fix-up is serial. At batch 1024 cuBLASLt wins. So cuBLASLt stays
+// the default.
 //
 // ReLU follows PyTorch exactly (z <= 0 gives 0 and bit 0, NaN stays with bit 1), like the CPU
 // backend and unlike cuBLASLt's RELU_AUX, which sets the bit at an exact 0.

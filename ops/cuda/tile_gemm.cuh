@@ -11,7 +11,8 @@
 //   backward_weight  dw[O,I]    o  i  b   dy[b, o]           x[b, i]
 //
 // A tile is 64×64 outputs computed by 256 threads (a 4×4 block each), K walked in chunks of 16
-// staged in shared memory, the next chunk's loads in flight while this one computes. With S
+// staged in shared memory by asynchronous copies (cp.async), kStages − 1 chunks in flight while
+// one computes. With S
 // splits, tile (model, m_tile, n_tile) is S work items, each summing one slice of K into a
 // partial tile in scratch; a per-tile counter tells the item that finishes last, and that one
 // sums the S partials in slice order 0..S−1 (the same bits whichever finished first) and runs
@@ -25,10 +26,20 @@
 //                    optionally Adam on the weights the finished gradient belongs to (the
 //                    fused step's tail: see AdamEpilogue)
 //
-// Loads go through L2 only (__ldcg): in the fused step an operand may have been written by
-// another SM earlier in the same kernel, and L1 is not coherent between SMs.
+// Which loads may use L1. In the fused step an operand may have been written by another SM
+// earlier in the same kernel, and L1 is not coherent between SMs: a line this SM cached before
+// that write would be stale. So the fix-up's partials, the epilogue's reads and everything
+// else here load through L2 only (__ldcg). The exception is the operands' K chunks: cp.async
+// moves 4-byte elements only with .ca, which allocates in L1. That is safe because of a rule
+// the fused program keeps (tests/test_fused_emulated.cpp checks it on every program it
+// builds): no phase writes bytes that an operand load touched before it and that another
+// touches after it (the activations and gradients are written once, before any GEMM reads
+// them; the weights are read by GEMMs and written by Adam in the last phase, after every
+// read). So no SM reads a line it cached before another SM overwrote it; between kernels the
+// driver invalidates L1.
 #pragma once
 
+#include <cuda_pipeline_primitives.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -41,6 +52,7 @@ constexpr int kTileM = 64, kTileN = 64, kTileK = 16;
 constexpr int kBlockThreads = 256;                     // 16 × 16 threads, 4×4 outputs each
 constexpr int kSmemPad = 4;                            // floats: keeps float4 rows aligned, spreads banks
 constexpr int kTileFloats = kTileM * kTileN + kTileM;  // a partial tile + its row sums
+constexpr int kStages = 4;                             // K chunks staged at once: 3 in flight, 1 computing
 constexpr int kMaxSplits = 8;                          // the last item reads at most 8 partials
 constexpr int kFixupBatch = 4;                         // partials in flight at once in a fix-up
 static_assert(kTileM * kTileK == 4 * kBlockThreads && kTileN * kTileK == 4 * kBlockThreads,
@@ -83,12 +95,21 @@ struct Gemm {
   int* column_counters;       // [models·n_tiles], zero between uses
 };
 
-// The shared memory one work item needs; a kernel declares one and passes it to tile_item.
-// 16-byte aligned wherever it lives: the compute loop reads its rows as float4.
-struct alignas(16) Smem {
+// One K chunk of both operands in shared memory.
+struct Stage {
   float a[kTileK][kTileM + kSmemPad];  // a(m0 + r, k0 + k) at [k][r]
   float b[kTileK][kTileN + kSmemPad];  // b(n0 + c, k0 + k) at [k][c]
-  float c[kTileM][kTileN + 1];         // the finished tile, for the mask and the column sums
+};
+
+// The shared memory one work item needs; a kernel declares one and passes it to tile_item.
+// 16-byte aligned wherever it lives: the compute loop reads its rows as float4. The finished
+// tile shares the stages' memory (34 KB, not 51: the kernel's static shared memory must stay
+// under 48 KB), so the K loop ends with a __syncthreads before anything writes c.
+struct alignas(16) Smem {
+  union {
+    Stage stage[kStages];              // the K chunks, chunk j in stage j % kStages
+    float c[kTileM][kTileN + 1];       // the finished tile, for the mask and the column sums
+  };
   bool last;
 };
 
@@ -185,32 +206,30 @@ inline void assign_scratch(Gemm& g, float* floats, int* counters) {
   g.column_counters = counters ? counters + tile_counters : nullptr;
 }
 
-// Stages one K chunk of a 64-row operand slab: thread t loads 4 elements (zero outside the
-// matrix). When k is the contiguous dimension, neighbouring threads walk k (16 floats in a
-// row, coalesced); otherwise they walk rows.
+// Starts the copies of one K chunk of a 64-row operand slab into a stage, s[k][row] (k-major,
+// so the compute loop reads 4 consecutive rows as one float4): thread t copies 4 elements and
+// writes zeros outside the matrix. When k is the contiguous dimension, neighbouring threads
+// walk k (16 floats in a row, coalesced); otherwise they walk rows. The copies land at the
+// thread's __pipeline_wait_prior, and the other threads may read them after a __syncthreads
+// that follows it; the zeros are plain stores, visible after that same __syncthreads.
 template <bool kContiguous>
-__device__ inline void load_chunk(const float* __restrict__ base, const Operand& op, int64_t row0, int64_t rows,
-                                  int64_t k0, int64_t k_end, float (&r)[4]) {
+__device__ inline void copy_chunk_async(float (*s)[kTileM + kSmemPad], const float* __restrict__ base,
+                                        const Operand& op, int64_t row0, int64_t rows, int64_t k0, int64_t k_end) {
+  // Element e = t + 256·i of the chunk is (k = e % 16, row = e / 16) when k is contiguous, and
+  // (k = e / 64, row = e % 64) when not: thread t's four differ by 16 rows, or by 4 k.
+  constexpr int kRowStep = kContiguous ? kBlockThreads / kTileK : 0;
+  constexpr int kKStep = kContiguous ? 0 : kBlockThreads / kTileM;
+  const int kk = kContiguous ? threadIdx.x % kTileK : threadIdx.x / kTileM;
+  const int rr = kContiguous ? threadIdx.x / kTileK : threadIdx.x % kTileM;
+  const float* src = base + (row0 + rr) * op.row_stride + (k0 + kk) * op.k_stride;
+  const int64_t step = kRowStep * op.row_stride + kKStep * op.k_stride;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int e = threadIdx.x + kBlockThreads * i;
-    const int kk = kContiguous ? e % kTileK : e / kTileM;
-    const int rr = kContiguous ? e / kTileK : e % kTileM;
-    const int64_t row = row0 + rr, k = k0 + kk;
-    r[i] = row < rows && k < k_end ? __ldcg(&base[row * op.row_stride + k * op.k_stride]) : 0.0f;
-  }
-}
-
-// Writes what load_chunk loaded into shared memory as s[k][row] (k-major, so the compute loop
-// reads 4 consecutive rows as one float4).
-template <bool kContiguous>
-__device__ inline void store_chunk(float (*s)[kTileM + kSmemPad], const float (&r)[4]) {
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int e = threadIdx.x + kBlockThreads * i;
-    const int kk = kContiguous ? e % kTileK : e / kTileM;
-    const int rr = kContiguous ? e / kTileK : e % kTileM;
-    s[kk][rr] = r[i];
+    float* dst = &s[kk + kKStep * i][rr + kRowStep * i];
+    if (row0 + rr + kRowStep * i < rows && k0 + kk + kKStep * i < k_end)
+      __pipeline_memcpy_async(dst, src + i * step, sizeof(float));
+    else
+      *dst = 0.0f;
   }
 }
 
@@ -242,21 +261,30 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
   __syncthreads();  // the previous item of this block is done with the shared memory
   float acc[4][4] = {};
   float row_sum = 0.0f;  // thread t < 64: row m0 + t
-  float a_next[4], b_next[4];
-  load_chunk<Layout<kind>::a_k_contiguous>(a_base, p.a, m0, p.M, k_begin, k_end, a_next);
-  load_chunk<Layout<kind>::b_k_contiguous>(b_base, p.b, n0, p.N, k_begin, k_end, b_next);
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
-    store_chunk<Layout<kind>::a_k_contiguous>(sm.a, a_next);
-    store_chunk<Layout<kind>::b_k_contiguous>(sm.b, b_next);
-    __syncthreads();
-    if (k0 + kTileK < k_end) {  // the next chunk's loads overlap this chunk's arithmetic
-      load_chunk<Layout<kind>::a_k_contiguous>(a_base, p.a, m0, p.M, k0 + kTileK, k_end, a_next);
-      load_chunk<Layout<kind>::b_k_contiguous>(b_base, p.b, n0, p.N, k0 + kTileK, k_end, b_next);
+  // Chunk j of this slice starts at k_begin + j·kTileK and lives in stage j % kStages. Every
+  // chunk slot commits one copy group, empty past the last chunk, so that "chunk j has landed"
+  // is always "at most kStages − 2 groups newer than j's are still in flight".
+  const int chunks = int((k_end - k_begin + kTileK - 1) / kTileK);
+  auto start_chunk = [&](int chunk) {
+    if (chunk < chunks) {
+      Stage& st = sm.stage[chunk % kStages];
+      const int64_t k0 = k_begin + int64_t(chunk) * kTileK;
+      copy_chunk_async<Layout<kind>::a_k_contiguous>(st.a, a_base, p.a, m0, p.M, k0, k_end);
+      copy_chunk_async<Layout<kind>::b_k_contiguous>(st.b, b_base, p.b, n0, p.N, k0, k_end);
     }
+    __pipeline_commit();
+  };
+#pragma unroll 1  // unrolled, its addresses cost the kernel a spilled register
+  for (int chunk = 0; chunk < kStages - 1; ++chunk) start_chunk(chunk);
+  for (int chunk = 0; chunk < chunks; ++chunk) {
+    __pipeline_wait_prior(kStages - 2);  // this thread's copies of this chunk have landed
+    __syncthreads();                     // … and every thread's; all are done with the previous chunk
+    start_chunk(chunk + kStages - 1);    // into the previous chunk's stage, free now
+    const Stage& st = sm.stage[chunk % kStages];
 #pragma unroll
     for (int k = 0; k < kTileK; ++k) {
-      const float4 a4 = *reinterpret_cast<const float4*>(&sm.a[k][ty * 4]);
-      const float4 b4 = *reinterpret_cast<const float4*>(&sm.b[k][tx * 4]);
+      const float4 a4 = *reinterpret_cast<const float4*>(&st.a[k][ty * 4]);
+      const float4 b4 = *reinterpret_cast<const float4*>(&st.b[k][tx * 4]);
       const float av[4] = {a4.x, a4.y, a4.z, a4.w}, bv[4] = {b4.x, b4.y, b4.z, b4.w};
 #pragma unroll
       for (int i = 0; i < 4; ++i)
@@ -264,9 +292,9 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
         for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
     }
     if (sums_rows && threadIdx.x < kTileM)
-      for (int k = 0; k < kTileK; ++k) row_sum += sm.a[k][threadIdx.x];
-    __syncthreads();
+      for (int k = 0; k < kTileK; ++k) row_sum += st.a[k][threadIdx.x];
   }
+  __syncthreads();  // every thread is done with the stages, which c below shares
 
   // ---- split-K: the last of the S items of this tile sums the partials in slice order -------
   if (p.splits > 1) {

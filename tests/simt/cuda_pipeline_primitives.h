@@ -1,0 +1,61 @@
+// tests/simt/cuda_pipeline_primitives.h — CUDA's asynchronous copies (cp.async) for host threads,
+// standing in for the toolkit's header of the same name (see cuda_runtime.h beside it).
+//
+// On the GPU a copy lands in shared memory at some moment between __pipeline_memcpy_async and
+// the __pipeline_wait_prior that lets it be read. Here it lands as LATE as the rules allow: each
+// thread queues its copies, __pipeline_commit closes a group, and only __pipeline_wait_prior(n)
+// performs them — every group but the n newest. So device code that reads a stage before
+// waiting for it reads the stage's old contents and fails its test, and code that reads
+// another thread's copies without a __syncthreads after that thread's wait races with it
+// (which ThreadSanitizer reports) instead of passing by luck.
+#pragma once
+
+#include <cstddef>
+#include <cstring>
+#include <deque>
+#include <vector>
+
+namespace simt {
+
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  size_t bytes;
+};
+
+// This thread's copies: the open group (not yet committed) and the committed ones, oldest first.
+struct CopyQueue {
+  std::vector<AsyncCopy> open;
+  std::deque<std::vector<AsyncCopy>> committed;
+};
+inline thread_local CopyQueue copy_queue;
+
+}  // namespace simt
+
+// Copies size_and_align bytes (4, 8 or 16, both addresses aligned to it); with zfill, the last
+// zfill bytes are zeros instead of the source's.
+inline void __pipeline_memcpy_async(void* dst_shared, const void* src_global, size_t size_and_align,
+                                    size_t zfill = 0) {
+  // The zero fill happens when the copy lands, as the source bytes do.
+  simt::copy_queue.open.push_back({dst_shared, src_global, size_and_align});
+  if (zfill) {
+    simt::copy_queue.open.back().bytes = size_and_align - zfill;
+    static const unsigned char zeros[16] = {};
+    simt::copy_queue.open.push_back({static_cast<char*>(dst_shared) + (size_and_align - zfill), zeros, zfill});
+  }
+}
+
+inline void __pipeline_commit() {
+  simt::copy_queue.committed.push_back(std::move(simt::copy_queue.open));
+  simt::copy_queue.open.clear();
+}
+
+// Waits until at most `prior` of this thread's committed groups are still in flight: performs
+// all older ones, in the order they were issued.
+inline void __pipeline_wait_prior(size_t prior) {
+  auto& q = simt::copy_queue.committed;
+  while (q.size() > prior) {
+    for (const simt::AsyncCopy& c : q.front()) std::memcpy(c.dst, c.src, c.bytes);
+    q.pop_front();
+  }
+}
