@@ -12,7 +12,8 @@
 //   cudnn-tf32      the cuDNN-frontend graphs (TF32: fp32 fused graphs do not exist on Hopper)
 //   tiled           our own fp32 kernels, one launch per GEMM, split-K (ops/cuda/gemm_tiled.cu)
 // and a whole teacher training step (forward, loss, backward, Adam) replayed as a CUDA graph;
-// then the fused training step (ops/fused_step.h) phase by phase.
+// then the fused training step (ops/fused_step.h) phase by phase, and (not with --fused-only)
+// the fused step at batch 256 under a sweep of split-K policies.
 // Times are CUDA-event medians over 7 blocks of 50 calls after a warm-up, in microseconds.
 #include <algorithm>
 #include <cstdio>
@@ -102,14 +103,12 @@ double step_us(int64_t batch) {
       int(std::min<int64_t>(steps, 50)));
 }
 
-// The fused training step (ops/fused_step.h) at batch B, launched eagerly `reps` times: the
-// median of each phase's time (block 0's view of the grid-wide barriers), of when the first and
-// the last block finished the phase's work, of the rest (the barrier's hand-over to the next
-// phase; after the last phase, block 0's tail), and of the whole kernel. distill: two students
-// and one frozen teacher on the ghost logits, as in the app. The step gets Adam as its tail, so
-// the last backward phase also updates the parameters, as in the app (whose tail also carries
-// the loss sums and counters: a few loads and stores in block 0).
-nlohmann::json fused_phases(int64_t batch, bool distill, int reps = 30) {
+// The fused training step (ops/fused_step.h) at batch B, launched eagerly reps + 3 times with
+// the phase clock on: each launch's phases after the first three (a warm-up). distill: two
+// students and one frozen teacher on the ghost logits, as in the app. The step gets Adam as its
+// tail, so the last backward phase also updates the parameters, as in the app (whose tail also
+// carries the loss sums and counters: a few loads and stores in block 0).
+std::vector<std::vector<cuda::FusedPhaseTime>> time_fused_step(int64_t batch, bool distill, int reps) {
   const MlpShape shape{{784, 256, 256, 13}};
   MlpParams trained(shape, distill ? 2 : 1, DType::f32, Device::cuda), frozen(shape, 1, DType::f32, Device::cuda);
   init_mlp(trained, InitScheme::torch_default, distill ? std::vector<uint64_t>{0, 1} : std::vector<uint64_t>{0}, 0);
@@ -128,35 +127,88 @@ nlohmann::json fused_phases(int64_t batch, bool distill, int reps = 30) {
       fused_distill_step(x, trained, frozen, {10, 13}, 1.0, tail);
     else
       fused_cross_entropy_step(x, y, trained, {0, 10}, tail);
-    if (r >= 3) runs.push_back(cuda::fused_step_phase_times());  // after a warm-up
+    if (r >= 3) runs.push_back(cuda::fused_step_phase_times());
   }
   cuda::fused_step_clock(false);
+  return runs;
+}
+
+// The median over launches of field(phase ph), and of the whole kernel (its phases' sum).
+double median_over(const std::vector<std::vector<cuda::FusedPhaseTime>>& runs, size_t ph,
+                   double (*field)(const cuda::FusedPhaseTime&)) {
+  std::vector<double> v;
+  for (const auto& run : runs) v.push_back(field(run[ph]));
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+double median_kernel_us(const std::vector<std::vector<cuda::FusedPhaseTime>>& runs) {
+  std::vector<double> totals;
+  for (const auto& run : runs) {
+    double total = 0.0;
+    for (const cuda::FusedPhaseTime& t : run) total += t.us;
+    totals.push_back(total);
+  }
+  std::sort(totals.begin(), totals.end());
+  return totals[totals.size() / 2];
+}
+
+// The fused step phase by phase, medians of `reps` launches: each phase's time (block 0's view
+// of the grid-wide barriers), when the first and the last block finished the phase's work, the
+// rest (the barrier's hand-over to the next phase; after the last phase, block 0's tail), and
+// the whole kernel.
+nlohmann::json fused_phases(int64_t batch, bool distill, int reps = 30) {
+  const auto runs = time_fused_step(batch, distill, reps);
   nlohmann::json out = {{"batch", batch}, {"step", distill ? "distillation (2 students + frozen teacher)" : "teacher"},
                         {"phases", nlohmann::json::array()}};
   std::printf("fused %s step, batch %lld (medians of %d eager launches, µs from block 0's start of the phase):\n",
               distill ? "distillation" : "teacher", (long long)batch, reps);
   std::printf("  %-22s %8s %11s %11s %11s\n", "phase", "phase", "first done", "last done", "hand-over");
-  std::vector<double> totals(runs.size(), 0.0);
   for (size_t ph = 0; ph < runs.front().size(); ++ph) {
-    auto median_of = [&](double (*field)(const cuda::FusedPhaseTime&)) {  // over the launches
-      std::vector<double> v;
-      for (const auto& run : runs) v.push_back(field(run[ph]));
-      std::sort(v.begin(), v.end());
-      return v[v.size() / 2];
-    };
-    for (size_t r = 0; r < runs.size(); ++r) totals[r] += runs[r][ph].us;
-    const double us = median_of([](const cuda::FusedPhaseTime& t) { return t.us; });
-    const double first = median_of([](const cuda::FusedPhaseTime& t) { return t.first_done_us; });
-    const double last = median_of([](const cuda::FusedPhaseTime& t) { return t.last_done_us; });
-    const double hand_over = median_of([](const cuda::FusedPhaseTime& t) { return t.us - t.last_done_us; });
+    const double us = median_over(runs, ph, [](const cuda::FusedPhaseTime& t) { return t.us; });
+    const double first = median_over(runs, ph, [](const cuda::FusedPhaseTime& t) { return t.first_done_us; });
+    const double last = median_over(runs, ph, [](const cuda::FusedPhaseTime& t) { return t.last_done_us; });
+    const double hand_over = median_over(runs, ph, [](const cuda::FusedPhaseTime& t) { return t.us - t.last_done_us; });
     const std::string& name = runs.front()[ph].name;
     std::printf("  %-22s %8.2f %11.2f %11.2f %11.2f\n", name.c_str(), us, first, last, hand_over);
     out["phases"].push_back(
         {{"phase", name}, {"us", us}, {"first_done_us", first}, {"last_done_us", last}, {"hand_over_us", hand_over}});
   }
-  std::sort(totals.begin(), totals.end());
-  std::printf("  %-22s %8.2f\n", "whole kernel", totals[totals.size() / 2]);
-  out["kernel_us"] = totals[totals.size() / 2];
+  out["kernel_us"] = median_kernel_us(runs);
+  std::printf("  %-22s %8.2f\n", "whole kernel", out["kernel_us"].get<double>());
+  return out;
+}
+
+// The fused step under other split-K policies (cuda::FusedSplitPolicy): how far to split K is
+// a trade between shorter slices and the fix-up's dependent round trips (the partial's store
+// and fence, the counter, the partials' loads), whose costs only a GPU can say. One row per
+// policy: the whole kernel and each phase, medians of `reps` launches. The default policy is
+// restored afterwards.
+nlohmann::json split_sweep(int64_t batch, int reps = 15) {
+  nlohmann::json out = nlohmann::json::array();
+  std::printf("fused step, batch %lld, split-K policies (medians of %d eager launches, µs; default 8 / 2):\n",
+              (long long)batch, reps);
+  std::printf("  %10s %10s  %-12s %8s  %s\n", "max splits", "min chunks", "step", "kernel", "phases");
+  for (int max_splits : {1, 2, 4, 8, 16})
+    for (int min_chunks : {1, 2, 4}) {
+      if (max_splits == 1 && min_chunks > 1) continue;  // no split: min_chunks has nothing to do
+      cuda::fused_step_split_policy({max_splits, min_chunks});
+      for (bool distill : {false, true}) {
+        const auto runs = time_fused_step(batch, distill, reps);
+        nlohmann::json row = {{"max_splits", max_splits}, {"min_chunks", min_chunks},
+                              {"step", distill ? "distillation" : "teacher"},
+                              {"kernel_us", median_kernel_us(runs)}, {"phases_us", nlohmann::json::array()}};
+        std::printf("  %10d %10d  %-12s %8.2f ", max_splits, min_chunks, distill ? "distillation" : "teacher",
+                    row["kernel_us"].get<double>());
+        for (size_t ph = 0; ph < runs.front().size(); ++ph) {
+          const double us = median_over(runs, ph, [](const cuda::FusedPhaseTime& t) { return t.us; });
+          std::printf(" %6.2f", us);
+          row["phases_us"].push_back(us);
+        }
+        std::printf("\n");
+        out.push_back(row);
+      }
+    }
+  cuda::fused_step_split_policy({});
   return out;
 }
 
@@ -246,6 +298,7 @@ int main(int argc, char** argv) {
     out["fused_step"] = nlohmann::json::array();
     for (int64_t B : {256, 1024})
       for (bool distill : {false, true}) out["fused_step"].push_back(fused_phases(B, distill));
+    if (!fused_only) out["split_sweep"] = split_sweep(256);
     use(kEngines[0]);
     const std::string fallbacks = gemm::fallback_report();
     if (!fallbacks.empty()) std::printf("Fallbacks:\n%s", fallbacks.c_str());

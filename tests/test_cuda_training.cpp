@@ -35,6 +35,7 @@
 #include "engine/random.h"      // stream_id
 #include "engine/step_graph.h"  // StepGraph
 #include "ops/batch.h"          // gather_batch, noise_batch, repeat_models
+#include "ops/cuda/fused_step_cuda.h"  // fused_step_split_policy
 #include "ops/fused_step.h"     // fused_cross_entropy_step, fused_distill_step
 #include "ops/loss.h"           // cross_entropy, distill_kl
 #include "ops/mlp.h"            // mlp_forward
@@ -453,6 +454,37 @@ TEST_P(CudaFusedStep, TeacherStepsMatchCpuAndAutograd) {
 
 TEST_P(CudaFusedStep, DistillationStepsMatchCpu) {
   check_distillation(GetParam(), std::string(GetParam().name) + " fused", true);
+}
+
+// Sets the fused step's split-K policy for one scope (bench_layers' sweep), then the default.
+struct SplitPolicyScope {
+  explicit SplitPolicyScope(cuda::FusedSplitPolicy p) { cuda::fused_step_split_policy(p); }
+  ~SplitPolicyScope() { cuda::fused_step_split_policy({}); }
+};
+
+// Other split-K plans are the same step: no split at all, up to 16 slices of one chunk (a
+// fix-up of more partials than the default's 8), few long slices.
+TEST_P(CudaFusedStep, OtherSplitPoliciesMatchCpu) {
+  const TrainCase& c = GetParam();
+  const MlpParams init = make_params(c.sizes, c.N, 42);
+  const int steps = 2;
+  const HostData data = make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 7);
+  const RunResult cpu = teacher_steps(init, Device::cpu, DType::f64, data, steps, c.B, c.classes(), MlpFusion::whole);
+  for (const cuda::FusedSplitPolicy policy : {cuda::FusedSplitPolicy{1, 1}, cuda::FusedSplitPolicy{16, 1},
+                                              cuda::FusedSplitPolicy{2, 4}}) {
+    SplitPolicyScope scope(policy);
+    const RunResult fused =
+        teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole, true);
+    expect_runs_close(std::string(c.name) + " fused teacher steps, at most " + std::to_string(policy.max_splits) +
+                          " splits of at least " + std::to_string(policy.min_chunks) + " chunks (vs CPU float64)",
+                      fused, cpu, init, c.N);
+  }
+}
+
+TEST(FusedSplitPolicy, RefusesFewerThanOneSplitOrChunk) {
+  EXPECT_THROW(cuda::fused_step_split_policy({0, 2}), ShapeError);
+  EXPECT_THROW(cuda::fused_step_split_policy({8, 0}), ShapeError);
+  cuda::fused_step_split_policy({});  // the default is accepted
 }
 
 // Captured in a CUDA graph and replayed, the fused step gives the bits of eager launches.

@@ -144,6 +144,7 @@ struct Step {
   double temperature;
   unsigned grid;      // blocks of the multi-block runs (each case also runs on 1 block)
   bool split_k;       // the case is there to exercise split-K: some GEMM must split on `grid`
+  FusedSplitPolicy split{};  // how far K may split (the default, unless the case is about that)
 };
 
 // What a step wrote: the losses and the trained models' gradients, flattened.
@@ -251,7 +252,8 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
   out.loss.assign(size_t(S), kNaN);
   const FusedMlp frozen_view = frozen.view(false);
   Program prog = build_program(x.data(), B, trained_view ? *trained_view : trained.view(true),
-                               st.distill ? &frozen_view : nullptr, loss, out.loss.data(), ws, int(blocks), tail);
+                               st.distill ? &frozen_view : nullptr, loss, out.loss.data(), ws, int(blocks), tail,
+                               st.split);
   expect_no_stale_l1_reads(prog);
   int64_t floats = 0, counters = 0;
   scratch_sizes(prog, floats, counters);
@@ -337,7 +339,9 @@ TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
                              std::to_string(st.sizes.size() - 1) + " layers, " + std::to_string(blocks) + " blocks";
     const StepOutput got = run_step(st, trained, frozen, x, labels, blocks);
     if (st.split_k && blocks > 1) {
-      EXPECT_GT(got.most_splits, 1) << what << ": no GEMM split K";
+      // … and past the default's limit when the case's policy allows more
+      const int wanted = st.split.max_splits > tile::kMaxSplits ? tile::kMaxSplits + 1 : 2;
+      EXPECT_GE(got.most_splits, wanted) << what << ": no GEMM split K into " << wanted << " or more slices";
     }
     for (int64_t s = 0; s < S; ++s) {
       EXPECT_NEAR(got.loss[size_t(s)], ref_loss[size_t(s)], 1e-5 * std::max(1.0, std::abs(ref_loss[size_t(s)])))
@@ -372,7 +376,10 @@ INSTANTIATE_TEST_SUITE_P(
                       Step{"teacher_wide_last_layer_B37", {40, 300, 40}, 1, 0, 37, false, 25, 40, 1.0, 5, false},
                       Step{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 37, true, 10, 13, 2.0, 5, false},
                       Step{"distill_2_layers_all_logits_B70", {40, 33, 13}, 2, 1, 70, true, 0, 13, 1.0, 5, false},
-                      Step{"distill_split_k_B100", {300, 40, 20, 13}, 2, 1, 100, true, 10, 13, 2.0, 12, true}),
+                      Step{"distill_split_k_B100", {300, 40, 20, 13}, 2, 1, 100, true, 10, 13, 2.0, 12, true},
+                      // Another split policy (bench_layers sweeps them): slices of one chunk,
+                      // more of them than the default's 8, so the fix-up sums 10 partials
+                      Step{"teacher_10_splits_B100", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0, 24, true, {16, 1}}),
     [](const ::testing::TestParamInfo<Step>& info) { return std::string(info.param.name); });
 
 // ---- the step's tail: Adam, the running loss sums, the counters ------------------------------

@@ -10,7 +10,8 @@
 //   - split-K: the slices' partial tiles, the "last one sums in order" hand-off, and that the
 //     result is the same bits whatever order the work items run in and however many blocks,
 //     and the same bits as the slices run one by one and added in slice order (TileSplitK);
-//   - plan(): whole K chunks, at most kMaxSplits, one wave of the grid (TilePlan);
+//   - plan(): whole K chunks, at most max_splits (kMaxSplits), at least min_chunks a slice, one
+//     wave of the grid (TilePlan);
 //   - outputs poisoned with NaN before each run, so an element the tile forgets to write fails;
 //     the scratch counters left at zero for the next GEMM.
 // The GPU suite (tests/test_cuda_ops.cpp, CudaTiledGemm, CudaFusedStep) runs the same code on
@@ -297,29 +298,43 @@ TEST(TileSplitK, AddsThePartialsInSliceOrder) {
   EXPECT_TRUE(same_bits(split.row_sums, rows)) << "the fix-up did not add the partial row sums in slice order";
 }
 
-// plan(): the slices cover K in whole chunks, at least two per slice, at most kMaxSplits, and
-// never more items than the blocks that run at once (unless the tiles alone are more).
+// plan(): the slices cover K in whole chunks, at least min_chunks per slice (2 by default), at
+// most max_splits (kMaxSplits), and never more items than the blocks that run at once (unless
+// the tiles alone are more).
 TEST(TilePlan, OneWaveAndWholeChunks) {
-  for (int64_t target : {1, 7, 132, 264})
-    for (int64_t models : {1, 2, 3})
-      for (int64_t M : {13, 64, 256, 300})
-        for (int64_t N : {13, 256, 784})
-          for (int64_t K : {13, 100, 256, 784}) {
-            Gemm g{};
-            g.models = models, g.M = M, g.N = N, g.K = K;
-            plan(g, target);
-            const int64_t tiles = models * ceil_div(M, kTileM) * ceil_div(N, kTileN);
-            const int64_t chunks = ceil_div(K, kTileK), per_slice = g.k_per_split / kTileK;
-            const std::string what = std::to_string(models) + "×" + std::to_string(M) + "×" + std::to_string(N) +
-                                     "×" + std::to_string(K) + " for " + std::to_string(target);
-            ASSERT_EQ(g.items, tiles * g.splits) << what;
-            ASSERT_TRUE(g.splits == 1 || g.items <= target) << what << ": a second wave";
-            ASSERT_LE(g.splits, kMaxSplits) << what;
-            ASSERT_EQ(g.k_per_split % kTileK, 0) << what;
-            ASSERT_TRUE(g.splits == 1 || per_slice >= 2) << what;
-            ASSERT_GE(g.splits * per_slice, chunks) << what << ": K not covered";
-            ASSERT_LT((g.splits - 1) * per_slice, chunks) << what << ": an empty slice";
-          }
+  const std::vector<std::pair<int, int>> policies{{kMaxSplits, 2}, {1, 1}, {2, 1}, {16, 1}, {16, 4}, {4, 8}};
+  for (const auto& [max_splits, min_chunks] : policies)
+    for (int64_t target : {1, 7, 132, 264})
+      for (int64_t models : {1, 2, 3})
+        for (int64_t M : {13, 64, 256, 300})
+          for (int64_t N : {13, 256, 784})
+            for (int64_t K : {13, 100, 256, 784}) {
+              Gemm g{};
+              g.models = models, g.M = M, g.N = N, g.K = K;
+              if (max_splits == kMaxSplits && min_chunks == 2)
+                plan(g, target);  // the defaults
+              else
+                plan(g, target, max_splits, min_chunks);
+              const int64_t tiles = models * ceil_div(M, kTileM) * ceil_div(N, kTileN);
+              const int64_t chunks = ceil_div(K, kTileK), per_slice = g.k_per_split / kTileK;
+              const std::string what = std::to_string(models) + "×" + std::to_string(M) + "×" + std::to_string(N) +
+                                       "×" + std::to_string(K) + " for " + std::to_string(target) + ", policy " +
+                                       std::to_string(max_splits) + "/" + std::to_string(min_chunks);
+              ASSERT_EQ(g.items, tiles * g.splits) << what;
+              ASSERT_TRUE(g.splits == 1 || g.items <= target) << what << ": a second wave";
+              ASSERT_LE(g.splits, max_splits) << what;
+              ASSERT_EQ(g.k_per_split % kTileK, 0) << what;
+              ASSERT_TRUE(g.splits == 1 || per_slice >= min_chunks) << what;
+              ASSERT_GE(g.splits * per_slice, chunks) << what << ": K not covered";
+              ASSERT_LT((g.splits - 1) * per_slice, chunks) << what << ": an empty slice";
+            }
+  // A policy that allows more splits takes them: 784 = 49 chunks, 16 tiles, 264 blocks.
+  Gemm f0{};
+  f0.models = 1, f0.M = 256, f0.N = 256, f0.K = 784;
+  plan(f0, 264, 16, 2);
+  EXPECT_EQ(f0.splits, 13);  // 16 wanted: 4 chunks a slice, the last one short
+  plan(f0, 264);
+  EXPECT_EQ(f0.splits, 7);   // the default's 8 wanted: 7 chunks a slice
   // The MNIST MLP's first weight gradient at batch 256 on 264 blocks: 52 tiles × 4 slices of
   // 4 chunks (6 slices would be 312 items: 48 blocks would run two).
   Gemm dw0{};

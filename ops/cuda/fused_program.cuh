@@ -334,7 +334,7 @@ inline int64_t logit_rows(int64_t trained, bool distill) { return distill ? 2 * 
 // Plans a phase's GEMMs for the grid. They share it in proportion to their work (tiles × K
 // chunks), so that their work items come out about equally long — a phase lasts as long as its
 // longest item — and, where the tiles allow, all of them fit in one wave of the grid.
-inline void plan_phase(Program& prog, const Phase& phase, int grid) {
+inline void plan_phase(Program& prog, const Phase& phase, int grid, const FusedSplitPolicy& split) {
   auto work = [](const Gemm& g) {
     return g.models * tile::ceil_div(g.M, tile::kTileM) * tile::ceil_div(g.N, tile::kTileN) *
            std::max<int64_t>(tile::ceil_div(g.K, tile::kTileK), 1);
@@ -342,15 +342,17 @@ inline void plan_phase(Program& prog, const Phase& phase, int grid) {
   int64_t total = 0;
   for (int j = phase.first_gemm; j < phase.first_gemm + phase.gemms; ++j) total += work(prog.gemm[j]);
   for (int j = phase.first_gemm; j < phase.first_gemm + phase.gemms; ++j)
-    tile::plan(prog.gemm[j], std::max<int64_t>(1, int64_t(grid) * work(prog.gemm[j]) / std::max<int64_t>(total, 1)));
+    tile::plan(prog.gemm[j], std::max<int64_t>(1, int64_t(grid) * work(prog.gemm[j]) / std::max<int64_t>(total, 1)),
+               split.max_splits, split.min_chunks);
 }
 
 // The program for one step (arguments as fused_mlp_step's, checked by it; tail may be null),
-// its GEMMs planned for `grid` blocks. The GEMMs' scratch is left unassigned: scratch_sizes()
-// says how much the program needs, assign_scratch() points it there.
+// its GEMMs planned for `grid` blocks with the split policy `split`. The GEMMs' scratch is
+// left unassigned: scratch_sizes() says how much the program needs, assign_scratch() points it
+// there.
 inline Program build_program(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
                              const FusedLoss& loss, float* loss_out, const Workspace& ws, int grid,
-                             const FusedTail* tail) {
+                             const FusedTail* tail, const FusedSplitPolicy& split = {}) {
   const int L = trained.layers;
   const int64_t S = trained.models, F = frozen ? frozen->models : 0, B = batch;
   const std::vector<int64_t>& s = trained.sizes;
@@ -436,7 +438,7 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
   }
   prog.phases = phases, prog.gemms = gemms;
 
-  for (int ph = 0; ph < phases; ++ph) plan_phase(prog, prog.phase[ph], grid);
+  for (int ph = 0; ph < phases; ++ph) plan_phase(prog, prog.phase[ph], grid, split);
   return prog;
 }
 

@@ -92,6 +92,11 @@ PhaseClock& phase_clock() {
   return *c;
 }
 
+FusedSplitPolicy& split_policy() {  // the plan's knobs (bench/layers.cpp)
+  static FusedSplitPolicy policy;
+  return policy;
+}
+
 // The cooperative grid: as many blocks as can be resident at once.
 int resident_blocks() {
   static int blocks = [] {
@@ -147,7 +152,7 @@ void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, cons
 
   const int grid = resident_blocks();
   if (grid <= 0) throw DeviceError("fused_mlp_step: the kernel does not fit on this GPU");
-  Program prog = fused::build_program(x, batch, trained, frozen, loss, loss_out, ws, grid, tail);
+  Program prog = fused::build_program(x, batch, trained, frozen, loss, loss_out, ws, grid, tail, split_policy());
   prog.clock = phase_clock().device;
   if (prog.clock) {
     phase_clock().names = fused::phase_names(prog);
@@ -172,6 +177,13 @@ void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, cons
   config.attrs = &cooperative;
   config.numAttrs = 1;
   CUDA_CHECK(cudaLaunchKernelEx(&config, fused_step_kernel, prog));
+}
+
+void fused_step_split_policy(const FusedSplitPolicy& policy) {
+  if (policy.max_splits < 1 || policy.min_chunks < 1)
+    throw ShapeError("fused_step_split_policy: max_splits " + std::to_string(policy.max_splits) + " and min_chunks " +
+                     std::to_string(policy.min_chunks) + " must both be >= 1");
+  split_policy() = policy;
 }
 
 void fused_step_clock(bool on) {

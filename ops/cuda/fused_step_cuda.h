@@ -76,4 +76,15 @@ struct FusedPhaseTime {
 void fused_step_clock(bool on);
 std::vector<FusedPhaseTime> fused_step_phase_times();
 
+// How far later fused steps split K (tile::plan): at most max_splits slices of at least
+// min_chunks 16-wide chunks each, never past one wave of the grid. The defaults are the
+// step's; bench/layers.cpp sweeps others to find where split-K's fix-up stops paying for
+// itself. A step captured in a CUDA graph keeps the plan it was captured with. Throws
+// ShapeError unless both are ≥ 1.
+struct FusedSplitPolicy {
+  int max_splits = 8;  // tile::kMaxSplits
+  int min_chunks = 2;
+};
+void fused_step_split_policy(const FusedSplitPolicy& policy);
+
 }  // namespace subliminal::cuda

@@ -53,7 +53,7 @@ constexpr int kBlockThreads = 256;                     // 16 × 16 threads, 4×4
 constexpr int kSmemPad = 4;                            // floats: keeps float4 rows aligned, spreads banks
 constexpr int kTileFloats = kTileM * kTileN + kTileM;  // a partial tile + its row sums
 constexpr int kStages = 4;                             // K chunks staged at once: 3 in flight, 1 computing
-constexpr int kMaxSplits = 8;                          // the last item reads at most 8 partials
+constexpr int kMaxSplits = 8;                          // plan()'s default: the last item reads ≤ 8 partials
 constexpr int kFixupBatch = 4;                         // partials in flight at once in a fix-up
 static_assert(kTileM * kTileK == 4 * kBlockThreads && kTileN * kTileK == 4 * kBlockThreads,
               "each thread stages 4 elements of each operand per K chunk");
@@ -164,8 +164,9 @@ inline Gemm backward_weight_product(const float* dy, const float* x, float* dw, 
 // Tiles and splits. `target_items` is how many blocks run at once: when the tiles alone are
 // fewer, K is split into as many slices as fit in that one wave — tiles × splits ≤
 // target_items, since an item past it would run after another item of its block and double
-// the GEMM's time — keeping at least two K chunks per slice and at most kMaxSplits slices.
-inline void plan(Gemm& g, int64_t target_items) {
+// the GEMM's time — keeping at least min_chunks K chunks per slice and at most max_splits
+// slices (the defaults: 2 and kMaxSplits; bench_layers sweeps others).
+inline void plan(Gemm& g, int64_t target_items, int max_splits = kMaxSplits, int min_chunks = 2) {
   g.m_tiles = int(ceil_div(g.M, kTileM));
   g.n_tiles = int(ceil_div(g.N, kTileN));
   const int64_t tiles = g.models * g.m_tiles * g.n_tiles;
@@ -173,8 +174,8 @@ inline void plan(Gemm& g, int64_t target_items) {
   int64_t splits = 1;
   if (tiles < target_items) {
     splits = target_items / tiles;
-    if (splits > chunks / 2) splits = chunks / 2;
-    if (splits > kMaxSplits) splits = kMaxSplits;
+    if (splits > chunks / min_chunks) splits = chunks / min_chunks;
+    if (splits > max_splits) splits = max_splits;
     if (splits < 1) splits = 1;
   }
   const int64_t chunks_per_split = ceil_div(chunks, splits);
