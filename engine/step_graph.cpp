@@ -18,7 +18,7 @@ namespace subliminal {
 struct StepGraph::CudaGraph {
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
-  size_t kernels = 0;
+  size_t kernels = 0, memory = 0;
   ~CudaGraph() {
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
@@ -26,7 +26,7 @@ struct StepGraph::CudaGraph {
 };
 #else
 struct StepGraph::CudaGraph {
-  size_t kernels = 0;
+  size_t kernels = 0, memory = 0;
 };
 #endif
 
@@ -61,6 +61,7 @@ void StepGraph::run(const std::function<void()>& fn) {
       cudaGraphNodeType type;
       CUDA_CHECK(cudaGraphNodeGetType(node, &type));
       graph->kernels += type == cudaGraphNodeTypeKernel;
+      graph->memory += type == cudaGraphNodeTypeMemAlloc || type == cudaGraphNodeTypeMemFree;
     }
     graph_ = std::move(graph);
   }
@@ -71,5 +72,6 @@ void StepGraph::run(const std::function<void()>& fn) {
 }
 
 size_t StepGraph::kernel_nodes() const { return graph_ ? graph_->kernels : 0; }
+size_t StepGraph::memory_nodes() const { return graph_ ? graph_->memory : 0; }
 
 }  // namespace subliminal

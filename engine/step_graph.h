@@ -14,8 +14,9 @@
 //     it; later calls only launch. A step whose shape differs (the last, partial batch of an
 //     epoch) uses its own StepGraph.
 // fn must allocate only temporaries that die before it returns (stream-ordered
-// allocations inside a capture become the graph's own memory nodes), must not synchronise,
-// and must read no host state that changes between calls.
+// allocations inside a capture become the graph's own memory nodes, which memory_nodes()
+// counts; a step whose buffers outlive it has none), must not synchronise, and must read no
+// host state that changes between calls.
 #pragma once
 
 #include <functional>
@@ -35,6 +36,8 @@ class StepGraph {
   void run(const std::function<void()>& fn);
   // Number of kernel nodes in the captured graph (0 before capture or on the CPU).
   size_t kernel_nodes() const;
+  // Number of memory nodes (allocations and frees of the step's temporaries) in it.
+  size_t memory_nodes() const;
 
  private:
   struct CudaGraph;

@@ -87,6 +87,28 @@ void check_input(const char* op, const Tensor& x, const MlpParams& params, int64
                      " models of input size " + std::to_string(params.shape().inputs()));
 }
 
+// loss_out, when defined, must hold the step's per-model losses: [models], the parameters'
+// dtype, on their device.
+void check_loss_out(const char* op, const Tensor& loss_out, const MlpParams& params) {
+  if (!loss_out.defined()) return;
+  if (loss_out.shape() != Shape{params.models()} || loss_out.dtype() != params.dtype() ||
+      loss_out.device() != params.device())
+    throw ShapeError(std::string(op) + ": loss_out " + loss_out.describe() + " for " +
+                     std::to_string(params.models()) + " models' losses like " + params.values().describe());
+}
+
+// Where the kernel writes the losses: loss_out, or a fresh tensor.
+Tensor kernel_loss(const Tensor& loss_out, const MlpParams& params) {
+  return loss_out.defined() ? loss_out : Tensor::empty({params.models()}, params.dtype(), params.device());
+}
+
+// The autograd step's losses, in loss_out when that is defined.
+Tensor deliver(const Tensor& loss, const Tensor& loss_out) {
+  if (!loss_out.defined()) return loss.detach();
+  copy_into(loss_out, loss.detach());
+  return loss_out;
+}
+
 }  // namespace
 
 void run_step_tail(const StepTail& tail, const Tensor& loss) {
@@ -107,22 +129,23 @@ bool fused_step_on_gpu(const MlpParams& params) {
 }
 
 Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const MlpParams& params,
-                                ColumnRange classes, const StepTail& tail) {
+                                ColumnRange classes, const StepTail& tail, const Tensor& loss_out) {
   const char* op = "fused_cross_entropy_step";
   check_input(op, x, params, params.models());
+  check_loss_out(op, loss_out, params);
   check_tail(op, tail, params);
   check_columns(op, classes, params.shape().outputs());
   if (labels.shape() != Shape{x.dim(0), x.dim(1)} || labels.dtype() != DType::i32)
     throw ShapeError(std::string(op) + ": labels " + labels.describe() + " for input " + x.describe());
   if (!fused_step_on_gpu(params) || x.device() != Device::cuda || x.dtype() != DType::f32) {
     zero_grad(params.tensors());
-    Tensor loss = cross_entropy(mlp_forward(x, params), labels, classes);
-    loss.backward();
-    run_step_tail(tail, loss.detach());
-    return loss.detach();
+    Tensor autograd_loss = cross_entropy(mlp_forward(x, params), labels, classes);
+    autograd_loss.backward();
+    run_step_tail(tail, autograd_loss.detach());
+    return deliver(autograd_loss, loss_out);
   }
 #ifdef SUBLIMINAL_HAS_CUDA
-  Tensor loss = Tensor::empty({params.models()}, DType::f32, Device::cuda);
+  const Tensor loss = kernel_loss(loss_out, params);
   cuda::FusedLoss spec;
   spec.c0 = classes.begin, spec.c1 = classes.end;
   spec.labels = labels.data<int32_t>();
@@ -136,9 +159,10 @@ Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const Mlp
 }
 
 Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpParams& teachers, ColumnRange cols,
-                          double temperature, const StepTail& tail) {
+                          double temperature, const StepTail& tail, const Tensor& loss_out) {
   const char* op = "fused_distill_step";
   check_input(op, x, students, students.models());
+  check_loss_out(op, loss_out, students);
   check_tail(op, tail, students);
   check_columns(op, cols, students.shape().outputs());
   if (teachers.shape().sizes != students.shape().sizes || students.models() % teachers.models() != 0)
@@ -154,13 +178,13 @@ Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpP
       teacher_logits = mlp_forward(x.rows(0, teachers.models()), teachers);
     }
     zero_grad(students.tensors());
-    Tensor loss = distill_kl(mlp_forward(x, students), teacher_logits, cols, temperature);
-    loss.backward();
-    run_step_tail(tail, loss.detach());
-    return loss.detach();
+    Tensor autograd_loss = distill_kl(mlp_forward(x, students), teacher_logits, cols, temperature);
+    autograd_loss.backward();
+    run_step_tail(tail, autograd_loss.detach());
+    return deliver(autograd_loss, loss_out);
   }
 #ifdef SUBLIMINAL_HAS_CUDA
-  Tensor loss = Tensor::empty({students.models()}, DType::f32, Device::cuda);
+  const Tensor loss = kernel_loss(loss_out, students);
   cuda::FusedLoss spec;
   spec.distill = true;
   spec.c0 = cols.begin, spec.c1 = cols.end;

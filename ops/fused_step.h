@@ -40,13 +40,17 @@ void run_step_tail(const StepTail& tail, const Tensor& loss);
 
 // x [N, B, inputs], labels [N, B] (class index within `classes`). Writes params' gradients;
 // returns the per-model mean cross-entropy [N] (no autograd graph); then does `tail`.
+// loss_out: where the losses land — [N] of the parameters' dtype on their device, returned —
+// or undefined for a fresh tensor. (A training loop passes one that outlives the step: on
+// the GPU the step then allocates nothing, and a CUDA graph of it holds no memory nodes.)
 Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const MlpParams& params,
-                                ColumnRange classes, const StepTail& tail = {});
+                                ColumnRange classes, const StepTail& tail = {}, const Tensor& loss_out = Tensor());
 
 // x [S, B, inputs] for S students; teacher m (of N = teachers.models()) reads x[m] and student s
 // learns from teacher s mod N, T²·KL(softmax(t/T) ‖ softmax(s/T)) over `cols`, batch mean, as
-// distill_kl. Writes the students' gradients; returns their losses [S]; then does `tail`.
+// distill_kl. Writes the students' gradients; returns their losses [S] (in loss_out, as above);
+// then does `tail`.
 Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpParams& teachers, ColumnRange cols,
-                          double temperature, const StepTail& tail = {});
+                          double temperature, const StepTail& tail = {}, const Tensor& loss_out = Tensor());
 
 }  // namespace subliminal

@@ -15,7 +15,9 @@
 //      untouched.
 //   4. The fused training step (ops/fused_step.h: forward, loss and gradients in one persistent
 //      kernel): teacher steps against CPU float64 and against the GPU's autograd steps, distillation
-//      steps against CPU float64, and graph replays against eager launches bit for bit.
+//      steps against CPU float64, and graph replays against eager launches bit for bit; the step
+//      as the app runs it (its tail in the kernel, buffers that outlive it) is a graph of 2
+//      kernels and no memory nodes.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -204,7 +206,7 @@ struct GraphRun {
   std::vector<std::vector<float>> losses;
   std::vector<float> values, exp_avg, exp_avg_sq, loss_sum;
   int64_t step = 0, global_step = 0, adam_steps = 0, first_bad = 0;
-  size_t kernel_nodes = 0;
+  size_t kernel_nodes = 0, memory_nodes = 0;
 };
 
 // How a step ends: autograd and the separate calls; the fused step, then the separate calls; or
@@ -229,17 +231,17 @@ GraphRun graph_steps(const MlpParams& init32, bool use_graphs, const HostData& d
   const std::vector<Tensor> params = p.tensors();
   StepGraph graph(cuda, use_graphs);
   GraphRun r;
+  // The batch's buffers outlive the steps, as the app's do (its BatchBuffers).
+  const Tensor x = Tensor::empty({N, B, data.P}, DType::f32, cuda), y = Tensor::empty({N, B}, DType::i32, cuda);
   for (int s = 0; s < steps; ++s) {
     graph.run([&] {
-      Tensor x = Tensor::empty({N, B, data.P}, DType::f32, cuda);
-      Tensor y = Tensor::empty({N, B}, DType::i32, cuda);
       gather_batch(dd.images, dd.labels, dd.order, step, B, x, y);
-      if (kind == StepKind::fused_with_tail) {
+      if (kind == StepKind::fused_with_tail) {  // as the app runs it: the step allocates nothing
         StepTail tail;
         tail.adam = &adam;
         tail.loss_sum = loss_sum, tail.step = step, tail.first_bad = first_bad, tail.loss_weight = double(B);
         tail.counters = {step, global_step};
-        copy_into(last_loss, fused_cross_entropy_step(x, y, p, classes, tail));
+        fused_cross_entropy_step(x, y, p, classes, tail, last_loss);
         return;
       }
       const bool fused = kind == StepKind::fused;
@@ -257,6 +259,7 @@ GraphRun graph_steps(const MlpParams& init32, bool use_graphs, const HostData& d
     r.losses.push_back(last_loss.to_vector<float>());  // after the launch: reading synchronises
   }
   r.kernel_nodes = graph.kernel_nodes();
+  r.memory_nodes = graph.memory_nodes();
   r.values = p.values().to_vector<float>();
   r.exp_avg = adam.exp_avg().to_vector<float>();
   r.exp_avg_sq = adam.exp_avg_sq().to_vector<float>();
@@ -521,6 +524,7 @@ TEST_P(CudaFusedStep, TailInTheKernelEqualsSeparateCallsBitForBit) {
   std::cout << "[ info ] " << c.name << ": kernel nodes per step " << tail.kernel_nodes << " with the tail, "
             << separate.kernel_nodes << " without\n";
   EXPECT_EQ(tail.kernel_nodes, 2u) << what << ": the step should be the gather and the fused kernel";
+  EXPECT_EQ(tail.memory_nodes, 0u) << what << ": the step should allocate nothing (its graph has memory nodes)";
   for (int s = 0; s < steps; ++s)
     EXPECT_TRUE(bitwise_equal(what + ": loss at step " + std::to_string(s + 1), tail.losses[size_t(s)],
                               separate.losses[size_t(s)], {c.N}));

@@ -478,6 +478,27 @@ TEST(FusedStep, CpuTailIsTheSeparateCalls) {
   EXPECT_THROW(fused_cross_entropy_step(x, y, fused, {0, 6}, float_counter), ShapeError);
 }
 
+// loss_out: the losses land there (a training loop's buffer that outlives its steps), and the
+// step returns it; one that cannot hold them is a ShapeError.
+TEST(FusedStep, LossesLandInTheGivenBuffer) {
+  const std::vector<int64_t> sizes{11, 9, 6};
+  MlpParams students = random_mlp(sizes, 4, 6), reference = random_mlp(sizes, 4, 6);
+  const MlpParams teachers = random_mlp(sizes, 2, 7);
+  const Tensor x = random_f64({4, 5, 11}, 3), y = random_labels(4, 5, 6, 2);
+  Tensor out = Tensor::full({4}, -1.0, DType::f64);
+  const Tensor got = fused_cross_entropy_step(x, y, students, {0, 6}, {}, out);
+  EXPECT_EQ(got.raw(), out.raw()) << "the step must return loss_out itself";
+  EXPECT_EQ(values_of(out), values_of(fused_cross_entropy_step(x, y, reference, {0, 6})));
+  fill(out, -1.0);
+  fused_distill_step(x, students, teachers, {3, 6}, 2.0, {}, out);
+  EXPECT_EQ(values_of(out), values_of(fused_distill_step(x, reference, teachers, {3, 6}, 2.0)));
+  for (const Tensor& wrong : {Tensor::zeros({3}, DType::f64), Tensor::zeros({4}, DType::f32),
+                              Tensor::zeros({4, 1}, DType::f64)}) {
+    EXPECT_THROW(fused_cross_entropy_step(x, y, students, {0, 6}, {}, wrong), ShapeError) << wrong.describe();
+    EXPECT_THROW(fused_distill_step(x, students, teachers, {3, 6}, 2.0, {}, wrong), ShapeError) << wrong.describe();
+  }
+}
+
 TEST(FusedStep, BadShapesAreShapeErrors) {
   const std::vector<int64_t> sizes{11, 9, 6};
   const MlpParams students = random_mlp(sizes, 4, 6), three = random_mlp(sizes, 3, 7),

@@ -11,7 +11,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <limits>
+#include <map>
 
 #include "apps/subliminal/checkpoint.h"
 #include "apps/subliminal/streams.h"
@@ -114,6 +116,7 @@ class PhaseLoop {
     global_step = Tensor::zeros({1}, DType::i64, device);
     loss_sum = Tensor::zeros({loss_models}, DType::f32, device);
     first_bad = Tensor::full({1}, double(kNoFault), DType::i64, device);
+    step_loss = Tensor::zeros({loss_models}, DType::f32, device);
   }
 
   int64_t steps_per_epoch() const { return (samples_ + config_.batch_size - 1) / config_.batch_size; }
@@ -143,6 +146,7 @@ class PhaseLoop {
     timing.wall_seconds += seconds_since(start);
     timing.steps += steps_per_epoch();
     timing.graph_kernels = full_.kernel_nodes();
+    timing.graph_memory_nodes = full_.memory_nodes();
 #ifdef SUBLIMINAL_HAS_CUDA
     if (gpu) {
       gpu->stop();
@@ -168,6 +172,7 @@ class PhaseLoop {
 
   Tensor step;         // int64 [1]: batch index within the epoch (gathers read it)
   Tensor global_step;  // int64 [1]: batches since the phase began (fresh noise reads it)
+  Tensor step_loss;    // f32 [models]: where a fused step writes its losses (the tail sums them)
 
  private:
   void check_finite(int64_t epoch) {
@@ -188,6 +193,24 @@ class PhaseLoop {
   Observer& observer_;
   Tensor loss_sum, first_bad;
   StepGraph full_, last_;
+};
+
+// Tensors a step writes its batch into, made once per batch size (the full batches and the
+// last, partial one) on that size's first, eager step and kept for the phase: a step captured
+// in a CUDA graph then allocates nothing for its inputs (with the fused step, nothing at all, so
+// its graph holds no memory nodes). make(batch) builds one set.
+class BatchBuffers {
+ public:
+  explicit BatchBuffers(std::function<std::vector<Tensor>(int64_t)> make) : make_(std::move(make)) {}
+  const std::vector<Tensor>& operator()(int64_t batch) {
+    auto it = sets_.find(batch);
+    if (it == sets_.end()) it = sets_.emplace(batch, make_(batch)).first;
+    return it->second;
+  }
+
+ private:
+  std::function<std::vector<Tensor>(int64_t)> make_;
+  std::map<int64_t, std::vector<Tensor>> sets_;
 };
 
 // Whether a phase trains with the GPU's one-kernel step (ops/fused_step.h). --step fused asks
@@ -242,6 +265,10 @@ void train_teacher(MlpParams& teacher, const DeviceData& data, const Config& con
   const std::vector<Tensor> parameters = teacher.tensors();
   PhaseTiming& timing = results.timing["teacher"];
   timing.fused = fused;
+  BatchBuffers inputs([&](int64_t batch) {  // x [N, B, P], y [N, B]
+    return std::vector<Tensor>{Tensor::empty({N, batch, P}, DType::f32, device),
+                               Tensor::empty({N, batch}, DType::i32, device)};
+  });
   observer.phase_begins("Teacher", config.epochs_teacher, loop.steps_per_epoch());
   for (int64_t epoch = 1; epoch <= config.epochs_teacher; ++epoch) {
     upload_orders(order, config.seed, kTeacherOrderPurpose, epoch);
@@ -249,12 +276,11 @@ void train_teacher(MlpParams& teacher, const DeviceData& data, const Config& con
     m.loss = loop.run_epoch(
         epoch,
         [&](int64_t batch) {
-          Tensor x = Tensor::empty({N, batch, P}, DType::f32, device);
-          Tensor y = Tensor::empty({N, batch}, DType::i32, device);
+          const Tensor &x = inputs(batch)[0], &y = inputs(batch)[1];
           gather_batch(data.train_images, data.train_labels, order, loop.step, config.batch_size, x, y);
           const StepTail tail = loop.tail(adam, batch);
           if (fused) {  // forward, loss, gradients, Adam and bookkeeping in one kernel (ops/fused_step.h)
-            fused_cross_entropy_step(x, y, teacher, {0, config.classes()}, tail);
+            fused_cross_entropy_step(x, y, teacher, {0, config.classes()}, tail, loop.step_loss);
           } else {
             Tensor loss = cross_entropy(mlp_forward(x, teacher, config.fusion), y, {0, config.classes()});
             finish_autograd_step(loss, parameters, tail);
@@ -315,6 +341,11 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
   PhaseTiming& timing = results.timing[phase];
   timing.fused = fused;
 
+  BatchBuffers inputs([&](int64_t batch) {  // x [A·N, B, P], and (--noise mnist) the labels gathered with it
+    std::vector<Tensor> set{Tensor::empty({A * N, batch, P}, DType::f32, device)};
+    if (config.noise == NoiseKind::mnist) set.push_back(Tensor::empty({N, batch}, DType::i32, device));
+    return set;
+  });
   observer.phase_begins(all_logits ? "Distill (all logits)" : "Distill", config.epochs_distill,
                         loop.steps_per_epoch());
   for (int64_t epoch = 1; epoch <= config.epochs_distill; ++epoch) {
@@ -325,15 +356,12 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
           // x: the inputs of all A·N students; student a·N + m sees model m's inputs, and rows
           // 0..N−1 are exactly the teachers' inputs. Noise is drawn straight into that layout
           // (source = model mod N); real images are gathered once and tiled.
-          Tensor x;
+          const Tensor& x = inputs(batch)[0];
           if (config.noise == NoiseKind::mnist) {  // real training images as inputs; their labels go unused
-            Tensor images = Tensor::empty({N, batch, P}, DType::f32, device);
-            Tensor unused_labels = Tensor::empty({N, batch}, DType::i32, device);
-            gather_batch(data.train_images, data.train_labels, order, loop.step, config.batch_size, images,
-                         unused_labels);
-            x = repeat_models(images, A);
+            gather_batch(data.train_images, data.train_labels, order, loop.step, config.batch_size, x.rows(0, N),
+                         inputs(batch)[1]);
+            for (int64_t a = 1; a < A; ++a) x.rows(a * N, N).copy_from(x.rows(0, N));
           } else {
-            x = Tensor::empty({A * N, batch, P}, DType::f32, device);
             // fixed: a set of S noise images per model, reshuffled every epoch;
             // fresh: image ids run on across epochs (global step), so no image repeats.
             noise_batch(config.seed, stream_id(kNoisePurpose), ordered ? order : Tensor(),
@@ -342,7 +370,7 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
           // Student a·N + m learns from teacher m: distill_kl cycles over the N teachers.
           const StepTail tail = loop.tail(adam, batch);
           if (fused) {  // teachers' and students' forward, loss, gradients, Adam, bookkeeping: one kernel
-            fused_distill_step(x, students, teacher, cols, config.temperature, tail);
+            fused_distill_step(x, students, teacher, cols, config.temperature, tail, loop.step_loss);
           } else {
             Tensor teacher_logits;
             {

@@ -175,7 +175,7 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
   nlohmann::json seconds = {{"load", times.load}, {"eval", results.eval_seconds}, {"total", times.total}};
   nlohmann::json gpu_seconds = nlohmann::json::object(), steps = nlohmann::json::object(),
                  us_per_step = nlohmann::json::object(), kernels = nlohmann::json::object(),
-                 step_kind = nlohmann::json::object();
+                 memory_nodes = nlohmann::json::object(), step_kind = nlohmann::json::object();
   double gpu_training = 0;
   for (const auto& [phase, t] : results.timing) {
     seconds[phase] = t.wall_seconds;
@@ -186,6 +186,7 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
       gpu_seconds[phase] = t.gpu_seconds;
       gpu_training += t.gpu_seconds;
       kernels[phase] = t.graph_kernels;
+      memory_nodes[phase] = t.graph_memory_nodes;
       step_kind[phase] = t.fused ? "fused" : "autograd";
     }
   }
@@ -196,6 +197,7 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
     gpu_seconds["training"] = gpu_training;
     j["gpu_seconds"] = gpu_seconds;
     j["graph_kernels_per_step"] = kernels;
+    j["graph_memory_nodes_per_step"] = memory_nodes;
     j["step_kind"] = step_kind;
   }
   if (!results.notes.empty()) j["notes"] = results.notes;

@@ -10,7 +10,8 @@
 //
 // The program (ops/cuda/fused_program.cuh: the phases, their GEMMs and the loss rows, and the
 // device code that walks them) is built on the host and passed as the kernel's parameter;
-// this file allocates the step's buffers, plans the grid and launches. Given the step's tail
+// this file lays out the step's buffers (in a buffer that outlives the step: a step in a CUDA
+// graph allocates nothing), plans the grid and launches. Given the step's tail
 // (FusedTail: Adam, the running loss sums, the step counters), the kernel does that too — Adam
 // in the last phase, behind the gradients it needs; the loss sums and counters in block 0 — so
 // that a training step in a CUDA graph is this kernel and the one that makes its batch.
@@ -25,7 +26,8 @@
 // has not been timed). Most of it is inside this kernel: each GEMM phase costs at least 12 µs,
 // a chain of dependent L2 round trips (about 1.6 µs per 16-wide K chunk, then the split-K
 // fix-up's) plus a barrier — which is why the last layer now runs row by row, two GEMM phases
-// fewer (7 → 5 for the notebook's MLP; not yet timed either). bench/layers.cpp --fused-only
+// fewer (7 → 5 for the notebook's MLP; not yet timed either), and why the K chunks now come
+// through a cp.async pipeline (not yet timed). bench/layers.cpp --fused-only
 // times the phases (fused_step_clock below); bench/latency.cu the links of that chain.
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
@@ -36,9 +38,9 @@
 #include "engine/cuda/check.h"
 #include "engine/cuda/runtime.h"
 #include "engine/error.h"
-#include "engine/tensor.h"
 #include "ops/cuda/fused_program.cuh"
 #include "ops/cuda/fused_step_cuda.h"
+#include "ops/cuda/grow_only_buffer.h"
 #include "ops/cuda/tile_gemm.cuh"
 
 namespace subliminal::cuda {
@@ -92,6 +94,11 @@ PhaseClock& phase_clock() {
   return *c;
 }
 
+GrowOnlyBuffer& workspace() {  // the step's activations, logits and gradients (fused::Workspace)
+  static GrowOnlyBuffer* b = new GrowOnlyBuffer("fused step: workspace", false);  // never destroyed
+  return *b;
+}
+
 FusedSplitPolicy& split_policy() {  // the plan's knobs (bench/layers.cpp)
   static FusedSplitPolicy policy;
   return policy;
@@ -130,25 +137,30 @@ void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, cons
     throw ShapeError("fused_mlp_step: " + std::to_string(S) + " trained and " + std::to_string(F) +
                      " frozen models, batch " + std::to_string(B));
   if (tail) check_tail(*tail);
-  const Device gpu = Device::cuda;
 
-  // Activations of trained (first S) and frozen (next F) models, the logits, the gradients.
-  std::vector<Tensor> H(static_cast<size_t>(L)), G(static_cast<size_t>(L) + 1);  // H[l], l = 1 … L−1; G[l], 1 … L
+  // Activations of trained (first S) and frozen (next F) models, the logits, the gradients:
+  // carved from one buffer that outlives the step (a step in a CUDA graph then allocates
+  // nothing), each part 256-byte aligned like an allocation of its own — so no two share an
+  // L1 line, which the program's L1 reads rely on (ops/cuda/tile_gemm.cuh).
   fused::Workspace ws;
   ws.H.assign(size_t(L), nullptr);
   ws.G.assign(size_t(L) + 1, nullptr);
-  for (int l = 1; l < L; ++l) {
-    H[size_t(l)] = Tensor::empty({S + F, B, s[size_t(l)]}, DType::f32, gpu);
-    ws.H[size_t(l)] = H[size_t(l)].data<float>();
-  }
-  for (int l = 1; l <= L; ++l) {
-    G[size_t(l)] = Tensor::empty({S, B, s[size_t(l)]}, DType::f32, gpu);
-    ws.G[size_t(l)] = G[size_t(l)].data<float>();
-  }
-  Tensor logits = Tensor::empty({fused::logit_rows(S, loss.distill), B, s[size_t(L)]}, DType::f32, gpu);
-  Tensor row_loss = Tensor::empty({S, B}, DType::f64, gpu);
-  ws.logits = logits.data<float>();
-  ws.row_loss = row_loss.data<double>();
+  size_t bytes = 0;
+  auto part = [&bytes](size_t part_bytes) {  // the offset of the next part
+    const size_t at = bytes;
+    bytes += (part_bytes + 255) / 256 * 256;
+    return at;
+  };
+  std::vector<size_t> h_at(size_t(L), 0), g_at(size_t(L) + 1, 0);
+  for (int l = 1; l < L; ++l) h_at[size_t(l)] = part(sizeof(float) * size_t((S + F) * B * s[size_t(l)]));
+  for (int l = 1; l <= L; ++l) g_at[size_t(l)] = part(sizeof(float) * size_t(S * B * s[size_t(l)]));
+  const size_t logits_at = part(sizeof(float) * size_t(fused::logit_rows(S, loss.distill) * B * s[size_t(L)]));
+  const size_t row_loss_at = part(sizeof(double) * size_t(S * B));
+  char* base = static_cast<char*>(workspace().reserve(bytes));
+  for (int l = 1; l < L; ++l) ws.H[size_t(l)] = reinterpret_cast<float*>(base + h_at[size_t(l)]);
+  for (int l = 1; l <= L; ++l) ws.G[size_t(l)] = reinterpret_cast<float*>(base + g_at[size_t(l)]);
+  ws.logits = reinterpret_cast<float*>(base + logits_at);
+  ws.row_loss = reinterpret_cast<double*>(base + row_loss_at);
 
   const int grid = resident_blocks();
   if (grid <= 0) throw DeviceError("fused_mlp_step: the kernel does not fit on this GPU");

@@ -46,45 +46,21 @@
 #include "engine/cuda/runtime.h"
 #include "engine/error.h"
 #include "ops/cuda/gemm_cuda.h"
+#include "ops/cuda/grow_only_buffer.h"
 #include "ops/cuda/tile_gemm.cuh"
 
 namespace subliminal::cuda {
 namespace tile {
 namespace {
 
-// Device buffers that only grow (see tile_gemm.cuh). Inside a graph capture the sizes are
-// already there (same shapes as the eager first call); a request that is not is an error
-// rather than a cudaMalloc the capture would reject.
-class Scratch {
- public:
-  void* grow(int64_t bytes_needed, bool zeroed) {
-    void*& buffer = zeroed ? counters_ : floats_;
-    size_t& bytes = zeroed ? counter_bytes_ : float_bytes_;
-    const size_t needed = size_t(bytes_needed);
-    if (needed <= bytes) return buffer;
-    if (Runtime::get().capturing())
-      throw DeviceError("tiled GEMM: scratch of " + std::to_string(needed) +
-                        " bytes needed inside a CUDA graph capture (the step's eager first call should have sized it)");
-    const size_t grown = std::max(needed, 2 * bytes);
-    void* fresh = nullptr;
-    CUDA_CHECK(cudaMalloc(&fresh, grown));
-    if (zeroed) CUDA_CHECK(cudaMemsetAsync(fresh, 0, grown, Runtime::get().stream()));
-    if (buffer) retired_.push_back(buffer);  // a captured graph may still use it: keep it
-    buffer = fresh;
-    bytes = grown;
-    return buffer;
-  }
-
- private:
-  void* floats_ = nullptr;
-  void* counters_ = nullptr;
-  size_t float_bytes_ = 0, counter_bytes_ = 0;
-  std::vector<void*> retired_;
-};
-
-Scratch& scratch() {
-  static Scratch* s = new Scratch;  // never destroyed, like the runtime (engine/cuda/runtime.h)
-  return *s;
+// The split-K scratch: partial tiles, and the counters that their users leave at zero.
+GrowOnlyBuffer& scratch_floats() {
+  static GrowOnlyBuffer* b = new GrowOnlyBuffer("tiled GEMM: split-K scratch", false);  // never destroyed
+  return *b;
+}
+GrowOnlyBuffer& scratch_counters() {
+  static GrowOnlyBuffer* b = new GrowOnlyBuffer("tiled GEMM: split-K counters", true);
+  return *b;
 }
 
 // One GEMM per launch: grid = its work items, one block each.
@@ -109,10 +85,10 @@ void launch(Gemm g) {
 }  // namespace
 
 float* grow_scratch_floats(int64_t count) {
-  return static_cast<float*>(scratch().grow(count * int64_t(sizeof(float)), false));
+  return static_cast<float*>(scratch_floats().reserve(size_t(count) * sizeof(float)));
 }
 int* grow_scratch_counters(int64_t count) {
-  return static_cast<int*>(scratch().grow(count * int64_t(sizeof(int)), true));
+  return static_cast<int*>(scratch_counters().reserve(size_t(count) * sizeof(int)));
 }
 
 }  // namespace tile

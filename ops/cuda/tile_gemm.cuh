@@ -451,9 +451,10 @@ __device__ inline void run_item(const Gemm& g, int64_t item, Smem& sm, const Ada
   }
 }
 
-// Scratch for planned GEMMs: device buffers that only grow (ops/cuda/gemm_tiled.cu). Growing
-// happens outside graph capture (a step's eager first call); a grown-out buffer is kept, since
-// a captured graph may still point at it. Counters come zeroed and are left zeroed by their users.
+// Scratch for planned GEMMs: device buffers that only grow (ops/cuda/grow_only_buffer.h: they
+// grow outside graph capture, on a step's eager first call, and a grown-out buffer is kept,
+// since a captured graph may still point at it). Counters come zeroed and are left zeroed by
+// their users.
 float* grow_scratch_floats(int64_t count);
 int* grow_scratch_counters(int64_t count);
 
