@@ -37,11 +37,13 @@
 #include "engine/random.h"      // stream_id
 #include "engine/step_graph.h"  // StepGraph
 #include "ops/batch.h"          // gather_batch, noise_batch, repeat_models
-#include "ops/cuda/fused_step_cuda.h"  // fused_step_split_policy
 #include "ops/fused_step.h"     // fused_cross_entropy_step, fused_distill_step
 #include "ops/loss.h"           // cross_entropy, distill_kl
 #include "ops/mlp.h"            // mlp_forward
 #include "tests/cuda_test_util.h"
+#ifdef SUBLIMINAL_HAS_CUDA
+#include "ops/cuda/fused_step_cuda.h"  // fused_step_split_policy
+#endif
 
 namespace subliminal::cuda_test {
 namespace {
@@ -459,6 +461,7 @@ TEST_P(CudaFusedStep, DistillationStepsMatchCpu) {
   check_distillation(GetParam(), std::string(GetParam().name) + " fused", true);
 }
 
+#ifdef SUBLIMINAL_HAS_CUDA  // the policy is the CUDA kernel's (a build without CUDA has no such knob)
 // Sets the fused step's split-K policy for one scope (bench_layers' sweep), then the default.
 struct SplitPolicyScope {
   explicit SplitPolicyScope(cuda::FusedSplitPolicy p) { cuda::fused_step_split_policy(p); }
@@ -489,6 +492,7 @@ TEST(FusedSplitPolicy, RefusesFewerThanOneSplitOrChunk) {
   EXPECT_THROW(cuda::fused_step_split_policy({8, 0}), ShapeError);
   cuda::fused_step_split_policy({});  // the default is accepted
 }
+#endif
 
 // Captured in a CUDA graph and replayed, the fused step gives the bits of eager launches.
 TEST_P(CudaFusedStep, GraphReplaysEqualEagerStepsBitForBit) {
