@@ -179,9 +179,9 @@ Span operand_span(const tile::Operand& op, int64_t models, int64_t rows, int64_t
 // the first one's stale line: ops/cuda/tile_gemm.cuh, "Which loads may use L1"), nor bytes it
 // reads itself through L1 (another SM's read would race with the write). Writes that are read
 // only through L2, such as the split-K partials, are outside the rule. (Element ranges
-// suffice: each workspace buffer is its own device allocation, aligned to at least 256
-// bytes, so no two share an L1 line; the parameters share one arena, but only the last
-// phase writes them, and nothing reads after it.)
+// suffice: ops/cuda/fused_step.cu starts each workspace buffer on a 256-byte boundary of its
+// own, so no two share an L1 line; the parameters share one arena, but only the last phase
+// writes them, and nothing reads after it.)
 void expect_no_stale_l1_reads(const Program& prog) {
   std::vector<Span> reads, writes;
   for (int ph = 0; ph < prog.phases; ++ph)

@@ -12,11 +12,10 @@
 //
 // A tile is 64×64 outputs computed by 256 threads (a 4×4 block each), K walked in chunks of 16
 // staged in shared memory by asynchronous copies (cp.async), kStages − 1 chunks in flight while
-// one computes. With S
-// splits, tile (model, m_tile, n_tile) is S work items, each summing one slice of K into a
-// partial tile in scratch; a per-tile counter tells the item that finishes last, and that one
-// sums the S partials in slice order 0..S−1 (the same bits whichever finished first) and runs
-// the epilogue:
+// one computes. With S splits, tile (model, m_tile, n_tile) is S work items, each summing one
+// slice of K into a partial tile in scratch; a per-tile counter tells the item that finishes
+// last, and that one sums the S partials in slice order 0..S−1 (the same bits whichever
+// finished first) and runs the epilogue:
 //   forward          + bias, ReLU (PyTorch's: z <= 0 → 0, NaN stays), optional bit-mask
 //   backward_input   ReLU gate (from a bit-mask, or from the post-ReLU values: open where
 //                    !(h == 0), the same gate), accumulate, and the column sums Σ_m (the
