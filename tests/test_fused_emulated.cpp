@@ -173,12 +173,13 @@ Span operand_span(const tile::Operand& op, int64_t models, int64_t rows, int64_t
   return span(op.ptr, last + 1, phase);
 }
 
-// The tiles copy their operands with cp.async.ca, and the rows read W and b with plain loads:
-// both through L1, which is not coherent between SMs. So a phase must not write bytes that an
-// L1 read touched before it and that one touches again after it (the second read could hit
-// the first one's stale line: ops/cuda/tile_gemm.cuh, "Which loads may use L1"), nor bytes it
-// reads itself through L1 (another SM's read would race with the write). Writes that are read
-// only through L2, such as the split-K partials, are outside the rule. (Element ranges
+// The tiles copy their operands (and a forward GEMM its bias) with cp.async.ca, and the rows
+// read W and b with plain loads: both through L1, which is not coherent between SMs. So a
+// phase must not write bytes that an L1 read touched before it and that one touches again
+// after it (the second read could hit the first one's stale line: ops/cuda/tile_gemm.cuh,
+// "Which loads may use L1"), nor bytes it reads itself through L1 (another SM's read would
+// race with the write). Writes that are read only through L2, such as the split-K partials,
+// are outside the rule. (Element ranges
 // suffice: ops/cuda/fused_step.cu starts each workspace buffer on a 256-byte boundary of its
 // own, so no two share an L1 line; the parameters share one arena, but only the last phase
 // writes them, and nothing reads after it.)
@@ -189,6 +190,7 @@ void expect_no_stale_l1_reads(const Program& prog) {
       const Gemm& g = prog.gemm[j];
       reads.push_back(operand_span(g.a, g.models, g.M, g.K, ph));
       reads.push_back(operand_span(g.b, g.models, g.N, g.K, ph));
+      if (g.kind == tile::Kind::forward && g.bias) reads.push_back(span(g.bias, g.models * g.N, ph));
       writes.push_back(span(g.c, g.models * g.M * g.N, ph));
       if (g.mask_out) writes.push_back(span(g.mask_out, g.models * g.M * g.mask_row_bytes, ph));
       if (g.column_sums) writes.push_back(span(g.column_sums, g.models * g.N, ph));

@@ -28,8 +28,9 @@
 // Which loads may use L1. In the fused step an operand may have been written by another SM
 // earlier in the same kernel, and L1 is not coherent between SMs: a line this SM cached before
 // that write would be stale. So the fix-up's partials, the epilogue's reads and everything
-// else here load through L2 only (__ldcg). The exception is the operands' K chunks: cp.async
-// moves 4-byte elements only with .ca, which allocates in L1. That is safe because of a rule
+// else here load through L2 only (__ldcg). The exception is what cp.async copies — the
+// operands' K chunks and the forward bias: it moves 4-byte elements only with .ca, which
+// allocates in L1. That is safe because of a rule
 // the fused program keeps (tests/test_fused_emulated.cpp checks it on every program it
 // builds): no phase writes bytes that an operand load touched before it and that another
 // touches after it (the activations and gradients are written once, before any GEMM reads
@@ -109,6 +110,7 @@ struct alignas(16) Smem {
     Stage stage[kStages];              // the K chunks, chunk j in stage j % kStages
     float c[kTileM][kTileN + 1];       // the finished tile, for the mask and the column sums
   };
+  float bias[kTileN];                  // forward: the tile's bias, copied in with the first chunk
   bool last;
 };
 
@@ -274,6 +276,10 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
     }
     __pipeline_commit();
   };
+  // The forward epilogue's bias rides in chunk 0's copy group, so that the epilogue finds it
+  // in shared memory instead of waiting for one more L2 round trip at the end.
+  if (kind == Kind::forward && p.bias && threadIdx.x < kTileN && n0 + threadIdx.x < p.N)
+    __pipeline_memcpy_async(&sm.bias[threadIdx.x], &p.bias[model * p.N + n0 + threadIdx.x], sizeof(float));
 #pragma unroll 1  // unrolled, its addresses cost the kernel a spilled register
   for (int chunk = 0; chunk < kStages - 1; ++chunk) start_chunk(chunk);
   for (int chunk = 0; chunk < chunks; ++chunk) {
@@ -294,7 +300,8 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
     if (sums_rows && threadIdx.x < kTileM)
       for (int k = 0; k < kTileK; ++k) row_sum += st.a[k][threadIdx.x];
   }
-  __syncthreads();  // every thread is done with the stages, which c below shares
+  __pipeline_wait_prior(0);  // every copy has landed (the bias too, when K is empty)
+  __syncthreads();           // … for every thread, and all are done with the stages, which c shares
 
   // ---- split-K: the last of the S items of this tile sums the partials in slice order -------
   if (p.splits > 1) {
@@ -333,6 +340,12 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
   float* c = p.c + model * p.M * p.N;
   const int64_t mask_model = model * p.M * p.mask_row_bytes;
   const float* gate = p.gate_values ? p.gate_values + model * p.M * p.N : nullptr;
+  float bias[4] = {};  // forward: this thread's 4 columns' bias (one float4: reading it per
+                       // column made the fused kernel spill a register)
+  if (kind == Kind::forward && p.bias) {
+    const float4 b4 = *reinterpret_cast<const float4*>(&sm.bias[tx * 4]);
+    bias[0] = b4.x, bias[1] = b4.y, bias[2] = b4.z, bias[3] = b4.w;
+  }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t m = m0 + ty * 4 + i;
@@ -343,7 +356,7 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
       float v = acc[i][j];
       if (inside) {
         if (kind == Kind::forward) {
-          if (p.bias) v += __ldcg(&p.bias[model * p.N + n]);
+          if (p.bias) v += bias[j];
           if (p.relu) v = v <= 0.0f ? 0.0f : v;  // NaN stays NaN
         }
         if (kind == Kind::backward_input) {
