@@ -17,8 +17,9 @@ void* GrowOnlyBuffer::reserve(size_t bytes) {
     throw DeviceError(what_ + ": " + std::to_string(bytes) +
                       " bytes needed inside a CUDA graph capture (the step's eager first call should have sized it)");
   const size_t grown = std::max(bytes, 2 * bytes_);
-  void* fresh = nullptr;
-  CUDA_CHECK(cudaMalloc(&fresh, grown));
+  // From the runtime's stream-ordered pool (no device-wide synchronisation; running out is an
+  // OutOfMemoryError that says how much is in use), never given back.
+  void* fresh = device_allocate(grown);
   if (zeroed_) CUDA_CHECK(cudaMemsetAsync(fresh, 0, grown, Runtime::get().stream()));
   if (buffer_) retired_.push_back(buffer_);  // a captured graph may still use it: keep it
   buffer_ = fresh;

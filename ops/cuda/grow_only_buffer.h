@@ -7,7 +7,9 @@
 // runs call 1 eagerly, then captures call 2 with the same shapes), and a request that does not
 // fit inside a capture is an error naming the buffer, not a cudaMalloc the capture would
 // reject. A grown-out buffer is kept, never freed: a graph captured earlier may still point at
-// it. Like the runtime, these buffers live as long as the process.
+// it (each growth at least doubles, so all of them together hold less than twice the largest).
+// Like the runtime, these buffers live as long as the process, and like it they assume one
+// stream: two steps in flight at once would share them.
 #pragma once
 
 #include <cstddef>

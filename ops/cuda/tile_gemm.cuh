@@ -35,8 +35,11 @@
 // builds): no phase writes bytes that an operand load touched before it and that another
 // touches after it (the activations and gradients are written once, before any GEMM reads
 // them; the weights are read by GEMMs and written by Adam in the last phase, after every
-// read). So no SM reads a line it cached before another SM overwrote it; between kernels the
-// driver invalidates L1.
+// read). So no SM reads a line it cached before another SM overwrote it, and between
+// dependent kernels the driver invalidates L1 (PTX ISA, ld.ca). (PTX calls cache operators
+// performance hints that leave the memory model as it is, under which the grid barrier's
+// release and acquire already order these reads; the rule is the margin that does not
+// depend on how the hardware honours that for L1-allocating copies.)
 #pragma once
 
 #include <cuda_pipeline_primitives.h>
@@ -223,13 +226,13 @@ __device__ inline void copy_chunk_async(float (*s)[kTileM + kSmemPad], const flo
   constexpr int kKStep = kContiguous ? 0 : kBlockThreads / kTileM;
   const int kk = kContiguous ? threadIdx.x % kTileK : threadIdx.x / kTileM;
   const int rr = kContiguous ? threadIdx.x / kTileK : threadIdx.x % kTileM;
-  const float* src = base + (row0 + rr) * op.row_stride + (k0 + kk) * op.k_stride;
+  const int64_t first = (row0 + rr) * op.row_stride + (k0 + kk) * op.k_stride;  // element i = 0
   const int64_t step = kRowStep * op.row_stride + kKStep * op.k_stride;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     float* dst = &s[kk + kKStep * i][rr + kRowStep * i];
-    if (row0 + rr + kRowStep * i < rows && k0 + kk + kKStep * i < k_end)
-      __pipeline_memcpy_async(dst, src + i * step, sizeof(float));
+    if (row0 + rr + kRowStep * i < rows && k0 + kk + kKStep * i < k_end)  // (no pointer past the matrix)
+      __pipeline_memcpy_async(dst, base + (first + i * step), sizeof(float));
     else
       *dst = 0.0f;
   }
@@ -283,6 +286,8 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
 #pragma unroll 1  // unrolled, its addresses cost the kernel a spilled register
   for (int chunk = 0; chunk < kStages - 1; ++chunk) start_chunk(chunk);
   for (int chunk = 0; chunk < chunks; ++chunk) {
+    // (The toolkit's wait has no "memory" clobber: the __syncthreads right after it is also
+    // what keeps the compiler from reading the stage before the wait. Keep them together.)
     __pipeline_wait_prior(kStages - 2);  // this thread's copies of this chunk have landed
     __syncthreads();                     // … and every thread's; all are done with the previous chunk
     start_chunk(chunk + kStages - 1);    // into the previous chunk's stage, free now
