@@ -14,7 +14,7 @@
 //     float64 Adam and the separate calls' order, and block 0's per-model loss sums at sizes past
 //     one round of their batched loads;
 //   - on every program built, the rule that lets the tiles' copies and the rows' W loads go
-//     through L1 (expect_no_stale_l1_reads).
+//     through L1 (l1_rule_violation, at byte granularity: the host buffers are not line-aligned).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -154,78 +154,6 @@ struct StepOutput {
   int most_splits = 1;  // of the program's GEMMs
 };
 
-// ---- the rule that lets the tiles' copies go through L1 -------------------------------------
-
-// Bytes [begin, end) that phase `phase` reads through L1 or writes.
-struct Span {
-  uintptr_t begin, end;
-  int phase;
-  bool overlaps(const Span& o) const { return begin < o.end && o.begin < end; }
-};
-template <class T>
-Span span(const T* p, int64_t elements, int phase) {
-  return {uintptr_t(p), uintptr_t(p + elements), phase};
-}
-// A strided operand of `rows` rows and K columns per model (positive strides; the last
-// element is the farthest).
-Span operand_span(const tile::Operand& op, int64_t models, int64_t rows, int64_t K, int phase) {
-  const int64_t last = (models - 1) * op.model_stride + (rows - 1) * op.row_stride + (K - 1) * op.k_stride;
-  return span(op.ptr, last + 1, phase);
-}
-
-// The tiles copy their operands (and a forward GEMM its bias) with cp.async.ca, and the rows
-// read W and b with plain loads: both through L1, which is not coherent between SMs. So a
-// phase must not write bytes that an L1 read touched before it and that one touches again
-// after it (the second read could hit the first one's stale line: ops/cuda/tile_gemm.cuh,
-// "Which loads may use L1"), nor bytes it reads itself through L1 (another SM's read would
-// race with the write). Writes that are read only through L2, such as the split-K partials,
-// are outside the rule. (Element ranges
-// suffice: ops/cuda/fused_step.cu starts each workspace buffer on a 256-byte boundary of its
-// own, so no two share an L1 line; the parameters share one arena, but only the last phase
-// writes them, and nothing reads after it.)
-void expect_no_stale_l1_reads(const Program& prog) {
-  std::vector<Span> reads, writes;
-  for (int ph = 0; ph < prog.phases; ++ph)
-    for (int j = prog.phase[ph].first_gemm; j < prog.phase[ph].first_gemm + prog.phase[ph].gemms; ++j) {
-      const Gemm& g = prog.gemm[j];
-      reads.push_back(operand_span(g.a, g.models, g.M, g.K, ph));
-      reads.push_back(operand_span(g.b, g.models, g.N, g.K, ph));
-      if (g.kind == tile::Kind::forward && g.bias) reads.push_back(span(g.bias, g.models * g.N, ph));
-      writes.push_back(span(g.c, g.models * g.M * g.N, ph));
-      if (g.mask_out) writes.push_back(span(g.mask_out, g.models * g.M * g.mask_row_bytes, ph));
-      if (g.column_sums) writes.push_back(span(g.column_sums, g.models * g.N, ph));
-      if (g.row_sums) writes.push_back(span(g.row_sums, g.models * g.M, ph));
-      if (j == prog.adam_gemm)
-        for (const float* a : {prog.adam_w0.param, prog.adam_w0.m, prog.adam_w0.v})
-          writes.push_back(span(a, g.models * g.M * g.N, ph));
-    }
-  const LossRows& r = prog.loss;
-  const int rows_phase = prog.loss_phase;
-  reads.push_back(span(r.w, r.trained * r.cols * r.below, rows_phase));
-  reads.push_back(span(r.bias, r.trained * r.cols, rows_phase));
-  if (r.distill) {
-    reads.push_back(span(r.w_frozen, r.frozen * r.cols * r.below, rows_phase));
-    reads.push_back(span(r.bias_frozen, r.frozen * r.cols, rows_phase));
-  }
-  writes.push_back(span(r.logits, logit_rows(r.trained, r.distill) * r.batch * r.cols, rows_phase));
-  writes.push_back(span(r.dlogits, r.trained * r.batch * r.cols, rows_phase));
-  if (r.g_below) writes.push_back(span(r.g_below, r.trained * r.batch * r.below, rows_phase));
-  writes.push_back(span(r.row_loss, r.trained * r.batch, rows_phase));
-  if (prog.tail.adam.p)
-    for (const float* a : {static_cast<const float*>(prog.tail.adam.p), static_cast<const float*>(prog.tail.adam.m),
-                           static_cast<const float*>(prog.tail.adam.v)})
-      writes.push_back(span(a, prog.tail.adam.n, prog.phases - 1));
-
-  for (const Span& w : writes) {
-    bool before = false, during = false, after = false;  // L1 reads of these bytes, by phase
-    for (const Span& rd : reads)
-      if (rd.overlaps(w)) (rd.phase < w.phase ? before : rd.phase == w.phase ? during : after) = true;
-    EXPECT_FALSE(during) << "phase " << w.phase << " writes bytes it also reads through L1 (a race)";
-    EXPECT_FALSE(before && after) << "phase " << w.phase
-                                  << " writes bytes that L1 reads touch both before it and after it";
-  }
-}
-
 // One step on `blocks` blocks. With trained_view, the trained MLP is the one it points at (its
 // gradients land there, and out.dw, out.db stay empty); `trained` then gives only the shapes.
 StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std::vector<float>& x,
@@ -256,7 +184,7 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
   Program prog = build_program(x.data(), B, trained_view ? *trained_view : trained.view(true),
                                st.distill ? &frozen_view : nullptr, loss, out.loss.data(), ws, int(blocks), tail,
                                st.split);
-  expect_no_stale_l1_reads(prog);
+  EXPECT_EQ(l1_rule_violation(prog, 1), "") << "the program breaks the rule that lets its tiles read through L1";
   int64_t floats = 0, counters = 0;
   scratch_sizes(prog, floats, counters);
   std::vector<float> scratch(size_t(std::max<int64_t>(floats, 1)), kNaN);
@@ -623,6 +551,47 @@ TEST(FusedLossSums, ManyModelsAndRowsMatchFloat64) {
     }
     EXPECT_EQ(first_bad, 41) << what << ": the NaN row's step";
   }
+}
+
+// On the GPU the L1 rule is checked at the line size (128 bytes): a workspace buffer that
+// shared a line with the input would be caught there though no element overlaps — which is
+// why ops/cuda/fused_step.cu starts every buffer on a 256-byte boundary.
+TEST(FusedL1Rule, ABufferSharingALineWithTheInputIsCaughtAtLineSize) {
+  const std::vector<int64_t> sizes{21, 16, 16, 13};
+  const int64_t B = 8;
+  HostMlp trained(sizes, 1, 3);
+  std::vector<float> arena(8192);
+  float* const base = reinterpret_cast<float*>((uintptr_t(arena.data()) + 127) / 128 * 128);
+  auto build = [&](bool h1_right_after_x) {
+    float* next = base;
+    auto take = [&next, base](int64_t floats) {  // the next part, from a 128-byte boundary
+      next = base + (next - base + 31) / 32 * 32;
+      float* at = next;
+      next += floats;
+      return at;
+    };
+    float* x = take(B * sizes[0]);  // 168 floats: x's last 128-byte line is partly free
+    Workspace ws;
+    ws.H.assign(3, nullptr), ws.G.assign(4, nullptr);
+    if (h1_right_after_x) {
+      ws.H[1] = next;  // x + 168 floats
+      next += B * sizes[1];
+    } else {
+      ws.H[1] = take(B * sizes[1]);
+    }
+    ws.H[2] = take(B * sizes[2]);
+    for (int l = 1; l <= 3; ++l) ws.G[size_t(l)] = take(B * sizes[size_t(l)]);
+    ws.logits = take(B * sizes[3]);
+    ws.row_loss = reinterpret_cast<double*>(take(2 * B));
+    float* loss_out = take(1);
+    FusedLoss loss;
+    loss.c0 = 0, loss.c1 = 10;
+    return build_program(x, B, trained.view(true), nullptr, loss, loss_out, ws, 4, nullptr);
+  };
+  EXPECT_EQ(l1_rule_violation(build(false), 128), "") << "every buffer on its own lines";
+  EXPECT_EQ(l1_rule_violation(build(true), 1), "") << "no element of H1 overlaps x";
+  EXPECT_NE(l1_rule_violation(build(true), 128), "")
+      << "H1 starts inside x's last line: forward layer 0 caches it, writes H1, and layer 1 reads H1";
 }
 
 // The program's plan for the app's default run on an H100/H200 (132 SMs × 2 blocks): every

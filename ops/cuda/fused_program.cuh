@@ -476,4 +476,85 @@ inline void assign_scratch(Program& prog, float* floats, int* counters) {
   }
 }
 
+// ---- host code: the rule that lets the tiles' copies and the rows' W loads use L1 -------------
+//
+// The tiles copy their operands (and a forward GEMM its bias) with cp.async.ca, and the rows
+// read W and b with plain loads: both through L1, which is not coherent between SMs, and which
+// caches whole lines. So a phase must not write bytes whose line an L1 read cached in the same
+// or an earlier phase while an L1 read fetches those bytes after it (that read could hit the
+// stale line: ops/cuda/tile_gemm.cuh, "Which loads may use L1"), nor bytes it reads itself
+// through L1 (another SM's read would race with the write). Writes that are read only through
+// L2, such as the split-K partials, are outside the rule.
+
+// Bytes [begin, end) that phase `phase` reads through L1 or writes.
+struct L1Span {
+  uintptr_t begin, end;
+  int phase;
+  bool overlaps(const L1Span& o) const { return begin < o.end && o.begin < end; }
+};
+template <class T>
+L1Span l1_span(const T* p, int64_t elements, int phase) {
+  return {uintptr_t(p), uintptr_t(p + elements), phase};
+}
+// A strided operand of `rows` rows and K columns per model (positive strides: the last
+// element is the farthest).
+inline L1Span operand_span(const tile::Operand& op, int64_t models, int64_t rows, int64_t K, int phase) {
+  const int64_t last = (models - 1) * op.model_stride + (rows - 1) * op.row_stride + (K - 1) * op.k_stride;
+  return l1_span(op.ptr, last + 1, phase);
+}
+
+// "" when the program keeps the rule, else what breaks it. line_bytes: how much around each
+// L1 read its line caches — 128 on the GPU (fused_mlp_step checks each program it launches);
+// the emulated tests, whose host buffers are not line-aligned, check bytes (1).
+inline std::string l1_rule_violation(const Program& prog, uintptr_t line_bytes) {
+  std::vector<L1Span> reads, writes;
+  for (int ph = 0; ph < prog.phases; ++ph)
+    for (int j = prog.phase[ph].first_gemm; j < prog.phase[ph].first_gemm + prog.phase[ph].gemms; ++j) {
+      const Gemm& g = prog.gemm[j];
+      reads.push_back(operand_span(g.a, g.models, g.M, g.K, ph));
+      reads.push_back(operand_span(g.b, g.models, g.N, g.K, ph));
+      if (g.kind == tile::Kind::forward && g.bias) reads.push_back(l1_span(g.bias, g.models * g.N, ph));
+      writes.push_back(l1_span(g.c, g.models * g.M * g.N, ph));
+      if (g.mask_out) writes.push_back(l1_span(g.mask_out, g.models * g.M * g.mask_row_bytes, ph));
+      if (g.column_sums) writes.push_back(l1_span(g.column_sums, g.models * g.N, ph));
+      if (g.row_sums) writes.push_back(l1_span(g.row_sums, g.models * g.M, ph));
+      if (j == prog.adam_gemm)
+        for (const float* a : {prog.adam_w0.param, prog.adam_w0.m, prog.adam_w0.v})
+          writes.push_back(l1_span(a, g.models * g.M * g.N, ph));
+    }
+  const LossRows& r = prog.loss;
+  const int rows_phase = prog.loss_phase;
+  reads.push_back(l1_span(r.w, r.trained * r.cols * r.below, rows_phase));
+  reads.push_back(l1_span(r.bias, r.trained * r.cols, rows_phase));
+  if (r.distill) {
+    reads.push_back(l1_span(r.w_frozen, r.frozen * r.cols * r.below, rows_phase));
+    reads.push_back(l1_span(r.bias_frozen, r.frozen * r.cols, rows_phase));
+  }
+  writes.push_back(l1_span(r.logits, logit_rows(r.trained, r.distill) * r.batch * r.cols, rows_phase));
+  writes.push_back(l1_span(r.dlogits, r.trained * r.batch * r.cols, rows_phase));
+  if (r.g_below) writes.push_back(l1_span(r.g_below, r.trained * r.batch * r.below, rows_phase));
+  writes.push_back(l1_span(r.row_loss, r.trained * r.batch, rows_phase));
+  if (r.loss_out) writes.push_back(l1_span(r.loss_out, r.trained, rows_phase + 1));
+  if (prog.tail.adam.p)
+    for (const float* a : {static_cast<const float*>(prog.tail.adam.p), static_cast<const float*>(prog.tail.adam.m),
+                           static_cast<const float*>(prog.tail.adam.v)})
+      writes.push_back(l1_span(a, prog.tail.adam.n, prog.phases - 1));
+
+  for (const L1Span& w : writes) {
+    bool cached_by_then = false, read_during = false, read_after = false;
+    for (const L1Span& rd : reads) {
+      const L1Span line{rd.begin / line_bytes * line_bytes, (rd.end + line_bytes - 1) / line_bytes * line_bytes,
+                        rd.phase};
+      if (rd.phase <= w.phase && line.overlaps(w)) cached_by_then = true;
+      if (rd.phase == w.phase && rd.overlaps(w)) read_during = true;
+      if (rd.phase > w.phase && rd.overlaps(w)) read_after = true;
+    }
+    if (read_during) return "phase " + std::to_string(w.phase) + " writes bytes it also reads through L1 (a race)";
+    if (cached_by_then && read_after)
+      return "phase " + std::to_string(w.phase) +
+             " writes bytes whose L1 line an earlier read may hold, and a later phase reads them through L1";
+  }
+  return "";
+}
+
 }  // namespace subliminal::cuda::fused

@@ -165,6 +165,12 @@ void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, cons
   const int grid = resident_blocks();
   if (grid <= 0) throw DeviceError("fused_mlp_step: the kernel does not fit on this GPU");
   Program prog = fused::build_program(x, batch, trained, frozen, loss, loss_out, ws, grid, tail, split_policy());
+  // The tiles' copies read through L1, which only this rule keeps from serving stale lines:
+  // checked on the real buffers, at the GPU's line size (a few µs of host time, and not at
+  // all when a CUDA graph replays the step).
+  const std::string broken = fused::l1_rule_violation(prog, 128);
+  if (!broken.empty())
+    throw Error("fused_mlp_step: " + broken + " (ops/cuda/tile_gemm.cuh, \"Which loads may use L1\")");
   prog.clock = phase_clock().device;
   if (prog.clock) {
     phase_clock().names = fused::phase_names(prog);
