@@ -30,12 +30,11 @@
 // that write would be stale. So the fix-up's partials, the epilogue's reads and everything
 // else here load through L2 only (__ldcg). The exception is what cp.async copies — the
 // operands' K chunks and the forward bias: it moves 4-byte elements only with .ca, which
-// allocates in L1. That is safe because of a rule
-// the fused program keeps (tests/test_fused_emulated.cpp checks it on every program it
-// builds): no phase writes bytes that an operand load touched before it and that another
-// touches after it (the activations and gradients are written once, before any GEMM reads
-// them; the weights are read by GEMMs and written by Adam in the last phase, after every
-// read). So no SM reads a line it cached before another SM overwrote it, and between
+// allocates in L1. That is safe because of a rule the fused program keeps (fused_mlp_step
+// checks it on each program it launches: l1_rule_violation in ops/cuda/fused_program.cuh):
+// no phase writes bytes that an operand load touched before it and that another touches
+// after it (the activations and gradients are written once, before any GEMM reads them; the
+// weights are read by GEMMs and written by Adam in the last phase, after every read). So no SM reads a line it cached before another SM overwrote it, and between
 // dependent kernels the driver invalidates L1 (PTX ISA, ld.ca). (PTX calls cache operators
 // performance hints that leave the memory model as it is, under which the grid barrier's
 // release and acquire already order these reads; the rule is the margin that does not
