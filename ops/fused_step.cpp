@@ -88,13 +88,19 @@ void check_input(const char* op, const Tensor& x, const MlpParams& params, int64
 }
 
 // loss_out, when defined, must hold the step's per-model losses: [models], the parameters'
-// dtype, on their device.
-void check_loss_out(const char* op, const Tensor& loss_out, const MlpParams& params) {
+// dtype, on their device — and not be the tail's running sums, which the losses are added to.
+void check_loss_out(const char* op, const Tensor& loss_out, const MlpParams& params, const StepTail& tail) {
   if (!loss_out.defined()) return;
   if (loss_out.shape() != Shape{params.models()} || loss_out.dtype() != params.dtype() ||
       loss_out.device() != params.device())
     throw ShapeError(std::string(op) + ": loss_out " + loss_out.describe() + " for " +
                      std::to_string(params.models()) + " models' losses like " + params.values().describe());
+  if (tail.loss_sum.defined() && tail.loss_sum.device() == loss_out.device()) {
+    const char* a = static_cast<const char*>(loss_out.raw());
+    const char* b = static_cast<const char*>(tail.loss_sum.raw());
+    if (a < b + tail.loss_sum.bytes() && b < a + loss_out.bytes())
+      throw ShapeError(std::string(op) + ": loss_out overlaps the tail's running loss sums");
+  }
 }
 
 // Where the kernel writes the losses: loss_out, or a fresh tensor.
@@ -132,7 +138,7 @@ Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const Mlp
                                 ColumnRange classes, const StepTail& tail, const Tensor& loss_out) {
   const char* op = "fused_cross_entropy_step";
   check_input(op, x, params, params.models());
-  check_loss_out(op, loss_out, params);
+  check_loss_out(op, loss_out, params, tail);
   check_tail(op, tail, params);
   check_columns(op, classes, params.shape().outputs());
   if (labels.shape() != Shape{x.dim(0), x.dim(1)} || labels.dtype() != DType::i32)
@@ -162,7 +168,7 @@ Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpP
                           double temperature, const StepTail& tail, const Tensor& loss_out) {
   const char* op = "fused_distill_step";
   check_input(op, x, students, students.models());
-  check_loss_out(op, loss_out, students);
+  check_loss_out(op, loss_out, students, tail);
   check_tail(op, tail, students);
   check_columns(op, cols, students.shape().outputs());
   if (teachers.shape().sizes != students.shape().sizes || students.models() % teachers.models() != 0)

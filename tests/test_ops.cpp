@@ -497,6 +497,10 @@ TEST(FusedStep, LossesLandInTheGivenBuffer) {
     EXPECT_THROW(fused_cross_entropy_step(x, y, students, {0, 6}, {}, wrong), ShapeError) << wrong.describe();
     EXPECT_THROW(fused_distill_step(x, students, teachers, {3, 6}, 2.0, {}, wrong), ShapeError) << wrong.describe();
   }
+  StepTail sums;  // the losses are added to the running sums: they cannot land in them
+  sums.loss_sum = Tensor::zeros({4}, DType::f64);
+  sums.step = Tensor::zeros({1}, DType::i64), sums.first_bad = Tensor::full({1}, 1e9, DType::i64);
+  EXPECT_THROW(fused_cross_entropy_step(x, y, students, {0, 6}, sums, sums.loss_sum), ShapeError);
 }
 
 TEST(FusedStep, BadShapesAreShapeErrors) {
