@@ -37,10 +37,8 @@
 // them, so they are zero again when the kernel ends.
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
-#include <vector>
 
 #include "engine/cuda/check.h"
 #include "engine/cuda/runtime.h"
