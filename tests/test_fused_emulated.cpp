@@ -491,30 +491,41 @@ TEST(FusedTail, AdamFollowsSplitAndPartialTilesOfW0) {
   check_tail(Step{"tail_split_k", {70, 65, 31, 13}, 1, 0, 64, false, 0, 10, 1.0, 17, true}, {17u}, -1);
 }
 
-// Two layers: the last phase is dW_0's, and every other gradient Adam reads after it must be
-// final a barrier earlier — b_0's too (it is not dW_0's row sums here). 17 blocks finish their
-// dW_0 items at different times.
+// Two layers: the last phase is dW_0's (and db_0's, its row sums, whose tiles update b_0), and
+// every other gradient Adam reads after it must be final a barrier earlier. 17 blocks finish
+// their dW_0 items at different times.
 TEST(FusedTail, TwoLayersHandAdamOnlyFinalGradients) {
   check_tail(Step{"two_layer_tail", {53, 29, 7}, 2, 0, 64, false, 0, 7, 1.0, 17, false}, {17u}, -1);
 }
 
-// An Adam arena that does not hold the first layer's weight gradients cannot be updated tile by
-// tile: building the program refuses it.
+// An Adam arena that does not hold the first layer's weights and biases with their gradients
+// cannot be updated tile by tile: building the program refuses it.
 TEST(FusedTail, AnArenaWithoutTheFirstLayerIsRefused) {
   const Step st{"teacher_tail", {53, 29, 31, 13}, 1, 0, 8, false, 0, 10, 1.0, 2, false};
   HostMlp trained(st.sizes, 1, 11);
   Arena arena(trained);
   std::vector<float> m(arena.values.size()), v(arena.values.size());
   int64_t t = 0;
-  FusedTail tail;
-  tail.adam.p = arena.values.data(), tail.adam.g = arena.grads.data() + arena.b_at[0];  // starts past W0
-  tail.adam.m = m.data(), tail.adam.v = v.data(), tail.adam.t = &t;
-  tail.adam.n = int64_t(arena.values.size() - arena.b_at[0]);
   std::vector<float> x(size_t(8 * 53)), h1(size_t(8 * 29)), h2(size_t(8 * 31)), logits(size_t(8 * 13));
   Workspace ws{{nullptr, h1.data(), h2.data()}, std::vector<float*>(4, nullptr), logits.data(), nullptr};
   FusedLoss loss;
   loss.c1 = 10;
-  EXPECT_THROW(build_program(x.data(), 8, arena.view(trained), nullptr, loss, nullptr, ws, 2, &tail), ShapeError);
+  // The arena's values, gradients and moments from element `first` on, `n` elements long.
+  auto refused = [&](size_t first, size_t n) {
+    FusedTail tail;
+    tail.adam.p = arena.values.data() + first, tail.adam.g = arena.grads.data() + first;
+    tail.adam.m = m.data(), tail.adam.v = v.data(), tail.adam.t = &t;
+    tail.adam.n = int64_t(n);
+    try {
+      build_program(x.data(), 8, arena.view(trained), nullptr, loss, nullptr, ws, 2, &tail);
+    } catch (const ShapeError&) {
+      return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(refused(arena.b_at[0], arena.values.size() - arena.b_at[0])) << "an arena that starts past W0";
+  EXPECT_TRUE(refused(0, arena.b_at[0])) << "an arena that ends before b0";
+  EXPECT_FALSE(refused(0, arena.values.size())) << "the whole arena";
 }
 
 // Block 0's per-model loss sums on their own (a whole step at these sizes is slow to emulate):

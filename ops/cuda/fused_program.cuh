@@ -16,15 +16,22 @@
 //                  G_{L−1} = (G_L·W_{L−1}) ⊙ [H_{L−1} ≠ 0]                   [B, s_{L−1}]
 //   B_{L−1}        dW_{L−1} = G_Lᵀ·H_{L−1}, db_{L−1} = Σ_b G_L;              [s_L, s_{L−1}]
 //                  block 0 also sums the rows' losses into each model's mean
-//   B_{L−2}, L ≥ 3 dW_{L−2} = G_{L−1}ᵀ·H_{L−2}, db_{L−2} = Σ_b G_{L−1} (the GEMM's row sums);
-//                  G_{L−2} = (G_{L−1}·W_{L−2}) ⊙ [H_{L−2} ≠ 0], db_{L−3} = Σ_b G_{L−2}.
+//   B_{L−2}, L ≥ 3 dW_{L−2} = G_{L−1}ᵀ·H_{L−2}, db_{L−2} = Σ_b G_{L−1};
+//                  G_{L−2} = (G_{L−1}·W_{L−2}) ⊙ [H_{L−2} ≠ 0].
 //                  All of it depends on the rows only, so this phase joins B_{L−1}
-//   B_l, l ≥ 1     dW_l = G_{l+1}ᵀ·H_l; G_l = (G_{l+1}·W_l) ⊙ [H_l ≠ 0], db_{l−1} = Σ_b G_l
-//                  (for L = 2, B_1 makes G_1 and db_0 this way: see backward_joins_below)
-//   B_0            dW_0 = G_1ᵀ·x; with a tail's Adam, each dW_0 tile updates its part of W_0
-//                  as it finishes, and after its items every block updates a share of the
-//                  rest of the arena (those gradients were final a barrier ago, and no phase
-//                  reads a parameter after this one's GEMM)
+//   B_l, l ≥ 1     dW_l = G_{l+1}ᵀ·H_l, db_l = Σ_b G_{l+1}; G_l = (G_{l+1}·W_l) ⊙ [H_l ≠ 0]
+//                  (for L = 2, B_1 makes G_1 this way: see backward_joins_below)
+//   B_0            dW_0 = G_1ᵀ·x, db_0 = Σ_b G_1; with a tail's Adam, each dW_0 tile updates
+//                  its part of W_0 as it finishes (and, in the first column of tiles, its part
+//                  of b_0), and after its items every block updates a share of the rest of the
+//                  arena (those gradients were final a barrier ago, and no phase reads a
+//                  parameter after this one's GEMM)
+//
+// Every bias gradient db_l = Σ_b G_{l+1} is the row sums of its weight gradient's GEMM
+// (dW_l = G_{l+1}ᵀ·H_l: a(m = o, k = b) = G_{l+1}[b, o]), summed by its first column of tiles
+// from the operand chunks they stage anyway. The column sums of the GEMM that makes G_{l+1}
+// would give it a phase earlier, but across its row tiles, with a second "last one sums"
+// round (a fence, a counter and another L2 round trip at the end of the phase's slowest item).
 //
 // Why the last layer goes row by row: the logits are narrow (s_L = 13). As GEMMs, its forward
 // (K = 256) and the gradient below it (K = 13) each cost a phase — ≥ 12 µs on an H100 however
@@ -87,12 +94,17 @@ struct LossRows {
   double inv_t, temperature;    // distill: 1/T and T
 };
 
+// Elements [begin, end) of the Adam arena.
+struct ArenaRange {
+  int64_t begin, end;
+};
+
 struct Program {
   int phases, gemms;
   int loss_phase;               // loss_phase + 1 also reduces the per-model losses
-  int adam_gemm;                // −1: no Adam; else B_0's dW_0, whose tiles update W_0 as they finish
+  int adam_gemm;                // −1: no Adam; else B_0's dW_0, whose tiles update W_0 and b_0 as they finish
   tile::AdamEpilogue adam_w0;   // … with this
-  int64_t adam_skip_begin, adam_skip_end;  // W_0's elements in the arena, left out of the rest's update
+  ArenaRange adam_skip[2];      // W_0's and b_0's elements in the arena, in order: left out of the rest's update
   Phase phase[kMaxPhases];
   Gemm gemm[kMaxGemms];
   LossRows loss;
@@ -255,25 +267,29 @@ __device__ inline void reduce_losses(const LossRows& p, const FusedTail& tail) {
   }
 }
 
-// Every thread of the grid: Adam over elements [begin, end) of the arena (its step count was
+// Every thread of the grid: Adam over the arena but the ranges `done` (its step count was
 // advanced in F_0). Each thread takes 4 elements a round, a grid's width apart (coalesced), and
 // loads all 16 values before it computes, so their L2 round trips overlap. Loads go through L2
-// (__ldcg): the gradients were written by other SMs in this kernel.
-__device__ inline void adam_range(const FusedTail& tail, const AdamStepScalars& scalars, int64_t begin, int64_t end) {
+// (__ldcg): the gradients were written by other SMs in this kernel. (One pass that skips
+// `done`, rather than one per range between them: three inlined passes made the kernel spill.)
+__device__ inline void adam_rest(const FusedTail& tail, const AdamStepScalars& scalars, const ArenaRange (&done)[2]) {
   const auto& a = tail.adam;
   const int64_t width = int64_t(gridDim.x) * blockDim.x;
   constexpr int kRound = 4;
-  for (int64_t first = begin + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; first < end; first += kRound * width) {
-    float p[kRound], g[kRound], m[kRound], v[kRound];
+  const auto wanted = [&](int64_t i) {
+    return i < a.n && !(done[0].begin <= i && i < done[0].end) && !(done[1].begin <= i && i < done[1].end);
+  };
+  for (int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; first < a.n; first += kRound * width) {
+    float p[kRound] = {}, g[kRound] = {}, m[kRound] = {}, v[kRound] = {};
 #pragma unroll
     for (int r = 0; r < kRound; ++r) {
       const int64_t i = first + r * width;
-      if (i < end) p[r] = __ldcg(&a.p[i]), g[r] = __ldcg(&a.g[i]), m[r] = __ldcg(&a.m[i]), v[r] = __ldcg(&a.v[i]);
+      if (wanted(i)) p[r] = __ldcg(&a.p[i]), g[r] = __ldcg(&a.g[i]), m[r] = __ldcg(&a.m[i]), v[r] = __ldcg(&a.v[i]);
     }
 #pragma unroll
     for (int r = 0; r < kRound; ++r) {
       const int64_t i = first + r * width;
-      if (i >= end) continue;
+      if (!wanted(i)) continue;
       adam_element(p[r], g[r], m[r], v[r], scalars);
       a.p[i] = p[r], a.m[i] = m[r], a.v[i] = v[r];
     }
@@ -303,10 +319,9 @@ __device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid
       while (local >= prog.gemm[j].items) local -= prog.gemm[j++].items;
       tile::run_item(prog.gemm[j], local, sm, adam_here && j == prog.adam_gemm ? &prog.adam_w0 : nullptr);
     }
-    if (adam_here) {  // the rest of the arena: before W_0, and after it
+    if (adam_here) {  // the rest of the arena: around W_0 and b_0
       const AdamStepScalars scalars = adam_step_scalars(prog.tail.adam.options, __ldcg(prog.tail.adam.t));
-      adam_range(prog.tail, scalars, 0, prog.adam_skip_begin);
-      adam_range(prog.tail, scalars, prog.adam_skip_end, prog.tail.adam.n);
+      adam_rest(prog.tail, scalars, prog.adam_skip);
     }
     phase_done(ph);
     if (ph + 1 < prog.phases) grid_sync();  // this phase's writes are visible to the next
@@ -322,9 +337,8 @@ __device__ void run_program(const Program& prog, tile::Smem& sm, GridSync&& grid
 
 // Whether the rows make G_{L−1} too, so that the first backward phase (B_{L−1}) and the next
 // (B_{L−2}) need only the rows and can be one. Not when B_{L−2} is B_0 (L = 2): B_0 is last,
-// Adam over the arena after it needs every other gradient final a barrier earlier, and B_0's
-// GEMM would have to make db_0 (as its row sums) in that same phase. Then B_1 makes G_1 and
-// db_0 as a GEMM, as for the layers below.
+// and Adam over the rest of the arena after its GEMM needs every other gradient (here dW_1 and
+// db_1) final a barrier earlier. Then B_1 makes G_1 as a GEMM, as for the layers below.
 inline bool backward_joins_below(int layers) { return layers >= 3; }
 
 // Rows of the logits buffer (Workspace::logits): each trained model's, then for distillation
@@ -404,36 +418,42 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
     const int64_t in = s[size_t(l)], out = s[size_t(l) + 1];
     const float* g_out = ws.G[size_t(l) + 1];
     Gemm dw = tile::backward_weight_product(g_out, h_in(l), trained.weight_grads[size_t(l)], S, B, in, out);
-    // A bias gradient is the row sums of its layer's weight gradient where the GEMM above it
-    // was not run (the last layer, and the one below it when the rows made G_{L−1}); the
-    // others are the column sums of that backward_input product.
-    dw.row_sums = l == L - 1 || (l == L - 2 && joined) ? trained.bias_grads[size_t(l)] : nullptr;
+    dw.row_sums = trained.bias_grads[size_t(l)];  // db_l (see the top of this file)
     add(dw);
     if (l >= 1 && (l < L - 1 || !joined)) {
       Gemm dx = tile::backward_input_product(g_out, trained.weights[size_t(l)], ws.G[size_t(l)], S, B, in, out);
       dx.gate_values = ws.H[size_t(l)];        // the trained models' part comes first
-      dx.column_sums = trained.bias_grads[size_t(l) - 1];
       add(dx);
     }
   }
   prog.adam_gemm = -1;
   if (tail) {
     prog.tail = *tail;
-    if (tail->adam.t) {  // B_0's only GEMM is dW_0; W_0 must lie inside Adam's arena
+    if (tail->adam.t) {  // B_0's only GEMM is dW_0; W_0 and b_0 must lie inside Adam's arena
       const int j = prog.phase[phases - 1].first_gemm;
       const Gemm& dw0 = prog.gemm[j];
-      const auto at = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
-      const uintptr_t g = at(tail->adam.g), end = g + uintptr_t(tail->adam.n) * sizeof(float);
-      const uintptr_t w0 = at(dw0.c), w0_end = w0 + uintptr_t(dw0.models * dw0.M * dw0.N) * sizeof(float);
-      if (w0 < g || w0_end > end || (w0 - g) % sizeof(float) != 0 ||
-          trained.weights[0] != tail->adam.p + (w0 - g) / sizeof(float))
-        throw ShapeError("fused step: the tail's Adam arena does not hold the first layer's weights and gradients");
-      prog.adam_gemm = j;
-      prog.adam_skip_begin = int64_t((w0 - g) / sizeof(float));
-      prog.adam_skip_end = int64_t((w0_end - g) / sizeof(float));
       const auto& a = tail->adam;
-      const int64_t first = prog.adam_skip_begin;
-      prog.adam_w0 = tile::AdamEpilogue{a.p + first, a.m + first, a.v + first, a.t, a.options};
+      // Where a gradient of `count` floats lies in the arena, if its parameter lies at the
+      // same place in the value arena; else {−1, −1}.
+      const auto in_arena = [&a](const float* grad, const float* param, int64_t count) {
+        const auto at = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+        const uintptr_t g = at(a.g), end = g + uintptr_t(a.n) * sizeof(float);
+        const uintptr_t first = at(grad), last = first + uintptr_t(count) * sizeof(float);
+        if (first < g || last > end || (first - g) % sizeof(float) != 0 || param != a.p + (first - g) / sizeof(float))
+          return ArenaRange{-1, -1};
+        return ArenaRange{int64_t((first - g) / sizeof(float)), int64_t((last - g) / sizeof(float))};
+      };
+      const ArenaRange w0 = in_arena(dw0.c, trained.weights[0], dw0.models * dw0.M * dw0.N);
+      const ArenaRange b0 = in_arena(dw0.row_sums, trained.biases[0], dw0.models * dw0.M);
+      if (w0.begin < 0 || b0.begin < 0 || (w0.begin < b0.end && b0.begin < w0.end))
+        throw ShapeError(
+            "fused step: the tail's Adam arena does not hold the first layer's weights, biases and their gradients");
+      prog.adam_gemm = j;
+      prog.adam_skip[0] = w0.begin < b0.begin ? w0 : b0;
+      prog.adam_skip[1] = w0.begin < b0.begin ? b0 : w0;
+      prog.adam_w0 = tile::AdamEpilogue{a.p + w0.begin, a.m + w0.begin, a.v + w0.begin,
+                                        a.p + b0.begin, a.m + b0.begin, a.v + b0.begin,
+                                        a.t, a.options};
     }
   }
   prog.phases = phases, prog.gemms = gemms;
@@ -518,9 +538,12 @@ inline std::string l1_rule_violation(const Program& prog, uintptr_t line_bytes) 
       if (g.mask_out) writes.push_back(l1_span(g.mask_out, g.models * g.M * g.mask_row_bytes, ph));
       if (g.column_sums) writes.push_back(l1_span(g.column_sums, g.models * g.N, ph));
       if (g.row_sums) writes.push_back(l1_span(g.row_sums, g.models * g.M, ph));
-      if (j == prog.adam_gemm)
+      if (j == prog.adam_gemm) {
         for (const float* a : {prog.adam_w0.param, prog.adam_w0.m, prog.adam_w0.v})
           writes.push_back(l1_span(a, g.models * g.M * g.N, ph));
+        for (const float* a : {prog.adam_w0.bias_param, prog.adam_w0.bias_m, prog.adam_w0.bias_v})
+          writes.push_back(l1_span(a, g.models * g.M, ph));
+      }
     }
   const LossRows& r = prog.loss;
   const int rows_phase = prog.loss_phase;

@@ -22,8 +22,8 @@
 //                    previous layer's bias gradient) — across row tiles by the same
 //                    "last one sums in order" scheme
 //   backward_weight  accumulate, and the row sums Σ_k a(m, k) (this layer's bias gradient);
-//                    optionally Adam on the weights the finished gradient belongs to (the
-//                    fused step's tail: see AdamEpilogue)
+//                    optionally Adam on the weights (and biases) the finished gradient belongs
+//                    to (the fused step's tail: see AdamEpilogue)
 //
 // Which loads may use L1. In the fused step an operand may have been written by another SM
 // earlier in the same kernel, and L1 is not coherent between SMs: a line this SM cached before
@@ -119,11 +119,15 @@ struct alignas(16) Smem {
 // Adam on the parameters a backward_weight GEMM's output is the gradient of, applied by the item
 // that finishes each tile, as soon as the tile's gradient is final: param, m and v are laid out
 // like c (element (model, r, n) at the same offset), *t is the step number of this update, and
-// the update is engine/adam.h's, the same bits as the Adam kernel. The fused step uses it for the
-// last gradient it computes, so that its Adam needs no phase of its own. (It lives in the
-// kernel's parameter, not in registers: the GEMM loop is at its register cap.)
+// the update is engine/adam.h's, the same bits as the Adam kernel. With the GEMM's row sums (the
+// layer's bias gradient), bias_param, bias_m and bias_v are the bias's, laid out like row_sums,
+// and an item that finishes a tile in the first column of tiles updates its 64 biases too. The
+// fused step uses it for the last gradients it computes, so that its Adam needs no phase of its
+// own. (It lives in the kernel's parameter, not in registers: the GEMM loop is at its register
+// cap.)
 struct AdamEpilogue {
   float *param, *m, *v;
+  float *bias_param, *bias_m, *bias_v;  // null when the GEMM makes no row sums
   const int64_t* t;
   AdamOptions options;
 };
@@ -376,10 +380,11 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
   }
 
   if (kind == Kind::backward_weight) {
-    if (sums_rows && threadIdx.x < kTileM && m0 + threadIdx.x < p.M) p.row_sums[model * p.M + m0 + threadIdx.x] = row_sum;
+    const bool writes_row = sums_rows && threadIdx.x < kTileM && m0 + threadIdx.x < p.M;
+    if (writes_row) p.row_sums[model * p.M + m0 + threadIdx.x] = row_sum;
     if (adam) {
-      // A row of 4 at a time: its 12 loads in flight together, without holding all 48.
       const AdamStepScalars scalars = adam_step_scalars(adam->options, __ldcg(adam->t));
+      // The weights, a row of 4 at a time: its 12 loads in flight together, without holding all 48.
       const int64_t at = model * p.M * p.N;
 #pragma unroll 1
       for (int i = 0; i < 4; ++i) {
@@ -398,6 +403,12 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
           adam_element(w[j], sm.c[ty * 4 + i][tx * 4 + j], mom[j], var[j], scalars);
           adam->param[e] = w[j], adam->m[e] = mom[j], adam->v[e] = var[j];
         }
+      }
+      if (writes_row && adam->bias_param) {  // the bias whose gradient this thread finished
+        const int64_t e = model * p.M + m0 + threadIdx.x;
+        float b = __ldcg(&adam->bias_param[e]), mom = __ldcg(&adam->bias_m[e]), var = __ldcg(&adam->bias_v[e]);
+        adam_element(b, row_sum, mom, var, scalars);
+        adam->bias_param[e] = b, adam->bias_m[e] = mom, adam->bias_v[e] = var;
       }
     }
     return;
