@@ -14,9 +14,10 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -j "$(nproc)" -E "EndToEnd|PaperMode"
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSUBLIMINAL_TSAN=ON -DSUBLIMINAL_CUDA=OFF -DBUILD_TESTING=ON >/dev/null
 cmake --build build-tsan --target test_emulated
-# Every tile case, the slice-order check, and two fused steps: 2 layers, distillation (the
-# rows' staging and warp shuffles, the frozen teacher, every phase), and 3 layers (the rows'
-# gradient below the logits after __syncwarp, the joined backward phase). The whole fused
-# suite takes minutes under TSan on 2 cores.
+# Every tile case, the slice-order check, and three fused steps: 2 layers, distillation (the
+# rows' staging and warp shuffles, the frozen teacher, every phase), 3 layers (the rows'
+# gradient below the logits after __syncwarp, the joined backward phase), and one with the
+# tail's Adam on split-K tiles of W_0 and b_0 while the other blocks update the rest of the
+# arena. The whole fused suite takes minutes under TSan on 2 cores.
 TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_emulated \
-  --gtest_filter='TileEmulated.*:TileSplitK.*:*distill_2_layers*:*teacher_3_models*'
+  --gtest_filter='TileEmulated.*:TileSplitK.*:*distill_2_layers*:*teacher_3_models*:FusedTail.AdamFollowsSplit*'

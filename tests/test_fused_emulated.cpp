@@ -315,17 +315,19 @@ INSTANTIATE_TEST_SUITE_P(
 // ---- the step's tail: Adam, the running loss sums, the counters ------------------------------
 
 // The trained MLP as MlpParams lays one out (engine/nn.h): W0, b0, W1, b1, … one after another
-// in a value arena, with a float of padding after each, and a gradient arena of the same layout.
-// Adam runs over the whole arena, as the app's does: the fused step updates W0 tile by tile as
-// its gradient is finished and the rest after, so the test needs both in one arena.
+// in a value arena, with a float of padding after each, and a gradient arena of the same layout
+// (biases_first: b0, W0, b1, W1, …). Adam runs over the whole arena, as the app's does: the
+// fused step updates W0 and b0 tile by tile as their gradients are finished and the rest after,
+// so the test needs all of them in one arena.
 struct Arena {
   std::vector<float> values, grads;
   std::vector<size_t> w_at, b_at;
 
-  explicit Arena(const HostMlp& m) {
+  explicit Arena(const HostMlp& m, bool biases_first = false) {
     values.assign(3, 0.25f);  // leading padding too, so that W0 does not start the arena
     for (int l = 0; l < m.layers(); ++l) {
-      for (const std::vector<float>* t : {&m.w[size_t(l)], &m.b[size_t(l)]}) {
+      const std::vector<float>*w = &m.w[size_t(l)], *b = &m.b[size_t(l)];
+      for (const std::vector<float>* t : {biases_first ? b : w, biases_first ? w : b}) {
         (t == &m.w[size_t(l)] ? w_at : b_at).push_back(values.size());
         values.insert(values.end(), t->begin(), t->end());
         values.push_back(0.25f);  // padding after each tensor: not a parameter, but inside the arena Adam walks
@@ -408,12 +410,13 @@ StepOutput run_tail_step(const Step& st, HostMlp& trained, HostMlp& frozen, cons
 // advanced after the watch has read them. nan_model ≥ 0 poisons that model's input (its loss is
 // NaN, and the watch must flag the step). With more than one block count, the runs must also
 // agree bit for bit (when their split-K plans are the same).
-void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64_t nan_model) {
+void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64_t nan_model,
+                bool biases_first = false) {
   const int64_t S = st.trained, B = st.batch, P = st.sizes.front();
   HostMlp trained(st.sizes, S, 11), frozen(st.sizes, 0, 12);
   auto [x, labels] = random_inputs(st);
   if (nan_model >= 0) x[size_t(nan_model * B * P + 5)] = kNaN;
-  const Arena fresh(trained);
+  const Arena fresh(trained, biases_first);
   const TailState initial = initial_tail_state(fresh.values.size(), S);
   const size_t w0_begin = fresh.w_at[0], w0_end = w0_begin + trained.w[0].size();
 
@@ -491,6 +494,12 @@ TEST(FusedTail, AdamFollowsSplitAndPartialTilesOfW0) {
   check_tail(Step{"tail_split_k", {70, 65, 31, 13}, 1, 0, 64, false, 0, 10, 1.0, 17, true}, {17u}, -1);
 }
 
+// The arena with each layer's bias before its weights: the pass over the rest of the arena
+// leaves out the tiles' ranges (b0, then W0 here) in either order.
+TEST(FusedTail, BiasesBeforeWeightsInTheArena) {
+  check_tail(Step{"tail_biases_first", {70, 65, 31, 13}, 1, 0, 64, false, 0, 10, 1.0, 17, true}, {17u}, -1, true);
+}
+
 // Two layers: the last phase is dW_0's (and db_0's, its row sums, whose tiles update b_0), and
 // every other gradient Adam reads after it must be final a barrier earlier. 17 blocks finish
 // their dW_0 items at different times.
@@ -510,22 +519,34 @@ TEST(FusedTail, AnArenaWithoutTheFirstLayerIsRefused) {
   Workspace ws{{nullptr, h1.data(), h2.data()}, std::vector<float*>(4, nullptr), logits.data(), nullptr};
   FusedLoss loss;
   loss.c1 = 10;
-  // The arena's values, gradients and moments from element `first` on, `n` elements long.
-  auto refused = [&](size_t first, size_t n) {
+  // Why building the program with Adam over the arena's elements [first, first + n), for the
+  // MLP `view`, is refused ("" if it is not).
+  auto refusal = [&](size_t first, size_t n, const FusedMlp& view) -> std::string {
     FusedTail tail;
     tail.adam.p = arena.values.data() + first, tail.adam.g = arena.grads.data() + first;
     tail.adam.m = m.data(), tail.adam.v = v.data(), tail.adam.t = &t;
     tail.adam.n = int64_t(n);
     try {
-      build_program(x.data(), 8, arena.view(trained), nullptr, loss, nullptr, ws, 2, &tail);
-    } catch (const ShapeError&) {
-      return true;
+      build_program(x.data(), 8, view, nullptr, loss, nullptr, ws, 2, &tail);
+    } catch (const ShapeError& e) {
+      return e.what();
     }
-    return false;
+    return "";
   };
-  EXPECT_TRUE(refused(arena.b_at[0], arena.values.size() - arena.b_at[0])) << "an arena that starts past W0";
-  EXPECT_TRUE(refused(0, arena.b_at[0])) << "an arena that ends before b0";
-  EXPECT_FALSE(refused(0, arena.values.size())) << "the whole arena";
+  const FusedMlp view = arena.view(trained);
+  FusedMlp overlapping = view;  // b0 and its gradient where W0's begin
+  overlapping.biases[0] = overlapping.weights[0], overlapping.bias_grads[0] = overlapping.weight_grads[0];
+  const size_t all = arena.values.size();
+  const auto says = [](const std::string& message, const char* part) {
+    return message.find(part) != std::string::npos;
+  };
+  const std::string past_w0 = refusal(arena.b_at[0], all - arena.b_at[0], view);
+  EXPECT_TRUE(says(past_w0, "does not hold")) << "an arena that starts past W0: \"" << past_w0 << '"';
+  const std::string before_b0 = refusal(0, arena.b_at[0], view);
+  EXPECT_TRUE(says(before_b0, "does not hold")) << "an arena that ends before b0: \"" << before_b0 << '"';
+  const std::string overlap = refusal(0, all, overlapping);
+  EXPECT_TRUE(says(overlap, "overlap")) << "W0 and b0 overlapping: \"" << overlap << '"';
+  EXPECT_EQ(refusal(0, all, view), "") << "the whole arena";
 }
 
 // Block 0's per-model loss sums on their own (a whole step at these sizes is slow to emulate):

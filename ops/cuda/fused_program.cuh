@@ -31,7 +31,7 @@
 // (dW_l = G_{l+1}ᵀ·H_l: a(m = o, k = b) = G_{l+1}[b, o]), summed by its first column of tiles
 // from the operand chunks they stage anyway. The column sums of the GEMM that makes G_{l+1}
 // would give it a phase earlier, but across its row tiles, with a second "last one sums"
-// round (a fence, a counter and another L2 round trip at the end of the phase's slowest item).
+// round (a counter and another L2 round trip at the end of the phase's slowest item).
 //
 // Why the last layer goes row by row: the logits are narrow (s_L = 13). As GEMMs, its forward
 // (K = 256) and the gradient below it (K = 13) each cost a phase — ≥ 12 µs on an H100 however
@@ -104,7 +104,7 @@ struct Program {
   int loss_phase;               // loss_phase + 1 also reduces the per-model losses
   int adam_gemm;                // −1: no Adam; else B_0's dW_0, whose tiles update W_0 and b_0 as they finish
   tile::AdamEpilogue adam_w0;   // … with this
-  ArenaRange adam_skip[2];      // W_0's and b_0's elements in the arena, in order: left out of the rest's update
+  ArenaRange adam_skip[2];      // W_0's and b_0's elements in the arena: left out of the rest's update
   Phase phase[kMaxPhases];
   Gemm gemm[kMaxGemms];
   LossRows loss;
@@ -271,7 +271,8 @@ __device__ inline void reduce_losses(const LossRows& p, const FusedTail& tail) {
 // advanced in F_0). Each thread takes 4 elements a round, a grid's width apart (coalesced), and
 // loads all 16 values before it computes, so their L2 round trips overlap. Loads go through L2
 // (__ldcg): the gradients were written by other SMs in this kernel. (One pass that skips
-// `done`, rather than one per range between them: three inlined passes made the kernel spill.)
+// `done`, rather than one per range between them: three inlined passes made the kernel spill,
+// and so does giving the values a 0 where they are not loaded.)
 __device__ inline void adam_rest(const FusedTail& tail, const AdamStepScalars& scalars, const ArenaRange (&done)[2]) {
   const auto& a = tail.adam;
   const int64_t width = int64_t(gridDim.x) * blockDim.x;
@@ -280,16 +281,18 @@ __device__ inline void adam_rest(const FusedTail& tail, const AdamStepScalars& s
     return i < a.n && !(done[0].begin <= i && i < done[0].end) && !(done[1].begin <= i && i < done[1].end);
   };
   for (int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; first < a.n; first += kRound * width) {
-    float p[kRound] = {}, g[kRound] = {}, m[kRound] = {}, v[kRound] = {};
+    float p[kRound], g[kRound], m[kRound], v[kRound];
+    bool here[kRound];
 #pragma unroll
     for (int r = 0; r < kRound; ++r) {
       const int64_t i = first + r * width;
-      if (wanted(i)) p[r] = __ldcg(&a.p[i]), g[r] = __ldcg(&a.g[i]), m[r] = __ldcg(&a.m[i]), v[r] = __ldcg(&a.v[i]);
+      here[r] = wanted(i);
+      if (here[r]) p[r] = __ldcg(&a.p[i]), g[r] = __ldcg(&a.g[i]), m[r] = __ldcg(&a.m[i]), v[r] = __ldcg(&a.v[i]);
     }
 #pragma unroll
     for (int r = 0; r < kRound; ++r) {
       const int64_t i = first + r * width;
-      if (!wanted(i)) continue;
+      if (!here[r]) continue;
       adam_element(p[r], g[r], m[r], v[r], scalars);
       a.p[i] = p[r], a.m[i] = m[r], a.v[i] = v[r];
     }
@@ -445,12 +448,13 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
       };
       const ArenaRange w0 = in_arena(dw0.c, trained.weights[0], dw0.models * dw0.M * dw0.N);
       const ArenaRange b0 = in_arena(dw0.row_sums, trained.biases[0], dw0.models * dw0.M);
-      if (w0.begin < 0 || b0.begin < 0 || (w0.begin < b0.end && b0.begin < w0.end))
+      if (w0.begin < 0 || b0.begin < 0)
         throw ShapeError(
             "fused step: the tail's Adam arena does not hold the first layer's weights, biases and their gradients");
+      if (w0.begin < b0.end && b0.begin < w0.end)
+        throw ShapeError("fused step: the first layer's weights and biases overlap in the tail's Adam arena");
       prog.adam_gemm = j;
-      prog.adam_skip[0] = w0.begin < b0.begin ? w0 : b0;
-      prog.adam_skip[1] = w0.begin < b0.begin ? b0 : w0;
+      prog.adam_skip[0] = w0, prog.adam_skip[1] = b0;
       prog.adam_w0 = tile::AdamEpilogue{a.p + w0.begin, a.m + w0.begin, a.v + w0.begin,
                                         a.p + b0.begin, a.m + b0.begin, a.v + b0.begin,
                                         a.t, a.options};

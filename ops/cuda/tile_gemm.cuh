@@ -384,7 +384,8 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
     if (writes_row) p.row_sums[model * p.M + m0 + threadIdx.x] = row_sum;
     if (adam) {
       const AdamStepScalars scalars = adam_step_scalars(adam->options, __ldcg(adam->t));
-      // The weights, a row of 4 at a time: its 12 loads in flight together, without holding all 48.
+      // The weights, a row of 4 at a time: its 12 loads in flight together, without holding all
+      // 48. With row 0 come the loads of the bias whose gradient this thread finished (bias_here).
       const int64_t at = model * p.M * p.N;
 #pragma unroll 1
       for (int i = 0; i < 4; ++i) {
@@ -396,6 +397,12 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
           if (m < p.M && n0 + tx * 4 + j < p.N)
             w[j] = __ldcg(&adam->param[e]), mom[j] = __ldcg(&adam->m[e]), var[j] = __ldcg(&adam->v[e]);
         }
+        const bool bias_here = i == 0 && writes_row && adam->bias_param;
+        const int64_t bias_at = model * p.M + m0 + threadIdx.x;
+        float b = 0.0f, b_mom = 0.0f, b_var = 0.0f;
+        if (bias_here)
+          b = __ldcg(&adam->bias_param[bias_at]), b_mom = __ldcg(&adam->bias_m[bias_at]),
+          b_var = __ldcg(&adam->bias_v[bias_at]);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int64_t e = at + m * p.N + n0 + tx * 4 + j;
@@ -403,12 +410,10 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
           adam_element(w[j], sm.c[ty * 4 + i][tx * 4 + j], mom[j], var[j], scalars);
           adam->param[e] = w[j], adam->m[e] = mom[j], adam->v[e] = var[j];
         }
-      }
-      if (writes_row && adam->bias_param) {  // the bias whose gradient this thread finished
-        const int64_t e = model * p.M + m0 + threadIdx.x;
-        float b = __ldcg(&adam->bias_param[e]), mom = __ldcg(&adam->bias_m[e]), var = __ldcg(&adam->bias_v[e]);
-        adam_element(b, row_sum, mom, var, scalars);
-        adam->bias_param[e] = b, adam->bias_m[e] = mom, adam->bias_v[e] = var;
+        if (bias_here) {
+          adam_element(b, row_sum, b_mom, b_var, scalars);
+          adam->bias_param[bias_at] = b, adam->bias_m[bias_at] = b_mom, adam->bias_v[bias_at] = b_var;
+        }
       }
     }
     return;
