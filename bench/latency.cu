@@ -3,10 +3,10 @@
 //   build/bench/bench_latency [--json FILE]
 //
 // Why. The fused step (ops/cuda/fused_step.cu) is a chain of dependent events: a phase's K
-// chunks, its split-K hand-off (write a partial, fence, bump a counter, the last item sums the
-// partials), its epilogue, then a grid-wide barrier. On an H100 every GEMM phase took at least
-// 12 µs, however little arithmetic it held (docs/PERFORMANCE.md). This times each link alone,
-// so that the next design is chosen from numbers rather than guesses:
+// chunks, its split-K hand-off (write a partial, count in with an acquire-release atomic, the
+// last item sums the partials), its epilogue, then a grid-wide barrier. On an H100 every GEMM
+// phase took at least 12 µs, however little arithmetic it held (docs/PERFORMANCE.md). This
+// times each link alone, so that the next design is chosen from numbers rather than guesses:
 //
 //   clock       the SM clock, and the global timer's step (the phase clock's resolution)
 //   L2 load     one thread, a dependent chain of __ldcg loads that hit in L2
@@ -14,7 +14,9 @@
 //   fence       one thread: a store then __threadfence (fence.sc), a store then a release
 //               fence (fence.acq_rel), a fence alone
 //   publish     one block: what a split-K item does to hand its partial over — 256 threads
-//               store 16 KB, __threadfence, __syncthreads, one atomicAdd on the tile counter
+//               store 16 KB, __syncthreads, one acquire-release atomic on the tile counter
+//               (tile::count_in), __syncthreads; and the classic form it replaced, with a
+//               __threadfence before the barrier and a plain atomicAdd
 //   hand-off    thread 0 of two blocks (on two SMs, as the report checks) passes a number back
 //               and forth (release store, acquire loads): one way
 //   barrier     cooperative groups' grid.sync() (the fused step's), over the fused step's grid
@@ -125,17 +127,20 @@ __global__ void fence_kernel(float* sink, int rounds, long long* out) {
 }
 
 // One block of 256 threads, `rounds` times, the split-K item's hand-off: each thread stores
-// its 4×4 outputs (the block's 64×64 partial, 16 KB, into one of 8 slots), __threadfence,
-// __syncthreads, thread 0 bumps the tile counter (and waits for the old value), __syncthreads.
+// its 4×4 outputs (the block's 64×64 partial, 16 KB, into one of 8 slots), __syncthreads,
+// thread 0 counts the block in (and waits for the old value), __syncthreads — as
+// ops/cuda/tile_gemm.cuh does (tile::count_in), or (kClassic) with a __threadfence by every
+// thread before the first barrier and a plain atomicAdd, as it did before.
+template <bool kClassic>
 __global__ void publish_kernel(float4* partials, int* counter, int rounds, long long* out) {
   __shared__ int seen;
   const long long c0 = clock64();
   for (int r = 0; r < rounds; ++r) {
     float4* mine = partials + (r & 7) * 1024;
     for (int i = 0; i < 4; ++i) mine[i * 256 + threadIdx.x] = make_float4(float(r), float(i), 0.0f, 0.0f);
-    __threadfence();
+    if (kClassic) __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) seen = atomicAdd(counter, 1);
+    if (threadIdx.x == 0) seen = kClassic ? atomicAdd(counter, 1) : tile::count_in(counter);
     __syncthreads();
   }
   if (threadIdx.x == 0) out[0] = clock64() - c0, out[1] = seen;
@@ -300,12 +305,20 @@ void measure_one_thread(Report& r) {
             1000));
 
   Tensor partials = Tensor::zeros({8 * 64 * 64}, DType::f32, Device::cuda);
-  r.add("split-K publish: block stores 16 KB, fence, sync, atomicAdd",
+  r.add("split-K publish: block stores 16 KB, sync, acq_rel atomic (the tile's)",
         one_thread_ns(
             r,
             [&](long long* out, int n) {
-              publish_kernel<<<1, tile::kBlockThreads, 0, stream()>>>(as<float4>(partials),
-                                                                      cell.data<int32_t>() + 16, n, out);
+              publish_kernel<false><<<1, tile::kBlockThreads, 0, stream()>>>(as<float4>(partials),
+                                                                             cell.data<int32_t>() + 16, n, out);
+            },
+            200));
+  r.add("split-K publish, classic: block stores 16 KB, __threadfence, sync, atomicAdd",
+        one_thread_ns(
+            r,
+            [&](long long* out, int n) {
+              publish_kernel<true><<<1, tile::kBlockThreads, 0, stream()>>>(as<float4>(partials),
+                                                                            cell.data<int32_t>() + 16, n, out);
             },
             200));
 }

@@ -179,10 +179,10 @@ nlohmann::json fused_phases(int64_t batch, bool distill, int reps = 30) {
 }
 
 // The fused step under other split-K policies (cuda::FusedSplitPolicy): how far to split K is
-// a trade between shorter slices and the fix-up's dependent round trips (the partial's store
-// and fence, the counter, the partials' loads), whose costs only a GPU can say. One row per
-// policy: the whole kernel and each phase, medians of `reps` launches. The default policy is
-// restored afterwards.
+// a trade between shorter slices and the fix-up's dependent round trips (the partial's store,
+// the counter's acquire-release atomic, the partials' loads), whose costs only a GPU can say.
+// One row per policy: the whole kernel and each phase, medians of `reps` launches. The default
+// policy is restored afterwards.
 nlohmann::json split_sweep(int64_t batch, int reps = 15) {
   nlohmann::json out = nlohmann::json::array();
   std::printf("fused step, batch %lld, split-K policies (medians of %d eager launches, µs; default 8 / 2):\n",

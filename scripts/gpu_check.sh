@@ -265,8 +265,9 @@ fi
 # Nsight Compute, where installed: why the fused step's warps wait. One teacher step at batch 256
 # (bench_layers --fused-only's sixth launch), the warp-state breakdown per issued instruction:
 # long_scoreboard is waiting on L2/memory loads, barrier on __syncthreads or the grid barrier's,
-# membar on __threadfence. docs/PERFORMANCE.md's phase table says where the time goes; this says
-# what the warps are doing meanwhile.
+# membar on the release side of the split-K hand-off and of the grid barrier.
+# docs/PERFORMANCE.md's phase table says where the time goes; this says what the warps are
+# doing meanwhile.
 if want stalls && time_left "stalls"; then
   stage "stalls (ncu)"
   if command -v ncu > /dev/null; then

@@ -41,6 +41,7 @@
 // depend on how the hardware honours that for L1-allocating copies.)
 #pragma once
 
+#include <cuda/atomic>
 #include <cuda_pipeline_primitives.h>
 #include <cuda_runtime.h>
 
@@ -133,6 +134,18 @@ struct AdamEpilogue {
 };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The "last one sums" hand-off: the block counts itself in at `counter` and learns how many
+// blocks came before it. Thread 0 calls it between two __syncthreads of the whole block. One
+// atomic at device scope with acquire-release order: release, so what the block wrote before
+// the first __syncthreads (its partial) is visible to the block that counts in after it;
+// acquire, so what the blocks counted before it wrote is visible to this block after the
+// second __syncthreads. (cooperative groups' grid.sync() hands over the same way. The classic
+// form, a __threadfence on each side of a plain atomicAdd, puts a sequentially consistent fence
+// on the path twice, which this hand-off does not need.)
+__device__ inline int count_in(int* counter) {
+  return ::cuda::atomic_ref<int, ::cuda::thread_scope_device>(*counter).fetch_add(1, ::cuda::memory_order_acq_rel);
+}
 
 // The three products of a Linear layer, as in the table at the top, for `models` models stored
 // one after another: x [models, B, I], w [models, O, I], dy [models, B, O]. The epilogue
@@ -319,12 +332,10 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
       *reinterpret_cast<float4*>(&mine[(ty * 4 + i) * kTileN + tx * 4]) =
           make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
     if (sums_rows && threadIdx.x < kTileM) mine[kTileM * kTileN + threadIdx.x] = row_sum;
-    __threadfence();  // our partial is visible device-wide before the counter says so
-    __syncthreads();
-    if (threadIdx.x == 0) sm.last = atomicAdd(&p.tile_counters[tile_id], 1) == p.splits - 1;
-    __syncthreads();
+    __syncthreads();  // the whole partial is written …
+    if (threadIdx.x == 0) sm.last = count_in(&p.tile_counters[tile_id]) == p.splits - 1;
+    __syncthreads();  // … and, in the last item, the others' partials are visible to every thread
     if (!sm.last) return;
-    __threadfence();
     for (int i = 0; i < 4; ++i)
       for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
     row_sum = 0.0f;
@@ -449,12 +460,10 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
   }
   const int64_t group = model * p.n_tiles + n_tile;  // the m_tiles items of this column strip
   if (threadIdx.x < kTileN) p.column_partials[(group * p.m_tiles + m_tile) * kTileN + threadIdx.x] = column_sum;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) sm.last = atomicAdd(&p.column_counters[group], 1) == p.m_tiles - 1;
+  __syncthreads();  // as in the split-K hand-off above
+  if (threadIdx.x == 0) sm.last = count_in(&p.column_counters[group]) == p.m_tiles - 1;
   __syncthreads();
   if (!sm.last) return;
-  __threadfence();
   if (threadIdx.x < kTileN && n < p.N) {
     float total = 0.0f;  // the row tiles' sums in order, loaded a batch at a time as above
     for (int t0 = 0; t0 < p.m_tiles; t0 += kFixupBatch) {

@@ -4,17 +4,20 @@
 // here. Our own GEMM tile (ops/cuda/tile_gemm.cuh) is header-only device code with no inline
 // PTX; compiled by the host compiler against THIS header — which tests/CMakeLists.txt puts ahead
 // of the toolkit's — it runs as real threads: a "block" is blockDim.x std::threads,
-// __syncthreads() is a std::barrier, atomicAdd is an atomic read-modify-write, and several blocks
-// run at once. So the tile's indexing, split-K hand-off and epilogues are checked on every CI
-// run, under AddressSanitizer too, and a change to them is tested before it ever meets a GPU.
+// __syncthreads() is a std::barrier, cuda::atomic_ref is std::atomic_ref (tests/simt/cuda/atomic)
+// with the memory orders the device code asks for, and several blocks run at once. So the
+// tile's indexing, split-K hand-off and epilogues are checked on every CI run, under
+// AddressSanitizer and ThreadSanitizer too, and a change to them is tested before it ever
+// meets a GPU.
 //
 // The fused training step (ops/cuda/fused_program.cuh) runs here too: cooperative groups'
 // grid.sync() is simt::grid_sync(), a barrier over every thread of the launch, and warp
 // shuffles swap values through a per-warp slot array between two barriers.
 //
-// What it cannot check: speed, the GPU memory model's weaker corners (our threads are ordered
-// by C++ atomics and barriers, which are stronger than __threadfence), divergent warps, and
-// the real compiler's code generation. The GPU suite still does that.
+// What it cannot check: speed, the GPU memory model's weaker corners (C++'s acquire and
+// release, and std::barrier, are what our host threads are ordered by: the same orders the
+// device code asks for, which ThreadSanitizer follows, but not PTX's scopes or its L1),
+// divergent warps, and the real compiler's code generation. The GPU suite still does that.
 #pragma once
 
 #include <algorithm>
@@ -99,8 +102,6 @@ inline void grid_sync() { grid_barrier->arrive_and_wait(); }
 
 // ---- synchronisation and memory --------------------------------------------------------------
 inline void __syncthreads() { simt::block_barrier->arrive_and_wait(); }
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline int atomicAdd(int* address, int value) { return std::atomic_ref<int>(*address).fetch_add(value); }
 inline unsigned long long atomicMin(unsigned long long* address, unsigned long long value) {
   std::atomic_ref<unsigned long long> a(*address);
   unsigned long long seen = a.load();
@@ -108,7 +109,8 @@ inline unsigned long long atomicMin(unsigned long long* address, unsigned long l
   }
   return seen;
 }
-// The cache-global load: on the host, a plain load (ordering comes from the atomics above).
+// The cache-global load: on the host, a plain load (ordering comes from the barriers and from
+// the acquire-release atomics of tests/simt/cuda/atomic).
 template <class T>
 inline T __ldcg(const T* address) {
   return *address;
