@@ -103,10 +103,12 @@ void check_loss_out(const char* op, const Tensor& loss_out, const MlpParams& par
   }
 }
 
+#ifdef SUBLIMINAL_HAS_CUDA
 // Where the kernel writes the losses: loss_out, or a fresh tensor.
 Tensor kernel_loss(const Tensor& loss_out, const MlpParams& params) {
   return loss_out.defined() ? loss_out : Tensor::empty({params.models()}, params.dtype(), params.device());
 }
+#endif
 
 // The autograd step's losses, in loss_out when that is defined.
 Tensor deliver(const Tensor& loss, const Tensor& loss_out) {
