@@ -181,33 +181,41 @@ nlohmann::json fused_phases(int64_t batch, bool distill, int reps = 30) {
 // The fused step under other split-K policies (cuda::FusedSplitPolicy): how far to split K is
 // a trade between shorter slices and the fix-up's dependent round trips (the partial's store,
 // the counter's acquire-release atomic, the partials' loads), whose costs only a GPU can say.
+// The fix-up itself is the other knob: a split tile finished in bands by all of its items at
+// once ("bands", the default) or by the last of them alone ("last").
 // One row per policy: the whole kernel and each phase, medians of `reps` launches. The default
 // policy is restored afterwards.
 nlohmann::json split_sweep(int64_t batch, int reps = 15) {
   nlohmann::json out = nlohmann::json::array();
-  std::printf("fused step, batch %lld, split-K policies (medians of %d eager launches, µs; default 8 / 2):\n",
-              (long long)batch, reps);
-  std::printf("  %10s %10s  %-12s %8s  %s\n", "max splits", "min chunks", "step", "kernel", "phases");
+  std::printf(
+      "fused step, batch %lld, split-K policies (medians of %d eager launches, µs; default 8 / 2, bands):\n",
+      (long long)batch, reps);
+  std::printf("  %10s %10s %6s  %-12s %8s  %s\n", "max splits", "min chunks", "fix-up", "step", "kernel",
+              "phases");
   for (int max_splits : {1, 2, 4, 8, 16})
-    for (int min_chunks : {1, 2, 4}) {
-      if (max_splits == 1 && min_chunks > 1) continue;  // no split: min_chunks has nothing to do
-      cuda::fused_step_split_policy({max_splits, min_chunks});
-      for (bool distill : {false, true}) {
-        const auto runs = time_fused_step(batch, distill, reps);
-        nlohmann::json row = {{"max_splits", max_splits}, {"min_chunks", min_chunks},
-                              {"step", distill ? "distillation" : "teacher"},
-                              {"kernel_us", median_kernel_us(runs)}, {"phases_us", nlohmann::json::array()}};
-        std::printf("  %10d %10d  %-12s %8.2f ", max_splits, min_chunks, distill ? "distillation" : "teacher",
-                    row["kernel_us"].get<double>());
-        for (size_t ph = 0; ph < runs.front().size(); ++ph) {
-          const double us = median_over(runs, ph, [](const cuda::FusedPhaseTime& t) { return t.us; });
-          std::printf(" %6.2f", us);
-          row["phases_us"].push_back(us);
+    for (int min_chunks : {1, 2, 4})
+      for (bool bands : {true, false}) {
+        if (max_splits == 1 && (min_chunks > 1 || !bands)) continue;  // no split: nothing to vary
+        cuda::fused_step_split_policy({max_splits, min_chunks, bands});
+        for (bool distill : {false, true}) {
+          const auto runs = time_fused_step(batch, distill, reps);
+          nlohmann::json row = {{"max_splits", max_splits},
+                                {"min_chunks", min_chunks},
+                                {"fixup", bands ? "bands" : "last"},
+                                {"step", distill ? "distillation" : "teacher"},
+                                {"kernel_us", median_kernel_us(runs)},
+                                {"phases_us", nlohmann::json::array()}};
+          std::printf("  %10d %10d %6s  %-12s %8.2f ", max_splits, min_chunks, bands ? "bands" : "last",
+                      distill ? "distillation" : "teacher", row["kernel_us"].get<double>());
+          for (size_t ph = 0; ph < runs.front().size(); ++ph) {
+            const double us = median_over(runs, ph, [](const cuda::FusedPhaseTime& t) { return t.us; });
+            std::printf(" %6.2f", us);
+            row["phases_us"].push_back(us);
+          }
+          std::printf("\n");
+          out.push_back(row);
         }
-        std::printf("\n");
-        out.push_back(row);
       }
-    }
   cuda::fused_step_split_policy({});
   return out;
 }

@@ -487,6 +487,30 @@ TEST_P(CudaFusedStep, OtherSplitPoliciesMatchCpu) {
   }
 }
 
+// A split tile finished in bands by all of its items gives the bits of one finished by its last
+// item alone: the same partials, added in the same order (ops/cuda/tile_gemm.cuh).
+TEST_P(CudaFusedStep, BandFixupEqualsLastItemFixupBitForBit) {
+  const TrainCase& c = GetParam();
+  const MlpParams init = make_params(c.sizes, c.N, 45);
+  const int steps = 2;
+  const HostData data =
+      make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 10);
+  auto run = [&](bool bands) {
+    SplitPolicyScope scope(cuda::FusedSplitPolicy{8, 2, bands});
+    return teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole,
+                         true);
+  };
+  const RunResult bands = run(true), last = run(false);
+  const std::string what =
+      std::string(c.name) + " fused teacher steps, bands (got) vs the last item (expected)";
+  ASSERT_EQ(bands.params.size(), last.params.size());
+  for (size_t k = 0; k < last.params.size(); ++k)  // float32 widened to double: back to float, exactly
+    EXPECT_TRUE(bitwise_equal(what + ": parameter tensor " + std::to_string(k),
+                              std::vector<float>(bands.params[k].begin(), bands.params[k].end()),
+                              std::vector<float>(last.params[k].begin(), last.params[k].end()),
+                              {int64_t(last.params[k].size())}));
+}
+
 TEST(FusedSplitPolicy, RefusesFewerThanOneSplitOrChunk) {
   EXPECT_THROW(cuda::fused_step_split_policy({0, 2}), ShapeError);
   EXPECT_THROW(cuda::fused_step_split_policy({8, 0}), ShapeError);

@@ -151,7 +151,8 @@ struct Step {
 struct StepOutput {
   std::vector<float> loss;
   std::vector<std::vector<float>> dw, db;
-  int most_splits = 1;  // of the program's GEMMs
+  int most_splits = 1;      // of the program's GEMMs
+  int parallel_fixups = 0;  // GEMMs whose split tiles are finished in bands, all items at once
 };
 
 // One step on `blocks` blocks. With trained_view, the trained MLP is the one it points at (its
@@ -191,7 +192,10 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
   std::vector<int> counter_scratch(size_t(std::max<int64_t>(counters, 1)), 0);
   assign_scratch(prog, scratch.data(), counter_scratch.data());
 
-  for (int j = 0; j < prog.gemms; ++j) out.most_splits = std::max(out.most_splits, prog.gemm[j].splits);
+  for (int j = 0; j < prog.gemms; ++j) {
+    out.most_splits = std::max(out.most_splits, prog.gemm[j].splits);
+    out.parallel_fixups += prog.gemm[j].parallel_fixup;
+  }
   std::vector<tile::Smem> smem(blocks);
   simt::launch(blocks, tile::kBlockThreads, [&] {
     run_program(prog, smem[blockIdx.x], [] { simt::grid_sync(); }, [](int) {}, [](int) {});
@@ -272,6 +276,8 @@ TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
       // … and past the default's limit when the case's policy allows more
       const int wanted = st.split.max_splits > tile::kMaxSplits ? tile::kMaxSplits + 1 : 2;
       EXPECT_GE(got.most_splits, wanted) << what << ": no GEMM split K into " << wanted << " or more slices";
+      EXPECT_EQ(got.parallel_fixups > 0, st.split.parallel_fixup)
+          << what << ": " << got.parallel_fixups << " GEMMs finish their split tiles in bands";
     }
     for (int64_t s = 0; s < S; ++s) {
       EXPECT_NEAR(got.loss[size_t(s)], ref_loss[size_t(s)], 1e-5 * std::max(1.0, std::abs(ref_loss[size_t(s)])))
@@ -297,19 +303,22 @@ TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
 // train 6 students from 3 teachers on 3 "ghost" columns at T = 2.
 INSTANTIATE_TEST_SUITE_P(
     Steps, FusedEmulated,
-    ::testing::Values(Step{"teacher_3_models_B37", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0, 5, false},
-                      Step{"teacher_two_row_tiles_B70", {53, 70, 31, 13}, 2, 0, 70, false, 0, 10, 1.0, 5, false},
-                      Step{"teacher_2_layers_B45", {53, 29, 7}, 2, 0, 45, false, 0, 7, 1.0, 5, false},
-                      Step{"teacher_split_k_B100", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0, 12, true},
-                      // The last layer row by row: a hidden layer wider than one staged chunk
-                      // of 256 under more logits than lanes, the loss on logits 25 … 39
-                      Step{"teacher_wide_last_layer_B37", {40, 300, 40}, 1, 0, 37, false, 25, 40, 1.0, 5, false},
-                      Step{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 37, true, 10, 13, 2.0, 5, false},
-                      Step{"distill_2_layers_all_logits_B70", {40, 33, 13}, 2, 1, 70, true, 0, 13, 1.0, 5, false},
-                      Step{"distill_split_k_B100", {300, 40, 20, 13}, 2, 1, 100, true, 10, 13, 2.0, 12, true},
-                      // Another split policy (bench_layers sweeps them): slices of one chunk,
-                      // more of them than the default's 8, so the fix-up sums 10 partials
-                      Step{"teacher_10_splits_B100", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0, 24, true, {16, 1}}),
+    ::testing::Values(
+        Step{"teacher_3_models_B37", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0, 5, false},
+        Step{"teacher_two_row_tiles_B70", {53, 70, 31, 13}, 2, 0, 70, false, 0, 10, 1.0, 5, false},
+        Step{"teacher_2_layers_B45", {53, 29, 7}, 2, 0, 45, false, 0, 7, 1.0, 5, false},
+        Step{"teacher_split_k_B100", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0, 12, true},
+        // The last layer row by row: a hidden layer wider than one staged chunk
+        // of 256 under more logits than lanes, the loss on logits 25 … 39
+        Step{"teacher_wide_last_layer_B37", {40, 300, 40}, 1, 0, 37, false, 25, 40, 1.0, 5, false},
+        Step{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 37, true, 10, 13, 2.0, 5, false},
+        Step{"distill_2_layers_all_logits_B70", {40, 33, 13}, 2, 1, 70, true, 0, 13, 1.0, 5, false},
+        Step{"distill_split_k_B100", {300, 40, 20, 13}, 2, 1, 100, true, 10, 13, 2.0, 12, true},
+        // Another split policy (bench_layers sweeps them): slices of one chunk,
+        // more of them than the default's 8, so the fix-up sums 10 partials
+        Step{"teacher_10_splits_B100", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0, 24, true, {16, 1}},
+        // Split tiles finished by their last item alone, not in bands by all
+        Step{"teacher_last_item", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0, 12, true, {8, 2, false}}),
     [](const ::testing::TestParamInfo<Step>& info) { return std::string(info.param.name); });
 
 // ---- the step's tail: Adam, the running loss sums, the counters ------------------------------
@@ -428,6 +437,7 @@ void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64
     const StepOutput out = run_tail_step(st, trained, frozen, x, labels, blocks, got, state);
     if (st.split_k) {
       EXPECT_GT(out.most_splits, 1) << what << ": no GEMM split K";
+      EXPECT_EQ(out.parallel_fixups > 0, st.split.parallel_fixup) << what << ": bands or the last item";
     }
 
     Arena ref = fresh;  // the separate calls: Adam from the gradients the step wrote
@@ -492,6 +502,13 @@ TEST(FusedTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
 // each tile's Adam runs in the item that finishes it, at its own offsets.
 TEST(FusedTail, AdamFollowsSplitAndPartialTilesOfW0) {
   check_tail(Step{"tail_split_k", {70, 65, 31, 13}, 1, 0, 64, false, 0, 10, 1.0, 17, true}, {17u}, -1);
+}
+
+// As above, each split tile of W0 finished by its last item alone (the other fix-up).
+TEST(FusedTail, AdamFollowsSplitTilesFinishedByTheLastItem) {
+  check_tail(
+      Step{"tail_split_k_last_item", {70, 65, 31, 13}, 1, 0, 64, false, 0, 10, 1.0, 17, true, {8, 2, false}},
+      {17u}, -1);
 }
 
 // The arena with each layer's bias before its weights: the pass over the rest of the arena

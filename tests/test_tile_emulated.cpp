@@ -25,6 +25,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "ops/cuda/tile_gemm.cuh"
@@ -150,8 +151,12 @@ class TileEmulated : public ::testing::Test {
         for (int64_t kk = 0; kk < k.K; ++kk) ref_rows[size_t(z * k.M + m)] += double(a.at(z, m, kk));
 
     // ---- the GEMM, run several ways -----------------------------------------------------------
+    // (blocks, item order, parallel fix-up): the last way, where K is split and no column sums
+    // span the row tiles, finishes each tile in bands, every item at once on a block of its own
+    // (blocks = 0: one per item), as the fused step does.
     std::vector<Outputs> runs;
-    for (const auto& [blocks, how] : std::vector<std::pair<unsigned, int>>{{1, 0}, {3, 1}, {2, 2}}) {
+    for (const auto& [blocks, how, parallel] : std::vector<std::tuple<unsigned, int, bool>>{
+             {1, 0, false}, {3, 1, false}, {2, 2, false}, {0, 2, true}}) {
       Outputs out;
       out.c = k.accumulate ? initial_c : std::vector<float>(initial_c.size(), kNaN);
       out.column_sums.assign(size_t(k.models * k.N), kNaN);
@@ -173,8 +178,11 @@ class TileEmulated : public ::testing::Test {
       if (k.row_sums) g.row_sums = out.row_sums.data();
       plan(g, k.target_items);
       if (runs.empty()) planned_splits = g.splits, planned_m_tiles = g.m_tiles;
-      run_gemm(g, blocks, item_order(g, how, 99u + blocks));
+      if (parallel && (g.splits == 1 || g.column_sums)) continue;
+      g.parallel_fixup = parallel;
+      run_gemm(g, blocks > 0 ? blocks : unsigned(g.items), item_order(g, how, 99u + blocks));
       runs.push_back(std::move(out));
+      ran_parallel = ran_parallel || parallel;
     }
 
     const std::string what = "kind " + std::to_string(int(k.kind)) + ", " + std::to_string(k.M) + "×" +
@@ -212,12 +220,14 @@ class TileEmulated : public ::testing::Test {
   }
 
   int planned_splits = 0, planned_m_tiles = 0;
+  bool ran_parallel = false;  // the last run (bands) happened
 };
 
 // Forward with bias, ReLU and mask: K not a multiple of 16, partial row and column tiles.
 TEST_F(TileEmulated, ForwardBiasReluMaskSplitK) {
   check({Kind::forward, 2, 70, 45, 100, 64, true, false, false, false, false});
   EXPECT_EQ(planned_splits, 3);
+  EXPECT_TRUE(ran_parallel);
 }
 
 TEST_F(TileEmulated, ForwardWithoutSplitK) {
@@ -229,6 +239,7 @@ TEST_F(TileEmulated, ForwardWithoutSplitK) {
 TEST_F(TileEmulated, ForwardMaxSplits) {
   check({Kind::forward, 1, 33, 20, 600, 1000, false, false, false, false, false});
   EXPECT_EQ(planned_splits, kMaxSplits);
+  EXPECT_TRUE(ran_parallel);
 }
 
 // Input gradient gated by post-ReLU values, column sums across 2 row tiles (the previous
@@ -251,6 +262,7 @@ TEST_F(TileEmulated, BackwardInputAccumulates) {
 TEST_F(TileEmulated, BackwardWeightRowSumsSplitK) {
   check({Kind::backward_weight, 2, 45, 70, 257, 64, false, false, false, true, false});
   EXPECT_GT(planned_splits, 1);
+  EXPECT_TRUE(ran_parallel);
 }
 
 TEST_F(TileEmulated, BackwardWeightAccumulatesWithoutSplitK) {

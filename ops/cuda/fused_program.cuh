@@ -350,7 +350,10 @@ inline int64_t logit_rows(int64_t trained, bool distill) { return distill ? 2 * 
 
 // Plans a phase's GEMMs for the grid. They share it in proportion to their work (tiles × K
 // chunks), so that their work items come out about equally long — a phase lasts as long as its
-// longest item — and, where the tiles allow, all of them fit in one wave of the grid.
+// longest item — and, where the tiles allow, all of them fit in one wave of the grid. Then,
+// with the policy's parallel_fixup, the split GEMMs of a phase whose items all fit (each block
+// has at most one, and the launch is cooperative: all run at once, so no item waits for one
+// that has not started) finish each tile in bands, all of its items at once (tile_item).
 inline void plan_phase(Program& prog, const Phase& phase, int grid, const FusedSplitPolicy& split) {
   auto work = [](const Gemm& g) {
     return g.models * tile::ceil_div(g.M, tile::kTileM) * tile::ceil_div(g.N, tile::kTileN) *
@@ -361,6 +364,12 @@ inline void plan_phase(Program& prog, const Phase& phase, int grid, const FusedS
   for (int j = phase.first_gemm; j < phase.first_gemm + phase.gemms; ++j)
     tile::plan(prog.gemm[j], std::max<int64_t>(1, int64_t(grid) * work(prog.gemm[j]) / std::max<int64_t>(total, 1)),
                split.max_splits, split.min_chunks);
+  int64_t items = 0;
+  for (int j = phase.first_gemm; j < phase.first_gemm + phase.gemms; ++j) items += prog.gemm[j].items;
+  for (int j = phase.first_gemm; j < phase.first_gemm + phase.gemms; ++j) {
+    Gemm& g = prog.gemm[j];  // (a band has no column sums across the tile's rows: none here)
+    g.parallel_fixup = split.parallel_fixup && g.splits > 1 && items <= grid && !g.column_sums;
+  }
 }
 
 // The program for one step (arguments as fused_mlp_step's, checked by it; tail may be null),

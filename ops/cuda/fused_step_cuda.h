@@ -77,13 +77,16 @@ void fused_step_clock(bool on);
 std::vector<FusedPhaseTime> fused_step_phase_times();
 
 // How far later fused steps split K (tile::plan): at most max_splits slices of at least
-// min_chunks 16-wide chunks each, never past one wave of the grid. The defaults are the
-// step's; bench/layers.cpp sweeps others to find where split-K's fix-up stops paying for
-// itself. A step captured in a CUDA graph keeps the plan it was captured with. Throws
-// ShapeError unless both are ≥ 1.
+// min_chunks 16-wide chunks each, never past one wave of the grid; and how a split tile is
+// finished: by all of its items at once, each a band of its rows (parallel_fixup, where the
+// phase's items fit the grid), or by the last of them alone. The defaults are the step's;
+// bench/layers.cpp sweeps others to find where split-K's fix-up stops paying for itself. A
+// step captured in a CUDA graph keeps the plan it was captured with. Throws ShapeError unless
+// max_splits and min_chunks are ≥ 1.
 struct FusedSplitPolicy {
   int max_splits = 8;  // tile::kMaxSplits
   int min_chunks = 2;
+  bool parallel_fixup = true;
 };
 void fused_step_split_policy(const FusedSplitPolicy& policy);
 

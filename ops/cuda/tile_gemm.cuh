@@ -15,7 +15,10 @@
 // one computes. With S splits, tile (model, m_tile, n_tile) is S work items, each summing one
 // slice of K into a partial tile in scratch; a per-tile counter tells the item that finishes
 // last, and that one sums the S partials in slice order 0..S−1 (the same bits whichever
-// finished first) and runs the epilogue:
+// finished first) and runs the epilogue. Where all S items run at once (the fused step, whose
+// split phases fit one wave of a cooperative grid: Gemm::parallel_fixup), each of them instead
+// waits for all S partials and sums and finishes its own band of 64/S rows — the same sums, so
+// the same bits, with the fix-up's loads and the epilogue shared by S blocks. The epilogues:
 //   forward          + bias, ReLU (PyTorch's: z <= 0 → 0, NaN stays), optional bit-mask
 //   backward_input   ReLU gate (from a bit-mask, or from the post-ReLU values: open where
 //                    !(h == 0), the same gate), accumulate, and the column sums Σ_m (the
@@ -34,11 +37,12 @@
 // checks it on each program it launches: l1_rule_violation in ops/cuda/fused_program.cuh):
 // no phase writes bytes that an operand load touched before it and that another touches
 // after it (the activations and gradients are written once, before any GEMM reads them; the
-// weights are read by GEMMs and written by Adam in the last phase, after every read). So no SM reads a line it cached before another SM overwrote it, and between
-// dependent kernels the driver invalidates L1 (PTX ISA, ld.ca). (PTX calls cache operators
-// performance hints that leave the memory model as it is, under which the grid barrier's
-// release and acquire already order these reads; the rule is the margin that does not
-// depend on how the hardware honours that for L1-allocating copies.)
+// weights are read by GEMMs and written by Adam in the last phase, after every read). So no SM
+// reads a line it cached before another SM overwrote it, and between dependent kernels the
+// driver invalidates L1 (PTX ISA, ld.ca). (PTX calls cache operators performance hints that
+// leave the memory model as it is, under which the grid barrier's release and acquire already
+// order these reads; the rule is the margin that does not depend on how the hardware honours
+// that for L1-allocating copies.)
 #pragma once
 
 #include <cuda/atomic>
@@ -89,6 +93,8 @@ struct Gemm {
   int64_t mask_row_bytes;     // bytes per mask row: roundup(N, 128) / 8
   // planning (plan())
   int m_tiles, n_tiles, splits;
+  bool parallel_fixup;        // split-K: every item finishes a band of the tile's rows (see
+                              // tile_item); only where all of a tile's items run at once
   int64_t k_per_split;        // a multiple of kTileK
   int64_t items;              // models · m_tiles · n_tiles · splits
   // scratch (the caller points these at zeroed counters and free floats)
@@ -145,6 +151,20 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // on the path twice, which this hand-off does not need.)
 __device__ inline int count_in(int* counter) {
   return ::cuda::atomic_ref<int, ::cuda::thread_scope_device>(*counter).fetch_add(1, ::cuda::memory_order_acq_rel);
+}
+
+// Thread 0, after count_in: waits until `count` blocks have counted in, acquiring what they
+// wrote (each count_in heads a release sequence that the later ones continue). For items that
+// all run at once (a cooperative launch whose phase fits one wave), so that the wait ends.
+// Polls every few tens of ns; after some seconds it traps, so that a broken plan fails the
+// launch instead of hanging the GPU.
+constexpr long long kMaxPolls = 1ll << 26;
+__device__ inline void wait_for_count(int* counter, int count) {
+  ::cuda::atomic_ref<int, ::cuda::thread_scope_device> c(*counter);
+  for (long long polls = 0; c.load(::cuda::memory_order_acquire) < count; ++polls) {
+    if (polls == kMaxPolls) __trap();
+    __nanosleep(32);
+  }
 }
 
 // The three products of a Linear layer, as in the table at the top, for `models` models stored
@@ -261,6 +281,97 @@ struct Layout {
   static constexpr bool b_k_contiguous = kind == Kind::forward;          // w[o,i] | w[o,i]ᵀ, x[b,i]ᵀ
 };
 
+// One output element's epilogue: v is C[m, n]'s sum (of this model: c, gate and mask_model are
+// its C, gate values and mask offset), bias its column's bias (forward). Adds the bias and
+// applies ReLU (forward) or the gate (backward_input), accumulates, stores; returns what the
+// tile's staging holds for it (0 outside the matrix).
+template <Kind kind>
+__device__ inline float finish_element(const Gemm& p, float v, float bias, int64_t m, int64_t n, float* c,
+                                       const float* gate, int64_t mask_model) {
+  if (!(m < p.M && n < p.N)) return 0.0f;
+  if (kind == Kind::forward) {
+    if (p.bias) v += bias;
+    if (p.relu) v = v <= 0.0f ? 0.0f : v;  // NaN stays NaN
+  }
+  if (kind == Kind::backward_input) {
+    if (p.mask_in && !((__ldcg(&p.mask_in[mask_model + m * p.mask_row_bytes + (n >> 3)]) >> (n & 7)) & 1u))
+      v = 0.0f;
+    if (gate && __ldcg(&gate[m * p.N + n]) == 0.0f) v = 0.0f;
+  }
+  if (p.accumulate) v += __ldcg(&c[m * p.N + n]);
+  c[m * p.N + n] = v;
+  return v;
+}
+
+// Parallel split-K (Gemm::parallel_fixup): rows [r0, r1) of tile (model, m0, n0), summed from
+// the S partials at `parts` in slice order, then each element's epilogue, into C and sm.c.
+// Thread t takes the band's float4 column groups t, t + 256, …
+template <Kind kind>
+__device__ void finish_band(const Gemm& p, Smem& sm, const float* parts, int64_t model, int64_t m0,
+                            int64_t n0, int r0, int r1) {
+  float* c = p.c + model * p.M * p.N;
+  const float* gate = p.gate_values ? p.gate_values + model * p.M * p.N : nullptr;
+  const int64_t mask_model = model * p.M * p.mask_row_bytes;
+  constexpr int kGroups = kTileN / 4;  // float4s in a row
+  for (int q = threadIdx.x; q < (r1 - r0) * kGroups; q += kBlockThreads) {
+    const int r = r0 + q / kGroups, col = (q % kGroups) * 4;
+    float sum[4] = {};
+#pragma unroll 4
+    for (int s = 0; s < p.splits; ++s) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(&parts[s * kTileFloats + r * kTileN + col]));
+      sum[0] += v.x, sum[1] += v.y, sum[2] += v.z, sum[3] += v.w;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float bias = kind == Kind::forward && p.bias ? sm.bias[col + j] : 0.0f;
+      sm.c[r][col + j] = finish_element<kind>(p, sum[j], bias, m0 + r, n0 + col + j, c, gate, mask_model);
+    }
+  }
+}
+
+// Adam (AdamEpilogue) on the weights of rows [r0, r1) of a finished backward_weight tile
+// (model, m0, n0), their gradients in sm.c, and, where writes_row, on the bias of this
+// thread's row m0 + t (its gradient row_sum). Thread t takes the rows' elements t, t + 256, …,
+// 4 at a time: their 12 loads in flight together, without holding all of them; the bias's 3
+// ride with the first 4. (A thread with a bias has a first round: t < r1 ≤ 64 ≤ the elements.)
+__device__ inline void adam_rows(const Gemm& p, const AdamEpilogue& adam, const Smem& sm, int64_t model,
+                                 int64_t m0, int64_t n0, int r0, int r1, bool writes_row, float row_sum) {
+  constexpr int kRound = 4;
+  const AdamStepScalars scalars = adam_step_scalars(adam.options, __ldcg(adam.t));
+  const int64_t at = model * p.M * p.N;
+  const int elements = (r1 - r0) * kTileN;
+#pragma unroll 1
+  for (int first = threadIdx.x; first < elements; first += kRound * kBlockThreads) {
+    float w[kRound], mom[kRound], var[kRound];
+    bool here[kRound];
+#pragma unroll
+    for (int k = 0; k < kRound; ++k) {
+      const int e = first + k * kBlockThreads, r = r0 + e / kTileN, col = e % kTileN;
+      here[k] = e < elements && m0 + r < p.M && n0 + col < p.N;
+      const int64_t i = at + (m0 + r) * p.N + n0 + col;
+      if (here[k]) w[k] = __ldcg(&adam.param[i]), mom[k] = __ldcg(&adam.m[i]), var[k] = __ldcg(&adam.v[i]);
+    }
+    const bool bias_here = first == int(threadIdx.x) && writes_row && adam.bias_param;
+    const int64_t bias_at = model * p.M + m0 + threadIdx.x;
+    float b = 0.0f, b_mom = 0.0f, b_var = 0.0f;
+    if (bias_here)
+      b = __ldcg(&adam.bias_param[bias_at]), b_mom = __ldcg(&adam.bias_m[bias_at]),
+      b_var = __ldcg(&adam.bias_v[bias_at]);
+#pragma unroll
+    for (int k = 0; k < kRound; ++k) {
+      if (!here[k]) continue;
+      const int e = first + k * kBlockThreads, r = r0 + e / kTileN, col = e % kTileN;
+      const int64_t i = at + (m0 + r) * p.N + n0 + col;
+      adam_element(w[k], sm.c[r][col], mom[k], var[k], scalars);
+      adam.param[i] = w[k], adam.m[i] = mom[k], adam.v[i] = var[k];
+    }
+    if (bias_here) {
+      adam_element(b, row_sum, b_mom, b_var, scalars);
+      adam.bias_param[bias_at] = b, adam.bias_m[bias_at] = b_mom, adam.bias_v[bias_at] = b_var;
+    }
+  }
+}
+
 // Work item `item` of g (0 ≤ item < g.items), computed by the whole block. Returns early (all
 // threads together) when this item is a slice whose tile another item finishes. adam: null, or
 // (backward_weight only) Adam on the finished tile's parameters.
@@ -324,7 +435,13 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
   __pipeline_wait_prior(0);  // every copy has landed (the bias too, when K is empty)
   __syncthreads();           // … for every thread, and all are done with the stages, which c shares
 
-  // ---- split-K: the last of the S items of this tile sums the partials in slice order -------
+  // ---- split-K: the partials are summed in slice order 0..S−1 -------------------------------
+  // Either the last of the tile's S items sums the whole tile (it learns it is last from the
+  // counter), or (p.parallel_fixup) every item waits for all S partials and finishes its own
+  // band of rows [r0, r1): S blocks share the fix-up's loads and the epilogue, and none runs
+  // the tile alone after the others are done. Same sums in the same order: the same bits.
+  int r0 = 0, r1 = kTileM;  // the rows of the tile this item finishes
+  int departed = -1;        // parallel: thread 0's count at leaving (the last one resets the counter)
   if (p.splits > 1) {
     float* mine = p.partials + (tile_id * p.splits + split) * kTileFloats;
 #pragma unroll
@@ -333,111 +450,94 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
           make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
     if (sums_rows && threadIdx.x < kTileM) mine[kTileM * kTileN + threadIdx.x] = row_sum;
     __syncthreads();  // the whole partial is written …
-    if (threadIdx.x == 0) sm.last = count_in(&p.tile_counters[tile_id]) == p.splits - 1;
-    __syncthreads();  // … and, in the last item, the others' partials are visible to every thread
-    if (!sm.last) return;
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-    row_sum = 0.0f;
-    // The loop body has no branch, so the compiler may issue the next slices' loads before
-    // this one's adds (they are independent) and wait for fewer L2 round trips than slices.
+    int* counter = &p.tile_counters[tile_id];
     const float* parts = p.partials + tile_id * p.splits * kTileFloats;
-#pragma unroll 4
-    for (int s = 0; s < p.splits; ++s) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float4 v = __ldcg(reinterpret_cast<const float4*>(&parts[s * kTileFloats + (ty * 4 + i) * kTileN + tx * 4]));
-        acc[i][0] += v.x, acc[i][1] += v.y, acc[i][2] += v.z, acc[i][3] += v.w;
+    if (p.parallel_fixup) {
+      if (threadIdx.x == 0) {
+        count_in(counter);
+        wait_for_count(counter, p.splits);
+        // Counted a second time on the way out, so that the last to leave knows every item
+        // has seen the count, and resets it (relaxed: it orders nothing else).
+        departed = ::cuda::atomic_ref<int, ::cuda::thread_scope_device>(*counter).fetch_add(
+            1, ::cuda::memory_order_relaxed);
       }
+      __syncthreads();  // … and every partial is visible to every thread
+      r0 = kTileM * split / p.splits, r1 = kTileM * (split + 1) / p.splits;
+      finish_band<kind>(p, sm, parts, model, m0, n0, r0, r1);
+      row_sum = 0.0f;
+      if (sums_rows && r0 <= int(threadIdx.x) && int(threadIdx.x) < r1)
+        for (int s = 0; s < p.splits; ++s)
+          row_sum += __ldcg(&parts[s * kTileFloats + kTileM * kTileN + threadIdx.x]);
+    } else {
+      if (threadIdx.x == 0) sm.last = count_in(counter) == p.splits - 1;
+      __syncthreads();  // … and, in the last item, the others' partials are visible to every thread
+      if (!sm.last) return;
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+      row_sum = 0.0f;
+      // The loop body has no branch, so the compiler may issue the next slices' loads before
+      // this one's adds (they are independent) and wait for fewer L2 round trips than slices.
+#pragma unroll 4
+      for (int s = 0; s < p.splits; ++s) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float4 v = __ldcg(
+              reinterpret_cast<const float4*>(&parts[s * kTileFloats + (ty * 4 + i) * kTileN + tx * 4]));
+          acc[i][0] += v.x, acc[i][1] += v.y, acc[i][2] += v.z, acc[i][3] += v.w;
+        }
+      }
+      if (sums_rows && threadIdx.x < kTileM)
+        for (int s = 0; s < p.splits; ++s)
+          row_sum += __ldcg(&parts[s * kTileFloats + kTileM * kTileN + threadIdx.x]);
+      if (threadIdx.x == 0) *counter = 0;  // ready for the next use
     }
-    if (sums_rows && threadIdx.x < kTileM)
-      for (int s = 0; s < p.splits; ++s) row_sum += __ldcg(&parts[s * kTileFloats + kTileM * kTileN + threadIdx.x]);
-    if (threadIdx.x == 0) p.tile_counters[tile_id] = 0;  // ready for the next use
   }
 
   // ---- epilogue --------------------------------------------------------------------------------
+  // Rows [r0, r1) of the tile: C, and the tile's staging sm.c, which the rest reads.
   float* c = p.c + model * p.M * p.N;
   const int64_t mask_model = model * p.M * p.mask_row_bytes;
-  const float* gate = p.gate_values ? p.gate_values + model * p.M * p.N : nullptr;
-  float bias[4] = {};  // forward: this thread's 4 columns' bias (one float4: reading it per
-                       // column made the fused kernel spill a register)
-  if (kind == Kind::forward && p.bias) {
-    const float4 b4 = *reinterpret_cast<const float4*>(&sm.bias[tx * 4]);
-    bias[0] = b4.x, bias[1] = b4.y, bias[2] = b4.z, bias[3] = b4.w;
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int64_t m = m0 + ty * 4 + i;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t n = n0 + tx * 4 + j;
-      const bool inside = m < p.M && n < p.N;
-      float v = acc[i][j];
-      if (inside) {
-        if (kind == Kind::forward) {
-          if (p.bias) v += bias[j];
-          if (p.relu) v = v <= 0.0f ? 0.0f : v;  // NaN stays NaN
-        }
-        if (kind == Kind::backward_input) {
-          if (p.mask_in && !((__ldcg(&p.mask_in[mask_model + m * p.mask_row_bytes + (n >> 3)]) >> (n & 7)) & 1u))
-            v = 0.0f;
-          if (gate && __ldcg(&gate[m * p.N + n]) == 0.0f) v = 0.0f;
-        }
-        if (p.accumulate) v += __ldcg(&c[m * p.N + n]);
-        c[m * p.N + n] = v;
-      }
-      sm.c[ty * 4 + i][tx * 4 + j] = inside ? v : 0.0f;
+  if (r1 - r0 == kTileM) {  // the whole tile, from this thread's 4×4 sums
+    const float* gate = p.gate_values ? p.gate_values + model * p.M * p.N : nullptr;
+    float bias[4] = {};  // forward: this thread's 4 columns' bias (one float4: reading it per
+                         // column made the fused kernel spill a register)
+    if (kind == Kind::forward && p.bias) {
+      const float4 b4 = *reinterpret_cast<const float4*>(&sm.bias[tx * 4]);
+      bias[0] = b4.x, bias[1] = b4.y, bias[2] = b4.z, bias[3] = b4.w;
     }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        sm.c[ty * 4 + i][tx * 4 + j] = finish_element<kind>(p, acc[i][j], bias[j], m0 + ty * 4 + i,
+                                                            n0 + tx * 4 + j, c, gate, mask_model);
   }
 
   if (kind == Kind::backward_weight) {
-    const bool writes_row = sums_rows && threadIdx.x < kTileM && m0 + threadIdx.x < p.M;
+    const bool writes_row =
+        sums_rows && r0 <= int(threadIdx.x) && int(threadIdx.x) < r1 && m0 + threadIdx.x < p.M;
     if (writes_row) p.row_sums[model * p.M + m0 + threadIdx.x] = row_sum;
     if (adam) {
-      const AdamStepScalars scalars = adam_step_scalars(adam->options, __ldcg(adam->t));
-      // The weights, a row of 4 at a time: its 12 loads in flight together, without holding all
-      // 48. With row 0 come the loads of the bias whose gradient this thread finished (bias_here).
-      const int64_t at = model * p.M * p.N;
-#pragma unroll 1
-      for (int i = 0; i < 4; ++i) {
-        const int64_t m = m0 + ty * 4 + i;
-        float w[4], mom[4], var[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int64_t e = at + m * p.N + n0 + tx * 4 + j;
-          if (m < p.M && n0 + tx * 4 + j < p.N)
-            w[j] = __ldcg(&adam->param[e]), mom[j] = __ldcg(&adam->m[e]), var[j] = __ldcg(&adam->v[e]);
-        }
-        const bool bias_here = i == 0 && writes_row && adam->bias_param;
-        const int64_t bias_at = model * p.M + m0 + threadIdx.x;
-        float b = 0.0f, b_mom = 0.0f, b_var = 0.0f;
-        if (bias_here)
-          b = __ldcg(&adam->bias_param[bias_at]), b_mom = __ldcg(&adam->bias_m[bias_at]),
-          b_var = __ldcg(&adam->bias_v[bias_at]);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int64_t e = at + m * p.N + n0 + tx * 4 + j;
-          if (!(m < p.M && n0 + tx * 4 + j < p.N)) continue;
-          adam_element(w[j], sm.c[ty * 4 + i][tx * 4 + j], mom[j], var[j], scalars);
-          adam->param[e] = w[j], adam->m[e] = mom[j], adam->v[e] = var[j];
-        }
-        if (bias_here) {
-          adam_element(b, row_sum, b_mom, b_var, scalars);
-          adam->bias_param[bias_at] = b, adam->bias_m[bias_at] = b_mom, adam->bias_v[bias_at] = b_var;
-        }
-      }
+      __syncthreads();  // sm.c complete
+      adam_rows(p, *adam, sm, model, m0, n0, r0, r1, writes_row, row_sum);
     }
+    if (departed == 2 * p.splits - 1)
+      ::cuda::atomic_ref<int, ::cuda::thread_scope_device>(p.tile_counters[tile_id])
+          .store(0, ::cuda::memory_order_relaxed);
     return;
   }
   const bool writes_mask = kind == Kind::forward && p.relu && p.mask_out;
   const bool sums_columns = kind == Kind::backward_input && p.column_sums;
+  if (departed == 2 * p.splits - 1)
+    ::cuda::atomic_ref<int, ::cuda::thread_scope_device>(p.tile_counters[tile_id])
+        .store(0, ::cuda::memory_order_relaxed);
   if (!writes_mask && !sums_columns) return;
   __syncthreads();  // sm.c complete
 
   if (writes_mask) {
-    // 64 rows × 8 bytes of mask; bit = !(y == 0) on the post-ReLU y, which is !(z <= 0) on z.
-    for (int e = threadIdx.x; e < kTileM * (kTileN / 8); e += kBlockThreads) {
-      const int r = e / (kTileN / 8), byte = e % (kTileN / 8);
+    // r1 − r0 rows × 8 bytes of mask; bit = !(y == 0) on the post-ReLU y, which is !(z <= 0) on z.
+    for (int e = threadIdx.x; e < (r1 - r0) * (kTileN / 8); e += kBlockThreads) {
+      const int r = r0 + e / (kTileN / 8), byte = e % (kTileN / 8);
       const int64_t m = m0 + r, n_first = n0 + byte * 8;
       if (m >= p.M || n_first >= p.N) continue;
       unsigned bits = 0;

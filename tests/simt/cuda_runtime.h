@@ -25,6 +25,7 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -109,6 +110,10 @@ inline unsigned long long atomicMin(unsigned long long* address, unsigned long l
   }
   return seen;
 }
+// A polling thread's pause: let the threads it waits for run (there are far more of them than
+// cores). And the device's trap: the launch fails; here the process.
+inline void __nanosleep(unsigned /*ns*/) { std::this_thread::yield(); }
+[[noreturn]] inline void __trap() { std::abort(); }
 // The cache-global load: on the host, a plain load (ordering comes from the barriers and from
 // the acquire-release atomics of tests/simt/cuda/atomic).
 template <class T>
