@@ -156,9 +156,9 @@ __device__ inline int count_in(int* counter) {
 // Thread 0, after count_in: waits until `count` blocks have counted in, acquiring what they
 // wrote (each count_in heads a release sequence that the later ones continue). For items that
 // all run at once (a cooperative launch whose phase fits one wave), so that the wait ends.
-// Polls every few tens of ns; after some seconds it traps, so that a broken plan fails the
-// launch instead of hanging the GPU.
-constexpr long long kMaxPolls = 1ll << 26;
+// Polls every few tens of ns, each poll an L2 round trip; after 2²⁴ polls (some seconds on a
+// GPU) it traps, so that a broken plan fails the launch instead of hanging the GPU.
+constexpr long long kMaxPolls = 1ll << 24;
 __device__ inline void wait_for_count(int* counter, int count) {
   ::cuda::atomic_ref<int, ::cuda::thread_scope_device> c(*counter);
   for (long long polls = 0; c.load(::cuda::memory_order_acquire) < count; ++polls) {
