@@ -24,7 +24,8 @@
 //               barrier as a phase would
 //   K chunk     one 16-wide K chunk of ops/cuda/tile_gemm.cuh's 64×64 tile: the slope of a
 //               tile's time over K, 1 block alone, 1 per SM and 2 per SM (the fused step's)
-//   split-K     the fix-up of 8 slices: items of 2 chunks each with and without it
+//   split-K     the fix-up of 8 slices: items of 2 chunks each with and without it, the tile
+//               finished by its last item alone or in bands by all 8 at once
 //
 // One-thread chains are timed in SM cycles inside the kernel (clock64) and converted with the
 // measured clock; grid-wide ones with the global timer; tile ones with CUDA events around
@@ -371,8 +372,10 @@ void measure_barriers(Report& r, int sms) {
 // Launch time of tile_items_kernel for `tiles` 64×64 tiles (one model each) with K = 16·chunks
 // in `splits` slices, on `grid` blocks. Every tile reads the same x and w (model stride 0), so
 // the operands stay in L2 as the fused step's do (a copy per tile would be 73 MB at the largest
-// K, past the L2, and the slope would time DRAM).
-double tile_launch_us(int64_t tiles, int64_t chunks, int splits, int grid) {
+// K, past the L2, and the slope would time DRAM). bands: split tiles finished in bands by all
+// of their items at once (tile::Gemm::parallel_fixup), launched cooperatively so that every
+// item runs at once, as in the fused step.
+double tile_launch_us(int64_t tiles, int64_t chunks, int splits, int grid, bool bands = false) {
   const int64_t K = chunks * tile::kTileK;
   Tensor x = Tensor::empty({tile::kTileM, K}, DType::f32, Device::cuda);
   Tensor w = Tensor::empty({tile::kTileN, K}, DType::f32, Device::cuda);
@@ -390,10 +393,19 @@ double tile_launch_us(int64_t tiles, int64_t chunks, int splits, int grid) {
     tile::assign_scratch(g, tile::grow_scratch_floats(tile::scratch_floats(g)),
                          tile::grow_scratch_counters(tile::scratch_counters(g)));
   const unsigned blocks = unsigned(std::min<int64_t>(grid, g.items));
+  g.parallel_fixup = bands && splits > 1;
+  if (g.parallel_fixup && g.items > blocks)
+    throw ShapeError("bench_latency: " + std::to_string(g.items) + " items in bands need as many blocks");
+  void* args[] = {&g};
   return bench::time_us(
       [&] {
-        tile_items_kernel<<<blocks, tile::kBlockThreads, 0, stream()>>>(g);
-        CUDA_CHECK_LAUNCH();
+        if (g.parallel_fixup) {
+          CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(tile_items_kernel), dim3(blocks),
+                                                 dim3(tile::kBlockThreads), args, 0, stream()));
+        } else {
+          tile_items_kernel<<<blocks, tile::kBlockThreads, 0, stream()>>>(g);
+          CUDA_CHECK_LAUNCH();
+        }
       },
       20);
 }
@@ -413,9 +425,13 @@ void measure_tiles(Report& r, int sms) {
           "slope of K = 32 … 544");
   }
   const int grid = std::min(2, per_sm) * sms, tiles = grid / 8;
-  const double with = tile_launch_us(tiles, 2 * 8, 8, grid), without = tile_launch_us(tiles * 8, 2, 1, grid);
-  r.add("split-K fix-up, 8 slices of 2 chunks, " + std::to_string(tiles * 8) + " items",
-        1e3 * (with - without), "items of 2 chunks with it vs without");
+  const double without = tile_launch_us(tiles * 8, 2, 1, grid);
+  const double last = tile_launch_us(tiles, 2 * 8, 8, grid),
+               bands = tile_launch_us(tiles, 2 * 8, 8, grid, true);
+  r.add("split-K fix-up, 8 slices of 2 chunks, " + std::to_string(tiles * 8) + " items, by the last item",
+        1e3 * (last - without), "items of 2 chunks with it vs without");
+  r.add("split-K fix-up, 8 slices of 2 chunks, " + std::to_string(tiles * 8) + " items, in bands by all 8",
+        1e3 * (bands - without), "items of 2 chunks with it vs without");
 }
 
 }  // namespace
