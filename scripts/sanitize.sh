@@ -17,7 +17,8 @@ cmake --build build-tsan --target test_emulated
 # Every tile case, the slice-order check, and three fused steps: 2 layers, distillation (the
 # rows' staging and warp shuffles, the frozen teacher, every phase), 3 layers (the rows'
 # gradient below the logits after __syncwarp, the joined backward phase), and one with the
-# tail's Adam on split-K tiles of W_0 and b_0 while the other blocks update the rest of the
-# arena. The whole fused suite takes minutes under TSan on 2 cores.
+# tail's Adam on split-K tiles of W_0 and b_0, finished in bands, while the other blocks update
+# the rest of the arena (the tiles' cases run both fix-ups). The whole fused suite takes
+# minutes under TSan on 2 cores.
 TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_emulated \
-  --gtest_filter='TileEmulated.*:TileSplitK.*:*distill_2_layers*:*teacher_3_models*:FusedTail.AdamFollowsSplit*'
+  --gtest_filter='TileEmulated.*:TileSplitK.*:*distill_2_layers*:*teacher_3_models*:FusedTail.AdamFollowsSplitAndPartialTilesOfW0'
