@@ -464,17 +464,13 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
       __syncthreads();  // … and every partial is visible to every thread
       r0 = kTileM * split / p.splits, r1 = kTileM * (split + 1) / p.splits;
       finish_band<kind>(p, sm, parts, model, m0, n0, r0, r1);
-      row_sum = 0.0f;
-      if (sums_rows && r0 <= int(threadIdx.x) && int(threadIdx.x) < r1)
-        for (int s = 0; s < p.splits; ++s)
-          row_sum += __ldcg(&parts[s * kTileFloats + kTileM * kTileN + threadIdx.x]);
     } else {
       if (threadIdx.x == 0) sm.last = count_in(counter) == p.splits - 1;
       __syncthreads();  // … and, in the last item, the others' partials are visible to every thread
       if (!sm.last) return;
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-      row_sum = 0.0f;
+      for (auto& row : acc) {
+        for (float& v : row) v = 0.0f;
+      }
       // The loop body has no branch, so the compiler may issue the next slices' loads before
       // this one's adds (they are independent) and wait for fewer L2 round trips than slices.
 #pragma unroll 4
@@ -486,11 +482,13 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
           acc[i][0] += v.x, acc[i][1] += v.y, acc[i][2] += v.z, acc[i][3] += v.w;
         }
       }
-      if (sums_rows && threadIdx.x < kTileM)
-        for (int s = 0; s < p.splits; ++s)
-          row_sum += __ldcg(&parts[s * kTileFloats + kTileM * kTileN + threadIdx.x]);
       if (threadIdx.x == 0) *counter = 0;  // ready for the next use
     }
+    // The row sums of the rows this item finishes (thread t: row t), from the partials' too.
+    row_sum = 0.0f;
+    if (sums_rows && r0 <= int(threadIdx.x) && int(threadIdx.x) < r1)
+      for (int s = 0; s < p.splits; ++s)
+        row_sum += __ldcg(&parts[s * kTileFloats + kTileM * kTileN + threadIdx.x]);
   }
 
   // ---- epilogue --------------------------------------------------------------------------------
