@@ -511,6 +511,13 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
                                                             n0 + tx * 4 + j, c, gate, mask_model);
   }
 
+  // Parallel: the last block to leave the counter resets it for the next use. Here, not at the
+  // departure itself, so that thread 0 waited for that atomic's answer only after its share of
+  // the band's loads and stores.
+  if (departed == 2 * p.splits - 1)
+    ::cuda::atomic_ref<int, ::cuda::thread_scope_device>(p.tile_counters[tile_id])
+        .store(0, ::cuda::memory_order_relaxed);
+
   if (kind == Kind::backward_weight) {
     const bool writes_row =
         sums_rows && r0 <= int(threadIdx.x) && int(threadIdx.x) < r1 && m0 + threadIdx.x < p.M;
@@ -519,16 +526,10 @@ __device__ void tile_item(const Gemm& p, int64_t item, Smem& sm, const AdamEpilo
       __syncthreads();  // sm.c complete
       adam_rows(p, *adam, sm, model, m0, n0, r0, r1, writes_row, row_sum);
     }
-    if (departed == 2 * p.splits - 1)
-      ::cuda::atomic_ref<int, ::cuda::thread_scope_device>(p.tile_counters[tile_id])
-          .store(0, ::cuda::memory_order_relaxed);
     return;
   }
   const bool writes_mask = kind == Kind::forward && p.relu && p.mask_out;
   const bool sums_columns = kind == Kind::backward_input && p.column_sums;
-  if (departed == 2 * p.splits - 1)
-    ::cuda::atomic_ref<int, ::cuda::thread_scope_device>(p.tile_counters[tile_id])
-        .store(0, ::cuda::memory_order_relaxed);
   if (!writes_mask && !sums_columns) return;
   __syncthreads();  // sm.c complete
 
