@@ -43,6 +43,15 @@ inline Block block(uint64_t seed, uint64_t stream, uint64_t block) {
   return {c0, c1, c2, c3};
 }
 
+// words[4·i + j] = word j of block first_block + i, for i < blocks: a run of positions
+// 4·first_block ..., the same words as calling block() once per block. On CPUs with AVX-512
+// it computes 16 blocks per pass, one block per 32-bit vector lane (engine/philox.cpp), which
+// makes the distillation's noise about ten times cheaper than the scalar loop.
+void fill_words(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t blocks, uint32_t* words);
+
+// Whether fill_words takes the AVX-512 path on this CPU (the tests say which one they checked).
+bool fill_words_is_vectorised();
+
 // A 32-bit word → float in [0, 1) from its top 24 bits: every value is exact in float32, so
 // 2u − 1 ∈ [−1, 1) is exact too and CPU and GPU agree bit for bit.
 inline float to_unit_float(uint32_t x) { return static_cast<float>(x >> 8) * (1.0f / 16777216.0f); }
