@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/kernels.h"
+#include "engine/parallel.h"
 #include "engine/simd.h"
 
 #ifdef SUBLIMINAL_HAS_CUDA
@@ -61,8 +62,12 @@ void Adam::step() {
   int64_t t = *t_.data<int64_t>();
   dispatch_floating(values_.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    cpu::adam_update(values_.data<T>(), grads_.data<T>(), m_.data<T>(), v_.data<T>(), values_.numel(), t,
-                     options_);
+    T *p = values_.data<T>(), *m = m_.data<T>(), *v = v_.data<T>();
+    const T* g = grads_.data<T>();
+    // Each parameter's update is independent: the arena is split across the CPU's threads.
+    parallel_for(values_.numel(), kMinParallelElements, [&](int64_t begin, int64_t end) {
+      cpu::adam_update(p + begin, g + begin, m + begin, v + begin, end - begin, t, options_);
+    });
   });
 }
 

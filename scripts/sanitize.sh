@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/sanitize.sh — the CPU test suite under AddressSanitizer + UndefinedBehaviorSanitizer
-# (any finding fails the run: UBSan does not recover), then our own kernels' device code, run
-# by host threads (tests/test_emulated), under ThreadSanitizer: a CPU race check for it.
+# (any finding fails the run: UBSan does not recover), then, under ThreadSanitizer, the CPU
+# backend's thread pool (tests/test_parallel) and our own kernels' device code run by host
+# threads (tests/test_emulated): a CPU race check for both.
 # CUDA off: the sanitizers watch host code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,9 @@ cmake --build build-asan
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -j "$(nproc)" -E "EndToEnd|PaperMode"
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSUBLIMINAL_TSAN=ON -DSUBLIMINAL_CUDA=OFF -DBUILD_TESTING=ON >/dev/null
-cmake --build build-tsan --target test_emulated
+cmake --build build-tsan --target test_emulated test_parallel
+# The CPU backend's thread pool (engine/parallel.cpp): its hand-offs, nested and concurrent calls.
+TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_parallel
 # Every tile case, the slice-order check, and three fused steps: 2 layers, distillation (the
 # rows' staging and warp shuffles, the frozen teacher, every phase), 3 layers (the rows'
 # gradient below the logits after __syncwarp, the joined backward phase), and one with the

@@ -6,12 +6,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>   // std::exp, std::log, std::isnan
+#include <cstring>  // std::memcmp
 #include <limits>  // std::numeric_limits
 #include <vector>  // std::vector
 
 #include "engine/adam.h"      // Adam
 #include "engine/autograd.h"  // NoGradGuard
 #include "engine/kernels.h"   // fill, accumulate_and_watch, increment
+#include "engine/parallel.h"  // set_cpu_threads, cpu_threads
+#include "ops/batch.h"        // noise_batch, gather_batch
 #include "ops/fused_step.h"   // fused_cross_entropy_step, fused_distill_step
 #include "ops/gemm.h"         // gemm::forward, backward_input, backward_weight, mask_shape
 #include "ops/loss.h"         // cross_entropy, distill_kl, kl_div
@@ -517,6 +520,65 @@ TEST(FusedStep, BadShapesAreShapeErrors) {
   EXPECT_THROW(fused_distill_step(x, students, other, {3, 6}, 1.0), ShapeError);  // other sizes
   const MlpParams two = random_mlp(sizes, 2, 9);
   EXPECT_THROW(fused_distill_step(x, students, two, {3, 6}, 0.0), ShapeError);  // temperature
+}
+
+// ---- The CPU's loops on several threads (engine/parallel.h) -------------------------------------
+
+// The loops parallel_for splits — noise, the batch gather, the bias/ReLU epilogue, the ReLU
+// gradient gate and Adam — give the same bits on 1, 2 and 3 threads. Sizes are large enough
+// to be split, with odd widths so the ranges do not fall on round numbers.
+TEST(CpuThreads, SplitLoopsGiveTheSameBitsOnAnyNumberOfThreads) {
+  const int threads_before = cpu_threads();
+  auto run_all = [] {
+    std::vector<std::vector<float>> out;
+    const Tensor step = Tensor::from_vector(std::vector<int64_t>{1}, {1});
+    for (NoiseDistribution d : {NoiseDistribution::uniform, NoiseDistribution::gaussian}) {
+      Tensor x = Tensor::empty({2, 70, 786}, DType::f32);
+      noise_batch(99, 5, Tensor(), step, 70, 0, d, x);
+      out.push_back(x.to_vector<float>());
+    }
+    {
+      constexpr int64_t S = 200, P = 783;
+      std::vector<uint8_t> pixels(static_cast<size_t>(S * P)), labels(static_cast<size_t>(S));
+      for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = uint8_t(i * 2654435761u >> 24);
+      for (size_t i = 0; i < labels.size(); ++i) labels[i] = uint8_t(i % 10);
+      std::vector<int32_t> order(size_t(2 * S));
+      for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t((i * 37) % S);
+      Tensor x = Tensor::empty({2, 90, P}, DType::f32), y = Tensor::empty({2, 90}, DType::i32);
+      gather_batch(Tensor::from_vector(pixels, {S, P}), Tensor::from_vector(labels, {S}),
+                   Tensor::from_vector(order, {2, S}), step, 90, x, y);
+      out.push_back(x.to_vector<float>());
+    }
+    {
+      Tensor y = test::random_f32({2, 300, 131}, 7), bias = test::random_f32({2, 131}, 8);
+      Tensor mask = Tensor::empty(gemm::mask_shape(2, 300, 131), DType::u8);
+      gemm::bias_activation(y, bias, gemm::Activation::relu, mask);
+      Tensor dx = test::random_f32({2, 300, 131}, 9);
+      gemm::apply_relu_mask(dx, mask);
+      out.push_back(y.to_vector<float>());
+      out.push_back(dx.to_vector<float>());
+    }
+    {
+      Tensor p = test::random_f32({100003}, 10), g = test::random_f32({100003}, 11);
+      Adam adam(p, g, AdamOptions{});
+      for (int t = 0; t < 3; ++t) adam.step();
+      out.push_back(p.to_vector<float>());
+    }
+    return out;
+  };
+  set_cpu_threads(1);
+  const std::vector<std::vector<float>> one = run_all();
+  for (int threads : {2, 3}) {
+    set_cpu_threads(threads);
+    const std::vector<std::vector<float>> many = run_all();
+    ASSERT_EQ(many.size(), one.size());
+    for (size_t k = 0; k < one.size(); ++k) {
+      ASSERT_EQ(many[k].size(), one[k].size());
+      EXPECT_EQ(0, std::memcmp(many[k].data(), one[k].data(), one[k].size() * sizeof(float)))
+          << "loop " << k << " differs on " << threads << " threads";
+    }
+  }
+  set_cpu_threads(threads_before);
 }
 
 }  // namespace subliminal_fused_test

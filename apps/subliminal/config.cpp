@@ -152,7 +152,7 @@ const std::vector<ValueFlag>& value_flags() {
        [](Config& c, auto& k, auto& v) { c.eval_every_epoch = parse_bool(k, v); }},
       {"train-samples", "Use only the first N training images (default 0: all 60000) — for quick runs",
        [](Config& c, auto& k, auto& v) { c.train_samples = parse_int(k, v, 0, INT32_MAX); }},
-      {"threads", "CPU threads for BLAS (0: all hardware threads)",
+      {"threads", "CPU threads for BLAS and the engine's own loops (0: all hardware threads)",
        [](Config& c, auto& k, auto& v) { c.threads = int(parse_int(k, v, 0, 1024)); }},
       {"fusion", "How the MLP sits on the autograd tape: whole | per_layer | none",
        [](Config& c, auto& k, auto& v) {

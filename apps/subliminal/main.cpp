@@ -18,6 +18,7 @@
 #include "apps/subliminal/report.h"
 #include "apps/subliminal/sweep.h"
 #include "data/mnist.h"
+#include "engine/parallel.h"
 #include "engine/safetensors.h"
 #include "ops/cpu/gemm_cpu.h"
 
@@ -75,8 +76,10 @@ int run(int argc, char** argv) {
     load_init(config.load_init_path, probe);
   }
   const Device device = resolve_device(config.device);
-  cpu::set_blas_threads(config.threads > 0 ? config.threads
-                                           : int(std::max(1u, std::thread::hardware_concurrency())));
+  const int cpu_threads =
+      config.threads > 0 ? config.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  cpu::set_blas_threads(cpu_threads);  // the GEMMs (OpenBLAS's pool)
+  set_cpu_threads(cpu_threads);        // the engine's own loops between them (engine/parallel.h)
   flush_denormals_on_this_thread();
 
   const std::filesystem::path dir = data::locate_mnist(config.data_dir);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "engine/parallel.h"
 #include "engine/simd.h"
 
 namespace subliminal::cpu {
@@ -27,63 +28,74 @@ void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int
 
 int64_t mask_row_bytes(int64_t features) { return (features + 127) / 128 * 16; }
 
+// The fewest rows of `features` worth handing to another thread.
+int64_t rows_per_thread(int64_t features) { return std::max<int64_t>(1, kMinParallelElements / features); }
+
 }  // namespace
 
-// The loops below are written to vectorise: one pass per job, no read-modify-write of
+// The loops below are written to vectorise: one pass per row, no read-modify-write of
 // mask bytes (each byte is assembled in a register from 8 comparisons, then stored once).
 
+// One row of y (features) gets its bias and ReLU, and its mask bits (row_bytes) when relu.
 template <class T>
-SUBLIMINAL_HOT_LOOP void bias_activation(T* y, const T* bias, bool relu, uint8_t* mask, int64_t models,
-                                         int64_t batch, int64_t features) {
-  const int64_t row_bytes = mask_row_bytes(features);
-  for (int64_t n = 0; n < models; ++n) {
-    const T* __restrict b = bias ? bias + n * features : nullptr;
-    for (int64_t r = 0; r < batch; ++r) {
-      T* __restrict row = y + (n * batch + r) * features;
-      if (b && relu) {
-        // PyTorch's relu: x <= 0 → 0; a NaN stays NaN (x <= 0 is false), as in cuBLASLt's epilogue.
-        for (int64_t f = 0; f < features; ++f) row[f] = row[f] + b[f] <= T(0) ? T(0) : row[f] + b[f];
-      } else if (b) {
-        for (int64_t f = 0; f < features; ++f) row[f] += b[f];
-      } else if (relu) {
-        for (int64_t f = 0; f < features; ++f) row[f] = row[f] <= T(0) ? T(0) : row[f];
-      }
-      if (!relu) continue;
-      // The mask is PyTorch's threshold_backward gate: the gradient passes unless the output is
-      // <= 0, so a NaN passes (bit 1) and an exact 0 does not (bit 0). (cuBLASLt's epilogue
-      // sets the bit at an exact 0 too — the one place the fused GPU path differs; docs/CUDNN.md.)
-      uint8_t* __restrict bits = mask + (n * batch + r) * row_bytes;
-      const int64_t full_bytes = features / 8;
-      for (int64_t j = 0; j < full_bytes; ++j) {
-        uint8_t byte = 0;
-        for (int t = 0; t < 8; ++t) byte |= uint8_t(!(row[8 * j + t] <= T(0))) << t;
-        bits[j] = byte;
-      }
-      for (int64_t j = full_bytes; j < row_bytes; ++j) {
-        uint8_t byte = 0;
-        for (int t = 0; t < 8 && 8 * j + t < features; ++t) byte |= uint8_t(!(row[8 * j + t] <= T(0))) << t;
-        bits[j] = byte;
-      }
-    }
+SUBLIMINAL_HOT_LOOP void bias_activation_row(T* __restrict row, const T* __restrict b, bool relu,
+                                             uint8_t* __restrict bits, int64_t features) {
+  if (b && relu) {
+    // PyTorch's relu: x <= 0 → 0; a NaN stays NaN (x <= 0 is false), as in cuBLASLt's epilogue.
+    for (int64_t f = 0; f < features; ++f) row[f] = row[f] + b[f] <= T(0) ? T(0) : row[f] + b[f];
+  } else if (b) {
+    for (int64_t f = 0; f < features; ++f) row[f] += b[f];
+  } else if (relu) {
+    for (int64_t f = 0; f < features; ++f) row[f] = row[f] <= T(0) ? T(0) : row[f];
+  }
+  if (!relu) return;
+  // The mask is PyTorch's threshold_backward gate: the gradient passes unless the output is
+  // <= 0, so a NaN passes (bit 1) and an exact 0 does not (bit 0). (cuBLASLt's epilogue
+  // sets the bit at an exact 0 too — the one place the fused GPU path differs; docs/CUDNN.md.)
+  const int64_t full_bytes = features / 8, row_bytes = mask_row_bytes(features);
+  for (int64_t j = 0; j < full_bytes; ++j) {
+    uint8_t byte = 0;
+    for (int t = 0; t < 8; ++t) byte |= uint8_t(!(row[8 * j + t] <= T(0))) << t;
+    bits[j] = byte;
+  }
+  for (int64_t j = full_bytes; j < row_bytes; ++j) {
+    uint8_t byte = 0;
+    for (int t = 0; t < 8 && 8 * j + t < features; ++t) byte |= uint8_t(!(row[8 * j + t] <= T(0))) << t;
+    bits[j] = byte;
   }
 }
 
+// Rows split across the CPU's threads (engine/parallel.h): each row is computed alone.
 template <class T>
-SUBLIMINAL_HOT_LOOP void apply_relu_mask(T* dx, const uint8_t* mask, int64_t models, int64_t batch,
-                                         int64_t features) {
+void bias_activation(T* y, const T* bias, bool relu, uint8_t* mask, int64_t models, int64_t batch,
+                     int64_t features) {
   const int64_t row_bytes = mask_row_bytes(features);
-  for (int64_t r = 0; r < models * batch; ++r) {
-    T* __restrict row = dx + r * features;
-    const uint8_t* __restrict bits = mask + r * row_bytes;
-    // Byte by byte, 8 features per byte: the inner loop has a constant trip count and vectorises.
-    const int64_t full_bytes = features / 8;
-    for (int64_t j = 0; j < full_bytes; ++j) {
-      const unsigned byte = bits[j];
-      for (int t = 0; t < 8; ++t) row[8 * j + t] = (byte >> t) & 1u ? row[8 * j + t] : T(0);
-    }
-    for (int64_t f = 8 * full_bytes; f < features; ++f)
-      row[f] = (bits[f >> 3] >> (f & 7)) & 1 ? row[f] : T(0);
+  parallel_for(models * batch, rows_per_thread(features), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      bias_activation_row(y + r * features, bias ? bias + r / batch * features : nullptr, relu,
+                          relu ? mask + r * row_bytes : nullptr, features);
+  });
+}
+
+template <class T>
+SUBLIMINAL_HOT_LOOP void apply_relu_mask_row(T* __restrict row, const uint8_t* __restrict bits,
+                                             int64_t features) {
+  // Byte by byte, 8 features per byte: the inner loop has a constant trip count and vectorises.
+  const int64_t full_bytes = features / 8;
+  for (int64_t j = 0; j < full_bytes; ++j) {
+    const unsigned byte = bits[j];
+    for (int t = 0; t < 8; ++t) row[8 * j + t] = (byte >> t) & 1u ? row[8 * j + t] : T(0);
   }
+  for (int64_t f = 8 * full_bytes; f < features; ++f) row[f] = (bits[f >> 3] >> (f & 7)) & 1 ? row[f] : T(0);
+}
+
+template <class T>
+void apply_relu_mask(T* dx, const uint8_t* mask, int64_t models, int64_t batch, int64_t features) {
+  const int64_t row_bytes = mask_row_bytes(features);
+  parallel_for(models * batch, rows_per_thread(features), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      apply_relu_mask_row(dx + r * features, mask + r * row_bytes, features);
+  });
 }
 
 template <class T>

@@ -1,0 +1,43 @@
+// engine/parallel.h — the CPU backend's own loops on every core.
+//
+// OpenBLAS runs the GEMMs on all cores, but the loops between them — Adam over the arena,
+// the GEMM epilogues, the noise — ran on the calling thread alone while the other cores
+// waited for the next GEMM. parallel_for splits such a loop into contiguous ranges, one per
+// thread of a small pool, and returns when all are done.
+//
+// Same bits for any number of threads: a range runs exactly the code the whole loop would
+// (each element is computed alone, with no sum across the split), and the workers take the
+// caller's floating-point control word (its flush-to-zero setting, engine/device.h).
+//
+//   parallel_for(n, grain, [&](int64_t begin, int64_t end) { for (i = begin; i < end; ++i) … });
+//
+// grain: the fewest elements worth a thread (waking one costs microseconds). A parallel_for
+// inside another, or from a second thread while one runs, runs its loop on the caller.
+#pragma once
+
+#include <cstdint>
+
+namespace subliminal {
+
+// How many threads parallel_for uses, the caller included (≥ 1; 1: no pool). The default is
+// the hardware's threads; the app sets it with its --threads, as it does OpenBLAS's.
+void set_cpu_threads(int threads);
+int cpu_threads();
+
+// A loop over fewer elements than this (of simple arithmetic: a few µs) runs on the caller
+// alone; waking a thread would cost about as much as it saves.
+inline constexpr int64_t kMinParallelElements = 32768;
+
+namespace detail {
+using RangeBody = void (*)(const void* body, int64_t begin, int64_t end);
+void run_parallel(int64_t n, int64_t grain, const void* body, RangeBody call);
+}  // namespace detail
+
+template <class Body>
+void parallel_for(int64_t n, int64_t grain, const Body& body) {
+  detail::run_parallel(n, grain, &body, [](const void* b, int64_t begin, int64_t end) {
+    (*static_cast<const Body*>(b))(begin, end);
+  });
+}
+
+}  // namespace subliminal
