@@ -13,6 +13,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -43,14 +44,14 @@ thread_local bool inside_parallel_for = false;
 class Pool {
  public:
   explicit Pool(int threads) {
-    for (int w = 1; w < threads; ++w) workers_.emplace_back([this, w] { work(w); });
+    try {
+      for (int w = 1; w < threads; ++w) workers_.emplace_back([this, w] { work(w); });
+    } catch (...) {  // a thread could not be started: stop those that were, then report it
+      stop();
+      throw;
+    }
   }
-  ~Pool() {
-    stop_ = true;
-    generation_.fetch_add(1, std::memory_order_release);
-    generation_.notify_all();
-    for (std::thread& t : workers_) t.join();
-  }
+  ~Pool() { stop(); }
   int threads() const { return int(workers_.size()) + 1; }
 
   // Runs body over [0, n) in `parts` ranges (parts ≤ threads()), range 0 on the caller.
@@ -79,6 +80,14 @@ class Pool {
   }
 
  private:
+  void stop() {
+    stop_ = true;
+    generation_.fetch_add(1, std::memory_order_release);
+    generation_.notify_all();
+    for (std::thread& t : workers_) t.join();
+    workers_.clear();
+  }
+
   void run_range(int part) const {
     const int64_t begin = n_ * part / parts_, end = n_ * (part + 1) / parts_;
     if (begin < end) call_(body_, begin, end);
@@ -163,7 +172,15 @@ void run_parallel(int64_t n, int64_t grain, const void* body, RangeBody call) {
     call(body, 0, n);
     return;
   }
-  if (!pool) pool = std::make_unique<Pool>(threads);
+  if (!pool) {
+    try {
+      pool = std::make_unique<Pool>(threads);
+    } catch (const std::system_error&) {  // no threads to be had: the caller runs the loop
+      lock.unlock();
+      call(body, 0, n);
+      return;
+    }
+  }
   inside_parallel_for = true;
   struct Leave {
     ~Leave() { inside_parallel_for = false; }
