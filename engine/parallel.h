@@ -28,6 +28,12 @@ int cpu_threads();
 // alone; waking a thread would cost about as much as it saves.
 inline constexpr int64_t kMinParallelElements = 32768;
 
+// The grain for a loop over items (rows, images) of `elements_per_item` such elements each.
+inline int64_t items_per_thread(int64_t elements_per_item) {
+  if (elements_per_item >= kMinParallelElements) return 1;
+  return kMinParallelElements / (elements_per_item > 0 ? elements_per_item : 1);
+}
+
 namespace detail {
 using RangeBody = void (*)(const void* body, int64_t begin, int64_t end);
 void run_parallel(int64_t n, int64_t grain, const void* body, RangeBody call);

@@ -1,7 +1,6 @@
 // ops/cpu/batch_cpu.cpp — batch gathering and noise on the host.
 #include "ops/cpu/batch_cpu.h"
 
-#include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <vector>
@@ -22,15 +21,15 @@ static SUBLIMINAL_HOT_LOOP void normalise_image(const uint8_t* __restrict src, f
 // are split across the CPU's threads.
 void gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* order, int64_t first,
                   int64_t models, int64_t batch, int64_t pixels, int64_t samples, float* x, int32_t* y) {
-  parallel_for(models * batch, std::max<int64_t>(1, kMinParallelElements / pixels),
-               [&](int64_t begin, int64_t end) {
-                 for (int64_t row = begin; row < end; ++row) {
-                   const int64_t n = row / batch, b = row % batch;
-                   const int64_t i = order[n * samples + first + b];
-                   normalise_image(images + i * pixels, x + row * pixels, pixels);
-                   y[row] = labels[i];
-                 }
-               });
+  auto gather_rows = [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / batch, b = row % batch;
+      const int64_t i = order[n * samples + first + b];
+      normalise_image(images + i * pixels, x + row * pixels, pixels);
+      y[row] = labels[i];
+    }
+  };
+  parallel_for(models * batch, items_per_thread(pixels), gather_rows);
 }
 
 void gaussian_pair(uint32_t w1, uint32_t w2, float out[2]) {
@@ -60,24 +59,24 @@ static SUBLIMINAL_HOT_LOOP void map_noise(const uint32_t* words, int64_t pixels,
 void noise_batch(uint64_t seed, uint64_t stream, const int32_t* order, int64_t first, int64_t models,
                  int64_t sources, int64_t batch, int64_t pixels, int64_t samples, bool gaussian, float* x) {
   const int64_t stride = pixels + (pixels & 1);  // positions per image: even, so pairs stay inside it
-  // Rows (model, sample) split across the CPU's threads; Philox costs more per pixel than the
-  // other loops, hence the smaller grain.
-  parallel_for(models * batch, std::max<int64_t>(1, kMinParallelElements / 4 / stride),
-               [&](int64_t begin, int64_t end) {
-                 // An image's positions may start inside a Philox block (when stride % 4 == 2), and its
-                 // words are whole blocks: up to 3 words before it and 3 after. One buffer per thread,
-                 // kept: a step allocates nothing once it has run.
-                 thread_local std::vector<uint32_t> words;
-                 if (words.size() < size_t(stride + 8)) words.resize(size_t(stride + 8));
-                 for (int64_t row = begin; row < end; ++row) {
-                   const int64_t n = row / batch, b = row % batch, source = n % sources;
-                   const int64_t image = order ? order[source * samples + first + b] : first + b;
-                   const uint64_t position = uint64_t(image) * uint64_t(stride);
-                   const int64_t skip = int64_t(position % 4), blocks = (skip + stride + 3) / 4;
-                   philox::fill_words(seed + uint64_t(source), stream, position / 4, blocks, words.data());
-                   map_noise(words.data() + skip, pixels, gaussian, x + row * pixels);
-                 }
-               });
+  auto noise_rows = [&](int64_t begin, int64_t end) {
+    // An image's positions may start inside a Philox block (when stride % 4 == 2), and its
+    // words are whole blocks: up to 3 words before it and 3 after. One buffer per thread,
+    // kept: a step allocates nothing once it has run.
+    thread_local std::vector<uint32_t> words;
+    if (words.size() < size_t(stride + 8)) words.resize(size_t(stride + 8));
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / batch, b = row % batch, source = n % sources;
+      const int64_t image = order ? order[source * samples + first + b] : first + b;
+      const uint64_t position = uint64_t(image) * uint64_t(stride);
+      const int64_t skip = int64_t(position % 4), blocks = (skip + stride + 3) / 4;
+      philox::fill_words(seed + uint64_t(source), stream, position / 4, blocks, words.data());
+      map_noise(words.data() + skip, pixels, gaussian, x + row * pixels);
+    }
+  };
+  // Rows split across the CPU's threads; a pixel of Philox costs about four of the other loops'
+  // elements, hence the smaller grain.
+  parallel_for(models * batch, items_per_thread(4 * stride), noise_rows);
 }
 
 }  // namespace subliminal::cpu

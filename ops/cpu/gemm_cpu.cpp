@@ -28,8 +28,6 @@ void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int
 
 int64_t mask_row_bytes(int64_t features) { return (features + 127) / 128 * 16; }
 
-// The fewest rows of `features` worth handing to another thread.
-int64_t rows_per_thread(int64_t features) { return std::max<int64_t>(1, kMinParallelElements / features); }
 
 }  // namespace
 
@@ -70,7 +68,7 @@ template <class T>
 void bias_activation(T* y, const T* bias, bool relu, uint8_t* mask, int64_t models, int64_t batch,
                      int64_t features) {
   const int64_t row_bytes = mask_row_bytes(features);
-  parallel_for(models * batch, rows_per_thread(features), [&](int64_t begin, int64_t end) {
+  parallel_for(models * batch, items_per_thread(features), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
       bias_activation_row(y + r * features, bias ? bias + r / batch * features : nullptr, relu,
                           relu ? mask + r * row_bytes : nullptr, features);
@@ -92,7 +90,7 @@ SUBLIMINAL_HOT_LOOP void apply_relu_mask_row(T* __restrict row, const uint8_t* _
 template <class T>
 void apply_relu_mask(T* dx, const uint8_t* mask, int64_t models, int64_t batch, int64_t features) {
   const int64_t row_bytes = mask_row_bytes(features);
-  parallel_for(models * batch, rows_per_thread(features), [&](int64_t begin, int64_t end) {
+  parallel_for(models * batch, items_per_thread(features), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
       apply_relu_mask_row(dx + r * features, mask + r * row_bytes, features);
   });
