@@ -10,7 +10,7 @@
 #   scripts/gpu_check.sh --quick      build the app and the GPU tests, run those tests in one
 #                                     process, the default experiment (graphs on and off) and parity
 #   scripts/gpu_check.sh --only a,b   only these stages of the full check (after the build), from:
-#                                     tests experiments paper latency layers cudnn unfused parity bench
+#                                     tests experiments paper latency cluster layers cudnn unfused parity bench
 #                                     profile stalls memcheck racecheck   (these four: only when
 #                                     asked, or memcheck/racecheck with --sanitize)
 #   scripts/gpu_check.sh --baseline DIR
@@ -31,7 +31,7 @@ sanitize=0
 quick=0
 only=""
 baseline=""
-stages="tests experiments paper latency layers cudnn unfused parity bench profile stalls memcheck racecheck"
+stages="tests experiments paper latency cluster layers cudnn unfused parity bench profile stalls memcheck racecheck"
 while [ $# -gt 0 ]; do
   case "$1" in
     --sanitize) sanitize=1 ;;
@@ -199,6 +199,14 @@ if want latency && time_left "latency benchmark"; then
   timeout 60 build-gpu/bench/bench_latency --json "$OUT/latency.json" > "$OUT/latency.log" 2>&1
   say "bench_latency: exit $?"
   tee -a "$summary" < "$OUT/latency.log"
+fi
+# What the cluster design of docs/PERFORMANCE.md would cost here (bench/cluster.cu): cluster
+# barriers, distributed shared memory, the reduce-scatter's L2 passes, an SM's arithmetic.
+if want cluster && time_left "cluster benchmark"; then
+  stage "cluster benchmark"
+  timeout 60 build-gpu/bench/bench_cluster --json "$OUT/cluster.json" > "$OUT/cluster.log" 2>&1
+  say "bench_cluster: exit $?"
+  tee -a "$summary" < "$OUT/cluster.log"
 fi
 if want layers && time_left "layer benchmark"; then
   stage "layer benchmark"
