@@ -163,6 +163,18 @@ if [ "$quick" = 1 ] || want experiments; then
   stage "experiments"
   run_app default --device cuda
   run_app fused --device cuda --step fused
+  # The last-item fix-up instead of bands: the same sums in the same order, so the same bits —
+  # and the way to keep going should the band fix-up misbehave on this GPU.
+  run_app fused_last --device cuda --step fused --fused-split 8,2,last
+  if [ -f "$OUT/fused.json" ] && [ -f "$OUT/fused_last.json" ]; then
+    python3 - "$OUT/fused.json" "$OUT/fused_last.json" <<'PY' | tee -a "$summary"
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:3])
+keys = [k for k in a if isinstance(a[k], dict) and "per_model" in a[k]]
+same = all(a[k]["per_model"] == b.get(k, {}).get("per_model") for k in keys)
+print("fused step, bands vs last-item fix-up: " + ("same accuracies to the digit" if same else "ACCURACIES DIFFER"))
+PY
+  fi
   run_app tiled --device cuda --gemm tiled
   run_app no_graphs --device cuda --no-graphs
 fi

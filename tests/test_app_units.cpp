@@ -64,6 +64,18 @@ TEST(Presets, PaperSetsThePaperScriptsValuesAndFlagsOverrideThem) {
 }
 
 // The paper's arms: six, in its order; the notebook's: student and control.
+// --fused-split reaches the config (and the report's form of it); the default is the step's.
+TEST(FusedSplit, FlagSetsThePolicyAndPrintsBack) {
+  const Config defaults = parse({});
+  EXPECT_EQ(defaults.fused_split(), "8,2,bands");
+  const Config c = parse({"--fused-split", "4,1,last"});
+  EXPECT_EQ(c.fused_max_splits, 4);
+  EXPECT_EQ(c.fused_min_chunks, 1);
+  EXPECT_FALSE(c.fused_band_fixup);
+  EXPECT_EQ(c.fused_split(), "4,1,last");
+  EXPECT_EQ(parse({"--fused-split", "16,64,bands"}).fused_split(), "16,64,bands");
+}
+
 TEST(Presets, ArmsOfEachPreset) {
   std::vector<std::string> keys;
   for (const ArmSpec& a : student_arms(parse({"--preset", "paper"}))) keys.push_back(a.key);

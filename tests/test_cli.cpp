@@ -62,6 +62,13 @@ TEST(Cli, EveryBadFlagIsExitCodeTwoWithOneLineNamingIt) {
       {{"--noise", "pink"}, "--noise"},
       {{"--gemm", "cublas"}, "--gemm"},
       {{"--step", "eager"}, "--step"},
+      {{"--fused-split", "0,2,bands"}, "--fused-split"},
+      {{"--fused-split", "17,2,bands"}, "--fused-split"},
+      {{"--fused-split", "8,0,last"}, "--fused-split"},
+      {{"--fused-split", "8,2"}, "--fused-split"},
+      {{"--fused-split", "8,2,middle"}, "--fused-split"},
+      {{"--fused-split", "8x,2,bands"}, "--fused-split"},
+      {{"--fused-split", "8,2,bands,1"}, "--fused-split"},
       {{"--lr"}, "--lr"},  // a value flag without its value
   };
   for (const auto& [args, flag] : cases) expect_usage_error(args, flag);

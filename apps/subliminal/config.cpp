@@ -51,6 +51,26 @@ double parse_number(const std::string& key, const std::string& value, bool posit
   return v;
 }
 
+// S,C,bands|last (most slices, fewest chunks a slice, how a split tile is finished), e.g. 8,2,bands.
+void parse_fused_split(Config& c, const std::string& key, const std::string& value) {
+  const std::string expected = "S,C,bands|last with S (most slices) 1-16 and C (fewest chunks) 1-64";
+  const size_t first = value.find(','),
+               second = first == std::string::npos ? first : value.find(',', first + 1);
+  if (second == std::string::npos) bad_value(key, expected, value);
+  const std::string splits = value.substr(0, first), chunks = value.substr(first + 1, second - first - 1),
+                    fixup = value.substr(second + 1);
+  int64_t s = 0, m = 0;
+  const auto [s_end, s_error] = std::from_chars(splits.data(), splits.data() + splits.size(), s);
+  const auto [m_end, m_error] = std::from_chars(chunks.data(), chunks.data() + chunks.size(), m);
+  if (s_error != std::errc() || s_end != splits.data() + splits.size() || s < 1 || s > 16 ||
+      m_error != std::errc() || m_end != chunks.data() + chunks.size() || m < 1 || m > 64 ||
+      (fixup != "bands" && fixup != "last"))
+    bad_value(key, expected, value);
+  c.fused_max_splits = int(s);
+  c.fused_min_chunks = int(m);
+  c.fused_band_fixup = fixup == "bands";
+}
+
 std::vector<int64_t> parse_sizes(const std::string& key, const std::string& value) {
   std::vector<int64_t> sizes;
   size_t start = 0;
@@ -172,6 +192,11 @@ const std::vector<ValueFlag>& value_flags() {
          parse_choice<int>(k, v, {{"auto", 0}, {"autograd", 1}, {"fused", 2}});
          c.step = v;
        }},
+      {"fused-split",
+       "How the GPU's fused step splits K: S,C,bands|last — at most S (1-16) slices of at least C (1-64) "
+       "16-wide chunks, a split tile finished in bands by all of its items or by the last one (default "
+       "8,2,bands)",
+       [](Config& c, auto& k, auto& v) { parse_fused_split(c, k, v); }},
       {"json", "Write the run's report (config, per-epoch metrics, accuracies, timings) to this JSON file",
        [](Config& c, auto&, auto& v) { c.json_path = v; }},
       {"save", "Save the final teacher and students to this safetensors file",
@@ -192,10 +217,19 @@ const std::vector<ValueFlag>& value_flags() {
 
 // The placeholder --help shows for a flag's value.
 const char* value_type(const std::string& key) {
-  static const std::map<std::string, const char*> types = {
-      {"data", "DIR"},       {"json", "FILE"},         {"save", "FILE"},        {"save-init", "FILE"},
-      {"load-init", "FILE"}, {"parity-batch", "FILE"}, {"sweep-out", "PREFIX"}, {"hidden", "W1,W2,..."},
-      {"lr", "X"},           {"temperature", "X"},     {"weight-decay", "X"},   {"init-perturb", "SIGMA"}};
+  static const std::map<std::string, const char*> types = {{"data", "DIR"},
+                                                           {"json", "FILE"},
+                                                           {"save", "FILE"},
+                                                           {"save-init", "FILE"},
+                                                           {"load-init", "FILE"},
+                                                           {"parity-batch", "FILE"},
+                                                           {"sweep-out", "PREFIX"},
+                                                           {"hidden", "W1,W2,..."},
+                                                           {"lr", "X"},
+                                                           {"temperature", "X"},
+                                                           {"weight-decay", "X"},
+                                                           {"init-perturb", "SIGMA"},
+                                                           {"fused-split", "S,C,FIXUP"}};
   auto it = types.find(key);
   if (it != types.end()) return it->second;
   static const std::set<std::string> choices = {"device",           "init",       "noise",
@@ -226,6 +260,11 @@ MlpShape Config::mlp_shape() const {
   s.sizes.insert(s.sizes.end(), hidden.begin(), hidden.end());
   s.sizes.push_back(outputs());
   return s;
+}
+
+std::string Config::fused_split() const {
+  return std::to_string(fused_max_splits) + "," + std::to_string(fused_min_chunks) + "," +
+         (fused_band_fixup ? "bands" : "last");
 }
 
 void set_config_value(Config& config, const std::string& key, const std::string& value) {

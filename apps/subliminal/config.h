@@ -52,6 +52,12 @@ struct Config {
   MlpFusion fusion = MlpFusion::whole;
   std::string gemm_engine = "cublaslt";  // cublaslt | cudnn | tiled
   std::string step = "auto";             // auto | autograd | fused (GPU: a training step in one kernel)
+  // How the GPU's fused step splits K (cuda::FusedSplitPolicy): at most this many slices of at
+  // least this many 16-wide chunks, a split tile finished in bands by all of its items or by
+  // the last one. bench/layers.cpp sweeps them; the flag lets a whole run take another.
+  int fused_max_splits = 8;
+  int fused_min_chunks = 2;
+  bool fused_band_fixup = true;
 
   std::string json_path;
   std::string save_path;       // final teacher + students (safetensors)
@@ -68,6 +74,7 @@ struct Config {
   int64_t classes() const { return 10; }
   int64_t outputs() const { return classes() + ghosts; }
   MlpShape mlp_shape() const;
+  std::string fused_split() const;  // "8,2,bands": --fused-split's form
 };
 
 // The result of reading the command line: a config, or the help text to print.

@@ -31,6 +31,7 @@
 
 #ifdef SUBLIMINAL_HAS_CUDA
 #include "engine/cuda/runtime.h"
+#include "ops/cuda/fused_step_cuda.h"  // fused_step_split_policy
 #endif
 
 namespace subliminal::app {
@@ -426,6 +427,9 @@ void apply_gemm_settings(const Config& config) {
   // --fusion none is the reference: no fused epilogues either, every bias, ReLU and bias
   // gradient its own kernel.
   gemm::settings().fuse_epilogues = config.fusion != MlpFusion::none;
+#ifdef SUBLIMINAL_HAS_CUDA
+  cuda::fused_step_split_policy({config.fused_max_splits, config.fused_min_chunks, config.fused_band_fixup});
+#endif
 }
 
 Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer) {

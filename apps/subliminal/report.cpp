@@ -161,7 +161,8 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
       {"cuda_graphs", c.graphs},
       {"fusion", fusion_name(c.fusion)},
       {"gemm", c.gemm_engine},
-      {"step", c.step}};
+      {"step", c.step},
+      {"fused_split", c.fused_split()}};
   j["device"] = {{"kind", device_name(device)}, {"name", results.device}};
   if (device == Device::cpu) {
     j["device"]["blas_threads"] = cpu::blas_threads();
