@@ -29,11 +29,11 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "bench/bench_main.h"
 #include "bench/timing.h"
 #include "engine/cuda/check.h"
 #include "engine/cuda/runtime.h"
@@ -319,29 +319,8 @@ void measure_sm_gemm(Report& r, int sms, const std::string& what) {
 using namespace subliminal;
 
 int main(int argc, char** argv) {
-  std::string json_path;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--json" && i + 1 < argc) {
-      json_path = argv[++i];
-    } else {
-      std::fprintf(stderr, "usage: bench_cluster [--json FILE]\n");
-      return 2;
-    }
-  }
-  std::string why;
-  if (!cuda_available(&why)) {
-    std::fprintf(stderr, "bench_cluster: no usable CUDA GPU (%s)\n", why.c_str());
-    return 2;
-  }
-  std::ofstream json_file;
-  if (!json_path.empty()) {  // opened first: a bad path should not cost the measurements
-    json_file.open(json_path);
-    if (!json_file) {
-      std::fprintf(stderr, "bench_cluster: --json: cannot write %s\n", json_path.c_str());
-      return 2;
-    }
-  }
+  bench::BenchArgs args;
+  if (const int code = bench::parse_bench_args("bench_cluster", argc, argv, args)) return code;
   try {
     const cudaDeviceProp& props = subliminal::cuda::Runtime::get().properties();
     const std::string gpu = device_description(Device::cuda);
@@ -373,7 +352,7 @@ int main(int argc, char** argv) {
       measure_sm_gemm<32, 784, 16, 1>(r, sms, "layer 0 weight gradient on one SM: 32 × 784, K = 16");
     });
     json["rows"] = r.rows;
-    if (json_file.is_open()) json_file << json.dump(2) << "\n";
+    if (args.json.is_open()) args.json << json.dump(2) << "\n";
     return failures == 0 ? 0 : 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cluster: %s\n", e.what());

@@ -36,13 +36,13 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "bench/bench_main.h"
 #include "bench/timing.h"
 #include "engine/cuda/check.h"
 #include "engine/cuda/runtime.h"
@@ -440,29 +440,8 @@ void measure_tiles(Report& r, int sms) {
 using namespace subliminal;
 
 int main(int argc, char** argv) {
-  std::string json_path;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--json" && i + 1 < argc) {
-      json_path = argv[++i];
-    } else {
-      std::fprintf(stderr, "usage: bench_latency [--json FILE]\n");
-      return 2;
-    }
-  }
-  std::string why;
-  if (!cuda_available(&why)) {
-    std::fprintf(stderr, "bench_latency: no usable CUDA GPU (%s)\n", why.c_str());
-    return 2;
-  }
-  std::ofstream json_file;
-  if (!json_path.empty()) {  // opened first: a bad path should not cost the measurements
-    json_file.open(json_path);
-    if (!json_file) {
-      std::fprintf(stderr, "bench_latency: --json: cannot write %s\n", json_path.c_str());
-      return 2;
-    }
-  }
+  bench::BenchArgs args;
+  if (const int code = bench::parse_bench_args("bench_latency", argc, argv, args)) return code;
   try {
     const std::string gpu = device_description(Device::cuda);
     const int sms = subliminal::cuda::Runtime::get().properties().multiProcessorCount;
@@ -475,7 +454,7 @@ int main(int argc, char** argv) {
     measure_barriers(r, sms);
     measure_tiles(r, sms);
     json["rows"] = r.rows;
-    if (json_file.is_open()) json_file << json.dump(2) << "\n";
+    if (args.json.is_open()) args.json << json.dump(2) << "\n";
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_latency: %s\n", e.what());

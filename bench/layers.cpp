@@ -17,12 +17,12 @@
 // Times are CUDA-event medians over 7 blocks of 50 calls after a warm-up, in microseconds.
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "bench/bench_main.h"
 #include "bench/timing.h"
 #include "engine/adam.h"
 #include "engine/autograd.h"
@@ -223,24 +223,11 @@ nlohmann::json split_sweep(int64_t batch, int reps = 15) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string json_path;
+  bench::BenchArgs args;
   bool fused_only = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--json" && i + 1 < argc) {
-      json_path = argv[++i];
-    } else if (a == "--fused-only") {
-      fused_only = true;
-    } else {
-      std::fprintf(stderr, "usage: bench_layers [--json FILE] [--fused-only]\n");
-      return 2;
-    }
-  }
-  std::string why;
-  if (!cuda_available(&why)) {
-    std::fprintf(stderr, "bench_layers: no usable CUDA GPU (%s)\n", why.c_str());
-    return 2;
-  }
+  if (const int code =
+          bench::parse_bench_args("bench_layers", argc, argv, args, {{"--fused-only", &fused_only}}))
+    return code;
   try {
     const std::string gpu = device_description(Device::cuda);
     nlohmann::json out = {{"gpu", gpu}, {"rows", nlohmann::json::array()}};
@@ -313,7 +300,7 @@ int main(int argc, char** argv) {
     std::printf("cuBLASLt autotuning:\n%s", gemm::tuning_report().c_str());
     out["fallbacks"] = fallbacks;
     out["autotune"] = gemm::tuning_report();
-    if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
+    if (args.json.is_open()) args.json << out.dump(2) << "\n";
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_layers: %s\n", e.what());
