@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "bench/bench_main.h"
+#include "bench/global_timer.cuh"
 #include "bench/timing.h"
 #include "engine/cuda/check.h"
 #include "engine/cuda/runtime.h"
@@ -49,11 +50,8 @@ constexpr int kThreads = 256;
 constexpr int64_t kArena = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 13 + 13;  // the teacher's floats
 constexpr int kPartials = 16;                                                  // clusters in the design
 
-__device__ inline unsigned long long global_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
+using bench::global_ns;
+using bench::median;
 
 // ---- kernels ---------------------------------------------------------------------------------
 
@@ -191,11 +189,6 @@ std::vector<unsigned long long> to_host(const Tensor& t, size_t n) {
   return v;
 }
 unsigned long long* as_u64(const Tensor& t) { return static_cast<unsigned long long*>(t.raw()); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 struct Report {
   nlohmann::json rows = nlohmann::json::array();

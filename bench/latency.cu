@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "bench/bench_main.h"
+#include "bench/global_timer.cuh"
 #include "bench/timing.h"
 #include "engine/cuda/check.h"
 #include "engine/cuda/runtime.h"
@@ -59,11 +60,8 @@ namespace tile = cuda::tile;
 
 using DeviceAtomic = ::cuda::atomic_ref<unsigned, ::cuda::thread_scope_device>;
 
-__device__ inline unsigned long long global_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
+using bench::global_ns;
+using bench::median;
 __device__ inline unsigned sm_id() {
   unsigned id;
   asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
@@ -214,11 +212,6 @@ std::vector<T> to_host(const Tensor& t, size_t n) {
 
 // An 8-byte result buffer of n entries, zeroed.
 Tensor results(int64_t n) { return Tensor::zeros({n}, DType::i64, Device::cuda); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 struct Report {
   double ghz = 0;  // SM cycles per ns

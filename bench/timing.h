@@ -9,6 +9,12 @@
 
 namespace subliminal::bench {
 
+// The middle of a set of measurements (the upper one of an even count).
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
 // Median over `blocks` blocks of `reps` calls, in microseconds per call, after `warmup` calls
 // (plans, autotuning, cuDNN graph builds, first-touch of memory).
 inline double time_us(const std::function<void()>& call, int reps = 50, int blocks = 7, int warmup = 10) {
@@ -21,8 +27,7 @@ inline double time_us(const std::function<void()>& call, int reps = 50, int bloc
     timer.stop();
     per_call.push_back(1e6 * timer.seconds() / reps);
   }
-  std::sort(per_call.begin(), per_call.end());
-  return per_call[per_call.size() / 2];
+  return median(per_call);
 }
 
 }  // namespace subliminal::bench
