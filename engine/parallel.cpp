@@ -140,7 +140,10 @@ std::mutex pool_mutex;  // one job at a time; also guards `pool`
 std::unique_ptr<Pool> pool;
 int wanted_threads = 0;  // 0: not set, use the hardware's
 
-int hardware_threads() { return int(std::max(1u, std::thread::hardware_concurrency())); }
+// The threads a job may use: the set number, else the hardware's. Called under pool_mutex.
+int threads_now() {
+  return wanted_threads > 0 ? wanted_threads : int(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 }  // namespace
 
@@ -152,7 +155,7 @@ void set_cpu_threads(int threads) {
 
 int cpu_threads() {
   std::lock_guard<std::mutex> lock(pool_mutex);
-  return wanted_threads > 0 ? wanted_threads : hardware_threads();
+  return threads_now();
 }
 
 namespace detail {
@@ -166,7 +169,7 @@ void run_parallel(int64_t n, int64_t grain, const void* body, RangeBody call) {
     call(body, 0, n);
     return;
   }
-  const int threads = wanted_threads > 0 ? wanted_threads : hardware_threads();
+  const int threads = threads_now();
   if (threads < 2) {
     lock.unlock();
     call(body, 0, n);
