@@ -63,6 +63,16 @@ struct FusedTail {
 void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
                     const FusedLoss& loss, float* loss_out, const FusedTail* tail = nullptr);
 
+// The same step by row blocks in thread-block clusters (ops/cuda/cluster_step.cu): one
+// cluster of 8 blocks per row block of each trained model runs its rows' forward, loss and
+// backward with cluster barriers only, then a second kernel sums the row blocks' gradients and
+// does `tail`. The same arguments and results as fused_mlp_step, to float32 rounding (its sums
+// are split differently). Needs compute capability 9.0 (cluster_step_supported); throws
+// DeviceError on an older GPU.
+bool cluster_step_supported();
+void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
+                      const FusedLoss& loss, float* loss_out, const FusedTail* tail = nullptr);
+
 // Timing, for bench/layers.cpp: while on, each fused step records (with the GPU's global timer)
 // when block 0 starts each of its phases and when the first and the last block finish their
 // work in it; fused_step_phase_times() synchronises and returns the last step's phases. Turn it

@@ -1,0 +1,144 @@
+// ops/cuda/cluster_step.cu — a training step by row blocks in thread-block clusters: two
+// kernels (ops/cuda/cluster_program.cuh has the program, its device code and why).
+//
+// Kernel 1 runs one cluster of kClusterBlocks blocks (one per SM: each takes most of an SM's
+// shared memory) per row block of each trained model: forward, loss and backward for those
+// rows, with cluster barriers between the layers and no grid barrier. Kernel 2 sums the row
+// blocks' gradient partials and does the step's tail. Both go into a CUDA graph like the fused
+// step (the step allocates nothing: its buffers outlive it).
+//
+// Needs sm_90 (clusters). It is chosen with cuda::fused_step_design (the app's --step cluster)
+// and has not yet been timed on a GPU: docs/PERFORMANCE.md has the design and what it should
+// cost.
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <string>
+#include <vector>
+
+#include "engine/cuda/check.h"
+#include "engine/cuda/runtime.h"
+#include "engine/error.h"
+#include "ops/cuda/cluster_program.cuh"
+#include "ops/cuda/fused_step_cuda.h"
+#include "ops/cuda/grow_only_buffer.h"
+
+namespace subliminal::cuda {
+namespace {
+
+namespace cg = cooperative_groups;
+using cluster::Program;
+using cluster::ReduceProgram;
+
+static_assert(sizeof(Program) <= 4096, "the cluster step's program outgrew a kernel parameter");
+static_assert(sizeof(ReduceProgram) <= 4096, "the cluster step's reduction outgrew a kernel parameter");
+
+__global__ void __launch_bounds__(cluster::kThreads, 1)
+    cluster_rows_kernel(const __grid_constant__ Program p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ float4 dynamic_smem[];
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster::run_rows(p, reinterpret_cast<float*>(dynamic_smem), [&] { cluster.sync(); });
+#else
+  __trap();  // the host never launches it below sm_90 (cluster_step_supported)
+#endif
+}
+
+__global__ void __launch_bounds__(cluster::kThreads)
+    cluster_reduce_kernel(const __grid_constant__ ReduceProgram p) {
+  cluster::run_reduce(p);
+}
+
+GrowOnlyBuffer& scratch() {  // kernel 1's exchange buffers and gradient partials
+  static GrowOnlyBuffer* b = new GrowOnlyBuffer("cluster step: scratch", false);  // never destroyed
+  return *b;
+}
+
+// The machine as the planner sees it, and the kernel's shared memory limit raised to it (once,
+// on the first step: that one runs eagerly, outside any graph capture).
+const cluster::Machine& machine() {
+  static const cluster::Machine m = [] {
+    const cudaDeviceProp& props = Runtime::get().properties();
+    if (props.major < 9)
+      throw DeviceError(
+          "cluster step: needs thread-block clusters (compute capability 9.0 or later); this GPU is " +
+          std::to_string(props.major) + "." + std::to_string(props.minor));
+    cluster::Machine mc;
+    mc.cluster = cluster::kClusterBlocks;
+    mc.threads = cluster::kThreads;
+    mc.smem_floats = int64_t(props.sharedMemPerBlockOptin) / int64_t(sizeof(float));
+    CUDA_CHECK(cudaFuncSetAttribute(cluster_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(props.sharedMemPerBlockOptin)));
+    // How many clusters of this shape run at once (one block per SM at this much memory).
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(unsigned(mc.cluster));
+    config.blockDim = dim3(unsigned(mc.threads));
+    config.dynamicSmemBytes = props.sharedMemPerBlockOptin;
+    cudaLaunchAttribute dims{};
+    dims.id = cudaLaunchAttributeClusterDimension;
+    dims.val.clusterDim.x = unsigned(mc.cluster), dims.val.clusterDim.y = 1, dims.val.clusterDim.z = 1;
+    config.attrs = &dims;
+    config.numAttrs = 1;
+    int clusters = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, cluster_rows_kernel, &config));
+    if (clusters <= 0) throw DeviceError("cluster step: a cluster of 8 blocks does not fit on this GPU");
+    mc.clusters = clusters;
+    return mc;
+  }();
+  return m;
+}
+
+}  // namespace
+
+bool cluster_step_supported() {
+  const cudaDeviceProp& props = Runtime::get().properties();
+  return props.major >= 9;
+}
+
+void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
+                      const FusedLoss& loss, float* loss_out, const FusedTail* tail) {
+  const int L = trained.layers;
+  if (L < 2 || L > kFusedMaxLayers) throw ShapeError("cluster_mlp_step: " + std::to_string(L) + " layers");
+  const int64_t S = trained.models, F = frozen ? frozen->models : 0;
+  if (S == 0 || batch == 0 || (loss.distill && (F == 0 || S % F != 0)))
+    throw ShapeError("cluster_mlp_step: " + std::to_string(S) + " trained and " + std::to_string(F) +
+                     " frozen models, batch " + std::to_string(batch));
+  const cluster::Machine& mc = machine();
+  Program p = cluster::build_rows_program(x, batch, trained, frozen, loss, tail, mc);
+
+  // The scratch: one buffer that outlives the step, each part 256-byte aligned.
+  int64_t doubles = 0;
+  const std::vector<int64_t> floats = cluster::scratch_floats(p, doubles);
+  std::vector<size_t> at;
+  size_t bytes = 0;
+  auto part = [&bytes](size_t part_bytes) {
+    const size_t here = bytes;
+    bytes += (part_bytes + 255) / 256 * 256;
+    return here;
+  };
+  for (int64_t n : floats) at.push_back(part(sizeof(float) * size_t(n)));
+  const size_t row_loss_at = part(sizeof(double) * size_t(doubles));
+  char* base = static_cast<char*>(scratch().reserve(bytes));
+  std::vector<float*> parts;
+  for (size_t o : at) parts.push_back(reinterpret_cast<float*>(base + o));
+  cluster::assign_scratch(p, parts, reinterpret_cast<double*>(base + row_loss_at));
+  const ReduceProgram r = cluster::build_reduce_program(p, trained, loss_out, tail);
+
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(unsigned(S * p.row_blocks * p.cluster));
+  config.blockDim = dim3(unsigned(mc.threads));
+  config.dynamicSmemBytes = size_t(p.smem.total) * sizeof(float);
+  config.stream = Runtime::get().stream();
+  cudaLaunchAttribute dims{};
+  dims.id = cudaLaunchAttributeClusterDimension;
+  dims.val.clusterDim.x = unsigned(p.cluster), dims.val.clusterDim.y = 1, dims.val.clusterDim.z = 1;
+  config.attrs = &dims;
+  config.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&config, cluster_rows_kernel, p));
+
+  const int sms = Runtime::get().properties().multiProcessorCount;
+  cluster_reduce_kernel<<<2 * sms, cluster::kThreads, 0, Runtime::get().stream()>>>(r);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace subliminal::cuda

@@ -1,0 +1,297 @@
+// tests/test_cluster_emulated.cpp — the cluster step's two kernels (ops/cuda/cluster_program.cuh)
+// run by host threads, against the float64 reference of tests/simt/mlp_reference.h.
+//
+// On a GPU, ops/cuda/cluster_step.cu runs this program in clusters of 8 blocks (tested in
+// tests/test_cuda_training.cpp, CudaClusterStep, on sm_90). Here a cluster is Q consecutive
+// blocks of host threads and its barrier a std::barrier over all of their threads. The cases
+// use small blocks and clusters (64 threads, Q = 2 or 3) and short K chunks, so that every path
+// runs: several row blocks per model with a partial last one, rows and widths that are not
+// multiples of 4, columns split unevenly over the cluster, both ways of staging (16-byte copies
+// and single loads), several K chunks in flight, K split over groups of threads. Checked:
+//   - each trained model's loss and every gradient against float64 (‖got − ref‖/‖ref‖ ≤ 1e-5),
+//     with the outputs and every scratch buffer poisoned with NaN;
+//   - two runs give the same bits;
+//   - the tail: Adam over the whole arena, the running loss sums, the counters;
+//   - the plan for the app's default run on an H100 (132 SMs, 227 KB of shared memory a block).
+#include <gtest/gtest.h>
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ops/cuda/cluster_program.cuh"
+#include "tests/simt/compare.h"
+#include "tests/simt/mlp_reference.h"
+
+namespace subliminal::cuda::cluster {
+namespace {
+
+using namespace emulated;  // HostMlp, the float64 reference, Arena, TailState
+using simt::relative_error;
+using simt::same_bits;
+
+struct Case {
+  const char* name;
+  std::vector<int64_t> sizes;
+  int64_t trained, frozen, batch;
+  bool distill;
+  int64_t c0, c1;
+  double temperature;
+  int cluster, clusters;  // Q, and the clusters the rows are spread over
+  int max_chunk;          // the K chunk's cap: several chunks per product
+};
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+constexpr int kEmulatedThreads = 64;
+
+// What a step wrote, and how it was planned.
+struct Output {
+  std::vector<float> loss;
+  std::vector<std::vector<float>> dw, db;
+  int64_t rows = 0, row_blocks = 0;
+  int kc = 0;
+};
+
+// One step: kernel 1 on S·P·Q blocks in clusters of Q, then kernel 2 on 3 blocks. With
+// trained_view, the gradients land where it points (and out.dw, out.db stay empty).
+Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vector<float>& x,
+                const std::vector<int32_t>& labels, const FusedTail* tail = nullptr,
+                const FusedMlp* trained_view = nullptr) {
+  for (auto& v : trained.dw) std::fill(v.begin(), v.end(), kNaN);
+  for (auto& v : trained.db) std::fill(v.begin(), v.end(), kNaN);
+  FusedLoss loss;
+  loss.distill = c.distill, loss.c0 = c.c0, loss.c1 = c.c1, loss.temperature = c.temperature;
+  loss.labels = labels.data();
+  const FusedMlp view = trained_view ? *trained_view : trained.view(true);
+  const FusedMlp frozen_view = frozen.view(false);
+  Machine mc{c.cluster, c.clusters, kEmulatedThreads, int64_t(1) << 20, c.max_chunk};
+  Program p = build_rows_program(x.data(), c.batch, view, c.distill ? &frozen_view : nullptr, loss, tail, mc);
+
+  // Every scratch buffer poisoned: each element must be written before it is read.
+  int64_t doubles = 0;
+  const std::vector<int64_t> sizes = scratch_floats(p, doubles);
+  std::vector<std::vector<float>> scratch;
+  std::vector<float*> parts;
+  for (int64_t n : sizes) {
+    scratch.emplace_back(size_t(n), kNaN);
+    parts.push_back(scratch.back().data());
+  }
+  std::vector<double> row_loss(size_t(doubles), std::nan(""));
+  assign_scratch(p, parts, row_loss.data());
+  Output out;
+  out.loss.assign(size_t(c.trained), kNaN);
+  const ReduceProgram r = build_reduce_program(p, view, out.loss.data(), tail);
+  out.rows = p.rows, out.row_blocks = p.row_blocks, out.kc = p.kc;
+
+  const unsigned blocks = unsigned(c.trained * p.row_blocks * p.cluster);
+  std::vector<std::unique_ptr<std::barrier<>>> cluster_barriers;
+  for (unsigned k = 0; k < blocks / unsigned(p.cluster); ++k)
+    cluster_barriers.push_back(
+        std::make_unique<std::barrier<>>(std::ptrdiff_t(p.cluster) * kEmulatedThreads));
+  // Shared memory starts as garbage on a GPU: NaN here, so that a padding the code forgets to
+  // zero poisons the sums it enters.
+  std::vector<std::vector<float4>> smem(
+      blocks, std::vector<float4>(size_t(p.smem.total + 3) / 4, float4{kNaN, kNaN, kNaN, kNaN}));
+  simt::launch(blocks, kEmulatedThreads, [&] {
+    run_rows(p, reinterpret_cast<float*>(smem[blockIdx.x].data()),
+             [&] { cluster_barriers[blockIdx.x / unsigned(p.cluster)]->arrive_and_wait(); });
+  });
+  simt::launch(3, kEmulatedThreads, [&] { run_reduce(r); });
+  if (!trained_view) out.dw = trained.dw, out.db = trained.db;
+  return out;
+}
+
+struct Inputs {
+  std::vector<float> x;
+  std::vector<int32_t> labels;
+};
+Inputs random_inputs(const Case& c) {
+  const int64_t S = c.trained, B = c.batch, P = c.sizes.front();
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  Inputs in{std::vector<float>(size_t(S * B * P)), std::vector<int32_t>(size_t(S * B))};
+  for (float& v : in.x) v = u(rng);
+  for (int32_t& y : in.labels) y = int32_t(rng() % uint32_t(c.c1 - c.c0));
+  return in;
+}
+
+class ClusterEmulated : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ClusterEmulated, MatchesFloat64AndRepeatsBitForBit) {
+  const Case& c = GetParam();
+  const int64_t S = c.trained;
+  HostMlp trained(c.sizes, S, 11), frozen(c.sizes, c.frozen, 12);
+  const auto [x, labels] = random_inputs(c);
+  const Reference ref =
+      reference_step(trained, frozen, x, labels, c.batch, c.distill, c.c0, c.c1, c.temperature);
+
+  const Output got = run_step(c, trained, frozen, x, labels);
+  EXPECT_GT(got.row_blocks, 1) << "the case should spread each model's rows over several clusters";
+  EXPECT_NE(got.rows * got.row_blocks, c.batch) << "the case should end in a partial row block";
+  EXPECT_LT(got.kc, *std::max_element(c.sizes.begin(), c.sizes.end() - 1))
+      << "the case should take several K chunks";
+  for (int64_t s = 0; s < S; ++s) {
+    EXPECT_NEAR(got.loss[size_t(s)], ref.loss[size_t(s)], 1e-5 * std::max(1.0, std::abs(ref.loss[size_t(s)])))
+        << "loss of model " << s;
+    for (int l = 0; l < trained.layers(); ++l) {
+      const int64_t in = c.sizes[size_t(l)], out = c.sizes[size_t(l) + 1];
+      EXPECT_LE(relative_error(got.dw[size_t(l)].data() + s * out * in, ref.dw[size_t(s)][size_t(l)]), 1e-5)
+          << "dW" << l << " of model " << s;
+      EXPECT_LE(relative_error(got.db[size_t(l)].data() + s * out, ref.db[size_t(s)][size_t(l)]), 1e-5)
+          << "db" << l << " of model " << s;
+    }
+  }
+  const Output again = run_step(c, trained, frozen, x, labels);
+  EXPECT_TRUE(same_bits(again.loss, got.loss)) << "the loss differs between two runs";
+  for (int l = 0; l < trained.layers(); ++l) {
+    EXPECT_TRUE(same_bits(again.dw[size_t(l)], got.dw[size_t(l)]))
+        << "dW" << l << " differs between two runs";
+    EXPECT_TRUE(same_bits(again.db[size_t(l)], got.db[size_t(l)]))
+        << "db" << l << " differs between two runs";
+  }
+}
+
+// Widths 64/40/24 stage by 16-byte copies (rows of x and W aligned), 53/29/31 by single loads;
+// hidden widths split unevenly over Q = 3 (13, 13, 14 columns); teachers of 6 students.
+INSTANTIATE_TEST_SUITE_P(
+    Steps, ClusterEmulated,
+    ::testing::Values(
+        Case{"teacher_odd_sizes_B37", {53, 29, 31, 13}, 2, 0, 37, false, 0, 10, 1.0, 3, 5, 20},
+        Case{"teacher_aligned_B30", {64, 40, 24, 13}, 1, 0, 30, false, 0, 10, 1.0, 3, 4, 24},
+        Case{"teacher_2_layers_B45", {53, 29, 7}, 2, 0, 45, false, 0, 7, 1.0, 2, 5, 16},
+        Case{"teacher_wide_last_layer_B21", {40, 36, 40}, 1, 0, 21, false, 25, 40, 1.0, 2, 4, 16},
+        Case{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 11, true, 10, 13, 2.0, 2, 12, 20},
+        Case{"distill_aligned_all_logits", {64, 40, 24, 13}, 2, 1, 30, true, 0, 13, 1.0, 3, 5, 32},
+        Case{"distill_2_layers_B23", {40, 33, 13}, 2, 1, 23, true, 0, 13, 2.0, 2, 4, 16}),
+    [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
+
+// The tail: Adam (against float64, from the gradients the step wrote) over the whole arena,
+// which holds every parameter and padding between them; the running loss sums; the counters
+// advanced after the watch read them; a NaN in model 1's input flags the step.
+TEST(ClusterTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
+  const Case c{"tail", {53, 29, 31, 13}, 3, 0, 19, false, 0, 10, 1.0, 2, 6, 20};
+  const int64_t S = c.trained, B = c.batch, P = c.sizes.front();
+  for (bool biases_first : {false, true}) {
+    HostMlp trained(c.sizes, S, 11), frozen(c.sizes, 0, 12);
+    auto [x, labels] = random_inputs(c);
+    x[size_t(1 * B * P + 5)] = kNaN;
+    const Arena fresh(trained, biases_first);
+    const TailState initial = initial_tail_state(fresh.values.size(), S);
+    Arena got = fresh;
+    TailState state = initial;
+    FusedTail tail;
+    tail.adam.p = got.values.data(), tail.adam.g = got.grads.data();
+    tail.adam.m = state.m.data(), tail.adam.v = state.v.data();
+    tail.adam.n = int64_t(got.values.size()), tail.adam.t = &state.t;
+    tail.adam.options = kTailAdam;
+    tail.loss_sum = state.loss_sum.data(), tail.loss_weight = 37.0f;
+    tail.step = &state.step, tail.first_bad = &state.first_bad;
+    tail.counters[0] = &state.step, tail.counters[2] = &state.global_step;
+    const FusedMlp view = got.view(trained);
+    const Output out = run_step(c, trained, frozen, x, labels, &tail, &view);
+
+    Arena ref = fresh;
+    TailState ref_state = initial;
+    adam_float64(ref.values, got.grads, ref_state.m, ref_state.v, 5, kTailAdam);
+    int wrong = 0, moved = 0;
+    auto close = [](float a, float b, float relative, float floor) {
+      return (std::isnan(a) && std::isnan(b)) || std::abs(a - b) <= relative * std::abs(b) + floor;
+    };
+    for (size_t i = 0; i < ref.values.size(); ++i) {
+      // m's update adds terms of either sign, 0.9·m and 0.1·(g + λp), which can nearly cancel:
+      // its rounding is relative to those terms, not to m
+      const float m_terms = 0.9f * std::abs(initial.m[i]) +
+                            0.1f * std::abs(got.grads[i] + float(kTailAdam.weight_decay) * fresh.values[i]);
+      const bool ok = close(got.values[i], ref.values[i], 1e-6f, 1e-9f) &&
+                      close(state.m[i], ref_state.m[i], 1e-6f, 1e-6f * m_terms) &&
+                      close(state.v[i], ref_state.v[i], 1e-6f, 1e-15f);
+      if (!ok && ++wrong <= 3)
+        ADD_FAILURE() << "arena element " << i << " (p, m, v) = (" << got.values[i] << ", " << state.m[i]
+                      << ", " << state.v[i] << "), float64's (" << ref.values[i] << ", " << ref_state.m[i]
+                      << ", " << ref_state.v[i] << ")";
+      moved += got.values[i] != fresh.values[i] && !std::isnan(got.values[i]);
+    }
+    EXPECT_EQ(wrong, 0) << "arena elements off float64's Adam (biases first: " << biases_first << ")";
+    EXPECT_GT(moved, int(fresh.values.size()) / 2) << "Adam moved too little of the arena";
+    for (int64_t n = 0; n < S; ++n) {
+      if (n == 1) {
+        EXPECT_TRUE(std::isnan(state.loss_sum[size_t(n)])) << "model 1's running sum";
+      } else {
+        EXPECT_FLOAT_EQ(state.loss_sum[size_t(n)], initial.loss_sum[size_t(n)] + 37.0f * out.loss[size_t(n)])
+            << "model " << n << "'s running loss sum";
+      }
+    }
+    EXPECT_EQ(state.t, 5) << "Adam's step count";
+    EXPECT_EQ(state.step, 8) << "the step counter";
+    EXPECT_EQ(state.global_step, 1001) << "the second counter";
+    EXPECT_EQ(state.first_bad, 7) << "the watch must read the step before the counters advance";
+  }
+}
+
+// An Adam arena that does not hold every parameter at its gradient's place is refused.
+TEST(ClusterTail, AnArenaWithoutEveryParameterIsRefused) {
+  const Case c{"tail", {53, 29, 31, 13}, 1, 0, 8, false, 0, 10, 1.0, 2, 2, 64};
+  HostMlp trained(c.sizes, 1, 11), frozen(c.sizes, 0, 12);
+  Arena arena(trained);
+  const FusedMlp view = arena.view(trained);
+  std::vector<float> m(arena.values.size()), v(arena.values.size()), x(size_t(8 * 53));
+  int64_t t = 0;
+  FusedLoss loss;
+  loss.c1 = 10;
+  const Machine mc{2, 2, kEmulatedThreads, int64_t(1) << 20};
+  for (size_t first : {size_t(0), arena.b_at[0]}) {
+    FusedTail tail;
+    tail.adam.p = arena.values.data() + first, tail.adam.g = arena.grads.data() + first;
+    tail.adam.m = m.data(), tail.adam.v = v.data(), tail.adam.t = &t;
+    tail.adam.n = int64_t(arena.values.size() - first);
+    Program p = build_rows_program(x.data(), 8, view, nullptr, loss, &tail, mc);
+    if (first == 0) {
+      EXPECT_NO_THROW(build_reduce_program(p, view, nullptr, &tail)) << "the whole arena";
+    } else {
+      EXPECT_THROW(build_reduce_program(p, view, nullptr, &tail), ShapeError)
+          << "an arena that starts past W0";
+    }
+  }
+}
+
+// The plan for the app's runs on an H100 (132 SMs: 16 clusters of 8 at once; 227 KB of shared
+// memory a block): the default run's teacher steps take 16 row blocks of 16 rows, its
+// distillation steps (2 students) 8 of 32, and every plan fits the memory.
+TEST(ClusterPlan, DefaultRunOnAnH100) {
+  const Machine h100{8, 16, 256, 232448 / 4};
+  const std::vector<int64_t> sizes{784, 256, 256, 13};
+  struct Want {
+    int64_t models, batch, rows, row_blocks;
+  };
+  for (const Want& w : {Want{1, 256, 16, 16}, Want{2, 256, 32, 8}, Want{1, 96, 6, 16}, Want{2, 96, 12, 8}}) {
+    FusedMlp trained;
+    trained.layers = 3, trained.sizes = sizes, trained.models = w.models;
+    trained.weights.assign(3, nullptr), trained.biases.assign(3, nullptr);
+    FusedLoss loss;
+    loss.c1 = 10;
+    const Program p = build_rows_program(nullptr, w.batch, trained, nullptr, loss, nullptr, h100);
+    const std::string what = std::to_string(w.models) + " models at batch " + std::to_string(w.batch);
+    EXPECT_EQ(p.rows, w.rows) << what;
+    EXPECT_EQ(p.row_blocks, w.row_blocks) << what;
+    EXPECT_LE(p.smem.total, h100.smem_floats) << what;
+    EXPECT_GE(p.kc, 256) << what << ": K chunks of at least a hidden layer's width";
+  }
+  // Ten models (--models 10): more row blocks than clusters at once, in waves, each as large as
+  // the memory allows.
+  FusedMlp ten;
+  ten.layers = 3, ten.sizes = sizes, ten.models = 10;
+  ten.weights.assign(3, nullptr), ten.biases.assign(3, nullptr);
+  FusedLoss loss;
+  loss.c1 = 10;
+  const Program p = build_rows_program(nullptr, 256, ten, nullptr, loss, nullptr, h100);
+  EXPECT_LE(p.smem.total, h100.smem_floats);
+  EXPECT_EQ(p.row_blocks * p.rows >= 256, true);
+}
+
+}  // namespace
+}  // namespace subliminal::cuda::cluster
