@@ -1,4 +1,4 @@
-// ops/fused_step.cpp — dispatch for the fused training step: the single GPU kernel, or the
+// ops/fused_step.cpp — dispatch for the fused training step: the GPU kernels of either design, or the
 // autograd composition it stands for.
 #include "ops/fused_step.h"
 
@@ -125,6 +125,28 @@ void run_step_tail(const StepTail& tail, const Tensor& loss) {
   increment(tail.counters);
 }
 
+namespace {
+FusedStepDesign& design() {
+  static FusedStepDesign d = FusedStepDesign::grid;
+  return d;
+}
+
+#ifdef SUBLIMINAL_HAS_CUDA
+// The chosen design's kernels for one step (arguments as cuda::fused_mlp_step's).
+void launch_step(const Tensor& x, const cuda::FusedMlp& trained, const cuda::FusedMlp* frozen,
+                 const cuda::FusedLoss& spec, const Tensor& loss, const cuda::FusedTail& tail) {
+  if (design() == FusedStepDesign::cluster) {
+    cuda::cluster_mlp_step(x.data<float>(), x.dim(1), trained, frozen, spec, loss.data<float>(), &tail);
+  } else {
+    cuda::fused_mlp_step(x.data<float>(), x.dim(1), trained, frozen, spec, loss.data<float>(), &tail);
+  }
+}
+#endif
+}  // namespace
+
+void set_fused_step_design(FusedStepDesign d) { design() = d; }
+FusedStepDesign fused_step_design() { return design(); }
+
 bool fused_step_on_gpu(const MlpParams& params) {
 #ifdef SUBLIMINAL_HAS_CUDA
   const int layers = params.shape().layers();
@@ -157,9 +179,7 @@ Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const Mlp
   cuda::FusedLoss spec;
   spec.c0 = classes.begin, spec.c1 = classes.end;
   spec.labels = labels.data<int32_t>();
-  const cuda::FusedTail kernel_tail = fused_tail(tail);
-  cuda::fused_mlp_step(x.data<float>(), x.dim(1), fused_view(params, true), nullptr, spec, loss.data<float>(),
-                       &kernel_tail);
+  launch_step(x, fused_view(params, true), nullptr, spec, loss, fused_tail(tail));
   return loss;
 #else
   throw Error("unreachable");
@@ -198,9 +218,7 @@ Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpP
   spec.c0 = cols.begin, spec.c1 = cols.end;
   spec.temperature = temperature;
   const cuda::FusedMlp frozen = fused_view(teachers, false);
-  const cuda::FusedTail kernel_tail = fused_tail(tail);
-  cuda::fused_mlp_step(x.data<float>(), x.dim(1), fused_view(students, true), &frozen, spec, loss.data<float>(),
-                       &kernel_tail);
+  launch_step(x, fused_view(students, true), &frozen, spec, loss, fused_tail(tail));
   return loss;
 #else
   throw Error("unreachable");

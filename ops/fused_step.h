@@ -18,8 +18,19 @@
 
 namespace subliminal {
 
-// True when fused_*_step runs as the single GPU kernel for these parameters.
+// True when fused_*_step runs as a GPU kernel (of the design below) for these parameters.
 bool fused_step_on_gpu(const MlpParams& params);
+
+// Which GPU kernels a fused step runs (anywhere else it is the autograd composition either way):
+//   grid     one persistent cooperative kernel, each layer a grid-wide GEMM phase between grid
+//            barriers (ops/cuda/fused_step.cu): the default
+//   cluster  the batch in row blocks, each row block's whole forward and backward in one
+//            thread-block cluster, then a kernel that sums the row blocks' gradients and does
+//            the tail (ops/cuda/cluster_step.cu); needs compute capability 9.0
+// Both compute the same step to float32 rounding; each gives the same bits on every run.
+enum class FusedStepDesign { grid, cluster };
+void set_fused_step_design(FusedStepDesign design);
+FusedStepDesign fused_step_design();
 
 // What a training loop does after a step's gradients (each part optional):
 //   adam->step()                                                    when adam is set

@@ -12,7 +12,7 @@
 #include <vector>    // std::vector
 
 #include "apps/subliminal/config.h"      // parse_command_line, Config
-#include "apps/subliminal/experiment.h"  // run_experiment, cross_init_partner
+#include "apps/subliminal/experiment.h"  // run_experiment, cross_init_partner, apply_gemm_settings
 #include "apps/subliminal/report.h"      // summarize
 #include "apps/subliminal/sweep.h"       // sweep_grid, config_id
 #include "data/mnist.h"                  // locate_mnist, load_mnist
@@ -21,6 +21,7 @@
 #include "engine/nn.h"                   // MlpParams, init_mlp
 #include "engine/storage.h"              // cpu_allocator_stats
 #include "ops/batch.h"                   // gather_batch
+#include "ops/fused_step.h"              // fused_step_design
 #include "ops/loss.h"                    // cross_entropy
 #include "ops/mlp.h"                     // mlp_forward
 
@@ -63,7 +64,6 @@ TEST(Presets, PaperSetsThePaperScriptsValuesAndFlagsOverrideThem) {
   EXPECT_EQ(overridden.init, InitScheme::normal_fan_in);
 }
 
-// The paper's arms: six, in its order; the notebook's: student and control.
 // --fused-split reaches the config (and the report's form of it); the default is the step's.
 TEST(FusedSplit, FlagSetsThePolicyAndPrintsBack) {
   const Config defaults = parse({});
@@ -76,6 +76,18 @@ TEST(FusedSplit, FlagSetsThePolicyAndPrintsBack) {
   EXPECT_EQ(parse({"--fused-split", "16,64,bands"}).fused_split(), "16,64,bands");
 }
 
+// --step cluster chooses the cluster design of the GPU's fused step; any other step the grid's.
+TEST(StepDesign, ClusterFlagChoosesTheClusterKernels) {
+  apply_gemm_settings(parse({"--step", "cluster"}));
+  EXPECT_EQ(fused_step_design(), FusedStepDesign::cluster);
+  for (const char* step : {"fused", "auto", "autograd"}) {
+    apply_gemm_settings(parse({"--step", "cluster"}));
+    apply_gemm_settings(parse({"--step", step}));
+    EXPECT_EQ(fused_step_design(), FusedStepDesign::grid) << "--step " << step;
+  }
+}
+
+// The paper's arms: six, in its order; the notebook's: student and control.
 TEST(Presets, ArmsOfEachPreset) {
   std::vector<std::string> keys;
   for (const ArmSpec& a : student_arms(parse({"--preset", "paper"}))) keys.push_back(a.key);

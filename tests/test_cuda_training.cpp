@@ -90,7 +90,6 @@ struct TrainCase {
 void PrintTo(const TrainCase& c, std::ostream* os) { *os << c.name; }  // gtest's parameter printer
 const std::vector<TrainCase> kTrainCases = {{"mnist_N1_B64", {784, 256, 256, 13}, 1, 64},
                                             {"odd_N3_B37", {53, 29, 31, 7}, 3, 37}};
-std::string case_name(const ::testing::TestParamInfo<TrainCase>& info) { return info.param.name; }
 // Each training test runs with cuBLASLt and with the tiled engine (ops/cuda/gemm_tiled.cu).
 const gemm::GpuEngine kEngines[] = {gemm::GpuEngine::cublaslt, gemm::GpuEngine::tiled};
 const char* engine_name(gemm::GpuEngine e) { return e == gemm::GpuEngine::tiled ? "tiled" : "cublaslt"; }
@@ -434,13 +433,43 @@ const std::vector<TrainCase> kFusedCases = {{"mnist_N1_B256", {784, 256, 256, 13
                                             {"odd_N3_B37", {53, 29, 31, 7}, 3, 37},
                                             {"two_layers_N2_B45", {53, 29, 7}, 2, 45}};
 
-class CudaFusedStep : public CudaTest, public ::testing::WithParamInterface<TrainCase> {};
+// Each test runs under both designs of the GPU kernels (ops/fused_step.h): the grid's one
+// persistent kernel and the cluster's two (on GPUs with thread-block clusters).
+class CudaFusedStep : public CudaTest,
+                      public ::testing::WithParamInterface<std::tuple<TrainCase, FusedStepDesign>> {
+ protected:
+  void SetUp() override {
+    CudaTest::SetUp();
+    if (IsSkipped()) return;
+    design_ = std::get<1>(GetParam());
+#ifdef SUBLIMINAL_HAS_CUDA
+    if (design_ == FusedStepDesign::cluster && !cuda::cluster_step_supported())
+      GTEST_SKIP() << "the cluster design needs thread-block clusters (compute capability 9.0)";
+#endif
+    set_fused_step_design(design_);
+  }
+  void TearDown() override {
+    set_fused_step_design(FusedStepDesign::grid);
+    CudaTest::TearDown();
+  }
+  const TrainCase& train_case() const { return std::get<0>(GetParam()); }
+  // The case's name and the design, for messages.
+  std::string label() const {
+    return std::string(train_case().name) + (design_ == FusedStepDesign::cluster ? " cluster" : " fused");
+  }
+  FusedStepDesign design_ = FusedStepDesign::grid;
+};
+
+std::string case_design_name(const ::testing::TestParamInfo<std::tuple<TrainCase, FusedStepDesign>>& info) {
+  return std::string(std::get<0>(info.param).name) +
+         (std::get<1>(info.param) == FusedStepDesign::cluster ? "_cluster" : "_grid");
+}
 
 // The fused kernel's teacher steps against the float64 CPU autograd steps (the same tolerances
 // as every other GPU training test), and against the GPU's own autograd steps.
 TEST_P(CudaFusedStep, TeacherStepsMatchCpuAndAutograd) {
-  const TrainCase& c = GetParam();
-  const std::string what = std::string(c.name) + " fused teacher steps";
+  const TrainCase& c = train_case();
+  const std::string what = label() + " teacher steps";
   const MlpParams init = make_params(c.sizes, c.N, 42);
   ASSERT_TRUE(fused_step_on_gpu(params_as(init, Device::cuda, DType::f32)))
       << what << ": these parameters would not take the fused GPU kernel";
@@ -457,9 +486,7 @@ TEST_P(CudaFusedStep, TeacherStepsMatchCpuAndAutograd) {
     EXPECT_NE(cpu.losses.front()[size_t(n)], cpu.losses.back()[size_t(n)]) << what << ": model " << n;
 }
 
-TEST_P(CudaFusedStep, DistillationStepsMatchCpu) {
-  check_distillation(GetParam(), std::string(GetParam().name) + " fused", true);
-}
+TEST_P(CudaFusedStep, DistillationStepsMatchCpu) { check_distillation(train_case(), label(), true); }
 
 #ifdef SUBLIMINAL_HAS_CUDA  // the policy is the CUDA kernel's (a build without CUDA has no such knob)
 // Sets the fused step's split-K policy for one scope (bench_layers' sweep), then the default.
@@ -471,7 +498,8 @@ struct SplitPolicyScope {
 // Other split-K plans are the same step: no split at all, up to 16 slices of one chunk (a
 // fix-up of more partials than the default's 8), few long slices.
 TEST_P(CudaFusedStep, OtherSplitPoliciesMatchCpu) {
-  const TrainCase& c = GetParam();
+  if (design_ != FusedStepDesign::grid) GTEST_SKIP() << "the split-K policy is the grid design's";
+  const TrainCase& c = train_case();
   const MlpParams init = make_params(c.sizes, c.N, 42);
   const int steps = 2;
   const HostData data = make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 7);
@@ -490,7 +518,8 @@ TEST_P(CudaFusedStep, OtherSplitPoliciesMatchCpu) {
 // A split tile finished in bands by all of its items gives the bits of one finished by its last
 // item alone: the same partials, added in the same order (ops/cuda/tile_gemm.cuh).
 TEST_P(CudaFusedStep, BandFixupEqualsLastItemFixupBitForBit) {
-  const TrainCase& c = GetParam();
+  if (design_ != FusedStepDesign::grid) GTEST_SKIP() << "the split-K policy is the grid design's";
+  const TrainCase& c = train_case();
   const MlpParams init = make_params(c.sizes, c.N, 45);
   const int steps = 2;
   const HostData data =
@@ -520,14 +549,14 @@ TEST(FusedSplitPolicy, RefusesFewerThanOneSplitOrChunk) {
 
 // Captured in a CUDA graph and replayed, the fused step gives the bits of eager launches.
 TEST_P(CudaFusedStep, GraphReplaysEqualEagerStepsBitForBit) {
-  const TrainCase& c = GetParam();
+  const TrainCase& c = train_case();
   const MlpParams init = make_params(c.sizes, c.N, 43);
   const int steps = 5;  // warm-up, capture, three replays
   const HostData data = make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 8);
   const GraphRun eager = graph_steps(init, false, data, steps, c.B, c.classes(), StepKind::fused);
   const GraphRun graph = graph_steps(init, true, data, steps, c.B, c.classes(), StepKind::fused);
-  const std::string what = std::string(c.name) + " fused, graphs on (got) vs off (expected)";
-  std::cout << "[ info ] " << c.name << ": captured fused step has " << graph.kernel_nodes << " kernel nodes\n";
+  const std::string what = label() + ", graphs on (got) vs off (expected)";
+  std::cout << "[ info ] " << label() << ": captured step has " << graph.kernel_nodes << " kernel nodes\n";
   for (int s = 0; s < steps; ++s)
     EXPECT_TRUE(bitwise_equal(what + ": loss at step " + std::to_string(s + 1), graph.losses[size_t(s)],
                               eager.losses[size_t(s)], {c.N}));
@@ -537,21 +566,23 @@ TEST_P(CudaFusedStep, GraphReplaysEqualEagerStepsBitForBit) {
   EXPECT_NE(eager.losses.front()[0], eager.losses.back()[0]);
 }
 
-// The step's tail done by the fused kernel (Adam, the running loss sums and fault watch, the
+// The step's tail done by the fused kernels (Adam, the running loss sums and fault watch, the
 // step counters) gives the bits of the separate kernels after the fused step, replayed in a
-// graph of two kernels (the batch's gather and the step).
+// graph of the batch's gather and the step: one kernel (grid) or two (cluster).
 TEST_P(CudaFusedStep, TailInTheKernelEqualsSeparateCallsBitForBit) {
-  const TrainCase& c = GetParam();
+  const TrainCase& c = train_case();
   const MlpParams init = make_params(c.sizes, c.N, 44);
   const int steps = 5;
   const HostData data = make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 9);
   const GraphRun separate = graph_steps(init, true, data, steps, c.B, c.classes(), StepKind::fused);
   const GraphRun tail = graph_steps(init, true, data, steps, c.B, c.classes(), StepKind::fused_with_tail);
   const GraphRun tail_eager = graph_steps(init, false, data, steps, c.B, c.classes(), StepKind::fused_with_tail);
-  const std::string what = std::string(c.name) + " fused step, its tail in the kernel (got) vs separate (expected)";
-  std::cout << "[ info ] " << c.name << ": kernel nodes per step " << tail.kernel_nodes << " with the tail, "
+  const std::string what = label() + " step, its tail in the kernels (got) vs separate (expected)";
+  std::cout << "[ info ] " << label() << ": kernel nodes per step " << tail.kernel_nodes << " with the tail, "
             << separate.kernel_nodes << " without\n";
-  EXPECT_EQ(tail.kernel_nodes, 2u) << what << ": the step should be the gather and the fused kernel";
+  const unsigned step_kernels = design_ == FusedStepDesign::cluster ? 2u : 1u;
+  EXPECT_EQ(tail.kernel_nodes, 1u + step_kernels)
+      << what << ": the step should be the gather and its own kernels";
   EXPECT_EQ(tail.memory_nodes, 0u) << what << ": the step should allocate nothing (its graph has memory nodes)";
   for (int s = 0; s < steps; ++s)
     EXPECT_TRUE(bitwise_equal(what + ": loss at step " + std::to_string(s + 1), tail.losses[size_t(s)],
@@ -569,17 +600,17 @@ TEST_P(CudaFusedStep, TailInTheKernelEqualsSeparateCallsBitForBit) {
   EXPECT_NE(tail.losses.front()[0], tail.losses.back()[0]) << what << ": the steps did not train";
 }
 
-// Distillation as the app runs it, with weight decay on: Adam done by the fused kernel (its tail)
-// gives the bits of the Adam kernel after the fused step.
+// Distillation as the app runs it, with weight decay on: Adam done by the fused kernels (their
+// tail) gives the bits of the Adam kernel after the fused step.
 TEST_P(CudaFusedStep, DistillationTailInTheKernelEqualsSeparateAdamBitForBit) {
-  const TrainCase& c = GetParam();
+  const TrainCase& c = train_case();
   const DistillSetup setup = distill_setup(c);
   std::vector<double> unused;
   const RunResult separate = distill_steps(setup.teacher, setup.students, Device::cuda, DType::f32, setup.batches,
                                            c.B, c.ghosts(), &unused, true, false, 1e-2);
   const RunResult tail = distill_steps(setup.teacher, setup.students, Device::cuda, DType::f32, setup.batches, c.B,
                                        c.ghosts(), &unused, true, true, 1e-2);
-  const std::string what = std::string(c.name) + " fused distillation, Adam in the kernel (got) vs after it (expected)";
+  const std::string what = label() + " distillation, Adam in the kernels (got) vs after them (expected)";
   // The runs' values are float32 widened to double: back to float, exactly, for the bit compare.
   auto same_bits = [&](const std::string& label, const std::vector<double>& got, const std::vector<double>& ref) {
     return bitwise_equal(what + ": " + label, std::vector<float>(got.begin(), got.end()),
@@ -594,7 +625,11 @@ TEST_P(CudaFusedStep, DistillationTailInTheKernelEqualsSeparateAdamBitForBit) {
   EXPECT_NE(tail.losses.front(), tail.losses.back()) << what << ": the steps did not train";
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, CudaFusedStep, ::testing::ValuesIn(kFusedCases), case_name);
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaFusedStep,
+                         ::testing::Combine(::testing::ValuesIn(kFusedCases),
+                                            ::testing::Values(FusedStepDesign::grid,
+                                                              FusedStepDesign::cluster)),
+                         case_design_name);
 
 }  // namespace
 }  // namespace subliminal::cuda_test

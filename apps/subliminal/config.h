@@ -51,7 +51,7 @@ struct Config {
   bool graphs = true;          // CUDA graphs for training steps
   MlpFusion fusion = MlpFusion::whole;
   std::string gemm_engine = "cublaslt";  // cublaslt | cudnn | tiled
-  std::string step = "auto";             // auto | autograd | fused (GPU: a training step in one kernel)
+  std::string step = "auto";             // auto | autograd | fused | cluster (GPU: ops/fused_step.h)
   // How the GPU's fused step splits K (cuda::FusedSplitPolicy): at most this many slices of at
   // least this many 16-wide chunks, a split tile finished in bands by all of its items or by
   // the last one. bench/layers.cpp sweeps them; the flag lets a whole run take another.

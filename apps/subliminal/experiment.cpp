@@ -31,7 +31,7 @@
 
 #ifdef SUBLIMINAL_HAS_CUDA
 #include "engine/cuda/runtime.h"
-#include "ops/cuda/fused_step_cuda.h"  // fused_step_split_policy
+#include "ops/cuda/fused_step_cuda.h"  // fused_step_split_policy, cluster_step_supported
 #endif
 
 namespace subliminal::app {
@@ -214,15 +214,16 @@ class BatchBuffers {
   std::map<int64_t, std::vector<Tensor>> sets_;
 };
 
-// Whether a phase trains with the GPU's one-kernel step (ops/fused_step.h). --step fused asks
-// for it wherever it applies; --step auto (the default) takes it where an H200 measured it
+// Whether a phase trains with the GPU's fused step (ops/fused_step.h). --step fused (one
+// persistent kernel) and --step cluster (row blocks in thread-block clusters) ask for it wherever
+// it applies; --step auto (the default) takes it where an H200 measured it
 // faster — small problems, up to 1024 rows (models × batch) per step: the default run (0.33 vs
 // 0.44 s of GPU time in training) but not --models 10 or the paper preset, where cuBLASLt's
 // larger kernels win (docs/PERFORMANCE.md) — and only on the default GEMM path: a run that
 // names another engine, TF32 or another fusion gets what it named.
 bool uses_fused_step(const Config& config, const MlpParams& params) {
   if (!fused_step_on_gpu(params) || config.step == "autograd") return false;
-  if (config.step == "fused") return true;
+  if (config.step == "fused" || config.step == "cluster") return true;
   return config.gemm_engine == "cublaslt" && config.fusion == MlpFusion::whole && !config.tf32 &&
          params.models() * config.batch_size <= 1024;
 }
@@ -427,6 +428,7 @@ void apply_gemm_settings(const Config& config) {
   // --fusion none is the reference: no fused epilogues either, every bias, ReLU and bias
   // gradient its own kernel.
   gemm::settings().fuse_epilogues = config.fusion != MlpFusion::none;
+  set_fused_step_design(config.step == "cluster" ? FusedStepDesign::cluster : FusedStepDesign::grid);
 #ifdef SUBLIMINAL_HAS_CUDA
   cuda::fused_step_split_policy({config.fused_max_splits, config.fused_min_chunks, config.fused_band_fixup});
 #endif
@@ -436,6 +438,12 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   Results results;
   results.device = device_description(device);
   apply_gemm_settings(config);
+#ifdef SUBLIMINAL_HAS_CUDA
+  if (device == Device::cuda && config.step == "cluster" && !cuda::cluster_step_supported())
+    throw InputError(
+        "--step cluster: needs thread-block clusters (compute capability 9.0 or later); this GPU is " +
+        results.device);
+#endif
   if (device == Device::cuda && config.tf32 && config.gemm_engine == "tiled")
     observer.message("note: --tf32 has no effect with --gemm tiled (its kernels compute in fp32)");
   if (device == Device::cuda && config.graphs && !replay_graphs(config))

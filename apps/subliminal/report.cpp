@@ -190,7 +190,7 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
       gpu_training += t.gpu_seconds;
       kernels[phase] = t.graph_kernels;
       memory_nodes[phase] = t.graph_memory_nodes;
-      step_kind[phase] = t.fused ? "fused" : "autograd";
+      step_kind[phase] = t.fused ? (c.step == "cluster" ? "cluster" : "fused") : "autograd";
     }
   }
   j["seconds"] = seconds;
