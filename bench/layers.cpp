@@ -12,12 +12,14 @@
 //   cudnn-tf32      the cuDNN-frontend graphs (TF32: fp32 fused graphs do not exist on Hopper)
 //   tiled           our own fp32 kernels, one launch per GEMM, split-K (ops/cuda/gemm_tiled.cu)
 // and a whole teacher training step (forward, loss, backward, Adam) replayed as a CUDA graph;
-// then the fused training step (ops/fused_step.h) phase by phase, and (not with --fused-only)
-// the fused step at batch 256 under a sweep of split-K policies.
+// then the fused training step (ops/fused_step.h) phase by phase, the step under both designs of
+// its kernels (grid and cluster), and (not with --fused-only) the fused step at batch 256 under
+// a sweep of split-K policies.
 // Times are CUDA-event medians over 7 blocks of 50 calls after a warm-up, in microseconds.
 #include <algorithm>
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -103,34 +105,85 @@ double step_us(int64_t batch) {
       int(std::min<int64_t>(steps, 50)));
 }
 
-// The fused training step (ops/fused_step.h) at batch B, launched eagerly reps + 3 times with
-// the phase clock on: each launch's phases after the first three (a warm-up). distill: two
-// students and one frozen teacher on the ghost logits, as in the app. The step gets Adam as its
-// tail, so the last backward phase also updates the parameters, as in the app (whose tail also
-// carries the loss sums and counters: a few loads and stores in block 0).
+// A fused training step (ops/fused_step.h) of the notebook's MLP at batch B, ready to launch:
+// distill: two students and one frozen teacher on the ghost logits, as in the app. The step gets
+// Adam as its tail, as in the app (whose tail also carries the loss sums and counters: a few
+// loads and stores in block 0).
+class FusedStepSetup {
+ public:
+  FusedStepSetup(int64_t batch, bool distill)
+      : distill_(distill),
+        trained_(shape(), distill ? 2 : 1, DType::f32, Device::cuda),
+        frozen_(shape(), 1, DType::f32, Device::cuda) {
+    init_mlp(trained_, InitScheme::torch_default,
+             distill ? std::vector<uint64_t>{0, 1} : std::vector<uint64_t>{0}, 0);
+    init_mlp(frozen_, InitScheme::torch_default, {2}, 0);
+    x_ = random_tensor({trained_.models(), batch, 784}, 5);
+    std::vector<int32_t> labels(static_cast<size_t>(trained_.models() * batch));
+    for (size_t i = 0; i < labels.size(); ++i) labels[i] = int32_t(random_word({7, 3}, i) % 10);
+    y_ = Tensor::from_vector(labels, {trained_.models(), batch}, Device::cuda);
+    adam_ = std::make_unique<Adam>(trained_.values(), trained_.grads(), AdamOptions{3e-4});
+    tail_.adam = adam_.get();
+  }
+  void step() {
+    if (distill_)
+      fused_distill_step(x_, trained_, frozen_, {10, 13}, 1.0, tail_);
+    else
+      fused_cross_entropy_step(x_, y_, trained_, {0, 10}, tail_);
+  }
+
+ private:
+  static MlpShape shape() { return MlpShape{{784, 256, 256, 13}}; }
+  bool distill_;
+  MlpParams trained_, frozen_;
+  Tensor x_, y_;
+  std::unique_ptr<Adam> adam_;
+  StepTail tail_;
+};
+
+// The fused step at batch B, launched eagerly reps + 3 times with the phase clock on: each
+// launch's phases after the first three (a warm-up).
 std::vector<std::vector<cuda::FusedPhaseTime>> time_fused_step(int64_t batch, bool distill, int reps) {
-  const MlpShape shape{{784, 256, 256, 13}};
-  MlpParams trained(shape, distill ? 2 : 1, DType::f32, Device::cuda), frozen(shape, 1, DType::f32, Device::cuda);
-  init_mlp(trained, InitScheme::torch_default, distill ? std::vector<uint64_t>{0, 1} : std::vector<uint64_t>{0}, 0);
-  init_mlp(frozen, InitScheme::torch_default, {2}, 0);
-  Tensor x = random_tensor({trained.models(), batch, 784}, 5);
-  std::vector<int32_t> labels(static_cast<size_t>(trained.models() * batch));
-  for (size_t i = 0; i < labels.size(); ++i) labels[i] = int32_t(random_word({7, 3}, i) % 10);
-  Tensor y = Tensor::from_vector(labels, {trained.models(), batch}, Device::cuda);
-  Adam adam(trained.values(), trained.grads(), {3e-4});
-  StepTail tail;
-  tail.adam = &adam;
+  FusedStepSetup setup(batch, distill);
   cuda::fused_step_clock(true);
   std::vector<std::vector<cuda::FusedPhaseTime>> runs;
   for (int r = 0; r < reps + 3; ++r) {
-    if (distill)
-      fused_distill_step(x, trained, frozen, {10, 13}, 1.0, tail);
-    else
-      fused_cross_entropy_step(x, y, trained, {0, 10}, tail);
+    setup.step();
     if (r >= 3) runs.push_back(cuda::fused_step_phase_times());
   }
   cuda::fused_step_clock(false);
   return runs;
+}
+
+// The two designs of the fused step's GPU kernels (FusedStepDesign: one persistent kernel of
+// grid-wide phases, or row blocks in thread-block clusters) side by side: µs per step, eager
+// launches back to back, CUDA-event medians. The cluster design needs compute capability 9.0.
+nlohmann::json design_table() {
+  std::printf(
+      "fused step, the two designs of its kernels (µs per step, eager launches, CUDA-event medians):\n");
+  std::printf("%-6s %-8s %10s %10s\n", "batch", "step", "grid", "cluster");
+  nlohmann::json rows = nlohmann::json::array();
+  for (int64_t B : {256, 1024})
+    for (bool distill : {false, true}) {
+      nlohmann::json row = {{"batch", B}, {"step", distill ? "distill" : "teacher"}};
+      std::printf("%-6lld %-8s", (long long)B, distill ? "distill" : "teacher");
+      for (FusedStepDesign design : {FusedStepDesign::grid, FusedStepDesign::cluster}) {
+        const char* name = design == FusedStepDesign::grid ? "grid" : "cluster";
+        if (design == FusedStepDesign::cluster && !cuda::cluster_step_supported()) {
+          std::printf(" %10s", "n/a");
+          continue;
+        }
+        set_fused_step_design(design);
+        FusedStepSetup setup(B, distill);
+        const double us = time_us([&] { setup.step(); }, 20, 7, 5);
+        std::printf(" %10.1f", us);
+        row[name] = us;
+      }
+      set_fused_step_design(FusedStepDesign::grid);
+      std::printf("\n");
+      rows.push_back(row);
+    }
+  return rows;
 }
 
 // The median over launches of field(phase ph), and of the whole kernel (its phases' sum).
@@ -293,6 +346,7 @@ int main(int argc, char** argv) {
     out["fused_step"] = nlohmann::json::array();
     for (int64_t B : {256, 1024})
       for (bool distill : {false, true}) out["fused_step"].push_back(fused_phases(B, distill));
+    out["designs"] = design_table();
     if (!fused_only) out["split_sweep"] = split_sweep(256);
     use(kEngines[0]);
     const std::string fallbacks = gemm::fallback_report();

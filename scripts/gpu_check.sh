@@ -175,6 +175,18 @@ same = all(a[k]["per_model"] == b.get(k, {}).get("per_model") for k in keys)
 print("fused step, bands vs last-item fix-up: " + ("same accuracies to the digit" if same else "ACCURACIES DIFFER"))
 PY
   fi
+  # The cluster design of the fused step (ops/cuda/cluster_step.cu, docs/PERFORMANCE.md), then
+  # both designs alternating, three runs each, as the A/B above: its first timings.
+  run_app cluster --device cuda --step cluster
+  for i in 1 2 3; do
+    for design in fused cluster; do
+      timeout 120 "$app" --data "$MNIST_DIR" --no-progress --device cuda --step "$design" \
+        --json "$OUT/design_${design}_$i.json" > "$OUT/design_${design}_$i.log" 2>&1 ||
+        say "designs: $design run $i FAILED: $(tail -2 "$OUT/design_${design}_$i.log" | tr '\n' ' ')"
+    done
+  done
+  say "designs: --step fused (A) against --step cluster (B)"
+  python3 scripts/ab_summary.py "$OUT"/design_fused_*.json -- "$OUT"/design_cluster_*.json | tee -a "$summary"
   run_app tiled --device cuda --gemm tiled
   run_app no_graphs --device cuda --no-graphs
 fi
