@@ -86,7 +86,7 @@ struct Net {
 // Where each part of a block's shared memory starts, in floats (all multiples of 4: float4
 // reads), and how much it takes in all.
 struct SmemLayout {
-  int buffer[2];  // the staged chunks: operand A's [R4, kc + 4], then operand B's [NB4, kc + 4]
+  int buffer[2];  // the staged chunks: operand A's [R4, kc + 4], then operand B's [NH4, kc + 4]
   int b_part;     // where operand B starts within a buffer
   int kpart;      // K groups' partial 4 × 4 blocks: [threads · 16]
   int acc;        // [R4, NH4]: this block's columns of the hidden layer being computed
@@ -103,7 +103,7 @@ struct Program {
   int64_t trained, frozen, batch;  // S, F (0 unless distilling), B
   int64_t rows, row_blocks;        // R, P = ⌈B / R⌉
   int cluster;                     // Q
-  int kc;                          // K chunk, a multiple of 4
+  int kc;                          // K chunk, a multiple of 8
   Net net, teacher;                // trained and (distillation) frozen weights
   const float* x;                  // [S, B, s_0]: model m reads x[m], teacher f reads x[f]
   bool distill;
@@ -184,10 +184,13 @@ __device__ inline void pipelined(int chunks, float* buffer0, float* buffer1, Iss
 }
 
 // acc[m, n] += Σ_k A[m, k]·B[n, k] for m < M4, n < N4, k < K4 (multiples of 4; A and B padded
-// with zeros to them, rows 16-byte aligned). Each thread computes 4 × 4 outputs from float4
-// reads along k. With fewer such blocks than threads, `groups` threads share a block's K
-// range, their partial blocks go to kpart and are added in group order — so the sum has the
-// same order on every run.
+// with zeros to them, rows 16-byte aligned). Each thread computes 4 rows × 4 columns from float4
+// reads along k: rows m0 … m0 + 3 and the columns c, c + N4/4, c + 2·N4/4, c + 3·N4/4 — strided,
+// so that the 8 threads of a quarter warp read 8 consecutive rows of B, in 8 different bank
+// groups when ldb/4 is odd (the staging buffers' stride: SmemLayout), where 4 adjacent columns
+// each would put them in 2. With fewer such blocks than threads, `groups` threads share a
+// block's K range, their partial blocks go to kpart and are added in group order — so the sum
+// has the same order on every run.
 __device__ inline void dot_accumulate(float* acc, int ldc, const float* A, int lda, const float* B, int ldb,
                                       int M4, int N4, int K4, float* kpart) {
   const int tiles_n = N4 / 4, tiles = M4 / 4 * tiles_n;
@@ -196,7 +199,7 @@ __device__ inline void dot_accumulate(float* acc, int ldc, const float* A, int l
   const int k_per_group = (K4 / 4 + groups - 1) / groups * 4;
   for (int t = int(threadIdx.x); t < tiles * groups; t += int(blockDim.x)) {
     const int tile = t % tiles, group = t / tiles;
-    const int m0 = tile / tiles_n * 4, n0 = tile % tiles_n * 4;
+    const int m0 = tile / tiles_n * 4, c0 = tile % tiles_n;  // columns c0 + j·tiles_n
     float c[4][4] = {};
     const int k_end = int(smaller(K4, (group + 1) * k_per_group));
     for (int k = group * k_per_group; k < k_end; k += 4) {
@@ -204,7 +207,7 @@ __device__ inline void dot_accumulate(float* acc, int ldc, const float* A, int l
 #pragma unroll
       for (int i = 0; i < 4; ++i) a[i] = *reinterpret_cast<const float4*>(A + (m0 + i) * lda + k);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = *reinterpret_cast<const float4*>(B + (n0 + j) * ldb + k);
+      for (int j = 0; j < 4; ++j) b[j] = *reinterpret_cast<const float4*>(B + (c0 + j * tiles_n) * ldb + k);
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -219,7 +222,7 @@ __device__ inline void dot_accumulate(float* acc, int ldc, const float* A, int l
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[(m0 + i) * ldc + n0 + j] += c[i][j];
+        for (int j = 0; j < 4; ++j) acc[(m0 + i) * ldc + c0 + j * tiles_n] += c[i][j];
     } else {
 #pragma unroll
       for (int i = 0; i < 4; ++i)
@@ -233,13 +236,14 @@ __device__ inline void dot_accumulate(float* acc, int ldc, const float* A, int l
     const int tile = e / 16, i = e % 16 / 4, j = e % 4;
     float sum = 0.0f;
     for (int group = 0; group < groups; ++group) sum += kpart[(group * tiles + tile) * 16 + 4 * i + j];
-    acc[(tile / tiles_n * 4 + i) * ldc + tile % tiles_n * 4 + j] += sum;
+    acc[(tile / tiles_n * 4 + i) * ldc + tile % tiles_n + j * tiles_n] += sum;
   }
 }
 
 // store(m0, n0, c) for each 4 × 4 block of C[m, n] = Σ_{k < K} A(k, m)·B[k, n], m < M4, n < N4:
-// A(k, m) = A[k·a_k + m·a_m] (any strides, rows past M padded), B [K, ldb] row-major (float4
-// reads along n, padded to N4). k in order, fmaf from 0.
+// A(k, m) = A[k·a_k + m·a_m] (any strides, rows past M padded; with a_m = 1, a_k a multiple of 4
+// and A 16-byte aligned: float4 reads), B [K, ldb] row-major (float4 reads along n, padded to
+// N4). k in order, fmaf from 0.
 template <class Store>
 __device__ inline void outer_product(const float* A, int a_k, int a_m, const float* B, int ldb, int M4,
                                      int N4, int K, Store&& store) {
@@ -249,8 +253,13 @@ __device__ inline void outer_product(const float* A, int a_k, int a_m, const flo
     float c[4][4] = {};
     for (int k = 0; k < K; ++k) {
       float a[4];
+      if (a_m == 1) {  // one float4 read (a_k and m0 are multiples of 4 where A is contiguous)
+        const float4 v = *reinterpret_cast<const float4*>(A + k * a_k + m0);
+        a[0] = v.x, a[1] = v.y, a[2] = v.z, a[3] = v.w;
+      } else {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = A[k * a_k + (m0 + i) * a_m];
+        for (int i = 0; i < 4; ++i) a[i] = A[k * a_k + (m0 + i) * a_m];
+      }
       const float4 b = *reinterpret_cast<const float4*>(B + k * ldb + n0);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -526,26 +535,33 @@ __device__ inline void run_reduce(const ReduceProgram& p) {
   const bool adam = a.t != nullptr;
   const AdamStepScalars scalars = adam ? adam_step_scalars(a.options, __ldcg(a.t)) : AdamStepScalars{};
   constexpr int kBatch = 8;  // partials in flight at once
-  for (int s = 0; s < p.segments; ++s) {
-    const Segment seg = p.seg[s];
-    for (int64_t e = first; e < seg.count; e += width) {
-      float g = 0.0f;
-      for (int64_t k0 = 0; k0 < p.parts; k0 += kBatch) {
-        float v[kBatch];
+  int64_t total = 0;
+  for (int s = 0; s < p.segments; ++s) total += p.seg[s].count;
+  // One element per thread where the grid allows (the segments end to end), so that a thread's
+  // loads are one batch of round trips rather than one per segment.
+  for (int64_t f = first; f < total; f += width) {
+    int s = 0;
+    int64_t e = f;
+    while (e >= p.seg[s].count) e -= p.seg[s++].count;
+    const Segment& seg = p.seg[s];
+    // Adam's operands first: their loads fly with the partials'
+    const int64_t i = adam ? seg.grad + e - a.g : 0;
+    float w = 0.0f, m = 0.0f, v = 0.0f;
+    if (adam) w = a.p[i], m = a.m[i], v = a.v[i];
+    float g = 0.0f;
+    for (int64_t k0 = 0; k0 < p.parts; k0 += kBatch) {
+      float part[kBatch];
 #pragma unroll
-        for (int k = 0; k < kBatch; ++k)
-          v[k] = k0 + k < p.parts ? __ldcg(&seg.part[(k0 + k) * seg.count + e]) : 0.0f;
+      for (int k = 0; k < kBatch; ++k)
+        part[k] = k0 + k < p.parts ? __ldcg(&seg.part[(k0 + k) * seg.count + e]) : 0.0f;
 #pragma unroll
-        for (int k = 0; k < kBatch; ++k)
-          if (k0 + k < p.parts) g += v[k];
-      }
-      seg.grad[e] = g;
-      if (!adam) continue;
-      const int64_t i = seg.grad + e - a.g;
-      float w = a.p[i], m = a.m[i], v = a.v[i];
-      adam_element(w, g, m, v, scalars);
-      a.p[i] = w, a.m[i] = m, a.v[i] = v;
+      for (int k = 0; k < kBatch; ++k)
+        if (k0 + k < p.parts) g += part[k];
     }
+    seg.grad[e] = g;
+    if (!adam) continue;
+    adam_element(w, g, m, v, scalars);
+    a.p[i] = w, a.m[i] = m, a.v[i] = v;
   }
   if (adam)
     for (int r = 0; r < p.rests; ++r)
@@ -618,11 +634,13 @@ inline void plan_rows(Program& p, const Machine& mc) {
     if (rows == 0)
       throw ShapeError("cluster step: not one row of sizes up to " + std::to_string(widest_k) +
                        " fits a block's shared memory");
-    const int want = round4(std::min<int64_t>(widest_k, mc.max_chunk));
-    // the largest chunk that fits, at most K, at least kMinChunk (or K itself when smaller)
+    // The largest chunk that fits: a multiple of 8, so that the staging stride kc + 4 is an odd
+    // number of float4s (dot_accumulate's bank groups); K rounded up (or the tests' cap) at most,
+    // kMinChunk at least unless K is smaller.
+    const int want = int((std::min<int64_t>(widest_k, mc.max_chunk) + 7) / 8 * 8);
     int kc = want;
-    while (kc > 4 && smem_layout(s, p.layers, mc.cluster, rows, kc, mc.threads).total > mc.smem_floats)
-      kc -= 4;
+    while (kc > 8 && smem_layout(s, p.layers, mc.cluster, rows, kc, mc.threads).total > mc.smem_floats)
+      kc -= 8;
     if (smem_layout(s, p.layers, mc.cluster, rows, kc, mc.threads).total <= mc.smem_floats &&
         kc >= std::min(want, kMinChunk)) {
       p.rows = rows, p.kc = kc;
@@ -633,16 +651,9 @@ inline void plan_rows(Program& p, const Machine& mc) {
   p.smem = smem_layout(s, p.layers, mc.cluster, p.rows, p.kc, mc.threads);
 }
 
-// The exchange buffers and gradient partials of a step (floats, and doubles for the row losses).
-struct Scratch {
-  std::vector<float*> H;  // [L], H[0] unused
-  float *zpart, *logits, *dz, *gpart;
-  double* row_loss;
-  std::vector<float*> dw_part, db_part;
-};
-
-// Floats each buffer of Scratch needs, in its order: H[1] … H[L−1], zpart, logits, dz, gpart,
-// dw_part[0 … L−1], db_part[0 … L−1]; and the row losses' doubles.
+// Floats each of the program's exchange buffers and gradient partials needs, in this order:
+// H[1] … H[L−1], zpart, logits, dz, gpart, dw_part[0 … L−1], db_part[0 … L−1]; and the row
+// losses' doubles.
 inline std::vector<int64_t> scratch_floats(const Program& p, int64_t& row_loss_doubles) {
   const int L = p.layers;
   const int64_t S = p.trained, B = p.batch, Q = p.cluster, O = p.s[L];

@@ -13,6 +13,7 @@
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -136,8 +137,19 @@ void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, co
   config.numAttrs = 1;
   CUDA_CHECK(cudaLaunchKernelEx(&config, cluster_rows_kernel, p));
 
-  const int sms = Runtime::get().properties().multiProcessorCount;
-  cluster_reduce_kernel<<<2 * sms, cluster::kThreads, 0, Runtime::get().stream()>>>(r);
+  // Kernel 2: a thread per gradient element where they fit in one wave of resident blocks, so
+  // that each thread's partial loads are one batch of round trips, not several in a row.
+  int64_t elements = 0;
+  for (int k = 0; k < r.segments; ++k) elements += r.seg[k].count;
+  static const int64_t wave = [] {
+    int per_sm = 0;
+    CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, cluster_reduce_kernel, cluster::kThreads, 0));
+    return int64_t(std::max(per_sm, 1)) * Runtime::get().properties().multiProcessorCount;
+  }();
+  const unsigned blocks =
+      unsigned(std::min<int64_t>(wave, (elements + cluster::kThreads - 1) / cluster::kThreads));
+  cluster_reduce_kernel<<<blocks, cluster::kThreads, 0, Runtime::get().stream()>>>(r);
   CUDA_CHECK(cudaGetLastError());
 }
 
