@@ -163,10 +163,10 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         Case{"teacher_odd_sizes_B37", {53, 29, 31, 13}, 2, 0, 37, false, 0, 10, 1.0, 3, 5, 20},
         Case{"teacher_aligned_B30", {64, 40, 24, 13}, 1, 0, 30, false, 0, 10, 1.0, 3, 4, 24},
-        Case{"teacher_2_layers_B45", {53, 29, 7}, 2, 0, 45, false, 0, 7, 1.0, 2, 5, 16},
+        Case{"teacher_2_layers_B46", {53, 29, 7}, 2, 0, 46, false, 0, 7, 1.0, 2, 5, 16},
         Case{"teacher_wide_last_layer_B21", {40, 36, 40}, 1, 0, 21, false, 25, 40, 1.0, 2, 4, 16},
         Case{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 11, true, 10, 13, 2.0, 2, 12, 20},
-        Case{"distill_aligned_all_logits", {64, 40, 24, 13}, 2, 1, 30, true, 0, 13, 1.0, 3, 5, 32},
+        Case{"distill_aligned_all_logits", {64, 40, 24, 13}, 2, 1, 31, true, 0, 13, 1.0, 3, 5, 32},
         Case{"distill_2_layers_B23", {40, 33, 13}, 2, 1, 23, true, 0, 13, 2.0, 2, 4, 16}),
     [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
 
@@ -281,16 +281,21 @@ TEST(ClusterPlan, DefaultRunOnAnH100) {
     EXPECT_LE(p.smem.total, h100.smem_floats) << what;
     EXPECT_GE(p.kc, 256) << what << ": K chunks of at least a hidden layer's width";
   }
-  // Ten models (--models 10): more row blocks than clusters at once, in waves, each as large as
-  // the memory allows.
-  FusedMlp ten;
-  ten.layers = 3, ten.sizes = sizes, ten.models = 10;
-  ten.weights.assign(3, nullptr), ten.biases.assign(3, nullptr);
-  FusedLoss loss;
-  loss.c1 = 10;
-  const Program p = build_rows_program(nullptr, 256, ten, nullptr, loss, nullptr, h100);
-  EXPECT_LE(p.smem.total, h100.smem_floats);
-  EXPECT_EQ(p.row_blocks * p.rows >= 256, true);
+  // Ten models (--models 10) and the paper preset's 100 at batch 1024: more row blocks than
+  // clusters at once, in waves, each as large as the memory allows, the rows evened out.
+  for (const auto& [models, batch] : std::vector<std::pair<int64_t, int64_t>>{{10, 256}, {100, 1024}}) {
+    FusedMlp many;
+    many.layers = 3, many.sizes = sizes, many.models = models;
+    many.weights.assign(3, nullptr), many.biases.assign(3, nullptr);
+    FusedLoss loss;
+    loss.c1 = 10;
+    const Program p = build_rows_program(nullptr, batch, many, nullptr, loss, nullptr, h100);
+    const std::string what = std::to_string(models) + " models at batch " + std::to_string(batch);
+    EXPECT_LE(p.smem.total, h100.smem_floats) << what;
+    EXPECT_GE(p.row_blocks * p.rows, batch) << what;
+    EXPECT_LT(p.row_blocks * p.rows - batch, p.row_blocks) << what << ": the row blocks are uneven";
+    EXPECT_GE(p.rows, 64) << what << ": rows per cluster well short of what the memory holds";
+  }
 }
 
 }  // namespace

@@ -622,32 +622,31 @@ struct Machine {
 };
 
 // The rows per cluster and the K chunk for a step of S models at batch B: about `clusters`
-// clusters, as many rows each as the shared memory allows with a chunk of ≥ kMinChunk floats
-// (or all of K). Throws ShapeError when not even one row fits.
+// clusters, as many rows each as the shared memory allows with a K chunk of ≥ kMinChunk floats
+// (or all of K, when smaller), then the largest chunk that fits; the rows evened out over the
+// row blocks. Throws ShapeError when not even one row fits.
 inline void plan_rows(Program& p, const Machine& mc) {
   const std::vector<int64_t> s(p.s, p.s + p.layers + 1);
   const int64_t widest_k = *std::max_element(s.begin(), s.end() - 1);
-  const int64_t total = p.trained * p.batch;
-  int64_t rows = std::max<int64_t>(1, (total + mc.clusters - 1) / mc.clusters);
-  rows = std::min(rows, p.batch);
-  for (;; --rows) {
-    if (rows == 0)
-      throw ShapeError("cluster step: not one row of sizes up to " + std::to_string(widest_k) +
-                       " fits a block's shared memory");
-    // The largest chunk that fits: a multiple of 8, so that the staging stride kc + 4 is an odd
-    // number of float4s (dot_accumulate's bank groups); K rounded up (or the tests' cap) at most,
-    // kMinChunk at least unless K is smaller.
-    const int want = int((std::min<int64_t>(widest_k, mc.max_chunk) + 7) / 8 * 8);
-    int kc = want;
-    while (kc > 8 && smem_layout(s, p.layers, mc.cluster, rows, kc, mc.threads).total > mc.smem_floats)
-      kc -= 8;
-    if (smem_layout(s, p.layers, mc.cluster, rows, kc, mc.threads).total <= mc.smem_floats &&
-        kc >= std::min(want, kMinChunk)) {
-      p.rows = rows, p.kc = kc;
-      break;
-    }
-  }
-  p.row_blocks = (p.batch + p.rows - 1) / p.rows;
+  const auto fits = [&](int64_t rows, int kc) {
+    return smem_layout(s, p.layers, mc.cluster, rows, kc, mc.threads).total <= mc.smem_floats;
+  };
+  // Chunks are multiples of 8, so that the staging stride kc + 4 is an odd number of float4s
+  // (dot_accumulate's bank groups): K rounded up (or the tests' cap) at most.
+  const int want = int((std::min<int64_t>(widest_k, mc.max_chunk) + 7) / 8 * 8);
+  const int least = std::min(want, kMinChunk);
+  int64_t rows =
+      std::min<int64_t>(p.batch, std::max<int64_t>(1, (p.trained * p.batch + mc.clusters - 1) / mc.clusters));
+  while (rows > 0 && !fits(rows, least)) rows = rows > 4 ? (rows + 3) / 4 * 4 - 4 : rows - 1;
+  if (rows == 0)
+    throw ShapeError("cluster step: not one row of sizes up to " + std::to_string(widest_k) +
+                     " fits a block's shared memory");
+  p.row_blocks = (p.batch + rows - 1) / rows;
+  p.rows =
+      (p.batch + p.row_blocks - 1) / p.row_blocks;  // no smaller than needed: the same blocks, evened out
+  int kc = want;
+  while (kc > least && !fits(p.rows, kc)) kc -= 8;
+  p.kc = kc;
   p.smem = smem_layout(s, p.layers, mc.cluster, p.rows, p.kc, mc.threads);
 }
 
