@@ -310,8 +310,8 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
     own = own_columns(out, at);
     const float* a_src = l == 0 ? x_rows : p.H[l] + (slot * p.batch + at.r0) * in;
     const float* w_src = net.w[l] + (mi * out + own.begin) * in;
-    zero(acc,
-         at.R4 * own.n4);  // (earlier readers of acc finished before the barrier that ends the last step)
+    // (acc's last readers finished before the __syncthreads that ended the layer or pass before)
+    zero(acc, at.R4 * own.n4);
     const int chunks = int((in + p.kc - 1) / p.kc);
     pipelined(
         chunks, sm + lay.buffer[0], sm + lay.buffer[1],
