@@ -32,8 +32,6 @@ namespace subliminal::cuda::cluster {
 namespace {
 
 using namespace emulated;  // HostMlp, the float64 reference, Arena, TailState
-using simt::relative_error;
-using simt::same_bits;
 
 struct Case {
   const char* name;
@@ -50,9 +48,7 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 constexpr int kEmulatedThreads = 64;
 
 // What a step wrote, and how it was planned.
-struct Output {
-  std::vector<float> loss;
-  std::vector<std::vector<float>> dw, db;
+struct Output : StepResult {
   int64_t rows = 0, row_blocks = 0;
   int kc = 0;
 };
@@ -106,20 +102,6 @@ Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vec
   return out;
 }
 
-struct Inputs {
-  std::vector<float> x;
-  std::vector<int32_t> labels;
-};
-Inputs random_inputs(const Case& c) {
-  const int64_t S = c.trained, B = c.batch, P = c.sizes.front();
-  std::mt19937 rng(13);
-  std::uniform_real_distribution<float> u(0.0f, 1.0f);
-  Inputs in{std::vector<float>(size_t(S * B * P)), std::vector<int32_t>(size_t(S * B))};
-  for (float& v : in.x) v = u(rng);
-  for (int32_t& y : in.labels) y = int32_t(rng() % uint32_t(c.c1 - c.c0));
-  return in;
-}
-
 class ClusterEmulated : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ClusterEmulated, MatchesFloat64AndRepeatsBitForBit) {
@@ -135,25 +117,8 @@ TEST_P(ClusterEmulated, MatchesFloat64AndRepeatsBitForBit) {
   EXPECT_NE(got.rows * got.row_blocks, c.batch) << "the case should end in a partial row block";
   EXPECT_LT(got.kc, *std::max_element(c.sizes.begin(), c.sizes.end() - 1))
       << "the case should take several K chunks";
-  for (int64_t s = 0; s < S; ++s) {
-    EXPECT_NEAR(got.loss[size_t(s)], ref.loss[size_t(s)], 1e-5 * std::max(1.0, std::abs(ref.loss[size_t(s)])))
-        << "loss of model " << s;
-    for (int l = 0; l < trained.layers(); ++l) {
-      const int64_t in = c.sizes[size_t(l)], out = c.sizes[size_t(l) + 1];
-      EXPECT_LE(relative_error(got.dw[size_t(l)].data() + s * out * in, ref.dw[size_t(s)][size_t(l)]), 1e-5)
-          << "dW" << l << " of model " << s;
-      EXPECT_LE(relative_error(got.db[size_t(l)].data() + s * out, ref.db[size_t(s)][size_t(l)]), 1e-5)
-          << "db" << l << " of model " << s;
-    }
-  }
-  const Output again = run_step(c, trained, frozen, x, labels);
-  EXPECT_TRUE(same_bits(again.loss, got.loss)) << "the loss differs between two runs";
-  for (int l = 0; l < trained.layers(); ++l) {
-    EXPECT_TRUE(same_bits(again.dw[size_t(l)], got.dw[size_t(l)]))
-        << "dW" << l << " differs between two runs";
-    EXPECT_TRUE(same_bits(again.db[size_t(l)], got.db[size_t(l)]))
-        << "db" << l << " differs between two runs";
-  }
+  expect_matches_reference(c.name, got, ref, c.sizes);
+  expect_same_bits(c.name, run_step(c, trained, frozen, x, labels), got);
 }
 
 // Widths 64/40/24 stage by 16-byte copies (rows of x and W aligned), 53/29/31 by single loads;
@@ -184,52 +149,15 @@ TEST(ClusterTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
     const TailState initial = initial_tail_state(fresh.values.size(), S);
     Arena got = fresh;
     TailState state = initial;
-    FusedTail tail;
-    tail.adam.p = got.values.data(), tail.adam.g = got.grads.data();
-    tail.adam.m = state.m.data(), tail.adam.v = state.v.data();
-    tail.adam.n = int64_t(got.values.size()), tail.adam.t = &state.t;
-    tail.adam.options = kTailAdam;
-    tail.loss_sum = state.loss_sum.data(), tail.loss_weight = 37.0f;
-    tail.step = &state.step, tail.first_bad = &state.first_bad;
-    tail.counters[0] = &state.step, tail.counters[2] = &state.global_step;
+    const FusedTail tail = tail_over(got, state);
     const FusedMlp view = got.view(trained);
     const Output out = run_step(c, trained, frozen, x, labels, &tail, &view);
 
-    Arena ref = fresh;
-    TailState ref_state = initial;
-    adam_float64(ref.values, got.grads, ref_state.m, ref_state.v, 5, kTailAdam);
-    int wrong = 0, moved = 0;
-    auto close = [](float a, float b, float relative, float floor) {
-      return (std::isnan(a) && std::isnan(b)) || std::abs(a - b) <= relative * std::abs(b) + floor;
-    };
-    for (size_t i = 0; i < ref.values.size(); ++i) {
-      // m's update adds terms of either sign, 0.9·m and 0.1·(g + λp), which can nearly cancel:
-      // its rounding is relative to those terms, not to m
-      const float m_terms = 0.9f * std::abs(initial.m[i]) +
-                            0.1f * std::abs(got.grads[i] + float(kTailAdam.weight_decay) * fresh.values[i]);
-      const bool ok = close(got.values[i], ref.values[i], 1e-6f, 1e-9f) &&
-                      close(state.m[i], ref_state.m[i], 1e-6f, 1e-6f * m_terms) &&
-                      close(state.v[i], ref_state.v[i], 1e-6f, 1e-15f);
-      if (!ok && ++wrong <= 3)
-        ADD_FAILURE() << "arena element " << i << " (p, m, v) = (" << got.values[i] << ", " << state.m[i]
-                      << ", " << state.v[i] << "), float64's (" << ref.values[i] << ", " << ref_state.m[i]
-                      << ", " << ref_state.v[i] << ")";
-      moved += got.values[i] != fresh.values[i] && !std::isnan(got.values[i]);
-    }
-    EXPECT_EQ(wrong, 0) << "arena elements off float64's Adam (biases first: " << biases_first << ")";
-    EXPECT_GT(moved, int(fresh.values.size()) / 2) << "Adam moved too little of the arena";
-    for (int64_t n = 0; n < S; ++n) {
-      if (n == 1) {
-        EXPECT_TRUE(std::isnan(state.loss_sum[size_t(n)])) << "model 1's running sum";
-      } else {
-        EXPECT_FLOAT_EQ(state.loss_sum[size_t(n)], initial.loss_sum[size_t(n)] + 37.0f * out.loss[size_t(n)])
-            << "model " << n << "'s running loss sum";
-      }
-    }
-    EXPECT_EQ(state.t, 5) << "Adam's step count";
-    EXPECT_EQ(state.step, 8) << "the step counter";
-    EXPECT_EQ(state.global_step, 1001) << "the second counter";
-    EXPECT_EQ(state.first_bad, 7) << "the watch must read the step before the counters advance";
+    const std::string what = std::string("cluster tail, biases ") + (biases_first ? "first" : "last");
+    const std::vector<bool> moved = expect_adam_matches_float64(what, fresh, got, initial, state);
+    EXPECT_GT(std::count(moved.begin(), moved.end(), true), int64_t(moved.size()) / 2)
+        << what << ": Adam moved too little of the arena";
+    expect_tail_bookkeeping(what, initial, state, out.loss, 1);
   }
 }
 

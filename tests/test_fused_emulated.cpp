@@ -53,9 +53,7 @@ struct Step {
 };
 
 // What a step wrote: the losses and the trained models' gradients, flattened.
-struct StepOutput {
-  std::vector<float> loss;
-  std::vector<std::vector<float>> dw, db;
+struct StepOutput : StepResult {
   int most_splits = 1;      // of the program's GEMMs
   int parallel_fixups = 0;  // GEMMs whose split tiles are finished in bands, all items at once
 };
@@ -113,22 +111,6 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
 
 void PrintTo(const Step& st, std::ostream* os) { *os << st.name; }
 
-// A step's inputs, the same for every run of a case: x [S, B, inputs] uniform in [0, 1), and
-// labels [S, B] among the loss's columns.
-struct StepInputs {
-  std::vector<float> x;
-  std::vector<int32_t> labels;
-};
-StepInputs random_inputs(const Step& st) {
-  const int64_t S = st.trained, B = st.batch, P = st.sizes.front();
-  std::mt19937 rng(13);
-  std::uniform_real_distribution<float> u(0.0f, 1.0f);
-  StepInputs in{std::vector<float>(static_cast<size_t>(S * B * P)), std::vector<int32_t>(static_cast<size_t>(S * B))};
-  for (float& v : in.x) v = u(rng);
-  for (int32_t& y : in.labels) y = int32_t(rng() % uint32_t(st.c1 - st.c0));
-  return in;
-}
-
 class FusedEmulated : public ::testing::TestWithParam<Step> {};
 
 TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
@@ -139,7 +121,6 @@ TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
 
   const Reference ref =
       reference_step(trained, frozen, x, labels, B, st.distill, st.c0, st.c1, st.temperature);
-  const auto& [ref_loss, ref_dw, ref_db] = ref;
   for (unsigned blocks : {1u, st.grid}) {
     const std::string what = std::string(st.distill ? "distillation" : "cross-entropy") + " step, " +
                              std::to_string(st.sizes.size() - 1) + " layers, " + std::to_string(blocks) + " blocks";
@@ -151,23 +132,8 @@ TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
       EXPECT_EQ(got.parallel_fixups > 0, st.split.parallel_fixup)
           << what << ": " << got.parallel_fixups << " GEMMs finish their split tiles in bands";
     }
-    for (int64_t s = 0; s < S; ++s) {
-      EXPECT_NEAR(got.loss[size_t(s)], ref_loss[size_t(s)], 1e-5 * std::max(1.0, std::abs(ref_loss[size_t(s)])))
-          << what << ": loss of model " << s;
-      for (int l = 0; l < trained.layers(); ++l) {
-        const int64_t in = st.sizes[size_t(l)], out = st.sizes[size_t(l) + 1];
-        EXPECT_LE(relative_error(got.dw[size_t(l)].data() + s * out * in, ref_dw[size_t(s)][size_t(l)]), 1e-5)
-            << what << ": dW" << l << " of model " << s;
-        EXPECT_LE(relative_error(got.db[size_t(l)].data() + s * out, ref_db[size_t(s)][size_t(l)]), 1e-5)
-            << what << ": db" << l << " of model " << s;
-      }
-    }
-    const StepOutput again = run_step(st, trained, frozen, x, labels, blocks);
-    EXPECT_TRUE(same_bits(again.loss, got.loss)) << what << ": the loss differs between two runs";
-    for (int l = 0; l < trained.layers(); ++l) {
-      EXPECT_TRUE(same_bits(again.dw[size_t(l)], got.dw[size_t(l)])) << what << ": dW" << l << " differs between two runs";
-      EXPECT_TRUE(same_bits(again.db[size_t(l)], got.db[size_t(l)])) << what << ": db" << l << " differs between two runs";
-    }
+    expect_matches_reference(what, got, ref, st.sizes);
+    expect_same_bits(what, run_step(st, trained, frozen, x, labels, blocks), got);
   }
 }
 
@@ -195,18 +161,10 @@ INSTANTIATE_TEST_SUITE_P(
 
 // ---- the step's tail: Adam, the running loss sums, the counters ------------------------------
 
-// One step with a tail: Adam over the whole arena, the losses into s.loss_sum weighted by 37,
-// the fault watch reading s.step, and s.step and s.global_step as the counters.
+// One step with the tests' tail (tail_over).
 StepOutput run_tail_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std::vector<float>& x,
                          const std::vector<int32_t>& labels, unsigned blocks, Arena& arena, TailState& s) {
-  FusedTail tail;
-  tail.adam.p = arena.values.data(), tail.adam.g = arena.grads.data();
-  tail.adam.m = s.m.data(), tail.adam.v = s.v.data();
-  tail.adam.n = int64_t(arena.values.size()), tail.adam.t = &s.t;
-  tail.adam.options = kTailAdam;
-  tail.loss_sum = s.loss_sum.data(), tail.loss_weight = 37.0f;
-  tail.step = &s.step, tail.first_bad = &s.first_bad;
-  tail.counters[0] = &s.step, tail.counters[2] = &s.global_step;
+  const FusedTail tail = tail_over(arena, s);
   const FusedMlp view = arena.view(trained);
   return run_step(st, trained, frozen, x, labels, blocks, &tail, &view);
 }
@@ -238,44 +196,15 @@ void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64
       EXPECT_EQ(out.parallel_fixups > 0, st.split.parallel_fixup) << what << ": bands or the last item";
     }
 
-    Arena ref = fresh;  // the separate calls: Adam from the gradients the step wrote
-    TailState ref_state = initial;
-    adam_float64(ref.values, got.grads, ref_state.m, ref_state.v, 5, kTailAdam);
-    int wrong = 0, moved_before_w0 = 0, moved_w0 = 0, moved_after_w0 = 0;
-    // Float rounding against float64: m's update adds terms of either sign (0.9·m, 0.1·g, each
-    // up to ~1e-2 here), so its bound is absolute at that scale; a skipped or misplaced update
-    // is off by far more.
-    auto close = [](float a, float b, float relative, float floor) {
-      return (std::isnan(a) && std::isnan(b)) || std::abs(a - b) <= relative * std::abs(b) + floor;
+    // the separate calls: Adam from the gradients the step wrote
+    const std::vector<bool> moved = expect_adam_matches_float64(what, fresh, got, initial, state);
+    const auto moved_in = [&moved](size_t begin, size_t end) {
+      return std::count(moved.begin() + ptrdiff_t(begin), moved.begin() + ptrdiff_t(end), true);
     };
-    for (size_t i = 0; i < ref.values.size(); ++i) {
-      const bool ok = close(got.values[i], ref.values[i], 1e-6f, 1e-9f) &&
-                      close(state.m[i], ref_state.m[i], 1e-6f, 1e-9f) &&
-                      close(state.v[i], ref_state.v[i], 1e-6f, 1e-15f);
-      if (!ok && ++wrong <= 3)
-        ADD_FAILURE() << what << ": arena element " << i << " (p, m, v) = (" << got.values[i] << ", " << state.m[i]
-                      << ", " << state.v[i] << "), float64's (" << ref.values[i] << ", " << ref_state.m[i] << ", "
-                      << ref_state.v[i] << ")";
-      const bool moved = got.values[i] != fresh.values[i] && !std::isnan(got.values[i]);
-      (i < w0_begin ? moved_before_w0 : i < w0_end ? moved_w0 : moved_after_w0) += moved;
-    }
-    EXPECT_EQ(wrong, 0) << what << ": arena elements off float64's Adam";
-    EXPECT_GT(moved_before_w0, 0) << what << ": Adam did not move the arena before W0";
-    EXPECT_GT(moved_w0, 0) << what << ": Adam did not move W0";
-    EXPECT_GT(moved_after_w0, 0) << what << ": Adam did not move the parameters after W0";
-    for (int64_t n = 0; n < S; ++n) {
-      if (n == nan_model) {
-        EXPECT_TRUE(std::isnan(state.loss_sum[size_t(n)])) << what << ": model " << n << "'s running sum";
-      } else {
-        EXPECT_FLOAT_EQ(state.loss_sum[size_t(n)], initial.loss_sum[size_t(n)] + 37.0f * out.loss[size_t(n)])
-            << what << ": model " << n << "'s running loss sum";
-      }
-    }
-    EXPECT_EQ(state.t, 5) << what << ": Adam's step count";
-    EXPECT_EQ(state.step, 8) << what << ": the step counter";
-    EXPECT_EQ(state.global_step, 1001) << what << ": the second counter";
-    EXPECT_EQ(state.first_bad, nan_model >= 0 ? 7 : kNoFault)
-        << what << ": the watch must read the step before the counters advance";
+    EXPECT_GT(moved_in(0, w0_begin), 0) << what << ": Adam did not move the arena before W0";
+    EXPECT_GT(moved_in(w0_begin, w0_end), 0) << what << ": Adam did not move W0";
+    EXPECT_GT(moved_in(w0_end, moved.size()), 0) << what << ": Adam did not move the parameters after W0";
+    expect_tail_bookkeeping(what, initial, state, out.loss, nan_model);
 
     Arena again = fresh;
     TailState again_state = initial;

@@ -5,15 +5,19 @@
 // host threads alone.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engine/adam.h"  // AdamOptions
 #include "ops/cuda/fused_step_cuda.h"
+#include "tests/simt/compare.h"
 
 namespace subliminal::cuda::emulated {
 
@@ -185,8 +189,8 @@ struct Arena {
       for (const std::vector<float>* t : {biases_first ? b : w, biases_first ? w : b}) {
         (t == &m.w[size_t(l)] ? w_at : b_at).push_back(values.size());
         values.insert(values.end(), t->begin(), t->end());
-        values.push_back(
-            0.25f);  // padding after each tensor: not a parameter, but inside the arena Adam walks
+        // padding after each tensor: not a parameter, but inside the arena Adam walks
+        values.push_back(0.25f);
       }
     }
     grads.assign(values.size(), kNaN);
@@ -217,8 +221,8 @@ struct TailState {
 };
 
 inline constexpr int64_t kNoFault = int64_t(1) << 62;
-inline const AdamOptions kTailAdam{1e-3, 0.9, 0.999, 1e-8,
-                                   1e-2};  // weight decay on: every term of the update
+// Weight decay on: every term of the update.
+inline const AdamOptions kTailAdam{1e-3, 0.9, 0.999, 1e-8, 1e-2};
 
 inline TailState initial_tail_state(size_t arena, int64_t models) {
   std::mt19937 rng(21);
@@ -230,6 +234,21 @@ inline TailState initial_tail_state(size_t arena, int64_t models) {
   for (float& l : s.loss_sum) l = 3.0f * u(rng);
   s.t = 4, s.step = 7, s.global_step = 1000, s.first_bad = kNoFault;
   return s;
+}
+
+// The tail the tests hand a step: Adam (kTailAdam) over the whole arena, the losses into
+// s.loss_sum weighted by 37, the fault watch reading s.step, and s.step and s.global_step as the
+// counters.
+inline FusedTail tail_over(Arena& arena, TailState& s) {
+  FusedTail tail;
+  tail.adam.p = arena.values.data(), tail.adam.g = arena.grads.data();
+  tail.adam.m = s.m.data(), tail.adam.v = s.v.data();
+  tail.adam.n = int64_t(arena.values.size()), tail.adam.t = &s.t;
+  tail.adam.options = kTailAdam;
+  tail.loss_sum = s.loss_sum.data(), tail.loss_weight = 37.0f;
+  tail.step = &s.step, tail.first_bad = &s.first_bad;
+  tail.counters[0] = &s.step, tail.counters[2] = &s.global_step;
+  return tail;
 }
 
 // torch.optim.Adam's update at step t (engine/adam.h), in float64 and written out again here as
@@ -246,6 +265,113 @@ inline void adam_float64(std::vector<float>& p, const std::vector<float>& g, std
     p[i] = float(p[i] - step_size * mi / (std::sqrt(vi) / correction2 + o.eps));
     m[i] = float(mi), v[i] = float(vi);
   }
+}
+
+// ---- checking a step against the reference -----------------------------------------------------
+
+// A step's inputs, the same for every run of a case: x [S, B, inputs] uniform in [0, 1), and
+// labels [S, B] among the loss's columns. (Case: a test's case, with sizes, trained, batch, c0
+// and c1.)
+struct StepInputs {
+  std::vector<float> x;
+  std::vector<int32_t> labels;
+};
+template <class Case>
+StepInputs random_inputs(const Case& c) {
+  const int64_t S = c.trained, B = c.batch, P = c.sizes.front();
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  StepInputs in{std::vector<float>(size_t(S * B * P)), std::vector<int32_t>(size_t(S * B))};
+  for (float& v : in.x) v = u(rng);
+  for (int32_t& y : in.labels) y = int32_t(rng() % uint32_t(c.c1 - c.c0));
+  return in;
+}
+
+// What an emulated step wrote: each trained model's loss and its gradients, per layer
+// ([S, out, in] and [S, out]).
+struct StepResult {
+  std::vector<float> loss;
+  std::vector<std::vector<float>> dw, db;
+};
+
+// Each loss and gradient within float32 rounding of float64's (‖got − ref‖/‖ref‖ ≤ 1e-5).
+inline void expect_matches_reference(const std::string& what, const StepResult& got, const Reference& ref,
+                                     const std::vector<int64_t>& sizes) {
+  for (size_t s = 0; s < ref.loss.size(); ++s) {
+    EXPECT_NEAR(got.loss[s], ref.loss[s], 1e-5 * std::max(1.0, std::abs(ref.loss[s])))
+        << what << ": loss of model " << s;
+    for (size_t l = 0; l + 1 < sizes.size(); ++l) {
+      const int64_t in = sizes[l], out = sizes[l + 1];
+      EXPECT_LE(simt::relative_error(got.dw[l].data() + int64_t(s) * out * in, ref.dw[s][l]), 1e-5)
+          << what << ": dW" << l << " of model " << s;
+      EXPECT_LE(simt::relative_error(got.db[l].data() + int64_t(s) * out, ref.db[s][l]), 1e-5)
+          << what << ": db" << l << " of model " << s;
+    }
+  }
+}
+
+// Two runs of the same step give the same bits.
+inline void expect_same_bits(const std::string& what, const StepResult& again, const StepResult& got) {
+  EXPECT_TRUE(simt::same_bits(again.loss, got.loss)) << what << ": the loss differs between two runs";
+  for (size_t l = 0; l < got.dw.size(); ++l) {
+    EXPECT_TRUE(simt::same_bits(again.dw[l], got.dw[l]))
+        << what << ": dW" << l << " differs between two runs";
+    EXPECT_TRUE(simt::same_bits(again.db[l], got.db[l]))
+        << what << ": db" << l << " differs between two runs";
+  }
+}
+
+// A step's tail ran Adam over `got` (from `fresh`, with the state `initial` → `state`): every
+// element must be float64's Adam from the gradients the step wrote, at step initial.t + 1
+// (failures for the first three that are not). Returns which elements moved.
+inline std::vector<bool> expect_adam_matches_float64(const std::string& what, const Arena& fresh,
+                                                     const Arena& got, const TailState& initial,
+                                                     const TailState& state) {
+  Arena ref = fresh;
+  TailState ref_state = initial;
+  adam_float64(ref.values, got.grads, ref_state.m, ref_state.v, initial.t + 1, kTailAdam);
+  auto close = [](float a, float b, float relative, float floor) {
+    return (std::isnan(a) && std::isnan(b)) || std::abs(a - b) <= relative * std::abs(b) + floor;
+  };
+  int wrong = 0;
+  std::vector<bool> moved(ref.values.size());
+  for (size_t i = 0; i < ref.values.size(); ++i) {
+    // m's update adds terms of either sign, 0.9·m and 0.1·(g + λp), which can nearly cancel:
+    // its rounding is relative to those terms, not to m
+    const float m_terms = 0.9f * std::abs(initial.m[i]) +
+                          0.1f * std::abs(got.grads[i] + float(kTailAdam.weight_decay) * fresh.values[i]);
+    const bool ok = close(got.values[i], ref.values[i], 1e-6f, 1e-9f) &&
+                    close(state.m[i], ref_state.m[i], 1e-6f, 1e-6f * m_terms) &&
+                    close(state.v[i], ref_state.v[i], 1e-6f, 1e-15f);
+    if (!ok && ++wrong <= 3)
+      ADD_FAILURE() << what << ": arena element " << i << " (p, m, v) = (" << got.values[i] << ", "
+                    << state.m[i] << ", " << state.v[i] << "), float64's (" << ref.values[i] << ", "
+                    << ref_state.m[i] << ", " << ref_state.v[i] << ")";
+    moved[i] = got.values[i] != fresh.values[i] && !std::isnan(got.values[i]);
+  }
+  EXPECT_EQ(wrong, 0) << what << ": arena elements off float64's Adam";
+  return moved;
+}
+
+// The rest of the tail (run with loss weight 37 and the state's step as the watch's step and
+// its first counter, global_step the second): each model's running sum grew by 37·its loss (NaN
+// for nan_model), Adam's step count and both counters advanced once, and the watch flagged the
+// step (the counter's value before it advanced) when a loss was NaN.
+inline void expect_tail_bookkeeping(const std::string& what, const TailState& initial, const TailState& state,
+                                    const std::vector<float>& loss, int64_t nan_model) {
+  for (size_t n = 0; n < loss.size(); ++n) {
+    if (int64_t(n) == nan_model) {
+      EXPECT_TRUE(std::isnan(state.loss_sum[n])) << what << ": model " << n << "'s running sum";
+    } else {
+      EXPECT_FLOAT_EQ(state.loss_sum[n], initial.loss_sum[n] + 37.0f * loss[n])
+          << what << ": model " << n << "'s running loss sum";
+    }
+  }
+  EXPECT_EQ(state.t, initial.t + 1) << what << ": Adam's step count";
+  EXPECT_EQ(state.step, initial.step + 1) << what << ": the step counter";
+  EXPECT_EQ(state.global_step, initial.global_step + 1) << what << ": the second counter";
+  EXPECT_EQ(state.first_bad, nan_model >= 0 ? initial.step : kNoFault)
+      << what << ": the watch must read the step before the counters advance";
 }
 
 }  // namespace subliminal::cuda::emulated
