@@ -14,7 +14,7 @@
 // and a whole teacher training step (forward, loss, backward, Adam) replayed as a CUDA graph;
 // then the fused training step (ops/fused_step.h) phase by phase, the step under both designs of
 // its kernels (grid and cluster), and (not with --fused-only) the fused step at batch 256 under
-// a sweep of split-K policies.
+// a sweep of split-K policies and the cluster design under caps on its K chunk.
 // Times are CUDA-event medians over 7 blocks of 50 calls after a warm-up, in microseconds.
 #include <algorithm>
 #include <cstdio>
@@ -186,6 +186,34 @@ nlohmann::json design_table() {
   return rows;
 }
 
+// The cluster design under caps on its K chunk (cuda::cluster_step_max_chunk): long chunks are
+// few (less per-chunk overhead: a wait and two barriers) but the first one's load is not hidden
+// behind any arithmetic; short chunks start computing sooner.
+nlohmann::json cluster_chunk_sweep(int64_t batch) {
+  nlohmann::json rows = nlohmann::json::array();
+  if (!cuda::cluster_step_supported()) return rows;
+  std::printf("cluster step, batch %lld, K chunk capped (µs per step, eager launches; 0: as long as fits):\n",
+              (long long)batch);
+  std::printf("%-8s %10s %10s\n", "cap", "teacher", "distill");
+  set_fused_step_design(FusedStepDesign::cluster);
+  for (int cap : {32, 64, 128, 200, 256, 400, 0}) {
+    cuda::cluster_step_max_chunk(cap);
+    nlohmann::json row = {{"batch", batch}, {"max_chunk", cap}};
+    std::printf("%-8d", cap);
+    for (bool distill : {false, true}) {
+      FusedStepSetup setup(batch, distill);
+      const double us = time_us([&] { setup.step(); }, 20, 7, 5);
+      std::printf(" %10.1f", us);
+      row[distill ? "distill" : "teacher"] = us;
+    }
+    std::printf("\n");
+    rows.push_back(row);
+  }
+  cuda::cluster_step_max_chunk(0);
+  set_fused_step_design(FusedStepDesign::grid);
+  return rows;
+}
+
 // The median over launches of field(phase ph), and of the whole kernel (its phases' sum).
 double median_over(const std::vector<std::vector<cuda::FusedPhaseTime>>& runs, size_t ph,
                    double (*field)(const cuda::FusedPhaseTime&)) {
@@ -347,7 +375,10 @@ int main(int argc, char** argv) {
     for (int64_t B : {256, 1024})
       for (bool distill : {false, true}) out["fused_step"].push_back(fused_phases(B, distill));
     out["designs"] = design_table();
-    if (!fused_only) out["split_sweep"] = split_sweep(256);
+    if (!fused_only) {
+      out["split_sweep"] = split_sweep(256);
+      out["cluster_chunks"] = cluster_chunk_sweep(256);
+    }
     use(kEngines[0]);
     const std::string fallbacks = gemm::fallback_report();
     if (!fallbacks.empty()) std::printf("Fallbacks:\n%s", fallbacks.c_str());

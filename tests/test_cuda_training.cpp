@@ -540,6 +540,29 @@ TEST_P(CudaFusedStep, BandFixupEqualsLastItemFixupBitForBit) {
                               {int64_t(last.params[k].size())}));
 }
 
+// The cluster design with its K chunks capped short (many chunks a product, bench_layers'
+// sweep): the same step to float32 rounding.
+TEST_P(CudaFusedStep, ShortClusterChunksMatchCpu) {
+  if (design_ != FusedStepDesign::cluster) GTEST_SKIP() << "the K chunk cap is the cluster design's";
+  const TrainCase& c = train_case();
+  const MlpParams init = make_params(c.sizes, c.N, 42);
+  const int steps = 2;
+  const HostData data =
+      make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 7);
+  const RunResult cpu =
+      teacher_steps(init, Device::cpu, DType::f64, data, steps, c.B, c.classes(), MlpFusion::whole);
+  cuda::cluster_step_max_chunk(32);
+  const RunResult capped =
+      teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole, true);
+  cuda::cluster_step_max_chunk(0);
+  expect_runs_close(label() + " teacher steps, K chunks of 32 (vs CPU float64)", capped, cpu, init, c.N);
+}
+
+TEST(ClusterStepMaxChunk, RefusesANegativeCap) {
+  EXPECT_THROW(cuda::cluster_step_max_chunk(-1), ShapeError);
+  cuda::cluster_step_max_chunk(0);  // no cap is accepted
+}
+
 TEST(FusedSplitPolicy, RefusesFewerThanOneSplitOrChunk) {
   EXPECT_THROW(cuda::fused_step_split_policy({0, 2}), ShapeError);
   EXPECT_THROW(cuda::fused_step_split_policy({8, 0}), ShapeError);

@@ -89,7 +89,17 @@ const cluster::Machine& machine() {
   return m;
 }
 
+int& max_chunk() {  // cluster_step_max_chunk's cap: 0 for none
+  static int cap = 0;
+  return cap;
+}
+
 }  // namespace
+
+void cluster_step_max_chunk(int floats) {
+  if (floats < 0) throw ShapeError("cluster_step_max_chunk: " + std::to_string(floats) + " floats");
+  max_chunk() = floats;
+}
 
 bool cluster_step_supported() {
   const cudaDeviceProp& props = Runtime::get().properties();
@@ -104,7 +114,8 @@ void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, co
   if (S == 0 || batch == 0 || (loss.distill && (F == 0 || S % F != 0)))
     throw ShapeError("cluster_mlp_step: " + std::to_string(S) + " trained and " + std::to_string(F) +
                      " frozen models, batch " + std::to_string(batch));
-  const cluster::Machine& mc = machine();
+  cluster::Machine mc = machine();
+  if (max_chunk() > 0) mc.max_chunk = max_chunk();
   Program p = cluster::build_rows_program(x, batch, trained, frozen, loss, tail, mc);
 
   // The scratch: one buffer that outlives the step, each part 256-byte aligned.

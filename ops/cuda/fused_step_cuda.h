@@ -72,6 +72,13 @@ void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, cons
 bool cluster_step_supported();
 void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
                       const FusedLoss& loss, float* loss_out, const FusedTail* tail = nullptr);
+// The cluster step stages its operands in K chunks, by default as long as shared memory allows
+// (the fewest chunks); this caps them at `floats` (0: no cap) for later steps, for
+// bench/layers.cpp's sweep of the trade between a chunk's load latency and the pipeline's
+// per-chunk overhead. The results move by float32 rounding (partial sums end at other places);
+// a step captured in a CUDA graph keeps the plan it was captured with. Throws ShapeError for a
+// negative cap.
+void cluster_step_max_chunk(int floats);
 
 // Timing, for bench/layers.cpp: while on, each fused step records (with the GPU's global timer)
 // when block 0 starts each of its phases and when the first and the last block finish their
