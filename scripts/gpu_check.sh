@@ -310,6 +310,17 @@ if want stalls && time_left "stalls"; then
     say "stalls: exit $?"
     grep -E "stalled_|Warp Cycles Per Issued|Registers Per Thread|Achieved Occupancy|Block Limit" "$OUT/stalls.log" |
       head -40 | tee -a "$summary"
+    # The same for the cluster design's first kernel (bench_layers' designs table: a teacher
+    # step at batch 256), on GPUs that have clusters.
+    if time_left "stalls, cluster design"; then
+      timeout 120 ncu --kernel-name regex:cluster_rows_kernel --launch-skip 5 --launch-count 1 \
+        --section LaunchStats --section Occupancy --section WarpStateStats \
+        --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+        build-gpu/bench/bench_layers --fused-only > "$OUT/stalls_cluster.log" 2>&1
+      say "stalls (cluster design): exit $?"
+      grep -E "stalled_|Warp Cycles Per Issued|Registers Per Thread|Achieved Occupancy|Block Limit" \
+        "$OUT/stalls_cluster.log" | head -40 | tee -a "$summary"
+    fi
   else
     say "stalls: ncu is not installed here"
   fi
