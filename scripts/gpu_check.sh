@@ -203,6 +203,8 @@ if want experiments; then
   time_left "tiled_deterministic" && run_app tiled_deterministic --device cuda --gemm tiled --deterministic
   time_left "fused_no_graphs" && run_app fused_no_graphs --device cuda --step fused --no-graphs
   time_left "fused_models10" && run_app fused_models10 --device cuda --step fused --models 10
+  time_left "cluster_models10" && run_app cluster_models10 --device cuda --step cluster --models 10
+  time_left "cluster_no_graphs" && run_app cluster_no_graphs --device cuda --step cluster --no-graphs
 fi
 if want paper; then
   time_left "paper preset" && run_app paper --device cuda --preset paper
