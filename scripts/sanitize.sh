@@ -22,6 +22,8 @@ TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_parallel
 # gradient below the logits after __syncwarp, the joined backward phase), and one with the
 # tail's Adam on split-K tiles of W_0 and b_0, finished in bands, while the other blocks update
 # the rest of the arena (the tiles' cases run both fix-ups). The whole fused suite takes
-# minutes under TSan on 2 cores.
+# minutes under TSan on 2 cores. And two cluster steps (tests/test_cluster_emulated.cpp), whose
+# blocks hand activations and gradient parts to each other across cluster barriers: a 2-layer
+# distillation and a 3-layer teacher (the exchange of H_1 and of G_1's parts).
 TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_emulated \
-  --gtest_filter='TileEmulated.*:TileSplitK.*:*distill_2_layers*:*teacher_3_models*:FusedTail.AdamFollowsSplitAndPartialTilesOfW0'
+  --gtest_filter='TileEmulated.*:TileSplitK.*:*FusedEmulated*distill_2_layers*:*teacher_3_models*:FusedTail.AdamFollowsSplitAndPartialTilesOfW0:*ClusterEmulated*distill_2_layers*:*ClusterEmulated*teacher_odd_sizes*'
