@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "ops/cuda/cluster_program.cuh"
+#include "ops/cuda/cluster_plan.h"
 #include "tests/simt/compare.h"
 #include "tests/simt/mlp_reference.h"
 

@@ -40,28 +40,24 @@
 // Every sum has a fixed order, so a step gives the same bits on every run. They are not the
 // fused step's bits: the sums are split differently (the tests compare both with float64).
 //
-// The arithmetic runs from shared memory. Operands are staged there chunk by chunk (K chunks of
-// `kc` floats, two buffers: the next chunk's copies are in flight while this one computes) by
-// 16-byte cp.async where rows are 16-byte aligned — the .cg form, through L2 only, so it may
-// read what another block of the cluster wrote before the last barrier — and by plain L2 loads
-// (__ldcg) where they are not. Each thread computes 4 × 4 outputs; when a product has fewer
-// such blocks than threads, groups of threads split its K and their partial blocks are added
-// in group order.
+// The arithmetic runs from shared memory (ops/cuda/smem_products.cuh). Operands are staged there
+// chunk by chunk (K chunks of `kc` floats, two buffers: the next chunk's copies are in flight
+// while this one computes) by 16-byte cp.async where rows are 16-byte aligned — the .cg form,
+// through L2 only, so it may read what another block of the cluster wrote before the last
+// barrier — and by plain L2 loads (__ldcg) where they are not. The plan — rows per cluster, the
+// K chunk, the shared memory's layout, the scratch — is host code: ops/cuda/cluster_plan.h.
 #pragma once
 
 #include <cuda_pipeline_primitives.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <string>
-#include <vector>
 
 #include "engine/cuda/step_end.cuh"
-#include "engine/error.h"
-#include "ops/cuda/fused_program.cuh"  // reduce_losses, ArenaRange
+#include "ops/cuda/fused_program.cuh"  // reduce_losses, LossRows, ArenaRange
 #include "ops/cuda/fused_step_cuda.h"
 #include "ops/cuda/loss_rows.cuh"
+#include "ops/cuda/smem_products.cuh"
 
 namespace subliminal::cuda::cluster {
 
@@ -70,10 +66,6 @@ constexpr int kThreads = 256;      // a block's threads on the GPU (the emulated
 constexpr int kClusterBlocks = 8;  // blocks per cluster on the GPU: the portable maximum
 constexpr int kMinChunk = 32;      // the shortest K chunk the planner accepts
 
-__host__ __device__ inline int round4(int64_t n) { return int((n + 3) / 4 * 4); }
-// min and max for host and device code alike (std's are host-only in device code).
-__host__ __device__ inline int64_t smaller(int64_t a, int64_t b) { return a < b ? a : b; }
-__host__ __device__ inline int64_t larger(int64_t a, int64_t b) { return a < b ? b : a; }
 // Block q of Q owns columns [own_begin(n, q, Q), own_begin(n, q + 1, Q)) of a width-n layer.
 __host__ __device__ inline int own_begin(int64_t n, int q, int Q) { return int(n * q / Q); }
 
@@ -138,144 +130,6 @@ struct ReduceProgram {
   fused::LossRows loss;  // the fields reduce_losses reads
   FusedTail tail;
 };
-
-// ---- device code: staging and the two products --------------------------------------------
-
-// dst[r, c] = src[r, c] for r < rows, c < cols, and 0 for the rest of [rows_pad, cols_pad)
-// (dst's row stride ldd ≥ cols_pad). 16-byte cp.async for whole aligned groups of 4, committed
-// by the caller; plain L2 loads for the rest (odd widths).
-__device__ inline void stage(float* dst, int ldd, const float* src, int64_t lds, int rows, int cols,
-                             int rows_pad, int cols_pad) {
-  const bool vector = reinterpret_cast<uintptr_t>(src) % 16 == 0 && lds % 4 == 0 && ldd % 4 == 0;
-  const int quads = vector ? cols / 4 : 0;  // columns [0, 4·quads) go by cp.async
-  for (int e = int(threadIdx.x); e < rows * quads; e += int(blockDim.x)) {
-    const int r = e / quads, c = 4 * (e % quads);
-    __pipeline_memcpy_async(dst + r * ldd + c, src + r * lds + c, 16);
-  }
-  const int tail = cols_pad - 4 * quads;  // the other columns, loaded or zeroed
-  for (int e = int(threadIdx.x); e < rows_pad * tail; e += int(blockDim.x)) {
-    const int r = e / tail, c = 4 * quads + e % tail;
-    dst[r * ldd + c] = r < rows && c < cols ? __ldcg(src + r * lds + c) : 0.0f;
-  }
-  for (int e = int(threadIdx.x); e < (rows_pad - rows) * 4 * quads; e += int(blockDim.x))
-    dst[(rows + e / (4 * quads)) * ldd + e % (4 * quads)] = 0.0f;
-}
-
-// Runs body(c, buffer) for chunks c = 0 … chunks − 1, chunk c + 1's copies in flight while
-// body(c) runs; issue(c, buffer) stages chunk c. The two buffers alternate.
-template <class Issue, class Body>
-__device__ inline void pipelined(int chunks, float* buffer0, float* buffer1, Issue&& issue, Body&& body) {
-  if (chunks <= 0) return;
-  issue(0, buffer0);
-  __pipeline_commit();
-  for (int c = 0; c < chunks; ++c) {
-    float* now = c % 2 ? buffer1 : buffer0;
-    if (c + 1 < chunks) {
-      issue(c + 1, c % 2 ? buffer0 : buffer1);
-      __pipeline_commit();
-      __pipeline_wait_prior(1);  // this thread's copies of chunk c have landed
-    } else {
-      __pipeline_wait_prior(0);
-    }
-    __syncthreads();  // … and every thread's
-    body(c, now);
-    __syncthreads();  // every thread is done with `now` before chunk c + 2 is staged into it
-  }
-}
-
-// acc[m, n] += Σ_k A[m, k]·B[n, k] for m < M4, n < N4, k < K4 (multiples of 4; A and B padded
-// with zeros to them, rows 16-byte aligned). Each thread computes 4 rows × 4 columns from float4
-// reads along k: rows m0 … m0 + 3 and the columns c, c + N4/4, c + 2·N4/4, c + 3·N4/4 — strided,
-// so that the 8 threads of a quarter warp read 8 consecutive rows of B, in 8 different bank
-// groups when ldb/4 is odd (the staging buffers' stride: SmemLayout), where 4 adjacent columns
-// each would put them in 2. With fewer such blocks than threads, `groups` threads share a
-// block's K range, their partial blocks go to kpart and are added in group order — so the sum
-// has the same order on every run.
-__device__ inline void dot_accumulate(float* acc, int ldc, const float* A, int lda, const float* B, int ldb,
-                                      int M4, int N4, int K4, float* kpart) {
-  const int tiles_n = N4 / 4, tiles = M4 / 4 * tiles_n;
-  if (tiles == 0 || K4 == 0) return;
-  const int groups = int(larger(1, smaller(int(blockDim.x) / tiles, K4 / 4)));
-  const int k_per_group = (K4 / 4 + groups - 1) / groups * 4;
-  for (int t = int(threadIdx.x); t < tiles * groups; t += int(blockDim.x)) {
-    const int tile = t % tiles, group = t / tiles;
-    const int m0 = tile / tiles_n * 4, c0 = tile % tiles_n;  // columns c0 + j·tiles_n
-    float c[4][4] = {};
-    const int k_end = int(smaller(K4, (group + 1) * k_per_group));
-    for (int k = group * k_per_group; k < k_end; k += 4) {
-      float4 a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = *reinterpret_cast<const float4*>(A + (m0 + i) * lda + k);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = *reinterpret_cast<const float4*>(B + (c0 + j * tiles_n) * ldb + k);
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          c[i][j] = fmaf(a[i].x, b[j].x, c[i][j]);
-          c[i][j] = fmaf(a[i].y, b[j].y, c[i][j]);
-          c[i][j] = fmaf(a[i].z, b[j].z, c[i][j]);
-          c[i][j] = fmaf(a[i].w, b[j].w, c[i][j]);
-        }
-    }
-    if (groups == 1) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[(m0 + i) * ldc + c0 + j * tiles_n] += c[i][j];
-    } else {
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) kpart[(group * tiles + tile) * 16 + 4 * i + j] = c[i][j];
-    }
-  }
-  if (groups == 1) return;
-  __syncthreads();  // every group's partial block is in kpart
-  for (int e = int(threadIdx.x); e < tiles * 16; e += int(blockDim.x)) {
-    const int tile = e / 16, i = e % 16 / 4, j = e % 4;
-    float sum = 0.0f;
-    for (int group = 0; group < groups; ++group) sum += kpart[(group * tiles + tile) * 16 + 4 * i + j];
-    acc[(tile / tiles_n * 4 + i) * ldc + tile % tiles_n + j * tiles_n] += sum;
-  }
-}
-
-// store(m0, n0, c) for each 4 × 4 block of C[m, n] = Σ_{k < K} A(k, m)·B[k, n], m < M4, n < N4:
-// A(k, m) = A[k·a_k + m·a_m] (any strides, rows past M padded; with a_m = 1, a_k a multiple of 4
-// and A 16-byte aligned: float4 reads), B [K, ldb] row-major (float4 reads along n, padded to
-// N4). k in order, fmaf from 0.
-template <class Store>
-__device__ inline void outer_product(const float* A, int a_k, int a_m, const float* B, int ldb, int M4,
-                                     int N4, int K, Store&& store) {
-  const int tiles_n = N4 / 4, tiles = M4 / 4 * tiles_n;
-  for (int t = int(threadIdx.x); t < tiles; t += int(blockDim.x)) {
-    const int m0 = t / tiles_n * 4, n0 = t % tiles_n * 4;
-    float c[4][4] = {};
-    for (int k = 0; k < K; ++k) {
-      float a[4];
-      if (a_m == 1) {  // one float4 read (a_k and m0 are multiples of 4 where A is contiguous)
-        const float4 v = *reinterpret_cast<const float4*>(A + k * a_k + m0);
-        a[0] = v.x, a[1] = v.y, a[2] = v.z, a[3] = v.w;
-      } else {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) a[i] = A[k * a_k + (m0 + i) * a_m];
-      }
-      const float4 b = *reinterpret_cast<const float4*>(B + k * ldb + n0);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        c[i][0] = fmaf(a[i], b.x, c[i][0]);
-        c[i][1] = fmaf(a[i], b.y, c[i][1]);
-        c[i][2] = fmaf(a[i], b.z, c[i][2]);
-        c[i][3] = fmaf(a[i], b.w, c[i][3]);
-      }
-    }
-    store(m0, n0, c);
-  }
-}
-
-__device__ inline void zero(float* p, int n) {
-  for (int i = int(threadIdx.x); i < n; i += int(blockDim.x)) p[i] = 0.0f;
-}
 
 // ---- device code: kernel 1 ---------------------------------------------------------------------
 
@@ -576,173 +430,6 @@ __device__ inline void run_reduce(const ReduceProgram& p) {
   if (threadIdx.x == 0)
     for (int64_t* counter : p.tail.counters)
       if (counter) *counter += 1;
-}
-
-// ---- host code: the plan ---------------------------------------------------------------------
-
-// The widest of the block's own columns over the hidden layers, padded to 4.
-inline int own_width4(const std::vector<int64_t>& s, int layers, int Q) {
-  int widest = 0;
-  for (int l = 1; l < layers; ++l)
-    for (int q = 0; q < Q; ++q)
-      widest = std::max(widest, own_begin(s[size_t(l)], q + 1, Q) - own_begin(s[size_t(l)], q, Q));
-  return round4(widest);
-}
-
-inline SmemLayout smem_layout(const std::vector<int64_t>& s, int layers, int Q, int64_t rows, int kc,
-                              int threads) {
-  const int R4 = round4(rows), NH4 = own_width4(s, layers, Q), O4 = round4(s[size_t(layers)]);
-  SmemLayout lay{};
-  int at = 0;
-  auto take = [&at](int floats) {
-    const int here = at;
-    at += round4(floats);
-    return here;
-  };
-  lay.b_part = R4 * (kc + 4);
-  lay.buffer[0] = take(lay.b_part + NH4 * (kc + 4));
-  lay.buffer[1] = take(lay.b_part + NH4 * (kc + 4));
-  lay.kpart = take(threads * 16);
-  lay.acc = take(R4 * NH4);
-  lay.zacc = take(R4 * O4);
-  lay.wlast = take(O4 * NH4);
-  lay.gl = take(R4 * O4);
-  lay.gown = take(R4 * NH4);
-  lay.total = at;
-  return lay;
-}
-
-// What the planner needs to know of the machine.
-struct Machine {
-  int cluster;              // Q
-  int clusters;             // how many clusters run at once: the rows are spread over about this many
-  int threads;              // per block
-  int64_t smem_floats;      // a block's shared memory
-  int max_chunk = 1 << 30;  // (tests: force several K chunks)
-};
-
-// The rows per cluster and the K chunk for a step of S models at batch B: about `clusters`
-// clusters, as many rows each as the shared memory allows with a K chunk of ≥ kMinChunk floats
-// (or all of K, when smaller), then the largest chunk that fits; the rows evened out over the
-// row blocks. Throws ShapeError when not even one row fits.
-inline void plan_rows(Program& p, const Machine& mc) {
-  const std::vector<int64_t> s(p.s, p.s + p.layers + 1);
-  const int64_t widest_k = *std::max_element(s.begin(), s.end() - 1);
-  const auto fits = [&](int64_t rows, int kc) {
-    return smem_layout(s, p.layers, mc.cluster, rows, kc, mc.threads).total <= mc.smem_floats;
-  };
-  // Chunks are multiples of 8, so that the staging stride kc + 4 is an odd number of float4s
-  // (dot_accumulate's bank groups): K rounded up (or the tests' cap) at most.
-  const int want = int((std::min<int64_t>(widest_k, mc.max_chunk) + 7) / 8 * 8);
-  const int least = std::min(want, kMinChunk);
-  int64_t rows =
-      std::min<int64_t>(p.batch, std::max<int64_t>(1, (p.trained * p.batch + mc.clusters - 1) / mc.clusters));
-  while (rows > 0 && !fits(rows, least)) rows = rows > 4 ? (rows + 3) / 4 * 4 - 4 : rows - 1;
-  if (rows == 0)
-    throw ShapeError("cluster step: not one row of sizes up to " + std::to_string(widest_k) +
-                     " fits a block's shared memory");
-  p.row_blocks = (p.batch + rows - 1) / rows;
-  p.rows =
-      (p.batch + p.row_blocks - 1) / p.row_blocks;  // no smaller than needed: the same blocks, evened out
-  int kc = want;
-  while (kc > least && !fits(p.rows, kc)) kc -= 8;
-  p.kc = kc;
-  p.smem = smem_layout(s, p.layers, mc.cluster, p.rows, p.kc, mc.threads);
-}
-
-// Floats each of the program's exchange buffers and gradient partials needs, in this order:
-// H[1] … H[L−1], zpart, logits, dz, gpart, dw_part[0 … L−1], db_part[0 … L−1]; and the row
-// losses' doubles.
-inline std::vector<int64_t> scratch_floats(const Program& p, int64_t& row_loss_doubles) {
-  const int L = p.layers;
-  const int64_t S = p.trained, B = p.batch, Q = p.cluster, O = p.s[L];
-  std::vector<int64_t> n;
-  for (int l = 1; l < L; ++l) n.push_back(2 * S * B * p.s[l]);
-  n.push_back(2 * S * B * Q * O);
-  n.push_back(2 * S * B * O);
-  n.push_back(S * B * O);
-  int64_t widest = 1;
-  for (int l = 1; l + 1 < L; ++l) widest = std::max(widest, p.s[l]);
-  n.push_back(S * B * Q * widest);
-  for (int l = 0; l < L; ++l) n.push_back(p.row_blocks * S * p.s[l + 1] * p.s[l]);
-  for (int l = 0; l < L; ++l) n.push_back(p.row_blocks * S * p.s[l + 1]);
-  row_loss_doubles = S * B;
-  return n;
-}
-
-inline void assign_scratch(Program& p, const std::vector<float*>& at, double* row_loss) {
-  const int L = p.layers;
-  size_t k = 0;
-  for (int l = 1; l < L; ++l) p.H[l] = at[k++];
-  p.zpart = at[k++], p.logits = at[k++], p.dz = at[k++], p.gpart = at[k++];
-  for (int l = 0; l < L; ++l) p.dw_part[l] = at[k++];
-  for (int l = 0; l < L; ++l) p.db_part[l] = at[k++];
-  p.row_loss = row_loss;
-}
-
-// Kernel 1's program (arguments as fused_mlp_step's, checked by its caller), planned for
-// `mc`; the scratch is left unassigned (scratch_floats, assign_scratch).
-inline Program build_rows_program(const float* x, int64_t batch, const FusedMlp& trained,
-                                  const FusedMlp* frozen, const FusedLoss& loss, const FusedTail* tail,
-                                  const Machine& mc) {
-  Program p{};
-  p.layers = trained.layers;
-  for (int l = 0; l <= p.layers; ++l) p.s[l] = trained.sizes[size_t(l)];
-  p.trained = trained.models, p.frozen = loss.distill && frozen ? frozen->models : 0, p.batch = batch;
-  p.cluster = mc.cluster;
-  for (int l = 0; l < p.layers; ++l) {
-    p.net.w[l] = trained.weights[size_t(l)], p.net.b[l] = trained.biases[size_t(l)];
-    if (p.frozen) p.teacher.w[l] = frozen->weights[size_t(l)], p.teacher.b[l] = frozen->biases[size_t(l)];
-  }
-  p.x = x;
-  p.distill = loss.distill, p.c0 = loss.c0, p.c1 = loss.c1;
-  p.inv_t = loss.distill ? 1.0 / loss.temperature : 1.0, p.temperature = loss.temperature;
-  p.labels = loss.labels;
-  p.adam_t = tail ? tail->adam.t : nullptr;
-  plan_rows(p, mc);
-  return p;
-}
-
-// Kernel 2's program for kernel 1's `rows` (scratch assigned): the gradients into `trained`'s
-// buffers, Adam over the tail's arena, the losses into loss_out.
-inline ReduceProgram build_reduce_program(const Program& rows, const FusedMlp& trained, float* loss_out,
-                                          const FusedTail* tail) {
-  ReduceProgram r{};
-  r.parts = rows.row_blocks;
-  const int64_t S = rows.trained;
-  for (int l = 0; l < rows.layers; ++l) {
-    r.seg[r.segments++] =
-        Segment{trained.weight_grads[size_t(l)], rows.dw_part[l], S * rows.s[l + 1] * rows.s[l]};
-    r.seg[r.segments++] = Segment{trained.bias_grads[size_t(l)], rows.db_part[l], S * rows.s[l + 1]};
-  }
-  fused::LossRows& ls = r.loss;
-  ls.row_loss = rows.row_loss, ls.loss_out = loss_out;
-  ls.trained = S, ls.frozen = rows.frozen, ls.batch = rows.batch;
-  ls.distill = rows.distill, ls.temperature = rows.temperature;
-  if (!tail) return r;
-  r.tail = *tail;
-  const auto& a = tail->adam;
-  if (!a.t) return r;
-  // Every gradient inside the arena at its parameter's place; the rest of the arena in ranges.
-  std::vector<fused::ArenaRange> covered;
-  for (int k = 0; k < r.segments; ++k) {
-    const Segment& seg = r.seg[k];
-    const int l = k / 2;
-    const float* param = k % 2 == 0 ? trained.weights[size_t(l)] : trained.biases[size_t(l)];
-    const int64_t at = seg.grad - a.g;
-    if (seg.grad < a.g || at + seg.count > a.n || param != a.p + at)
-      throw ShapeError("cluster step: the tail's Adam arena does not hold every parameter and its gradient");
-    covered.push_back({at, at + seg.count});
-  }
-  std::sort(covered.begin(), covered.end(), [](const auto& x, const auto& y) { return x.begin < y.begin; });
-  int64_t from = 0;
-  for (const fused::ArenaRange& c : covered) {
-    if (c.begin < from) throw ShapeError("cluster step: two parameters overlap in the tail's Adam arena");
-    if (c.begin > from) r.rest[r.rests++] = {from, c.begin};
-    from = c.end;
-  }
-  if (from < a.n) r.rest[r.rests++] = {from, a.n};
-  return r;
 }
 
 }  // namespace subliminal::cuda::cluster

@@ -20,7 +20,7 @@
 #include "engine/cuda/check.h"
 #include "engine/cuda/runtime.h"
 #include "engine/error.h"
-#include "ops/cuda/cluster_program.cuh"
+#include "ops/cuda/cluster_plan.h"
 #include "ops/cuda/fused_step_cuda.h"
 #include "ops/cuda/grow_only_buffer.h"
 

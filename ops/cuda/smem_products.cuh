@@ -1,0 +1,164 @@
+// ops/cuda/smem_products.cuh — one thread block's matrix products from shared memory, for the
+// cluster step (ops/cuda/cluster_program.cuh): staging operands there chunk by chunk, and the
+// two shapes of product its layers need, each thread computing a 4 × 4 block of outputs.
+//
+//   dot_accumulate   acc[m, n] += Σ_k A[m, k]·B[n, k]   both operands K-contiguous: a forward
+//                                                        layer, H·Wᵀ
+//   outer_product    C[m, n] = Σ_k A(k, m)·B[k, n]      K down the rows: a weight gradient
+//                                                        Gᵀ·H (K = the batch's rows) or the
+//                                                        gradient below a layer, G·W
+//
+// Every sum runs in a fixed order (k in order, fmaf from 0; a split K's groups added in group
+// order), so the same inputs give the same bits on every run. Written without a kernel around
+// it, like its caller, so that host threads can run it too (tests/simt).
+#pragma once
+
+#include <cuda_pipeline_primitives.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace subliminal::cuda::cluster {
+
+__host__ __device__ inline int round4(int64_t n) { return int((n + 3) / 4 * 4); }
+// min and max for host and device code alike (std's are host-only in device code).
+__host__ __device__ inline int64_t smaller(int64_t a, int64_t b) { return a < b ? a : b; }
+__host__ __device__ inline int64_t larger(int64_t a, int64_t b) { return a < b ? b : a; }
+
+// dst[r, c] = src[r, c] for r < rows, c < cols, and 0 for the rest of [rows_pad, cols_pad)
+// (dst's row stride ldd ≥ cols_pad). 16-byte cp.async for whole aligned groups of 4, committed
+// by the caller; plain L2 loads for the rest (odd widths).
+__device__ inline void stage(float* dst, int ldd, const float* src, int64_t lds, int rows, int cols,
+                             int rows_pad, int cols_pad) {
+  const bool vector = reinterpret_cast<uintptr_t>(src) % 16 == 0 && lds % 4 == 0 && ldd % 4 == 0;
+  const int quads = vector ? cols / 4 : 0;  // columns [0, 4·quads) go by cp.async
+  for (int e = int(threadIdx.x); e < rows * quads; e += int(blockDim.x)) {
+    const int r = e / quads, c = 4 * (e % quads);
+    __pipeline_memcpy_async(dst + r * ldd + c, src + r * lds + c, 16);
+  }
+  const int tail = cols_pad - 4 * quads;  // the other columns, loaded or zeroed
+  for (int e = int(threadIdx.x); e < rows_pad * tail; e += int(blockDim.x)) {
+    const int r = e / tail, c = 4 * quads + e % tail;
+    dst[r * ldd + c] = r < rows && c < cols ? __ldcg(src + r * lds + c) : 0.0f;
+  }
+  for (int e = int(threadIdx.x); e < (rows_pad - rows) * 4 * quads; e += int(blockDim.x))
+    dst[(rows + e / (4 * quads)) * ldd + e % (4 * quads)] = 0.0f;
+}
+
+// Runs body(c, buffer) for chunks c = 0 … chunks − 1, chunk c + 1's copies in flight while
+// body(c) runs; issue(c, buffer) stages chunk c. The two buffers alternate.
+template <class Issue, class Body>
+__device__ inline void pipelined(int chunks, float* buffer0, float* buffer1, Issue&& issue, Body&& body) {
+  if (chunks <= 0) return;
+  issue(0, buffer0);
+  __pipeline_commit();
+  for (int c = 0; c < chunks; ++c) {
+    float* now = c % 2 ? buffer1 : buffer0;
+    if (c + 1 < chunks) {
+      issue(c + 1, c % 2 ? buffer0 : buffer1);
+      __pipeline_commit();
+      __pipeline_wait_prior(1);  // this thread's copies of chunk c have landed
+    } else {
+      __pipeline_wait_prior(0);
+    }
+    __syncthreads();  // … and every thread's
+    body(c, now);
+    __syncthreads();  // every thread is done with `now` before chunk c + 2 is staged into it
+  }
+}
+
+// acc[m, n] += Σ_k A[m, k]·B[n, k] for m < M4, n < N4, k < K4 (multiples of 4; A and B padded
+// with zeros to them, rows 16-byte aligned). Each thread computes 4 rows × 4 columns from float4
+// reads along k: rows m0 … m0 + 3 and the columns c, c + N4/4, c + 2·N4/4, c + 3·N4/4 — strided,
+// so that the 8 threads of a quarter warp read 8 consecutive rows of B, in 8 different bank
+// groups when ldb/4 is odd (the staging buffers' stride: SmemLayout), where 4 adjacent columns
+// each would put them in 2. With fewer such blocks than threads, `groups` threads share a
+// block's K range, their partial blocks go to kpart and are added in group order — so the sum
+// has the same order on every run.
+__device__ inline void dot_accumulate(float* acc, int ldc, const float* A, int lda, const float* B, int ldb,
+                                      int M4, int N4, int K4, float* kpart) {
+  const int tiles_n = N4 / 4, tiles = M4 / 4 * tiles_n;
+  if (tiles == 0 || K4 == 0) return;
+  const int groups = int(larger(1, smaller(int(blockDim.x) / tiles, K4 / 4)));
+  const int k_per_group = (K4 / 4 + groups - 1) / groups * 4;
+  for (int t = int(threadIdx.x); t < tiles * groups; t += int(blockDim.x)) {
+    const int tile = t % tiles, group = t / tiles;
+    const int m0 = tile / tiles_n * 4, c0 = tile % tiles_n;  // columns c0 + j·tiles_n
+    float c[4][4] = {};
+    const int k_end = int(smaller(K4, (group + 1) * k_per_group));
+    for (int k = group * k_per_group; k < k_end; k += 4) {
+      float4 a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = *reinterpret_cast<const float4*>(A + (m0 + i) * lda + k);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b[j] = *reinterpret_cast<const float4*>(B + (c0 + j * tiles_n) * ldb + k);
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          c[i][j] = fmaf(a[i].x, b[j].x, c[i][j]);
+          c[i][j] = fmaf(a[i].y, b[j].y, c[i][j]);
+          c[i][j] = fmaf(a[i].z, b[j].z, c[i][j]);
+          c[i][j] = fmaf(a[i].w, b[j].w, c[i][j]);
+        }
+    }
+    if (groups == 1) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[(m0 + i) * ldc + c0 + j * tiles_n] += c[i][j];
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) kpart[(group * tiles + tile) * 16 + 4 * i + j] = c[i][j];
+    }
+  }
+  if (groups == 1) return;
+  __syncthreads();  // every group's partial block is in kpart
+  for (int e = int(threadIdx.x); e < tiles * 16; e += int(blockDim.x)) {
+    const int tile = e / 16, i = e % 16 / 4, j = e % 4;
+    float sum = 0.0f;
+    for (int group = 0; group < groups; ++group) sum += kpart[(group * tiles + tile) * 16 + 4 * i + j];
+    acc[(tile / tiles_n * 4 + i) * ldc + tile % tiles_n + j * tiles_n] += sum;
+  }
+}
+
+// store(m0, n0, c) for each 4 × 4 block of C[m, n] = Σ_{k < K} A(k, m)·B[k, n], m < M4, n < N4:
+// A(k, m) = A[k·a_k + m·a_m] (any strides, rows past M padded; with a_m = 1, a_k a multiple of 4
+// and A 16-byte aligned: float4 reads), B [K, ldb] row-major (float4 reads along n, padded to
+// N4). k in order, fmaf from 0.
+template <class Store>
+__device__ inline void outer_product(const float* A, int a_k, int a_m, const float* B, int ldb, int M4,
+                                     int N4, int K, Store&& store) {
+  const int tiles_n = N4 / 4, tiles = M4 / 4 * tiles_n;
+  for (int t = int(threadIdx.x); t < tiles; t += int(blockDim.x)) {
+    const int m0 = t / tiles_n * 4, n0 = t % tiles_n * 4;
+    float c[4][4] = {};
+    for (int k = 0; k < K; ++k) {
+      float a[4];
+      if (a_m == 1) {  // one float4 read (a_k and m0 are multiples of 4 where A is contiguous)
+        const float4 v = *reinterpret_cast<const float4*>(A + k * a_k + m0);
+        a[0] = v.x, a[1] = v.y, a[2] = v.z, a[3] = v.w;
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a[i] = A[k * a_k + (m0 + i) * a_m];
+      }
+      const float4 b = *reinterpret_cast<const float4*>(B + k * ldb + n0);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        c[i][0] = fmaf(a[i], b.x, c[i][0]);
+        c[i][1] = fmaf(a[i], b.y, c[i][1]);
+        c[i][2] = fmaf(a[i], b.z, c[i][2]);
+        c[i][3] = fmaf(a[i], b.w, c[i][3]);
+      }
+    }
+    store(m0, n0, c);
+  }
+}
+
+__device__ inline void zero(float* p, int n) {
+  for (int i = int(threadIdx.x); i < n; i += int(blockDim.x)) p[i] = 0.0f;
+}
+
+}  // namespace subliminal::cuda::cluster
