@@ -62,6 +62,9 @@ struct Machine {
 // (or all of K, when smaller), then the largest chunk that fits; the rows evened out over the
 // row blocks. Throws ShapeError when not even one row fits.
 inline void plan_rows(Program& p, const Machine& mc) {
+  if (mc.cluster < 1 || mc.cluster > kClusterBlocks)
+    throw ShapeError("cluster step: clusters of " + std::to_string(mc.cluster) + " blocks (1 to " +
+                     std::to_string(kClusterBlocks) + ")");
   const std::vector<int64_t> s(p.s, p.s + p.layers + 1);
   const int64_t widest_k = *std::max_element(s.begin(), s.end() - 1);
   const auto fits = [&](int64_t rows, int kc) {

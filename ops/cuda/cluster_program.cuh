@@ -63,7 +63,8 @@ namespace subliminal::cuda::cluster {
 
 constexpr int kMaxLayers = kFusedMaxLayers;
 constexpr int kThreads = 256;      // a block's threads on the GPU (the emulated tests use fewer)
-constexpr int kClusterBlocks = 8;  // blocks per cluster on the GPU: the portable maximum
+constexpr int kClusterBlocks = 8;  // blocks per cluster on the GPU: the portable maximum, and the
+                                   // most the device code takes (sum_parts)
 constexpr int kMinChunk = 32;      // the shortest K chunk the planner accepts
 
 // Block q of Q owns columns [own_begin(n, q, Q), own_begin(n, q + 1, Q)) of a width-n layer.
@@ -211,13 +212,23 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
   }
 }
 
+// Σ_q parts[q·stride] over the Q ≤ kClusterBlocks blocks' parts, in q order, from 0. Every
+// load is issued before the first add, so that their L2 round trips overlap: in a loop over a
+// Q known only at run time, each add would wait for its load before the next load was issued.
+__device__ inline float sum_parts(const float* parts, int64_t stride, int Q) {
+  float part[kClusterBlocks];
+#pragma unroll
+  for (int q = 0; q < kClusterBlocks; ++q) part[q] = q < Q ? __ldcg(&parts[q * stride]) : 0.0f;
+  float sum = 0.0f;
+#pragma unroll
+  for (int q = 0; q < kClusterBlocks; ++q)
+    if (q < Q) sum += part[q];
+  return sum;
+}
+
 // One logits row: z[o] = Σ_q zpart[q, o] (q in order) + bias[o], by one warp.
 __device__ inline void sum_logits(const float* zpart_row, int Q, int64_t O, const float* bias, float* z) {
-  for (int64_t o = threadIdx.x & 31; o < O; o += 32) {
-    float sum = 0.0f;
-    for (int q = 0; q < Q; ++q) sum += __ldcg(&zpart_row[q * O + o]);
-    z[o] = sum + bias[o];
-  }
+  for (int64_t o = threadIdx.x & 31; o < O; o += 32) z[o] = sum_parts(zpart_row + o, O, Q) + bias[o];
 }
 
 // The cluster's rows, one warp each: the logits, the loss row and G_L.
@@ -347,8 +358,9 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
       const int r = e / below.n4, i = e % below.n4;
       float g = 0.0f;
       if (r < at.R && i < below.n) {
-        for (int q = 0; q < at.Q; ++q) g += __ldcg(&parts[(r * at.Q + q) * in + i]);
-        if (__ldcg(&gate[r * in + i]) == 0.0f) g = 0.0f;
+        const bool open = !(__ldcg(&gate[r * in + i]) == 0.0f);  // issued with the parts' loads
+        g = sum_parts(parts + r * at.Q * in + i, in, at.Q);
+        if (!open) g = 0.0f;
       }
       gown[e] = g;
     }
