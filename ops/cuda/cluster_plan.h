@@ -44,6 +44,7 @@ inline SmemLayout smem_layout(const std::vector<int64_t>& s, int layers, int Q, 
   lay.wlast = take(O4 * NH4);
   lay.gl = take(R4 * O4);
   lay.gown = take(R4 * NH4);
+  lay.bias = take(NH4);
   lay.total = at;
   return lay;
 }

@@ -87,6 +87,7 @@ struct SmemLayout {
   int wlast;      // [O4, NH4]: W_{L−1}[:, own]
   int gl;         // [R4, O4]: G_L of the cluster's rows
   int gown;       // [R4, NH4]: G_{l+1}[:, own]
+  int bias;       // [NH4]: b_l[own] of the hidden layer being computed
   int total;
 };
 
@@ -174,6 +175,9 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
           const int k0 = c * p.kc, kn = int(smaller(p.kc, in - k0));
           stage(buf, ld, a_src + k0, in, at.R, kn, at.R4, round4(kn));
           stage(buf + lay.b_part, ld, w_src + k0, in, own.n, kn, own.n4, round4(kn));
+          // the bias rides with the first chunk, so that the epilogue waits for no load
+          if (c == 0)
+            stage(sm + lay.bias, own.n4, net.b[l] + mi * out + own.begin, own.n, 1, own.n, 1, own.n4);
         },
         [&](int c, float* buf) {
           const int kn = int(smaller(p.kc, in - int64_t(c) * p.kc));
@@ -181,7 +185,7 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
                          sm + lay.kpart);
         });
     // + bias, ReLU (PyTorch's: z ≤ 0 → 0, NaN stays); into acc and, for the cluster, L2
-    const float* bias = net.b[l] + mi * out + own.begin;
+    const float* bias = sm + lay.bias;
     float* h_out = p.H[l + 1] + (slot * p.batch + at.r0) * out + own.begin;
     for (int e = int(threadIdx.x); e < at.R * own.n; e += int(blockDim.x)) {
       const int r = e / own.n, j = e % own.n;
