@@ -404,12 +404,27 @@ __device__ inline void run_reduce(const ReduceProgram& p) {
   const auto& a = p.tail.adam;
   const bool adam = a.t != nullptr;
   const AdamStepScalars scalars = adam ? adam_step_scalars(a.options, __ldcg(a.t)) : AdamStepScalars{};
-  constexpr int kBatch = 8;  // partials in flight at once
-  int64_t total = 0;
+  constexpr int kBatch = 16;  // partials in flight at once (the default run has 8 or 16)
+  int64_t total = 0, rest = 0;
   for (int s = 0; s < p.segments; ++s) total += p.seg[s].count;
-  // One element per thread where the grid allows (the segments end to end), so that a thread's
-  // loads are one batch of round trips rather than one per segment.
-  for (int64_t f = first; f < total; f += width) {
+  if (adam)
+    for (int r = 0; r < p.rests; ++r) rest += p.rest[r].end - p.rest[r].begin;
+  // One element per thread where the grid allows — the segments end to end, then the rest of
+  // Adam's arena — so that a thread's loads are one batch of round trips, not one per segment.
+  for (int64_t f = first; f < total + rest; f += width) {
+    if (f >= total) {  // Adam's arena outside every gradient (padding): the gradient it holds
+      int r = 0;
+      int64_t e = f - total;
+      while (e >= p.rest[r].end - p.rest[r].begin) {
+        e -= p.rest[r].end - p.rest[r].begin;
+        ++r;
+      }
+      const int64_t i = p.rest[r].begin + e;
+      float w = a.p[i], m = a.m[i], v = a.v[i];
+      adam_element(w, a.g[i], m, v, scalars);
+      a.p[i] = w, a.m[i] = m, a.v[i] = v;
+      continue;
+    }
     int s = 0;
     int64_t e = f;
     while (e >= p.seg[s].count) e -= p.seg[s++].count;
@@ -433,13 +448,6 @@ __device__ inline void run_reduce(const ReduceProgram& p) {
     adam_element(w, g, m, v, scalars);
     a.p[i] = w, a.m[i] = m, a.v[i] = v;
   }
-  if (adam)
-    for (int r = 0; r < p.rests; ++r)
-      for (int64_t i = p.rest[r].begin + first; i < p.rest[r].end; i += width) {
-        float w = a.p[i], m = a.m[i], v = a.v[i];
-        adam_element(w, a.g[i], m, v, scalars);
-        a.p[i] = w, a.m[i] = m, a.v[i] = v;
-      }
   if (blockIdx.x != 0) return;
   fused::reduce_losses(p.loss, p.tail);
   __syncthreads();  // the loss watch has read the step counter

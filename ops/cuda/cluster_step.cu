@@ -152,6 +152,7 @@ void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, co
   // that each thread's partial loads are one batch of round trips, not several in a row.
   int64_t elements = 0;
   for (int k = 0; k < r.segments; ++k) elements += r.seg[k].count;
+  for (int k = 0; k < r.rests; ++k) elements += r.rest[k].end - r.rest[k].begin;
   static const int64_t wave = [] {
     int per_sm = 0;
     CUDA_CHECK(
