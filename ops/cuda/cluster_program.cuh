@@ -175,9 +175,13 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
           const int k0 = c * p.kc, kn = int(smaller(p.kc, in - k0));
           stage(buf, ld, a_src + k0, in, at.R, kn, at.R4, round4(kn));
           stage(buf + lay.b_part, ld, w_src + k0, in, own.n, kn, own.n4, round4(kn));
-          // the bias rides with the first chunk, so that the epilogue waits for no load
-          if (c == 0)
-            stage(sm + lay.bias, own.n4, net.b[l] + mi * out + own.begin, own.n, 1, own.n, 1, own.n4);
+          // the bias rides with the first chunk, so that the epilogue waits for no load; and with
+          // the last hidden layer's, the slice of W_{L−1} that the logits' part needs
+          if (c != 0) return;
+          stage(sm + lay.bias, own.n4, net.b[l] + mi * out + own.begin, own.n, 1, own.n, 1, own.n4);
+          if (l + 2 == L)
+            stage(sm + lay.wlast, own.n4, net.w[L - 1] + mi * p.s[L] * out + own.begin, out, int(p.s[L]),
+                  own.n, round4(p.s[L]), own.n4);
         },
         [&](int c, float* buf) {
           const int kn = int(smaller(p.kc, in - int64_t(c) * p.kc));
@@ -198,12 +202,9 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
     if (l + 2 < L) cluster_sync();  // the next hidden layer reads whole rows of H_{l+1}
   }
   // The logits' part over this block's columns of H_{L−1}: Zq = H_{L−1}[:, own]·W_{L−1}[:, own]ᵀ.
-  const int64_t in = p.s[L - 1], O = p.s[L];
+  const int64_t O = p.s[L];
   const int O4 = round4(O);
-  float* wlast = sm + lay.wlast;
-  stage(wlast, own.n4, net.w[L - 1] + mi * O * in + own.begin, in, int(O), own.n, O4, own.n4);
-  __pipeline_commit();
-  __pipeline_wait_prior(0);
+  float* wlast = sm + lay.wlast;  // staged with the last hidden layer's first chunk
   float* zacc = sm + lay.zacc;
   zero(zacc, at.R4 * O4);
   __syncthreads();
@@ -314,15 +315,21 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
       for (int r = 0; r < at.R; ++r) sum += gown[r * own.n4 + j];
       p.db_part[l][P_index * out + own.begin + j] = sum;
     }
-    // dW_l[own, :] = G_{l+1}[:, own]ᵀ·H_l (k = r), H_l staged chunk by chunk of its columns
+    // dW_l[own, :] = G_{l+1}[:, own]ᵀ·H_l (k = r) and, for l ≥ 1, this block's part of
+    // G_l = G_{l+1}[:, own]·W_l[own, :] (k = j), to L2: both walk the same chunks of layer l's
+    // input columns, H_l's rows and W_l's staged side by side, so their loads overlap.
+    const bool gradient_below = l >= 1;
     const float* h_src = l == 0 ? p.x + (m * B + at.r0) * in : p.H[l] + (m * B + at.r0) * in;
+    const float* w_src = p.net.w[l] + (m * out + own.begin) * in;
     float* dw = p.dw_part[l] + (P_index * out + own.begin) * in;
+    float* gq = p.gpart + (m * B + at.r0) * at.Q * in + at.q * in;
     const int chunks = int((in + p.kc - 1) / p.kc);
     pipelined(
         chunks, sm + lay.buffer[0], sm + lay.buffer[1],
         [&](int c, float* buf) {
           const int i0 = c * p.kc, n = int(smaller(p.kc, in - i0));
           stage(buf, ld, h_src + i0, in, at.R, n, at.R, round4(n));
+          if (gradient_below) stage(buf + lay.b_part, ld, w_src + i0, in, own.n, n, own.n4, round4(n));
         },
         [&](int c, float* buf) {
           const int i0 = c * p.kc, n = int(smaller(p.kc, in - i0));
@@ -332,20 +339,7 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
                             for (int j = 0; j < 4; ++j)
                               if (j0 + i < own.n && k0 + j < n) dw[(j0 + i) * in + i0 + k0 + j] = v[i][j];
                         });
-        });
-    if (l == 0) break;
-    // This block's part of G_l = G_{l+1}[:, own]·W_l[own, :] (k = j), W_l's rows staged in chunks
-    // of their columns, to L2; then each block sums the Q parts of its own columns of G_l.
-    const float* w_src = p.net.w[l] + (m * out + own.begin) * in;
-    float* gq = p.gpart + (m * B + at.r0) * at.Q * in + at.q * in;
-    pipelined(
-        chunks, sm + lay.buffer[0], sm + lay.buffer[1],
-        [&](int c, float* buf) {
-          const int i0 = c * p.kc, n = int(smaller(p.kc, in - i0));
-          stage(buf + lay.b_part, ld, w_src + i0, in, own.n, n, own.n4, round4(n));
-        },
-        [&](int c, float* buf) {
-          const int i0 = c * p.kc, n = int(smaller(p.kc, in - i0));
+          if (!gradient_below) return;
           outer_product(gown, 1, own.n4, buf + lay.b_part, ld, at.R4, round4(n), own.n,
                         [&](int r0, int k0, const float(&v)[4][4]) {
                           for (int i = 0; i < 4; ++i)
@@ -354,6 +348,8 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
                                 gq[(r0 + i) * at.Q * in + i0 + k0 + j] = v[i][j];
                         });
         });
+    if (!gradient_below) break;
+    // Each block sums the Q parts of its own columns of G_l.
     cluster_sync();  // every block's part of G_l is in L2
     const Own below = own_columns(in, at);
     const float* parts = p.gpart + (m * B + at.r0) * at.Q * in + below.begin;
