@@ -187,9 +187,8 @@ const std::vector<ValueFlag>& value_flags() {
        }},
       {"step",
        "How the GPU runs a training step: auto (fused for small steps on the default GEMM path) | autograd "
-       "(the engine's tape, a kernel per op) | fused (forward, loss and gradients in one kernel; 2-3 layers) "
-       "| "
-       "cluster (the same step by row blocks in thread-block clusters: two kernels; compute capability 9.0)",
+       "(the engine's tape, a kernel per op) | fused (forward, loss and gradients in one kernel; 2-3 layers)"
+       " | cluster (the same step by row blocks in thread-block clusters: two kernels; sm_90 and later)",
        [](Config& c, auto& k, auto& v) {
          parse_choice<int>(k, v, {{"auto", 0}, {"autograd", 1}, {"fused", 2}, {"cluster", 3}});
          c.step = v;
