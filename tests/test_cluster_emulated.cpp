@@ -2,17 +2,20 @@
 // run by host threads, against the float64 reference of tests/simt/mlp_reference.h.
 //
 // On a GPU, ops/cuda/cluster_step.cu runs this program in clusters of 8 blocks (tested in
-// tests/test_cuda_training.cpp, CudaClusterStep, on sm_90). Here a cluster is Q consecutive
-// blocks of host threads and its barrier a std::barrier over all of their threads. The cases
-// use small blocks and clusters (64 threads, Q = 2 or 3) and short K chunks, so that every path
-// runs: several row blocks per model with a partial last one, rows and widths that are not
-// multiples of 4, columns split unevenly over the cluster, both ways of staging (16-byte copies
-// and single loads), several K chunks in flight, K split over groups of threads. Checked:
+// tests/test_cuda_training.cpp: every CudaFusedStep case also runs as *_cluster, on sm_90).
+// Here a cluster is Q consecutive blocks of host threads and its barrier a std::barrier over all
+// of their threads. The cases use small blocks and clusters (64 threads, Q = 2 or 3) and short
+// K chunks, so that every path runs: several row blocks per model with a partial last one, rows
+// and widths that are not multiples of 4, columns split unevenly over the cluster, both ways of
+// staging (16-byte copies and single loads), one or several K chunks, K split over groups of
+// threads. Checked:
 //   - each trained model's loss and every gradient against float64 (‖got − ref‖/‖ref‖ ≤ 1e-5),
-//     with the outputs and every scratch buffer poisoned with NaN;
+//     with the outputs, every scratch buffer and the shared memory poisoned with NaN;
 //   - two runs give the same bits;
-//   - the tail: Adam over the whole arena, the running loss sums, the counters;
-//   - the plan for the app's default run on an H100 (132 SMs, 227 KB of shared memory a block).
+//   - the tail: Adam over the whole arena (its padding too), the running loss sums, the
+//     counters; an arena without every parameter is refused;
+//   - the plans for the app's default run, --models 10 and the paper's sizes on an H100 (132
+//     SMs, 227 KB of shared memory a block).
 #include <gtest/gtest.h>
 
 #include <barrier>
@@ -41,7 +44,7 @@ struct Case {
   int64_t c0, c1;
   double temperature;
   int cluster, clusters;  // Q, and the clusters the rows are spread over
-  int max_chunk;          // the K chunk's cap: several chunks per product
+  int max_chunk;          // the K chunk's cap (below the widest K: several chunks per product)
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
