@@ -1,5 +1,6 @@
 // ops/cuda/cluster_step.cu — a training step by row blocks in thread-block clusters: two
-// kernels (ops/cuda/cluster_program.cuh has the program, its device code and why).
+// kernels (ops/cuda/cluster_program.cuh has their device code and why; ops/cuda/cluster_plan.h
+// the host's plan).
 //
 // Kernel 1 runs one cluster of kClusterBlocks blocks (one per SM: each takes most of an SM's
 // shared memory) per row block of each trained model: forward, loss and backward for those
@@ -7,9 +8,9 @@
 // blocks' gradient partials and does the step's tail. Both go into a CUDA graph like the fused
 // step (the step allocates nothing: its buffers outlive it).
 //
-// Needs sm_90 (clusters). It is chosen with cuda::fused_step_design (the app's --step cluster)
-// and has not yet been timed on a GPU: docs/PERFORMANCE.md has the design and what it should
-// cost.
+// Needs sm_90 (clusters). It is chosen with set_fused_step_design (ops/fused_step.h; the app's
+// --step cluster) and has not yet been timed on a GPU: docs/PERFORMANCE.md has the design and
+// what it should cost.
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
