@@ -36,13 +36,7 @@ namespace {
 
 using namespace emulated;  // HostMlp, the float64 reference, Arena, TailState
 
-struct Case {
-  const char* name;
-  std::vector<int64_t> sizes;
-  int64_t trained, frozen, batch;
-  bool distill;
-  int64_t c0, c1;
-  double temperature;
+struct Case : Problem {
   int cluster, clusters;  // Q, and the clusters the rows are spread over
   int max_chunk;          // the K chunk's cap (below the widest K: several chunks per product)
 };
@@ -112,8 +106,7 @@ TEST_P(ClusterEmulated, MatchesFloat64AndRepeatsBitForBit) {
   const int64_t S = c.trained;
   HostMlp trained(c.sizes, S, 11), frozen(c.sizes, c.frozen, 12);
   const auto [x, labels] = random_inputs(c);
-  const Reference ref =
-      reference_step(trained, frozen, x, labels, c.batch, c.distill, c.c0, c.c1, c.temperature);
+  const Reference ref = reference_step(trained, frozen, x, labels, c);
 
   const Output got = run_step(c, trained, frozen, x, labels);
   EXPECT_GT(got.row_blocks, 1) << "the case should spread each model's rows over several clusters";
@@ -134,21 +127,21 @@ TEST_P(ClusterEmulated, MatchesFloat64AndRepeatsBitForBit) {
 INSTANTIATE_TEST_SUITE_P(
     Steps, ClusterEmulated,
     ::testing::Values(
-        Case{"teacher_odd_sizes_B37", {53, 29, 31, 13}, 2, 0, 37, false, 0, 10, 1.0, 3, 5, 20},
-        Case{"teacher_aligned_B30", {64, 40, 24, 13}, 1, 0, 30, false, 0, 10, 1.0, 3, 4, 24},
-        Case{"teacher_one_chunk_B29", {53, 29, 31, 13}, 1, 0, 29, false, 0, 10, 1.0, 3, 4, 1 << 20},
-        Case{"teacher_2_layers_B46", {53, 29, 7}, 2, 0, 46, false, 0, 7, 1.0, 2, 5, 16},
-        Case{"teacher_wide_last_layer_B21", {40, 36, 40}, 1, 0, 21, false, 25, 40, 1.0, 2, 4, 16},
-        Case{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 11, true, 10, 13, 2.0, 2, 12, 20},
-        Case{"distill_aligned_all_logits", {64, 40, 24, 13}, 2, 1, 31, true, 0, 13, 1.0, 3, 5, 32},
-        Case{"distill_2_layers_B23", {40, 33, 13}, 2, 1, 23, true, 0, 13, 2.0, 2, 4, 16}),
+        Case{{"teacher_odd_sizes_B37", {53, 29, 31, 13}, 2, 0, 37, false, 0, 10, 1.0}, 3, 5, 20},
+        Case{{"teacher_aligned_B30", {64, 40, 24, 13}, 1, 0, 30, false, 0, 10, 1.0}, 3, 4, 24},
+        Case{{"teacher_one_chunk_B29", {53, 29, 31, 13}, 1, 0, 29, false, 0, 10, 1.0}, 3, 4, 1 << 20},
+        Case{{"teacher_2_layers_B46", {53, 29, 7}, 2, 0, 46, false, 0, 7, 1.0}, 2, 5, 16},
+        Case{{"teacher_wide_last_layer_B21", {40, 36, 40}, 1, 0, 21, false, 25, 40, 1.0}, 2, 4, 16},
+        Case{{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 11, true, 10, 13, 2.0}, 2, 12, 20},
+        Case{{"distill_aligned_all_logits", {64, 40, 24, 13}, 2, 1, 31, true, 0, 13, 1.0}, 3, 5, 32},
+        Case{{"distill_2_layers_B23", {40, 33, 13}, 2, 1, 23, true, 0, 13, 2.0}, 2, 4, 16}),
     [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
 
 // The tail: Adam (against float64, from the gradients the step wrote) over the whole arena,
 // which holds every parameter and padding between them; the running loss sums; the counters
 // advanced after the watch read them; a NaN in model 1's input flags the step.
 TEST(ClusterTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
-  const Case c{"tail", {53, 29, 31, 13}, 3, 0, 19, false, 0, 10, 1.0, 2, 6, 20};
+  const Case c{{"tail", {53, 29, 31, 13}, 3, 0, 19, false, 0, 10, 1.0}, 2, 6, 20};
   const int64_t S = c.trained, B = c.batch, P = c.sizes.front();
   for (bool biases_first : {false, true}) {
     HostMlp trained(c.sizes, S, 11), frozen(c.sizes, 0, 12);
@@ -172,7 +165,7 @@ TEST(ClusterTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
 
 // An Adam arena that does not hold every parameter at its gradient's place is refused.
 TEST(ClusterTail, AnArenaWithoutEveryParameterIsRefused) {
-  const Case c{"tail", {53, 29, 31, 13}, 1, 0, 8, false, 0, 10, 1.0, 2, 2, 64};
+  const Case c{{"tail", {53, 29, 31, 13}, 1, 0, 8, false, 0, 10, 1.0}, 2, 2, 64};
   HostMlp trained(c.sizes, 1, 11), frozen(c.sizes, 0, 12);
   Arena arena(trained);
   const FusedMlp view = arena.view(trained);

@@ -40,13 +40,7 @@ using simt::same_bits;
 
 // ---- one step, emulated ----------------------------------------------------------------------
 
-struct Step {
-  const char* name;
-  std::vector<int64_t> sizes;
-  int64_t trained, frozen, batch;
-  bool distill;
-  int64_t c0, c1;
-  double temperature;
+struct Step : Problem {
   unsigned grid;      // blocks of the multi-block runs (each case also runs on 1 block)
   bool split_k;       // the case is there to exercise split-K: some GEMM must split on `grid`
   FusedSplitPolicy split{};  // how far K may split (the default, unless the case is about that)
@@ -115,12 +109,11 @@ class FusedEmulated : public ::testing::TestWithParam<Step> {};
 
 TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
   const Step& st = GetParam();
-  const int64_t S = st.trained, F = st.frozen, B = st.batch;
+  const int64_t S = st.trained, F = st.frozen;
   HostMlp trained(st.sizes, S, 11), frozen(st.sizes, F, 12);
   const auto [x, labels] = random_inputs(st);
 
-  const Reference ref =
-      reference_step(trained, frozen, x, labels, B, st.distill, st.c0, st.c1, st.temperature);
+  const Reference ref = reference_step(trained, frozen, x, labels, st);
   for (unsigned blocks : {1u, st.grid}) {
     const std::string what = std::string(st.distill ? "distillation" : "cross-entropy") + " step, " +
                              std::to_string(st.sizes.size() - 1) + " layers, " + std::to_string(blocks) + " blocks";
@@ -142,21 +135,22 @@ TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
 INSTANTIATE_TEST_SUITE_P(
     Steps, FusedEmulated,
     ::testing::Values(
-        Step{"teacher_3_models_B37", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0, 5, false},
-        Step{"teacher_two_row_tiles_B70", {53, 70, 31, 13}, 2, 0, 70, false, 0, 10, 1.0, 5, false},
-        Step{"teacher_2_layers_B45", {53, 29, 7}, 2, 0, 45, false, 0, 7, 1.0, 5, false},
-        Step{"teacher_split_k_B100", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0, 12, true},
+        Step{{"teacher_3_models_B37", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0}, 5, false},
+        Step{{"teacher_two_row_tiles_B70", {53, 70, 31, 13}, 2, 0, 70, false, 0, 10, 1.0}, 5, false},
+        Step{{"teacher_2_layers_B45", {53, 29, 7}, 2, 0, 45, false, 0, 7, 1.0}, 5, false},
+        Step{{"teacher_split_k_B100", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0}, 12, true},
         // The last layer row by row: a hidden layer wider than one staged chunk
         // of 256 under more logits than lanes, the loss on logits 25 … 39
-        Step{"teacher_wide_last_layer_B37", {40, 300, 40}, 1, 0, 37, false, 25, 40, 1.0, 5, false},
-        Step{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 37, true, 10, 13, 2.0, 5, false},
-        Step{"distill_2_layers_all_logits_B70", {40, 33, 13}, 2, 1, 70, true, 0, 13, 1.0, 5, false},
-        Step{"distill_split_k_B100", {300, 40, 20, 13}, 2, 1, 100, true, 10, 13, 2.0, 12, true},
+        Step{{"teacher_wide_last_layer_B37", {40, 300, 40}, 1, 0, 37, false, 25, 40, 1.0}, 5, false},
+        Step{{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 37, true, 10, 13, 2.0}, 5, false},
+        Step{{"distill_2_layers_all_logits_B70", {40, 33, 13}, 2, 1, 70, true, 0, 13, 1.0}, 5, false},
+        Step{{"distill_split_k_B100", {300, 40, 20, 13}, 2, 1, 100, true, 10, 13, 2.0}, 12, true},
         // Another split policy (bench_layers sweeps them): slices of one chunk,
         // more of them than the default's 8, so the fix-up sums 10 partials
-        Step{"teacher_10_splits_B100", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0, 24, true, {16, 1}},
+        Step{{"teacher_10_splits_B100", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0}, 24, true, {16, 1}},
         // Split tiles finished by their last item alone, not in bands by all
-        Step{"teacher_last_item", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0, 12, true, {8, 2, false}}),
+        Step{
+            {"teacher_last_item", {300, 40, 20, 13}, 1, 0, 100, false, 0, 10, 1.0}, 12, true, {8, 2, false}}),
     [](const ::testing::TestParamInfo<Step>& info) { return std::string(info.param.name); });
 
 // ---- the step's tail: Adam, the running loss sums, the counters ------------------------------
@@ -222,33 +216,35 @@ void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64
 
 // Three models, one tile of W0 each, a NaN loss; 1 and 5 blocks give the same bits.
 TEST(FusedTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
-  check_tail(Step{"teacher_tail", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0, 5, false}, {1u, 5u}, 1);
+  check_tail(Step{{"teacher_tail", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0}, 5, false}, {1u, 5u}, 1);
 }
 
 // W0's gradient in 2 × 2 tiles, partial at both edges (65 × 70), and split over K on 17 blocks:
 // each tile's Adam runs in the item that finishes it, at its own offsets.
 TEST(FusedTail, AdamFollowsSplitAndPartialTilesOfW0) {
-  check_tail(Step{"tail_split_k", {70, 65, 31, 13}, 1, 0, 64, false, 0, 10, 1.0, 17, true}, {17u}, -1);
+  check_tail(Step{{"tail_split_k", {70, 65, 31, 13}, 1, 0, 64, false, 0, 10, 1.0}, 17, true}, {17u}, -1);
 }
 
 // As above, each split tile of W0 finished by its last item alone (the other fix-up).
 TEST(FusedTail, AdamFollowsSplitTilesFinishedByTheLastItem) {
   check_tail(
-      Step{"tail_split_k_last_item", {70, 65, 31, 13}, 1, 0, 64, false, 0, 10, 1.0, 17, true, {8, 2, false}},
+      Step{
+          {"tail_split_k_last_item", {70, 65, 31, 13}, 1, 0, 64, false, 0, 10, 1.0}, 17, true, {8, 2, false}},
       {17u}, -1);
 }
 
 // The arena with each layer's bias before its weights: the pass over the rest of the arena
 // leaves out the tiles' ranges (b0, then W0 here) in either order.
 TEST(FusedTail, BiasesBeforeWeightsInTheArena) {
-  check_tail(Step{"tail_biases_first", {70, 65, 31, 13}, 1, 0, 64, false, 0, 10, 1.0, 17, true}, {17u}, -1, true);
+  check_tail(Step{{"tail_biases_first", {70, 65, 31, 13}, 1, 0, 64, false, 0, 10, 1.0}, 17, true}, {17u}, -1,
+             true);
 }
 
 // Two layers: the last phase is dW_0's (and db_0's, its row sums, whose tiles update b_0), and
 // every other gradient Adam reads after it must be final a barrier earlier. 17 blocks finish
 // their dW_0 items at different times.
 TEST(FusedTail, TwoLayersHandAdamOnlyFinalGradients) {
-  check_tail(Step{"two_layer_tail", {53, 29, 7}, 2, 0, 64, false, 0, 7, 1.0, 17, false}, {17u}, -1);
+  check_tail(Step{{"two_layer_tail", {53, 29, 7}, 2, 0, 64, false, 0, 7, 1.0}, 17, false}, {17u}, -1);
 }
 
 // An Adam arena that does not hold the first layer's weights and biases with their gradients

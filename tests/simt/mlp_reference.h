@@ -120,6 +120,18 @@ inline void backward(const HostMlp& m, int64_t model, const std::vector<Matrix>&
   }
 }
 
+// What every emulated step's test case starts with: the MLP's sizes s_0 … s_L, S trained and F
+// frozen models (the teachers of a distillation step), the batch B, and the loss: cross-entropy
+// over the logit columns [c0, c1), or (distill) T²·KL at temperature T on them.
+struct Problem {
+  const char* name;
+  std::vector<int64_t> sizes;
+  int64_t trained, frozen, batch;
+  bool distill;
+  int64_t c0, c1;
+  double temperature;
+};
+
 // Each trained model's loss and its weight and bias gradients, in float64.
 struct Reference {
   std::vector<double> loss;                 // [S]
@@ -130,9 +142,11 @@ struct Reference {
 // [S, B] over the logit columns [c0, c1), or (distill) T²·the mean KL from frozen model s mod F
 // on x[f] to model s on x[s].
 inline Reference reference_step(const HostMlp& trained, const HostMlp& frozen, const std::vector<float>& x,
-                                const std::vector<int32_t>& labels, int64_t B, bool distill, int64_t c0,
-                                int64_t c1, double temperature) {
+                                const std::vector<int32_t>& labels, const Problem& problem) {
   const int64_t S = trained.models, F = frozen.models, P = trained.sizes.front(), O = trained.sizes.back();
+  const int64_t B = problem.batch, c0 = problem.c0, c1 = problem.c1;
+  const bool distill = problem.distill;
+  const double temperature = problem.temperature;
   Reference ref{std::vector<double>(size_t(S)), std::vector<std::vector<Matrix>>(size_t(S)),
                 std::vector<std::vector<Matrix>>(size_t(S))};
   for (int64_t s = 0; s < S; ++s) {
@@ -270,14 +284,12 @@ inline void adam_float64(std::vector<float>& p, const std::vector<float>& g, std
 // ---- checking a step against the reference -----------------------------------------------------
 
 // A step's inputs, the same for every run of a case: x [S, B, inputs] uniform in [0, 1), and
-// labels [S, B] among the loss's columns. (Case: a test's case, with sizes, trained, batch, c0
-// and c1.)
+// labels [S, B] among the loss's columns.
 struct StepInputs {
   std::vector<float> x;
   std::vector<int32_t> labels;
 };
-template <class Case>
-StepInputs random_inputs(const Case& c) {
+inline StepInputs random_inputs(const Problem& c) {
   const int64_t S = c.trained, B = c.batch, P = c.sizes.front();
   std::mt19937 rng(13);
   std::uniform_real_distribution<float> u(0.0f, 1.0f);
