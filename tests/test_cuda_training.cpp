@@ -45,6 +45,13 @@
 #include "ops/cuda/fused_step_cuda.h"  // fused_step_split_policy
 #endif
 
+namespace subliminal {
+// gtest's printer for the design parameter (ctest lists each case's parameters by it).
+inline void PrintTo(FusedStepDesign design, std::ostream* os) {
+  *os << (design == FusedStepDesign::cluster ? "cluster" : "grid");
+}
+}  // namespace subliminal
+
 namespace subliminal::cuda_test {
 namespace {
 
