@@ -70,6 +70,11 @@ constexpr int kMinChunk = 32;      // the shortest K chunk the planner accepts
 // Block q of Q owns columns [own_begin(n, q, Q), own_begin(n, q + 1, Q)) of a width-n layer.
 __host__ __device__ inline int own_begin(int64_t n, int q, int Q) { return int(n * q / Q); }
 
+// The length of chunk c of a K of `width` floats in chunks of kc: kc, or what is left.
+__host__ __device__ inline int chunk_length(int64_t width, int kc, int c) {
+  return int(smaller(kc, width - int64_t(c) * kc));
+}
+
 // One MLP's weights and biases per layer ([models, out, in] and [models, out]).
 struct Net {
   const float* w[kMaxLayers];
@@ -172,7 +177,7 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
     pipelined(
         chunks, sm + lay.buffer[0], sm + lay.buffer[1],
         [&](int c, float* buf) {
-          const int k0 = c * p.kc, kn = int(smaller(p.kc, in - k0));
+          const int k0 = c * p.kc, kn = chunk_length(in, p.kc, c);
           stage(buf, ld, a_src + k0, in, at.R, kn, at.R4, round4(kn));
           stage(buf + lay.b_part, ld, w_src + k0, in, own.n, kn, own.n4, round4(kn));
           // the bias rides with the first chunk, so that the epilogue waits for no load; and with
@@ -184,7 +189,7 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
                   own.n, round4(p.s[L]), own.n4);
         },
         [&](int c, float* buf) {
-          const int kn = int(smaller(p.kc, in - int64_t(c) * p.kc));
+          const int kn = chunk_length(in, p.kc, c);
           dot_accumulate(acc, own.n4, buf, ld, buf + lay.b_part, ld, at.R4, own.n4, round4(kn),
                          sm + lay.kpart);
         });
@@ -327,12 +332,12 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
     pipelined(
         chunks, sm + lay.buffer[0], sm + lay.buffer[1],
         [&](int c, float* buf) {
-          const int i0 = c * p.kc, n = int(smaller(p.kc, in - i0));
+          const int i0 = c * p.kc, n = chunk_length(in, p.kc, c);
           stage(buf, ld, h_src + i0, in, at.R, n, at.R, round4(n));
           if (gradient_below) stage(buf + lay.b_part, ld, w_src + i0, in, own.n, n, own.n4, round4(n));
         },
         [&](int c, float* buf) {
-          const int i0 = c * p.kc, n = int(smaller(p.kc, in - i0));
+          const int i0 = c * p.kc, n = chunk_length(in, p.kc, c);
           outer_product(gown, own.n4, 1, buf, ld, own.n4, round4(n), at.R,
                         [&](int j0, int k0, const float(&v)[4][4]) {
                           for (int i = 0; i < 4; ++i)
