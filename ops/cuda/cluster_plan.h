@@ -82,8 +82,8 @@ inline void plan_rows(Program& p, const Machine& mc) {
     throw ShapeError("cluster step: not one row of sizes up to " + std::to_string(widest_k) +
                      " fits a block's shared memory");
   p.row_blocks = (p.batch + rows - 1) / rows;
-  p.rows =
-      (p.batch + p.row_blocks - 1) / p.row_blocks;  // no smaller than needed: the same blocks, evened out
+  // the same number of row blocks, their rows evened out
+  p.rows = (p.batch + p.row_blocks - 1) / p.row_blocks;
   int kc = want;
   while (kc > least && !fits(p.rows, kc)) kc -= 8;
   p.kc = kc;
@@ -169,10 +169,10 @@ inline ReduceProgram build_reduce_program(const Program& rows, const FusedMlp& t
     const Segment& seg = r.seg[k];
     const int l = k / 2;
     const float* param = k % 2 == 0 ? trained.weights[size_t(l)] : trained.biases[size_t(l)];
-    const int64_t at = seg.grad - a.g;
-    if (seg.grad < a.g || at + seg.count > a.n || param != a.p + at)
+    const fused::ArenaRange where = fused::in_arena(a, seg.grad, param, seg.count);
+    if (where.begin < 0)
       throw ShapeError("cluster step: the tail's Adam arena does not hold every parameter and its gradient");
-    covered.push_back({at, at + seg.count});
+    covered.push_back(where);
   }
   std::sort(covered.begin(), covered.end(), [](const auto& x, const auto& y) { return x.begin < y.begin; });
   int64_t from = 0;

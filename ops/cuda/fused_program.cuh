@@ -348,6 +348,20 @@ inline bool backward_joins_below(int layers) { return layers >= 3; }
 // each one's copy of its teacher's (the warp of a row computes both).
 inline int64_t logit_rows(int64_t trained, bool distill) { return distill ? 2 * trained : trained; }
 
+// Where a gradient of `count` floats lies in the tail's Adam arena `a` — elements [begin, end) —
+// if its parameter lies at the same place in the value arena; else {−1, −1}. (Compared as
+// addresses: the gradient may be anywhere.)
+inline ArenaRange in_arena(const decltype(FusedTail::adam)& a, const float* grad, const float* param,
+                           int64_t count) {
+  const auto at = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+  const uintptr_t g = at(a.g), end = g + uintptr_t(a.n) * sizeof(float);
+  const uintptr_t first = at(grad), last = first + uintptr_t(count) * sizeof(float);
+  if (first < g || last > end || (first - g) % sizeof(float) != 0 ||
+      param != a.p + (first - g) / sizeof(float))
+    return ArenaRange{-1, -1};
+  return ArenaRange{int64_t((first - g) / sizeof(float)), int64_t((last - g) / sizeof(float))};
+}
+
 // Plans a phase's GEMMs for the grid. They share it in proportion to their work (tiles × K
 // chunks), so that their work items come out about equally long — a phase lasts as long as its
 // longest item — and, where the tiles allow, all of them fit in one wave of the grid. Then,
@@ -447,16 +461,8 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
       const auto& a = tail->adam;
       // Where a gradient of `count` floats lies in the arena, if its parameter lies at the
       // same place in the value arena; else {−1, −1}.
-      const auto in_arena = [&a](const float* grad, const float* param, int64_t count) {
-        const auto at = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
-        const uintptr_t g = at(a.g), end = g + uintptr_t(a.n) * sizeof(float);
-        const uintptr_t first = at(grad), last = first + uintptr_t(count) * sizeof(float);
-        if (first < g || last > end || (first - g) % sizeof(float) != 0 || param != a.p + (first - g) / sizeof(float))
-          return ArenaRange{-1, -1};
-        return ArenaRange{int64_t((first - g) / sizeof(float)), int64_t((last - g) / sizeof(float))};
-      };
-      const ArenaRange w0 = in_arena(dw0.c, trained.weights[0], dw0.models * dw0.M * dw0.N);
-      const ArenaRange b0 = in_arena(dw0.row_sums, trained.biases[0], dw0.models * dw0.M);
+      const ArenaRange w0 = in_arena(a, dw0.c, trained.weights[0], dw0.models * dw0.M * dw0.N);
+      const ArenaRange b0 = in_arena(a, dw0.row_sums, trained.biases[0], dw0.models * dw0.M);
       if (w0.begin < 0 || b0.begin < 0)
         throw ShapeError(
             "fused step: the tail's Adam arena does not hold the first layer's weights, biases and their gradients");
