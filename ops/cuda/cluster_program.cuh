@@ -267,6 +267,11 @@ __device__ void loss_rows(const Program& p, const Place& at) {
   }
 }
 
+// gpart holds one layer's parts of G_l at a time. With more than 3 layers a block could write
+// the next layer's parts over ones another block is still adding: that would need a cluster
+// barrier before each later layer's writes.
+static_assert(kMaxLayers <= 3, "the cluster step's backward reuses gpart across layers without a barrier");
+
 // The backward pass of trained model at.model for the cluster's rows (acc holds the block's
 // columns of H_{L−1}, wlast its columns of W_{L−1}): the gradient partials of row block
 // at.row_block.
