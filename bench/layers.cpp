@@ -14,7 +14,8 @@
 // and a whole teacher training step (forward, loss, backward, Adam) replayed as a CUDA graph;
 // then the fused training step (ops/fused_step.h) phase by phase, the step under both designs of
 // its kernels (grid and cluster), and (not with --fused-only) the fused step at batch 256 under
-// a sweep of split-K policies and the cluster design under caps on its K chunk.
+// a sweep of split-K policies and the cluster design under other tunings (K chunk, clusters,
+// overlapped launches).
 // Times are CUDA-event medians over 7 blocks of 50 calls after a warm-up, in microseconds.
 #include <algorithm>
 #include <cstdio>
@@ -186,20 +187,37 @@ nlohmann::json design_table() {
   return rows;
 }
 
-// The cluster design under caps on its K chunk (cuda::cluster_step_max_chunk): long chunks are
-// few (less per-chunk overhead: a wait and two barriers) but the first one's load is not hidden
-// behind any arithmetic; short chunks start computing sooner.
-nlohmann::json cluster_chunk_sweep(int64_t batch) {
+// The cluster design under other tunings (cuda::ClusterStepTuning) than its default (the
+// first row): K chunks capped (long chunks are few — less per-chunk overhead, a wait and two
+// barriers — but the first one's load is not hidden behind any arithmetic; short ones start
+// computing sooner); the rows spread over fewer clusters (fewer gradient partials for the
+// second kernel to add, more arithmetic per cluster); the kernels launched only once the one
+// ahead has finished.
+nlohmann::json cluster_tuning_sweep(int64_t batch) {
   nlohmann::json rows = nlohmann::json::array();
   if (!cuda::cluster_step_supported()) return rows;
-  std::printf("cluster step, batch %lld, K chunk capped (µs per step, eager launches; 0: as long as fits):\n",
+  struct Tuning {
+    std::string name;
+    cuda::ClusterStepTuning tuning;
+  };
+  std::vector<Tuning> tunings{{"default", {}}};
+  for (int cap : {32, 64, 128, 256, 400})
+    tunings.push_back({"K chunk <= " + std::to_string(cap), {cap, 0, true}});
+  for (int clusters : {2, 4, 8, 12})
+    tunings.push_back({"clusters <= " + std::to_string(clusters), {0, clusters, true}});
+  tunings.push_back({"launches not overlapped", {0, 0, false}});
+  std::printf("cluster step, batch %lld, tuned (µs per step, eager launches, CUDA-event medians):\n",
               (long long)batch);
-  std::printf("%-8s %10s %10s\n", "cap", "teacher", "distill");
+  std::printf("%-24s %10s %10s\n", "tuning", "teacher", "distill");
   set_fused_step_design(FusedStepDesign::cluster);
-  for (int cap : {32, 64, 128, 200, 256, 400, 0}) {
-    cuda::cluster_step_max_chunk(cap);
-    nlohmann::json row = {{"batch", batch}, {"max_chunk", cap}};
-    std::printf("%-8d", cap);
+  for (const Tuning& t : tunings) {
+    cuda::cluster_step_tuning(t.tuning);
+    nlohmann::json row = {{"batch", batch},
+                          {"tuning", t.name},
+                          {"max_chunk", t.tuning.max_chunk},
+                          {"max_clusters", t.tuning.max_clusters},
+                          {"overlap_launches", t.tuning.overlap_launches}};
+    std::printf("%-24s", t.name.c_str());
     for (bool distill : {false, true}) {
       FusedStepSetup setup(batch, distill);
       const double us = time_us([&] { setup.step(); }, 20, 7, 5);
@@ -209,7 +227,7 @@ nlohmann::json cluster_chunk_sweep(int64_t batch) {
     std::printf("\n");
     rows.push_back(row);
   }
-  cuda::cluster_step_max_chunk(0);
+  cuda::cluster_step_tuning({});
   set_fused_step_design(FusedStepDesign::grid);
   return rows;
 }
@@ -377,7 +395,7 @@ int main(int argc, char** argv) {
     out["designs"] = design_table();
     if (!fused_only) {
       out["split_sweep"] = split_sweep(256);
-      out["cluster_chunks"] = cluster_chunk_sweep(256);
+      out["cluster_tunings"] = cluster_tuning_sweep(256);
     }
     use(kEngines[0]);
     const std::string fallbacks = gemm::fallback_report();

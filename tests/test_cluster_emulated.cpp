@@ -15,7 +15,8 @@
 //   - the tail: Adam over the whole arena (its padding too), the running loss sums, the
 //     counters; an arena without every parameter is refused;
 //   - the plans for the app's default run, --models 10 and the paper's sizes on an H100 (132
-//     SMs, 227 KB of shared memory a block).
+//     SMs, 227 KB of shared memory a block), and under a tuning that caps the clusters or the
+//     K chunk.
 #include <gtest/gtest.h>
 
 #include <barrier>
@@ -226,6 +227,31 @@ TEST(ClusterPlan, DefaultRunOnAnH100) {
     EXPECT_LT(p.row_blocks * p.rows - batch, p.row_blocks) << what << ": the row blocks are uneven";
     EXPECT_GE(p.rows, 64) << what << ": rows per cluster well short of what the memory holds";
   }
+}
+
+// A tuned machine (ClusterStepTuning, bench_layers' sweep): the rows spread over fewer
+// clusters take longer row blocks, a cap above what runs at once changes nothing, K chunks are
+// capped, and a negative cap is refused.
+TEST(ClusterPlan, TuningCapsTheClustersAndTheChunks) {
+  const Machine h100{8, 16, 256, 232448 / 4};
+  FusedMlp trained;
+  trained.layers = 3, trained.sizes = {784, 256, 256, 13}, trained.models = 1;
+  trained.weights.assign(3, nullptr), trained.biases.assign(3, nullptr);
+  FusedLoss loss;
+  loss.c1 = 10;
+  auto plan = [&](ClusterStepTuning t) {
+    return build_rows_program(nullptr, 256, trained, nullptr, loss, nullptr, tuned(h100, t));
+  };
+  const Program four = plan({0, 4, true});
+  EXPECT_EQ(four.row_blocks, 4);
+  EXPECT_EQ(four.rows, 64);
+  const Program uncapped = plan({}), above = plan({0, 100, true});
+  EXPECT_EQ(above.row_blocks, uncapped.row_blocks) << "a cap above the 16 clusters that run at once";
+  EXPECT_EQ(above.rows, uncapped.rows);
+  EXPECT_EQ(plan({64, 0, true}).kc, 64);
+  EXPECT_GT(uncapped.kc, 64);
+  EXPECT_THROW(tuned(h100, {-1, 0, true}), ShapeError);
+  EXPECT_THROW(tuned(h100, {0, -1, true}), ShapeError);
 }
 
 }  // namespace

@@ -497,6 +497,16 @@ TEST_P(CudaFusedStep, DistillationStepsMatchCpu) { check_distillation(train_case
 
 #ifdef SUBLIMINAL_HAS_CUDA  // the policy is the CUDA kernel's (a build without CUDA has no such knob)
 // Sets the fused step's split-K policy for one scope (bench_layers' sweep), then the default.
+// Two float32 runs' parameters are the same bits (widened to double: back to float, exactly).
+void expect_same_float_params(const std::string& what, const RunResult& got, const RunResult& expected) {
+  ASSERT_EQ(got.params.size(), expected.params.size());
+  for (size_t k = 0; k < expected.params.size(); ++k)
+    EXPECT_TRUE(bitwise_equal(what + ": parameter tensor " + std::to_string(k),
+                              std::vector<float>(got.params[k].begin(), got.params[k].end()),
+                              std::vector<float>(expected.params[k].begin(), expected.params[k].end()),
+                              {int64_t(expected.params[k].size())}));
+}
+
 struct SplitPolicyScope {
   explicit SplitPolicyScope(cuda::FusedSplitPolicy p) { cuda::fused_step_split_policy(p); }
   ~SplitPolicyScope() { cuda::fused_step_split_policy({}); }
@@ -539,18 +549,20 @@ TEST_P(CudaFusedStep, BandFixupEqualsLastItemFixupBitForBit) {
   const RunResult bands = run(true), last = run(false);
   const std::string what =
       std::string(c.name) + " fused teacher steps, bands (got) vs the last item (expected)";
-  ASSERT_EQ(bands.params.size(), last.params.size());
-  for (size_t k = 0; k < last.params.size(); ++k)  // float32 widened to double: back to float, exactly
-    EXPECT_TRUE(bitwise_equal(what + ": parameter tensor " + std::to_string(k),
-                              std::vector<float>(bands.params[k].begin(), bands.params[k].end()),
-                              std::vector<float>(last.params[k].begin(), last.params[k].end()),
-                              {int64_t(last.params[k].size())}));
+  expect_same_float_params(what, bands, last);
 }
 
-// The cluster design with its K chunks capped short (many chunks a product, bench_layers'
-// sweep): the same step to float32 rounding.
-TEST_P(CudaFusedStep, ShortClusterChunksMatchCpu) {
-  if (design_ != FusedStepDesign::cluster) GTEST_SKIP() << "the K chunk cap is the cluster design's";
+struct ClusterTuningScope {
+  explicit ClusterTuningScope(cuda::ClusterStepTuning t) { cuda::cluster_step_tuning(t); }
+  ~ClusterTuningScope() { cuda::cluster_step_tuning({}); }
+};
+
+// The cluster design under bench_layers' other tunings: K chunks capped short (many chunks a
+// product) and the rows spread over 2 clusters (long row blocks, few partials) are the same step
+// to float32 rounding; launches that wait for the kernel ahead to finish before they start give
+// the bits of overlapped ones (the default).
+TEST_P(CudaFusedStep, OtherClusterTuningsMatchCpu) {
+  if (design_ != FusedStepDesign::cluster) GTEST_SKIP() << "the tuning is the cluster design's";
   const TrainCase& c = train_case();
   const MlpParams init = make_params(c.sizes, c.N, 42);
   const int steps = 2;
@@ -558,16 +570,24 @@ TEST_P(CudaFusedStep, ShortClusterChunksMatchCpu) {
       make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 7);
   const RunResult cpu =
       teacher_steps(init, Device::cpu, DType::f64, data, steps, c.B, c.classes(), MlpFusion::whole);
-  cuda::cluster_step_max_chunk(32);
-  const RunResult capped =
-      teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole, true);
-  cuda::cluster_step_max_chunk(0);
-  expect_runs_close(label() + " teacher steps, K chunks of 32 (vs CPU float64)", capped, cpu, init, c.N);
+  auto run = [&](cuda::ClusterStepTuning t) {
+    ClusterTuningScope scope(t);
+    return teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole,
+                         true);
+  };
+  expect_runs_close(label() + " teacher steps, K chunks of 32 (vs CPU float64)", run({32, 0, true}), cpu,
+                    init, c.N);
+  expect_runs_close(label() + " teacher steps, 2 clusters (vs CPU float64)", run({0, 2, true}), cpu, init,
+                    c.N);
+  const RunResult overlapped = run({}), serial = run({0, 0, false});
+  const std::string what = label() + " teacher steps, launches not overlapped (got) vs overlapped (expected)";
+  expect_same_float_params(what, serial, overlapped);
 }
 
-TEST(ClusterStepMaxChunk, RefusesANegativeCap) {
-  EXPECT_THROW(cuda::cluster_step_max_chunk(-1), ShapeError);
-  cuda::cluster_step_max_chunk(0);  // no cap is accepted
+TEST(ClusterStepTuning, RefusesANegativeCap) {
+  EXPECT_THROW(cuda::cluster_step_tuning({-1, 0, true}), ShapeError);
+  EXPECT_THROW(cuda::cluster_step_tuning({0, -1, true}), ShapeError);
+  cuda::cluster_step_tuning({});  // no cap is accepted
 }
 
 TEST(FusedSplitPolicy, RefusesFewerThanOneSplitOrChunk) {

@@ -58,6 +58,22 @@ struct Machine {
   int max_chunk = 1 << 30;  // (tests: force several K chunks)
 };
 
+// Throws ShapeError for a negative cap in a ClusterStepTuning.
+inline void check_tuning(const ClusterStepTuning& tuning) {
+  if (tuning.max_chunk < 0 || tuning.max_clusters < 0)
+    throw ShapeError("cluster step tuning: K chunks of at most " + std::to_string(tuning.max_chunk) +
+                     " floats, at most " + std::to_string(tuning.max_clusters) + " clusters");
+}
+
+// The machine as a tuned step plans for it: K chunks and the clusters in use capped
+// (ClusterStepTuning; 0: no cap).
+inline Machine tuned(Machine mc, const ClusterStepTuning& tuning) {
+  check_tuning(tuning);
+  if (tuning.max_chunk > 0) mc.max_chunk = tuning.max_chunk;
+  if (tuning.max_clusters > 0) mc.clusters = std::min(mc.clusters, tuning.max_clusters);
+  return mc;
+}
+
 // The rows per cluster and the K chunk for a step of S models at batch B: about `clusters`
 // clusters, as many rows each as the shared memory allows with a K chunk of ≥ kMinChunk floats
 // (or all of K, when smaller), then the largest chunk that fits; the rows evened out over the

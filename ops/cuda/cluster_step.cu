@@ -6,7 +6,9 @@
 // shared memory) per row block of each trained model: forward, loss and backward for those
 // rows, with cluster barriers between the layers and no grid barrier. Kernel 2 sums the row
 // blocks' gradient partials and does the step's tail. Both go into a CUDA graph like the fused
-// step (the step allocates nothing: its buffers outlive it).
+// step (the step allocates nothing: its buffers outlive it). By default each is launched as the
+// kernel ahead of it finishes (programmatic dependent launch), so that its launch latency hides
+// behind that kernel's last blocks (ClusterStepTuning::overlap_launches).
 //
 // Needs sm_90 (clusters). It is chosen with set_fused_step_design (ops/fused_step.h; the app's
 // --step cluster) and has not yet been timed on a GPU: docs/PERFORMANCE.md has the design and
@@ -40,6 +42,12 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ float4 dynamic_smem[];
   cg::cluster_group cluster = cg::this_cluster();
+  // Launched early (ClusterStepTuning::overlap_launches), the kernel reads nothing before the
+  // kernel ahead of it has finished (the batch's gather, or the last step's Adam); and it lets
+  // kernel 2 be launched at once, whose blocks wait the same way for this kernel's results.
+  // Without the launch attribute both are no-ops.
+  cudaTriggerProgrammaticLaunchCompletion();
+  cudaGridDependencySynchronize();
   cluster::run_rows(p, reinterpret_cast<float*>(dynamic_smem), [&] { cluster.sync(); });
 #else
   __trap();  // the host never launches it below sm_90 (cluster_step_supported)
@@ -48,12 +56,23 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
 
 __global__ void __launch_bounds__(cluster::kThreads)
     cluster_reduce_kernel(const __grid_constant__ ReduceProgram p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cudaGridDependencySynchronize();  // kernel 1's partials and row losses (see above)
+#endif
   cluster::run_reduce(p);
 }
 
 GrowOnlyBuffer& scratch() {  // kernel 1's exchange buffers and gradient partials
   static GrowOnlyBuffer* b = new GrowOnlyBuffer("cluster step: scratch", false);  // never destroyed
   return *b;
+}
+
+// The launch attribute for clusters of `blocks` blocks along x.
+cudaLaunchAttribute cluster_dims(int blocks) {
+  cudaLaunchAttribute dims{};
+  dims.id = cudaLaunchAttributeClusterDimension;
+  dims.val.clusterDim.x = unsigned(blocks), dims.val.clusterDim.y = 1, dims.val.clusterDim.z = 1;
+  return dims;
 }
 
 // The machine as the planner sees it, and the kernel's shared memory limit raised to it (once,
@@ -76,9 +95,7 @@ const cluster::Machine& machine() {
     config.gridDim = dim3(unsigned(mc.cluster));
     config.blockDim = dim3(unsigned(mc.threads));
     config.dynamicSmemBytes = props.sharedMemPerBlockOptin;
-    cudaLaunchAttribute dims{};
-    dims.id = cudaLaunchAttributeClusterDimension;
-    dims.val.clusterDim.x = unsigned(mc.cluster), dims.val.clusterDim.y = 1, dims.val.clusterDim.z = 1;
+    cudaLaunchAttribute dims = cluster_dims(mc.cluster);
     config.attrs = &dims;
     config.numAttrs = 1;
     int clusters = 0;
@@ -90,16 +107,34 @@ const cluster::Machine& machine() {
   return m;
 }
 
-int& max_chunk() {  // cluster_step_max_chunk's cap: 0 for none
-  static int cap = 0;
-  return cap;
+ClusterStepTuning& tuning() {  // set by cluster_step_tuning
+  static ClusterStepTuning t;
+  return t;
+}
+
+// Launches kernel<<<config>>>(args) in clusters of `cluster` blocks (1: none), and with
+// `overlap`, as the stream's previous kernel finishes (programmatic dependent launch: the
+// kernel waits for that one's results with cudaGridDependencySynchronize).
+template <class Program>
+void launch(void (*kernel)(Program), cudaLaunchConfig_t config, int cluster, bool overlap, const Program& p) {
+  cudaLaunchAttribute attrs[2]{};
+  unsigned n = 0;
+  if (cluster > 1) attrs[n++] = cluster_dims(cluster);
+  if (overlap) {
+    attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  config.attrs = attrs;
+  config.numAttrs = n;
+  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
 }
 
 }  // namespace
 
-void cluster_step_max_chunk(int floats) {
-  if (floats < 0) throw ShapeError("cluster_step_max_chunk: " + std::to_string(floats) + " floats");
-  max_chunk() = floats;
+void cluster_step_tuning(const ClusterStepTuning& t) {
+  cluster::check_tuning(t);
+  tuning() = t;
 }
 
 bool cluster_step_supported() {
@@ -115,8 +150,8 @@ void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, co
   if (S == 0 || batch == 0 || (loss.distill && (F == 0 || S % F != 0)))
     throw ShapeError("cluster_mlp_step: " + std::to_string(S) + " trained and " + std::to_string(F) +
                      " frozen models, batch " + std::to_string(batch));
-  cluster::Machine mc = machine();
-  if (max_chunk() > 0) mc.max_chunk = max_chunk();
+  const ClusterStepTuning t = tuning();
+  const cluster::Machine mc = cluster::tuned(machine(), t);
   Program p = cluster::build_rows_program(x, batch, trained, frozen, loss, tail, mc);
 
   // The scratch: one buffer that outlives the step, each part 256-byte aligned.
@@ -142,12 +177,7 @@ void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, co
   config.blockDim = dim3(unsigned(mc.threads));
   config.dynamicSmemBytes = size_t(p.smem.total) * sizeof(float);
   config.stream = Runtime::get().stream();
-  cudaLaunchAttribute dims{};
-  dims.id = cudaLaunchAttributeClusterDimension;
-  dims.val.clusterDim.x = unsigned(p.cluster), dims.val.clusterDim.y = 1, dims.val.clusterDim.z = 1;
-  config.attrs = &dims;
-  config.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&config, cluster_rows_kernel, p));
+  launch(cluster_rows_kernel, config, p.cluster, t.overlap_launches, p);
 
   // Kernel 2: a thread per gradient element where they fit in one wave of resident blocks, so
   // that each thread's partial loads are one batch of round trips, not several in a row.
@@ -162,8 +192,11 @@ void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, co
   }();
   const unsigned blocks =
       unsigned(std::min<int64_t>(wave, (elements + cluster::kThreads - 1) / cluster::kThreads));
-  cluster_reduce_kernel<<<blocks, cluster::kThreads, 0, Runtime::get().stream()>>>(r);
-  CUDA_CHECK(cudaGetLastError());
+  cudaLaunchConfig_t reduce{};
+  reduce.gridDim = dim3(blocks);
+  reduce.blockDim = dim3(unsigned(cluster::kThreads));
+  reduce.stream = Runtime::get().stream();
+  launch(cluster_reduce_kernel, reduce, 1, t.overlap_launches, r);
 }
 
 }  // namespace subliminal::cuda

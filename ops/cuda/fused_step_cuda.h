@@ -72,13 +72,26 @@ void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, cons
 bool cluster_step_supported();
 void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
                       const FusedLoss& loss, float* loss_out, const FusedTail* tail = nullptr);
-// The cluster step stages its operands in K chunks, by default as long as shared memory allows
-// (the fewest chunks); this caps them at `floats` (0: no cap) for later steps, for
-// bench/layers.cpp's sweep of the trade between a chunk's load latency and the pipeline's
-// per-chunk overhead. The results move by float32 rounding (partial sums end at other places);
-// a step captured in a CUDA graph keeps the plan it was captured with. Throws ShapeError for a
-// negative cap.
-void cluster_step_max_chunk(int floats);
+// How later cluster steps are planned and launched; the defaults are the step's, and
+// bench/layers.cpp sweeps the others (a step captured in a CUDA graph keeps the plan it was
+// captured with):
+//   max_chunk         K chunks of at most this many floats (0: as long as shared memory allows,
+//                     the fewest chunks): a chunk's load latency against the pipeline's
+//                     per-chunk overhead. The results move by float32 rounding.
+//   max_clusters      the rows spread over at most this many clusters (0: as many as run at
+//                     once): fewer row blocks mean fewer gradient partials for the second kernel
+//                     to add, more rows mean more arithmetic per cluster. Results move likewise.
+//   overlap_launches  each kernel launched as the previous one in the stream finishes
+//                     (programmatic dependent launch: it waits for that kernel's results with
+//                     cudaGridDependencySynchronize before reading anything), so that its
+//                     launch hides behind the previous kernel's last blocks. Same bits either way.
+// Throws ShapeError for a negative cap.
+struct ClusterStepTuning {
+  int max_chunk = 0;
+  int max_clusters = 0;
+  bool overlap_launches = true;
+};
+void cluster_step_tuning(const ClusterStepTuning& tuning);
 
 // Timing, for bench/layers.cpp: while on, each fused step records (with the GPU's global timer)
 // when block 0 starts each of its phases and when the first and the last block finish their
