@@ -29,8 +29,11 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <thread>
 #include <vector>
+
+#include "tests/simt/cuda_pipeline_primitives.h"  // each thread's cp.async queue (checked at its end)
 
 // ---- the language's qualifiers: nothing on the host ------------------------------------------
 #define __device__
@@ -72,6 +75,7 @@ inline thread_local std::barrier<>* grid_barrier = nullptr;
 // memory") it indexes by blockIdx.x — aligned as the device code expects (tile::Smem is
 // alignas(16), so a std::vector of them is). threads must be a multiple of 32.
 inline void launch(unsigned blocks, unsigned threads, const std::function<void()>& body) {
+  std::atomic<bool> unwaited_copies{false};
   std::vector<std::unique_ptr<std::barrier<>>> barriers;
   std::vector<std::unique_ptr<Warp>> warps;
   for (unsigned b = 0; b < blocks; ++b) {
@@ -92,8 +96,13 @@ inline void launch(unsigned blocks, unsigned threads, const std::function<void()
         warp = warps[b * (threads / 32) + t / 32].get();
         grid_barrier = &grid;
         body();
+        // A copy issued and never waited for is work the kernel threw away, or a wait forgotten.
+        if (!copy_queue.open.empty() || !copy_queue.committed.empty()) unwaited_copies = true;
+        copy_queue = CopyQueue{};
       });
   for (std::thread& th : pool) th.join();
+  if (unwaited_copies)
+    throw std::logic_error("simt::launch: a thread ended with asynchronous copies it never waited for");
 }
 
 // cooperative_groups' grid.sync(): every thread of every block.
