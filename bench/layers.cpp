@@ -15,7 +15,7 @@
 // then the fused training step (ops/fused_step.h) phase by phase, the step under both designs of
 // its kernels (grid and cluster), and (not with --fused-only) the fused step at batch 256 under
 // a sweep of split-K policies and the cluster design under other tunings (K chunk, clusters,
-// overlapped launches).
+// overlapped launches, prefetch).
 // Times are CUDA-event medians over 7 blocks of 50 calls after a warm-up, in microseconds.
 #include <algorithm>
 #include <cstdio>
@@ -192,7 +192,7 @@ nlohmann::json design_table() {
 // barriers — but the first one's load is not hidden behind any arithmetic; short ones start
 // computing sooner); the rows spread over fewer clusters (fewer gradient partials for the
 // second kernel to add, more arithmetic per cluster); the kernels launched only once the one
-// ahead has finished.
+// ahead has finished; each backward layer's first chunk issued only after its barrier.
 nlohmann::json cluster_tuning_sweep(int64_t batch) {
   nlohmann::json rows = nlohmann::json::array();
   if (!cuda::cluster_step_supported()) return rows;
@@ -202,10 +202,11 @@ nlohmann::json cluster_tuning_sweep(int64_t batch) {
   };
   std::vector<Tuning> tunings{{"default", {}}};
   for (int cap : {32, 64, 128, 256, 400})
-    tunings.push_back({"K chunk <= " + std::to_string(cap), {cap, 0, true}});
+    tunings.push_back({"K chunk <= " + std::to_string(cap), {cap, 0, true, true}});
   for (int clusters : {2, 4, 8, 12})
-    tunings.push_back({"clusters <= " + std::to_string(clusters), {0, clusters, true}});
-  tunings.push_back({"launches not overlapped", {0, 0, false}});
+    tunings.push_back({"clusters <= " + std::to_string(clusters), {0, clusters, true, true}});
+  tunings.push_back({"launches not overlapped", {0, 0, false, true}});
+  tunings.push_back({"no backward prefetch", {0, 0, true, false}});
   std::printf("cluster step, batch %lld, tuned (µs per step, eager launches, CUDA-event medians):\n",
               (long long)batch);
   std::printf("%-24s %10s %10s\n", "tuning", "teacher", "distill");
@@ -216,7 +217,8 @@ nlohmann::json cluster_tuning_sweep(int64_t batch) {
                           {"tuning", t.name},
                           {"max_chunk", t.tuning.max_chunk},
                           {"max_clusters", t.tuning.max_clusters},
-                          {"overlap_launches", t.tuning.overlap_launches}};
+                          {"overlap_launches", t.tuning.overlap_launches},
+                          {"prefetch", t.tuning.prefetch}};
     std::printf("%-24s", t.name.c_str());
     for (bool distill : {false, true}) {
       FusedStepSetup setup(batch, distill);

@@ -11,7 +11,8 @@
 // threads. Checked:
 //   - each trained model's loss and every gradient against float64 (‖got − ref‖/‖ref‖ ≤ 1e-5),
 //     with the outputs, every scratch buffer and the shared memory poisoned with NaN;
-//   - two runs give the same bits;
+//   - two runs give the same bits, and so does a run without the backward prefetch (each
+//     backward layer's first chunk issued after its barrier);
 //   - the tail: Adam over the whole arena (its padding too), the running loss sums, the
 //     counters; an arena without every parameter is refused;
 //   - the plans for the app's default run, --models 10 and the paper's sizes on an H100 (132
@@ -55,7 +56,7 @@ struct Output : StepResult {
 // trained_view, the gradients land where it points (and out.dw, out.db stay empty).
 Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vector<float>& x,
                 const std::vector<int32_t>& labels, const FusedTail* tail = nullptr,
-                const FusedMlp* trained_view = nullptr) {
+                const FusedMlp* trained_view = nullptr, bool prefetch = true) {
   for (auto& v : trained.dw) std::fill(v.begin(), v.end(), kNaN);
   for (auto& v : trained.db) std::fill(v.begin(), v.end(), kNaN);
   FusedLoss loss;
@@ -65,6 +66,7 @@ Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vec
   const FusedMlp frozen_view = frozen.view(false);
   Machine mc{c.cluster, c.clusters, kEmulatedThreads, int64_t(1) << 20, c.max_chunk};
   Program p = build_rows_program(x.data(), c.batch, view, c.distill ? &frozen_view : nullptr, loss, tail, mc);
+  p.prefetch = prefetch;
 
   // Every scratch buffer poisoned: each element must be written before it is read.
   int64_t doubles = 0;
@@ -120,6 +122,8 @@ TEST_P(ClusterEmulated, MatchesFloat64AndRepeatsBitForBit) {
   }
   expect_matches_reference(c.name, got, ref, c.sizes);
   expect_same_bits(c.name, run_step(c, trained, frozen, x, labels), got);
+  expect_same_bits(c.name + std::string(" without the backward prefetch"),
+                   run_step(c, trained, frozen, x, labels, nullptr, nullptr, false), got);
 }
 
 // Widths 64/40/24 stage by 16-byte copies (rows of x and W aligned), 53/29/31 by single loads;
@@ -242,16 +246,16 @@ TEST(ClusterPlan, TuningCapsTheClustersAndTheChunks) {
   auto plan = [&](ClusterStepTuning t) {
     return build_rows_program(nullptr, 256, trained, nullptr, loss, nullptr, tuned(h100, t));
   };
-  const Program four = plan({0, 4, true});
+  const Program four = plan({0, 4, true, true});
   EXPECT_EQ(four.row_blocks, 4);
   EXPECT_EQ(four.rows, 64);
-  const Program uncapped = plan({}), above = plan({0, 100, true});
+  const Program uncapped = plan({}), above = plan({0, 100, true, true});
   EXPECT_EQ(above.row_blocks, uncapped.row_blocks) << "a cap above the 16 clusters that run at once";
   EXPECT_EQ(above.rows, uncapped.rows);
-  EXPECT_EQ(plan({64, 0, true}).kc, 64);
+  EXPECT_EQ(plan({64, 0, true, true}).kc, 64);
   EXPECT_GT(uncapped.kc, 64);
-  EXPECT_THROW(tuned(h100, {-1, 0, true}), ShapeError);
-  EXPECT_THROW(tuned(h100, {0, -1, true}), ShapeError);
+  EXPECT_THROW(tuned(h100, {-1, 0, true, true}), ShapeError);
+  EXPECT_THROW(tuned(h100, {0, -1, true, true}), ShapeError);
 }
 
 }  // namespace

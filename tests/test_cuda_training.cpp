@@ -559,8 +559,8 @@ struct ClusterTuningScope {
 
 // The cluster design under bench_layers' other tunings: K chunks capped short (many chunks a
 // product) and the rows spread over 2 clusters (long row blocks, few partials) are the same step
-// to float32 rounding; launches that wait for the kernel ahead to finish before they start give
-// the bits of overlapped ones (the default).
+// to float32 rounding; launches that wait for the kernel ahead to finish before they start, and
+// backward chunks issued only after their barriers, give the default's bits.
 TEST_P(CudaFusedStep, OtherClusterTuningsMatchCpu) {
   if (design_ != FusedStepDesign::cluster) GTEST_SKIP() << "the tuning is the cluster design's";
   const TrainCase& c = train_case();
@@ -575,18 +575,21 @@ TEST_P(CudaFusedStep, OtherClusterTuningsMatchCpu) {
     return teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole,
                          true);
   };
-  expect_runs_close(label() + " teacher steps, K chunks of 32 (vs CPU float64)", run({32, 0, true}), cpu,
+  expect_runs_close(label() + " teacher steps, K chunks of 32 (vs CPU float64)", run({32, 0, true, true}),
+                    cpu, init, c.N);
+  expect_runs_close(label() + " teacher steps, 2 clusters (vs CPU float64)", run({0, 2, true, true}), cpu,
                     init, c.N);
-  expect_runs_close(label() + " teacher steps, 2 clusters (vs CPU float64)", run({0, 2, true}), cpu, init,
-                    c.N);
-  const RunResult overlapped = run({}), serial = run({0, 0, false});
-  const std::string what = label() + " teacher steps, launches not overlapped (got) vs overlapped (expected)";
-  expect_same_float_params(what, serial, overlapped);
+  const RunResult defaults = run({});
+  expect_same_float_params(
+      label() + " teacher steps, launches not overlapped (got) vs the default (expected)",
+      run({0, 0, false, true}), defaults);
+  expect_same_float_params(label() + " teacher steps, no backward prefetch (got) vs the default (expected)",
+                           run({0, 0, true, false}), defaults);
 }
 
 TEST(ClusterStepTuning, RefusesANegativeCap) {
-  EXPECT_THROW(cuda::cluster_step_tuning({-1, 0, true}), ShapeError);
-  EXPECT_THROW(cuda::cluster_step_tuning({0, -1, true}), ShapeError);
+  EXPECT_THROW(cuda::cluster_step_tuning({-1, 0, true, true}), ShapeError);
+  EXPECT_THROW(cuda::cluster_step_tuning({0, -1, true, true}), ShapeError);
   cuda::cluster_step_tuning({});  // no cap is accepted
 }
 

@@ -155,6 +155,7 @@ inline Program build_rows_program(const float* x, int64_t batch, const FusedMlp&
   p.inv_t = loss.distill ? 1.0 / loss.temperature : 1.0, p.temperature = loss.temperature;
   p.labels = loss.labels;
   p.adam_t = tail ? tail->adam.t : nullptr;
+  p.prefetch = true;  // ClusterStepTuning's default
   plan_rows(p, mc);
   return p;
 }

@@ -120,6 +120,7 @@ struct Program {
   float* db_part[kMaxLayers];  // [P, S, s_{l+1}]
   int64_t* adam_t;             // advanced by the first thread (null: no Adam)
   SmemLayout smem;
+  bool prefetch;  // issue each backward layer's first chunk ahead of the barrier before it
 };
 
 // Kernel 2's work: each gradient from its partials, Adam, the losses and the counters.
@@ -272,9 +273,43 @@ __device__ void loss_rows(const Program& p, const Place& at) {
 // barrier before each later layer's writes.
 static_assert(kMaxLayers <= 3, "the cluster step's backward reuses gpart across layers without a barrier");
 
+// What backward layer l (< L − 1) stages chunk by chunk along its input columns: the cluster's
+// rows of H_l (x for l = 0) and, when a gradient goes below it (l ≥ 1), the block's own rows of
+// W_l. Neither is written in the step's backward pass, so a chunk may be issued before the
+// barrier that precedes the layer: its load then overlaps the barrier.
+struct BackwardOperands {
+  const float* h;  // [R, in], row stride in
+  const float* w;  // [own.n, in], row stride in; null for l = 0
+  int64_t in;
+  Own own;  // the block's columns of layer l's output
+};
+__device__ inline BackwardOperands backward_operands(const Program& p, const Place& at, int l) {
+  const int64_t in = p.s[l], out = p.s[l + 1], m = at.model, B = p.batch;
+  const Own own = own_columns(out, at);
+  const float* h = l == 0 ? p.x + (m * B + at.r0) * in : p.H[l] + (m * B + at.r0) * in;
+  const float* w = l >= 1 ? p.net.w[l] + (m * out + own.begin) * in : nullptr;
+  return {h, w, in, own};
+}
+
+// Issues chunk c of `op` into buf: H_l's rows, then W_l's at buf + b_part (not committed).
+__device__ inline void stage_backward_chunk(const Program& p, const Place& at, const BackwardOperands& op,
+                                            int c, float* buf) {
+  const int i0 = c * p.kc, n = chunk_length(op.in, p.kc, c), ld = p.kc + 4;
+  stage(buf, ld, op.h + i0, op.in, at.R, n, at.R, round4(n));
+  if (op.w) stage(buf + p.smem.b_part, ld, op.w + i0, op.in, op.own.n, n, op.own.n4, round4(n));
+}
+
+// With p.prefetch, issues and commits backward layer l's first chunk into buffer 0 (free: the
+// last pipeline ended with a __syncthreads); backward's pipeline for l then starts from it.
+__device__ inline void prefetch_backward(const Program& p, float* sm, const Place& at, int l) {
+  if (!p.prefetch) return;
+  stage_backward_chunk(p, at, backward_operands(p, at, l), 0, sm + p.smem.buffer[0]);
+  __pipeline_commit();
+}
+
 // The backward pass of trained model at.model for the cluster's rows (acc holds the block's
-// columns of H_{L−1}, wlast its columns of W_{L−1}): the gradient partials of row block
-// at.row_block.
+// columns of H_{L−1}, wlast its columns of W_{L−1}; with p.prefetch, layer L − 2's first chunk
+// is in flight): the gradient partials of row block at.row_block.
 template <class ClusterSync>
 __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSync&& cluster_sync) {
   const int L = p.layers, ld = p.kc + 4;
@@ -284,9 +319,8 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
   const int O4 = round4(O);
   float *acc = sm + lay.acc, *wlast = sm + lay.wlast, *gl = sm + lay.gl, *gown = sm + lay.gown;
 
-  stage(gl, O4, p.dz + (m * B + at.r0) * O, O, at.R, int(O), at.R4, O4);
-  __pipeline_commit();
-  __pipeline_wait_prior(0);
+  // G_L by plain loads: a wait for a cp.async group would wait for the prefetched chunk too
+  stage(gl, O4, p.dz + (m * B + at.r0) * O, O, at.R, int(O), at.R4, O4, false);
   __syncthreads();
   // dW_{L−1}[:, own] = G_Lᵀ·H_{L−1}[:, own] (k = r), and db_{L−1} from block 0.
   Own own = own_columns(last_in, at);
@@ -329,18 +363,13 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
     // G_l = G_{l+1}[:, own]·W_l[own, :] (k = j), to L2: both walk the same chunks of layer l's
     // input columns, H_l's rows and W_l's staged side by side, so their loads overlap.
     const bool gradient_below = l >= 1;
-    const float* h_src = l == 0 ? p.x + (m * B + at.r0) * in : p.H[l] + (m * B + at.r0) * in;
-    const float* w_src = p.net.w[l] + (m * out + own.begin) * in;
+    const BackwardOperands op = backward_operands(p, at, l);
     float* dw = p.dw_part[l] + (P_index * out + own.begin) * in;
     float* gq = p.gpart + (m * B + at.r0) * at.Q * in + at.q * in;
     const int chunks = int((in + p.kc - 1) / p.kc);
     pipelined(
         chunks, sm + lay.buffer[0], sm + lay.buffer[1],
-        [&](int c, float* buf) {
-          const int i0 = c * p.kc, n = chunk_length(in, p.kc, c);
-          stage(buf, ld, h_src + i0, in, at.R, n, at.R, round4(n));
-          if (gradient_below) stage(buf + lay.b_part, ld, w_src + i0, in, own.n, n, own.n4, round4(n));
-        },
+        [&](int c, float* buf) { stage_backward_chunk(p, at, op, c, buf); },
         [&](int c, float* buf) {
           const int i0 = c * p.kc, n = chunk_length(in, p.kc, c);
           outer_product(gown, own.n4, 1, buf, ld, own.n4, round4(n), at.R,
@@ -357,8 +386,10 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
                               if (r0 + i < at.R && k0 + j < n)
                                 gq[(r0 + i) * at.Q * in + i0 + k0 + j] = v[i][j];
                         });
-        });
+        },
+        p.prefetch);
     if (!gradient_below) break;
+    prefetch_backward(p, sm, at, l - 1);
     // Each block sums the Q parts of its own columns of G_l.
     cluster_sync();  // every block's part of G_l is in L2
     const Own below = own_columns(in, at);
@@ -396,6 +427,7 @@ __device__ void run_rows(const Program& p, float* sm, ClusterSync&& cluster_sync
     __syncthreads();
   }
   forward(p, sm, at, p.net, m, p.x + (m * B + at.r0) * p.s[0], m, cluster_sync);
+  prefetch_backward(p, sm, at, p.layers - 2);  // in flight through the loss rows
   cluster_sync();  // every block's part of the logits is in L2
   loss_rows(p, at);
   cluster_sync();  // G_L of every row is in L2

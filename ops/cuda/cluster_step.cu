@@ -153,6 +153,7 @@ void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, co
   const ClusterStepTuning t = tuning();
   const cluster::Machine mc = cluster::tuned(machine(), t);
   Program p = cluster::build_rows_program(x, batch, trained, frozen, loss, tail, mc);
+  p.prefetch = t.prefetch;
 
   // The scratch: one buffer that outlives the step, each part 256-byte aligned.
   int64_t doubles = 0;

@@ -27,10 +27,12 @@ __host__ __device__ inline int64_t larger(int64_t a, int64_t b) { return a < b ?
 
 // dst[r, c] = src[r, c] for r < rows, c < cols, and 0 for the rest of [rows_pad, cols_pad)
 // (dst's row stride ldd ≥ cols_pad). 16-byte cp.async for whole aligned groups of 4, committed
-// by the caller; plain L2 loads for the rest (odd widths).
+// by the caller; plain L2 loads for the rest (odd widths) — and for all of it without `async`,
+// so that the copy is done at the block's next __syncthreads and waits for no cp.async group
+// (another may be in flight).
 __device__ inline void stage(float* dst, int ldd, const float* src, int64_t lds, int rows, int cols,
-                             int rows_pad, int cols_pad) {
-  const bool vector = reinterpret_cast<uintptr_t>(src) % 16 == 0 && lds % 4 == 0 && ldd % 4 == 0;
+                             int rows_pad, int cols_pad, bool async = true) {
+  const bool vector = async && reinterpret_cast<uintptr_t>(src) % 16 == 0 && lds % 4 == 0 && ldd % 4 == 0;
   const int quads = vector ? cols / 4 : 0;  // columns [0, 4·quads) go by cp.async
   for (int e = int(threadIdx.x); e < rows * quads; e += int(blockDim.x)) {
     const int r = e / quads, c = 4 * (e % quads);
@@ -46,12 +48,17 @@ __device__ inline void stage(float* dst, int ldd, const float* src, int64_t lds,
 }
 
 // Runs body(c, buffer) for chunks c = 0 … chunks − 1, chunk c + 1's copies in flight while
-// body(c) runs; issue(c, buffer) stages chunk c. The two buffers alternate.
+// body(c) runs; issue(c, buffer) stages chunk c. The two buffers alternate. With first_issued,
+// the caller has already issued chunk 0 into buffer0 and committed it (earlier, so that its
+// load overlaps a barrier).
 template <class Issue, class Body>
-__device__ inline void pipelined(int chunks, float* buffer0, float* buffer1, Issue&& issue, Body&& body) {
+__device__ inline void pipelined(int chunks, float* buffer0, float* buffer1, Issue&& issue, Body&& body,
+                                 bool first_issued = false) {
   if (chunks <= 0) return;
-  issue(0, buffer0);
-  __pipeline_commit();
+  if (!first_issued) {
+    issue(0, buffer0);
+    __pipeline_commit();
+  }
   for (int c = 0; c < chunks; ++c) {
     float* now = c % 2 ? buffer1 : buffer0;
     if (c + 1 < chunks) {
