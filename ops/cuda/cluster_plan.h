@@ -107,13 +107,13 @@ inline void plan_rows(Program& p, const Machine& mc) {
 }
 
 // Floats each of the program's exchange buffers and gradient partials needs, in this order:
-// H[1] … H[L−1], zpart, logits, dz, gpart, dw_part[0 … L−1], db_part[0 … L−1]; and the row
-// losses' doubles.
+// H[1] … H[L−2] (H_{L−1} never leaves the blocks' shared memory), zpart, logits, dz, gpart,
+// dw_part[0 … L−1], db_part[0 … L−1]; and the row losses' doubles.
 inline std::vector<int64_t> scratch_floats(const Program& p, int64_t& row_loss_doubles) {
   const int L = p.layers;
   const int64_t S = p.trained, B = p.batch, Q = p.cluster, O = p.s[L];
   std::vector<int64_t> n;
-  for (int l = 1; l < L; ++l) n.push_back(2 * S * B * p.s[l]);
+  for (int l = 1; l + 1 < L; ++l) n.push_back(2 * S * B * p.s[l]);
   n.push_back(2 * S * B * Q * O);
   n.push_back(2 * S * B * O);
   n.push_back(S * B * O);
@@ -129,7 +129,7 @@ inline std::vector<int64_t> scratch_floats(const Program& p, int64_t& row_loss_d
 inline void assign_scratch(Program& p, const std::vector<float*>& at, double* row_loss) {
   const int L = p.layers;
   size_t k = 0;
-  for (int l = 1; l < L; ++l) p.H[l] = at[k++];
+  for (int l = 1; l + 1 < L; ++l) p.H[l] = at[k++];
   p.zpart = at[k++], p.logits = at[k++], p.dz = at[k++], p.gpart = at[k++];
   for (int l = 0; l < L; ++l) p.dw_part[l] = at[k++];
   for (int l = 0; l < L; ++l) p.db_part[l] = at[k++];

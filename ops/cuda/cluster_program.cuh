@@ -16,7 +16,8 @@
 // s_0 … s_L, H_0 = x, H_l post-ReLU, Z the logits, G_l = dLoss/d(pre-activation of H_l)):
 //   (distillation: first the same forward pass for the rows with m's teacher, m mod F)
 //   forward, l < L−1   H_{l+1}[:, own] = relu(H_l · W_l[own, :]ᵀ + b_l[own])      [R, s_{l+1}/Q]
-//                      written to L2, then a cluster barrier when the next layer needs whole rows
+//                      kept in shared memory; when the next layer is hidden too (it needs
+//                      whole rows), also written to L2, then a cluster barrier
 //   logits             Zq = H_{L−1}[:, own] · W_{L−1}[:, own]ᵀ: block q's part of K      [R, s_L]
 //   — cluster barrier —
 //   rows               one warp per row: Z = Σ_q Zq (q in order) + b_{L−1}, the loss row and
@@ -110,7 +111,7 @@ struct Program {
   double inv_t, temperature;
   const int32_t* labels;  // [S, B] (cross-entropy)
   // Kernel 1's exchange buffers in L2 (slot m: trained model m; slot S + m: m's teacher copy):
-  float* H[kMaxLayers];        // H[l], 1 ≤ l < L: [2S, B, s_l]
+  float* H[kMaxLayers];        // H[l], 1 ≤ l < L − 1: [2S, B, s_l]
   float* zpart;                // [2S, B, Q, s_L]: each block's part of the logits
   float* logits;               // [2S, B, s_L] (fused::logit_rows' layout)
   float* dz;                   // [S, B, s_L]: G_L
@@ -194,15 +195,16 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
           dot_accumulate(acc, own.n4, buf, ld, buf + lay.b_part, ld, at.R4, own.n4, round4(kn),
                          sm + lay.kpart);
         });
-    // + bias, ReLU (PyTorch's: z ≤ 0 → 0, NaN stays); into acc and, for the cluster, L2
+    // + bias, ReLU (PyTorch's: z ≤ 0 → 0, NaN stays); into acc and, where the cluster's other
+    // blocks read it (the next hidden layer; not H_{L−1}, whose columns each block keeps), L2
     const float* bias = sm + lay.bias;
-    float* h_out = p.H[l + 1] + (slot * p.batch + at.r0) * out + own.begin;
+    float* h_out = l + 2 < L ? p.H[l + 1] + (slot * p.batch + at.r0) * out + own.begin : nullptr;
     for (int e = int(threadIdx.x); e < at.R * own.n; e += int(blockDim.x)) {
       const int r = e / own.n, j = e % own.n;
       const float z = acc[r * own.n4 + j] + bias[j];
       const float h = z <= 0.0f ? 0.0f : z;
       acc[r * own.n4 + j] = h;
-      h_out[r * out + j] = h;
+      if (h_out) h_out[r * out + j] = h;
     }
     __syncthreads();
     if (l + 2 < L) cluster_sync();  // the next hidden layer reads whole rows of H_{l+1}
