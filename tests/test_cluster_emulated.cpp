@@ -8,7 +8,8 @@
 // K chunks, so that every path runs: several row blocks per model with a partial last one, rows
 // and widths that are not multiples of 4, columns split unevenly over the cluster, both ways of
 // staging (16-byte copies and single loads), one or several K chunks, K split over groups of
-// threads. Checked:
+// threads; and one case has the GPU's shape (8 blocks of 256 threads, the notebook's widths).
+// Checked:
 //   - each trained model's loss and every gradient against float64 (‖got − ref‖/‖ref‖ ≤ 1e-5),
 //     with the outputs, every scratch buffer and the shared memory poisoned with NaN;
 //   - two runs give the same bits, and so does a run without the backward prefetch (each
@@ -38,13 +39,14 @@ namespace {
 
 using namespace emulated;  // HostMlp, the float64 reference, Arena, TailState
 
+constexpr int kEmulatedThreads = 64;
+
 struct Case : Problem {
   int cluster, clusters;  // Q, and the clusters the rows are spread over
   int max_chunk;          // the K chunk's cap (below the widest K: several chunks per product)
+  int threads = kEmulatedThreads;  // a block's
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
-
-constexpr int kEmulatedThreads = 64;
 
 // What a step wrote, and how it was planned.
 struct Output : StepResult {
@@ -64,7 +66,7 @@ Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vec
   loss.labels = labels.data();
   const FusedMlp view = trained_view ? *trained_view : trained.view(true);
   const FusedMlp frozen_view = frozen.view(false);
-  Machine mc{c.cluster, c.clusters, kEmulatedThreads, int64_t(1) << 20, c.max_chunk};
+  Machine mc{c.cluster, c.clusters, c.threads, int64_t(1) << 20, c.max_chunk};
   Program p = build_rows_program(x.data(), c.batch, view, c.distill ? &frozen_view : nullptr, loss, tail, mc);
   p.prefetch = prefetch;
 
@@ -87,17 +89,16 @@ Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vec
   const unsigned blocks = unsigned(c.trained * p.row_blocks * p.cluster);
   std::vector<std::unique_ptr<std::barrier<>>> cluster_barriers;
   for (unsigned k = 0; k < blocks / unsigned(p.cluster); ++k)
-    cluster_barriers.push_back(
-        std::make_unique<std::barrier<>>(std::ptrdiff_t(p.cluster) * kEmulatedThreads));
+    cluster_barriers.push_back(std::make_unique<std::barrier<>>(std::ptrdiff_t(p.cluster) * c.threads));
   // Shared memory starts as garbage on a GPU: NaN here, so that a padding the code forgets to
   // zero poisons the sums it enters.
   std::vector<std::vector<float4>> smem(
       blocks, std::vector<float4>(size_t(p.smem.total + 3) / 4, float4{kNaN, kNaN, kNaN, kNaN}));
-  simt::launch(blocks, kEmulatedThreads, [&] {
+  simt::launch(blocks, unsigned(c.threads), [&] {
     run_rows(p, reinterpret_cast<float*>(smem[blockIdx.x].data()),
              [&] { cluster_barriers[blockIdx.x / unsigned(p.cluster)]->arrive_and_wait(); });
   });
-  simt::launch(3, kEmulatedThreads, [&] { run_reduce(r); });
+  simt::launch(3, unsigned(c.threads), [&] { run_reduce(r); });
   if (!trained_view) out.dw = trained.dw, out.db = trained.db;
   return out;
 }
@@ -128,7 +129,8 @@ TEST_P(ClusterEmulated, MatchesFloat64AndRepeatsBitForBit) {
 
 // Widths 64/40/24 stage by 16-byte copies (rows of x and W aligned), 53/29/31 by single loads;
 // hidden widths split unevenly over Q = 3 (13, 13, 14 columns); every product in one K chunk
-// (the notebook's layers past the first, on the GPU); teachers of 6 students.
+// (the notebook's layers past the first, on the GPU); teachers of 6 students; and the GPU's
+// shape: the notebook's widths in clusters of 8 blocks of 256 threads, 784 in 7 chunks.
 INSTANTIATE_TEST_SUITE_P(
     Steps, ClusterEmulated,
     ::testing::Values(
@@ -139,7 +141,8 @@ INSTANTIATE_TEST_SUITE_P(
         Case{{"teacher_wide_last_layer_B21", {40, 36, 40}, 1, 0, 21, false, 25, 40, 1.0}, 2, 4, 16},
         Case{{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 11, true, 10, 13, 2.0}, 2, 12, 20},
         Case{{"distill_aligned_all_logits", {64, 40, 24, 13}, 2, 1, 31, true, 0, 13, 1.0}, 3, 5, 32},
-        Case{{"distill_2_layers_B23", {40, 33, 13}, 2, 1, 23, true, 0, 13, 2.0}, 2, 4, 16}),
+        Case{{"distill_2_layers_B23", {40, 33, 13}, 2, 1, 23, true, 0, 13, 2.0}, 2, 4, 16},
+        Case{{"gpu_shape_B21", {784, 256, 256, 13}, 1, 0, 21, false, 0, 10, 1.0}, 8, 2, 120, 256}),
     [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
 
 // The tail: Adam (against float64, from the gradients the step wrote) over the whole arena,
