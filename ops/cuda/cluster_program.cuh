@@ -329,9 +329,8 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
   {
     float* dw = p.dw_part[L - 1] + P_index * O * last_in + own.begin;
     outer_product(gl, O4, 1, acc, own.n4, O4, own.n4, at.R, [&](int o0, int k0, const float(&c)[4][4]) {
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j)
-          if (o0 + i < O && k0 + j < own.n) dw[(o0 + i) * last_in + k0 + j] = c[i][j];
+      for (int i = 0; i < 4 && o0 + i < O; ++i)
+        store_row(dw + (o0 + i) * last_in + k0, c[i], smaller(4, own.n - k0));
     });
     if (at.q == 0)
       for (int o = int(threadIdx.x); o < O; o += int(blockDim.x)) {
@@ -376,17 +375,14 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
           const int i0 = c * p.kc, n = chunk_length(in, p.kc, c);
           outer_product(gown, own.n4, 1, buf, ld, own.n4, round4(n), at.R,
                         [&](int j0, int k0, const float(&v)[4][4]) {
-                          for (int i = 0; i < 4; ++i)
-                            for (int j = 0; j < 4; ++j)
-                              if (j0 + i < own.n && k0 + j < n) dw[(j0 + i) * in + i0 + k0 + j] = v[i][j];
+                          for (int i = 0; i < 4 && j0 + i < own.n; ++i)
+                            store_row(dw + (j0 + i) * in + i0 + k0, v[i], smaller(4, n - k0));
                         });
           if (!gradient_below) return;
           outer_product(gown, 1, own.n4, buf + lay.b_part, ld, at.R4, round4(n), own.n,
                         [&](int r0, int k0, const float(&v)[4][4]) {
-                          for (int i = 0; i < 4; ++i)
-                            for (int j = 0; j < 4; ++j)
-                              if (r0 + i < at.R && k0 + j < n)
-                                gq[(r0 + i) * at.Q * in + i0 + k0 + j] = v[i][j];
+                          for (int i = 0; i < 4 && r0 + i < at.R; ++i)
+                            store_row(gq + (r0 + i) * at.Q * in + i0 + k0, v[i], smaller(4, n - k0));
                         });
         },
         p.prefetch);
