@@ -1,7 +1,7 @@
 // bench/layers.cpp — per-layer and per-step GPU times of the Linear GEMM engines on the MNIST
 // shapes (issue: cuBLASLt vs cuDNN side by side).
 //
-//   build/bench/bench_layers [--json FILE] [--fused-only]
+//   build/bench/bench_layers [--json FILE] [--fused-only] [--no-cluster]
 //
 // For batch 256 and 1024 and each layer of the notebook's MLP (784→256 ReLU, 256→256 ReLU,
 // 256→13), times forward, backward_input (ReLU gate + the lower layer's bias gradient) and
@@ -15,7 +15,7 @@
 // then the fused training step (ops/fused_step.h) phase by phase, the step under both designs of
 // its kernels (grid and cluster), and (not with --fused-only) the fused step at batch 256 under
 // a sweep of split-K policies and the cluster design under other tunings (K chunk, clusters,
-// overlapped launches, prefetch).
+// overlapped launches, prefetch). --no-cluster leaves the cluster design out.
 // Times are CUDA-event medians over 7 blocks of 50 calls after a warm-up, in microseconds.
 #include <algorithm>
 #include <cstdio>
@@ -158,8 +158,9 @@ std::vector<std::vector<cuda::FusedPhaseTime>> time_fused_step(int64_t batch, bo
 
 // The two designs of the fused step's GPU kernels (FusedStepDesign: one persistent kernel of
 // grid-wide phases, or row blocks in thread-block clusters) side by side: µs per step, eager
-// launches back to back, CUDA-event medians. The cluster design needs compute capability 9.0.
-nlohmann::json design_table() {
+// launches back to back, CUDA-event medians. The cluster design needs compute capability 9.0
+// (and `cluster`: --no-cluster leaves it out).
+nlohmann::json design_table(bool cluster) {
   std::printf(
       "fused step, the two designs of its kernels (µs per step, eager launches, CUDA-event medians):\n");
   std::printf("%-6s %-8s %10s %10s\n", "batch", "step", "grid", "cluster");
@@ -170,7 +171,7 @@ nlohmann::json design_table() {
       std::printf("%-6lld %-8s", (long long)B, distill ? "distill" : "teacher");
       for (FusedStepDesign design : {FusedStepDesign::grid, FusedStepDesign::cluster}) {
         const char* name = design == FusedStepDesign::grid ? "grid" : "cluster";
-        if (design == FusedStepDesign::cluster && !cuda::cluster_step_supported()) {
+        if (design == FusedStepDesign::cluster && !(cluster && cuda::cluster_step_supported())) {
           std::printf(" %10s", "n/a");
           continue;
         }
@@ -325,9 +326,9 @@ nlohmann::json split_sweep(int64_t batch, int reps = 15) {
 
 int main(int argc, char** argv) {
   bench::BenchArgs args;
-  bool fused_only = false;
-  if (const int code =
-          bench::parse_bench_args("bench_layers", argc, argv, args, {{"--fused-only", &fused_only}}))
+  bool fused_only = false, no_cluster = false;
+  if (const int code = bench::parse_bench_args(
+          "bench_layers", argc, argv, args, {{"--fused-only", &fused_only}, {"--no-cluster", &no_cluster}}))
     return code;
   try {
     const std::string gpu = device_description(Device::cuda);
@@ -394,10 +395,10 @@ int main(int argc, char** argv) {
     out["fused_step"] = nlohmann::json::array();
     for (int64_t B : {256, 1024})
       for (bool distill : {false, true}) out["fused_step"].push_back(fused_phases(B, distill));
-    out["designs"] = design_table();
+    out["designs"] = design_table(!no_cluster);
     if (!fused_only) {
       out["split_sweep"] = split_sweep(256);
-      out["cluster_tunings"] = cluster_tuning_sweep(256);
+      if (!no_cluster) out["cluster_tunings"] = cluster_tuning_sweep(256);
     }
     use(kEngines[0]);
     const std::string fallbacks = gemm::fallback_report();

@@ -97,6 +97,31 @@ fi
 say "build: ok ($(( $(date +%s) - t0 )) s)"
 app=build-gpu/apps/subliminal
 
+# The cluster design (--step cluster) had never run on a GPU when this was written: its tests
+# for one case run first, alone and under a short timeout, so that a hang or a refused launch
+# costs a minute here rather than every cluster run's timeout below. If they fail, the cluster
+# runs, tests and timings below are skipped, saying so (on a GPU without clusters they skip).
+cluster_ok=1
+if [ "$quick" = 0 ] && { want tests || want experiments || want layers || want stalls; }; then
+  stage "cluster smoke test"
+  timeout 60 build-gpu/tests/test_cuda --gtest_filter='*CudaFusedStep.*/mnist_N1_B256_cluster' \
+    > "$OUT/cluster_smoke.log" 2>&1
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    say "cluster smoke test: $(grep -E '^\[  PASSED  \]' "$OUT/cluster_smoke.log" | head -1)"
+  else
+    cluster_ok=0
+    say "cluster smoke test: FAILED (exit $rc) — cluster runs skipped below: $(grep -m5 -E 'FAILED|rror' \
+      "$OUT/cluster_smoke.log" | tr '\n' ' ' | cut -c1-600)"
+  fi
+fi
+# cluster_runs NAME: true when the cluster design may run (else says why NAME is skipped).
+cluster_runs() {
+  [ "$cluster_ok" = 1 ] && return 0
+  say "skipped (cluster smoke test failed): $1"
+  return 1
+}
+
 # A/B: the baseline's default run and this one's, alternating so that drift hits both alike.
 if [ -n "$baseline" ]; then
   stage "ab: baseline $baseline"
@@ -127,7 +152,10 @@ if [ "$quick" = 1 ]; then
   grep -E "^\[  FAILED  \]" "$OUT/test_cuda.log" | head -30 | tee -a "$summary"
 elif want tests; then
   stage "tests"
-  (cd build-gpu && timeout 240 ctest -j "$(nproc)" --timeout 200 --output-on-failure) > "$OUT/ctest.log" 2>&1
+  exclude=()
+  [ "$cluster_ok" = 1 ] || exclude=(-E '_cluster$')
+  (cd build-gpu && timeout 240 ctest -j "$(nproc)" --timeout 200 --output-on-failure "${exclude[@]}") \
+    > "$OUT/ctest.log" 2>&1
   grep -E "tests passed|tests failed" "$OUT/ctest.log" | tee -a "$summary"
   grep -E "\*\*\*Failed|\*\*\*Exception|Timeout" "$OUT/ctest.log" | head -20 | tee -a "$summary"
   echo "skipped: $(grep -c 'Skipped' "$OUT/ctest.log" || true)" | tee -a "$summary"
@@ -177,16 +205,18 @@ PY
   fi
   # The cluster design of the fused step (ops/cuda/cluster_step.cu, docs/PERFORMANCE.md), then
   # both designs alternating, three runs each, as the A/B above: its first timings.
-  run_app cluster --device cuda --step cluster
-  for i in 1 2 3; do
-    for design in fused cluster; do
-      timeout 120 "$app" --data "$MNIST_DIR" --no-progress --device cuda --step "$design" \
-        --json "$OUT/design_${design}_$i.json" > "$OUT/design_${design}_$i.log" 2>&1 ||
-        say "designs: $design run $i FAILED: $(tail -2 "$OUT/design_${design}_$i.log" | tr '\n' ' ')"
+  if cluster_runs "the cluster design's runs"; then
+    run_app cluster --device cuda --step cluster
+    for i in 1 2 3; do
+      for design in fused cluster; do
+        timeout 120 "$app" --data "$MNIST_DIR" --no-progress --device cuda --step "$design" \
+          --json "$OUT/design_${design}_$i.json" > "$OUT/design_${design}_$i.log" 2>&1 ||
+          say "designs: $design run $i FAILED: $(tail -2 "$OUT/design_${design}_$i.log" | tr '\n' ' ')"
+      done
     done
-  done
-  say "designs: --step fused (A) against --step cluster (B)"
-  python3 scripts/ab_summary.py "$OUT"/design_fused_*.json -- "$OUT"/design_cluster_*.json | tee -a "$summary"
+    say "designs: --step fused (A) against --step cluster (B)"
+    python3 scripts/ab_summary.py "$OUT"/design_fused_*.json -- "$OUT"/design_cluster_*.json | tee -a "$summary"
+  fi
   run_app tiled --device cuda --gemm tiled
   run_app no_graphs --device cuda --no-graphs
 fi
@@ -203,8 +233,10 @@ if want experiments; then
   time_left "tiled_deterministic" && run_app tiled_deterministic --device cuda --gemm tiled --deterministic
   time_left "fused_no_graphs" && run_app fused_no_graphs --device cuda --step fused --no-graphs
   time_left "fused_models10" && run_app fused_models10 --device cuda --step fused --models 10
-  time_left "cluster_models10" && run_app cluster_models10 --device cuda --step cluster --models 10
-  time_left "cluster_no_graphs" && run_app cluster_no_graphs --device cuda --step cluster --no-graphs
+  time_left "cluster_models10" && cluster_runs "cluster_models10" &&
+    run_app cluster_models10 --device cuda --step cluster --models 10
+  time_left "cluster_no_graphs" && cluster_runs "cluster_no_graphs" &&
+    run_app cluster_no_graphs --device cuda --step cluster --no-graphs
 fi
 if want paper; then
   time_left "paper preset" && run_app paper --device cuda --preset paper
@@ -236,7 +268,9 @@ if want cluster && time_left "cluster benchmark"; then
 fi
 if want layers && time_left "layer benchmark"; then
   stage "layer benchmark"
-  timeout 150 build-gpu/bench/bench_layers --json "$OUT/layers.json" > "$OUT/layers.log" 2>&1
+  layers_args=(--json "$OUT/layers.json")
+  cluster_runs "bench_layers' cluster design" || layers_args+=(--no-cluster)
+  timeout 150 build-gpu/bench/bench_layers "${layers_args[@]}" > "$OUT/layers.log" 2>&1
   say "bench_layers: exit $?"
   grep -v "^forward\|^backward" "$OUT/layers.log" | tee -a "$summary"
 fi
@@ -314,7 +348,7 @@ if want stalls && time_left "stalls"; then
       head -40 | tee -a "$summary"
     # The same for the cluster design's first kernel (bench_layers' designs table: a teacher
     # step at batch 256), on GPUs that have clusters.
-    if time_left "stalls, cluster design"; then
+    if time_left "stalls, cluster design" && cluster_runs "stalls, cluster design"; then
       timeout 120 ncu --kernel-name regex:cluster_rows_kernel --launch-skip 5 --launch-count 1 \
         --section LaunchStats --section Occupancy --section WarpStateStats \
         --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
