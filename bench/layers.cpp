@@ -193,7 +193,7 @@ nlohmann::json design_table(bool cluster) {
 // barriers — but the first one's load is not hidden behind any arithmetic; short ones start
 // computing sooner); the rows spread over fewer clusters (fewer gradient partials for the
 // second kernel to add, more arithmetic per cluster); the kernels launched only once the one
-// ahead has finished; each backward layer's first chunk issued only after its barrier.
+// ahead has finished; each layer's first chunk issued only after the barrier ahead of it.
 nlohmann::json cluster_tuning_sweep(int64_t batch) {
   nlohmann::json rows = nlohmann::json::array();
   if (!cuda::cluster_step_supported()) return rows;
@@ -207,7 +207,7 @@ nlohmann::json cluster_tuning_sweep(int64_t batch) {
   for (int clusters : {2, 4, 8, 12})
     tunings.push_back({"clusters <= " + std::to_string(clusters), {0, clusters, true, true}});
   tunings.push_back({"launches not overlapped", {0, 0, false, true}});
-  tunings.push_back({"no backward prefetch", {0, 0, true, false}});
+  tunings.push_back({"no prefetch", {0, 0, true, false}});
   std::printf("cluster step, batch %lld, tuned (µs per step, eager launches, CUDA-event medians):\n",
               (long long)batch);
   std::printf("%-24s %10s %10s\n", "tuning", "teacher", "distill");

@@ -26,4 +26,4 @@ TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_parallel
 # blocks hand activations and gradient parts to each other across cluster barriers: a 2-layer
 # distillation and a 3-layer teacher (the exchange of H_1 and of G_1's parts).
 TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_emulated \
-  --gtest_filter='TileEmulated.*:TileSplitK.*:*FusedEmulated*distill_2_layers*:*teacher_3_models*:FusedTail.AdamFollowsSplitAndPartialTilesOfW0:*ClusterEmulated*distill_2_layers*:*ClusterEmulated*teacher_odd_sizes*'
+  --gtest_filter='TileEmulated.*:TileSplitK.*:*FusedEmulated*distill_2_layers*:*teacher_3_models*:FusedTail.AdamFollowsSplitAndPartialTilesOfW0:*ClusterEmulated.MatchesFloat64*distill_2_layers*:*ClusterEmulated.MatchesFloat64*teacher_odd_sizes*'

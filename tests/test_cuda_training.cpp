@@ -560,7 +560,7 @@ struct ClusterTuningScope {
 // The cluster design under bench_layers' other tunings: K chunks capped short (many chunks a
 // product) and the rows spread over 2 clusters (long row blocks, few partials) are the same step
 // to float32 rounding; launches that wait for the kernel ahead to finish before they start, and
-// backward chunks issued only after their barriers, give the default's bits.
+// each layer's first chunk issued only after the barrier ahead of it, give the default's bits.
 TEST_P(CudaFusedStep, OtherClusterTuningsMatchCpu) {
   if (design_ != FusedStepDesign::cluster) GTEST_SKIP() << "the tuning is the cluster design's";
   const TrainCase& c = train_case();
@@ -583,7 +583,7 @@ TEST_P(CudaFusedStep, OtherClusterTuningsMatchCpu) {
   expect_same_float_params(
       label() + " teacher steps, launches not overlapped (got) vs the default (expected)",
       run({0, 0, false, true}), defaults);
-  expect_same_float_params(label() + " teacher steps, no backward prefetch (got) vs the default (expected)",
+  expect_same_float_params(label() + " teacher steps, no prefetch (got) vs the default (expected)",
                            run({0, 0, true, false}), defaults);
 }
 

@@ -121,7 +121,7 @@ struct Program {
   float* db_part[kMaxLayers];  // [P, S, s_{l+1}]
   int64_t* adam_t;             // advanced by the first thread (null: no Adam)
   SmemLayout smem;
-  bool prefetch;  // issue each backward layer's first chunk ahead of the barrier before it
+  bool prefetch;  // issue each layer's first chunk, as far as it can, ahead of the barrier before it
 };
 
 // Kernel 2's work: each gradient from its partials, Adam, the losses and the counters.
@@ -158,9 +158,50 @@ __device__ inline Own own_columns(int64_t width, const Place& at) {
   return {b, e - b, round4(e - b)};
 }
 
+// What forward layer l (< L − 1) stages chunk by chunk along its input columns: the cluster's
+// rows of H_l (x for l = 0) and the block's own rows of W_l; with the first chunk, the block's
+// entries of b_l (so that the epilogue waits for no load) and, for the last hidden layer, its
+// slice of W_{L−1} that the logits' part needs.
+struct ForwardOperands {
+  const float* h;      // [R, in], row stride in
+  const float* w;      // [own.n, in], row stride in
+  const float* b;      // [own.n]
+  const float* wlast;  // [s_L, own.n], row stride out; null unless l = L − 2
+  int64_t in, out;
+  Own own;  // the block's columns of layer l's output
+};
+__device__ inline ForwardOperands forward_operands(const Program& p, const Place& at, const Net& net,
+                                                   int64_t mi, const float* x_rows, int64_t slot, int l) {
+  const int64_t in = p.s[l], out = p.s[l + 1];
+  const Own own = own_columns(out, at);
+  const float* h = l == 0 ? x_rows : p.H[l] + (slot * p.batch + at.r0) * in;
+  const float* wlast = l + 2 == p.layers ? net.w[l + 1] + mi * p.s[l + 2] * out + own.begin : nullptr;
+  return {h, net.w[l] + (mi * out + own.begin) * in, net.b[l] + mi * out + own.begin, wlast, in, out, own};
+}
+
+// Issues chunk c of op into buf (not committed): its weights (W_l's rows, and with chunk 0 the
+// bias and W_{L−1}'s slice), its activations (H_l's rows), or both. The weights are not written
+// in the step, so they may be issued before the barrier that precedes the layer; H_l (l ≥ 1),
+// written by the cluster's other blocks, only after it.
+__device__ inline void stage_forward_chunk(const Program& p, float* sm, const Place& at,
+                                           const ForwardOperands& op, int c, float* buf, bool weights,
+                                           bool activations) {
+  const int k0 = c * p.kc, kn = chunk_length(op.in, p.kc, c), ld = p.kc + 4;
+  const SmemLayout& lay = p.smem;
+  if (activations) stage(buf, ld, op.h + k0, op.in, at.R, kn, at.R4, round4(kn));
+  if (!weights) return;
+  stage(buf + lay.b_part, ld, op.w + k0, op.in, op.own.n, kn, op.own.n4, round4(kn));
+  if (c != 0) return;
+  stage(sm + lay.bias, op.own.n4, op.b, op.own.n, 1, op.own.n, 1, op.own.n4);
+  if (op.wlast)
+    stage(sm + lay.wlast, op.own.n4, op.wlast, op.out, int(p.s[p.layers]), op.own.n, round4(p.s[p.layers]),
+          op.own.n4);
+}
+
 // The forward pass of `net`'s model `mi` for the cluster's rows, read from x_rows ([R, s_0],
 // row stride s_0), into slot `slot` of the exchange buffers; leaves the block's columns of
-// H_{L−1} in acc and its part of the logits in zpart.
+// H_{L−1} in acc and its part of the logits in zpart. With p.prefetch, each hidden layer past
+// the first has its first chunk's weights issued before the barrier ahead of it.
 template <class ClusterSync>
 __device__ void forward(const Program& p, float* sm, const Place& at, const Net& net, int64_t mi,
                         const float* x_rows, int64_t slot, ClusterSync&& cluster_sync) {
@@ -169,32 +210,26 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
   float* acc = sm + lay.acc;
   Own own{};
   for (int l = 0; l + 1 < L; ++l) {
-    const int64_t in = p.s[l], out = p.s[l + 1];
-    own = own_columns(out, at);
-    const float* a_src = l == 0 ? x_rows : p.H[l] + (slot * p.batch + at.r0) * in;
-    const float* w_src = net.w[l] + (mi * out + own.begin) * in;
+    const ForwardOperands op = forward_operands(p, at, net, mi, x_rows, slot, l);
+    const int64_t in = op.in, out = op.out;
+    own = op.own;
     // (acc's last readers finished before the __syncthreads that ended the layer or pass before)
     zero(acc, at.R4 * own.n4);
+    const bool weights_issued = l >= 1 && p.prefetch;  // before the barrier that ended layer l − 1
+    if (weights_issued) {
+      stage_forward_chunk(p, sm, at, op, 0, sm + lay.buffer[0], false, true);
+      __pipeline_commit();
+    }
     const int chunks = int((in + p.kc - 1) / p.kc);
     pipelined(
         chunks, sm + lay.buffer[0], sm + lay.buffer[1],
-        [&](int c, float* buf) {
-          const int k0 = c * p.kc, kn = chunk_length(in, p.kc, c);
-          stage(buf, ld, a_src + k0, in, at.R, kn, at.R4, round4(kn));
-          stage(buf + lay.b_part, ld, w_src + k0, in, own.n, kn, own.n4, round4(kn));
-          // the bias rides with the first chunk, so that the epilogue waits for no load; and with
-          // the last hidden layer's, the slice of W_{L−1} that the logits' part needs
-          if (c != 0) return;
-          stage(sm + lay.bias, own.n4, net.b[l] + mi * out + own.begin, own.n, 1, own.n, 1, own.n4);
-          if (l + 2 == L)
-            stage(sm + lay.wlast, own.n4, net.w[L - 1] + mi * p.s[L] * out + own.begin, out, int(p.s[L]),
-                  own.n, round4(p.s[L]), own.n4);
-        },
+        [&](int c, float* buf) { stage_forward_chunk(p, sm, at, op, c, buf, true, true); },
         [&](int c, float* buf) {
           const int kn = chunk_length(in, p.kc, c);
           dot_accumulate(acc, own.n4, buf, ld, buf + lay.b_part, ld, at.R4, own.n4, round4(kn),
                          sm + lay.kpart);
-        });
+        },
+        weights_issued);
     // + bias, ReLU (PyTorch's: z ≤ 0 → 0, NaN stays); into acc and, where the cluster's other
     // blocks read it (the next hidden layer; not H_{L−1}, whose columns each block keeps), L2
     const float* bias = sm + lay.bias;
@@ -207,7 +242,14 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
       if (h_out) h_out[r * out + j] = h;
     }
     __syncthreads();
-    if (l + 2 < L) cluster_sync();  // the next hidden layer reads whole rows of H_{l+1}
+    if (l + 2 < L) {     // the next hidden layer reads whole rows of H_{l+1}: a cluster barrier
+      if (p.prefetch) {  // (buffer 0 and the bias are free since the __syncthreads above)
+        stage_forward_chunk(p, sm, at, forward_operands(p, at, net, mi, x_rows, slot, l + 1), 0,
+                            sm + lay.buffer[0], true, false);
+        __pipeline_commit();
+      }
+      cluster_sync();
+    }
   }
   // The logits' part over this block's columns of H_{L−1}: Zq = H_{L−1}[:, own]·W_{L−1}[:, own]ᵀ.
   const int64_t O = p.s[L];

@@ -85,9 +85,10 @@ void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, co
 //                     (programmatic dependent launch: it waits for that kernel's results with
 //                     cudaGridDependencySynchronize before reading anything), so that its
 //                     launch hides behind the previous kernel's last blocks. Same bits either way.
-//   prefetch          each backward layer's first K chunk issued before the cluster barrier
-//                     that precedes the layer (its operands are not written in the backward
-//                     pass), so that its load overlaps the barrier. Same bits either way.
+//   prefetch          each layer's first K chunk, as far as it does not wait for the cluster
+//                     barrier ahead of the layer (a hidden layer's weights going forward; all
+//                     of it going backward), issued before that barrier, so that its load
+//                     overlaps the barrier. Same bits either way.
 // Throws ShapeError for a negative cap.
 struct ClusterStepTuning {
   int max_chunk = 0;
