@@ -495,8 +495,7 @@ TEST_P(CudaFusedStep, TeacherStepsMatchCpuAndAutograd) {
 
 TEST_P(CudaFusedStep, DistillationStepsMatchCpu) { check_distillation(train_case(), label(), true); }
 
-#ifdef SUBLIMINAL_HAS_CUDA  // the policy is the CUDA kernel's (a build without CUDA has no such knob)
-// Sets the fused step's split-K policy for one scope (bench_layers' sweep), then the default.
+#ifdef SUBLIMINAL_HAS_CUDA  // the split-K policy and the cluster tuning are the CUDA kernels' knobs
 // Two float32 runs' parameters are the same bits (widened to double: back to float, exactly).
 void expect_same_float_params(const std::string& what, const RunResult& got, const RunResult& expected) {
   ASSERT_EQ(got.params.size(), expected.params.size());
@@ -507,6 +506,7 @@ void expect_same_float_params(const std::string& what, const RunResult& got, con
                               {int64_t(expected.params[k].size())}));
 }
 
+// Sets the fused step's split-K policy for one scope (bench_layers' sweep), then the default.
 struct SplitPolicyScope {
   explicit SplitPolicyScope(cuda::FusedSplitPolicy p) { cuda::fused_step_split_policy(p); }
   ~SplitPolicyScope() { cuda::fused_step_split_policy({}); }
@@ -552,6 +552,7 @@ TEST_P(CudaFusedStep, BandFixupEqualsLastItemFixupBitForBit) {
   expect_same_float_params(what, bands, last);
 }
 
+// Sets the cluster step's tuning for one scope (bench_layers' sweep), then the default.
 struct ClusterTuningScope {
   explicit ClusterTuningScope(cuda::ClusterStepTuning t) { cuda::cluster_step_tuning(t); }
   ~ClusterTuningScope() { cuda::cluster_step_tuning({}); }
