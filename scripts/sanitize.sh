@@ -25,5 +25,7 @@ TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_parallel
 # minutes under TSan on 2 cores. And two cluster steps (tests/test_cluster_emulated.cpp), whose
 # blocks hand activations and gradient parts to each other across cluster barriers: a 2-layer
 # distillation and a 3-layer teacher (the exchange of H_1 and of G_1's parts).
-TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_emulated \
+# Each step runs once, on several blocks (SIMT_RACE_CHECK_ONLY: tests/simt/compare.h); the
+# one-block runs and the repeated runs that compare bits are the normal suite's.
+SIMT_RACE_CHECK_ONLY=1 TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_emulated \
   --gtest_filter='TileEmulated.*:TileSplitK.*:*FusedEmulated*distill_2_layers*:*teacher_3_models*:FusedTail.AdamFollowsSplitAndPartialTilesOfW0:*ClusterEmulated.MatchesFloat64*distill_2_layers*:*ClusterEmulated.MatchesFloat64*teacher_odd_sizes*'

@@ -122,7 +122,7 @@ TEST_P(ClusterEmulated, MatchesFloat64AndRepeatsBitForBit) {
     EXPECT_GE(got.kc, widest_k) << "the case should take every product in one K chunk";
   }
   expect_matches_reference(c.name, got, ref, c.sizes);
-  expect_same_bits(c.name, run_step(c, trained, frozen, x, labels), got);
+  if (!simt::race_check_only()) expect_same_bits(c.name, run_step(c, trained, frozen, x, labels), got);
 }
 
 // Each layer's first chunk issued after the barrier ahead of it, not before: the same bits.

@@ -114,7 +114,9 @@ TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
   const auto [x, labels] = random_inputs(st);
 
   const Reference ref = reference_step(trained, frozen, x, labels, st);
-  for (unsigned blocks : {1u, st.grid}) {
+  const std::vector<unsigned> block_counts =
+      simt::race_check_only() ? std::vector<unsigned>{st.grid} : std::vector<unsigned>{1u, st.grid};
+  for (unsigned blocks : block_counts) {
     const std::string what = std::string(st.distill ? "distillation" : "cross-entropy") + " step, " +
                              std::to_string(st.sizes.size() - 1) + " layers, " + std::to_string(blocks) + " blocks";
     const StepOutput got = run_step(st, trained, frozen, x, labels, blocks);
@@ -126,7 +128,8 @@ TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
           << what << ": " << got.parallel_fixups << " GEMMs finish their split tiles in bands";
     }
     expect_matches_reference(what, got, ref, st.sizes);
-    expect_same_bits(what, run_step(st, trained, frozen, x, labels, blocks), got);
+    if (!simt::race_check_only())
+      expect_same_bits(what, run_step(st, trained, frozen, x, labels, blocks), got);
   }
 }
 
@@ -200,12 +203,14 @@ void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64
     EXPECT_GT(moved_in(w0_end, moved.size()), 0) << what << ": Adam did not move the parameters after W0";
     expect_tail_bookkeeping(what, initial, state, out.loss, nan_model);
 
-    Arena again = fresh;
-    TailState again_state = initial;
-    run_tail_step(st, trained, frozen, x, labels, blocks, again, again_state);
-    EXPECT_TRUE(same_bits(again.values, got.values) && same_bits(again_state.m, state.m) &&
-                same_bits(again_state.v, state.v))
-        << what << ": two runs differ";
+    if (!simt::race_check_only()) {
+      Arena again = fresh;
+      TailState again_state = initial;
+      run_tail_step(st, trained, frozen, x, labels, blocks, again, again_state);
+      EXPECT_TRUE(same_bits(again.values, got.values) && same_bits(again_state.m, state.m) &&
+                  same_bits(again_state.v, state.v))
+          << what << ": two runs differ";
+    }
     runs.emplace_back(std::move(got), std::move(state));
   }
   for (size_t r = 1; r < runs.size(); ++r)

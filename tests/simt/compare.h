@@ -4,10 +4,20 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 namespace simt {
+
+// True when SIMT_RACE_CHECK_ONLY=1, as scripts/sanitize.sh sets it for its ThreadSanitizer run:
+// a step's race check needs one run on several blocks. The one-block runs and the repeats that
+// compare bits are the normal suite's job, and under TSan on 2 cores each costs a minute.
+inline bool race_check_only() {
+  const char* v = std::getenv("SIMT_RACE_CHECK_ONLY");
+  return v != nullptr && std::string(v) == "1";
+}
 
 // ‖got − ref‖ / ‖ref‖ over ref.size() elements of got (a NaN in got makes it NaN, which fails
 // every ≤).
