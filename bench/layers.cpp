@@ -203,11 +203,11 @@ nlohmann::json cluster_tuning_sweep(int64_t batch) {
   };
   std::vector<Tuning> tunings{{"default", {}}};
   for (int cap : {32, 64, 128, 256, 400})
-    tunings.push_back({"K chunk <= " + std::to_string(cap), {cap, 0, true, true}});
+    tunings.push_back({"K chunk <= " + std::to_string(cap), {.max_chunk = cap}});
   for (int clusters : {2, 4, 8, 12})
-    tunings.push_back({"clusters <= " + std::to_string(clusters), {0, clusters, true, true}});
-  tunings.push_back({"launches not overlapped", {0, 0, false, true}});
-  tunings.push_back({"no prefetch", {0, 0, true, false}});
+    tunings.push_back({"clusters <= " + std::to_string(clusters), {.max_clusters = clusters}});
+  tunings.push_back({"launches not overlapped", {.overlap_launches = false}});
+  tunings.push_back({"no prefetch", {.prefetch = false}});
   std::printf("cluster step, batch %lld, tuned (µs per step, eager launches, CUDA-event medians):\n",
               (long long)batch);
   std::printf("%-24s %10s %10s\n", "tuning", "teacher", "distill");

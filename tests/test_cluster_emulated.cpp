@@ -257,16 +257,16 @@ TEST(ClusterPlan, TuningCapsTheClustersAndTheChunks) {
   auto plan = [&](ClusterStepTuning t) {
     return build_rows_program(nullptr, 256, trained, nullptr, loss, nullptr, tuned(h100, t));
   };
-  const Program four = plan({0, 4, true, true});
+  const Program four = plan({.max_clusters = 4});
   EXPECT_EQ(four.row_blocks, 4);
   EXPECT_EQ(four.rows, 64);
-  const Program uncapped = plan({}), above = plan({0, 100, true, true});
+  const Program uncapped = plan({}), above = plan({.max_clusters = 100});
   EXPECT_EQ(above.row_blocks, uncapped.row_blocks) << "a cap above the 16 clusters that run at once";
   EXPECT_EQ(above.rows, uncapped.rows);
-  EXPECT_EQ(plan({64, 0, true, true}).kc, 64);
+  EXPECT_EQ(plan({.max_chunk = 64}).kc, 64);
   EXPECT_GT(uncapped.kc, 64);
-  EXPECT_THROW(tuned(h100, {-1, 0, true, true}), ShapeError);
-  EXPECT_THROW(tuned(h100, {0, -1, true, true}), ShapeError);
+  EXPECT_THROW(tuned(h100, {.max_chunk = -1}), ShapeError);
+  EXPECT_THROW(tuned(h100, {.max_clusters = -1}), ShapeError);
 }
 
 }  // namespace

@@ -576,21 +576,21 @@ TEST_P(CudaFusedStep, OtherClusterTuningsMatchCpu) {
     return teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole,
                          true);
   };
-  expect_runs_close(label() + " teacher steps, K chunks of 32 (vs CPU float64)", run({32, 0, true, true}),
-                    cpu, init, c.N);
-  expect_runs_close(label() + " teacher steps, 2 clusters (vs CPU float64)", run({0, 2, true, true}), cpu,
+  expect_runs_close(label() + " teacher steps, K chunks of 32 (vs CPU float64)", run({.max_chunk = 32}), cpu,
+                    init, c.N);
+  expect_runs_close(label() + " teacher steps, 2 clusters (vs CPU float64)", run({.max_clusters = 2}), cpu,
                     init, c.N);
   const RunResult defaults = run({});
   expect_same_float_params(
       label() + " teacher steps, launches not overlapped (got) vs the default (expected)",
-      run({0, 0, false, true}), defaults);
+      run({.overlap_launches = false}), defaults);
   expect_same_float_params(label() + " teacher steps, no prefetch (got) vs the default (expected)",
-                           run({0, 0, true, false}), defaults);
+                           run({.prefetch = false}), defaults);
 }
 
 TEST(ClusterStepTuning, RefusesANegativeCap) {
-  EXPECT_THROW(cuda::cluster_step_tuning({-1, 0, true, true}), ShapeError);
-  EXPECT_THROW(cuda::cluster_step_tuning({0, -1, true, true}), ShapeError);
+  EXPECT_THROW(cuda::cluster_step_tuning({.max_chunk = -1}), ShapeError);
+  EXPECT_THROW(cuda::cluster_step_tuning({.max_clusters = -1}), ShapeError);
   cuda::cluster_step_tuning({});  // no cap is accepted
 }
 
