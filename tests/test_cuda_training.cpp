@@ -506,6 +506,25 @@ void expect_same_float_params(const std::string& what, const RunResult& got, con
                               {int64_t(expected.params[k].size())}));
 }
 
+// Two teacher steps of a case from fixed weights and data, for the tests of the fused step's
+// knobs: on the CPU in float64 (the reference), or by the fused GPU step under whatever knob
+// the caller has set.
+struct TwoTeacherSteps {
+  TwoTeacherSteps(const TrainCase& c, uint64_t init_seed, uint64_t data_seed)
+      : c(c),
+        init(make_params(c.sizes, c.N, init_seed)),
+        data(make_data(std::max<int64_t>(512, 2 * c.B), c.sizes[0], c.N, c.classes().width(), data_seed)) {}
+  RunResult cpu() const {
+    return teacher_steps(init, Device::cpu, DType::f64, data, 2, c.B, c.classes(), MlpFusion::whole);
+  }
+  RunResult fused() const {
+    return teacher_steps(init, Device::cuda, DType::f32, data, 2, c.B, c.classes(), MlpFusion::whole, true);
+  }
+  const TrainCase& c;
+  const MlpParams init;
+  const HostData data;
+};
+
 // Sets the fused step's split-K policy for one scope (bench_layers' sweep), then the default.
 struct SplitPolicyScope {
   explicit SplitPolicyScope(cuda::FusedSplitPolicy p) { cuda::fused_step_split_policy(p); }
@@ -517,18 +536,15 @@ struct SplitPolicyScope {
 TEST_P(CudaFusedStep, OtherSplitPoliciesMatchCpu) {
   if (design_ != FusedStepDesign::grid) GTEST_SKIP() << "the split-K policy is the grid design's";
   const TrainCase& c = train_case();
-  const MlpParams init = make_params(c.sizes, c.N, 42);
-  const int steps = 2;
-  const HostData data = make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 7);
-  const RunResult cpu = teacher_steps(init, Device::cpu, DType::f64, data, steps, c.B, c.classes(), MlpFusion::whole);
+  const TwoTeacherSteps steps(c, 42, 7);
+  const RunResult cpu = steps.cpu();
   for (const cuda::FusedSplitPolicy policy : {cuda::FusedSplitPolicy{1, 1}, cuda::FusedSplitPolicy{16, 1},
                                               cuda::FusedSplitPolicy{2, 4}}) {
     SplitPolicyScope scope(policy);
-    const RunResult fused =
-        teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole, true);
-    expect_runs_close(std::string(c.name) + " fused teacher steps, at most " + std::to_string(policy.max_splits) +
-                          " splits of at least " + std::to_string(policy.min_chunks) + " chunks (vs CPU float64)",
-                      fused, cpu, init, c.N);
+    expect_runs_close(std::string(c.name) + " fused teacher steps, at most " +
+                          std::to_string(policy.max_splits) + " splits of at least " +
+                          std::to_string(policy.min_chunks) + " chunks (vs CPU float64)",
+                      steps.fused(), cpu, steps.init, c.N);
   }
 }
 
@@ -537,14 +553,10 @@ TEST_P(CudaFusedStep, OtherSplitPoliciesMatchCpu) {
 TEST_P(CudaFusedStep, BandFixupEqualsLastItemFixupBitForBit) {
   if (design_ != FusedStepDesign::grid) GTEST_SKIP() << "the split-K policy is the grid design's";
   const TrainCase& c = train_case();
-  const MlpParams init = make_params(c.sizes, c.N, 45);
-  const int steps = 2;
-  const HostData data =
-      make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 10);
+  const TwoTeacherSteps steps(c, 45, 10);
   auto run = [&](bool bands) {
     SplitPolicyScope scope(cuda::FusedSplitPolicy{8, 2, bands});
-    return teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole,
-                         true);
+    return steps.fused();
   };
   const RunResult bands = run(true), last = run(false);
   const std::string what =
@@ -565,21 +577,16 @@ struct ClusterTuningScope {
 TEST_P(CudaFusedStep, OtherClusterTuningsMatchCpu) {
   if (design_ != FusedStepDesign::cluster) GTEST_SKIP() << "the tuning is the cluster design's";
   const TrainCase& c = train_case();
-  const MlpParams init = make_params(c.sizes, c.N, 42);
-  const int steps = 2;
-  const HostData data =
-      make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 7);
-  const RunResult cpu =
-      teacher_steps(init, Device::cpu, DType::f64, data, steps, c.B, c.classes(), MlpFusion::whole);
+  const TwoTeacherSteps steps(c, 42, 7);
+  const RunResult cpu = steps.cpu();
   auto run = [&](cuda::ClusterStepTuning t) {
     ClusterTuningScope scope(t);
-    return teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole,
-                         true);
+    return steps.fused();
   };
   expect_runs_close(label() + " teacher steps, K chunks of 32 (vs CPU float64)", run({.max_chunk = 32}), cpu,
-                    init, c.N);
+                    steps.init, c.N);
   expect_runs_close(label() + " teacher steps, 2 clusters (vs CPU float64)", run({.max_clusters = 2}), cpu,
-                    init, c.N);
+                    steps.init, c.N);
   const RunResult defaults = run({});
   expect_same_float_params(
       label() + " teacher steps, launches not overlapped (got) vs the default (expected)",
