@@ -6,7 +6,11 @@
 # CUDA off: the sanitizers watch host code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSUBLIMINAL_SANITIZE=ON -DSUBLIMINAL_CUDA=OFF -DBUILD_TESTING=ON
+# -O1 (as the ASan documentation advises) and -g1 (line tables only) halve the compile time of
+# -O2 -g: the build, a third of CI's time, went from 327 s to 191 s on 2 cores, for a suite that
+# runs 81 s instead of 69; the reports still name each frame's function, file and line.
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" \
+  -DSUBLIMINAL_SANITIZE=ON -DSUBLIMINAL_CUDA=OFF -DBUILD_TESTING=ON
 cmake --build build-asan
 # The long end-to-end trainings (EndToEnd, PaperMode) are left out: they exercise the same
 # code as the shorter tests, three times slower under the sanitizers; the CLI tests still run
