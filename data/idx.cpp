@@ -24,7 +24,7 @@
 #include <system_error>  // std::error_code, std::generic_category
 #include <utility>       // std::move
 
-#include "engine/error.h"  // subliminal::DataError, subliminal::Error
+#include "engine/error.h"  // subliminal::DataError, subliminal::Error, path_text
 
 namespace subliminal::data {
 namespace {
@@ -43,7 +43,7 @@ constexpr uint64_t kTrailingCountCap = uint64_t(16) << 20;  // 16 MiB
 // ---- Messages -------------------------------------------------------------------------------
 
 [[noreturn]] void fail(const fs::path& path, const std::string& defect) {
-  throw DataError(path.string() + ": " + defect);
+  throw DataError(path_text(path.string()) + ": " + defect);
 }
 
 std::string errno_text(int error_number) {
@@ -184,7 +184,7 @@ class GzipSource final : public ByteSource {
   explicit GzipSource(OpenFile& file) : file_(file), input_(kReadChunk) {
     // 16 + MAX_WBITS: expect the gzip wrapper (header, CRC-32, length), not zlib or raw deflate.
     if (inflateInit2(&stream_, 16 + MAX_WBITS) != Z_OK) {
-      throw Error(file_.path().string() + ": zlib could not start an inflate stream");
+      throw Error(path_text(file_.path().string()) + ": zlib could not start an inflate stream");
     }
   }
   ~GzipSource() override { inflateEnd(&stream_); }
@@ -210,7 +210,8 @@ class GzipSource final : public ByteSource {
       } else if (status == Z_MEM_ERROR) {
         throw std::bad_alloc();
       } else if (status != Z_OK && status != Z_BUF_ERROR) {  // Z_BUF_ERROR: input ran out; refill
-        throw Error(file_.path().string() + ": zlib inflate failed with code " + std::to_string(status));
+        throw Error(path_text(file_.path().string()) + ": zlib inflate failed with code " +
+                    std::to_string(status));
       }
     }
     return produced;

@@ -99,27 +99,32 @@ MnistSplit load_split(const fs::path& dir, const char* images_name, const char* 
 }  // namespace
 
 std::filesystem::path locate_mnist(const std::string& flag_dir) {
-  // An explicit --data is a promise; falling back elsewhere would hide the user's mistake.
+  // An explicit --data, or a $MNIST_DIR that is set, is a promise; falling back elsewhere
+  // would hide the user's mistake (a typo would quietly read another copy).
   if (!flag_dir.empty()) {
     const std::string why = why_not_mnist(flag_dir);
     if (why.empty()) return flag_dir;
-    throw DataError("--data " + flag_dir + ": does not hold MNIST (" + why +
-                    "); fetch it with scripts/fetch_mnist.sh " + flag_dir);
+    throw DataError("--data " + path_text(flag_dir) + ": does not hold MNIST (" + why +
+                    "); fetch it with scripts/fetch_mnist.sh DIR");
   }
 
   std::string searched;  // "place (why not); place (why not); ..." for the message
   auto holds_mnist = [&searched](const std::string& label, const fs::path& dir) {
     const std::string why = why_not_mnist(dir);
     if (why.empty()) return true;
-    searched += (searched.empty() ? "" : "; ") + label + " (" + why + ")";
+    searched += (searched.empty() ? "" : "; ") + path_text(label) + " (" + why + ")";
     return false;
   };
 
   if (const char* env = std::getenv("MNIST_DIR"); env && *env) {
-    if (holds_mnist(std::string("$MNIST_DIR=") + env, env)) return env;
-  } else {
-    searched += "$MNIST_DIR (not set)";
+    const std::string why = why_not_mnist(env);
+    if (why.empty()) return env;
+    throw DataError(
+        "$MNIST_DIR=" + path_text(env) + ": does not hold MNIST (" + why +
+        "); fetch it with scripts/fetch_mnist.sh DIR, or unset MNIST_DIR to search ./data/mnist and "
+        "~/.pytorch/MNIST_data/MNIST/raw");
   }
+  searched += "$MNIST_DIR (not set)";
 
   std::error_code error;
   const fs::path in_cwd = fs::absolute("data/mnist", error);

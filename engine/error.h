@@ -72,4 +72,12 @@ inline std::string quoted(const std::string& text, size_t limit = 80) {
   return out + "\"";
 }
 
+// A file name for a one-line message: as it is when every character prints, else quoted() (a
+// newline in a name would break the line).
+inline std::string path_text(const std::string& path) {
+  for (const char c : path)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return quoted(path, 200);
+  return path;
+}
+
 }  // namespace subliminal

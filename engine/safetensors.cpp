@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -58,7 +59,19 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::
   try {
     header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_bytes);
   } catch (const nlohmann::json::exception& e) {
-    defect(name, std::string("header is not valid JSON (") + e.what() + ")");
+    // The parser's message quotes the bytes it read last, which may be anything.
+    std::string what;
+    for (const char c : std::string(e.what())) {
+      const auto byte = static_cast<unsigned char>(c);
+      if (byte >= 0x20 && byte < 0x7f) {
+        what += c;
+      } else {
+        char hex[5];
+        std::snprintf(hex, sizeof hex, "\\x%02x", unsigned(byte));
+        what += hex;
+      }
+    }
+    defect(name, "header is not valid JSON (" + what + ")");
   }
   if (!header.is_object()) defect(name, "header is not a JSON object");
 
@@ -142,7 +155,7 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::
 }
 
 SafetensorsFile read_safetensors(const std::filesystem::path& path, SafetensorsLimits limits) {
-  const std::string name = path.string();
+  const std::string name = path_text(path.string());
   std::error_code ec;
   auto status = std::filesystem::status(path, ec);
   if (ec || !std::filesystem::exists(status)) throw DataError(name + ": no such file");
@@ -161,25 +174,63 @@ SafetensorsFile read_safetensors(const std::filesystem::path& path, SafetensorsL
   return parse_safetensors(bytes.data(), bytes.size(), name, limits);
 }
 
-void write_file_atomically(const std::filesystem::path& requested, const std::string& contents) {
-  const std::string name = requested.string();
-  // A symbolic link is written through (its target is replaced, the link stays); anything
-  // else that is not a regular file (a directory, a device, a FIFO) is refused.
+namespace {
+
+// Where write_file_atomically puts `requested`: the file a chain of symbolic links ends at (the
+// links stay; a dangling one gets its target created), and the mkstemp pattern of the temporary
+// file beside it. Anything there that is not a regular file (a directory, a device, a FIFO) is
+// refused.
+struct AtomicTarget {
+  std::filesystem::path path;
+  std::string temp_pattern;
+};
+
+AtomicTarget atomic_target(const std::filesystem::path& requested) {
+  namespace fs = std::filesystem;
+  const std::string name = path_text(requested.string());
   std::error_code ec;
-  std::filesystem::path path = requested;
-  if (std::filesystem::is_symlink(std::filesystem::symlink_status(requested, ec)))
-    path = std::filesystem::weakly_canonical(requested, ec);
-  const auto status = std::filesystem::status(path, ec);
-  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status))
+  fs::path path = requested;
+  for (int links = 0; fs::is_symlink(fs::symlink_status(path, ec)); ++links) {
+    if (links == 40) throw InputError(name + ": too many levels of symbolic links");
+    const fs::path target = fs::read_symlink(path, ec);
+    path = target.is_absolute() ? target : path.parent_path() / target;
+  }
+  const auto status = fs::status(path, ec);
+  if (fs::exists(status) && !fs::is_regular_file(status))
     throw InputError(name + ": not a regular file; refusing to replace it");
-  const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+  const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
   std::string temp_name = ".";  // built in steps: g++ 12 warns falsely on "." + string (GCC bug 105329)
   temp_name += path.filename().string();
   temp_name += ".tmp-XXXXXX";
-  std::string temp = (dir / temp_name).string();
-  int fd = mkstemp(temp.data());
-  if (fd < 0)
-    throw InputError(name + ": cannot create a file in " + dir.string() + " (" + std::strerror(errno) + ")");
+  return {path, (dir / temp_name).string()};
+}
+
+// mkstemp on the pattern, or an InputError naming the file we meant to write.
+int create_temporary(const std::string& name, std::string& temp) {
+  const int fd = mkstemp(temp.data());
+  if (fd < 0) {
+    const std::filesystem::path dir = std::filesystem::path(temp).parent_path();
+    throw InputError(name + ": cannot create a file in " + path_text(dir.string()) + " (" +
+                     std::strerror(errno) + ")");
+  }
+  return fd;
+}
+
+}  // namespace
+
+void check_file_can_be_written(const std::filesystem::path& requested) {
+  std::string temp = atomic_target(requested).temp_pattern;
+  const int fd = create_temporary(path_text(requested.string()), temp);
+  ::close(fd);
+  ::unlink(temp.c_str());
+}
+
+void write_file_atomically(const std::filesystem::path& requested, const std::string& contents) {
+  const std::string name = path_text(requested.string());
+  const AtomicTarget target = atomic_target(requested);
+  const std::filesystem::path& path = target.path;
+  std::string temp = target.temp_pattern;
+  const int fd = create_temporary(name, temp);
   size_t written = 0;
   while (written < contents.size()) {
     ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
@@ -209,7 +260,7 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
                        const std::map<std::string, std::string>& metadata, bool overwrite) {
   std::error_code ec;
   if (!overwrite && std::filesystem::exists(path, ec))
-    throw InputError(path.string() + ": already exists (use --force to overwrite it)");
+    throw InputError(path_text(path.string()) + ": already exists (use --force to overwrite it)");
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;

@@ -151,6 +151,14 @@ TEST(Sweep, KeysFormAGridWithStableIdsAndBadValuesAreRefused) {
   }
   base.sweeps = {"lr=1e-3", "lr=3e-4"};
   EXPECT_THROW(sweep_grid(base), UsageError);
+  // A bad value is reported against the --sweep that holds it, not only the flag it sets.
+  base.sweeps = {"lr=1,,2"};
+  try {
+    sweep_grid(base);
+    ADD_FAILURE() << "lr=1,,2 was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--sweep \"lr=1,,2\": --lr"), std::string::npos) << e.what();
+  }
 }
 
 // After its first steps, a CPU training loop allocates nothing: every tensor of a step comes

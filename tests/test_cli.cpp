@@ -4,6 +4,9 @@
 // subprocess in an empty temporary directory with MNIST_DIR unset, so nothing is found by luck.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>  // mkfifo
+
+#include <cmath>    // NAN, INFINITY
 #include <cstdint>  // uint32_t
 #include <string>   // std::string
 #include <vector>   // std::vector
@@ -70,6 +73,14 @@ TEST(Cli, EveryBadFlagIsExitCodeTwoWithOneLineNamingIt) {
       {{"--fused-split", "8x,2,bands"}, "--fused-split"},
       {{"--fused-split", "8,2,bands,1"}, "--fused-split"},
       {{"--lr"}, "--lr"},  // a value flag without its value
+      // Positive numbers below float32's smallest normal would be flushed to 0 in the run.
+      {{"--temperature", "1e-310"}, "--temperature"},
+      {{"--lr", "1e-40"}, "--lr"},
+      // An empty path, and a path flag whose value was left out, so that it took the next flag.
+      {{"--data", ""}, "--data"},
+      {{"--json", ""}, "--json"},
+      {{"--json", "--no-progress"}, "--json"},
+      {{"--save-init", "--force"}, "--save-init"},
   };
   for (const auto& [args, flag] : cases) expect_usage_error(args, flag);
 }
@@ -131,6 +142,14 @@ TEST(Cli, MalformedIdxFileIsNamedInTheError) {
   expect_usage_error({"--device", "cpu", "--data", data.path().string()}, bad.string());
 }
 
+// --train-samples beyond the training set would quietly train on fewer images than asked.
+TEST(Cli, TrainSamplesBeyondTheTrainingSetAreRefused) {
+  TempDir data;
+  write_tiny_mnist(data.path());  // 2 training images
+  expect_usage_error({"--device", "cpu", "--data", data.path().string(), "--train-samples", "3"},
+                     "--train-samples 3: the training set in " + data.path().string() + " has 2 images");
+}
+
 // --load-init with a tensor of the wrong shape (a checkpoint of another --hidden): the message
 // names the file and the tensor; a file that is not safetensors at all names the file.
 TEST(Cli, LoadInitOfAnotherShapeNamesTheFileAndTensor) {
@@ -158,6 +177,23 @@ TEST(Cli, LoadInitOfAnotherShapeNamesTheFileAndTensor) {
   expect_usage_error(args, not_safetensors.string());
 }
 
+// A checkpoint of the right shapes holding a NaN or an Inf would train or evaluate nonsense (or
+// stop far from the cause): refused, naming the file and the tensor.
+TEST(Cli, LoadInitHoldingANanNamesTheFileAndTensor) {
+  TempDir dir;
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> shapes = {
+      {"net.0.weight", {8, 784}}, {"net.0.bias", {8}}, {"net.2.weight", {13, 8}}, {"net.2.bias", {13}}};
+  for (const float bad : {NAN, INFINITY}) {
+    std::vector<subliminal::NamedTensor> tensors;
+    for (const auto& [name, shape] : shapes) tensors.push_back({name, subliminal::Tensor::zeros(shape)});
+    tensors[3].tensor.data<float>()[5] = bad;
+    const fs::path init = dir / "init.safetensors";
+    subliminal::write_safetensors(init, tensors, {}, true);
+    expect_usage_error({"--device", "cpu", "--hidden", "8", "--load-init", init.string()},
+                       init.string() + ": net.2.bias holds a non-finite value");
+  }
+}
+
 // ---- Device and output paths ------------------------------------------------------------------------
 
 // Asking for the GPU where none is usable is the user's input problem (exit 2), with the reason.
@@ -181,11 +217,61 @@ TEST(Cli, JsonIntoAMissingDirectoryIsRefusedUpFront) {
   expect_usage_error({"--device", "cpu", "--json", "/nonexistent/dir/report.json"}, "--json");
 }
 
+// What the final write would refuse is refused before training: a device or a FIFO where the
+// file should go (a FIFO would also block the sweep's reads forever), a name too long to create.
+TEST(Cli, OutputsTheRunCouldNotWriteAreRefusedUpFront) {
+  expect_usage_error({"--device", "cpu", "--json", "/dev/null"}, "not a regular file");
+  TempDir dir;
+  const fs::path fifo = dir / "rows.jsonl";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  expect_usage_error({"--device", "cpu", "--sweep", "lr=1e-3", "--sweep-out", (dir / "rows").string()},
+                     "rows.jsonl: not a regular file");
+  EXPECT_FALSE(fs::exists(dir / "rows.csv")) << "the sweep's CSV was created before its JSONL was checked";
+  expect_usage_error({"--device", "cpu", "--save", (dir / std::string(300, 'x')).string()}, "--save");
+  // A newline in a name would break the one line: it is escaped.
+  expect_usage_error({"--device", "cpu", "--json", "no\nsuch/report.json"}, "no\\x0asuch");
+}
+
+// One file under two names, or a run's input named as one of its outputs: refused, naming both
+// flags, before anything is written (the run would have replaced one with the other).
+TEST(Cli, OneFileUnderTwoNamesIsRefused) {
+  expect_usage_error({"--device", "cpu", "--json", "c.st", "--save", "./c.st"}, "--json and --save");
+  expect_usage_error({"--device", "cpu", "--save", "d.st", "--save-init", "sub/../d.st"},
+                     "--save and --save-init");
+  expect_usage_error(
+      {"--device", "cpu", "--load-init", "init.st", "--json", "init.st"},
+      "--load-init and --json name the same file, init.st: the run would replace its own input");
+  expect_usage_error({"--device", "cpu", "--load-init", "init.st", "--parity-batch", "./init.st"},
+                     "--load-init and --parity-batch");
+  TempDir dir;
+  write_text(dir / "report.json", "{}");
+  fs::create_symlink(dir / "report.json", dir / "link.json");
+  expect_usage_error(
+      {"--device", "cpu", "--json", (dir / "link.json").string(), "--save", (dir / "report.json").string()},
+      "--json and --save");
+  EXPECT_EQ(read_text(dir / "report.json"), "{}");
+}
+
+// --parity-batch writes its file and exits; other outputs would silently not be written.
+// --sweep-out without a --sweep would be ignored.
+TEST(Cli, OutputFlagsThatWouldBeIgnoredAreRefused) {
+  expect_usage_error({"--device", "cpu", "--parity-batch", "p.st", "--json", "r.json"},
+                     "--json and --parity-batch");
+  expect_usage_error({"--device", "cpu", "--parity-batch", "p.st", "--save", "s.st"},
+                     "--save and --parity-batch");
+  expect_usage_error({"--device", "cpu", "--sweep-out", "rows"}, "--sweep-out");
+  TempDir dir;
+  write_text(dir / "p.st", "keep me");
+  expect_usage_error({"--device", "cpu", "--parity-batch", (dir / "p.st").string()}, "use --force");
+  EXPECT_EQ(read_text(dir / "p.st"), "keep me");
+}
+
 // Flag combinations that cannot work are caught by validation, naming the flags.
 TEST(Cli, InconsistentFlagCombinationsAreRefused) {
   expect_usage_error({"--models", "2", "--load-init", "init.safetensors"}, "--load-init");
   expect_usage_error({"--device", "cpu", "--sweep", "lr=1e-3"}, "--sweep-out");
   expect_usage_error({"--deterministic", "--autotune"}, "--autotune");
+  expect_usage_error({"--deterministic", "--gemm", "cudnn"}, "--gemm cudnn");
 }
 
 }  // namespace

@@ -27,6 +27,7 @@ using nlohmann::json;
 using subliminal::test::ProcessResult;
 using subliminal::test::read_text;
 using subliminal::test::TempDir;
+using subliminal::test::write_text;
 namespace fs = std::filesystem;
 
 const char* mnist_dir() { return std::getenv("MNIST_DIR"); }
@@ -250,6 +251,37 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   EXPECT_EQ(lines_of(read_text(prefix + ".csv")), csv);
   EXPECT_EQ(lines_of(read_text(prefix + ".jsonl")), jsonl);
   std::cout << "[ e2e      ] sweep rerun (nothing to do): " << seconds << " s\n";
+
+  // The same sweep under other settings: its rows are not results of this one. Refused, naming
+  // the first setting that differs, before anything is written.
+  std::vector<std::string> other = args;
+  other[3] = "2";  // --epochs-teacher
+  const ProcessResult changed = subliminal::test::run_process(SUBLIMINAL_APP_PATH, other, dir.path());
+  EXPECT_EQ(changed.exit_code, 2) << changed.err;
+  EXPECT_NE(changed.err.find("epochs_teacher: 1 vs 2"), std::string::npos) << changed.err;
+  EXPECT_EQ(lines_of(read_text(prefix + ".jsonl")), jsonl);
+
+  // A line that is not a row of a sweep (a damaged file): refused, naming the line.
+  write_text(prefix + ".jsonl", jsonl[0] + "\nnot a row\n" + jsonl[1] + "\n");
+  const ProcessResult damaged = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
+  EXPECT_EQ(damaged.exit_code, 2) << damaged.err;
+  EXPECT_NE(damaged.err.find("line 2: not a JSON row"), std::string::npos) << damaged.err;
+
+  // An interrupted sweep: the first configuration's rows and half a row of the second. Resuming
+  // runs the second again after the torn row; resuming once more finds both done.
+  std::string first_config;
+  for (const std::string& line : jsonl)
+    if (json::parse(line)["config"] == "lr=1e-3") first_config += line + "\n";
+  const std::string torn = jsonl.back().substr(0, jsonl.back().size() / 2);
+  write_text(prefix + ".jsonl", first_config + torn);
+  const ProcessResult resumed = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("1 already done"), std::string::npos) << resumed.out;
+  EXPECT_NE(resumed.out.find("lr=3e-4:"), std::string::npos) << resumed.out;
+  EXPECT_EQ(lines_of(read_text(prefix + ".jsonl")).size(), 4 + 1 + 4u);  // the torn row stays
+  const ProcessResult done = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
+  ASSERT_EQ(done.exit_code, 0) << done.err;
+  EXPECT_NE(done.out.find("2 already done"), std::string::npos) << done.out;
 }
 
 }  // namespace

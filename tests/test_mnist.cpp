@@ -192,11 +192,16 @@ TEST(LocateMnist, GzippedFilesQualify) {
   EXPECT_EQ(locate_mnist(dir.path().string()), dir.path());
 }
 
-TEST(LocateMnist, ADirectoryMissingOneFileDoesNotQualify) {
+TEST(LocateMnist, AMnistDirWithoutTheFilesIsAnErrorNotAFallback) {
   EnvironmentGuard guard;
-  SearchPlaces places;
+  SearchPlaces places;  // ./data/mnist holds MNIST, but $MNIST_DIR was set: no silent fallback
   fs::remove(places.env / "t10k-labels-idx1-ubyte");
-  EXPECT_TRUE(fs::equivalent(locate_mnist(""), places.in_cwd));  // skips $MNIST_DIR
+  EXPECT_DATA_ERROR(locate_mnist(""), "$MNIST_DIR=" + places.env.string(),
+                    "missing t10k-labels-idx1-ubyte[.gz]", "unset MNIST_DIR");
+  setenv("MNIST_DIR", (places.root / "typo").c_str(), 1);
+  EXPECT_DATA_ERROR(locate_mnist(""), "$MNIST_DIR=", "typo", "no such directory");
+  setenv("MNIST_DIR", "a\nb", 1);  // a name that would break the line is quoted
+  EXPECT_DATA_ERROR(locate_mnist(""), "$MNIST_DIR=\"a\\x0ab\"");
 }
 
 TEST(LocateMnist, DataFlagWithoutTheFilesIsAnErrorNotAFallback) {
@@ -216,14 +221,12 @@ TEST(LocateMnist, NothingFoundListsEveryPlaceSearched) {
   EnvironmentGuard guard;
   TempDir root;
   fs::create_directories(root / "cwd");
-  fs::create_directories(root / "env");
-  setenv("MNIST_DIR", (root / "env").c_str(), 1);
+  unsetenv("MNIST_DIR");
   setenv("HOME", (root / "home").c_str(), 1);
   fs::current_path(root / "cwd");
-  EXPECT_DATA_ERROR(locate_mnist(""), "MNIST not found", "$MNIST_DIR=" + (root / "env").string(),
-                    "./data/mnist", (root / "home/.pytorch/MNIST_data/MNIST/raw").string(),
-                    "scripts/fetch_mnist.sh", "set MNIST_DIR");
-  unsetenv("MNIST_DIR");
+  EXPECT_DATA_ERROR(locate_mnist(""), "MNIST not found", "$MNIST_DIR (not set)", "./data/mnist",
+                    (root / "home/.pytorch/MNIST_data/MNIST/raw").string(), "scripts/fetch_mnist.sh",
+                    "set MNIST_DIR");
   unsetenv("HOME");
   EXPECT_DATA_ERROR(locate_mnist(""), "$MNIST_DIR (not set)", "./data/mnist",
                     "~/.pytorch/MNIST_data/MNIST/raw ($HOME not set)");

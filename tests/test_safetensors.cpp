@@ -2,7 +2,7 @@
 // a header a third-party parser agrees with, every malformed file refused with a DataError
 // naming the file, and atomic, non-clobbering writes.
 #include <gtest/gtest.h>
-#include <sys/stat.h>  // stat: inode numbers, to see that a replace is a rename
+#include <sys/stat.h>  // stat: inode numbers, to see that a replace is a rename; mkfifo
 
 #include <algorithm>          // std::sort
 #include <cstdint>            // uint8_t, uint64_t
@@ -12,7 +12,7 @@
 #include <string>             // std::string
 #include <vector>             // std::vector
 
-#include "engine/safetensors.h"  // read_safetensors, write_safetensors
+#include "engine/safetensors.h"  // read_safetensors, write_safetensors, write_file_atomically
 #include "tests/test_util.h"     // TempDir, read_text, write_text
 
 namespace {
@@ -221,6 +221,42 @@ TEST(Safetensors, WriteIntoAMissingDirectoryFailsCleanly) {
   const Tensor t = Tensor::from_vector(std::vector<float>{1}, {1});
   EXPECT_THROW(write_safetensors(dir / "no" / "such.safetensors", {{"t", t}}, {}, false), InputError);
   EXPECT_TRUE(directory_entries(dir.path()).empty());
+}
+
+// A symbolic link is written through: the link stays and its target is replaced, or created
+// when the link dangles (a relative target is relative to the link's folder). What is not a
+// regular file is refused, and check_file_can_be_written refuses the same things up front,
+// leaving nothing behind.
+TEST(Safetensors, WritesThroughSymbolicLinksAndRefusesWhatIsNotAFile) {
+  namespace fs = std::filesystem;
+  TempDir dir;
+  write_text(dir / "target.json", "old");
+  fs::create_symlink(dir / "target.json", dir / "link.json");
+  write_file_atomically(dir / "link.json", "new");
+  EXPECT_TRUE(fs::is_symlink(dir / "link.json"));
+  EXPECT_EQ(read_text(dir / "target.json"), "new");
+
+  fs::create_directory(dir / "sub");
+  fs::create_symlink("made.json", dir / "sub" / "dangling.json");
+  check_file_can_be_written(dir / "sub" / "dangling.json");
+  EXPECT_FALSE(fs::exists(dir / "sub" / "made.json"));
+  write_file_atomically(dir / "sub" / "dangling.json", "made");
+  EXPECT_TRUE(fs::is_symlink(dir / "sub" / "dangling.json"));
+  EXPECT_EQ(read_text(dir / "sub" / "made.json"), "made");
+
+  fs::create_symlink("loop.json", dir / "loop.json");
+  EXPECT_THROW(check_file_can_be_written(dir / "loop.json"), InputError);
+
+  ASSERT_EQ(mkfifo((dir / "fifo").c_str(), 0600), 0);
+  for (const fs::path& not_a_file : {dir / "fifo", dir / "sub"}) {
+    EXPECT_THROW(check_file_can_be_written(not_a_file), InputError) << not_a_file;
+    EXPECT_THROW(write_file_atomically(not_a_file, "x"), InputError) << not_a_file;
+  }
+  // A device too (only probed: were the check broken, a write as root would replace /dev/null).
+  EXPECT_THROW(check_file_can_be_written("/dev/null"), InputError);
+  EXPECT_THROW(check_file_can_be_written(dir / std::string(300, 'x')), InputError);
+  check_file_can_be_written(dir / "fresh.json");
+  EXPECT_EQ(directory_entries(dir.path()).size(), 5u);  // target, link, sub, loop, fifo: no probes left
 }
 
 }  // namespace

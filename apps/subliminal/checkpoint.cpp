@@ -1,6 +1,8 @@
 // apps/subliminal/checkpoint.cpp — MLP parameters to and from safetensors.
 #include "apps/subliminal/checkpoint.h"
 
+#include <cmath>
+
 #include "engine/safetensors.h"
 
 namespace subliminal::app {
@@ -41,17 +43,25 @@ void load_init(const std::string& path, MlpParams& init) {
   std::vector<Tensor> tensors = init.tensors();
   std::vector<std::string> names = init.names();
   if (file.tensors.size() != tensors.size())
-    throw DataError(path + ": holds " + std::to_string(file.tensors.size()) + " tensors, this MLP has " +
-                    std::to_string(tensors.size()) + " (" + names.front() + " ... " + names.back() + ")");
+    throw DataError(path_text(path) + ": holds " + std::to_string(file.tensors.size()) +
+                    " tensors, this MLP has " + std::to_string(tensors.size()) + " (" + names.front() +
+                    " ... " + names.back() + ")");
   for (size_t k = 0; k < tensors.size(); ++k) {
     const NamedTensor* found = nullptr;
     for (const NamedTensor& nt : file.tensors)
       if (nt.name == names[k]) found = &nt;
-    if (!found) throw DataError(path + ": no tensor named " + names[k]);
+    if (!found) throw DataError(path_text(path) + ": no tensor named " + names[k]);
     Shape expected(tensors[k].shape().begin() + 1, tensors[k].shape().end());
     if (found->tensor.shape() != expected || found->tensor.dtype() != DType::f32)
-      throw DataError(path + ": " + names[k] + " is " + found->tensor.describe() + ", expected float32" +
-                      shape_string(expected) + " (do --hidden and --ghosts match the file?)");
+      throw DataError(path_text(path) + ": " + names[k] + " is " + found->tensor.describe() +
+                      ", expected float32" + shape_string(expected) +
+                      " (do --hidden and --ghosts match the file?)");
+    // A NaN or Inf would train (and evaluate) nonsense, or stop training far from its cause.
+    const float* values = found->tensor.data<float>();
+    for (int64_t i = 0; i < found->tensor.numel(); ++i)
+      if (!std::isfinite(values[i]))
+        throw DataError(path_text(path) + ": " + names[k] + " holds a non-finite value (" +
+                        std::to_string(values[i]) + " at flat index " + std::to_string(i) + ")");
     tensors[k].rows(0, 1).copy_from(found->tensor.reshaped(tensors[k].rows(0, 1).shape()));
   }
 }

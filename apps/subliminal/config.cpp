@@ -9,7 +9,9 @@
 
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -41,14 +43,25 @@ uint64_t parse_seed(const std::string& key, const std::string& value) {
   return v;
 }
 
-// A finite number; `positive`: > 0, otherwise ≥ 0.
+// A finite number; `positive`: > 0, otherwise ≥ 0. A positive value must be a normal float32:
+// the run flushes subnormals to zero (engine/device.h), so a smaller one would act as 0.
 double parse_number(const std::string& key, const std::string& value, bool positive) {
   char* end = nullptr;
   double v = value.empty() ? NAN : std::strtod(value.c_str(), &end);
   if (value.empty() || end != value.c_str() + value.size() || !std::isfinite(v) ||
-      (positive ? v <= 0 : v < 0))
-    bad_value(key, positive ? "a number > 0" : "a number ≥ 0", value);
+      (positive ? v < std::numeric_limits<float>::min() : v < 0))
+    bad_value(key, positive ? "a number > 0 (at least 1.2e-38, float32's smallest normal)" : "a number ≥ 0",
+              value);
   return v;
+}
+
+// A file or directory name. One that starts with '-' is most likely the next flag, taken as
+// this one's value because the value was left out (write ./-name for a file of that name).
+std::string parse_path(const std::string& key, const std::string& value) {
+  if (value.empty()) bad_value(key, "a path", value);
+  if (value[0] == '-')
+    bad_value(key, "a path, not a flag (for a name that starts with - write ./NAME)", value);
+  return value;
 }
 
 // S,C,bands|last (most slices, fewest chunks a slice, how a split tile is finished), e.g. 8,2,bands.
@@ -117,7 +130,7 @@ const std::vector<ValueFlag>& value_flags() {
       {"data",
        "Directory with the MNIST IDX files (raw or .gz); default: $MNIST_DIR, ./data/mnist, "
        "~/.pytorch/MNIST_data/MNIST/raw",
-       [](Config& c, auto&, auto& v) { c.data_dir = v; }},
+       [](Config& c, auto& k, auto& v) { c.data_dir = parse_path(k, v); }},
       {"device", "auto | cpu | cuda (auto: the GPU when one is usable)",
        [](Config& c, auto& k, auto& v) {
          parse_choice<int>(k, v, {{"auto", 0}, {"cpu", 1}, {"cuda", 2}});
@@ -199,19 +212,19 @@ const std::vector<ValueFlag>& value_flags() {
        "8,2,bands)",
        [](Config& c, auto& k, auto& v) { parse_fused_split(c, k, v); }},
       {"json", "Write the run's report (config, per-epoch metrics, accuracies, timings) to this JSON file",
-       [](Config& c, auto&, auto& v) { c.json_path = v; }},
+       [](Config& c, auto& k, auto& v) { c.json_path = parse_path(k, v); }},
       {"save", "Save the final teacher and students to this safetensors file",
-       [](Config& c, auto&, auto& v) { c.save_path = v; }},
+       [](Config& c, auto& k, auto& v) { c.save_path = parse_path(k, v); }},
       {"save-init", "Save the shared initial weights (PyTorch state_dict names) to this safetensors file",
-       [](Config& c, auto&, auto& v) { c.save_init_path = v; }},
+       [](Config& c, auto& k, auto& v) { c.save_init_path = parse_path(k, v); }},
       {"load-init", "Start teacher and student from the weights in this safetensors file",
-       [](Config& c, auto&, auto& v) { c.load_init_path = v; }},
+       [](Config& c, auto& k, auto& v) { c.load_init_path = parse_path(k, v); }},
       {"parity-batch",
        "Write one batch's losses and gradients from the init to this safetensors file and exit "
        "(bench/parity.py)",
-       [](Config& c, auto&, auto& v) { c.parity_batch_path = v; }},
+       [](Config& c, auto& k, auto& v) { c.parity_batch_path = parse_path(k, v); }},
       {"sweep-out", "Path prefix for sweep results (PREFIX.csv, PREFIX.jsonl)",
-       [](Config& c, auto&, auto& v) { c.sweep_out = v; }},
+       [](Config& c, auto& k, auto& v) { c.sweep_out = parse_path(k, v); }},
   };
   return flags;
 }
@@ -279,22 +292,53 @@ void set_config_value(Config& config, const std::string& key, const std::string&
   throw UsageError("unknown setting \"" + key + "\"");
 }
 
+namespace {
+
+// Whether two names reach the same file: "x", "./x", "d/../x" and a symbolic link to x all do.
+bool same_file(const std::string& a, const std::string& b) {
+  namespace fs = std::filesystem;
+  std::error_code ec_a, ec_b;
+  if (fs::exists(a, ec_a) && fs::exists(b, ec_b)) return fs::equivalent(a, b, ec_a);
+  const fs::path ca = fs::weakly_canonical(fs::absolute(a, ec_a), ec_a),
+                 cb = fs::weakly_canonical(fs::absolute(b, ec_b), ec_b);
+  return ec_a || ec_b ? a == b : ca == cb;
+}
+
+}  // namespace
+
 void validate(const Config& c) {
-  // Output files: distinct, and none of them per-run files when a sweep makes many runs.
-  const std::vector<std::pair<const char*, const std::string*>> outputs = {
-      {"--json", &c.json_path},
-      {"--save", &c.save_path},
-      {"--save-init", &c.save_init_path},
-      {"--parity-batch", &c.parity_batch_path}};
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    if (outputs[i].second->empty()) continue;
+  // Per-run output files: none of them when a sweep makes many runs; none beside --parity-batch,
+  // which writes its file and exits.
+  const std::vector<std::pair<const char*, const std::string*>> per_run = {
+      {"--json", &c.json_path}, {"--save", &c.save_path}, {"--save-init", &c.save_init_path}};
+  for (const auto& [flag, path] : per_run) {
+    if (path->empty()) continue;
     if (!c.sweeps.empty())
-      throw UsageError(std::string(outputs[i].first) +
+      throw UsageError(std::string(flag) +
                        " writes one run's file; a --sweep writes its rows to --sweep-out");
-    for (size_t j = i + 1; j < outputs.size(); ++j)
-      if (*outputs[i].second == *outputs[j].second)
-        throw UsageError(std::string(outputs[i].first) + " and " + outputs[j].first + " name the same file");
+    if (!c.parity_batch_path.empty())
+      throw UsageError(std::string(flag) +
+                       " and --parity-batch: --parity-batch writes one batch's gradients "
+                       "and exits, before any training; drop one of them");
   }
+  if (!c.sweep_out.empty() && c.sweeps.empty())
+    throw UsageError("--sweep-out names where a --sweep writes its rows, and there is no --sweep");
+  // Every file the run reads or writes is a different file: a run must not replace its own
+  // input (--load-init) or one output with another.
+  const std::vector<std::pair<std::string, std::string>> files = {
+      {"--load-init", c.load_init_path},
+      {"--json", c.json_path},
+      {"--save", c.save_path},
+      {"--save-init", c.save_init_path},
+      {"--parity-batch", c.parity_batch_path},
+      {"--sweep-out (its .csv)", c.sweep_out.empty() ? "" : c.sweep_out + ".csv"},
+      {"--sweep-out (its .jsonl)", c.sweep_out.empty() ? "" : c.sweep_out + ".jsonl"}};
+  for (size_t i = 0; i < files.size(); ++i)
+    for (size_t j = i + 1; j < files.size(); ++j)
+      if (!files[i].second.empty() && !files[j].second.empty() && same_file(files[i].second, files[j].second))
+        throw UsageError(
+            files[i].first + " and " + files[j].first + " name the same file, " + path_text(files[i].second) +
+            (i == 0 ? ": the run would replace its own input" : ": one would replace the other"));
   if (!c.load_init_path.empty() && c.models != 1)
     throw UsageError("--load-init holds one model's weights; use it with --models 1");
   if (c.deterministic && c.gemm_engine == "cudnn")
@@ -343,10 +387,11 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
                "Time cuBLASLt's candidate algorithms once per GEMM shape and keep the fastest");
   cli.add_flag("--deterministic", deterministic,
                "Bit-identical results for the same seed on the same machine (the default path already is; "
-               "this refuses --autotune, whose timing-based choices are not)");
+               "this refuses --autotune, whose timing-based choices are not, and --gemm cudnn, whose engines "
+               "may reduce in varying order)");
   cli.add_flag("--no-graphs", no_graphs,
                "Launch GPU training steps kernel by kernel instead of replaying a CUDA graph");
-  cli.add_flag("--force", force, "Overwrite existing checkpoint files (--save, --save-init)");
+  cli.add_flag("--force", force, "Overwrite existing checkpoint files (--save, --save-init, --parity-batch)");
   cli.add_flag("--allow-nonfinite", allow_nonfinite,
                "Keep training after a NaN/Inf loss or parameter (default: stop)");
   cli.add_flag("--no-progress", no_progress, "No progress bar on stderr");

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -38,20 +39,40 @@ Device resolve_device(const std::string& choice) {
   return gpu ? Device::cuda : Device::cpu;
 }
 
-// Output problems are found before minutes of training, not after.
+// Output problems are found before minutes of training, not after: whatever the final write
+// would refuse (engine/safetensors.h, check_file_can_be_written) is refused now.
 void check_output_path(const char* flag, const std::string& path, bool must_not_exist) {
   if (path.empty()) return;
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::path p(path);
   const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  const std::string name = std::string(flag) + " " + path_text(path);
   if (!fs::is_directory(dir, ec))
-    throw InputError(std::string(flag) + " " + path + ": directory " + dir.string() + " does not exist");
+    throw InputError(name + ": directory " + path_text(dir.string()) + " does not exist");
   if (access(dir.c_str(), W_OK) != 0)
-    throw InputError(std::string(flag) + " " + path + ": directory " + dir.string() + " is not writable");
-  if (fs::is_directory(p, ec)) throw InputError(std::string(flag) + " " + path + ": is a directory");
-  if (must_not_exist && fs::exists(p, ec))
-    throw InputError(std::string(flag) + " " + path + ": already exists (use --force to overwrite it)");
+    throw InputError(name + ": directory " + path_text(dir.string()) + " is not writable");
+  if (fs::is_directory(p, ec)) throw InputError(name + ": is a directory");
+  if (must_not_exist && fs::exists(fs::symlink_status(p, ec)))
+    throw InputError(name + ": already exists (use --force to overwrite it)");
+  try {
+    check_file_can_be_written(p);
+  } catch (const InputError& e) {
+    throw InputError(std::string(flag) + " " + e.what());
+  }
+}
+
+void check_outputs(const Config& config) {
+  check_output_path("--json", config.json_path, false);
+  check_output_path("--save", config.save_path, !config.force);
+  check_output_path("--save-init", config.save_init_path, !config.force);
+  check_output_path("--parity-batch", config.parity_batch_path, !config.force);
+  if (!config.sweeps.empty()) {
+    if (config.sweep_out.empty())
+      throw UsageError("--sweep needs --sweep-out PREFIX for its CSV and JSONL rows");
+    check_output_path("--sweep-out", config.sweep_out + ".csv", false);
+    check_output_path("--sweep-out", config.sweep_out + ".jsonl", false);
+  }
 }
 
 int run(int argc, char** argv) {
@@ -62,15 +83,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   Config config = command_line.config;
-  check_output_path("--json", config.json_path, false);
-  check_output_path("--save", config.save_path, !config.force);
-  check_output_path("--save-init", config.save_init_path, !config.force);
-  check_output_path("--parity-batch", config.parity_batch_path, false);
-  if (!config.sweeps.empty()) {
-    if (config.sweep_out.empty())
-      throw UsageError("--sweep needs --sweep-out PREFIX for its CSV and JSONL rows");
-    check_output_path("--sweep-out", config.sweep_out + ".csv", false);
-  }
+  check_outputs(config);
   if (!config.load_init_path.empty()) {  // a bad checkpoint is found before anything runs
     MlpParams probe(config.mlp_shape(), 1, DType::f32, Device::cpu);
     load_init(config.load_init_path, probe);
@@ -84,6 +97,9 @@ int run(int argc, char** argv) {
 
   const std::filesystem::path dir = data::locate_mnist(config.data_dir);
   const data::Mnist mnist = data::load_mnist(dir);
+  if (config.train_samples > mnist.train.count)
+    throw UsageError("--train-samples " + std::to_string(config.train_samples) + ": the training set in " +
+                     path_text(dir.string()) + " has " + std::to_string(mnist.train.count) + " images");
   RunTimes times;
   times.load = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 
@@ -113,7 +129,11 @@ int main(int argc, char** argv) {
   using namespace subliminal;
   app::ensure_blas_kernels(argv);
   try {
-    return app::run(argc, argv);
+    const int code = app::run(argc, argv);
+    // Results that never reached their reader (a full disk, a closed pipe) are not a success.
+    if (std::fflush(stdout) != 0 || std::ferror(stdout))
+      throw InputError(std::string("cannot write to standard output (") + std::strerror(errno) + ")");
+    return code;
   } catch (const InputError& e) {
     std::fprintf(stderr, "subliminal: error: %s\n", e.what());
     return 2;

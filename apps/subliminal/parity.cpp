@@ -75,7 +75,8 @@ void write_parity_batch(const Config& config, const data::Mnist& mnist, Device d
   add_grads(out, "kl_grad.", init);
   write_safetensors(
       path, out,
-      {{"producer", "subliminal --parity-batch"}, {"temperature", "2.0"}, {"teacher_scale", "1.1"}}, true);
+      {{"producer", "subliminal --parity-batch"}, {"temperature", "2.0"}, {"teacher_scale", "1.1"}},
+      config.force);
 }
 
 }  // namespace subliminal::app

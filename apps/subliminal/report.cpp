@@ -130,39 +130,42 @@ void print_summary(std::FILE* out, const Config& config, const Results& results,
   if (!results.notes.empty()) std::fprintf(out, "Notes:\n%s", results.notes.c_str());
 }
 
+nlohmann::json config_json(const Config& c) {
+  return {{"preset", preset_name(c.preset)},
+          {"seed", c.seed},
+          {"models", c.models},
+          {"ghosts", c.ghosts},
+          {"hidden", c.hidden},
+          {"batch_size", c.batch_size},
+          {"lr", c.lr},
+          {"epochs_teacher", c.epochs_teacher},
+          {"epochs_distill", c.epochs_distill},
+          {"temperature", c.temperature},
+          {"init", init_name(c.init)},
+          {"noise", noise_name(c.noise)},
+          {"noise_set",
+           c.noise == NoiseKind::mnist ? "fixed" : noise_set_name(c.noise_set)},  // MNIST is a fixed set
+          {"weight_decay", c.weight_decay},
+          {"init_perturb", c.init_perturb},
+          {"train_samples", c.train_samples},
+          {"cross_init", c.cross_init},
+          {"all_logit_arms", c.all_logit_arms},
+          {"tf32", c.tf32},
+          // cuDNN's fused fp32 graphs exist only as TF32 (docs/CUDNN.md): its GEMMs use TF32
+          {"cudnn_tf32", c.gemm_engine == "cudnn"},
+          {"autotune", c.autotune},
+          {"deterministic", c.deterministic},
+          {"cuda_graphs", c.graphs},
+          {"fusion", fusion_name(c.fusion)},
+          {"gemm", c.gemm_engine},
+          {"step", c.step},
+          {"fused_split", c.fused_split()}};
+}
+
 std::string report_json(const Config& c, const Results& results, const RunTimes& times, Device device,
                         const std::string& data_dir) {
   nlohmann::json j;
-  j["config"] = {
-      {"preset", preset_name(c.preset)},
-      {"seed", c.seed},
-      {"models", c.models},
-      {"ghosts", c.ghosts},
-      {"hidden", c.hidden},
-      {"batch_size", c.batch_size},
-      {"lr", c.lr},
-      {"epochs_teacher", c.epochs_teacher},
-      {"epochs_distill", c.epochs_distill},
-      {"temperature", c.temperature},
-      {"init", init_name(c.init)},
-      {"noise", noise_name(c.noise)},
-      {"noise_set",
-       c.noise == NoiseKind::mnist ? "fixed" : noise_set_name(c.noise_set)},  // MNIST is a fixed set
-      {"weight_decay", c.weight_decay},
-      {"init_perturb", c.init_perturb},
-      {"train_samples", c.train_samples},
-      {"cross_init", c.cross_init},
-      {"all_logit_arms", c.all_logit_arms},
-      {"tf32", c.tf32},
-      // cuDNN's fused fp32 graphs exist only as TF32 (docs/CUDNN.md): its GEMMs use TF32
-      {"cudnn_tf32", c.gemm_engine == "cudnn"},
-      {"autotune", c.autotune},
-      {"deterministic", c.deterministic},
-      {"cuda_graphs", c.graphs},
-      {"fusion", fusion_name(c.fusion)},
-      {"gemm", c.gemm_engine},
-      {"step", c.step},
-      {"fused_split", c.fused_split()}};
+  j["config"] = config_json(c);
   j["device"] = {{"kind", device_name(device)}, {"name", results.device}};
   if (device == Device::cpu) {
     j["device"]["blas_threads"] = cpu::blas_threads();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,9 @@ struct RunTimes {
 
 // "Teacher final test accuracy", then the summary table and the timing line.
 void print_summary(std::FILE* out, const Config& config, const Results& results, const RunTimes& times);
+
+// Every setting that shapes a run's results (the report's "config"; no file names).
+nlohmann::json config_json(const Config& config);
 
 // The JSON report (schema in README.md): config, device, per-epoch metrics, per-arm final
 // accuracies with statistics, seconds per phase.

@@ -1,7 +1,9 @@
 // apps/subliminal/sweep.cpp — the grid, the rows, resuming.
 #include "apps/subliminal/sweep.h"
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -35,20 +37,67 @@ std::vector<std::string> split(const std::string& text, char separator) {
   }
 }
 
-// Rows of each configuration already in the JSONL file. A torn last line (an interrupted write)
-// is not a row; its configuration counts as unfinished and runs again.
-std::map<std::string, size_t> rows_done(const std::string& jsonl_path) {
-  std::map<std::string, size_t> rows;
+// What every row of one sweep shares: the settings of the base run (config_json), less the
+// swept keys, plus the init file. A row written under other settings is not a result of this
+// sweep, whatever its configuration id says.
+nlohmann::json sweep_base(const Config& base) {
+  nlohmann::json settings = config_json(base);
+  for (const std::string& sweep : base.sweeps) {
+    std::string key = sweep.substr(0, sweep.find('='));
+    std::replace(key.begin(), key.end(), '-', '_');  // flag names → the report's keys
+    settings.erase(key);
+  }
+  settings["load_init"] = base.load_init_path;
+  return settings;
+}
+
+// The first setting in which two bases differ, "key: old vs new", for the message.
+std::string first_difference(const nlohmann::json& old_base, const nlohmann::json& new_base) {
+  for (const auto& [key, value] : new_base.items())
+    if (!old_base.contains(key) || old_base[key] != value)
+      return key + ": " + (old_base.contains(key) ? old_base[key].dump() : "(none)") + " vs " + value.dump();
+  for (const auto& [key, value] : old_base.items())
+    if (!new_base.contains(key)) return key + ": " + value.dump() + " vs (none)";
+  return "";
+}
+
+// Whether a line that is not JSON is the start of one of our rows, cut short by an interrupted
+// write. A row is an object with sorted keys, so it starts with {"arm":" (or is a piece of that).
+bool torn_row(const std::string& line) {
+  const std::string head = "{\"arm\":\"";
+  const size_t n = std::min(line.size(), head.size());
+  return line.compare(0, n, head, 0, n) == 0;
+}
+
+// The arms of each configuration already in the JSONL file. A torn row (an interrupted write;
+// resuming ends its line and appends after it) is not a row; its configuration counts as
+// unfinished and runs again. Anything else that is not a row of this sweep stops the run:
+// resuming on top of it would mix results.
+std::map<std::string, std::set<std::string>> rows_done(const std::string& jsonl_path,
+                                                       const nlohmann::json& base) {
+  std::map<std::string, std::set<std::string>> arms;
   std::ifstream in(jsonl_path);
   std::string line;
-  while (std::getline(in, line)) {
+  for (int64_t number = 1; std::getline(in, line); ++number) {
+    if (line.empty()) continue;
+    const std::string where = "--sweep-out " + path_text(jsonl_path) + ", line " + std::to_string(number);
+    nlohmann::json row;
     try {
-      auto row = nlohmann::json::parse(line);
-      rows[row.at("config").get<std::string>()]++;
+      row = nlohmann::json::parse(line);
     } catch (const nlohmann::json::exception&) {
+      if (torn_row(line)) continue;
+      throw DataError(where + ": not a JSON row of a sweep");
     }
+    if (!row.is_object() || !row.contains("config") || !row["config"].is_string() || !row.contains("arm") ||
+        !row["arm"].is_string() || !row.contains("test_acc") || !row.contains("base"))
+      throw DataError(where + ": not a row of a sweep (needs config, arm, test_acc and base)");
+    if (row["base"] != base)
+      throw UsageError(where + ": written by a sweep with other settings (" +
+                       first_difference(row["base"], base) +
+                       "); rerun with that sweep's flags to resume it, or choose another --sweep-out");
+    arms[row["config"].get<std::string>()].insert(row["arm"].get<std::string>());
   }
-  return rows;
+  return arms;
 }
 
 // Rows one configuration writes: reference, teacher and one per student arm.
@@ -87,7 +136,11 @@ std::vector<std::vector<std::pair<std::string, std::string>>> sweep_grid(const C
     const std::vector<std::string> values = split(sweep.substr(eq + 1), key == "hidden" ? ';' : ',');
     for (const std::string& v : values) {
       Config probe = base;
-      set_config_value(probe, key, v);  // rejects a bad value now, not halfway through the grid
+      try {
+        set_config_value(probe, key, v);  // rejects a bad value now, not halfway through the grid
+      } catch (const UsageError& e) {
+        throw UsageError("--sweep " + quoted(sweep) + ": " + e.what());
+      }
     }
     std::vector<std::vector<std::pair<std::string, std::string>>> next;
     for (const auto& partial : grid)
@@ -128,8 +181,11 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   }
 
   const std::string csv_path = base.sweep_out + ".csv", jsonl_path = base.sweep_out + ".jsonl";
-  const std::map<std::string, size_t> done = rows_done(jsonl_path);
-  const bool new_csv = !std::ifstream(csv_path).good();
+  const nlohmann::json base_settings = sweep_base(base);
+  const std::map<std::string, std::set<std::string>> done = rows_done(jsonl_path, base_settings);
+  std::error_code ec;
+  const bool new_csv =
+      !std::filesystem::exists(csv_path, ec) || std::filesystem::file_size(csv_path, ec) == 0;
   end_torn_line(csv_path);
   end_torn_line(jsonl_path);
   std::ofstream csv(csv_path, std::ios::app), jsonl(jsonl_path, std::ios::app);
@@ -139,7 +195,7 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
 
   auto finished = [&](size_t k) {
     auto it = done.find(config_id(grid[k]));
-    return it != done.end() && it->second >= rows_expected(configs[k]);
+    return it != done.end() && it->second.size() >= rows_expected(configs[k]);
   };
   size_t already = 0;
   for (size_t k = 0; k < grid.size(); ++k) already += finished(k);
@@ -166,8 +222,9 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
       const Stats s = summarize(acc);
       csv_rows << csv_field(id) << ',' << arm << ',' << s.mean << ',' << s.ci95 << ',' << s.std << ',' << s.n
                << ',' << seconds << '\n';
-      nlohmann::json row = {{"config", id}, {"arm", arm}, {"test_acc", s.mean}, {"ci95", s.ci95},
-                            {"std", s.std}, {"n", s.n},   {"seconds", seconds}, {"per_model", acc}};
+      nlohmann::json row = {{"config", id},       {"arm", arm},       {"test_acc", s.mean},
+                            {"ci95", s.ci95},     {"std", s.std},     {"n", s.n},
+                            {"seconds", seconds}, {"per_model", acc}, {"base", base_settings}};
       for (const auto& [key, value] : grid[k]) row["settings"][key] = value;
       jsonl_rows << row.dump() << '\n';
       std::fprintf(out, " %s %.3f±%.3f", arm.c_str(), s.mean, s.ci95);
