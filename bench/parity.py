@@ -170,6 +170,8 @@ def main():
             run_engine([engine, *common, "--save-init", init_path, "--epochs-teacher", "0", "--epochs-distill", "0",
                         "--cross-init", "false", "--no-progress"], "subliminal --save-init")
         parity_path = os.path.join(workdir, "parity.safetensors")
+        if os.path.exists(parity_path):  # a --keep folder's earlier run: the engine will not overwrite it
+            os.remove(parity_path)
         run_engine([engine, *common, "--parity-batch", parity_path, "--load-init", init_path,
                     "--batch-size", str(B), *shlex.split(args.engine_args)], "subliminal --parity-batch")
         init, _ = ts.read_safetensors(init_path)

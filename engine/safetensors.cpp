@@ -185,16 +185,25 @@ struct AtomicTarget {
   std::string temp_pattern;
 };
 
+// Where a chain of symbolic links starting at `path` ends (a relative target is relative to its
+// link's folder); `path` itself when it is no link. Refuses a loop.
+std::filesystem::path follow_links(const std::filesystem::path& requested) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path path = requested;
+  for (int links = 0; fs::is_symlink(fs::symlink_status(path, ec)); ++links) {
+    if (links == 40) throw InputError(path_text(requested.string()) + ": too many levels of symbolic links");
+    const fs::path target = fs::read_symlink(path, ec);
+    path = target.is_absolute() ? target : path.parent_path() / target;
+  }
+  return path;
+}
+
 AtomicTarget atomic_target(const std::filesystem::path& requested) {
   namespace fs = std::filesystem;
   const std::string name = path_text(requested.string());
   std::error_code ec;
-  fs::path path = requested;
-  for (int links = 0; fs::is_symlink(fs::symlink_status(path, ec)); ++links) {
-    if (links == 40) throw InputError(name + ": too many levels of symbolic links");
-    const fs::path target = fs::read_symlink(path, ec);
-    path = target.is_absolute() ? target : path.parent_path() / target;
-  }
+  const fs::path path = follow_links(requested);
   const auto status = fs::status(path, ec);
   if (fs::exists(status) && !fs::is_regular_file(status))
     throw InputError(name + ": not a regular file; refusing to replace it");
@@ -217,6 +226,15 @@ int create_temporary(const std::string& name, std::string& temp) {
 }
 
 }  // namespace
+
+std::filesystem::path resolved_path(const std::filesystem::path& requested) {
+  std::error_code ec;
+  const std::filesystem::path end = follow_links(requested);
+  const std::filesystem::path absolute = std::filesystem::absolute(end, ec);
+  if (ec) return end.lexically_normal();
+  const std::filesystem::path canonical = std::filesystem::weakly_canonical(absolute, ec);
+  return ec ? absolute.lexically_normal() : canonical;
+}
 
 void check_file_can_be_written(const std::filesystem::path& requested) {
   std::string temp = atomic_target(requested).temp_pattern;

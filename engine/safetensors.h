@@ -49,6 +49,11 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
 // Writes `contents` to `path` atomically (temporary file + fsync + rename); used for reports too.
 void write_file_atomically(const std::filesystem::path& path, const std::string& contents);
 
+// The file a name reaches: where the chain of symbolic links starting at `path` ends, absolute
+// and normalised, whether that file exists yet or not (write_file_atomically writes there).
+// Two names of one file give the same path.
+std::filesystem::path resolved_path(const std::filesystem::path& path);
+
 // What write_file_atomically(path, ...) would refuse, found now (not a regular file, a directory
 // where no file can be created, a name too long): it creates its temporary file and removes it.
 void check_file_can_be_written(const std::filesystem::path& path);

@@ -13,7 +13,7 @@
 
 #include "apps/subliminal/config.h"      // parse_command_line, Config
 #include "apps/subliminal/experiment.h"  // run_experiment, cross_init_partner, apply_gemm_settings
-#include "apps/subliminal/report.h"      // summarize
+#include "apps/subliminal/report.h"      // summarize, json_text
 #include "apps/subliminal/sweep.h"       // sweep_grid, config_id
 #include "data/mnist.h"                  // locate_mnist, load_mnist
 #include "engine/adam.h"                 // Adam
@@ -159,6 +159,15 @@ TEST(Sweep, KeysFormAGridWithStableIdsAndBadValuesAreRefused) {
   } catch (const UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("--sweep \"lr=1,,2\": --lr"), std::string::npos) << e.what();
   }
+}
+
+// A path is bytes, not always UTF-8: the report and the sweep rows replace what is not UTF-8
+// (U+FFFD) rather than throw after a whole run.
+TEST(Report, JsonTextOfANameThatIsNotUtf8) {
+  const nlohmann::json j = {{"data", std::string("mnist\xff")}};
+  std::string text;
+  EXPECT_NO_THROW(text = json_text(j));
+  EXPECT_EQ(text, "{\"data\":\"mnist\xef\xbf\xbd\"}");
 }
 
 // After its first steps, a CPU training loop allocates nothing: every tensor of a step comes

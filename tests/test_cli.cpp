@@ -250,6 +250,12 @@ TEST(Cli, OneFileUnderTwoNamesIsRefused) {
       {"--device", "cpu", "--json", (dir / "link.json").string(), "--save", (dir / "report.json").string()},
       "--json and --save");
   EXPECT_EQ(read_text(dir / "report.json"), "{}");
+  // A dangling link: neither name exists yet, but writing through the link creates the other.
+  fs::create_directory(dir / "t");
+  fs::create_symlink("t/w.st", dir / "dangling.json");
+  expect_usage_error({"--device", "cpu", "--json", (dir / "dangling.json").string(), "--save-init",
+                      (dir / "t" / "w.st").string()},
+                     "--json and --save-init");
 }
 
 // --parity-batch writes its file and exits; other outputs would silently not be written.

@@ -261,6 +261,14 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   EXPECT_NE(changed.err.find("epochs_teacher: 1 vs 2"), std::string::npos) << changed.err;
   EXPECT_EQ(lines_of(read_text(prefix + ".jsonl")), jsonl);
 
+  // Rows of an older subliminal, without their sweep's settings, cannot be checked: refused.
+  json old_row = json::parse(jsonl[0]);
+  old_row.erase("base");
+  write_text(prefix + ".jsonl", old_row.dump() + "\n");
+  const ProcessResult old = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
+  EXPECT_EQ(old.exit_code, 2) << old.err;
+  EXPECT_NE(old.err.find("line 1: a row without the settings of its sweep"), std::string::npos) << old.err;
+
   // A line that is not a row of a sweep (a damaged file): refused, naming the line.
   write_text(prefix + ".jsonl", jsonl[0] + "\nnot a row\n" + jsonl[1] + "\n");
   const ProcessResult damaged = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
@@ -272,7 +280,8 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   std::string first_config;
   for (const std::string& line : jsonl)
     if (json::parse(line)["config"] == "lr=1e-3") first_config += line + "\n";
-  const std::string torn = jsonl.back().substr(0, jsonl.back().size() / 2);
+  // (A crash can also leave zero bytes the write never filled in.)
+  const std::string torn = jsonl.back().substr(0, jsonl.back().size() / 2) + std::string(8, '\0');
   write_text(prefix + ".jsonl", first_config + torn);
   const ProcessResult resumed = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;

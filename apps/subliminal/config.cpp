@@ -15,6 +15,7 @@
 #include <map>
 #include <set>
 
+#include "engine/safetensors.h"  // resolved_path
 #include "ops/gemm.h"
 
 namespace subliminal::app {
@@ -50,7 +51,7 @@ double parse_number(const std::string& key, const std::string& value, bool posit
   double v = value.empty() ? NAN : std::strtod(value.c_str(), &end);
   if (value.empty() || end != value.c_str() + value.size() || !std::isfinite(v) ||
       (positive ? v < std::numeric_limits<float>::min() : v < 0))
-    bad_value(key, positive ? "a number > 0 (at least 1.2e-38, float32's smallest normal)" : "a number ≥ 0",
+    bad_value(key, positive ? "a number > 0 (at least 1.18e-38, float32's smallest normal)" : "a number ≥ 0",
               value);
   return v;
 }
@@ -294,14 +295,13 @@ void set_config_value(Config& config, const std::string& key, const std::string&
 
 namespace {
 
-// Whether two names reach the same file: "x", "./x", "d/../x" and a symbolic link to x all do.
+// Whether two names reach the same file: "x", "./x", "d/../x", a symbolic link to x (dangling
+// too: the writer creates its target) and a hard link to x all do.
 bool same_file(const std::string& a, const std::string& b) {
   namespace fs = std::filesystem;
   std::error_code ec_a, ec_b;
   if (fs::exists(a, ec_a) && fs::exists(b, ec_b)) return fs::equivalent(a, b, ec_a);
-  const fs::path ca = fs::weakly_canonical(fs::absolute(a, ec_a), ec_a),
-                 cb = fs::weakly_canonical(fs::absolute(b, ec_b), ec_b);
-  return ec_a || ec_b ? a == b : ca == cb;
+  return resolved_path(a) == resolved_path(b);
 }
 
 }  // namespace

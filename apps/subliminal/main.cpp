@@ -5,6 +5,7 @@
 //   3 a NaN/Inf stopped training
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -53,7 +54,7 @@ void check_output_path(const char* flag, const std::string& path, bool must_not_
   if (access(dir.c_str(), W_OK) != 0)
     throw InputError(name + ": directory " + path_text(dir.string()) + " is not writable");
   if (fs::is_directory(p, ec)) throw InputError(name + ": is a directory");
-  if (must_not_exist && fs::exists(fs::symlink_status(p, ec)))
+  if (must_not_exist && fs::exists(p, ec))  // through links, as the writer looks
     throw InputError(name + ": already exists (use --force to overwrite it)");
   try {
     check_file_can_be_written(p);
@@ -131,8 +132,10 @@ int main(int argc, char** argv) {
   try {
     const int code = app::run(argc, argv);
     // Results that never reached their reader (a full disk, a closed pipe) are not a success.
+    errno = 0;
     if (std::fflush(stdout) != 0 || std::ferror(stdout))
-      throw InputError(std::string("cannot write to standard output (") + std::strerror(errno) + ")");
+      throw InputError(std::string("cannot write to standard output") +
+                       (errno ? std::string(" (") + std::strerror(errno) + ")" : std::string()));
     return code;
   } catch (const InputError& e) {
     std::fprintf(stderr, "subliminal: error: %s\n", e.what());

@@ -130,6 +130,10 @@ void print_summary(std::FILE* out, const Config& config, const Results& results,
   if (!results.notes.empty()) std::fprintf(out, "Notes:\n%s", results.notes.c_str());
 }
 
+std::string json_text(const nlohmann::json& j, int indent) {
+  return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 nlohmann::json config_json(const Config& c) {
   return {{"preset", preset_name(c.preset)},
           {"seed", c.seed},
@@ -208,7 +212,7 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
   }
   if (!results.notes.empty()) j["notes"] = results.notes;
   if (!results.gemm_tuning.empty()) j["gemm_autotune"] = results.gemm_tuning;
-  return j.dump(2) + "\n";
+  return json_text(j, 2) + "\n";
 }
 
 }  // namespace subliminal::app

@@ -48,6 +48,10 @@ void print_summary(std::FILE* out, const Config& config, const Results& results,
 // Every setting that shapes a run's results (the report's "config"; no file names).
 nlohmann::json config_json(const Config& config);
 
+// JSON text that cannot fail: a file name that is not UTF-8 (a path is bytes) has its bad bytes
+// replaced by U+FFFD instead of throwing after a whole run.
+std::string json_text(const nlohmann::json& j, int indent = -1);
+
 // The JSON report (schema in README.md): config, device, per-epoch metrics, per-arm final
 // accuracies with statistics, seconds per phase.
 std::string report_json(const Config& config, const Results& results, const RunTimes& times, Device device,

@@ -14,6 +14,7 @@
 #include "apps/subliminal/experiment.h"
 #include "apps/subliminal/progress.h"
 #include "apps/subliminal/report.h"
+#include "engine/safetensors.h"  // resolved_path
 
 namespace subliminal::app {
 namespace {
@@ -47,7 +48,8 @@ nlohmann::json sweep_base(const Config& base) {
     std::replace(key.begin(), key.end(), '-', '_');  // flag names → the report's keys
     settings.erase(key);
   }
-  settings["load_init"] = base.load_init_path;
+  // The file, not its spelling: a resume from another folder or as ./init.st is the same sweep.
+  settings["load_init"] = base.load_init_path.empty() ? "" : resolved_path(base.load_init_path).string();
   return settings;
 }
 
@@ -55,18 +57,21 @@ nlohmann::json sweep_base(const Config& base) {
 std::string first_difference(const nlohmann::json& old_base, const nlohmann::json& new_base) {
   for (const auto& [key, value] : new_base.items())
     if (!old_base.contains(key) || old_base[key] != value)
-      return key + ": " + (old_base.contains(key) ? old_base[key].dump() : "(none)") + " vs " + value.dump();
+      return key + ": " + (old_base.contains(key) ? json_text(old_base[key]) : "(none)") + " vs " +
+             json_text(value);
   for (const auto& [key, value] : old_base.items())
-    if (!new_base.contains(key)) return key + ": " + value.dump() + " vs (none)";
+    if (!new_base.contains(key)) return key + ": " + json_text(value) + " vs (none)";
   return "";
 }
 
 // Whether a line that is not JSON is the start of one of our rows, cut short by an interrupted
-// write. A row is an object with sorted keys, so it starts with {"arm":" (or is a piece of that).
+// write. A row is an object with sorted keys, so it starts with {"arm":" (or is a piece of that);
+// a crash can also leave the end of the file as zero bytes the write never filled in.
 bool torn_row(const std::string& line) {
+  const std::string written = line.substr(0, line.find_last_not_of('\0') + 1);  // npos + 1 = 0
   const std::string head = "{\"arm\":\"";
-  const size_t n = std::min(line.size(), head.size());
-  return line.compare(0, n, head, 0, n) == 0;
+  const size_t n = std::min(written.size(), head.size());
+  return written.compare(0, n, head, 0, n) == 0;
 }
 
 // The arms of each configuration already in the JSONL file. A torn row (an interrupted write;
@@ -89,8 +94,12 @@ std::map<std::string, std::set<std::string>> rows_done(const std::string& jsonl_
       throw DataError(where + ": not a JSON row of a sweep");
     }
     if (!row.is_object() || !row.contains("config") || !row["config"].is_string() || !row.contains("arm") ||
-        !row["arm"].is_string() || !row.contains("test_acc") || !row.contains("base"))
-      throw DataError(where + ": not a row of a sweep (needs config, arm, test_acc and base)");
+        !row["arm"].is_string() || !row.contains("test_acc"))
+      throw DataError(where + ": not a row of a sweep (needs config, arm and test_acc)");
+    if (!row.contains("base"))
+      throw UsageError(where +
+                       ": a row without the settings of its sweep (\"base\"; written by an older "
+                       "subliminal), so it cannot be checked against this one; choose another --sweep-out");
     if (row["base"] != base)
       throw UsageError(where + ": written by a sweep with other settings (" +
                        first_difference(row["base"], base) +
@@ -190,7 +199,8 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   end_torn_line(jsonl_path);
   std::ofstream csv(csv_path, std::ios::app), jsonl(jsonl_path, std::ios::app);
   if (!csv || !jsonl)
-    throw InputError("--sweep-out " + base.sweep_out + ": cannot open its .csv/.jsonl for appending");
+    throw InputError("--sweep-out " + path_text(base.sweep_out) +
+                     ": cannot open its .csv/.jsonl for appending");
   if (new_csv) csv << "config,arm,test_acc,ci95,std,n,seconds\n";
 
   auto finished = [&](size_t k) {
@@ -226,11 +236,14 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
                             {"ci95", s.ci95},     {"std", s.std},     {"n", s.n},
                             {"seconds", seconds}, {"per_model", acc}, {"base", base_settings}};
       for (const auto& [key, value] : grid[k]) row["settings"][key] = value;
-      jsonl_rows << row.dump() << '\n';
+      jsonl_rows << json_text(row) << '\n';
       std::fprintf(out, " %s %.3f±%.3f", arm.c_str(), s.mean, s.ci95);
     }
     csv << csv_rows.str() << std::flush;
     jsonl << jsonl_rows.str() << std::flush;
+    if (!csv || !jsonl)  // a full disk: stop rather than report rows that are not there
+      throw InputError("--sweep-out " + path_text(base.sweep_out) +
+                       ": writing its .csv/.jsonl failed after " + id);
     std::fprintf(out, "\n");
     std::fflush(out);
     bar.advance();
