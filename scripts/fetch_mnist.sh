@@ -4,7 +4,8 @@
 # Tries each mirror in turn (override with MNIST_MIRRORS="URL URL ...", file:// allowed), keeps a
 # file only if its SHA-256 matches the canonical release (docs: /work/shared/mnist/SOURCE.md),
 # and moves it into place atomically, so DEST never holds a partial or unverified file. Files
-# already present with the right checksum are kept. On failure: one line on stderr, exit 1.
+# already present with the right checksum are kept. On failure: one line on stderr, exit 1
+# (a wrong command line: exit 2).
 #
 #   scripts/fetch_mnist.sh data/mnist          # ./data/mnist is one of the places the app looks
 #   MNIST_MIRRORS=file:///mnt/mnist/ scripts/fetch_mnist.sh ~/mnist
@@ -14,7 +15,9 @@ set -euo pipefail
 
 die() { echo "fetch_mnist.sh: $*" >&2; exit 1; }
 
-[[ $# -eq 1 && -n "$1" ]] || die "usage: scripts/fetch_mnist.sh DEST (a directory; created if needed)"
+usage="usage: scripts/fetch_mnist.sh DEST (a directory; created if needed)"
+[[ $# -eq 1 && ( "$1" == -h || "$1" == --help ) ]] && { echo "$usage"; exit 0; }
+[[ $# -eq 1 && -n "$1" && "$1" != -* ]] || { echo "fetch_mnist.sh: $usage (a name starting with - : write ./NAME)" >&2; exit 2; }
 dest=$1
 
 mirrors=${MNIST_MIRRORS:-"https://ossci-datasets.s3.amazonaws.com/mnist/ https://storage.googleapis.com/cvdf-datasets/mnist/ http://yann.lecun.com/exdb/mnist/"}

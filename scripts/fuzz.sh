@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-30}"
+# libFuzzer reads a time of 0, a negative one or text as "no limit": it would fuzz forever.
+[[ $# -le 1 && "$seconds" =~ ^[1-9][0-9]*$ ]] ||
+  { echo "fuzz.sh: usage: scripts/fuzz.sh [SECONDS] (a whole number ≥ 1; got '$*')" >&2; exit 2; }
 log=$(mktemp)
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSUBLIMINAL_FUZZ=ON \
   -DSUBLIMINAL_CUDA=OFF > "$log" 2>&1 || { tail -20 "$log"; exit 1; }

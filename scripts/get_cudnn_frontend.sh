@@ -24,6 +24,7 @@
 # the index's SHA256. There is no [trusted=yes] fallback: if the signature does not verify (an older
 # keyring), this script fails and says so — update debian-archive-keyring, or set CUDNN_FRONTEND_ROOT.
 set -euo pipefail
+[ $# -eq 0 ] || { echo "get_cudnn_frontend.sh: takes no arguments (got '$1'); its first lines say what it does" >&2; exit 2; }
 
 PACKAGE=libcudnn-frontend-dev
 VERSION=1.8.0

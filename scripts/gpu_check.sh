@@ -44,6 +44,7 @@ while [ $# -gt 0 ]; do
     --only)
       [ $# -ge 2 ] || { echo "gpu_check.sh: --only needs a comma-separated list of stages" >&2; exit 2; }
       only=",$2,"
+      [ -n "${2//,/}" ] || { echo "gpu_check.sh: --only needs at least one stage (stages: $stages)" >&2; exit 2; }
       for s in ${2//,/ }; do
         case " $stages " in *" $s "*) ;; *) echo "gpu_check.sh: --only: unknown stage '$s' (stages: $stages)" >&2; exit 2 ;; esac
       done
@@ -52,6 +53,10 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+# The full check runs inside a time budget (GPU_CHECK_BUDGET seconds, default 480): stages
+# are ordered by what they prove, and one that would start past the budget is skipped, named.
+budget=${GPU_CHECK_BUDGET:-480}
+[[ "$budget" =~ ^[0-9]+$ ]] || { echo "gpu_check.sh: GPU_CHECK_BUDGET must be whole seconds, got '$budget'" >&2; exit 2; }
 # want STAGE: true when the stage is part of this check.
 want() {
   if [ -n "$only" ]; then [[ "$only" == *",$1,"* ]]; return; fi
@@ -64,7 +69,7 @@ gpu=$(nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,nohead
 # (a few files come back more reliably than dozens).
 final="${OUT:-$root/gpu-out}"
 OUT=$(mktemp -d /tmp/gpu_check.XXXXXX)
-mkdir -p "$final"
+mkdir -p "$final" || { echo "gpu_check.sh: cannot create OUT=$final" >&2; exit 2; }
 trap 'tar czf "$final/logs.tgz" -C "$OUT" . 2>/dev/null' EXIT
 summary="$final/summary.txt"   # written as we go: it comes back even if the run is cut short
 : > "$summary"
@@ -83,7 +88,14 @@ fi
 if [ -z "${MNIST_DIR:-}" ]; then
   for d in .gpu/mnist ../shared/mnist data/mnist; do [ -d "$d" ] && export MNIST_DIR="$root/$d" && break; done
 fi
-say "MNIST_DIR=${MNIST_DIR:-unset}"
+# Every stage after the build needs MNIST: found now, not after minutes of building.
+for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+  [ -e "${MNIST_DIR:-/nonexistent}/$f" ] || [ -e "${MNIST_DIR:-/nonexistent}/$f.gz" ] || {
+    say "gpu_check.sh: no MNIST: MNIST_DIR=${MNIST_DIR:-unset} lacks $f[.gz] (unset, it is the first of .gpu/mnist, ../shared/mnist, data/mnist that exists); set it, or carry .gpu/mnist (scripts/gpu_bundle.sh)"
+    exit 2
+  }
+done
+say "MNIST_DIR=$MNIST_DIR"
 
 stage "configure + build"
 if ! cmake -S . -B build-gpu "${cmake_args[@]}" > "$OUT/configure.log" 2>&1; then
@@ -182,9 +194,6 @@ PY
   fi
 }
 
-# The full check runs inside a time budget (GPU_CHECK_BUDGET seconds, default 480): stages
-# are ordered by what they prove, and one that would start past the budget is skipped, named.
-budget=${GPU_CHECK_BUDGET:-480}
 time_left() {
   if [ $(( $(date +%s) - t0 )) -ge "$budget" ]; then say "skipped (time budget): $*"; return 1; fi
   return 0
@@ -295,7 +304,7 @@ if want bench && time_left "PyTorch comparison"; then
   stage "benchmark against PyTorch"
   timeout 240 python3 bench/compare.py --engine "$app" --data "$MNIST_DIR" --device cuda --repeats 1 \
     --faithful-epochs 1 --variants engine,faithful,fast,fast+cuda-graphs --timeout 150 \
-    --engine-args "${GPU_CHECK_ENGINE_ARGS:-}" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+    --engine-args="${GPU_CHECK_ENGINE_ARGS:-}" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
   say "bench: exit $?"
   tail -15 "$OUT/bench.log" | tee -a "$summary"
 fi

@@ -5,6 +5,7 @@
 # threads (tests/test_emulated): a CPU race check for both.
 # CUDA off: the sanitizers watch host code.
 set -euo pipefail
+[ $# -eq 0 ] || { echo "sanitize.sh: takes no arguments (got '$1'); its first lines say what it does" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 # -O1 (as the ASan documentation advises) and -g1 (line tables only) halve the compile time of
 # -O2 -g: the build, a third of CI's time, went from 327 s to 191 s on 2 cores, for a suite that

@@ -3,6 +3,7 @@
 # installed) and runs the whole test suite. GPU tests skip, saying why, without a GPU;
 # end-to-end tests on real MNIST run when MNIST_DIR is set.
 set -euo pipefail
+[ $# -eq 0 ] || { echo "test.sh: takes no arguments (got '$1'); its first lines say what it does" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build
