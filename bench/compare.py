@@ -18,13 +18,21 @@ leaves its own JSON report and log in --outdir.
 
 This script needs no torch itself; the torch runs use --python (default: this python if it has torch,
 else the first of python3, /usr/bin/python3 that does).
+
+Bad flags and paths (a negative count, an --outdir that is a file, a --json that cannot be written,
+a --data or set $MNIST_DIR without the MNIST files, a missing engine) are refused with one line on
+stderr and exit status 2 before anything runs; --outdir (default: a new temp directory) is made only
+when runs start. A run that fails, times out or leaves an unreadable report is a failed run: its row
+says why. --json: the report is written (atomically: a temporary file beside it, renamed) after every
+run once at least one run has succeeded — so partial results survive a kill — and at the end; a
+session in which no run succeeded writes nothing there, so an existing file is never replaced by a
+report of failures only. Exit status: 0 when every row has a run, 1 when a row has none or the
+session was stopped, 2 for bad input.
 """
 import argparse
 import json
 import os
 import shlex
-
-from machine import cpu_model, usable_cores
 import shutil
 import signal
 import statistics
@@ -33,11 +41,14 @@ import sys
 import tempfile
 import time
 
+import bench_io
+from bench_io import shown
+from machine import cpu_model, usable_cores
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TORCH_SCRIPT = os.path.join(HERE, "torch_subliminal.py")
-MNIST_BASES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-               "t10k-labels-idx1-ubyte")
+ALL_VARIANTS = ["engine", "faithful", "fast", "fast+cuda-graphs", "fast+compile"]
 
 
 def die(message, code=2):
@@ -50,9 +61,6 @@ def note(message):
 
 
 # ---------------------------------------------------------------------------------------------- machine
-
-
-
 
 
 def nvidia_gpus():
@@ -85,17 +93,6 @@ def python_with_torch(preferred):
             version, cuda = r.stdout.split()
             return exe, version, cuda == "1"
     return None, None, False
-
-
-def locate_mnist(data_dir):
-    dirs = [data_dir] if data_dir else (
-        ([os.environ["MNIST_DIR"]] if os.environ.get("MNIST_DIR") else [])
-        + ["data/mnist", os.path.join(REPO, "data", "mnist"), os.path.join(REPO, "shared", "mnist"),
-           os.path.join(os.path.dirname(REPO), "shared", "mnist"), os.path.expanduser("~/.pytorch/MNIST_data/MNIST/raw")])
-    for d in dirs:
-        if all(os.path.isfile(os.path.join(d, b)) or os.path.isfile(os.path.join(d, b + ".gz")) for b in MNIST_BASES):
-            return os.path.abspath(d)
-    die(f"no MNIST IDX files in {', '.join(dirs)}; pass --data DIR")
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -134,41 +131,24 @@ def evals_done(report, epochs_teacher, epochs_distill, arms):
     return 1 + epochs_teacher + 1 + epochs_distill * arms
 
 
-def run_once(spec, outdir, index, timeout):
-    tag = f"{spec.name.replace(' ', '_').replace('+', '_')}-{spec.device}-{index}"
-    json_path = os.path.join(outdir, tag + ".json")
-    log_path = os.path.join(outdir, tag + ".log")
-    if os.path.exists(json_path):
-        os.remove(json_path)
-    cmd = spec.cmd + ["--json", json_path]
-    note(f"[{spec.name} on {spec.device}, run {index}] {' '.join(cmd)}")
-    t0 = time.perf_counter()
-    try:
-        with open(log_path, "w") as log:
-            r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=REPO)
-        rc = r.returncode
-    except subprocess.TimeoutExpired:
-        rc = "timeout"
-    except OSError as e:
-        rc = f"cannot start: {e}"
-    wall = time.perf_counter() - t0
-    if rc != 0 or not os.path.isfile(json_path):
-        tail = ""
-        try:
-            with open(log_path) as f:
-                tail = "".join(f.readlines()[-8:])
-        except OSError:
-            pass
-        spec.failures.append(f"exit {rc}: {tail.strip()}")
-        note(f"  FAILED (exit {rc}) after {wall:.1f} s; log {log_path}\n{tail}")
-        return
-    with open(json_path) as f:
-        report = json.load(f)
+def is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def read_run(report, spec, wall, json_path, log_path):
+    """One run's numbers from its JSON report; ValueError/TypeError/... when the report is not the
+    shape the app and torch_subliminal.py write."""
+    if not isinstance(report, dict):
+        raise ValueError(f"a JSON {type(report).__name__}, not an object")
     train, gpu, us, steady, nsteps = training_numbers(report, spec.device)
+    acc = {k: report[k]["test_acc"] for k in ("reference", "teacher", "student", "cross_init") if k in report}
+    bad = [k for k, v in [("train", train), ("us_per_step", us), ("steady", steady), *acc.items()]
+           if v is not None and not is_number(v)]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} not numbers")
     run = {"wall": wall, "train": train, "gpu_train": gpu, "us_per_step": us, "us_per_step_steady": steady,
            "steps": nsteps, "json": json_path, "log": log_path,
-           "total_reported": report.get("seconds", {}).get("total"),
-           "acc": {k: report[k]["test_acc"] for k in ("reference", "teacher", "student", "cross_init") if k in report},
+           "total_reported": report.get("seconds", {}).get("total"), "acc": acc,
            "framework": report.get("framework", "engine"), "device_name": report.get("device", {}).get("name"),
            "graphs_failed": report.get("cuda_graphs_failed")}
     if spec.extrapolate_to:
@@ -189,6 +169,51 @@ def run_once(spec, outdir, index, timeout):
             run["gpu_train"] = ((g.get("teacher", 0.0) / et * ft if et else 0.0)
                                 + (g.get("distill_ghosts", 0.0) / ed * fd if ed else 0.0))
         run["acc_epochs"] = f"{et}+{ed}"
+        if not all(is_number(run[k]) for k in ("wall", "train")):
+            raise ValueError("seconds.* or config.epochs_* are not numbers")
+    return run
+
+
+def run_once(spec, outdir, index, timeout):
+    """Runs spec once; appends the run to spec.runs, or a one-line reason to spec.failures."""
+    tag = f"{spec.name.replace(' ', '_').replace('+', '_')}-{spec.device}-{index}"
+    json_path = os.path.join(outdir, tag + ".json")
+    log_path = os.path.join(outdir, tag + ".log")
+    cmd = spec.cmd + ["--json", json_path]
+    note(f"[{spec.name} on {spec.device}, run {index}] {' '.join(cmd)}")
+    t0 = time.perf_counter()
+    try:
+        if os.path.lexists(json_path):
+            os.remove(json_path)
+        with open(log_path, "w") as log:
+            r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=REPO)
+        rc = r.returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    except OSError as e:
+        rc = f"cannot start: {e}"
+    wall = time.perf_counter() - t0
+    if rc != 0 or not os.path.isfile(json_path):
+        tail = ""
+        try:
+            with open(log_path, errors="replace") as f:
+                tail = "".join(f.readlines()[-8:])
+        except OSError:
+            pass
+        if rc == 0:
+            rc = "0 without writing its --json report"
+        spec.failures.append(f"exit {rc}: {tail.strip()}")
+        note(f"  FAILED (exit {rc}) after {wall:.1f} s; log {log_path}\n{tail}")
+        return
+    try:
+        with open(json_path, errors="replace") as f:
+            report = json.load(f)
+        run = read_run(report, spec, wall, json_path, log_path)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as e:
+        reason = f"unreadable report {json_path} ({type(e).__name__}: {e})".replace("\n", " ")
+        spec.failures.append(reason)
+        note(f"  FAILED after {wall:.1f} s: {reason}")
+        return
     spec.runs.append(run)
     extra = f" (extrapolated to {spec.extrapolate_to[0]}+{spec.extrapolate_to[1]} epochs: {run['wall']:.1f} s)" \
         if spec.extrapolate_to else ""
@@ -270,49 +295,79 @@ def print_table(machine, rows, threads):
     print("×eng: this row's median over the engine's median on the same device (above 1: slower than the engine).")
 
 
-def main():
+def parse_args():
     p = argparse.ArgumentParser(description="Engine vs PyTorch on the notebook experiment: one table.")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: the CPU rows, plus the cuda rows when a GPU is found")
     p.add_argument("--engine", default=os.path.join(REPO, "build", "apps", "subliminal"))
     p.add_argument("--data", default="", help="MNIST IDX directory (raw or .gz)")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each engine / fast variant")
-    p.add_argument("--faithful-repeats", type=int, default=1, help="runs of the faithful notebook")
-    p.add_argument("--faithful-epochs", type=int, default=0,
+    p.add_argument("--repeats", type=bench_io.positive_int, default=3, help="runs of each engine / fast variant")
+    p.add_argument("--faithful-repeats", type=bench_io.non_negative_int, default=None,
+                   help="runs of the faithful notebook (default 1)")
+    p.add_argument("--faithful-epochs", type=bench_io.epochs_type, default=None,
                    help="run the faithful notebook with E teacher + E distillation epochs and extrapolate (0: full run)")
-    p.add_argument("--variants", default="",
-                   help="comma-separated subset of engine,faithful,fast,fast+cuda-graphs,fast+compile")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated subset of " + ",".join(ALL_VARIANTS) + " (default: all)")
     p.add_argument("--cpu-compile", action="store_true", help="also run fast+compile on the CPU")
     p.add_argument("--python", default="", help="python with torch for the torch runs")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for engine and torch (0: all usable cores)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs-teacher", type=int, default=5)
-    p.add_argument("--epochs-distill", type=int, default=5)
+    p.add_argument("--threads", type=bench_io.threads_type, default=0,
+                   help=f"CPU threads for engine and torch, 0..{bench_io.MAX_THREADS} (0: all usable cores)")
+    p.add_argument("--seed", type=bench_io.seed_type, default=0)
+    p.add_argument("--epochs-teacher", type=bench_io.epochs_type, default=5)
+    p.add_argument("--epochs-distill", type=bench_io.epochs_type, default=5)
     p.add_argument("--outdir", default="", help="per-run JSON reports and logs (default: a new temp directory)")
-    p.add_argument("--json", default="", help="write the table as JSON here")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per run")
+    p.add_argument("--json", type=bench_io.output_file, default="",
+                   help="write the table as JSON here (only once a run has succeeded)")
+    p.add_argument("--timeout", type=bench_io.positive_int, default=1800, help="seconds allowed per run")
     p.add_argument("--engine-args", default="",
                    help="extra flags for the engine's runs, e.g. \"--gemm tiled\" (split like a shell would)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     args = p.parse_args()
-    if args.repeats < 1 or args.faithful_repeats < 0 or args.faithful_epochs < 0:
-        die("--repeats ≥ 1, --faithful-repeats ≥ 0, --faithful-epochs ≥ 0")
-    all_variants = ["engine", "faithful", "fast", "fast+cuda-graphs", "fast+compile"]
-    wanted = [v.strip() for v in args.variants.split(",") if v.strip()] or all_variants
-    bad = [v for v in wanted if v not in all_variants]
-    if bad:
-        die(f"--variants: unknown {bad}; choose from {','.join(all_variants)}")
-
+    if args.variants is None:
+        args.wanted = list(ALL_VARIANTS)
+    else:
+        args.wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+        if not args.wanted:
+            die(f"--variants {shown(args.variants)}: names no variant; choose from {','.join(ALL_VARIANTS)}")
+        bad = [v for v in args.wanted if v not in ALL_VARIANTS]
+        if bad:
+            die(f"--variants: unknown {', '.join(map(shown, bad))}; choose from {','.join(ALL_VARIANTS)}")
     try:
-        engine_args = shlex.split(args.engine_args)
+        args.engine_argv = shlex.split(args.engine_args)
     except ValueError as e:
-        die(f"--engine-args: {e}")
-    data_dir = locate_mnist(args.data)
+        die(f"--engine-args {shown(args.engine_args)}: {e}")
+    # options that the other options make meaningless: said, not silently dropped
+    if "faithful" not in args.wanted:
+        for flag, value in (("--faithful-epochs", args.faithful_epochs), ("--faithful-repeats", args.faithful_repeats)):
+            if value is not None:
+                note(f"{flag} does nothing without the faithful variant in --variants")
+    if args.cpu_compile and ("fast+compile" not in args.wanted or args.device == "cuda"):
+        note("--cpu-compile does nothing without the fast+compile variant on the CPU")
+    if args.engine_argv and "engine" not in args.wanted:
+        note("--engine-args does nothing without the engine variant in --variants")
+    if args.python and args.wanted == ["engine"]:
+        note("--python does nothing when only the engine runs")
+    args.faithful_repeats = 1 if args.faithful_repeats is None else args.faithful_repeats
+    args.faithful_epochs = args.faithful_epochs or 0
+    if args.outdir:
+        why = bench_io.output_dir_problem(args.outdir)
+        if why:
+            die(f"--outdir {shown(args.outdir)}: {why}")
+    return args
+
+
+def main():
+    args = parse_args()
+    wanted, engine_args = args.wanted, args.engine_argv
+    try:
+        data_dir = bench_io.locate_mnist(args.data, REPO)
+    except ValueError as e:
+        die(str(e))
     threads = args.threads if args.threads > 0 else usable_cores()
     engine = os.path.abspath(args.engine)
     engine_ok = os.path.isfile(engine) and os.access(engine, os.X_OK)
     if "engine" in wanted and not engine_ok:
-        die(f"no engine executable at {engine} (build it: cmake --build build; or pass --engine PATH, "
+        die(f"no engine executable at {shown(engine)} (build it: cmake --build build; or pass --engine PATH, "
             "or leave it out with --variants)")
     torch_wanted = [v for v in wanted if v != "engine"]
     py, torch_version, torch_cuda = (None, None, False)
@@ -320,7 +375,7 @@ def main():
         py, torch_version, torch_cuda = python_with_torch(args.python)
         if not py:
             if args.python:
-                die(f"--python {args.python}: cannot import torch and numpy with it")
+                die(f"--python {shown(args.python)}: cannot import torch and numpy with it")
             note("no python with torch found (tried this one, python3, /usr/bin/python3): the torch rows are skipped")
             torch_wanted = []
 
@@ -336,9 +391,6 @@ def main():
                "torch": torch_version, "python": py, "engine": engine if engine_ok else None,
                "engine_args": engine_args,
                "hostname": os.uname().nodename}
-    outdir = args.outdir or tempfile.mkdtemp(prefix="compare_")
-    os.makedirs(outdir, exist_ok=True)
-
     common_engine = ["--data", data_dir, "--threads", str(threads), "--seed", str(args.seed), "--no-progress",
                      "--epochs-teacher", str(args.epochs_teacher), "--epochs-distill", str(args.epochs_distill)]
     common_torch = ["--data", data_dir, "--threads", str(threads), "--seed", str(args.seed)]
@@ -375,24 +427,42 @@ def main():
         die("nothing to run")
 
     note(f"machine: {machine['cpu']} ({machine['cores']} cores)" + (f", GPU {machine['gpu']}" if machine["gpu"] else "")
-         + f"; devices {devices}; outdir {outdir}")
+         + f"; devices {devices}; outdir {shown(args.outdir) if args.outdir else '(a new temp directory)'}")
     if args.dry_run:
         for s in specs:
             print(f"{s.name:<24} {s.device:<5} x{s.repeats}: {' '.join(s.cmd)} --json ...")
         return 0
 
+    # the outdir is made only now that runs start (not for --dry-run or refused flags)
+    try:
+        if args.outdir:
+            outdir = args.outdir
+            os.makedirs(outdir, exist_ok=True)
+        else:
+            outdir = tempfile.mkdtemp(prefix="compare_")
+    except OSError as e:
+        die(f"--outdir {shown(args.outdir or tempfile.gettempdir())}: cannot make it ({e.strerror or e})")
+    note(f"per-run reports and logs in {outdir}")
+    json_failed = []
+
     def write_json(rows, complete):
-        if not args.json:
-            return
+        """The report to --json, once at least one run has succeeded (an existing file is not replaced
+        by a report of failures only); atomically, so a kill never leaves half a file."""
+        if not args.json or not any(s.runs for s in specs):
+            return False
         out = {"machine": machine, "threads": threads, "data": data_dir, "seed": args.seed,
                "epochs_teacher": args.epochs_teacher, "epochs_distill": args.epochs_distill,
                "repeats": args.repeats, "faithful_epochs": args.faithful_epochs or None, "complete": complete,
                "rows": rows, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, args.json)
+        try:
+            bench_io.write_json_atomically(args.json, out)
+        except OSError as e:
+            json_failed.append(f"--json {shown(args.json)}: cannot write it ({e.strerror or e})")
+            if len(json_failed) == 1:
+                note(f"warning: {json_failed[-1]}")
+            return False
+        json_failed.clear()
+        return True
 
     class Stopped(Exception):
         pass
@@ -416,7 +486,11 @@ def main():
     print_table(machine, rows, threads)
     print(f"\n(compare.py took {time.perf_counter() - t0:.0f} s; per-run reports and logs in {outdir})"
           + ("" if complete else " — INCOMPLETE"))
-    write_json(rows, complete)
+    if args.json and not write_json(rows, complete):
+        if json_failed:
+            die(json_failed[-1])
+        note(f"no run succeeded: --json {shown(args.json)} not written" +
+             (" (the existing file is kept)" if os.path.exists(args.json) else ""))
     failed = [r for r in rows if not r.get("runs")]
     return 1 if failed or not complete else 0
 

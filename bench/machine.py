@@ -1,4 +1,4 @@
-"""bench/machine.py — what machine a benchmark ran on (shared by compare.py and torch_subliminal.py)."""
+"""bench/machine.py — what machine a benchmark ran on (shared by compare.py, parity.py and torch_subliminal.py)."""
 import os
 import platform
 

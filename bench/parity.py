@@ -14,15 +14,18 @@
 
 Exit status: 0 when every tensor agrees within --tolerance (default 1e-4): engine vs torch fp32, or, where
 that is worse, engine vs torch fp64 (then the gap is torch's own float32 rounding: a tiny KL loss of
-near-cancelling terms loses ~1e-5..1e-4 relative in fp32); 1 when one does not, 2 for usage errors, 3
-when the engine cannot produce the batch.
+near-cancelling terms loses ~1e-5..1e-4 relative in fp32); 1 when one does not; 2 for bad input — a flag
+value, a path (--json, --keep, --init, --engine), the data (--data, a set $MNIST_DIR that does not hold
+MNIST, a damaged IDX file), or flags the engine refuses (its exit status 2: its one line is passed on) —
+said in one line on stderr, before any computing where it can be (the flags and paths are checked before
+`import torch`); 3 when the engine cannot produce the batch (it fails otherwise, or exits 0 without
+writing its file, or writes one that cannot be read).
 
   python3 bench/parity.py --device cpu --data /path/to/mnist
   python3 bench/parity.py --torch-only          # PyTorch side alone (fp32 vs fp64), no engine
 """
 import argparse
 import atexit
-import json
 import os
 import shlex
 import shutil
@@ -34,11 +37,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-import torch_subliminal as ts  # noqa: E402  (dies with a clear message when torch is missing)
+import bench_io  # noqa: E402  (no torch)
+from bench_io import shown  # noqa: E402
+from machine import usable_cores  # noqa: E402
 
-np, torch, F = ts.np, ts.torch, ts.F
+# imported by main() once the flags and paths are checked (torch takes seconds to import):
+# torch_subliminal dies with a clear message when torch or numpy is missing
+ts = np = torch = F = None
 
 DEFAULT_T, DEFAULT_SCALE = 2.0, 1.1
+MAX_BATCH = 60000  # the MNIST training set
 
 
 def die(message, code=2):
@@ -46,15 +54,25 @@ def die(message, code=2):
     sys.exit(code)
 
 
+def note(message):
+    print(f"parity.py: note: {message}", file=sys.stderr, flush=True)
+
+
 def run_engine(cmd, what):
+    """The engine's stdout; dies with exit 2 and the engine's own line when it refuses its flags or
+    files (its exit status 2), 3 when it fails otherwise."""
     try:
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                           timeout=600)
     except OSError as e:
-        die(f"cannot run the engine ({e})", 3)
+        die(f"cannot run the engine {shown(cmd[0])} ({e.strerror or e})", 3)
     except subprocess.TimeoutExpired:
         die(f"the engine took over 10 minutes for {what}", 3)
+    if r.returncode == 2:
+        lines = [line.strip() for line in r.stderr.splitlines() if line.strip()]
+        die(f"{what} refused its input: {shown(lines[-1]) if lines else '(exit 2, no message)'}", 2)
     if r.returncode != 0:
-        tail = "\n".join(r.stdout.strip().splitlines()[-15:])
+        tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
         die(f"{what} failed (exit {r.returncode}): {' '.join(cmd)}\n{tail}", 3)
     return r.stdout
 
@@ -105,64 +123,129 @@ def rel_err(a, b, ref):
     return diff / scale if scale > 0 else diff
 
 
-def main():
+def parse_args():
     p = argparse.ArgumentParser(description="One-batch loss/gradient parity: engine vs PyTorch fp32/fp64.")
-    p.add_argument("--engine", default=os.path.join(REPO, "build", "apps", "subliminal"))
+    p.add_argument("--engine", default=None, help="the app (default: build/apps/subliminal)")
     p.add_argument("--data", default="", help="MNIST IDX directory (raw or .gz)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device the engine computes on")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="device the engine computes on (default cpu)")
     p.add_argument("--torch-device", choices=["cpu", "cuda"], default="cpu",
                    help="device of the torch fp32 computation (fp64 always runs on the CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hidden", default="256,256")
-    p.add_argument("--ghosts", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=bench_io.seed_type, default=0)
+    p.add_argument("--hidden", type=bench_io.hidden_widths, default="256,256")
+    p.add_argument("--ghosts", type=bench_io.ghosts_type, default=3)
+    p.add_argument("--batch-size", type=bench_io.int_type(1, MAX_BATCH), default=256)
     p.add_argument("--init", default="", help="use this safetensors init instead of making one with --save-init")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max relative error allowed, engine vs torch fp32")
+    p.add_argument("--tolerance", type=bench_io.positive_float, default=1e-4,
+                   help="max relative error allowed, engine vs torch fp32")
     p.add_argument("--keep", default="", help="keep the init and parity files in this directory")
-    p.add_argument("--json", default="", help="also write the table as JSON")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for engine and torch (0: all cores)")
-    p.add_argument("--engine-args", default="",
+    p.add_argument("--json", type=bench_io.output_file, default="", help="also write the table as JSON")
+    p.add_argument("--threads", type=bench_io.threads_type, default=0,
+                   help=f"CPU threads for engine and torch, 0..{bench_io.MAX_THREADS} (0: all usable cores)")
+    p.add_argument("--engine-args", default=None,
                    help="extra flags for the engine's parity batch, e.g. \"--gemm tiled\" (split like a shell would)")
     p.add_argument("--torch-only", action="store_true",
                    help="no engine: torch fp32 vs fp64 on a torch init and a torch.rand noise batch")
     args = p.parse_args()
+    try:
+        args.engine_argv = shlex.split(args.engine_args or "")
+    except ValueError as e:
+        die(f"--engine-args {shown(args.engine_args)}: {e}")
+    if args.torch_only:
+        for flag, value in (("--engine", args.engine), ("--device", args.device), ("--engine-args", args.engine_args)):
+            if value is not None:
+                note(f"{flag} does nothing with --torch-only")
+    args.engine = os.path.abspath(args.engine or os.path.join(REPO, "build", "apps", "subliminal"))
+    args.device = args.device or "cpu"
+    args.sizes = (bench_io.IMAGE_PIXELS, *args.hidden, bench_io.N_CLASSES + args.ghosts)
+    return args
 
-    hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
-    sizes = (ts.IMAGE_PIXELS, *hidden, ts.N_CLASSES + args.ghosts)
-    threads = args.threads if args.threads > 0 else ts.usable_cores()
+
+def check_inputs(args):
+    """Paths, the data directory and (--torch-only) the --init file, before torch is imported."""
+    try:
+        args.data_dir = bench_io.locate_mnist(args.data, REPO)
+    except ValueError as e:
+        die(str(e))
+    if args.keep:
+        why = bench_io.output_dir_problem(args.keep)
+        if why:
+            die(f"--keep {shown(args.keep)}: {why}")
+    if args.init:
+        if not os.path.isfile(args.init):
+            die(f"--init {shown(args.init)}: " + ("is a directory" if os.path.isdir(args.init) else "no such file"))
+        if bench_io.same_file(args.json, args.init):
+            die(f"--json {shown(args.json)} is the --init file: the table would overwrite it")
+    if not args.torch_only and not (os.path.isfile(args.engine) and os.access(args.engine, os.X_OK)):
+        die(f"no engine executable at {shown(args.engine)} (build it, or pass --engine PATH)")
+    args.init_tensors = None
+    if args.torch_only and args.init:
+        try:
+            args.init_tensors, _ = bench_io.read_safetensors(args.init)
+            bench_io.check_init(args.init_tensors, args.sizes, args.init)
+        except ImportError:
+            die(f"numpy is not installed for {sys.executable}")
+        except ValueError as e:
+            die(f"--init {e}")
+
+
+def read_engine_file(path, what):
+    """A safetensors file the engine wrote: exit 3 when it did not, or wrote one that cannot be read."""
+    if not os.path.isfile(path):
+        die(f"{what} exited 0 but wrote no {shown(path)}", 3)
+    try:
+        return bench_io.read_safetensors(path)
+    except ValueError as e:
+        die(f"{what} wrote an unreadable file: {e}", 3)
+
+
+def main():
+    global ts, np, torch, F
+    args = parse_args()
+    check_inputs(args)
+    import torch_subliminal  # noqa: E402  (dies with a clear message when torch or numpy is missing)
+
+    ts, np, torch, F = torch_subliminal, torch_subliminal.np, torch_subliminal.torch, torch_subliminal.F
+
+    sizes, B = args.sizes, args.batch_size
+    threads = args.threads if args.threads > 0 else usable_cores()
     torch.set_num_threads(threads)
     torch.set_float32_matmul_precision("highest")  # no TF32 in the fp32 reference
     if args.torch_device == "cuda" and not torch.cuda.is_available():
         die("--torch-device cuda: torch.cuda.is_available() is False")
-    data_dir = ts.locate_mnist(args.data)
-    arrays = ts.load_mnist_arrays(data_dir)
-    B = args.batch_size
+    try:
+        arrays = bench_io.load_mnist_arrays(args.data_dir)
+    except ValueError as e:
+        die(str(e))
+    if len(arrays["train_images"]) < B:
+        die(f"--batch-size {B}: the training set in {shown(args.data_dir)} holds only {len(arrays['train_images'])} images")
     images, labels = arrays["train_images"][:B], arrays["train_labels"][:B]
 
     workdir = args.keep or tempfile.mkdtemp(prefix="parity_")
-    os.makedirs(workdir, exist_ok=True)
-    if not args.keep:
+    if args.keep:
+        try:
+            os.makedirs(workdir, exist_ok=True)
+        except OSError as e:
+            die(f"--keep {shown(args.keep)}: cannot make it ({e.strerror or e})")
+    else:
         atexit.register(shutil.rmtree, workdir, True)
     T, scale = DEFAULT_T, DEFAULT_SCALE
     engine_out = None
+    init_path = args.init
     if args.torch_only:
-        if args.init:
-            init, _ = ts.read_safetensors(args.init)
+        if args.init_tensors is not None:
+            init = args.init_tensors
         else:
             torch.manual_seed(args.seed)
             init = {k: v.numpy().copy() for k, v in ts.MLP(sizes).state_dict().items()}
         noise = (torch.rand(B, ts.IMAGE_PIXELS, generator=torch.Generator().manual_seed(args.seed)) * 2 - 1).numpy()
         print("parity.py: --torch-only: no engine; comparing torch fp32 with torch fp64")
     else:
-        engine = os.path.abspath(args.engine)
-        if not (os.path.isfile(engine) and os.access(engine, os.X_OK)):
-            die(f"no engine executable at {engine} (build it, or pass --engine PATH)")
+        engine = args.engine
         help_text = run_engine([engine, "--help"], "subliminal --help")
         if "--parity-batch" not in help_text:
             die(f"{engine} has no --parity-batch option (rebuild the app); `--torch-only` checks the torch side", 3)
-        common = ["--data", data_dir, "--device", args.device, "--threads", str(threads), "--seed", str(args.seed),
-                  "--hidden", ",".join(map(str, hidden)), "--ghosts", str(args.ghosts)]
-        init_path = args.init
+        common = ["--data", args.data_dir, "--device", args.device, "--threads", str(threads), "--seed", str(args.seed),
+                  "--hidden", ",".join(map(str, args.hidden)), "--ghosts", str(args.ghosts)]
         if not init_path:
             init_path = os.path.join(workdir, "init.safetensors")
             if os.path.exists(init_path):
@@ -173,20 +256,32 @@ def main():
         if os.path.exists(parity_path):  # a --keep folder's earlier run: the engine will not overwrite it
             os.remove(parity_path)
         run_engine([engine, *common, "--parity-batch", parity_path, "--load-init", init_path,
-                    "--batch-size", str(B), *shlex.split(args.engine_args)], "subliminal --parity-batch")
-        init, _ = ts.read_safetensors(init_path)
-        engine_out, meta = ts.read_safetensors(parity_path)
-        T = float(meta.get("temperature", T))
-        scale = float(meta.get("teacher_scale", scale))
+                    "--batch-size", str(B), *args.engine_argv], "subliminal --parity-batch")
+        if args.init:  # the engine has read it already
+            try:
+                init, _ = bench_io.read_safetensors(init_path)
+            except ValueError as e:
+                die(f"--init {e}")
+        else:
+            init, _ = read_engine_file(init_path, "subliminal --save-init")
+        engine_out, meta = read_engine_file(parity_path, "subliminal --parity-batch")
+        try:
+            T = float(meta.get("temperature", T))
+            scale = float(meta.get("teacher_scale", scale))
+        except (TypeError, ValueError):
+            die(f"{shown(parity_path)}: temperature / teacher_scale in its metadata are not numbers", 3)
         if "noise" not in engine_out:
             die(f"{parity_path} holds no `noise` tensor", 3)
+        if engine_out["noise"].size != B * ts.IMAGE_PIXELS:
+            die(f"{parity_path}: its `noise` holds {engine_out['noise'].size} values, not {B} × {ts.IMAGE_PIXELS}", 3)
         noise = engine_out["noise"].reshape(B, ts.IMAGE_PIXELS)
         print(f"parity.py: engine {engine} on {args.device}; init {init_path}; batch {parity_path}")
 
     names = list(ts.MLP(sizes).state_dict().keys())
-    missing = [k for k in names if k not in init]
-    if missing:
-        die(f"the init lacks {missing} (do --hidden/--ghosts match?)")
+    try:
+        bench_io.check_init(init, sizes, init_path or "the init")
+    except ValueError as e:
+        die(f"--init {e}" if args.init else str(e), 2 if args.init else 3)
     t32 = torch_side(init, images, labels, noise, sizes, args.ghosts, T, scale, torch.float32,
                      torch.device(args.torch_device))
     t64 = torch_side(init, images, labels, noise, sizes, args.ghosts, T, scale, torch.float64, torch.device("cpu"))
@@ -257,7 +352,7 @@ def main():
         worst = max(r["torch32_vs_torch64"] for r in rows)
         print(f"\ntorch fp32 vs fp64 worst: {worst:.2e} (no engine compared)")
     if args.json:
-        ts.write_json_atomically(args.json, {
+        write_json(args.json, {
             "engine_device": None if engine_out is None else args.device, "torch_device": args.torch_device,
             "batch_size": B, "sizes": list(sizes), "temperature": T, "teacher_scale": scale,
             "tolerance": args.tolerance, "worst_error": None if engine_out is None else worst32,
@@ -265,6 +360,13 @@ def main():
             "status": "pass" if status == 0 else "fail", "problems": problems, "rows": rows,
             "framework": f"pytorch {torch.__version__}"})
     return status
+
+
+def write_json(path, obj):
+    try:
+        bench_io.write_json_atomically(path, obj)
+    except OSError as e:
+        die(f"--json {shown(path)}: cannot write it ({e.strerror or e})")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,12 @@ plus "framework" and "variant". Two variants:
 Both distill the student (same init as the teacher) and, unless --no-cross-init, a cross-init control
 student (a fresh nn.Linear init from another seed) on the teacher's ghost logits only.
 
+Bad input — a flag value out of range, a --json path that cannot be written, a --data or $MNIST_DIR
+that does not hold the four IDX files, a damaged IDX or --load-init file — is refused with one line
+on stderr and exit status 2, before any training. The flags, paths and --load-init are checked
+before `import torch`, so such a mistake costs no start-up time. A --json report is written
+atomically after the run: an existing file is replaced only by a complete report.
+
   python3 bench/torch_subliminal.py --variant fast --device cpu --data /path/to/mnist --json out.json
 """
 import time
@@ -24,18 +30,21 @@ T_START = time.perf_counter()  # before importing torch: seconds.total covers th
 
 import argparse
 import contextlib
-import gzip
-import json
 import math
 import os
-
-from machine import cpu_model, usable_cores
 import platform
 import shutil
-import struct
 import sys
 import tempfile
 import warnings
+
+import bench_io
+from bench_io import IMAGE_PIXELS, MNIST_FILES, N_CLASSES, idx_path, shown
+from machine import cpu_model, usable_cores
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+COMPILE_MODES = ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
 def die(message, code=2):
@@ -43,10 +52,107 @@ def die(message, code=2):
     sys.exit(code)
 
 
+def note(message):
+    print(f"torch_subliminal.py: note: {message}", file=sys.stderr, flush=True)
+
+
+NUMPY_MISSING = (f"numpy is not installed for {sys.executable} (Debian: apt-get install python3-numpy; "
+                 "pip: pip install numpy)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags and input files, checked before numpy and torch are imported.
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="The seed notebook's subliminal-learning MNIST experiment in PyTorch (faithful or fast), "
+                    "writing the app's JSON report schema.")
+    p.add_argument("--variant", choices=["faithful", "fast"], default="fast")
+    p.add_argument("--data", default="", help="directory with the MNIST IDX files (raw or .gz)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=bench_io.seed_type, default=0, help="0 .. 2^64-1")
+    p.add_argument("--ghosts", type=bench_io.ghosts_type, default=3)
+    p.add_argument("--hidden", type=bench_io.hidden_widths, default="256,256",
+                   help=f"hidden widths, comma-separated (each 1..{bench_io.MAX_WIDTH})")
+    p.add_argument("--batch-size", type=bench_io.int_type(1, bench_io.MAX_BATCH), default=256)
+    p.add_argument("--lr", type=bench_io.positive_float, default=3e-4)
+    p.add_argument("--epochs-teacher", type=bench_io.epochs_type, default=5)
+    p.add_argument("--epochs-distill", type=bench_io.epochs_type, default=5)
+    p.add_argument("--temperature", type=bench_io.positive_float, default=1.0)
+    p.add_argument("--json", type=bench_io.output_file, default="", help="write the report to this JSON file")
+    p.add_argument("--threads", type=bench_io.threads_type, default=0,
+                   help=f"torch CPU threads, 0..{bench_io.MAX_THREADS} (0: all usable cores)")
+    p.add_argument("--load-init", default="", help="safetensors init from the app's --save-init")
+    p.add_argument("--no-cross-init", action="store_true", help="skip the cross-init control student")
+    p.add_argument("--control-seed", type=bench_io.seed_type, default=None,
+                   help="seed of the cross-init control's fresh init (default: seed + 1)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 for float32 matmuls (PyTorch's default: off)")
+    p.add_argument("--progress", action="store_true", help="tqdm progress bars (faithful variant)")
+    p.add_argument("--compile", action="store_true", help="fast variant: torch.compile the loss and Adam step")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                   help="torch.compile mode with --compile (default: default)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="fast variant on cuda: capture each training step as a CUDA graph")
+    p.add_argument("--arms", choices=["together", "sequential"], default=None,
+                   help="fast variant: distill student and control in one step (as the app, the default) "
+                        "or one after the other")
+    args = p.parse_args(argv)
+    args.hidden_sizes = args.hidden
+    if args.variant == "faithful" and (args.compile or args.cuda_graphs):
+        p.error("--compile and --cuda-graphs belong to --variant fast")
+    if args.compile and args.cuda_graphs:
+        p.error("pick one of --compile and --cuda-graphs (for compiled graphs: --compile --compile-mode reduce-overhead)")
+    if args.cuda_graphs and args.device == "cpu":
+        p.error("--cuda-graphs needs --device cuda")
+    # options that the other options make meaningless: said, not silently dropped
+    if args.compile_mode is not None and not args.compile:
+        note("--compile-mode does nothing without --compile")
+    if args.arms is not None and args.variant == "faithful":
+        note("--arms does nothing with --variant faithful (it distills the arms one after the other)")
+    if args.progress and args.variant == "fast":
+        note("--progress does nothing with --variant fast (progress bars are the faithful variant's)")
+    if args.control_seed is not None and args.no_cross_init:
+        note("--control-seed does nothing with --no-cross-init")
+    args.compile_mode = args.compile_mode or "default"
+    args.arms = args.arms or "together"
+    if args.control_seed is None:
+        args.control_seed = (args.seed + 1) % (bench_io.MAX_SEED + 1)
+    return args
+
+
+def check_inputs(args):
+    """The data directory and --load-init (read and checked against the MLP's shapes: numpy only).
+    Sets args.data_dir and args.init_tensors."""
+    try:
+        args.data_dir = bench_io.locate_mnist(args.data, REPO)
+    except ValueError as e:
+        die(str(e))
+    args.init_tensors = None
+    if args.load_init:
+        if not os.path.isfile(args.load_init):
+            die(f"--load-init {shown(args.load_init)}: "
+                + ("is a directory" if os.path.isdir(args.load_init) else "no such file"))
+        if bench_io.same_file(args.json, args.load_init):
+            die(f"--json {shown(args.json)} is the --load-init file: the report would overwrite it")
+        sizes = (IMAGE_PIXELS, *args.hidden_sizes, N_CLASSES + args.ghosts)
+        try:
+            args.init_tensors, _ = bench_io.read_safetensors(args.load_init)
+            bench_io.check_init(args.init_tensors, sizes, args.load_init)
+        except ImportError:
+            die(NUMPY_MISSING)
+        except ValueError as e:
+            die(f"--load-init {e}")
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()
+    check_inputs(ARGS)
+
 try:
     import numpy as np
 except ImportError:
-    die(f"numpy is not installed for {sys.executable} (Debian: apt-get install python3-numpy; pip: pip install numpy)")
+    die(NUMPY_MISSING)
 try:
     import torch
     import torch.nn.functional as F
@@ -59,121 +165,23 @@ except ImportError as e:
 
 T_IMPORTED = time.perf_counter()
 
-N_CLASSES = 10
-IMAGE_PIXELS = 28 * 28
-MNIST_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-
 
 # ----------------------------------------------------------------------------------------------
-# Files: MNIST IDX (raw or .gz) and safetensors, with numpy only.
-
-
-def default_data_dirs():
-    here = os.path.dirname(os.path.abspath(__file__))
-    repo = os.path.dirname(here)
-    dirs = []
-    if os.environ.get("MNIST_DIR"):
-        dirs.append(os.environ["MNIST_DIR"])
-    dirs += [
-        "data/mnist",
-        os.path.join(repo, "data", "mnist"),
-        os.path.join(repo, "shared", "mnist"),
-        os.path.join(os.path.dirname(repo), "shared", "mnist"),
-        os.path.expanduser("~/.pytorch/MNIST_data/MNIST/raw"),
-    ]
-    return dirs
-
-
-def idx_path(directory, base):
-    """The file for `base` in `directory`: raw if present, else .gz; None if neither."""
-    for name in (base, base + ".gz"):
-        p = os.path.join(directory, name)
-        if os.path.isfile(p):
-            return p
-    return None
-
-
-def locate_mnist(data_dir):
-    candidates = [data_dir] if data_dir else default_data_dirs()
-    for d in candidates:
-        for sub in (d, os.path.join(d, "MNIST", "raw")):
-            if all(idx_path(sub, b) for b in MNIST_FILES.values()):
-                return os.path.abspath(sub)
-    where = data_dir if data_dir else ", ".join(candidates)
-    die(f"no MNIST IDX files (train-images-idx3-ubyte[.gz] and the other three) in {where}; pass --data DIR")
-
-
-def read_idx(path):
-    """An IDX file (big-endian header, unsigned-byte payload) as a numpy uint8 array."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic)")
-    if raw[2] != 0x08:
-        raise ValueError(f"{path}: IDX element type 0x{raw[2]:02x}, expected unsigned byte (0x08)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
-    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
-    count = int(np.prod(dims)) if dims else 1
-    if len(raw) - header != count:
-        raise ValueError(f"{path}: holds {len(raw) - header} data bytes, header says {count}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable, for torch
+# Files: MNIST IDX (raw or .gz) and safetensors, with numpy only (bench_io.py).
 
 
 def load_mnist_arrays(directory):
-    out = {k: read_idx(idx_path(directory, b)) for k, b in MNIST_FILES.items()}
-    for split in ("train", "test"):
-        imgs, labels = out[split + "_images"], out[split + "_labels"]
-        if imgs.ndim != 3 or imgs.shape[1:] != (28, 28) or labels.shape != (imgs.shape[0],):
-            die(f"{directory}: unexpected MNIST {split} shapes {imgs.shape} / {labels.shape}")
-    return out
-
-
-SAFETENSORS_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "I32": "<i4", "I64": "<i8", "U8": "u1",
-                      "I8": "i1", "I16": "<i2"}
-
-
-def read_safetensors(path):
-    """{name: numpy array}, metadata — the safetensors format read with numpy (8-byte LE header length,
-    JSON header, raw little-endian data)."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 8:
-        raise ValueError(f"{path}: too short for a safetensors file")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if 8 + n > len(raw):
-        raise ValueError(f"{path}: header length {n} runs past the end of the file")
-    header = json.loads(raw[8:8 + n].decode("utf-8"))
-    base = 8 + n
-    tensors, metadata = {}, header.pop("__metadata__", {}) or {}
-    for name, info in header.items():
-        dtype = SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise ValueError(f"{path}: {name} has unsupported dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        shape = tuple(int(s) for s in info["shape"])
-        count = int(np.prod(shape)) if shape else 1
-        if end - begin != count * np.dtype(dtype).itemsize or base + end > len(raw):
-            raise ValueError(f"{path}: {name} offsets {begin}..{end} do not fit shape {shape} / the file")
-        tensors[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=base + begin).reshape(shape).copy()
-    return tensors, metadata
+    try:
+        return bench_io.load_mnist_arrays(directory)
+    except ValueError as e:
+        die(str(e))
 
 
 def write_json_atomically(path, obj):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        bench_io.write_json_atomically(path, obj)
+    except OSError as e:
+        die(f"--json {shown(path)}: cannot write it ({e.strerror or e})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,21 +202,10 @@ class MLP(nn.Module):
         return self.net(x.view(x.size(0), -1))
 
 
-def load_init_into(model, path):
-    """Copies a safetensors init written by the app's --save-init (net.0.weight, ...) into `model`."""
-    try:
-        tensors, _ = read_safetensors(path)
-    except (OSError, ValueError) as e:
-        die(f"--load-init: {e}")
+def load_init_into(model, tensors):
+    """Copies a safetensors init written by the app's --save-init (net.0.weight, ...; read and checked
+    against this MLP's names and shapes by check_inputs) into `model`."""
     state = model.state_dict()
-    missing = [k for k in state if k not in tensors]
-    extra = [k for k in tensors if k not in state]
-    if missing or extra:
-        die(f"--load-init {path}: names differ from this MLP's (missing {missing}, extra {extra}); "
-            "do --hidden and --ghosts match the file?")
-    for k, v in state.items():
-        if tuple(tensors[k].shape) != tuple(v.shape):
-            die(f"--load-init {path}: {k} is {tuple(tensors[k].shape)}, this MLP has {tuple(v.shape)}")
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(tensors[k])).to(v.dtype) for k, v in state.items()})
 
 
@@ -344,14 +341,24 @@ def notebook_datasets(data_dir, tmp_root):
                 NotebookMNIST(arrays["test_images"], arrays["test_labels"], tfm), "own Dataset (no torchvision)")
     raw = os.path.join(tmp_root, "MNIST", "raw")
     os.makedirs(raw, exist_ok=True)
-    for base in MNIST_FILES.values():
-        src = idx_path(data_dir, base)
-        dst = os.path.join(raw, base)
-        if src.endswith(".gz"):
-            with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-        else:
-            os.symlink(os.path.abspath(src), dst)
+    sources = {}
+    try:
+        for key, base in MNIST_FILES.items():
+            src = sources[key] = idx_path(data_dir, base)
+            dst = os.path.join(raw, base)
+            if src.endswith(".gz"):
+                bench_io.gunzip_to(src, dst)
+            else:
+                os.symlink(os.path.abspath(src), dst)
+        # torchvision reads the files without checking them (a short file is a reshape error deep
+        # inside it): the headers and sizes here, the labels in full (they are small)
+        for split in ("train", "test"):
+            images = os.path.join(raw, MNIST_FILES[split + "_images"])
+            bench_io.check_mnist_split(split, sources[split + "_images"],
+                                       bench_io.idx_dims(images, sources[split + "_images"]),
+                                       sources[split + "_labels"], bench_io.read_idx(sources[split + "_labels"]))
+    except ValueError as e:
+        die(str(e))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train_ds = datasets.MNIST(root=tmp_root, train=True, download=False, transform=tfm)
@@ -803,85 +810,32 @@ def run_fast(args, ctx):
 # ----------------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="The seed notebook's subliminal-learning MNIST experiment in PyTorch (faithful or fast), "
-                    "writing the app's JSON report schema.")
-    p.add_argument("--variant", choices=["faithful", "fast"], default="fast")
-    p.add_argument("--data", default="", help="directory with the MNIST IDX files (raw or .gz)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ghosts", type=int, default=3)
-    p.add_argument("--hidden", default="256,256", help="hidden widths, comma-separated")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--epochs-teacher", type=int, default=5)
-    p.add_argument("--epochs-distill", type=int, default=5)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--json", default="", help="write the report to this JSON file")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all usable cores)")
-    p.add_argument("--load-init", default="", help="safetensors init from the app's --save-init")
-    p.add_argument("--no-cross-init", action="store_true", help="skip the cross-init control student")
-    p.add_argument("--control-seed", type=int, default=None,
-                   help="seed of the cross-init control's fresh init (default: seed + 1)")
-    p.add_argument("--tf32", action="store_true", help="allow TF32 for float32 matmuls (PyTorch's default: off)")
-    p.add_argument("--progress", action="store_true", help="tqdm progress bars (faithful variant)")
-    p.add_argument("--compile", action="store_true", help="fast variant: torch.compile the loss and Adam step")
-    p.add_argument("--compile-mode", default="default",
-                   help="torch.compile mode (default | reduce-overhead | max-autotune-no-cudagraphs)")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="fast variant on cuda: capture each training step as a CUDA graph")
-    p.add_argument("--arms", choices=["together", "sequential"], default="together",
-                   help="fast variant: distill student and control in one step (as the app) or one after the other")
-    args = p.parse_args(argv)
-    try:
-        args.hidden_sizes = [int(h) for h in args.hidden.split(",") if h.strip()]
-    except ValueError:
-        p.error(f"--hidden {args.hidden!r}: expected comma-separated integers")
-    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
-        p.error("--hidden needs at least one positive width")
-    if args.ghosts < 1:
-        p.error("--ghosts must be ≥ 1")
-    if args.batch_size < 1 or args.epochs_teacher < 0 or args.epochs_distill < 0 or args.temperature <= 0:
-        p.error("--batch-size ≥ 1, --epochs-* ≥ 0 and --temperature > 0 please")
-    if args.variant == "faithful" and (args.compile or args.cuda_graphs):
-        p.error("--compile and --cuda-graphs belong to --variant fast")
-    if args.compile and args.cuda_graphs:
-        p.error("pick one of --compile and --cuda-graphs (for compiled graphs: --compile --compile-mode reduce-overhead)")
-    if args.control_seed is None:
-        args.control_seed = args.seed + 1
-    return args
-
-
-
-
-
 def main(argv=None):
+    """Parses and checks `argv` (after import torch: as a script, __main__ does it before) and runs."""
     args = parse_args(argv)
-    check_args(args)
+    check_inputs(args)
+    return checked_run(args)
+
+
+def checked_run(args):
+    check_torch_args(args)
     return run(args)
 
 
-def check_args(args):
+def check_torch_args(args):
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         die("--device cuda: torch.cuda.is_available() is False "
             f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})", 2)
     if args.cuda_graphs and args.device != "cuda":
-        die("--cuda-graphs needs --device cuda")
+        die("--cuda-graphs needs --device cuda (no GPU found for --device auto)")
     if args.compile and not hasattr(torch, "compile"):
         die(f"--compile needs torch ≥ 2.0 (this is {torch.__version__})")
-    if args.json:
-        d = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(d):
-            die(f"--json {args.json}: directory {d} does not exist")
-    if args.load_init and not os.path.isfile(args.load_init):
-        die(f"--load-init {args.load_init}: no such file")
 
 
 def run(args):
-    data_dir = locate_mnist(args.data)
+    data_dir = args.data_dir
 
     threads = args.threads if args.threads > 0 else usable_cores()
     torch.set_num_threads(threads)
@@ -893,8 +847,8 @@ def run(args):
     sizes = (IMAGE_PIXELS, *args.hidden_sizes, N_CLASSES + args.ghosts)
     teacher = MLP(sizes)
     student = MLP(sizes)
-    if args.load_init:
-        load_init_into(teacher, args.load_init)
+    if args.init_tensors is not None:
+        load_init_into(teacher, args.init_tensors)
     student.load_state_dict(teacher.state_dict())  # start with the same init
     control = None if args.no_cross_init else make_control(sizes, args.control_seed)
     teacher, student = teacher.to(device), student.to(device)
@@ -977,4 +931,4 @@ def run(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(checked_run(ARGS))  # ARGS: parsed and checked at the top, before import torch

@@ -7,20 +7,64 @@ reports (apps/subliminal --json): the median of each timing, and current ÷ base
 scripts/gpu_check.sh --baseline DIR runs the two builds alternately and calls this. Accuracies
 are printed too: the same seed on the same path gives the same numbers, so a change in them
 says the change altered the arithmetic (expected where summation order changed).
+
+A file that cannot be read, is not JSON, or is not shaped like the app's report (an object with
+"seconds"; gpu_seconds, us_per_step and seconds holding numbers; arms holding a numeric test_acc)
+stops the summary with one line naming it on stderr and exit status 2, as does a side with no files.
 """
 import json
 import statistics
 import sys
 
 
+def die(message):
+    print(f"ab_summary.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def shown(text):
+    return text if text.isprintable() else repr(text)
+
+
+def is_number(v):
+    """A JSON number, or null (the app writes a NaN as null)."""
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def num(v):
+    return float("nan") if v is None else v
+
+
+def report_problem(r):
+    """Why r is not shaped like the app's --json report (one line), or None."""
+    if not isinstance(r, dict):
+        return f"a JSON {type(r).__name__}, not the app's --json report (an object)"
+    if "seconds" not in r:
+        return "no seconds: not the app's --json report"
+    for key in ("gpu_seconds", "us_per_step", "seconds"):
+        part = r.get(key, {})
+        if not isinstance(part, dict) or not all(is_number(v) for v in part.values()):
+            return f"{key}: expected an object of numbers"
+    for arm in ("teacher", "student", "cross_init"):
+        if arm in r and not (isinstance(r[arm], dict) and is_number(r[arm].get("test_acc"))):
+            return f"{arm}: expected an object with a numeric test_acc"
+    return None
+
+
 def load(paths):
     reports = []
     for p in paths:
         try:
-            with open(p) as f:
-                reports.append(json.load(f))
-        except (OSError, ValueError) as e:
-            print(f"ab_summary.py: {p}: {e}", file=sys.stderr)
+            with open(p, encoding="utf-8") as f:
+                r = json.load(f)
+        except OSError as e:
+            die(f"{shown(p)}: cannot read it ({e.strerror or e})")
+        except ValueError as e:  # also UnicodeDecodeError
+            die(f"{shown(p)}: not JSON ({str(e).splitlines()[0]})")
+        why = report_problem(r)
+        if why:
+            die(f"{shown(p)}: {why}")
+        reports.append(r)
     return reports
 
 
@@ -30,13 +74,13 @@ def rows(reports):
     def add(name, value):
         out.setdefault(name, []).append(value)
     for r in reports:
-        add("GPU s in training", r.get("gpu_seconds", {}).get("training", float("nan")))
+        add("GPU s in training", num(r.get("gpu_seconds", {}).get("training")))
         for phase, us in r.get("us_per_step", {}).items():
-            add(f"µs/step {phase}", us)
-        add("wall s (whole run)", r.get("seconds", {}).get("total", float("nan")))
+            add(f"µs/step {phase}", num(us))
+        add("wall s (whole run)", num(r.get("seconds", {}).get("total")))
         for arm in ("teacher", "student", "cross_init"):
             if arm in r:
-                add(f"accuracy {arm}", r[arm]["test_acc"])
+                add(f"accuracy {arm}", num(r[arm]["test_acc"]))
     return out
 
 
@@ -45,10 +89,10 @@ def main(argv):
         print("usage: scripts/ab_summary.py BASELINE.json... -- CURRENT.json...", file=sys.stderr)
         return 2
     cut = argv.index("--")
+    if cut == 0 or cut == len(argv) - 1:
+        die(f"no report files {'before' if cut == 0 else 'after'} -- "
+            "(usage: scripts/ab_summary.py BASELINE.json... -- CURRENT.json...)")
     base, cur = rows(load(argv[:cut])), rows(load(argv[cut + 1:]))
-    if not base or not cur:
-        print("ab_summary.py: no readable reports on one side", file=sys.stderr)
-        return 2
     print(f"A/B, medians of {len(next(iter(base.values())))} baseline and {len(next(iter(cur.values())))} current runs:")
     print(f"  {'':24s} {'baseline':>10s} {'current':>10s} {'current/baseline':>17s}")
     for name in list(base) + [n for n in cur if n not in base]:

@@ -4,10 +4,18 @@
   plot.py REPORT.json --out arms.png      the arms of one run as bars with 95% CIs
                                           (the paper's Fig. 10b from `--preset paper`)
   plot.py SWEEP.jsonl --out sweep.png     accuracy of each arm against the swept setting(s)
+
+--out's extension picks the format (png, pdf, svg, … as matplotlib writes them); without one, .png is
+added. The input is checked before matplotlib is imported, and the figure is written to a temporary
+file beside --out and renamed: a bad input or --out (a directory, a missing folder, an unknown
+extension) is refused with one line on stderr and exit status 2, and an existing --out is left as it was.
 """
 import argparse
 import json
+import math
+import os
 import sys
+import tempfile
 
 ARMS = [  # (JSON key, label, colour) in the paper's order
     ("reference", "reference\n(untrained)", "#9e9e9e"),
@@ -17,6 +25,128 @@ ARMS = [  # (JSON key, label, colour) in the paper's order
     ("cross_init", "cross-init\nghost logits", "#7f7f7f"),
     ("cross_init_all_logits", "cross-init\nall logits", "#bcbd22"),
 ]
+
+
+def die(message):
+    print(f"plot.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def shown(text):
+    return text if text.isprintable() else repr(text)
+
+
+def is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_report(report):
+    """Why a --json report cannot be drawn (one line), or None."""
+    if not isinstance(report, dict):
+        return f"a JSON {type(report).__name__}, not the app's --json report (an object)"
+    arms = [k for k, _, _ in ARMS if k in report]
+    if not arms:
+        return "holds none of the arms " + ", ".join(k for k, _, _ in ARMS) + " (is it the app's --json report?)"
+    for k in arms:
+        a = report[k]
+        if not isinstance(a, dict) or not is_number(a.get("test_acc")):
+            return f"{k}: expected an object with a numeric test_acc"
+        if not is_number(a.get("ci95", 0.0)) or a.get("ci95", 0.0) < 0 or not is_number(a.get("n", 1)):
+            return f"{k}: ci95 must be a number ≥ 0 and n a number"
+    for key in ("config", "device", "seconds"):
+        if not isinstance(report.get(key, {}), dict):
+            return f"{key}: expected an object"
+    if not is_number(report.get("seconds", {}).get("total", 0.0)):
+        return "seconds.total: expected a number"
+    return None
+
+
+def check_sweep_row(row):
+    """Why one --sweep-out .jsonl row cannot be drawn, or None."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    if not isinstance(row.get("arm"), str):
+        return "no arm name (\"arm\")"
+    if not is_number(row.get("test_acc")) or not is_number(row.get("ci95", 0.0)) or row.get("ci95", 0.0) < 0:
+        return "test_acc must be a number and ci95 a number ≥ 0"
+    settings = row.get("settings")
+    if not isinstance(settings, dict) or not all(isinstance(v, (str, int, float)) for v in settings.values()):
+        return "settings: expected an object of plain values"
+    return None
+
+
+def load_input(path):
+    """("arms", report) or ("sweep", rows), checked; dies with one line naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.endswith(".jsonl"):
+                rows = []
+                for number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as e:
+                        die(f"{shown(path)}: line {number}: not JSON ({e})")
+                    why = check_sweep_row(row)
+                    if why:
+                        die(f"{shown(path)}: line {number}: {why}")
+                    rows.append(row)
+                if not rows:
+                    die(f"{shown(path)}: no sweep rows")
+                if not any(r["settings"] for r in rows):
+                    die(f"{shown(path)}: the sweep rows carry no settings")
+                return "sweep", rows
+            report = json.load(f)
+    except OSError as e:
+        die(f"{shown(path)}: cannot read it ({e.strerror or e})")
+    except ValueError as e:  # also UnicodeDecodeError
+        die(f"{shown(path)}: not JSON ({str(e).splitlines()[0]})")
+    why = check_report(report)
+    if why:
+        die(f"{shown(path)}: {why}")
+    return "arms", report
+
+
+def output_path(out):
+    """The file --out names (.png added when it has no extension), after checking it can be written."""
+    if out.endswith("/"):
+        die(f"--out {shown(out)}: names a directory (it ends with /)")
+    if os.path.isdir(out):
+        die(f"--out {shown(out)}: is a directory (name the image file, e.g. {shown(os.path.join(out, 'fig.png'))})")
+    if not os.path.splitext(os.path.basename(out))[1]:
+        out += ".png"
+    target = os.path.realpath(out)
+    if os.path.isdir(target):
+        die(f"--out {shown(out)}: is a directory")
+    if os.path.lexists(target) and not os.path.isfile(target):
+        die(f"--out {shown(out)}: exists and is not a regular file")
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        die(f"--out {shown(out)}: directory {shown(parent)} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        die(f"--out {shown(out)}: directory {shown(parent)} is not writable")
+    return out
+
+
+def save_atomically(fig, out):
+    """fig to a temporary file beside out, renamed over it: a failure leaves neither half a file nor the temporary."""
+    target = os.path.realpath(out)
+    fmt = os.path.splitext(target)[1][1:].lower()
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix="." + fmt)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=130, format=fmt)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def arms_figure(report, out, plt):
@@ -35,31 +165,30 @@ def arms_figure(report, out, plt):
     ax.set_ylabel("MNIST test accuracy")
     cfg = report.get("config", {})
     device = report.get("device", {}).get("name", "?")
+    total = report.get("seconds", {}).get("total")
     ax.set_title(f"Subliminal learning on MNIST — {cfg.get('preset', '?')} preset, mean ± 95% CI over {n} models\n"
-                 f"({device}, {report['seconds']['total']:.1f} s)", fontsize=10)
+                 f"({device}, {'?' if total is None else format(total, '.1f')} s)", fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=130)
+    save_atomically(fig, out)
 
 
 def sweep_figure(rows, out, plt):
-    keys = sorted({k for r in rows for k in r.get("settings", {})})
-    if not keys:
-        sys.exit("plot.py: the sweep rows carry no settings")
+    keys = sorted({k for r in rows for k in r["settings"]})
     x_key = keys[0]
     others = keys[1:]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     series = {}
     for r in rows:
         s = r["settings"]
-        label = r["arm"] + "".join(f", {k}={s[k]}" for k in others)
-        series.setdefault(label, []).append((s[x_key], r["test_acc"], r.get("ci95", 0.0)))
+        label = r["arm"] + "".join(f", {k}={s.get(k, '—')}" for k in others)
+        series.setdefault(label, []).append((s.get(x_key, "—"), r["test_acc"], r.get("ci95", 0.0)))
 
     def as_number(v):
         try:
             return float(v)
         except ValueError:
-            return v
+            return str(v)
 
     for label, points in sorted(series.items()):
         points.sort(key=lambda p: (isinstance(as_number(p[0]), str), as_number(p[0])))
@@ -71,29 +200,34 @@ def sweep_figure(rows, out, plt):
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=130)
+    save_atomically(fig, out)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="a --json report or a --sweep-out .jsonl file")
-    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--out", required=True, help="image file to write (.png added when it has no extension)")
     args = parser.parse_args()
+    out = output_path(args.out)
+    kind, data = load_input(args.input)
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
-        sys.exit("plot.py: matplotlib is missing (scripts/setup.sh --bench installs it)")
+        die("matplotlib is missing (scripts/setup.sh --bench installs it)")
+    fmt = os.path.splitext(out)[1][1:].lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in formats:
+        die(f"--out {shown(out)}: matplotlib cannot write .{shown(fmt)} files (it writes {', '.join(sorted(formats))})")
     try:
-        with open(args.input) as f:
-            if args.input.endswith(".jsonl"):
-                sweep_figure([json.loads(line) for line in f if line.strip()], args.out, plt)
-            else:
-                arms_figure(json.load(f), args.out, plt)
-    except (OSError, ValueError, KeyError) as e:
-        sys.exit(f"plot.py: {args.input}: {e}")
-    print(f"plot.py: wrote {args.out}")
+        (sweep_figure if kind == "sweep" else arms_figure)(data, out, plt)
+    except OSError as e:
+        die(f"--out {shown(out)}: cannot write it ({e.strerror or e})")
+    except ValueError as e:
+        die(f"{shown(args.input)}: cannot draw it ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    print(f"plot.py: wrote {out}")
 
 
 if __name__ == "__main__":

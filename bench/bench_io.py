@@ -1,0 +1,438 @@
+"""bench/bench_io.py — what the bench scripts take in and write out, checked, without torch.
+
+  argparse types   whole numbers in a range, finite positive numbers, seeds, thread counts, hidden
+                   widths, output files — each refuses a bad value with one line (exit 2 by argparse)
+  MNIST            where the IDX files are (an explicit --data or a set $MNIST_DIR is a promise: no
+                   fallback elsewhere) and what a readable copy looks like
+  safetensors      the app's --save-init files, read and checked against an MLP's shapes
+  outputs          why a path cannot be written, checked before any work; JSON written atomically
+                   (a temporary file beside the target, removed on any failure)
+
+Every check raises ValueError (argparse.ArgumentTypeError inside the types) with one line that
+names the file or value and what is wrong; the scripts print it as `script: error: …` and exit 2.
+numpy is imported only by the functions that read data, so compare.py can use the rest on a
+machine without it.
+"""
+import argparse
+import gzip
+import json
+import math
+import os
+import struct
+import tempfile
+import zlib
+
+MAX_THREADS = 1024      # the engine's --threads range is 0..1024 (0: all usable cores)
+MAX_WIDTH = 65536       # the engine's largest --hidden width
+MAX_SEED = 2**64 - 1    # the engine's seeds and torch.manual_seed take 0 .. 2^64 - 1
+MAX_EPOCHS = 100000     # the engine's --epochs-* range
+MAX_GHOSTS = 100000     # the engine's --ghosts range (its lower bound is 2)
+MAX_BATCH = 1 << 24     # the engine's --batch-size range
+
+IMAGE_PIXELS = 28 * 28
+N_CLASSES = 10
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FETCH_HINT = "fetch it with scripts/fetch_mnist.sh DIR"
+
+
+def shown(text):
+    """`text` as it can stand in a one-line message: itself, or its repr() when it holds a line
+    break or another unprintable character."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)
+
+
+# ---------------------------------------------------------------------------------------------- argparse types
+
+
+def int_type(lo, hi=None, note=""):
+    """An argparse type: a whole number in lo..hi (hi None: no upper bound)."""
+    span = f"from {lo} up" if hi is None else f"from {lo} to {hi}"
+
+    def parse(text):
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected a whole number {span}{note}, got {shown(text)!s}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def float_type(minimum=0.0, inclusive=False):
+    """An argparse type: a finite number > minimum (≥ with inclusive)."""
+    rel = "≥" if inclusive else ">"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected a finite number {rel} {minimum:g}, got {shown(text)!s}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = int_type(1)
+non_negative_int = int_type(0)
+positive_float = float_type(0.0)
+threads_type = int_type(0, MAX_THREADS, " (0: all usable cores)")
+seed_type = int_type(0, MAX_SEED)
+epochs_type = int_type(0, MAX_EPOCHS)
+ghosts_type = int_type(1, MAX_GHOSTS)
+
+
+def hidden_widths(text):
+    """An argparse type: comma-separated hidden widths, each 1..MAX_WIDTH, at least one."""
+    widths = []
+    for part in text.split(","):
+        try:
+            w = int(part.strip(), 10)
+        except ValueError:
+            w = None
+        if w is None or not 1 <= w <= MAX_WIDTH:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated layer widths from 1 to {MAX_WIDTH} (e.g. 256,256), got {shown(text)}")
+        widths.append(w)
+    return widths
+
+
+hidden_widths.__name__ = "widths"
+
+
+def output_file_problem(path):
+    """Why `path` cannot be written as an output file (one line), or None when it can. A link is
+    followed: the file it points at is what gets written."""
+    if path.endswith("/"):
+        return "names a directory (it ends with /)"
+    target = os.path.realpath(path)
+    if os.path.isdir(target):
+        return "is a directory"
+    if os.path.lexists(target) and not os.path.isfile(target):
+        return "exists and is not a regular file"
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        return f"directory {shown(parent)} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {shown(parent)} is not writable"
+    return None
+
+
+def output_file(text):
+    """An argparse type: a file the script may write (see output_file_problem); "" passes (unset)."""
+    if text:
+        why = output_file_problem(text)
+        if why:
+            raise argparse.ArgumentTypeError(f"{shown(text)}: {why}")
+    return text
+
+
+output_file.__name__ = "output file"
+
+
+def output_dir_problem(path):
+    """Why `path` cannot be used as an output directory, made with its parents where missing, or None."""
+    p = os.path.abspath(path)
+    if os.path.lexists(p) and not os.path.isdir(p):
+        return "exists and is not a directory"
+    q = p
+    while not os.path.lexists(q):
+        q = os.path.dirname(q)
+    if not os.path.isdir(q):
+        return f"{shown(q)} is not a directory"
+    if not os.access(q, os.W_OK | os.X_OK):
+        return f"directory {shown(q)} is not writable"
+    return None
+
+
+def same_file(a, b):
+    """Whether two paths name the same file (after links), for refusing an output that would
+    overwrite an input."""
+    return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
+
+
+def write_json_atomically(path, obj):
+    """Writes `obj` as JSON to a temporary file beside `path` (after links), then renames it over
+    `path`: a reader never sees half a file, and a failure leaves neither a half-written target nor
+    the temporary file. Raises OSError (and whatever json.dump raises) after cleaning up."""
+    target = os.path.realpath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 → what open() would have given
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- MNIST
+
+
+def idx_path(directory, base):
+    """The file for `base` in `directory`: raw if present, else .gz; None if neither."""
+    for name in (base, base + ".gz"):
+        p = os.path.join(directory, name)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def why_not_mnist(directory):
+    """Why `directory` does not hold the four MNIST files (e.g. "no such directory"); None when it does."""
+    if not os.path.isdir(directory):
+        return "not a directory" if os.path.lexists(directory) else "no such directory"
+    missing = [b + "[.gz]" for b in MNIST_FILES.values() if not idx_path(directory, b)]
+    if len(missing) == len(MNIST_FILES):
+        return "none of the four MNIST files"
+    return "missing " + ", ".join(missing) if missing else None
+
+
+def default_data_dirs(repo):
+    """Where MNIST is looked for when neither --data nor $MNIST_DIR names a place."""
+    return ["data/mnist", os.path.join(repo, "data", "mnist"), os.path.join(repo, "shared", "mnist"),
+            os.path.join(os.path.dirname(repo), "shared", "mnist"),
+            os.path.expanduser("~/.pytorch/MNIST_data/MNIST/raw")]
+
+
+def locate_mnist(data_dir, repo):
+    """The directory holding the four IDX files (raw or .gz; DIR or DIR/MNIST/raw). An explicit
+    --data or a set $MNIST_DIR must hold them: a typo does not quietly read another copy.
+    Raises ValueError with one line."""
+
+    def holds(d):
+        for sub in (d, os.path.join(d, "MNIST", "raw")):
+            if why_not_mnist(sub) is None:
+                return os.path.abspath(sub)
+        return None
+
+    if data_dir:
+        found = holds(data_dir)
+        if found:
+            return found
+        raise ValueError(f"--data {shown(data_dir)}: does not hold MNIST ({why_not_mnist(data_dir)}); {FETCH_HINT}")
+    env = os.environ.get("MNIST_DIR")
+    if env:
+        found = holds(env)
+        if found:
+            return found
+        raise ValueError(f"$MNIST_DIR={shown(env)}: does not hold MNIST ({why_not_mnist(env)}); {FETCH_HINT}, "
+                         "or unset MNIST_DIR to search ./data/mnist, shared/mnist and ~/.pytorch/MNIST_data/MNIST/raw")
+    places = default_data_dirs(repo)
+    for d in places:
+        found = holds(d)
+        if found:
+            return found
+    raise ValueError(f"MNIST not found ($MNIST_DIR not set; searched {', '.join(map(shown, places))}); "
+                     f"{FETCH_HINT}, then pass --data DIR or set MNIST_DIR=DIR")
+
+
+class gzip_errors:
+    """Turns what reading a damaged .gz (or any unreadable file) raises into ValueError naming `name`."""
+
+    def __init__(self, name):
+        self.name = shown(name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, _tb):
+        if kind is None:
+            return False
+        if isinstance(e, gzip.BadGzipFile):
+            raise ValueError(f"{self.name}: not a gzip file (its name ends in .gz)") from None
+        if isinstance(e, EOFError):
+            raise ValueError(f"{self.name}: truncated (the gzip stream ends before its end marker)") from None
+        if isinstance(e, zlib.error):
+            raise ValueError(f"{self.name}: corrupt gzip data ({e})") from None
+        if isinstance(e, OSError):
+            raise ValueError(f"{self.name}: cannot read it ({e.strerror or e})") from None
+        return False
+
+
+def read_file_bytes(path):
+    """The bytes of a file, gunzipped when its name ends in .gz; ValueError naming the file and the defect."""
+    with gzip_errors(path):
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+            return f.read()
+
+
+def gunzip_to(src, dst):
+    """Decompresses src into dst; ValueError naming src when it is not a whole gzip file."""
+    import shutil
+
+    with gzip_errors(src):
+        with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+
+
+def parse_idx_header(path, head, size):
+    """(dims, header bytes) of an IDX file of unsigned bytes (named `path` in messages) whose first
+    bytes are `head` and whose length is `size`; ValueError when the header is bad or the payload is
+    not the size it says."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        raise ValueError(f"{shown(path)}: not an IDX file (bad magic)")
+    if head[2] != 0x08:
+        raise ValueError(f"{shown(path)}: IDX element type 0x{head[2]:02x}, expected unsigned byte (0x08)")
+    ndim = head[3]
+    header = 4 + 4 * ndim
+    if size < header or len(head) < header:
+        raise ValueError(f"{shown(path)}: truncated IDX header ({size} bytes, a {ndim}-dimensional header needs {header})")
+    dims = struct.unpack(">" + "I" * ndim, head[4:header])
+    count = math.prod(dims)
+    if size - header != count:
+        raise ValueError(f"{shown(path)}: holds {size - header} data bytes, its IDX header says {count}")
+    return dims, header
+
+
+def read_idx(path):
+    """An IDX file (raw or .gz; big-endian header, unsigned-byte payload) as a writable numpy uint8
+    array; ValueError naming the file and the defect."""
+    import numpy as np
+
+    raw = read_file_bytes(path)
+    dims, header = parse_idx_header(path, raw[:4 + 4 * 255], len(raw))
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable, for torch
+
+
+def idx_dims(path, name=None):
+    """The dims of an uncompressed IDX file, after checking its header and size, reading only the
+    header; messages call it `name` (default: path)."""
+    name = name or path
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4 + 4 * 255)
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise ValueError(f"{shown(name)}: cannot read it ({e.strerror or e})") from None
+    return parse_idx_header(name, head, size)[0]
+
+
+def check_mnist_split(split, images_path, image_dims, labels_path, labels):
+    """ValueError when a split's images are not N×28×28, its labels not N digits 0..9."""
+    if len(image_dims) != 3 or tuple(image_dims[1:]) != (28, 28):
+        raise ValueError(f"{shown(images_path)}: MNIST {split} images must be N×28×28, the file holds {tuple(image_dims)}")
+    if labels.ndim != 1 or labels.shape[0] != image_dims[0]:
+        raise ValueError(f"{shown(labels_path)}: holds labels of shape {tuple(labels.shape)} for "
+                         f"{image_dims[0]} {split} images; the counts must match")
+    if labels.size and int(labels.max()) >= N_CLASSES:
+        i = int((labels >= N_CLASSES).argmax())
+        raise ValueError(f"{shown(labels_path)}: label {int(labels[i])} at index {i} is out of range 0..9")
+
+
+def load_mnist_arrays(directory):
+    """{train_images, train_labels, test_images, test_labels} as numpy uint8 arrays; ValueError
+    naming the file and what is wrong with it. Labels are read first: they are small."""
+    out = {}
+    for split in ("train", "test"):
+        ip, lp = idx_path(directory, MNIST_FILES[split + "_images"]), idx_path(directory, MNIST_FILES[split + "_labels"])
+        if not ip or not lp:
+            raise ValueError(f"{shown(directory)}: missing the MNIST {split} files")
+        labels = read_idx(lp)
+        images = read_idx(ip)
+        check_mnist_split(split, ip, images.shape, lp, labels)
+        out[split + "_images"], out[split + "_labels"] = images, labels
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- safetensors
+
+
+SAFETENSORS_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "I32": "<i4", "I64": "<i8", "U8": "u1",
+                      "I8": "i1", "I16": "<i2"}
+
+
+def read_safetensors(path):
+    """({name: numpy array}, metadata) — the safetensors format read with numpy (8-byte LE header
+    length, JSON header, raw little-endian data). ValueError naming the file and the defect."""
+    import numpy as np
+
+    where = shown(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ValueError(f"{where}: cannot read it ({e.strerror or e})") from None
+    if len(raw) < 8:
+        raise ValueError(f"{where}: too short for a safetensors file ({len(raw)} bytes)")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if 8 + n > len(raw):
+        raise ValueError(f"{where}: not a safetensors file (header length {n} runs past the end of the file)")
+    try:
+        header = json.loads(raw[8:8 + n].decode("utf-8"))
+    except ValueError as e:  # also UnicodeDecodeError
+        raise ValueError(f"{where}: not a safetensors file (its header is not JSON: {str(e).splitlines()[0]})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{where}: not a safetensors file (its header is a JSON {type(header).__name__}, not an object)")
+    base = 8 + n
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{where}: __metadata__ is not a JSON object")
+    tensors = {}
+    for name, info in header.items():
+        what = f"{where}: tensor {shown(name)}"
+        if not isinstance(info, dict):
+            raise ValueError(f"{what}: its entry is not a JSON object")
+        if "dtype" not in info:
+            raise ValueError(f"{what}: its entry has no dtype")
+        dtype = SAFETENSORS_DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        if dtype is None:
+            raise ValueError(f"{what}: unsupported dtype {shown(info['dtype'])}")
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
+            raise ValueError(f"{what}: shape {shown(shape)} is not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)):
+            raise ValueError(f"{what}: data_offsets {shown(offsets)} is not two non-negative integers")
+        begin, end = offsets
+        count = math.prod(shape)
+        if end - begin != count * np.dtype(dtype).itemsize or base + end > len(raw):
+            raise ValueError(f"{what}: offsets {begin}..{end} do not fit shape {tuple(shape)} / the file")
+        tensors[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=base + begin).reshape(shape).copy()
+    return tensors, metadata
+
+
+def mlp_shapes(sizes):
+    """{state_dict name: shape} of the benchmark's MLP (nn.Sequential of Linear, ReLU, …, Linear)."""
+    shapes = {}
+    for i, (d_in, d_out) in enumerate(zip(sizes, sizes[1:])):
+        shapes[f"net.{2 * i}.weight"] = (d_out, d_in)
+        shapes[f"net.{2 * i}.bias"] = (d_out,)
+    return shapes
+
+
+def check_init(tensors, sizes, path):
+    """ValueError when a safetensors init does not hold exactly the MLP's parameters and shapes."""
+
+    def few(names):
+        return ", ".join(map(shown, names[:4])) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+    want = mlp_shapes(sizes)
+    missing = [k for k in want if k not in tensors]
+    extra = [k for k in tensors if k not in want]
+    if missing or extra:
+        raise ValueError(f"{shown(path)}: its tensors are not this MLP's ({'missing ' + few(missing) if missing else ''}"
+                         f"{'; ' if missing and extra else ''}{'extra ' + few(extra) if extra else ''}); "
+                         "do --hidden and --ghosts match the file?")
+    for k, shape in want.items():
+        if tuple(tensors[k].shape) != shape:
+            raise ValueError(f"{shown(path)}: {k} is {tuple(tensors[k].shape)}, this MLP's is {shape}; "
+                             "do --hidden and --ghosts match the file?")

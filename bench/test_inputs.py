@@ -1,0 +1,524 @@
+#!/usr/bin/env python3
+"""bench/test_inputs.py — bad input to the Python benchmark tools is refused the project's way.
+
+Runs bench/compare.py, bench/torch_subliminal.py, bench/parity.py, scripts/plot.py and
+scripts/ab_summary.py as subprocesses (with this python) on bad flags, paths, files and
+environment variables, and checks: exit status 2 (parity.py: 3 for an engine that cannot produce
+its batch), no Python traceback, exactly one non-empty line on stderr naming the flag or file (for
+argparse's own usage errors: its last line names the flag), and no output or temporary file left
+behind or clobbered (each test runs in a fresh folder that is also the tools' $TMPDIR, compared
+before and after). The data are tiny IDX files the tests write; engines are small shell scripts.
+
+Nothing trains for more than a moment: the bad inputs are refused before any. Cases that need torch
+(the data checks of torch_subliminal.py and parity.py, which import it first, and one short real
+run) are skipped, with the reason, when this python cannot import torch; the rest runs anywhere
+(compare.py, plot.py and ab_summary.py need no torch; torch_subliminal.py and parity.py check their
+flags and paths before importing it).
+
+    python3 bench/test_inputs.py -v            # or: python3 -m unittest -v bench.test_inputs
+    ctest -R bench_inputs                      # from a build directory
+"""
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import unittest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+COMPARE = os.path.join(REPO, "bench", "compare.py")
+TORCH_SCRIPT = os.path.join(REPO, "bench", "torch_subliminal.py")
+PARITY = os.path.join(REPO, "bench", "parity.py")
+PLOT = os.path.join(REPO, "scripts", "plot.py")
+AB = os.path.join(REPO, "scripts", "ab_summary.py")
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+        yield
+
+
+_probed = {}
+
+
+def module_missing(name):
+    """None when this python imports `name`, else why not (cached)."""
+    if name not in _probed:
+        try:
+            with _quiet_stderr():
+                __import__(name)
+            _probed[name] = None
+        except Exception as e:  # noqa: BLE001 — any failure to import is a reason to skip
+            _probed[name] = f"{type(e).__name__}: {e}"
+    return _probed[name]
+
+
+def needs(name):
+    """Skips the test, saying why, when this python cannot import `name`."""
+    why = module_missing(name)
+    if why:
+        raise unittest.SkipTest(f"{PY} cannot import {name} ({why})")
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def idx(dims, payload=None):
+    """An IDX file of unsigned bytes: magic, dims, payload (zeros by default)."""
+    count = 1
+    for d in dims:
+        count *= d
+    head = struct.pack(">BBBB", 0, 0, 8, len(dims)) + struct.pack(">" + "I" * len(dims), *dims)
+    return head + (bytes(count) if payload is None else payload)
+
+
+def write_mnist(directory, n_train=8, n_test=4, gz=True):
+    """A tiny MNIST in `directory`: n_train/n_test images of 28×28, labels 0..9 in turn."""
+    os.makedirs(directory, exist_ok=True)
+    files = {"train-images-idx3-ubyte": idx((n_train, 28, 28), bytes(range(256)) * (n_train * 784 // 256 + 1)),
+             "train-labels-idx1-ubyte": idx((n_train,), bytes(i % 10 for i in range(n_train))),
+             "t10k-images-idx3-ubyte": idx((n_test, 28, 28)),
+             "t10k-labels-idx1-ubyte": idx((n_test,), bytes(i % 10 for i in range(n_test)))}
+    for name, data in files.items():
+        if name.endswith("images-idx3-ubyte"):
+            count = (n_train if name.startswith("train") else n_test) * 784
+            data = data[:16 + count]
+        if gz:
+            with gzip.open(os.path.join(directory, name + ".gz"), "wb") as f:
+                f.write(data)
+        else:
+            with open(os.path.join(directory, name), "wb") as f:
+                f.write(data)
+    return directory
+
+
+def safetensors(path, header, data=b""):
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+def script(path, body):
+    """An executable shell script (a stand-in engine or python)."""
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\n" + body)
+    os.chmod(path, 0o755)
+    return path
+
+
+def tree(root):
+    """{relative path: (size, mtime_ns)} of everything under root, folders included — but for
+    torch's own cache folder ($TMPDIR/torchinductor_$USER, made when torchvision imports
+    torch._dynamo), which is torch's to keep, not a leftover of the tools."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        dirs[:] = [n for n in dirs if not n.startswith("torchinductor_")]
+        for name in dirs + files:
+            p = os.path.join(d, name)
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = (st.st_size if not os.path.isdir(p) else 0, st.st_mtime_ns)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- base
+
+
+class ToolTest(unittest.TestCase):
+    """A fresh folder per test, which is also the tools' $TMPDIR and working directory."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="bench_inputs_")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.data = write_mnist(self.path("mnist"))
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def run_tool(self, tool, *args, env=None, timeout=120):
+        e = {k: v for k, v in os.environ.items() if k != "MNIST_DIR"}
+        e.update({"TMPDIR": self.dir, "PYTHONDONTWRITEBYTECODE": "1"})
+        e.update(env or {})
+        return subprocess.run([PY, tool, *args], cwd=self.dir, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, errors="replace", timeout=timeout)
+
+    @contextlib.contextmanager
+    def unchanged(self, ignore=()):
+        """The test folder holds the same files, unmodified, afterwards (paths under `ignore` aside)."""
+        before = tree(self.dir)
+        yield
+        after = tree(self.dir)
+
+        def keep(t):
+            return {k: v for k, v in t.items() if not any(k == i or k.startswith(i + os.sep) for i in ignore)}
+
+        self.assertEqual(keep(after), keep(before), "files were left, removed or changed")
+
+    def describe(self, r):
+        return f"\n--- exit {r.returncode}; stderr:\n{r.stderr}\n--- stdout (tail):\n{r.stdout[-800:]}"
+
+    def assertRefused(self, r, *mentions, code=2):
+        """Exit `code`, no traceback, exactly one non-empty stderr line, naming each of `mentions`."""
+        self.assertEqual(r.returncode, code, self.describe(r))
+        self.assertNotIn("Traceback", r.stderr, self.describe(r))
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        self.assertEqual(len(lines), 1, self.describe(r))
+        for m in mentions:
+            self.assertIn(m, lines[0], self.describe(r))
+
+    def assertUsageError(self, r, flag):
+        """argparse's usage error: exit 2, no traceback, the last stderr line names the flag."""
+        self.assertEqual(r.returncode, 2, self.describe(r))
+        self.assertNotIn("Traceback", r.stderr, self.describe(r))
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        self.assertTrue(lines, self.describe(r))
+        self.assertIn("error:", lines[-1], self.describe(r))
+        self.assertIn(flag, lines[-1], self.describe(r))
+
+    def check_usage_errors(self, tool, base, cases):
+        """Each (flag, value) of `cases` after `base`: an argparse error naming the flag, nothing written."""
+        for flag, value in cases:
+            with self.subTest(flag=flag, value=value), self.unchanged():
+                self.assertUsageError(self.run_tool(tool, *base, flag, value), flag)
+
+
+# ---------------------------------------------------------------------------------------------- compare.py
+
+
+class CompareTest(ToolTest):
+    def engine(self, body):
+        return script(self.path("engine.sh"), body)
+
+    def base(self, *extra):
+        return ["--engine", self.fake_engine, "--data", self.data, "--device", "cpu", "--repeats", "1",
+                "--variants", "engine", *extra]
+
+    def setUp(self):
+        super().setUp()
+        self.fake_engine = self.engine("exit 1\n")
+
+    def test_bad_numbers_and_paths_are_usage_errors(self):
+        os.mkdir(self.path("jdir"))
+        self.check_usage_errors(COMPARE, self.base(), [
+            ("--json", self.path("nodir", "c.json")), ("--json", self.path("jdir")), ("--json", self.path("jdir") + "/"),
+            ("--epochs-teacher", "-1"), ("--epochs-distill", "x"), ("--timeout", "0"), ("--timeout", "-5"),
+            ("--threads", "-1"), ("--threads", "100000"), ("--repeats", "0"), ("--faithful-repeats", "-1"),
+            ("--seed", "-3"), ("--seed", "1e23")])
+
+    def test_bad_lists_and_dirs_are_one_line(self):
+        with open(self.path("afile"), "w") as f:
+            f.write("x")
+        for args, mentions in [
+                (["--variants", ","], ["--variants"]), (["--variants", "engine,bogus"], ["--variants", "bogus"]),
+                (["--outdir", self.path("afile")], ["--outdir", "not a directory"]),
+                (["--outdir", self.path("afile", "sub")], ["--outdir", "not a directory"]),
+                (["--engine-args", '"x'], ["--engine-args"]),
+                (["--engine", self.path("no-engine")], ["no engine executable", "no-engine"]),
+                (["--data", self.path("nowhere")], ["--data", "no such directory"])]:
+            with self.subTest(args=args), self.unchanged():
+                self.assertRefused(self.run_tool(COMPARE, *self.base(*args)), *mentions)
+
+    def test_wrong_mnist_dir_is_an_error_not_a_fallback(self):
+        os.mkdir(self.path("empty"))
+        for value, why in [(self.path("typo"), "no such directory"), (self.path("empty"), "none of the four")]:
+            with self.subTest(MNIST_DIR=value), self.unchanged():
+                r = self.run_tool(COMPARE, "--engine", self.fake_engine, "--variants", "engine", "--device", "cpu",
+                                  env={"MNIST_DIR": value})
+                self.assertRefused(r, "$MNIST_DIR=", why, "unset MNIST_DIR")
+
+    def test_dry_run_and_nothing_to_run_make_no_folders(self):
+        with self.unchanged():
+            r = self.run_tool(COMPARE, *self.base("--dry-run"))
+            self.assertEqual(r.returncode, 0, self.describe(r))
+            self.assertNotIn("Traceback", r.stderr)
+        fake_python = script(self.path("python"), 'echo "2.0 0"\n')  # "torch 2.0 without CUDA"
+        with self.unchanged():
+            r = self.run_tool(COMPARE, "--data", self.data, "--device", "cpu", "--variants", "fast+cuda-graphs",
+                              "--python", fake_python)
+            self.assertEqual(r.returncode, 2, self.describe(r))
+            self.assertNotIn("Traceback", r.stderr)
+            self.assertIn("nothing to run", r.stderr.splitlines()[-1])
+
+    def test_failed_runs_do_not_replace_an_existing_json(self):
+        old = self.path("report.json")
+        with open(old, "w") as f:
+            f.write('{"old": true}\n')
+        for name, body, reason in [
+                ("failing", "echo boom >&2; exit 1\n", "exit 1"),
+                ("silent", "exit 0\n", "without writing"),
+                ("malformed", 'while [ $# -gt 0 ]; do [ "$1" = --json ] && echo "[1, 2]" > "$2"; shift; done\n',
+                 "unreadable report")]:
+            self.fake_engine = self.engine(body)
+            with self.subTest(engine=name), self.unchanged(ignore=["out"]):
+                r = self.run_tool(COMPARE, *self.base("--repeats", "2", "--json", old, "--outdir", self.path("out")))
+                self.assertEqual(r.returncode, 1, self.describe(r))
+                self.assertNotIn("Traceback", r.stderr, self.describe(r))
+                self.assertIn(reason, r.stderr)
+                self.assertIn("not written", r.stderr)
+                with open(old) as f:
+                    self.assertEqual(f.read(), '{"old": true}\n')
+            shutil.rmtree(self.path("out"), True)
+
+    def test_a_successful_run_writes_the_json(self):
+        report = {"seconds": {"teacher": 1.0, "distill_ghosts": 2.0, "total": 3.5},
+                  "steps": {"teacher": 10, "distill_ghosts": 10}, "teacher": {"test_acc": 0.9}}
+        self.fake_engine = self.engine(
+            f"while [ $# -gt 0 ]; do [ \"$1\" = --json ] && echo '{json.dumps(report)}' > \"$2\"; shift; done\n")
+        out = self.path("report.json")
+        r = self.run_tool(COMPARE, *self.base("--json", out, "--outdir", self.path("out")))
+        self.assertEqual(r.returncode, 0, self.describe(r))
+        with open(out) as f:
+            self.assertEqual(json.load(f)["rows"][0]["runs"], 1)
+        self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(".tmp")], [])
+
+
+# ---------------------------------------------------------------------------------------------- torch_subliminal.py
+
+
+class TorchSubliminalTest(ToolTest):
+    BASE = ["--epochs-teacher", "0", "--epochs-distill", "0", "--hidden", "4", "--threads", "1", "--batch-size", "4"]
+
+    def run_ts(self, *args, **kw):
+        return self.run_tool(TORCH_SCRIPT, "--data", self.data, *self.BASE, *args, **kw)
+
+    def test_bad_numbers_and_paths_are_usage_errors(self):  # refused before torch is imported
+        os.mkdir(self.path("jdir"))
+        self.check_usage_errors(TORCH_SCRIPT, ["--data", self.data], [
+            ("--threads", "100000"), ("--threads", "-1"), ("--lr", "nan"), ("--lr", "-1"), ("--lr", "0"),
+            ("--temperature", "nan"), ("--temperature", "inf"), ("--seed", "1e23"),
+            ("--seed", "100000000000000000000000"), ("--control-seed", "100000000000000000000000"),
+            ("--hidden", "100000000"), ("--hidden", "abc"), ("--hidden", "8,,8"), ("--compile-mode", "bogus"),
+            ("--batch-size", "0"), ("--ghosts", "0"), ("--epochs-teacher", "-1"),
+            ("--json", self.path("jdir")), ("--json", self.path("nodir", "x.json"))])
+
+    def test_missing_data_and_init_are_one_line(self):
+        os.mkdir(self.path("jdir"))
+        cases = [(["--data", self.path("nowhere")], ["--data", "no such directory"]),
+                 (["--load-init", self.path("none.st")], ["--load-init", "no such file"]),
+                 (["--load-init", self.path("jdir")], ["--load-init", "is a directory"])]
+        for args, mentions in cases:
+            with self.subTest(args=args), self.unchanged():
+                self.assertRefused(self.run_tool(TORCH_SCRIPT, *args), *mentions)
+        for value, why in [(self.path("typo"), "no such directory"), (self.path("jdir"), "none of the four")]:
+            with self.subTest(MNIST_DIR=value), self.unchanged():
+                self.assertRefused(self.run_tool(TORCH_SCRIPT, env={"MNIST_DIR": value}), "$MNIST_DIR=", why,
+                                   "unset MNIST_DIR")
+
+    def test_bad_init_files_are_one_line(self):  # read before torch is imported, with numpy
+        needs("numpy")
+        bad = {"list.st": ([1, 2], "not a safetensors file"),
+               "nodtype.st": ({"net.0.weight": {"shape": [4, 784], "data_offsets": [0, 4]}}, "no dtype"),
+               "offsets.st": ({"net.0.weight": {"dtype": "F32", "shape": [4, 784], "data_offsets": "x"}},
+                              "data_offsets"),
+               "names.st": ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, "do --hidden and --ghosts")}
+        for name, (header, why) in bad.items():
+            safetensors(self.path(name), header, bytes(4))
+        with open(self.path("text.st"), "w") as f:
+            f.write("not a safetensors file at all\n")
+        bad["text.st"] = (None, "not a safetensors file")
+        for name, (_, why) in bad.items():
+            with self.subTest(file=name), self.unchanged():
+                self.assertRefused(self.run_ts("--load-init", self.path(name)), "--load-init", name, why)
+        with self.subTest(case="--json is the --load-init file"), self.unchanged():
+            self.assertRefused(self.run_ts("--load-init", self.path("list.st"), "--json", self.path("list.st")),
+                               "--json", "--load-init")
+
+    def damaged_data(self):
+        """{name: (directory, file named in the message, defect)} — each a tiny MNIST with one bad file."""
+        cases = {}
+        d = write_mnist(self.path("truncated"))
+        p = os.path.join(d, "train-images-idx3-ubyte.gz")
+        with open(p, "rb") as f:
+            raw = f.read()
+        with open(p, "wb") as f:
+            f.write(raw[:len(raw) // 2])
+        cases["truncated gzip"] = (d, "train-images-idx3-ubyte.gz", "truncated")
+        d = write_mnist(self.path("notgz"))
+        with open(os.path.join(d, "train-labels-idx1-ubyte.gz"), "wb") as f:
+            f.write(b"hello, not gzip\n")
+        cases["not gzip"] = (d, "train-labels-idx1-ubyte.gz", "not a gzip file")
+        d = write_mnist(self.path("short"), gz=False)
+        with open(os.path.join(d, "t10k-labels-idx1-ubyte"), "wb") as f:
+            f.write(idx((4,))[:-2])
+        cases["short payload"] = (d, "t10k-labels-idx1-ubyte", "header says")
+        d = write_mnist(self.path("label"), gz=False)
+        with open(os.path.join(d, "t10k-labels-idx1-ubyte"), "wb") as f:
+            f.write(idx((4,), bytes([0, 1, 2, 200])))
+        cases["label out of range"] = (d, "t10k-labels-idx1-ubyte", "out of range")
+        return cases
+
+    def test_damaged_mnist_files_are_one_line(self):
+        needs("torch")
+        cases = self.damaged_data()
+        for name, (d, file, why) in cases.items():
+            for variant in ("fast", "faithful") if name in ("short payload", "truncated gzip") else ("fast",):
+                with self.subTest(data=name, variant=variant), self.unchanged():
+                    r = self.run_tool(TORCH_SCRIPT, "--data", d, "--variant", variant, *self.BASE)
+                    self.assertRefused(r, file, why)
+
+    def test_a_short_run_writes_its_report_and_notes_ignored_flags(self):
+        needs("torch")
+        out = self.path("out.json")
+        r = self.run_ts("--epochs-teacher", "1", "--epochs-distill", "1", "--compile-mode", "max-autotune",
+                        "--json", out)
+        self.assertEqual(r.returncode, 0, self.describe(r))
+        self.assertIn("--compile-mode does nothing without --compile", r.stderr)
+        with open(out) as f:
+            self.assertEqual(len(json.load(f)["epochs"]["teacher"]), 1)
+        self.assertEqual([k for k in tree(self.dir) if not k.startswith("mnist")], ["out.json"])  # nothing else left
+
+
+# ---------------------------------------------------------------------------------------------- parity.py
+
+
+class ParityTest(ToolTest):
+    def test_bad_numbers_and_paths_are_usage_errors(self):  # refused before torch is imported
+        os.mkdir(self.path("jdir"))
+        self.check_usage_errors(PARITY, ["--torch-only", "--data", self.data], [
+            ("--hidden", "abc"), ("--hidden", "0"), ("--ghosts", "-20"), ("--ghosts", "0"), ("--batch-size", "0"),
+            ("--batch-size", "-5"), ("--batch-size", "70000"), ("--tolerance", "nan"), ("--tolerance", "-1"),
+            ("--threads", "-1"), ("--seed", "-1"), ("--json", self.path("jdir")),
+            ("--json", self.path("nodir", "x.json"))])
+
+    def test_bad_paths_and_args_are_one_line(self):
+        with open(self.path("afile"), "w") as f:
+            f.write("x")
+        with open(self.path("text.st"), "w") as f:
+            f.write("not safetensors\n")
+        os.mkdir(self.path("jdir"))
+        cases = [(["--keep", self.path("afile")], ["--keep", "not a directory"]),
+                 (["--engine-args", '"x'], ["--engine-args"]),
+                 (["--init", self.path("none.st")], ["--init", "no such file"]),
+                 (["--data", self.path("nowhere")], ["--data", "no such directory"])]
+        if not module_missing("numpy"):
+            cases.append((["--init", self.path("text.st")], ["--init", "text.st", "not a safetensors file"]))
+        for args, mentions in cases:
+            with self.subTest(args=args), self.unchanged():
+                self.assertRefused(self.run_tool(PARITY, "--torch-only", "--data", self.data, *args), *mentions)
+        with self.subTest(case="no engine"), self.unchanged():
+            self.assertRefused(self.run_tool(PARITY, "--engine", self.path("none"), "--data", self.data),
+                               "no engine executable")
+        with self.subTest(MNIST_DIR="empty"), self.unchanged():
+            self.assertRefused(self.run_tool(PARITY, "--torch-only", env={"MNIST_DIR": self.path("jdir")}),
+                               "$MNIST_DIR=", "unset MNIST_DIR")
+
+    def test_damaged_mnist_is_one_line(self):
+        needs("torch")
+        d = write_mnist(self.path("short"), gz=False)
+        with open(os.path.join(d, "train-images-idx3-ubyte"), "wb") as f:
+            f.write(idx((8, 28, 28))[:-1])
+        with self.unchanged():
+            r = self.run_tool(PARITY, "--torch-only", "--data", d, "--batch-size", "4", "--hidden", "4")
+            self.assertRefused(r, "train-images-idx3-ubyte", "header says")
+
+    def fake_engine(self, body):
+        return script(self.path("engine.sh"),
+                      'case "$*" in *--help*) echo "  --parity-batch FILE"; exit 0;; esac\n' + body)
+
+    def test_engine_usage_error_is_exit_2_with_its_line(self):
+        needs("torch")
+        engine = self.fake_engine('echo "subliminal: note: no usable CUDA GPU" >&2\n'
+                                  'echo "subliminal: error: --gemm: expected one of cublaslt, got \\"x\\"" >&2\n'
+                                  "exit 2\n")
+        with self.unchanged():
+            r = self.run_tool(PARITY, "--engine", engine, "--data", self.data, "--batch-size", "4", "--hidden", "4")
+            self.assertRefused(r, "subliminal: error: --gemm")
+
+    def test_engine_that_writes_nothing_is_exit_3(self):
+        needs("torch")
+        engine = self.fake_engine("exit 0\n")
+        with self.unchanged():
+            r = self.run_tool(PARITY, "--engine", engine, "--data", self.data, "--batch-size", "4", "--hidden", "4")
+            self.assertRefused(r, "exited 0 but wrote no", code=3)
+
+
+# ---------------------------------------------------------------------------------------------- plot.py, ab_summary.py
+
+
+def app_report(**extra):
+    r = {"config": {"preset": "notebook"}, "device": {"name": "cpu"}, "seconds": {"total": 1.5},
+         "us_per_step": {"teacher": 100.0}, "teacher": {"test_acc": 0.9, "ci95": 0.0, "n": 1},
+         "student": {"test_acc": 0.5, "ci95": 0.0, "n": 1}}
+    r.update(extra)
+    return r
+
+
+class PlotTest(ToolTest):
+    def write(self, name, text):
+        with open(self.path(name), "w") as f:
+            f.write(text)
+        return self.path(name)
+
+    def test_malformed_inputs_are_one_line(self):
+        fig = self.write("fig.png", "an existing figure")  # a failed run must leave it alone
+        cases = {"empty.json": ("{}", "none of the arms"), "list.json": ("[1]", "list"),
+                 "text.json": ("not json", "not JSON"),
+                 "arm.json": (json.dumps({"teacher": {"ci95": 1}}), "test_acc"),
+                 "settings.jsonl": ('{"arm": "student", "test_acc": 0.5, "settings": [1]}\n', "settings"),
+                 "badline.jsonl": ('{"arm": "student", "test_acc": 0.5, "settings": {"lr": 1}}\n{oops\n', "line 2"),
+                 "nosettings.jsonl": ('{"arm": "student", "test_acc": 0.5, "settings": {}}\n', "no settings")}
+        for name, (text, why) in cases.items():
+            self.write(name, text)
+        for name, (_, why) in cases.items():
+            with self.subTest(input=name), self.unchanged():
+                self.assertRefused(self.run_tool(PLOT, self.path(name), "--out", fig), name, why)
+        with self.subTest(input="missing"), self.unchanged():
+            self.assertRefused(self.run_tool(PLOT, self.path("none.json"), "--out", fig), "none.json")
+
+    def test_bad_out_paths_are_one_line(self):
+        good = self.write("r.json", json.dumps(app_report()))
+        os.mkdir(self.path("jdir"))
+        for out, why in [(self.path("jdir"), "is a directory"), (self.path("nodir", "x.png"), "does not exist"),
+                         (self.path("jdir") + "/", "directory")]:
+            with self.subTest(out=out), self.unchanged():
+                self.assertRefused(self.run_tool(PLOT, good, "--out", out), "--out", why)
+        if not module_missing("matplotlib"):
+            with self.subTest(out="x.xyz"), self.unchanged():
+                self.assertRefused(self.run_tool(PLOT, good, "--out", self.path("x.xyz")), "--out", "xyz")
+
+    def test_out_without_extension_says_what_it_wrote(self):
+        needs("matplotlib")
+        good = self.write("r.json", json.dumps(app_report()))
+        r = self.run_tool(PLOT, good, "--out", self.path("fig"))
+        self.assertEqual(r.returncode, 0, self.describe(r))
+        self.assertIn(f"wrote {self.path('fig.png')}", r.stdout)
+        self.assertTrue(os.path.isfile(self.path("fig.png")))
+        self.assertFalse([n for n in os.listdir(self.dir) if n.startswith(".tmp")])
+
+
+class AbSummaryTest(ToolTest):
+    def write(self, name, obj):
+        with open(self.path(name), "w") as f:
+            f.write(obj if isinstance(obj, str) else json.dumps(obj))
+        return self.path(name)
+
+    def test_wrong_shapes_are_one_line(self):
+        good = self.write("good.json", app_report())
+        cases = {"list.json": ([1, 2], "list"), "empty.json": ({}, "seconds"), "text.json": ("nope", "not JSON"),
+                 "us.json": (app_report(us_per_step={"teacher": "fast"}), "us_per_step"),
+                 "gpu.json": (app_report(gpu_seconds=[1]), "gpu_seconds"),
+                 "arm.json": (app_report(student=0.5), "student")}
+        for name, (obj, why) in cases.items():
+            self.write(name, obj)
+            with self.subTest(file=name), self.unchanged():
+                self.assertRefused(self.run_tool(AB, good, "--", self.path(name)), name, why)
+        for args, why in [([good, "--", self.path("none.json")], "none.json"), ([good, "--"], "after --"),
+                          (["--", good], "before --")]:
+            with self.subTest(args=args), self.unchanged():
+                self.assertRefused(self.run_tool(AB, *args), why)
+
+    def test_good_reports_summarize(self):
+        good = self.write("good.json", app_report())
+        r = self.run_tool(AB, good, "--", good)
+        self.assertEqual(r.returncode, 0, self.describe(r))
+        self.assertIn("µs/step teacher", r.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
