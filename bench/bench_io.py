@@ -162,16 +162,15 @@ def same_file(a, b):
     return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
 
 
-def write_json_atomically(path, obj):
-    """Writes `obj` as JSON to a temporary file beside `path` (after links), then renames it over
-    `path`: a reader never sees half a file, and a failure leaves neither a half-written target nor
-    the temporary file. Raises OSError (and whatever json.dump raises) after cleaning up."""
+def replace_atomically(path, write):
+    """Calls write(temporary path) for a temporary file beside `path` (after links), then renames it
+    over `path`: a reader never sees half a file, and a failure leaves neither a half-written target
+    nor the temporary file. Raises what `write` or the rename raises, after cleaning up."""
     target = os.path.realpath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+        write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 → what open() would have given
@@ -182,6 +181,17 @@ def write_json_atomically(path, obj):
         except OSError:
             pass
         raise
+
+
+def write_json_atomically(path, obj):
+    """Writes `obj` as JSON to `path` through replace_atomically."""
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+
+    replace_atomically(path, write)
 
 
 # ---------------------------------------------------------------------------------------------- MNIST

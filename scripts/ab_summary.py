@@ -13,17 +13,17 @@ A file that cannot be read, is not JSON, or is not shaped like the app's report 
 stops the summary with one line naming it on stderr and exit status 2, as does a side with no files.
 """
 import json
+import os
 import statistics
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+from bench_io import shown  # noqa: E402  (bench/bench_io.py: no torch, no numpy)
 
 
 def die(message):
     print(f"ab_summary.py: error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-def shown(text):
-    return text if text.isprintable() else repr(text)
 
 
 def is_number(v):

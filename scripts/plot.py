@@ -15,7 +15,10 @@ import json
 import math
 import os
 import sys
-import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import bench_io  # noqa: E402  (bench/: output checks, atomic writes; no torch, no numpy)
+from bench_io import shown  # noqa: E402
 
 ARMS = [  # (JSON key, label, colour) in the paper's order
     ("reference", "reference\n(untrained)", "#9e9e9e"),
@@ -30,10 +33,6 @@ ARMS = [  # (JSON key, label, colour) in the paper's order
 def die(message):
     print(f"plot.py: error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-def shown(text):
-    return text if text.isprintable() else repr(text)
 
 
 def is_number(v):
@@ -116,37 +115,16 @@ def output_path(out):
         die(f"--out {shown(out)}: is a directory (name the image file, e.g. {shown(os.path.join(out, 'fig.png'))})")
     if not os.path.splitext(os.path.basename(out))[1]:
         out += ".png"
-    target = os.path.realpath(out)
-    if os.path.isdir(target):
-        die(f"--out {shown(out)}: is a directory")
-    if os.path.lexists(target) and not os.path.isfile(target):
-        die(f"--out {shown(out)}: exists and is not a regular file")
-    parent = os.path.dirname(target)
-    if not os.path.isdir(parent):
-        die(f"--out {shown(out)}: directory {shown(parent)} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        die(f"--out {shown(out)}: directory {shown(parent)} is not writable")
+    why = bench_io.output_file_problem(out)
+    if why:
+        die(f"--out {shown(out)}: {why}")
     return out
 
 
 def save_atomically(fig, out):
     """fig to a temporary file beside out, renamed over it: a failure leaves neither half a file nor the temporary."""
-    target = os.path.realpath(out)
-    fmt = os.path.splitext(target)[1][1:].lower()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix="." + fmt)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=130, format=fmt)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    fmt = os.path.splitext(out)[1][1:].lower()
+    bench_io.replace_atomically(out, lambda tmp: fig.savefig(tmp, dpi=130, format=fmt))
 
 
 def arms_figure(report, out, plt):
