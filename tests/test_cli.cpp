@@ -142,6 +142,26 @@ TEST(Cli, MalformedIdxFileIsNamedInTheError) {
   expect_usage_error({"--device", "cpu", "--data", data.path().string()}, bad.string());
 }
 
+// GPU-only flags on a CPU run change nothing: the run says so (once) and goes on.
+TEST(Cli, GpuOnlyFlagsOnTheCpuAreNoted) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  const std::vector<std::string> run = {"--device",         "cpu", "--data",           data.path().string(),
+                                        "--epochs-teacher", "0",   "--epochs-distill", "0",
+                                        "--no-progress"};
+  std::vector<std::string> args = run;
+  for (const char* flag : {"--tf32", "--step", "cluster", "--fused-split", "4,2,last"}) args.push_back(flag);
+  const ProcessResult noted = run_app(args, data.path());
+  ASSERT_EQ(noted.exit_code, 0) << noted.err;
+  EXPECT_NE(noted.err.find("note: --tf32, --step, --fused-split choose how the GPU computes"),
+            std::string::npos)
+      << noted.err;
+  EXPECT_EQ(count_lines(noted.err), 1) << noted.err;
+  const ProcessResult quiet = run_app(run, data.path());
+  ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
+  EXPECT_EQ(quiet.err, "");
+}
+
 // --train-samples beyond the training set would quietly train on fewer images than asked.
 TEST(Cli, TrainSamplesBeyondTheTrainingSetAreRefused) {
   TempDir data;

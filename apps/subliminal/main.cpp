@@ -63,6 +63,28 @@ void check_output_path(const char* flag, const std::string& path, bool must_not_
   }
 }
 
+// Flags that choose how the GPU computes change nothing on the CPU: said once, so that a run
+// that fell back to the CPU (--device auto) is not taken for one that used them.
+void note_gpu_only_flags(const Config& config, Device device) {
+  if (device != Device::cpu) return;
+  const Config defaults;
+  std::string given;
+  auto add = [&given](bool set, const char* flag) {
+    if (set) given += std::string(given.empty() ? "" : ", ") + flag;
+  };
+  add(config.tf32, "--tf32");
+  add(config.autotune, "--autotune");
+  add(!config.graphs, "--no-graphs");
+  add(config.gemm_engine != defaults.gemm_engine, "--gemm");
+  add(config.step != defaults.step, "--step");
+  add(config.fused_split() != defaults.fused_split(), "--fused-split");
+  if (!given.empty())
+    std::fprintf(stderr,
+                 "subliminal: note: %s choose how the GPU computes; this run is on the CPU, where they "
+                 "change nothing\n",
+                 given.c_str());
+}
+
 void check_outputs(const Config& config) {
   check_output_path("--json", config.json_path, false);
   check_output_path("--save", config.save_path, !config.force);
@@ -90,6 +112,7 @@ int run(int argc, char** argv) {
     load_init(config.load_init_path, probe);
   }
   const Device device = resolve_device(config.device);
+  note_gpu_only_flags(config, device);
   const int cpu_threads =
       config.threads > 0 ? config.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   cpu::set_blas_threads(cpu_threads);  // the GEMMs (OpenBLAS's pool)
