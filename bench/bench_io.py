@@ -162,6 +162,17 @@ def same_file(a, b):
     return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
 
 
+def read_json(path):
+    """The JSON value in `path`; ValueError naming the file when it cannot be read or is not JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise ValueError(f"{shown(path)}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:  # also UnicodeDecodeError
+        raise ValueError(f"{shown(path)}: not JSON ({str(e).splitlines()[0]})") from None
+
+
 def replace_atomically(path, write):
     """Calls write(temporary path) for a temporary file beside `path` (after links), then renames it
     over `path`: a reader never sees half a file, and a failure leaves neither a half-written target

@@ -18,7 +18,8 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-from bench_io import shown  # noqa: E402  (bench/bench_io.py: no torch, no numpy)
+import bench_io  # noqa: E402  (bench/bench_io.py: no torch, no numpy)
+from bench_io import shown  # noqa: E402
 
 
 def die(message):
@@ -55,12 +56,9 @@ def load(paths):
     reports = []
     for p in paths:
         try:
-            with open(p, encoding="utf-8") as f:
-                r = json.load(f)
-        except OSError as e:
-            die(f"{shown(p)}: cannot read it ({e.strerror or e})")
-        except ValueError as e:  # also UnicodeDecodeError
-            die(f"{shown(p)}: not JSON ({str(e).splitlines()[0]})")
+            r = bench_io.read_json(p)
+        except ValueError as e:
+            die(str(e))
         why = report_problem(r)
         if why:
             die(f"{shown(p)}: {why}")

@@ -76,35 +76,39 @@ def check_sweep_row(row):
 
 def load_input(path):
     """("arms", report) or ("sweep", rows), checked; dies with one line naming the file."""
+    if not path.endswith(".jsonl"):
+        try:
+            report = bench_io.read_json(path)
+        except ValueError as e:
+            die(str(e))
+        why = check_report(report)
+        if why:
+            die(f"{shown(path)}: {why}")
+        return "arms", report
     try:
         with open(path, encoding="utf-8") as f:
-            if path.endswith(".jsonl"):
-                rows = []
-                for number, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except ValueError as e:
-                        die(f"{shown(path)}: line {number}: not JSON ({e})")
-                    why = check_sweep_row(row)
-                    if why:
-                        die(f"{shown(path)}: line {number}: {why}")
-                    rows.append(row)
-                if not rows:
-                    die(f"{shown(path)}: no sweep rows")
-                if not any(r["settings"] for r in rows):
-                    die(f"{shown(path)}: the sweep rows carry no settings")
-                return "sweep", rows
-            report = json.load(f)
+            lines = f.readlines()
     except OSError as e:
         die(f"{shown(path)}: cannot read it ({e.strerror or e})")
-    except ValueError as e:  # also UnicodeDecodeError
-        die(f"{shown(path)}: not JSON ({str(e).splitlines()[0]})")
-    why = check_report(report)
-    if why:
-        die(f"{shown(path)}: {why}")
-    return "arms", report
+    except ValueError as e:  # UnicodeDecodeError
+        die(f"{shown(path)}: not UTF-8 text ({str(e).splitlines()[0]})")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            die(f"{shown(path)}: line {number}: not JSON ({e})")
+        why = check_sweep_row(row)
+        if why:
+            die(f"{shown(path)}: line {number}: {why}")
+        rows.append(row)
+    if not rows:
+        die(f"{shown(path)}: no sweep rows")
+    if not any(r["settings"] for r in rows):
+        die(f"{shown(path)}: the sweep rows carry no settings")
+    return "sweep", rows
 
 
 def output_path(out):
