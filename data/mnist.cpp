@@ -29,27 +29,42 @@ constexpr const char* kAllFiles[] = {kTrainImages, kTrainLabels, kTestImages, kT
 constexpr const char* kHowToFetch =
     "fetch it with scripts/fetch_mnist.sh DIR, then pass --data DIR or set MNIST_DIR=DIR";
 
-// The file to read for `name` in dir: the raw file if it exists, else name + ".gz", else none.
-// Existence is enough here: if the raw name is, say, a directory, read_idx says so, rather than
-// us quietly reading the .gz beside it.
-std::optional<fs::path> find_file(const fs::path& dir, const std::string& name) {
-  std::error_code error;
+// What looking for one MNIST file in a directory found: the file to read, or nothing and, when
+// the answer was not simply "absent", why the file system would not say (e.g. "Permission
+// denied" on a directory we may not search, or a symlink loop). Telling the two apart matters:
+// "missing" sends the user off to download files that are there.
+struct FileLookup {
+  std::optional<fs::path> path;
+  std::string problem;  // "" when every candidate is simply absent
+};
+
+// The raw file if it exists, else name + ".gz". Existence is enough here: if the raw name is,
+// say, a directory, read_idx says so, rather than us quietly reading the .gz beside it.
+FileLookup find_file(const fs::path& dir, const std::string& name) {
+  FileLookup lookup;
   for (const fs::path& candidate : {dir / name, dir / (name + ".gz")}) {
-    if (fs::exists(candidate, error)) return candidate;
+    std::error_code error;  // exists() leaves it clear when the answer is a plain "no"
+    if (fs::exists(candidate, error)) return {candidate, ""};
+    if (error && lookup.problem.empty())
+      lookup.problem = path_text(candidate.string()) + ": " + error.message();
   }
-  return std::nullopt;
+  return lookup;
 }
 
 // Why dir does not hold MNIST, e.g. "no such directory"; empty when it does.
 std::string why_not_mnist(const fs::path& dir) {
   std::error_code error;
-  if (!fs::is_directory(dir, error)) {
-    return fs::exists(dir, error) ? "not a directory" : "no such directory";
-  }
+  const fs::file_status status = fs::status(dir, error);  // follows symlinks, as reading will
+  if (status.type() == fs::file_type::not_found) return "no such directory";
+  if (error) return "cannot look at it: " + error.message();
+  if (!fs::is_directory(status)) return "not a directory";
+
   std::string missing;
   int missing_count = 0;
   for (const char* name : kAllFiles) {
-    if (find_file(dir, name)) continue;
+    const FileLookup lookup = find_file(dir, name);
+    if (lookup.path) continue;
+    if (!lookup.problem.empty()) return "cannot look for its files: " + lookup.problem;
     missing += std::string(missing.empty() ? "" : ", ") + name + "[.gz]";
     ++missing_count;
   }
@@ -57,9 +72,11 @@ std::string why_not_mnist(const fs::path& dir) {
   return missing.empty() ? "" : "missing " + missing;
 }
 
-// find_file, or a DataError naming the file that is missing.
+// find_file, or a DataError naming the file that is missing or could not be looked for.
 fs::path require_file(const fs::path& dir, const std::string& name) {
-  if (std::optional<fs::path> path = find_file(dir, name)) return *path;
+  const FileLookup lookup = find_file(dir, name);
+  if (lookup.path) return *lookup.path;
+  if (!lookup.problem.empty()) throw DataError(lookup.problem);
   throw DataError((dir / name).string() + ": no such file (nor " + name + ".gz)");
 }
 

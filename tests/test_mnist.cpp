@@ -217,6 +217,25 @@ TEST(LocateMnist, DataFlagWithoutTheFilesIsAnErrorNotAFallback) {
                     "no such directory");
 }
 
+// A file the file system will not tell us about is not "missing": saying so would send the user
+// to download files that are there. A symlink loop stands in for a directory we may not search
+// (EACCES), which the tests cannot make while running as root.
+TEST(LocateMnist, AFileThatCannotBeLookedAtIsNotCalledMissing) {
+  EnvironmentGuard guard;
+  TempDir dir;
+  write_small_mnist(dir.path());
+  fs::remove(dir / "train-labels-idx1-ubyte");
+  fs::create_symlink("train-labels-idx1-ubyte", dir / "train-labels-idx1-ubyte");  // points at itself
+  EXPECT_DATA_ERROR(locate_mnist(dir.path().string()), "--data", "cannot look for its files",
+                    "train-labels-idx1-ubyte: Too many levels of symbolic links");
+  EXPECT_DATA_ERROR(load_mnist(dir.path()), "train-labels-idx1-ubyte: Too many levels of symbolic links");
+
+  const fs::path looped_dir = dir / "looped";
+  fs::create_symlink("looped", looped_dir);
+  EXPECT_DATA_ERROR(locate_mnist(looped_dir.string()), "--data", "cannot look at it",
+                    "Too many levels of symbolic links");
+}
+
 TEST(LocateMnist, NothingFoundListsEveryPlaceSearched) {
   EnvironmentGuard guard;
   TempDir root;
