@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <filesystem>
@@ -356,6 +357,60 @@ void validate(const Config& c) {
     throw UsageError("--save-init writes one model's weights; use it with --models 1");
 }
 
+// How many single-character edits turn a into b (Levenshtein), for "did you mean".
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);  // row[j]: distance from a[0..i) to b[0..j)
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];  // the previous row's row[j - 1]
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t substituted = diagonal + (a[i - 1] == b[j - 1] ? 0 : 1);
+      diagonal = row[j];
+      row[j] = std::min({substituted, row[j] + 1, row[j - 1] + 1});
+    }
+  }
+  return row[b.size()];
+}
+
+// "; did you mean --seed?" when one of the app's flags is within two edits of `flag`.
+std::string did_you_mean(const std::string& flag, const CLI::App& cli) {
+  std::string best;
+  size_t best_distance = 3;  // more than two edits away is another word, not a typo
+  for (const CLI::Option* option : cli.get_options()) {
+    const std::string name = option->get_name();  // "--seed"
+    const size_t distance = edit_distance(flag, name);
+    if (distance < best_distance) best = name, best_distance = distance;
+  }
+  return best.empty() ? "" : "; did you mean " + best + "?";
+}
+
+// CLI11's parse errors in this tool's words: one line that names what was wrong and what to do
+// ("--seed: given 2 times; give it once" rather than "At Most 1 required but received 2").
+std::string command_line_error(const CLI::ParseError& error, const CLI::App& cli) {
+  std::string what = error.what();
+  if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
+  if (dynamic_cast<const CLI::ExtrasError*>(&error) != nullptr) {
+    for (const std::string& arg : cli.remaining()) {  // in command-line order
+      if (arg.size() > 1 && arg[0] == '-') {
+        const std::string flag = arg.substr(0, arg.find('='));
+        return "unknown flag " + subliminal::quoted(flag) + did_you_mean(flag, cli);
+      }
+    }
+    if (!cli.remaining().empty())
+      return "unexpected argument " + subliminal::quoted(cli.remaining().front()) +
+             ": settings are flags, e.g. --seed 3";
+  }
+  if (dynamic_cast<const CLI::ArgumentMismatch*>(&error) != nullptr) {
+    const std::string flag = what.substr(0, what.find(':'));  // CLI11 starts with the flag's name
+    if (const size_t at = what.find("received ");
+        what.find("At Most") != std::string::npos && at != std::string::npos)
+      return flag + ": given " + what.substr(at + 9) + " times; give it once";
+    if (what.find("missing") != std::string::npos) return flag + ": needs a value";
+  }
+  return what;
+}
+
 CommandLine parse_command_line(int argc, const char* const* argv) {
   CLI::App cli{
       "subliminal — the 'subliminal learning' MNIST experiment on a from-scratch C++/CUDA engine.\n"
@@ -405,9 +460,7 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
       out.help_text = cli.help();
       return out;
     }
-    std::string what = e.what();
-    if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
-    throw UsageError(what + " (run with --help for usage)");
+    throw UsageError(command_line_error(e, cli) + " (run with --help for usage)");
   }
   if (help) {
     out.help = true;

@@ -80,12 +80,14 @@ void note_gpu_only_flags(const Config& config, Device device) {
   add(config.fused_split() != defaults.fused_split(), "--fused-split");
   if (!given.empty())
     std::fprintf(stderr,
-                 "subliminal: note: %s choose how the GPU computes; this run is on the CPU, where they "
-                 "change nothing\n",
+                 "subliminal: note: this run is on the CPU, where flags that choose how the GPU computes "
+                 "change nothing: %s\n",
                  given.c_str());
 }
 
-void check_outputs(const Config& config) {
+// What can be checked from the flags alone, before the device, MNIST or a run costs anything:
+// every output can be written, and every configuration of a sweep is valid.
+void check_before_running(const Config& config) {
   check_output_path("--json", config.json_path, false);
   check_output_path("--save", config.save_path, !config.force);
   check_output_path("--save-init", config.save_init_path, !config.force);
@@ -95,6 +97,7 @@ void check_outputs(const Config& config) {
       throw UsageError("--sweep needs --sweep-out PREFIX for its CSV and JSONL rows");
     check_output_path("--sweep-out", config.sweep_out + ".csv", false);
     check_output_path("--sweep-out", config.sweep_out + ".jsonl", false);
+    sweep_configs(config);  // a bad --sweep is found before the device and MNIST are set up
   }
 }
 
@@ -106,7 +109,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   Config config = command_line.config;
-  check_outputs(config);
+  check_before_running(config);
   if (!config.load_init_path.empty()) {  // a bad checkpoint is found before anything runs
     MlpParams probe(config.mlp_shape(), 1, DType::f32, Device::cpu);
     load_init(config.load_init_path, probe);

@@ -20,11 +20,16 @@ namespace subliminal::app {
 namespace {
 
 // The keys --sweep may vary (any value flag works; these are the ones the field sweeps).
-bool sweepable(const std::string& key) {
-  static const std::set<std::string> keys = {
+const std::vector<std::string>& sweepable_keys() {
+  static const std::vector<std::string> keys = {
       "lr",    "batch-size", "epochs-teacher", "epochs-distill", "ghosts", "temperature", "weight-decay",
       "noise", "noise-set",  "init-perturb",   "init",           "hidden", "seed",        "models"};
-  return keys.count(key) > 0;
+  return keys;
+}
+
+bool sweepable(const std::string& key) {
+  const auto& keys = sweepable_keys();
+  return std::find(keys.begin(), keys.end(), key) != keys.end();
 }
 
 std::vector<std::string> split(const std::string& text, char separator) {
@@ -137,9 +142,14 @@ std::vector<std::vector<std::pair<std::string, std::string>>> sweep_grid(const C
   for (const std::string& sweep : base.sweeps) {
     const size_t eq = sweep.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == sweep.size())
-      throw UsageError("--sweep " + sweep + ": expected key=v1,v2,...");
+      throw UsageError("--sweep " + quoted(sweep) + ": expected key=v1,v2,...");
     const std::string key = sweep.substr(0, eq);
-    if (!sweepable(key)) throw UsageError("--sweep " + sweep + ": cannot sweep \"" + key + "\"");
+    if (!sweepable(key)) {
+      std::string keys;
+      for (const std::string& k : sweepable_keys()) keys += (keys.empty() ? "" : ", ") + k;
+      throw UsageError("--sweep " + quoted(sweep) + ": cannot sweep " + quoted(key) + " (these can: " + keys +
+                       ")");
+    }
     if (!seen.insert(key).second) throw UsageError("--sweep: \"" + key + "\" is swept twice");
     // hidden sizes contain commas themselves: separate its values with ';' instead.
     const std::vector<std::string> values = split(sweep.substr(eq + 1), key == "hidden" ? ';' : ',');
@@ -169,10 +179,8 @@ std::string config_id(const std::vector<std::pair<std::string, std::string>>& se
   return id;
 }
 
-int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::FILE* out) {
+std::vector<Config> sweep_configs(const Config& base) {
   const auto grid = sweep_grid(base);
-  // Every configuration is checked before the first one runs: a bad combination found
-  // halfway would waste the runs before it.
   std::vector<Config> configs;
   for (const auto& settings : grid) {
     Config config = base;
@@ -188,6 +196,12 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
     }
     configs.push_back(config);
   }
+  return configs;
+}
+
+int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::FILE* out) {
+  const auto grid = sweep_grid(base);
+  const std::vector<Config> configs = sweep_configs(base);  // in grid order
 
   const std::string csv_path = base.sweep_out + ".csv", jsonl_path = base.sweep_out + ".jsonl";
   const nlohmann::json base_settings = sweep_base(base);

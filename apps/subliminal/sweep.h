@@ -21,6 +21,11 @@ namespace subliminal::app {
 // Throws UsageError for malformed --sweep text or values a key does not accept.
 std::vector<std::vector<std::pair<std::string, std::string>>> sweep_grid(const Config& base);
 
+// Each configuration of the grid as a full Config, in grid order, every one checked (flag rules,
+// --load-init shape), so that a bad combination is found before the first run, not halfway.
+// Throws UsageError naming the configuration.
+std::vector<Config> sweep_configs(const Config& base);
+
 // "lr=0.0003;batch-size=256": identifies a configuration's rows (used for resuming).
 std::string config_id(const std::vector<std::pair<std::string, std::string>>& settings);
 
