@@ -30,7 +30,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(cmake ninja-build g++ make pkg-config libopenblas-dev zlib1g-dev libgtest-dev libcli11-dev
-          nlohmann-json3-dev python3)
+          nlohmann-json3-dev python3 curl)
 [ "$want_bench" = 1 ] && packages+=(python3-venv python3-matplotlib)
 [ "$want_fuzz" = 1 ] && packages+=(clang libclang-rt-dev)
 
@@ -58,11 +58,21 @@ if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
   scripts/get_cudnn_frontend.sh || echo "setup.sh: cudnn-frontend headers unavailable; the cuDNN engine will be off"
 fi
 
-# MNIST: use what is there ($MNIST_DIR, ./data/mnist, torchvision's cache), else try the mirrors.
-if [ -n "${MNIST_DIR:-}" ] && [ -d "$MNIST_DIR" ]; then
+# MNIST: use what is there ($MNIST_DIR, ./data/mnist, torchvision's cache), else copy it from a
+# folder beside the checkout (../shared/mnist, where this project's workplace keeps the canonical
+# files), else try the public mirrors. Either way fetch_mnist.sh checks every file's SHA-256.
+mnist_files=(train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte)
+has_mnist() {  # DIR holds the four files, raw or .gz (what the app asks of a folder)
+  for f in "${mnist_files[@]}"; do [ -e "$1/$f" ] || [ -e "$1/$f.gz" ] || return 1; done
+}
+if [ -n "${MNIST_DIR:-}" ]; then
+  has_mnist "$MNIST_DIR" ||
+    echo "setup.sh: MNIST_DIR=$MNIST_DIR does not hold the four MNIST files; the app will refuse it (unset it, or fetch them with scripts/fetch_mnist.sh \"\$MNIST_DIR\")"
+elif has_mnist data/mnist || has_mnist "$HOME/.pytorch/MNIST_data/MNIST/raw"; then
   :
-elif [ -d data/mnist ] || [ -d "$HOME/.pytorch/MNIST_data/MNIST/raw" ]; then
-  :
+elif has_mnist ../shared/mnist; then
+  MNIST_MIRRORS="file://$(cd ../shared/mnist && pwd)/" scripts/fetch_mnist.sh data/mnist ||
+    echo "setup.sh: could not copy MNIST from ../shared/mnist; set MNIST_DIR to a folder with the IDX files"
 else
   scripts/fetch_mnist.sh data/mnist || echo "setup.sh: could not fetch MNIST (offline?); set MNIST_DIR to a folder with the IDX files"
 fi
