@@ -12,8 +12,9 @@
 // Checked:
 //   - each trained model's loss and every gradient against float64 (‖got − ref‖/‖ref‖ ≤ 1e-5),
 //     with the outputs, every scratch buffer and the shared memory poisoned with NaN;
-//   - two runs give the same bits, and so does a run without the prefetch (each layer's first
-//     chunk issued after the barrier ahead of it);
+//   - two runs give the same bits, and so do a run without the prefetch (each layer's first
+//     chunk issued after the barrier ahead of it) and one that runs the clusters one at a
+//     time, the last first (a GPU runs them in waves, in no promised order);
 //   - the tail: Adam over the whole arena (its padding too), the running loss sums, the
 //     counters; an arena without every parameter is refused;
 //   - the plans for the app's default run, --models 10 and the paper's sizes on an H100 (132
@@ -54,11 +55,21 @@ struct Output : StepResult {
   int kc = 0;
 };
 
+// How run_step runs kernel 1.
+struct RunOptions {
+  bool prefetch = true;  // each layer's first chunk issued before the barrier ahead of it
+  // Every cluster at once (true), or one cluster at a time, the last first: on a GPU the
+  // clusters run in waves (16 at once on an H100), in an order it does not promise, so no
+  // cluster may wait for, or read, another's work. If one did, this would hang, or read the
+  // NaN the scratch is poisoned with.
+  bool clusters_together = true;
+};
+
 // One step: kernel 1 on S·P·Q blocks in clusters of Q, then kernel 2 on 3 blocks. With
 // trained_view, the gradients land where it points (and out.dw, out.db stay empty).
 Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vector<float>& x,
                 const std::vector<int32_t>& labels, const FusedTail* tail = nullptr,
-                const FusedMlp* trained_view = nullptr, bool prefetch = true) {
+                const FusedMlp* trained_view = nullptr, const RunOptions& options = {}) {
   for (auto& v : trained.dw) std::fill(v.begin(), v.end(), kNaN);
   for (auto& v : trained.db) std::fill(v.begin(), v.end(), kNaN);
   FusedLoss loss;
@@ -68,7 +79,7 @@ Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vec
   const FusedMlp frozen_view = frozen.view(false);
   Machine mc{c.cluster, c.clusters, c.threads, int64_t(1) << 20, c.max_chunk};
   Program p = build_rows_program(x.data(), c.batch, view, c.distill ? &frozen_view : nullptr, loss, tail, mc);
-  p.prefetch = prefetch;
+  p.prefetch = options.prefetch;
 
   // Every scratch buffer poisoned: each element must be written before it is read.
   int64_t doubles = 0;
@@ -94,10 +105,17 @@ Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vec
   // zero poisons the sums it enters.
   std::vector<std::vector<float4>> smem(
       blocks, std::vector<float4>(size_t(p.smem.total + 3) / 4, float4{kNaN, kNaN, kNaN, kNaN}));
-  simt::launch(blocks, unsigned(c.threads), [&] {
+  const auto kernel_1 = [&] {
     run_rows(p, reinterpret_cast<float*>(smem[blockIdx.x].data()),
              [&] { cluster_barriers[blockIdx.x / unsigned(p.cluster)]->arrive_and_wait(); });
-  });
+  };
+  const unsigned Q = unsigned(p.cluster);
+  if (options.clusters_together) {
+    simt::launch(blocks, unsigned(c.threads), kernel_1);
+  } else {
+    for (unsigned first = blocks; first > 0; first -= Q)
+      simt::launch_blocks(first - Q, Q, blocks, unsigned(c.threads), kernel_1);
+  }
   simt::launch(3, unsigned(c.threads), [&] { run_reduce(r); });
   if (!trained_view) out.dw = trained.dw, out.db = trained.db;
   return out;
@@ -132,7 +150,18 @@ TEST_P(ClusterEmulated, WithoutThePrefetchGivesTheSameBits) {
   const auto [x, labels] = random_inputs(c);
   const Output with = run_step(c, trained, frozen, x, labels);
   expect_same_bits(c.name + std::string(" without the prefetch"),
-                   run_step(c, trained, frozen, x, labels, nullptr, nullptr, false), with);
+                   run_step(c, trained, frozen, x, labels, nullptr, nullptr, {.prefetch = false}), with);
+}
+
+// The clusters one at a time, the last first, as a GPU may schedule them: the same bits.
+TEST_P(ClusterEmulated, OneClusterAtATimeInReverseGivesTheSameBits) {
+  const Case& c = GetParam();
+  HostMlp trained(c.sizes, c.trained, 11), frozen(c.sizes, c.frozen, 12);
+  const auto [x, labels] = random_inputs(c);
+  const Output together = run_step(c, trained, frozen, x, labels);
+  expect_same_bits(c.name + std::string(" one cluster at a time"),
+                   run_step(c, trained, frozen, x, labels, nullptr, nullptr, {.clusters_together = false}),
+                   together);
 }
 
 // Widths 64/40/24 stage by 16-byte copies (rows of x and W aligned), 53/29/31 by single loads;

@@ -11,6 +11,9 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <vector>
@@ -36,6 +39,17 @@ inline thread_local CopyQueue copy_queue;
 // zfill bytes are zeros instead of the source's.
 inline void __pipeline_memcpy_async(void* dst_shared, const void* src_global, size_t size_and_align,
                                     size_t zfill = 0) {
+  // A GPU faults on a copy of another size or from or to a misaligned address ("misaligned
+  // address", the launch lost); x86 would copy it without a word. So it is checked here.
+  const bool size_ok = size_and_align == 4 || size_and_align == 8 || size_and_align == 16;
+  if (!size_ok || reinterpret_cast<uintptr_t>(dst_shared) % size_and_align != 0 ||
+      reinterpret_cast<uintptr_t>(src_global) % size_and_align != 0 || zfill > size_and_align) {
+    std::fprintf(stderr,
+                 "__pipeline_memcpy_async: %zu bytes from %p to %p (zfill %zu): not 4, 8 or 16 bytes "
+                 "at addresses aligned to the size\n",
+                 size_and_align, src_global, dst_shared, zfill);
+    std::abort();  // a thread cannot throw to the test
+  }
   // The zero fill happens when the copy lands, as the source bytes do.
   simt::copy_queue.open.push_back({dst_shared, src_global, size_and_align});
   if (zfill) {

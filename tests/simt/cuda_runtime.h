@@ -25,6 +25,7 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -69,32 +70,37 @@ inline thread_local std::barrier<>* block_barrier = nullptr;
 inline thread_local Warp* warp = nullptr;
 inline thread_local std::barrier<>* grid_barrier = nullptr;
 
-// Runs body() on blocks × threads host threads, all blocks at once (as a cooperative launch
-// would: grid_sync() below waits for every thread), and returns when every thread has
-// finished. body reads threadIdx/blockIdx like a kernel; what it keeps per block (its "shared
-// memory") it indexes by blockIdx.x — aligned as the device code expects (tile::Smem is
-// alignas(16), so a std::vector of them is). threads must be a multiple of 32.
-inline void launch(unsigned blocks, unsigned threads, const std::function<void()>& body) {
+// Runs body() for blocks first_block … first_block + count − 1 of a grid of grid_blocks, each
+// on `threads` host threads, all at once, and returns when every thread has finished. body reads
+// threadIdx/blockIdx like a kernel; what it keeps per block (its "shared memory") it indexes by
+// blockIdx.x — aligned as the device code expects (tile::Smem is alignas(16), so a std::vector
+// of them is). threads must be a multiple of 32. grid_sync() (below) is a barrier over the
+// threads of this call, so only a call that runs the whole grid may use it: a cooperative
+// launch, whose blocks are all resident at once. Running a grid's blocks in several calls is
+// how a test stands for the GPU running them in waves, in an order it does not promise.
+inline void launch_blocks(unsigned first_block, unsigned count, unsigned grid_blocks, unsigned threads,
+                          const std::function<void()>& body) {
   std::atomic<bool> unwaited_copies{false};
   std::vector<std::unique_ptr<std::barrier<>>> barriers;
   std::vector<std::unique_ptr<Warp>> warps;
-  for (unsigned b = 0; b < blocks; ++b) {
+  for (unsigned b = 0; b < count; ++b) {
     barriers.push_back(std::make_unique<std::barrier<>>(std::ptrdiff_t(threads)));
     for (unsigned w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<Warp>(32));
   }
-  std::barrier<> grid(std::ptrdiff_t(blocks) * threads);
+  const bool whole_grid = first_block == 0 && count == grid_blocks;
+  std::barrier<> grid(std::ptrdiff_t(count) * threads);
   std::vector<std::thread> pool;
-  pool.reserve(size_t(blocks) * threads);
-  for (unsigned b = 0; b < blocks; ++b)
+  pool.reserve(size_t(count) * threads);
+  for (unsigned b = 0; b < count; ++b)
     for (unsigned t = 0; t < threads; ++t)
       pool.emplace_back([&, b, t] {
         threadIdx = dim3{t, 0, 0};
-        blockIdx = dim3{b, 0, 0};
+        blockIdx = dim3{first_block + b, 0, 0};
         blockDim = dim3{threads, 1, 1};
-        gridDim = dim3{blocks, 1, 1};
+        gridDim = dim3{grid_blocks, 1, 1};
         block_barrier = barriers[b].get();
         warp = warps[b * (threads / 32) + t / 32].get();
-        grid_barrier = &grid;
+        grid_barrier = whole_grid ? &grid : nullptr;
         body();
         // A copy issued and never waited for is work the kernel threw away, or a wait forgotten.
         if (!copy_queue.open.empty() || !copy_queue.committed.empty()) unwaited_copies = true;
@@ -105,8 +111,19 @@ inline void launch(unsigned blocks, unsigned threads, const std::function<void()
     throw std::logic_error("simt::launch: a thread ended with asynchronous copies it never waited for");
 }
 
+// The whole grid at once, as a cooperative launch runs it.
+inline void launch(unsigned blocks, unsigned threads, const std::function<void()>& body) {
+  launch_blocks(0, blocks, blocks, threads, body);
+}
+
 // cooperative_groups' grid.sync(): every thread of every block.
-inline void grid_sync() { grid_barrier->arrive_and_wait(); }
+inline void grid_sync() {
+  if (grid_barrier == nullptr) {  // a thread cannot throw to the test; say why and stop
+    std::fputs("simt::grid_sync: called in a launch of part of the grid (launch_blocks)\n", stderr);
+    std::abort();
+  }
+  grid_barrier->arrive_and_wait();
+}
 
 }  // namespace simt
 
