@@ -57,7 +57,7 @@ struct Output : StepResult {
 
 // How run_step runs kernel 1.
 struct RunOptions {
-  bool prefetch = true;  // each layer's first chunk issued before the barrier ahead of it
+  bool prefetch = true;  // each layer's first chunk issued during the barrier ahead of it
   // Every cluster at once (true), or one cluster at a time, the last first: on a GPU the
   // clusters run in waves (16 at once on an H100), in an order it does not promise, so no
   // cluster may wait for, or read, another's work. If one did, this would hang, or read the
@@ -106,8 +106,12 @@ Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vec
   std::vector<std::vector<float4>> smem(
       blocks, std::vector<float4>(size_t(p.smem.total + 3) / 4, float4{kNaN, kNaN, kNaN, kNaN}));
   const auto kernel_1 = [&] {
-    run_rows(p, reinterpret_cast<float*>(smem[blockIdx.x].data()),
-             [&] { cluster_barriers[blockIdx.x / unsigned(p.cluster)]->arrive_and_wait(); });
+    run_rows(p, reinterpret_cast<float*>(smem[blockIdx.x].data()), [&](auto&& between) {
+      std::barrier<>& cluster_barrier = *cluster_barriers[blockIdx.x / unsigned(p.cluster)];
+      auto token = cluster_barrier.arrive();
+      between();
+      cluster_barrier.wait(std::move(token));
+    });
   };
   const unsigned Q = unsigned(p.cluster);
   if (options.clusters_together) {

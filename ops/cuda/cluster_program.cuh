@@ -121,7 +121,7 @@ struct Program {
   float* db_part[kMaxLayers];  // [P, S, s_{l+1}]
   int64_t* adam_t;             // advanced by the first thread (null: no Adam)
   SmemLayout smem;
-  bool prefetch;  // issue each layer's first chunk, as far as it can, ahead of the barrier before it
+  bool prefetch;  // issue each layer's first chunk, as far as it can, during the barrier before it
 };
 
 // Kernel 2's work: each gradient from its partials, Adam, the losses and the counters.
@@ -181,7 +181,7 @@ __device__ inline ForwardOperands forward_operands(const Program& p, const Place
 
 // Issues chunk c of op into buf (not committed): its weights (W_l's rows, and with chunk 0 the
 // bias and W_{L−1}'s slice), its activations (H_l's rows), or both. The weights are not written
-// in the step, so they may be issued before the barrier that precedes the layer; H_l (l ≥ 1),
+// in the step, so they may be issued during the barrier that precedes the layer; H_l (l ≥ 1),
 // written by the cluster's other blocks, only after it.
 __device__ inline void stage_forward_chunk(const Program& p, float* sm, const Place& at,
                                            const ForwardOperands& op, int c, float* buf, bool weights,
@@ -201,7 +201,7 @@ __device__ inline void stage_forward_chunk(const Program& p, float* sm, const Pl
 // The forward pass of `net`'s model `mi` for the cluster's rows, read from x_rows ([R, s_0],
 // row stride s_0), into slot `slot` of the exchange buffers; leaves the block's columns of
 // H_{L−1} in acc and its part of the logits in zpart. With p.prefetch, each hidden layer past
-// the first has its first chunk's weights issued before the barrier ahead of it.
+// the first has its first chunk's weights issued during the barrier ahead of it.
 template <class ClusterSync>
 __device__ void forward(const Program& p, float* sm, const Place& at, const Net& net, int64_t mi,
                         const float* x_rows, int64_t slot, ClusterSync&& cluster_sync) {
@@ -215,7 +215,7 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
     own = op.own;
     // (acc's last readers finished before the __syncthreads that ended the layer or pass before)
     zero(acc, at.R4 * own.n4);
-    const bool weights_issued = l >= 1 && p.prefetch;  // before the barrier that ended layer l − 1
+    const bool weights_issued = l >= 1 && p.prefetch;  // during the barrier that ended layer l − 1
     if (weights_issued) {
       stage_forward_chunk(p, sm, at, op, 0, sm + lay.buffer[0], false, true);
       __pipeline_commit();
@@ -242,13 +242,13 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
       if (h_out) h_out[r * out + j] = h;
     }
     __syncthreads();
-    if (l + 2 < L) {     // the next hidden layer reads whole rows of H_{l+1}: a cluster barrier
-      if (p.prefetch) {  // (buffer 0 and the bias are free since the __syncthreads above)
+    if (l + 2 < L) {              // the next hidden layer reads whole rows of H_{l+1}: a cluster barrier,
+      cluster_sync([&] {          // while whose other blocks arrive its weights' first chunk is issued
+        if (!p.prefetch) return;  // (buffer 0 and the bias are free since the __syncthreads above)
         stage_forward_chunk(p, sm, at, forward_operands(p, at, net, mi, x_rows, slot, l + 1), 0,
                             sm + lay.buffer[0], true, false);
         __pipeline_commit();
-      }
-      cluster_sync();
+      });
     }
   }
   // The logits' part over this block's columns of H_{L−1}: Zq = H_{L−1}[:, own]·W_{L−1}[:, own]ᵀ.
@@ -429,9 +429,8 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
         },
         p.prefetch);
     if (!gradient_below) break;
-    prefetch_backward(p, sm, at, l - 1);
-    // Each block sums the Q parts of its own columns of G_l.
-    cluster_sync();  // every block's part of G_l is in L2
+    // Each block sums the Q parts of its own columns of G_l, once every block's part is in L2.
+    cluster_sync([&] { prefetch_backward(p, sm, at, l - 1); });
     const Own below = own_columns(in, at);
     const float* parts = p.gpart + (m * B + at.r0) * at.Q * in + below.begin;
     const float* gate = p.H[l] + (m * B + at.r0) * in + below.begin;  // this block wrote it
@@ -450,8 +449,11 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
 }
 
 // Kernel 1's body, run by every thread of every block; the clusters are consecutive blocks
-// (block q of cluster c is block c·Q + q). cluster_sync() waits for the cluster's threads and
-// makes their writes visible to each other.
+// (block q of cluster c is block c·Q + q). cluster_sync(between) is the cluster's barrier in two
+// halves: this thread arrives (its writes released to the cluster), runs between() — the
+// prefetch of data nobody writes in the step, so that its loads are in flight while the other
+// blocks arrive, rather than held up by the fence that comes with arriving — then waits for
+// every thread of the cluster (their writes acquired). between() must not wait for other threads.
 template <class ClusterSync>
 __device__ void run_rows(const Program& p, float* sm, ClusterSync&& cluster_sync) {
   Place at;
@@ -467,10 +469,11 @@ __device__ void run_rows(const Program& p, float* sm, ClusterSync&& cluster_sync
     __syncthreads();
   }
   forward(p, sm, at, p.net, m, p.x + (m * B + at.r0) * p.s[0], m, cluster_sync);
-  prefetch_backward(p, sm, at, p.layers - 2);  // in flight through the loss rows
-  cluster_sync();  // every block's part of the logits is in L2
+  // Every block's part of the logits in L2; layer L − 2's first backward chunk in flight
+  // through the loss rows.
+  cluster_sync([&] { prefetch_backward(p, sm, at, p.layers - 2); });
   loss_rows(p, at);
-  cluster_sync();  // G_L of every row is in L2
+  cluster_sync([] {});  // G_L of every row is in L2
   backward(p, sm, at, cluster_sync);
 }
 

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <string>
+#include <utility>  // std::move
 #include <vector>
 
 #include "engine/cuda/check.h"
@@ -48,7 +49,12 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
   // Without the launch attribute both are no-ops.
   cudaTriggerProgrammaticLaunchCompletion();
   cudaGridDependencySynchronize();
-  cluster::run_rows(p, reinterpret_cast<float*>(dynamic_smem), [&] { cluster.sync(); });
+  // cluster.sync() is barrier_arrive() then barrier_wait(); prefetches go between the two.
+  cluster::run_rows(p, reinterpret_cast<float*>(dynamic_smem), [&](auto&& between) {
+    auto token = cluster.barrier_arrive();
+    between();
+    cluster.barrier_wait(std::move(token));
+  });
 #else
   __trap();  // the host never launches it below sm_90 (cluster_step_supported)
 #endif

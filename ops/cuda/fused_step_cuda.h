@@ -87,8 +87,8 @@ void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, co
 //                     launch hides behind the previous kernel's last blocks. Same bits either way.
 //   prefetch          each layer's first K chunk, as far as it does not wait for the cluster
 //                     barrier ahead of the layer (a hidden layer's weights going forward; all
-//                     of it going backward), issued before that barrier, so that its load
-//                     overlaps the barrier. Same bits either way.
+//                     of it going backward), issued between the barrier's arrive and its
+//                     wait, so that its load overlaps the barrier. Same bits either way.
 // Throws ShapeError for a negative cap.
 struct ClusterStepTuning {
   int max_chunk = 0;
