@@ -113,22 +113,40 @@ TEST(CrossInit, PartnerIsADerangementForEveryModelCount) {
   }
 }
 
-// mean, sample std and 95% CI = 1.96·std/√n, computed by hand for a few values.
+// mean, sample std, the paper's 95% CI = 1.96·std/√n and Student's t's, computed by hand for a
+// few values (t quantiles from tables: 12.7062 for 1 degree of freedom, 3.1824 for 3).
 TEST(Statistics, MeanStdAndConfidenceInterval) {
   const Stats two = summarize({0.5, 0.7});
   EXPECT_DOUBLE_EQ(two.mean, 0.6);
   EXPECT_NEAR(two.std, std::sqrt(0.02), 1e-15);
   EXPECT_NEAR(two.ci95, 1.96 * std::sqrt(0.02) / std::sqrt(2.0), 1e-15);
+  EXPECT_NEAR(two.ci95_t, 12.7062 * std::sqrt(0.02) / std::sqrt(2.0), 1e-5);
   EXPECT_EQ(two.n, 2);
   const Stats four = summarize({0.1, 0.2, 0.3, 0.4});
   const double var = (0.0225 + 0.0025 + 0.0025 + 0.0225) / 3;
   EXPECT_NEAR(four.mean, 0.25, 1e-15);
   EXPECT_NEAR(four.std, std::sqrt(var), 1e-15);
   EXPECT_NEAR(four.ci95, 1.96 * std::sqrt(var) / 2, 1e-15);
+  EXPECT_NEAR(four.ci95_t, 3.1824 * std::sqrt(var) / 2, 1e-5);
   const Stats one = summarize({0.42});
   EXPECT_DOUBLE_EQ(one.mean, 0.42);
   EXPECT_EQ(one.std, 0);
   EXPECT_EQ(one.ci95, 0);
+  EXPECT_EQ(one.ci95_t, 0);
+}
+
+// Student's t quantile: the table to 30 degrees of freedom, the expansion beyond (values from
+// mpmath's incomplete beta function), falling towards the normal quantile 1.959964.
+TEST(Statistics, StudentTQuantile) {
+  EXPECT_NEAR(student_t_975(1), 12.706205, 1e-6);
+  EXPECT_NEAR(student_t_975(9), 2.262157, 1e-6);
+  EXPECT_NEAR(student_t_975(30), 2.042272, 1e-6);
+  EXPECT_NEAR(student_t_975(31), 2.039513, 1e-6);
+  EXPECT_NEAR(student_t_975(60), 2.000298, 1e-6);
+  EXPECT_NEAR(student_t_975(99), 1.984217, 1e-6);
+  EXPECT_NEAR(student_t_975(100000), 1.959988, 1e-6);
+  for (int64_t d = 1; d < 200; ++d) EXPECT_GT(student_t_975(d), student_t_975(d + 1)) << d;
+  EXPECT_THROW(student_t_975(0), ShapeError);
 }
 
 // Several --sweep keys form a grid; each configuration has a stable id; bad text is refused up front.

@@ -15,6 +15,7 @@
 #include <map>                // std::map
 #include <nlohmann/json.hpp>  // nlohmann::json
 #include <regex>              // std::regex
+#include <set>                // std::set
 #include <sstream>            // std::istringstream
 #include <string>             // std::string
 #include <vector>             // std::vector
@@ -231,7 +232,7 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   const std::vector<std::string> csv = lines_of(read_text(prefix + ".csv"));
   const std::vector<std::string> jsonl = lines_of(read_text(prefix + ".jsonl"));
   ASSERT_EQ(csv.size(), 1 + 2 * 4u) << read_text(prefix + ".csv");  // header + 2 configs × 4 arms
-  EXPECT_EQ(csv[0], "config,arm,test_acc,ci95,std,n,seconds");
+  EXPECT_EQ(csv[0], "config,arm,test_acc,ci95,std,n,seconds,ci95_t");
   ASSERT_EQ(jsonl.size(), 2 * 4u);
   std::map<std::string, int> rows_per_config;
   for (const std::string& line : jsonl) {
@@ -275,22 +276,47 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   EXPECT_EQ(damaged.exit_code, 2) << damaged.err;
   EXPECT_NE(damaged.err.find("line 2: not a JSON row"), std::string::npos) << damaged.err;
 
-  // An interrupted sweep: the first configuration's rows and half a row of the second. Resuming
-  // runs the second again after the torn row; resuming once more finds both done.
-  std::string first_config;
+  // An interrupted sweep: the first configuration's rows, one whole row of the second and half
+  // of the next; the CSV still holds all 8 rows (it used to be written before the JSONL).
+  // Resuming drops the second configuration's part and runs it again, and rebuilds the CSV from
+  // the JSONL: each row once. Resuming once more finds both done.
+  std::string first_config, second_config_part;
   for (const std::string& line : jsonl)
     if (json::parse(line)["config"] == "lr=1e-3") first_config += line + "\n";
+  for (const std::string& line : jsonl)
+    if (json::parse(line)["config"] == "lr=3e-4") {
+      second_config_part = line + "\n";
+      break;
+    }
   // (A crash can also leave zero bytes the write never filled in.)
   const std::string torn = jsonl.back().substr(0, jsonl.back().size() / 2) + std::string(8, '\0');
-  write_text(prefix + ".jsonl", first_config + torn);
+  write_text(prefix + ".jsonl", first_config + second_config_part + torn);
+  ASSERT_EQ(lines_of(read_text(prefix + ".csv")).size(), 1 + 2 * 4u);  // the CSV left as it was
   const ProcessResult resumed = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_NE(resumed.out.find("1 already done"), std::string::npos) << resumed.out;
   EXPECT_NE(resumed.out.find("lr=3e-4:"), std::string::npos) << resumed.out;
-  EXPECT_EQ(lines_of(read_text(prefix + ".jsonl")).size(), 4 + 1 + 4u);  // the torn row stays
+  const std::vector<std::string> mended = lines_of(read_text(prefix + ".jsonl"));
+  const std::vector<std::string> rebuilt = lines_of(read_text(prefix + ".csv"));
+  ASSERT_EQ(mended.size(), 2 * 4u) << read_text(prefix + ".jsonl");
+  ASSERT_EQ(rebuilt.size(), 1 + 2 * 4u) << read_text(prefix + ".csv");
+  std::set<std::pair<std::string, std::string>> in_jsonl, in_csv;
+  for (const std::string& line : mended) {
+    const json row = json::parse(line);  // no torn line left
+    in_jsonl.insert({row["config"].get<std::string>(), row["arm"].get<std::string>()});
+  }
+  for (size_t i = 1; i < rebuilt.size(); ++i) {
+    const size_t first_comma = rebuilt[i].find(','), second_comma = rebuilt[i].find(',', first_comma + 1);
+    in_csv.insert({rebuilt[i].substr(0, first_comma),
+                   rebuilt[i].substr(first_comma + 1, second_comma - first_comma - 1)});
+  }
+  EXPECT_EQ(in_jsonl.size(), 2 * 4u) << "a (configuration, arm) twice in the JSONL";
+  EXPECT_EQ(in_csv, in_jsonl) << "the CSV is not the JSONL's table";
   const ProcessResult done = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
   ASSERT_EQ(done.exit_code, 0) << done.err;
   EXPECT_NE(done.out.find("2 already done"), std::string::npos) << done.out;
+  EXPECT_EQ(lines_of(read_text(prefix + ".jsonl")), mended);
+  EXPECT_EQ(lines_of(read_text(prefix + ".csv")), rebuilt);
 }
 
 }  // namespace

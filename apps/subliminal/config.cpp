@@ -185,7 +185,9 @@ const std::vector<ValueFlag>& value_flags() {
        [](Config& c, auto& k, auto& v) { c.all_logit_arms = parse_bool(k, v); }},
       {"eval-every-epoch", "Evaluate after every epoch (else only at the end): true | false",
        [](Config& c, auto& k, auto& v) { c.eval_every_epoch = parse_bool(k, v); }},
-      {"train-samples", "Use only the first N training images (default 0: all 60000) — for quick runs",
+      {"train-samples",
+       "Use only the first N training images (default 0: all 60000) — for quick runs; a distillation epoch "
+       "is then as many steps as a pass over them",
        [](Config& c, auto& k, auto& v) { c.train_samples = parse_int(k, v, 0, INT32_MAX); }},
       {"threads", "CPU threads for BLAS and the engine's own loops (0: all hardware threads)",
        [](Config& c, auto& k, auto& v) { c.threads = int(parse_int(k, v, 0, 1024)); }},
@@ -441,7 +443,8 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   cli.add_flag("--autotune", autotune,
                "Time cuBLASLt's candidate algorithms once per GEMM shape and keep the fastest");
   cli.add_flag("--deterministic", deterministic,
-               "Bit-identical results for the same seed on the same machine (the default path already is; "
+               "Bit-identical results for the same seed on the same machine and --threads (the default path "
+               "already is; "
                "this refuses --autotune, whose timing-based choices are not, and --gemm cudnn, whose engines "
                "may reduce in varying order)");
   cli.add_flag("--no-graphs", no_graphs,

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -14,7 +15,7 @@
 #include "apps/subliminal/experiment.h"
 #include "apps/subliminal/progress.h"
 #include "apps/subliminal/report.h"
-#include "engine/safetensors.h"  // resolved_path
+#include "engine/safetensors.h"  // write_file_atomically
 
 namespace subliminal::app {
 namespace {
@@ -43,9 +44,10 @@ std::vector<std::string> split(const std::string& text, char separator) {
   }
 }
 
-// What every row of one sweep shares: the settings of the base run (config_json), less the
-// swept keys, plus the init file. A row written under other settings is not a result of this
-// sweep, whatever its configuration id says.
+// What every row of one sweep shares: the settings of the base run (config_json, the init
+// file's resolved path among them), less the swept keys and what does not change a row (whether
+// each epoch was evaluated). A row written under other settings is not a result of this sweep,
+// whatever its configuration id says.
 nlohmann::json sweep_base(const Config& base) {
   nlohmann::json settings = config_json(base);
   for (const std::string& sweep : base.sweeps) {
@@ -53,8 +55,7 @@ nlohmann::json sweep_base(const Config& base) {
     std::replace(key.begin(), key.end(), '-', '_');  // flag names → the report's keys
     settings.erase(key);
   }
-  // The file, not its spelling: a resume from another folder or as ./init.st is the same sweep.
-  settings["load_init"] = base.load_init_path.empty() ? "" : resolved_path(base.load_init_path).string();
+  settings.erase("eval_every_epoch");
   return settings;
 }
 
@@ -79,16 +80,31 @@ bool torn_row(const std::string& line) {
   return written.compare(0, n, head, 0, n) == 0;
 }
 
-// The arms of each configuration already in the JSONL file. A torn row (an interrupted write;
-// resuming ends its line and appends after it) is not a row; its configuration counts as
-// unfinished and runs again. Anything else that is not a row of this sweep stops the run:
-// resuming on top of it would mix results.
-std::map<std::string, std::set<std::string>> rows_done(const std::string& jsonl_path,
-                                                       const nlohmann::json& base) {
-  std::map<std::string, std::set<std::string>> arms;
-  std::ifstream in(jsonl_path);
+// One row of PREFIX.jsonl as read back: its text and what it says.
+struct SweepRow {
+  std::string config, arm, line;
+  nlohmann::json row;
+};
+
+// What PREFIX.jsonl holds: its rows, in order, and its bytes as they are. A torn row (an
+// interrupted write) is not a row; its configuration counts as unfinished and runs again.
+// Anything else that is not a row of this sweep stops the run: resuming on top of it would mix
+// results.
+struct SweepFile {
+  std::vector<SweepRow> rows;
+  std::string text;
+};
+SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& base) {
+  SweepFile file;
+  {
+    std::ifstream in(jsonl_path, std::ios::binary);
+    std::ostringstream bytes;
+    bytes << in.rdbuf();
+    file.text = bytes.str();
+  }
+  std::istringstream lines(file.text);
   std::string line;
-  for (int64_t number = 1; std::getline(in, line); ++number) {
+  for (int64_t number = 1; std::getline(lines, line); ++number) {
     if (line.empty()) continue;
     const std::string where = "--sweep-out " + path_text(jsonl_path) + ", line " + std::to_string(number);
     nlohmann::json row;
@@ -109,29 +125,36 @@ std::map<std::string, std::set<std::string>> rows_done(const std::string& jsonl_
       throw UsageError(where + ": written by a sweep with other settings (" +
                        first_difference(row["base"], base) +
                        "); rerun with that sweep's flags to resume it, or choose another --sweep-out");
-    arms[row["config"].get<std::string>()].insert(row["arm"].get<std::string>());
+    file.rows.push_back({row["config"].get<std::string>(), row["arm"].get<std::string>(), line, row});
   }
-  return arms;
+  return file;
 }
 
 // Rows one configuration writes: reference, teacher and one per student arm.
 size_t rows_expected(const Config& config) { return 2 + student_arms(config).size(); }
-
-// Appending after a torn last line would glue the next row onto it: end that line first.
-void end_torn_line(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in || in.tellg() <= 0) return;
-  in.seekg(-1, std::ios::end);
-  char last = 0;
-  in.get(last);
-  if (last != '\n') std::ofstream(path, std::ios::app) << '\n';
-}
 
 std::string csv_field(const std::string& s) {
   if (s.find_first_of(",\"\n") == std::string::npos) return s;
   std::string q = "\"";
   for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
   return q + "\"";
+}
+
+constexpr const char* kCsvHeader = "config,arm,test_acc,ci95,std,n,seconds,ci95_t\n";
+
+// The CSV line of one JSONL row: the CSV is a table of the JSONL, rebuilt from it when a sweep
+// starts. (Rows written before ci95_t existed get it from their std and n.)
+std::string csv_line(const nlohmann::json& row) {
+  const int64_t n = row.value("n", int64_t(1));
+  const double std = row.value("std", 0.0);
+  const double ci95_t = row.contains("ci95_t") ? row["ci95_t"].get<double>()
+                        : n > 1                ? student_t_975(n - 1) * std / std::sqrt(double(n))
+                                               : 0.0;
+  std::ostringstream line;
+  line << csv_field(row["config"].get<std::string>()) << ',' << row["arm"].get<std::string>() << ','
+       << row["test_acc"].get<double>() << ',' << row.value("ci95", 0.0) << ',' << std << ',' << n << ','
+       << row.value("seconds", 0.0) << ',' << ci95_t << '\n';
+  return line.str();
 }
 
 }  // namespace
@@ -205,22 +228,38 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
 
   const std::string csv_path = base.sweep_out + ".csv", jsonl_path = base.sweep_out + ".jsonl";
   const nlohmann::json base_settings = sweep_base(base);
-  const std::map<std::string, std::set<std::string>> done = rows_done(jsonl_path, base_settings);
-  std::error_code ec;
-  const bool new_csv =
-      !std::filesystem::exists(csv_path, ec) || std::filesystem::file_size(csv_path, ec) == 0;
-  end_torn_line(csv_path);
-  end_torn_line(jsonl_path);
-  std::ofstream csv(csv_path, std::ios::app), jsonl(jsonl_path, std::ios::app);
-  if (!csv || !jsonl)
-    throw InputError("--sweep-out " + path_text(base.sweep_out) +
-                     ": cannot open its .csv/.jsonl for appending");
-  if (new_csv) csv << "config,arm,test_acc,ci95,std,n,seconds\n";
-
+  const SweepFile file = read_sweep_rows(jsonl_path, base_settings);
+  std::map<std::string, std::set<std::string>> done;  // the arms of each configuration
+  for (const SweepRow& r : file.rows) done[r.config].insert(r.arm);
   auto finished = [&](size_t k) {
     auto it = done.find(config_id(grid[k]));
     return it != done.end() && it->second.size() >= rows_expected(configs[k]);
   };
+
+  // What the files keep: the rows of finished configurations (and of configurations outside
+  // this grid: an earlier grid of the same sweep), the last of each (configuration, arm). An
+  // interrupted sweep may have left a torn row, part of a configuration, or CSV rows without
+  // their JSONL rows; those configurations run again, and the JSONL is mended and the CSV
+  // rebuilt from it, both atomically, before anything is appended.
+  std::set<std::string> to_run;
+  for (size_t k = 0; k < grid.size(); ++k)
+    if (!finished(k)) to_run.insert(config_id(grid[k]));
+  std::map<std::pair<std::string, std::string>, size_t> last;  // (config, arm) → its last row
+  for (size_t i = 0; i < file.rows.size(); ++i) last[{file.rows[i].config, file.rows[i].arm}] = i;
+  std::string jsonl_text, csv_text = kCsvHeader;
+  for (size_t i = 0; i < file.rows.size(); ++i) {
+    const SweepRow& r = file.rows[i];
+    if (to_run.count(r.config) || last[{r.config, r.arm}] != i) continue;
+    jsonl_text += r.line + '\n';
+    csv_text += csv_line(r.row);
+  }
+  if (jsonl_text != file.text) write_file_atomically(jsonl_path, jsonl_text);
+  write_file_atomically(csv_path, csv_text);
+  std::ofstream csv(csv_path, std::ios::app), jsonl(jsonl_path, std::ios::app);
+  if (!csv || !jsonl)
+    throw InputError("--sweep-out " + path_text(base.sweep_out) +
+                     ": cannot open its .csv/.jsonl for appending");
+
   size_t already = 0;
   for (size_t k = 0; k < grid.size(); ++k) already += finished(k);
   std::fprintf(out, "Sweep: %zu configurations (%zu already done) → %s, %s\n", grid.size(), already,
@@ -239,22 +278,22 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     bar.clear();
     // All of a configuration's rows go out in one write each, then are flushed: an interrupted
-    // sweep leaves whole configurations (at worst one torn last line, which resuming ignores).
-    std::ostringstream csv_rows, jsonl_rows;
+    // sweep leaves whole configurations, or a part that resuming drops and runs again.
+    std::string csv_rows, jsonl_rows;
     std::fprintf(out, "%s:", id.c_str());
     for (const auto& [arm, acc] : results.final_acc) {
       const Stats s = summarize(acc);
-      csv_rows << csv_field(id) << ',' << arm << ',' << s.mean << ',' << s.ci95 << ',' << s.std << ',' << s.n
-               << ',' << seconds << '\n';
-      nlohmann::json row = {{"config", id},       {"arm", arm},       {"test_acc", s.mean},
-                            {"ci95", s.ci95},     {"std", s.std},     {"n", s.n},
-                            {"seconds", seconds}, {"per_model", acc}, {"base", base_settings}};
+      nlohmann::json row = {{"config", id},         {"arm", arm},         {"test_acc", s.mean},
+                            {"ci95", s.ci95},       {"std", s.std},       {"n", s.n},
+                            {"ci95_t", s.ci95_t},   {"seconds", seconds}, {"per_model", acc},
+                            {"base", base_settings}};
       for (const auto& [key, value] : grid[k]) row["settings"][key] = value;
-      jsonl_rows << json_text(row) << '\n';
+      jsonl_rows += json_text(row) + '\n';
+      csv_rows += csv_line(row);
       std::fprintf(out, " %s %.3f±%.3f", arm.c_str(), s.mean, s.ci95);
     }
-    csv << csv_rows.str() << std::flush;
-    jsonl << jsonl_rows.str() << std::flush;
+    jsonl << jsonl_rows << std::flush;  // the JSONL first: it is what resuming reads
+    csv << csv_rows << std::flush;
     if (!csv || !jsonl)  // a full disk: stop rather than report rows that are not there
       throw InputError("--sweep-out " + path_text(base.sweep_out) +
                        ": writing its .csv/.jsonl failed after " + id);
