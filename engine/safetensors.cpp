@@ -261,7 +261,10 @@ void write_file_atomically(const std::filesystem::path& requested, const std::st
     }
     written += size_t(n);
   }
-  fchmod(fd, 0644);
+  // A file replaced keeps its permission bits (a resumed sweep rewrites its rows); a new one is
+  // 0644, as a plain open() would make it under the usual umask.
+  struct stat existing {};
+  fchmod(fd, ::stat(path.c_str(), &existing) == 0 ? (existing.st_mode & 07777) : 0644);
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
     const int err = errno;
     ::unlink(temp.c_str());

@@ -7,6 +7,10 @@
 // process of its own, so each test asks only for the runs it needs.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>     // open: a sweep's lock held by the test
+#include <sys/file.h>  // flock
+#include <unistd.h>    // close
+
 #include <algorithm>          // std::count
 #include <chrono>             // std::chrono::steady_clock
 #include <cmath>              // std::abs
@@ -218,6 +222,13 @@ std::vector<std::string> lines_of(const std::string& text) {
   return lines;
 }
 
+// The first n of `lines`, each ended by a newline, as a file holds them.
+std::string first_lines(const std::vector<std::string>& lines, size_t n) {
+  std::string text;
+  for (size_t i = 0; i < n && i < lines.size(); ++i) text += lines[i] + "\n";
+  return text;
+}
+
 // One CSV and one JSONL row per configuration × arm; rerunning the same command finds every
 // configuration done, says so, runs nothing and writes no duplicate rows.
 TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
@@ -270,16 +281,46 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   EXPECT_EQ(old.exit_code, 2) << old.err;
   EXPECT_NE(old.err.find("line 1: a row without the settings of its sweep"), std::string::npos) << old.err;
 
-  // A line that is not a row of a sweep (a damaged file): refused, naming the line.
+  // A line that is not a row of a sweep (a damaged file), or a row whose numbers are not:
+  // refused, naming the line.
   write_text(prefix + ".jsonl", jsonl[0] + "\nnot a row\n" + jsonl[1] + "\n");
   const ProcessResult damaged = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
   EXPECT_EQ(damaged.exit_code, 2) << damaged.err;
   EXPECT_NE(damaged.err.find("line 2: not a JSON row"), std::string::npos) << damaged.err;
+  json text_number = json::parse(jsonl[1]);
+  text_number["n"] = "1";
+  write_text(prefix + ".jsonl", jsonl[0] + "\n" + text_number.dump() + "\n");
+  const ProcessResult not_a_number = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
+  EXPECT_EQ(not_a_number.exit_code, 2) << not_a_number.err;
+  EXPECT_NE(not_a_number.err.find("line 2: its n is not a number"), std::string::npos) << not_a_number.err;
+
+  // The CSV is rebuilt from the JSONL; with no JSONL rows, the CSV's rows would be lost: refused.
+  fs::remove(prefix + ".jsonl");
+  const ProcessResult csv_only = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
+  EXPECT_EQ(csv_only.exit_code, 2) << csv_only.err;
+  EXPECT_NE(csv_only.err.find("its .csv holds 8 rows but its .jsonl"), std::string::npos) << csv_only.err;
+  EXPECT_EQ(lines_of(read_text(prefix + ".csv")), csv);
+
+  // Another sweep on the same prefix is running (it holds PREFIX.lock): refused, files untouched.
+  write_text(prefix + ".jsonl", first_lines(jsonl, 4));
+  {
+    const int held = ::open((prefix + ".lock").c_str(), O_RDWR | O_CREAT, 0644);
+    ASSERT_GE(held, 0);
+    ASSERT_EQ(::flock(held, LOCK_EX | LOCK_NB), 0);
+    const ProcessResult busy = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
+    ::close(held);
+    EXPECT_EQ(busy.exit_code, 2) << busy.err;
+    EXPECT_NE(busy.err.find("in use by another sweep"), std::string::npos) << busy.err;
+    EXPECT_EQ(read_text(prefix + ".jsonl"), first_lines(jsonl, 4));
+    EXPECT_EQ(lines_of(read_text(prefix + ".csv")), csv);
+  }
 
   // An interrupted sweep: the first configuration's rows, one whole row of the second and half
   // of the next; the CSV still holds all 8 rows (it used to be written before the JSONL).
   // Resuming drops the second configuration's part and runs it again, and rebuilds the CSV from
   // the JSONL: each row once. Resuming once more finds both done.
+  // Also a row repeated (kept once) and a row of a configuration outside this grid (an earlier,
+  // wider grid of the same sweep: kept).
   std::string first_config, second_config_part;
   for (const std::string& line : jsonl)
     if (json::parse(line)["config"] == "lr=1e-3") first_config += line + "\n";
@@ -288,9 +329,13 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
       second_config_part = line + "\n";
       break;
     }
+  json outside = json::parse(jsonl[0]);
+  outside["config"] = "lr=5e-4";
+  outside["settings"]["lr"] = "5e-4";
+  const std::string repeated = first_lines(jsonl, 1);
   // (A crash can also leave zero bytes the write never filled in.)
   const std::string torn = jsonl.back().substr(0, jsonl.back().size() / 2) + std::string(8, '\0');
-  write_text(prefix + ".jsonl", first_config + second_config_part + torn);
+  write_text(prefix + ".jsonl", first_config + repeated + outside.dump() + "\n" + second_config_part + torn);
   ASSERT_EQ(lines_of(read_text(prefix + ".csv")).size(), 1 + 2 * 4u);  // the CSV left as it was
   const ProcessResult resumed = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
@@ -298,8 +343,8 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   EXPECT_NE(resumed.out.find("lr=3e-4:"), std::string::npos) << resumed.out;
   const std::vector<std::string> mended = lines_of(read_text(prefix + ".jsonl"));
   const std::vector<std::string> rebuilt = lines_of(read_text(prefix + ".csv"));
-  ASSERT_EQ(mended.size(), 2 * 4u) << read_text(prefix + ".jsonl");
-  ASSERT_EQ(rebuilt.size(), 1 + 2 * 4u) << read_text(prefix + ".csv");
+  ASSERT_EQ(mended.size(), 2 * 4u + 1) << read_text(prefix + ".jsonl");
+  ASSERT_EQ(rebuilt.size(), 1 + 2 * 4u + 1) << read_text(prefix + ".csv");
   std::set<std::pair<std::string, std::string>> in_jsonl, in_csv;
   for (const std::string& line : mended) {
     const json row = json::parse(line);  // no torn line left
@@ -310,7 +355,9 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
     in_csv.insert({rebuilt[i].substr(0, first_comma),
                    rebuilt[i].substr(first_comma + 1, second_comma - first_comma - 1)});
   }
-  EXPECT_EQ(in_jsonl.size(), 2 * 4u) << "a (configuration, arm) twice in the JSONL";
+  EXPECT_EQ(in_jsonl.size(), 2 * 4u + 1) << "a (configuration, arm) twice in the JSONL";
+  EXPECT_TRUE(in_jsonl.count({"lr=5e-4", json::parse(jsonl[0])["arm"].get<std::string>()}))
+      << "the row of a configuration outside the grid was dropped";
   EXPECT_EQ(in_csv, in_jsonl) << "the CSV is not the JSONL's table";
   const ProcessResult done = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
   ASSERT_EQ(done.exit_code, 0) << done.err;

@@ -259,4 +259,17 @@ TEST(Safetensors, WritesThroughSymbolicLinksAndRefusesWhatIsNotAFile) {
   EXPECT_EQ(directory_entries(dir.path()).size(), 5u);  // target, link, sub, loop, fifo: no probes left
 }
 
+// A replaced file keeps its permission bits (a resumed sweep rewrites its rows in place of the
+// user's file); a new one is 0644.
+TEST(Safetensors, AReplacedFileKeepsItsPermissions) {
+  namespace fs = std::filesystem;
+  TempDir dir;
+  write_file_atomically(dir / "rows.jsonl", "one\n");
+  EXPECT_EQ(fs::status(dir / "rows.jsonl").permissions(), fs::perms(0644));
+  fs::permissions(dir / "rows.jsonl", fs::perms(0600));
+  write_file_atomically(dir / "rows.jsonl", "one\ntwo\n");
+  EXPECT_EQ(fs::status(dir / "rows.jsonl").permissions(), fs::perms(0600));
+  EXPECT_EQ(read_text(dir / "rows.jsonl"), "one\ntwo\n");
+}
+
 }  // namespace

@@ -1,11 +1,19 @@
 // apps/subliminal/sweep.cpp — the grid, the rows, resuming.
 #include "apps/subliminal/sweep.h"
 
+#include <fcntl.h>     // open
+#include <sys/file.h>  // flock
+#include <sys/stat.h>  // fstat, stat
+#include <unistd.h>    // close, unlink
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -96,11 +104,16 @@ struct SweepFile {
 };
 SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& base) {
   SweepFile file;
-  {
+  std::error_code missing;
+  if (std::filesystem::exists(jsonl_path, missing)) {
+    // Read whole or not at all: a short read would look like a torn last row, which the mended
+    // file would then leave out.
     std::ifstream in(jsonl_path, std::ios::binary);
-    std::ostringstream bytes;
-    bytes << in.rdbuf();
-    file.text = bytes.str();
+    if (!in)
+      throw InputError("--sweep-out " + path_text(jsonl_path) + ": cannot read it (" + std::strerror(errno) +
+                       ")");
+    file.text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (in.bad()) throw InputError("--sweep-out " + path_text(jsonl_path) + ": read error");
   }
   std::istringstream lines(file.text);
   std::string line;
@@ -115,8 +128,12 @@ SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& b
       throw DataError(where + ": not a JSON row of a sweep");
     }
     if (!row.is_object() || !row.contains("config") || !row["config"].is_string() || !row.contains("arm") ||
-        !row["arm"].is_string() || !row.contains("test_acc"))
-      throw DataError(where + ": not a row of a sweep (needs config, arm and test_acc)");
+        !row["arm"].is_string() || !row.contains("test_acc") || !row["test_acc"].is_number())
+      throw DataError(where + ": not a row of a sweep (needs config, arm and a numeric test_acc)");
+    for (const char* key : {"ci95", "ci95_t", "std", "seconds", "n"})
+      if (row.contains(key) &&
+          !(key == std::string("n") ? row[key].is_number_integer() : row[key].is_number()))
+        throw DataError(where + ": its " + key + " is not a number");
     if (!row.contains("base"))
       throw UsageError(where +
                        ": a row without the settings of its sweep (\"base\"; written by an older "
@@ -132,6 +149,45 @@ SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& b
 
 // Rows one configuration writes: reference, teacher and one per student arm.
 size_t rows_expected(const Config& config) { return 2 + student_arms(config).size(); }
+
+// PREFIX.lock, locked (flock, exclusive) while a sweep runs. A second sweep on the same prefix
+// would replace the files under the first one's open handles, and the first one's later rows
+// would go to files no longer there: it is refused instead. The file is removed on the way out;
+// one left by a killed sweep holds no lock and is reused.
+class SweepLock {
+ public:
+  explicit SweepLock(const std::string& prefix) : path_(prefix + ".lock") {
+    const std::string name = "--sweep-out " + path_text(prefix);
+    while (true) {
+      fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+      if (fd_ < 0)
+        throw InputError(name + ": cannot create " + path_text(path_) + " (" + std::strerror(errno) + ")");
+      if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+        ::close(fd_);
+        throw UsageError(name + ": in use by another sweep (it holds " + path_text(path_) +
+                         "); wait for it to finish, or choose another --sweep-out");
+      }
+      // Locked — but if the sweep before us removed the file between our open and our lock, the
+      // lock is on a file no one else will find: take the one that is there now.
+      struct stat held {
+      }, there{};
+      if (::fstat(fd_, &held) == 0 && ::stat(path_.c_str(), &there) == 0 && held.st_dev == there.st_dev &&
+          held.st_ino == there.st_ino)
+        return;
+      ::close(fd_);
+    }
+  }
+  ~SweepLock() {
+    ::unlink(path_.c_str());  // before unlocking, so that a waiting sweep's check above sees it gone
+    ::close(fd_);
+  }
+  SweepLock(const SweepLock&) = delete;
+  SweepLock& operator=(const SweepLock&) = delete;
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
 
 std::string csv_field(const std::string& s) {
   if (s.find_first_of(",\"\n") == std::string::npos) return s;
@@ -227,8 +283,21 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   const std::vector<Config> configs = sweep_configs(base);  // in grid order
 
   const std::string csv_path = base.sweep_out + ".csv", jsonl_path = base.sweep_out + ".jsonl";
+  const SweepLock lock(base.sweep_out);  // no other sweep rewrites these files under this one
   const nlohmann::json base_settings = sweep_base(base);
   const SweepFile file = read_sweep_rows(jsonl_path, base_settings);
+  if (file.rows.empty()) {  // the CSV is rebuilt from the JSONL: rows only in the CSV would be lost
+    std::ifstream old_csv(csv_path);
+    std::string line;
+    int64_t csv_rows = -1;  // less the header
+    while (std::getline(old_csv, line))
+      if (!line.empty()) ++csv_rows;
+    if (csv_rows > 0)
+      throw UsageError(
+          "--sweep-out " + path_text(base.sweep_out) + ": its .csv holds " + std::to_string(csv_rows) +
+          " rows but its .jsonl, from which the CSV is rebuilt, holds none; move the CSV away, or "
+          "choose another --sweep-out");
+  }
   std::map<std::string, std::set<std::string>> done;  // the arms of each configuration
   for (const SweepRow& r : file.rows) done[r.config].insert(r.arm);
   auto finished = [&](size_t k) {
