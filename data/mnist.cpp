@@ -118,11 +118,13 @@ MnistSplit load_split(const fs::path& dir, const char* images_name, const char* 
 std::filesystem::path locate_mnist(const std::string& flag_dir) {
   // An explicit --data, or a $MNIST_DIR that is set, is a promise; falling back elsewhere
   // would hide the user's mistake (a typo would quietly read another copy).
+  // Where the files may well be there but could not be looked at, fetching them is not the fix.
+  auto could_not_look = [](const std::string& why) { return why.rfind("cannot look", 0) == 0; };
   if (!flag_dir.empty()) {
     const std::string why = why_not_mnist(flag_dir);
     if (why.empty()) return flag_dir;
-    throw DataError("--data " + path_text(flag_dir) + ": does not hold MNIST (" + why +
-                    "); fetch it with scripts/fetch_mnist.sh DIR");
+    throw DataError("--data " + path_text(flag_dir) + ": does not hold MNIST (" + why + ")" +
+                    (could_not_look(why) ? "" : "; fetch it with scripts/fetch_mnist.sh DIR"));
   }
 
   std::string searched;  // "place (why not); place (why not); ..." for the message
@@ -136,10 +138,9 @@ std::filesystem::path locate_mnist(const std::string& flag_dir) {
   if (const char* env = std::getenv("MNIST_DIR"); env && *env) {
     const std::string why = why_not_mnist(env);
     if (why.empty()) return env;
-    throw DataError(
-        "$MNIST_DIR=" + path_text(env) + ": does not hold MNIST (" + why +
-        "); fetch it with scripts/fetch_mnist.sh DIR, or unset MNIST_DIR to search ./data/mnist and "
-        "~/.pytorch/MNIST_data/MNIST/raw");
+    throw DataError("$MNIST_DIR=" + path_text(env) + ": does not hold MNIST (" + why + "); " +
+                    (could_not_look(why) ? "" : "fetch it with scripts/fetch_mnist.sh DIR, or ") +
+                    "unset MNIST_DIR to search ./data/mnist and ~/.pytorch/MNIST_data/MNIST/raw");
   }
   searched += "$MNIST_DIR (not set)";
 

@@ -65,14 +65,20 @@ mnist_files=(train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ub
 has_mnist() {  # DIR holds the four files, raw or .gz (what the app asks of a folder)
   for f in "${mnist_files[@]}"; do [ -e "$1/$f" ] || [ -e "$1/$f.gz" ] || return 1; done
 }
+has_gz_mnist() {  # DIR holds the four .gz files (the ones fetch_mnist.sh knows the checksums of)
+  for f in "${mnist_files[@]}"; do [ -f "$1/$f.gz" ] || return 1; done
+}
 if [ -n "${MNIST_DIR:-}" ]; then
   has_mnist "$MNIST_DIR" ||
     echo "setup.sh: MNIST_DIR=$MNIST_DIR does not hold the four MNIST files; the app will refuse it (unset it, or fetch them with scripts/fetch_mnist.sh \"\$MNIST_DIR\")"
 elif has_mnist data/mnist || has_mnist "$HOME/.pytorch/MNIST_data/MNIST/raw"; then
   :
-elif has_mnist ../shared/mnist; then
-  MNIST_MIRRORS="file://$(cd ../shared/mnist && pwd)/" scripts/fetch_mnist.sh data/mnist ||
-    echo "setup.sh: could not copy MNIST from ../shared/mnist; set MNIST_DIR to a folder with the IDX files"
+elif has_gz_mnist ../shared/mnist; then
+  # Copied as they are; fetch_mnist.sh then checks each one's SHA-256 and fetches from the
+  # mirrors any that does not match.
+  mkdir -p data/mnist
+  for f in "${mnist_files[@]}"; do cp -- "../shared/mnist/$f.gz" data/mnist/ || true; done
+  scripts/fetch_mnist.sh data/mnist || echo "setup.sh: could not fetch MNIST (offline?); set MNIST_DIR to a folder with the IDX files"
 else
   scripts/fetch_mnist.sh data/mnist || echo "setup.sh: could not fetch MNIST (offline?); set MNIST_DIR to a folder with the IDX files"
 fi

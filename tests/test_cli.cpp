@@ -94,6 +94,13 @@ TEST(Cli, CommandLineMistakesAreSaidPlainly) {
   expect_usage_error({"--zzzzzzzz"}, "unknown flag \"--zzzzzzzz\" (run with --help");
   expect_usage_error({"--epochs-teacher"}, "--epochs-teacher: needs a value");
   expect_usage_error({"extra"}, "unexpected argument \"extra\": settings are flags");
+  // A value left out, so that the flag took the next flag for its value and left that one's over.
+  expect_usage_error({"--models", "--seed", "3"},
+                     "--models: needs a value (it took the flag \"--seed\" for one)");
+  // A short unknown flag is not a typo of a short real one ("--x" is 2 edits from "--lr").
+  expect_usage_error({"--x"}, "unknown flag \"--x\" (run with --help");
+  expect_usage_error({"--tf32=maybe"}, "--tf32: a switch, it takes no value (got \"maybe\")");
+  expect_usage_error({"--", "--seed", "3"}, "unexpected \"--\": every setting is a flag");
 }
 
 // A --sweep that cannot run is refused before the device and MNIST are looked for (this test's

@@ -234,6 +234,11 @@ TEST(LocateMnist, AFileThatCannotBeLookedAtIsNotCalledMissing) {
   fs::create_symlink("looped", looped_dir);
   EXPECT_DATA_ERROR(locate_mnist(looped_dir.string()), "--data", "cannot look at it",
                     "Too many levels of symbolic links");
+  try {  // nor is the user sent to download them
+    locate_mnist(looped_dir.string());
+  } catch (const DataError& e) {
+    EXPECT_EQ(std::string(e.what()).find("fetch"), std::string::npos) << e.what();
+  }
 }
 
 TEST(LocateMnist, NothingFoundListsEveryPlaceSearched) {

@@ -375,10 +375,12 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   return row[b.size()];
 }
 
-// "; did you mean --seed?" when one of the app's flags is within two edits of `flag`.
+// "; did you mean --seed?" when one of the app's flags is a typo away from `flag`: an edit for
+// every three letters, at most two (so "--x" is not taken for "--lr").
 std::string did_you_mean(const std::string& flag, const CLI::App& cli) {
+  const size_t letters = flag.size() - std::min(flag.find_first_not_of('-'), flag.size());
   std::string best;
-  size_t best_distance = 3;  // more than two edits away is another word, not a typo
+  size_t best_distance = std::min<size_t>(2, letters / 3) + 1;  // this far or more: another word
   for (const CLI::Option* option : cli.get_options()) {
     const std::string name = option->get_name();  // "--seed"
     const size_t distance = edit_distance(flag, name);
@@ -393,14 +395,24 @@ std::string command_line_error(const CLI::ParseError& error, const CLI::App& cli
   std::string what = error.what();
   if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
   if (dynamic_cast<const CLI::ExtrasError*>(&error) != nullptr) {
-    for (const std::string& arg : cli.remaining()) {  // in command-line order
+    // "--models --seed 3": --models took "--seed" as its value, so "3" is left over; the mistake
+    // is the value left out.
+    for (const CLI::Option* option : cli.get_options())
+      for (const std::string& value : option->results())
+        if (option->get_items_expected_max() > 0 && value.size() > 2 && value.compare(0, 2, "--") == 0)
+          return option->get_name() + ": needs a value (it took the flag " + subliminal::quoted(value) +
+                 " for one)";
+    const std::vector<std::string> extra = cli.remaining();          // in command-line order
+    if (std::find(extra.begin(), extra.end(), "--") != extra.end())  // "the flags end here"
+      return "unexpected \"--\": every setting is a flag, e.g. --seed 3, and nothing follows the flags";
+    for (const std::string& arg : extra) {
       if (arg.size() > 1 && arg[0] == '-') {
         const std::string flag = arg.substr(0, arg.find('='));
         return "unknown flag " + subliminal::quoted(flag) + did_you_mean(flag, cli);
       }
     }
-    if (!cli.remaining().empty())
-      return "unexpected argument " + subliminal::quoted(cli.remaining().front()) +
+    if (!extra.empty())
+      return "unexpected argument " + subliminal::quoted(extra.front()) +
              ": settings are flags, e.g. --seed 3";
   }
   if (dynamic_cast<const CLI::ArgumentMismatch*>(&error) != nullptr) {
@@ -410,6 +422,12 @@ std::string command_line_error(const CLI::ParseError& error, const CLI::App& cli
       return flag + ": given " + what.substr(at + 9) + " times; give it once";
     if (what.find("missing") != std::string::npos) return flag + ": needs a value";
   }
+  // A switch given a value (--tf32=maybe): "Could not convert: --tf32 = maybe".
+  const std::string convert = "Could not convert: ";
+  if (const size_t eq = what.find(" = ");
+      what.compare(0, convert.size(), convert) == 0 && eq != std::string::npos)
+    return what.substr(convert.size(), eq - convert.size()) + ": a switch, it takes no value (got " +
+           subliminal::quoted(what.substr(eq + 3)) + ")";
   return what;
 }
 

@@ -450,10 +450,12 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
 
 // Kernel 1's body, run by every thread of every block; the clusters are consecutive blocks
 // (block q of cluster c is block c·Q + q). cluster_sync(between) is the cluster's barrier in two
-// halves: this thread arrives (its writes released to the cluster), runs between() — the
-// prefetch of data nobody writes in the step, so that its loads are in flight while the other
-// blocks arrive, rather than held up by the fence that comes with arriving — then waits for
-// every thread of the cluster (their writes acquired). between() must not wait for other threads.
+// halves: this thread arrives (its writes released to the cluster), runs between() — a prefetch,
+// so that its loads are in flight while the other blocks arrive, rather than held up by the
+// fence that comes with arriving — then waits for every thread of the cluster (their writes
+// acquired). between() may read only what no thread writes from the last completed barrier to
+// the end of the step (the weights and x, which kernel 1 never writes; rows of H, written before
+// an earlier barrier and never again), and must not wait for other threads.
 template <class ClusterSync>
 __device__ void run_rows(const Program& p, float* sm, ClusterSync&& cluster_sync) {
   Place at;
