@@ -147,25 +147,23 @@ TEST_P(ClusterEmulated, MatchesFloat64AndRepeatsBitForBit) {
   if (!simt::race_check_only()) expect_same_bits(c.name, run_step(c, trained, frozen, x, labels), got);
 }
 
-// Each layer's first chunk issued after the barrier ahead of it, not before: the same bits.
-TEST_P(ClusterEmulated, WithoutThePrefetchGivesTheSameBits) {
-  const Case& c = GetParam();
+// A step of case c run the default way and run under `options` give the same bits.
+void expect_same_bits_as_by_default(const Case& c, const RunOptions& options, const std::string& what) {
   HostMlp trained(c.sizes, c.trained, 11), frozen(c.sizes, c.frozen, 12);
   const auto [x, labels] = random_inputs(c);
-  const Output with = run_step(c, trained, frozen, x, labels);
-  expect_same_bits(c.name + std::string(" without the prefetch"),
-                   run_step(c, trained, frozen, x, labels, nullptr, nullptr, {.prefetch = false}), with);
+  const Output by_default = run_step(c, trained, frozen, x, labels);
+  expect_same_bits(std::string(c.name) + " " + what,
+                   run_step(c, trained, frozen, x, labels, nullptr, nullptr, options), by_default);
+}
+
+// Each layer's first chunk issued after the barrier ahead of it, not during it: the same bits.
+TEST_P(ClusterEmulated, WithoutThePrefetchGivesTheSameBits) {
+  expect_same_bits_as_by_default(GetParam(), {.prefetch = false}, "without the prefetch");
 }
 
 // The clusters one at a time, the last first, as a GPU may schedule them: the same bits.
 TEST_P(ClusterEmulated, OneClusterAtATimeInReverseGivesTheSameBits) {
-  const Case& c = GetParam();
-  HostMlp trained(c.sizes, c.trained, 11), frozen(c.sizes, c.frozen, 12);
-  const auto [x, labels] = random_inputs(c);
-  const Output together = run_step(c, trained, frozen, x, labels);
-  expect_same_bits(c.name + std::string(" one cluster at a time"),
-                   run_step(c, trained, frozen, x, labels, nullptr, nullptr, {.clusters_together = false}),
-                   together);
+  expect_same_bits_as_by_default(GetParam(), {.clusters_together = false}, "one cluster at a time");
 }
 
 // Widths 64/40/24 stage by 16-byte copies (rows of x and W aligned), 53/29/31 by single loads;

@@ -169,8 +169,8 @@ class SweepLock {
       }
       // Locked — but if the sweep before us removed the file between our open and our lock, the
       // lock is on a file no one else will find: take the one that is there now.
-      struct stat held {
-      }, there{};
+      struct stat held = {};
+      struct stat there = {};
       if (::fstat(fd_, &held) == 0 && ::stat(path_.c_str(), &there) == 0 && held.st_dev == there.st_dev &&
           held.st_ino == there.st_ino)
         return;
