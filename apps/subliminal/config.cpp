@@ -462,9 +462,8 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
                "Time cuBLASLt's candidate algorithms once per GEMM shape and keep the fastest");
   cli.add_flag("--deterministic", deterministic,
                "Bit-identical results for the same seed on the same machine and --threads (the default path "
-               "already is; "
-               "this refuses --autotune, whose timing-based choices are not, and --gemm cudnn, whose engines "
-               "may reduce in varying order)");
+               "already is; this refuses --autotune, whose timing-based choices are not, and --gemm cudnn, "
+               "whose engines may reduce in varying order)");
   cli.add_flag("--no-graphs", no_graphs,
                "Launch GPU training steps kernel by kernel instead of replaying a CUDA graph");
   cli.add_flag("--force", force, "Overwrite existing checkpoint files (--save, --save-init, --parity-batch)");
