@@ -162,15 +162,20 @@ def same_file(a, b):
     return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
 
 
-def read_json(path):
-    """The JSON value in `path`; ValueError naming the file when it cannot be read or is not JSON."""
+def read_json(path, problem=None):
+    """The JSON value in `path`; ValueError naming the file when it cannot be read, is not JSON, or
+    (given `problem`, a function returning why a value will not do, or None) is not what is wanted."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            value = json.load(f)
     except OSError as e:
         raise ValueError(f"{shown(path)}: cannot read it ({e.strerror or e})") from None
     except ValueError as e:  # also UnicodeDecodeError
         raise ValueError(f"{shown(path)}: not JSON ({str(e).splitlines()[0]})") from None
+    why = problem(value) if problem else None
+    if why:
+        raise ValueError(f"{shown(path)}: {why}")
+    return value
 
 
 def replace_atomically(path, write):

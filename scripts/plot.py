@@ -78,13 +78,9 @@ def load_input(path):
     """("arms", report) or ("sweep", rows), checked; dies with one line naming the file."""
     if not path.endswith(".jsonl"):
         try:
-            report = bench_io.read_json(path)
+            return "arms", bench_io.read_json(path, check_report)
         except ValueError as e:
             die(str(e))
-        why = check_report(report)
-        if why:
-            die(f"{shown(path)}: {why}")
-        return "arms", report
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.readlines()
