@@ -58,6 +58,13 @@ std::vector<Tensor> MlpParams::tensors() const {
   return all;
 }
 
+size_t MlpParams::checked_layer(int layer) const {
+  if (layer < 0 || layer >= shape_.layers())
+    throw ShapeError("MLP layer " + std::to_string(layer) + " does not exist (the MLP has " +
+                     std::to_string(shape_.layers()) + " layers)");
+  return size_t(layer);
+}
+
 std::vector<std::string> MlpParams::names() const {
   // nn.Sequential(Linear, ReLU, Linear, ReLU, Linear): the Linear layers sit at even indices.
   std::vector<std::string> names;

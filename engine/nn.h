@@ -52,8 +52,8 @@ class MlpParams {
   Device device() const { return values_.device(); }
   DType dtype() const { return values_.dtype(); }
 
-  const Tensor& weight(int layer) const { return weights_.at(size_t(layer)); }
-  const Tensor& bias(int layer) const { return biases_.at(size_t(layer)); }
+  const Tensor& weight(int layer) const { return weights_[checked_layer(layer)]; }
+  const Tensor& bias(int layer) const { return biases_[checked_layer(layer)]; }
   // W0, b0, W1, b1, ... — the order of PyTorch's state_dict.
   std::vector<Tensor> tensors() const;
   // PyTorch state_dict names of the notebook's nn.Sequential: net.0.weight, net.0.bias, net.2.weight, ...
@@ -70,6 +70,8 @@ class MlpParams {
   MlpParams to(Device device, DType dtype) const;
 
  private:
+  size_t checked_layer(int layer) const;  // ShapeError unless 0 ≤ layer < shape().layers()
+
   MlpShape shape_;
   int64_t models_ = 0;
   Tensor values_, grads_;

@@ -81,7 +81,8 @@ SUBLIMINAL_INSTANTIATE(uint8_t)
 Tensor Tensor::view_of(const Tensor& base, int64_t offset, const Shape& shape) {
   const TensorImpl& b = base.impl();
   int64_t count = shape_numel(shape);
-  if (offset < 0 || offset + count > base.numel())
+  // Written without offset + count, which could overflow (undefined) and pass the check.
+  if (offset < 0 || offset > base.numel() || count > base.numel() - offset)
     throw ShapeError("view_of: " + std::to_string(count) + " elements at offset " + std::to_string(offset) +
                      " do not fit in " + base.describe());
   auto impl = std::make_shared<TensorImpl>();
@@ -141,7 +142,7 @@ double Tensor::item() const {
 Tensor Tensor::rows(int64_t begin, int64_t count) const {
   if (rank() < 1) throw ShapeError("rows() of a scalar tensor " + describe());
   int64_t n0 = dim(0);
-  if (begin < 0 || count < 0 || begin + count > n0)
+  if (begin < 0 || count < 0 || begin > n0 || count > n0 - begin)  // no begin + count: it could overflow
     throw ShapeError("rows(" + std::to_string(begin) + ", " + std::to_string(count) + ") of " + describe());
   Shape s = shape();
   s[0] = count;

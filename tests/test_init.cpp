@@ -132,4 +132,11 @@ TEST(Init, ParameterViewsAreAlignedAndDisjoint) {
   EXPECT_EQ(kShape.parameters_per_model(), 400 * 300 + 300 + 300 * 50 + 50 + 50 * 13 + 13);
 }
 
+TEST(Init, ALayerThatDoesNotExistIsAShapeError) {
+  const MlpParams p(kShape, 1, DType::f32, Device::cpu);  // 3 layers
+  EXPECT_EQ(p.weight(2).dim(-1), 50);                     // [.., 13, 50]: the last layer, 50 → 13
+  EXPECT_THROW(p.weight(3), ShapeError);
+  EXPECT_THROW(p.bias(-1), ShapeError);
+}
+
 }  // namespace

@@ -1,0 +1,37 @@
+// tests/test_tensor.cpp — views into a tensor's storage: in range they share it, out of range
+// (including offsets so large that offset + count would overflow) they are ShapeErrors.
+#include <gtest/gtest.h>
+
+#include <cstdint>  // INT64_MAX
+#include <vector>   // std::vector
+
+#include "engine/tensor.h"
+
+namespace {
+
+using namespace subliminal;
+
+TEST(TensorViews, RowsAndViewOfShareTheStorage) {
+  const Tensor t = Tensor::from_vector<float>({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {4, 3});  // [4,3]
+  EXPECT_EQ(t.rows(1, 2).to_vector<float>(), (std::vector<float>{3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(t.rows(4, 0).numel(), 0);  // an empty view at the end is in range
+  EXPECT_EQ(Tensor::view_of(t, 10, {2}).to_vector<float>(), (std::vector<float>{10, 11}));
+  EXPECT_EQ(Tensor::view_of(t, 12, {0}).numel(), 0);
+}
+
+TEST(TensorViews, OutOfRangeViewsAreShapeErrorsEvenWhereTheSumWouldOverflow) {
+  const Tensor t = Tensor::zeros({4, 3});  // [4,3]
+  EXPECT_THROW(t.rows(3, 2), ShapeError);
+  EXPECT_THROW(t.rows(5, 0), ShapeError);
+  EXPECT_THROW(t.rows(-1, 1), ShapeError);
+  EXPECT_THROW(t.rows(1, -1), ShapeError);
+  EXPECT_THROW(t.rows(INT64_MAX, 1), ShapeError);  // begin + count overflows
+  EXPECT_THROW(t.rows(1, INT64_MAX), ShapeError);
+  EXPECT_THROW(Tensor::view_of(t, 11, {2}), ShapeError);
+  EXPECT_THROW(Tensor::view_of(t, 13, {0}), ShapeError);
+  EXPECT_THROW(Tensor::view_of(t, -1, {1}), ShapeError);
+  EXPECT_THROW(Tensor::view_of(t, INT64_MAX, {1}), ShapeError);  // offset + count overflows
+  EXPECT_THROW(Tensor::view_of(t, 1, {INT64_MAX}), ShapeError);
+}
+
+}  // namespace
