@@ -25,7 +25,8 @@ uint64_t stream_id(uint32_t purpose, uint32_t a = 0, uint32_t b = 0);
 // and copied; parameters are small). float32 uses 24 random bits, float64 53.
 void fill_uniform(const Tensor& t, RandomStream s, double low, double high);
 
-// t ~ N(mean, std²) by Box–Muller, element i from positions 2i and 2i+1 (float64 math).
+// t ~ N(mean, std²) by Box–Muller (float64 math): elements i and i+1 (i even) are the cosine and
+// sine of one pair of uniforms, made from stream positions 2i .. 2i+3 (two words each).
 void fill_normal(const Tensor& t, RandomStream s, double mean, double std);
 
 // A uniformly random permutation of 0..n-1 (Fisher–Yates; the j-th swap uses position j).

@@ -250,8 +250,8 @@ TEST_P(CudaGemm, ForwardMatchesCpu) {
 }
 
 // Pre-activations that are exactly 0 (zero rows of x, zero rows of w, zero bias entries) must give
-// y = 0 and mask bit 0 (relu'(0) = 0); a NaN in x makes its row NaN before the ReLU: y = 0, mask 0,
-// and NaN without activation.
+// y = 0 and mask bit 0 (relu'(0) = 0); a NaN in x makes its row NaN before the ReLU, which keeps
+// it NaN with mask bit 1 (ops/gemm.h), and NaN without activation — all as the CPU oracle does.
 TEST_P(CudaGemm, ExactZerosAndNaNPreActivations) {
   GemmData d = gemm_data(gemm_case(), 202);
   const int64_t N = d.c.N, B = d.c.B, I = d.c.I, O = d.c.O;

@@ -3,7 +3,8 @@
 // Row math (max, log-sum-exp, the loss of one sample) runs in double whatever T is: the
 // rows are short (13 logits), and the per-model means then carry no summation-order noise
 // worth talking about. The CUDA kernels use float row math with double batch sums, except the
-// distillation KL, whose rows they also compute in double (a small difference of logs).
+// distillation KL, whose rows they also compute in double (a small difference of logs), and
+// kl_div, which sums within each warp in float and only across warps in double.
 #include "ops/cpu/kernels_cpu.h"
 
 #include <algorithm>
@@ -22,7 +23,9 @@ void store(T* out, double value, bool accumulate) {
   *out = accumulate ? T(*out + value) : T(value);
 }
 
-// log Σ exp(row[0..n)) with the usual max shift. NaN in, NaN out.
+// log Σ exp(row[0..n)) with the usual max shift. A NaN with a finite entry beside it makes the
+// sum NaN; std::max skips NaN, so a row of NaNs and −infs gives −inf here — its callers' results
+// (x − lse, lse − x at the label) are NaN all the same.
 template <class T>
 double log_sum_exp(const T* row, int64_t n) {
   double m = -std::numeric_limits<double>::infinity();

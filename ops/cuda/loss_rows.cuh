@@ -30,7 +30,8 @@ __device__ inline double warp_sum_double(double v) {
 }
 
 // log Σ_j exp(scale·x[j]) over one row of n values, computed by a whole warp.
-// A NaN anywhere makes the sum, and so the result, NaN.
+// A NaN with a finite entry beside it makes the sum NaN; fmaxf skips NaN, so a row of NaNs and
+// −infs gives −inf — as on the CPU, and its callers' results (x − lse) are NaN all the same.
 __device__ inline float warp_log_sum_exp(const float* x, int64_t n, float scale) {
   const int lane = threadIdx.x & 31;
   float m = -INFINITY;
