@@ -47,6 +47,20 @@ def shown(text):
     return text if text.isprintable() else repr(text)
 
 
+def glued_flag_value(argv, flag):
+    """argv with `flag VALUE` written as `flag=VALUE`: argparse takes a lone value that starts with
+    "-" (--engine-args --no-graphs) for a flag of its own and refuses it; glued, it is the value."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == flag and i + 1 < len(argv):
+            out.append(f"{flag}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- argparse types
 
 
@@ -90,7 +104,7 @@ positive_float = float_type(0.0)
 threads_type = int_type(0, MAX_THREADS, " (0: all usable cores)")
 seed_type = int_type(0, MAX_SEED)
 epochs_type = int_type(0, MAX_EPOCHS)
-ghosts_type = int_type(1, MAX_GHOSTS)
+ghosts_type = int_type(2, MAX_GHOSTS)  # one ghost logit gets no gradient (REFERENCE.md)
 
 
 def hidden_widths(text):

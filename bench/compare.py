@@ -31,6 +31,7 @@ session was stopped, 2 for bad input.
 """
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -91,7 +92,7 @@ def python_with_torch(preferred):
             continue
         if r.returncode == 0 and r.stdout.strip():
             version, cuda = r.stdout.split()
-            return exe, version, cuda == "1"
+            return os.path.abspath(exe), version, cuda == "1"
     return None, None, False
 
 
@@ -119,10 +120,13 @@ def training_numbers(report, device):
         gpu = g.get("training", g.get("teacher", 0.0) + g.get("distill_ghosts", 0.0))
         timed = gpu
     us = 1e6 * timed / nsteps if nsteps else None
+    # Steady: the warm epochs' time over their steps, all phases together (each phase's µs/step
+    # weighted by the steps it covers; a phase of one epoch has none).
     steady = None
-    st = report.get("us_per_step_steady") or {}
-    if st and nsteps:
-        steady = sum(st.get(k, 0.0) * steps.get(k, 0) for k in st) / sum(steps.get(k, 0) for k in st)
+    st, warm = report.get("us_per_step_steady") or {}, report.get("steps_steady") or {}
+    warm_steps = sum(warm.get(k, 0) for k in st)
+    if warm_steps:
+        steady = sum(st[k] * warm.get(k, 0) for k in st) / warm_steps
     return train, gpu, us, steady, nsteps
 
 
@@ -135,11 +139,37 @@ def is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def read_run(report, spec, wall, json_path, log_path):
-    """One run's numbers from its JSON report; ValueError/TypeError/... when the report is not the
-    shape the app and torch_subliminal.py write."""
+def is_finite_number(v):
+    return is_number(v) and math.isfinite(v)
+
+
+def report_problem(report):
+    """Why `report` cannot give a row of the table (one line), or None. What the table needs: the
+    training phases' seconds and steps, and the teacher's accuracy; NaN or Inf times are refused
+    (an accuracy may be null: the app writes a NaN model's as null)."""
     if not isinstance(report, dict):
-        raise ValueError(f"a JSON {type(report).__name__}, not an object")
+        return f"a JSON {type(report).__name__}, not the app's --json report (an object)"
+    for part in ("seconds", "steps"):
+        values = report.get(part)
+        for phase in ("teacher", "distill_ghosts"):
+            if not isinstance(values, dict) or not is_finite_number(values.get(phase)) or values[phase] < 0:
+                return f"{part}.{phase}: expected a number ≥ 0 (is it the app's --json report?)"
+    for key in ("gpu_seconds", "us_per_step_steady", "steps_steady"):
+        values = report.get(key, {})
+        if not isinstance(values, dict) or not all(is_finite_number(v) for v in values.values()):
+            return f"{key}: expected an object of finite numbers"
+    for arm in ("reference", "teacher", "student", "cross_init"):
+        if arm in report and not (isinstance(report[arm], dict) and
+                                  (report[arm].get("test_acc") is None or is_finite_number(report[arm]["test_acc"]))):
+            return f"{arm}: expected an object with a numeric test_acc"
+    if not isinstance(report.get("teacher"), dict):
+        return "no teacher accuracy (is it the app's --json report?)"
+    return None
+
+
+def read_run(report, spec, wall, json_path, log_path):
+    """One run's numbers from its JSON report (one that report_problem passed); ValueError/TypeError/...
+    when it is still not the shape the app and torch_subliminal.py write."""
     train, gpu, us, steady, nsteps = training_numbers(report, spec.device)
     acc = {k: report[k]["test_acc"] for k in ("reference", "teacher", "student", "cross_init") if k in report}
     bad = [k for k, v in [("train", train), ("us_per_step", us), ("steady", steady), *acc.items()]
@@ -186,7 +216,7 @@ def run_once(spec, outdir, index, timeout):
         if os.path.lexists(json_path):
             os.remove(json_path)
         with open(log_path, "w") as log:
-            r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=REPO)
+            r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
         rc = r.returncode
     except subprocess.TimeoutExpired:
         rc = "timeout"
@@ -194,23 +224,31 @@ def run_once(spec, outdir, index, timeout):
         rc = f"cannot start: {e}"
     wall = time.perf_counter() - t0
     if rc != 0 or not os.path.isfile(json_path):
-        tail = ""
+        tail = []
         try:
             with open(log_path, errors="replace") as f:
-                tail = "".join(f.readlines()[-8:])
+                tail = [line.rstrip() for line in f.readlines()[-8:] if line.strip()]
         except OSError:
             pass
         if rc == 0:
             rc = "0 without writing its --json report"
-        spec.failures.append(f"exit {rc}: {tail.strip()}")
-        note(f"  FAILED (exit {rc}) after {wall:.1f} s; log {log_path}\n{tail}")
+        # The row's reason is the log's last line (a Python traceback ends with the error itself);
+        # the note shows the log's tail.
+        spec.failures.append(f"exit {rc}: {tail[-1].strip() if tail else '(nothing in its log)'}")
+        note(f"  FAILED (exit {rc}) after {wall:.1f} s; log {log_path}" + "".join("\n    " + t for t in tail))
         return
+    reason, run = None, None
     try:
-        with open(json_path, errors="replace") as f:
-            report = json.load(f)
-        run = read_run(report, spec, wall, json_path, log_path)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as e:
-        reason = f"unreadable report {json_path} ({type(e).__name__}: {e})".replace("\n", " ")
+        report = bench_io.read_json(json_path, report_problem)
+    except ValueError as e:  # names the file
+        reason = f"unusable report {e}"
+    else:
+        try:
+            run = read_run(report, spec, wall, json_path, log_path)
+        except (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as e:
+            reason = f"unusable report {shown(json_path)}: {type(e).__name__}: {e}"
+    if reason:
+        reason = reason.replace("\n", " ")
         spec.failures.append(reason)
         note(f"  FAILED after {wall:.1f} s: {reason}")
         return
@@ -320,9 +358,10 @@ def parse_args():
                    help="write the table as JSON here (only once a run has succeeded)")
     p.add_argument("--timeout", type=bench_io.positive_int, default=1800, help="seconds allowed per run")
     p.add_argument("--engine-args", default="",
-                   help="extra flags for the engine's runs, e.g. \"--gemm tiled\" (split like a shell would)")
+                   help="extra flags for the engine's runs, e.g. \"--gemm tiled\" or --no-graphs "
+                        "(split like a shell would)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-    args = p.parse_args()
+    args = p.parse_args(bench_io.glued_flag_value(sys.argv[1:], "--engine-args"))
     if args.variants is None:
         args.wanted = list(ALL_VARIANTS)
     else:
@@ -371,13 +410,14 @@ def main():
             "or leave it out with --variants)")
     torch_wanted = [v for v in wanted if v != "engine"]
     py, torch_version, torch_cuda = (None, None, False)
+    no_torch = None  # why the torch rows cannot run, when they cannot: they stay in the table as failed
     if torch_wanted:
         py, torch_version, torch_cuda = python_with_torch(args.python)
         if not py:
             if args.python:
                 die(f"--python {shown(args.python)}: cannot import torch and numpy with it")
-            note("no python with torch found (tried this one, python3, /usr/bin/python3): the torch rows are skipped")
-            torch_wanted = []
+            no_torch = "no python with torch and numpy (tried this one, python3, /usr/bin/python3; see --python)"
+            note(f"{no_torch}: the torch rows fail")
 
     gpus = nvidia_gpus()
     has_gpu = bool(gpus) or torch_cuda
@@ -401,10 +441,10 @@ def main():
                               args.repeats))
         if not torch_wanted:
             continue
-        if dev == "cuda" and not torch_cuda:
-            note(f"{py} has torch {torch_version} without CUDA: no torch rows on cuda")
-            continue
-        base = [py, TORCH_SCRIPT, "--device", dev, *common_torch]
+        cannot_run = no_torch or (f"{py} has torch {torch_version} without CUDA"
+                                  if dev == "cuda" and not torch_cuda else None)
+        first_torch_row = len(specs)
+        base = [py or "python3", TORCH_SCRIPT, "--device", dev, *common_torch]
         full = ["--epochs-teacher", str(args.epochs_teacher), "--epochs-distill", str(args.epochs_distill)]
         if "faithful" in torch_wanted and args.faithful_repeats > 0:
             if args.faithful_epochs and args.faithful_epochs < max(args.epochs_teacher, args.epochs_distill):
@@ -423,20 +463,24 @@ def main():
         if "fast+compile" in torch_wanted and (dev == "cuda" or args.cpu_compile):
             specs.append(Spec("torch fast+compile", dev, base + ["--variant", "fast", "--compile", *full], "torch",
                               args.repeats))
-    if not specs:
-        die("nothing to run")
+        if cannot_run:
+            for s in specs[first_torch_row:]:
+                s.repeats, s.failures = 0, [cannot_run]
+    if not any(s.repeats for s in specs):
+        die("nothing to run" + (f": {specs[0].failures[0]}" if specs else ""))
 
     note(f"machine: {machine['cpu']} ({machine['cores']} cores)" + (f", GPU {machine['gpu']}" if machine["gpu"] else "")
          + f"; devices {devices}; outdir {shown(args.outdir) if args.outdir else '(a new temp directory)'}")
     if args.dry_run:
         for s in specs:
-            print(f"{s.name:<24} {s.device:<5} x{s.repeats}: {' '.join(s.cmd)} --json ...")
+            print(f"{s.name:<24} {s.device:<5} " +
+                  (f"x{s.repeats}: {' '.join(s.cmd)} --json ..." if s.repeats else f"cannot run: {s.failures[0]}"))
         return 0
 
     # the outdir is made only now that runs start (not for --dry-run or refused flags)
     try:
         if args.outdir:
-            outdir = args.outdir
+            outdir = os.path.abspath(args.outdir)
             os.makedirs(outdir, exist_ok=True)
         else:
             outdir = tempfile.mkdtemp(prefix="compare_")

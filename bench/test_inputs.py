@@ -234,9 +234,10 @@ class CompareTest(ToolTest):
 
     def test_dry_run_and_nothing_to_run_make_no_folders(self):
         with self.unchanged():
-            r = self.run_tool(COMPARE, *self.base("--dry-run"))
+            r = self.run_tool(COMPARE, *self.base("--dry-run", "--engine-args", "--no-graphs"))  # a lone flag
             self.assertEqual(r.returncode, 0, self.describe(r))
             self.assertNotIn("Traceback", r.stderr)
+            self.assertIn("--no-progress --epochs-teacher 5 --epochs-distill 5 --no-graphs --json", r.stdout)
         fake_python = script(self.path("python"), 'echo "2.0 0"\n')  # "torch 2.0 without CUDA"
         with self.unchanged():
             r = self.run_tool(COMPARE, "--data", self.data, "--device", "cpu", "--variants", "fast+cuda-graphs",
@@ -249,17 +250,25 @@ class CompareTest(ToolTest):
         old = self.path("report.json")
         with open(old, "w") as f:
             f.write('{"old": true}\n')
+        def writes(text):
+            return f'while [ $# -gt 0 ]; do [ "$1" = --json ] && echo \'{text}\' > "$2"; shift; done\n'
+
         for name, body, reason in [
-                ("failing", "echo boom >&2; exit 1\n", "exit 1"),
-                ("silent", "exit 0\n", "without writing"),
-                ("malformed", 'while [ $# -gt 0 ]; do [ "$1" = --json ] && echo "[1, 2]" > "$2"; shift; done\n',
-                 "unreadable report")]:
+                # a crash's last line (a traceback ends with the error) is the row's one-line reason
+                ("failing", "echo boom >&2; echo 'RuntimeError: out of luck' >&2; exit 1\n",
+                 "FAILED: exit 1: RuntimeError: out of luck"),
+                ("silent", "exit 0\n", "FAILED: exit 0 without writing"),
+                ("malformed", writes("[1, 2]"), "not the app's --json report"),
+                ("empty", writes("{}"), "seconds.teacher: expected a number"),
+                ("nan", writes('{"seconds": {"teacher": NaN, "distill_ghosts": 1}, "steps": {"teacher": 1, '
+                               '"distill_ghosts": 1}, "teacher": {"test_acc": 0.9}}'),
+                 "seconds.teacher: expected a number")]:
             self.fake_engine = self.engine(body)
             with self.subTest(engine=name), self.unchanged(ignore=["out"]):
                 r = self.run_tool(COMPARE, *self.base("--repeats", "2", "--json", old, "--outdir", self.path("out")))
                 self.assertEqual(r.returncode, 1, self.describe(r))
                 self.assertNotIn("Traceback", r.stderr, self.describe(r))
-                self.assertIn(reason, r.stderr)
+                self.assertIn(reason, r.stdout + r.stderr)
                 self.assertIn("not written", r.stderr)
                 with open(old) as f:
                     self.assertEqual(f.read(), '{"old": true}\n')
@@ -271,11 +280,29 @@ class CompareTest(ToolTest):
         self.fake_engine = self.engine(
             f"while [ $# -gt 0 ]; do [ \"$1\" = --json ] && echo '{json.dumps(report)}' > \"$2\"; shift; done\n")
         out = self.path("report.json")
-        r = self.run_tool(COMPARE, *self.base("--json", out, "--outdir", self.path("out")))
+        # a relative --outdir is the caller's (the tool runs in self.dir), not the repository's
+        r = self.run_tool(COMPARE, *self.base("--json", out, "--outdir", "out"))
         self.assertEqual(r.returncode, 0, self.describe(r))
         with open(out) as f:
             self.assertEqual(json.load(f)["rows"][0]["runs"], 1)
+        self.assertTrue(os.path.isfile(self.path("out", "engine-cpu-1.json")))
         self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(".tmp")], [])
+
+    def test_torch_rows_without_torch_are_failed_rows(self):
+        for py in (PY, "python3", "/usr/bin/python3"):
+            if subprocess.run([py, "-c", "import torch, numpy"], stderr=subprocess.DEVNULL).returncode == 0:
+                self.skipTest(f"{py} imports torch here; the case needs a machine without it (as CI)")
+        self.fake_engine = self.engine(
+            'while [ $# -gt 0 ]; do [ "$1" = --json ] && echo \'{"seconds": {"teacher": 1, "distill_ghosts": 1}, '
+            '"steps": {"teacher": 1, "distill_ghosts": 1}, "teacher": {"test_acc": 0.9}}\' > "$2"; shift; done\n')
+        r = self.run_tool(COMPARE, "--engine", self.fake_engine, "--data", self.data, "--device", "cpu", "--repeats",
+                          "1", "--variants", "engine,fast", "--outdir", "out", "--json", "c.json")
+        self.assertEqual(r.returncode, 1, self.describe(r))
+        self.assertIn("torch fast", r.stdout)
+        self.assertIn("FAILED: no python with torch", r.stdout)
+        with open(self.path("c.json")) as f:
+            rows = json.load(f)["rows"]
+        self.assertEqual([(row["variant"], row["runs"]) for row in rows], [("engine", 1), ("torch fast", 0)])
 
 
 # ---------------------------------------------------------------------------------------------- torch_subliminal.py
@@ -294,7 +321,7 @@ class TorchSubliminalTest(ToolTest):
             ("--temperature", "nan"), ("--temperature", "inf"), ("--seed", "1e23"),
             ("--seed", "100000000000000000000000"), ("--control-seed", "100000000000000000000000"),
             ("--hidden", "100000000"), ("--hidden", "abc"), ("--hidden", "8,,8"), ("--compile-mode", "bogus"),
-            ("--batch-size", "0"), ("--ghosts", "0"), ("--epochs-teacher", "-1"),
+            ("--batch-size", "0"), ("--ghosts", "0"), ("--ghosts", "1"), ("--epochs-teacher", "-1"),
             ("--json", self.path("jdir")), ("--json", self.path("nodir", "x.json"))])
 
     def test_missing_data_and_init_are_one_line(self):
@@ -381,7 +408,7 @@ class ParityTest(ToolTest):
     def test_bad_numbers_and_paths_are_usage_errors(self):  # refused before torch is imported
         os.mkdir(self.path("jdir"))
         self.check_usage_errors(PARITY, ["--torch-only", "--data", self.data], [
-            ("--hidden", "abc"), ("--hidden", "0"), ("--ghosts", "-20"), ("--ghosts", "0"), ("--batch-size", "0"),
+            ("--hidden", "abc"), ("--hidden", "0"), ("--ghosts", "-20"), ("--ghosts", "1"), ("--batch-size", "0"),
             ("--batch-size", "-5"), ("--batch-size", "70000"), ("--tolerance", "nan"), ("--tolerance", "-1"),
             ("--threads", "-1"), ("--seed", "-1"), ("--json", self.path("jdir")),
             ("--json", self.path("nodir", "x.json"))])

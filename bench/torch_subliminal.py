@@ -943,6 +943,7 @@ def run(args):
     # steady state: wall time of the epochs after the first of each loop (no compilation, graph
     # capture or cold caches in them), per step
     report["us_per_step_steady"] = {ph: 1e6 * w[0] / w[1] for ph, w in clock.warm.items() if w[1]}
+    report["steps_steady"] = {ph: w[1] for ph, w in clock.warm.items() if w[1]}  # the steps those times cover
     if device.type == "cuda":
         report["gpu_seconds"] = dict(clock.gpu)
         report["gpu_seconds"]["training"] = sum(clock.gpu.values())
