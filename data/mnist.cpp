@@ -77,7 +77,7 @@ fs::path require_file(const fs::path& dir, const std::string& name) {
   const FileLookup lookup = find_file(dir, name);
   if (lookup.path) return *lookup.path;
   if (!lookup.problem.empty()) throw DataError(lookup.problem);
-  throw DataError((dir / name).string() + ": no such file (nor " + name + ".gz)");
+  throw DataError(path_text((dir / name).string()) + ": no such file (nor " + name + ".gz)");
 }
 
 MnistSplit load_split(const fs::path& dir, const char* images_name, const char* labels_name) {
@@ -89,19 +89,19 @@ MnistSplit load_split(const fs::path& dir, const char* images_name, const char* 
   const auto bad_label = std::find_if(labels.values.begin(), labels.values.end(),
                                       [](uint8_t label) { return label >= kNumClasses; });
   if (bad_label != labels.values.end()) {
-    throw DataError(labels_path.string() + ": label " + std::to_string(*bad_label) + " at index " +
+    throw DataError(path_text(labels_path.string()) + ": label " + std::to_string(*bad_label) + " at index " +
                     std::to_string(bad_label - labels.values.begin()) + " is out of range 0..9");
   }
 
   IdxFile images = read_idx(images_path, kIdxMagicImages);  // dims (count, rows, cols)
   if (images.dims[1] != kImageSide || images.dims[2] != kImageSide) {
-    throw DataError(images_path.string() + ": images are " + std::to_string(images.dims[1]) + "x" +
+    throw DataError(path_text(images_path.string()) + ": images are " + std::to_string(images.dims[1]) + "x" +
                     std::to_string(images.dims[2]) + " pixels, expected 28x28");
   }
   if (labels.dims[0] != images.dims[0]) {
-    throw DataError(labels_path.string() + ": holds " + std::to_string(labels.dims[0]) + " labels but " +
-                    images_path.string() + " holds " + std::to_string(images.dims[0]) +
-                    " images; the counts must match");
+    throw DataError(path_text(labels_path.string()) + ": holds " + std::to_string(labels.dims[0]) +
+                    " labels but " + path_text(images_path.string()) + " holds " +
+                    std::to_string(images.dims[0]) + " images; the counts must match");
   }
 
   MnistSplit split;
@@ -164,6 +164,16 @@ Mnist load_mnist(const std::filesystem::path& dir) {
   mnist.train = load_split(dir, kTrainImages, kTrainLabels);
   mnist.test = load_split(dir, kTestImages, kTestLabels);
   return mnist;
+}
+
+std::vector<std::filesystem::path> mnist_files_in(const std::filesystem::path& dir) {
+  std::vector<fs::path> files;
+  for (const char* name : kAllFiles)
+    for (const std::string& file : {std::string(name), std::string(name) + ".gz"}) {
+      std::error_code error;
+      if (fs::exists(dir / file, error)) files.push_back(dir / file);
+    }
+  return files;
 }
 
 }  // namespace subliminal::data

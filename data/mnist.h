@@ -41,4 +41,8 @@ std::filesystem::path locate_mnist(const std::string& flag_dir);
 // 0..9; the counts need not be 60000/10000, so tests can use small files. Errors name the file.
 Mnist load_mnist(const std::filesystem::path& dir);
 
+// The MNIST files present in dir, raw and gzipped (whichever load_mnist reads, and the other
+// copy): what no output of a run may overwrite.
+std::vector<std::filesystem::path> mnist_files_in(const std::filesystem::path& dir);
+
 }  // namespace subliminal::data

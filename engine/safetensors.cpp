@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -214,6 +215,26 @@ AtomicTarget atomic_target(const std::filesystem::path& requested) {
   return {path, (dir / temp_name).string()};
 }
 
+// The temporary file a write is filling, for remove_unfinished_file() — called from a signal
+// handler, so it may only read plain memory and call unlink (async-signal-safe). One write runs
+// at a time (the program's main thread writes its files one after another).
+char g_unfinished_path[4096];
+std::atomic<bool> g_has_unfinished{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "read from a signal handler");
+
+// Registers a temporary file for the life of one write.
+class UnfinishedFile {
+ public:
+  explicit UnfinishedFile(const std::string& temp) {
+    if (temp.size() >= sizeof g_unfinished_path) return;  // too long to record: only left on a kill
+    std::memcpy(g_unfinished_path, temp.c_str(), temp.size() + 1);
+    g_has_unfinished.store(true, std::memory_order_release);
+  }
+  ~UnfinishedFile() { g_has_unfinished.store(false, std::memory_order_release); }
+  UnfinishedFile(const UnfinishedFile&) = delete;
+  UnfinishedFile& operator=(const UnfinishedFile&) = delete;
+};
+
 // mkstemp on the pattern, or an InputError naming the file we meant to write.
 int create_temporary(const std::string& name, std::string& temp) {
   const int fd = mkstemp(temp.data());
@@ -236,11 +257,26 @@ std::filesystem::path resolved_path(const std::filesystem::path& requested) {
   return ec ? absolute.lexically_normal() : canonical;
 }
 
+void remove_unfinished_file() noexcept {
+  if (g_has_unfinished.load(std::memory_order_acquire)) ::unlink(g_unfinished_path);
+}
+
 void check_file_can_be_written(const std::filesystem::path& requested) {
-  std::string temp = atomic_target(requested).temp_pattern;
+  const AtomicTarget target = atomic_target(requested);
+  std::string temp = target.temp_pattern;
   const int fd = create_temporary(path_text(requested.string()), temp);
   ::close(fd);
   ::unlink(temp.c_str());
+  // The final rename over an existing file in a sticky directory (like /tmp) is refused unless we
+  // own the file or the directory (or are root): creating a file there says nothing about that.
+  const std::filesystem::path dir = target.path.has_parent_path() ? target.path.parent_path() : ".";
+  struct stat file {};
+  struct stat folder {};
+  const uid_t me = ::geteuid();
+  if (me != 0 && ::stat(target.path.c_str(), &file) == 0 && ::stat(dir.c_str(), &folder) == 0 &&
+      (folder.st_mode & S_ISVTX) && file.st_uid != me && folder.st_uid != me)
+    throw InputError(path_text(requested.string()) +
+                     ": cannot be replaced: another user's file in a sticky directory (only its owner may)");
 }
 
 void write_file_atomically(const std::filesystem::path& requested, const std::string& contents) {
@@ -249,6 +285,7 @@ void write_file_atomically(const std::filesystem::path& requested, const std::st
   const std::filesystem::path& path = target.path;
   std::string temp = target.temp_pattern;
   const int fd = create_temporary(name, temp);
+  const UnfinishedFile unfinished(temp);  // a kill from here on removes it (remove_unfinished_file)
   size_t written = 0;
   while (written < contents.size()) {
     ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);

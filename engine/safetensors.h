@@ -49,6 +49,11 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
 // Writes `contents` to `path` atomically (temporary file + fsync + rename); used for reports too.
 void write_file_atomically(const std::filesystem::path& path, const std::string& contents);
 
+// Removes the temporary file of a write_file_atomically in progress, if there is one; for a
+// handler of a signal that ends the program (SIGINT, SIGTERM, ...), so that a kill mid-write
+// leaves nothing behind. Async-signal-safe.
+void remove_unfinished_file() noexcept;
+
 // The file a name reaches: where the chain of symbolic links starting at `path` ends, absolute
 // and normalised, whether that file exists yet or not (write_file_atomically writes there).
 // Two names of one file give the same path.

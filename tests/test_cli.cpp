@@ -304,6 +304,53 @@ TEST(Cli, OneFileUnderTwoNamesIsRefused) {
                      "--json and --save-init");
 }
 
+// No output may land on a data file the run reads — under its own name, through $MNIST_DIR, or
+// on the .gz beside a raw file: a --json there used to replace the labels, and exit 0.
+TEST(Cli, OutputsOntoTheMnistFilesAreRefused) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  write_text(data / "t10k-images-idx3-ubyte.gz", "a spare copy");
+  const std::string labels = (data / "t10k-labels-idx1-ubyte").string();
+  const std::string before = read_text(labels);
+  expect_usage_error({"--device", "cpu", "--data", data.path().string(), "--json", labels},
+                     "--json " + labels + ": is " + labels + ", a file the run reads");
+  expect_usage_error({"--device", "cpu", "--data", data.path().string(), "--save-init",
+                      (data / "sub" / ".." / "train-images-idx3-ubyte").string(), "--force"},
+                     "--save-init");
+  expect_usage_error({"--device", "cpu", "--data", data.path().string(), "--save",
+                      (data / "t10k-images-idx3-ubyte.gz").string(), "--force"},
+                     "--save");
+  TempDir cwd;
+  const ProcessResult r = subliminal::test::run_process(
+      SUBLIMINAL_APP_PATH, {"--device", "cpu", "--parity-batch", labels, "--force"}, cwd.path(), {},
+      {{"MNIST_DIR", data.path().string()}});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--parity-batch " + labels + ": is "), std::string::npos) << r.err;
+  EXPECT_EQ(read_text(labels), before);
+  EXPECT_EQ(read_text(data / "t10k-images-idx3-ubyte.gz"), "a spare copy");
+}
+
+// Standard output that cannot be written (a closed pipe: `| head -1`; a full disk) is exit 2
+// with one line saying so — not a silent death by SIGPIPE — and the run's --json is still written.
+TEST(Cli, StandardOutputThatCannotBeWrittenIsExitTwoAndTheReportIsKept) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  for (const auto stdout_to :
+       {subliminal::test::StdoutTo::closed_pipe, subliminal::test::StdoutTo::dev_full}) {
+    SCOPED_TRACE(stdout_to == subliminal::test::StdoutTo::closed_pipe ? "closed pipe" : "/dev/full");
+    TempDir cwd;
+    const ProcessResult r =
+        subliminal::test::run_process(SUBLIMINAL_APP_PATH,
+                                      {"--device", "cpu", "--data", data.path().string(), "--epochs-teacher",
+                                       "0", "--epochs-distill", "0", "--no-progress", "--json", "r.json"},
+                                      cwd.path(), {"MNIST_DIR"}, {}, stdout_to);
+    EXPECT_EQ(r.exit_code, 2) << "(-1: killed by a signal) " << r.err;
+    EXPECT_NE(r.err.find("subliminal: error: cannot write to standard output"), std::string::npos) << r.err;
+    EXPECT_EQ(count_lines(r.err), 1) << r.err;
+    EXPECT_NE(read_text(cwd / "r.json").find("\"teacher\""), std::string::npos);
+  }
+}
+
 // --parity-batch writes its file and exits; other outputs would silently not be written.
 // --sweep-out without a --sweep would be ignored.
 TEST(Cli, OutputFlagsThatWouldBeIgnoredAreRefused) {

@@ -135,6 +135,24 @@ TEST(LoadMnist, LabelOutOfRangeIsRefused) {
   EXPECT_DATA_ERROR(load_mnist(dir.path()), "train-labels-idx1-ubyte", "label 10 at index 2", "out of range");
 }
 
+// A folder name with a line break in it is escaped in every message, which stays one line.
+TEST(LoadMnist, MessagesStayOneLineWhateverTheFolderIsCalled) {
+  TempDir parent;
+  const fs::path dir = parent / "two\nlines";
+  write_small_mnist(dir);
+  write_file(dir / "train-labels-idx1-ubyte", idx_bytes(kIdxMagicLabels, {5}, {1, 2, 10, 3, 4}));
+  EXPECT_DATA_ERROR(load_mnist(dir), "two\\x0alines/train-labels-idx1-ubyte\": label 10");
+  write_small_mnist(dir);
+  write_file(dir / "t10k-labels-idx1-ubyte", labels_file(2));
+  EXPECT_DATA_ERROR(load_mnist(dir), "two\\x0alines/t10k-labels-idx1-ubyte\": holds 2 labels but \"",
+                    "two\\x0alines/t10k-images-idx3-ubyte\" holds 3");
+  write_file(dir / "t10k-labels-idx1-ubyte", labels_file(3));
+  write_file(dir / "train-images-idx3-ubyte", images_file(5, 28, 27));
+  EXPECT_DATA_ERROR(load_mnist(dir), "two\\x0alines/train-images-idx3-ubyte\": images are 28x27");
+  fs::remove(dir / "train-images-idx3-ubyte");
+  EXPECT_DATA_ERROR(load_mnist(dir), "two\\x0alines/train-images-idx3-ubyte\": no such file");
+}
+
 TEST(LoadMnist, ImagesMustBe28x28) {
   TempDir dir;
   write_small_mnist(dir.path());

@@ -2,7 +2,12 @@
 // a header a third-party parser agrees with, every malformed file refused with a DataError
 // naming the file, and atomic, non-clobbering writes.
 #include <gtest/gtest.h>
-#include <sys/stat.h>  // stat: inode numbers, to see that a replace is a rename; mkfifo
+#include <sys/resource.h>  // setrlimit: a file-size limit to stop a write halfway
+#include <sys/stat.h>      // stat: inode numbers, to see that a replace is a rename; mkfifo
+#include <sys/wait.h>      // waitpid
+#include <unistd.h>        // fork, _exit, geteuid, setresuid
+
+#include <csignal>  // signal, SIGXFSZ
 
 #include <algorithm>          // std::sort
 #include <cstdint>            // uint8_t, uint64_t
@@ -270,6 +275,69 @@ TEST(Safetensors, AReplacedFileKeepsItsPermissions) {
   write_file_atomically(dir / "rows.jsonl", "one\ntwo\n");
   EXPECT_EQ(fs::status(dir / "rows.jsonl").permissions(), fs::perms(0600));
   EXPECT_EQ(read_text(dir / "rows.jsonl"), "one\ntwo\n");
+}
+
+// A signal that ends the program mid-write (here SIGXFSZ: the child's file-size limit stops the
+// write halfway, deterministically) leaves no temporary file when its handler calls
+// remove_unfinished_file(), as the app's handlers of SIGINT, SIGTERM and SIGHUP do.
+TEST(Safetensors, AKillMidWriteLeavesNoTemporaryFile) {
+  TempDir dir;
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    std::signal(SIGXFSZ, [](int) {
+      remove_unfinished_file();
+      _exit(7);
+    });
+    const rlimit limit{1 << 16, 1 << 16};  // 64 KiB
+    setrlimit(RLIMIT_FSIZE, &limit);
+    try {
+      write_file_atomically(dir / "big.bin", std::string(1 << 20, 'x'));  // 1 MiB
+    } catch (...) {
+    }
+    _exit(0);  // not reached: the limit raised SIGXFSZ
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 7) << "status " << status;
+  EXPECT_EQ(directory_entries(dir.path()), std::vector<std::string>{});
+}
+
+// In a sticky directory (like /tmp) only a file's owner (or the directory's, or root) may rename
+// over it, so another user's file there is refused up front, not after the run. Made as root and
+// probed as user 65534 in a child process; skipped when the test cannot become another user.
+TEST(Safetensors, AnotherUsersFileInAStickyDirectoryIsRefusedUpFront) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root, to make a file another user cannot replace";
+  TempDir dir;
+  const fs::path sticky = dir / "sticky";
+  fs::create_directory(sticky);
+  fs::permissions(dir.path(), fs::perms(0755));
+  fs::permissions(sticky, fs::perms(01777));
+  write_text(sticky / "theirs.json", "theirs");
+  fs::permissions(sticky / "theirs.json", fs::perms(0666));
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (setresuid(65534, 65534, 65534) != 0) _exit(9);
+    int refused = 0, accepted = 0;
+    try {
+      check_file_can_be_written(sticky / "theirs.json");
+    } catch (const InputError&) {
+      refused = 1;
+    }
+    try {
+      check_file_can_be_written(sticky / "mine.json");  // a new file there is fine
+      accepted = 1;
+    } catch (const InputError&) {
+    }
+    _exit(refused && accepted ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "status " << status;
+  if (WEXITSTATUS(status) == 9) GTEST_SKIP() << "cannot become user 65534 here";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: the other user's file was not refused, or a new file was";
+  EXPECT_EQ(read_text(sticky / "theirs.json"), "theirs");
 }
 
 }  // namespace

@@ -193,11 +193,16 @@ struct ProcessResult {
   std::string out, err;
 };
 
+// Where a child's standard output goes: a file read back after (ProcessResult::out), a pipe
+// whose reading end is already closed (as after `| head -1`), or /dev/full (a full disk).
+enum class StdoutTo { file, closed_pipe, dev_full };
+
 // Runs `program args...` in directory `cwd` with this process's environment minus the
 // variables in `unset` plus those in `set`; stdout and stderr go to files, read back after.
 inline ProcessResult run_process(const std::string& program, const std::vector<std::string>& args,
                                  const fs::path& cwd, const std::vector<std::string>& unset = {},
-                                 const std::map<std::string, std::string>& set = {}) {
+                                 const std::map<std::string, std::string>& set = {},
+                                 StdoutTo stdout_to = StdoutTo::file) {
   TempDir capture;
   const std::string out_path = (capture / "stdout").string(), err_path = (capture / "stderr").string();
   std::vector<std::string> env;
@@ -219,7 +224,14 @@ inline ProcessResult run_process(const std::string& program, const std::vector<s
   const pid_t pid = fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {  // child: only async-signal-safe calls from here to execve
-    const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int out = -1;
+    if (stdout_to == StdoutTo::file) out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (stdout_to == StdoutTo::dev_full) out = open("/dev/full", O_WRONLY);
+    int ends[2];
+    if (stdout_to == StdoutTo::closed_pipe && pipe(ends) == 0) {
+      close(ends[0]);
+      out = ends[1];
+    }
     const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (out < 0 || err < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0 || chdir(cwd.c_str()) != 0) _exit(127);
     execve(program.c_str(), argv.data(), envp.data());
@@ -231,7 +243,7 @@ inline ProcessResult run_process(const std::string& program, const std::vector<s
   }
   ProcessResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = read_text(out_path);
+  if (stdout_to == StdoutTo::file) r.out = read_text(out_path);
   r.err = read_text(err_path);
   return r;
 }

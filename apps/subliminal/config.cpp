@@ -307,6 +307,16 @@ bool same_file(const std::string& a, const std::string& b) {
   return resolved_path(a) == resolved_path(b);
 }
 
+// The files a run writes, {flag, path}, "" for those it does not.
+std::vector<std::pair<std::string, std::string>> output_files(const Config& c) {
+  return {{"--json", c.json_path},
+          {"--save", c.save_path},
+          {"--save-init", c.save_init_path},
+          {"--parity-batch", c.parity_batch_path},
+          {"--sweep-out (its .csv)", c.sweep_out.empty() ? "" : c.sweep_out + ".csv"},
+          {"--sweep-out (its .jsonl)", c.sweep_out.empty() ? "" : c.sweep_out + ".jsonl"}};
+}
+
 }  // namespace
 
 void validate(const Config& c) {
@@ -328,14 +338,8 @@ void validate(const Config& c) {
     throw UsageError("--sweep-out names where a --sweep writes its rows, and there is no --sweep");
   // Every file the run reads or writes is a different file: a run must not replace its own
   // input (--load-init) or one output with another.
-  const std::vector<std::pair<std::string, std::string>> files = {
-      {"--load-init", c.load_init_path},
-      {"--json", c.json_path},
-      {"--save", c.save_path},
-      {"--save-init", c.save_init_path},
-      {"--parity-batch", c.parity_batch_path},
-      {"--sweep-out (its .csv)", c.sweep_out.empty() ? "" : c.sweep_out + ".csv"},
-      {"--sweep-out (its .jsonl)", c.sweep_out.empty() ? "" : c.sweep_out + ".jsonl"}};
+  std::vector<std::pair<std::string, std::string>> files = {{"--load-init", c.load_init_path}};
+  for (const auto& output : output_files(c)) files.push_back(output);
   for (size_t i = 0; i < files.size(); ++i)
     for (size_t j = i + 1; j < files.size(); ++j)
       if (!files[i].second.empty() && !files[j].second.empty() && same_file(files[i].second, files[j].second))
@@ -357,6 +361,14 @@ void validate(const Config& c) {
         "scripts/get_cudnn_frontend.sh, then rebuild)");
   if (!c.save_init_path.empty() && c.models != 1)
     throw UsageError("--save-init writes one model's weights; use it with --models 1");
+}
+
+void check_outputs_spare(const Config& c, const std::vector<std::filesystem::path>& inputs) {
+  for (const auto& [flag, path] : output_files(c))
+    for (const std::filesystem::path& input : inputs)
+      if (!path.empty() && same_file(path, input.string()))
+        throw UsageError(flag + " " + path_text(path) + ": is " + path_text(input.string()) +
+                         ", a file the run reads; the run would replace its own data");
 }
 
 // How many single-character edits turn a into b (Levenshtein), for "did you mean".

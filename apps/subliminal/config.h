@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -89,6 +90,10 @@ CommandLine parse_command_line(int argc, const char* const* argv);
 
 // Checks a config's values (ranges, combinations); throws UsageError naming the flag.
 void validate(const Config& config);
+
+// Throws UsageError naming the flag when an output of the run (--json, --save, ..., --sweep-out's
+// files) is one of `inputs`, the data files it reads (under any name: links count).
+void check_outputs_spare(const Config& config, const std::vector<std::filesystem::path>& inputs);
 
 // Sets a config value by its flag name without the dashes (as --sweep does): "lr", "batch-size", ...
 // Throws UsageError for unknown keys or bad values.

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -123,6 +124,7 @@ int run(int argc, char** argv) {
   flush_denormals_on_this_thread();
 
   const std::filesystem::path dir = data::locate_mnist(config.data_dir);
+  check_outputs_spare(config, data::mnist_files_in(dir));  // before anything is written
   const data::Mnist mnist = data::load_mnist(dir);
   if (config.train_samples > mnist.train.count)
     throw UsageError("--train-samples " + std::to_string(config.train_samples) + ": the training set in " +
@@ -149,12 +151,29 @@ int run(int argc, char** argv) {
   return 0;
 }
 
+// A signal that ends the program removes the temporary file of a write in progress first (the
+// file it would have replaced is untouched either way), then ends it as the signal would have.
+void end_on_signal(int signal_number) {
+  remove_unfinished_file();
+  std::signal(signal_number, SIG_DFL);
+  std::raise(signal_number);
+}
+
+void install_signal_handlers() {
+  for (int signal_number : {SIGINT, SIGTERM, SIGHUP}) std::signal(signal_number, end_on_signal);
+  // A closed pipe or a file-size limit makes the write fail (EPIPE, EFBIG) instead of killing the
+  // program unannounced: the run still writes its --json and --save, then main() says what failed.
+  std::signal(SIGPIPE, SIG_IGN);
+  std::signal(SIGXFSZ, SIG_IGN);
+}
+
 }  // namespace
 }  // namespace subliminal::app
 
 int main(int argc, char** argv) {
   using namespace subliminal;
   app::ensure_blas_kernels(argv);
+  app::install_signal_handlers();
   try {
     const int code = app::run(argc, argv);
     // Results that never reached their reader (a full disk, a closed pipe) are not a success.
