@@ -1,10 +1,14 @@
 // tests/test_app_units.cpp — the app's pieces called directly: presets and flag overrides, the
 // cross-init derangement, the confidence-interval arithmetic, the sweep grid, a training loop
 // that stops allocating, and a small paper-mode run whose arms must come out in the paper's order.
+#include <fcntl.h>  // posix_openpt: a pseudo-terminal for the progress bar
 #include <gtest/gtest.h>
+#include <unistd.h>  // read
 
 #include <cmath>     // std::sqrt
+#include <cstdio>    // fdopen
 #include <cstdlib>   // std::getenv
+#include <cstring>   // std::strlen
 #include <iostream>  // std::cout
 #include <map>       // std::map
 #include <set>       // std::set
@@ -13,6 +17,7 @@
 
 #include "apps/subliminal/config.h"      // parse_command_line, Config
 #include "apps/subliminal/experiment.h"  // run_experiment, cross_init_partner, apply_gemm_settings
+#include "apps/subliminal/progress.h"    // ProgressBar
 #include "apps/subliminal/report.h"      // summarize, json_text
 #include "apps/subliminal/sweep.h"       // sweep_grid, config_id
 #include "data/mnist.h"                  // locate_mnist, load_mnist
@@ -65,6 +70,55 @@ TEST(Presets, PaperSetsThePaperScriptsValuesAndFlagsOverrideThem) {
 }
 
 // --fused-split reaches the config (and the report's form of it); the default is the step's.
+// Numbers are read as written, in any decimal form; the refusals are in test_cli.cpp.
+TEST(Numbers, DecimalFormsAreRead) {
+  EXPECT_EQ(parse({"--lr", "3e-4"}).lr, 3e-4);
+  EXPECT_EQ(parse({"--lr", "+3E-4"}).lr, 3e-4);
+  EXPECT_EQ(parse({"--lr", ".0003"}).lr, 3e-4);
+  EXPECT_EQ(parse({"--temperature", "2."}).temperature, 2.0);
+  EXPECT_EQ(parse({"--weight-decay", "0"}).weight_decay, 0.0);
+  EXPECT_EQ(parse({"--weight-decay", "-0"}).weight_decay, 0.0);
+  EXPECT_EQ(parse({"--temperature", "3.4e38"}).temperature, 3.4e38);
+}
+
+// On a terminal the bar is drawn, and a bar still on screen when it goes away (an error ended
+// the run mid-epoch) is erased, so the error message starts its own line; one already cleared
+// is not erased twice. Drawn on a pseudo-terminal, read back from its other side.
+TEST(Progress, ABarLeftOnScreenIsErasedWhenItGoesAway) {
+  const int terminal = posix_openpt(O_RDWR | O_NOCTTY);
+  ASSERT_GE(terminal, 0);
+  ASSERT_EQ(grantpt(terminal), 0);
+  ASSERT_EQ(unlockpt(terminal), 0);
+  std::FILE* screen = std::fopen(ptsname(terminal), "w");
+  ASSERT_NE(screen, nullptr);
+  auto drawn = [&] {  // what reached the screen since the last call
+    std::string text(4096, '\0');
+    const ssize_t n = read(terminal, text.data(), text.size());
+    return n > 0 ? text.substr(0, size_t(n)) : std::string();
+  };
+  {
+    ProgressBar bar(true, screen);
+    ASSERT_TRUE(bar.active());
+    bar.begin("Teacher", 3);
+    bar.advance();
+  }  // gone mid-epoch
+  const std::string erase = "\r\033[K";
+  std::string text = drawn();
+  EXPECT_NE(text.find("[Teacher]"), std::string::npos) << text;
+  EXPECT_EQ(text.substr(text.size() - erase.size()), erase) << text;
+  {
+    ProgressBar bar(true, screen);
+    bar.begin("Student", 1);
+    bar.clear();
+    std::fputs("done\n", screen);
+    std::fflush(screen);
+  }
+  text = drawn();
+  EXPECT_EQ(text.substr(text.size() - std::strlen("done\r\n")), "done\r\n") << text;  // the tty adds \r
+  std::fclose(screen);
+  close(terminal);
+}
+
 TEST(FusedSplit, FlagSetsThePolicyAndPrintsBack) {
   const Config defaults = parse({});
   EXPECT_EQ(defaults.fused_split(), "8,2,bands");

@@ -73,9 +73,19 @@ TEST(Cli, EveryBadFlagIsExitCodeTwoWithOneLineNamingIt) {
       {{"--fused-split", "8x,2,bands"}, "--fused-split"},
       {{"--fused-split", "8,2,bands,1"}, "--fused-split"},
       {{"--lr"}, "--lr"},  // a value flag without its value
-      // Positive numbers below float32's smallest normal would be flushed to 0 in the run.
+      // Positive numbers below float32's smallest normal would be flushed to 0 in the run, and
+      // numbers above its largest would be Inf.
       {{"--temperature", "1e-310"}, "--temperature"},
       {{"--lr", "1e-40"}, "--lr"},
+      {{"--temperature", "1e39"}, "--temperature"},
+      {{"--weight-decay", "3.5e38"}, "--weight-decay"},
+      {{"--init-perturb", "1e39"}, "--init-perturb"},
+      // Numbers written plainly: no spaces around them, no hexadecimal.
+      {{"--lr", " 3e-4"}, "--lr"},
+      {{"--lr", "3e-4 "}, "--lr"},
+      {{"--lr", "0x10"}, "--lr"},
+      {{"--lr", "+-1"}, "--lr"},
+      {{"--lr", "+"}, "--lr"},
       // An empty path, and a path flag whose value was left out, so that it took the next flag.
       {{"--data", ""}, "--data"},
       {{"--json", ""}, "--json"},

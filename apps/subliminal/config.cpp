@@ -45,14 +45,21 @@ uint64_t parse_seed(const std::string& key, const std::string& value) {
   return v;
 }
 
-// A finite number; `positive`: > 0, otherwise ≥ 0. A positive value must be a normal float32:
-// the run flushes subnormals to zero (engine/device.h), so a smaller one would act as 0.
+// A decimal number that float32 holds; `positive`: > 0, otherwise ≥ 0. The run computes in
+// float32: a value above its largest (3.4e38) would become Inf, and a positive one below its
+// smallest normal (1.18e-38) acts as 0 (the run flushes subnormals, engine/device.h). Written
+// plainly: no spaces around it, no hexadecimal (std::from_chars; an optional leading '+').
 double parse_number(const std::string& key, const std::string& value, bool positive) {
-  char* end = nullptr;
-  double v = value.empty() ? NAN : std::strtod(value.c_str(), &end);
-  if (value.empty() || end != value.c_str() + value.size() || !std::isfinite(v) ||
+  const char* begin = value.data() + (value.size() > 1 && value[0] == '+' && value[1] != '-' ? 1 : 0);
+  const char* end = value.data() + value.size();
+  double v = NAN;
+  const auto [stop, error] = std::from_chars(begin, end, v);
+  const double largest = std::numeric_limits<float>::max();
+  if (error != std::errc() || stop != end || !std::isfinite(v) || v > largest ||
       (positive ? v < std::numeric_limits<float>::min() : v < 0))
-    bad_value(key, positive ? "a number > 0 (at least 1.18e-38, float32's smallest normal)" : "a number ≥ 0",
+    bad_value(key,
+              positive ? "a number > 0 that float32 holds (1.18e-38 to 3.4e38)"
+                       : "a number ≥ 0 that float32 holds (at most 3.4e38)",
               value);
   return v;
 }

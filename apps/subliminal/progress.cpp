@@ -7,7 +7,7 @@
 
 namespace subliminal::app {
 
-ProgressBar::ProgressBar(bool enabled) : active_(enabled && isatty(STDERR_FILENO)) {}
+ProgressBar::ProgressBar(bool enabled, std::FILE* out) : out_(out), active_(enabled && isatty(fileno(out))) {}
 
 void ProgressBar::begin(const std::string& label, int64_t total_steps) {
   label_ = label;
@@ -28,7 +28,10 @@ void ProgressBar::advance() {
 }
 
 void ProgressBar::clear() {
-  if (active_) std::fprintf(stderr, "\r\033[K");
+  if (!on_screen_) return;
+  std::fprintf(out_, "\r\033[K");
+  std::fflush(out_);
+  on_screen_ = false;
 }
 
 void ProgressBar::draw() {
@@ -37,9 +40,10 @@ void ProgressBar::draw() {
   std::string bar;
   for (int i = 0; i < kWidth; ++i) bar += i < filled ? "\u2588" : "\u2591";
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
-  std::fprintf(stderr, "\r\033[K[%s] %s %lld/%lld steps  %.1f s", label_.c_str(), bar.c_str(),
-               (long long)done_, (long long)total_, elapsed);
-  std::fflush(stderr);
+  std::fprintf(out_, "\r\033[K[%s] %s %lld/%lld steps  %.1f s", label_.c_str(), bar.c_str(), (long long)done_,
+               (long long)total_, elapsed);
+  std::fflush(out_);
+  on_screen_ = true;
 }
 
 }  // namespace subliminal::app
