@@ -122,6 +122,25 @@ TEST(Cli, ABadSweepIsRefusedBeforeAnythingRuns) {
                      "--sweep configuration models=2: --load-init");
 }
 
+// A sweep removes its PREFIX.lock when it ends, so a PREFIX.lock that is not a sweep's lock (a
+// user's own file, a link to one) is refused before anything runs, naming --sweep-out and the
+// file, and left as it was. (A sweep's own lock, left by a killed one, is reused: test_e2e.cpp.)
+TEST(Cli, ASweepLeavesAFileUnderItsLockNameAlone) {
+  TempDir dir;
+  const std::string prefix = (dir / "w").string(), lock = prefix + ".lock";
+  write_text(lock, "my own notes\n");
+  expect_usage_error(
+      {"--device", "cpu", "--sweep", "lr=1e-3", "--sweep-out", prefix},
+      "--sweep-out " + prefix + ": " + lock + " exists and its first line is not \"subliminal sweep lock\"");
+  EXPECT_EQ(read_text(lock), "my own notes\n");
+  fs::rename(lock, dir / "notes");
+  fs::create_symlink(dir / "notes", lock);
+  expect_usage_error({"--device", "cpu", "--sweep", "lr=1e-3", "--sweep-out", prefix},
+                     lock + " is a symbolic link");
+  EXPECT_TRUE(fs::is_symlink(lock));
+  EXPECT_EQ(read_text(dir / "notes"), "my own notes\n");
+}
+
 // --help wins even next to a bad flag: usage on stdout, exit 0.
 TEST(Cli, HelpPrintsUsageAndExitsZero) {
   TempDir cwd;
@@ -299,6 +318,9 @@ TEST(Cli, OneFileUnderTwoNamesIsRefused) {
       "--load-init and --json name the same file, init.st: the run would replace its own input");
   expect_usage_error({"--device", "cpu", "--load-init", "init.st", "--parity-batch", "./init.st"},
                      "--load-init and --parity-batch");
+  // A sweep removes its PREFIX.lock when it ends: the input must not be that file.
+  expect_usage_error({"--device", "cpu", "--load-init", "w.lock", "--sweep", "lr=1e-3", "--sweep-out", "w"},
+                     "--load-init and --sweep-out (its .lock) name the same file, w.lock");
   TempDir dir;
   write_text(dir / "report.json", "{}");
   fs::create_symlink(dir / "report.json", dir / "link.json");

@@ -238,8 +238,11 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   const std::vector<std::string> args = {"--device",         "cpu",  "--epochs-teacher", "1",
                                          "--epochs-distill", "1",    "--sweep",          "lr=1e-3,3e-4",
                                          "--sweep-out",      prefix, "--no-progress"};
+  // The lock a killed sweep left behind (marked as a sweep's) is taken over, and removed at the end.
+  write_text(prefix + ".lock", "subliminal sweep lock\n");
   const ProcessResult first = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
   ASSERT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_FALSE(fs::exists(prefix + ".lock")) << "the sweep left its lock behind";
   const std::vector<std::string> csv = lines_of(read_text(prefix + ".csv"));
   const std::vector<std::string> jsonl = lines_of(read_text(prefix + ".jsonl"));
   ASSERT_EQ(csv.size(), 1 + 2 * 4u) << read_text(prefix + ".csv");  // header + 2 configs × 4 arms

@@ -314,14 +314,16 @@ bool same_file(const std::string& a, const std::string& b) {
   return resolved_path(a) == resolved_path(b);
 }
 
-// The files a run writes, {flag, path}, "" for those it does not.
+// The files a run writes (a sweep also makes and removes its lock), {flag, path}; "" for those it does not.
 std::vector<std::pair<std::string, std::string>> output_files(const Config& c) {
   return {{"--json", c.json_path},
           {"--save", c.save_path},
           {"--save-init", c.save_init_path},
           {"--parity-batch", c.parity_batch_path},
           {"--sweep-out (its .csv)", c.sweep_out.empty() ? "" : c.sweep_out + ".csv"},
-          {"--sweep-out (its .jsonl)", c.sweep_out.empty() ? "" : c.sweep_out + ".jsonl"}};
+          {"--sweep-out (its .jsonl)", c.sweep_out.empty() ? "" : c.sweep_out + ".jsonl"},
+          // The sweep's lock is removed when the sweep ends: it must not be any other file.
+          {"--sweep-out (its .lock)", c.sweep_out.empty() ? "" : c.sweep_out + ".lock"}};
 }
 
 }  // namespace

@@ -98,6 +98,7 @@ void check_before_running(const Config& config) {
       throw UsageError("--sweep needs --sweep-out PREFIX for its CSV and JSONL rows");
     check_output_path("--sweep-out", config.sweep_out + ".csv", false);
     check_output_path("--sweep-out", config.sweep_out + ".jsonl", false);
+    check_sweep_lock(config.sweep_out);  // someone's own PREFIX.lock is not taken over, nor removed
     sweep_configs(config);  // a bad --sweep is found before the device and MNIST are set up
   }
 }

@@ -3,8 +3,8 @@
 
 #include <fcntl.h>     // open
 #include <sys/file.h>  // flock
-#include <sys/stat.h>  // fstat, stat
-#include <unistd.h>    // close, unlink
+#include <sys/stat.h>  // fstat, lstat
+#include <unistd.h>    // close, unlink, pread, pwrite, ftruncate
 
 #include <algorithm>
 #include <cerrno>
@@ -150,16 +150,56 @@ SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& b
 // Rows one configuration writes: reference, teacher and one per student arm.
 size_t rows_expected(const Config& config) { return 2 + student_arms(config).size(); }
 
+// The first line of every PREFIX.lock a sweep writes. The lock is removed when the sweep ends,
+// so a PREFIX.lock without this line — someone's own file that happens to have the name — must
+// be neither written into nor removed: the sweep is refused instead.
+const std::string kLockMark = "subliminal sweep lock\n";
+
+// "--sweep-out PREFIX: PREFIX.lock is …; move it away, or choose another --sweep-out".
+UsageError not_a_lock(const std::string& prefix, const std::string& path, const std::string& why) {
+  return UsageError("--sweep-out " + path_text(prefix) + ": " + path_text(path) + " " + why +
+                    ", so it is not a sweep's lock (a sweep removes its lock when it ends); move it away, or "
+                    "choose another --sweep-out");
+}
+
+// Opens PREFIX.lock without following a symbolic link (the link is someone's, and so is what it
+// points to) and without blocking on a FIFO. Returns -1 with errno set for other failures.
+int open_lock_file(const std::string& prefix, const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+  if (fd < 0 && errno == ELOOP) throw not_a_lock(prefix, path, "is a symbolic link");
+  return fd;
+}
+
+// Whether the PREFIX.lock open at `fd` may be taken over and, at the end, removed: a regular
+// file with no other names, either empty (a sweep killed before it wrote the mark) or starting
+// with kLockMark (left by a killed sweep). Throws UsageError otherwise.
+void check_lock_is_ours(const std::string& prefix, const std::string& path, int fd) {
+  struct stat st = {};
+  if (::fstat(fd, &st) != 0)
+    throw InputError("--sweep-out " + path_text(prefix) + ": cannot examine " + path_text(path) + " (" +
+                     std::strerror(errno) + ")");
+  if (!S_ISREG(st.st_mode)) throw not_a_lock(prefix, path, "is not a regular file");
+  if (st.st_nlink > 1) throw not_a_lock(prefix, path, "has other names (hard links)");
+  std::string head(kLockMark.size(), '\0');
+  const ssize_t got = ::pread(fd, head.data(), head.size(), 0);
+  if (got < 0)
+    throw InputError("--sweep-out " + path_text(prefix) + ": cannot read " + path_text(path) + " (" +
+                     std::strerror(errno) + ")");
+  if (got != 0 && head != kLockMark)
+    throw not_a_lock(prefix, path, "exists and its first line is not " + quoted("subliminal sweep lock"));
+}
+
 // PREFIX.lock, locked (flock, exclusive) while a sweep runs. A second sweep on the same prefix
 // would replace the files under the first one's open handles, and the first one's later rows
 // would go to files no longer there: it is refused instead. The file is removed on the way out;
-// one left by a killed sweep holds no lock and is reused.
+// one left by a killed sweep holds no lock and is reused. A PREFIX.lock that is not a sweep's
+// (check_lock_is_ours) is refused before it is written to.
 class SweepLock {
  public:
   explicit SweepLock(const std::string& prefix) : path_(prefix + ".lock") {
     const std::string name = "--sweep-out " + path_text(prefix);
     while (true) {
-      fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+      fd_ = open_lock_file(prefix, path_, O_RDWR | O_CREAT);
       if (fd_ < 0)
         throw InputError(name + ": cannot create " + path_text(path_) + " (" + std::strerror(errno) + ")");
       if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
@@ -169,22 +209,39 @@ class SweepLock {
       }
       // Locked — but if the sweep before us removed the file between our open and our lock, the
       // lock is on a file no one else will find: take the one that is there now.
-      struct stat held = {};
-      struct stat there = {};
-      if (::fstat(fd_, &held) == 0 && ::stat(path_.c_str(), &there) == 0 && held.st_dev == there.st_dev &&
-          held.st_ino == there.st_ino)
-        return;
+      if (still_there()) break;
       ::close(fd_);
+    }
+    try {
+      check_lock_is_ours(prefix, path_, fd_);
+      // Marked as a sweep's lock only now that it is ours: a later sweep, finding it left behind
+      // by a killed one, knows it may reuse and remove it.
+      if (::ftruncate(fd_, 0) != 0 ||
+          ::pwrite(fd_, kLockMark.data(), kLockMark.size(), 0) != ssize_t(kLockMark.size()))
+        throw InputError(name + ": cannot write " + path_text(path_) + " (" + std::strerror(errno) + ")");
+    } catch (...) {
+      ::close(fd_);  // not ours to remove
+      throw;
     }
   }
   ~SweepLock() {
-    ::unlink(path_.c_str());  // before unlocking, so that a waiting sweep's check above sees it gone
+    // Before unlocking, so that a waiting sweep's check above sees it gone; and only if the name
+    // is still our file (not one moved onto it while the sweep ran).
+    if (still_there()) ::unlink(path_.c_str());
     ::close(fd_);
   }
   SweepLock(const SweepLock&) = delete;
   SweepLock& operator=(const SweepLock&) = delete;
 
  private:
+  // Whether path_ names the file we hold open.
+  bool still_there() const {
+    struct stat held = {};
+    struct stat there = {};
+    return ::fstat(fd_, &held) == 0 && ::lstat(path_.c_str(), &there) == 0 && held.st_dev == there.st_dev &&
+           held.st_ino == there.st_ino;
+  }
+
   std::string path_;
   int fd_ = -1;
 };
@@ -214,6 +271,23 @@ std::string csv_line(const nlohmann::json& row) {
 }
 
 }  // namespace
+
+void check_sweep_lock(const std::string& prefix) {
+  const std::string path = prefix + ".lock";
+  const int fd = open_lock_file(prefix, path, O_RDONLY);
+  if (fd < 0) {
+    if (errno == ENOENT) return;  // the usual case: the sweep will create it
+    throw InputError("--sweep-out " + path_text(prefix) + ": cannot open " + path_text(path) + " (" +
+                     std::strerror(errno) + ")");
+  }
+  try {
+    check_lock_is_ours(prefix, path, fd);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+}
 
 std::vector<std::vector<std::pair<std::string, std::string>>> sweep_grid(const Config& base) {
   std::vector<std::vector<std::pair<std::string, std::string>>> grid{{}};

@@ -29,6 +29,11 @@ std::vector<Config> sweep_configs(const Config& base);
 // "lr=0.0003;batch-size=256": identifies a configuration's rows (used for resuming).
 std::string config_id(const std::vector<std::pair<std::string, std::string>>& settings);
 
+// Refuses, up front, a PREFIX.lock that a sweep may not take over and remove when it ends: one
+// that is not a sweep's lock (someone's own file under that name, a link, a FIFO). Throws
+// UsageError naming --sweep-out and the file; a missing PREFIX.lock is fine.
+void check_sweep_lock(const std::string& prefix);
+
 int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::FILE* out);
 
 }  // namespace subliminal::app
