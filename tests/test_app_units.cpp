@@ -233,6 +233,36 @@ TEST(Sweep, KeysFormAGridWithStableIdsAndBadValuesAreRefused) {
   }
 }
 
+// The values of a key joined for --sweep: "seed=0,1,...,n-1".
+std::string numbered_values(const std::string& key, int n) {
+  std::string text = key + "=";
+  for (int i = 0; i < n; ++i) text += (i ? "," : "") + std::to_string(i);
+  return text;
+}
+
+// A grid over the cap (10 000 configurations) is refused with its count before any configuration
+// is made (27 million used to be built in memory: an internal error, std::bad_alloc); one at the
+// cap is made.
+TEST(Sweep, AGridOverTheCapIsRefusedGivingItsSize) {
+  Config base = parse({});
+  base.sweeps = {numbered_values("seed", 300), numbered_values("epochs-teacher", 300),
+                 numbered_values("epochs-distill", 300)};
+  try {
+    sweep_grid(base);
+    ADD_FAILURE() << "a grid of 27 million configurations was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(
+        std::string(e.what()).find("the grid has 27000000 configurations (300 seed × 300 epochs-teacher "
+                                   "× 300 epochs-distill values), more than the 10000"),
+        std::string::npos)
+        << e.what();
+  }
+  base.sweeps = {numbered_values("seed", 5000), "lr=1e-3,3e-4"};
+  EXPECT_EQ(sweep_grid(base).size(), 10000u);
+  base.sweeps.push_back("temperature=1,2");
+  EXPECT_THROW(sweep_grid(base), UsageError);
+}
+
 // A path is bytes, not always UTF-8: the report and the sweep rows replace what is not UTF-8
 // (U+FFFD) rather than throw after a whole run.
 TEST(Report, JsonTextOfANameThatIsNotUtf8) {

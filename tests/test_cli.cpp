@@ -120,6 +120,13 @@ TEST(Cli, ABadSweepIsRefusedBeforeAnythingRuns) {
                      "cannot sweep \"lrr\" (these can: lr, batch-size,");
   expect_usage_error({"--sweep", "models=2", "--load-init", "init.st", "--sweep-out", "rows"},
                      "--sweep configuration models=2: --load-init");
+  // Over the cap of 10 000 configurations: refused with the count (27 million used to end as an
+  // internal error, std::bad_alloc).
+  std::string seeds = "seed=0";
+  for (int seed = 1; seed < 10000; ++seed) seeds += "," + std::to_string(seed);
+  expect_usage_error(
+      {"--sweep", seeds, "--sweep", "lr=1e-3,3e-4", "--sweep-out", "rows"},
+      "--sweep: the grid has 20000 configurations (10000 seed × 2 lr values), more than the 10000");
 }
 
 // A sweep removes its PREFIX.lock when it ends, so a PREFIX.lock that is not a sweep's lock (a

@@ -246,6 +246,65 @@ class SweepLock {
   int fd_ = -1;
 };
 
+// One --sweep flag: its text, the key it varies and that key's values, as given.
+struct SweptKey {
+  std::string text, key;
+  std::vector<std::string> values;
+};
+
+// "lr=1e-3,3e-4" → {lr, [1e-3, 3e-4]}. Throws UsageError for malformed text or a key that
+// cannot be swept; the values are checked later (check_values).
+SweptKey parse_sweep(const std::string& sweep) {
+  const size_t eq = sweep.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == sweep.size())
+    throw UsageError("--sweep " + quoted(sweep) + ": expected key=v1,v2,...");
+  const std::string key = sweep.substr(0, eq);
+  if (!sweepable(key)) {
+    std::string keys;
+    for (const std::string& k : sweepable_keys()) keys += (keys.empty() ? "" : ", ") + k;
+    throw UsageError("--sweep " + quoted(sweep) + ": cannot sweep " + quoted(key) + " (these can: " + keys +
+                     ")");
+  }
+  // hidden sizes contain commas themselves: separate its values with ';' instead.
+  return {sweep, key, split(sweep.substr(eq + 1), key == "hidden" ? ';' : ',')};
+}
+
+// The most configurations one sweep may have. Each runs a whole experiment — seconds on a GPU at
+// the least, minutes at the notebook's size — so 10 000 is days of compute already, more than
+// any ablation here needs; and every configuration is held in memory (its settings, its Config,
+// its id) before the first runs, so a grid of millions (three keys of 300 values: 27 million)
+// would exhaust the memory and end as an internal error instead of a message.
+constexpr uint64_t kMaxSweepConfigs = 10000;
+
+// Refuses a grid of more than kMaxSweepConfigs configurations, counting it from the number of
+// values of each key, so that nothing is made per configuration first.
+void check_grid_size(const std::vector<SweptKey>& keys) {
+  uint64_t count = 1;
+  bool overflow = false;  // more than 2^64: so many keys and values fit on a command line
+  std::string product;
+  for (const SweptKey& k : keys) {
+    overflow = overflow || __builtin_mul_overflow(count, uint64_t(k.values.size()), &count);
+    product += (product.empty() ? "" : " × ") + std::to_string(k.values.size()) + " " + k.key;
+  }
+  if (overflow || count > kMaxSweepConfigs)
+    throw UsageError("--sweep: the grid has " +
+                     (overflow ? std::string("more than 2^64") : std::to_string(count)) +
+                     " configurations (" + product + " values), more than the " +
+                     std::to_string(kMaxSweepConfigs) + " one sweep may run; split it into smaller sweeps");
+}
+
+// Every value of a key is one the key accepts. Throws UsageError naming the --sweep.
+void check_values(const Config& base, const SweptKey& k) {
+  for (const std::string& v : k.values) {
+    Config probe = base;
+    try {
+      set_config_value(probe, k.key, v);  // rejects a bad value now, not halfway through the grid
+    } catch (const UsageError& e) {
+      throw UsageError("--sweep " + quoted(k.text) + ": " + e.what());
+    }
+  }
+}
+
 std::string csv_field(const std::string& s) {
   if (s.find_first_of(",\"\n") == std::string::npos) return s;
   std::string q = "\"";
@@ -290,35 +349,22 @@ void check_sweep_lock(const std::string& prefix) {
 }
 
 std::vector<std::vector<std::pair<std::string, std::string>>> sweep_grid(const Config& base) {
-  std::vector<std::vector<std::pair<std::string, std::string>>> grid{{}};
+  std::vector<SweptKey> keys;
   std::set<std::string> seen;
   for (const std::string& sweep : base.sweeps) {
-    const size_t eq = sweep.find('=');
-    if (eq == std::string::npos || eq == 0 || eq + 1 == sweep.size())
-      throw UsageError("--sweep " + quoted(sweep) + ": expected key=v1,v2,...");
-    const std::string key = sweep.substr(0, eq);
-    if (!sweepable(key)) {
-      std::string keys;
-      for (const std::string& k : sweepable_keys()) keys += (keys.empty() ? "" : ", ") + k;
-      throw UsageError("--sweep " + quoted(sweep) + ": cannot sweep " + quoted(key) + " (these can: " + keys +
-                       ")");
-    }
-    if (!seen.insert(key).second) throw UsageError("--sweep: \"" + key + "\" is swept twice");
-    // hidden sizes contain commas themselves: separate its values with ';' instead.
-    const std::vector<std::string> values = split(sweep.substr(eq + 1), key == "hidden" ? ';' : ',');
-    for (const std::string& v : values) {
-      Config probe = base;
-      try {
-        set_config_value(probe, key, v);  // rejects a bad value now, not halfway through the grid
-      } catch (const UsageError& e) {
-        throw UsageError("--sweep " + quoted(sweep) + ": " + e.what());
-      }
-    }
+    keys.push_back(parse_sweep(sweep));
+    if (!seen.insert(keys.back().key).second)
+      throw UsageError("--sweep: \"" + keys.back().key + "\" is swept twice");
+  }
+  check_grid_size(keys);  // before anything is made per configuration, or even per value
+  for (const SweptKey& k : keys) check_values(base, k);
+  std::vector<std::vector<std::pair<std::string, std::string>>> grid{{}};
+  for (const SweptKey& k : keys) {
     std::vector<std::vector<std::pair<std::string, std::string>>> next;
     for (const auto& partial : grid)
-      for (const std::string& v : values) {
+      for (const std::string& v : k.values) {
         auto row = partial;
-        row.push_back({key, v});
+        row.push_back({k.key, v});
         next.push_back(row);
       }
     grid = next;
