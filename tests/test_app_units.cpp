@@ -263,6 +263,29 @@ TEST(Sweep, AGridOverTheCapIsRefusedGivingItsSize) {
   EXPECT_THROW(sweep_grid(base), UsageError);
 }
 
+// Each value of a key once, compared as the run reads it: a value twice would run one
+// configuration twice and write its rows twice.
+TEST(Sweep, AValueRepeatedInAKeyIsRefusedNamingIt) {
+  Config base = parse({});
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"lr=1e-3,3e-4,1e-3", "\"1e-3\" is given twice"},
+      {"lr=1e-3,0.001", "\"1e-3\" and \"0.001\" are the same lr"},
+      {"hidden=256,256;128;0256,256", "\"256,256\" and \"0256,256\" are the same hidden"},
+      {"seed=7,07", "\"7\" and \"07\" are the same seed"}};
+  for (const auto& [sweep, names] : cases) {
+    base.sweeps = {sweep};
+    try {
+      sweep_grid(base);
+      ADD_FAILURE() << sweep << " was accepted";
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find("--sweep \"" + sweep + "\": " + names), std::string::npos)
+          << e.what();
+    }
+  }
+  base.sweeps = {"lr=1e-3,1e-4"};  // close, but not the same
+  EXPECT_EQ(sweep_grid(base).size(), 2u);
+}
+
 // A path is bytes, not always UTF-8: the report and the sweep rows replace what is not UTF-8
 // (U+FFFD) rather than throw after a whole run.
 TEST(Report, JsonTextOfANameThatIsNotUtf8) {

@@ -127,6 +127,9 @@ TEST(Cli, ABadSweepIsRefusedBeforeAnythingRuns) {
   expect_usage_error(
       {"--sweep", seeds, "--sweep", "lr=1e-3,3e-4", "--sweep-out", "rows"},
       "--sweep: the grid has 20000 configurations (10000 seed × 2 lr values), more than the 10000");
+  // A value twice would run one configuration twice: refused, as the run reads the values.
+  expect_usage_error({"--sweep", "lr=1e-3,0.001", "--sweep-out", "rows"},
+                     "--sweep \"lr=1e-3,0.001\": \"1e-3\" and \"0.001\" are the same lr");
 }
 
 // A sweep removes its PREFIX.lock when it ends, so a PREFIX.lock that is not a sweep's lock (a

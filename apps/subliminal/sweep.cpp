@@ -293,8 +293,13 @@ void check_grid_size(const std::vector<SweptKey>& keys) {
                      std::to_string(kMaxSweepConfigs) + " one sweep may run; split it into smaller sweeps");
 }
 
-// Every value of a key is one the key accepts. Throws UsageError naming the --sweep.
+// Every value of a key is one the key accepts, and is given once — compared as the run reads it,
+// so that 1e-3 and 0.001 are one lr: a value twice would run the same configuration twice and
+// write its rows twice. Throws UsageError naming the --sweep (and the repeated values).
 void check_values(const Config& base, const SweptKey& k) {
+  std::string field = k.key;
+  std::replace(field.begin(), field.end(), '-', '_');  // flag names → the report's keys
+  std::map<std::string, std::string> given;            // the run's settings → the value that gave them
   for (const std::string& v : k.values) {
     Config probe = base;
     try {
@@ -302,6 +307,15 @@ void check_values(const Config& base, const SweptKey& k) {
     } catch (const UsageError& e) {
       throw UsageError("--sweep " + quoted(k.text) + ": " + e.what());
     }
+    const nlohmann::json settings = config_json(probe);
+    const auto [earlier, first] = given.emplace(json_text(settings), v);
+    const std::string& before = earlier->second;
+    if (!first)
+      throw UsageError("--sweep " + quoted(k.text) + ": " +
+                       (before == v ? quoted(v) + " is given twice"
+                                    : quoted(before) + " and " + quoted(v) + " are the same " + k.key + ", " +
+                                          json_text(settings[field])) +
+                       "; give each value once");
   }
 }
 
