@@ -369,4 +369,29 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   EXPECT_EQ(lines_of(read_text(prefix + ".csv")), rebuilt);
 }
 
+// A path is bytes, not always UTF-8: the rows store the --load-init path with what is not UTF-8
+// replaced (U+FFFD), and resuming compares like with like, so the identical command resumes
+// (it used to be refused as "written by a sweep with other settings (load_init: …)").
+TEST(EndToEnd, ASweepFromAnInitWhoseNameIsNotUtf8Resumes) {
+  SKIP_WITHOUT_MNIST();
+  TempDir dir;
+  const std::string init = (dir / "init\xff.st").string(), prefix = (dir / "sweep").string();
+  const std::vector<std::string> quick = {"--device",         "cpu", "--epochs-teacher", "1",
+                                          "--epochs-distill", "1",   "--train-samples",  "512",
+                                          "--no-progress"};
+  std::vector<std::string> save = quick;
+  save.insert(save.end(), {"--save-init", init});
+  const ProcessResult saved = subliminal::test::run_process(SUBLIMINAL_APP_PATH, save, dir.path());
+  ASSERT_EQ(saved.exit_code, 0) << saved.err;
+  std::vector<std::string> sweep = quick;
+  sweep.insert(sweep.end(), {"--load-init", init, "--sweep", "lr=1e-3", "--sweep-out", prefix});
+  const ProcessResult first = subliminal::test::run_process(SUBLIMINAL_APP_PATH, sweep, dir.path());
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const std::string rows = read_text(prefix + ".jsonl");
+  const ProcessResult again = subliminal::test::run_process(SUBLIMINAL_APP_PATH, sweep, dir.path());
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.out.find("1 already done"), std::string::npos) << again.out;
+  EXPECT_EQ(read_text(prefix + ".jsonl"), rows);
+}
+
 }  // namespace

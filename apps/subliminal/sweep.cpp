@@ -56,6 +56,10 @@ std::vector<std::string> split(const std::string& text, char separator) {
 // file's resolved path among them), less the swept keys and what does not change a row (whether
 // each epoch was evaluated). A row written under other settings is not a result of this sweep,
 // whatever its configuration id says.
+//
+// Returned as a row holds it once written and read back: json_text replaces bytes that are not
+// UTF-8 (in a --load-init path, say) with U+FFFD, and a row's settings are compared with these,
+// so both sides must have been through it, or the identical command could never resume.
 nlohmann::json sweep_base(const Config& base) {
   nlohmann::json settings = config_json(base);
   for (const std::string& sweep : base.sweeps) {
@@ -64,7 +68,7 @@ nlohmann::json sweep_base(const Config& base) {
     settings.erase(key);
   }
   settings.erase("eval_every_epoch");
-  return settings;
+  return nlohmann::json::parse(json_text(settings));
 }
 
 // The first setting in which two bases differ, "key: old vs new", for the message.
