@@ -369,6 +369,24 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   EXPECT_EQ(lines_of(read_text(prefix + ".csv")), rebuilt);
 }
 
+// A NaN/Inf stop in one configuration of a sweep names the configuration, on the same one line
+// and with the same exit code 3 (it used to say only where in training it stopped).
+TEST(EndToEnd, ANonFiniteStopInASweepNamesTheConfiguration) {
+  SKIP_WITHOUT_MNIST();
+  TempDir dir;
+  std::vector<std::string> args = {"--device",        "cpu", "--epochs-teacher", "1", "--epochs-distill", "0",
+                                   "--train-samples", "512", "--no-progress"};
+  args.insert(args.end(),
+              {"--sweep", "lr=1e30", "--sweep", "seed=0", "--sweep-out", (dir / "sweep").string()});
+  const ProcessResult stopped = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
+  EXPECT_EQ(stopped.exit_code, 3) << stopped.err;
+  EXPECT_NE(
+      stopped.err.find("subliminal: stopped: lr=1e30;seed=0: non-finite loss in teacher training, epoch 1"),
+      std::string::npos)
+      << stopped.err;
+  EXPECT_EQ(std::count(stopped.err.begin(), stopped.err.end(), '\n'), 1) << stopped.err;
+}
+
 // A path is bytes, not always UTF-8: the rows store the --load-init path with what is not UTF-8
 // replaced (U+FFFD), and resuming compares like with like, so the identical command resumes
 // (it used to be refused as "written by a sweep with other settings (load_init: …)").
