@@ -369,6 +369,32 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   EXPECT_EQ(lines_of(read_text(prefix + ".csv")), rebuilt);
 }
 
+// With MNIST there, a sweep would run to the end and remove its lock: a user's own file under the
+// lock's name (here even their --load-init input, copied) is refused up front, and is still
+// there afterwards. (It used to be removed, exit 0.)
+TEST(EndToEnd, ASweepLeavesAUsersFileUnderItsLockNameAlone) {
+  SKIP_WITHOUT_MNIST();
+  TempDir dir;
+  const std::string prefix = (dir / "w").string(), lock = prefix + ".lock";
+  std::vector<std::string> args = {"--device",        "cpu", "--epochs-teacher", "1", "--epochs-distill", "1",
+                                   "--train-samples", "512", "--no-progress"};
+  std::vector<std::string> save = args;
+  save.insert(save.end(), {"--save-init", lock});
+  const ProcessResult saved = subliminal::test::run_process(SUBLIMINAL_APP_PATH, save, dir.path());
+  ASSERT_EQ(saved.exit_code, 0) << saved.err;
+  const std::string init = read_text(lock);
+  for (const bool as_input : {true, false}) {
+    std::vector<std::string> sweep = args;
+    if (as_input) sweep.insert(sweep.end(), {"--load-init", lock});
+    sweep.insert(sweep.end(), {"--sweep", "lr=1e-3", "--sweep-out", prefix});
+    const ProcessResult refused = subliminal::test::run_process(SUBLIMINAL_APP_PATH, sweep, dir.path());
+    EXPECT_EQ(refused.exit_code, 2) << refused.err;
+    EXPECT_NE(refused.err.find(lock), std::string::npos) << refused.err;
+    ASSERT_TRUE(fs::exists(lock)) << "the sweep removed the user's " << lock;
+    EXPECT_EQ(read_text(lock), init);
+  }
+}
+
 // A NaN/Inf stop in one configuration of a sweep names the configuration, on the same one line
 // and with the same exit code 3 (it used to say only where in training it stopped).
 TEST(EndToEnd, ANonFiniteStopInASweepNamesTheConfiguration) {
