@@ -25,7 +25,9 @@ SUBLIMINAL_HOT_LOOP void adam_update(T* __restrict p, const T* __restrict g, T* 
   const T one_minus_beta1 = T(1.0 - o.beta1), beta2 = T(o.beta2), one_minus_beta2 = T(1.0 - o.beta2);
   const T eps = T(o.eps), weight_decay = T(o.weight_decay);
   for (int64_t i = 0; i < n; ++i) {
-    T grad = g[i] + weight_decay * p[i];  // exact when weight_decay is 0 (finite p)
+    // As torch (and the GPU's step_end.cuh): no decay term at all when weight_decay is 0, so an
+    // infinite parameter does not turn its gradient into 0·inf = NaN.
+    const T grad = weight_decay != T(0) ? g[i] + weight_decay * p[i] : g[i];
     m[i] = m[i] + one_minus_beta1 * (grad - m[i]);
     v[i] = beta2 * v[i] + one_minus_beta2 * grad * grad;
     T denom = std::sqrt(v[i]) / bias_correction2_sqrt + eps;

@@ -106,6 +106,19 @@ TEST(Adam, FirstStepMovesByLearningRate) {
   EXPECT_EQ(p[2], 1.0);  // zero gradient: m = 0, no move
 }
 
+// Without weight decay the parameter does not enter the gradient, as in torch (which adds
+// weight_decay·p only when weight_decay ≠ 0) and the GPU: an infinite parameter leaves the moments
+// finite instead of making them NaN through 0·inf.
+TEST(Adam, WithoutWeightDecayAnInfiniteParameterLeavesTheMomentsFinite) {
+  for (DType dtype : {DType::f32, DType::f64}) {
+    Tensor values = make({INFINITY, 1.0}, dtype), grads = make({0.5, 0.5}, dtype);
+    Adam adam(values, grads, {0.01});
+    adam.step();
+    for (double m : values_of(adam.exp_avg())) EXPECT_NEAR(m, 0.1 * 0.5, 1e-8);  // (1 − β1)·g, not NaN
+    EXPECT_EQ(values_of(values)[0], INFINITY);
+  }
+}
+
 // Values and gradients are one flat arena each; a mismatch is a programming error caught early.
 TEST(Adam, RejectsMismatchedArenas) {
   EXPECT_THROW(Adam(make({1, 2}, DType::f64), make({1, 2, 3}, DType::f64), {}), ShapeError);
