@@ -266,27 +266,35 @@ TEST(Sweep, AGridOverTheCapIsRefusedGivingItsSize) {
   EXPECT_THROW(sweep_grid(base), UsageError);
 }
 
-// Each value of a key once, compared as the run reads it: a value twice would run one
-// configuration twice and write its rows twice.
-TEST(Sweep, AValueRepeatedInAKeyIsRefusedNamingIt) {
-  Config base = parse({});
-  const std::vector<std::pair<std::string, std::string>> cases = {
-      {"lr=1e-3,3e-4,1e-3", "\"1e-3\" is given twice"},
-      {"lr=1e-3,0.001", "\"1e-3\" and \"0.001\" are the same lr"},
-      {"hidden=256,256;128;0256,256", "\"256,256\" and \"0256,256\" are the same hidden"},
-      {"seed=7,07", "\"7\" and \"07\" are the same seed"}};
-  for (const auto& [sweep, names] : cases) {
-    base.sweeps = {sweep};
+// Two configurations with equal settings, as the run reads them, are one run made twice: a value
+// given twice, written the same or not, or values that the other settings make equal (with
+// --noise mnist the noise is the fixed set whatever --noise-set says). Refused naming both.
+TEST(Sweep, ConfigurationsWithEqualSettingsAreRefusedNamingBoth) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"lr=1e-3,3e-4,1e-3"}, "\"lr=1e-3\" and \"lr=1e-3\" are the same run"},
+      {{"lr=1e-3,0.001"}, "\"lr=1e-3\" and \"lr=0.001\" are the same run"},
+      {{"hidden=256,256;128;0256,256"}, "\"hidden=256,256\" and \"hidden=0256,256\" are the same run"},
+      {{"seed=7,07"}, "\"seed=7\" and \"seed=07\" are the same run"},
+      {{"noise=mnist,uniform", "noise-set=fresh,fixed"},
+       "\"noise=mnist;noise-set=fresh\" and \"noise=mnist;noise-set=fixed\" are the same run"}};
+  for (const auto& [sweeps, names] : cases) {
+    Config base = parse({});
+    base.sweeps = sweeps;
     try {
-      sweep_grid(base);
-      ADD_FAILURE() << sweep << " was accepted";
+      sweep_configs(base);
+      ADD_FAILURE() << sweeps.front() << " was accepted";
     } catch (const UsageError& e) {
-      EXPECT_NE(std::string(e.what()).find("--sweep \"" + sweep + "\": " + names), std::string::npos)
+      EXPECT_NE(std::string(e.what()).find("--sweep: configurations " + names), std::string::npos)
           << e.what();
     }
   }
+  Config base = parse({});
   base.sweeps = {"lr=1e-3,1e-4"};  // close, but not the same
-  EXPECT_EQ(sweep_grid(base).size(), 2u);
+  EXPECT_EQ(sweep_configs(base).size(), 2u);
+  // With --noise mnist as the base, noise-set still matters for the uniform and gaussian runs.
+  base = parse({"--noise", "mnist"});
+  base.sweeps = {"noise=uniform,gaussian", "noise-set=fresh,fixed"};
+  EXPECT_EQ(sweep_configs(base).size(), 4u);
 }
 
 // A path is bytes, not always UTF-8: the report and the sweep rows replace what is not UTF-8

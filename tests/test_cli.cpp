@@ -133,7 +133,7 @@ TEST(Cli, ABadSweepIsRefusedBeforeAnythingRuns) {
       "--sweep: the grid has 20000 configurations (10000 seed × 2 lr values), more than the 10000");
   // A value twice would run one configuration twice: refused, as the run reads the values.
   expect_usage_error({"--sweep", "lr=1e-3,0.001", "--sweep-out", "rows"},
-                     "--sweep \"lr=1e-3,0.001\": \"1e-3\" and \"0.001\" are the same lr");
+                     "--sweep: configurations \"lr=1e-3\" and \"lr=0.001\" are the same run");
 }
 
 // A sweep removes its PREFIX.lock when it ends, so a PREFIX.lock that is not a sweep's lock (a

@@ -297,13 +297,8 @@ void check_grid_size(const std::vector<SweptKey>& keys) {
                      std::to_string(kMaxSweepConfigs) + " one sweep may run; split it into smaller sweeps");
 }
 
-// Every value of a key is one the key accepts, and is given once — compared as the run reads it,
-// so that 1e-3 and 0.001 are one lr: a value twice would run the same configuration twice and
-// write its rows twice. Throws UsageError naming the --sweep (and the repeated values).
+// Every value of a key is one the key accepts. Throws UsageError naming the --sweep.
 void check_values(const Config& base, const SweptKey& k) {
-  std::string field = k.key;
-  std::replace(field.begin(), field.end(), '-', '_');  // flag names → the report's keys
-  std::map<std::string, std::string> given;            // the run's settings → the value that gave them
   for (const std::string& v : k.values) {
     Config probe = base;
     try {
@@ -311,15 +306,6 @@ void check_values(const Config& base, const SweptKey& k) {
     } catch (const UsageError& e) {
       throw UsageError("--sweep " + quoted(k.text) + ": " + e.what());
     }
-    const nlohmann::json settings = config_json(probe);
-    const auto [earlier, first] = given.emplace(json_text(settings), v);
-    const std::string& before = earlier->second;
-    if (!first)
-      throw UsageError("--sweep " + quoted(k.text) + ": " +
-                       (before == v ? quoted(v) + " is given twice"
-                                    : quoted(before) + " and " + quoted(v) + " are the same " + k.key + ", " +
-                                          json_text(settings[field])) +
-                       "; give each value once");
   }
 }
 
@@ -411,9 +397,18 @@ std::string config_id(const std::vector<std::pair<std::string, std::string>>& se
 std::vector<Config> sweep_configs(const Config& base) {
   const auto grid = sweep_grid(base);
   std::vector<Config> configs;
+  // Two configurations with the same settings, as the run reads them, are one run made twice,
+  // with its rows written twice: a value given twice (lr=1e-3,0.001), or values that the other
+  // settings make equal (noise-set=fresh,fixed beside noise=mnist, whose noise is the fixed set).
+  std::map<std::string, std::string> made;  // the settings' JSON → the configuration that has them
   for (const auto& settings : grid) {
     Config config = base;
     for (const auto& [k, v] : settings) set_config_value(config, k, v);
+    const auto [earlier, first] = made.emplace(json_text(config_json(config)), config_id(settings));
+    if (!first)
+      throw UsageError("--sweep: configurations " + subliminal::quoted(earlier->second) + " and " +
+                       quoted(config_id(settings)) +
+                       " are the same run (equal settings); give each value once");
     try {
       validate(config);
       if (!config.load_init_path.empty()) {
