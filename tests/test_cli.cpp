@@ -4,9 +4,14 @@
 // subprocess in an empty temporary directory with MNIST_DIR unset, so nothing is found by luck.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>     // open
 #include <sys/stat.h>  // mkfifo
+#include <sys/wait.h>  // waitpid
+#include <unistd.h>    // fork, execv, usleep
 
+#include <chrono>   // std::chrono::steady_clock
 #include <cmath>    // NAN, INFINITY
+#include <csignal>  // signal, kill, SIGHUP
 #include <cstdint>  // uint32_t
 #include <string>   // std::string
 #include <vector>   // std::vector
@@ -360,12 +365,14 @@ TEST(Cli, OutputsOntoTheMnistFilesAreRefused) {
   const std::string before = read_text(labels);
   expect_usage_error({"--device", "cpu", "--data", data.path().string(), "--json", labels},
                      "--json " + labels + ": is " + labels + ", a file the run reads");
-  expect_usage_error({"--device", "cpu", "--data", data.path().string(), "--save-init",
-                      (data / "sub" / ".." / "train-images-idx3-ubyte").string(), "--force"},
-                     "--save-init");
-  expect_usage_error({"--device", "cpu", "--data", data.path().string(), "--save",
-                      (data / "t10k-images-idx3-ubyte.gz").string(), "--force"},
-                     "--save");
+  fs::create_directory(data / "sub");  // so that only the data check can refuse sub/../
+  const std::string images = (data / "sub" / ".." / "train-images-idx3-ubyte").string();
+  expect_usage_error({"--device", "cpu", "--data", data.path().string(), "--save-init", images, "--force"},
+                     "--save-init " + images + ": is " + (data / "train-images-idx3-ubyte").string() +
+                         ", a file the run reads");
+  const std::string spare = (data / "t10k-images-idx3-ubyte.gz").string();
+  expect_usage_error({"--device", "cpu", "--data", data.path().string(), "--save", spare, "--force"},
+                     "--save " + spare + ": is " + spare + ", a file the run reads");
   TempDir cwd;
   const ProcessResult r = subliminal::test::run_process(
       SUBLIMINAL_APP_PATH, {"--device", "cpu", "--parity-batch", labels, "--force"}, cwd.path(), {},
@@ -395,6 +402,49 @@ TEST(Cli, StandardOutputThatCannotBeWrittenIsExitTwoAndTheReportIsKept) {
     EXPECT_EQ(count_lines(r.err), 1) << r.err;
     EXPECT_NE(read_text(cwd / "r.json").find("\"teacher\""), std::string::npos);
   }
+}
+
+// A signal the parent set to be ignored stays ignored (nohup ignores SIGHUP): the app's own
+// handlers, which remove an unfinished output file, must not make it deadly. SIGHUP is sent
+// over and over until the run ends; it must end by itself, exit 0.
+TEST(Cli, AnIgnoredHangupStaysIgnored) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  const std::string app = SUBLIMINAL_APP_PATH, data_dir = data.path().string();
+  int exec_done[2];  // closed by the child's exec (O_CLOEXEC): no SIGHUP before it ignores them
+  ASSERT_EQ(pipe2(exec_done, O_CLOEXEC), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // as `nohup subliminal ...`: SIGHUP ignored across exec; output discarded
+    std::signal(SIGHUP, SIG_IGN);
+    close(exec_done[0]);
+    const int null = open("/dev/null", O_WRONLY);
+    if (null < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0) _exit(127);
+    execl(app.c_str(), app.c_str(), "--device", "cpu", "--data", data_dir.c_str(), "--epochs-teacher", "300",
+          "--epochs-distill", "0", "--no-progress", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(exec_done[1]);
+  char byte = 0;
+  while (read(exec_done[0], &byte, 1) > 0) {
+  }
+  close(exec_done[0]);
+  int status = 0, hangups = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (waitpid(child, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(child, SIGKILL);
+      waitpid(child, &status, 0);
+      FAIL() << "the run did not end in 120 s";
+    }
+    kill(child, SIGHUP);
+    ++hangups;
+    usleep(2000);
+  }
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "status " << status << (WIFSIGNALED(status) ? " (killed by a signal)" : "") << " after " << hangups
+      << " SIGHUPs";
+  EXPECT_GT(hangups, 10) << "the run ended before most SIGHUPs were sent: make it longer";
 }
 
 // --parity-batch writes its file and exits; other outputs would silently not be written.

@@ -161,7 +161,13 @@ void end_on_signal(int signal_number) {
 }
 
 void install_signal_handlers() {
-  for (int signal_number : {SIGINT, SIGTERM, SIGHUP}) std::signal(signal_number, end_on_signal);
+  // A signal the parent set to be ignored stays ignored: `nohup` ignores SIGHUP, and a shell
+  // ignores SIGINT for a job it starts in the background.
+  for (int signal_number : {SIGINT, SIGTERM, SIGHUP}) {
+    struct sigaction inherited {};
+    if (sigaction(signal_number, nullptr, &inherited) == 0 && inherited.sa_handler != SIG_IGN)
+      std::signal(signal_number, end_on_signal);
+  }
   // A closed pipe or a file-size limit makes the write fail (EPIPE, EFBIG) instead of killing the
   // program unannounced: the run still writes its --json and --save, then main() says what failed.
   std::signal(SIGPIPE, SIG_IGN);
