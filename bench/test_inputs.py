@@ -399,6 +399,15 @@ class TorchSubliminalTest(ToolTest):
         with open(out) as f:
             self.assertEqual(len(json.load(f)["epochs"]["teacher"]), 1)
         self.assertEqual([k for k in tree(self.dir) if not k.startswith("mnist")], ["out.json"])  # nothing else left
+        # A phase of 0 epochs still reports its steps (0), so compare.py can read the report.
+        r = self.run_ts("--epochs-teacher", "1", "--epochs-distill", "0", "--json", out)
+        self.assertEqual(r.returncode, 0, self.describe(r))
+        with open(out) as f:
+            report = json.load(f)
+        self.assertEqual(report["steps"]["distill_ghosts"], 0)
+        sys.path.insert(0, os.path.join(REPO, "bench"))
+        import compare
+        self.assertIsNone(compare.report_problem(report))
 
 
 # ---------------------------------------------------------------------------------------------- parity.py

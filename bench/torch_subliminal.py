@@ -935,6 +935,8 @@ def run(args):
     secs.setdefault("distill_ghosts", 0.0)
     secs["training"] = secs["teacher"] + secs["distill_ghosts"]
     report["steps"] = {k: int(round(v)) for k, v in clock.steps.items()}
+    for phase in ("teacher", "distill_ghosts"):  # a phase of 0 epochs ran 0 steps, as the app reports
+        report["steps"].setdefault(phase, 0)
     report["us_per_step"] = {}
     for phase, n in clock.steps.items():
         if n:
