@@ -24,10 +24,10 @@ a --data or set $MNIST_DIR without the MNIST files, a missing engine) are refuse
 stderr and exit status 2 before anything runs; --outdir (default: a new temp directory) is made only
 when runs start. A run that fails, times out or leaves a report without the table's numbers is a
 failed run: its row says why (the log's last line). Torch rows asked for where no python has torch
-are failed rows too. --json: the report is written (atomically: a temporary file beside it, renamed) after every
-run once at least one run has succeeded — so partial results survive a kill — and at the end; a
-session in which no run succeeded writes nothing there, so an existing file is never replaced by a
-report of failures only. Exit status: 0 when every row has a run, 1 when a row has none or the
+are failed rows too. --json: the report is written (atomically: a temporary file beside it,
+renamed) after every run once at least one run has succeeded — so partial results survive a kill —
+and at the end; a session in which no run succeeded writes nothing there, so an existing file is
+never replaced by a report of failures only. Exit status: 0 when every row has a run, 1 when a row has none or the
 session was stopped, 2 for bad input.
 """
 import argparse
