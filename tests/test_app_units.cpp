@@ -8,7 +8,7 @@
 
 #include <chrono>    // std::chrono::steady_clock
 #include <cmath>     // std::sqrt
-#include <cstdio>    // fdopen
+#include <cstdio>    // std::fopen, std::fputs
 #include <cstdlib>   // std::getenv
 #include <cstring>   // std::strlen
 #include <iostream>  // std::cout
@@ -247,10 +247,11 @@ TEST(Sweep, KeysFormAGridWithStableIdsAndBadValuesAreRefused) {
   }
 }
 
-// The values of a key joined for --sweep: "seed=0,1,...,n-1".
+// The values of a key joined for --sweep: "seed=0,1,...,n-1" (built in steps: g++ 12 warns
+// falsely on "," + string, GCC bug 105329).
 std::string numbered_values(const std::string& key, int n) {
   std::string text = key + "=";
-  for (int i = 0; i < n; ++i) {  // in steps: g++ 12 warns falsely on "," + string (GCC bug 105329)
+  for (int i = 0; i < n; ++i) {
     if (i) text += ',';
     text += std::to_string(i);
   }

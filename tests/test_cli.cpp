@@ -127,9 +127,9 @@ TEST(Cli, ABadSweepIsRefusedBeforeAnythingRuns) {
                      "--sweep configuration models=2: --load-init");
   // Over the cap of 10 000 configurations: refused with the count (27 million used to end as an
   // internal error, std::bad_alloc).
+  // Built in steps: g++ 12 warns falsely on "," + string (GCC bug 105329).
   std::string seeds = "seed=0";
-  for (int seed = 1; seed < 10000;
-       ++seed) {  // in steps: g++ 12 warns falsely on "," + string (GCC bug 105329)
+  for (int seed = 1; seed < 10000; ++seed) {
     seeds += ',';
     seeds += std::to_string(seed);
   }
