@@ -396,7 +396,8 @@ TEST(EndToEnd, ASweepLeavesAUsersFileUnderItsLockNameAlone) {
 }
 
 // A NaN/Inf stop in one configuration of a sweep names the configuration, on the same one line
-// and with the same exit code 3 (it used to say only where in training it stopped).
+// and with the same exit code 3 (it used to say only where in training it stopped); so does an
+// allocation that fails, with exit 2.
 TEST(EndToEnd, ANonFiniteStopInASweepNamesTheConfiguration) {
   SKIP_WITHOUT_MNIST();
   TempDir dir;
@@ -411,6 +412,16 @@ TEST(EndToEnd, ANonFiniteStopInASweepNamesTheConfiguration) {
       std::string::npos)
       << stopped.err;
   EXPECT_EQ(std::count(stopped.err.begin(), stopped.err.end(), '\n'), 1) << stopped.err;
+  // So does running out of memory in one (exit 2, as outside a sweep). 100 000 models of
+  // 784 → 65536 → 65536 → 13 are 1.7 PB of parameters: more than any address space holds, so no
+  // machine (however large, whatever its overcommit setting) can start that run.
+  std::vector<std::string> huge = {"--device", "cpu", "--no-progress", "--hidden", "65536,65536"};
+  huge.insert(huge.end(), {"--sweep", "models=100000", "--sweep-out", (dir / "huge").string()});
+  const ProcessResult full = subliminal::test::run_process(SUBLIMINAL_APP_PATH, huge, dir.path());
+  EXPECT_EQ(full.exit_code, 2) << full.err;
+  EXPECT_NE(full.err.find("subliminal: error: models=100000: out of host memory"), std::string::npos)
+      << full.err;
+  EXPECT_EQ(std::count(full.err.begin(), full.err.end(), '\n'), 1) << full.err;
 }
 
 // A path is bytes, not always UTF-8: the rows store the --load-init path with what is not UTF-8

@@ -333,15 +333,20 @@ std::string csv_line(const nlohmann::json& row) {
   return line.str();
 }
 
-// One configuration's experiment. A NaN/Inf stop names the configuration it stopped in: a sweep
-// runs many, and "non-finite loss in teacher training, epoch 1, step 2 of 2" alone would not
-// say which one to change. (Still a NonFiniteError: the exit code stays 3.)
+// One configuration's experiment. What stops it names the configuration: a sweep runs many, and
+// "non-finite loss in teacher training, epoch 1, step 2 of 2" or "out of host memory allocating
+// … bytes" alone would not say which one to change. Rethrown as the kind of error main() tells
+// apart, so the exit code stays what it was (3 for NaN/Inf, 2 for bad input or memory).
 Results run_configuration(const std::string& id, const Config& config, const data::Mnist& mnist,
                           Device device, Observer& observer) {
   try {
     return run_experiment(config, mnist, device, observer);
   } catch (const NonFiniteError& e) {
     throw NonFiniteError(id + ": " + e.what());
+  } catch (const OutOfMemoryError& e) {
+    throw OutOfMemoryError(id + ": " + e.what());
+  } catch (const InputError& e) {
+    throw InputError(id + ": " + e.what());
   }
 }
 
