@@ -20,6 +20,7 @@
 #include "ops/loss.h"         // cross_entropy, distill_kl, kl_div
 #include "ops/metrics.h"      // count_correct
 #include "ops/mlp.h"          // mlp_forward
+#include "ops/softmax.h"      // log_softmax
 #include "tests/test_util.h"  // random tensors, values_of
 
 namespace {
@@ -106,6 +107,55 @@ TEST(Ops, KlDivTreatsZeroTimesLogZeroAsZero) {
     for (int64_t i = n * B * C; i < (n + 1) * B * C; ++i)
       if (p[size_t(i)] != 0) expected += p[size_t(i)] * (std::log(p[size_t(i)]) - log_q[size_t(i)]);
     EXPECT_NEAR(loss[size_t(n)], expected / double(B), 1e-14) << "model " << n;
+  }
+}
+
+// Logits far from 0 (1000 and −1000, which an unshifted exp turns into inf and 0): the max
+// shift in log-sum-exp keeps the loss the finite value it is for logits near 0, in both
+// cross-entropy and log_softmax.
+TEST(Ops, LargeLogitsGiveFiniteLossesThroughTheMaxShift) {
+  const std::vector<double> near = {0.5, -1.0, 2.0, /**/ -0.25, 0.0, 1.5};
+  const Tensor labels = Tensor::from_vector(std::vector<int32_t>{2, 0}, {1, 2});
+  const double expected = values_of(cross_entropy(Tensor::from_vector(near, {1, 2, 3}), labels, {0, 3}))[0];
+  for (double shift : {1000.0, -1000.0}) {
+    std::vector<double> far = near;
+    for (double& v : far) v += shift;
+    const Tensor logits = Tensor::from_vector(far, {1, 2, 3});
+    EXPECT_NEAR(values_of(cross_entropy(logits, labels, {0, 3}))[0], expected, 1e-9) << "shift " << shift;
+    const std::vector<double> log_p = values_of(log_softmax(logits));
+    EXPECT_NEAR(log_p[2], near[2] - std::log(std::exp(0.5) + std::exp(-1.0) + std::exp(2.0)), 1e-9);
+  }
+}
+
+// A label outside the class range (−1, or the range's width) would read a logit outside it;
+// it is a ShapeError, in the loss and in its backward.
+TEST(Ops, CrossEntropyRefusesLabelsOutsideTheClasses) {
+  const Tensor logits = random_f64({1, 2, 5}, 5);
+  for (int32_t bad : {-1, 3}) {
+    const Tensor labels = Tensor::from_vector(std::vector<int32_t>{0, bad}, {1, 2});
+    EXPECT_THROW(cross_entropy(logits, labels, {1, 4}), ShapeError) << "label " << bad;
+  }
+  EXPECT_NO_THROW(cross_entropy(logits, Tensor::from_vector(std::vector<int32_t>{0, 2}, {1, 2}), {1, 4}));
+}
+
+// Student n learns from teacher n mod the teachers' count: with 4 students and 2 teachers,
+// students 2 and 3 see teachers 0 and 1 again — each loss, and each gradient, is that of a
+// one-student call against its own teacher.
+TEST(Ops, DistillKlCyclesOverTheTeachers) {
+  const int64_t N = 4, B = 3, C = 6;
+  const Tensor student = random_f64({N, B, C}, 21, -3, 3), teacher = random_f64({2, B, C}, 22, -3, 3);
+  Tensor s = student.clone();
+  s.set_requires_grad(true);
+  const std::vector<double> loss = values_of(distill_kl(s, teacher, {2, 6}, 2.0));
+  distill_kl(s, teacher, {2, 6}, 2.0).backward();
+  const std::vector<double> grad = values_of(s.grad());
+  for (int64_t n = 0; n < N; ++n) {
+    Tensor one = student.rows(n, 1).clone();
+    one.set_requires_grad(true);
+    Tensor own_loss = distill_kl(one, teacher.rows(n % 2, 1), {2, 6}, 2.0);
+    EXPECT_EQ(loss[size_t(n)], values_of(own_loss)[0]) << "student " << n;
+    own_loss.backward();
+    EXPECT_EQ(row_of(grad, n, B * C), values_of(one.grad())) << "student " << n;
   }
 }
 
@@ -376,6 +426,66 @@ TEST(Gemm, MaskedAccumulateLeavesPriorContentsUnmasked) {
     if (!on[k]) masked_product[k] = 0;
   expect_near_all(values_of(dx2), masked_product, 1e-13, "dx");
   expect_near_all(values_of(db), naive_db(masked_product, I), 1e-13, "dbias_prev");
+}
+
+// The GEMMs trust the shapes they were given for their strides: an input whose width is not
+// the weight's, or an output gradient that is not [N, B, O], is a ShapeError — never a product
+// read with the wrong leading dimension.
+TEST(Gemm, MismatchedShapesAreShapeErrors) {
+  const Tensor x = random_f64({N, B, I}, 31), w = random_f64({N, O, I}, 32), dy = random_f64({N, B, O}, 33);
+  Tensor y = Tensor::empty({N, B, O}, DType::f64), dx = Tensor::empty({N, B, I}, DType::f64);
+  Tensor dw = Tensor::empty({N, O, I}, DType::f64);
+  EXPECT_THROW(gemm::forward(random_f64({N, B, I + 1}, 34), w, Tensor(), gemm::Activation::none, y, Tensor()),
+               ShapeError);
+  EXPECT_THROW(gemm::backward_input(random_f64({N, B, O + 1}, 35), w, Tensor(), dx, Tensor(), false),
+               ShapeError);
+  EXPECT_THROW(gemm::backward_weight(random_f64({N, B + 1, O}, 36), x, dw, false, Tensor()), ShapeError);
+  // The well-shaped calls go through.
+  gemm::forward(x, w, Tensor(), gemm::Activation::none, y, Tensor());
+  gemm::backward_input(dy, w, Tensor(), dx, Tensor(), false);
+  gemm::backward_weight(dy, x, dw, false, Tensor());
+}
+
+// ---- Engine kernels the training loop relies on (engine/kernels.h) --------------------------------
+
+// add_into scales by alpha: dst += alpha · src. copy_into moves raw bytes, so another element
+// count is refused rather than read or written past the end.
+TEST(Kernels, AddIntoScalesByAlphaAndCopyIntoNeedsTheSameCount) {
+  Tensor dst = Tensor::from_vector(std::vector<double>{1, 2}, {2});
+  add_into(dst, Tensor::from_vector(std::vector<double>{10, 20}, {2}), -0.5);
+  EXPECT_EQ(values_of(dst), (std::vector<double>{-4, -8}));
+  EXPECT_THROW(copy_into(dst, Tensor::zeros({3}, DType::f64)), ShapeError);
+  EXPECT_THROW(copy_into(Tensor::zeros({3}, DType::f64), dst), ShapeError);
+}
+
+// The fault marker keeps the first step whose loss was not finite: a later bad step (the
+// loss stays NaN once it is) must not move it on; a finite step leaves it alone.
+TEST(Kernels, AccumulateAndWatchKeepsTheFirstBadStep) {
+  Tensor sum = Tensor::zeros({2}, DType::f64), first_bad = Tensor::full({1}, 1e9, DType::i64);
+  const Tensor bad = Tensor::from_vector(std::vector<double>{1, kNaN}, {2});
+  const Tensor good = Tensor::from_vector(std::vector<double>{1, 1}, {2});
+  for (int64_t step : {2, 3, 5, 6}) {
+    accumulate_and_watch(sum, step == 2 ? good : bad, 1.0, Tensor::full({1}, double(step), DType::i64),
+                         first_bad);
+  }
+  EXPECT_EQ(first_bad.to_vector<int64_t>(), std::vector<int64_t>{3});
+}
+
+// Infinities count as non-finite as well as NaNs (the app stops on either).
+TEST(Kernels, CountNonfiniteCountsInfinitiesAndNaNs) {
+  const double inf = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(count_nonfinite(Tensor::from_vector(std::vector<double>{1, inf, -inf, kNaN, 0}, {5})), 3);
+  EXPECT_EQ(count_nonfinite(Tensor::from_vector(std::vector<float>{1, float(inf), -2}, {3})), 1);
+}
+
+// increment takes at most 4 counters per call (the GPU kernel's fixed array).
+TEST(Kernels, IncrementRefusesMoreThanFourCounters) {
+  std::vector<Tensor> five;
+  for (int k = 0; k < 5; ++k) five.push_back(Tensor::zeros({1}, DType::i64));
+  EXPECT_THROW(increment(five), ShapeError);
+  five.pop_back();
+  increment(five);
+  for (const Tensor& c : five) EXPECT_EQ(c.to_vector<int64_t>(), std::vector<int64_t>{1});
 }
 
 }  // namespace
