@@ -3,8 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>  // std::sort
-#include <cmath>      // std::sqrt
+#include <cmath>      // std::sqrt, std::log, std::cos, std::sin, std::nextafter
 #include <iostream>   // std::cout
+#include <numbers>    // std::numbers::pi
 #include <numeric>    // std::iota
 #include <vector>     // std::vector
 
@@ -138,6 +139,47 @@ TEST(Random, FillUniformFloat32UsesWordIOfTheStream) {
   const std::vector<float> v = t.to_vector<float>();
   for (uint64_t i = 0; i < v.size(); ++i)
     EXPECT_EQ(v[i], float(double(random_word(s, i) >> 8) / 16777216.0)) << i;
+}
+
+// float64 element i is low + (high − low)·u with u from words 2i (high bits) and 2i + 1 (low
+// bits) of the stream: the layout a float64 init is reproduced from.
+TEST(Random, FillUniformFloat64UsesWords2IAnd2IPlus1) {
+  Tensor t = Tensor::empty({5}, DType::f64);
+  const RandomStream s{8, 9};
+  fill_uniform(t, s, -1.0, 3.0);
+  const std::vector<double> v = t.to_vector<double>();
+  for (uint64_t i = 0; i < v.size(); ++i)
+    EXPECT_EQ(v[i], -1.0 + 4.0 * philox::to_unit_double(random_word(s, 2 * i), random_word(s, 2 * i + 1)))
+        << i;
+}
+
+// Rounding to float can land on `high` itself: in [1, 1 + 2⁻²³) (one float step wide) about
+// half the draws round up to high, and each must be moved back inside the half-open interval.
+TEST(Random, FillUniformFloat32NeverReturnsHigh) {
+  const float low = 1.0f, high = std::nextafter(1.0f, 2.0f);
+  Tensor t = Tensor::empty({64}, DType::f32);
+  fill_uniform(t, {4, 2}, low, high);
+  for (float v : t.to_vector<float>()) {
+    EXPECT_GE(v, low);
+    EXPECT_LT(v, high);
+  }
+}
+
+// The documented Box–Muller layout, recomputed from raw words: elements 2j and 2j + 1 are
+// r·cos θ and r·sin θ of one pair, u1 from words 4j, 4j + 1 and u2 from words 4j + 2, 4j + 3,
+// r = √(−2 ln(1 − u1)), θ = 2π·u2. An odd count keeps the last pair's cosine (n = 5).
+TEST(Random, FillNormalPairsAreCosineAndSineOfOneDraw) {
+  const RandomStream s{10, 11};
+  Tensor t = Tensor::empty({5}, DType::f64);
+  fill_normal(t, s, 1.0, 2.0);
+  const std::vector<double> v = t.to_vector<double>();
+  for (uint64_t j = 0; j < 3; ++j) {
+    const double u1 = 1.0 - philox::to_unit_double(random_word(s, 4 * j), random_word(s, 4 * j + 1));
+    const double u2 = philox::to_unit_double(random_word(s, 4 * j + 2), random_word(s, 4 * j + 3));
+    const double r = std::sqrt(-2.0 * std::log(u1)), angle = 2.0 * std::numbers::pi * u2;
+    EXPECT_NEAR(v[2 * j], 1.0 + 2.0 * r * std::cos(angle), 1e-12) << "element " << 2 * j;
+    if (2 * j + 1 < v.size()) EXPECT_NEAR(v[2 * j + 1], 1.0 + 2.0 * r * std::sin(angle), 1e-12) << 2 * j + 1;
+  }
 }
 
 // N(2, 3²) by Box–Muller, in both precisions.
