@@ -9,6 +9,7 @@
 
 #include "engine/kernels.h"   // fill
 #include "engine/nn.h"        // MlpParams, init_mlp
+#include "engine/random.h"    // fill_uniform, stream_id
 #include "tests/test_util.h"  // values_of
 
 namespace {
@@ -90,6 +91,21 @@ TEST(Init, ModelMOfABatchedInitIsAOneModelInitWithSeedPlusM) {
   }
 }
 
+// Each tensor draws from its own stream, stream_id(kInitPurpose, variant, tensor index) under
+// the model's seed (engine/nn.h): a bias is not the start of its weight's numbers.
+TEST(Init, EachTensorDrawsFromItsOwnDocumentedStream) {
+  const MlpParams p = initialised(2, {30, 31}, InitScheme::torch_default, 1);
+  const std::vector<Tensor> tensors = p.tensors();
+  for (int64_t m = 0; m < 2; ++m)
+    for (size_t k = 0; k < tensors.size(); ++k) {
+      Tensor expected = Tensor::empty(tensors[k].rows(m, 1).shape(), DType::f32);
+      const double bound = 1.0 / std::sqrt(double(kShape.sizes[k / 2]));
+      fill_uniform(expected, {uint64_t(30 + m), stream_id(kInitPurpose, 1, uint32_t(k))}, -bound, bound);
+      EXPECT_EQ(tensors[k].rows(m, 1).to_vector<float>(), expected.to_vector<float>())
+          << "model " << m << " tensor " << k;
+    }
+}
+
 // The student starts as an exact copy of the teacher's init (load_state_dict), and the copy
 // owns its own memory: training the teacher must not move the student.
 TEST(Init, CopyFromIsAnExactIndependentCopy) {
@@ -130,6 +146,33 @@ TEST(Init, ParameterViewsAreAlignedAndDisjoint) {
   }
   EXPECT_LE(end_of_previous, p.values().bytes());
   EXPECT_EQ(kShape.parameters_per_model(), 400 * 300 + 300 + 300 * 50 + 50 + 50 * 13 + 13);
+}
+
+// to() converts an arena to another dtype tensor by tensor (the padding differs), keeping
+// every value; to the same dtype it is a copy.
+TEST(Init, ToAnotherDtypeKeepsEveryValue) {
+  const MlpParams p = initialised(2, {3, 4}, InitScheme::torch_default);
+  for (DType dtype : {DType::f64, DType::f32}) {
+    const MlpParams q = p.to(Device::cpu, dtype);
+    ASSERT_EQ(q.dtype(), dtype);
+    for (size_t k = 0; k < p.tensors().size(); ++k)
+      EXPECT_EQ(values_of(q.tensors()[k]), values_of(p.tensors()[k])) << dtype_name(dtype) << " tensor " << k;
+  }
+}
+
+// An arena needs at least one model and positive sizes, and init_mlp one seed per model.
+// copy_from refuses another model count even where the padded arenas happen to be the same size
+// ({1, 1}: one model or two both fill 64 + 64 floats), which would copy into the padding.
+TEST(Init, BadArenasSeedsAndCopiesAreErrors) {
+  EXPECT_THROW(MlpParams(kShape, 0, DType::f32, Device::cpu), ShapeError);
+  EXPECT_THROW(MlpParams(MlpShape{{4, 0, 2}}, 1, DType::f32, Device::cpu), ShapeError);
+  EXPECT_THROW(MlpParams(MlpShape{{4}}, 1, DType::f32, Device::cpu), ShapeError);
+  MlpParams two(MlpShape{{1, 1}}, 2, DType::f32, Device::cpu);
+  EXPECT_THROW(init_mlp(two, InitScheme::torch_default, {1}, 0), Error);
+  EXPECT_THROW(init_mlp(two, InitScheme::torch_default, {1, 2, 3}, 0), Error);
+  MlpParams one(MlpShape{{1, 1}}, 1, DType::f32, Device::cpu);
+  ASSERT_EQ(one.values().numel(), two.values().numel());
+  EXPECT_THROW(one.copy_from(two), ShapeError);
 }
 
 TEST(Init, ALayerThatDoesNotExistIsAShapeError) {
