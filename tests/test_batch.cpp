@@ -212,6 +212,31 @@ TEST(NoiseBatch, FreshNoiseStartsAtFirstImage) {
   EXPECT_EQ(later, std::vector<float>(long_run.begin() + 10 * 6, long_run.begin() + 14 * 6));
 }
 
+// Several student arms share each model's noise: with 2 sources, models 2..5 of 6 repeat
+// models 0 and 1 (key seed + n mod 2, and that row of the order) — fresh or reshuffled. A model
+// count that is no multiple of the sources, and a batch running past the order, are refused.
+TEST(NoiseBatch, ModelsCycleOverTheNoiseSources) {
+  const int64_t N = 6, B = 3, P = 5, S = 8;
+  const std::vector<int32_t> order = {7, 2, 5, 0, 1, 6, 3, 4, /**/ 1, 1, 0, 7, 6, 5, 2, 3};
+  for (const Tensor& o : {Tensor(), Tensor::from_vector(order, {2, S})}) {
+    Tensor x = Tensor::empty({N, B, P}, DType::f32), two = Tensor::empty({2, B, P}, DType::f32);
+    noise_batch(kSeed, kStream, o, step_tensor(1), 3, 0, NoiseDistribution::uniform, x, 2);
+    noise_batch(kSeed, kStream, o, step_tensor(1), 3, 0, NoiseDistribution::uniform, two);
+    const std::vector<float> xv = x.to_vector<float>(), tv = two.to_vector<float>();
+    for (int64_t n = 0; n < N; ++n)
+      EXPECT_EQ(std::vector<float>(xv.begin() + n * B * P, xv.begin() + (n + 1) * B * P),
+                std::vector<float>(tv.begin() + n % 2 * B * P, tv.begin() + (n % 2 + 1) * B * P))
+          << "model " << n << (o.defined() ? ", ordered" : ", fresh");
+  }
+  Tensor x = Tensor::empty({N, B, P}, DType::f32);
+  EXPECT_THROW(noise_batch(kSeed, kStream, Tensor(), step_tensor(0), 3, 0, NoiseDistribution::uniform, x, 4),
+               ShapeError);
+  // positions 6..8 of an order of 8: one too many.
+  EXPECT_THROW(noise_batch(kSeed, kStream, Tensor::from_vector(order, {2, S}), step_tensor(2), 3, 0,
+                           NoiseDistribution::uniform, x, 2),
+               ShapeError);
+}
+
 // ---- repeat_models -----------------------------------------------------------------------------
 
 // [N, ...] → [R·N, ...] with out[r·N + n] = x[n]: the student arms' shared batch.
@@ -224,6 +249,13 @@ TEST(RepeatModels, TilesTheModelsExactly) {
   for (int64_t r = 0; r < 3; ++r)
     for (int64_t n = 0; n < 2; ++n)
       for (int64_t k = 0; k < 12; ++k) EXPECT_EQ(ov[size_t((r * 2 + n) * 12 + k)], xv[size_t(n * 12 + k)]);
+
+  // One repeat is a view of the same storage, outside autograd.
+  Tensor leaf = test::random_f64({2, 3}, 6);
+  leaf.set_requires_grad(true);
+  const Tensor once = repeat_models(leaf, 1);
+  EXPECT_EQ(once.raw(), leaf.raw());
+  EXPECT_FALSE(once.requires_grad());
 
   const Tensor labels = Tensor::from_vector(std::vector<int32_t>{1, 2, 3, 4}, {2, 2});
   EXPECT_EQ(repeat_models(labels, 2).to_vector<int32_t>(), (std::vector<int32_t>{1, 2, 3, 4, 1, 2, 3, 4}));
