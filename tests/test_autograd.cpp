@@ -3,6 +3,7 @@
 // off records nothing, the tape is freed as backward runs, and misuse throws.
 #include <gtest/gtest.h>
 
+#include <cmath>  // std::nan
 #include <memory>  // std::weak_ptr, std::make_shared
 #include <string>  // std::string
 #include <vector>  // std::vector
@@ -106,6 +107,15 @@ TEST(Autograd, SharedParametersOfTwoLinearOrMlpNodesAccumulate) {
   }
 }
 
+// A slice's backward that overwrites its sink must write zeros in the columns outside the
+// slice too: the buffer it overwrites (here a leaf's, after zero_grad) holds stale values.
+TEST(Autograd, SliceBackwardOverwritesTheColumnsOutsideTheSlice) {
+  Tensor x = leaf({1, 2, 3, 4, 5, 6, 7, 8}, {2, 4});
+  set_grad_buffer(x, Tensor::full({2, 4}, std::nan(""), DType::f64));
+  slice_columns(x, {1, 3}).backward();
+  EXPECT_EQ(grad_of(x), (std::vector<double>{0, 1, 1, 0, 0, 1, 1, 0}));
+}
+
 // ---- Accumulation across backward() calls ----------------------------------------------------------
 
 // Leaf gradients are sums over backward() calls until zero_grad(); after zero_grad the next
@@ -137,6 +147,23 @@ TEST(Autograd, ZeroGradKeepsTheGradientBufferInPlace) {
   scale(x, 6.0).backward();
   EXPECT_EQ(buffer.to_vector<double>(), (std::vector<double>{6, 6}));
   EXPECT_EQ(x.grad().raw(), buffer.raw());
+}
+
+// A leaf that is its own loss accumulates like any other leaf: two backward() calls give 2.
+TEST(Autograd, BackwardOnALeafTwiceAccumulates) {
+  Tensor x = leaf({4, 5}, {2});
+  x.backward();
+  x.backward();
+  EXPECT_EQ(grad_of(x), (std::vector<double>{2, 2}));
+}
+
+// A gradient buffer must fit its leaf (the backward writes numel() elements into it), and
+// only leaves keep one: an op's output gets its gradient per pass.
+TEST(Autograd, SetGradBufferChecksTheLeafAndTheShape) {
+  Tensor x = leaf({1, 2}, {2});
+  EXPECT_THROW(set_grad_buffer(x, Tensor::zeros({3}, DType::f64)), ShapeError);
+  EXPECT_THROW(set_grad_buffer(x, Tensor::zeros({2}, DType::f32)), ShapeError);
+  EXPECT_THROW(set_grad_buffer(scale(x, 2.0), Tensor::zeros({2}, DType::f64)), Error);
 }
 
 // ---- Grad mode ----------------------------------------------------------------------------------
