@@ -123,6 +123,8 @@ TEST(Adam, WithoutWeightDecayAnInfiniteParameterLeavesTheMomentsFinite) {
 TEST(Adam, RejectsMismatchedArenas) {
   EXPECT_THROW(Adam(make({1, 2}, DType::f64), make({1, 2, 3}, DType::f64), {}), ShapeError);
   EXPECT_THROW(Adam(make({1, 2}, DType::f64), make({1, 2}, DType::f32), {}), ShapeError);
+  const Tensor matrix = Tensor::zeros({2, 2}, DType::f64);  // a parameter, not the arena
+  EXPECT_THROW(Adam(matrix, Tensor::zeros({2, 2}, DType::f64), {}), ShapeError);
 }
 
 }  // namespace

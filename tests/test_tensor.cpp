@@ -1,5 +1,6 @@
 // tests/test_tensor.cpp — views into a tensor's storage: in range they share it, out of range
-// (including offsets so large that offset + count would overflow) they are ShapeErrors.
+// (including offsets so large that offset + count would overflow) they are ShapeErrors; and the
+// other checks that keep a copy or a reshape from running past a buffer.
 #include <gtest/gtest.h>
 
 #include <cstdint>  // INT64_MAX
@@ -32,6 +33,27 @@ TEST(TensorViews, OutOfRangeViewsAreShapeErrorsEvenWhereTheSumWouldOverflow) {
   EXPECT_THROW(Tensor::view_of(t, -1, {1}), ShapeError);
   EXPECT_THROW(Tensor::view_of(t, INT64_MAX, {1}), ShapeError);  // offset + count overflows
   EXPECT_THROW(Tensor::view_of(t, 1, {INT64_MAX}), ShapeError);
+}
+
+// Shapes, reshapes and copies that do not match are ShapeErrors, not reads or writes past a
+// buffer: a negative dimension, a reshape to another element count (fewer too), from_vector
+// with too many or too few values, copy_from between shapes with one element count, and a
+// dimension index one past the rank.
+TEST(TensorChecks, MismatchedShapesAreShapeErrors) {
+  EXPECT_THROW(Tensor::zeros({2, -1}), ShapeError);
+  EXPECT_THROW(shape_numel({-1, -1}), ShapeError);
+  const Tensor t = Tensor::zeros({2, 3});
+  EXPECT_THROW(t.reshaped({5}), ShapeError);
+  EXPECT_THROW(t.reshaped({7}), ShapeError);
+  EXPECT_EQ(t.reshaped({3, 2}).shape(), (Shape{3, 2}));
+  EXPECT_THROW(Tensor::from_vector(std::vector<float>{1, 2, 3}, {2}), ShapeError);
+  EXPECT_THROW(Tensor::from_vector(std::vector<float>{1}, {2}), ShapeError);
+  EXPECT_THROW(t.copy_from(Tensor::zeros({3, 2})), ShapeError);
+  EXPECT_THROW(t.copy_from(Tensor::zeros({2, 3}, DType::f64)), ShapeError);
+  EXPECT_EQ(t.dim(-1), 3);
+  EXPECT_EQ(t.dim(-2), 2);
+  EXPECT_THROW(t.dim(2), ShapeError);
+  EXPECT_THROW(t.dim(-3), ShapeError);
 }
 
 }  // namespace
