@@ -151,6 +151,8 @@ TEST(Safetensors, RefusesEveryMalformedFileNamingIt) {
   expect_defect(file_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", kEightBytes),
                 "bad shape");
   expect_defect(file_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", kEightBytes), "lacks");
+  expect_defect(file_bytes("{" + f32_entry("a", "[1,1,1,1,1,1,1,1,2]", 0, 8) + "}", kEightBytes),
+                "bad shape");
   expect_defect(file_bytes("{\"__metadata__\":{\"k\":1}}", ""), "not a string");
 }
 
@@ -172,6 +174,48 @@ TEST(Safetensors, HostileHeadersGiveOneLineErrors) {
   } catch (const DataError& e) {
     EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
   }
+}
+
+// Eight dimensions of 256 in a file of 256 data bytes: each dimension fits, but the element
+// count is 2⁶⁴, which wraps to 0 and would match the tensor's 0 bytes. It must be refused as
+// more elements than the file holds, before any shape reaches Tensor::empty.
+TEST(Safetensors, AnElementCountThatWouldWrapIsRefused) {
+  const std::string dims = "[256,256,256,256,256,256,256,256]";
+  const std::string header = "{" + f32_entry("a", dims, 0, 0) +
+                             ",\"b\":{\"dtype\":\"U8\",\"shape\":[256],\"data_offsets\":[0,256]}}";
+  expect_defect(file_bytes(header, std::string(256, 'x')), "more elements than the file holds");
+}
+
+// A file larger than the limit is refused before it is read.
+TEST(Safetensors, AFileOverTheSizeLimitIsRefused) {
+  TempDir dir;
+  write_safetensors(dir / "m.safetensors", {{"t", Tensor::zeros({16})}}, {}, false);
+  SafetensorsLimits limits;
+  limits.max_file_bytes = 64;
+  try {
+    read_safetensors(dir / "m.safetensors", limits);
+    ADD_FAILURE() << "no error for a file over the limit";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("limit"), std::string::npos) << e.what();
+  }
+  limits.max_file_bytes = 1 << 20;
+  EXPECT_EQ(read_safetensors(dir / "m.safetensors", limits).tensors.size(), 1u);
+}
+
+// An empty tensor shares its offset with the next tensor ([0, 0) and [0, 8)); the header lists
+// the non-empty one first (names sort "a" < "b"), and the coverage check must still order the
+// empty one first rather than call the pair an overlap.
+TEST(Safetensors, AnEmptyTensorAtAnotherTensorsOffsetRoundTrips) {
+  TempDir dir;
+  const Tensor a = Tensor::from_vector(std::vector<float>{1, 2}, {2});
+  write_safetensors(dir / "e.safetensors", {{"b_empty", Tensor::empty({0}, DType::f32)}, {"a", a}}, {},
+                    false);
+  const SafetensorsFile file = read_safetensors(dir / "e.safetensors");
+  ASSERT_EQ(file.tensors.size(), 2u);
+  ASSERT_NE(find(file, "a"), nullptr);
+  EXPECT_EQ(find(file, "a")->to_vector<float>(), (std::vector<float>{1, 2}));
+  ASSERT_NE(find(file, "b_empty"), nullptr);
+  EXPECT_EQ(find(file, "b_empty")->numel(), 0);
 }
 
 // A directory or a missing path is a DataError too, not a crash or an empty result.
