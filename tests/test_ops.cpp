@@ -20,7 +20,8 @@
 #include "ops/loss.h"         // cross_entropy, distill_kl, kl_div
 #include "ops/metrics.h"      // count_correct
 #include "ops/mlp.h"          // mlp_forward
-#include "ops/softmax.h"      // log_softmax
+#include "ops/slice.h"        // slice_columns
+#include "ops/softmax.h"      // softmax, log_softmax
 #include "tests/test_util.h"  // random tensors, values_of
 
 namespace {
@@ -157,6 +158,20 @@ TEST(Ops, DistillKlCyclesOverTheTeachers) {
     own_loss.backward();
     EXPECT_EQ(row_of(grad, n, B * C), values_of(one.grad())) << "student " << n;
   }
+}
+
+// Column ranges must be non-empty and inside the row ([1, 1), [−1, 2) and [2, 6) of 5 columns
+// are ShapeErrors), and a softmax needs at least one column.
+TEST(Ops, EmptyOrOutOfRowColumnRangesAreShapeErrors) {
+  const Tensor x = random_f64({2, 3, 5}, 41);
+  for (ColumnRange bad : {ColumnRange{1, 1}, ColumnRange{-1, 2}, ColumnRange{2, 6}}) {
+    EXPECT_THROW(slice_columns(x, bad), ShapeError) << bad.begin << ", " << bad.end;
+    EXPECT_THROW(cross_entropy(x, random_labels(2, 3, 1, 42), bad), ShapeError)
+        << bad.begin << ", " << bad.end;
+  }
+  EXPECT_EQ(slice_columns(x, {4, 5}).shape(), (Shape{2, 3, 1}));
+  EXPECT_THROW(softmax(Tensor::zeros({2, 0}, DType::f64)), ShapeError);
+  EXPECT_THROW(log_softmax(Tensor::zeros({2, 0}, DType::f64)), ShapeError);
 }
 
 // ---- Accuracy counting ---------------------------------------------------------------------------
