@@ -80,6 +80,18 @@ TEST_F(Parallel, CoversEveryIndexOnceInContiguousRanges) {
   }
 }
 
+// A loop worth fewer ranges than there are threads gets only that many: 2500 elements of
+// grain 1000 are two ranges on 3 or 5 threads, not 3 or 5 shorter than the grain.
+TEST_F(Parallel, NoMoreRangesThanTheGrainAllows) {
+  for (int threads : {3, 5}) {
+    set_cpu_threads(threads);
+    const auto ranges = ranges_of(2500, 1000);
+    ASSERT_EQ(ranges.size(), 2u) << threads << " threads";
+    EXPECT_EQ(ranges[0], (std::pair<int64_t, int64_t>{0, 1250}));
+    EXPECT_EQ(ranges[1], (std::pair<int64_t, int64_t>{1250, 2500}));
+  }
+}
+
 TEST_F(Parallel, UsesTheOtherThreadsWhenTheLoopIsLongEnough) {
   set_cpu_threads(3);
   std::mutex mutex;
