@@ -126,6 +126,16 @@ TEST(Ops, LargeLogitsGiveFiniteLossesThroughTheMaxShift) {
     const std::vector<double> log_p = values_of(log_softmax(logits));
     EXPECT_NEAR(log_p[2], near[2] - std::log(std::exp(0.5) + std::exp(-1.0) + std::exp(2.0)), 1e-9);
   }
+  // The distillation loss shifts the student's and the teacher's rows each by its own maximum.
+  const Tensor student = random_f64({1, 2, 3}, 6), teacher = random_f64({1, 2, 3}, 7);
+  const double kl = values_of(distill_kl(student, teacher, {0, 3}, 2.0))[0];
+  for (double shift : {1000.0, -1000.0}) {
+    std::vector<double> s = values_of(student), t = values_of(teacher);
+    for (double& v : t) v += shift;
+    for (double& v : s) v -= shift;
+    const Tensor far_s = Tensor::from_vector(s, {1, 2, 3}), far_t = Tensor::from_vector(t, {1, 2, 3});
+    EXPECT_NEAR(values_of(distill_kl(far_s, far_t, {0, 3}, 2.0))[0], kl, 1e-9) << "shift " << shift;
+  }
 }
 
 // A label outside the class range (−1, or the range's width) would read a logit outside it;
@@ -137,6 +147,24 @@ TEST(Ops, CrossEntropyRefusesLabelsOutsideTheClasses) {
     EXPECT_THROW(cross_entropy(logits, labels, {1, 4}), ShapeError) << "label " << bad;
   }
   EXPECT_NO_THROW(cross_entropy(logits, Tensor::from_vector(std::vector<int32_t>{0, 2}, {1, 2}), {1, 4}));
+}
+
+// What the loss kernels trust is checked first: a non-empty batch, labels [N, B] (not a
+// transposed [B, N]), teachers that divide the students and match their batch, a positive
+// temperature, and targets that are constants of the same shape.
+TEST(Ops, LossArgumentsAreChecked) {
+  const Tensor logits = random_f64({2, 3, 4}, 51);
+  EXPECT_THROW(cross_entropy(random_f64({2, 0, 4}, 52), random_labels(2, 0, 4, 53), {0, 4}), ShapeError);
+  EXPECT_THROW(cross_entropy(logits, random_labels(3, 2, 4, 54), {0, 4}), ShapeError);
+  EXPECT_THROW(distill_kl(random_f64({4, 3, 4}, 55), random_f64({3, 3, 4}, 56), {0, 4}, 1.0), ShapeError);
+  EXPECT_THROW(distill_kl(logits, random_f64({2, 2, 4}, 57), {0, 4}, 1.0), ShapeError);
+  EXPECT_THROW(distill_kl(logits, random_f64({2, 3, 4}, 58), {0, 4}, 0.0), ShapeError);
+  Tensor trained_teacher = random_f64({2, 3, 4}, 59);
+  trained_teacher.set_requires_grad(true);
+  EXPECT_THROW(distill_kl(logits, trained_teacher, {0, 4}, 1.0), ShapeError);
+  EXPECT_THROW(kl_div(logits, trained_teacher), ShapeError);
+  EXPECT_THROW(kl_div(logits, random_f64({2, 4, 3}, 60)), ShapeError);
+  EXPECT_NO_THROW(distill_kl(logits, random_f64({1, 3, 4}, 61), {0, 4}, 1.0));
 }
 
 // Student n learns from teacher n mod the teachers' count: with 4 students and 2 teachers,
@@ -604,6 +632,36 @@ TEST(FusedStep, CpuTailIsTheSeparateCalls) {
   StepTail float_counter;  // increment's own checks apply to the tail's counters
   float_counter.counters = {Tensor::zeros({1}, DType::f64)};
   EXPECT_THROW(fused_cross_entropy_step(x, y, fused, {0, 6}, float_counter), ShapeError);
+}
+
+// A tail that does not fit is refused before the step runs: no gradient, no Adam update. Here
+// Adam over these parameters with sums for 3 of 2 models, and an Adam that would move other
+// values by these gradients. A loss_out overlapping the running sums even in part is refused.
+TEST(FusedStep, ATailThatDoesNotFitIsRefusedBeforeTheStep) {
+  const std::vector<int64_t> sizes{11, 9, 6};
+  MlpParams params = random_mlp(sizes, 2, 5), other = random_mlp(sizes, 2, 6);
+  const std::vector<double> before = values_of(params.values());
+  const Tensor x = random_f64({2, 7, 11}, 1), y = random_labels(2, 7, 6, 2);
+  Adam adam(params.values(), params.grads(), {1e-2});
+  StepTail short_sums;
+  short_sums.adam = &adam;
+  short_sums.loss_sum = Tensor::zeros({3}, DType::f64);
+  short_sums.step = Tensor::zeros({1}, DType::i64), short_sums.first_bad = Tensor::full({1}, 1e9, DType::i64);
+  EXPECT_THROW(fused_cross_entropy_step(x, y, params, {0, 6}, short_sums), ShapeError);
+  EXPECT_EQ(values_of(params.values()), before) << "Adam ran before the tail was refused";
+  EXPECT_EQ(adam.steps_taken(), 0);
+
+  Adam crossed(other.values(), params.grads(), {1e-2});
+  StepTail wrong;
+  wrong.adam = &crossed;
+  EXPECT_THROW(fused_cross_entropy_step(x, y, params, {0, 6}, wrong), ShapeError);
+
+  StepTail sums;
+  Tensor five = Tensor::zeros({5}, DType::f64);
+  sums.loss_sum = five.rows(0, 2);
+  sums.step = Tensor::zeros({1}, DType::i64), sums.first_bad = Tensor::full({1}, 1e9, DType::i64);
+  EXPECT_THROW(fused_cross_entropy_step(x, y, params, {0, 6}, sums, five.rows(1, 2)), ShapeError);
+  EXPECT_NO_THROW(fused_cross_entropy_step(x, y, params, {0, 6}, sums, five.rows(2, 2)));
 }
 
 // loss_out: the losses land there (a training loop's buffer that outlives its steps), and the
