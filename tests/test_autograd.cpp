@@ -116,6 +116,34 @@ TEST(Autograd, SliceBackwardOverwritesTheColumnsOutsideTheSlice) {
   EXPECT_EQ(grad_of(x), (std::vector<double>{0, 1, 1, 0, 0, 1, 1, 0}));
 }
 
+// Per-sink wants in the fused MLP node: with every weight frozen (requires_grad off), the
+// biases still get their gradients — the output layer's cannot ride on a weight GEMM that no
+// longer runs. Checked against finite differences.
+TEST(Autograd, FrozenWeightsStillGiveTheBiasesTheirGradients) {
+  MlpParams params(MlpShape{{4, 6, 3}}, 2, DType::f64, Device::cpu);
+  init_mlp(params, InitScheme::torch_default, {5, 6}, 0);
+  for (int l = 0; l < 2; ++l) Tensor(params.weight(l)).set_requires_grad(false);
+  const Tensor x = random_f64({2, 3, 4}, 1);
+  EXPECT_TRUE(gradient_matches([&] { return mlp_forward(x, params, MlpFusion::whole); },
+                               {params.bias(0), params.bias(1)}, 1e-6));
+}
+
+// A backward must not write into the gradient it receives: at the root that is the seed of
+// ones, which autograd keeps per shape and every later backward of that shape starts from. A
+// Linear + ReLU node at the root masks a copy of it, not the seed.
+TEST(Autograd, ABackwardLeavesTheSeedOfOnesAlone) {
+  const Tensor x = random_f64({1, 2, 3}, 9);
+  Tensor w = random_f64({1, 4, 3}, 10);
+  w.set_requires_grad(true);
+  const Tensor y = linear(x, w, Tensor(), gemm::Activation::relu);
+  const std::vector<double> yv = y.to_vector<double>();
+  ASSERT_NE(std::count(yv.begin(), yv.end(), 0.0), 0) << "no output for the ReLU to mask";
+  y.backward();
+  Tensor z = leaf(std::vector<double>(8, 0.5), {1, 2, 4});
+  scale(z, 1.0).backward();
+  EXPECT_EQ(grad_of(z), std::vector<double>(8, 1.0));
+}
+
 // ---- Accumulation across backward() calls ----------------------------------------------------------
 
 // Leaf gradients are sums over backward() calls until zero_grad(); after zero_grad the next
