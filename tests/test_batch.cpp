@@ -2,8 +2,9 @@
 // noise as a pure function of (seed + model, stream, image id, pixel), and model tiling.
 #include <gtest/gtest.h>
 
-#include <cmath>    // std::pow
+#include <cmath>    // std::pow, std::sqrt, std::log, std::cos, std::sin
 #include <cstdint>  // uint8_t, int32_t
+#include <numbers>  // std::numbers::pi
 #include <numeric>  // std::iota
 #include <vector>   // std::vector
 
@@ -168,6 +169,26 @@ TEST(NoiseBatch, PixelsComeFromTheDocumentedPhiloxPositions) {
         EXPECT_EQ(x[size_t((n * 3 + b) * P + k)], expected)
             << "model " << n << " row " << b << " pixel " << k;
       }
+}
+
+// The Gaussian layout recomputed from raw words: pixels 2j and 2j + 1 of image i are r·cos θ and
+// r·sin θ from the words at positions i·P' + 2j and i·P' + 2j + 1, with u1 = 1 − (top 24 bits of
+// the first)/2²⁴ (in (0, 1], so the log is finite), u2 = (top 24 bits of the second)/2²⁴,
+// r = √(−2 ln u1), θ = 2π·u2. P = 5 (P' = 6): the last pixel keeps its pair's cosine.
+TEST(NoiseBatch, GaussianPixelsComeFromTheDocumentedBoxMuller) {
+  const int64_t P = 5, Pe = 6, first_image = 2, B = 3;
+  const std::vector<float> x = noise(1, B, P, 0, B, first_image, NoiseDistribution::gaussian);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; 2 * j < P; ++j) {
+      const uint64_t position = uint64_t((first_image + b) * Pe + 2 * j);
+      const double u1 = 1.0 - double(random_word({kSeed, kStream}, position) >> 8) / 16777216.0;
+      const double u2 = double(random_word({kSeed, kStream}, position + 1) >> 8) / 16777216.0;
+      const double r = std::sqrt(-2.0 * std::log(u1)), angle = 2.0 * std::numbers::pi * u2;
+      EXPECT_NEAR(x[size_t(b * P + 2 * j)], r * std::cos(angle), 1e-5) << "row " << b << " pixel " << 2 * j;
+      if (2 * j + 1 < P)
+        EXPECT_NEAR(x[size_t(b * P + 2 * j + 1)], r * std::sin(angle), 1e-5)
+            << "row " << b << " pixel " << 2 * j + 1;
+    }
 }
 
 // Same arguments → same noise; model n of N equals a one-model call with seed + n; other image

@@ -35,6 +35,15 @@ TEST(TensorViews, OutOfRangeViewsAreShapeErrorsEvenWhereTheSumWouldOverflow) {
   EXPECT_THROW(Tensor::view_of(t, 1, {INT64_MAX}), ShapeError);
 }
 
+// full() writes its value in every dtype (int32 labels and uint8 pixels too, not only floats).
+TEST(TensorChecks, FullFillsEveryDtype) {
+  EXPECT_EQ(Tensor::full({3}, 7.0, DType::i32).to_vector<int32_t>(), (std::vector<int32_t>{7, 7, 7}));
+  EXPECT_EQ(Tensor::full({2}, 200.0, DType::u8).to_vector<uint8_t>(), (std::vector<uint8_t>{200, 200}));
+  EXPECT_EQ(Tensor::full({2}, -3.0, DType::i64).to_vector<int64_t>(), (std::vector<int64_t>{-3, -3}));
+  EXPECT_EQ(Tensor::full({2}, 0.25, DType::f32).to_vector<float>(), (std::vector<float>{0.25f, 0.25f}));
+  EXPECT_EQ(Tensor::full({2}, 0.1, DType::f64).to_vector<double>(), (std::vector<double>{0.1, 0.1}));
+}
+
 // Shapes, reshapes and copies that do not match are ShapeErrors, not reads or writes past a
 // buffer: a negative dimension, a reshape to another element count (fewer too), from_vector
 // with too many or too few values, copy_from between shapes with one element count, and a
