@@ -149,6 +149,20 @@ TEST(Ops, CrossEntropyRefusesLabelsOutsideTheClasses) {
   EXPECT_NO_THROW(cross_entropy(logits, Tensor::from_vector(std::vector<int32_t>{0, 2}, {1, 2}), {1, 4}));
 }
 
+// As torch (kl_div's 0·log 0 = 0), a teacher logit of −inf is a class of probability 0 that
+// adds nothing to the distillation loss, rather than 0·(−inf) = NaN: the loss equals that of the
+// teacher row without it, here (−inf, 1, 2) against (1, 2) on the last two columns.
+TEST(Ops, DistillKlSkipsTeacherClassesOfProbabilityZero) {
+  const double inf = std::numeric_limits<double>::infinity();
+  const Tensor student = Tensor::from_vector(std::vector<double>{0.3, -0.2, 0.7}, {1, 1, 3});
+  const Tensor teacher = Tensor::from_vector(std::vector<double>{-inf, 1.0, 2.0}, {1, 1, 3});
+  const double loss = values_of(distill_kl(student, teacher, {0, 3}, 1.0))[0];
+  const double q1 = std::exp(-0.2) / (std::exp(0.3) + std::exp(-0.2) + std::exp(0.7));
+  const double q2 = std::exp(0.7) / (std::exp(0.3) + std::exp(-0.2) + std::exp(0.7));
+  const double p1 = std::exp(1.0) / (std::exp(1.0) + std::exp(2.0)), p2 = 1 - p1;
+  EXPECT_NEAR(loss, p1 * std::log(p1 / q1) + p2 * std::log(p2 / q2), 1e-12);
+}
+
 // What the loss kernels trust is checked first: a non-empty batch, labels [N, B] (not a
 // transposed [B, N]), teachers that divide the students and match their batch, a positive
 // temperature, and targets that are constants of the same shape.
