@@ -112,8 +112,8 @@ TEST(Ops, KlDivTreatsZeroTimesLogZeroAsZero) {
 }
 
 // Logits far from 0 (1000 and −1000, which an unshifted exp turns into inf and 0): the max
-// shift in log-sum-exp keeps the loss the finite value it is for logits near 0, in both
-// cross-entropy and log_softmax.
+// shift in log-sum-exp keeps the loss the finite value it is for logits near 0, in
+// cross-entropy, log_softmax and softmax.
 TEST(Ops, LargeLogitsGiveFiniteLossesThroughTheMaxShift) {
   const std::vector<double> near = {0.5, -1.0, 2.0, /**/ -0.25, 0.0, 1.5};
   const Tensor labels = Tensor::from_vector(std::vector<int32_t>{2, 0}, {1, 2});
@@ -125,6 +125,7 @@ TEST(Ops, LargeLogitsGiveFiniteLossesThroughTheMaxShift) {
     EXPECT_NEAR(values_of(cross_entropy(logits, labels, {0, 3}))[0], expected, 1e-9) << "shift " << shift;
     const std::vector<double> log_p = values_of(log_softmax(logits));
     EXPECT_NEAR(log_p[2], near[2] - std::log(std::exp(0.5) + std::exp(-1.0) + std::exp(2.0)), 1e-9);
+    EXPECT_NEAR(values_of(softmax(logits))[2], std::exp(log_p[2]), 1e-12);
   }
   // The distillation loss shifts the student's and the teacher's rows each by its own maximum.
   const Tensor student = random_f64({1, 2, 3}, 6), teacher = random_f64({1, 2, 3}, 7);

@@ -2,7 +2,7 @@
 // known-answer vectors, and the distributions and permutations drawn from it.
 #include <gtest/gtest.h>
 
-#include <algorithm>  // std::sort
+#include <algorithm>  // std::sort, std::swap
 #include <cmath>      // std::sqrt, std::log, std::cos, std::sin, std::nextafter
 #include <iostream>   // std::cout
 #include <numbers>    // std::numbers::pi
@@ -259,6 +259,20 @@ TEST(Random, RandomPermutationPositionsAreUniform) {
   for (const auto& row : counts)
     for (int c : row) chi2 += (c - expected) * (c - expected) / expected;
   EXPECT_LT(chi2, 120.0);
+}
+
+// The documented draws: the j-th swap of Fisher–Yates (i = n − 1 − j) exchanges i with
+// ⌊word_j · (i + 1) / 2³²⌋, word_j the stream's word at position j — recomputed here.
+TEST(Random, RandomPermutationUsesWordJForTheJthSwap) {
+  const RandomStream s{21, 22};
+  const int64_t n = 11;
+  std::vector<int32_t> expected(n);
+  std::iota(expected.begin(), expected.end(), 0);
+  for (int64_t i = n - 1, j = 0; i > 0; --i, ++j) {
+    const uint64_t pick = (uint64_t(random_word(s, uint64_t(j))) * uint64_t(i + 1)) >> 32;
+    std::swap(expected[size_t(i)], expected[size_t(pick)]);
+  }
+  EXPECT_EQ(random_permutation(n, s), expected);
 }
 
 // Orders are int32: a length that does not fit is refused, not truncated.
