@@ -414,6 +414,26 @@ TEST(Gemm, ReluOfZeroIsZeroWithMaskZeroAndNaNStaysNaN) {
   EXPECT_EQ(bits[16] & 0b11, 0b01);  // sample 1 (row 16 bytes on): only output 0
 }
 
+// The ReLU gradient gate reads bit f of a row at byte f/8, bit f%8, in whole bytes and in the
+// tail: with F = 19 (two whole bytes and three bits), each element of dx passes exactly where
+// its bit is set, in every row (rows 16 bytes apart).
+TEST(Gemm, ApplyReluMaskGatesEachFeatureByItsBit) {
+  const int64_t F = 19, row_bytes = 16;
+  std::vector<uint8_t> bytes(size_t(N * B * row_bytes));
+  for (size_t k = 0; k < bytes.size(); ++k) bytes[k] = uint8_t(k * 37 + 11);
+  const Tensor mask = Tensor::from_vector(bytes, gemm::mask_shape(N, B, F));
+  Tensor dx = random_f64({N, B, F}, 38, 1, 2);
+  const std::vector<double> before = values_of(dx);
+  gemm::apply_relu_mask(dx, mask);
+  const std::vector<double> after = values_of(dx);
+  for (int64_t r = 0; r < N * B; ++r)
+    for (int64_t f = 0; f < F; ++f) {
+      const size_t k = size_t(r * F + f);
+      EXPECT_EQ(after[k], mask_bit(bytes, r, row_bytes, f) ? before[k] : 0.0)
+          << "row " << r << " feature " << f;
+    }
+}
+
 // Bias gradients and non-accumulating weight gradients overwrite: a NaN already in the buffer
 // must not survive (0·NaN would if the kernel scaled instead of overwriting).
 TEST(Gemm, OverwritingGradientsIgnorePriorContents) {
@@ -498,8 +518,22 @@ TEST(Gemm, MismatchedShapesAreShapeErrors) {
   EXPECT_THROW(gemm::backward_input(random_f64({N, B, O + 1}, 35), w, Tensor(), dx, Tensor(), false),
                ShapeError);
   EXPECT_THROW(gemm::backward_weight(random_f64({N, B + 1, O}, 36), x, dw, false, Tensor()), ShapeError);
+  // Outputs, biases and masks of the wrong shape, and a bias gradient of the layer below
+  // without the ReLU mask it is computed through.
+  const Tensor mask = Tensor::zeros(gemm::mask_shape(N, B, O), DType::u8);
+  EXPECT_THROW(gemm::forward(x, w, random_f64({N, O + 1}, 37), gemm::Activation::none, y, Tensor()),
+               ShapeError);
+  EXPECT_THROW(gemm::forward(x, w, Tensor(), gemm::Activation::relu, y, Tensor::zeros({N, B, 1}, DType::u8)),
+               ShapeError);
+  EXPECT_THROW(
+      gemm::backward_input(dy, w, Tensor(), Tensor::empty({N, B, I + 1}, DType::f64), Tensor(), false),
+      ShapeError);
+  EXPECT_THROW(gemm::backward_input(dy, w, Tensor(), dx, Tensor::empty({N, I}, DType::f64), false),
+               ShapeError);
+  EXPECT_THROW(gemm::backward_weight(dy, x, Tensor::empty({N, O, I + 1}, DType::f64), false, Tensor()),
+               ShapeError);
   // The well-shaped calls go through.
-  gemm::forward(x, w, Tensor(), gemm::Activation::none, y, Tensor());
+  gemm::forward(x, w, Tensor(), gemm::Activation::relu, y, mask);
   gemm::backward_input(dy, w, Tensor(), dx, Tensor(), false);
   gemm::backward_weight(dy, x, dw, false, Tensor());
 }
@@ -600,6 +634,25 @@ TEST(FusedStep, CpuDistillStepIsTheAutogradStep) {
   ref_loss.backward();
   EXPECT_EQ(values_of(loss), values_of(ref_loss));
   EXPECT_EQ(gradients_of(students), gradients_of(reference));
+}
+
+// A step's gradients are its own: the CPU step marks the arena's gradients empty first (the
+// autograd step's zero_grad), so a second step does not add to the first's.
+TEST(FusedStep, ConsecutiveStepsDoNotAccumulateGradients) {
+  const std::vector<int64_t> sizes{11, 9, 6};
+  MlpParams params = random_mlp(sizes, 2, 5);
+  const MlpParams teachers = random_mlp(sizes, 2, 7);
+  const Tensor x1 = random_f64({2, 7, 11}, 1), x2 = random_f64({2, 7, 11}, 2), y = random_labels(2, 7, 6, 3);
+  fused_cross_entropy_step(x1, y, params, {0, 6});
+  fused_cross_entropy_step(x2, y, params, {0, 6});
+  MlpParams fresh = random_mlp(sizes, 2, 5);
+  fused_cross_entropy_step(x2, y, fresh, {0, 6});
+  EXPECT_EQ(gradients_of(params), gradients_of(fresh)) << "cross-entropy";
+  fused_distill_step(x1, params, teachers, {3, 6}, 2.0);
+  fused_distill_step(x2, params, teachers, {3, 6}, 2.0);
+  MlpParams fresh_student = random_mlp(sizes, 2, 5);
+  fused_distill_step(x2, fresh_student, teachers, {3, 6}, 2.0);
+  EXPECT_EQ(gradients_of(params), gradients_of(fresh_student)) << "distillation";
 }
 
 // With a tail, the CPU step then makes the tail's calls: Adam, the loss sums and watch, the

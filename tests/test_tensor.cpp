@@ -50,6 +50,8 @@ TEST(TensorChecks, FullFillsEveryDtype) {
 // dimension index one past the rank.
 TEST(TensorChecks, MismatchedShapesAreShapeErrors) {
   EXPECT_THROW(Tensor::zeros({2, -1}), ShapeError);
+  // 2⁶² float64 elements fit an int64 count but not a byte count: refused, not wrapped to 0.
+  EXPECT_THROW(Tensor::empty({int64_t(1) << 62}, DType::f64), ShapeError);
   EXPECT_THROW(shape_numel({-1, -1}), ShapeError);
   const Tensor t = Tensor::zeros({2, 3});
   EXPECT_THROW(t.reshaped({5}), ShapeError);
