@@ -14,6 +14,7 @@
 #include "engine/autograd.h"  // NoGradGuard
 #include "engine/kernels.h"   // fill, accumulate_and_watch, increment
 #include "engine/parallel.h"  // set_cpu_threads, cpu_threads
+#include "engine/step_graph.h"  // StepGraph
 #include "ops/batch.h"        // noise_batch, gather_batch
 #include "ops/fused_step.h"   // fused_cross_entropy_step, fused_distill_step
 #include "ops/gemm.h"         // gemm::forward, backward_input, backward_weight, mask_shape
@@ -242,6 +243,10 @@ TEST(Ops, CountCorrectTiesGoToTheFirstAndNaNIsMaximal) {
   Tensor counts = Tensor::from_vector(std::vector<int64_t>{10, 20}, {N});
   count_correct(Tensor::from_vector(logits, {N, B, C}), Tensor::from_vector(labels, {N, B}), {1, 5}, counts);
   EXPECT_EQ(counts.to_vector<int64_t>(), (std::vector<int64_t>{10 + 3, 20 + 3}));
+  // One count per model: a shorter tensor would be written past its end.
+  EXPECT_THROW(count_correct(Tensor::from_vector(logits, {N, B, C}), Tensor::from_vector(labels, {N, B}),
+                             {1, 5}, Tensor::zeros({N - 1}, DType::i64)),
+               ShapeError);
 }
 
 // ---- GEMMs against naive loops -------------------------------------------------------------------
@@ -563,6 +568,20 @@ TEST(Kernels, AccumulateAndWatchKeepsTheFirstBadStep) {
   EXPECT_EQ(first_bad.to_vector<int64_t>(), std::vector<int64_t>{3});
 }
 
+// The watch's own checks: sums [N] of the values' shape and dtype, an int64 step counter.
+TEST(Kernels, AccumulateAndWatchChecksItsTensors) {
+  const Tensor values = Tensor::zeros({2}, DType::f64), step = Tensor::zeros({1}, DType::i64);
+  const Tensor bad = Tensor::full({1}, 1e9, DType::i64);
+  EXPECT_THROW(accumulate_and_watch(Tensor::zeros({3}, DType::f64), values, 1.0, step, bad), ShapeError);
+  EXPECT_THROW(
+      accumulate_and_watch(Tensor::zeros({1, 2}, DType::f64), values.reshaped({1, 2}), 1.0, step, bad),
+      ShapeError);
+  EXPECT_THROW(
+      accumulate_and_watch(Tensor::zeros({2}, DType::f64), values, 1.0, Tensor::zeros({1}, DType::f64), bad),
+      ShapeError);
+  EXPECT_NO_THROW(accumulate_and_watch(Tensor::zeros({2}, DType::f64), values, 1.0, step, bad));
+}
+
 // Infinities count as non-finite as well as NaNs (the app stops on either).
 TEST(Kernels, CountNonfiniteCountsInfinitiesAndNaNs) {
   const double inf = std::numeric_limits<double>::infinity();
@@ -653,6 +672,17 @@ TEST(FusedStep, ConsecutiveStepsDoNotAccumulateGradients) {
   MlpParams fresh_student = random_mlp(sizes, 2, 5);
   fused_distill_step(x2, fresh_student, teachers, {3, 6}, 2.0);
   EXPECT_EQ(gradients_of(params), gradients_of(fresh_student)) << "distillation";
+}
+
+// On the CPU a StepGraph has nothing to capture: every call runs the step.
+TEST(StepGraph, OnTheCpuEveryCallRunsTheStep) {
+  for (bool use_graphs : {true, false}) {
+    StepGraph graph(Device::cpu, use_graphs);
+    int runs = 0;
+    for (int k = 0; k < 3; ++k) graph.run([&] { ++runs; });
+    EXPECT_EQ(runs, 3) << "use_graphs " << use_graphs;
+    EXPECT_EQ(graph.kernel_nodes(), 0u);
+  }
 }
 
 // With a tail, the CPU step then makes the tail's calls: Adam, the loss sums and watch, the
