@@ -347,6 +347,29 @@ TEST(Safetensors, AKillMidWriteLeavesNoTemporaryFile) {
   EXPECT_EQ(directory_entries(dir.path()), std::vector<std::string>{});
 }
 
+// A write that fails partway (here the child's file-size limit, with SIGXFSZ ignored so that
+// write() returns EFBIG, as on a full disk) is an InputError and removes its temporary file.
+TEST(Safetensors, AFailedWriteRemovesItsTemporaryFile) {
+  TempDir dir;
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    std::signal(SIGXFSZ, SIG_IGN);
+    const rlimit limit{1 << 16, 1 << 16};  // 64 KiB
+    setrlimit(RLIMIT_FSIZE, &limit);
+    try {
+      write_file_atomically(dir / "big.bin", std::string(1 << 20, 'x'));  // 1 MiB
+    } catch (const InputError&) {
+      _exit(0);
+    }
+    _exit(1);  // the write did not fail
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  EXPECT_EQ(directory_entries(dir.path()), std::vector<std::string>{});
+}
+
 // In a sticky directory (like /tmp) only a file's owner (or the directory's, or root) may rename
 // over it, so another user's file there is refused up front, not after the run. Made as root and
 // probed as user 65534 in a child process; skipped when the test cannot become another user.
