@@ -88,32 +88,6 @@ void MlpParams::copy_model_from(const MlpParams& other, int64_t from_model, int6
   for (size_t k = 0; k < mine.size(); ++k) mine[k].rows(to_model, 1).copy_from(theirs[k].rows(from_model, 1));
 }
 
-MlpParams MlpParams::to(Device device, DType dtype) const {
-  MlpParams out(shape_, models_, dtype, device);
-  if (dtype == this->dtype()) {
-    out.values_.copy_from(values_);
-    return out;
-  }
-  // Another dtype pads the arena differently (256-byte alignment is 64 floats or 32 doubles),
-  // so convert tensor by tensor, through the host in double precision.
-  std::vector<Tensor> mine = tensors(), theirs = out.tensors();
-  for (size_t k = 0; k < mine.size(); ++k) {
-    Tensor src = mine[k].device() == Device::cpu ? mine[k] : mine[k].to(Device::cpu);
-    Tensor host = Tensor::empty(src.shape(), dtype, Device::cpu);
-    dispatch_floating(src.dtype(), [&](auto zs) {
-      dispatch_floating(dtype, [&](auto zd) {
-        using S = decltype(zs);
-        using D = decltype(zd);
-        const S* from = src.data<S>();
-        D* to = host.data<D>();
-        for (int64_t i = 0; i < host.numel(); ++i) to[i] = static_cast<D>(from[i]);
-      });
-    });
-    theirs[k].copy_from(host);
-  }
-  return out;
-}
-
 void init_mlp(MlpParams& params, InitScheme scheme, const std::vector<uint64_t>& seeds, uint32_t variant) {
   if (static_cast<int64_t>(seeds.size()) != params.models())
     throw Error("init_mlp: " + std::to_string(seeds.size()) + " seeds for " +

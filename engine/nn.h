@@ -66,8 +66,6 @@ class MlpParams {
   void copy_from(const MlpParams& other);
   // Copies model `from_model` of `other` into model `to_model` of this.
   void copy_model_from(const MlpParams& other, int64_t from_model, int64_t to_model);
-  // A new MlpParams on `device` (and/or another dtype) holding the same values.
-  MlpParams to(Device device, DType dtype) const;
 
  private:
   size_t checked_layer(int layer) const;  // ShapeError unless 0 ≤ layer < shape().layers()

@@ -148,18 +148,6 @@ TEST(Init, ParameterViewsAreAlignedAndDisjoint) {
   EXPECT_EQ(kShape.parameters_per_model(), 400 * 300 + 300 + 300 * 50 + 50 + 50 * 13 + 13);
 }
 
-// to() converts an arena to another dtype tensor by tensor (the padding differs), keeping
-// every value; to the same dtype it is a copy.
-TEST(Init, ToAnotherDtypeKeepsEveryValue) {
-  const MlpParams p = initialised(2, {3, 4}, InitScheme::torch_default);
-  for (DType dtype : {DType::f64, DType::f32}) {
-    const MlpParams q = p.to(Device::cpu, dtype);
-    ASSERT_EQ(q.dtype(), dtype);
-    for (size_t k = 0; k < p.tensors().size(); ++k)
-      EXPECT_EQ(values_of(q.tensors()[k]), values_of(p.tensors()[k])) << dtype_name(dtype) << " tensor " << k;
-  }
-}
-
 // An arena needs at least one model and positive sizes, and init_mlp one seed per model.
 // copy_from refuses another model count even where the padded arenas happen to be the same size
 // ({1, 1}: one model or two both fill 64 + 64 floats), which would copy into the padding.
