@@ -254,6 +254,33 @@ TEST_F(TileEmulated, BackwardInputGateMaskColumnSums) {
   check({Kind::backward_input, 2, 70, 200, 13, 1, false, true, true, false, false});
 }
 
+// Column sums of one row tile, written by its items directly (no hand-off) …
+TEST_F(TileEmulated, BackwardInputColumnSumsOneRowTile) {
+  check({Kind::backward_input, 2, 40, 45, 30, 1, false, false, true, false, false});
+  EXPECT_EQ(planned_m_tiles, 1);
+}
+
+// … and across more row tiles than the hand-off loads at once (kFixupBatch)
+TEST_F(TileEmulated, BackwardInputColumnSumsFiveRowTiles) {
+  check({Kind::backward_input, 1, 300, 20, 16, 1, false, true, true, false, false});
+  EXPECT_EQ(planned_m_tiles, 5);
+  EXPECT_GT(planned_m_tiles, kFixupBatch);
+}
+
+// Split tiles of two models finished in bands (no column sums: the parallel fix-up), gated by
+// mask bits and by values: each band reads its own model's gate.
+TEST_F(TileEmulated, BackwardInputGateMaskInBands) {
+  check({Kind::backward_input, 2, 70, 45, 100, 64, false, true, false, false, false});
+  EXPECT_GT(planned_splits, 1);
+  EXPECT_TRUE(ran_parallel);
+}
+
+TEST_F(TileEmulated, BackwardInputGateValuesInBands) {
+  check({Kind::backward_input, 2, 70, 45, 100, 64, false, false, false, false, false});
+  EXPECT_GT(planned_splits, 1);
+  EXPECT_TRUE(ran_parallel);
+}
+
 TEST_F(TileEmulated, BackwardInputAccumulates) {
   check({Kind::backward_input, 1, 64, 64, 64, 16, false, false, false, false, true});
 }
