@@ -330,6 +330,97 @@ TEST(FusedLossSums, ManyModelsAndRowsMatchFloat64) {
   }
 }
 
+// ---- the loss rows on their own (ops/cuda/loss_rows.cuh) --------------------------------------
+// The steps above reach the row math with small logits, labels inside the loss's columns and dz
+// overwritten. Here one warp runs it on a row that reaches the rest, against float64: logits
+// far past where exp overflows (float's at 88, double's at 709: the max shift keeps the sums
+// finite), the loss on [c0, c1) = [5, 38) of 40 columns (more than a warp's lanes), dz
+// accumulated into, as the loss kernels (ops/cuda/rowwise.cu) do, and labels outside the loss's
+// columns.
+constexpr int64_t kRowCols = 40, kRowC0 = 5, kRowC1 = 38;
+
+std::vector<float> row_around(float centre, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-3.0f, 3.0f);
+  std::vector<float> row(static_cast<size_t>(kRowCols));
+  for (float& v : row) v = centre + u(rng);
+  return row;
+}
+
+// log Σ exp(scale·row[c]) over the loss's columns, in float64.
+double row_log_sum_exp(const std::vector<float>& row, double scale) {
+  double top = -INFINITY, sum = 0.0;
+  for (int64_t c = kRowC0; c < kRowC1; ++c) top = std::max(top, scale * double(row[size_t(c)]));
+  for (int64_t c = kRowC0; c < kRowC1; ++c) sum += std::exp(scale * double(row[size_t(c)]) - top);
+  return top + std::log(sum);
+}
+
+TEST(LossRows, CrossEntropyOfLargeLogitsAccumulatesIntoDz) {
+  const std::vector<float> z = row_around(500.0f, 1), before = row_around(0.0f, 2);  // expf(500) = inf
+  const int32_t label = 7;
+  const float g = 0.25f;
+  const double lse = row_log_sum_exp(z, 1.0);
+  for (bool accumulate : {true, false}) {
+    std::vector<float> dz = before;
+    double loss = kNaN;
+    simt::launch(1, 32, [&] {
+      const double row =
+          rows::cross_entropy_row(z.data(), kRowCols, kRowC0, kRowC1, label, g, dz.data(), accumulate);
+      if (threadIdx.x == 0) loss = row;
+    });
+    const std::string what = accumulate ? "accumulating" : "overwriting";
+    EXPECT_NEAR(loss, lse - double(z[size_t(kRowC0 + label)]), 1e-4) << what;
+    for (int64_t c = 0; c < kRowCols; ++c) {
+      const bool inside = c >= kRowC0 && c < kRowC1;
+      const double v =
+          inside ? g * (std::exp(double(z[size_t(c)]) - lse) - (c - kRowC0 == label ? 1.0 : 0.0)) : 0.0;
+      EXPECT_NEAR(dz[size_t(c)], (accumulate ? double(before[size_t(c)]) : 0.0) + v, 5e-5)
+          << what << ": dz[" << c << "]";
+    }
+  }
+  // A label outside [0, c1 − c0) gives a NaN loss — also one whose column c0 + label is still
+  // in the row (33: column 38 of 40), which must not be read as the label's logit.
+  for (int32_t bad : {-1, int32_t(kRowC1 - kRowC0)}) {
+    double loss = 0.0;
+    simt::launch(1, 32, [&] {
+      const double row = rows::cross_entropy_row(z.data(), kRowCols, kRowC0, kRowC1, bad, g, nullptr, false);
+      if (threadIdx.x == 0) loss = row;
+    });
+    EXPECT_TRUE(std::isnan(loss)) << "label " << bad << " gave the loss " << loss;
+  }
+}
+
+TEST(LossRows, DistillationOfLargeLogitsAccumulatesIntoDs) {
+  const double inv_t = 0.5, g = 0.5;  // T = 2: scaled logits near 1000, past double's exp too
+  const std::vector<float> s = row_around(2000.0f, 3), t = row_around(2000.0f, 4),
+                           before = row_around(0.0f, 5);
+  const double lse_s = row_log_sum_exp(s, inv_t), lse_t = row_log_sum_exp(t, inv_t);
+  double kl_ref = 0.0;
+  for (int64_t c = kRowC0; c < kRowC1; ++c) {
+    const double log_p = inv_t * double(t[size_t(c)]) - lse_t, log_q = inv_t * double(s[size_t(c)]) - lse_s;
+    kl_ref += std::exp(log_p) * (log_p - log_q);
+  }
+  for (bool accumulate : {true, false}) {
+    std::vector<float> ds = before;
+    double kl = kNaN;
+    simt::launch(1, 32, [&] {
+      const double row =
+          rows::distill_kl_row(s.data(), t.data(), kRowCols, kRowC0, kRowC1, inv_t, g, ds.data(), accumulate);
+      if (threadIdx.x == 0) kl = row;
+    });
+    const std::string what = accumulate ? "accumulating" : "overwriting";
+    EXPECT_NEAR(kl, kl_ref, 1e-9 * std::max(1.0, kl_ref)) << what;
+    for (int64_t c = 0; c < kRowCols; ++c) {
+      const bool inside = c >= kRowC0 && c < kRowC1;
+      const double v = inside ? g * (std::exp(inv_t * double(s[size_t(c)]) - lse_s) -
+                                     std::exp(inv_t * double(t[size_t(c)]) - lse_t))
+                              : 0.0;
+      EXPECT_NEAR(ds[size_t(c)], (accumulate ? double(before[size_t(c)]) : 0.0) + v, 1e-6)
+          << what << ": ds[" << c << "]";
+    }
+  }
+}
+
 // On the GPU the L1 rule is checked at the line size (128 bytes): a workspace buffer that
 // shared a line with the input would be caught there though no element overlaps — which is
 // why ops/cuda/fused_step.cu starts every buffer on a 256-byte boundary.
