@@ -236,6 +236,33 @@ TEST(ClusterTail, AnArenaWithoutEveryParameterIsRefused) {
   }
 }
 
+// Kernel 2 alone, with more row blocks than it loads at once (16: the cases above have 2 or 3,
+// the default run 16; a plan whose rows the shared memory caps has more): each gradient is its
+// P partials summed in row-block order from 0, the same bits as that sum here.
+TEST(ClusterReduce, SumsMoreRowBlocksThanOneBatchInOrder) {
+  const int64_t P = 37;
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<std::vector<float>> parts, grads;
+  ReduceProgram r{};
+  r.parts = P;
+  for (int64_t count : {53, 7}) {
+    parts.emplace_back(size_t(P * count));
+    for (float& v : parts.back()) v = u(rng);
+    grads.emplace_back(size_t(count), kNaN);
+    r.seg[r.segments++] = Segment{grads.back().data(), parts.back().data(), count};
+  }
+  simt::launch(3, kEmulatedThreads, [&] { run_reduce(r); });
+  for (size_t k = 0; k < grads.size(); ++k) {
+    const int64_t count = r.seg[k].count;
+    std::vector<float> sums(size_t(count), 0.0f);
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t e = 0; e < count; ++e) sums[size_t(e)] += parts[k][size_t(p * count + e)];
+    EXPECT_TRUE(simt::same_bits(grads[k], sums))
+        << "segment " << k << ": not the partials summed in row-block order";
+  }
+}
+
 // The plan for the app's runs on an H100 (132 SMs: 16 clusters of 8 at once; 227 KB of shared
 // memory a block): the default run's teacher steps take 16 row blocks of 16 rows, its
 // distillation steps (2 students) 8 of 32, and every plan fits the memory.
