@@ -501,5 +501,57 @@ TEST(FusedPlan, DefaultRunPhasesFitOneWave) {
   }
 }
 
+// A GEMM finishes its split tiles in bands only where its whole phase fits one wave: every item
+// of the phase on a block of its own, all running at once. An item waits for the others of its
+// tile; were one of them queued behind another waiting item on the same block, the grid would
+// hang (on the GPU the poll traps). Checked over sizes and grids where some phases take more
+// items than the grid (those GEMMs finish their tiles by the last item instead).
+TEST(FusedPlan, BandsOnlyWhereTheWholePhaseFitsOneWave) {
+  int over_one_wave = 0;  // phases with a split GEMM and more items than the grid
+  for (const std::vector<int64_t>& sizes :
+       {std::vector<int64_t>{784, 256, 256, 13}, std::vector<int64_t>{300, 40, 20, 13},
+        std::vector<int64_t>{53, 29, 7}})
+    for (const auto& [S, F] : std::vector<std::pair<int64_t, int64_t>>{{1, 0}, {3, 0}, {2, 1}})
+      for (int64_t B : {37, 256})
+        for (int grid : {5, 17, 64, 132})
+          for (const FusedSplitPolicy& split : {FusedSplitPolicy{}, FusedSplitPolicy{16, 1, true}}) {
+            const int L = int(sizes.size()) - 1;
+            FusedMlp trained, frozen;
+            for (FusedMlp* m : {&trained, &frozen}) {
+              m->layers = L, m->sizes = sizes;
+              m->weights.assign(size_t(L), nullptr), m->biases.assign(size_t(L), nullptr);
+              m->weight_grads.assign(size_t(L), nullptr), m->bias_grads.assign(size_t(L), nullptr);
+            }
+            trained.models = S, frozen.models = F;
+            std::vector<float> x(size_t(S * B * sizes[0])),
+                logits(size_t(logit_rows(S, F > 0) * B * sizes.back()));
+            std::vector<std::vector<float>> h(static_cast<size_t>(L));
+            Workspace ws{std::vector<float*>(size_t(L), nullptr), std::vector<float*>(size_t(L) + 1, nullptr),
+                         logits.data(), nullptr};
+            for (int l = 1; l < L; ++l)
+              h[size_t(l)].resize(size_t((S + F) * B * sizes[size_t(l)])),
+                  ws.H[size_t(l)] = h[size_t(l)].data();
+            FusedLoss loss;
+            loss.distill = F > 0, loss.c0 = 0, loss.c1 = sizes.back();
+            const Program prog = build_program(x.data(), B, trained, F > 0 ? &frozen : nullptr, loss, nullptr,
+                                               ws, grid, nullptr, split);
+            for (int ph = 0; ph < prog.phases; ++ph) {
+              int64_t items = 0;
+              bool split_here = false;
+              for (int j = prog.phase[ph].first_gemm; j < prog.phase[ph].first_gemm + prog.phase[ph].gemms;
+                   ++j)
+                items += prog.gemm[j].items, split_here = split_here || prog.gemm[j].splits > 1;
+              over_one_wave += split_here && items > grid;
+              for (int j = prog.phase[ph].first_gemm; j < prog.phase[ph].first_gemm + prog.phase[ph].gemms;
+                   ++j)
+                ASSERT_TRUE(!prog.gemm[j].parallel_fixup || items <= grid)
+                    << "phase " << ph << " of " << sizes.size() - 1 << " layers, " << S << "+" << F
+                    << " models, batch " << B << ", grid " << grid << ": " << items << " items, GEMM " << j
+                    << " finishes in bands";
+            }
+          }
+  EXPECT_GT(over_one_wave, 0) << "no phase took more items than the grid: the check above checked nothing";
+}
+
 }  // namespace
 }  // namespace subliminal::cuda::fused
