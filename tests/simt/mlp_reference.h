@@ -198,6 +198,7 @@ struct Arena {
 
   explicit Arena(const HostMlp& m, bool biases_first = false) {
     values.assign(3, 0.25f);  // leading padding too, so that W0 does not start the arena
+    values[0] = 0.0f;         // (at p = 0 weight decay adds nothing to its gradient: initial_tail_state)
     for (int l = 0; l < m.layers(); ++l) {
       const std::vector<float>*w = &m.w[size_t(l)], *b = &m.b[size_t(l)];
       for (const std::vector<float>* t : {biases_first ? b : w, biases_first ? w : b}) {
@@ -244,6 +245,10 @@ inline TailState initial_tail_state(size_t arena, int64_t models) {
   TailState s;
   s.m.resize(arena), s.v.resize(arena);
   for (size_t i = 0; i < arena; ++i) s.m[i] = 0.02f * (u(rng) - 0.5f), s.v[i] = 1e-4f * u(rng);
+  // The arena's first element (padding at p = 0 with gradient 0) as a parameter whose gradient
+  // has been 0 since the first step (a weight from a pixel that is 0 in every image): m = v = 0,
+  // which Adam's eps keeps at 0 — without it, 0/0.
+  s.m[0] = s.v[0] = 0.0f;
   s.loss_sum.resize(size_t(models));
   for (float& l : s.loss_sum) l = 3.0f * u(rng);
   s.t = 4, s.step = 7, s.global_step = 1000, s.first_bad = kNoFault;
