@@ -17,6 +17,7 @@
 //     time, the last first (a GPU runs them in waves, in no promised order);
 //   - the tail: Adam over the whole arena (its padding too), the running loss sums, the
 //     counters; an arena without every parameter is refused;
+//   - kernel 2 alone over more row blocks than it loads at once, in row-block order;
 //   - the plans for the app's default run, --models 10 and the paper's sizes on an H100 (132
 //     SMs, 227 KB of shared memory a block), and under a tuning that caps the clusters or the
 //     K chunk.

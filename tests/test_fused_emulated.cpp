@@ -13,6 +13,9 @@
 //   - the step's tail (Adam, the running loss sums and NaN watch, the step counters) against a
 //     float64 Adam and the separate calls' order, and block 0's per-model loss sums at sizes past
 //     one round of their batched loads;
+//   - the loss rows alone where the steps do not reach: logits past exp's overflow, dz
+//     accumulated into (the loss kernels' way), labels outside the loss's columns;
+//   - the plan: bands (the parallel fix-up) only where a phase's items fit one wave;
 //   - on every program built, the rule that lets the tiles' copies and the rows' W loads go
 //     through L1 (l1_rule_violation, at byte granularity: the host buffers are not line-aligned).
 #include <gtest/gtest.h>

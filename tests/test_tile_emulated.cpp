@@ -5,8 +5,8 @@
 // a barrier for __syncthreads, several blocks at once) and checked on every machine, GPU or
 // not, against a float64 reference:
 //   - each kind with its epilogues (bias + ReLU + mask; gate by mask or by values + column
-//     sums across row tiles; row sums), odd sizes, two models, strided operands laid out as the
-//     fused step lays them out;
+//     sums from one row tile and across several, more than the hand-off loads at once; row
+//     sums), odd sizes, two models, strided operands laid out as the fused step lays them out;
 //   - split-K: the slices' partial tiles, the "last one sums in order" hand-off, and that the
 //     result is the same bits whatever order the work items run in and however many blocks,
 //     and the same bits as the slices run one by one and added in slice order (TileSplitK);
