@@ -295,6 +295,8 @@ TEST(FusedTail, AnArenaWithoutTheFirstLayerIsRefused) {
   const std::string overlap = refusal(0, all, overlapping);
   EXPECT_TRUE(says(overlap, "overlap")) << "W0 and b0 overlapping: \"" << overlap << '"';
   EXPECT_EQ(refusal(0, all, view), "") << "the whole arena";
+  // (the app's arena has no padding after a tensor whose size is a multiple of 64 floats)
+  EXPECT_EQ(refusal(0, arena.b_at[0] + trained.b[0].size(), view), "") << "an arena that ends where b0 does";
 }
 
 // Block 0's per-model loss sums on their own (a whole step at these sizes is slow to emulate):
