@@ -270,13 +270,13 @@ TEST_F(TileEmulated, BackwardInputColumnSumsFiveRowTiles) {
 // Split tiles of two models finished in bands (no column sums: the parallel fix-up), gated by
 // mask bits and by values: each band reads its own model's gate.
 TEST_F(TileEmulated, BackwardInputGateMaskInBands) {
-  check({Kind::backward_input, 2, 70, 45, 100, 64, false, true, false, false, false});
+  check({Kind::backward_input, 2, 40, 45, 64, 64, false, true, false, false, false});
   EXPECT_GT(planned_splits, 1);
   EXPECT_TRUE(ran_parallel);
 }
 
 TEST_F(TileEmulated, BackwardInputGateValuesInBands) {
-  check({Kind::backward_input, 2, 70, 45, 100, 64, false, false, false, false, false});
+  check({Kind::backward_input, 2, 40, 45, 64, 64, false, false, false, false, false});
   EXPECT_GT(planned_splits, 1);
   EXPECT_TRUE(ran_parallel);
 }
