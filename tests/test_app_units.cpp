@@ -1,36 +1,50 @@
 // tests/test_app_units.cpp — the app's pieces called directly: presets and flag overrides, the
 // cross-init derangement, the confidence-interval arithmetic, the sweep grid, a training loop
-// that stops allocating, and a small paper-mode run whose arms must come out in the paper's order.
+// that stops allocating, the report's fields; runs on a made-up MNIST whose losses, accuracies,
+// checkpoints and sweep rows are checked against the same numbers computed here from the inits;
+// and a small paper-mode run whose arms must come out in the paper's order.
 #include <fcntl.h>  // posix_openpt: a pseudo-terminal for the progress bar
 #include <gtest/gtest.h>
-#include <poll.h>    // poll
-#include <unistd.h>  // read
+#include <poll.h>      // poll
+#include <sys/stat.h>  // mkfifo
+#include <unistd.h>    // read
 
-#include <chrono>    // std::chrono::steady_clock
-#include <cmath>     // std::sqrt
-#include <cstdio>    // std::fopen, std::fputs
-#include <cstdlib>   // std::getenv
-#include <cstring>   // std::strlen
-#include <iostream>  // std::cout
-#include <map>       // std::map
-#include <set>       // std::set
-#include <string>    // std::string
-#include <vector>    // std::vector
+#include <algorithm>          // std::max_element
+#include <chrono>             // std::chrono::steady_clock
+#include <cmath>              // std::sqrt, std::lgamma, M_PI
+#include <cstdio>             // std::fopen, std::fputs, std::tmpfile
+#include <cstdlib>            // std::getenv
+#include <cstring>            // std::strlen
+#include <iostream>           // std::cout
+#include <map>                // std::map
+#include <nlohmann/json.hpp>  // nlohmann::json: the report and the sweep's rows
+#include <random>             // std::mt19937: a made-up MNIST
+#include <set>                // std::set
+#include <sstream>            // std::istringstream
+#include <string>             // std::string
+#include <utility>            // std::pair
+#include <vector>             // std::vector
 
 #include "apps/subliminal/config.h"      // parse_command_line, Config
 #include "apps/subliminal/experiment.h"  // run_experiment, cross_init_partner, apply_gemm_settings
+#include "apps/subliminal/parity.h"      // write_parity_batch
 #include "apps/subliminal/progress.h"    // ProgressBar
-#include "apps/subliminal/report.h"      // summarize, json_text
-#include "apps/subliminal/sweep.h"       // sweep_grid, config_id
+#include "apps/subliminal/report.h"      // summarize, json_text, report_json
+#include "apps/subliminal/streams.h"     // kNoisePurpose
+#include "apps/subliminal/sweep.h"       // sweep_grid, config_id, run_sweep, check_sweep_lock
 #include "data/mnist.h"                  // locate_mnist, load_mnist
 #include "engine/adam.h"                 // Adam
 #include "engine/autograd.h"             // zero_grad
 #include "engine/nn.h"                   // MlpParams, init_mlp
+#include "engine/random.h"               // stream_id
+#include "engine/safetensors.h"          // read_safetensors
 #include "engine/storage.h"              // cpu_allocator_stats
-#include "ops/batch.h"                   // gather_batch
+#include "ops/batch.h"                   // gather_batch, noise_batch
+#include "ops/elementwise.h"             // scale
 #include "ops/fused_step.h"              // fused_step_design
-#include "ops/loss.h"                    // cross_entropy
+#include "ops/loss.h"                    // cross_entropy, distill_kl
 #include "ops/mlp.h"                     // mlp_forward
+#include "tests/test_util.h"             // TempDir, read_text, write_text
 
 namespace {
 
@@ -52,6 +66,7 @@ TEST(Presets, PaperSetsThePaperScriptsValuesAndFlagsOverrideThem) {
   EXPECT_EQ(notebook.init, InitScheme::torch_default);
   EXPECT_EQ(notebook.noise_set, NoiseSet::fresh);
   EXPECT_FALSE(notebook.all_logit_arms);
+  EXPECT_TRUE(notebook.eval_every_epoch);
 
   const Config paper = parse({"--preset", "paper"});
   EXPECT_EQ(paper.models, 100);
@@ -60,6 +75,7 @@ TEST(Presets, PaperSetsThePaperScriptsValuesAndFlagsOverrideThem) {
   EXPECT_EQ(paper.noise_set, NoiseSet::fixed);
   EXPECT_TRUE(paper.all_logit_arms);
   EXPECT_TRUE(paper.cross_init);
+  EXPECT_FALSE(paper.eval_every_epoch);  // the authors' script evaluates once, at the end
   EXPECT_DOUBLE_EQ(paper.lr, 3e-4);
   EXPECT_EQ(paper.epochs_teacher, 5);
   EXPECT_EQ(paper.epochs_distill, 5);
@@ -69,6 +85,16 @@ TEST(Presets, PaperSetsThePaperScriptsValuesAndFlagsOverrideThem) {
   EXPECT_EQ(overridden.models, 10);
   EXPECT_EQ(overridden.batch_size, 512);
   EXPECT_EQ(overridden.init, InitScheme::normal_fan_in);
+}
+
+// parse() of flags written as one line, split at spaces.
+Config parse_words(const std::string& line) {
+  std::istringstream in(line);
+  std::vector<std::string> words;
+  for (std::string word; in >> word;) words.push_back(word);
+  std::vector<const char*> args;
+  for (const std::string& word : words) args.push_back(word.c_str());
+  return parse(args);
 }
 
 // Numbers are read as written, in any decimal form; the refusals are in test_cli.cpp.
@@ -217,6 +243,22 @@ TEST(Statistics, StudentTQuantile) {
   EXPECT_THROW(student_t_975(0), ShapeError);
 }
 
+// Every quantile, the table's 30 and the expansion's beyond, against the t distribution itself:
+// its CDF (Simpson's rule on the density, in float64) at the quantile is 0.975, to within 1e-6 of
+// the quantile. A digit mistyped in the table is off by far more.
+TEST(Statistics, StudentTQuantileIsWhereTheCdfReaches0975) {
+  for (int64_t d = 1; d <= 200; ++d) {
+    const double v = double(d), t = student_t_975(d);
+    const double norm = std::exp(std::lgamma((v + 1) / 2) - std::lgamma(v / 2)) / std::sqrt(v * M_PI);
+    auto density = [&](double x) { return norm * std::pow(1 + x * x / v, -(v + 1) / 2); };
+    const int steps = 20000;  // even
+    const double h = t / steps;
+    double sum = density(0) + density(t);
+    for (int i = 1; i < steps; ++i) sum += (i % 2 ? 4 : 2) * density(i * h);
+    EXPECT_NEAR(0.5 + sum * h / 3, 0.975, 1e-6 * density(t)) << d << " degrees of freedom: " << t;
+  }
+}
+
 // Several --sweep keys form a grid; each configuration has a stable id; bad text is refused up front.
 TEST(Sweep, KeysFormAGridWithStableIdsAndBadValuesAreRefused) {
   Config base = parse({});
@@ -351,6 +393,426 @@ TEST(CpuTraining, StepsStopAllocatingAfterTheFirst) {
   for (int i = 0; i < 10; ++i) train_step();
   EXPECT_EQ(cpu_allocator_stats().fresh_allocations, before)
       << "a steady training step allocated fresh memory";
+}
+
+// ---- Runs on a made-up MNIST: what each phase computes, checked from outside ---------------------
+
+// An MNIST made up in memory: `train` and `test` images of 28×28 random pixels with random
+// labels — enough for run_experiment on the CPU in milliseconds.
+data::Mnist made_up_mnist(int64_t train, int64_t test) {
+  data::Mnist mnist;
+  std::mt19937 random(7);
+  for (auto [split, count] : {std::pair{&mnist.train, train}, std::pair{&mnist.test, test}}) {
+    split->count = count;
+    split->rows = split->cols = 28;
+    for (int64_t i = 0; i < count * 784; ++i) split->images.push_back(uint8_t(random() % 256));
+    for (int64_t i = 0; i < count; ++i) split->labels.push_back(uint8_t(random() % 10));
+  }
+  return mnist;
+}
+
+// A small model and batch for the made-up runs, plus `extra` flags.
+Config small_run(std::vector<const char*> extra) {
+  std::vector<const char*> args = {"--hidden", "8", "--batch-size", "4", "--no-progress"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return parse(args);
+}
+
+// The models' inits as run_experiment makes them: model m from seeds[m]; variant 0 is the
+// teacher's and same-init students' init, variant 1 the cross-init students'.
+MlpParams init_of(const Config& config, const std::vector<uint64_t>& seeds, uint32_t variant) {
+  MlpParams params(config.mlp_shape(), int64_t(seeds.size()), DType::f32, Device::cpu);
+  init_mlp(params, config.init, seeds, variant);
+  return params;
+}
+
+// The first `count` images of a split as a run feeds them to `models` models, in file order:
+// x [models, count, 784] normalised, y [models, count].
+std::pair<Tensor, Tensor> inputs_of(const data::MnistSplit& split, int64_t count, int64_t models) {
+  const Tensor images = Tensor::from_vector(split.images, {split.count, 784}),
+               labels = Tensor::from_vector(split.labels, {split.count});
+  std::vector<int32_t> order;
+  for (int64_t m = 0; m < models; ++m)
+    for (int64_t i = 0; i < split.count; ++i) order.push_back(int32_t(i));
+  Tensor x = Tensor::empty({models, count, 784}), y = Tensor::empty({models, count}, DType::i32);
+  gather_batch(images, labels, Tensor::from_vector(order, {models, split.count}),
+               Tensor::zeros({1}, DType::i64), count, x, y);
+  return {x, y};
+}
+
+// Each model's test accuracy, counted here from the argmax of its 10 class logits.
+std::vector<double> accuracy_of(const MlpParams& params, const data::MnistSplit& test) {
+  NoGradGuard no_grad;
+  const Tensor x = inputs_of(test, test.count, params.models()).first;
+  const std::vector<float> logits = mlp_forward(x, params).to_vector<float>();
+  const int64_t outputs = params.shape().sizes.back();
+  std::vector<double> accuracy;
+  for (int64_t m = 0; m < params.models(); ++m) {
+    int64_t correct = 0;
+    for (int64_t i = 0; i < test.count; ++i) {
+      const float* row = &logits[size_t((m * test.count + i) * outputs)];
+      correct += std::max_element(row, row + 10) - row == test.labels[size_t(i)];
+    }
+    accuracy.push_back(double(correct) / double(test.count));
+  }
+  return accuracy;
+}
+
+std::vector<double> final_acc(const Results& results, const std::string& arm) {
+  for (const auto& [key, acc] : results.final_acc)
+    if (key == arm) return acc;
+  ADD_FAILURE() << "no final accuracy for " << arm;
+  return {};
+}
+
+// A learning rate too small to move any float32 weight (its updates are below their rounding):
+// the models stay at their inits, so what a phase computes can be computed here from the inits.
+constexpr const char* kStill = "1e-30";
+
+// The teacher's epoch loss is the mean cross-entropy over every image of --train-samples: the
+// short last batch weighted by its size, nothing dropped, each epoch summed afresh.
+TEST(Experiment, TeacherLossIsTheMeanOverEveryTrainingImage) {
+  const data::Mnist mnist = made_up_mnist(14, 20);
+  const Config config =
+      small_run({"--train-samples", "10", "--lr", kStill, "--models", "2", "--epochs-teacher", "2",
+                 "--epochs-distill", "0"});  // batches of 4, 4 and 2
+  Observer quiet;
+  const Results results = run_experiment(config, mnist, Device::cpu, quiet);
+  const auto [x, y] = inputs_of(mnist.train, 10, 2);
+  NoGradGuard no_grad;
+  const std::vector<float> expected =
+      cross_entropy(mlp_forward(x, init_of(config, {0, 1}, 0)), y, {0, 10}).to_vector<float>();
+  ASSERT_EQ(results.teacher_epochs.size(), 2u);
+  for (const EpochMetrics& epoch : results.teacher_epochs)
+    for (size_t m = 0; m < 2; ++m)
+      EXPECT_NEAR(epoch.loss[m], expected[m], 1e-5 * expected[m])
+          << "epoch " << epoch.epoch << ", model " << m;
+}
+
+// The teacher's final accuracy is its last epoch's.
+TEST(Experiment, TheTeachersFinalAccuracyIsItsLastEpochs) {
+  const Config config = small_run({"--lr", "0.05", "--epochs-teacher", "3", "--epochs-distill", "0"});
+  Observer quiet;
+  const Results results = run_experiment(config, made_up_mnist(40, 50), Device::cpu, quiet);
+  ASSERT_EQ(results.teacher_epochs.size(), 3u);
+  ASSERT_NE(results.teacher_epochs.front().test_acc, results.teacher_epochs.back().test_acc)
+      << "the teacher did not change: this test needs one that does";
+  EXPECT_EQ(final_acc(results, "teacher"), results.teacher_epochs.back().test_acc);
+}
+
+// With the teacher untrained (0 epochs) and the students still, a cross-init student's epoch
+// loss is the KL divergence at --temperature on the ghost logits between its init and the
+// teacher's, over the epoch's fresh noise (images 0..S−1 of the noise stream); the next epoch's
+// fresh noise gives another. A same-init student is its teacher: 0.
+TEST(Experiment, DistillationLossIsTheKlAtTheTemperatureOnTheGhostLogits) {
+  const data::Mnist mnist = made_up_mnist(10, 20);
+  const Config config = small_run({"--lr", kStill, "--models", "2", "--epochs-teacher", "0",
+                                   "--epochs-distill", "2", "--temperature", "3"});
+  Observer quiet;
+  const Results results = run_experiment(config, mnist, Device::cpu, quiet);
+  Tensor noise = Tensor::empty({2, 10, 784});
+  noise_batch(config.seed, stream_id(kNoisePurpose), Tensor(), Tensor::zeros({1}, DType::i64), 10, 0,
+              NoiseDistribution::uniform, noise);
+  NoGradGuard no_grad;
+  const std::vector<float> expected =
+      distill_kl(mlp_forward(noise, init_of(config, {0, 1}, 1)),
+                 mlp_forward(noise, init_of(config, {0, 1}, 0)), {10, 13}, 3.0)
+          .to_vector<float>();
+  const std::vector<EpochMetrics>& cross = results.arm_epochs.at("cross_init");
+  ASSERT_EQ(cross.size(), 2u);
+  for (size_t m = 0; m < 2; ++m) {
+    EXPECT_NEAR(cross[0].loss[m], expected[m], 1e-5 * expected[m]) << "model " << m;
+    EXPECT_NE(cross[1].loss[m], cross[0].loss[m])
+        << "model " << m << ": epoch 2 saw the same noise as epoch 1";
+  }
+  for (const EpochMetrics& epoch : results.arm_epochs.at("student"))
+    EXPECT_EQ(epoch.loss, (std::vector<double>{0, 0})) << "epoch " << epoch.epoch;
+}
+
+// A same-init student starts as its teacher, where its KL and gradient are 0, and stays there —
+// unless --weight-decay pulls it off, or --init-perturb starts it elsewhere (model m with its own
+// noise, as --seed seed+m would draw it).
+TEST(Experiment, WeightDecayAndInitPerturbationMoveTheSameInitStudent) {
+  const data::Mnist mnist = made_up_mnist(12, 20);
+  auto student_loss = [&](std::vector<const char*> extra) {
+    extra.insert(extra.end(), {"--epochs-teacher", "0", "--epochs-distill", "1", "--cross-init", "false"});
+    Observer quiet;
+    return run_experiment(small_run(extra), mnist, Device::cpu, quiet).arm_epochs.at("student").at(0).loss;
+  };
+  EXPECT_EQ(student_loss({"--lr", "0.01"}), (std::vector<double>{0}));
+  EXPECT_GT(student_loss({"--lr", "0.01", "--weight-decay", "0.5"}).at(0), 0);
+  const std::vector<double> perturbed =
+      student_loss({"--lr", kStill, "--init-perturb", "0.1", "--models", "2"});
+  ASSERT_EQ(perturbed.size(), 2u);
+  EXPECT_GT(perturbed[0], 0);
+  EXPECT_NE(perturbed[0], perturbed[1]);
+  const std::vector<double> seed1 = student_loss({"--lr", kStill, "--init-perturb", "0.1", "--seed", "1"});
+  EXPECT_NEAR(perturbed[1], seed1.at(0), 1e-6 * seed1.at(0));
+}
+
+// Without distillation epochs the students are their inits: the same-init one the teacher's,
+// the cross-init one another — under the paper's preset too, whose cross-init student takes another
+// model's init when there is one, and a second init of its own when it is the only model.
+TEST(Experiment, WithoutDistillationEachStudentIsItsInit) {
+  const data::Mnist mnist = made_up_mnist(8, 200);
+  for (const char* preset : {"notebook", "paper"}) {
+    SCOPED_TRACE(preset);
+    const Config config = small_run({"--preset", preset, "--models", "1", "--seed", "3", "--epochs-teacher",
+                                     "0", "--epochs-distill", "0"});
+    Observer quiet;
+    const Results results = run_experiment(config, mnist, Device::cpu, quiet);
+    const std::vector<double> same = accuracy_of(init_of(config, {3}, 0), mnist.test),
+                              other = accuracy_of(init_of(config, {3}, 1), mnist.test);
+    ASSERT_NE(same, other) << "two inits score alike: this test needs ones that do not";
+    EXPECT_EQ(final_acc(results, "reference"), same);
+    EXPECT_EQ(final_acc(results, "student"), same);
+    EXPECT_EQ(final_acc(results, "cross_init"), other);
+  }
+}
+
+// --save holds the teacher and each arm's students under the arm's name, each model in order.
+TEST(Experiment, SaveHoldsEachArmsStudents) {
+  subliminal::test::TempDir dir;
+  const std::string path = (dir / "trained.safetensors").string();
+  const Config config = small_run({"--lr", kStill, "--models", "2", "--epochs-teacher", "0",
+                                   "--epochs-distill", "1", "--save", path.c_str()});
+  Observer quiet;
+  run_experiment(config, made_up_mnist(8, 20), Device::cpu, quiet);
+  const MlpParams same = init_of(config, {0, 1}, 0), cross = init_of(config, {0, 1}, 1);
+  std::map<std::string, Tensor> saved;
+  for (const NamedTensor& t : read_safetensors(path).tensors) saved[t.name] = t.tensor;
+  for (const auto& [arm, init] :
+       {std::pair{"teacher.", &same}, std::pair{"student.", &same}, std::pair{"cross_init.", &cross}}) {
+    const std::vector<Tensor> tensors = init->tensors();
+    const std::vector<std::string> names = init->names();
+    for (size_t k = 0; k < tensors.size(); ++k) {
+      const std::string name = arm + names[k];
+      ASSERT_TRUE(saved.count(name)) << name;
+      ASSERT_EQ(saved[name].shape(), tensors[k].shape()) << name;
+      const std::vector<float> got = saved[name].to_vector<float>(), want = tensors[k].to_vector<float>();
+      double worst = 0;
+      for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, double(std::abs(got[i] - want[i])));
+      EXPECT_LT(worst, 1e-6) << name;
+    }
+  }
+}
+
+// --parity-batch's distillation half: the KL at temperature 2 on the ghost logits between the init
+// and a teacher at 1.1 × the init, on the noise the file holds (bench/parity.py checks it against
+// PyTorch; this checks the constants it is told).
+TEST(Parity, TheBatchsKlIsAtTemperatureTwoAgainstTheScaledInit) {
+  subliminal::test::TempDir dir;
+  const std::string path = (dir / "parity.safetensors").string();
+  const Config config = small_run({"--parity-batch", path.c_str()});
+  write_parity_batch(config, made_up_mnist(8, 4), Device::cpu, path);
+  std::map<std::string, Tensor> saved;
+  for (const NamedTensor& t : read_safetensors(path).tensors) saved[t.name] = t.tensor;
+  ASSERT_TRUE(saved.count("noise") && saved.count("kl_loss"));
+  const MlpParams init = init_of(config, {0}, 0);
+  MlpParams teacher = init_of(config, {0}, 0);
+  teacher.values().copy_from(scale(init.values().detach(), 1.1));
+  NoGradGuard no_grad;
+  const Tensor noise = saved["noise"].reshaped({1, 4, 784});
+  const double expected =
+      distill_kl(mlp_forward(noise, init), mlp_forward(noise, teacher), {10, 13}, 2.0).to_vector<float>()[0];
+  EXPECT_NEAR(saved["kl_loss"].to_vector<float>()[0], expected, 1e-6 * expected);
+}
+
+// The report's numbers come from the right places: each arm's mean, std and both intervals over
+// its models, each epoch's mean over the models, and every config key from its own flag.
+TEST(Report, EveryNumberComesFromItsOwnSource) {
+  const Config c = parse_words(
+      "--seed 7 --models 3 --ghosts 4 --hidden 16,8 --batch-size 32 --lr 0.002 --epochs-teacher 6 "
+      "--epochs-distill 9 --temperature 2.5 --weight-decay 0.01 --init-perturb 0.02 --train-samples 1000 "
+      "--cross-init false --all-logit-arms true --eval-every-epoch false --noise gaussian --noise-set fixed "
+      "--init normal --fusion per_layer --gemm tiled --step autograd --fused-split 4,1,last --no-graphs "
+      "--tf32");
+  Results results;
+  results.final_acc = {{"teacher", {0.5, 0.7, 0.9}}};
+  results.teacher_epochs = {{1, {0.3, 0.6, 0.9}, {0.2, 0.4, 0.9}}};
+  results.arm_epochs["student"] = {{1, {1.0, 2.0, 6.0}, {}}};
+  results.timing["teacher"].steps = 4;
+  results.timing["teacher"].wall_seconds = 2;
+  const nlohmann::json r = nlohmann::json::parse(report_json(c, results, {}, Device::cpu, "data"));
+
+  const nlohmann::json& teacher = r["teacher"];
+  EXPECT_NEAR(teacher["test_acc"].get<double>(), 0.7, 1e-15);
+  EXPECT_NEAR(teacher["std"].get<double>(), 0.2, 1e-15);
+  EXPECT_NEAR(teacher["ci95"].get<double>(), 1.96 * 0.2 / std::sqrt(3.0), 1e-15);
+  EXPECT_NEAR(teacher["ci95_t"].get<double>(), 4.302653 * 0.2 / std::sqrt(3.0), 1e-6);
+  EXPECT_EQ(teacher["n"], 3);
+  EXPECT_EQ(teacher["per_model"], (std::vector<double>{0.5, 0.7, 0.9}));
+  EXPECT_NEAR(r["epochs"]["teacher"][0]["loss"].get<double>(), 0.6, 1e-15);
+  EXPECT_NEAR(r["epochs"]["teacher"][0]["test_acc"].get<double>(), 0.5, 1e-15);
+  EXPECT_NEAR(r["epochs"]["student"][0]["kl"].get<double>(), 3.0, 1e-15);
+  EXPECT_FALSE(r["epochs"]["student"][0].contains("test_acc"));
+  EXPECT_NEAR(r["us_per_step"]["teacher"].get<double>(), 5e5, 1e-6);
+
+  const nlohmann::json expected = nlohmann::json::parse(R"({
+      "preset": "notebook", "seed": 7, "models": 3, "ghosts": 4, "hidden": [16, 8], "batch_size": 32,
+      "lr": 0.002, "epochs_teacher": 6, "epochs_distill": 9, "temperature": 2.5, "init": "normal",
+      "noise": "gaussian", "noise_set": "fixed", "weight_decay": 0.01, "init_perturb": 0.02,
+      "train_samples": 1000, "cross_init": false, "all_logit_arms": true, "tf32": true, "cudnn_tf32": false,
+      "autotune": false, "deterministic": false, "cuda_graphs": false, "fusion": "per_layer", "gemm": "tiled",
+      "step": "autograd", "fused_split": "4,1,last", "eval_every_epoch": false, "load_init": ""})");
+  for (const auto& [key, value] : expected.items()) EXPECT_EQ(r["config"][key], value) << key;
+  EXPECT_EQ(r["config"].size(), expected.size());
+}
+
+// Each flag's own bounds: the smallest and largest values it takes are read, one past them is
+// refused (test_cli.cpp shows the messages).
+TEST(Numbers, EachFlagsBoundsAreReadAndOnePastRefused) {
+  EXPECT_EQ(parse({"--ghosts", "2"}).ghosts, 2);
+  EXPECT_EQ(parse({"--batch-size", "1"}).batch_size, 1);
+  EXPECT_EQ(parse({"--batch-size", "16777216"}).batch_size, 16777216);
+  EXPECT_EQ(parse({"--models", "100000"}).models, 100000);
+  EXPECT_EQ(parse({"--hidden", "1,65536"}).hidden, (std::vector<int64_t>{1, 65536}));
+  EXPECT_EQ(parse({"--train-samples", "0"}).train_samples, 0);
+  EXPECT_EQ(parse({"--threads", "0"}).threads, 0);
+  EXPECT_EQ(parse({"--threads", "1024"}).threads, 1024);
+  EXPECT_EQ(parse({"--epochs-teacher", "0"}).epochs_teacher, 0);
+  // float32's largest and smallest normal numbers, exactly.
+  EXPECT_EQ(parse({"--temperature", "3.4028234663852886e38"}).temperature, 3.4028234663852886e38);
+  EXPECT_EQ(parse({"--lr", "1.1754943508222875e-38"}).lr, 1.1754943508222875e-38);
+  for (const std::vector<const char*>& past : {std::vector<const char*>{"--ghosts", "1"},
+                                               {"--batch-size", "16777217"},
+                                               {"--models", "100001"},
+                                               {"--hidden", "65537"},
+                                               {"--threads", "1025"},
+                                               {"--temperature", "3.40282347e38"},
+                                               {"--lr", "1.1754943e-38"}})
+    EXPECT_THROW(parse(past), UsageError) << past[0] << " " << past[1];
+}
+
+// ---- Sweeps on a made-up MNIST -----------------------------------------------------------------------
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+// A sweep of lr=1e-3,2e-3 (plus `extra` flags) with no training, so that each configuration takes
+// milliseconds, its rows under `prefix`. Returns what it printed.
+std::string sweep(const std::string& prefix, std::vector<const char*> extra = {}) {
+  std::vector<const char*> args = {"--epochs-teacher", "0",           "--epochs-distill", "0", "--sweep",
+                                   "lr=1e-3,2e-3",     "--sweep-out", prefix.c_str()};
+  args.insert(args.end(), extra.begin(), extra.end());
+  std::FILE* out = std::tmpfile();
+  run_sweep(small_run(args), made_up_mnist(8, 200), Device::cpu, out);
+  std::rewind(out);
+  std::string text;
+  for (int c; (c = std::fgetc(out)) != EOF;) text += char(c);
+  std::fclose(out);
+  return text;
+}
+
+// A configuration counts as done only with all its arms' rows (reference, teacher, two students):
+// one row short, it runs again. Neither --eval-every-epoch (it changes no row) nor zero bytes a
+// crash left at the end of the file stop a sweep from resuming.
+TEST(SweepResume, AConfigurationIsDoneOnlyWithEveryArmsRow) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string(), jsonl = prefix + ".jsonl";
+  sweep(prefix);
+  const std::vector<std::string> rows = lines_of(subliminal::test::read_text(jsonl));
+  ASSERT_EQ(rows.size(), 8u);
+  std::string all_but_last;
+  for (size_t i = 0; i + 1 < rows.size(); ++i) all_but_last += rows[i] + "\n";
+  subliminal::test::write_text(jsonl, all_but_last);
+  std::string printed = sweep(prefix);
+  EXPECT_NE(printed.find("(1 already done)"), std::string::npos) << printed;
+  EXPECT_NE(printed.find("lr=2e-3:"), std::string::npos) << printed;
+  EXPECT_EQ(lines_of(subliminal::test::read_text(jsonl)).size(), 8u);
+
+  printed = sweep(prefix, {"--eval-every-epoch", "false"});
+  EXPECT_NE(printed.find("(2 already done)"), std::string::npos) << printed;
+
+  const std::string whole = subliminal::test::read_text(jsonl);
+  subliminal::test::write_text(jsonl, whole + std::string(12, '\0'));
+  printed = sweep(prefix);
+  EXPECT_NE(printed.find("(2 already done)"), std::string::npos) << printed;
+  EXPECT_EQ(subliminal::test::read_text(jsonl), whole);
+}
+
+// The CSV is the JSONL's table: each column from its own field (here with 2 models, so that std
+// and the intervals are not 0), a configuration id with a comma quoted, and a row written before
+// ci95_t existed given Student's t's from its std and n. A CSV holding only its header is no
+// rows to lose.
+TEST(SweepResume, TheCsvIsTheJsonlsTable) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string();
+  subliminal::test::write_text(prefix + ".csv", "config,arm,test_acc,ci95,std,n,seconds,ci95_t\n");
+  sweep(prefix, {"--models", "2", "--sweep", "hidden=8,8;8"});
+  std::vector<std::string> rows = lines_of(subliminal::test::read_text(prefix + ".jsonl"));
+  ASSERT_EQ(rows.size(), 16u);
+  nlohmann::json old_row = nlohmann::json::parse(rows[0]);
+  old_row.erase("ci95_t");
+  old_row["config"] = "lr=5e-4;hidden=8";
+  old_row["settings"] = {{"lr", "5e-4"}, {"hidden", "8"}};
+  old_row["n"] = 3;
+  old_row["std"] = 0.1;
+  subliminal::test::write_text(prefix + ".jsonl",
+                               subliminal::test::read_text(prefix + ".jsonl") + old_row.dump() + "\n");
+  sweep(prefix, {"--models", "2", "--sweep", "hidden=8,8;8"});
+  rows = lines_of(subliminal::test::read_text(prefix + ".jsonl"));
+  const std::vector<std::string> csv = lines_of(subliminal::test::read_text(prefix + ".csv"));
+  ASSERT_EQ(rows.size(), 17u);
+  ASSERT_EQ(csv.size(), 18u);
+  EXPECT_EQ(csv[0], "config,arm,test_acc,ci95,std,n,seconds,ci95_t");
+  int checked_spread = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const nlohmann::json row = nlohmann::json::parse(rows[i]);
+    const std::string id = row["config"], line = csv[i + 1];
+    const std::string quoted_id = id.find(',') == std::string::npos ? id : "\"" + id + "\"";
+    ASSERT_EQ(line.compare(0, quoted_id.size() + 1, quoted_id + ","), 0) << line;
+    std::vector<std::string> fields;
+    std::istringstream rest(line.substr(quoted_id.size() + 1));
+    for (std::string field; std::getline(rest, field, ',');) fields.push_back(field);
+    ASSERT_EQ(fields.size(), 7u) << line;
+    EXPECT_EQ(fields[0], row["arm"].get<std::string>()) << line;
+    const double n = row["n"], std = row["std"];
+    const double ci95_t = row.contains("ci95_t") ? row["ci95_t"].get<double>()
+                                                 : student_t_975(int64_t(n) - 1) * std / std::sqrt(n);
+    const double expected[] = {row["test_acc"].get<double>(),
+                               row["ci95"].get<double>(),
+                               std,
+                               n,
+                               row["seconds"].get<double>(),
+                               ci95_t};
+    for (size_t k = 0; k < 6; ++k)
+      EXPECT_NEAR(std::stod(fields[k + 1]), expected[k], 1e-5 * std::abs(expected[k]) + 1e-12)
+          << "column " << k + 3 << " of " << line;
+    checked_spread += std > 0;
+  }
+  EXPECT_GT(checked_spread, 1) << "every row has std 0: the columns were not told apart";
+}
+
+// A PREFIX.lock is taken over (and removed at the end) when it is empty — a sweep killed before
+// it wrote its mark — or marked; not when it has other names (removing it would leave the other)
+// or is not a regular file.
+TEST(SweepLock, OnlyAnEmptyOrMarkedRegularFileIsTakenOver) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "w").string(), lock = prefix + ".lock";
+  subliminal::test::write_text(lock, "");
+  EXPECT_NO_THROW(check_sweep_lock(prefix));
+  sweep(prefix);
+  EXPECT_FALSE(std::filesystem::exists(lock));
+  auto refusal = [&] {
+    try {
+      check_sweep_lock(prefix);
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(taken over)");
+  };
+  subliminal::test::write_text(lock, "subliminal sweep lock\n");
+  EXPECT_NO_THROW(check_sweep_lock(prefix));
+  std::filesystem::create_hard_link(lock, dir / "other");
+  EXPECT_NE(refusal().find(lock + " has other names"), std::string::npos) << refusal();
+  std::filesystem::remove(lock);
+  ASSERT_EQ(mkfifo(lock.c_str(), 0600), 0);
+  EXPECT_NE(refusal().find(lock + " is not a regular file"), std::string::npos) << refusal();
 }
 
 // The paper's experiment at a small scale on the CPU (3 models, 12 000 training images, batch

@@ -225,10 +225,11 @@ TEST(Cli, GpuOnlyFlagsOnTheCpuAreNoted) {
                                         "--epochs-teacher", "0",   "--epochs-distill", "0",
                                         "--no-progress"};
   std::vector<std::string> args = run;
-  for (const char* flag : {"--tf32", "--step", "cluster", "--fused-split", "4,2,last"}) args.push_back(flag);
+  for (const char* flag : {"--tf32", "--no-graphs", "--step", "cluster", "--fused-split", "4,2,last"})
+    args.push_back(flag);
   const ProcessResult noted = run_app(args, data.path());
   ASSERT_EQ(noted.exit_code, 0) << noted.err;
-  EXPECT_NE(noted.err.find("change nothing: --tf32, --step, --fused-split\n"), std::string::npos)
+  EXPECT_NE(noted.err.find("change nothing: --tf32, --no-graphs, --step, --fused-split\n"), std::string::npos)
       << noted.err;
   EXPECT_EQ(count_lines(noted.err), 1) << noted.err;
   const ProcessResult quiet = run_app(run, data.path());
@@ -242,6 +243,11 @@ TEST(Cli, TrainSamplesBeyondTheTrainingSetAreRefused) {
   write_tiny_mnist(data.path());  // 2 training images
   expect_usage_error({"--device", "cpu", "--data", data.path().string(), "--train-samples", "3"},
                      "--train-samples 3: the training set in " + data.path().string() + " has 2 images");
+  // All of them is fine.
+  const ProcessResult all = run_app({"--device", "cpu", "--data", data.path().string(), "--train-samples",
+                                     "2", "--epochs-teacher", "0", "--epochs-distill", "0", "--no-progress"},
+                                    data.path());
+  EXPECT_EQ(all.exit_code, 0) << all.err;
 }
 
 // --load-init with a tensor of the wrong shape (a checkpoint of another --hidden): the message
@@ -303,6 +309,7 @@ TEST(Cli, SaveOntoAnExistingFileWithoutForceLeavesItUntouched) {
   const fs::path existing = cwd / "model.safetensors";
   write_text(existing, "keep me");
   expect_usage_error({"--device", "cpu", "--save", existing.string()}, "--save");
+  expect_usage_error({"--device", "cpu", "--save-init", existing.string()}, "--save-init");
   EXPECT_EQ(read_text(existing), "keep me");
 }
 
@@ -467,6 +474,10 @@ TEST(Cli, InconsistentFlagCombinationsAreRefused) {
   expect_usage_error({"--device", "cpu", "--sweep", "lr=1e-3"}, "--sweep-out");
   expect_usage_error({"--deterministic", "--autotune"}, "--autotune");
   expect_usage_error({"--deterministic", "--gemm", "cudnn"}, "--gemm cudnn");
+  // A sweep makes many runs: one run's files would be overwritten by each.
+  expect_usage_error({"--json", "r.json", "--sweep", "lr=1e-3", "--sweep-out", "rows"},
+                     "--json writes one run's file; a --sweep writes its rows to --sweep-out");
+  expect_usage_error({"--models", "2", "--save-init", "init.safetensors"}, "--save-init writes one model's");
 }
 
 }  // namespace

@@ -118,6 +118,9 @@ TEST(Idx, WrongMagicIsRefused) {
   TempDir dir;
   write_raw(dir / "not-idx", idx_bytes(0x12340803, {3, 28, 28}, kImagesPayload));
   EXPECT_DATA_ERROR(read_idx(dir / "not-idx", kIdxMagicImages), "not-idx", "magic", "0x12340803");
+  // Both leading bytes must be zero, the second as much as the first.
+  write_raw(dir / "second-byte", idx_bytes(0x00340803, {3, 28, 28}, kImagesPayload));
+  EXPECT_DATA_ERROR(read_idx(dir / "second-byte", kIdxMagicImages), "second-byte", "not an IDX file");
 }
 
 TEST(Idx, WrongTypeCodeIsRefused) {
@@ -137,6 +140,11 @@ TEST(Idx, ZeroDimensionIsRefused) {
   TempDir dir;
   write_raw(dir / "zero", idx_bytes(kIdxMagicImages, {3, 0, 28}, {}));
   EXPECT_DATA_ERROR(read_idx(dir / "zero", kIdxMagicImages), "zero", "zero dimension", "3x0x28");
+  // The last dimension too, and the only one of a labels file (no values: an empty payload).
+  write_raw(dir / "zero-last", idx_bytes(kIdxMagicImages, {3, 28, 0}, {}));
+  EXPECT_DATA_ERROR(read_idx(dir / "zero-last", kIdxMagicImages), "zero-last", "zero dimension", "3x28x0");
+  write_raw(dir / "no-labels", idx_bytes(kIdxMagicLabels, {0}, {}));
+  EXPECT_DATA_ERROR(read_idx(dir / "no-labels", kIdxMagicLabels), "no-labels", "zero dimension");
 }
 
 TEST(Idx, DimensionProductOverflowIsRefused) {
@@ -280,6 +288,13 @@ TEST(Idx, GarbageAfterGzipIsRefused) {
   write_gz(dir / "garbage.gz", kImagesFile);
   Bytes gz = read_all(dir / "garbage.gz");
   gz.insert(gz.end(), {'j', 'u', 'n', 'k', '\n'});
+  write_raw(dir / "garbage.gz", gz);
+  EXPECT_DATA_ERROR(read_idx(dir / "garbage.gz", kIdxMagicImages), "garbage.gz",
+                    "5 bytes of trailing garbage");
+  // Garbage that starts like a gzip member (1f) but is not one (8b) is garbage too.
+  gz = read_all(dir / "garbage.gz");
+  gz.resize(gz.size() - 5);
+  gz.insert(gz.end(), {0x1f, 'j', 'u', 'n', 'k'});
   write_raw(dir / "garbage.gz", gz);
   EXPECT_DATA_ERROR(read_idx(dir / "garbage.gz", kIdxMagicImages), "garbage.gz",
                     "5 bytes of trailing garbage");

@@ -133,6 +133,8 @@ TEST(LoadMnist, LabelOutOfRangeIsRefused) {
   write_small_mnist(dir.path());
   write_file(dir / "train-labels-idx1-ubyte", idx_bytes(kIdxMagicLabels, {5}, {1, 2, 10, 3, 4}));
   EXPECT_DATA_ERROR(load_mnist(dir.path()), "train-labels-idx1-ubyte", "label 10 at index 2", "out of range");
+  write_file(dir / "train-labels-idx1-ubyte", idx_bytes(kIdxMagicLabels, {5}, {1, 2, 9, 3, 0}));
+  EXPECT_EQ(load_mnist(dir.path()).train.labels, (Bytes{1, 2, 9, 3, 0}));  // 0 and 9 are digits
 }
 
 // A folder name with a line break in it is escaped in every message, which stays one line.
