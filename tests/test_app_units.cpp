@@ -35,8 +35,9 @@
 #include "data/mnist.h"                  // locate_mnist, load_mnist
 #include "engine/adam.h"                 // Adam
 #include "engine/autograd.h"             // zero_grad
+#include "engine/kernels.h"              // add_into
 #include "engine/nn.h"                   // MlpParams, init_mlp
-#include "engine/random.h"               // stream_id
+#include "engine/random.h"               // stream_id, random_permutation, fill_normal
 #include "engine/safetensors.h"          // read_safetensors
 #include "engine/storage.h"              // cpu_allocator_stats
 #include "ops/batch.h"                   // gather_batch, noise_batch
@@ -498,6 +499,98 @@ TEST(Experiment, TheTeachersFinalAccuracyIsItsLastEpochs) {
   ASSERT_NE(results.teacher_epochs.front().test_acc, results.teacher_epochs.back().test_acc)
       << "the teacher did not change: this test needs one that does";
   EXPECT_EQ(final_acc(results, "teacher"), results.teacher_epochs.back().test_acc);
+}
+
+// Teacher training is Adam on the cross-entropy of the 10 class logits, batch by batch over the
+// training images in a new order each epoch (epoch e's from stream (kTeacherOrderPurpose, e) under
+// key seed + m, streams.h): the same loop written out here gives the same epoch losses and final
+// accuracy.
+TEST(Experiment, TeacherTrainingIsAdamOverANewOrderEachEpoch) {
+  const data::Mnist mnist = made_up_mnist(12, 100);
+  const Config config =
+      small_run({"--lr", "0.01", "--seed", "5", "--epochs-teacher", "2", "--epochs-distill", "0"});
+  Observer quiet;
+  const Results results = run_experiment(config, mnist, Device::cpu, quiet);
+  MlpParams teacher = init_of(config, {5}, 0);
+  Adam adam(teacher.values(), teacher.grads(), {0.01});
+  const Tensor images = Tensor::from_vector(mnist.train.images, {12, 784}),
+               labels = Tensor::from_vector(mnist.train.labels, {12});
+  Tensor x = Tensor::empty({1, 4, 784}), y = Tensor::empty({1, 4}, DType::i32);
+  ASSERT_EQ(results.teacher_epochs.size(), 2u);
+  for (int64_t epoch = 1; epoch <= 2; ++epoch) {
+    const Tensor order = Tensor::from_vector(
+        random_permutation(12, {5, stream_id(kTeacherOrderPurpose, uint32_t(epoch))}), {1, 12});
+    double loss_sum = 0;
+    for (int64_t step = 0; step < 3; ++step) {  // 3 batches of 4
+      gather_batch(images, labels, order, Tensor::full({1}, double(step), DType::i64), 4, x, y);
+      const Tensor loss = cross_entropy(mlp_forward(x, teacher), y, {0, 10});
+      zero_grad(teacher.tensors());
+      loss.backward();
+      adam.step();
+      loss_sum += 4 * double(loss.to_vector<float>()[0]);
+    }
+    EXPECT_NEAR(results.teacher_epochs[size_t(epoch - 1)].loss[0], loss_sum / 12, 1e-6 * loss_sum / 12)
+        << "epoch " << epoch;
+  }
+  EXPECT_EQ(final_acc(results, "teacher"), accuracy_of(teacher, mnist.test));
+}
+
+// --noise gaussian draws the students' inputs from N(0, 1), and --noise-set fixed keeps one set
+// of S images per model, reshuffled each epoch — the same images every epoch, so the same epoch
+// loss while the students stand still (fresh noise: other images, another loss).
+TEST(Experiment, GaussianNoiseAndAFixedNoiseSet) {
+  const data::Mnist mnist = made_up_mnist(10, 20);
+  for (const std::string set : {"fresh", "fixed"}) {
+    SCOPED_TRACE(set);
+    const Config config = small_run({"--lr", kStill, "--epochs-teacher", "0", "--epochs-distill", "2",
+                                     "--noise", "gaussian", "--noise-set", set.c_str()});
+    Observer quiet;
+    const Results results = run_experiment(config, mnist, Device::cpu, quiet);
+    Tensor noise = Tensor::empty({1, 10, 784});
+    noise_batch(config.seed, stream_id(kNoisePurpose), Tensor(), Tensor::zeros({1}, DType::i64), 10, 0,
+                NoiseDistribution::gaussian, noise);
+    NoGradGuard no_grad;
+    const double expected = distill_kl(mlp_forward(noise, init_of(config, {0}, 1)),
+                                       mlp_forward(noise, init_of(config, {0}, 0)), {10, 13}, 1.0)
+                                .to_vector<float>()[0];
+    const std::vector<EpochMetrics>& cross = results.arm_epochs.at("cross_init");
+    ASSERT_EQ(cross.size(), 2u);
+    EXPECT_NEAR(cross[0].loss[0], expected, 1e-5 * expected);
+    if (set == "fixed")
+      EXPECT_NEAR(cross[1].loss[0], cross[0].loss[0], 1e-5 * expected);
+    else
+      EXPECT_GT(std::abs(cross[1].loss[0] - cross[0].loss[0]), 1e-4 * expected);
+  }
+}
+
+// --init-perturb σ adds N(0, σ²) to the same-init students' weights, tensor k of model m from
+// stream (kPerturbPurpose, 0, k) under key seed + m (streams.h): with the teacher untrained and
+// the student still, its loss is the KL between that perturbed init and the init.
+TEST(Experiment, InitPerturbationIsTheDocumentedNoise) {
+  const data::Mnist mnist = made_up_mnist(10, 20);
+  const Config config =
+      small_run({"--lr", kStill, "--seed", "4", "--models", "2", "--epochs-teacher", "0", "--epochs-distill",
+                 "1", "--cross-init", "false", "--init-perturb", "0.1"});
+  Observer quiet;
+  const Results results = run_experiment(config, mnist, Device::cpu, quiet);
+  const MlpParams init = init_of(config, {4, 5}, 0);
+  MlpParams perturbed = init_of(config, {4, 5}, 0);
+  const std::vector<Tensor> tensors = perturbed.tensors();
+  for (int64_t m = 0; m < 2; ++m)
+    for (size_t k = 0; k < tensors.size(); ++k) {
+      const Tensor target = tensors[k].rows(m, 1);
+      const Tensor noise = Tensor::empty(target.shape());
+      fill_normal(noise, {4 + uint64_t(m), stream_id(kPerturbPurpose, 0, uint32_t(k))}, 0.0, 0.1);
+      add_into(target, noise);
+    }
+  Tensor x = Tensor::empty({2, 10, 784});
+  noise_batch(config.seed, stream_id(kNoisePurpose), Tensor(), Tensor::zeros({1}, DType::i64), 10, 0,
+              NoiseDistribution::uniform, x);
+  NoGradGuard no_grad;
+  const std::vector<float> expected =
+      distill_kl(mlp_forward(x, perturbed), mlp_forward(x, init), {10, 13}, 1.0).to_vector<float>();
+  const std::vector<double> loss = results.arm_epochs.at("student").at(0).loss;
+  for (size_t m = 0; m < 2; ++m) EXPECT_NEAR(loss.at(m), expected[m], 1e-5 * expected[m]) << "model " << m;
 }
 
 // With the teacher untrained (0 epochs) and the students still, a cross-init student's epoch
