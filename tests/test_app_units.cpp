@@ -881,6 +881,25 @@ TEST(SweepResume, TheCsvIsTheJsonlsTable) {
   EXPECT_GT(checked_spread, 1) << "every row has std 0: the columns were not told apart";
 }
 
+// A swept --noise leaves in the settings its rows share the --noise-set it was given: with --noise
+// mnist as the base (whose noise is the fixed set whatever --noise-set says), --noise-set fresh
+// and fixed still make different runs of noise=uniform, so the rows of one sweep are not results
+// of the other.
+TEST(SweepResume, ASweepOverNoiseKeepsItsNoiseSet) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string();
+  sweep(prefix, {"--noise", "mnist", "--noise-set", "fresh", "--sweep", "noise=uniform,gaussian"});
+  try {
+    sweep(prefix, {"--noise", "mnist", "--noise-set", "fixed", "--sweep", "noise=uniform,gaussian"});
+    ADD_FAILURE() << "a sweep with --noise-set fixed resumed one with --noise-set fresh";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("noise_set: \"fresh\" vs \"fixed\""), std::string::npos) << e.what();
+  }
+  EXPECT_NE(sweep(prefix, {"--noise", "mnist", "--noise-set", "fresh", "--sweep", "noise=uniform,gaussian"})
+                .find("(4 already done)"),
+            std::string::npos);
+}
+
 // A PREFIX.lock is taken over (and removed at the end) when it is empty — a sweep killed before
 // it wrote its mark — or marked; not when it has other names (removing it would leave the other)
 // or is not a regular file.

@@ -68,6 +68,10 @@ nlohmann::json sweep_base(const Config& base) {
     settings.erase(key);
   }
   settings.erase("eval_every_epoch");
+  // With --noise swept, the noise_set above is the base --noise's (mnist's is always the fixed
+  // set), not what the swept uniform or gaussian runs use: keep the --noise-set they were given.
+  if (!settings.contains("noise") && settings.contains("noise_set"))
+    settings["noise_set"] = noise_set_name(base.noise_set);
   return nlohmann::json::parse(json_text(settings));
 }
 
