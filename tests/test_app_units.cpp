@@ -752,6 +752,28 @@ TEST(Report, EveryNumberComesFromItsOwnSource) {
   EXPECT_EQ(r["config"].size(), expected.size());
 }
 
+// The summary adds Student's t interval below 30 models, where the paper's 1.96 understates it,
+// and gives only the paper's from 30 on; one model has no interval at all.
+TEST(Report, TheSummaryAddsStudentsTIntervalBelowThirtyModels) {
+  auto summary = [](size_t models) {
+    Results results;
+    std::vector<double> acc;
+    for (size_t m = 0; m < models; ++m) acc.push_back(0.5 + 0.01 * double(m % 3));
+    results.final_acc = {{"teacher", acc}};
+    std::FILE* out = std::tmpfile();
+    print_summary(out, parse({}), results, {});
+    std::rewind(out);
+    std::string text;
+    for (int c; (c = std::fgetc(out)) != EOF;) text += char(c);
+    std::fclose(out);
+    return text;
+  };
+  EXPECT_NE(summary(29).find("(95% CI, n=29; Student's t: ± "), std::string::npos) << summary(29);
+  EXPECT_NE(summary(30).find("(95% CI, n=30)"), std::string::npos) << summary(30);
+  EXPECT_EQ(summary(30).find("Student's t"), std::string::npos) << summary(30);
+  EXPECT_NE(summary(1).find("Teacher final test accuracy: 50.0000%\n"), std::string::npos) << summary(1);
+}
+
 // Each flag's own bounds: the smallest and largest values it takes are read, one past them is
 // refused (test_cli.cpp shows the messages).
 TEST(Numbers, EachFlagsBoundsAreReadAndOnePastRefused) {

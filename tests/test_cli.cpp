@@ -237,6 +237,19 @@ TEST(Cli, GpuOnlyFlagsOnTheCpuAreNoted) {
   EXPECT_EQ(quiet.err, "");
 }
 
+// --threads sets the CPU threads of the engine's loops, as the report records them.
+TEST(Cli, ThreadsAreTheFlags) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  const ProcessResult r =
+      run_app({"--device", "cpu", "--data", data.path().string(), "--epochs-teacher", "0", "--epochs-distill",
+               "0", "--no-progress", "--threads", "3", "--json", "r.json"},
+              data.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string report = read_text(data / "r.json");
+  EXPECT_NE(report.find("\"cpu_threads\": 3,"), std::string::npos) << report;
+}
+
 // --train-samples beyond the training set would quietly train on fewer images than asked.
 TEST(Cli, TrainSamplesBeyondTheTrainingSetAreRefused) {
   TempDir data;
