@@ -238,7 +238,7 @@ TEST(Cli, GpuOnlyFlagsOnTheCpuAreNoted) {
 }
 
 // --threads sets the CPU threads of the engine's loops, as the report records them.
-TEST(Cli, ThreadsAreTheFlags) {
+TEST(Cli, ThreadsReachTheRun) {
   TempDir data;
   write_tiny_mnist(data.path());
   const ProcessResult r =
