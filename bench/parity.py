@@ -26,6 +26,7 @@ writing its file, or writes one that cannot be read).
 """
 import argparse
 import atexit
+import math
 import os
 import shlex
 import shutil
@@ -121,6 +122,20 @@ def rel_err(a, b, ref):
     scale = float(np.max(np.abs(ref))) if ref.size else 0.0
     diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
     return diff / scale if scale > 0 else diff
+
+
+def judge(e32, e64, t32_vs_64, tolerance):
+    """(reference, error) for one tensor, from its errors engine vs torch fp32 (e32), engine vs torch
+    fp64 (e64) and torch fp32 vs fp64. The tensor passes when the engine agrees with torch fp32 within
+    the tolerance, or — where torch's own fp32 rounding is the larger error, i.e. torch fp32 is further
+    from float64 than the engine is (e.g. a tiny KL loss, a sum of near-cancelling terms) — when the
+    engine agrees with the float64 reference within it. An engine further from float64 than torch fp32
+    is judged against fp32. A non-finite error is inf (max() would pass over a NaN)."""
+    against = "fp64" if e32 > tolerance and t32_vs_64 > e64 else "fp32"
+    error = e64 if against == "fp64" else e32
+    if not (math.isfinite(e32) and math.isfinite(e64)):
+        error = float("inf")
+    return against, error
 
 
 def parse_args():
@@ -307,16 +322,9 @@ def main():
             row["engine_vs_torch64"] = rel_err(e, ref, ref)
             if not np.all(np.isfinite(e)):
                 problems.append(f"{k}: engine values are not all finite")
-            # the tensor passes when the engine agrees with torch fp32 within the tolerance, or — where torch's
-            # own fp32 rounding is the larger error, i.e. torch fp32 is further from float64 than the engine is
-            # (e.g. a tiny KL loss, a sum of near-cancelling terms) — when the engine agrees with the float64
-            # reference within it. An engine further from float64 than torch fp32 is judged against fp32.
-            e32, e64 = row["engine_vs_torch32"], row["engine_vs_torch64"]
-            torch_is_further = row["torch32_vs_torch64"] > e64
-            row["judged_against"] = "fp64" if e32 > args.tolerance and torch_is_further else "fp32"
-            row["error"] = e64 if row["judged_against"] == "fp64" else e32
-            if not (np.isfinite(e32) and np.isfinite(e64)):
-                row["error"] = float("inf")
+            e32 = row["engine_vs_torch32"]
+            row["judged_against"], row["error"] = judge(e32, row["engine_vs_torch64"], row["torch32_vs_torch64"],
+                                                        args.tolerance)
             worst_raw32 = max(worst_raw32, e32)
             worst32 = max(worst32, row["error"])
         rows.append(row)

@@ -5,8 +5,8 @@ bench/test_inputs.py checks that bad input is refused; this checks what good inp
 train seconds, µs/step and steady µs/step (each phase weighted by its steps), the extrapolation of a
 shortened faithful run, medians over repeats (of an even count too), the ×eng ratios against the
 engine on the same device, the columns of its table and the fields of its --json; which reports it
-takes; scripts/ab_summary.py's medians and current ÷ baseline; and bench_io's range ends. The
-expected values are worked out by hand in each test. No torch, no numpy: the functions are imported
+takes; scripts/ab_summary.py's medians and current ÷ baseline; parity.py's choice of reference (fp32
+or fp64) per tensor; and bench_io's range ends. The expected values are worked out by hand in each test. No torch, no numpy: the functions are imported
 and called directly; compare.py's own run goes through a fake engine (a shell script), as in
 test_inputs.py.
 
@@ -29,6 +29,7 @@ sys.path.insert(0, HERE)
 
 import bench_io  # noqa: E402
 import compare  # noqa: E402
+import parity  # noqa: E402  (imports torch only in main())
 from test_inputs import script, write_mnist  # noqa: E402
 
 
@@ -259,6 +260,30 @@ def mock_load(reports):
         yield
     finally:
         ab_summary.load = real
+
+
+# ---------------------------------------------------------------------------------------------- parity.py
+
+
+class ParityJudgeTest(unittest.TestCase):
+    TOL = 1e-4
+
+    def test_fp32_is_the_reference_while_the_engine_agrees_with_it(self):
+        # torch fp32 is further from fp64 than the engine, but the engine is within the tolerance of fp32
+        self.assertEqual(parity.judge(5e-5, 1e-6, 3e-4, self.TOL), ("fp32", 5e-5))
+
+    def test_fp64_is_the_reference_where_torch_fp32_rounds_more_than_the_engine(self):
+        self.assertEqual(parity.judge(2e-4, 5e-5, 3e-4, self.TOL), ("fp64", 5e-5))
+
+    def test_an_engine_further_from_fp64_than_torch_is_judged_against_fp32(self):
+        self.assertEqual(parity.judge(2e-4, 3e-4, 1e-4, self.TOL), ("fp32", 2e-4))
+        self.assertEqual(parity.judge(2e-4, 3e-4, 3e-4, self.TOL), ("fp32", 2e-4))  # a tie is not "further"
+
+    def test_non_finite_errors_fail(self):
+        nan = float("nan")
+        for e32, e64 in [(nan, nan), (nan, 1e-6), (1e-6, float("inf"))]:
+            with self.subTest(e32=e32, e64=e64):
+                self.assertEqual(parity.judge(e32, e64, 1e-6, self.TOL)[1], float("inf"))
 
 
 # ---------------------------------------------------------------------------------------------- bench_io.py
