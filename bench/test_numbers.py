@@ -271,6 +271,8 @@ class ParityJudgeTest(unittest.TestCase):
     def test_fp32_is_the_reference_while_the_engine_agrees_with_it(self):
         # torch fp32 is further from fp64 than the engine, but the engine is within the tolerance of fp32
         self.assertEqual(parity.judge(5e-5, 1e-6, 3e-4, self.TOL), ("fp32", 5e-5))
+        # at the tolerance exactly it still passes against fp32, whatever the engine's distance from fp64
+        self.assertEqual(parity.judge(self.TOL, 2e-4, 3e-4, self.TOL), ("fp32", self.TOL))
 
     def test_fp64_is_the_reference_where_torch_fp32_rounds_more_than_the_engine(self):
         self.assertEqual(parity.judge(2e-4, 5e-5, 3e-4, self.TOL), ("fp64", 5e-5))
