@@ -67,6 +67,8 @@ class TrainingNumbersTest(unittest.TestCase):
         self.assertEqual((train, gpu), (8.0, 4.0))  # "training" wins over the phases' sum
         self.assertAlmostEqual(us, 1e6 * 4.0 / 4000)
         self.assertEqual(compare.training_numbers(r, "cpu")[1], None)  # a cpu row has no GPU time
+        r = report(gpu_seconds={"teacher": 1.0, "distill_ghosts": 1.5})  # no "training": the phases' sum
+        self.assertEqual(compare.training_numbers(r, "cuda")[1], 2.5)
 
     def test_steady_weights_each_phase_by_its_warm_steps(self):
         r = report(us_per_step_steady={"teacher": 100.0, "distill_ghosts": 400.0},
@@ -148,6 +150,18 @@ class SummaryTest(unittest.TestCase):
                           row["us_per_step_steady"]), (2, 10.5, 5.5, 3.5, 100.5, 90.5))
         self.assertEqual(row["acc"], {"reference": None, "teacher": 0.905, "student": 0.5, "cross_init": None})
         self.assertFalse(row["extrapolated"])
+        self.assertNotIn("cuda_graphs_failed", row)
+
+    def test_runs_counts_the_runs_that_gave_numbers(self):
+        spec = compare.Spec("torch fast+cuda-graphs", "cuda", [], "torch", 3)
+        for failed in (None, "capture failed"):  # the second run fell back to eager
+            spec.runs.append({"wall": 1.0, "train": 1.0, "gpu_train": None, "us_per_step": 1.0,
+                              "us_per_step_steady": None, "acc": {}, "framework": "pytorch", "device_name": None,
+                              "graphs_failed": failed})
+        spec.failures.append("exit 1: boom")
+        row = compare.summarize(spec)
+        self.assertEqual((row["runs"], row["failures"]), (2, ["exit 1: boom"]))
+        self.assertEqual(row["cuda_graphs_failed"], ["capture failed"])
 
     def test_an_extrapolated_row_shows_the_full_run(self):
         spec = compare.Spec("torch faithful", "cpu", [], "torch", 1, extrapolate_to=(4, 6))
@@ -182,6 +196,18 @@ class TableTest(unittest.TestCase):
         self.assertEqual(lines[("torch", "fast", "cuda")][-2:], ["4.00", "3.00"])  # not against the cpu engine
         self.assertEqual(lines[("engine", "cpu", "1")][-2:], ["1.00", "1.00"])
 
+    def test_an_extrapolated_row_is_marked_and_a_zero_engine_time_gives_no_ratio(self):
+        faithful = table_row("torch faithful", "cpu", 30.0, 2.0, 1234.0, None, 0.9123, 0.4567, 0.1111)
+        faithful.update(extrapolated=True, acc_epochs="1+1")
+        rows = [table_row("engine", "cpu", 10.0, 0.0, 1000.0, None, 0.9, 0.5, 0.1), faithful]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            compare.print_table({"cpu": "test cpu", "cores": 2}, rows, 2)
+        line = next(x for x in out.getvalue().splitlines() if x.startswith("torch faithful *"))
+        self.assertEqual(line.split()[3:], ["cpu", "1", "30.0", "2.00", "1234", "—", "0.9123†", "0.4567†",
+                                            "0.1111†", "3.00", "—"])
+        self.assertIn("* torch faithful on cpu: extrapolated — ran 1+1 epochs", out.getvalue())
+
 
 class CompareRunTest(unittest.TestCase):
     """compare.py end to end on a fake engine whose two runs report different times."""
@@ -201,13 +227,15 @@ class CompareRunTest(unittest.TestCase):
         out = os.path.join(d, "c.json")
         r = subprocess.run([sys.executable, os.path.join(HERE, "compare.py"), "--engine", engine, "--data",
                             write_mnist(os.path.join(d, "mnist")), "--device", "cpu", "--variants", "engine",
-                            "--repeats", "2", "--outdir", os.path.join(d, "out"), "--json", out, "--seed", "7"],
+                            "--repeats", "2", "--outdir", os.path.join(d, "out"), "--json", out, "--seed", "7",
+                            "--epochs-teacher", "3", "--epochs-distill", "4"],
                            cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "TMPDIR": d, "PYTHONDONTWRITEBYTECODE": "1"})
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(out) as f:
             report = json.load(f)
         self.assertEqual((report["repeats"], report["seed"], report["complete"]), (2, 7, True))
+        self.assertEqual((report["epochs_teacher"], report["epochs_distill"], report["faithful_epochs"]), (3, 4, None))
         row = report["rows"][0]
         self.assertEqual((row["variant"], row["runs"]), ("engine", 2))
         self.assertEqual(row["train_s"], (3.0 + 6.0) / 2)
@@ -220,7 +248,7 @@ class CompareRunTest(unittest.TestCase):
 
 
 def app_report(us, acc=0.9, gpu=2.0):
-    return {"seconds": {"total": 1.5}, "gpu_seconds": {"training": gpu, "teacher": 0.5}, "us_per_step": {"teacher": us},
+    return {"seconds": {"total": 1.5}, "gpu_seconds": {"training": gpu, "teacher": 0.5}, "us_per_step": {"teacher": us, "distill_ghosts": 2 * us},
             "teacher": {"test_acc": acc}}
 
 
@@ -243,6 +271,7 @@ class AbSummaryTest(unittest.TestCase):
         head, rows = self.summary(base, cur)
         self.assertIn("medians of 4 baseline and 2 current runs", head)
         self.assertEqual(rows["µs/step teacher"], ["250.0000", "500.0000", "2.000"])  # median of four: 250
+        self.assertEqual(rows["µs/step distill_ghosts"], ["500.0000", "1000.0000", "2.000"])
         self.assertEqual(rows["GPU s in training"], ["2.0000", "3.0000", "1.500"])
         self.assertEqual(rows["accuracy teacher"], ["0.9000", "0.8000"])  # accuracies get no ratio
 
