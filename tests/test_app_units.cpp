@@ -441,6 +441,15 @@ std::pair<Tensor, Tensor> inputs_of(const data::MnistSplit& split, int64_t count
   return {x, y};
 }
 
+// The first distillation epoch's noise as a run draws it for `models` models: images 0..9 of the
+// noise stream (one batch of 10), x [models, 10, 784].
+Tensor first_noise_of(const Config& config, int64_t models, NoiseDistribution distribution) {
+  Tensor noise = Tensor::empty({models, 10, 784});
+  noise_batch(config.seed, stream_id(kNoisePurpose), Tensor(), Tensor::zeros({1}, DType::i64), 10, 0,
+              distribution, noise);
+  return noise;
+}
+
 // Each model's test accuracy, counted here from the argmax of its 10 class logits.
 std::vector<double> accuracy_of(const MlpParams& params, const data::MnistSplit& test) {
   NoGradGuard no_grad;
@@ -546,9 +555,7 @@ TEST(Experiment, GaussianNoiseAndAFixedNoiseSet) {
                                      "--noise", "gaussian", "--noise-set", set.c_str()});
     Observer quiet;
     const Results results = run_experiment(config, mnist, Device::cpu, quiet);
-    Tensor noise = Tensor::empty({1, 10, 784});
-    noise_batch(config.seed, stream_id(kNoisePurpose), Tensor(), Tensor::zeros({1}, DType::i64), 10, 0,
-                NoiseDistribution::gaussian, noise);
+    const Tensor noise = first_noise_of(config, 1, NoiseDistribution::gaussian);
     NoGradGuard no_grad;
     const double expected = distill_kl(mlp_forward(noise, init_of(config, {0}, 1)),
                                        mlp_forward(noise, init_of(config, {0}, 0)), {10, 13}, 1.0)
@@ -583,9 +590,7 @@ TEST(Experiment, InitPerturbationIsTheDocumentedNoise) {
       fill_normal(noise, {4 + uint64_t(m), stream_id(kPerturbPurpose, 0, uint32_t(k))}, 0.0, 0.1);
       add_into(target, noise);
     }
-  Tensor x = Tensor::empty({2, 10, 784});
-  noise_batch(config.seed, stream_id(kNoisePurpose), Tensor(), Tensor::zeros({1}, DType::i64), 10, 0,
-              NoiseDistribution::uniform, x);
+  const Tensor x = first_noise_of(config, 2, NoiseDistribution::uniform);
   NoGradGuard no_grad;
   const std::vector<float> expected =
       distill_kl(mlp_forward(x, perturbed), mlp_forward(x, init), {10, 13}, 1.0).to_vector<float>();
@@ -603,9 +608,7 @@ TEST(Experiment, DistillationLossIsTheKlAtTheTemperatureOnTheGhostLogits) {
                                    "--epochs-distill", "2", "--temperature", "3"});
   Observer quiet;
   const Results results = run_experiment(config, mnist, Device::cpu, quiet);
-  Tensor noise = Tensor::empty({2, 10, 784});
-  noise_batch(config.seed, stream_id(kNoisePurpose), Tensor(), Tensor::zeros({1}, DType::i64), 10, 0,
-              NoiseDistribution::uniform, noise);
+  const Tensor noise = first_noise_of(config, 2, NoiseDistribution::uniform);
   NoGradGuard no_grad;
   const std::vector<float> expected =
       distill_kl(mlp_forward(noise, init_of(config, {0, 1}, 1)),
