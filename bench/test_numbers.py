@@ -6,9 +6,9 @@ train seconds, µs/step and steady µs/step (each phase weighted by its steps), 
 shortened faithful run, medians over repeats (of an even count too), the ×eng ratios against the
 engine on the same device, the columns of its table and the fields of its --json; which reports it
 takes; scripts/ab_summary.py's medians and current ÷ baseline; parity.py's choice of reference (fp32
-or fp64) per tensor; and bench_io's range ends. The expected values are worked out by hand in each test. No torch, no numpy: the functions are imported
-and called directly; compare.py's own run goes through a fake engine (a shell script), as in
-test_inputs.py.
+or fp64) per tensor; and bench_io's range ends. The expected values are worked out by hand in each
+test. No torch, no numpy: the functions are imported and called directly; compare.py's own run goes
+through a fake engine (a shell script), as in test_inputs.py.
 
     python3 bench/test_numbers.py -v            # or: ctest -R bench_numbers
 """
@@ -248,8 +248,8 @@ class CompareRunTest(unittest.TestCase):
 
 
 def app_report(us, acc=0.9, gpu=2.0):
-    return {"seconds": {"total": 1.5}, "gpu_seconds": {"training": gpu, "teacher": 0.5}, "us_per_step": {"teacher": us, "distill_ghosts": 2 * us},
-            "teacher": {"test_acc": acc}}
+    return {"seconds": {"total": 1.5}, "gpu_seconds": {"training": gpu, "teacher": 0.5},
+            "us_per_step": {"teacher": us, "distill_ghosts": 2 * us}, "teacher": {"test_acc": acc}}
 
 
 class AbSummaryTest(unittest.TestCase):
