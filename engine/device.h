@@ -17,7 +17,7 @@ bool cuda_available(std::string* why = nullptr);
 // True when the CUDA backend was compiled in (independent of whether a GPU exists).
 bool cuda_compiled();
 
-// Short human-readable description of a device: "cpu (2 threads)", "NVIDIA H100 80GB HBM3".
+// Short human-readable description of a device: "cpu (2 hardware threads)", "NVIDIA H100 80GB HBM3".
 std::string device_description(Device d);
 
 // Blocks until all work queued on the device is done (no-op on the CPU).

@@ -90,7 +90,8 @@ class Tensor {
 
   // The slice [begin, begin+count) along dimension 0, sharing storage (no autograd).
   Tensor rows(int64_t begin, int64_t count) const;
-  // Same storage, another shape with the same numel (no autograd; see ops/reshape for that).
+  // Same storage, another shape with the same numel (no autograd, and no differentiable
+  // reshape op exists: gradients do not flow through this).
   Tensor reshaped(const Shape& shape) const;
   // Same storage and shape, outside autograd. Nodes save their own outputs this way: saving
   // the output itself would make node → output → node a reference cycle.
