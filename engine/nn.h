@@ -3,10 +3,11 @@
 // Layer l of every model is stored batched over models, in PyTorch's nn.Linear layout:
 //   weights[l]  [N, out_l, in_l]      biases[l]  [N, out_l]
 // and all of them are views into one flat buffer `values` (and their gradients into one
-// flat buffer `grads`). One arena means: Adam is one kernel over all parameters, copying a
-// model (the student starts as an exact copy of the teacher's init) is one memcpy, and a
-// checkpoint is a handful of contiguous writes. Each view starts on a 256-byte boundary
-// because cuBLASLt wants aligned matrices and bias vectors; the padding stays zero.
+// flat buffer `grads`). One arena means: Adam is one kernel over all parameters, copying
+// every model's parameters (the teacher and the same-init students start as copies of one
+// init) is one memcpy, and a checkpoint is a handful of contiguous writes. Each view starts
+// on a 256-byte boundary because cuBLASLt wants aligned matrices and bias vectors; the
+// padding stays zero.
 //
 // The forward pass lives in ops/mlp.h: parameters here, computation there.
 #pragma once

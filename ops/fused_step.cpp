@@ -36,7 +36,7 @@ cuda::FusedMlp fused_view(const MlpParams& p, bool with_grads) {
 }
 #endif
 
-// The tail's kernel-side form, after checking it fits the step: Adam over these parameters'
+// Checks that the tail fits the step (a ShapeError otherwise): Adam over these parameters'
 // arenas, the loss watch's tensors of the right shapes on the parameters' device.
 void check_tail(const char* op, const StepTail& tail, const MlpParams& params) {
   const std::string where = std::string(op) + ": the step's tail: ";
