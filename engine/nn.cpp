@@ -9,7 +9,9 @@
 namespace subliminal {
 namespace {
 
-// Elements of padding so every view starts 256 bytes after the arena's (aligned) start.
+// `elements` rounded up to a whole number of 256-byte lines: the next view then starts a
+// multiple of 256 bytes after the arena's start (the arena itself is 256-byte aligned on the
+// GPU, 64 on the CPU; engine/storage.h).
 int64_t aligned(int64_t elements, DType dtype) {
   int64_t per_line = 256 / int64_t(dtype_size(dtype));
   return (elements + per_line - 1) / per_line * per_line;

@@ -68,7 +68,7 @@ void fill_normal(const Tensor& t, RandomStream s, double mean, double std) {
       std::vector<uint32_t> words(4 * size_t((n + 1) / 2));
       for_each_word(s, words.size(), [&](uint64_t i, uint32_t w) { words[i] = w; });
       for (int64_t i = 0; i < n; i += 2) {
-        // Box–Muller on two uniforms in (0, 1]: u1 > 0 keeps the log finite.
+        // Box–Muller: u1 ∈ (0, 1] keeps the log finite, u2 ∈ [0, 1) gives the angle.
         double u1 = 1.0 - philox::to_unit_double(words[2 * i], words[2 * i + 1]);
         double u2 = philox::to_unit_double(words[2 * i + 2], words[2 * i + 3]);
         double radius = std::sqrt(-2.0 * std::log(u1));

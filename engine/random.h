@@ -21,8 +21,9 @@ struct RandomStream {
 // purpose in bits 48..63, a in bits 24..47, b in bits 0..23.
 uint64_t stream_id(uint32_t purpose, uint32_t a = 0, uint32_t b = 0);
 
-// t ~ U[low, high), element i from position i of the stream. Any device (drawn on the host
-// and copied; parameters are small). float32 uses 24 random bits, float64 53.
+// t ~ U[low, high). Any device (drawn on the host and copied; parameters are small).
+// float32: element i from position i of the stream, 24 random bits; float64: from positions
+// 2i and 2i+1, 53 bits.
 void fill_uniform(const Tensor& t, RandomStream s, double low, double high);
 
 // t ~ N(mean, std²) by Box–Muller (float64 math): elements i and i+1 (i even) are the cosine and
