@@ -3,10 +3,12 @@
 // The whole idea (micrograd's, scaled to tensors): every op that sees an input requiring a
 // gradient records a Node on the output — the node remembers its inputs (Edges) and what it
 // saved for backward. backward() on a loss
-//   1. orders the nodes reachable from the loss topologically (iteratively: no recursion),
+//   1. orders the nodes reachable from the loss so that each comes after every node that
+//      consumes its output: a topological order of the forward graph, reversed (computed
+//      iteratively: no recursion),
 //   2. seeds dL/dL = 1,
-//   3. walks them in reverse, and each node writes the gradient of each input into a GradSink,
-//      "set if empty, else add",
+//   3. walks them in that order, and each node writes the gradient of each input into a
+//      GradSink, "set if empty, else add",
 //   4. frees each node's saved tensors and edges as soon as it has run (the tape is freed).
 //
 // Accumulation is explicit rather than hidden behind a temporary: a GradSink names the

@@ -1,6 +1,6 @@
 // ops/mlp.h — the forward pass of N MLPs (engine/nn.h holds their parameters).
 //
-//   logits[N, B, out] = L_{k}( relu( ... relu( L_1(x) ) ) ),   L_l(h) = h · W_lᵀ + b_l
+//   logits[N, B, out] = L_{L−1}( relu( ... relu( L_0(x) ) ) ),   L_l(h) = h · W_lᵀ + b_l
 //
 // Three ways to put it on the autograd tape, computing the same function:
 //   whole      one node for the whole MLP. Forward: each hidden layer is one GEMM with the
