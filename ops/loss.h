@@ -20,7 +20,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, ColumnRange cla
 //   student [N, B, C], teacher [M, B, C] with N a multiple of M: student n learns from teacher
 //   n mod M (student arms sharing a teacher need no copies of its logits). The teacher's logits
 //   must not require a gradient.
-// Backward: d student[..., cols] = T·(softmax(s/T) − softmax(t/T))/B, zeros elsewhere.
+// Backward: d student[..., cols] = T·(softmax(s/T) − softmax(t/T))/B, zeros elsewhere
+// (T, not T²: the chain rule through s/T takes one factor of T back).
 Tensor distill_kl(const Tensor& student, const Tensor& teacher, ColumnRange cols, double temperature);
 
 // PyTorch's F.kl_div(log_q, p, reduction="batchmean") per model: Σ p·(log p − log_q) / B,

@@ -23,9 +23,11 @@ void store(T* out, double value, bool accumulate) {
   *out = accumulate ? T(*out + value) : T(value);
 }
 
-// log Σ exp(row[0..n)) with the usual max shift. A NaN with a finite entry beside it makes the
-// sum NaN; std::max skips NaN, so a row of NaNs and −infs gives −inf here — its callers' results
-// (x − lse, lse − x at the label) are NaN all the same.
+// log Σ exp(row[0..n)) computed as m + log Σ exp(row − m), m = max(row): every exp is then
+// ≤ 1 (no overflow for large logits) and the largest is exactly 1 (no log of an underflowed
+// 0 for very negative ones). A NaN with a finite entry beside it makes the sum NaN; std::max
+// skips NaN, so a row of NaNs and −infs gives −inf here — its callers' results (x − lse,
+// lse − x at the label) are NaN all the same.
 template <class T>
 double log_sum_exp(const T* row, int64_t n) {
   double m = -std::numeric_limits<double>::infinity();
@@ -154,7 +156,8 @@ void cross_entropy_backward(const T* logits, const int32_t* labels, const T* gra
   }
 }
 
-// One sample's temperature softmaxes: log q (student) and log p (teacher) over the slice.
+// One sample's log-sum-exps of s/T (student) and t/T (teacher) over the slice, with the same
+// max shift as log_sum_exp: log q_j = s_j/T − lse_student, log p_j = t_j/T − lse_teacher.
 struct DistillRow {
   double lse_student, lse_teacher;
 };

@@ -14,7 +14,7 @@ void relu_forward(const T* x, T* y, int64_t n);  // y = x <= 0 ? 0 : x (NaN stay
 template <class T>
 void relu_backward(const T* dy, const T* y, T* dx, int64_t n, bool accumulate);  // dx = y <= 0 ? 0 : dy
 template <class T>
-void scale(const T* x, T scale, T* y, int64_t n, bool accumulate);  // y = s·x
+void scale(const T* x, T scale, T* y, int64_t n, bool accumulate);  // y (+)= scale·x
 
 // ---- column slices: x (R, C) → y (R, c1 − c0) -------------------------------------------
 template <class T>
@@ -51,7 +51,8 @@ void cross_entropy_backward(const T* logits, const int32_t* labels, const T* gra
 template <class T>
 void distill_kl(const T* student, const T* teacher, T* loss, int64_t models, int64_t teachers, int64_t batch,
                 int64_t cols, int64_t c0, int64_t c1, double temperature);
-// dstudent[n,b,c0+j] (+)= g[n]·T·(q_j − p_j)/B; other columns 0 (or untouched)
+// dstudent[n,b,c0+j] (+)= g[n]·T·(q_j − p_j)/B (T² of the loss times the 1/T inside s/T);
+// other columns 0 (or untouched)
 template <class T>
 void distill_kl_backward(const T* student, const T* teacher, const T* grad_loss, T* dstudent, int64_t models,
                          int64_t teachers, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
