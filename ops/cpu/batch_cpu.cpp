@@ -58,25 +58,26 @@ static SUBLIMINAL_HOT_LOOP void map_noise(const uint32_t* words, int64_t pixels,
 // first = the image id of row 0 (fresh noise), or the position in `order` of row 0.
 void noise_batch(uint64_t seed, uint64_t stream, const int32_t* order, int64_t first, int64_t models,
                  int64_t sources, int64_t batch, int64_t pixels, int64_t samples, bool gaussian, float* x) {
-  const int64_t stride = pixels + (pixels & 1);  // positions per image: even, so pairs stay inside it
+  // P' of ops/batch.h: Philox positions per image, even so Gaussian pairs stay inside an image.
+  const int64_t image_stride = pixels + (pixels & 1);
   auto noise_rows = [&](int64_t begin, int64_t end) {
-    // An image's positions may start inside a Philox block (when stride % 4 == 2), and its
+    // An image's positions may start inside a Philox block (when image_stride % 4 == 2), and its
     // words are whole blocks: up to 3 words before it and 3 after. One buffer per thread,
     // kept: a step allocates nothing once it has run.
     thread_local std::vector<uint32_t> words;
-    if (words.size() < size_t(stride + 8)) words.resize(size_t(stride + 8));
+    if (words.size() < size_t(image_stride + 8)) words.resize(size_t(image_stride + 8));
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / batch, b = row % batch, source = n % sources;
       const int64_t image = order ? order[source * samples + first + b] : first + b;
-      const uint64_t position = uint64_t(image) * uint64_t(stride);
-      const int64_t skip = int64_t(position % 4), blocks = (skip + stride + 3) / 4;
+      const uint64_t position = uint64_t(image) * uint64_t(image_stride);
+      const int64_t skip = int64_t(position % 4), blocks = (skip + image_stride + 3) / 4;
       philox::fill_words(seed + uint64_t(source), stream, position / 4, blocks, words.data());
       map_noise(words.data() + skip, pixels, gaussian, x + row * pixels);
     }
   };
   // Rows split across the CPU's threads; a pixel of Philox costs about four of the other loops'
   // elements, hence the smaller grain.
-  parallel_for(models * batch, items_per_thread(4 * stride), noise_rows);
+  parallel_for(models * batch, items_per_thread(4 * image_stride), noise_rows);
 }
 
 }  // namespace subliminal::cpu
