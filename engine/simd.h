@@ -2,10 +2,11 @@
 //
 // SUBLIMINAL_HOT_LOOP marks a function (a plain loop the compiler vectorises) to be compiled
 // three times — for AVX-512, for AVX2, and for the x86-64 baseline — with the copy that fits
-// the CPU chosen once when the program loads (GCC/Clang target_clones, through an ifunc).
+// the CPU chosen once when the program loads (GCC's target_clones, through an ifunc).
 // The build keeps its portable -O3 baseline: no -march flag, nothing that fails on an older
-// CPU. Results do not depend on the copy: the build is ISO C++ (no FMA contraction) and
-// these loops never reassociate, so each element is rounded exactly as in the baseline.
+// CPU. Results do not depend on the copy: the build turns FMA contraction off
+// (-ffp-contract=off, CMakeLists.txt) and these loops never reassociate, so each element is
+// rounded exactly as in the baseline.
 #pragma once
 
 // GCC only: clang (the fuzzing build) cannot multiversion function templates yet, and the
