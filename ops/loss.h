@@ -12,7 +12,8 @@ namespace subliminal {
 // The teacher's loss: F.cross_entropy(logits[:, :, classes], labels), mean over the batch.
 //   logits [N, B, C] float, labels [N, B] int32 with values in [0, classes.width()).
 // Fused: no slice, no log-softmax tensor; backward writes (softmax − onehot)/B into the
-// class columns and zeros into the others.
+// class columns (∂/∂z_j of logsumexp(z) − z_label is softmax_j − [j = label]) and zeros
+// into the others.
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels, ColumnRange classes);
 
 // The student's loss, as the notebook writes it:
