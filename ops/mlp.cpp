@@ -41,7 +41,9 @@ class MlpNode : public Node {
       return false;
     };
 
-    Tensor dz = grad_logits;  // gradient w.r.t. layer l's output before its ReLU
+    // dz [N, B, out_l]: the gradient w.r.t. layer l's output before its ReLU (the output
+    // layer has none, so at first it is the logits' gradient itself).
+    Tensor dz = grad_logits;
     for (int l = layers_ - 1; l >= 0; --l) {
       GradSink &dw = weight_sink(l), &db = bias_sink(l);
       const bool last = l == layers_ - 1;
