@@ -22,7 +22,8 @@ void copy_into(const Tensor& dst, const Tensor& src);
 
 // Running per-model loss sums with a watch for numerical faults, all on the device:
 //   sum[n] += weight · values[n];  if values[n] is NaN/Inf: first_bad = min(first_bad, *step)
-// values, sum: [N] float; step, first_bad: int64 [1] (first_bad starts above any step).
+// values, sum: [N] floating (float32 on the GPU); step, first_bad: int64 [1] (first_bad starts
+// above any step).
 void accumulate_and_watch(const Tensor& sum, const Tensor& values, double weight, const Tensor& step,
                           const Tensor& first_bad);
 // What accumulate_and_watch requires of its sums, step and marker (a ShapeError naming

@@ -1,11 +1,11 @@
 // engine/step_graph.h — replaying a training step as a CUDA graph.
 //
-// A training step on the GPU is ~15 small kernels; launched one by one, the CPU's launch
-// overhead (a few µs each) is the step's cost. Captured once into a CUDA graph and replayed,
-// the whole step is one launch. Everything that changes from step to step must then live
-// in device memory, not in kernel arguments: the batch index and Adam's step count are
-// counters that kernels inside the graph read and advance (engine/kernels.h: increment),
-// and the noise position derives from them.
+// An autograd training step on the GPU is 15–28 small kernels (docs/PERFORMANCE.md);
+// launched one by one, the CPU's launch overhead (a few µs each) is the step's cost. Captured
+// once into a CUDA graph and replayed, the whole step is one launch. Everything that changes
+// from step to step must then live in device memory, not in kernel arguments: the batch index
+// and Adam's step count are counters that kernels inside the graph read and advance
+// (engine/kernels.h: increment), and the noise position derives from them.
 //
 // StepGraph::run(fn):
 //   - CPU, or graphs disabled: calls fn().
