@@ -51,9 +51,10 @@ void run_step_tail(const StepTail& tail, const Tensor& loss);
 
 // x [N, B, inputs], labels [N, B] (class index within `classes`). Writes params' gradients;
 // returns the per-model mean cross-entropy [N] (no autograd graph); then does `tail`.
-// loss_out: where the losses land — [N] of the parameters' dtype on their device, not the
-// tail's loss sums; returned — or undefined for a fresh tensor. (A training loop passes one that outlives the step: on
-// the GPU the step then allocates nothing, and a CUDA graph of it holds no memory nodes.)
+// loss_out: where the losses land, and what is returned — [N], the parameters' dtype and
+// device, not overlapping the tail's loss sums — or undefined for a fresh tensor. (A training
+// loop passes one that outlives the step: on the GPU the step then allocates nothing, and a
+// CUDA graph of it holds no memory nodes.)
 Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const MlpParams& params,
                                 ColumnRange classes, const StepTail& tail = {}, const Tensor& loss_out = Tensor());
 
