@@ -21,7 +21,9 @@ namespace subliminal {
 // x[n, b, :] = (images[i, :]/255 − 0.5)/0.5  (ToTensor + Normalize((0.5,), (0.5,)), in float32)
 // y[n, b]    = labels[i],   with i = order[n, step·stride + b]
 //   images uint8 [S, P], labels uint8 [S], order int32 [N, S], step int64 [1],
-//   x float32 [N, B, P], y int32 [N, B]; requires step·stride + B ≤ S (checked on the CPU).
+//   x float32 [N, B, P], y int32 [N, B]; requires step·stride + B ≤ S. The CPU checks it (a
+//   ShapeError); the GPU kernel, reading step on the device, cannot throw and poisons the rows
+//   past S instead (NaN pixels, label −1).
 void gather_batch(const Tensor& images, const Tensor& labels, const Tensor& order, const Tensor& step,
                   int64_t stride, const Tensor& x, const Tensor& y);
 
