@@ -354,6 +354,24 @@ Results run_configuration(const std::string& id, const Config& config, const dat
   }
 }
 
+// What a sweep shows while a configuration runs. Per-epoch lines would drown the sweep's own, so
+// they are left out; but a warning (--allow-nonfinite keeping a configuration going past a NaN)
+// is said, naming the configuration, or that configuration's rows would look like any other's.
+class SweepObserver : public Observer {
+ public:
+  SweepObserver(ProgressBar& bar, std::FILE* out) : bar_(bar), out_(out) {}
+  void configuration(const std::string& id) { id_ = id; }
+  void message(const std::string& line) override {
+    bar_.clear();  // the message starts its own line
+    std::fprintf(out_, "subliminal: %s: %s\n", id_.c_str(), line.c_str());
+  }
+
+ private:
+  ProgressBar& bar_;
+  std::FILE* out_;
+  std::string id_;
+};
+
 }  // namespace
 
 void check_sweep_lock(const std::string& prefix) {
@@ -489,7 +507,7 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
                csv_path.c_str(), jsonl_path.c_str());
   ProgressBar bar(base.progress);
   bar.begin("Sweep", int64_t(grid.size()));
-  Observer quiet;  // per-epoch lines would drown the sweep's own
+  SweepObserver observer(bar, stderr);
   for (size_t k = 0; k < grid.size(); ++k) {
     if (finished(k)) {
       bar.advance();
@@ -497,7 +515,8 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
     }
     const std::string id = config_id(grid[k]);
     const auto start = std::chrono::steady_clock::now();
-    Results results = run_configuration(id, configs[k], mnist, device, quiet);
+    observer.configuration(id);
+    Results results = run_configuration(id, configs[k], mnist, device, observer);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     bar.clear();
     // All of a configuration's rows go out in one write each, then are flushed: an interrupted
