@@ -170,6 +170,8 @@ TEST(Cli, HelpPrintsUsageAndExitsZero) {
     EXPECT_NE(r.out.find("Usage:"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("--batch-size"), std::string::npos);
     EXPECT_NE(r.out.find("--epochs-distill"), std::string::npos);
+    // --sweep hidden=128,256 is one configuration of two layers: the help says how to give several.
+    EXPECT_NE(r.out.find("--sweep 'hidden=256,256;128'"), std::string::npos) << r.out;
     EXPECT_EQ(r.err, "");
   }
 }

@@ -178,7 +178,8 @@ const std::vector<ValueFlag>& value_flags() {
                                             {"mnist", NoiseKind::mnist}});
        }},
       {"noise-set",
-       "fresh (new noise every epoch, as the notebook) | fixed (one set of 60000 per model, reshuffled)",
+       "fresh (new noise every epoch, as the notebook) | fixed (one set per model, as many images as the "
+       "training set (--train-samples), reshuffled each epoch)",
        [](Config& c, auto& k, auto& v) {
          c.noise_set = parse_choice<NoiseSet>(k, v, {{"fresh", NoiseSet::fresh}, {"fixed", NoiseSet::fixed}});
        }},
@@ -474,7 +475,8 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   std::vector<std::string> sweeps;
   cli.add_option(
          "--sweep", sweeps,
-         "Run once per value (repeat the flag for a grid), e.g. --sweep lr=1e-4,3e-4; needs --sweep-out")
+         "Run once per value (repeat the flag for a grid), e.g. --sweep lr=1e-4,3e-4; hidden's values hold "
+         "commas, so ';' separates them: --sweep 'hidden=256,256;128'; needs --sweep-out")
       ->type_name("KEY=V1,V2,...");
   bool tf32 = false, autotune = false, deterministic = false, no_graphs = false, force = false,
        allow_nonfinite = false, no_progress = false;
