@@ -96,6 +96,9 @@ TEST(Cli, EveryBadFlagIsExitCodeTwoWithOneLineNamingIt) {
       {{"--json", ""}, "--json"},
       {{"--json", "--no-progress"}, "--json"},
       {{"--save-init", "--force"}, "--save-init"},
+      // A --sweep-out that ends in a folder would write hidden files in it (runs/.csv).
+      {{"--sweep", "seed=1,2", "--sweep-out", "./"}, "--sweep-out"},
+      {{"--sweep", "seed=1,2", "--sweep-out", "."}, "--sweep-out"},
   };
   for (const auto& [args, flag] : cases) expect_usage_error(args, flag);
 }

@@ -73,6 +73,19 @@ std::string parse_path(const std::string& key, const std::string& value) {
   return value;
 }
 
+// A path prefix for PREFIX.csv, PREFIX.jsonl and PREFIX.lock. One that ends in a folder ("runs/",
+// ".") would name hidden files inside it (runs/.csv), which a listing does not show.
+std::string parse_prefix(const std::string& key, const std::string& value) {
+  const std::string path = parse_path(key, value);
+  const std::string last = std::filesystem::path(path).filename().string();
+  if (last.empty() || last == "." || last == "..")
+    bad_value(key,
+              "a path prefix that ends in a file name, not a folder (e.g. runs/lr for runs/lr.csv and "
+              "runs/lr.jsonl)",
+              value);
+  return path;
+}
+
 // S,C,bands|last (most slices, fewest chunks a slice, how a split tile is finished), e.g. 8,2,bands.
 void parse_fused_split(Config& c, const std::string& key, const std::string& value) {
   const std::string expected = "S,C,bands|last with S (most slices) 1-16 and C (fewest chunks) 1-64";
@@ -236,7 +249,7 @@ const std::vector<ValueFlag>& value_flags() {
        "(bench/parity.py)",
        [](Config& c, auto& k, auto& v) { c.parity_batch_path = parse_path(k, v); }},
       {"sweep-out", "Path prefix for sweep results (PREFIX.csv, PREFIX.jsonl)",
-       [](Config& c, auto& k, auto& v) { c.sweep_out = parse_path(k, v); }},
+       [](Config& c, auto& k, auto& v) { c.sweep_out = parse_prefix(k, v); }},
   };
   return flags;
 }
