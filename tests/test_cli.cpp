@@ -480,6 +480,10 @@ TEST(Cli, OutputFlagsThatWouldBeIgnoredAreRefused) {
   expect_usage_error({"--device", "cpu", "--parity-batch", "p.st", "--save", "s.st"},
                      "--save and --parity-batch");
   expect_usage_error({"--device", "cpu", "--sweep-out", "rows"}, "--sweep-out");
+  // The sweep would not run: --parity-batch exits before any training (it used to, with exit 0).
+  expect_usage_error(
+      {"--device", "cpu", "--parity-batch", "p.st", "--sweep", "lr=1e-3,1e-4", "--sweep-out", "rows"},
+      "--sweep and --parity-batch");
   TempDir dir;
   write_text(dir / "p.st", "keep me");
   expect_usage_error({"--device", "cpu", "--parity-batch", (dir / "p.st").string()}, "use --force");

@@ -357,6 +357,10 @@ void validate(const Config& c) {
                        " and --parity-batch: --parity-batch writes one batch's gradients "
                        "and exits, before any training; drop one of them");
   }
+  if (!c.parity_batch_path.empty() && !c.sweeps.empty())
+    throw UsageError(
+        "--sweep and --parity-batch: --parity-batch writes one batch's gradients and exits, before any "
+        "training, so the sweep would not run; drop one of them");
   if (!c.sweep_out.empty() && c.sweeps.empty())
     throw UsageError("--sweep-out names where a --sweep writes its rows, and there is no --sweep");
   // Every file the run reads or writes is a different file: a run must not replace its own
