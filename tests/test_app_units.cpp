@@ -925,6 +925,47 @@ TEST(SweepResume, ASweepOverNoiseKeepsItsNoiseSet) {
             std::string::npos);
 }
 
+// A sweep's bar follows the running configuration's training steps, labelled with it: a bar
+// counting configurations stood still ("[Sweep] 0/2 steps  0.0 s") for the whole of each, minutes
+// at the notebook's size. The bar is drawn on stderr, here a pseudo-terminal for the sweep's time.
+TEST(SweepProgress, TheBarFollowsTheRunningConfigurationsSteps) {
+  const int terminal = posix_openpt(O_RDWR | O_NOCTTY | O_NONBLOCK);
+  if (terminal < 0 || grantpt(terminal) != 0 || unlockpt(terminal) != 0)
+    GTEST_SKIP() << "no pseudo-terminal here (posix_openpt)";
+  const int screen = open(ptsname(terminal), O_WRONLY | O_NOCTTY);
+  ASSERT_GE(screen, 0);
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string();
+  const Config config =
+      parse({"--hidden", "8", "--batch-size", "4", "--epochs-teacher", "1", "--epochs-distill", "1",
+             "--sweep", "lr=1e-3,2e-3", "--sweep-out", prefix.c_str()});
+  std::FILE* out = std::tmpfile();
+  std::fflush(stderr);
+  const int saved_stderr = dup(2);
+  dup2(screen, 2);
+  try {
+    run_sweep(config, made_up_mnist(8, 200), Device::cpu, out);
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << e.what();
+  }
+  dup2(saved_stderr, 2);
+  close(saved_stderr);
+  close(screen);
+  std::fclose(out);
+  std::string text;  // what reached the screen: every write is there once the sweep is back
+  for (pollfd ready{terminal, POLLIN, 0}; poll(&ready, 1, 200) > 0;) {
+    char chunk[4096];
+    const ssize_t n = read(terminal, chunk, sizeof chunk);
+    if (n <= 0) break;
+    text.append(chunk, size_t(n));
+  }
+  close(terminal);
+  for (const char* bar : {"[Sweep 1/2 lr=1e-3: Teacher]", "[Sweep 1/2 lr=1e-3: Distill]",
+                          "[Sweep 2/2 lr=2e-3: Teacher]", "[Sweep 2/2 lr=2e-3: Distill]"})
+    EXPECT_NE(text.find(bar), std::string::npos) << bar << " in " << text;
+  EXPECT_NE(text.find("2/2 steps"), std::string::npos) << text;  // 8 images, batch 4: 2 steps an epoch
+}
+
 // A PREFIX.lock is taken over (and removed at the end) when it is empty — a sweep killed before
 // it wrote its mark — or marked; not when it has other names (removing it would leave the other)
 // or is not a regular file.

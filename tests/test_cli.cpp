@@ -96,6 +96,9 @@ TEST(Cli, EveryBadFlagIsExitCodeTwoWithOneLineNamingIt) {
       {{"--json", ""}, "--json"},
       {{"--json", "--no-progress"}, "--json"},
       {{"--save-init", "--force"}, "--save-init"},
+      // A --sweep-out that ends in a folder would write hidden files in it (runs/.csv).
+      {{"--sweep", "seed=1,2", "--sweep-out", "./"}, "--sweep-out"},
+      {{"--sweep", "seed=1,2", "--sweep-out", "."}, "--sweep-out"},
   };
   for (const auto& [args, flag] : cases) expect_usage_error(args, flag);
 }
@@ -170,6 +173,8 @@ TEST(Cli, HelpPrintsUsageAndExitsZero) {
     EXPECT_NE(r.out.find("Usage:"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("--batch-size"), std::string::npos);
     EXPECT_NE(r.out.find("--epochs-distill"), std::string::npos);
+    // --sweep hidden=128,256 is one configuration of two layers: the help says how to give several.
+    EXPECT_NE(r.out.find("--sweep 'hidden=256,256;128'"), std::string::npos) << r.out;
     EXPECT_EQ(r.err, "");
   }
 }
@@ -475,6 +480,10 @@ TEST(Cli, OutputFlagsThatWouldBeIgnoredAreRefused) {
   expect_usage_error({"--device", "cpu", "--parity-batch", "p.st", "--save", "s.st"},
                      "--save and --parity-batch");
   expect_usage_error({"--device", "cpu", "--sweep-out", "rows"}, "--sweep-out");
+  // The sweep would not run: --parity-batch exits before any training (it used to, with exit 0).
+  expect_usage_error(
+      {"--device", "cpu", "--parity-batch", "p.st", "--sweep", "lr=1e-3,1e-4", "--sweep-out", "rows"},
+      "--sweep and --parity-batch");
   TempDir dir;
   write_text(dir / "p.st", "keep me");
   expect_usage_error({"--device", "cpu", "--parity-batch", (dir / "p.st").string()}, "use --force");

@@ -424,6 +424,27 @@ TEST(EndToEnd, ANonFiniteStopInASweepNamesTheConfiguration) {
   EXPECT_EQ(std::count(full.err.begin(), full.err.end(), '\n'), 1) << full.err;
 }
 
+// With --allow-nonfinite a sweep keeps going past a NaN/Inf, and says so, naming the
+// configuration, as a single run does: its rows would otherwise look like any other's (the
+// warnings used to be dropped with the per-epoch lines).
+TEST(EndToEnd, ASweepKeptGoingPastANonFiniteLossSaysSoNamingTheConfiguration) {
+  SKIP_WITHOUT_MNIST();
+  TempDir dir;
+  const std::vector<std::string> args = {"--device",         "cpu",
+                                         "--epochs-teacher", "1",
+                                         "--epochs-distill", "0",
+                                         "--train-samples",  "512",
+                                         "--no-progress",    "--allow-nonfinite",
+                                         "--sweep",          "lr=1e30,1e-3",
+                                         "--sweep-out",      (dir / "sweep").string()};
+  const ProcessResult kept = subliminal::test::run_process(SUBLIMINAL_APP_PATH, args, dir.path());
+  EXPECT_EQ(kept.exit_code, 0) << kept.err;
+  EXPECT_NE(kept.err.find("subliminal: lr=1e30: warning: non-finite loss in teacher training, epoch 1"),
+            std::string::npos)
+      << kept.err;
+  EXPECT_EQ(kept.err.find("lr=1e-3"), std::string::npos) << kept.err;  // only where it happened
+}
+
 // A path is bytes, not always UTF-8: the rows store the --load-init path with what is not UTF-8
 // replaced (U+FFFD), and resuming compares like with like, so the identical command resumes
 // (it used to be refused as "written by a sweep with other settings (load_init: …)").

@@ -73,6 +73,19 @@ std::string parse_path(const std::string& key, const std::string& value) {
   return value;
 }
 
+// A path prefix for PREFIX.csv, PREFIX.jsonl and PREFIX.lock. One that ends in a folder ("runs/",
+// ".") would name hidden files inside it (runs/.csv), which a listing does not show.
+std::string parse_prefix(const std::string& key, const std::string& value) {
+  const std::string path = parse_path(key, value);
+  const std::string last = std::filesystem::path(path).filename().string();
+  if (last.empty() || last == "." || last == "..")
+    bad_value(key,
+              "a path prefix that ends in a file name, not a folder (e.g. runs/lr for runs/lr.csv and "
+              "runs/lr.jsonl)",
+              value);
+  return path;
+}
+
 // S,C,bands|last (most slices, fewest chunks a slice, how a split tile is finished), e.g. 8,2,bands.
 void parse_fused_split(Config& c, const std::string& key, const std::string& value) {
   const std::string expected = "S,C,bands|last with S (most slices) 1-16 and C (fewest chunks) 1-64";
@@ -178,7 +191,8 @@ const std::vector<ValueFlag>& value_flags() {
                                             {"mnist", NoiseKind::mnist}});
        }},
       {"noise-set",
-       "fresh (new noise every epoch, as the notebook) | fixed (one set of 60000 per model, reshuffled)",
+       "fresh (new noise every epoch, as the notebook) | fixed (one set per model, as many images as the "
+       "training set (--train-samples), reshuffled each epoch)",
        [](Config& c, auto& k, auto& v) {
          c.noise_set = parse_choice<NoiseSet>(k, v, {{"fresh", NoiseSet::fresh}, {"fixed", NoiseSet::fixed}});
        }},
@@ -235,7 +249,7 @@ const std::vector<ValueFlag>& value_flags() {
        "(bench/parity.py)",
        [](Config& c, auto& k, auto& v) { c.parity_batch_path = parse_path(k, v); }},
       {"sweep-out", "Path prefix for sweep results (PREFIX.csv, PREFIX.jsonl)",
-       [](Config& c, auto& k, auto& v) { c.sweep_out = parse_path(k, v); }},
+       [](Config& c, auto& k, auto& v) { c.sweep_out = parse_prefix(k, v); }},
   };
   return flags;
 }
@@ -343,6 +357,10 @@ void validate(const Config& c) {
                        " and --parity-batch: --parity-batch writes one batch's gradients "
                        "and exits, before any training; drop one of them");
   }
+  if (!c.parity_batch_path.empty() && !c.sweeps.empty())
+    throw UsageError(
+        "--sweep and --parity-batch: --parity-batch writes one batch's gradients and exits, before any "
+        "training, so the sweep would not run; drop one of them");
   if (!c.sweep_out.empty() && c.sweeps.empty())
     throw UsageError("--sweep-out names where a --sweep writes its rows, and there is no --sweep");
   // Every file the run reads or writes is a different file: a run must not replace its own
@@ -474,7 +492,8 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   std::vector<std::string> sweeps;
   cli.add_option(
          "--sweep", sweeps,
-         "Run once per value (repeat the flag for a grid), e.g. --sweep lr=1e-4,3e-4; needs --sweep-out")
+         "Run once per value (repeat the flag for a grid), e.g. --sweep lr=1e-4,3e-4; hidden's values hold "
+         "commas, so ';' separates them: --sweep 'hidden=256,256;128'; needs --sweep-out")
       ->type_name("KEY=V1,V2,...");
   bool tf32 = false, autotune = false, deterministic = false, no_graphs = false, force = false,
        allow_nonfinite = false, no_progress = false;

@@ -354,6 +354,37 @@ Results run_configuration(const std::string& id, const Config& config, const dat
   }
 }
 
+// What a sweep shows while a configuration runs. Per-epoch lines would drown the sweep's own, so
+// they are left out; the bar follows the configuration's training steps, phase by phase,
+// labelled with it ("[Sweep 2/4 lr=1e-3: Teacher] ███░░ 120/1175 steps") — a bar counting
+// configurations stood still for the whole of each, minutes at the notebook's size. A warning
+// (--allow-nonfinite keeping a configuration going past a NaN) is said, naming the
+// configuration, or that configuration's rows would look like any other's.
+class SweepObserver : public Observer {
+ public:
+  SweepObserver(bool progress, std::FILE* out) : bar_(progress), out_(out) {}
+  // The configuration that runs next: its id and its place in the grid.
+  void configuration(const std::string& id, size_t number, size_t count) {
+    id_ = id;
+    label_ = "Sweep " + std::to_string(number) + "/" + std::to_string(count) + " " + id + ": ";
+  }
+  void phase_begins(const std::string& phase, int64_t epochs, int64_t steps_per_epoch) override {
+    bar_.begin(label_ + phase, epochs * steps_per_epoch);
+  }
+  void step_done() override { bar_.advance(); }
+  void phase_ends() override { bar_.clear(); }
+  void message(const std::string& line) override {
+    bar_.clear();  // the message starts its own line
+    std::fprintf(out_, "subliminal: %s: %s\n", id_.c_str(), line.c_str());
+  }
+  void clear() { bar_.clear(); }
+
+ private:
+  ProgressBar bar_;
+  std::FILE* out_;
+  std::string id_, label_;
+};
+
 }  // namespace
 
 void check_sweep_lock(const std::string& prefix) {
@@ -487,19 +518,15 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   for (size_t k = 0; k < grid.size(); ++k) already += finished(k);
   std::fprintf(out, "Sweep: %zu configurations (%zu already done) → %s, %s\n", grid.size(), already,
                csv_path.c_str(), jsonl_path.c_str());
-  ProgressBar bar(base.progress);
-  bar.begin("Sweep", int64_t(grid.size()));
-  Observer quiet;  // per-epoch lines would drown the sweep's own
+  SweepObserver observer(base.progress, stderr);
   for (size_t k = 0; k < grid.size(); ++k) {
-    if (finished(k)) {
-      bar.advance();
-      continue;
-    }
+    if (finished(k)) continue;
     const std::string id = config_id(grid[k]);
     const auto start = std::chrono::steady_clock::now();
-    Results results = run_configuration(id, configs[k], mnist, device, quiet);
+    observer.configuration(id, k + 1, grid.size());
+    Results results = run_configuration(id, configs[k], mnist, device, observer);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    bar.clear();
+    observer.clear();
     // All of a configuration's rows go out in one write each, then are flushed: an interrupted
     // sweep leaves whole configurations, or a part that resuming drops and runs again.
     std::string csv_rows, jsonl_rows;
@@ -522,9 +549,7 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
                        ": writing its .csv/.jsonl failed after " + id);
     std::fprintf(out, "\n");
     std::fflush(out);
-    bar.advance();
   }
-  bar.clear();
   return 0;
 }
 
