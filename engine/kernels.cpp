@@ -135,7 +135,7 @@ void increment(const std::vector<Tensor>& counters) {
   if (counters.empty()) return;
   check_counters("increment", counters);
   if (counters.front().device() == Device::cuda) {
-    int64_t* pointers[4] = {nullptr, nullptr, nullptr, nullptr};
+    [[maybe_unused]] int64_t* pointers[4] = {nullptr, nullptr, nullptr, nullptr};  // unread without CUDA
     for (size_t k = 0; k < counters.size(); ++k) pointers[k] = counters[k].data<int64_t>();
     ON_CUDA(cuda::increment(pointers));
     return;

@@ -185,9 +185,10 @@ TEST(NoiseBatch, GaussianPixelsComeFromTheDocumentedBoxMuller) {
       const double u2 = double(random_word({kSeed, kStream}, position + 1) >> 8) / 16777216.0;
       const double r = std::sqrt(-2.0 * std::log(u1)), angle = 2.0 * std::numbers::pi * u2;
       EXPECT_NEAR(x[size_t(b * P + 2 * j)], r * std::cos(angle), 1e-5) << "row " << b << " pixel " << 2 * j;
-      if (2 * j + 1 < P)
+      if (2 * j + 1 < P) {  // braces: EXPECT_NEAR is an if/else of its own
         EXPECT_NEAR(x[size_t(b * P + 2 * j + 1)], r * std::sin(angle), 1e-5)
             << "row " << b << " pixel " << 2 * j + 1;
+      }
     }
 }
 

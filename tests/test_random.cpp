@@ -178,7 +178,9 @@ TEST(Random, FillNormalPairsAreCosineAndSineOfOneDraw) {
     const double u2 = philox::to_unit_double(random_word(s, 4 * j + 2), random_word(s, 4 * j + 3));
     const double r = std::sqrt(-2.0 * std::log(u1)), angle = 2.0 * std::numbers::pi * u2;
     EXPECT_NEAR(v[2 * j], 1.0 + 2.0 * r * std::cos(angle), 1e-12) << "element " << 2 * j;
-    if (2 * j + 1 < v.size()) EXPECT_NEAR(v[2 * j + 1], 1.0 + 2.0 * r * std::sin(angle), 1e-12) << 2 * j + 1;
+    if (2 * j + 1 < v.size()) {  // braces: EXPECT_NEAR is an if/else of its own
+      EXPECT_NEAR(v[2 * j + 1], 1.0 + 2.0 * r * std::sin(angle), 1e-12) << 2 * j + 1;
+    }
   }
 }
 
