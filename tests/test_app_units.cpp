@@ -811,12 +811,12 @@ std::vector<std::string> lines_of(const std::string& text) {
   return lines;
 }
 
-// A sweep of lr=1e-3,2e-3 (plus `extra` flags) with no training, so that each configuration takes
-// milliseconds, its rows under `prefix`. Returns what it printed.
-std::string sweep(const std::string& prefix, std::vector<const char*> extra = {}) {
-  std::vector<const char*> args = {"--epochs-teacher", "0",           "--epochs-distill", "0", "--sweep",
-                                   "lr=1e-3,2e-3",     "--sweep-out", prefix.c_str()};
-  args.insert(args.end(), extra.begin(), extra.end());
+// A sweep with these flags and no training, so that each configuration takes milliseconds, its
+// rows under `prefix`. Returns what it printed.
+std::string sweep_with(const std::string& prefix, std::vector<const char*> flags) {
+  std::vector<const char*> args = {"--epochs-teacher", "0",           "--epochs-distill", "0",
+                                   "--sweep-out",      prefix.c_str()};
+  args.insert(args.end(), flags.begin(), flags.end());
   std::FILE* out = std::tmpfile();
   run_sweep(small_run(args), made_up_mnist(8, 200), Device::cpu, out);
   std::rewind(out);
@@ -824,6 +824,12 @@ std::string sweep(const std::string& prefix, std::vector<const char*> extra = {}
   for (int c; (c = std::fgetc(out)) != EOF;) text += char(c);
   std::fclose(out);
   return text;
+}
+
+// A sweep of lr=1e-3,2e-3, plus `extra` flags.
+std::string sweep(const std::string& prefix, std::vector<const char*> extra = {}) {
+  extra.insert(extra.begin(), {"--sweep", "lr=1e-3,2e-3"});
+  return sweep_with(prefix, extra);
 }
 
 // A configuration counts as done only with all its arms' rows (reference, teacher, two students):
@@ -923,6 +929,40 @@ TEST(SweepResume, ASweepOverNoiseKeepsItsNoiseSet) {
   EXPECT_NE(sweep(prefix, {"--noise", "mnist", "--noise-set", "fresh", "--sweep", "noise=uniform,gaussian"})
                 .find("(4 already done)"),
             std::string::npos);
+}
+
+// A configuration is known by its settings, not by how its id is spelt: the same grid with the
+// --sweep flags in another order and the values written otherwise (lr=0.002 for 2e-3) resumes
+// every configuration instead of running it again beside the old rows. Rows of one configuration
+// under two spellings (an older subliminal kept both) are one configuration's: the last of each
+// arm is kept.
+TEST(SweepResume, AConfigurationIsKnownByItsSettingsNotItsSpelling) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string(), jsonl = prefix + ".jsonl";
+  sweep(prefix, {"--sweep", "seed=1,2"});
+  const std::string rows = subliminal::test::read_text(jsonl);
+  ASSERT_EQ(lines_of(rows).size(), 16u);  // 4 configurations × 4 arms
+
+  std::string printed = sweep_with(prefix, {"--sweep", "seed=2,1", "--sweep", "lr=0.002,0.001"});
+  EXPECT_NE(printed.find("4 configurations (4 already done)"), std::string::npos) << printed;
+  EXPECT_TRUE(subliminal::test::read_text(jsonl) == rows) << "rows were run again, or rewritten";
+
+  std::string respelt;  // lr=1e-3;seed=1's rows again, as "seed=1;lr=0.001"
+  for (const std::string& line : lines_of(rows)) {
+    nlohmann::json row = nlohmann::json::parse(line);
+    if (row["config"] != "lr=1e-3;seed=1") continue;
+    row["config"] = "seed=1;lr=0.001";
+    row["settings"] = {{"seed", "1"}, {"lr", "0.001"}};
+    respelt += row.dump() + "\n";
+  }
+  ASSERT_EQ(lines_of(respelt).size(), 4u);
+  subliminal::test::write_text(jsonl, rows + respelt);
+  printed = sweep(prefix, {"--sweep", "seed=1,2"});
+  EXPECT_NE(printed.find("(4 already done)"), std::string::npos) << printed;
+  const std::string kept = subliminal::test::read_text(jsonl);
+  EXPECT_EQ(lines_of(kept).size(), 16u);
+  EXPECT_EQ(kept.find("\"lr=1e-3;seed=1\""), std::string::npos) << "the earlier spelling's rows were kept";
+  EXPECT_NE(kept.find("\"seed=1;lr=0.001\""), std::string::npos) << "the later spelling's rows were dropped";
 }
 
 // A sweep's bar follows the running configuration's training steps, labelled with it: a bar

@@ -155,6 +155,23 @@ SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& b
   return file;
 }
 
+// The settings a row's configuration ran with, keyed as sweep_configs keys them: this sweep's base
+// (the row's own base, read_sweep_rows checked, is this one) with the row's swept values set.
+std::string row_settings_key(const Config& base, const SweepRow& r, const std::string& jsonl_path) {
+  Config config = base;
+  try {
+    if (!r.row.contains("settings") || !r.row["settings"].is_object())
+      throw DataError("a row without its settings");
+    for (const auto& [key, value] : r.row["settings"].items())
+      set_config_value(config, key, value.get<std::string>());
+  } catch (const std::exception& e) {  // DataError, a UsageError of a value, nlohmann's type_error
+    throw DataError("--sweep-out " + path_text(jsonl_path) + ": the row of configuration " +
+                    quoted(r.config) + " has settings this sweep cannot read (" + e.what() +
+                    "); choose another --sweep-out");
+  }
+  return json_text(config_json(config));
+}
+
 // Rows one configuration writes: reference, teacher and one per student arm.
 size_t rows_expected(const Config& config) { return 2 + student_arms(config).size(); }
 
@@ -483,10 +500,17 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
           " rows but its .jsonl, from which the CSV is rebuilt, holds none; move the CSV away, or "
           "choose another --sweep-out");
   }
+  // A configuration is known by the settings its run reads (as sweep_configs compares them), not by
+  // its id's text: resumed with the --sweep flags in another order, or a value spelt another way
+  // (lr=0.001 for lr=1e-3), a sweep finds the rows it made instead of running them again and
+  // keeping both.
+  std::vector<std::string> config_keys, row_keys;  // configs[k]'s, file.rows[i]'s
+  for (const Config& c : configs) config_keys.push_back(json_text(config_json(c)));
+  for (const SweepRow& r : file.rows) row_keys.push_back(row_settings_key(base, r, jsonl_path));
   std::map<std::string, std::set<std::string>> done;  // the arms of each configuration
-  for (const SweepRow& r : file.rows) done[r.config].insert(r.arm);
+  for (size_t i = 0; i < file.rows.size(); ++i) done[row_keys[i]].insert(file.rows[i].arm);
   auto finished = [&](size_t k) {
-    auto it = done.find(config_id(grid[k]));
+    auto it = done.find(config_keys[k]);
     return it != done.end() && it->second.size() >= rows_expected(configs[k]);
   };
 
@@ -497,13 +521,13 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   // rebuilt from it, both atomically, before anything is appended.
   std::set<std::string> to_run;
   for (size_t k = 0; k < grid.size(); ++k)
-    if (!finished(k)) to_run.insert(config_id(grid[k]));
-  std::map<std::pair<std::string, std::string>, size_t> last;  // (config, arm) → its last row
-  for (size_t i = 0; i < file.rows.size(); ++i) last[{file.rows[i].config, file.rows[i].arm}] = i;
+    if (!finished(k)) to_run.insert(config_keys[k]);
+  std::map<std::pair<std::string, std::string>, size_t> last;  // (settings, arm) → its last row
+  for (size_t i = 0; i < file.rows.size(); ++i) last[{row_keys[i], file.rows[i].arm}] = i;
   std::string jsonl_text, csv_text = kCsvHeader;
   for (size_t i = 0; i < file.rows.size(); ++i) {
     const SweepRow& r = file.rows[i];
-    if (to_run.count(r.config) || last[{r.config, r.arm}] != i) continue;
+    if (to_run.count(row_keys[i]) || last[{row_keys[i], r.arm}] != i) continue;
     jsonl_text += r.line + '\n';
     csv_text += csv_line(r.row);
   }
