@@ -965,6 +965,17 @@ TEST(SweepResume, AConfigurationIsKnownByItsSettingsNotItsSpelling) {
   EXPECT_NE(kept.find("\"seed=1;lr=0.001\""), std::string::npos) << "the later spelling's rows were dropped";
 }
 
+// The sweep's first line counts the grid's configurations, and those already done.
+TEST(SweepResume, TheFirstLineCountsTheConfigurations) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string();
+  EXPECT_EQ(sweep_with(prefix, {"--sweep", "lr=1e-3"}).rfind("Sweep: 1 configuration (0 already done) → ", 0),
+            0u);
+  EXPECT_EQ(
+      sweep_with(prefix, {"--sweep", "lr=1e-3,2e-3"}).rfind("Sweep: 2 configurations (1 already done) → ", 0),
+      0u);
+}
+
 // A sweep's bar follows the running configuration's training steps, labelled with it: a bar
 // counting configurations stood still ("[Sweep] 0/2 steps  0.0 s") for the whole of each, minutes
 // at the notebook's size. The bar is drawn on stderr, here a pseudo-terminal for the sweep's time.

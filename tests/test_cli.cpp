@@ -9,12 +9,16 @@
 #include <sys/wait.h>  // waitpid
 #include <unistd.h>    // fork, execv, usleep
 
-#include <chrono>   // std::chrono::steady_clock
-#include <cmath>    // NAN, INFINITY
-#include <csignal>  // signal, kill, SIGHUP
-#include <cstdint>  // uint32_t
-#include <string>   // std::string
-#include <vector>   // std::vector
+#include <algorithm>  // std::none_of
+#include <cctype>     // std::islower
+#include <chrono>     // std::chrono::steady_clock
+#include <cmath>      // NAN, INFINITY
+#include <csignal>    // signal, kill, SIGHUP
+#include <cstdint>    // uint32_t
+#include <set>        // std::set
+#include <sstream>    // std::istringstream
+#include <string>     // std::string
+#include <vector>     // std::vector
 
 #include "engine/device.h"       // cuda_available
 #include "engine/safetensors.h"  // write_safetensors: a checkpoint of the wrong shape
@@ -177,6 +181,29 @@ TEST(Cli, HelpPrintsUsageAndExitsZero) {
     EXPECT_NE(r.out.find("--sweep 'hidden=256,256;128'"), std::string::npos) << r.out;
     EXPECT_EQ(r.err, "");
   }
+}
+
+// Every setting's help line says what it is when not given (a reader should not need the README
+// for it); only the files a run reads or writes, and --sweep, have none.
+TEST(Cli, HelpGivesEverySettingsDefault) {
+  TempDir cwd;
+  const ProcessResult r = run_app({"--help"}, cwd.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::set<std::string> no_default = {"--json",         "--save",      "--save-init", "--load-init",
+                                            "--parity-batch", "--sweep-out", "--sweep"};
+  std::istringstream lines(r.out);
+  int settings = 0;
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream words(line);
+    std::string flag, value;
+    words >> flag >> value;  // "  --lr X   Adam learning rate (default 3e-4)"; a switch has no X
+    const bool placeholder =
+        !value.empty() && std::none_of(value.begin(), value.end(), [](char c) { return std::islower(c); });
+    if (flag.rfind("--", 0) != 0 || !placeholder || no_default.count(flag)) continue;
+    ++settings;
+    EXPECT_NE(line.find("default"), std::string::npos) << line;
+  }
+  EXPECT_GE(settings, 25) << r.out;  // the value flags were found
 }
 
 // An explicit --data that does not hold MNIST is an error about --data, not a silent search

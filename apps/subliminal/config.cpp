@@ -153,7 +153,7 @@ const std::vector<ValueFlag>& value_flags() {
        "Directory with the MNIST IDX files (raw or .gz); default: $MNIST_DIR, ./data/mnist, "
        "~/.pytorch/MNIST_data/MNIST/raw",
        [](Config& c, auto& k, auto& v) { c.data_dir = parse_path(k, v); }},
-      {"device", "auto | cpu | cuda (auto: the GPU when one is usable)",
+      {"device", "auto | cpu | cuda (default auto: the GPU when one is usable)",
        [](Config& c, auto& k, auto& v) {
          parse_choice<int>(k, v, {{"auto", 0}, {"cpu", 1}, {"cuda", 2}});
          c.device = v;
@@ -176,14 +176,14 @@ const std::vector<ValueFlag>& value_flags() {
        [](Config& c, auto& k, auto& v) { c.epochs_distill = parse_int(k, v, 0, 100000); }},
       {"temperature", "Distillation temperature T > 0 (default 1)",
        [](Config& c, auto& k, auto& v) { c.temperature = parse_number(k, v, true); }},
-      {"init", "Weight init: torch (nn.Linear's default) | normal (N(0, 1/fan_in), zero biases)",
+      {"init", "Weight init: torch (nn.Linear's; the default) | normal (N(0, 1/fan_in), zero biases; paper)",
        [](Config& c, auto& k, auto& v) {
          c.init = parse_choice<InitScheme>(
              k, v, {{"torch", InitScheme::torch_default}, {"normal", InitScheme::normal_fan_in}});
        }},
       {"noise",
-       "Distillation inputs: uniform (U[-1,1]) | gaussian (N(0,1)) | mnist (the real training images, "
-       "reshuffled each epoch)",
+       "Distillation inputs: uniform (U[-1,1]; the default) | gaussian (N(0,1)) | mnist (the real training "
+       "images, reshuffled each epoch)",
        [](Config& c, auto& k, auto& v) {
          c.noise = parse_choice<NoiseKind>(k, v,
                                            {{"uniform", NoiseKind::uniform},
@@ -191,40 +191,47 @@ const std::vector<ValueFlag>& value_flags() {
                                             {"mnist", NoiseKind::mnist}});
        }},
       {"noise-set",
-       "fresh (new noise every epoch, as the notebook) | fixed (one set per model, as many images as the "
-       "training set (--train-samples), reshuffled each epoch)",
+       "fresh (new noise every epoch, as the notebook; the default) | fixed (one set per model, as many "
+       "images "
+       "as the training set (--train-samples), reshuffled each epoch; paper)",
        [](Config& c, auto& k, auto& v) {
          c.noise_set = parse_choice<NoiseSet>(k, v, {{"fresh", NoiseSet::fresh}, {"fixed", NoiseSet::fixed}});
        }},
-      {"weight-decay", "L2 weight decay in the students' Adam",
+      {"weight-decay", "L2 weight decay in the students' Adam (default 0)",
        [](Config& c, auto& k, auto& v) { c.weight_decay = parse_number(k, v, false); }},
-      {"init-perturb", "σ of Gaussian noise added to the same-init students' initial weights",
+      {"init-perturb", "σ of Gaussian noise added to the same-init students' initial weights (default 0)",
        [](Config& c, auto& k, auto& v) { c.init_perturb = parse_number(k, v, false); }},
-      {"cross-init", "Also distill a control student from a different init: true | false",
+      {"cross-init", "Also distill a control student from a different init: true | false (default true)",
        [](Config& c, auto& k, auto& v) { c.cross_init = parse_bool(k, v); }},
-      {"all-logit-arms", "Also distill students on all logits (the paper's extra arms): true | false",
+      {"all-logit-arms",
+       "Also distill students on all logits (the paper's extra arms): true | false (default false; paper "
+       "true)",
        [](Config& c, auto& k, auto& v) { c.all_logit_arms = parse_bool(k, v); }},
-      {"eval-every-epoch", "Evaluate after every epoch (else only at the end): true | false",
+      {"eval-every-epoch",
+       "Evaluate after every epoch (else only at the end): true | false (default true; paper false)",
        [](Config& c, auto& k, auto& v) { c.eval_every_epoch = parse_bool(k, v); }},
       {"train-samples",
        "Use only the first N training images (default 0: all 60000) — for quick runs; a distillation epoch "
        "is then as many steps as a pass over them",
        [](Config& c, auto& k, auto& v) { c.train_samples = parse_int(k, v, 0, INT32_MAX); }},
-      {"threads", "CPU threads for BLAS and the engine's own loops (0: all hardware threads)",
+      {"threads", "CPU threads for BLAS and the engine's own loops (default 0: all hardware threads)",
        [](Config& c, auto& k, auto& v) { c.threads = int(parse_int(k, v, 0, 1024)); }},
-      {"fusion", "How the MLP sits on the autograd tape: whole | per_layer | none",
+      {"fusion", "How the MLP sits on the autograd tape: whole (the default) | per_layer | none",
        [](Config& c, auto& k, auto& v) {
          c.fusion = parse_choice<MlpFusion>(
              k, v,
              {{"whole", MlpFusion::whole}, {"per_layer", MlpFusion::per_layer}, {"none", MlpFusion::none}});
        }},
-      {"gemm", "GPU engine for the Linear layers: cublaslt | cudnn | tiled (our own fp32 kernels)",
+      {"gemm",
+       "GPU engine for the Linear layers: cublaslt (the default) | cudnn | tiled (our own fp32 kernels)",
        [](Config& c, auto& k, auto& v) {
          parse_choice<int>(k, v, {{"cublaslt", 0}, {"cudnn", 1}, {"tiled", 2}});
          c.gemm_engine = v;
        }},
       {"step",
-       "How the GPU runs a training step: auto (fused for small steps on the default GEMM path) | autograd "
+       "How the GPU runs a training step: auto (the default: fused for small steps on the default GEMM path) "
+       "| "
+       "autograd "
        "(the engine's tape, a kernel per op) | fused (forward, loss and gradients in one kernel; 2-3 layers)"
        " | cluster (the same step by row blocks in thread-block clusters: two kernels; sm_90 and later)",
        [](Config& c, auto& k, auto& v) {

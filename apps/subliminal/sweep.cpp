@@ -540,8 +540,8 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
 
   size_t already = 0;
   for (size_t k = 0; k < grid.size(); ++k) already += finished(k);
-  std::fprintf(out, "Sweep: %zu configurations (%zu already done) → %s, %s\n", grid.size(), already,
-               csv_path.c_str(), jsonl_path.c_str());
+  std::fprintf(out, "Sweep: %zu configuration%s (%zu already done) → %s, %s\n", grid.size(),
+               grid.size() == 1 ? "" : "s", already, csv_path.c_str(), jsonl_path.c_str());
   SweepObserver observer(base.progress, stderr);
   for (size_t k = 0; k < grid.size(); ++k) {
     if (finished(k)) continue;
