@@ -511,6 +511,11 @@ TEST(Cli, OutputFlagsThatWouldBeIgnoredAreRefused) {
   expect_usage_error(
       {"--device", "cpu", "--parity-batch", "p.st", "--sweep", "lr=1e-3,1e-4", "--sweep-out", "rows"},
       "--sweep and --parity-batch");
+  // Nor do the flags that shape training: one batch from the init, at T = 2, whatever they say.
+  expect_usage_error({"--device", "cpu", "--parity-batch", "p.st", "--temperature", "4", "--models", "3"},
+                     "--parity-batch computes one batch from the init, one model, the KL at T = 2, and exits "
+                     "before any training, so --models, --temperature would change nothing; drop them");
+  expect_usage_error({"--device", "cpu", "--parity-batch", "p.st", "--allow-nonfinite"}, "--allow-nonfinite");
   TempDir dir;
   write_text(dir / "p.st", "keep me");
   expect_usage_error({"--device", "cpu", "--parity-batch", (dir / "p.st").string()}, "use --force");

@@ -548,6 +548,22 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   c.allow_nonfinite = allow_nonfinite;
   c.progress = !no_progress;
   validate(c);
+  // --parity-batch computes one batch's losses and gradients from the init and exits: the flags
+  // that shape training change nothing there, and one given would read as if it did (the KL is
+  // at T = 2 whatever --temperature says). Only flags given are refused: a preset's are fine.
+  if (!c.parity_batch_path.empty()) {
+    std::string unused;
+    for (const char* key : {"models", "lr", "epochs-teacher", "epochs-distill", "temperature", "noise",
+                            "noise-set", "weight-decay", "init-perturb", "cross-init", "all-logit-arms",
+                            "eval-every-epoch", "train-samples"})
+      if (cli.count(std::string("--") + key)) unused += std::string(unused.empty() ? "" : ", ") + "--" + key;
+    if (allow_nonfinite) unused += std::string(unused.empty() ? "" : ", ") + "--allow-nonfinite";
+    if (!unused.empty())
+      throw UsageError(
+          "--parity-batch computes one batch from the init, one model, the KL at T = 2, and exits "
+          "before any training, so " +
+          unused + " would change nothing; drop them");
+  }
   return out;
 }
 
