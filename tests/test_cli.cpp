@@ -339,6 +339,26 @@ TEST(Cli, LoadInitHoldingANanNamesTheFileAndTensor) {
   }
 }
 
+// A --save checkpoint (trained models under teacher., student., ...) given to --load-init is
+// named for what it is, not counted ("holds 12 tensors, this MLP has 4").
+TEST(Cli, LoadInitOfASaveCheckpointSaysItIsOne) {
+  TempDir dir;
+  std::vector<subliminal::NamedTensor> tensors;
+  for (const char* arm : {"teacher.", "student."})
+    for (const auto& [name, shape] :
+         std::vector<std::pair<std::string, std::vector<int64_t>>>{{"net.0.weight", {8, 784}},
+                                                                   {"net.0.bias", {8}},
+                                                                   {"net.2.weight", {13, 8}},
+                                                                   {"net.2.bias", {13}}})
+      tensors.push_back({arm + name, subliminal::Tensor::zeros(shape)});
+  const fs::path saved = dir / "trained.safetensors";
+  subliminal::write_safetensors(saved, tensors, {}, false);
+  expect_usage_error({"--device", "cpu", "--hidden", "8", "--load-init", saved.string()},
+                     saved.string() +
+                         ": holds student.net.0.weight, a model saved by --save after training; "
+                         "--load-init takes an init as --save-init writes it");
+}
+
 // ---- Device and output paths ------------------------------------------------------------------------
 
 // Asking for the GPU where none is usable is the user's input problem (exit 2), with the reason.

@@ -42,6 +42,13 @@ void load_init(const std::string& path, MlpParams& init) {
   SafetensorsFile file = read_safetensors(path);
   std::vector<Tensor> tensors = init.tensors();
   std::vector<std::string> names = init.names();
+  // A --save checkpoint names each model's tensors under its arm (teacher.net.0.weight, ...):
+  // trained models, not an init, and the likeliest wrong file to be given here.
+  for (const NamedTensor& nt : file.tensors)
+    if (nt.name.size() > names.front().size() && nt.name.ends_with("." + names.front()))
+      throw DataError(path_text(path) + ": holds " + nt.name + ", a model saved by --save after training; " +
+                      "--load-init takes an init as --save-init writes it (" + names.front() + " ... " +
+                      names.back() + ")");
   if (file.tensors.size() != tensors.size())
     throw DataError(path_text(path) + ": holds " + std::to_string(file.tensors.size()) +
                     " tensors, this MLP has " + std::to_string(tensors.size()) + " (" + names.front() +
