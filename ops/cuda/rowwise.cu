@@ -1,9 +1,11 @@
-// ops/cuda/rowwise.cu — softmax, log-softmax, the two losses and accuracy counting.
+// ops/cuda/rowwise.cu — softmax, log-softmax, the losses (cross-entropy, distillation KL and
+// PyTorch's plain kl_div) and accuracy counting.
 //
 // One warp per row (a sample's logits): lanes stride over the columns and combine with
 // shuffles. Per-model losses use one block per model: its warps take rows in turn, lane 0
 // of each keeps a double running sum, and thread 0 adds the warps' sums in a fixed order —
-// the same bits on every run (no float atomics).
+// the same bits on every run (no float atomics). kl_div, elementwise, differs only in its
+// first step: each thread sums its elements in float, then a warp sum.
 #include <cuda_runtime.h>
 
 #include <cmath>
