@@ -1,7 +1,8 @@
 // ops/cuda/fused_step.cu — a training step's forward pass, loss and gradients in ONE kernel.
 //
-// Why. The notebook's step is ~20 tiny kernels (8 GEMMs of 0.002–0.1 GFLOP, the loss, the
-// bias gradients); on an H200 each costs 5–20 µs, mostly latency, so a step took ~130 µs
+// Why. The notebook's teacher step is 26 tiny kernels on cuBLASLt (8 GEMMs of 0.002–0.1 GFLOP
+// with the split-K and bias-gradient kernels cuBLASLt adds, the loss, Adam, the bookkeeping);
+// on an H200 each costs 5–20 µs, mostly latency, so a step took ~130 µs
 // whatever the GEMM library (docs/PERFORMANCE.md). Here the whole step is one persistent,
 // cooperative kernel: as many thread blocks as fit on the GPU at once, walking a "program" of
 // phases separated by grid-wide barriers (cooperative_groups grid.sync) instead of kernel
