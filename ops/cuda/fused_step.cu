@@ -66,6 +66,8 @@ static_assert(sizeof(Program) <= 4096, "the fused step's program outgrew a kerne
 constexpr int kClockStarts = 0, kClockFirstDone = fused::kMaxPhases + 1, kClockLastDone = 2 * fused::kMaxPhases + 1;
 constexpr int kClockEntries = 3 * fused::kMaxPhases + 1;
 
+// Two blocks an SM at least: ptxas keeps to 128 registers a thread (65536 / (2 · 256)), the
+// budget the tile loop and the rows' code are written to (ops/cuda/fused_program.cuh: below_row).
 __global__ void __launch_bounds__(tile::kBlockThreads, 2) fused_step_kernel(const __grid_constant__ Program prog) {
   __shared__ __align__(16) tile::Smem sm;
   cg::grid_group grid = cg::this_grid();
