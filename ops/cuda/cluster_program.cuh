@@ -450,7 +450,8 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
 }
 
 // Kernel 1's body, run by every thread of every block; the clusters are consecutive blocks
-// (block q of cluster c is block c·Q + q). cluster_sync(between) is the cluster's barrier in two
+// (block q of cluster c is block c·Q + q), cluster c taking model c / P's row block c mod P
+// (grid: S·P·Q blocks). cluster_sync(between) is the cluster's barrier in two
 // halves: this thread arrives (its writes released to the cluster), runs between() — a prefetch,
 // so that its loads are in flight while the other blocks arrive, rather than held up by the
 // fence that comes with arriving — then waits for every thread of the cluster (their writes

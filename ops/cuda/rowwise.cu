@@ -164,6 +164,9 @@ __device__ bool better(float va, int64_t ia, float vb, int64_t ib) {
   return va > vb || (va == vb && ia < ib);
 }
 
+// logits (N, B, cols), labels (N, B), counts (N,): one warp per row finds the argmax over
+// [c0, c1) (lanes, then a shuffle tree with `better`'s tie rule) and lane 0 adds a hit to its
+// model's count — an integer atomic, so the order does not matter.
 __global__ void count_correct_kernel(const float* __restrict__ logits, const int32_t* __restrict__ labels,
                                      unsigned long long* counts, int64_t models, int64_t batch, int64_t cols,
                                      int64_t c0, int64_t c1) {
