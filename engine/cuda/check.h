@@ -1,9 +1,9 @@
 // engine/cuda/check.h — check macros for CUDA, cuBLAS(Lt), cuRAND and cuDNN calls.
 //
 // Every call into an NVIDIA library goes through one of these. A failure throws
-// subliminal::DeviceError whose message carries the status, the call as written,
-// and the file and line — e.g.
-//   cublasLtMatmul(...) failed: CUBLAS_STATUS_NOT_SUPPORTED at ops/cuda/gemm_cublaslt.cpp:212
+// subliminal::DeviceError whose message carries the library, the call as written, the
+// status, and the file (as the compiler was given it) and line — e.g.
+//   cuBLAS call cublasLtMatmul(...) failed: CUBLAS_STATUS_NOT_SUPPORTED at ops/cuda/gemm_cublaslt.cpp:328
 // Out-of-memory statuses throw OutOfMemoryError instead, so callers can say how much.
 //
 // Only include this from .cu files or from .cpp files compiled with the CUDA toolkit's

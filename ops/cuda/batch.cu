@@ -54,7 +54,8 @@ __device__ int64_t noise_image(const int32_t* order, int64_t n, int64_t samples,
   return first + b < samples ? int64_t(order[n * samples + first + b]) : -1;
 }
 
-// x (N, B, P) with P % 4 == 0. One thread per group of four pixels = one Philox block.
+// x (N, B, P) with P % 4 == 0 (so P' = P: images lie P words apart). One thread per group of
+// four pixels = one Philox block, whose offset 4·q is a multiple of 4 so curand4 returns it whole.
 __global__ void noise_batch_kernel(uint64_t seed, uint64_t stream, const int32_t* __restrict__ order,
                                    const int64_t* __restrict__ step, int64_t stride, int64_t first_image,
                                    int64_t models, int64_t sources, int64_t batch, int64_t pixels,
@@ -71,8 +72,8 @@ __global__ void noise_batch_kernel(uint64_t seed, uint64_t stream, const int32_t
       continue;
     }
     curandStatePhilox4_32_10_t state;
-    // Key seed + n, subsequence `stream`, offset = the pixel's position: cuRAND's layout is
-    // the one engine/philox.h reproduces on the CPU.
+    // Key seed + source (model n draws source n mod sources' noise), subsequence `stream`,
+    // offset = the pixel's position: cuRAND's layout is the one engine/philox.h reproduces.
     curand_init(seed + uint64_t(source), stream, uint64_t(image) * uint64_t(pixels) + uint64_t(4 * q),
                 &state);
     const uint4 r = curand4(&state);

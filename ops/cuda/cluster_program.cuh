@@ -23,9 +23,10 @@
 //   rows               one warp per row: Z = Σ_q Zq (q in order) + b_{L−1}, the loss row and
 //                      G_L = dLoss/dZ (ops/cuda/loss_rows.cuh, as the loss kernels)
 //   — cluster barrier —
-//   backward, last     dW_{L−1}[:, own] = G_Lᵀ · H_{L−1}[:, own]; db_{L−1} (block 0);
+//   backward, last     dW_{L−1}[:, own] = G_Lᵀ · H_{L−1}[:, own]; db_{L−1} (block q = 0);
 //                      G_{L−1}[:, own] = (G_L · W_{L−1}[:, own]) ⊙ [H_{L−1}[:, own] ≠ 0]
-//   backward, l ≥ 0    dW_l[own, :] = G_{l+1}[:, own]ᵀ · H_l, db_l[own] = Σ_r G_{l+1}[:, own];
+//   backward, l = L−2 … 0
+//                      dW_l[own, :] = G_{l+1}[:, own]ᵀ · H_l, db_l[own] = Σ_r G_{l+1}[:, own];
 //                      for l ≥ 1 block q's part of G_l = G_{l+1}[:, own] · W_l[own, :] to L2,
 //                      a cluster barrier, then block q sums the Q parts of its own columns
 //                      (q in order) and applies H_l's ReLU gate
@@ -449,7 +450,8 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
 }
 
 // Kernel 1's body, run by every thread of every block; the clusters are consecutive blocks
-// (block q of cluster c is block c·Q + q). cluster_sync(between) is the cluster's barrier in two
+// (block q of cluster c is block c·Q + q), cluster c taking model c / P's row block c mod P
+// (grid: S·P·Q blocks). cluster_sync(between) is the cluster's barrier in two
 // halves: this thread arrives (its writes released to the cluster), runs between() — a prefetch,
 // so that its loads are in flight while the other blocks arrive, rather than held up by the
 // fence that comes with arriving — then waits for every thread of the cluster (their writes

@@ -1,7 +1,8 @@
 // ops/cuda/fused_step.cu — a training step's forward pass, loss and gradients in ONE kernel.
 //
-// Why. The notebook's step is ~20 tiny kernels (8 GEMMs of 0.002–0.1 GFLOP, the loss, the
-// bias gradients); on an H200 each costs 5–20 µs, mostly latency, so a step took ~130 µs
+// Why. The notebook's teacher step is 26 tiny kernels on cuBLASLt (8 GEMMs of 0.002–0.1 GFLOP
+// with the split-K and bias-gradient kernels cuBLASLt adds, the loss, Adam, the bookkeeping);
+// on an H200 each costs 5–20 µs, mostly latency, so a step took ~130 µs
 // whatever the GEMM library (docs/PERFORMANCE.md). Here the whole step is one persistent,
 // cooperative kernel: as many thread blocks as fit on the GPU at once, walking a "program" of
 // phases separated by grid-wide barriers (cooperative_groups grid.sync) instead of kernel
@@ -65,6 +66,8 @@ static_assert(sizeof(Program) <= 4096, "the fused step's program outgrew a kerne
 constexpr int kClockStarts = 0, kClockFirstDone = fused::kMaxPhases + 1, kClockLastDone = 2 * fused::kMaxPhases + 1;
 constexpr int kClockEntries = 3 * fused::kMaxPhases + 1;
 
+// Two blocks an SM at least: ptxas keeps to 128 registers a thread (65536 / (2 · 256)), the
+// budget the tile loop and the rows' code are written to (ops/cuda/fused_program.cuh: below_row).
 __global__ void __launch_bounds__(tile::kBlockThreads, 2) fused_step_kernel(const __grid_constant__ Program prog) {
   __shared__ __align__(16) tile::Smem sm;
   cg::grid_group grid = cg::this_grid();

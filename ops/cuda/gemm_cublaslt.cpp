@@ -154,10 +154,10 @@ bool has_aux(cublasLtEpilogue_t e) {
 
 class PlanCache {
  public:
-  // The plan for `key`, built on first use. bias/aux are this call's pointers (the
-  // heuristic reads their alignment from the descriptor).
-  // The plan for `key`, built on first use from this call's operands (the heuristic reads
-  // their alignment; autotuning runs the candidates on them).
+  // The plan for `key`, built on first use from this call's operands: the heuristic takes
+  // A, B and D's alignment from the preference below and the bias and aux pointers' from the
+  // descriptor (cublasLt.h: it reads their values, not what they point at); autotuning runs
+  // the candidates on them.
   Plan& get(const PlanKey& key, const gemm::Dims& dims, const Operands& ops) {
     auto it = plans_.find(key);
     if (it != plans_.end()) return it->second;
@@ -319,6 +319,8 @@ bool try_matmul(Kind kind, cublasLtEpilogue_t epilogue, const float* a, const fl
     if (epilogue != CUBLASLT_EPILOGUE_DEFAULT) cache.note_fallback(key);
     return false;
   }
+  // The cached descriptor still holds the pointers of the call that built it; a plan is keyed
+  // by their alignment, not their address, so each call sets its own (A, B and D are arguments).
   if (has_bias(epilogue)) set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   if (has_aux(epilogue)) set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
   Runtime& rt = Runtime::get();
@@ -385,6 +387,10 @@ void linear_backward_input(const float* dy, const float* w, const uint8_t* prev_
   if (use_cudnn(s) && prev_mask && prev_output && !accumulate &&
       cudnn_linear_backward_input(dy, w, prev_output, dx, dbias_prev, d))
     return;
+  // An epilogue applies to α·A·B + β·C as a whole, so DRELU would gate what dx already holds
+  // too: it fuses an overwrite only. An accumulating call never brings a mask here anyway
+  // (ops/gemm.cpp computes that one into a temporary and adds it), so neither does the
+  // fallback's apply_relu_mask below gate old contents.
   if (prev_mask && !accumulate) {
     cublasLtEpilogue_t epilogue = dbias_prev ? CUBLASLT_EPILOGUE_DRELU_BGRAD : CUBLASLT_EPILOGUE_DRELU;
     if (s.fuse_epilogues &&

@@ -1,6 +1,7 @@
 // ops/cuda/loss_rows.cuh — the two losses for one row of logits, computed by one warp: the
-// row math shared by the loss kernels (ops/cuda/rowwise.cu) and the fused training step
-// (ops/cuda/fused_step.cu), so both compute exactly the same thing.
+// row math shared by the loss kernels (ops/cuda/rowwise.cu) and both designs of the fused
+// training step (ops/cuda/fused_program.cuh, ops/cuda/cluster_program.cuh), so all of them
+// compute exactly the same thing.
 //
 // A row is a sample's logits (cols values); the loss reads the columns [c0, c1). Lanes stride
 // over the columns and combine with shuffles. Loads go through L2 only (__ldcg), the fused

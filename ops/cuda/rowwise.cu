@@ -1,9 +1,11 @@
-// ops/cuda/rowwise.cu — softmax, log-softmax, the two losses and accuracy counting.
+// ops/cuda/rowwise.cu — softmax, log-softmax, the losses (cross-entropy, distillation KL and
+// PyTorch's plain kl_div) and accuracy counting.
 //
 // One warp per row (a sample's logits): lanes stride over the columns and combine with
 // shuffles. Per-model losses use one block per model: its warps take rows in turn, lane 0
 // of each keeps a double running sum, and thread 0 adds the warps' sums in a fixed order —
-// the same bits on every run (no float atomics).
+// the same bits on every run (no float atomics). kl_div, elementwise, differs only in its
+// first step: each thread sums its elements in float, then a warp sum.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -162,6 +164,9 @@ __device__ bool better(float va, int64_t ia, float vb, int64_t ib) {
   return va > vb || (va == vb && ia < ib);
 }
 
+// logits (N, B, cols), labels (N, B), counts (N,): one warp per row finds the argmax over
+// [c0, c1) (lanes, then a shuffle tree with `better`'s tie rule) and lane 0 adds a hit to its
+// model's count — an integer atomic, so the order does not matter.
 __global__ void count_correct_kernel(const float* __restrict__ logits, const int32_t* __restrict__ labels,
                                      unsigned long long* counts, int64_t models, int64_t batch, int64_t cols,
                                      int64_t c0, int64_t c1) {

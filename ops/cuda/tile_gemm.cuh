@@ -87,10 +87,11 @@ struct Gemm {
   // backward_input
   const uint8_t* mask_in;     // [models, M, mask_row_bytes] or null: gate the result by these bits
   const float* gate_values;   // [models, M, N] or null: gate by !(h == 0) on these post-ReLU values
-  float* column_sums;         // [models, N] or null: Σ_m of the (gated) result
+  float* column_sums;         // [models, N] or null: Σ_m of c as stored (the gated result,
+                              // plus c's old values when accumulating)
   // backward_weight
   float* row_sums;            // [models, M] or null: Σ_k a(m, k)
-  int64_t mask_row_bytes;     // bytes per mask row: roundup(N, 128) / 8
+  int64_t mask_row_bytes;     // mask_out's or mask_in's bytes per row: roundup(N, 128) / 8
   // planning (plan())
   int m_tiles, n_tiles, splits;
   bool parallel_fixup;        // split-K: every item finishes a band of the tile's rows (see
