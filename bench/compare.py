@@ -418,7 +418,6 @@ def main():
             if args.python:
                 die(f"--python {shown(args.python)}: cannot import torch and numpy with it")
             no_torch = "no python with torch and numpy (tried this one, python3, /usr/bin/python3; see --python)"
-            note(f"{no_torch}: the torch rows fail")
 
     gpus = nvidia_gpus()
     has_gpu = bool(gpus) or torch_cuda
@@ -469,6 +468,8 @@ def main():
                 s.repeats, s.failures = 0, [cannot_run]
     if not any(s.repeats for s in specs):
         die("nothing to run" + (f": {specs[0].failures[0]}" if specs else ""))
+    if no_torch:  # said once the flags are known to be good: a refusal stays one line
+        note(f"{no_torch}: the torch rows fail")
 
     note(f"machine: {machine['cpu']} ({machine['cores']} cores)" + (f", GPU {machine['gpu']}" if machine["gpu"] else "")
          + f"; devices {devices}; outdir {shown(args.outdir) if args.outdir else '(a new temp directory)'}")

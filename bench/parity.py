@@ -138,6 +138,20 @@ def judge(e32, e64, t32_vs_64, tolerance):
     return against, error
 
 
+def verdict(rows, worst_raw32, worst32, tolerance, problems):
+    """(passed, the lines printed under the table): the worst errors, the verdict, the tensors judged
+    against fp64 (and why, as judge() decides it) and the problems."""
+    ok = worst32 <= tolerance and not problems
+    by64 = [r["tensor"] for r in rows if r.get("judged_against") == "fp64"]
+    lines = [f"worst engine vs torch fp32: {worst_raw32:.2e}; worst judged error: {worst32:.2e} "
+             f"(tolerance {tolerance:g}) -> {'PASS' if ok else 'FAIL'}"]
+    if by64:
+        lines.append("  judged against fp64 (engine vs torch fp32 is over the tolerance, and torch fp32 is further "
+                     f"from fp64 than the engine is): {', '.join(by64)}")
+    lines += [f"  problem: {pr}" for pr in problems]
+    return ok, lines
+
+
 def parse_args():
     p = argparse.ArgumentParser(description="One-batch loss/gradient parity: engine vs PyTorch fp32/fp64.")
     p.add_argument("--engine", default=None, help="the app (default: build/apps/subliminal)")
@@ -349,15 +363,8 @@ def main():
 
     status = 0
     if engine_out is not None:
-        ok = worst32 <= args.tolerance and not problems
-        by64 = [r["tensor"] for r in rows if r.get("judged_against") == "fp64"]
-        print(f"\nworst engine vs torch fp32: {worst_raw32:.2e}; worst judged error: {worst32:.2e} "
-              f"(tolerance {args.tolerance:g}) -> {'PASS' if ok else 'FAIL'}")
-        if by64:
-            print(f"  judged against fp64 (torch fp32 is itself further than the tolerance, or the engine is): "
-                  f"{', '.join(by64)}")
-        for pr in problems:
-            print(f"  problem: {pr}")
+        ok, lines = verdict(rows, worst_raw32, worst32, args.tolerance, problems)
+        print("\n" + "\n".join(lines))
         status = 0 if ok else 1
     else:
         worst = max(r["torch32_vs_torch64"] for r in rows)

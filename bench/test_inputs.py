@@ -288,6 +288,21 @@ class CompareTest(ToolTest):
         self.assertTrue(os.path.isfile(self.path("out", "engine-cpu-1.json")))
         self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(".tmp")], [])
 
+    def test_refusals_without_torch_are_one_line(self):
+        # no python with torch (a torch that cannot be imported, no python3 on PATH) and no nvidia-smi: the
+        # refusal is the one line, without the note that the torch rows would fail
+        fake = self.path("notorch", "torch")
+        os.makedirs(fake)
+        with open(os.path.join(fake, "__init__.py"), "w") as f:
+            f.write("raise ImportError('no torch here')\n")
+        os.mkdir(self.path("bin"))
+        env = {"PYTHONPATH": self.path("notorch"), "PATH": self.path("bin")}
+        for args, mentions in [(["--device", "cuda", "--variants", "engine,fast"], ["--device cuda", "no GPU found"]),
+                               (["--device", "cpu", "--variants", "fast"], ["nothing to run", "no python with torch"])]:
+            with self.subTest(args=args), self.unchanged(ignore=["notorch"]):
+                r = self.run_tool(COMPARE, "--engine", self.fake_engine, "--data", self.data, *args, env=env)
+                self.assertRefused(r, *mentions)
+
     def test_torch_rows_without_torch_are_failed_rows(self):
         for py in (PY, "python3", "/usr/bin/python3"):
             if subprocess.run([py, "-c", "import torch, numpy"], stderr=subprocess.DEVNULL).returncode == 0:
@@ -405,6 +420,8 @@ class TorchSubliminalTest(ToolTest):
         with open(out) as f:
             report = json.load(f)
         self.assertEqual(report["steps"]["distill_ghosts"], 0)
+        # optimizer_steps is part of the report (bench/README.md) also when nothing was distilled
+        self.assertEqual(report["optimizer_steps"], {"teacher": report["steps"]["teacher"], "distill_ghosts": 0})
         sys.path.insert(0, os.path.join(REPO, "bench"))
         import compare
         self.assertIsNone(compare.report_problem(report))

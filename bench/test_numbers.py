@@ -6,9 +6,9 @@ train seconds, µs/step and steady µs/step (each phase weighted by its steps), 
 shortened faithful run, medians over repeats (of an even count too), the ×eng ratios against the
 engine on the same device, the columns of its table and the fields of its --json; which reports it
 takes; scripts/ab_summary.py's medians and current ÷ baseline; parity.py's choice of reference (fp32
-or fp64) per tensor; and bench_io's range ends. The expected values are worked out by hand in each
-test. No torch, no numpy: the functions are imported and called directly; compare.py's own run goes
-through a fake engine (a shell script), as in test_inputs.py.
+or fp64) per tensor and the reason its verdict gives; and bench_io's range ends. The expected values
+are worked out by hand in each test. No torch, no numpy: the functions are imported and called
+directly; compare.py's own run goes through a fake engine (a shell script), as in test_inputs.py.
 
     python3 bench/test_numbers.py -v            # or: ctest -R bench_numbers
 """
@@ -315,6 +315,23 @@ class ParityJudgeTest(unittest.TestCase):
         for e32, e64 in [(nan, nan), (nan, 1e-6), (1e-6, float("inf"))]:
             with self.subTest(e32=e32, e64=e64):
                 self.assertEqual(parity.judge(e32, e64, 1e-6, self.TOL)[1], float("inf"))
+
+    def test_the_verdict_says_why_a_tensor_was_judged_against_fp64(self):
+        # kl_loss: engine 7e-5 from torch fp32, 1e-7 from fp64; torch fp32 7e-5 from fp64; tolerance 5e-5
+        tol = 5e-5
+        rows = [{"tensor": "loss", "judged_against": "fp32", "error": 1e-7},
+                {"tensor": "kl_loss", "judged_against": parity.judge(7e-5, 1e-7, 7e-5, tol)[0], "error": 1e-7}]
+        ok, lines = parity.verdict(rows, 7e-5, 1e-7, tol, [])
+        self.assertTrue(ok)
+        self.assertEqual(lines[0], "worst engine vs torch fp32: 7.00e-05; worst judged error: 1.00e-07 "
+                                   "(tolerance 5e-05) -> PASS")
+        # the reason given is judge()'s rule: over the tolerance against fp32 AND torch fp32 the further from
+        # fp64 — not "or the engine is" (an engine further from fp64 than torch is judged against fp32)
+        self.assertEqual(lines[1:], ["  judged against fp64 (engine vs torch fp32 is over the tolerance, and torch "
+                                     "fp32 is further from fp64 than the engine is): kl_loss"])
+        ok, lines = parity.verdict(rows[:1], 2e-4, 2e-4, 1e-4, ["engine file lacks kl_loss"])
+        self.assertFalse(ok)
+        self.assertEqual(lines[1:], ["  problem: engine file lacks kl_loss"])
 
 
 # ---------------------------------------------------------------------------------------------- bench_io.py

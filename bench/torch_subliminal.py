@@ -776,6 +776,7 @@ def run_fast(args, ctx):
     if args.epochs_distill == 0:
         for key, _, model in arms:
             ctx["final"][key] = accuracy(model)
+        report["optimizer_steps"] = {"teacher": clock.steps.get("teacher", 0), "distill_ghosts": 0}
         return
 
     groups = [arms] if args.arms == "together" else [[a] for a in arms]
