@@ -4,8 +4,8 @@
 Runs, on each device asked for, `--repeats K` times each (round-robin, so drift hits every row alike):
   engine                    build/apps/subliminal (its own JSON: seconds.*, us_per_step, gpu_seconds)
   torch faithful            bench/torch_subliminal.py --variant faithful (the notebook as written);
-                            with --faithful-epochs E it runs E+E epochs and its times are extrapolated
-                            to the full run (marked "extrapolated")
+                            with --faithful-epochs E it runs at most E epochs of each phase and its
+                            times are extrapolated to the full run (marked "extrapolated")
   torch fast                --variant fast (tensors on the device, eager)
   torch fast+cuda-graphs    (cuda only) the training step captured as a CUDA graph
   torch fast+compile        (cuda only by default) torch.compile'd loss and Adam step
@@ -134,6 +134,15 @@ def training_numbers(report, device):
 def evals_done(report, epochs_teacher, epochs_distill, arms):
     """Test-set evaluations a faithful run makes: reference, teacher per epoch, final teacher, arms per epoch."""
     return 1 + epochs_teacher + 1 + epochs_distill * arms
+
+
+def shortened_epochs(faithful_epochs, epochs_teacher, epochs_distill):
+    """The (teacher, distillation) epochs of a shortened faithful run: at most E of each phase, never
+    more than the full run has (a phase of 0 epochs stays 0: it is not timed, nor its student trained);
+    None when E is 0 (the full run) or shortens nothing."""
+    if not faithful_epochs or faithful_epochs >= max(epochs_teacher, epochs_distill):
+        return None
+    return min(faithful_epochs, epochs_teacher), min(faithful_epochs, epochs_distill)
 
 
 def is_number(v):
@@ -344,7 +353,8 @@ def parse_args():
     p.add_argument("--faithful-repeats", type=bench_io.non_negative_int, default=None,
                    help="runs of the faithful notebook (default 1)")
     p.add_argument("--faithful-epochs", type=bench_io.epochs_type, default=None,
-                   help="run the faithful notebook with E teacher + E distillation epochs and extrapolate (0: full run)")
+                   help="run the faithful notebook with at most E teacher and E distillation epochs and extrapolate "
+                        "(0: full run)")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of " + ",".join(ALL_VARIANTS) + " (default: all)")
     p.add_argument("--cpu-compile", action="store_true", help="also run fast+compile on the CPU")
@@ -447,10 +457,11 @@ def main():
         base = [py or "python3", TORCH_SCRIPT, "--device", dev, *common_torch]
         full = ["--epochs-teacher", str(args.epochs_teacher), "--epochs-distill", str(args.epochs_distill)]
         if "faithful" in torch_wanted and args.faithful_repeats > 0:
-            if args.faithful_epochs and args.faithful_epochs < max(args.epochs_teacher, args.epochs_distill):
-                e = str(args.faithful_epochs)
+            short = shortened_epochs(args.faithful_epochs, args.epochs_teacher, args.epochs_distill)
+            if short:
                 specs.append(Spec("torch faithful", dev,
-                                  base + ["--variant", "faithful", "--epochs-teacher", e, "--epochs-distill", e],
+                                  base + ["--variant", "faithful", "--epochs-teacher", str(short[0]),
+                                          "--epochs-distill", str(short[1])],
                                   "torch", args.faithful_repeats, (args.epochs_teacher, args.epochs_distill)))
             else:
                 specs.append(Spec("torch faithful", dev, base + ["--variant", "faithful", *full], "torch",

@@ -106,6 +106,15 @@ class ReportProblemTest(unittest.TestCase):
 class ExtrapolationTest(unittest.TestCase):
     """A faithful run of 2+1 epochs (two arms) scaled to 4+6."""
 
+    def test_a_shortened_run_keeps_a_phase_shorter_than_e(self):
+        # --faithful-epochs 1 of 5+5: 1+1; of 5+0: 1+0 (it used to distill 1 epoch the full run does not have);
+        # 3 of 5+2: 3+2; nothing to shorten (E ≥ both, or 0: the full run) → None
+        self.assertEqual(compare.shortened_epochs(1, 5, 5), (1, 1))
+        self.assertEqual(compare.shortened_epochs(1, 5, 0), (1, 0))
+        self.assertEqual(compare.shortened_epochs(3, 5, 2), (3, 2))
+        self.assertIsNone(compare.shortened_epochs(5, 5, 5))
+        self.assertIsNone(compare.shortened_epochs(0, 5, 5))
+
     def run_of(self, device="cpu"):
         r = report(seconds={"teacher": 2.0, "distill_ghosts": 3.0, "eval": 0.8, "total": 9.0},
                    steps={"teacher": 200, "distill_ghosts": 100},
