@@ -461,6 +461,17 @@ class ParityTest(ToolTest):
             self.assertRefused(self.run_tool(PARITY, "--torch-only", env={"MNIST_DIR": self.path("jdir")}),
                                "$MNIST_DIR=", "unset MNIST_DIR")
 
+    def test_without_torch_the_refusal_is_in_its_own_name(self):
+        # parity.py imports torch_subliminal.py, whose refusals (no numpy, no torch) were said in that script's name
+        fake = self.path("notorch", "torch")
+        os.makedirs(fake)
+        with open(os.path.join(fake, "__init__.py"), "w") as f:
+            f.write("raise ImportError('no torch here')\n")
+        with self.unchanged(ignore=["notorch"]):
+            r = self.run_tool(PARITY, "--torch-only", "--data", self.data, env={"PYTHONPATH": self.path("notorch")})
+            self.assertRefused(r, "parity.py: error: ")
+            self.assertNotIn("torch_subliminal.py", r.stderr, self.describe(r))
+
     def test_damaged_mnist_is_one_line(self):
         needs("torch")
         d = write_mnist(self.path("short"), gz=False)

@@ -47,13 +47,18 @@ REPO = os.path.dirname(HERE)
 COMPILE_MODES = ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
+# Named after the program that runs: parity.py imports this module, and its refusals (no numpy, no
+# torch) must not be said in this script's name.
+PROG = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "torch_subliminal.py"
+
+
 def die(message, code=2):
-    print(f"torch_subliminal.py: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
 def note(message):
-    print(f"torch_subliminal.py: note: {message}", file=sys.stderr, flush=True)
+    print(f"{PROG}: note: {message}", file=sys.stderr, flush=True)
 
 
 NUMPY_MISSING = (f"numpy is not installed for {sys.executable} (Debian: apt-get install python3-numpy; "
