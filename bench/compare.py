@@ -294,6 +294,19 @@ def summarize(spec):
     return out
 
 
+def with_ratios(rows):
+    """Each row that ran gains wall_x_engine and train_x_engine: its median over the engine's median on
+    the same device (None without an engine row there, or where the engine's time is 0). The table
+    prints them; --json keeps them, so a reader of the file need not redo the division."""
+    engine = {r["device"]: r for r in rows if r["variant"] == "engine" and r.get("runs")}
+    for r in rows:
+        if r.get("runs"):
+            e = engine.get(r["device"])
+            r["wall_x_engine"] = r["wall_s"] / e["wall_s"] if e and e["wall_s"] else None
+            r["train_x_engine"] = r["train_s"] / e["train_s"] if e and e["train_s"] else None
+    return rows
+
+
 def fmt(v, spec=".1f", missing="—"):
     return missing if v is None else format(v, spec)
 
@@ -313,15 +326,12 @@ def print_table(machine, rows, threads):
            f"{'teacher':>8} {'student':>8} {'cross':>7} {'wall×eng':>9} {'train×eng':>9}")
     print(hdr)
     print("-" * len(hdr))
-    engine = {r["device"]: r for r in rows if r["variant"] == "engine" and r.get("runs")}
     notes = []
-    for r in rows:
+    for r in with_ratios(rows):
         if not r.get("runs"):
             print(f"{r['variant']:<24} {r['device']:<6} {'0':>4}  FAILED: {(r['failures'] or ['?'])[0][:80]}")
             continue
-        e = engine.get(r["device"])
-        wr = r["wall_s"] / e["wall_s"] if e and e["wall_s"] else None
-        tr = r["train_s"] / e["train_s"] if e and e["train_s"] else None
+        wr, tr = r["wall_x_engine"], r["train_x_engine"]
         name = r["variant"] + (" *" if r.get("extrapolated") else "")
         acc = r["acc"]
         mark = "†" if r.get("extrapolated") else ""
@@ -535,11 +545,11 @@ def main():
             for s in specs:
                 if r < s.repeats:
                     run_once(s, outdir, r + 1, args.timeout)
-                    write_json([summarize(x) for x in specs], False)  # partial results survive a kill
+                    write_json(with_ratios([summarize(x) for x in specs]), False)  # partial results survive a kill
     except (Stopped, KeyboardInterrupt) as e:
         complete = False
         note(f"stopped ({e or 'interrupt'}): the table holds the runs finished so far")
-    rows = [summarize(s) for s in specs]
+    rows = with_ratios([summarize(s) for s in specs])
     print_table(machine, rows, threads)
     print(f"\n(compare.py took {time.perf_counter() - t0:.0f} s; per-run reports and logs in {outdir})"
           + ("" if complete else " — INCOMPLETE"))

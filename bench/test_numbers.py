@@ -204,6 +204,9 @@ class TableTest(unittest.TestCase):
                          ["1", "30.0", "2.00", "1234", "987", "0.9123", "0.4567", "0.1111", "3.00", "0.50"])
         self.assertEqual(lines[("torch", "fast", "cuda")][-2:], ["4.00", "3.00"])  # not against the cpu engine
         self.assertEqual(lines[("engine", "cpu", "1")][-2:], ["1.00", "1.00"])
+        # the same ratios are in the rows --json writes
+        self.assertEqual([(r["wall_x_engine"], r["train_x_engine"]) for r in rows],
+                         [(1.0, 1.0), (3.0, 0.5), (1.0, 1.0), (4.0, 3.0)])
 
     def test_an_extrapolated_row_is_marked_and_a_zero_engine_time_gives_no_ratio(self):
         faithful = table_row("torch faithful", "cpu", 30.0, 2.0, 1234.0, None, 0.9123, 0.4567, 0.1111)
@@ -251,6 +254,7 @@ class CompareRunTest(unittest.TestCase):
         self.assertEqual(row["us_per_step"], 1e6 * (3.0 + 6.0) / 2 / 20)
         self.assertAlmostEqual(row["acc"]["teacher"], 0.15)
         self.assertEqual([run["train"] for run in row["per_run"]], [3.0, 6.0])
+        self.assertEqual((row["wall_x_engine"], row["train_x_engine"]), (1.0, 1.0))  # the engine against itself
 
 
 # ---------------------------------------------------------------------------------------------- ab_summary.py
