@@ -258,7 +258,7 @@ TEST(FusedTail, TwoLayersHandAdamOnlyFinalGradients) {
 // An Adam arena that does not hold the first layer's weights and biases with their gradients
 // cannot be updated tile by tile: building the program refuses it.
 TEST(FusedTail, AnArenaWithoutTheFirstLayerIsRefused) {
-  const Step st{"teacher_tail", {53, 29, 31, 13}, 1, 0, 8, false, 0, 10, 1.0, 2, false};
+  const Step st{{"teacher_tail", {53, 29, 31, 13}, 1, 0, 8, false, 0, 10, 1.0}, 2, false};
   HostMlp trained(st.sizes, 1, 11);
   Arena arena(trained);
   std::vector<float> m(arena.values.size()), v(arena.values.size());
