@@ -2,7 +2,7 @@
 //
 // Every value flag is read as text by CLI11 and converted here, by the same setter that
 // --sweep uses, so a bad value gives the same one-line message whichever way it came in:
-//   --batch-size: expected a whole number ≥ 1, got "0"
+//   --batch-size: expected a whole number from 1 to 16777216, got "0"
 #include "apps/subliminal/config.h"
 
 #include <CLI/CLI.hpp>
