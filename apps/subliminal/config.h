@@ -42,13 +42,15 @@ struct Config {
   double init_perturb = 0.0;    // σ of Gaussian noise added to the same-init students' init
   bool cross_init = true;       // also distill students from a different init (the control)
   bool all_logit_arms = false;  // also distill on all logits (the paper's extra arms)
-  bool eval_every_epoch = true;
-  int64_t train_samples = 0;  // use only the first N training images (0: all) — quick experiments
+  bool eval_every_epoch = true;  // the notebook evaluates after every epoch; false: after the last only
+  // Use only the first N training images (0: all) — quick experiments. A distillation epoch is
+  // as long as a pass over them too, and a fixed noise set holds N images (experiment.cpp).
+  int64_t train_samples = 0;
 
-  int threads = 0;  // CPU BLAS threads; 0 = all hardware threads
+  int threads = 0;  // CPU threads: OpenBLAS's and the engine's own loops; 0 = all hardware threads
   bool tf32 = false;
   bool autotune = false;       // time cuBLASLt candidates per GEMM shape (gemm::Settings::autotune)
-  bool deterministic = false;  // insist on bit-reproducible runs (refuses --autotune)
+  bool deterministic = false;  // insist on bit-reproducible runs (refuses --autotune, --gemm cudnn)
   bool graphs = true;          // CUDA graphs for training steps
   MlpFusion fusion = MlpFusion::whole;
   std::string gemm_engine = "cublaslt";  // cublaslt | cudnn | tiled
