@@ -73,7 +73,8 @@ DeviceData upload(const data::Mnist& mnist, Device device, int64_t train_samples
   return d;
 }
 
-// Test accuracy of every model in `params`, in [0, 1]. The test set is shared by all models,
+// Test accuracy of every model in `params`, in [0, 1]: the notebook's accuracy(), argmax over the
+// class logits on the whole test set. The test set is shared by all models,
 // so it goes through in chunks tiled over the models (bounded memory whatever N is).
 std::vector<double> evaluate(const MlpParams& params, const DeviceData& data, MlpFusion fusion,
                              int64_t classes) {
@@ -120,10 +121,13 @@ class PhaseLoop {
     step_loss = Tensor::zeros({loss_models}, DType::f32, device);
   }
 
+  // The last, short batch is kept, as the notebook's DataLoader keeps it (drop_last=False):
+  // 60000 = 234·256 + 96 → 235 steps (../shared/docs/REFERENCE.md §1).
   int64_t steps_per_epoch() const { return (samples_ + config_.batch_size - 1) / config_.batch_size; }
 
   // Runs one epoch: body(batch) queues one training step of `batch` samples (the last batch
-  // may be short), ending with this loop's tail(adam, batch). Returns the mean loss per model.
+  // may be short), ending with this loop's tail(adam, batch). Returns the mean loss per model
+  // over the epoch's samples, as the notebook's running / n.
   // Throws NonFiniteError on a NaN/Inf loss.
   std::vector<double> run_epoch(int64_t epoch, const std::function<void(int64_t)>& body,
                                 PhaseTiming& timing) {
@@ -318,6 +322,8 @@ void perturb(MlpParams& params, double sigma, uint64_t seed) {
 void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, const MlpParams& same_init,
                    const MlpParams& cross_init, const DeviceData& data, const Config& config, Device device,
                    Results& results, Observer& observer, MlpParams* trained_out) {
+  // S: an epoch of distillation is as many samples as a pass over the training set, as the
+  // notebook's RandomMNISTLike(n=len(train_ds)) is (so --train-samples shortens it too).
   const int64_t N = teacher.models(), A = int64_t(arms.size()), S = data.train_count,
                 P = data.train_images.dim(1);
   const bool all_logits = arms.front().all_logits;
@@ -364,8 +370,9 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
                          inputs(batch)[1]);
             for (int64_t a = 1; a < A; ++a) x.rows(a * N, N).copy_from(x.rows(0, N));
           } else {
-            // fixed: a set of S noise images per model, reshuffled every epoch;
-            // fresh: image ids run on across epochs (global step), so no image repeats.
+            // fixed: a set of S noise images per model, reshuffled every epoch (the paper's);
+            // fresh: image ids run on across epochs (global step), so no image repeats — the
+            // notebook's RandomMNISTLike draws torch.rand in every __getitem__.
             noise_batch(config.seed, stream_id(kNoisePurpose), ordered ? order : Tensor(),
                         ordered ? loop.step : loop.global_step, config.batch_size, 0, distribution, x, N);
           }
@@ -452,7 +459,12 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   const int64_t N = config.models;
   DeviceData data = upload(mnist, device, config.train_samples);
 
-  // 1. init: model m from seed + m; the shared init (variant 0) and the cross-init one.
+  // 1. init: model m from seed + m; the shared init (variant 0) and the cross-init one. The
+  // teacher and the same-init students start as exact copies of the shared init (unless
+  // --init-perturb), as in the notebook's student.load_state_dict(teacher.state_dict()). The
+  // notebook stops before any control; here the cross-init students start from a second init
+  // drawn from the same seed (variant 1, engine/nn.h), except in the paper preset with ≥ 2
+  // models (below).
   std::vector<uint64_t> seeds;
   for (int64_t m = 0; m < N; ++m) seeds.push_back(config.seed + uint64_t(m));
   MlpParams init(shape, N, DType::f32, device);
@@ -465,7 +477,8 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   MlpParams cross(shape, N, DType::f32, device);
   if (config.preset == Preset::paper && N >= 2) {
     // The paper's cross-model arm takes another model's init. A cyclic shift is a
-    // derangement: no model is ever paired with its own init (a random permutation would be).
+    // derangement: no model is ever paired with its own init, where the paper script's random
+    // permutation pairs about one with itself (../shared/docs/REFERENCE.md §2, pitfalls).
     for (int64_t m = 0; m < N; ++m) cross.copy_model_from(init, cross_init_partner(m, N), m);
   } else {
     init_mlp(cross, config.init, seeds, 1);
@@ -474,7 +487,7 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   same_init.copy_from(init);
   if (config.init_perturb > 0) perturb(same_init, config.init_perturb, config.seed);
 
-  // 2. reference: the untrained init.
+  // 2. reference: the untrained init (the paper's reference arm, ../shared/docs/REFERENCE.md §2).
   {
     auto start = Clock::now();
     results.final_acc.push_back({"reference", evaluate(init, data, config.fusion, config.classes())});
@@ -485,6 +498,8 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   MlpParams teacher(shape, N, DType::f32, device);
   teacher.copy_from(init);
   train_teacher(teacher, data, config, device, results, observer);
+  // The notebook's "Teacher final test accuracy" evaluates the teacher once more; its weights are
+  // those of the last epoch's evaluation (always made), so that number is reused.
   results.final_acc.push_back({"teacher", results.teacher_epochs.empty()
                                               ? results.final_acc.front().second
                                               : results.teacher_epochs.back().test_acc});
