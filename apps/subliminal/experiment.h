@@ -41,7 +41,7 @@ struct PhaseTiming {
   int64_t steps = 0;         // training steps run
   size_t graph_kernels = 0;  // kernels in one captured full-batch step (0 without graphs)
   size_t graph_memory_nodes = 0;  // its allocations and frees (0: the step allocates nothing)
-  bool fused = false;        // the steps ran as ops/fused_step.h's one-kernel step
+  bool fused = false;             // the steps ran as ops/fused_step.h's step (--step fused or cluster)
 };
 
 struct Results {

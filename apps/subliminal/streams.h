@@ -1,7 +1,9 @@
 // apps/subliminal/streams.h — the random streams of one run.
 //
 // Model m of a run draws everything from key seed + m (so model m of `--models N` is the
-// same run as `--models 1 --seed seed+m`), each use on its own stream (engine/random.h):
+// same run as `--models 1 --seed seed+m`), each use on its own stream (engine/random.h). The
+// one exception: the paper preset's cross-init students take another model's init
+// (cross_init_partner, experiment.h).
 #pragma once
 
 #include <cstdint>
@@ -11,7 +13,8 @@
 
 namespace subliminal::app {
 
-// kInitPurpose (engine/nn.h): variant 0 = the shared init, variant 1 = the cross-init control.
+// kInitPurpose (engine/nn.h): variant 0 = the shared init, variant 1 = the cross-init control's
+// (not drawn in the paper preset with ≥ 2 models, whose control takes another model's variant 0).
 constexpr uint32_t kTeacherOrderPurpose = 2;  // MNIST order of teacher epoch e: stream_id(2, e)
 constexpr uint32_t kNoisePurpose = 3;         // noise pixels: stream_id(3)
 constexpr uint32_t kNoiseOrderPurpose =
