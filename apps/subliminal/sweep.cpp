@@ -28,7 +28,9 @@
 namespace subliminal::app {
 namespace {
 
-// The keys --sweep may vary (any value flag works; these are the ones the field sweeps).
+// The keys --sweep may vary; parse_sweep refuses any other, although set_config_value would set
+// any value flag. They are the settings the ablations of ../shared/docs/REFERENCE.md §2 vary,
+// plus init, seed and models.
 const std::vector<std::string>& sweepable_keys() {
   static const std::vector<std::string> keys = {
       "lr",    "batch-size", "epochs-teacher", "epochs-distill", "ghosts", "temperature", "weight-decay",
