@@ -49,7 +49,8 @@ struct RunTimes {
   double load = 0, total = 0;
 };
 
-// "Teacher final test accuracy", then the summary table and the timing line.
+// "Teacher final test accuracy" (the notebook's last line, which it prints right after training
+// the teacher; here it waits for the students), then the summary table and the timing line.
 void print_summary(std::FILE* out, const Config& config, const Results& results, const RunTimes& times);
 
 // Every setting that shapes a run's results (the report's "config"; no file names).
