@@ -296,11 +296,12 @@ SweptKey parse_sweep(const std::string& sweep) {
   return {sweep, key, split(sweep.substr(eq + 1), key == "hidden" ? ';' : ',')};
 }
 
-// The most configurations one sweep may have. Each runs a whole experiment — seconds on a GPU at
-// the least, minutes at the notebook's size — so 10 000 is days of compute already, more than
-// any ablation here needs; and every configuration is held in memory (its settings, its Config,
-// its id) before the first runs, so a grid of millions (three keys of 300 values: 27 million)
-// would exhaust the memory and end as an internal error instead of a message.
+// The most configurations one sweep may have. Each runs a whole experiment — at the notebook's
+// size about a second on a GPU and 8 s on 2 CPU cores (README.md), more with --models — so
+// 10 000 is hours to days of compute already, more than any ablation here needs; and every
+// configuration is held in memory (its settings, its Config, its id) before the first runs, so
+// a grid of millions (three keys of 300 values: 27 million) would exhaust the memory and end as
+// an internal error instead of a message.
 constexpr uint64_t kMaxSweepConfigs = 10000;
 
 // Refuses a grid of more than kMaxSweepConfigs configurations, counting it from the number of
@@ -376,7 +377,8 @@ Results run_configuration(const std::string& id, const Config& config, const dat
 // What a sweep shows while a configuration runs. Per-epoch lines would drown the sweep's own, so
 // they are left out; the bar follows the configuration's training steps, phase by phase,
 // labelled with it ("[Sweep 2/4 lr=1e-3: Teacher] ███░░ 120/1175 steps") — a bar counting
-// configurations stood still for the whole of each, minutes at the notebook's size. A warning
+// configurations stood still for the whole of each (8 s at the notebook's size on 2 CPU cores,
+// 78 s with --models 10: docs/PERFORMANCE.md). A warning
 // (--allow-nonfinite keeping a configuration going past a NaN) is said, naming the
 // configuration, or that configuration's rows would look like any other's.
 class SweepObserver : public Observer {
