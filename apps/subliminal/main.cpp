@@ -1,7 +1,7 @@
 // apps/subliminal/main.cpp — the command-line program: flags → data → experiment → report.
 //
 // The only place that prints errors and picks exit codes:
-//   0 success · 1 internal or device fault · 2 bad input (flag, file, environment) ·
+//   0 success · 1 internal or device fault · 2 bad input (flag, file, environment) or out of memory ·
 //   3 a NaN/Inf stopped training
 #include <unistd.h>
 
