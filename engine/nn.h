@@ -79,7 +79,8 @@ class MlpParams {
 
 // Initialises model m of `params` from seed `seeds[m]`: each tensor draws from its own
 // stream stream_id(kInitPurpose, variant, tensor index), so "variant" gives a second,
-// independent init from the same seed (the cross-init control uses variant 1).
+// independent init from the same seed (the app's cross-init control is variant 1, except where
+// it takes another model's variant 0: apps/subliminal/streams.h).
 constexpr uint32_t kInitPurpose = 1;
 void init_mlp(MlpParams& params, InitScheme scheme, const std::vector<uint64_t>& seeds, uint32_t variant);
 
