@@ -35,6 +35,7 @@
 #include "data/mnist.h"                  // locate_mnist, load_mnist
 #include "engine/adam.h"                 // Adam
 #include "engine/autograd.h"             // zero_grad
+#include "engine/device.h"               // device_description
 #include "engine/kernels.h"              // add_into
 #include "engine/nn.h"                   // MlpParams, init_mlp
 #include "engine/random.h"               // stream_id, random_permutation, fill_normal
@@ -963,6 +964,31 @@ TEST(SweepResume, AConfigurationIsKnownByItsSettingsNotItsSpelling) {
   EXPECT_EQ(lines_of(kept).size(), 16u);
   EXPECT_EQ(kept.find("\"lr=1e-3;seed=1\""), std::string::npos) << "the earlier spelling's rows were kept";
   EXPECT_NE(kept.find("\"seed=1;lr=0.001\""), std::string::npos) << "the later spelling's rows were dropped";
+}
+
+// Each row names the device it ran on; resuming on another device (or another CPU) is allowed and
+// said, since the rows then differ in their last digits for that reason alone.
+TEST(SweepResume, RowsMadeOnAnotherDeviceAreSaidWhenTheRestRunHere) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string(), jsonl = prefix + ".jsonl";
+  sweep(prefix);
+  std::string elsewhere;  // lr=1e-3's rows as if made on a GPU; lr=2e-3's gone, to run again here
+  for (const std::string& line : lines_of(subliminal::test::read_text(jsonl))) {
+    nlohmann::json row = nlohmann::json::parse(line);
+    EXPECT_EQ(row["device"], device_description(Device::cpu)) << line;
+    if (row["config"] != "lr=1e-3") continue;
+    row["device"] = "NVIDIA H100 80GB HBM3";
+    elsewhere += row.dump() + "\n";
+  }
+  subliminal::test::write_text(jsonl, elsewhere);
+  const std::string printed = sweep(prefix);
+  EXPECT_NE(printed.find("(1 already done)"), std::string::npos) << printed;
+  EXPECT_NE(
+      printed.find("Sweep: note: rows already there were made on NVIDIA H100 80GB HBM3, the rest run on " +
+                   device_description(Device::cpu)),
+      std::string::npos)
+      << printed;
+  EXPECT_EQ(sweep(prefix).find("note"), std::string::npos);  // nothing left to run: nothing to say
 }
 
 // The sweep's first line counts the grid's configurations, and those already done.

@@ -23,6 +23,7 @@
 #include "apps/subliminal/experiment.h"
 #include "apps/subliminal/progress.h"
 #include "apps/subliminal/report.h"
+#include "engine/device.h"       // device_description: the device each row ran on
 #include "engine/safetensors.h"  // write_file_atomically
 
 namespace subliminal::app {
@@ -546,6 +547,25 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   for (size_t k = 0; k < grid.size(); ++k) already += finished(k);
   std::fprintf(out, "Sweep: %zu configuration%s (%zu already done) → %s, %s\n", grid.size(),
                grid.size() == 1 ? "" : "s", already, csv_path.c_str(), jsonl_path.c_str());
+  // Rows are comparable to the last digit only when one device made them all (another device, or
+  // another CPU, rounds differently): resuming elsewhere is allowed, and said. Each row names its
+  // device; rows written before they did are not counted.
+  const std::string this_device = device_description(device);
+  std::set<std::string> other_devices;
+  for (size_t i = 0; i < file.rows.size(); ++i) {
+    const nlohmann::json& row = file.rows[i].row;
+    if (!to_run.count(row_keys[i]) && row.contains("device") && row["device"].is_string() &&
+        row["device"] != this_device)
+      other_devices.insert(row["device"].get<std::string>());
+  }
+  if (!other_devices.empty() && already < grid.size()) {
+    std::string list;
+    for (const std::string& d : other_devices) list += (list.empty() ? "" : ", ") + d;
+    std::fprintf(out,
+                 "Sweep: note: rows already there were made on %s, the rest run on %s; their "
+                 "accuracies may differ in the last digits for that reason alone\n",
+                 list.c_str(), this_device.c_str());
+  }
   SweepObserver observer(base.progress, stderr);
   for (size_t k = 0; k < grid.size(); ++k) {
     if (finished(k)) continue;
@@ -561,10 +581,10 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
     std::fprintf(out, "%s:", id.c_str());
     for (const auto& [arm, acc] : results.final_acc) {
       const Stats s = summarize(acc);
-      nlohmann::json row = {{"config", id},         {"arm", arm},         {"test_acc", s.mean},
-                            {"ci95", s.ci95},       {"std", s.std},       {"n", s.n},
-                            {"ci95_t", s.ci95_t},   {"seconds", seconds}, {"per_model", acc},
-                            {"base", base_settings}};
+      nlohmann::json row = {{"config", id},          {"arm", arm},           {"test_acc", s.mean},
+                            {"ci95", s.ci95},        {"std", s.std},         {"n", s.n},
+                            {"ci95_t", s.ci95_t},    {"seconds", seconds},   {"per_model", acc},
+                            {"base", base_settings}, {"device", this_device}};
       for (const auto& [key, value] : grid[k]) row["settings"][key] = value;
       jsonl_rows += json_text(row) + '\n';
       csv_rows += csv_line(row);
