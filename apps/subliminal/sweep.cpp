@@ -158,8 +158,13 @@ SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& b
   return file;
 }
 
-// The settings a row's configuration ran with, keyed as sweep_configs keys them: this sweep's base
-// (the row's own base, read_sweep_rows checked, is this one) with the row's swept values set.
+// What makes two configurations one: the settings their runs read (the report's `config`), as
+// text. Neither the order of the --sweep flags nor the spelling of a value (lr=0.001, lr=1e-3)
+// changes it.
+std::string settings_key(const Config& config) { return json_text(config_json(config)); }
+
+// The settings key of a row's configuration: this sweep's base (the row's own base, which
+// read_sweep_rows checked, is this one) with the row's swept values set.
 std::string row_settings_key(const Config& base, const SweepRow& r, const std::string& jsonl_path) {
   Config config = base;
   try {
@@ -172,7 +177,7 @@ std::string row_settings_key(const Config& base, const SweepRow& r, const std::s
                     quoted(r.config) + " has settings this sweep cannot read (" + e.what() +
                     "); choose another --sweep-out");
   }
-  return json_text(config_json(config));
+  return settings_key(config);
 }
 
 // Rows one configuration writes: reference, teacher and one per student arm.
@@ -466,7 +471,7 @@ std::vector<Config> sweep_configs(const Config& base) {
   for (const auto& settings : grid) {
     Config config = base;
     for (const auto& [k, v] : settings) set_config_value(config, k, v);
-    const auto [earlier, first] = made.emplace(json_text(config_json(config)), config_id(settings));
+    const auto [earlier, first] = made.emplace(settings_key(config), config_id(settings));
     if (!first)
       throw UsageError("--sweep: configurations " + subliminal::quoted(earlier->second) + " and " +
                        quoted(config_id(settings)) +
@@ -510,7 +515,7 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   // (lr=0.001 for lr=1e-3), a sweep finds the rows it made instead of running them again and
   // keeping both.
   std::vector<std::string> config_keys, row_keys;  // configs[k]'s, file.rows[i]'s
-  for (const Config& c : configs) config_keys.push_back(json_text(config_json(c)));
+  for (const Config& c : configs) config_keys.push_back(settings_key(c));
   for (const SweepRow& r : file.rows) row_keys.push_back(row_settings_key(base, r, jsonl_path));
   std::map<std::string, std::set<std::string>> done;  // the arms of each configuration
   for (size_t i = 0; i < file.rows.size(); ++i) done[row_keys[i]].insert(file.rows[i].arm);
