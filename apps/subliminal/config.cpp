@@ -191,9 +191,8 @@ const std::vector<ValueFlag>& value_flags() {
                                             {"mnist", NoiseKind::mnist}});
        }},
       {"noise-set",
-       "fresh (new noise every epoch, as the notebook; the default) | fixed (one set per model, as many "
-       "images "
-       "as the training set (--train-samples), reshuffled each epoch; paper)",
+       "fresh (new noise every epoch, as the notebook; the default) | fixed (one set per model, as "
+       "many images as the training set (--train-samples), reshuffled each epoch; paper)",
        [](Config& c, auto& k, auto& v) {
          c.noise_set = parse_choice<NoiseSet>(k, v, {{"fresh", NoiseSet::fresh}, {"fixed", NoiseSet::fixed}});
        }},
@@ -229,11 +228,10 @@ const std::vector<ValueFlag>& value_flags() {
          c.gemm_engine = v;
        }},
       {"step",
-       "How the GPU runs a training step: auto (the default: fused for small steps on the default GEMM path) "
-       "| "
-       "autograd "
-       "(the engine's tape, a kernel per op) | fused (forward, loss and gradients in one kernel; 2-3 layers)"
-       " | cluster (the same step by row blocks in thread-block clusters: two kernels; sm_90 and later)",
+       "How the GPU runs a training step: auto (the default: fused for small steps on the default "
+       "GEMM path) | autograd (the engine's tape, a kernel per op) | fused (forward, loss and "
+       "gradients in one kernel; 2-3 layers) | cluster (the same step by row blocks in thread-block "
+       "clusters: two kernels; sm_90 and later)",
        [](Config& c, auto& k, auto& v) {
          parse_choice<int>(k, v, {{"auto", 0}, {"autograd", 1}, {"fused", 2}, {"cluster", 3}});
          c.step = v;
