@@ -197,8 +197,8 @@ TEST(Cli, HelpGivesEverySettingsDefault) {
     std::istringstream words(line);
     std::string flag, value;
     words >> flag >> value;  // "  --lr X   Adam learning rate (default 3e-4)"; a switch has no X
-    const bool placeholder =
-        !value.empty() && std::none_of(value.begin(), value.end(), [](char c) { return std::islower(c); });
+    const bool placeholder = !value.empty() && std::none_of(value.begin(), value.end(),
+                                                            [](unsigned char c) { return std::islower(c); });
     if (flag.rfind("--", 0) != 0 || !placeholder || no_default.count(flag)) continue;
     ++settings;
     EXPECT_NE(line.find("default"), std::string::npos) << line;
