@@ -293,7 +293,7 @@ TEST(Idx, GarbageAfterGzipIsRefused) {
                     "5 bytes of trailing garbage");
   // Garbage that starts like a gzip member (1f) but is not one (8b) is garbage too.
   gz = read_all(dir / "garbage.gz");
-  gz.resize(gz.size() - 5);
+  gz.erase(gz.end() - 5, gz.end());  // the junk appended above
   gz.insert(gz.end(), {0x1f, 'j', 'u', 'n', 'k'});
   write_raw(dir / "garbage.gz", gz);
   EXPECT_DATA_ERROR(read_idx(dir / "garbage.gz", kIdxMagicImages), "garbage.gz",
