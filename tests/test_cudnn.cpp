@@ -192,6 +192,27 @@ std::string param_name(const Shape& s, bool tf32, const std::string& flags) {
 
 double tolerance(bool tf32) { return tf32 ? 2e-3 : 1e-5; }
 
+// Downloads `out`, checks it for NaN and against the float64 reference; returns the relative
+// error (NaN when the output held NaN) for the log line.
+double expect_matches(const DeviceArray& out, const std::vector<double>& ref, bool tf32,
+                      const std::string& what) {
+  const std::vector<float> got = out.download();
+  const size_t nans = count_nan(got);
+  EXPECT_EQ(nans, 0u) << what;
+  if (nans) return std::nan("");
+  const double err = relative_error(got, ref);
+  EXPECT_LT(err, tolerance(tf32)) << what << first_mismatches(got, ref, tolerance(tf32));
+  return err;
+}
+
+// The optional bias gradient: matches its reference when asked for, untouched when not.
+double expect_dbias(bool with_dbias, const DeviceArray& d_db, const std::vector<double>& ref_db, bool tf32,
+                    const std::string& what) {
+  if (with_dbias) return expect_matches(d_db, ref_db, tf32, what + " dbias");
+  EXPECT_TRUE(d_db.untouched()) << what << ": wrote dbias though none was asked for";
+  return 0;
+}
+
 // Records an unsupported case and checks that the engine left its outputs alone.
 void record_unsupported(const std::string& what, std::initializer_list<const DeviceArray*> outs) {
   gpu().unsupported.push_back(what);
@@ -256,10 +277,8 @@ TEST_P(CudnnForward, MatchesFloat64Reference) {
     GTEST_SKIP() << "cuDNN cannot run " << what << " (falls back to cuBLASLt)";
   }
   ++gpu().supported;
+  const double err = expect_matches(dy_, ref, tf32, what);
   const std::vector<float> y = dy_.download();
-  ASSERT_EQ(count_nan(y), 0u) << what;
-  const double err = relative_error(y, ref);
-  EXPECT_LT(err, tolerance(tf32)) << what << first_mismatches(y, ref, tolerance(tf32));
   size_t nonzero_at_zero = 0, negative = 0;
   for (int64_t m = 0; m < n; ++m)
     for (int64_t r = 0; r < b; ++r)
@@ -326,23 +345,13 @@ TEST_P(CudnnBackwardInput, MatchesFloat64Reference) {
     GTEST_SKIP() << "cuDNN cannot run " << what << " (falls back to cuBLASLt)";
   }
   ++gpu().supported;
-  const std::vector<float> dx = d_dx.download();
-  ASSERT_EQ(count_nan(dx), 0u) << what;
-  const double err = relative_error(dx, ref_dx);
-  EXPECT_LT(err, tolerance(tf32)) << what << first_mismatches(dx, ref_dx, tolerance(tf32));
+  const double err = expect_matches(d_dx, ref_dx, tf32, what);
   // relu'(0) = 0: wherever y_prev is exactly 0 the gradient is exactly 0.
+  const std::vector<float> dx = d_dx.download();
   size_t leaked = 0;
   for (size_t k = 0; k < dx.size(); ++k) leaked += (y_prev[k] == 0.0f && dx[k] != 0.0f) ? 1 : 0;
   EXPECT_EQ(leaked, 0u) << what << ": gradient passed where y_prev == 0";
-  double err_db = 0;
-  if (with_dbias) {
-    const std::vector<float> db = d_db.download();
-    ASSERT_EQ(count_nan(db), 0u) << what << " dbias";
-    err_db = relative_error(db, ref_db);
-    EXPECT_LT(err_db, tolerance(tf32)) << what << " dbias" << first_mismatches(db, ref_db, tolerance(tf32));
-  } else {
-    EXPECT_TRUE(d_db.untouched()) << what << ": wrote dbias though none was asked for";
-  }
+  const double err_db = expect_dbias(with_dbias, d_db, ref_db, tf32, what);
   std::printf("[cudnn] %s: relative error dx %.3g dbias %.3g\n", what.c_str(), err, err_db);
 }
 
@@ -401,19 +410,8 @@ TEST_P(CudnnBackwardWeight, MatchesFloat64Reference) {
     GTEST_SKIP() << "cuDNN cannot run " << what << " (falls back to cuBLASLt)";
   }
   ++gpu().supported;
-  const std::vector<float> dw = d_dw.download();
-  ASSERT_EQ(count_nan(dw), 0u) << what;
-  const double err = relative_error(dw, ref_dw);
-  EXPECT_LT(err, tolerance(tf32)) << what << first_mismatches(dw, ref_dw, tolerance(tf32));
-  double err_db = 0;
-  if (with_dbias) {
-    const std::vector<float> db = d_db.download();
-    ASSERT_EQ(count_nan(db), 0u) << what << " dbias";
-    err_db = relative_error(db, ref_db);
-    EXPECT_LT(err_db, tolerance(tf32)) << what << " dbias" << first_mismatches(db, ref_db, tolerance(tf32));
-  } else {
-    EXPECT_TRUE(d_db.untouched()) << what << ": wrote dbias though none was asked for";
-  }
+  const double err = expect_matches(d_dw, ref_dw, tf32, what);
+  const double err_db = expect_dbias(with_dbias, d_db, ref_db, tf32, what);
   std::printf("[cudnn] %s: relative error dw %.3g dbias %.3g\n", what.c_str(), err, err_db);
 }
 
