@@ -34,9 +34,19 @@ __device__ inline void stage(float* dst, int ldd, const float* src, int64_t lds,
                              int rows_pad, int cols_pad, bool async = true) {
   const bool vector = async && reinterpret_cast<uintptr_t>(src) % 16 == 0 && lds % 4 == 0 && ldd % 4 == 0;
   const int quads = vector ? cols / 4 : 0;  // columns [0, 4·quads) go by cp.async
-  for (int e = int(threadIdx.x); e < rows * quads; e += int(blockDim.x)) {
-    const int r = e / quads, c = 4 * (e % quads);
-    __pipeline_memcpy_async(dst + r * ldd + c, src + r * lds + c, 16);
+  if (quads > 0) {
+    // Thread t copies pieces e = t, t + T, t + 2T, … (T threads) of the rows·quads, piece e
+    // being row e / quads, quad e % quads. (r, c) is advanced by T's quotient and remainder
+    // rather than divided out per piece: a division by a run-time count is some twenty
+    // instructions, more than the copy itself.
+    const int T = int(blockDim.x), step_r = T / quads, step_c = T % quads;
+    int r = int(threadIdx.x) / quads, c = int(threadIdx.x) % quads;
+    while (r < rows) {
+      __pipeline_memcpy_async(dst + r * ldd + 4 * c, src + r * lds + 4 * c, 16);
+      r += step_r;
+      c += step_c;
+      if (c >= quads) c -= quads, ++r;
+    }
   }
   const int tail = cols_pad - 4 * quads;  // the other columns, loaded or zeroed
   for (int e = int(threadIdx.x); e < rows_pad * tail; e += int(blockDim.x)) {
@@ -115,18 +125,21 @@ __device__ inline void dot_accumulate(float* acc, int ldc, const float* A, int l
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[(m0 + i) * ldc + c0 + j * tiles_n] += c[i][j];
     } else {
+      // kpart[group][4i + j][tile]: a warp's lanes hold consecutive tiles, so each of the 16
+      // stores writes 32 consecutive floats, one a bank. (Tile-major, [group][tile][4i + j], put
+      // the lanes 16 floats apart: 2 banks, a 16-way conflict on every store.)
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) kpart[(group * tiles + tile) * 16 + 4 * i + j] = c[i][j];
+        for (int j = 0; j < 4; ++j) kpart[(group * 16 + 4 * i + j) * tiles + tile] = c[i][j];
     }
   }
   if (groups == 1) return;
   __syncthreads();  // every group's partial block is in kpart
   for (int e = int(threadIdx.x); e < tiles * 16; e += int(blockDim.x)) {
-    const int tile = e / 16, i = e % 16 / 4, j = e % 4;
+    const int tile = e % tiles, ij = e / tiles, i = ij / 4, j = ij % 4;
     float sum = 0.0f;
-    for (int group = 0; group < groups; ++group) sum += kpart[(group * tiles + tile) * 16 + 4 * i + j];
+    for (int group = 0; group < groups; ++group) sum += kpart[(group * 16 + ij) * tiles + tile];
     acc[(tile / tiles_n * 4 + i) * ldc + tile % tiles_n + j * tiles_n] += sum;
   }
 }
@@ -139,10 +152,40 @@ template <class Store>
 __device__ inline void outer_product(const float* A, int a_k, int a_m, const float* B, int ldb, int M4,
                                      int N4, int K, Store&& store) {
   const int tiles_n = N4 / 4, tiles = M4 / 4 * tiles_n;
+  // c[i][·] += a[i]·B[k, n0 … n0 + 3]: one k step of the 4 × 4 block.
+  const auto step = [&](float(&c)[4][4], const float(&a)[4], int k, int n0) {
+    const float4 b = *reinterpret_cast<const float4*>(B + k * ldb + n0);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      c[i][0] = fmaf(a[i], b.x, c[i][0]);
+      c[i][1] = fmaf(a[i], b.y, c[i][1]);
+      c[i][2] = fmaf(a[i], b.z, c[i][2]);
+      c[i][3] = fmaf(a[i], b.w, c[i][3]);
+    }
+  };
+  // With a_k = 1 (A's rows k-contiguous: G·W's gradient rows) four k steps read each of the 4
+  // rows as one float4 along k, where single floats would take 16 reads; a_m a multiple of 4
+  // keeps them 16-byte aligned. The last K mod 4 steps go one by one. The same k order either way.
+  const bool rows_along_k = a_k == 1 && a_m % 4 == 0 && reinterpret_cast<uintptr_t>(A) % 16 == 0;
   for (int t = int(threadIdx.x); t < tiles; t += int(blockDim.x)) {
     const int m0 = t / tiles_n * 4, n0 = t % tiles_n * 4;
     float c[4][4] = {};
-    for (int k = 0; k < K; ++k) {
+    int k = 0;
+    if (rows_along_k)
+      for (; k + 4 <= K; k += 4) {
+        float4 row[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) row[i] = *reinterpret_cast<const float4*>(A + k + (m0 + i) * a_m);
+        const float a0[4] = {row[0].x, row[1].x, row[2].x, row[3].x};
+        const float a1[4] = {row[0].y, row[1].y, row[2].y, row[3].y};
+        const float a2[4] = {row[0].z, row[1].z, row[2].z, row[3].z};
+        const float a3[4] = {row[0].w, row[1].w, row[2].w, row[3].w};
+        step(c, a0, k, n0);
+        step(c, a1, k + 1, n0);
+        step(c, a2, k + 2, n0);
+        step(c, a3, k + 3, n0);
+      }
+    for (; k < K; ++k) {
       float a[4];
       if (a_m == 1) {  // one float4 read (a_k and m0 are multiples of 4 where A is contiguous)
         const float4 v = *reinterpret_cast<const float4*>(A + k * a_k + m0);
@@ -151,14 +194,7 @@ __device__ inline void outer_product(const float* A, int a_k, int a_m, const flo
 #pragma unroll
         for (int i = 0; i < 4; ++i) a[i] = A[k * a_k + (m0 + i) * a_m];
       }
-      const float4 b = *reinterpret_cast<const float4*>(B + k * ldb + n0);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        c[i][0] = fmaf(a[i], b.x, c[i][0]);
-        c[i][1] = fmaf(a[i], b.y, c[i][1]);
-        c[i][2] = fmaf(a[i], b.z, c[i][2]);
-        c[i][3] = fmaf(a[i], b.w, c[i][3]);
-      }
+      step(c, a, k, n0);
     }
     store(m0, n0, c);
   }
