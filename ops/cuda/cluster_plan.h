@@ -76,8 +76,8 @@ inline Machine tuned(Machine mc, const ClusterStepTuning& tuning) {
 
 // The rows per cluster and the K chunk for a step of S models at batch B: about `clusters`
 // clusters, as many rows each as the shared memory allows with a K chunk of ≥ kMinChunk floats
-// (or all of K, when smaller), then the largest chunk that fits; the rows evened out over the
-// row blocks. Throws ShapeError when not even one row fits.
+// (or all of K, when smaller), then the fewest chunks that fit, evened out; the rows evened out
+// over the row blocks. Throws ShapeError when not even one row fits.
 inline void plan_rows(Program& p, const Machine& mc) {
   if (mc.cluster < 1 || mc.cluster > kClusterBlocks)
     throw ShapeError("cluster step: clusters of " + std::to_string(mc.cluster) + " blocks (1 to " +
@@ -102,7 +102,12 @@ inline void plan_rows(Program& p, const Machine& mc) {
   p.rows = (p.batch + p.row_blocks - 1) / p.row_blocks;
   int kc = want;
   while (kc > least && !fits(p.rows, kc)) kc -= 8;
-  p.kc = kc;
+  // As few chunks as that, evened out: 784 in chunks of 384 would end with a chunk of 16, a
+  // pipeline round (two __syncthreads, a K-group fix-up, a backward product on one warp) for a
+  // sliver of work; 3 × 264 share it, and the first chunk, whose load nothing overlaps, is shorter.
+  const int64_t chunks = (widest_k + kc - 1) / kc;
+  const int even = int((widest_k + chunks - 1) / chunks);
+  p.kc = std::max(least, (even + 7) / 8 * 8);
   p.smem = smem_layout(s, p.layers, mc.cluster, p.rows, p.kc, mc.threads);
 }
 
