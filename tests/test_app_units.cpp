@@ -669,6 +669,26 @@ TEST(Experiment, WeightDecayAndInitPerturbationMoveTheSameInitStudent) {
   EXPECT_NEAR(perturbed[1], seed1.at(0), 1e-6 * seed1.at(0));
 }
 
+// --weight-decay is the students' alone: the notebook's teacher Adam has none (REFERENCE.md §1),
+// so the teacher trains to the same bits with it as without. (No other test trained a teacher
+// with --weight-decay set, so a teacher Adam handed it went unnoticed.)
+TEST(Experiment, WeightDecayLeavesTheTeacherAlone) {
+  const data::Mnist mnist = made_up_mnist(12, 20);
+  auto teacher_epochs = [&](const char* decay) {
+    Observer quiet;
+    const Config config = small_run(
+        {"--lr", "0.01", "--epochs-teacher", "2", "--epochs-distill", "0", "--weight-decay", decay});
+    return run_experiment(config, mnist, Device::cpu, quiet).teacher_epochs;
+  };
+  const std::vector<EpochMetrics> without = teacher_epochs("0"), with = teacher_epochs("0.5");
+  ASSERT_EQ(without.size(), 2u);
+  ASSERT_EQ(with.size(), 2u);
+  for (size_t e = 0; e < 2; ++e) {
+    EXPECT_EQ(with[e].loss, without[e].loss) << "epoch " << e + 1;
+    EXPECT_EQ(with[e].test_acc, without[e].test_acc) << "epoch " << e + 1;
+  }
+}
+
 // Without distillation epochs the students are their inits: the same-init one the teacher's,
 // the cross-init one another — under the paper's preset too, whose cross-init student takes another
 // model's init when there is one, and a second init of its own when it is the only model.
