@@ -626,6 +626,28 @@ TEST(Experiment, DistillationLossIsTheKlAtTheTemperatureOnTheGhostLogits) {
     EXPECT_EQ(epoch.loss, (std::vector<double>{0, 0})) << "epoch " << epoch.epoch;
 }
 
+// --noise mnist feeds every arm the training images, gathered once for the teachers' rows and
+// tiled to each arm's students. With the students still, an epoch's loss is then the mean KL over
+// all S images whatever their order: the cross-init arm — the second group of rows, which a
+// tiling that stopped one arm short would leave unfilled — matches the KL on the images in file
+// order. (The test exists because no other test ran --noise mnist with more than one arm.)
+TEST(Experiment, MnistNoiseReachesTheStudentsOfEveryArm) {
+  const data::Mnist mnist = made_up_mnist(10, 20);
+  const Config config = small_run({"--lr", kStill, "--models", "2", "--epochs-teacher", "0",
+                                   "--epochs-distill", "1", "--noise", "mnist"});  // batches of 4, 4 and 2
+  ASSERT_EQ(student_arms(config).size(), 2u) << "this test needs a second arm";
+  Observer quiet;
+  const Results results = run_experiment(config, mnist, Device::cpu, quiet);
+  const Tensor x = inputs_of(mnist.train, 10, 2).first;  // [2, 10, 784]
+  NoGradGuard no_grad;
+  const std::vector<float> expected = distill_kl(mlp_forward(x, init_of(config, {0, 1}, 1)),
+                                                 mlp_forward(x, init_of(config, {0, 1}, 0)), {10, 13}, 1.0)
+                                          .to_vector<float>();
+  const std::vector<double> loss = results.arm_epochs.at("cross_init").at(0).loss;
+  ASSERT_EQ(loss.size(), 2u);
+  for (size_t m = 0; m < 2; ++m) EXPECT_NEAR(loss[m], expected[m], 1e-5 * expected[m]) << "model " << m;
+}
+
 // A same-init student starts as its teacher, where its KL and gradient are 0, and stays there —
 // unless --weight-decay pulls it off, or --init-perturb starts it elsewhere (model m with its own
 // noise, as --seed seed+m would draw it).
@@ -645,6 +667,26 @@ TEST(Experiment, WeightDecayAndInitPerturbationMoveTheSameInitStudent) {
   EXPECT_NE(perturbed[0], perturbed[1]);
   const std::vector<double> seed1 = student_loss({"--lr", kStill, "--init-perturb", "0.1", "--seed", "1"});
   EXPECT_NEAR(perturbed[1], seed1.at(0), 1e-6 * seed1.at(0));
+}
+
+// --weight-decay is the students' alone: the notebook's teacher Adam has none (REFERENCE.md §1),
+// so the teacher trains to the same bits with it as without. (No other test trained a teacher
+// with --weight-decay set, so a teacher Adam handed it went unnoticed.)
+TEST(Experiment, WeightDecayLeavesTheTeacherAlone) {
+  const data::Mnist mnist = made_up_mnist(12, 20);
+  auto teacher_epochs = [&](const char* decay) {
+    Observer quiet;
+    const Config config = small_run(
+        {"--lr", "0.01", "--epochs-teacher", "2", "--epochs-distill", "0", "--weight-decay", decay});
+    return run_experiment(config, mnist, Device::cpu, quiet).teacher_epochs;
+  };
+  const std::vector<EpochMetrics> without = teacher_epochs("0"), with = teacher_epochs("0.5");
+  ASSERT_EQ(without.size(), 2u);
+  ASSERT_EQ(with.size(), 2u);
+  for (size_t e = 0; e < 2; ++e) {
+    EXPECT_EQ(with[e].loss, without[e].loss) << "epoch " << e + 1;
+    EXPECT_EQ(with[e].test_acc, without[e].test_acc) << "epoch " << e + 1;
+  }
 }
 
 // Without distillation epochs the students are their inits: the same-init one the teacher's,

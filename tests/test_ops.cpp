@@ -249,6 +249,28 @@ TEST(Ops, CountCorrectTiesGoToTheFirstAndNaNIsMaximal) {
                ShapeError);
 }
 
+// torch.argmax takes the first of tied maxima. The test above pairs each of its ties with a twin
+// labelled with the other tied class, so its counts come out the same when the last maximum wins;
+// here every tie is labelled with its first class alone, so only the first winning counts 3.
+TEST(Ops, CountCorrectCountsATieForItsFirstClassOnly) {
+  const std::vector<double> logits = {
+      // logits [1, 3, 4], classes [0, 4)
+      2,  2, 0, 1,  // tie between classes 0 and 1: label 0
+      0,  5, 5, 5,  // three-way tie from class 1: label 1
+      -1, 0, 3, 3,  // tie between the last two classes: label 2
+  };
+  const std::vector<int32_t> labels = {0, 1, 2};
+  for (DType dtype : {DType::f64, DType::f32}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const Tensor z = dtype == DType::f64
+                         ? Tensor::from_vector(logits, {1, 3, 4})
+                         : Tensor::from_vector(std::vector<float>(logits.begin(), logits.end()), {1, 3, 4});
+    Tensor counts = Tensor::zeros({1}, DType::i64);
+    count_correct(z, Tensor::from_vector(labels, {1, 3}), {0, 4}, counts);
+    EXPECT_EQ(counts.to_vector<int64_t>(), (std::vector<int64_t>{3}));
+  }
+}
+
 // ---- GEMMs against naive loops -------------------------------------------------------------------
 
 constexpr int64_t N = 2, B = 5, I = 7, O = 3;  // odd sizes, two models
