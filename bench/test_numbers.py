@@ -260,9 +260,12 @@ class CompareRunTest(unittest.TestCase):
 # ---------------------------------------------------------------------------------------------- ab_summary.py
 
 
-def app_report(us, acc=0.9, gpu=2.0):
-    return {"seconds": {"total": 1.5}, "gpu_seconds": {"training": gpu, "teacher": 0.5},
-            "us_per_step": {"teacher": us, "distill_ghosts": 2 * us}, "teacher": {"test_acc": acc}}
+def app_report(us, acc=0.9, gpu=2.0, steady=True):
+    r = {"seconds": {"total": 1.5}, "gpu_seconds": {"training": gpu, "teacher": 0.5},
+         "us_per_step": {"teacher": us, "distill_ghosts": 2 * us}, "teacher": {"test_acc": acc}}
+    if steady:  # reports from before the app wrote it have none
+        r["us_per_step_steady"] = {"teacher": us / 2}
+    return r
 
 
 class AbSummaryTest(unittest.TestCase):
@@ -274,7 +277,7 @@ class AbSummaryTest(unittest.TestCase):
                 self.assertEqual(ab_summary.main([f"b{i}" for i in range(len(base))] + ["--"]
                                                  + [f"b{i + len(base)}" for i in range(len(cur))]), 0)
         for line in out.getvalue().splitlines()[2:]:
-            name, rest = line[:27].strip(), line[27:].split()
+            name, rest = line[:34].strip(), line[34:].split()
             rows[name] = rest
         return out.getvalue().splitlines()[0], rows
 
@@ -287,6 +290,11 @@ class AbSummaryTest(unittest.TestCase):
         self.assertEqual(rows["µs/step distill_ghosts"], ["500.0000", "1000.0000", "2.000"])
         self.assertEqual(rows["GPU s in training"], ["2.0000", "3.0000", "1.500"])
         self.assertEqual(rows["accuracy teacher"], ["0.9000", "0.8000"])  # accuracies get no ratio
+        self.assertEqual(rows["µs/step teacher, steady"], ["125.0000", "250.0000", "2.000"])
+
+    def test_a_baseline_without_steady_times_shows_a_dash(self):
+        head, rows = self.summary([app_report(100.0, steady=False)], [app_report(100.0)])
+        self.assertEqual(rows["µs/step teacher, steady"], ["—", "50.0000"])
 
     def test_a_null_accuracy_is_a_nan_not_a_bad_report(self):
         self.assertIsNone(ab_summary.report_problem(app_report(100.0, acc=None)))

@@ -9,7 +9,7 @@ are printed too: the same seed on the same path gives the same numbers, so a cha
 says the change altered the arithmetic (expected where summation order changed).
 
 A file that cannot be read, is not JSON, or is not shaped like the app's report (an object with
-"seconds"; gpu_seconds, us_per_step and seconds holding numbers; arms holding a numeric test_acc)
+"seconds"; gpu_seconds, us_per_step, us_per_step_steady and seconds holding numbers; arms holding a numeric test_acc)
 stops the summary with one line naming it on stderr and exit status 2, as does a side with no files.
 """
 import json
@@ -41,7 +41,7 @@ def report_problem(r):
         return f"a JSON {type(r).__name__}, not the app's --json report (an object)"
     if "seconds" not in r:
         return "no seconds: not the app's --json report"
-    for key in ("gpu_seconds", "us_per_step", "seconds"):
+    for key in ("gpu_seconds", "us_per_step", "us_per_step_steady", "seconds"):
         part = r.get(key, {})
         if not isinstance(part, dict) or not all(is_number(v) for v in part.values()):
             return f"{key}: expected an object of numbers"
@@ -70,6 +70,8 @@ def rows(reports):
         add("GPU s in training", num(r.get("gpu_seconds", {}).get("training")))
         for phase, us in r.get("us_per_step", {}).items():
             add(f"µs/step {phase}", num(us))
+        for phase, us in r.get("us_per_step_steady", {}).items():  # the epochs after the first
+            add(f"µs/step {phase}, steady", num(us))
         add("wall s (whole run)", num(r.get("seconds", {}).get("total")))
         for arm in ("teacher", "student", "cross_init"):
             if arm in r:
@@ -87,13 +89,13 @@ def main(argv):
             "(usage: scripts/ab_summary.py BASELINE.json... -- CURRENT.json...)")
     base, cur = rows(load(argv[:cut])), rows(load(argv[cut + 1:]))
     print(f"A/B, medians of {len(next(iter(base.values())))} baseline and {len(next(iter(cur.values())))} current runs:")
-    print(f"  {'':24s} {'baseline':>10s} {'current':>10s} {'current/baseline':>17s}")
+    print(f"  {'':31s} {'baseline':>10s} {'current':>10s} {'current/baseline':>17s}")
     for name in list(base) + [n for n in cur if n not in base]:
         b = statistics.median(base[name]) if name in base else None
         c = statistics.median(cur[name]) if name in cur else None
         ratio = f"{c / b:17.3f}" if b and c is not None and not name.startswith("accuracy") else ""
         show = lambda v: f"{v:10.4f}" if v is not None else f"{'—':>10s}"
-        print(f"  {name:24s} {show(b)} {show(c)} {ratio}")
+        print(f"  {name:31s} {show(b)} {show(c)} {ratio}")
     return 0
 
 

@@ -187,7 +187,9 @@ accs = " ".join(f"{k}={r[k]['test_acc']:.4f}" for k in ["reference", "teacher", 
 g = r.get("gpu_seconds", {}); us = r.get("us_per_step", {}); k = r.get("graph_kernels_per_step", {})
 mem = r.get("graph_memory_nodes_per_step", {})
 print(f"{name}: {accs} | total {r['seconds']['total']:.2f} s, GPU training {g.get('training', 0):.3f} s, "
-      f"us/step {', '.join(f'{p}={v:.1f}' for p, v in us.items())}, kernels/step {k}, memory nodes/step {mem}")
+      f"us/step {', '.join(f'{p}={v:.1f}' for p, v in us.items())} "
+      f"(steady {', '.join(f'{p}={v:.1f}' for p, v in r.get('us_per_step_steady', {}).items())}), "
+      f"kernels/step {k}, memory nodes/step {mem}")
 PY
   else
     say "$name: FAILED (exit $?): $(tail -3 "$OUT/$name.log" | tr '\n' ' ')"

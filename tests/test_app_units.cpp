@@ -500,6 +500,24 @@ TEST(Experiment, TeacherLossIsTheMeanOverEveryTrainingImage) {
           << "epoch " << epoch.epoch << ", model " << m;
 }
 
+// The steady time (the report's us_per_step_steady) is the epochs after a phase's first: their
+// steps, on the same clock as the phase's whole time, and none for a phase of one epoch.
+TEST(Experiment, SteadyTimeCoversTheEpochsAfterTheFirst) {
+  const Config config =
+      small_run({"--train-samples", "10", "--epochs-teacher", "3", "--epochs-distill", "1"});
+  Observer quiet;
+  const Results results = run_experiment(config, made_up_mnist(14, 20), Device::cpu, quiet);
+  const PhaseTiming& teacher = results.timing.at("teacher");
+  EXPECT_EQ(teacher.steps, 3 * 3);  // 10 images in batches of 4, 4 and 2
+  EXPECT_EQ(teacher.steady_steps, 2 * 3);
+  EXPECT_GT(teacher.steady_seconds, 0.0);
+  EXPECT_LT(teacher.steady_seconds, teacher.wall_seconds);
+  const PhaseTiming& distill = results.timing.at("distill_ghosts");
+  EXPECT_EQ(distill.steps, 3);
+  EXPECT_EQ(distill.steady_steps, 0);
+  EXPECT_EQ(distill.steady_seconds, 0.0);
+}
+
 // The teacher's final accuracy is its last epoch's.
 TEST(Experiment, TheTeachersFinalAccuracyIsItsLastEpochs) {
   const Config config = small_run({"--lr", "0.05", "--epochs-teacher", "3", "--epochs-distill", "0"});
@@ -772,6 +790,10 @@ TEST(Report, EveryNumberComesFromItsOwnSource) {
   results.arm_epochs["student"] = {{1, {1.0, 2.0, 6.0}, {}}};
   results.timing["teacher"].steps = 4;
   results.timing["teacher"].wall_seconds = 2;
+  results.timing["teacher"].steady_steps = 2;  // the epochs after the first
+  results.timing["teacher"].steady_seconds = 0.25;
+  results.timing["distill_ghosts"].steps = 3;  // one epoch: no steady time
+  results.timing["distill_ghosts"].wall_seconds = 3;
   const nlohmann::json r = nlohmann::json::parse(report_json(c, results, {}, Device::cpu, "data"));
 
   const nlohmann::json& teacher = r["teacher"];
@@ -786,6 +808,12 @@ TEST(Report, EveryNumberComesFromItsOwnSource) {
   EXPECT_NEAR(r["epochs"]["student"][0]["kl"].get<double>(), 3.0, 1e-15);
   EXPECT_FALSE(r["epochs"]["student"][0].contains("test_acc"));
   EXPECT_NEAR(r["us_per_step"]["teacher"].get<double>(), 5e5, 1e-6);
+  EXPECT_NEAR(r["us_per_step_steady"]["teacher"].get<double>(), 1.25e5, 1e-6);
+  EXPECT_EQ(r["steps_steady"]["teacher"], 2);
+  EXPECT_NEAR(r["us_per_step"]["distill_ghosts"].get<double>(), 1e6, 1e-6);
+  EXPECT_FALSE(r["us_per_step_steady"].contains("distill_ghosts"))
+      << "a phase of one epoch has no steady time";
+  EXPECT_FALSE(r["steps_steady"].contains("distill_ghosts"));
 
   const nlohmann::json expected = nlohmann::json::parse(R"({
       "preset": "notebook", "seed": 7, "models": 3, "ghosts": 4, "hidden": [16, 8], "batch_size": 32,

@@ -148,16 +148,22 @@ class PhaseLoop {
       observer_.step_done();
     }
     synchronize(device_);
-    timing.wall_seconds += seconds_since(start);
+    double seconds = seconds_since(start);  // this epoch's, on the clock us_per_step uses
+    timing.wall_seconds += seconds;
     timing.steps += steps_per_epoch();
     timing.graph_kernels = full_.kernel_nodes();
     timing.graph_memory_nodes = full_.memory_nodes();
 #ifdef SUBLIMINAL_HAS_CUDA
     if (gpu) {
       gpu->stop();
-      timing.gpu_seconds += gpu->seconds();
+      seconds = gpu->seconds();
+      timing.gpu_seconds += seconds;
     }
 #endif
+    if (epoch > 1) {
+      timing.steady_seconds += seconds;
+      timing.steady_steps += steps_per_epoch();
+    }
     check_finite(epoch);
     std::vector<double> loss;
     for (float v : loss_sum.to_vector<float>()) loss.push_back(double(v) / double(samples_));

@@ -39,6 +39,11 @@ struct PhaseTiming {
   double wall_seconds = 0;   // host clock around the phase's training steps (eval excluded)
   double gpu_seconds = 0;    // CUDA events around the same steps (0 on the CPU)
   int64_t steps = 0;         // training steps run
+  // The same clock (GPU events on the GPU, the host's on the CPU) over the epochs after the
+  // phase's first, and their steps: a step's cost without the first epoch's graph capture, cold
+  // caches and first-touch pages (bench/compare.py's "steady" column).
+  double steady_seconds = 0;
+  int64_t steady_steps = 0;
   size_t graph_kernels = 0;  // kernels in one captured full-batch step (0 without graphs)
   size_t graph_memory_nodes = 0;  // its allocations and frees (0: the step allocates nothing)
   bool fused = false;             // the steps ran as ops/fused_step.h's step (--step fused or cluster)

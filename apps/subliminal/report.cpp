@@ -214,7 +214,8 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
 
   nlohmann::json seconds = {{"load", times.load}, {"eval", results.eval_seconds}, {"total", times.total}};
   nlohmann::json gpu_seconds = nlohmann::json::object(), steps = nlohmann::json::object(),
-                 us_per_step = nlohmann::json::object(), kernels = nlohmann::json::object(),
+                 us_per_step = nlohmann::json::object(), us_per_step_steady = nlohmann::json::object(),
+                 steps_steady = nlohmann::json::object(), kernels = nlohmann::json::object(),
                  memory_nodes = nlohmann::json::object(), step_kind = nlohmann::json::object();
   double gpu_training = 0;
   for (const auto& [phase, t] : results.timing) {
@@ -222,6 +223,10 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
     steps[phase] = t.steps;
     if (t.steps)
       us_per_step[phase] = 1e6 * (device == Device::cuda ? t.gpu_seconds : t.wall_seconds) / double(t.steps);
+    if (t.steady_steps) {  // a phase of one epoch has none
+      us_per_step_steady[phase] = 1e6 * t.steady_seconds / double(t.steady_steps);
+      steps_steady[phase] = t.steady_steps;
+    }
     if (device == Device::cuda) {
       gpu_seconds[phase] = t.gpu_seconds;
       gpu_training += t.gpu_seconds;
@@ -233,6 +238,8 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
   j["seconds"] = seconds;
   j["steps"] = steps;
   j["us_per_step"] = us_per_step;
+  j["us_per_step_steady"] = us_per_step_steady;
+  j["steps_steady"] = steps_steady;
   if (device == Device::cuda) {
     gpu_seconds["training"] = gpu_training;
     j["gpu_seconds"] = gpu_seconds;
