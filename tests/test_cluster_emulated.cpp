@@ -357,8 +357,8 @@ TEST(ClusterPlan, ChunksAreMultiplesOfEightOverManyShapes) {
                std::vector<std::pair<int64_t, int64_t>>{{1, 21}, {2, 256}, {10, 1000}}) {
             FusedMlp trained;
             trained.layers = int(sizes.size()) - 1, trained.sizes = sizes, trained.models = models;
-            trained.weights.assign(sizes.size() - 1, nullptr),
-                trained.biases.assign(sizes.size() - 1, nullptr);
+            trained.weights.assign(sizes.size() - 1, nullptr);
+            trained.biases.assign(sizes.size() - 1, nullptr);
             FusedLoss loss;
             loss.c1 = sizes.back();
             const Machine mc{Q, 16, 256, smem_floats, max_chunk};
