@@ -96,7 +96,7 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
     out.most_splits = std::max(out.most_splits, prog.gemm[j].splits);
     out.parallel_fixups += prog.gemm[j].parallel_fixup;
   }
-  std::vector<tile::Smem> smem(blocks);
+  std::vector<tile::Smem> smem = simt::garbage_shared_memory<tile::Smem>(blocks);
   simt::launch(blocks, tile::kBlockThreads, [&] {
     run_program(prog, smem[blockIdx.x], [] { simt::grid_sync(); }, [](int) {}, [](int) {});
   });

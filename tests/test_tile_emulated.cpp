@@ -81,7 +81,7 @@ void run_gemm(Gemm g, unsigned blocks, const std::vector<int64_t>& order) {
   std::vector<float> floats(size_t(std::max<int64_t>(scratch_floats(g), 1)), kNaN);
   std::vector<int> counters(size_t(std::max<int64_t>(scratch_counters(g), 1)), 0);
   assign_scratch(g, floats.data(), counters.data());
-  std::vector<Smem> smem(blocks);
+  std::vector<Smem> smem = simt::garbage_shared_memory<Smem>(blocks);
   simt::launch(blocks, kBlockThreads, [&] {
     for (size_t i = blockIdx.x; i < order.size(); i += gridDim.x) run_item(g, order[i], smem[blockIdx.x]);
   });

@@ -32,6 +32,7 @@
 #include <memory>
 #include <stdexcept>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "tests/simt/cuda_pipeline_primitives.h"  // each thread's cp.async queue (checked at its end)
@@ -69,6 +70,17 @@ struct Warp {
 inline thread_local std::barrier<>* block_barrier = nullptr;
 inline thread_local Warp* warp = nullptr;
 inline thread_local std::barrier<>* grid_barrier = nullptr;
+
+// `blocks` blocks' shared memory of type T as a GPU hands it over: garbage. Every byte is 0xFF,
+// so every float in it is a NaN, and a padding the device code forgets to zero, or a value it
+// reads before writing, poisons the sums it enters.
+template <class T>
+std::vector<T> garbage_shared_memory(unsigned blocks) {
+  static_assert(std::is_trivially_copyable_v<T>, "shared memory holds plain data");
+  std::vector<T> smem(blocks);
+  std::memset(static_cast<void*>(smem.data()), 0xFF, smem.size() * sizeof(T));
+  return smem;
+}
 
 // Runs body() for blocks first_block … first_block + count − 1 of a grid of grid_blocks, each
 // on `threads` host threads, all at once, and returns when every thread has finished. body reads
