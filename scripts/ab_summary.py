@@ -9,8 +9,9 @@ are printed too: the same seed on the same path gives the same numbers, so a cha
 says the change altered the arithmetic (expected where summation order changed).
 
 A file that cannot be read, is not JSON, or is not shaped like the app's report (an object with
-"seconds"; gpu_seconds, us_per_step, us_per_step_steady and seconds holding numbers; arms holding a numeric test_acc)
-stops the summary with one line naming it on stderr and exit status 2, as does a side with no files.
+"seconds"; gpu_seconds, us_per_step, us_per_step_steady and seconds holding numbers; arms holding
+a numeric test_acc) stops the summary with one line naming it on stderr and exit status 2, as does
+a side with no files.
 """
 import json
 import os
