@@ -19,7 +19,13 @@
 //                     and every cluster reload the new weights
 //   SM arithmetic     one block per SM, operands in shared memory, 4 × 4 outputs per thread:
 //                     the forward of layer 0 for 16 rows and 32 outputs (K = 784, split across
-//                     the 8 warps) and its weight gradient (32 × 784 outputs, K = 16)
+//                     the 8 warps) and its weight gradient (32 × 784 outputs, K = 16); then
+//                     the cluster step's own forward product (ops/cuda/smem_products.cuh's
+//                     dot_accumulate, its K-group fix-up included) on one K chunk of layer 0 as
+//                     the default run's plans stage it: 16 rows × 32 outputs × 392 (a teacher
+//                     step) and 32 × 32 × 264 (a distillation step). docs/PERFORMANCE.md's count
+//                     of its shared-memory traffic puts it at about half the FMA units' rate
+//                     (an H100 SM: 128 FMAs a clock, ≈ 500 GFLOP/s at 1.98 GHz); this says.
 //
 // Clusters need compute capability 9.0: on older GPUs those rows are skipped. Timing: the
 // global timer inside the kernels (barrier, loads, arithmetic), CUDA events around launches
@@ -40,6 +46,7 @@
 #include "engine/cuda/runtime.h"
 #include "engine/device.h"
 #include "engine/tensor.h"
+#include "ops/cuda/smem_products.cuh"  // the cluster step's own products
 
 namespace subliminal {
 namespace {
@@ -178,6 +185,33 @@ __global__ void __launch_bounds__(kThreads, 1) sm_gemm_kernel(int rounds, unsign
   }
 }
 
+// The cluster step's forward product for one K chunk, as cluster_program.cuh's forward calls
+// it: acc[R, 32] += H[R, kc]·W[32, kc]ᵀ from staging buffers of row stride kc + 4 (an odd number
+// of float4s), the K groups' partials through kpart. `rounds` times, each followed by the
+// __syncthreads the step's pipeline puts after a chunk; out as sm_gemm_kernel's.
+template <int R, int KC>
+__global__ void __launch_bounds__(kThreads, 1) dot_accumulate_kernel(int rounds, unsigned long long* out) {
+  constexpr int kN = 32, kLd = KC + 4;
+  extern __shared__ __align__(16) float smem[];
+  float* h = smem;              // [R, kLd]
+  float* w = h + R * kLd;       // [kN, kLd]
+  float* acc = w + kN * kLd;    // [R, kN]
+  float* kpart = acc + R * kN;  // [≤ kThreads · 16]
+  for (int i = threadIdx.x; i < R * kLd; i += kThreads) h[i] = i % kLd < KC ? float(i % 7) * 0.25f : 0.0f;
+  for (int i = threadIdx.x; i < kN * kLd; i += kThreads) w[i] = i % kLd < KC ? float(i % 5) * 0.5f : 0.0f;
+  for (int i = threadIdx.x; i < R * kN; i += kThreads) acc[i] = 0.0f;
+  __syncthreads();
+  const unsigned long long t0 = global_ns();
+  for (int r = 0; r < rounds; ++r) {
+    cuda::cluster::dot_accumulate(acc, kN, h, kLd, w, kLd, R, kN, KC, kpart);
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    if (blockIdx.x == 0) out[0] = global_ns() - t0;
+    out[1 + blockIdx.x] = static_cast<unsigned long long>(acc[0] + acc[R * kN - 1]);
+  }
+}
+
 // ---- host ------------------------------------------------------------------------------------
 
 cudaStream_t stream() { return cuda::Runtime::get().stream(); }
@@ -306,6 +340,24 @@ void measure_sm_gemm(Report& r, int sms, const std::string& what) {
   r.add(what, us, "µs", std::to_string(int(flop / us * 1e-3)) + " GFLOP/s per SM");
 }
 
+template <int R, int KC>
+void measure_dot_accumulate(Report& r, int sms, const std::string& what) {
+  constexpr size_t smem =
+      sizeof(float) * (size_t(R + 32) * (KC + 4) + size_t(R) * 32 + size_t(kThreads) * 16);
+  auto kernel = dot_accumulate_kernel<R, KC>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  Tensor out = Tensor::zeros({1 + sms}, DType::i64, Device::cuda);
+  constexpr int kRounds = 200;
+  std::vector<double> ns;
+  for (int run = 0; run < 5; ++run) {
+    kernel<<<sms, kThreads, smem, stream()>>>(kRounds, as_u64(out));
+    CUDA_CHECK_LAUNCH();
+    ns.push_back(double(to_host(out, 1)[0]) / kRounds);
+  }
+  const double us = median(ns) / 1e3, flop = 2.0 * R * 32 * KC;
+  r.add(what, us, "µs", std::to_string(int(flop / us * 1e-3)) + " GFLOP/s per SM");
+}
+
 }  // namespace
 }  // namespace subliminal
 
@@ -343,6 +395,9 @@ int main(int argc, char** argv) {
     attempt("SM arithmetic", [&] {
       measure_sm_gemm<16, 32, 784, 8>(r, sms, "layer 0 forward on one SM: 16 rows × 32 outputs, K = 784");
       measure_sm_gemm<32, 784, 16, 1>(r, sms, "layer 0 weight gradient on one SM: 32 × 784, K = 16");
+      measure_dot_accumulate<16, 392>(r, sms, "the step's dot_accumulate, a teacher chunk: 16 × 32, K = 392");
+      measure_dot_accumulate<32, 264>(r, sms,
+                                      "the step's dot_accumulate, a distillation chunk: 32 × 32, K = 264");
     });
     json["rows"] = r.rows;
     if (args.json.is_open()) args.json << json.dump(2) << "\n";
