@@ -323,10 +323,10 @@ void measure_l2_passes(Report& r, int sms) {
   r.add("the reduce-scatter per step (the three passes)", write + reduce + reload - 3 * empty, "µs");
 }
 
-template <int M, int N, int K, int kSplit>
-void measure_sm_gemm(Report& r, int sms, const std::string& what) {
-  constexpr size_t smem = sizeof(float) * (size_t(K) * M + size_t(K) * N + size_t(kSplit) * M * N);
-  auto kernel = sm_gemm_kernel<M, N, K, kSplit>;
+// Runs `kernel` (a one-block-per-SM arithmetic kernel: (rounds, out), out[0] block 0's ns) on
+// every SM and reports µs a round and GFLOP/s per SM for `flop` a round: medians of 5 launches.
+template <class Kernel>
+void measure_one_sm(Report& r, int sms, Kernel kernel, size_t smem, double flop, const std::string& what) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   Tensor out = Tensor::zeros({1 + sms}, DType::i64, Device::cuda);
   constexpr int kRounds = 200;
@@ -336,26 +336,20 @@ void measure_sm_gemm(Report& r, int sms, const std::string& what) {
     CUDA_CHECK_LAUNCH();
     ns.push_back(double(to_host(out, 1)[0]) / kRounds);
   }
-  const double us = median(ns) / 1e3, flop = 2.0 * M * N * K;
+  const double us = median(ns) / 1e3;
   r.add(what, us, "µs", std::to_string(int(flop / us * 1e-3)) + " GFLOP/s per SM");
+}
+
+template <int M, int N, int K, int kSplit>
+void measure_sm_gemm(Report& r, int sms, const std::string& what) {
+  const size_t smem = sizeof(float) * (size_t(K) * M + size_t(K) * N + size_t(kSplit) * M * N);
+  measure_one_sm(r, sms, sm_gemm_kernel<M, N, K, kSplit>, smem, 2.0 * M * N * K, what);
 }
 
 template <int R, int KC>
 void measure_dot_accumulate(Report& r, int sms, const std::string& what) {
-  constexpr size_t smem =
-      sizeof(float) * (size_t(R + 32) * (KC + 4) + size_t(R) * 32 + size_t(kThreads) * 16);
-  auto kernel = dot_accumulate_kernel<R, KC>;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  Tensor out = Tensor::zeros({1 + sms}, DType::i64, Device::cuda);
-  constexpr int kRounds = 200;
-  std::vector<double> ns;
-  for (int run = 0; run < 5; ++run) {
-    kernel<<<sms, kThreads, smem, stream()>>>(kRounds, as_u64(out));
-    CUDA_CHECK_LAUNCH();
-    ns.push_back(double(to_host(out, 1)[0]) / kRounds);
-  }
-  const double us = median(ns) / 1e3, flop = 2.0 * R * 32 * KC;
-  r.add(what, us, "µs", std::to_string(int(flop / us * 1e-3)) + " GFLOP/s per SM");
+  const size_t smem = sizeof(float) * (size_t(R + 32) * (KC + 4) + size_t(R) * 32 + size_t(kThreads) * 16);
+  measure_one_sm(r, sms, dot_accumulate_kernel<R, KC>, smem, 2.0 * R * 32 * KC, what);
 }
 
 }  // namespace
