@@ -192,11 +192,10 @@ std::string param_name(const Shape& s, bool tf32, const std::string& flags) {
 
 double tolerance(bool tf32) { return tf32 ? 2e-3 : 1e-5; }
 
-// Downloads `out`, checks it for NaN and against the float64 reference; returns the relative
+// Checks a downloaded output for NaN and against the float64 reference; returns the relative
 // error (NaN when the output held NaN) for the log line.
-double expect_matches(const DeviceArray& out, const std::vector<double>& ref, bool tf32,
+double expect_matches(const std::vector<float>& got, const std::vector<double>& ref, bool tf32,
                       const std::string& what) {
-  const std::vector<float> got = out.download();
   const size_t nans = count_nan(got);
   EXPECT_EQ(nans, 0u) << what;
   if (nans) return std::nan("");
@@ -208,7 +207,7 @@ double expect_matches(const DeviceArray& out, const std::vector<double>& ref, bo
 // The optional bias gradient: matches its reference when asked for, untouched when not.
 double expect_dbias(bool with_dbias, const DeviceArray& d_db, const std::vector<double>& ref_db, bool tf32,
                     const std::string& what) {
-  if (with_dbias) return expect_matches(d_db, ref_db, tf32, what + " dbias");
+  if (with_dbias) return expect_matches(d_db.download(), ref_db, tf32, what + " dbias");
   EXPECT_TRUE(d_db.untouched()) << what << ": wrote dbias though none was asked for";
   return 0;
 }
@@ -277,8 +276,8 @@ TEST_P(CudnnForward, MatchesFloat64Reference) {
     GTEST_SKIP() << "cuDNN cannot run " << what << " (falls back to cuBLASLt)";
   }
   ++gpu().supported;
-  const double err = expect_matches(dy_, ref, tf32, what);
   const std::vector<float> y = dy_.download();
+  const double err = expect_matches(y, ref, tf32, what);
   size_t nonzero_at_zero = 0, negative = 0;
   for (int64_t m = 0; m < n; ++m)
     for (int64_t r = 0; r < b; ++r)
@@ -345,9 +344,9 @@ TEST_P(CudnnBackwardInput, MatchesFloat64Reference) {
     GTEST_SKIP() << "cuDNN cannot run " << what << " (falls back to cuBLASLt)";
   }
   ++gpu().supported;
-  const double err = expect_matches(d_dx, ref_dx, tf32, what);
-  // relu'(0) = 0: wherever y_prev is exactly 0 the gradient is exactly 0.
   const std::vector<float> dx = d_dx.download();
+  const double err = expect_matches(dx, ref_dx, tf32, what);
+  // relu'(0) = 0: wherever y_prev is exactly 0 the gradient is exactly 0.
   size_t leaked = 0;
   for (size_t k = 0; k < dx.size(); ++k) leaked += (y_prev[k] == 0.0f && dx[k] != 0.0f) ? 1 : 0;
   EXPECT_EQ(leaked, 0u) << what << ": gradient passed where y_prev == 0";
@@ -410,7 +409,7 @@ TEST_P(CudnnBackwardWeight, MatchesFloat64Reference) {
     GTEST_SKIP() << "cuDNN cannot run " << what << " (falls back to cuBLASLt)";
   }
   ++gpu().supported;
-  const double err = expect_matches(d_dw, ref_dw, tf32, what);
+  const double err = expect_matches(d_dw.download(), ref_dw, tf32, what);
   const double err_db = expect_dbias(with_dbias, d_db, ref_db, tf32, what);
   std::printf("[cudnn] %s: relative error dw %.3g dbias %.3g\n", what.c_str(), err, err_db);
 }
