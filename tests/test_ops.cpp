@@ -16,6 +16,7 @@
 #include "engine/parallel.h"  // set_cpu_threads, cpu_threads
 #include "engine/step_graph.h"  // StepGraph
 #include "ops/batch.h"        // noise_batch, gather_batch
+#include "ops/cpu/gemm_cpu.h"  // gemm_split
 #include "ops/fused_step.h"   // fused_cross_entropy_step, fused_distill_step
 #include "ops/gemm.h"         // gemm::forward, backward_input, backward_weight, mask_shape
 #include "ops/loss.h"         // cross_entropy, distill_kl, kl_div
@@ -374,6 +375,96 @@ TEST(Gemm, BackwardMatchesNaiveLoops) {
   gemm::backward_weight(dy, x, dw, false, db);
   expect_near_all(values_of(dw), naive_dw(values_of(dy), values_of(x)), 1e-13, "dw");
   expect_near_all(values_of(db), naive_db(values_of(dy), O), 1e-13, "db");
+}
+
+// ---- GEMMs cut over the CPU's threads (ops/cpu/gemm_cpu.cpp) ---------------------------------
+
+// A slab a thread, cut along the longer side, fewer slabs where they would be thinner than
+// kMinSlabExtent or smaller than kMinSlabMacs (one, when the product cannot be cut at all).
+TEST(Gemm, SplitGivesEachThreadASlabWorthWaking) {
+  struct Product {
+    int64_t m, n, k;
+  };
+  for (const Product p :
+       {Product{256, 13, 256}, Product{256, 784, 256}, Product{40, 13, 1024}, Product{8, 8, 8}})
+    for (int threads = 1; threads <= 8; ++threads) {
+      SCOPED_TRACE(std::to_string(p.m) + " × " + std::to_string(p.n) + " × " + std::to_string(p.k) + " on " +
+                   std::to_string(threads) + " threads");
+      const cpu::GemmSplit s = cpu::gemm_split(p.m, p.n, p.k, threads);
+      EXPECT_EQ(s.along_m, p.m >= p.n);
+      EXPECT_GE(s.parts, 1);
+      EXPECT_LE(s.parts, threads);
+      if (s.parts > 1) {
+        EXPECT_GE((s.along_m ? p.m : p.n) / s.parts, cpu::kMinSlabExtent);
+        EXPECT_GE(p.m * p.n * p.k / s.parts, cpu::kMinSlabMacs);
+      }
+    }
+  EXPECT_EQ(cpu::gemm_split(256, 256, 784, 2).parts, 2);  // the first layer on two threads: two slabs
+  EXPECT_EQ(cpu::gemm_split(256, 784, 256, 16).parts, 16);
+  EXPECT_EQ(cpu::gemm_split(256, 13, 256, 8).parts, 6);  // 8 slabs would be under kMinSlabMacs
+  EXPECT_EQ(cpu::gemm_split(40, 13, 1024, 8).parts, 2);  // 40 rows: no slab under 16
+  EXPECT_EQ(cpu::gemm_split(8, 8, 8, 8).parts, 1);
+}
+
+// C (+)= op(A)·op(B) per model, in float64 with naive loops: a[m, k] = A(m, k), b[k, n] = B(k, n).
+template <class A, class B>
+std::vector<double> naive_product(int64_t models, int64_t m, int64_t n, int64_t k, A&& a, B&& b,
+                                  std::vector<double> c) {
+  for (int64_t s = 0; s < models; ++s)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double sum = 0;
+        for (int64_t p = 0; p < k; ++p) sum += a(s, i, p) * b(s, p, j);
+        c[size_t((s * m + i) * n + j)] += sum;
+      }
+  return c;
+}
+
+// The three products, cut into slabs of rows and of columns (transposed operands and plain
+// ones, on both sides) over 1 to 7 threads, for 1 to 3 models, each slab's output poisoned or
+// accumulated into: the same products as naive loops. Every product here is large enough to be
+// cut (two slabs of ≥ kMinSlabExtent and ≥ kMinSlabMacs).
+TEST(Gemm, ProductsCutOverThreadsMatchNaiveLoops) {
+  const int threads_before = cpu_threads();
+  struct Sizes {
+    int64_t batch, in, out;
+  };
+  for (const Sizes z : {Sizes{150, 61, 37}, Sizes{40, 57, 150}, Sizes{100, 90, 40}})
+    for (int64_t models : {1, 2, 3})
+      for (int threads : {1, 2, 3, 4, 7}) {
+        SCOPED_TRACE(std::to_string(models) + " models [" + std::to_string(z.batch) + ", " +
+                     std::to_string(z.in) + " → " + std::to_string(z.out) + "] on " +
+                     std::to_string(threads) + " threads");
+        set_cpu_threads(threads);
+        const int64_t Bz = z.batch, Iz = z.in, Oz = z.out;
+        const Tensor x = random_f64({models, Bz, Iz}, 21), w = random_f64({models, Oz, Iz}, 22),
+                     dy = random_f64({models, Bz, Oz}, 23);
+        const std::vector<double> xv = values_of(x), wv = values_of(w), dyv = values_of(dy);
+        const auto X = [&](int64_t s, int64_t b, int64_t i) { return xv[size_t((s * Bz + b) * Iz + i)]; };
+        const auto W = [&](int64_t s, int64_t o, int64_t i) { return wv[size_t((s * Oz + o) * Iz + i)]; };
+        const auto DY = [&](int64_t s, int64_t b, int64_t o) { return dyv[size_t((s * Bz + b) * Oz + o)]; };
+
+        Tensor y = Tensor::full({models, Bz, Oz}, kNaN, DType::f64);
+        gemm::forward(x, w, Tensor(), gemm::Activation::none, y, Tensor());
+        const auto Wt = [&](int64_t s, int64_t i, int64_t o) { return W(s, o, i); };
+        expect_near_all(
+            values_of(y),
+            naive_product(models, Bz, Oz, Iz, X, Wt, std::vector<double>(size_t(models * Bz * Oz))), 1e-12,
+            "y = x·wᵀ");
+
+        const Tensor dx_prior = random_f64({models, Bz, Iz}, 24), dw_prior = random_f64({models, Oz, Iz}, 25);
+        Tensor dx = dx_prior.clone();
+        gemm::backward_input(dy, w, Tensor(), dx, Tensor(), true);
+        expect_near_all(values_of(dx), naive_product(models, Bz, Iz, Oz, DY, W, values_of(dx_prior)), 1e-12,
+                        "dx += dy·w");
+
+        Tensor dw = dw_prior.clone();
+        gemm::backward_weight(dy, x, dw, true, Tensor());
+        const auto DYt = [&](int64_t s, int64_t o, int64_t b) { return DY(s, b, o); };
+        expect_near_all(values_of(dw), naive_product(models, Oz, Iz, Bz, DYt, X, values_of(dw_prior)), 1e-12,
+                        "dw += dyᵀ·x");
+      }
+  set_cpu_threads(threads_before);
 }
 
 // The mask is cuBLASLt's format: per (model, sample) a row of roundup(F, 128) bits, bit f of

@@ -213,7 +213,8 @@ const std::vector<ValueFlag>& value_flags() {
        "Use only the first N training images (default 0: all 60000) — for quick runs; a distillation epoch "
        "is then as many steps as a pass over them",
        [](Config& c, auto& k, auto& v) { c.train_samples = parse_int(k, v, 0, INT32_MAX); }},
-      {"threads", "CPU threads for BLAS and the engine's own loops (default 0: all hardware threads)",
+      {"threads",
+       "CPU threads for the GEMMs and the engine's loops between them (default 0: all hardware threads)",
        [](Config& c, auto& k, auto& v) { c.threads = int(parse_int(k, v, 0, 1024)); }},
       {"fusion", "How the MLP sits on the autograd tape: whole (the default) | per_layer | none",
        [](Config& c, auto& k, auto& v) {

@@ -120,8 +120,7 @@ int run(int argc, char** argv) {
   note_gpu_only_flags(config, device);
   const int cpu_threads =
       config.threads > 0 ? config.threads : int(std::max(1u, std::thread::hardware_concurrency()));
-  cpu::set_blas_threads(cpu_threads);  // the GEMMs (OpenBLAS's pool)
-  set_cpu_threads(cpu_threads);        // the engine's own loops between them (engine/parallel.h)
+  set_cpu_threads(cpu_threads);  // the GEMMs' slabs and the loops between them (engine/parallel.h)
   flush_denormals_on_this_thread();
 
   const std::filesystem::path dir = data::locate_mnist(config.data_dir);

@@ -30,8 +30,20 @@ void apply_relu_mask(T* dx, const uint8_t* mask, int64_t models, int64_t batch, 
 template <class T>
 void bias_gradient(const T* d, T* db, int64_t models, int64_t batch, int64_t features);
 
-// Number of threads OpenBLAS uses (its own pool); set once by the app's --threads.
-void set_blas_threads(int threads);
+// How one model's product C[M,N] = A[M,K]·B[K,N] is cut for `threads` threads
+// (ops/cpu/gemm_cpu.cpp): into `parts` slabs of rows (along_m) or of columns, whichever side is
+// longer — a slab a thread, fewer where slabs would be thinner than kMinSlabExtent or smaller
+// than kMinSlabMacs (waking a thread costs about a microsecond's work).
+struct GemmSplit {
+  int64_t parts = 1;
+  bool along_m = true;
+};
+inline constexpr int64_t kMinSlabExtent = 16;     // thinner slabs waste OpenBLAS's register blocks
+inline constexpr int64_t kMinSlabMacs = 1 << 17;  // ≈ 2 µs of one core's multiply-adds
+GemmSplit gemm_split(int64_t m, int64_t n, int64_t k, int threads);
+
+// The threads OpenBLAS itself uses: 1 (the engine's threads split the products instead;
+// engine/parallel.h's set_cpu_threads sets how many).
 int blas_threads();
 // The kernel family OpenBLAS chose for this CPU at load time ("Haswell", "SkylakeX", "Prescott"...).
 std::string blas_core();
