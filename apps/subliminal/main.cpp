@@ -23,7 +23,6 @@
 #include "data/mnist.h"
 #include "engine/parallel.h"
 #include "engine/safetensors.h"
-#include "ops/cpu/gemm_cpu.h"
 
 namespace subliminal::app {
 namespace {
