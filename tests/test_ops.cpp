@@ -467,6 +467,47 @@ TEST(Gemm, ProductsCutOverThreadsMatchNaiveLoops) {
   set_cpu_threads(threads_before);
 }
 
+// Model m of a batch gets exactly the bits of its product computed alone, on any thread count:
+// its slabs follow its shapes and the threads, never how many models share the call (what keeps
+// model m of --models N equal to a run of that model alone). float32, the production type, at
+// the default run's first and last layers: with the development machine's OpenBLAS kernels a
+// slab of the big one rounds like the whole, but a slab of the 13-wide one need not (giving each
+// model a whole thread fails here, on 3 threads).
+TEST(Gemm, EachModelOfABatchGetsTheBitsOfItsProductAlone) {
+  const int threads_before = cpu_threads();
+  constexpr int64_t models = 3, batch = 256;
+  struct Layer {
+    int64_t in, out;
+  };
+  for (const Layer layer : {Layer{784, 256}, Layer{256, 13}})
+    for (int threads : {2, 3}) {
+      SCOPED_TRACE(std::to_string(layer.in) + " → " + std::to_string(layer.out) + " on " +
+                   std::to_string(threads) + " threads");
+      set_cpu_threads(threads);
+      const Tensor x = random_f32({models, batch, layer.in}, 31),
+                   w = random_f32({models, layer.out, layer.in}, 32),
+                   dy = random_f32({models, batch, layer.out}, 33);
+      Tensor y = Tensor::empty({models, batch, layer.out}, DType::f32),
+             dw = Tensor::empty({models, layer.out, layer.in}, DType::f32);
+      gemm::forward(x, w, Tensor(), gemm::Activation::none, y, Tensor());
+      gemm::backward_weight(dy, x, dw, false, Tensor());
+      for (int64_t m = 0; m < models; ++m) {
+        Tensor y1 = Tensor::empty({1, batch, layer.out}, DType::f32),
+               dw1 = Tensor::empty({1, layer.out, layer.in}, DType::f32);
+        gemm::forward(x.rows(m, 1), w.rows(m, 1), Tensor(), gemm::Activation::none, y1, Tensor());
+        gemm::backward_weight(dy.rows(m, 1), x.rows(m, 1), dw1, false, Tensor());
+        const std::vector<float> batched_y = y.rows(m, 1).to_vector<float>(), alone_y = y1.to_vector<float>();
+        const std::vector<float> batched_dw = dw.rows(m, 1).to_vector<float>(),
+                                 alone_dw = dw1.to_vector<float>();
+        EXPECT_EQ(0, std::memcmp(batched_y.data(), alone_y.data(), alone_y.size() * sizeof(float)))
+            << "y, model " << m;
+        EXPECT_EQ(0, std::memcmp(batched_dw.data(), alone_dw.data(), alone_dw.size() * sizeof(float)))
+            << "dw, model " << m;
+      }
+    }
+  set_cpu_threads(threads_before);
+}
+
 // The mask is cuBLASLt's format: per (model, sample) a row of roundup(F, 128) bits, bit f of
 // the row at byte f/8, bit f%8 (LSB first), set where the output is > 0. F = 130 spans two
 // 128-bit words, so a row is 32 bytes and a row-stride mistake shows at sample 1.
