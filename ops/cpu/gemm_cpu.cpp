@@ -180,18 +180,18 @@ template <class T>
 void linear_forward(const T* x, const T* w, const T* bias, bool relu, T* y, uint8_t* mask, GemmDims d) {
   run_gemms<T>(d.models, [&](int64_t n) {
     // y[B,O] = x[B,I] · w[O,I]ᵀ
-    return Gemm<T>{CblasNoTrans,
-                   CblasTrans,
-                   d.batch,
-                   d.out,
-                   d.in,
-                   x + n * d.batch * d.in,
-                   d.in,
-                   w + n * d.out * d.in,
-                   d.in,
-                   T(0),
-                   y + n * d.batch * d.out,
-                   d.out};
+    return Gemm<T>{.ta = CblasNoTrans,
+                   .tb = CblasTrans,
+                   .m = d.batch,
+                   .n = d.out,
+                   .k = d.in,
+                   .a = x + n * d.batch * d.in,
+                   .lda = d.in,
+                   .b = w + n * d.out * d.in,
+                   .ldb = d.in,
+                   .beta = T(0),
+                   .c = y + n * d.batch * d.out,
+                   .ldc = d.out};
   });
   bias_activation(y, bias, relu, mask, d.models, d.batch, d.out);
 }
@@ -203,18 +203,18 @@ void linear_backward_input(const T* dy, const T* w, const uint8_t* prev_mask, T*
   // routes that combination through a temporary, so here accumulate implies no mask.
   run_gemms<T>(d.models, [&](int64_t n) {
     // dx[B,I] (+)= dy[B,O] · w[O,I]
-    return Gemm<T>{CblasNoTrans,
-                   CblasNoTrans,
-                   d.batch,
-                   d.in,
-                   d.out,
-                   dy + n * d.batch * d.out,
-                   d.out,
-                   w + n * d.out * d.in,
-                   d.in,
-                   accumulate ? T(1) : T(0),
-                   dx + n * d.batch * d.in,
-                   d.in};
+    return Gemm<T>{.ta = CblasNoTrans,
+                   .tb = CblasNoTrans,
+                   .m = d.batch,
+                   .n = d.in,
+                   .k = d.out,
+                   .a = dy + n * d.batch * d.out,
+                   .lda = d.out,
+                   .b = w + n * d.out * d.in,
+                   .ldb = d.in,
+                   .beta = accumulate ? T(1) : T(0),
+                   .c = dx + n * d.batch * d.in,
+                   .ldc = d.in};
   });
   if (prev_mask) apply_relu_mask(dx, prev_mask, d.models, d.batch, d.in);
   if (dbias_prev) bias_gradient(dx, dbias_prev, d.models, d.batch, d.in);
@@ -224,18 +224,18 @@ template <class T>
 void linear_backward_weight(const T* dy, const T* x, T* dw, bool accumulate, T* dbias, GemmDims d) {
   run_gemms<T>(d.models, [&](int64_t n) {
     // dw[O,I] (+)= dy[B,O]ᵀ · x[B,I]
-    return Gemm<T>{CblasTrans,
-                   CblasNoTrans,
-                   d.out,
-                   d.in,
-                   d.batch,
-                   dy + n * d.batch * d.out,
-                   d.out,
-                   x + n * d.batch * d.in,
-                   d.in,
-                   accumulate ? T(1) : T(0),
-                   dw + n * d.out * d.in,
-                   d.in};
+    return Gemm<T>{.ta = CblasTrans,
+                   .tb = CblasNoTrans,
+                   .m = d.out,
+                   .n = d.in,
+                   .k = d.batch,
+                   .a = dy + n * d.batch * d.out,
+                   .lda = d.out,
+                   .b = x + n * d.batch * d.in,
+                   .ldb = d.in,
+                   .beta = accumulate ? T(1) : T(0),
+                   .c = dw + n * d.out * d.in,
+                   .ldc = d.in};
   });
   if (dbias) bias_gradient(dy, dbias, d.models, d.batch, d.out);
 }
