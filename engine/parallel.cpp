@@ -138,25 +138,25 @@ class Pool {
 
 std::mutex pool_mutex;  // one job at a time; also guards `pool`
 std::unique_ptr<Pool> pool;
-int wanted_threads = 0;  // 0: not set, use the hardware's
+// 0: not set, use the hardware's. Atomic, so that cpu_threads() needs no lock: a GEMM asks it
+// from inside a parallel_for body, whose caller holds pool_mutex for the whole job.
+std::atomic<int> wanted_threads{0};
 
-// The threads a job may use: the set number, else the hardware's. Called under pool_mutex.
+// The threads a job may use: the set number, else the hardware's.
 int threads_now() {
-  return wanted_threads > 0 ? wanted_threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  const int wanted = wanted_threads.load(std::memory_order_relaxed);
+  return wanted > 0 ? wanted : int(std::max(1u, std::thread::hardware_concurrency()));
 }
 
 }  // namespace
 
 void set_cpu_threads(int threads) {
   std::lock_guard<std::mutex> lock(pool_mutex);
-  wanted_threads = std::max(1, threads);
-  if (pool && pool->threads() != wanted_threads) pool.reset();  // the next job starts a new pool
+  wanted_threads.store(std::max(1, threads), std::memory_order_relaxed);
+  if (pool && pool->threads() != threads_now()) pool.reset();  // the next job starts a new pool
 }
 
-int cpu_threads() {
-  std::lock_guard<std::mutex> lock(pool_mutex);
-  return threads_now();
-}
+int cpu_threads() { return threads_now(); }
 
 namespace detail {
 

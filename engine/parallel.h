@@ -1,9 +1,11 @@
-// engine/parallel.h — the CPU backend's own loops on every core.
+// engine/parallel.h — the CPU backend's threads: the GEMMs and the loops between them on
+// every core.
 //
-// OpenBLAS runs the GEMMs on all cores, but the loops between them — Adam over the arena,
-// the GEMM epilogues, the noise — ran on the calling thread alone while the other cores
-// waited for the next GEMM. parallel_for splits such a loop into contiguous ranges, one per
-// thread of a small pool, and returns when all are done.
+// parallel_for splits a loop into contiguous ranges, one per thread of a small pool, and
+// returns when all are done. The CPU GEMMs run on it as slabs of single-threaded OpenBLAS calls
+// (ops/cpu/gemm_cpu.cpp), and so do the loops between them — Adam over the arena, the GEMM
+// epilogues, the noise — which would otherwise run on the calling thread alone while the other
+// cores waited for the next GEMM.
 //
 // Same bits for any number of threads: a range runs exactly the code the whole loop would
 // (each element is computed alone, with no sum across the split), and the workers take the
@@ -20,7 +22,8 @@
 namespace subliminal {
 
 // How many threads parallel_for uses, the caller included (≥ 1; 1: no pool). The default is
-// the hardware's threads; the app sets it with its --threads, as it does OpenBLAS's.
+// the hardware's threads; the app sets it with its --threads. cpu_threads() takes no lock, so
+// it may be asked inside a parallel_for body.
 void set_cpu_threads(int threads);
 int cpu_threads();
 

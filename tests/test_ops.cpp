@@ -5,10 +5,15 @@
 // fused training step's CPU path (the autograd step it stands for) and its shape checks.
 #include <gtest/gtest.h>
 
-#include <cmath>   // std::exp, std::log, std::isnan
+#include <chrono>   // std::chrono::seconds
+#include <cmath>    // std::exp, std::log, std::isnan
+#include <cstdio>   // std::fprintf
+#include <cstdlib>  // std::_Exit
 #include <cstring>  // std::memcmp
-#include <limits>  // std::numeric_limits
-#include <vector>  // std::vector
+#include <future>   // std::promise, std::future
+#include <limits>   // std::numeric_limits
+#include <thread>   // std::thread
+#include <vector>   // std::vector
 
 #include "engine/adam.h"      // Adam
 #include "engine/autograd.h"  // NoGradGuard
@@ -381,7 +386,7 @@ TEST(Gemm, BackwardMatchesNaiveLoops) {
 
 // A slab a thread, cut along the longer side, fewer slabs where they would be thinner than
 // kMinSlabExtent or smaller than kMinSlabMacs (one, when the product cannot be cut at all).
-TEST(Gemm, SplitGivesEachThreadASlabWorthWaking) {
+TEST(Gemm, PlanGivesEachThreadASlabWorthWaking) {
   struct Product {
     int64_t m, n, k;
   };
@@ -390,20 +395,68 @@ TEST(Gemm, SplitGivesEachThreadASlabWorthWaking) {
     for (int threads = 1; threads <= 8; ++threads) {
       SCOPED_TRACE(std::to_string(p.m) + " × " + std::to_string(p.n) + " × " + std::to_string(p.k) + " on " +
                    std::to_string(threads) + " threads");
-      const cpu::GemmSplit s = cpu::gemm_split(p.m, p.n, p.k, threads);
-      EXPECT_EQ(s.along_m, p.m >= p.n);
-      EXPECT_GE(s.parts, 1);
-      EXPECT_LE(s.parts, threads);
-      if (s.parts > 1) {
-        EXPECT_GE((s.along_m ? p.m : p.n) / s.parts, cpu::kMinSlabExtent);
-        EXPECT_GE(p.m * p.n * p.k / s.parts, cpu::kMinSlabMacs);
+      const cpu::GemmPlan plan = cpu::gemm_plan(1, p.m, p.n, p.k, threads);
+      EXPECT_EQ(plan.along_m, p.m >= p.n);
+      EXPECT_GE(plan.parts, 1);
+      EXPECT_LE(plan.parts, threads);
+      EXPECT_EQ(plan.slabs, plan.parts);
+      if (plan.parts > 1) {
+        EXPECT_GE((plan.along_m ? p.m : p.n) / plan.parts, cpu::kMinSlabExtent);
+        EXPECT_GE(p.m * p.n * p.k / plan.parts, cpu::kMinSlabMacs);
       }
     }
-  EXPECT_EQ(cpu::gemm_split(256, 256, 784, 2).parts, 2);  // the first layer on two threads: two slabs
-  EXPECT_EQ(cpu::gemm_split(256, 784, 256, 16).parts, 16);
-  EXPECT_EQ(cpu::gemm_split(256, 13, 256, 8).parts, 6);  // 8 slabs would be under kMinSlabMacs
-  EXPECT_EQ(cpu::gemm_split(40, 13, 1024, 8).parts, 2);  // 40 rows: no slab under 16
-  EXPECT_EQ(cpu::gemm_split(8, 8, 8, 8).parts, 1);
+  EXPECT_EQ(cpu::gemm_plan(1, 256, 256, 784, 2).parts, 2);  // the first layer on two threads: two slabs
+  EXPECT_EQ(cpu::gemm_plan(1, 256, 784, 256, 16).parts, 16);
+  EXPECT_EQ(cpu::gemm_plan(1, 256, 13, 256, 8).parts, 6);  // 8 slabs would be under kMinSlabMacs
+  EXPECT_EQ(cpu::gemm_plan(1, 40, 13, 1024, 8).parts, 2);  // 40 rows: no slab under 16
+  EXPECT_EQ(cpu::gemm_plan(1, 8, 8, 8, 8).parts, 1);
+  EXPECT_EQ(cpu::gemm_plan(1, 256, 256, 784, 2).grain, 1);
+  EXPECT_EQ(cpu::gemm_plan(5, 8, 8, 8, 8).grain, 5);  // five tiny products: all on one thread
+}
+
+// Each model of a batch is cut exactly as it would be alone — the same slabs, covering its C
+// once, in order — for 1 to 5 models on 1 to 8 threads: what keeps model m of --models N
+// equal to a run of that model alone, whatever OpenBLAS's kernels do with a slab.
+TEST(Gemm, ABatchCutsEachModelAsItWouldBeCutAlone) {
+  struct Product {
+    int64_t m, n, k;
+  };
+  using Cuts = std::vector<std::pair<int64_t, int64_t>>;
+  const auto cuts_of = [](const cpu::GemmPlan& plan, const Product& p, int64_t model) {
+    Cuts cuts;
+    for (int64_t i = 0; i < plan.slabs; ++i) {
+      const cpu::GemmSlab s = cpu::gemm_slab(plan, p.m, p.n, i);
+      if (s.model == model) cuts.emplace_back(s.from, s.to);
+    }
+    return cuts;
+  };
+  for (const Product p :
+       {Product{256, 13, 256}, Product{256, 784, 256}, Product{13, 256, 256}, Product{8, 8, 8}})
+    for (int threads = 1; threads <= 8; ++threads) {
+      const cpu::GemmPlan alone = cpu::gemm_plan(1, p.m, p.n, p.k, threads);
+      const Cuts expected = cuts_of(alone, p, 0);
+      // alone, the slabs cover the side they cut once, in order
+      int64_t at = 0;
+      for (const auto& [from, to] : expected) {
+        EXPECT_EQ(from, at);
+        EXPECT_GE(to, from);
+        at = to;
+      }
+      EXPECT_EQ(at, alone.along_m ? p.m : p.n);
+      for (int64_t models = 1; models <= 5; ++models) {
+        SCOPED_TRACE(std::to_string(models) + " models of " + std::to_string(p.m) + " × " +
+                     std::to_string(p.n) + " × " + std::to_string(p.k) + " on " + std::to_string(threads) +
+                     " threads");
+        const cpu::GemmPlan batch = cpu::gemm_plan(models, p.m, p.n, p.k, threads);
+        EXPECT_EQ(batch.along_m, alone.along_m);
+        int64_t slabs = 0;
+        for (int64_t model = 0; model < models; ++model) {
+          EXPECT_EQ(cuts_of(batch, p, model), expected) << "model " << model;
+          slabs += int64_t(cuts_of(batch, p, model).size());
+        }
+        EXPECT_EQ(slabs, batch.slabs);  // no slab of a model outside the batch
+      }
+    }
 }
 
 // C (+)= op(A)·op(B) per model, in float64 with naive loops: a[m, k] = A(m, k), b[k, n] = B(k, n).
@@ -423,13 +476,14 @@ std::vector<double> naive_product(int64_t models, int64_t m, int64_t n, int64_t 
 // The three products, cut into slabs of rows and of columns (transposed operands and plain
 // ones, on both sides) over 1 to 7 threads, for 1 to 3 models, each slab's output poisoned or
 // accumulated into: the same products as naive loops. Every product here is large enough to be
-// cut (two slabs of ≥ kMinSlabExtent and ≥ kMinSlabMacs).
+// cut (two slabs of ≥ kMinSlabExtent and ≥ kMinSlabMacs), and the last into up to 7, so that
+// slabs in the middle are checked too.
 TEST(Gemm, ProductsCutOverThreadsMatchNaiveLoops) {
   const int threads_before = cpu_threads();
   struct Sizes {
     int64_t batch, in, out;
   };
-  for (const Sizes z : {Sizes{150, 61, 37}, Sizes{40, 57, 150}, Sizes{100, 90, 40}})
+  for (const Sizes z : {Sizes{150, 61, 37}, Sizes{40, 57, 150}, Sizes{100, 90, 40}, Sizes{200, 90, 64}})
     for (int64_t models : {1, 2, 3})
       for (int threads : {1, 2, 3, 4, 7}) {
         SCOPED_TRACE(std::to_string(models) + " models [" + std::to_string(z.batch) + ", " +
@@ -505,6 +559,40 @@ TEST(Gemm, EachModelOfABatchGetsTheBitsOfItsProductAlone) {
             << "dw, model " << m;
       }
     }
+  set_cpu_threads(threads_before);
+}
+
+// A GEMM inside a parallel_for body (on the job's caller and on a worker) runs its slabs on
+// its own thread, engine/parallel.h's rule for nested calls, with the same slabs and so the same
+// bits as outside. It used to wait forever for the pool's lock, held by the job's caller: a
+// watchdog turns that into a failure within a minute rather than at ctest's timeout.
+TEST(Gemm, AGemmInsideAParallelForRunsOnItsOwnThread) {
+  const int threads_before = cpu_threads();
+  set_cpu_threads(2);
+  const Tensor x = random_f64({1, 64, 300}, 41), w = random_f64({1, 70, 300}, 42);
+  Tensor outside = Tensor::empty({1, 64, 70}, DType::f64);
+  gemm::forward(x, w, Tensor(), gemm::Activation::none, outside, Tensor());
+  std::vector<Tensor> inside;
+  for (int i = 0; i < 4; ++i) inside.push_back(Tensor::full({1, 64, 70}, kNaN, DType::f64));
+  std::promise<void> done;
+  std::future<void> finished = done.get_future();
+  std::thread job([&] {
+    parallel_for(4, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        gemm::forward(x, w, Tensor(), gemm::Activation::none, inside[size_t(i)], Tensor());
+    });
+    done.set_value();
+  });
+  if (finished.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+    std::fprintf(stderr, "Gemm.AGemmInsideAParallelForRunsOnItsOwnThread: deadlocked\n");
+    std::_Exit(1);
+  }
+  job.join();
+  const std::vector<double> expected = values_of(outside);
+  for (const Tensor& y : inside) {
+    const std::vector<double> got = values_of(y);
+    EXPECT_EQ(0, std::memcmp(got.data(), expected.data(), expected.size() * sizeof(double)));
+  }
   set_cpu_threads(threads_before);
 }
 

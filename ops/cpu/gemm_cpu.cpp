@@ -14,8 +14,8 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
-#include <numeric>
 
 #include "engine/parallel.h"
 #include "engine/simd.h"
@@ -26,15 +26,15 @@ namespace {
 // One product as cblas takes it, row-major: C[M,N] = op(A)[M,K]·op(B)[K,N] + beta·C.
 template <class T>
 struct Gemm {
-  CBLAS_TRANSPOSE ta, tb;
+  CBLAS_TRANSPOSE ta, tb;  // op(A) = A, or Aᵀ with A stored [K, M]; likewise B, stored [N, K] when transposed
   int64_t m, n, k;
   const T* a;
-  int64_t lda;
+  int64_t lda;  // A's row stride as stored: ≥ K, or ≥ M when transposed
   const T* b;
-  int64_t ldb;
-  T beta;
+  int64_t ldb;  // B's row stride as stored: ≥ N, or ≥ K when transposed
+  T beta;       // 0: C is overwritten (whatever it held, NaN too); 1: the product is added to it
   T* c;
-  int64_t ldc;
+  int64_t ldc;  // C's row stride, ≥ N
 };
 
 // Rows [m0, m1) of C: op(A)'s rows are A's rows, or A's columns when A is transposed.
@@ -74,23 +74,23 @@ void use_blas_single_threaded() {
   (void)once;
 }
 
-// Runs model_gemm(n)'s product for every model n < models, each cut into gemm_split's slabs,
-// the models' slabs shared out over the engine's threads in order (two models on two threads:
-// a model each). A slab is one cblas call, and a model's slabs depend on its shapes and the
-// thread count only — not on how many models there are — so model m of a batch gets the bits
-// of a run of that model alone, and a run's bits are the same on every run at the same --threads.
+// Runs model_gemm(n)'s product for every model n < models, cut by gemm_plan into slabs shared
+// out over the engine's threads in order (two models on two threads: a model each). A slab is
+// one cblas call, and a model's slabs depend on its shape and the thread count only (gemm_plan),
+// so model m of a batch gets the bits of a run of that model alone, and a run's bits are the
+// same on every run at the same --threads.
 template <class T, class ModelGemm>
 void run_gemms(int64_t models, const ModelGemm& model_gemm) {
   if (models <= 0) return;
   use_blas_single_threaded();
-  const Gemm<T> first = model_gemm(0);
-  const GemmSplit split = gemm_split(first.m, first.n, first.k, cpu_threads());
-  parallel_for(models * split.parts, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t slab = begin; slab < end; ++slab) {
-      const Gemm<T> g = model_gemm(slab / split.parts);
-      const int64_t part = slab % split.parts, extent = split.along_m ? g.m : g.n;
-      const int64_t from = extent * part / split.parts, to = extent * (part + 1) / split.parts;
-      if (from < to) blas_gemm(split.along_m ? rows_of(g, from, to) : columns_of(g, from, to));
+  const Gemm<T> shape = model_gemm(0);  // every model's product has the same shape
+  const GemmPlan plan = gemm_plan(models, shape.m, shape.n, shape.k, cpu_threads());
+  parallel_for(plan.slabs, plan.grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const GemmSlab slab = gemm_slab(plan, shape.m, shape.n, i);
+      if (slab.from == slab.to) continue;
+      const Gemm<T> g = model_gemm(slab.model);
+      blas_gemm(plan.along_m ? rows_of(g, slab.from, slab.to) : columns_of(g, slab.from, slab.to));
     }
   });
 }
@@ -240,17 +240,27 @@ void linear_backward_weight(const T* dy, const T* x, T* dw, bool accumulate, T* 
   if (dbias) bias_gradient(dy, dbias, d.models, d.batch, d.out);
 }
 
-GemmSplit gemm_split(int64_t m, int64_t n, int64_t k, int threads) {
-  GemmSplit split;
-  split.along_m = m >= n;
-  const int64_t extent = split.along_m ? m : n;
-  // A slab per thread, as long as slabs stay worth one.
-  split.parts = std::max(1, threads);
+GemmPlan gemm_plan(int64_t models, int64_t m, int64_t n, int64_t k, int threads) {
+  GemmPlan plan;
+  plan.along_m = m >= n;
+  const int64_t extent = plan.along_m ? m : n;
   const double macs = double(m) * double(n) * double(k);  // (in double: no overflow at any size)
-  while (split.parts > 1 &&
-         (extent / split.parts < kMinSlabExtent || macs / double(split.parts) < kMinSlabMacs))
-    --split.parts;
-  return split;
+  // A slab per thread, as long as slabs stay worth one — whatever the number of models.
+  plan.parts = std::max(1, threads);
+  while (plan.parts > 1 && (extent / plan.parts < kMinSlabExtent || macs / double(plan.parts) < kMinSlabMacs))
+    --plan.parts;
+  plan.slabs = std::max<int64_t>(models, 0) * plan.parts;
+  // Whole products too small for a thread of their own go several to a thread, or all on the
+  // caller: which thread runs a slab changes no bits.
+  const double slab_macs = std::max(1.0, macs / double(plan.parts));
+  plan.grain = std::clamp<int64_t>(int64_t(std::ceil(double(kMinSlabMacs) / slab_macs)), 1,
+                                   std::max<int64_t>(plan.slabs, 1));
+  return plan;
+}
+
+GemmSlab gemm_slab(const GemmPlan& plan, int64_t m, int64_t n, int64_t index) {
+  const int64_t part = index % plan.parts, extent = plan.along_m ? m : n;
+  return GemmSlab{index / plan.parts, extent * part / plan.parts, extent * (part + 1) / plan.parts};
 }
 
 int blas_threads() {

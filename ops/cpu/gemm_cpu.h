@@ -30,17 +30,30 @@ void apply_relu_mask(T* dx, const uint8_t* mask, int64_t models, int64_t batch, 
 template <class T>
 void bias_gradient(const T* d, T* db, int64_t models, int64_t batch, int64_t features);
 
-// How one model's product C[M,N] = A[M,K]·B[K,N] is cut for `threads` threads
-// (ops/cpu/gemm_cpu.cpp): into `parts` slabs of rows (along_m) or of columns, whichever side is
-// longer — a slab a thread, fewer where slabs would be thinner than kMinSlabExtent or smaller
-// than kMinSlabMacs (waking a thread costs about a microsecond's work).
-struct GemmSplit {
+// How a batch of `models` products C[M,N] = A[M,K]·B[K,N] is cut for `threads` threads
+// (ops/cpu/gemm_cpu.cpp). Each model's C is cut into `parts` slabs of rows (along_m) or of
+// columns, whichever side is longer: a slab a thread, fewer where slabs would be thinner than
+// kMinSlabExtent or smaller than kMinSlabMacs (waking a thread costs about a microsecond's
+// work). The count does not depend on `models`: each model is cut as it would be alone, so
+// model m of a batch gets the bits of its product computed alone. Slab i of the batch's
+// models · parts is part i % parts of model i / parts; a thread takes at least `grain` of them
+// (above 1 only where even whole products are too small to be worth a thread).
+struct GemmPlan {
   int64_t parts = 1;
   bool along_m = true;
+  int64_t slabs = 0;
+  int64_t grain = 1;
 };
 inline constexpr int64_t kMinSlabExtent = 16;     // thinner slabs waste OpenBLAS's register blocks
 inline constexpr int64_t kMinSlabMacs = 1 << 17;  // ≈ 2 µs of one core's multiply-adds
-GemmSplit gemm_split(int64_t m, int64_t n, int64_t k, int threads);
+GemmPlan gemm_plan(int64_t models, int64_t m, int64_t n, int64_t k, int threads);
+
+// Slab `index` of a plan for products C[M,N]: model `model`'s rows (along_m) or columns
+// [from, to) of its C. An empty range (from == to) is possible where a side is short.
+struct GemmSlab {
+  int64_t model, from, to;
+};
+GemmSlab gemm_slab(const GemmPlan& plan, int64_t m, int64_t n, int64_t index);
 
 // The threads OpenBLAS itself uses: 1 (the engine's threads split the products instead;
 // engine/parallel.h's set_cpu_threads sets how many).
