@@ -21,7 +21,7 @@
 #include "engine/parallel.h"  // set_cpu_threads, cpu_threads
 #include "engine/step_graph.h"  // StepGraph
 #include "ops/batch.h"        // noise_batch, gather_batch
-#include "ops/cpu/gemm_cpu.h"  // gemm_split
+#include "ops/cpu/gemm_cpu.h"  // gemm_plan, gemm_slab
 #include "ops/fused_step.h"   // fused_cross_entropy_step, fused_distill_step
 #include "ops/gemm.h"         // gemm::forward, backward_input, backward_weight, mask_shape
 #include "ops/loss.h"         // cross_entropy, distill_kl, kl_div
