@@ -47,8 +47,8 @@ struct Config {
   // as long as a pass over them too, and a fixed noise set holds N images (experiment.cpp).
   int64_t train_samples = 0;
 
-  int threads =
-      0;  // CPU threads: the engine's pool, for the GEMMs' slabs and its loops; 0 = all hardware threads
+  // CPU threads: the engine's pool, for the GEMMs' slabs and its loops; 0 = all hardware threads
+  int threads = 0;
   bool tf32 = false;
   bool autotune = false;       // time cuBLASLt candidates per GEMM shape (gemm::Settings::autotune)
   bool deterministic = false;  // insist on bit-reproducible runs (refuses --autotune, --gemm cudnn)

@@ -203,8 +203,8 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
   j["device"] = {{"kind", device_name(device)}, {"name", results.device}};
   if (device == Device::cpu) {
     j["device"]["blas_threads"] = cpu::blas_threads();
-    j["device"]["cpu_threads"] =
-        cpu_threads();  // the engine's pool: GEMM slabs and loops (engine/parallel.h)
+    // the engine's pool, which runs the GEMMs' slabs and the loops between them (engine/parallel.h)
+    j["device"]["cpu_threads"] = cpu_threads();
     j["device"]["blas_core"] = cpu::blas_core();
   }
   j["data"] = {{"dir", data_dir}};

@@ -49,7 +49,7 @@ inline constexpr int64_t kMinSlabMacs = 1 << 17;  // ≈ 2 µs of one core's mul
 GemmPlan gemm_plan(int64_t models, int64_t m, int64_t n, int64_t k, int threads);
 
 // Slab `index` of a plan for products C[M,N]: model `model`'s rows (along_m) or columns
-// [from, to) of its C. An empty range (from == to) is possible where a side is short.
+// [from, to) of its C (empty only where C has no rows or no columns).
 struct GemmSlab {
   int64_t model, from, to;
 };
