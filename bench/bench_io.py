@@ -473,6 +473,10 @@ def check_init(tensors, sizes, path):
                          f"{'; ' if missing and extra else ''}{'extra ' + few(extra) if extra else ''}); "
                          "do --hidden and --ghosts match the file?")
     for k, shape in want.items():
-        if tuple(tensors[k].shape) != shape:
+        held = tuple(tensors[k].shape)
+        if len(held) == len(shape) + 1 and held[1:] == shape:  # the app's --save-init with --models N
+            raise ValueError(f"{shown(path)}: holds the init of {held[0]} models ({k} is {held}); "
+                             "this program trains one: write its init with the app's --models 1")
+        if held != shape:
             raise ValueError(f"{shown(path)}: {k} is {tuple(tensors[k].shape)}, this MLP's is {shape}; "
                              "do --hidden and --ghosts match the file?")

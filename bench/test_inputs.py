@@ -21,6 +21,7 @@ flags and paths before importing it).
 import contextlib
 import gzip
 import json
+import math
 import os
 import shutil
 import struct
@@ -367,6 +368,17 @@ class TorchSubliminalTest(ToolTest):
         for name, (_, why) in bad.items():
             with self.subTest(file=name), self.unchanged():
                 self.assertRefused(self.run_ts("--load-init", self.path(name)), "--load-init", name, why)
+        # The app's --save-init of two models: each tensor has a leading 2 (--hidden 4, 3 ghosts).
+        header, offset = {}, 0
+        for name, shape in [("net.0.weight", [2, 4, 784]), ("net.0.bias", [2, 4]), ("net.2.weight", [2, 13, 4]),
+                            ("net.2.bias", [2, 13])]:
+            size = 4 * math.prod(shape)
+            header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+            offset += size
+        safetensors(self.path("two.st"), header, bytes(offset))
+        with self.subTest(file="two.st"), self.unchanged():
+            self.assertRefused(self.run_ts("--load-init", self.path("two.st")), "--load-init", "two.st",
+                               "holds the init of 2 models (net.0.weight is (2, 4, 784))", "--models 1")
         with self.subTest(case="--json is the --load-init file"), self.unchanged():
             self.assertRefused(self.run_ts("--load-init", self.path("list.st"), "--json", self.path("list.st")),
                                "--json", "--load-init")

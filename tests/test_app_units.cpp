@@ -25,6 +25,7 @@
 #include <utility>            // std::pair
 #include <vector>             // std::vector
 
+#include "apps/subliminal/checkpoint.h"  // save_init, load_init
 #include "apps/subliminal/config.h"      // parse_command_line, Config
 #include "apps/subliminal/experiment.h"  // run_experiment, cross_init_partner, apply_gemm_settings
 #include "apps/subliminal/parity.h"      // write_parity_batch
@@ -751,6 +752,66 @@ TEST(Experiment, SaveHoldsEachArmsStudents) {
       for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, double(std::abs(got[i] - want[i])));
       EXPECT_LT(worst, 1e-6) << name;
     }
+  }
+}
+
+// --save-init with --models N writes each tensor of the shared init with a leading N, model m's
+// at [m]; --load-init of that file starts the same N models, so a run from it is the run that
+// wrote it. A file of another model count is refused, saying how many models it holds.
+TEST(Experiment, AnInitOfManyModelsSavesAndLoadsWhole) {
+  subliminal::test::TempDir dir;
+  const std::string path = (dir / "init.safetensors").string();
+  const data::Mnist mnist = made_up_mnist(8, 20);
+  Observer quiet;
+  const std::vector<const char*> run = {"--models",         "2", "--seed",           "5",
+                                        "--epochs-teacher", "1", "--epochs-distill", "1"};
+  std::vector<const char*> saving = run, loading = run;
+  saving.insert(saving.end(), {"--save-init", path.c_str()});
+  loading.insert(loading.end(), {"--load-init", path.c_str()});
+  const Results wrote = run_experiment(small_run(saving), mnist, Device::cpu, quiet);
+
+  const MlpParams init = init_of(small_run(run), {5, 6}, 0);
+  std::map<std::string, Tensor> saved;
+  for (const NamedTensor& t : read_safetensors(path).tensors) saved[t.name] = t.tensor;
+  const std::vector<Tensor> tensors = init.tensors();
+  const std::vector<std::string> names = init.names();
+  ASSERT_EQ(saved.size(), tensors.size());
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    ASSERT_TRUE(saved.count(names[k])) << names[k];
+    EXPECT_EQ(saved[names[k]].shape(), tensors[k].shape()) << names[k];  // [2, out(, in)]
+    EXPECT_EQ(saved[names[k]].to_vector<float>(), tensors[k].to_vector<float>()) << names[k];
+  }
+
+  const Results read = run_experiment(small_run(loading), mnist, Device::cpu, quiet);
+  for (const char* arm : {"reference", "teacher", "student", "cross_init"})
+    EXPECT_EQ(final_acc(read, arm), final_acc(wrote, arm)) << arm;
+  ASSERT_EQ(read.teacher_epochs.size(), 1u);
+  EXPECT_EQ(read.teacher_epochs[0].loss, wrote.teacher_epochs[0].loss);
+
+  for (const int64_t models : {1, 3}) {
+    MlpParams other(init.shape(), models, DType::f32, Device::cpu);
+    try {
+      load_init(path, other);
+      ADD_FAILURE() << "a 2-model init loaded into " << models << " models";
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find(": holds the init of 2 models (net.0.weight is [2, 8, 784]), "
+                                           "this run trains " +
+                                           std::to_string(models) + "; give --models 2"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  const std::string one = (dir / "one.safetensors").string();
+  save_init(one, init_of(small_run({}), {5}, 0), false);
+  MlpParams two(init.shape(), 2, DType::f32, Device::cpu);
+  try {
+    load_init(one, two);
+    ADD_FAILURE() << "a 1-model init loaded into 2 models";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find(": holds the init of 1 model (net.0.weight is [8, 784]), this run "
+                                         "trains 2; give --models 1"),
+              std::string::npos)
+        << e.what();
   }
 }
 

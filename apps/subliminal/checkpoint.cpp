@@ -34,7 +34,7 @@ std::map<std::string, std::string> metadata(const MlpParams& params) {
 
 void save_init(const std::string& path, const MlpParams& init, bool overwrite) {
   std::vector<NamedTensor> tensors;
-  add_params(tensors, "", init, 0, 1);
+  add_params(tensors, "", init, 0, init.models());
   write_safetensors(path, tensors, metadata(init), overwrite);
 }
 
@@ -53,23 +53,39 @@ void load_init(const std::string& path, MlpParams& init) {
     throw DataError(path_text(path) + ": holds " + std::to_string(file.tensors.size()) +
                     " tensors, this MLP has " + std::to_string(tensors.size()) + " (" + names.front() +
                     " ... " + names.back() + ")");
+  const int64_t N = init.models();
   for (size_t k = 0; k < tensors.size(); ++k) {
     const NamedTensor* found = nullptr;
     for (const NamedTensor& nt : file.tensors)
       if (nt.name == names[k]) found = &nt;
     if (!found) throw DataError(path_text(path) + ": no tensor named " + names[k]);
-    Shape expected(tensors[k].shape().begin() + 1, tensors[k].shape().end());
-    if (found->tensor.shape() != expected || found->tensor.dtype() != DType::f32)
+    // One model's tensor has PyTorch's shape; N models' have a leading N (as --save-init writes).
+    const Shape one_model(tensors[k].shape().begin() + 1, tensors[k].shape().end());
+    const Shape expected = N == 1 ? one_model : tensors[k].shape();
+    const Shape& held = found->tensor.shape();
+    if (held != expected || found->tensor.dtype() != DType::f32) {
+      // The right layer for another model count: say so, rather than "do --hidden ... match".
+      const bool stacked =
+          held.size() == one_model.size() + 1 && Shape(held.begin() + 1, held.end()) == one_model;
+      const int64_t held_models = stacked ? held.front() : held == one_model ? 1 : 0;
+      if (found->tensor.dtype() == DType::f32 && held_models > 0 && held_models != N) {
+        throw DataError(path_text(path) + ": holds the init of " + std::to_string(held_models) +
+                        (held_models == 1 ? " model" : " models") + " (" + names[k] + " is " +
+                        shape_string(held) + "), this run trains " + std::to_string(N) + "; give --models " +
+                        std::to_string(held_models) +
+                        " or write an init of this run's size with --save-init");
+      }
       throw DataError(path_text(path) + ": " + names[k] + " is " + found->tensor.describe() +
                       ", expected float32" + shape_string(expected) +
                       " (do --hidden and --ghosts match the file?)");
+    }
     // A NaN or Inf would train (and evaluate) nonsense, or stop training far from its cause.
     const float* values = found->tensor.data<float>();
     for (int64_t i = 0; i < found->tensor.numel(); ++i)
       if (!std::isfinite(values[i]))
         throw DataError(path_text(path) + ": " + names[k] + " holds a non-finite value (" +
                         std::to_string(values[i]) + " at flat index " + std::to_string(i) + ")");
-    tensors[k].rows(0, 1).copy_from(found->tensor.reshaped(tensors[k].rows(0, 1).shape()));
+    tensors[k].copy_from(found->tensor.reshaped(tensors[k].shape()));
   }
 }
 

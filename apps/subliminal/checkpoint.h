@@ -1,8 +1,10 @@
 // apps/subliminal/checkpoint.h — the app's safetensors files.
 //
-//   --save-init / --load-init  one model's initial weights under PyTorch's state_dict names for
+//   --save-init / --load-init  the shared initial weights under PyTorch's state_dict names for
 //                              the notebook's MLP (net.0.weight [256, 784], net.0.bias, net.2.*,
-//                              net.4.*), so `model.load_state_dict(load_file(path))` works.
+//                              net.4.*), so `model.load_state_dict(load_file(path))` works; with
+//                              --models N each tensor gains a leading N dimension (model m is
+//                              net.0.weight[m]), and --load-init takes the file's model count.
 //   --save                     the trained teacher and students, "<arm>.net.0.weight", ...;
 //                              with --models N each tensor gains a leading N dimension.
 #pragma once
@@ -16,7 +18,8 @@
 namespace subliminal::app {
 
 void save_init(const std::string& path, const MlpParams& init, bool overwrite);
-// Fills `init` (one model) from the file; errors name the file and the tensor.
+// Fills `init` (all of its models) from the file; errors name the file and the tensor, and a file
+// of another model count says how many models it holds.
 void load_init(const std::string& path, MlpParams& init);
 // `ghost` / `all` hold the arms of each distilled group in `arms` order (may be empty).
 void save_trained(const std::string& path, const MlpParams& teacher, const MlpParams& ghost,

@@ -379,8 +379,6 @@ void validate(const Config& c) {
         throw UsageError(
             files[i].first + " and " + files[j].first + " name the same file, " + path_text(files[i].second) +
             (i == 0 ? ": the run would replace its own input" : ": one would replace the other"));
-  if (!c.load_init_path.empty() && c.models != 1)
-    throw UsageError("--load-init holds one model's weights; use it with --models 1");
   if (c.deterministic && c.gemm_engine == "cudnn")
     throw UsageError(
         "--deterministic and --gemm cudnn: cuDNN may pick engines whose reductions are not reproducible");
@@ -392,8 +390,6 @@ void validate(const Config& c) {
     throw UsageError(
         "--gemm cudnn: this build has no cuDNN engine (needs CUDA, cuDNN and the cudnn-frontend headers: "
         "scripts/get_cudnn_frontend.sh, then rebuild)");
-  if (!c.save_init_path.empty() && c.models != 1)
-    throw UsageError("--save-init writes one model's weights; use it with --models 1");
 }
 
 void check_outputs_spare(const Config& c, const std::vector<std::filesystem::path>& inputs) {

@@ -111,8 +111,10 @@ int run(int argc, char** argv) {
   }
   Config config = command_line.config;
   check_before_running(config);
-  if (!config.load_init_path.empty()) {  // a bad checkpoint is found before anything runs
-    MlpParams probe(config.mlp_shape(), 1, DType::f32, Device::cpu);
+  // A bad checkpoint is found before anything runs (a sweep's, at each configuration's --models,
+  // by sweep_configs above).
+  if (!config.load_init_path.empty() && config.sweeps.empty()) {
+    MlpParams probe(config.mlp_shape(), config.models, DType::f32, Device::cpu);
     load_init(config.load_init_path, probe);
   }
   const Device device = resolve_device(config.device);

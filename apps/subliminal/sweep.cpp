@@ -479,7 +479,7 @@ std::vector<Config> sweep_configs(const Config& base) {
     try {
       validate(config);
       if (!config.load_init_path.empty()) {
-        MlpParams probe(config.mlp_shape(), 1, DType::f32, Device::cpu);
+        MlpParams probe(config.mlp_shape(), config.models, DType::f32, Device::cpu);
         load_init(config.load_init_path, probe);
       }
     } catch (const InputError& e) {
