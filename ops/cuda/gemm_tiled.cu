@@ -23,8 +23,8 @@
 //
 // What it bought, measured on an H200 (docs/PERFORMANCE.md, docs/CUDNN.md): a teacher step
 // has 15 kernels instead of 26; of bench_layers' nine batch-256 GEMMs (three per layer, one more
-// than a step runs) six were faster than cuBLASLt's in docs/PERFORMANCE.md's run and eight in
-// docs/CUDNN.md's table; but the step as a whole only ties (123 vs 129 µs, and 120 vs 117 in
+// than a step runs) eight were faster than cuBLASLt's on the H200 (docs/results/h200/layers.json)
+// and six on the H100 (runs 4 and 5); but the step as a whole only ties (123 vs 129 µs, and 120 vs 117 in
 // the later session): every K chunk was a round trip to L2
 // (one chunk was in flight then, in registers; now three are, in shared memory, not yet
 // measured) and the split-K fix-up is serial. At batch 1024 cuBLASLt wins. So cuBLASLt stays
