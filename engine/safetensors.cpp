@@ -208,6 +208,15 @@ AtomicTarget atomic_target(const std::filesystem::path& requested) {
   const auto status = fs::status(path, ec);
   if (fs::exists(status) && !fs::is_regular_file(status))
     throw InputError(name + ": not a regular file; refusing to replace it");
+  // The rename that replaces a file needs only the directory's permission, so a file made
+  // read-only, or one this user may not write, would be replaced unasked: refused (root included,
+  // whom access() lets write anything, when no one may write the file).
+  if (fs::exists(status) && ((status.permissions() & (fs::perms::owner_write | fs::perms::group_write |
+                                                      fs::perms::others_write)) == fs::perms::none ||
+                             ::faccessat(AT_FDCWD, path.c_str(), W_OK, AT_EACCESS) != 0))
+    throw InputError(name +
+                     ": is read-only for this user; refusing to replace it (make it writable, or "
+                     "choose another name)");
   const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
   std::string temp_name = ".";  // built in steps: g++ 12 warns falsely on "." + string (GCC bug 105329)
   temp_name += path.filename().string();

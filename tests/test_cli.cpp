@@ -18,6 +18,7 @@
 #include <set>        // std::set
 #include <sstream>    // std::istringstream
 #include <string>     // std::string
+#include <utility>    // std::pair
 #include <vector>     // std::vector
 
 #include "engine/device.h"       // cuda_available
@@ -486,6 +487,30 @@ TEST(Cli, StandardOutputThatCannotBeWrittenIsExitTwoAndTheReportIsKept) {
   }
 }
 
+// A sweep says the same, with the reason, though each of its lines was flushed (and failed) long
+// before the end. With standard output closed (`>&-`) the sweep's lock must not take descriptor
+// 1 and receive the console's lines: it did, and a killed sweep's lock, without its marker line,
+// then refused the identical command.
+TEST(Cli, ASweepsStandardOutputThatCannotBeWrittenIsExitTwoWithTheReason) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  using subliminal::test::StdoutTo;
+  for (const auto& [stdout_to, reason] : {std::pair{StdoutTo::closed, "(Bad file descriptor)"},
+                                          std::pair{StdoutTo::dev_full, "(No space left on device)"}}) {
+    SCOPED_TRACE(reason);
+    TempDir cwd;
+    const ProcessResult r = subliminal::test::run_process(
+        SUBLIMINAL_APP_PATH,
+        {"--device", "cpu", "--data", data.path().string(), "--epochs-teacher", "0", "--epochs-distill", "0",
+         "--no-progress", "--sweep", "lr=1e-3,2e-3", "--sweep-out", "rows"},
+        cwd.path(), {"MNIST_DIR"}, {}, stdout_to);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_EQ(r.err, std::string("subliminal: error: cannot write to standard output ") + reason + "\n");
+    EXPECT_FALSE(fs::exists(cwd / "rows.lock"));
+    EXPECT_EQ(count_lines(read_text(cwd / "rows.csv")), 1 + 2 * 4) << "a header, two configurations' arms";
+  }
+}
+
 // A signal the parent set to be ignored stays ignored (nohup ignores SIGHUP): the app's own
 // handlers, which remove an unfinished output file, must not make it deadly. SIGHUP is sent
 // over and over until the run ends; it must end by itself, exit 0.
@@ -555,6 +580,9 @@ TEST(Cli, OutputFlagsThatWouldBeIgnoredAreRefused) {
 // Flag combinations that cannot work are caught by validation, naming the flags.
 TEST(Cli, InconsistentFlagCombinationsAreRefused) {
   expect_usage_error({"--device", "cpu", "--sweep", "lr=1e-3"}, "--sweep-out");
+  // A flag the sweep sets in every configuration would change nothing.
+  expect_usage_error({"--lr", "5e-3", "--sweep", "lr=1e-3,2e-3", "--sweep-out", "rows"},
+                     "--lr 5e-3 and --sweep lr=1e-3,2e-3: the sweep sets --lr in every configuration");
   expect_usage_error({"--deterministic", "--autotune"}, "--autotune");
   expect_usage_error({"--deterministic", "--gemm", "cudnn"}, "--gemm cudnn");
   // A sweep makes many runs: one run's files would be overwritten by each.

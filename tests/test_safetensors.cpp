@@ -370,6 +370,34 @@ TEST(Safetensors, AFailedWriteRemovesItsTemporaryFile) {
   EXPECT_EQ(directory_entries(dir.path()), std::vector<std::string>{});
 }
 
+// Replacing a file needs only its directory's permission, so a file made read-only would be
+// replaced unasked: the writer and the up-front check refuse it (as root too, whom access() lets
+// write anything), and leave it as it was.
+TEST(Safetensors, AReadOnlyFileIsNotReplaced) {
+  TempDir dir;
+  const fs::path kept = dir / "kept.json";
+  write_text(kept, "keep me");
+  fs::permissions(kept, fs::perms(0444));
+  for (const bool up_front : {true, false}) {
+    try {
+      if (up_front)
+        check_file_can_be_written(kept);
+      else
+        write_file_atomically(kept, "replaced");
+      ADD_FAILURE() << (up_front ? "the check" : "the write") << " accepted a read-only file";
+    } catch (const InputError& e) {
+      EXPECT_EQ(std::string(e.what()), kept.string() +
+                                           ": is read-only for this user; refusing to replace it "
+                                           "(make it writable, or choose another name)");
+    }
+  }
+  EXPECT_EQ(read_text(kept), "keep me");
+  EXPECT_EQ(directory_entries(dir.path()), std::vector<std::string>{"kept.json"});
+  fs::permissions(kept, fs::perms(0644));  // writable again: replaced
+  write_file_atomically(kept, "replaced");
+  EXPECT_EQ(read_text(kept), "replaced");
+}
+
 // In a sticky directory (like /tmp) only a file's owner (or the directory's, or root) may rename
 // over it, so another user's file there is refused up front, not after the run. Made as root and
 // probed as user 65534 in a child process; skipped when the test cannot become another user.

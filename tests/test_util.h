@@ -194,8 +194,9 @@ struct ProcessResult {
 };
 
 // Where a child's standard output goes: a file read back after (ProcessResult::out), a pipe
-// whose reading end is already closed (as after `| head -1`), or /dev/full (a full disk).
-enum class StdoutTo { file, closed_pipe, dev_full };
+// whose reading end is already closed (as after `| head -1`), /dev/full (a full disk), or
+// nowhere: descriptor 1 closed (as after `>&-`).
+enum class StdoutTo { file, closed_pipe, dev_full, closed };
 
 // Runs `program args...` in directory `cwd` with this process's environment minus the
 // variables in `unset` plus those in `set`; stdout and stderr go to files, read back after.
@@ -233,7 +234,9 @@ inline ProcessResult run_process(const std::string& program, const std::vector<s
       out = ends[1];
     }
     const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (stdout_to == StdoutTo::closed) out = dup(err);  // a placeholder, closed below
     if (out < 0 || err < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0 || chdir(cwd.c_str()) != 0) _exit(127);
+    if (stdout_to == StdoutTo::closed) close(1);
     execve(program.c_str(), argv.data(), envp.data());
     _exit(127);
   }

@@ -535,6 +535,14 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   for (const ValueFlag& f : value_flags())
     if (cli.count(std::string("--") + f.key)) set_config_value(c, f.key, given[f.key]);
   c.sweeps = sweeps;
+  // A swept key's flag would be overwritten in every configuration: refused, as it would have
+  // changed nothing (the rows record the swept value, not the flag).
+  for (const std::string& sweep : sweeps) {
+    const std::string key = sweep.substr(0, sweep.find('='));
+    if (!key.empty() && given.count(key) && cli.count("--" + key))
+      throw UsageError("--" + key + " " + given[key] + " and --sweep " + sweep + ": the sweep sets --" + key +
+                       " in every configuration, so the flag would change nothing; drop one");
+  }
   c.tf32 = tf32;
   c.autotune = autotune;
   c.deterministic = deterministic;

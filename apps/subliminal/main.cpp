@@ -3,6 +3,7 @@
 // The only place that prints errors and picks exit codes:
 //   0 success · 1 internal or device fault · 2 bad input (flag, file, environment) or out of memory ·
 //   3 a NaN/Inf stopped training
+#include <fcntl.h>  // fcntl, open: the standard descriptors
 #include <unistd.h>
 
 #include <cerrno>
@@ -174,20 +175,36 @@ void install_signal_handlers() {
   std::signal(SIGXFSZ, SIG_IGN);
 }
 
+// A standard descriptor the caller closed (`>&-`) would be taken by the next file the program
+// opens: a sweep's lock would receive its console lines. Each closed one is held by /dev/null
+// opened read-only, so that writes to it fail (EBADF) and are reported as any failed write is.
+void hold_closed_standard_descriptors() {
+  for (int fd = 0; fd <= 2; ++fd)  // in order: open() takes the lowest free descriptor, this one
+    if (fcntl(fd, F_GETFD) == -1 && errno == EBADF) open("/dev/null", O_RDONLY);
+}
+
+// Results that never reached their reader (a full disk, a closed pipe) are not a success. A
+// write that failed at an earlier line's flush left no errno behind: one more byte says why.
+void check_standard_output() {
+  errno = 0;
+  if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return;
+  int why = errno;
+  if (why == 0 && ::write(STDOUT_FILENO, "\n", 1) < 0) why = errno;
+  throw InputError(std::string("cannot write to standard output") +
+                   (why ? std::string(" (") + std::strerror(why) + ")" : std::string()));
+}
+
 }  // namespace
 }  // namespace subliminal::app
 
 int main(int argc, char** argv) {
   using namespace subliminal;
+  app::hold_closed_standard_descriptors();
   app::ensure_blas_kernels(argv);
   app::install_signal_handlers();
   try {
     const int code = app::run(argc, argv);
-    // Results that never reached their reader (a full disk, a closed pipe) are not a success.
-    errno = 0;
-    if (std::fflush(stdout) != 0 || std::ferror(stdout))
-      throw InputError(std::string("cannot write to standard output") +
-                       (errno ? std::string(" (") + std::strerror(errno) + ")" : std::string()));
+    app::check_standard_output();
     return code;
   } catch (const InputError& e) {
     std::fprintf(stderr, "subliminal: error: %s\n", e.what());
