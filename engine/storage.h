@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "engine/device.h"
 
@@ -45,11 +46,28 @@ struct CpuAllocatorStats {
   uint64_t fresh_allocations = 0;   // calls that had to go to the system allocator
   uint64_t reused_allocations = 0;  // calls served from the free lists
   uint64_t bytes_cached = 0;        // bytes sitting in the free lists now
+  uint64_t bytes_held = 0;          // taken from the system and not given back: in use or cached
+  uint64_t peak_bytes_held = 0;     // the most bytes_held has been since reset_cpu_peak()
 };
 CpuAllocatorStats cpu_allocator_stats();
+void reset_cpu_peak();  // peak_bytes_held starts again from bytes_held
 
 // Returns every cached CPU block to the system: between phases whose sizes differ (the
 // teacher's batches, then the students'), so peak memory is one phase's, not their sum.
 void cpu_cache_trim();
+
+// A ceiling on the bytes the CPU allocator holds from the system, cached blocks included (0, the
+// default: none). An allocation that would pass it first returns the cache to the system, then,
+// if it still would, throws OutOfMemoryError. Linux grants far more than it has (overcommit) and
+// kills the process, without a word, once the pages are touched; a ceiling set from
+// host_memory_available() turns that into an error naming the bytes, at the allocation.
+void set_cpu_memory_limit(uint64_t bytes);
+uint64_t cpu_memory_limit();  // the ceiling set (0: none)
+
+// The memory this process could still take now: /proc/meminfo's MemAvailable, or less where a
+// cgroup (a container's memory limit) allows less. 0 when neither can be read.
+uint64_t host_memory_available();
+
+std::string gigabytes_text(uint64_t bytes);  // "3.2 GB", for messages
 
 }  // namespace subliminal

@@ -815,6 +815,56 @@ TEST(Experiment, AnInitOfManyModelsSavesAndLoadsWhole) {
   }
 }
 
+// host_bytes_at_least is a lower bound of what a CPU run holds, else it would refuse runs that
+// fit; and not a loose one. Measured where the parameters dominate (wide layers, few images), for
+// each way of grouping the arms: 2 + 4·2 copies with the control, 2 + 4 without, the paper's
+// all-logit arms a second group of two.
+TEST(Experiment, HostBytesAtLeastIsWhatACpuRunSurelyHolds) {
+  const data::Mnist mnist = made_up_mnist(8, 20);
+  for (const std::vector<const char*>& arms : {std::vector<const char*>{},
+                                               {"--cross-init", "false"},
+                                               {"--preset", "paper", "--all-logit-arms", "true"}}) {
+    std::vector<const char*> args = {"--hidden",     "512,512", "--models",     "2",
+                                     "--batch-size", "4",       "--no-progress"};
+    args.insert(args.end(), arms.begin(), arms.end());
+    args.insert(args.end(), {"--epochs-teacher", "1", "--epochs-distill", "1"});
+    const Config config = parse(args);
+    SCOPED_TRACE(arms.empty() ? "notebook" : arms[0]);
+    cpu_cache_trim();
+    reset_cpu_peak();
+    const uint64_t before = cpu_allocator_stats().bytes_held;
+    Observer quiet;
+    run_experiment(config, mnist, Device::cpu, quiet);
+    const uint64_t held = cpu_allocator_stats().peak_bytes_held - before,
+                   at_least = host_bytes_at_least(config);
+    EXPECT_GE(held, at_least);
+    EXPECT_LE(held, 3 * at_least) << "the bound is loose: the run held " << held;
+  }
+}
+
+// A CPU run whose parameters alone would pass the allocator's ceiling is refused before anything
+// is allocated, naming the flags and the sizes (not minutes later, at the allocation that passes).
+TEST(Experiment, ARunTooLargeForTheMemoryIsRefusedBeforeItStarts) {
+  struct NoCeilingAfter {
+    ~NoCeilingAfter() { set_cpu_memory_limit(0); }
+  } no_ceiling_after;
+  const Config config = parse({"--hidden", "512,512", "--models", "3", "--batch-size", "4", "--no-progress"});
+  cpu_cache_trim();
+  set_cpu_memory_limit(host_bytes_at_least(config) - 1);
+  const uint64_t fresh = cpu_allocator_stats().fresh_allocations;
+  Observer quiet;
+  try {
+    run_experiment(config, made_up_mnist(8, 20), Device::cpu, quiet);
+    ADD_FAILURE() << "the run started";
+  } catch (const OutOfMemoryError& e) {
+    EXPECT_EQ(std::string(e.what()), "out of host memory: --models 3 of --hidden 512,512 need at least " +
+                                         gigabytes_text(host_bytes_at_least(config)) +
+                                         " (their parameters, gradients and Adam's moments), and " +
+                                         gigabytes_text(host_bytes_at_least(config) - 1) + " is available");
+  }
+  EXPECT_EQ(cpu_allocator_stats().fresh_allocations, fresh);
+}
+
 // --parity-batch's distillation half: the KL at temperature 2 on the ghost logits between the init
 // and a teacher at 1.1 × the init, on the noise the file holds (bench/parity.py checks it against
 // PyTorch; this checks the constants it is told).
@@ -949,8 +999,12 @@ std::string sweep_with(const std::string& prefix, std::vector<const char*> flags
   std::vector<const char*> args = {"--epochs-teacher", "0",           "--epochs-distill", "0",
                                    "--sweep-out",      prefix.c_str()};
   args.insert(args.end(), flags.begin(), flags.end());
+  // small_run's --hidden 8, unless the sweep sets --hidden (both would be refused).
+  const bool sweeps_hidden = std::any_of(
+      flags.begin(), flags.end(), [](const char* flag) { return std::string(flag).starts_with("hidden="); });
+  if (sweeps_hidden) args.insert(args.begin(), {"--batch-size", "4", "--no-progress"});
   std::FILE* out = std::tmpfile();
-  run_sweep(small_run(args), made_up_mnist(8, 200), Device::cpu, out);
+  run_sweep(sweeps_hidden ? parse(args) : small_run(args), made_up_mnist(8, 200), Device::cpu, out);
   std::rewind(out);
   std::string text;
   for (int c; (c = std::fgetc(out)) != EOF;) text += char(c);
@@ -1044,23 +1098,23 @@ TEST(SweepResume, TheCsvIsTheJsonlsTable) {
   EXPECT_GT(checked_spread, 1) << "every row has std 0: the columns were not told apart";
 }
 
-// A swept --noise leaves in the settings its rows share the --noise-set it was given: with --noise
-// mnist as the base (whose noise is the fixed set whatever --noise-set says), --noise-set fresh
-// and fixed still make different runs of noise=uniform, so the rows of one sweep are not results
-// of the other.
+// A swept --noise leaves in the settings its rows share the --noise-set it was given: --noise-set
+// fresh and fixed make different runs of noise=uniform, so the rows of one sweep are not results
+// of the other. (A base --noise mnist, whose noise is the fixed set whatever --noise-set says, once
+// made the shared settings say "fixed" for both; a --noise beside a swept one is now refused.)
 TEST(SweepResume, ASweepOverNoiseKeepsItsNoiseSet) {
   subliminal::test::TempDir dir;
   const std::string prefix = (dir / "rows").string();
-  sweep(prefix, {"--noise", "mnist", "--noise-set", "fresh", "--sweep", "noise=uniform,gaussian"});
+  sweep(prefix, {"--noise-set", "fresh", "--sweep", "noise=uniform,gaussian"});
   try {
-    sweep(prefix, {"--noise", "mnist", "--noise-set", "fixed", "--sweep", "noise=uniform,gaussian"});
+    sweep(prefix, {"--noise-set", "fixed", "--sweep", "noise=uniform,gaussian"});
     ADD_FAILURE() << "a sweep with --noise-set fixed resumed one with --noise-set fresh";
   } catch (const UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("noise_set: \"fresh\" vs \"fixed\""), std::string::npos) << e.what();
   }
-  EXPECT_NE(sweep(prefix, {"--noise", "mnist", "--noise-set", "fresh", "--sweep", "noise=uniform,gaussian"})
-                .find("(4 already done)"),
-            std::string::npos);
+  EXPECT_NE(
+      sweep(prefix, {"--noise-set", "fresh", "--sweep", "noise=uniform,gaussian"}).find("(4 already done)"),
+      std::string::npos);
 }
 
 // A configuration is known by its settings, not by how its id is spelt: the same grid with the

@@ -487,6 +487,19 @@ TEST(Cli, StandardOutputThatCannotBeWrittenIsExitTwoAndTheReportIsKept) {
   }
 }
 
+// Flags whose models could not fit in any machine's memory are refused at once, saying how much
+// they need, rather than left to Linux's overcommit and the kernel's silent kill. (Were the check
+// not wired, the first allocation, of terabytes, would fail instead, with another message.)
+TEST(Cli, FlagsAskingForMoreMemoryThanThereIsAreRefusedAtOnce) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  const auto started = std::chrono::steady_clock::now();
+  expect_usage_error({"--device", "cpu", "--data", data.path().string(), "--hidden", "65536,65536",
+                      "--models", "1000", "--no-progress"},
+                     "out of host memory: --models 1000 of --hidden 65536,65536 need at least ");
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(20));
+}
+
 // A sweep says the same, with the reason, though each of its lines was flushed (and failed) long
 // before the end. With standard output closed (`>&-`) the sweep's lock must not take descriptor
 // 1 and receive the console's lines: it did, and a killed sweep's lock, without its marker line,

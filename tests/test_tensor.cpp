@@ -1,11 +1,15 @@
 // tests/test_tensor.cpp — views into a tensor's storage: in range they share it, out of range
 // (including offsets so large that offset + count would overflow) they are ShapeErrors; and the
-// other checks that keep a copy or a reshape from running past a buffer.
+// other checks that keep a copy or a reshape from running past a buffer; and the CPU allocator's
+// ceiling on the memory it takes.
 #include <gtest/gtest.h>
 
 #include <cstdint>  // INT64_MAX
+#include <fstream>  // std::ifstream: /proc/meminfo
+#include <string>   // std::string
 #include <vector>   // std::vector
 
+#include "engine/storage.h"  // set_cpu_memory_limit, cpu_allocator_stats, host_memory_available
 #include "engine/tensor.h"
 
 namespace {
@@ -65,6 +69,48 @@ TEST(TensorChecks, MismatchedShapesAreShapeErrors) {
   EXPECT_EQ(t.dim(-2), 2);
   EXPECT_THROW(t.dim(2), ShapeError);
   EXPECT_THROW(t.dim(-3), ShapeError);
+}
+
+// An allocation that would take the CPU allocator past its ceiling first returns the cache to the
+// system, and is refused (OutOfMemoryError, nothing taken) only if it still would pass it.
+TEST(CpuAllocator, ACeilingRefusesWhatWouldPassItOnlyAfterReturningTheCache) {
+  struct NoCeilingAfter {
+    ~NoCeilingAfter() { set_cpu_memory_limit(0); }
+  } no_ceiling_after;
+  constexpr uint64_t kMiB = 1 << 20;
+  cpu_cache_trim();
+  const uint64_t held = cpu_allocator_stats().bytes_held;  // what this process's tensors hold now
+  set_cpu_memory_limit(held + 4 * kMiB);
+  { const Tensor three = Tensor::empty({3 * kMiB / 4}); }  // 3 MiB of floats, freed into the cache
+  EXPECT_EQ(cpu_allocator_stats().bytes_cached, 3 * kMiB);
+  const Tensor two = Tensor::empty({2 * kMiB / 4});  // 3 cached + 2 > 4: the cache goes back first
+  EXPECT_EQ(cpu_allocator_stats().bytes_cached, 0u);
+  EXPECT_EQ(cpu_allocator_stats().bytes_held, held + 2 * kMiB);
+  try {
+    const Tensor three = Tensor::empty({3 * kMiB / 4});  // 2 + 3 > 4, with nothing cached to give back
+    ADD_FAILURE() << "an allocation past the ceiling was made";
+  } catch (const OutOfMemoryError& e) {
+    EXPECT_NE(std::string(e.what()).find("out of host memory: allocating 3145728 bytes would take"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(cpu_allocator_stats().bytes_held, held + 2 * kMiB);  // the refused one took nothing
+  const Tensor one = Tensor::empty({kMiB / 4});                  // 2 + 1 ≤ 4 still fits
+  EXPECT_EQ(cpu_allocator_stats().bytes_held, held + 3 * kMiB);
+}
+
+// The memory available is the machine's (MemAvailable), or less where a cgroup allows less: never
+// nothing and never more than the machine has.
+TEST(CpuAllocator, HostMemoryAvailableIsAtMostTheMachines) {
+  std::ifstream meminfo("/proc/meminfo");
+  if (!meminfo) GTEST_SKIP() << "no /proc/meminfo here";
+  std::string key;
+  uint64_t total_kib = 0;
+  while (meminfo >> key && key != "MemTotal:") meminfo.ignore(1 << 10, '\n');
+  ASSERT_TRUE(meminfo >> total_kib) << "no MemTotal in /proc/meminfo";
+  const uint64_t available = host_memory_available();
+  EXPECT_GT(available, 0u);
+  EXPECT_LE(available, total_kib * 1024);
 }
 
 }  // namespace

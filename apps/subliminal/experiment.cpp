@@ -9,6 +9,7 @@
 //   5. final accuracies per arm and model
 #include "apps/subliminal/experiment.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <functional>
@@ -447,7 +448,34 @@ void apply_gemm_settings(const Config& config) {
 #endif
 }
 
+uint64_t host_bytes_at_least(const Config& config) {
+  int64_t largest_group = 0;  // the arms distilled together: the ghost-logit arms, or the all-logit ones
+  for (const bool all_logits : {false, true}) {
+    int64_t arms = 0;
+    for (const ArmSpec& arm : student_arms(config)) arms += arm.all_logits == all_logits;
+    largest_group = std::max(largest_group, arms);
+  }
+  const uint64_t copy = uint64_t(config.models) * uint64_t(config.mlp_shape().parameters_per_model()) * 4;
+  return copy * uint64_t(2 + 4 * largest_group);
+}
+
+void check_host_memory(const Config& config, Device device) {
+  const uint64_t limit = cpu_memory_limit(), needed = host_bytes_at_least(config);
+  if (device != Device::cpu || limit == 0 || needed <= limit) return;
+  std::string hidden;
+  for (const int64_t width : config.hidden) {
+    if (!hidden.empty()) hidden += ',';
+    hidden += std::to_string(width);
+  }
+  throw OutOfMemoryError("out of host memory: --models " + std::to_string(config.models) + " of --hidden " +
+                         hidden + " need at least " + gigabytes_text(needed) +
+                         " (their parameters, gradients "
+                         "and Adam's moments), and " +
+                         gigabytes_text(limit) + " is available");
+}
+
 Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer) {
+  check_host_memory(config, device);
   Results results;
   results.device = device_description(device);
   apply_gemm_settings(config);

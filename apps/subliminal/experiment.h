@@ -77,6 +77,18 @@ struct Observer {
 // about one model with itself). Needs models ≥ 2.
 int64_t cross_init_partner(int64_t model, int64_t models);
 
+// The host memory a CPU run surely holds at once, in bytes: its models' parameters (4 bytes a
+// float) in 2 + 4·g copies while a group of g arms distils — the init and the trained teacher,
+// and each arm's weights, gradients and Adam's two moments. Activations, the evaluation's
+// chunks, the data and the allocator's cache come on top: measured runs hold about twice this
+// (Experiment.HostBytesAtLeastIsWhatACpuRunSurelyHolds).
+uint64_t host_bytes_at_least(const Config& config);
+
+// On the CPU, with a ceiling on its allocator (engine/storage.h, set_cpu_memory_limit): a run
+// whose host_bytes_at_least is over it is refused at once (OutOfMemoryError naming the flags
+// and the sizes), not minutes later at the allocation that passes it.
+void check_host_memory(const Config& config, Device device);
+
 // Runs the whole experiment on `device` (already validated as usable).
 Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer);
 

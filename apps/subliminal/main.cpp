@@ -24,6 +24,7 @@
 #include "data/mnist.h"
 #include "engine/parallel.h"
 #include "engine/safetensors.h"
+#include "engine/storage.h"  // set_cpu_memory_limit, host_memory_available
 
 namespace subliminal::app {
 namespace {
@@ -123,6 +124,10 @@ int run(int argc, char** argv) {
   const int cpu_threads =
       config.threads > 0 ? config.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   set_cpu_threads(cpu_threads);  // the GEMMs' slabs and the loops between them (engine/parallel.h)
+  // Flags that ask for more host memory than there is end in an error naming the bytes, not in
+  // the kernel's silent kill once overcommitted pages are touched (engine/storage.h).
+  set_cpu_memory_limit(host_memory_available());
+  if (config.sweeps.empty()) check_host_memory(config, device);  // a sweep's, per configuration
   flush_denormals_on_this_thread();
 
   const std::filesystem::path dir = data::locate_mnist(config.data_dir);

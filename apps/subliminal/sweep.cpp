@@ -493,6 +493,14 @@ std::vector<Config> sweep_configs(const Config& base) {
 int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::FILE* out) {
   const auto grid = sweep_grid(base);
   const std::vector<Config> configs = sweep_configs(base);  // in grid order
+  // A configuration too large for this machine is found before the first one runs.
+  for (size_t k = 0; k < configs.size(); ++k) {
+    try {
+      check_host_memory(configs[k], device);
+    } catch (const OutOfMemoryError& e) {
+      throw OutOfMemoryError(config_id(grid[k]) + ": " + e.what());
+    }
+  }
 
   const std::string csv_path = base.sweep_out + ".csv", jsonl_path = base.sweep_out + ".jsonl";
   const SweepLock lock(base.sweep_out);  // no other sweep rewrites these files under this one
