@@ -140,6 +140,17 @@ def output_file_problem(path):
         return f"directory {shown(parent)} does not exist"
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"directory {shown(parent)} is not writable"
+    # What the final write does, tried now (/proc passes the access() check as root, then refuses).
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".tmp-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot create a file in {shown(parent)} ({e.strerror or e})"
+    # The atomic rename needs only the directory's permission: a read-only file would be replaced
+    # unasked (root's access() allows anything, hence the mode bits too).
+    if os.path.isfile(target) and (not os.stat(target).st_mode & 0o222 or not os.access(target, os.W_OK)):
+        return "is read-only; refusing to replace it (make it writable, or choose another name)"
     return None
 
 
@@ -480,3 +491,11 @@ def check_init(tensors, sizes, path):
         if held != shape:
             raise ValueError(f"{shown(path)}: {k} is {tuple(tensors[k].shape)}, this MLP's is {shape}; "
                              "do --hidden and --ghosts match the file?")
+    # A NaN or Inf would train nonsense (the app refuses such a file too).
+    import numpy as np
+
+    for k in want:
+        bad = np.flatnonzero(~np.isfinite(tensors[k]))
+        if bad.size:
+            raise ValueError(f"{shown(path)}: {k} holds a non-finite value ({tensors[k].flat[bad[0]]} at flat "
+                             f"index {bad[0]})")

@@ -353,6 +353,11 @@ def print_table(machine, rows, threads):
     print("×eng: this row's median over the engine's median on the same device (above 1: slower than the engine).")
 
 
+# The engine's flags that compare.py sets on every engine run (run_spec adds --json).
+ENGINE_FLAGS_SET_HERE = ("--data", "--threads", "--seed", "--no-progress", "--epochs-teacher", "--epochs-distill",
+                         "--device", "--json")
+
+
 def parse_args():
     p = argparse.ArgumentParser(description="Engine vs PyTorch on the notebook experiment: one table.")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -396,6 +401,14 @@ def parse_args():
         args.engine_argv = shlex.split(args.engine_args)
     except ValueError as e:
         die(f"--engine-args {shown(args.engine_args)}: {e}")
+    # Flags this script gives every engine run itself: given again, each run would fail ("given 2
+    # times") after the table had started.
+    for word in args.engine_argv:
+        flag = word.split("=", 1)[0]
+        if flag in ENGINE_FLAGS_SET_HERE:
+            die(f"--engine-args {shown(args.engine_args)}: {flag} is set by compare.py for every engine run "
+                f"(use its own option, if it has one: --data, --threads, --seed, --epochs-teacher, --epochs-distill, "
+                f"--device)")
     # options that the other options make meaningless: said, not silently dropped
     if "faithful" not in args.wanted:
         for flag, value in (("--faithful-epochs", args.faithful_epochs), ("--faithful-repeats", args.faithful_repeats)):

@@ -202,7 +202,9 @@ def check_inputs(args):
             die(f"--keep {shown(args.keep)}: {why}")
     if args.init:
         if not os.path.isfile(args.init):
-            die(f"--init {shown(args.init)}: " + ("is a directory" if os.path.isdir(args.init) else "no such file"))
+            die(f"--init {shown(args.init)}: " + ("is a directory" if os.path.isdir(args.init)
+                                                  else "not a regular file" if os.path.exists(args.init)
+                                                  else "no such file"))
         if bench_io.same_file(args.json, args.init):
             die(f"--json {shown(args.json)} is the --init file: the table would overwrite it")
     if not args.torch_only and not (os.path.isfile(args.engine) and os.access(args.engine, os.X_OK)):

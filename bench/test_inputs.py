@@ -206,8 +206,12 @@ class CompareTest(ToolTest):
 
     def test_bad_numbers_and_paths_are_usage_errors(self):
         os.mkdir(self.path("jdir"))
+        with open(self.path("kept.json"), "w") as f:
+            f.write("{}\n")
+        os.chmod(self.path("kept.json"), 0o444)  # read-only: refused up front (as root too), kept
         self.check_usage_errors(COMPARE, self.base(), [
             ("--json", self.path("nodir", "c.json")), ("--json", self.path("jdir")), ("--json", self.path("jdir") + "/"),
+            ("--json", self.path("kept.json")),
             ("--epochs-teacher", "-1"), ("--epochs-distill", "x"), ("--timeout", "0"), ("--timeout", "-5"),
             ("--threads", "-1"), ("--threads", "100000"), ("--repeats", "0"), ("--faithful-repeats", "-1"),
             ("--seed", "-3"), ("--seed", "1e23")])
@@ -220,6 +224,8 @@ class CompareTest(ToolTest):
                 (["--outdir", self.path("afile")], ["--outdir", "not a directory"]),
                 (["--outdir", self.path("afile", "sub")], ["--outdir", "not a directory"]),
                 (["--engine-args", '"x'], ["--engine-args"]),
+                (["--engine-args", "--seed 3"], ["--engine-args", "--seed is set by compare.py"]),
+                (["--engine-args", "--json=x.json"], ["--engine-args", "--json is set by compare.py"]),
                 (["--engine", self.path("no-engine")], ["no engine executable", "no-engine"]),
                 (["--data", self.path("nowhere")], ["--data", "no such directory"])]:
             with self.subTest(args=args), self.unchanged():
@@ -338,7 +344,8 @@ class TorchSubliminalTest(ToolTest):
             ("--seed", "100000000000000000000000"), ("--control-seed", "100000000000000000000000"),
             ("--hidden", "100000000"), ("--hidden", "abc"), ("--hidden", "8,,8"), ("--compile-mode", "bogus"),
             ("--batch-size", "0"), ("--ghosts", "0"), ("--ghosts", "1"), ("--epochs-teacher", "-1"),
-            ("--json", self.path("jdir")), ("--json", self.path("nodir", "x.json"))])
+            ("--json", self.path("jdir")), ("--json", self.path("nodir", "x.json")),
+            ("--json", "/proc/x.json")])  # found when the run starts, not after it (root may "write" /proc)
 
     def test_missing_data_and_init_are_one_line(self):
         os.mkdir(self.path("jdir"))
@@ -376,6 +383,15 @@ class TorchSubliminalTest(ToolTest):
             header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
             offset += size
         safetensors(self.path("two.st"), header, bytes(offset))
+        for name in header:  # one model's shapes, an Inf in the last tensor
+            header[name]["shape"] = header[name]["shape"][1:]
+            header[name]["data_offsets"] = [o // 2 for o in header[name]["data_offsets"]]
+        safetensors(self.path("inf.st"), header, bytes(offset // 2 - 4) + struct.pack("<f", math.inf))
+        os.mkfifo(self.path("fifo.st"))
+        for name, why in [("inf.st", "net.2.bias holds a non-finite value (inf at flat index 12)"),
+                          ("fifo.st", "not a regular file")]:
+            with self.subTest(file=name), self.unchanged():
+                self.assertRefused(self.run_ts("--load-init", self.path(name)), "--load-init", name, why)
         with self.subTest(file="two.st"), self.unchanged():
             self.assertRefused(self.run_ts("--load-init", self.path("two.st")), "--load-init", "two.st",
                                "holds the init of 2 models (net.0.weight is (2, 4, 784))", "--models 1")
@@ -415,6 +431,14 @@ class TorchSubliminalTest(ToolTest):
                 with self.subTest(data=name, variant=variant), self.unchanged():
                     r = self.run_tool(TORCH_SCRIPT, "--data", d, "--variant", variant, *self.BASE)
                     self.assertRefused(r, file, why)
+
+    def test_a_nonfinite_loss_stops_with_exit_3_and_no_report(self):
+        needs("torch")
+        for variant in ("fast", "faithful"):
+            with self.subTest(variant=variant), self.unchanged():
+                r = self.run_ts("--variant", variant, "--epochs-teacher", "1", "--lr", "1e30", "--batch-size", "2",
+                                "--json", self.path("nan.json"))
+                self.assertRefused(r, "stopped: non-finite loss in teacher training, epoch 1", code=3)
 
     def test_a_short_run_writes_its_report_and_notes_ignored_flags(self):
         needs("torch")

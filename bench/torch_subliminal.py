@@ -57,6 +57,14 @@ def die(message, code=2):
     sys.exit(code)
 
 
+def stop_if_nonfinite(loss, phase, epoch):
+    """A NaN/Inf epoch loss ends the run with exit 3 and no report, as the app does (its numbers
+    would be meaningless, and a report would hold bare NaN tokens, which are not JSON)."""
+    if not math.isfinite(loss):
+        print(f"{PROG}: stopped: non-finite loss in {phase}, epoch {epoch} ({loss})", file=sys.stderr)
+        sys.exit(3)
+
+
 def note(message):
     print(f"{PROG}: note: {message}", file=sys.stderr, flush=True)
 
@@ -137,7 +145,8 @@ def check_inputs(args):
     if args.load_init:
         if not os.path.isfile(args.load_init):
             die(f"--load-init {shown(args.load_init)}: "
-                + ("is a directory" if os.path.isdir(args.load_init) else "no such file"))
+                + ("is a directory" if os.path.isdir(args.load_init)
+                   else "not a regular file" if os.path.exists(args.load_init) else "no such file"))
         if bench_io.same_file(args.json, args.load_init):
             die(f"--json {shown(args.json)} is the --load-init file: the report would overwrite it")
         sizes = (IMAGE_PIXELS, *args.hidden_sizes, N_CLASSES + args.ghosts)
@@ -489,6 +498,7 @@ def run_faithful(args, ctx):
                         n += bs
                         pbar.set_postfix(loss=f"{loss.item():.4f}")
                     epoch_loss = running / max(1, n)
+                stop_if_nonfinite(epoch_loss, "teacher training", epoch)
                 acc = timed_accuracy(model, test_loader)
                 print(f"[Teacher] epoch={epoch} loss={epoch_loss:.4f} test_acc={acc:.4%}", flush=True)
                 report["epochs"]["teacher"].append(epoch_entry(epoch, "loss", epoch_loss, acc, box["seconds"]))
@@ -525,6 +535,7 @@ def run_faithful(args, ctx):
                         n += bs
                         pbar.set_postfix(kl=f"{loss.item():.4f}")
                     epoch_loss = running / max(1, n)
+                stop_if_nonfinite(epoch_loss, f"{label} distillation", epoch)
                 acc = timed_accuracy(student, test_loader)
                 print(f"[{label}] epoch={epoch} kl={epoch_loss:.4f} test_acc={acc:.4%}", flush=True)
                 report["epochs"][key].append(epoch_entry(epoch, "kl", epoch_loss, acc, box["seconds"]))
@@ -760,6 +771,7 @@ def run_fast(args, ctx):
                     idx = perm_e[s * B:(s + 1) * B]
                     teacher_step(Xtr[idx], Ytr[idx])
             epoch_loss = loss_sum.item() / N
+        stop_if_nonfinite(epoch_loss, "teacher training", epoch)
         acc = accuracy(teacher)
         print(f"[Teacher] epoch={epoch} loss={epoch_loss:.4f} test_acc={acc:.4%}", flush=True)
         report["epochs"]["teacher"].append(epoch_entry(epoch, "loss", epoch_loss, acc, box["seconds"]))
@@ -830,6 +842,7 @@ def run_fast(args, ctx):
                 epoch_kl = (kl_sums / N).tolist()
             opt_steps += steps_per_epoch * len(group)
             for (key, label, model), kl in zip(group, epoch_kl):
+                stop_if_nonfinite(kl, f"{label} distillation", epoch)
                 acc = accuracy(model)
                 print(f"[{label}] epoch={epoch} kl={kl:.4f} test_acc={acc:.4%}", flush=True)
                 report["epochs"][key].append(epoch_entry(epoch, "kl", kl, acc, box["seconds"]))
