@@ -78,6 +78,15 @@ class MlpNode : public Node {
 Tensor mlp_whole(const Tensor& x, const MlpParams& params) {
   const int L = params.shape().layers();
   const int64_t N = x.dim(0), B = x.dim(1);
+  std::vector<Tensor> edge_inputs{x};
+  for (int l = 0; l < L; ++l) {
+    edge_inputs.push_back(params.weight(l));
+    edge_inputs.push_back(params.bias(l));
+  }
+  // Without a backward pass to come (evaluation, the teacher's forward pass in distillation)
+  // nothing is saved: each layer's output and mask are freed once the next layer has read them,
+  // so memory does not grow with the depth.
+  const bool saving = any_requires_grad(edge_inputs);
   std::vector<Tensor> inputs{x}, weights, masks;
   Tensor h = x;
   for (int l = 0; l < L; ++l) {
@@ -87,19 +96,16 @@ Tensor mlp_whole(const Tensor& x, const MlpParams& params) {
     Tensor mask = hidden ? Tensor::empty(gemm::mask_shape(N, B, out), DType::u8, x.device()) : Tensor();
     gemm::forward(h, params.weight(l), params.bias(l),
                   hidden ? gemm::Activation::relu : gemm::Activation::none, y, mask);
-    weights.push_back(params.weight(l).detach());
-    if (hidden) {
-      masks.push_back(mask);
-      inputs.push_back(y.detach());
+    if (saving) {
+      weights.push_back(params.weight(l).detach());
+      if (hidden) {
+        masks.push_back(mask);
+        inputs.push_back(y.detach());
+      }
     }
     h = y;
   }
-  std::vector<Tensor> edge_inputs{x};
-  for (int l = 0; l < L; ++l) {
-    edge_inputs.push_back(params.weight(l));
-    edge_inputs.push_back(params.bias(l));
-  }
-  if (any_requires_grad(edge_inputs)) {
+  if (saving) {
     // MlpNode writes its sinks from the last layer down, not in argument order, which is safe
     // only while no tensor is two of its inputs (autograd.h). MlpParams never shares them.
     for (size_t i = 1; i < edge_inputs.size(); ++i)
