@@ -1,7 +1,10 @@
 // data/mnist.cpp — where MNIST lives (locate_mnist) and what a valid copy looks like (load_mnist).
 #include "data/mnist.h"
 
+#include <zlib.h>  // crc32_z: mnist_fingerprint
+
 #include <algorithm>     // std::find_if
+#include <cstdio>        // std::snprintf
 #include <cstdlib>       // std::getenv
 #include <optional>      // std::optional
 #include <string>        // std::string, std::to_string
@@ -164,6 +167,16 @@ Mnist load_mnist(const std::filesystem::path& dir) {
   mnist.train = load_split(dir, kTrainImages, kTrainLabels);
   mnist.test = load_split(dir, kTestImages, kTestLabels);
   return mnist;
+}
+
+std::string mnist_fingerprint(const Mnist& mnist) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (const MnistSplit* split : {&mnist.train, &mnist.test})
+    for (const std::vector<uint8_t>* bytes : {&split->images, &split->labels})
+      crc = crc32_z(crc, bytes->data(), bytes->size());
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08lx", static_cast<unsigned long>(crc));
+  return std::to_string(mnist.train.count) + "+" + std::to_string(mnist.test.count) + " images, crc32 " + hex;
 }
 
 std::vector<std::filesystem::path> mnist_files_in(const std::filesystem::path& dir) {

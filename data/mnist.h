@@ -41,6 +41,12 @@ std::filesystem::path locate_mnist(const std::string& flag_dir);
 // 0..9; the counts need not be 60000/10000, so tests can use small files. Errors name the file.
 Mnist load_mnist(const std::filesystem::path& dir);
 
+// What identifies the data a run read, whatever its folder or compression: the splits' sizes and
+// a CRC-32 of their pixels and labels, "60000+10000 images, crc32 1a2b3c4d". A sweep's rows
+// carry it, so that rows made from other data (another copy with other labels, Fashion-MNIST in
+// the same format) are not taken for this data's.
+std::string mnist_fingerprint(const Mnist& mnist);
+
 // The MNIST files present in dir, raw and gzipped (whichever load_mnist reads, and the other
 // copy): what no output of a run may overwrite.
 std::vector<std::filesystem::path> mnist_files_in(const std::filesystem::path& dir);

@@ -39,6 +39,7 @@
 #include "engine/device.h"               // device_description
 #include "engine/kernels.h"              // add_into
 #include "engine/nn.h"                   // MlpParams, init_mlp
+#include "engine/parallel.h"             // set_cpu_threads, cpu_threads
 #include "engine/random.h"               // stream_id, random_permutation, fill_normal
 #include "engine/safetensors.h"          // read_safetensors
 #include "engine/storage.h"              // cpu_allocator_stats
@@ -1045,6 +1046,113 @@ TEST(SweepResume, AConfigurationIsDoneOnlyWithEveryArmsRow) {
   EXPECT_EQ(subliminal::test::read_text(jsonl), whole);
 }
 
+// A configuration is done when each of its arms has a row — not when as many rows are there: a
+// row of another arm (an edited file) does not stand in for a missing one. An arm's name with a
+// comma is quoted in the CSV like the configuration's.
+TEST(SweepResume, AConfigurationIsDoneWithEachOfItsArmsNotWithAsManyRows) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string(), jsonl = prefix + ".jsonl";
+  sweep(prefix);
+  std::string edited;  // lr=2e-3's cross_init row renamed; lr=1e-3, whole, given a row more
+  for (const std::string& line : lines_of(subliminal::test::read_text(jsonl))) {
+    nlohmann::json row = nlohmann::json::parse(line);
+    if (row["config"] == "lr=2e-3" && row["arm"] == "cross_init") row["arm"] = "bogus";
+    edited += row.dump() + "\n";
+    if (row["config"] == "lr=1e-3" && row["arm"] == "cross_init") {
+      row["arm"] = "bogus, edited";
+      edited += row.dump() + "\n";
+    }
+  }
+  subliminal::test::write_text(jsonl, edited);
+  const std::string printed = sweep(prefix);
+  EXPECT_NE(printed.find("(1 already done)"), std::string::npos) << printed;
+  EXPECT_NE(printed.find("lr=2e-3:"), std::string::npos) << "lr=2e-3 lacked its cross_init row: " << printed;
+  EXPECT_NE(subliminal::test::read_text(prefix + ".csv").find("\nlr=1e-3,\"bogus, edited\","),
+            std::string::npos);
+}
+
+// Rows carry the data they were made from: a sweep resumed on other data (here MNIST-shaped data
+// drawn from another seed; in life another copy, or Fashion-MNIST in the same format) is refused,
+// naming both, where it used to mix the two without a word.
+TEST(SweepResume, RowsMadeFromOtherDataAreRefused) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string();
+  sweep(prefix);
+  const std::string before = subliminal::test::read_text(prefix + ".jsonl");
+  data::Mnist other = made_up_mnist(8, 200);
+  other.train.labels[0] = uint8_t((other.train.labels[0] + 1) % 10);  // one label differs
+  std::FILE* out = std::tmpfile();
+  try {
+    run_sweep(small_run({"--epochs-teacher", "0", "--epochs-distill", "0", "--sweep-out", prefix.c_str(),
+                         "--sweep", "lr=1e-3,2e-3,3e-3"}),
+              other, Device::cpu, out);
+    ADD_FAILURE() << "a sweep resumed on other data";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find(": made from other data (\"" +
+                                         data::mnist_fingerprint(made_up_mnist(8, 200)) +
+                                         "\"; this run's is \"" + data::mnist_fingerprint(other) + "\")"),
+              std::string::npos)
+        << e.what();
+  }
+  std::fclose(out);
+  EXPECT_EQ(subliminal::test::read_text(prefix + ".jsonl"), before);
+}
+
+// On the CPU the GEMMs' slabs follow --threads, so rows made with other threads may differ in the
+// last bits: resuming with other --threads is allowed and said, as resuming on another device is.
+TEST(SweepResume, RowsMadeWithOtherThreadsAreSaid) {
+  struct ThreadsAfter {
+    int threads = cpu_threads();
+    ~ThreadsAfter() { set_cpu_threads(threads); }
+  } threads_after;
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string();
+  set_cpu_threads(1);
+  sweep(prefix);
+  set_cpu_threads(2);
+  const std::string printed = sweep_with(prefix, {"--sweep", "lr=1e-3,2e-3,3e-3"});
+  const std::string device = device_description(Device::cpu);
+  EXPECT_NE(printed.find("Sweep: note: rows already there were made on " + device +
+                         " with 1 thread, the rest run on " + device + " with 2 threads"),
+            std::string::npos)
+      << printed;
+}
+
+// A sweep's rows go to the files it opened; were the .jsonl removed under it (its folder deleted,
+// the file replaced), the rows after would vanish. The sweep stops, exit 2, naming the file, and
+// does not print the configuration it could not record. (Here the file goes when the sweep prints
+// its first line, after it has opened its files.)
+TEST(SweepResume, AFileRemovedUnderASweepStopsIt) {
+  subliminal::test::TempDir dir;
+  static std::string jsonl;  // for the stream's write function, which takes no closure
+  jsonl = (dir / "rows").string() + ".jsonl";
+  static std::string printed;
+  printed.clear();
+  cookie_io_functions_t removing = {};
+  removing.write = [](void*, const char* text, size_t size) -> ssize_t {
+    if (printed.empty()) std::filesystem::remove(jsonl);
+    printed.append(text, size);
+    return ssize_t(size);
+  };
+  std::FILE* out = fopencookie(nullptr, "w", removing);
+  ASSERT_NE(out, nullptr);
+  std::setvbuf(out, nullptr, _IONBF, 0);
+  try {
+    run_sweep(small_run({"--epochs-teacher", "0", "--epochs-distill", "0", "--sweep-out",
+                         (dir / "rows").string().c_str(), "--sweep", "lr=1e-3,2e-3"}),
+              made_up_mnist(8, 200), Device::cpu, out);
+    ADD_FAILURE() << "the sweep finished without its .jsonl";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(jsonl +
+                                         " was removed or replaced during the sweep, so the rows of lr=1e-3 "
+                                         "are not in it"),
+              std::string::npos)
+        << e.what();
+  }
+  std::fclose(out);
+  EXPECT_EQ(printed.find("lr=1e-3:"), std::string::npos) << printed;
+}
+
 // The CSV is the JSONL's table: each column from its own field (here with 2 models, so that std
 // and the intervals are not 0), a configuration id with a comma quoted, and a row written before
 // ci95_t existed given Student's t's from its std and n. A CSV holding only its header is no
@@ -1163,6 +1271,7 @@ TEST(SweepResume, RowsMadeOnAnotherDeviceAreSaidWhenTheRestRunHere) {
     EXPECT_EQ(row["device"], device_description(Device::cpu)) << line;
     if (row["config"] != "lr=1e-3") continue;
     row["device"] = "NVIDIA H100 80GB HBM3";
+    row.erase("cpu_threads");  // as a GPU's row has none
     elsewhere += row.dump() + "\n";
   }
   subliminal::test::write_text(jsonl, elsewhere);

@@ -593,6 +593,20 @@ TEST(Cli, OutputFlagsThatWouldBeIgnoredAreRefused) {
 // Flag combinations that cannot work are caught by validation, naming the flags.
 TEST(Cli, InconsistentFlagCombinationsAreRefused) {
   expect_usage_error({"--device", "cpu", "--sweep", "lr=1e-3"}, "--sweep-out");
+  // Model m trains from seed + m: the last model's seed must not wrap around to 0.
+  expect_usage_error({"--seed", "18446744073709551615", "--models", "2"},
+                     "--seed 18446744073709551615 and --models 2: model m trains from seed + m");
+  expect_usage_error({"--init", "normal", "--load-init", "init.safetensors"},
+                     "--init normal and --load-init: the init comes from the file");
+  // A prefix given as one of the sweep's files would start a sweep in rows.jsonl.jsonl.
+  expect_usage_error({"--sweep", "lr=1e-3", "--sweep-out", "rows.jsonl"},
+                     "--sweep-out: expected the prefix without .jsonl");
+  // A name that leads nowhere is refused naming its flag.
+  TempDir dir;
+  fs::create_symlink("loop.jsonl", dir / "loop.jsonl");
+  expect_usage_error(
+      {"--sweep", "lr=1e-3", "--sweep-out", (dir / "loop").string()},
+      "--sweep-out (its .jsonl) " + (dir / "loop.jsonl").string() + ": too many levels of symbolic links");
   // A flag the sweep sets in every configuration would change nothing.
   expect_usage_error({"--lr", "5e-3", "--sweep", "lr=1e-3,2e-3", "--sweep-out", "rows"},
                      "--lr 5e-3 and --sweep lr=1e-3,2e-3: the sweep sets --lr in every configuration");

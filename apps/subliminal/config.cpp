@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <limits>
@@ -83,6 +84,13 @@ std::string parse_prefix(const std::string& key, const std::string& value) {
               "a path prefix that ends in a file name, not a folder (e.g. runs/lr for runs/lr.csv and "
               "runs/lr.jsonl)",
               value);
+  // runs/lr.jsonl would start a new sweep in runs/lr.jsonl.jsonl beside the one meant.
+  for (const char* extension : {".csv", ".jsonl", ".lock"})
+    if (last.size() > std::strlen(extension) && last.ends_with(extension))
+      bad_value(
+          key,
+          std::string("the prefix without ") + extension + " (runs/lr for runs/lr.csv and runs/lr.jsonl)",
+          value);
   return path;
 }
 
@@ -349,6 +357,11 @@ std::vector<std::pair<std::string, std::string>> output_files(const Config& c) {
 }  // namespace
 
 void validate(const Config& c) {
+  // Model m trains from seed + m: past 2^64 - 1 that would wrap to seed 0, another run's model.
+  if (c.models > 1 && c.seed > std::numeric_limits<uint64_t>::max() - uint64_t(c.models - 1))
+    throw UsageError("--seed " + std::to_string(c.seed) + " and --models " + std::to_string(c.models) +
+                     ": model m trains from seed + m, and the last would pass 2^64 - 1 (and wrap to seed 0); "
+                     "give a smaller --seed");
   // Per-run output files: none of them when a sweep makes many runs; none beside --parity-batch,
   // which writes its file and exits.
   const std::vector<std::pair<const char*, const std::string*>> per_run = {
@@ -373,6 +386,13 @@ void validate(const Config& c) {
   // input (--load-init) or one output with another.
   std::vector<std::pair<std::string, std::string>> files = {{"--load-init", c.load_init_path}};
   for (const auto& output : output_files(c)) files.push_back(output);
+  for (const auto& [flag, path] : files) {  // a name that leads nowhere (a loop of links) is the flag's
+    try {
+      if (!path.empty()) resolved_path(path);
+    } catch (const InputError& e) {
+      throw UsageError(flag + " " + e.what());
+    }
+  }
   for (size_t i = 0; i < files.size(); ++i)
     for (size_t j = i + 1; j < files.size(); ++j)
       if (!files[i].second.empty() && !files[j].second.empty() && same_file(files[i].second, files[j].second))
@@ -535,6 +555,11 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   for (const ValueFlag& f : value_flags())
     if (cli.count(std::string("--") + f.key)) set_config_value(c, f.key, given[f.key]);
   c.sweeps = sweeps;
+  // The init comes from the --load-init file: an --init given too would change nothing.
+  if (cli.count("--init") && cli.count("--load-init"))
+    throw UsageError("--init " + given["init"] +
+                     " and --load-init: the init comes from the file, so --init "
+                     "would change nothing; drop one");
   // A swept key's flag would be overwritten in every configuration: refused, as it would have
   // changed nothing (the rows record the swept value, not the flag).
   for (const std::string& sweep : sweeps) {

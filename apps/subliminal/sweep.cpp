@@ -23,7 +23,9 @@
 #include "apps/subliminal/experiment.h"
 #include "apps/subliminal/progress.h"
 #include "apps/subliminal/report.h"
+#include "data/mnist.h"          // mnist_fingerprint: the data each row was made from
 #include "engine/device.h"       // device_description: the device each row ran on
+#include "engine/parallel.h"     // cpu_threads: the threads each CPU row ran on
 #include "engine/safetensors.h"  // write_file_atomically
 
 namespace subliminal::app {
@@ -113,7 +115,8 @@ struct SweepFile {
   std::vector<SweepRow> rows;
   std::string text;
 };
-SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& base) {
+SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& base,
+                          const std::string& data) {
   SweepFile file;
   std::error_code missing;
   if (std::filesystem::exists(jsonl_path, missing)) {
@@ -153,6 +156,11 @@ SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& b
       throw UsageError(where + ": written by a sweep with other settings (" +
                        first_difference(row["base"], base) +
                        "); rerun with that sweep's flags to resume it, or choose another --sweep-out");
+    // Rows made from other data are other results, whatever the settings (rows written before
+    // they named their data are taken as they are).
+    if (row.contains("data") && row["data"] != data)
+      throw UsageError(where + ": made from other data (" + json_text(row["data"]) + "; this run's is \"" +
+                       data + "\"); rerun with that data to resume it, or choose another --sweep-out");
     file.rows.push_back({row["config"].get<std::string>(), row["arm"].get<std::string>(), line, row});
   }
   return file;
@@ -180,8 +188,12 @@ std::string row_settings_key(const Config& base, const SweepRow& r, const std::s
   return settings_key(config);
 }
 
-// Rows one configuration writes: reference, teacher and one per student arm.
-size_t rows_expected(const Config& config) { return 2 + student_arms(config).size(); }
+// The arms whose rows one configuration writes: reference, teacher and each student arm.
+std::set<std::string> arms_expected(const Config& config) {
+  std::set<std::string> arms = {"reference", "teacher"};
+  for (const ArmSpec& arm : student_arms(config)) arms.insert(arm.key);
+  return arms;
+}
 
 // The first line of every PREFIX.lock a sweep writes. The lock is removed when the sweep ends,
 // so a PREFIX.lock without this line — someone's own file that happens to have the name — must
@@ -357,9 +369,9 @@ std::string csv_line(const nlohmann::json& row) {
                         : n > 1                ? student_t_975(n - 1) * std / std::sqrt(double(n))
                                                : 0.0;
   std::ostringstream line;
-  line << csv_field(row["config"].get<std::string>()) << ',' << row["arm"].get<std::string>() << ','
-       << row["test_acc"].get<double>() << ',' << row.value("ci95", 0.0) << ',' << std << ',' << n << ','
-       << row.value("seconds", 0.0) << ',' << ci95_t << '\n';
+  line << csv_field(row["config"].get<std::string>()) << ',' << csv_field(row["arm"].get<std::string>())
+       << ',' << row["test_acc"].get<double>() << ',' << row.value("ci95", 0.0) << ',' << std << ',' << n
+       << ',' << row.value("seconds", 0.0) << ',' << ci95_t << '\n';
   return line.str();
 }
 
@@ -490,6 +502,23 @@ std::vector<Config> sweep_configs(const Config& base) {
   return configs;
 }
 
+namespace {
+
+// Which file a path names now: its device and inode ({0, 0} when there is none).
+using FileIdentity = std::pair<dev_t, ino_t>;
+FileIdentity identity_of(const std::string& path) {
+  struct stat st = {};
+  return ::stat(path.c_str(), &st) == 0 ? FileIdentity{st.st_dev, st.st_ino} : FileIdentity{0, 0};
+}
+
+// Where rows were made, as a note names it: "cpu (2 hardware threads) with 1 thread".
+std::string made_on(const std::string& device, int cpu_threads) {
+  if (cpu_threads <= 0) return device;
+  return device + " with " + std::to_string(cpu_threads) + (cpu_threads == 1 ? " thread" : " threads");
+}
+
+}  // namespace
+
 int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::FILE* out) {
   const auto grid = sweep_grid(base);
   const std::vector<Config> configs = sweep_configs(base);  // in grid order
@@ -505,7 +534,8 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   const std::string csv_path = base.sweep_out + ".csv", jsonl_path = base.sweep_out + ".jsonl";
   const SweepLock lock(base.sweep_out);  // no other sweep rewrites these files under this one
   const nlohmann::json base_settings = sweep_base(base);
-  const SweepFile file = read_sweep_rows(jsonl_path, base_settings);
+  const std::string data = data::mnist_fingerprint(mnist);
+  const SweepFile file = read_sweep_rows(jsonl_path, base_settings, data);
   if (file.rows.empty()) {  // the CSV is rebuilt from the JSONL: rows only in the CSV would be lost
     std::ifstream old_csv(csv_path);
     std::string line;
@@ -529,7 +559,9 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   for (size_t i = 0; i < file.rows.size(); ++i) done[row_keys[i]].insert(file.rows[i].arm);
   auto finished = [&](size_t k) {
     auto it = done.find(config_keys[k]);
-    return it != done.end() && it->second.size() >= rows_expected(configs[k]);
+    if (it == done.end()) return false;
+    const std::set<std::string> wanted = arms_expected(configs[k]);
+    return std::includes(it->second.begin(), it->second.end(), wanted.begin(), wanted.end());
   };
 
   // What the files keep: the rows of finished configurations (and of configurations outside
@@ -555,21 +587,30 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   if (!csv || !jsonl)
     throw InputError("--sweep-out " + path_text(base.sweep_out) +
                      ": cannot open its .csv/.jsonl for appending");
+  // The files the rows go to, as they were opened: a file removed or replaced under the sweep
+  // would take its later rows with it, unseen.
+  const std::vector<std::pair<std::string, FileIdentity>> opened = {{jsonl_path, identity_of(jsonl_path)},
+                                                                    {csv_path, identity_of(csv_path)}};
 
   size_t already = 0;
   for (size_t k = 0; k < grid.size(); ++k) already += finished(k);
   std::fprintf(out, "Sweep: %zu configuration%s (%zu already done) → %s, %s\n", grid.size(),
                grid.size() == 1 ? "" : "s", already, csv_path.c_str(), jsonl_path.c_str());
   // Rows are comparable to the last digit only when one device made them all (another device, or
-  // another CPU, rounds differently): resuming elsewhere is allowed, and said. Each row names its
-  // device; rows written before they did are not counted.
+  // another CPU, rounds differently; on the CPU, so do other --threads, which cut the GEMMs
+  // otherwise): resuming elsewhere is allowed, and said. Each row names its device (and on the
+  // CPU its threads); rows written before they did are not counted.
   const std::string this_device = device_description(device);
+  const int this_threads = device == Device::cpu ? cpu_threads() : 0;
   std::set<std::string> other_devices;
   for (size_t i = 0; i < file.rows.size(); ++i) {
     const nlohmann::json& row = file.rows[i].row;
-    if (!to_run.count(row_keys[i]) && row.contains("device") && row["device"].is_string() &&
-        row["device"] != this_device)
-      other_devices.insert(row["device"].get<std::string>());
+    if (to_run.count(row_keys[i]) || !row.contains("device") || !row["device"].is_string()) continue;
+    const int threads =  // 0: not known (a GPU's row, or one written before rows named their threads)
+        row.contains("cpu_threads") && row["cpu_threads"].is_number_integer() ? row["cpu_threads"].get<int>()
+                                                                              : 0;
+    if (row["device"] != this_device || (threads != 0 && threads != this_threads))
+      other_devices.insert(made_on(row["device"].get<std::string>(), threads));
   }
   if (!other_devices.empty() && already < grid.size()) {
     std::string list;
@@ -577,7 +618,7 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
     std::fprintf(out,
                  "Sweep: note: rows already there were made on %s, the rest run on %s; their "
                  "accuracies may differ in the last digits for that reason alone\n",
-                 list.c_str(), this_device.c_str());
+                 list.c_str(), made_on(this_device, this_threads).c_str());
   }
   SweepObserver observer(base.progress, stderr);
   for (size_t k = 0; k < grid.size(); ++k) {
@@ -590,25 +631,36 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
     observer.clear();
     // All of a configuration's rows go out in one write each, then are flushed: an interrupted
     // sweep leaves whole configurations, or a part that resuming drops and runs again.
-    std::string csv_rows, jsonl_rows;
-    std::fprintf(out, "%s:", id.c_str());
+    std::string csv_rows, jsonl_rows, console = id + ":";
     for (const auto& [arm, acc] : results.final_acc) {
       const Stats s = summarize(acc);
-      nlohmann::json row = {{"config", id},          {"arm", arm},           {"test_acc", s.mean},
-                            {"ci95", s.ci95},        {"std", s.std},         {"n", s.n},
-                            {"ci95_t", s.ci95_t},    {"seconds", seconds},   {"per_model", acc},
-                            {"base", base_settings}, {"device", this_device}};
+      nlohmann::json row = {{"config", id},          {"arm", arm},
+                            {"test_acc", s.mean},    {"ci95", s.ci95},
+                            {"std", s.std},          {"n", s.n},
+                            {"ci95_t", s.ci95_t},    {"seconds", seconds},
+                            {"per_model", acc},      {"base", base_settings},
+                            {"device", this_device}, {"data", data}};
+      if (device == Device::cpu) row["cpu_threads"] = this_threads;
       for (const auto& [key, value] : grid[k]) row["settings"][key] = value;
       jsonl_rows += json_text(row) + '\n';
       csv_rows += csv_line(row);
-      std::fprintf(out, " %s %.3f±%.3f", arm.c_str(), s.mean, s.ci95);
+      char text[64];
+      std::snprintf(text, sizeof text, " %.3f±%.3f", s.mean, s.ci95);
+      console += " " + arm + text;
     }
+    errno = 0;
     jsonl << jsonl_rows << std::flush;  // the JSONL first: it is what resuming reads
     csv << csv_rows << std::flush;
     if (!csv || !jsonl)  // a full disk: stop rather than report rows that are not there
       throw InputError("--sweep-out " + path_text(base.sweep_out) +
-                       ": writing its .csv/.jsonl failed after " + id);
-    std::fprintf(out, "\n");
+                       ": writing its .csv/.jsonl failed after " + id +
+                       (errno ? std::string(" (") + std::strerror(errno) + ")" : std::string()));
+    for (const auto& [path, identity] : opened)
+      if (identity_of(path) != identity)
+        throw InputError("--sweep-out " + path_text(base.sweep_out) + ": " + path_text(path) +
+                         " was removed or replaced during the sweep, so the rows of " + id +
+                         " are not in it; rerun the sweep to run them again");
+    std::fprintf(out, "%s\n", console.c_str());  // said only once its rows are written
     std::fflush(out);
   }
   return 0;
