@@ -5,6 +5,9 @@
   MNIST            where the IDX files are (an explicit --data or a set $MNIST_DIR is a promise: no
                    fallback elsewhere) and what a readable copy looks like
   safetensors      the app's --save-init files, read and checked against an MLP's shapes
+  JSON             read with one-line refusals also for what json.loads takes but the tools cannot
+                   use (an integer beyond a float's range, nesting past the recursion limit);
+                   written strict (NaN and infinities as null)
   outputs          why a path cannot be written, checked before any work; JSON written atomically
                    (a temporary file beside the target, removed on any failure)
 
@@ -187,14 +190,53 @@ def same_file(a, b):
     return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
 
 
+class UnreadableJSON(ValueError):
+    """JSON text the tools refuse although it parses: its message is the whole reason (not "not JSON")."""
+
+
+def _json_int(text):
+    """json's parser for integers, refusing one beyond a float's range (~1.8e308): every number the
+    tools read ends up in float arithmetic or a float format, where such an integer raises
+    OverflowError, not the ValueError the scripts turn into one line. float() of the digits says
+    it without int()'s own limit of 4300 digits."""
+    if not math.isfinite(float(text)):
+        raise UnreadableJSON(f"holds an integer of {len(text.lstrip('-'))} digits, beyond a float's range")
+    return int(text)
+
+
+def parse_json(text):
+    """json.loads for text from outside: besides json's ValueError for what is not JSON, raises
+    UnreadableJSON for an integer beyond a float's range and for a document nested deeper than the
+    parser's recursion limit (json raises RecursionError there, which no caller expects)."""
+    try:
+        return json.loads(text, parse_int=_json_int)
+    except RecursionError:
+        raise UnreadableJSON("is nested too deeply to read (arrays or objects within each other "
+                             "past Python's recursion limit)") from None
+
+
+def is_finite_number(v):
+    """A JSON number (not a bool) with a finite float value; an integer too large for a float is
+    not one (math.isfinite would raise OverflowError on it)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def read_json(path, problem=None):
-    """The JSON value in `path`; ValueError naming the file when it cannot be read, is not JSON, or
-    (given `problem`, a function returning why a value will not do, or None) is not what is wanted."""
+    """The JSON value in `path`; ValueError naming the file when it cannot be read, is not JSON, is
+    JSON the tools cannot use (see parse_json), or (given `problem`, a function returning why a
+    value will not do, or None) is not what is wanted."""
     try:
         with open(path, encoding="utf-8") as f:
-            value = json.load(f)
+            value = parse_json(f.read())
     except OSError as e:
         raise ValueError(f"{shown(path)}: cannot read it ({e.strerror or e})") from None
+    except UnreadableJSON as e:
+        raise ValueError(f"{shown(path)}: {e}") from None
     except ValueError as e:  # also UnicodeDecodeError
         raise ValueError(f"{shown(path)}: not JSON ({str(e).splitlines()[0]})") from None
     why = problem(value) if problem else None
@@ -224,12 +266,25 @@ def replace_atomically(path, write):
         raise
 
 
+def finite_or_null(obj):
+    """obj (dicts, lists, tuples of plain values) with every NaN or infinity replaced by None.
+    json.dump writes them as the tokens NaN and Infinity, which are not JSON: jq, JavaScript and
+    Python's own strict readers refuse the whole file. null is how the app writes a NaN too."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
 def write_json_atomically(path, obj):
-    """Writes `obj` as JSON to `path` through replace_atomically."""
+    """Writes `obj` as strict JSON (non-finite numbers as null) to `path` through replace_atomically."""
 
     def write(tmp):
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
+            json.dump(finite_or_null(obj), f, indent=2, allow_nan=False)
             f.write("\n")
 
     replace_atomically(path, write)
@@ -428,7 +483,9 @@ def read_safetensors(path):
     if 8 + n > len(raw):
         raise ValueError(f"{where}: not a safetensors file (header length {n} runs past the end of the file)")
     try:
-        header = json.loads(raw[8:8 + n].decode("utf-8"))
+        header = parse_json(raw[8:8 + n].decode("utf-8"))
+    except UnreadableJSON as e:
+        raise ValueError(f"{where}: not a safetensors file (its header {e})") from None
     except ValueError as e:  # also UnicodeDecodeError
         raise ValueError(f"{where}: not a safetensors file (its header is not JSON: {str(e).splitlines()[0]})") from None
     if not isinstance(header, dict):

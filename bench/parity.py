@@ -15,11 +15,13 @@
 Exit status: 0 when every tensor agrees within --tolerance (default 1e-4): engine vs torch fp32, or, where
 that is worse, engine vs torch fp64 (then the gap is torch's own float32 rounding: a tiny KL loss of
 near-cancelling terms loses ~1e-5..1e-4 relative in fp32); 1 when one does not; 2 for bad input — a flag
-value, a path (--json, --keep, --init, --engine), the data (--data, a set $MNIST_DIR that does not hold
-MNIST, a damaged IDX file), or flags the engine refuses (its exit status 2: its one line is passed on) —
-said in one line on stderr, before any computing where it can be (the flags and paths are checked before
-`import torch`); 3 when the engine cannot produce the batch (it fails otherwise, or exits 0 without
-writing its file, or writes one that cannot be read).
+value, a path (--json, --keep, --init, --engine; a --json that is the --init file or a file --keep
+keeps), the data (--data, a set $MNIST_DIR that does not hold MNIST, a damaged IDX file), or flags the
+engine refuses (its exit status 2: its one line is passed on) — said in one line on stderr, before any
+computing where it can be (the flags and paths are checked before `import torch`); 3 when the engine
+cannot produce the batch (it fails otherwise, or exits 0 without writing its file, or writes one that
+cannot be read). A NaN error fails the comparison and is printed as nan; --json is strict JSON, with
+NaN and infinite errors written as null.
 
   python3 bench/parity.py --device cpu --data /path/to/mnist
   python3 bench/parity.py --torch-only          # PyTorch side alone (fp32 vs fp64), no engine
@@ -124,6 +126,12 @@ def rel_err(a, b, ref):
     return diff / scale if scale > 0 else diff
 
 
+def worse(a, b):
+    """The larger of two errors, NaN when either is NaN: max(0.0, nan) is 0.0 (a NaN compares false),
+    which would print a worst error of 0 for a table of NaNs."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
 def judge(e32, e64, t32_vs_64, tolerance):
     """(reference, error) for one tensor, from its errors engine vs torch fp32 (e32), engine vs torch
     fp64 (e64) and torch fp32 vs fp64. The tensor passes when the engine agrees with torch fp32 within
@@ -141,7 +149,7 @@ def judge(e32, e64, t32_vs_64, tolerance):
 def verdict(rows, worst_raw32, worst32, tolerance, problems):
     """(passed, the lines printed under the table): the worst errors, the verdict, the tensors judged
     against fp64 (and why, as judge() decides it) and the problems."""
-    ok = worst32 <= tolerance and not problems
+    ok = worst32 <= tolerance and not math.isnan(worst_raw32) and not problems  # a NaN compares false: fail
     by64 = [r["tensor"] for r in rows if r.get("judged_against") == "fp64"]
     lines = [f"worst engine vs torch fp32: {worst_raw32:.2e}; worst judged error: {worst32:.2e} "
              f"(tolerance {tolerance:g}) -> {'PASS' if ok else 'FAIL'}"]
@@ -190,6 +198,17 @@ def parse_args():
     return args
 
 
+INIT_FILE, PARITY_FILE = "init.safetensors", "parity.safetensors"  # what the engine writes into the work folder
+
+
+def kept_files(args):
+    """The files this run writes into its work folder (--keep): the engine's init, unless --init names
+    one, and its parity batch; none with --torch-only (no engine runs)."""
+    if args.torch_only:
+        return []
+    return ([] if args.init else [INIT_FILE]) + [PARITY_FILE]
+
+
 def check_inputs(args):
     """Paths, the data directory and (--torch-only) the --init file, before torch is imported."""
     try:
@@ -200,6 +219,9 @@ def check_inputs(args):
         why = bench_io.output_dir_problem(args.keep)
         if why:
             die(f"--keep {shown(args.keep)}: {why}")
+        for name in kept_files(args):  # the table, written last, would replace the kept file unasked
+            if bench_io.same_file(args.json, os.path.join(args.keep, name)):
+                die(f"--json {shown(args.json)} is the {name} this run keeps in --keep: the table would overwrite it")
     if args.init:
         if not os.path.isfile(args.init):
             die(f"--init {shown(args.init)}: " + ("is a directory" if os.path.isdir(args.init)
@@ -279,12 +301,12 @@ def main():
         common = ["--data", args.data_dir, "--device", args.device, "--threads", str(threads), "--seed", str(args.seed),
                   "--hidden", ",".join(map(str, args.hidden)), "--ghosts", str(args.ghosts)]
         if not init_path:
-            init_path = os.path.join(workdir, "init.safetensors")
+            init_path = os.path.join(workdir, INIT_FILE)
             if os.path.exists(init_path):
                 os.remove(init_path)
             run_engine([engine, *common, "--save-init", init_path, "--epochs-teacher", "0", "--epochs-distill", "0",
                         "--cross-init", "false", "--no-progress"], "subliminal --save-init")
-        parity_path = os.path.join(workdir, "parity.safetensors")
+        parity_path = os.path.join(workdir, PARITY_FILE)
         if os.path.exists(parity_path):  # a --keep folder's earlier run: the engine will not overwrite it
             os.remove(parity_path)
         run_engine([engine, *common, "--parity-batch", parity_path, "--load-init", init_path,
@@ -341,8 +363,8 @@ def main():
             e32 = row["engine_vs_torch32"]
             row["judged_against"], row["error"] = judge(e32, row["engine_vs_torch64"], row["torch32_vs_torch64"],
                                                         args.tolerance)
-            worst_raw32 = max(worst_raw32, e32)
-            worst32 = max(worst32, row["error"])
+            worst_raw32 = worse(worst_raw32, e32)
+            worst32 = worse(worst32, row["error"])
         rows.append(row)
 
     # the table
@@ -369,7 +391,9 @@ def main():
         print("\n" + "\n".join(lines))
         status = 0 if ok else 1
     else:
-        worst = max(r["torch32_vs_torch64"] for r in rows)
+        worst = 0.0
+        for r in rows:
+            worst = worse(worst, r["torch32_vs_torch64"])
         print(f"\ntorch fp32 vs fp64 worst: {worst:.2e} (no engine compared)")
     if args.json:
         write_json(args.json, {

@@ -8,6 +8,9 @@ its batch), no Python traceback, exactly one non-empty line on stderr naming the
 argparse's own usage errors: its last line names the flag), and no output or temporary file left
 behind or clobbered (each test runs in a fresh folder that is also the tools' $TMPDIR, compared
 before and after). The data are tiny IDX files the tests write; engines are small shell scripts.
+scripts/fetch_mnist.sh, gpu_check.sh and setup.sh are run the same way with stand-ins on PATH (no
+download, install, build or GPU): their refusals, and setup.sh's paths through a failed install and
+an unset HOME, from a copy beside stand-in scripts.
 
 Nothing trains for more than a moment: the bad inputs are refused before any. Cases that need torch
 (the data checks of torch_subliminal.py and parity.py, which import it first, and one short real
@@ -37,6 +40,14 @@ TORCH_SCRIPT = os.path.join(REPO, "bench", "torch_subliminal.py")
 PARITY = os.path.join(REPO, "bench", "parity.py")
 PLOT = os.path.join(REPO, "scripts", "plot.py")
 AB = os.path.join(REPO, "scripts", "ab_summary.py")
+FETCH = os.path.join(REPO, "scripts", "fetch_mnist.sh")
+GPU_CHECK = os.path.join(REPO, "scripts", "gpu_check.sh")
+SETUP = os.path.join(REPO, "scripts", "setup.sh")
+
+# JSON that json.loads takes but that crashed the tools: a number past a float's range (OverflowError
+# where it meets float arithmetic) and nesting past the recursion limit (RecursionError).
+HUGE_INT = "1" * 400
+DEEP_JSON = "[" * 100000 + "]" * 100000
 
 
 @contextlib.contextmanager
@@ -104,6 +115,38 @@ def safetensors(path, header, data=b""):
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw + data)
     return path
+
+
+def safetensors_arrays(path, arrays):
+    """A safetensors file of float32 tensors {name: numpy array}, as the app's --save-init writes."""
+    header, blobs, offset = {}, [], 0
+    for name, a in arrays.items():
+        raw = a.astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    return safetensors(path, header, b"".join(blobs))
+
+
+def mlp_init(sizes, scale=1.0, seed=0):
+    """{name: array} of an MLP's parameters (bench_io.mlp_shapes' names), uniform in ±0.05·scale."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i, (d_in, d_out) in enumerate(zip(sizes, sizes[1:])):
+        out[f"net.{2 * i}.weight"] = rng.uniform(-0.05, 0.05, (d_out, d_in)) * scale
+        out[f"net.{2 * i}.bias"] = rng.uniform(-0.05, 0.05, (d_out,)) * scale
+    return out
+
+
+def strict_json(path):
+    """The JSON in `path`, read as a strict parser would: NaN and Infinity tokens are an error."""
+    def refuse(token):
+        raise ValueError(f"{path}: {token} is not JSON")
+
+    with open(path) as f:
+        return json.load(f, parse_constant=refuse)
 
 
 def script(path, body):
@@ -537,6 +580,60 @@ class ParityTest(ToolTest):
             r = self.run_tool(PARITY, "--engine", engine, "--data", self.data, "--batch-size", "4", "--hidden", "4")
             self.assertRefused(r, "exited 0 but wrote no", code=3)
 
+    def test_json_that_is_a_file_keep_keeps_is_refused(self):  # refused before torch is imported
+        engine = self.fake_engine("exit 1\n")
+        os.mkdir(self.path("kept"))
+        for name in ("init.safetensors", "parity.safetensors"):  # an earlier run's, which must survive
+            with open(self.path("kept", name), "w") as f:
+                f.write("kept\n")
+        for json_path in (self.path("kept", "init.safetensors"), self.path("kept", "parity.safetensors"),
+                          self.path("kept", ".", "parity.safetensors")):
+            # (--json's writability probe, a temporary file made and removed, touches the folder's mtime)
+            with self.subTest(json=json_path), self.unchanged(ignore=["kept"]):
+                r = self.run_tool(PARITY, "--engine", engine, "--data", self.data, "--keep", self.path("kept"),
+                                  "--json", json_path)
+                self.assertRefused(r, "--json", os.path.basename(json_path), "--keep")
+                self.assertEqual(sorted(os.listdir(self.path("kept"))), ["init.safetensors", "parity.safetensors"])
+                for name in os.listdir(self.path("kept")):
+                    with open(self.path("kept", name)) as f:
+                        self.assertEqual(f.read(), "kept\n")
+
+    def test_a_huge_init_gives_strict_json(self):
+        # an init of every value × 1e18 (finite in float32): torch's fp32 pass overflows, its errors are NaN
+        needs("torch")
+        sizes = (784, 4, 4, 13)
+        init = safetensors_arrays(self.path("huge.st"), mlp_init(sizes, scale=1e18))
+        out = self.path("table.json")
+        r = self.run_tool(PARITY, "--torch-only", "--data", self.data, "--init", init, "--hidden", "4,4",
+                          "--batch-size", "4", "--json", out)
+        self.assertEqual(r.returncode, 0, self.describe(r))
+        self.assertIn("torch fp32 vs fp64 worst: nan", r.stdout)
+        rows = strict_json(out)["rows"]
+        self.assertIn(None, [row["torch32_vs_torch64"] for row in rows])  # a NaN error is written as null
+
+    def test_an_engine_of_nans_fails_and_says_nan(self):
+        # every engine value NaN: the worst error engine vs torch fp32 is nan, not max(0.0, nan) = 0.0
+        needs("torch")
+        import numpy as np
+
+        sizes, batch = (784, 4, 13), 4
+        params = mlp_init(sizes)
+        init = safetensors_arrays(self.path("init.st"), params)
+        nans = {"loss": np.full(1, np.nan), "kl_loss": np.full(1, np.nan), "noise": np.zeros(batch * 784)}
+        for name, a in params.items():
+            nans["grad." + name] = nans["kl_grad." + name] = np.full(a.shape, np.nan)
+        batch_file = safetensors_arrays(self.path("nan.st"), nans)
+        engine = self.fake_engine(f'while [ $# -gt 0 ]; do [ "$1" = --parity-batch ] && cp "{batch_file}" "$2"; '
+                                  "shift; done\n")
+        out = self.path("table.json")
+        r = self.run_tool(PARITY, "--engine", engine, "--data", self.data, "--init", init, "--hidden", "4",
+                          "--batch-size", str(batch), "--json", out)
+        self.assertEqual(r.returncode, 1, self.describe(r))  # a failed parity is exit 1
+        self.assertIn("worst engine vs torch fp32: nan; worst judged error: inf", r.stdout)
+        self.assertIn("FAIL", r.stdout)
+        table = strict_json(out)
+        self.assertEqual((table["status"], table["worst_error"], table["worst_engine_vs_torch32"]), ("fail", None, None))
+
 
 # ---------------------------------------------------------------------------------------------- plot.py, ab_summary.py
 
@@ -562,7 +659,13 @@ class PlotTest(ToolTest):
                  "arm.json": (json.dumps({"teacher": {"ci95": 1}}), "test_acc"),
                  "settings.jsonl": ('{"arm": "student", "test_acc": 0.5, "settings": [1]}\n', "settings"),
                  "badline.jsonl": ('{"arm": "student", "test_acc": 0.5, "settings": {"lr": 1}}\n{oops\n', "line 2"),
-                 "nosettings.jsonl": ('{"arm": "student", "test_acc": 0.5, "settings": {}}\n', "no settings")}
+                 "nosettings.jsonl": ('{"arm": "student", "test_acc": 0.5, "settings": {}}\n', "no settings"),
+                 "huge.json": (json.dumps(app_report()).replace("0.9", HUGE_INT), "beyond a float's range"),
+                 "deep.json": (DEEP_JSON, "nested too deeply"),
+                 "huge.jsonl": ('{"arm": "student", "test_acc": %s, "settings": {"lr": 1}}\n' % HUGE_INT,
+                                "line 1: holds an integer of 400 digits"),
+                 "deep.jsonl": ('{"arm": "student", "test_acc": 0.5, "settings": {"lr": 1}}\n' + DEEP_JSON + "\n",
+                                "line 2: is nested too deeply")}
         for name, (text, why) in cases.items():
             self.write(name, text)
         for name, (_, why) in cases.items():
@@ -581,6 +684,37 @@ class PlotTest(ToolTest):
         if not module_missing("matplotlib"):
             with self.subTest(out="x.xyz"), self.unchanged():
                 self.assertRefused(self.run_tool(PLOT, good, "--out", self.path("x.xyz")), "--out", "xyz")
+
+    def sweep_ticks(self, rows):
+        """The x tick labels, left to right, of plot.py's figure of these sweep rows."""
+        needs("matplotlib")
+        import importlib.util
+
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        spec = importlib.util.spec_from_file_location("plot", PLOT)
+        plot = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(plot)
+        plot.sweep_figure(rows, self.path("sweep.png"), plt)
+        fig = plt.gcf()
+        self.addCleanup(plt.close, fig)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        ticks = sorted(zip(ax.get_xticks(), (t.get_text() for t in ax.get_xticklabels())))
+        return [text for _, text in ticks]
+
+    def test_sweep_x_axis_is_in_numeric_order(self):
+        def row(seed, acc, **settings):
+            return {"arm": "student", "test_acc": acc, "settings": {"seed": seed, **settings}}
+
+        # seed 0 covers only 3e-3: placed by first appearance, 3e-3 came left of seed 1's 1e-4
+        rows = [row("0", 0.5, lr="3e-3"), row("1", 0.6, lr="1e-4"), row("1", 0.7, lr="3e-3")]
+        self.assertEqual(self.sweep_ticks(rows), ["1e-4", "3e-3"])
+        # --hidden values: depth first, then the widths
+        rows = [row("0", 0.5, hidden="64"), row("0", 0.6, hidden="32,32"), row("1", 0.7, hidden="16")]
+        self.assertEqual(self.sweep_ticks(rows), ["16", "64", "32,32"])
 
     def test_out_without_extension_says_what_it_wrote(self):
         needs("matplotlib")
@@ -603,7 +737,9 @@ class AbSummaryTest(ToolTest):
         cases = {"list.json": ([1, 2], "list"), "empty.json": ({}, "seconds"), "text.json": ("nope", "not JSON"),
                  "us.json": (app_report(us_per_step={"teacher": "fast"}), "us_per_step"),
                  "gpu.json": (app_report(gpu_seconds=[1]), "gpu_seconds"),
-                 "arm.json": (app_report(student=0.5), "student")}
+                 "arm.json": (app_report(student=0.5), "student"),
+                 "huge.json": (json.dumps(app_report()).replace("100.0", HUGE_INT), "beyond a float's range"),
+                 "deep.json": (DEEP_JSON, "nested too deeply")}
         for name, (obj, why) in cases.items():
             self.write(name, obj)
             with self.subTest(file=name), self.unchanged():
@@ -618,6 +754,109 @@ class AbSummaryTest(ToolTest):
         r = self.run_tool(AB, good, "--", good)
         self.assertEqual(r.returncode, 0, self.describe(r))
         self.assertIn("µs/step teacher", r.stdout)
+
+
+# ---------------------------------------------------------------------------------------------- scripts/*.sh
+
+
+class ShellScriptTest(ToolTest):
+    """The shell scripts' refusals, run with stand-ins on PATH: no download, install, build or GPU."""
+
+    def run_sh(self, path, *args, env=None, unset=()):
+        e = {"PATH": f"{self.path('bin')}:/usr/bin:/bin", "HOME": self.path("home"), "TMPDIR": self.dir,
+             "MNIST_MIRRORS": "file:///nonexistent/"}
+        e.update(env or {})
+        for name in unset:
+            e.pop(name, None)
+        return subprocess.run(["bash", path, *args], cwd=self.dir, env=e, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, errors="replace", timeout=60)
+
+    def stub(self, name, body):
+        os.makedirs(self.path("bin"), exist_ok=True)
+        return script(self.path("bin", name), body)
+
+    def test_fetch_mnist_into_a_file_is_one_line(self):
+        with open(self.path("afile"), "w") as f:
+            f.write("x")
+        for dest, why in [("afile", "exists and is not a directory"),
+                          ("afile/sub", "cannot be created: afile is not a directory")]:
+            with self.subTest(dest=dest), self.unchanged():
+                self.assertRefused(self.run_sh(FETCH, dest), f"fetch_mnist.sh: {dest}: {why}")
+
+    def test_gpu_check_only_without_a_stage_is_refused(self):
+        # argument checks come first; should one pass, the stand-in nvidia-smi (no GPU) stops the script
+        # before it builds or writes anything
+        self.stub("nvidia-smi", "exit 9\n")
+        for value in (" ", ",", " , ,", "\t", ""):
+            with self.subTest(only=value), self.unchanged():
+                self.assertRefused(self.run_sh(GPU_CHECK, "--only", value), "--only names no stage")
+        with self.subTest(only="*"), self.unchanged():  # refused as itself, not as the files it would glob
+            self.assertRefused(self.run_sh(GPU_CHECK, "--only", "*"), "unknown stage '*'")
+        with self.subTest(only="tests, parity"), self.unchanged():  # accepted: the script goes on to look for a GPU
+            self.assertRefused(self.run_sh(GPU_CHECK, "--only", "tests, parity"), "nvidia-smi finds no GPU")
+
+    def setup_copy(self):
+        """A copy of setup.sh in repo/scripts/, beside stand-ins: every apt package "installed" (apt-get
+        and sudo fail if called), `python3 -m venv` makes a venv whose python imports the bench packages
+        only once its pip has installed them, and that pip works only while the file `online` exists;
+        fetch_mnist.sh and get_cudnn_frontend.sh only log. Calls are logged in `log`."""
+        os.makedirs(self.path("repo", "scripts"))
+        shutil.copy(SETUP, self.path("repo", "scripts", "setup.sh"))
+        log = self.path("log")
+        script(self.path("repo", "scripts", "fetch_mnist.sh"), f'echo "fetch_mnist $*" >> "{log}"; exit 1\n')
+        script(self.path("repo", "scripts", "get_cudnn_frontend.sh"), "exit 0\n")
+        self.stub("id", "echo 0\n")
+        self.stub("dpkg-query", "echo 'install ok installed'\n")
+        for name in ("apt-get", "sudo"):
+            self.stub(name, f'echo "{name} $*" >> "{log}"; exit 1\n')
+        venv = self.path("venv-template", "bin")
+        os.makedirs(venv)
+        script(os.path.join(venv, "python"), f'[ -f "{self.path("installed")}" ]\n')
+        script(os.path.join(venv, "pip"), f'echo "pip $*" >> "{log}"\n'
+               f'[ -f "{self.path("online")}" ] || {{ echo "ERROR: network is unreachable" >&2; exit 1; }}\n'
+               f'case "$*" in *torch*) touch "{self.path("installed")}";; esac\n')
+        self.stub("python3", f'[ "$1 $2" = "-m venv" ] && cp -r "{self.path("venv-template")}/." "$3"\n')
+        return self.path("repo", "scripts", "setup.sh")
+
+    def log(self):
+        try:
+            with open(self.path("log")) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def test_setup_bench_installs_again_after_a_failed_install(self):
+        setup = self.setup_copy()
+        write_mnist(self.path("repo", "data", "mnist"))  # found: nothing to fetch
+        for attempt in (1, 2):  # offline twice: the venv the first run left must not count as installed
+            with self.subTest(attempt=attempt):
+                r = self.run_sh(setup, "--bench")
+                self.assertEqual(r.returncode, 1, self.describe(r))
+                self.assertNotIn("setup.sh: done", r.stdout)
+                self.assertIn("setup.sh: could not install torch", r.stderr.splitlines()[-1])
+                self.assertEqual(sum(line.startswith("pip") for line in self.log()), attempt)
+        open(self.path("online"), "w").close()
+        r = self.run_sh(setup, "--bench")
+        self.assertEqual(r.returncode, 0, self.describe(r))
+        self.assertIn("setup.sh: done", r.stdout)
+        calls = len(self.log())
+        r = self.run_sh(setup, "--bench")  # installed: nothing to do
+        self.assertEqual(r.returncode, 0, self.describe(r))
+        self.assertEqual(len(self.log()), calls, self.log())
+        self.assertFalse([line for line in self.log() if line.startswith(("apt-get", "sudo"))], self.log())
+
+    def test_setup_without_home_fetches_mnist(self):
+        setup = self.setup_copy()
+        r = self.run_sh(setup, unset=["HOME"])
+        self.assertEqual(r.returncode, 0, self.describe(r))
+        self.assertNotIn("unbound variable", r.stderr)
+        self.assertIn("setup.sh: done", r.stdout)
+        self.assertEqual(self.log(), ["fetch_mnist data/mnist"])
+        # with HOME set, torchvision's copy there is found: nothing fetched
+        write_mnist(self.path("home", ".pytorch", "MNIST_data", "MNIST", "raw"))
+        r = self.run_sh(setup)
+        self.assertEqual(r.returncode, 0, self.describe(r))
+        self.assertEqual(self.log(), ["fetch_mnist data/mnist"])
 
 
 if __name__ == "__main__":

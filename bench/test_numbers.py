@@ -6,7 +6,9 @@ train seconds, µs/step and steady µs/step (each phase weighted by its steps), 
 shortened faithful run, medians over repeats (of an even count too), the ×eng ratios against the
 engine on the same device, the columns of its table and the fields of its --json; which reports it
 takes; scripts/ab_summary.py's medians and current ÷ baseline; parity.py's choice of reference (fp32
-or fp64) per tensor and the reason its verdict gives; and bench_io's range ends. The expected values
+or fp64) per tensor, the reason its verdict gives and a NaN error failing it; bench_io's range ends,
+its JSON reading (numbers past a float, deep nesting) and strict writing; and the order of
+scripts/plot.py's sweep x axis. The expected values
 are worked out by hand in each test. No torch, no numpy: the functions are imported and called
 directly; compare.py's own run goes through a fake engine (a shell script), as in test_inputs.py.
 
@@ -16,6 +18,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -41,6 +44,7 @@ def load_script(path, name):
 
 
 ab_summary = load_script(os.path.join(REPO, "scripts", "ab_summary.py"), "ab_summary")
+plot = load_script(os.path.join(REPO, "scripts", "plot.py"), "plot")  # matplotlib is imported only by its main()
 
 
 def report(**extra):
@@ -354,8 +358,49 @@ class ParityJudgeTest(unittest.TestCase):
         self.assertFalse(ok)
         self.assertEqual(lines[1:], ["  problem: engine file lacks kl_loss"])
 
+    def test_a_nan_error_is_the_worst_and_fails(self):
+        nan = float("nan")
+        self.assertEqual(max(0.0, nan), 0.0)  # why worse() exists: max() passes over a NaN that comes second
+        for a, b in [(0.0, nan), (nan, 0.0), (nan, 1e-3), (1e-3, nan)]:
+            with self.subTest(a=a, b=b):
+                self.assertTrue(math.isnan(parity.worse(a, b)))
+        self.assertEqual(parity.worse(1e-6, 2e-6), 2e-6)
+        ok, lines = parity.verdict([], nan, 1e-7, 1e-4, [])
+        self.assertFalse(ok)
+        self.assertTrue(lines[0].startswith("worst engine vs torch fp32: nan;"), lines[0])
+        self.assertTrue(lines[0].endswith("-> FAIL"), lines[0])
+
 
 # ---------------------------------------------------------------------------------------------- bench_io.py
+
+
+class JsonTest(unittest.TestCase):
+    def test_numbers_beyond_a_float_and_deep_nesting_are_value_errors(self):
+        for text, why in [("1" * 400, "an integer of 400 digits"), ("-" + "9" * 5000, "an integer of 5000 digits"),
+                          ("[" * 100000 + "]" * 100000, "nested too deeply")]:
+            with self.subTest(text=text[:10]), self.assertRaisesRegex(ValueError, why):
+                bench_io.parse_json(text)
+        self.assertEqual(bench_io.parse_json('{"n": [%s, 1.5]}' % ("9" * 300)), {"n": [int("9" * 300), 1.5]})
+        self.assertEqual([bench_io.is_finite_number(v) for v in (1, 2.5, 10**400, True, float("nan"), "1")],
+                         [True, True, False, False, False, False])
+
+    def test_reports_are_written_strict(self):
+        d = tempfile.mkdtemp(prefix="bench_numbers_")
+        self.addCleanup(shutil.rmtree, d, True)
+        out = os.path.join(d, "r.json")
+        bench_io.write_json_atomically(out, {"a": float("nan"), "b": [float("inf"), -float("inf"), 1.5], "c": (2,)})
+        with open(out) as f:
+            text = f.read()
+        self.assertEqual(json.loads(text), {"a": None, "b": [None, None, 1.5], "c": [2]})
+        self.assertNotIn("NaN", text)
+        self.assertNotIn("Infinity", text)
+
+
+class SweepAxisTest(unittest.TestCase):
+    def test_numbers_in_numeric_order_then_lists_by_depth_then_text(self):
+        self.assertEqual(plot.x_categories(["3e-3", "1e-4", "3e-3", 0.01]), ["1e-4", "3e-3", "0.01"])
+        self.assertEqual(plot.x_categories(["64", "32,32", "16", "64,16"]), ["16", "64", "32,32", "64,16"])
+        self.assertEqual(plot.x_categories(["b", "—", "2", "nan", "a"]), ["2", "a", "b", "nan", "—"])
 
 
 class RangeEndsTest(unittest.TestCase):

@@ -10,8 +10,8 @@ says the change altered the arithmetic (expected where summation order changed).
 
 A file that cannot be read, is not JSON, or is not shaped like the app's report (an object with
 "seconds"; gpu_seconds, us_per_step, us_per_step_steady and seconds holding numbers; arms holding
-a numeric test_acc) stops the summary with one line naming it on stderr and exit status 2, as does
-a side with no files.
+a numeric test_acc; a number too large for a float, or nesting too deep to parse) stops the summary
+with one line naming it on stderr and exit status 2, as does a side with no files.
 """
 import json
 import os
@@ -28,8 +28,9 @@ def die(message):
 
 
 def is_number(v):
-    """A JSON number, or null (the app writes a NaN as null)."""
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    """A JSON number, or null (the app writes a NaN as null). An integer beyond a float's range is
+    not one: the medians and the table's float formats would raise OverflowError on it."""
+    return v is None or isinstance(v, float) or bench_io.is_finite_number(v)
 
 
 def num(v):

@@ -5,7 +5,7 @@
 # file only if its SHA-256 matches the canonical release (docs: /work/shared/mnist/SOURCE.md),
 # and moves it into place atomically, so DEST never holds a partial or unverified file. Files
 # already present with the right checksum are kept. On failure: one line on stderr, exit 1
-# (a wrong command line: exit 2).
+# (a wrong command line, or a DEST that is not a directory and cannot be made one: exit 2).
 #
 #   scripts/fetch_mnist.sh data/mnist          # ./data/mnist is one of the places the app looks
 #   MNIST_MIRRORS=file:///mnt/mnist/ scripts/fetch_mnist.sh ~/mnist
@@ -19,6 +19,17 @@ usage="usage: scripts/fetch_mnist.sh DEST (a directory; created if needed)"
 [[ $# -eq 1 && ( "$1" == -h || "$1" == --help ) ]] && { echo "$usage"; exit 0; }
 [[ $# -eq 1 && -n "$1" && "$1" != -* ]] || { echo "fetch_mnist.sh: $usage (a name starting with - : write ./NAME)" >&2; exit 2; }
 dest=$1
+
+# DEST is checked before mkdir: mkdir's own message would be a second line before ours. A path
+# that exists must be a directory; otherwise its nearest existing ancestor must be one.
+bad_dest() { echo "fetch_mnist.sh: $dest: $*" >&2; exit 2; }
+if [[ -e $dest || -L $dest ]]; then
+  [[ -d $dest ]] || bad_dest "exists and is not a directory"
+else
+  above=$dest
+  while [[ ! -e $above && ! -L $above ]]; do above=$(dirname -- "$above"); done
+  [[ -d $above ]] || bad_dest "cannot be created: $above is not a directory"
+fi
 
 mirrors=${MNIST_MIRRORS:-"https://ossci-datasets.s3.amazonaws.com/mnist/ https://storage.googleapis.com/cvdf-datasets/mnist/ http://yann.lecun.com/exdb/mnist/"}
 read -ra mirror_list <<<"$mirrors"
@@ -55,7 +66,8 @@ else
   die "need curl or wget to download MNIST"
 fi
 
-mkdir -p -- "$dest" || die "cannot create $dest"
+# Still possible: no permission. mkdir's reason ("Permission denied") goes into our one line.
+error=$(mkdir -p -- "$dest" 2>&1) || bad_dest "cannot be created (${error##*: })"
 
 # The file being downloaded; removed on any exit so no partial file is left behind.
 partial=""

@@ -43,11 +43,18 @@ while [ $# -gt 0 ]; do
       shift ;;
     --only)
       [ $# -ge 2 ] || { echo "gpu_check.sh: --only needs a comma-separated list of stages" >&2; exit 2; }
-      only=",$2,"
-      [ -n "${2//,/}" ] || { echo "gpu_check.sh: --only needs at least one stage (stages: $stages)" >&2; exit 2; }
+      # Split at commas and blanks, without glob expansion (set -f: a '*' is refused as itself,
+      # not matched against file names). `only` is rebuilt from the words as ",a,b," for want():
+      # kept verbatim, "tests, parity" would never match ",parity,". No word at all (" ", ",")
+      # selects nothing: refused here, not found after a build that then runs no stage.
+      only=","
+      set -f
       for s in ${2//,/ }; do
         case " $stages " in *" $s "*) ;; *) echo "gpu_check.sh: --only: unknown stage '$s' (stages: $stages)" >&2; exit 2 ;; esac
+        only+="$s,"
       done
+      set +f
+      [ "$only" != "," ] || { echo "gpu_check.sh: --only names no stage, only commas and blanks (stages: $stages)" >&2; exit 2; }
       shift ;;
     *) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
   esac

@@ -3,7 +3,9 @@
 
   plot.py REPORT.json --out arms.png      the arms of one run as bars with 95% CIs
                                           (the paper's Fig. 10b from `--preset paper`)
-  plot.py SWEEP.jsonl --out sweep.png     accuracy of each arm against the swept setting(s)
+  plot.py SWEEP.jsonl --out sweep.png     accuracy of each arm against the swept setting(s); the x
+                                          axis in numeric order (a --hidden list: by depth, then
+                                          widths), names after numbers
 
 --out's extension picks the format (png, pdf, svg, … as matplotlib writes them); without one, .png is
 added. The input is checked before matplotlib is imported, and the figure is written to a temporary
@@ -11,7 +13,6 @@ file beside --out and renamed: a bad input or --out (a directory, a missing fold
 extension) is refused with one line on stderr and exit status 2, and an existing --out is left as it was.
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -36,7 +37,8 @@ def die(message):
 
 
 def is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite JSON number (an integer too large for a float is not: math.isfinite would raise)."""
+    return bench_io.is_finite_number(v)
 
 
 def check_report(report):
@@ -93,7 +95,9 @@ def load_input(path):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = bench_io.parse_json(line)  # refuses, as read_json does, what json.loads would crash on
+        except bench_io.UnreadableJSON as e:
+            die(f"{shown(path)}: line {number}: {e}")
         except ValueError as e:
             die(f"{shown(path)}: line {number}: not JSON ({e})")
         why = check_sweep_row(row)
@@ -151,6 +155,32 @@ def arms_figure(report, out, plt):
     save_atomically(fig, out)
 
 
+def setting_order(value):
+    """Sort key of one swept value, for the x axis. Numbers (1e-4, "3e-3", 64) in numeric order; a
+    comma-separated list of numbers ("32,32", a --hidden) by its length, then element by element,
+    so "16" < "64" < "32,32" < "64,64" — shallow before deep, narrow before wide; one width is a
+    list of one. Anything else (a name, the "—" of a row without this setting) after the numbers,
+    in text order. The text itself breaks ties (3e-3 and "0.003" are the same place, two ticks)."""
+    text = str(value)
+    try:
+        numbers = [float(part) for part in text.split(",")]
+    except ValueError:
+        numbers = None
+    if numbers and all(math.isfinite(x) for x in numbers):
+        return (0, len(numbers), numbers, text)
+    return (1, 0, [], text)
+
+
+def x_categories(values):
+    """The distinct x values (as their text) in setting_order. Placed by index, not as matplotlib's
+    string categories, which take the order of first appearance over all series: a series
+    plotted first with only lr=3e-3 would put it left of another series' 1e-4."""
+    first = {}
+    for v in values:
+        first.setdefault(str(v), v)
+    return sorted(first, key=lambda text: setting_order(first[text]))
+
+
 def sweep_figure(rows, out, plt):
     keys = sorted({k for r in rows for k in r["settings"]})
     x_key = keys[0]
@@ -162,16 +192,14 @@ def sweep_figure(rows, out, plt):
         label = r["arm"] + "".join(f", {k}={s.get(k, '—')}" for k in others)
         series.setdefault(label, []).append((s.get(x_key, "—"), r["test_acc"], r.get("ci95", 0.0)))
 
-    def as_number(v):
-        try:
-            return float(v)
-        except ValueError:
-            return str(v)
-
+    xs = x_categories(p[0] for points in series.values() for p in points)
+    where = {text: i for i, text in enumerate(xs)}
     for label, points in sorted(series.items()):
-        points.sort(key=lambda p: (isinstance(as_number(p[0]), str), as_number(p[0])))
-        xs = [str(p[0]) for p in points]
-        ax.errorbar(xs, [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=3, label=label)
+        points.sort(key=lambda p: where[str(p[0])])
+        ax.errorbar([where[str(p[0])] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                    marker="o", capsize=3, label=label)
+    ax.set_xticks(range(len(xs)))
+    ax.set_xticklabels(xs)
     ax.axhline(0.1, color="black", linewidth=0.8, linestyle=":")
     ax.set_xlabel(x_key)
     ax.set_ylabel("MNIST test accuracy")

@@ -46,11 +46,18 @@ fi
 
 # PyTorch for the comparisons comes from PyPI (Debian's 1.13 is far older and slower), in a
 # virtual environment of the project's own: bench/compare.py --python .venv/bin/python.
-if [ "$want_bench" = 1 ] && [ ! -x .venv/bin/python ]; then
+# What is installed is checked by importing it, not by .venv/bin/python existing: a run whose
+# pip failed (offline) leaves the venv behind without torch, and the next run must install again.
+bench_pip=(torch torchvision numpy pillow matplotlib)
+bench_imports="torch, torchvision, numpy, PIL, matplotlib"  # the same packages, as python imports them
+venv_has_bench() { [ -x .venv/bin/python ] && .venv/bin/python -c "import $bench_imports" >/dev/null 2>&1; }
+if [ "$want_bench" = 1 ] && ! venv_has_bench; then
   echo "setup.sh: installing PyTorch from PyPI into .venv (a few GB)"
   python3 -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q torch torchvision numpy pillow matplotlib
+  if ! .venv/bin/pip install -q --upgrade pip || ! .venv/bin/pip install -q "${bench_pip[@]}" || ! venv_has_bench; then
+    echo "setup.sh: could not install ${bench_pip[*]} into .venv (offline? see pip's messages above); run setup.sh --bench again" >&2
+    exit 1
+  fi
 fi
 
 # The cuDNN engine needs the cudnn-frontend headers (never committed; see third_party/README.md).
@@ -71,7 +78,8 @@ has_gz_mnist() {  # DIR holds the four .gz files (the ones fetch_mnist.sh knows 
 if [ -n "${MNIST_DIR:-}" ]; then
   has_mnist "$MNIST_DIR" ||
     echo "setup.sh: MNIST_DIR=$MNIST_DIR does not hold the four MNIST files; the app will refuse it (unset it, or fetch them with scripts/fetch_mnist.sh \"\$MNIST_DIR\")"
-elif has_mnist data/mnist || has_mnist "$HOME/.pytorch/MNIST_data/MNIST/raw"; then
+elif has_mnist data/mnist || { [ -n "${HOME:-}" ] && has_mnist "$HOME/.pytorch/MNIST_data/MNIST/raw"; }; then
+  # (torchvision's cache under ~ is looked at only when HOME is set: set -u would stop the script)
   :
 elif has_gz_mnist ../shared/mnist; then
   # Copied as they are; fetch_mnist.sh then checks each one's SHA-256 and fetches from the
