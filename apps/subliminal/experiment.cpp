@@ -467,10 +467,9 @@ void check_host_memory(const Config& config, Device device) {
     if (!hidden.empty()) hidden += ',';
     hidden += std::to_string(width);
   }
+  const std::string what = "(their parameters, gradients and Adam's moments)";
   throw OutOfMemoryError("out of host memory: --models " + std::to_string(config.models) + " of --hidden " +
-                         hidden + " need at least " + gigabytes_text(needed) +
-                         " (their parameters, gradients "
-                         "and Adam's moments), and " +
+                         hidden + " need at least " + gigabytes_text(needed) + " " + what + ", and " +
                          gigabytes_text(limit) + " is available");
 }
 
