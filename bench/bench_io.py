@@ -67,13 +67,20 @@ def glued_flag_value(argv, flag):
 # ---------------------------------------------------------------------------------------------- argparse types
 
 
+def plain_number_text(text):
+    """Whether `text` is written as the app reads numbers: no blanks around it (" 3e-4") and no
+    digit-group underscores ("1_000"), which Python's int() and float() accept and the app refuses.
+    The same command line must mean the same run in both."""
+    return text == text.strip() and "_" not in text
+
+
 def int_type(lo, hi=None, note=""):
     """An argparse type: a whole number in lo..hi (hi None: no upper bound)."""
     span = f"from {lo} up" if hi is None else f"from {lo} to {hi}"
 
     def parse(text):
         try:
-            value = int(text.strip(), 10)
+            value = int(text, 10) if plain_number_text(text) else None
         except ValueError:
             value = None
         if value is None or value < lo or (hi is not None and value > hi):
@@ -90,7 +97,7 @@ def float_type(minimum=0.0, inclusive=False):
 
     def parse(text):
         try:
-            value = float(text)
+            value = float(text) if plain_number_text(text) else None
         except ValueError:
             value = None
         if value is None or not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
@@ -115,7 +122,7 @@ def hidden_widths(text):
     widths = []
     for part in text.split(","):
         try:
-            w = int(part.strip(), 10)
+            w = int(part, 10) if plain_number_text(part) else None
         except ValueError:
             w = None
         if w is None or not 1 <= w <= MAX_WIDTH:
