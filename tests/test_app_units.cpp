@@ -6,6 +6,7 @@
 #include <fcntl.h>  // posix_openpt: a pseudo-terminal for the progress bar
 #include <gtest/gtest.h>
 #include <poll.h>      // poll
+#include <sys/file.h>  // flock: a running sweep's lock, held
 #include <sys/stat.h>  // mkfifo
 #include <unistd.h>    // read
 
@@ -1362,6 +1363,69 @@ TEST(SweepLock, OnlyAnEmptyOrMarkedRegularFileIsTakenOver) {
   std::filesystem::remove(lock);
   ASSERT_EQ(mkfifo(lock.c_str(), 0600), 0);
   EXPECT_NE(refusal().find(lock + " is not a regular file"), std::string::npos) << refusal();
+}
+
+// Two prefixes whose rows files are one file through a symbolic link: a sweep on the second
+// takes the first's lock too, so while a sweep on the first runs (here: its lock held) the second
+// is refused and writes nothing, where both used to append to the one file. With the first idle,
+// the second runs, appends where the link ends, and leaves no lock behind.
+TEST(SweepLock, RowsFilesLinkedToAnotherPrefixsShareItsLock) {
+  namespace fs = std::filesystem;
+  subliminal::test::TempDir dir;
+  const std::string first = (dir / "first").string(), second = (dir / "second").string();
+  sweep(first);
+  const std::string rows = subliminal::test::read_text(first + ".jsonl");
+  fs::create_symlink(first + ".jsonl", second + ".jsonl");
+  const std::string held_lock = resolved_path(first + ".lock").string();
+  {
+    const int held = ::open(held_lock.c_str(), O_RDWR | O_CREAT, 0644);
+    ASSERT_GE(held, 0);
+    ASSERT_EQ(::flock(held, LOCK_EX | LOCK_NB), 0);
+    try {
+      sweep(second);
+      ADD_FAILURE() << "a second sweep appended to a file a running sweep holds";
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find("--sweep-out " + second + ": in use by another sweep (it holds " +
+                                           held_lock + ")"),
+                std::string::npos)
+          << e.what();
+    }
+    ::close(held);
+    EXPECT_EQ(subliminal::test::read_text(first + ".jsonl"), rows);
+    EXPECT_FALSE(fs::exists(second + ".lock")) << "the refused sweep left its own lock behind";
+  }
+  fs::remove(held_lock);
+  const std::string printed = sweep(second);
+  EXPECT_NE(printed.find("(2 already done)"), std::string::npos) << "resumed the linked rows: " << printed;
+  EXPECT_TRUE(fs::is_symlink(second + ".jsonl"));
+  EXPECT_EQ(lines_of(subliminal::test::read_text(first + ".jsonl")).size(), 8u);
+  EXPECT_FALSE(fs::exists(held_lock));
+  EXPECT_FALSE(fs::exists(second + ".lock"));
+  // The up-front check looks beside the link's end too: someone's own file there is refused.
+  subliminal::test::write_text(held_lock, "my notes\n");
+  try {
+    check_sweep_lock(second);
+    ADD_FAILURE() << "someone's own file was taken for the linked rows' lock";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find(held_lock + " exists and its first line is not"), std::string::npos)
+        << e.what();
+  }
+}
+
+// A .jsonl that is a hard link of another prefix's: the sweep rewrites it before appending, so
+// its rows go to a file of its own and the other prefix's file is left as it was.
+TEST(SweepLock, ARowsFileHardLinkedToAnotherPrefixsGetsItsOwnFile) {
+  namespace fs = std::filesystem;
+  subliminal::test::TempDir dir;
+  const std::string first = (dir / "first").string(), second = (dir / "second").string();
+  sweep(first);
+  const std::string rows = subliminal::test::read_text(first + ".jsonl");
+  fs::create_hard_link(first + ".jsonl", second + ".jsonl");
+  const std::string printed = sweep_with(second, {"--sweep", "lr=1e-3,2e-3,3e-3"});  // one more
+  EXPECT_NE(printed.find("lr=3e-3:"), std::string::npos) << printed;
+  EXPECT_EQ(subliminal::test::read_text(first + ".jsonl"), rows);
+  EXPECT_EQ(fs::hard_link_count(first + ".jsonl"), 1u);
+  EXPECT_EQ(lines_of(subliminal::test::read_text(second + ".jsonl")).size(), 12u);
 }
 
 // The paper's experiment at a small scale on the CPU (3 models, 12 000 training images, batch

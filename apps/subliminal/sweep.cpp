@@ -15,6 +15,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -107,17 +108,17 @@ struct SweepRow {
   nlohmann::json row;
 };
 
-// What PREFIX.jsonl holds: its rows, in order, and its bytes as they are. A torn row (an
+// What PREFIX.jsonl holds: its rows, in order. A torn row (an
 // interrupted write) is not a row; its configuration counts as unfinished and runs again.
 // Anything else that is not a row of this sweep stops the run: resuming on top of it would mix
 // results.
 struct SweepFile {
   std::vector<SweepRow> rows;
-  std::string text;
 };
 SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& base,
                           const std::string& data) {
   SweepFile file;
+  std::string text;
   std::error_code missing;
   if (std::filesystem::exists(jsonl_path, missing)) {
     // Read whole or not at all: a short read would look like a torn last row, which the mended
@@ -126,10 +127,10 @@ SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& b
     if (!in)
       throw InputError("--sweep-out " + path_text(jsonl_path) + ": cannot read it (" + std::strerror(errno) +
                        ")");
-    file.text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     if (in.bad()) throw InputError("--sweep-out " + path_text(jsonl_path) + ": read error");
   }
-  std::istringstream lines(file.text);
+  std::istringstream lines(text);
   std::string line;
   for (int64_t number = 1; std::getline(lines, line); ++number) {
     if (line.empty()) continue;
@@ -241,7 +242,8 @@ void check_lock_is_ours(const std::string& prefix, const std::string& path, int 
 // (check_lock_is_ours) is refused before it is written to.
 class SweepLock {
  public:
-  explicit SweepLock(const std::string& prefix) : path_(prefix + ".lock") {
+  // `path`: PREFIX.lock, or another prefix's lock (sweep_lock_paths); messages name `prefix`.
+  SweepLock(const std::string& prefix, const std::string& path) : path_(path) {
     const std::string name = "--sweep-out " + path_text(prefix);
     while (true) {
       fd_ = open_lock_file(prefix, path_, O_RDWR | O_CREAT);
@@ -290,6 +292,34 @@ class SweepLock {
   std::string path_;
   int fd_ = -1;
 };
+
+// The locks a sweep on PREFIX takes: PREFIX.lock, and for a .jsonl or .csv that is a symbolic
+// link, the lock beside the file the link reaches (x.jsonl's, or x.csv's, is x.lock). The rows go
+// where the link ends, so two prefixes whose files are links to one file share a lock there, and
+// the second sweep is refused while the first runs (each used to hold only its own PREFIX.lock,
+// and both appended to the one file). Hard links need no lock: a sweep rewrites both files
+// atomically before it appends (run_sweep), which gives its names files of their own.
+std::vector<std::string> sweep_lock_paths(const std::string& prefix) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> paths = {prefix + ".lock"};
+  // One file reached by two of these names must be locked once: a second flock of it through
+  // another descriptor would be refused, as if another sweep held it.
+  auto same_file = [](const fs::path& a, const fs::path& b) {
+    return resolved_path(a.parent_path().empty() ? "." : a.parent_path()) / a.filename() ==
+           resolved_path(b.parent_path().empty() ? "." : b.parent_path()) / b.filename();
+  };
+  for (const char* extension : {".jsonl", ".csv"}) {
+    const fs::path name = prefix + extension;
+    std::error_code ec;
+    if (!fs::is_symlink(fs::symlink_status(name, ec))) continue;
+    fs::path lock = resolved_path(name);
+    if (lock.extension() == ".jsonl" || lock.extension() == ".csv") lock.replace_extension();
+    lock += ".lock";
+    if (std::none_of(paths.begin(), paths.end(), [&](const std::string& p) { return same_file(p, lock); }))
+      paths.push_back(lock.string());
+  }
+  return paths;
+}
 
 // One --sweep flag: its text, the key it varies and that key's values, as given.
 struct SweptKey {
@@ -427,20 +457,21 @@ class SweepObserver : public Observer {
 }  // namespace
 
 void check_sweep_lock(const std::string& prefix) {
-  const std::string path = prefix + ".lock";
-  const int fd = open_lock_file(prefix, path, O_RDONLY);
-  if (fd < 0) {
-    if (errno == ENOENT) return;  // the usual case: the sweep will create it
-    throw InputError("--sweep-out " + path_text(prefix) + ": cannot open " + path_text(path) + " (" +
-                     std::strerror(errno) + ")");
-  }
-  try {
-    check_lock_is_ours(prefix, path, fd);
-  } catch (...) {
+  for (const std::string& path : sweep_lock_paths(prefix)) {
+    const int fd = open_lock_file(prefix, path, O_RDONLY);
+    if (fd < 0) {
+      if (errno == ENOENT) continue;  // the usual case: the sweep will create it
+      throw InputError("--sweep-out " + path_text(prefix) + ": cannot open " + path_text(path) + " (" +
+                       std::strerror(errno) + ")");
+    }
+    try {
+      check_lock_is_ours(prefix, path, fd);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
     ::close(fd);
-    throw;
   }
-  ::close(fd);
 }
 
 std::vector<std::vector<std::pair<std::string, std::string>>> sweep_grid(const Config& base) {
@@ -532,7 +563,9 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   }
 
   const std::string csv_path = base.sweep_out + ".csv", jsonl_path = base.sweep_out + ".jsonl";
-  const SweepLock lock(base.sweep_out);  // no other sweep rewrites these files under this one
+  std::vector<std::unique_ptr<SweepLock>> locks;  // no other sweep rewrites these files under this one
+  for (const std::string& path : sweep_lock_paths(base.sweep_out))
+    locks.push_back(std::make_unique<SweepLock>(base.sweep_out, path));
   const nlohmann::json base_settings = sweep_base(base);
   const std::string data = data::mnist_fingerprint(mnist);
   const SweepFile file = read_sweep_rows(jsonl_path, base_settings, data);
@@ -581,7 +614,9 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
     jsonl_text += r.line + '\n';
     csv_text += csv_line(r.row);
   }
-  if (jsonl_text != file.text) write_file_atomically(jsonl_path, jsonl_text);
+  // Both rewritten even when unchanged: a name that is one of a file's hard links (another
+  // prefix's file too, perhaps) becomes a file of its own, so no two sweeps append to one file.
+  write_file_atomically(jsonl_path, jsonl_text);
   write_file_atomically(csv_path, csv_text);
   std::ofstream csv(csv_path, std::ios::app), jsonl(jsonl_path, std::ios::app);
   if (!csv || !jsonl)
