@@ -111,6 +111,26 @@ def float_type(minimum=0.0, inclusive=False):
 positive_int = int_type(1)
 non_negative_int = int_type(0)
 positive_float = float_type(0.0)
+
+FLOAT32_MIN_NORMAL = 1.1754943508222875e-38  # below it a float32 the run computes with acts as 0
+FLOAT32_MAX = 3.4028234663852886e38          # above it the float32 is Inf
+
+
+def float32_positive(text):
+    """An argparse type for a setting the run computes with in float32 (--lr, --temperature): a
+    number from float32's smallest normal to its largest, the range the app accepts, with its
+    words, so that one command line is one run in both."""
+    try:
+        value = float(text) if plain_number_text(text) else None
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or not FLOAT32_MIN_NORMAL <= value <= FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(
+            f"expected a number > 0 that float32 holds (1.18e-38 to 3.4e38), got {shown(text)!s}")
+    return value
+
+
+float32_positive.__name__ = "number"
 threads_type = int_type(0, MAX_THREADS, " (0: all usable cores)")
 seed_type = int_type(0, MAX_SEED)
 epochs_type = int_type(0, MAX_EPOCHS)

@@ -384,6 +384,7 @@ class TorchSubliminalTest(ToolTest):
         self.check_usage_errors(TORCH_SCRIPT, ["--data", self.data], [
             ("--threads", "100000"), ("--threads", "-1"), ("--lr", "nan"), ("--lr", "-1"), ("--lr", "0"),
             ("--temperature", "nan"), ("--temperature", "inf"), ("--seed", "1e23"),
+            ("--temperature", "1e-45"), ("--lr", "1e-39"), ("--lr", "3.5e38"),  # outside float32's normal range, as the app
             ("--seed", "100000000000000000000000"), ("--control-seed", "100000000000000000000000"),
             ("--hidden", "100000000"), ("--hidden", "abc"), ("--hidden", "8,,8"), ("--compile-mode", "bogus"),
             ("--lr", " 1e-3"), ("--lr", "1e-3 "), ("--seed", "1_000"), ("--hidden", "8, 8"),  # as the app reads them

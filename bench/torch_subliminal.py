@@ -89,10 +89,10 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=bench_io.hidden_widths, default="256,256",
                    help=f"hidden widths, comma-separated (each 1..{bench_io.MAX_WIDTH})")
     p.add_argument("--batch-size", type=bench_io.int_type(1, bench_io.MAX_BATCH), default=256)
-    p.add_argument("--lr", type=bench_io.positive_float, default=3e-4)
+    p.add_argument("--lr", type=bench_io.float32_positive, default=3e-4)
     p.add_argument("--epochs-teacher", type=bench_io.epochs_type, default=5)
     p.add_argument("--epochs-distill", type=bench_io.epochs_type, default=5)
-    p.add_argument("--temperature", type=bench_io.positive_float, default=1.0)
+    p.add_argument("--temperature", type=bench_io.float32_positive, default=1.0)
     p.add_argument("--json", type=bench_io.output_file, default="", help="write the report to this JSON file")
     p.add_argument("--threads", type=bench_io.threads_type, default=0,
                    help=f"torch CPU threads, 0..{bench_io.MAX_THREADS} (0: all usable cores)")
