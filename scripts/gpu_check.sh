@@ -11,7 +11,7 @@
 #                                     process, the experiments stage (both step designs, graphs
 #                                     on and off) and parity
 #   scripts/gpu_check.sh --only a,b   only these stages of the full check (after the build), from:
-#                                     tests experiments paper latency cluster layers cudnn unfused parity bench
+#                                     tests experiments paper latency cluster layers cpu cudnn unfused parity bench
 #                                     profile stalls memcheck racecheck   (these four: only when
 #                                     asked, or memcheck/racecheck with --sanitize)
 #   scripts/gpu_check.sh --baseline DIR
@@ -32,7 +32,7 @@ sanitize=0
 quick=0
 only=""
 baseline=""
-stages="tests experiments paper latency cluster layers cudnn unfused parity bench profile stalls memcheck racecheck"
+stages="tests experiments paper latency cluster layers cpu cudnn unfused parity bench profile stalls memcheck racecheck"
 while [ $# -gt 0 ]; do
   case "$1" in
     --sanitize) sanitize=1 ;;
@@ -294,6 +294,14 @@ if want layers && time_left "layer benchmark"; then
   timeout 150 build-gpu/bench/bench_layers "${layers_args[@]}" > "$OUT/layers.log" 2>&1
   say "bench_layers: exit $?"
   grep -v "^forward\|^backward" "$OUT/layers.log" | tee -a "$summary"
+fi
+# The host's CPU cores, while we have them (the development machine has 2): the GEMMs of a step
+# as the engine's slabs against OpenBLAS's own threads at 1, 2, 4, … threads (bench/cpu_gemm.cpp).
+if want cpu && time_left "CPU GEMM benchmark"; then
+  stage "CPU GEMM benchmark"
+  timeout 90 build-gpu/bench/bench_cpu_gemm --json "$OUT/cpu_gemm.json" > "$OUT/cpu_gemm.log" 2>&1
+  say "bench_cpu_gemm: exit $?"
+  tee -a "$summary" < "$OUT/cpu_gemm.log"
 fi
 want cudnn && time_left "cudnn run" && run_app cudnn --device cuda --gemm cudnn
 if want unfused && time_left "unfused run"; then
