@@ -30,7 +30,8 @@
 #include <thread>
 #include <vector>
 
-#include "engine/device.h"    // device_description
+#include "apps/subliminal/blas_core.h"  // ensure_blas_kernels
+#include "engine/device.h"              // device_description
 #include "engine/parallel.h"  // set_cpu_threads
 #include "ops/cpu/gemm_cpu.h"
 
@@ -158,6 +159,8 @@ std::vector<int> default_threads() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // OpenBLAS 0.3.21 gives CPUs newer than itself its SSE3 kernels: the app's remedy, here too.
+  app::ensure_blas_kernels(argv);
   const char* usage = "usage: bench_cpu_gemm [--threads N,N,...] [--json FILE]";
   std::vector<int> threads = default_threads();
   std::string json_path;
