@@ -47,15 +47,13 @@ void fill_uniform(const Tensor& t, RandomStream s, double low, double high) {
     fill_host_then_copy<T>(t, [&](T* out, int64_t n) {
       if constexpr (std::is_same_v<T, float>) {
         for_each_word(s, uint64_t(n), [&](uint64_t i, uint32_t w) {
-          // Rounding to float can land on `high` itself; keep the interval half-open.
-          const float v = static_cast<float>(low + (high - low) * double(philox::to_unit_float(w)));
-          out[i] = double(v) >= high ? std::nextafter(static_cast<float>(high), static_cast<float>(low)) : v;
+          out[i] = uniform_in<float>(low, high, double(philox::to_unit_float(w)));
         });
       } else {  // two words per element for 53 bits
         std::vector<uint32_t> words(2 * size_t(n));
         for_each_word(s, words.size(), [&](uint64_t i, uint32_t w) { words[i] = w; });
         for (int64_t i = 0; i < n; ++i)
-          out[i] = low + (high - low) * philox::to_unit_double(words[2 * i], words[2 * i + 1]);
+          out[i] = uniform_in<double>(low, high, philox::to_unit_double(words[2 * i], words[2 * i + 1]));
       }
     });
   });

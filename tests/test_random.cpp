@@ -10,7 +10,7 @@
 #include <vector>     // std::vector
 
 #include "engine/philox.h"    // philox::block, philox::fill_words
-#include "engine/random.h"    // fill_uniform, fill_normal, random_permutation, stream_id
+#include "engine/random.h"    // fill_uniform, uniform_in, fill_normal, random_permutation, stream_id
 #include "tests/test_util.h"  // values_of
 
 namespace {
@@ -163,6 +163,24 @@ TEST(Random, FillUniformFloat32NeverReturnsHigh) {
     EXPECT_GE(v, low);
     EXPECT_LT(v, high);
   }
+}
+
+// The same for float64, where the draw has 53 bits: in [1, 1 + 2⁻⁵²) about half the draws round
+// up to high. (At ordinary bounds it is rarer, 2⁻⁵³ a draw, but real: low 1, high 3 and the
+// largest draw below 1 give exactly 3.0.)
+TEST(Random, FillUniformFloat64NeverReturnsHigh) {
+  const double low = 1.0, high = std::nextafter(1.0, 2.0);
+  Tensor t = Tensor::empty({64}, DType::f64);
+  fill_uniform(t, {4, 2}, low, high);
+  for (double v : t.to_vector<double>()) {
+    EXPECT_GE(v, low);
+    EXPECT_LT(v, high);
+  }
+  const double largest_draw = 1.0 - std::ldexp(1.0, -53);
+  EXPECT_EQ(1.0 + 2.0 * largest_draw, 3.0);  // the rounding the guard is for
+  EXPECT_EQ(uniform_in<double>(1.0, 3.0, largest_draw), std::nextafter(3.0, 1.0));
+  EXPECT_EQ(uniform_in<float>(1.0, 3.0, largest_draw), std::nextafter(3.0f, 1.0f));
+  EXPECT_EQ(uniform_in<double>(1.0, 3.0, 0.5), 2.0);
 }
 
 // The documented Box–Muller layout, recomputed from raw words: elements 2j and 2j + 1 are
