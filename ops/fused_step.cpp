@@ -167,6 +167,7 @@ Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const Mlp
   check_columns(op, classes, params.shape().outputs());
   if (labels.shape() != Shape{x.dim(0), x.dim(1)} || labels.dtype() != DType::i32)
     throw ShapeError(std::string(op) + ": labels " + labels.describe() + " for input " + x.describe());
+  check_same_device(op, x, labels);  // the kernel would read host labels through a device pointer
   if (!fused_step_on_gpu(params) || x.device() != Device::cuda || x.dtype() != DType::f32) {
     zero_grad(params.tensors());
     Tensor autograd_loss = cross_entropy(mlp_forward(x, params), labels, classes);

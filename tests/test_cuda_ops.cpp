@@ -1257,6 +1257,16 @@ INSTANTIATE_TEST_SUITE_P(
 
 class CudaCudnn : public CudaTest, public ::testing::WithParamInterface<MlpCase> {};
 
+// A Linear layer without a bias on the cuDNN route: cuDNN's forward graph always adds one, so the
+// layer runs on cuBLASLt (in fp32), where the cuDNN engine used to throw "bias is null".
+TEST_F(CudaTest, CudnnRouteRunsALayerWithoutBiasOnCublasLt) {
+  if (!gemm::cudnn_compiled()) GTEST_SKIP() << "this build has no cuDNN engine (SUBLIMINAL_CUDNN=OFF)";
+  gemm::settings().engine = gemm::GpuEngine::cudnn;
+  const GemmData d = gemm_data(kGemmCases[2], 77);
+  check_forward(d, Activation::relu, false, kFp32Tol, 1e-5, "cuDNN route, relu, no bias");
+  check_forward(d, Activation::none, false, kFp32Tol, 1e-5, "cuDNN route, no bias");
+}
+
 TEST_P(CudaCudnn, MlpForwardBackwardMatchesCpuAtTf32) {
   if (!gemm::cudnn_compiled()) GTEST_SKIP() << "this build has no cuDNN engine (SUBLIMINAL_CUDNN=OFF)";
   const MlpCase& c = GetParam();

@@ -608,6 +608,15 @@ TEST(FusedSplitPolicy, RefusesFewerThanOneSplitOrChunk) {
 }
 #endif
 
+// Labels left on the host beside a batch on the GPU: a ShapeError naming both, as the autograd
+// path gives, where the kernel used to be handed the host pointer as a device one.
+TEST_F(CudaTest, FusedStepRefusesLabelsOnAnotherDevice) {
+  const MlpParams p = params_as(make_params({12, 8, 6}, 1, 7), Device::cuda, DType::f32);
+  const Tensor x = Tensor::zeros({1, 4, 12}, DType::f32, Device::cuda);
+  const Tensor host_labels = Tensor::zeros({1, 4}, DType::i32);
+  EXPECT_THROW(fused_cross_entropy_step(x, host_labels, p, {0, 6}), ShapeError);
+}
+
 // Captured in a CUDA graph and replayed, the fused step gives the bits of eager launches.
 TEST_P(CudaFusedStep, GraphReplaysEqualEagerStepsBitForBit) {
   const TrainCase& c = train_case();

@@ -363,7 +363,8 @@ void linear_forward(const float* x, const float* w, const float* bias, bool relu
     if (bias || relu) bias_activation(y, bias, relu, mask, d.models, d.batch, d.out);
     return;
   }
-  if (use_cudnn(s) && cudnn_linear_forward(x, w, bias, relu, y, d)) {
+  // cuDNN's forward graph always adds a bias: a layer without one goes to cuBLASLt.
+  if (use_cudnn(s) && bias && cudnn_linear_forward(x, w, bias, relu, y, d)) {
     if (relu) bias_activation(y, nullptr, true, mask, d.models, d.batch, d.out);
     return;
   }
