@@ -29,7 +29,7 @@ struct Mnist {
 // Finds the directory that holds MNIST. Search order:
 //   1. flag_dir (the app's --data; empty = not given). If given, it must hold the files: an
 //      error names --data rather than silently falling back to another place.
-//   2. $MNIST_DIR
+//   2. $MNIST_DIR (if set, it too must hold the files: no fallback to the places below)
 //   3. ./data/mnist
 //   4. ~/.pytorch/MNIST_data/MNIST/raw (where the notebook's torchvision download puts it)
 // A directory qualifies when it holds all four files, each raw or gzipped. Nothing found ->

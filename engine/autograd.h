@@ -47,6 +47,8 @@ struct Edge {
   Device device = Device::cpu;
 };
 
+// One op's place on the tape. A node has exactly one output tensor: backward's pending
+// gradients are kept per node (engine/autograd.cpp), so an op with two outputs would be two nodes.
 class Node {
  public:
   virtual ~Node() = default;

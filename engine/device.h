@@ -30,7 +30,8 @@ bool device_capturing();
 // Late in training, Adam's second moments and some gradients fall below 1.2e-38; x86 cores
 // take microcode assists on such values and the CPU run slowed by 40% over its last epochs.
 // Values that small cannot move a parameter (they sit far below Adam's eps), so flushing
-// them changes no result we report. GPUs flush in their fast paths anyway. No-op elsewhere.
+// them changes no result we report. Our CUDA kernels are built without -ftz and keep them, so
+// the CPU and the GPU may differ there, far below eps. No-op on other CPUs.
 void flush_denormals_on_this_thread();
 
 }  // namespace subliminal

@@ -4,7 +4,9 @@
 // turns them into a message and an exit code:
 //   InputError (and its children) — the user's input is wrong (a flag, a file, the
 //                 environment): main() prints one line and exits with code 2.
-//   Error      — anything else (a bug, a device fault): main() prints and exits 1.
+//   OutOfMemoryError — the input asked for more memory than there is: also code 2.
+//   Error      — anything else (a bug, a device fault): main() prints and exits 1 (the app's
+//                 own NonFiniteError, a NaN/Inf stop, exits 3).
 #pragma once
 
 #include <stdexcept>

@@ -16,8 +16,9 @@ void fill(const Tensor& t, double value);
 // dst[...] += alpha · src[...]; same shape, floating dtype, same device.
 void add_into(const Tensor& dst, const Tensor& src, double alpha = 1.0);
 
-// dst[...] = src[...]; same numel and dtype; devices may differ (host<->device copies
-// go through the run's stream and finish before this returns when the host side is read).
+// dst[...] = src[...]; same numel and dtype; devices may differ (a copy that touches host
+// memory goes through the run's stream and has finished when this returns; device to device
+// is only queued on it).
 void copy_into(const Tensor& dst, const Tensor& src);
 
 // Running per-model loss sums with a watch for numerical faults, all on the device:

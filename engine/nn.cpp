@@ -98,7 +98,7 @@ void init_mlp(MlpParams& params, InitScheme scheme, const std::vector<uint64_t>&
   for (int64_t m = 0; m < params.models(); ++m) {
     for (size_t k = 0; k < tensors.size(); ++k) {
       Tensor t = tensors[k].rows(m, 1);
-      double fan_in = double(params.shape().sizes[k / 2]);
+      double fan_in = double(params.shape().sizes[k / 2]);  // tensors W0, b0, W1, …: k is layer k/2's
       RandomStream stream{seeds[size_t(m)], stream_id(kInitPurpose, variant, uint32_t(k))};
       bool is_weight = k % 2 == 0;
       if (scheme == InitScheme::torch_default) {

@@ -7,9 +7,10 @@
 // epilogues, the noise — which would otherwise run on the calling thread alone while the other
 // cores waited for the next GEMM.
 //
-// Same bits for any number of threads: a range runs exactly the code the whole loop would
-// (each element is computed alone, with no sum across the split), and the workers take the
-// caller's floating-point control word (its flush-to-zero setting, engine/device.h).
+// The elementwise loops give the same bits for any number of threads: a range runs exactly the
+// code the whole loop would (each element is computed alone, with no sum across the split), and
+// the workers take the caller's floating-point control word (its flush-to-zero setting,
+// engine/device.h). The GEMMs do not: their slabs follow the thread count (gemm_plan).
 //
 //   parallel_for(n, grain, [&](int64_t begin, int64_t end) { for (i = begin; i < end; ++i) … });
 //

@@ -57,6 +57,7 @@ bool fill_words_is_vectorised();
 inline float to_unit_float(uint32_t x) { return static_cast<float>(x >> 8) * (1.0f / 16777216.0f); }
 // The same in double precision, from 53 bits of two words (for float64 tensors).
 inline double to_unit_double(uint32_t hi, uint32_t lo) {
+  // hi's 32 bits above lo's top 21: a double's 53-bit mantissa (the two never overlap: ^ is |).
   uint64_t bits = (uint64_t(hi) << 21) ^ (uint64_t(lo) >> 11);
   return static_cast<double>(bits) * (1.0 / 9007199254740992.0);
 }

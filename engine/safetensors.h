@@ -30,7 +30,7 @@ struct SafetensorsFile {
 };
 
 struct SafetensorsLimits {
-  uint64_t max_header_bytes = uint64_t(100) << 20;  // the format's own recommended cap
+  uint64_t max_header_bytes = 100'000'000;          // safetensors' own MAX_HEADER_SIZE
   uint64_t max_file_bytes = uint64_t(2) << 30;      // far above any checkpoint this app writes
 };
 

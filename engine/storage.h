@@ -4,8 +4,8 @@
 // parameter, a parameter inside the flat parameter arena) keeps its storage alive.
 //
 // Where the bytes come from:
-//   cpu  — a caching allocator: freed blocks go to a free list keyed by their exact size
-//          and are handed out again, so a training loop whose step allocates the same
+//   cpu  — a caching allocator: freed blocks go to a free list keyed by their size rounded up
+//          to 64 bytes and are handed out again, so a training loop whose step allocates the same
 //          sizes every time stops calling malloc after its first step.
 //   cuda — cudaMallocAsync on the run's stream, from a stream-ordered pool whose release
 //          threshold is raised so freed memory stays in the pool (see engine/cuda/runtime.h).

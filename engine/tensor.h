@@ -101,8 +101,11 @@ class Tensor {
   bool requires_grad() const;
   Tensor& set_requires_grad(bool on = true);  // only on leaves
   bool is_leaf() const;
-  const Tensor& grad() const;  // a leaf's accumulated gradient (undefined before any backward)
-  bool has_grad() const;       // false after zero_grad until the next backward writes it
+  // A leaf's gradient buffer: undefined until set_grad_buffer or a backward defines it (the
+  // MLP's parameters get theirs at construction); after zero_grad it still holds the last
+  // step's values, stale until has_grad() is true again.
+  const Tensor& grad() const;
+  bool has_grad() const;  // false after zero_grad until the next backward writes it
   std::shared_ptr<Node> grad_fn() const;
   // Reverse-mode differentiation of this tensor. For one element this is the usual
   // backward(); for several it differentiates their sum — one independent loss per model.

@@ -6,7 +6,8 @@
 // for every step of an epoch and the host never touches the data.
 //
 // Noise is a function, not a buffer: pixel k of noise image i for model n comes from the
-// Philox word(s) at position i·P' + k of stream `stream` under key seed + n (engine/philox.h;
+// Philox word(s) at position i·P' + k of stream `stream` under key seed + n, or seed + the
+// model's noise source when several models share one (noise_batch; engine/philox.h;
 // P' = P rounded up to even, so Gaussian pixel pairs never straddle two images), so a "fixed set of 60000
 // noise images" and "fresh noise every epoch" differ only in which image ids a batch asks for, and no N ×
 // 60000 × 784 buffer exists.
@@ -32,11 +33,11 @@ enum class NoiseDistribution {
   gaussian,  // N(0, 1): Box–Muller on the two words of each pixel pair (2j, 2j+1)
 };
 
-// x[n, b, k] = noise pixel k of image i for model n (see above), with
-//   i = order[n, step·stride + b]        when order is defined (a fixed, reshuffled noise set)
+// x[n, b, k] = noise pixel k of image i for model n's source s = n mod sources (see above), with
+//   i = order[s, step·stride + b]        when order is defined (a fixed, reshuffled noise set)
 //   i = first_image + step·stride + b    otherwise (fresh noise: the app passes 0 and a step
 //                                          counter that runs on across epochs)
-//   x float32 [N, B, P], order int32 [N, S] or undefined, step int64 [1].
+//   x float32 [N, B, P], order int32 [sources, S] or undefined, step int64 [1].
 //   sources: model n of x draws from noise source n mod sources — its key seed + (n mod sources)
 //   and that row of `order` — so several student arms can share each model's noise without a
 //   copy (0: sources = N, every model its own).

@@ -5,8 +5,10 @@
 // (or the distillation loss against frozen teachers), with the gradients left in the
 // parameters' gradient buffers — and optionally the rest of the step (StepTail: Adam, the
 // running loss sums, the step counters). On the GPU, for MLPs of 2 or 3 layers in float32, it
-// is one persistent kernel with grid-wide barriers between the layers (ops/cuda/fused_step.cu):
-// no autograd tape, no per-layer launches. Anywhere else it runs exactly the lines above.
+// runs as the chosen FusedStepDesign (below): by default one persistent kernel with grid-wide
+// barriers between the layers (ops/cuda/fused_step.cu), or the batch's row blocks in
+// thread-block clusters, two kernels (ops/cuda/cluster_step.cu) — no autograd tape, no
+// per-layer launches. Anywhere else it runs exactly the lines above.
 #pragma once
 
 #include <vector>

@@ -19,8 +19,9 @@
 // f of the row (LSB-first within each byte) set when feature f passes the ReLU gate (below). Its tensor is
 // uint8 [N, B, ld/8]. ReLU follows PyTorch: z <= 0 gives 0 and bit 0 (relu'(0) = 0); a NaN
 // stays NaN with bit 1 (threshold_backward lets its gradient through). Measured on an H200,
-// cuBLASLt's RELU_AUX epilogue agrees except at an exact 0, where it sets the bit — the fused
-// GPU path passes the gradient there (a measure-zero event in training; docs/CUDNN.md).
+// cuBLASLt's RELU_AUX epilogue agrees except at an exact 0, where it sets the bit — the
+// cuBLASLt path with fused epilogues passes the gradient there (a measure-zero event in
+// training; docs/CUDNN.md). Our own kernels (--gemm tiled, the fused step) gate as PyTorch does.
 // cuBLASLt leaves the padding bits of a row unwritten; the CPU writes them as 0.
 #pragma once
 

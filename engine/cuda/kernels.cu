@@ -29,6 +29,7 @@ __global__ void add_into_kernel(float* dst, const float* src, int64_t n, float a
 struct Counters {
   int64_t* p[4];
 };
+// *c.p[k] += 1 for each of the (up to 4) int64 device scalars, null entries skipped; <<<1, 4>>>.
 __global__ void increment_kernel(Counters c) {
   if (threadIdx.x < 4 && c.p[threadIdx.x]) *c.p[threadIdx.x] += 1;
 }

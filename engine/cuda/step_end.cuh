@@ -6,8 +6,9 @@
 //
 // Adam: the scalars are computed in double as torch computes them in Python, then rounded to float;
 // the element update is float with every operation rounded on its own (no FMA contraction), in
-// the CPU update's order. The device's pow and sqrt may differ from glibc's in the last bit of a
-// double, which can move a float step size by one ulp: tests against the CPU use a tolerance.
+// the CPU update's order. The device's pow may differ from glibc's in the last bit of a double
+// (sqrt is correctly rounded on both), which can move a float step size by one ulp: tests
+// against the CPU use a tolerance.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -46,7 +47,7 @@ __device__ inline void adam_element(float& p, float g, float& m, float& v, const
 // CPU); a NaN/Inf loss marks the step: first_bad = min(first_bad, step).
 __device__ inline void accumulate_loss(float* sum, float loss, float weight, int64_t step, int64_t* first_bad) {
   *sum = __fadd_rn(*sum, __fmul_rn(weight, loss));
-  if (!isfinite(loss))
+  if (!isfinite(loss))  // steps are ≥ 0 and first_bad starts large and positive: unsigned min = signed min
     atomicMin(reinterpret_cast<unsigned long long*>(first_bad), static_cast<unsigned long long>(step));
 }
 

@@ -117,7 +117,7 @@ SUBLIMINAL_HOT_LOOP void bias_activation_row(T* __restrict row, const T* __restr
   if (!relu) return;
   // The mask is PyTorch's threshold_backward gate: the gradient passes unless the output is
   // <= 0, so a NaN passes (bit 1) and an exact 0 does not (bit 0). (cuBLASLt's epilogue
-  // sets the bit at an exact 0 too — the one place the fused GPU path differs; docs/CUDNN.md.)
+  // sets the bit at an exact 0 too — the one place its fused-epilogue path differs; docs/CUDNN.md.)
   const int64_t full_bytes = features / 8, row_bytes = mask_row_bytes(features);
   for (int64_t j = 0; j < full_bytes; ++j) {
     uint8_t byte = 0;

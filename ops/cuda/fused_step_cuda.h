@@ -1,5 +1,7 @@
-// ops/cuda/fused_step_cuda.h — the CUDA side of ops/fused_step.h: one kernel for a training
-// step's forward pass, loss and gradients (ops/cuda/fused_step.cu). float32 device pointers.
+// ops/cuda/fused_step_cuda.h — the CUDA side of ops/fused_step.h: a training step's forward
+// pass, loss and gradients in one persistent kernel (ops/cuda/fused_step.cu) or, by row blocks
+// in thread-block clusters, in two (cluster_mlp_step, ops/cuda/cluster_step.cu). float32 device
+// pointers.
 #pragma once
 
 #include <cstdint>

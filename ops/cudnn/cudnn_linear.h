@@ -7,9 +7,9 @@
 //
 // Each call returns false — without throwing and without writing anything — when cuDNN cannot run
 // the graph on this GPU and cuDNN version (no engine config, check_support or build_plans fails, or
-// a pointer is not 16-byte aligned); the caller then falls back to cuBLASLt and prints
-// describe_support() once. Real faults (a failed execution, CUDA errors) throw DeviceError.
-// Dimensions ≤ 0 or a missing required pointer throw ShapeError.
+// a pointer is not 16-byte aligned); the caller then falls back to cuBLASLt
+// (ops/cuda/cudnn_route.cpp lists each such graph once in gemm::fallback_report()). Real faults (a failed
+// execution, CUDA errors) throw DeviceError. Dimensions ≤ 0 or a missing required pointer throw ShapeError.
 //
 // Graphs are built once per (op, shape, flags) and cached; building costs milliseconds to seconds
 // (some engines compile kernels at run time), running costs microseconds. All cuDNN code lives in
