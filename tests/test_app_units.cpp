@@ -803,6 +803,18 @@ TEST(Experiment, AnInitOfManyModelsSavesAndLoadsWhole) {
           << e.what();
     }
   }
+  // --parity-batch computes one model's batch and refuses --models: its advice is a one-model init.
+  MlpParams parity_model(init.shape(), 1, DType::f32, Device::cpu);
+  try {
+    load_init(path, parity_model, true);
+    ADD_FAILURE() << "a 2-model init loaded for --parity-batch";
+  } catch (const DataError& e) {
+    EXPECT_NE(
+        std::string(e.what()).find("this run trains 1 (--parity-batch computes one model's batch); write a "
+                                   "one-model init with --save-init, without --models"),
+        std::string::npos)
+        << e.what();
+  }
   const std::string one = (dir / "one.safetensors").string();
   save_init(one, init_of(small_run({}), {5}, 0), false);
   MlpParams two(init.shape(), 2, DType::f32, Device::cpu);

@@ -584,6 +584,10 @@ TEST(Cli, OutputFlagsThatWouldBeIgnoredAreRefused) {
                      "--parity-batch computes one batch from the init, one model, the KL at T = 2, and exits "
                      "before any training, so --models, --temperature would change nothing; drop them");
   expect_usage_error({"--device", "cpu", "--parity-batch", "p.st", "--allow-nonfinite"}, "--allow-nonfinite");
+  // Nor how the GPU would run a training step: the batch runs the autograd path, eagerly.
+  expect_usage_error({"--device", "cpu", "--parity-batch", "p.st", "--step", "fused", "--fused-split",
+                      "8,2,last", "--no-graphs"},
+                     "so --step, --fused-split, --no-graphs would change nothing; drop them");
   TempDir dir;
   write_text(dir / "p.st", "keep me");
   expect_usage_error({"--device", "cpu", "--parity-batch", (dir / "p.st").string()}, "use --force");

@@ -38,7 +38,7 @@ void save_init(const std::string& path, const MlpParams& init, bool overwrite) {
   write_safetensors(path, tensors, metadata(init), overwrite);
 }
 
-void load_init(const std::string& path, MlpParams& init) {
+void load_init(const std::string& path, MlpParams& init, bool for_parity_batch) {
   SafetensorsFile file = read_safetensors(path);
   std::vector<Tensor> tensors = init.tensors();
   std::vector<std::string> names = init.names();
@@ -71,9 +71,12 @@ void load_init(const std::string& path, MlpParams& init) {
       if (found->tensor.dtype() == DType::f32 && held_models > 0 && held_models != N) {
         throw DataError(path_text(path) + ": holds the init of " + std::to_string(held_models) +
                         (held_models == 1 ? " model" : " models") + " (" + names[k] + " is " +
-                        shape_string(held) + "), this run trains " + std::to_string(N) + "; give --models " +
-                        std::to_string(held_models) +
-                        " or write an init of this run's size with --save-init");
+                        shape_string(held) + "), this run trains " + std::to_string(N) +
+                        (for_parity_batch
+                             ? " (--parity-batch computes one model's batch); write a one-model init with "
+                               "--save-init, without --models"
+                             : "; give --models " + std::to_string(held_models) +
+                                   " or write an init of this run's size with --save-init"));
       }
       throw DataError(path_text(path) + ": " + names[k] + " is " + found->tensor.describe() +
                       ", expected float32" + shape_string(expected) +

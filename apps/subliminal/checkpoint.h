@@ -4,7 +4,8 @@
 //                              the notebook's MLP (net.0.weight [256, 784], net.0.bias, net.2.*,
 //                              net.4.*), so `model.load_state_dict(load_file(path))` works; with
 //                              --models N each tensor gains a leading N dimension (model m is
-//                              net.0.weight[m]), and --load-init takes the file's model count.
+//                              net.0.weight[m]), and --load-init needs --models to equal the
+//                              file's model count.
 //   --save                     the trained teacher and students, "<arm>.net.0.weight", ...;
 //                              with --models N each tensor gains a leading N dimension.
 #pragma once
@@ -19,8 +20,10 @@ namespace subliminal::app {
 
 void save_init(const std::string& path, const MlpParams& init, bool overwrite);
 // Fills `init` (all of its models) from the file; errors name the file and the tensor, and a file
-// of another model count says how many models it holds.
-void load_init(const std::string& path, MlpParams& init);
+// of another model count says how many models it holds — and how to get one that fits: give
+// --models, or, for --parity-batch (`for_parity_batch`: it computes one model's batch, and refuses
+// --models), write a one-model init.
+void load_init(const std::string& path, MlpParams& init, bool for_parity_batch = false);
 // `ghost` / `all` hold the arms of each distilled group in `arms` order (may be empty).
 void save_trained(const std::string& path, const MlpParams& teacher, const MlpParams& ghost,
                   const MlpParams& all, const std::vector<ArmSpec>& arms, bool overwrite);

@@ -200,7 +200,8 @@ const std::vector<ValueFlag>& value_flags() {
        }},
       {"noise-set",
        "fresh (new noise every epoch, as the notebook; the default) | fixed (one set per model, as "
-       "many images as the training set (--train-samples), reshuffled each epoch; paper)",
+       "many images as the training set (--train-samples), reshuffled each epoch; paper); ignored "
+       "with --noise mnist, whose inputs are always the training set, reshuffled",
        [](Config& c, auto& k, auto& v) {
          c.noise_set = parse_choice<NoiseSet>(k, v, {{"fresh", NoiseSet::fresh}, {"fixed", NoiseSet::fixed}});
        }},
@@ -586,6 +587,10 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
                             "eval-every-epoch", "train-samples"})
       if (cli.count(std::string("--") + key)) unused += std::string(unused.empty() ? "" : ", ") + "--" + key;
     if (allow_nonfinite) unused += std::string(unused.empty() ? "" : ", ") + "--allow-nonfinite";
+    // The batch runs the autograd path, eagerly: how a training step would be run is not asked.
+    for (const char* key : {"step", "fused-split"})
+      if (cli.count(std::string("--") + key)) unused += std::string(unused.empty() ? "" : ", ") + "--" + key;
+    if (no_graphs) unused += std::string(unused.empty() ? "" : ", ") + "--no-graphs";
     if (!unused.empty())
       throw UsageError(
           "--parity-batch computes one batch from the init, one model, the KL at T = 2, and exits "

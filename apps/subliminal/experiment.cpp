@@ -346,6 +346,8 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
   Adam adam(students.values(), students.grads(), {config.lr, 0.9, 0.999, 1e-8, config.weight_decay});
   const bool fused = uses_fused_step(config, students);
   const std::string phase = all_logits ? "distill_all_logits" : "distill_ghosts";
+  // Each group starts its own step counters, so the all-logit arms see exactly the ghost arms'
+  // inputs: the paper's four student arms share each model's noise (REFERENCE.md §2).
   PhaseLoop loop(config, device, A * N, S,
                  "distillation (" + std::string(all_logits ? "all logits" : "ghost logits") + ")", observer);
   const bool ordered = config.noise == NoiseKind::mnist || config.noise_set == NoiseSet::fixed;

@@ -117,7 +117,7 @@ int run(int argc, char** argv) {
   // by sweep_configs above).
   if (!config.load_init_path.empty() && config.sweeps.empty()) {
     MlpParams probe(config.mlp_shape(), config.models, DType::f32, Device::cpu);
-    load_init(config.load_init_path, probe);
+    load_init(config.load_init_path, probe, !config.parity_batch_path.empty());
   }
   const Device device = resolve_device(config.device);
   note_gpu_only_flags(config, device);

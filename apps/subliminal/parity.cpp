@@ -33,10 +33,12 @@ void write_parity_batch(const Config& config, const data::Mnist& mnist, Device d
                         const std::string& path) {
   const int64_t B = config.batch_size, P = int64_t(mnist.train.rows) * mnist.train.cols;
   if (B > mnist.train.count) throw UsageError("--parity-batch: --batch-size is larger than the training set");
-  apply_gemm_settings(config);  // the batch goes through the same GEMM engine as a run would
+  // The batch goes through the GEMM engine a run's autograd path would use (--step autograd); the
+  // GPU's fused step, which --step auto picks for small runs, is not what it checks.
+  apply_gemm_settings(config);
   MlpParams init(config.mlp_shape(), 1, DType::f32, device);
   if (!config.load_init_path.empty())
-    load_init(config.load_init_path, init);
+    load_init(config.load_init_path, init, true);
   else
     init_mlp(init, config.init, {config.seed}, 0);
   std::vector<NamedTensor> out;

@@ -1,7 +1,9 @@
 // apps/subliminal/streams.h — the random streams of one run.
 //
-// Model m of a run draws everything from key seed + m (so model m of `--models N` is the
-// same run as `--models 1 --seed seed+m`), each use on its own stream (engine/random.h). The
+// Model m of a run draws everything from key seed + m (so model m of `--models N` draws the
+// numbers of `--models 1 --seed seed+m`: on the CPU it is that run to the bit; on the GPU
+// `--step auto` may pick another step design for N models, so only to rounding), each use on
+// its own stream (engine/random.h). The
 // one exception: the paper preset's cross-init students take another model's init
 // (cross_init_partner, experiment.h).
 #pragma once
