@@ -179,7 +179,7 @@ def parse_args():
     p.add_argument("--threads", type=bench_io.threads_type, default=0,
                    help=f"CPU threads for engine and torch, 0..{bench_io.MAX_THREADS} (0: all usable cores)")
     p.add_argument("--engine-args", default=None,
-                   help="extra flags for the engine's parity batch, e.g. \"--gemm tiled\" or --no-graphs "
+                   help="extra flags for the engine's parity batch, e.g. \"--gemm tiled\" or --tf32 "
                         "(split like a shell would)")
     p.add_argument("--torch-only", action="store_true",
                    help="no engine: torch fp32 vs fp64 on a torch init and a torch.rand noise batch")
