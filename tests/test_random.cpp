@@ -153,29 +153,28 @@ TEST(Random, FillUniformFloat64UsesWords2IAnd2IPlus1) {
         << i;
 }
 
-// Rounding to float can land on `high` itself: in [1, 1 + 2⁻²³) (one float step wide) about
-// half the draws round up to high, and each must be moved back inside the half-open interval.
-TEST(Random, FillUniformFloat32NeverReturnsHigh) {
-  const float low = 1.0f, high = std::nextafter(1.0f, 2.0f);
-  Tensor t = Tensor::empty({64}, DType::f32);
+// fill_uniform over [1, the next T after 1): an interval one step of T wide, where about half
+// the draws round up to high; each must be moved back inside the half-open interval.
+template <class T>
+void expect_one_step_interval_never_gives_high(DType dtype) {
+  const T low = 1, high = std::nextafter(T(1), T(2));
+  Tensor t = Tensor::empty({64}, dtype);
   fill_uniform(t, {4, 2}, low, high);
-  for (float v : t.to_vector<float>()) {
+  for (T v : t.to_vector<T>()) {
     EXPECT_GE(v, low);
     EXPECT_LT(v, high);
   }
 }
 
-// The same for float64, where the draw has 53 bits: in [1, 1 + 2⁻⁵²) about half the draws round
-// up to high. (At ordinary bounds it is rarer, 2⁻⁵³ a draw, but real: low 1, high 3 and the
-// largest draw below 1 give exactly 3.0.)
+// Rounding to float can land on `high` itself.
+TEST(Random, FillUniformFloat32NeverReturnsHigh) {
+  expect_one_step_interval_never_gives_high<float>(DType::f32);
+}
+
+// The same for float64, where the draw has 53 bits. At ordinary bounds it is rarer, 2⁻⁵³ a
+// draw, but real: low 1, high 3 and the largest draw below 1 give exactly 3.0.
 TEST(Random, FillUniformFloat64NeverReturnsHigh) {
-  const double low = 1.0, high = std::nextafter(1.0, 2.0);
-  Tensor t = Tensor::empty({64}, DType::f64);
-  fill_uniform(t, {4, 2}, low, high);
-  for (double v : t.to_vector<double>()) {
-    EXPECT_GE(v, low);
-    EXPECT_LT(v, high);
-  }
+  expect_one_step_interval_never_gives_high<double>(DType::f64);
   const double largest_draw = 1.0 - std::ldexp(1.0, -53);
   EXPECT_EQ(1.0 + 2.0 * largest_draw, 3.0);  // the rounding the guard is for
   EXPECT_EQ(uniform_in<double>(1.0, 3.0, largest_draw), std::nextafter(3.0, 1.0));
