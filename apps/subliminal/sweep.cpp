@@ -108,10 +108,9 @@ struct SweepRow {
   nlohmann::json row;
 };
 
-// What PREFIX.jsonl holds: its rows, in order. A torn row (an
-// interrupted write) is not a row; its configuration counts as unfinished and runs again.
-// Anything else that is not a row of this sweep stops the run: resuming on top of it would mix
-// results.
+// What PREFIX.jsonl holds: its rows, in order. A torn row (an interrupted write) is not a row;
+// its configuration counts as unfinished and runs again. Anything else that is not a row of
+// this sweep stops the run: resuming on top of it would mix results.
 struct SweepFile {
   std::vector<SweepRow> rows;
 };
