@@ -32,8 +32,8 @@
 
 #include "apps/subliminal/blas_core.h"  // ensure_blas_kernels
 #include "engine/device.h"              // device_description
-#include "engine/parallel.h"  // set_cpu_threads
-#include "ops/cpu/gemm_cpu.h"
+#include "engine/parallel.h"            // set_cpu_threads
+#include "ops/cpu/gemm_cpu.h"           // linear_forward, linear_backward_input/weight, blas_core
 
 extern "C" void openblas_set_num_threads(int threads);  // OpenBLAS's own, beside cblas.h's API
 
