@@ -79,7 +79,7 @@ TEST(Autograd, InteriorTensorUsedTwiceSumsBeforeItsNodeRuns) {
   EXPECT_EQ(grad_of(x), (std::vector<double>{2, 0, 2}));
 }
 
-// Two slices of one tensor, overlapping in column 2: the slice backward scatters (zeros
+// Two slices of one tensor, overlapping in columns 1 and 2: the slice backward scatters (zeros
 // elsewhere) and the two scatters add. x is [2, 4]; columns [0, 3) and [1, 4) → column
 // counts 1, 2, 2, 1.
 TEST(Autograd, TwoOverlappingSlicesAddTheirScatters) {

@@ -220,7 +220,9 @@ TEST(Cli, HelpGivesEverySettingsDefault) {
 // An explicit --data that does not hold MNIST is an error about --data, not a silent search
 // elsewhere.
 TEST(Cli, MissingDataDirectoryNamesTheDataFlag) {
-  expect_usage_error({"--device", "cpu", "--data", "/nonexistent/mnist"}, "--data");
+  // (The search's own message, "MNIST not found; … pass --data DIR", names --data too: not enough.)
+  expect_usage_error({"--device", "cpu", "--data", "/nonexistent/mnist"},
+                     "--data /nonexistent/mnist: does not hold MNIST (no such directory)");
 }
 
 // ---- A data directory with a malformed file ---------------------------------------------------------

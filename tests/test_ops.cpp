@@ -1006,7 +1006,10 @@ TEST(FusedStep, CpuTailIsTheSeparateCalls) {
 TEST(FusedStep, ATailThatDoesNotFitIsRefusedBeforeTheStep) {
   const std::vector<int64_t> sizes{11, 9, 6};
   MlpParams params = random_mlp(sizes, 2, 5), other = random_mlp(sizes, 2, 6);
-  const std::vector<double> before = values_of(params.values());
+  const std::vector<double> before = values_of(params.values()), other_before = values_of(other.values());
+  // Gradients a step would overwrite: still these after each refusal.
+  copy_into(params.grads(), Tensor::full(params.grads().shape(), 7.0, params.grads().dtype()));
+  const std::vector<double> sentinel = values_of(params.grads());
   const Tensor x = random_f64({2, 7, 11}, 1), y = random_labels(2, 7, 6, 2);
   Adam adam(params.values(), params.grads(), {1e-2});
   StepTail short_sums;
@@ -1015,12 +1018,16 @@ TEST(FusedStep, ATailThatDoesNotFitIsRefusedBeforeTheStep) {
   short_sums.step = Tensor::zeros({1}, DType::i64), short_sums.first_bad = Tensor::full({1}, 1e9, DType::i64);
   EXPECT_THROW(fused_cross_entropy_step(x, y, params, {0, 6}, short_sums), ShapeError);
   EXPECT_EQ(values_of(params.values()), before) << "Adam ran before the tail was refused";
+  EXPECT_EQ(values_of(params.grads()), sentinel) << "the step ran before the tail was refused";
   EXPECT_EQ(adam.steps_taken(), 0);
 
   Adam crossed(other.values(), params.grads(), {1e-2});
   StepTail wrong;
   wrong.adam = &crossed;
   EXPECT_THROW(fused_cross_entropy_step(x, y, params, {0, 6}, wrong), ShapeError);
+  EXPECT_EQ(values_of(params.grads()), sentinel) << "the step ran before the tail was refused";
+  EXPECT_EQ(values_of(other.values()), other_before) << "the other Adam moved its values";
+  EXPECT_EQ(crossed.steps_taken(), 0);
 
   StepTail sums;
   Tensor five = Tensor::zeros({5}, DType::f64);

@@ -165,7 +165,10 @@ class References(unittest.TestCase):
             for m in TEST_RE.finditer(read(doc)):
                 name = m.group(1)
                 core = re.sub(r"^\w+/", "", name).split("/")[0]  # Instance/Suite.Name/param → Suite.Name
-                if not (any(gtest_match(name, t) or gtest_match("*/" + name + "*", t) for t in self.all_tests)
+                # A parameterised test's full name is Instance/Suite.Name/param: the doc's name must
+                # be whole between the slashes (CudaGemm.Forward must not pass for ...ForwardMatchesCpu).
+                if not (any(gtest_match(name, t) or gtest_match("*/" + name, t) or gtest_match("*/" + name + "/*", t)
+                            or gtest_match(name + "/*", t) for t in self.all_tests)
                         or any(gtest_match(core, t) for t in declared)):
                     missing.append("%s names the test %s, which no test binary has" % (doc, name))
         self.assertEqual(missing, [], "\n" + "\n".join(missing))
@@ -201,7 +204,9 @@ class References(unittest.TestCase):
         for doc in USER_DOCS:
             for flag in sorted(set(FLAG_RE.findall(read(doc)))):
                 # The app declares its flags by name: {"weight-decay", ...}.
-                if flag not in NOT_FLAGS and flag not in sources and '"%s"' % flag[2:] not in sources:
+                # The whole flag, not a prefix of a longer one (--epochs inside --epochs-teacher).
+                whole = re.search(r"(?<![\w-])" + re.escape(flag) + r"(?![\w-])", sources)
+                if flag not in NOT_FLAGS and not whole and '"%s"' % flag[2:] not in sources:
                     unknown.append("%s names %s, which no program in apps/, bench/ or scripts/ takes" % (doc, flag))
         self.assertEqual(unknown, [], "\n" + "\n".join(unknown))
 

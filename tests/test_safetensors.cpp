@@ -18,6 +18,7 @@
 #include <vector>             // std::vector
 
 #include "engine/safetensors.h"  // read_safetensors, write_safetensors, write_file_atomically
+#include "engine/storage.h"      // cpu_allocator_stats: a refused file makes no tensor
 #include "tests/test_util.h"     // TempDir, read_text, write_text
 
 namespace {
@@ -107,6 +108,7 @@ void expect_defect(const std::string& bytes, const std::string& what) {
   TempDir dir;
   const fs::path path = dir / "bad.safetensors";
   write_text(path, bytes);
+  const CpuAllocatorStats before = cpu_allocator_stats();
   try {
     read_safetensors(path);
     ADD_FAILURE() << "no error for a file with: " << what;
@@ -115,6 +117,10 @@ void expect_defect(const std::string& bytes, const std::string& what) {
     EXPECT_NE(message.find(path.string()), std::string::npos) << message;
     EXPECT_NE(message.find(what), std::string::npos) << "expected \"" << what << "\" in: " << message;
   }
+  const CpuAllocatorStats after = cpu_allocator_stats();  // no tensor was made for the file
+  EXPECT_EQ(after.fresh_allocations + after.reused_allocations,
+            before.fresh_allocations + before.reused_allocations)
+      << "tensor memory allocated for a file with: " << what;
 }
 
 const std::string kEightBytes(8, '\x01');

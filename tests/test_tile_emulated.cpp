@@ -197,15 +197,22 @@ class TileEmulated : public ::testing::Test {
       EXPECT_LE(relative_error(first.row_sums.data(), ref_rows), 1e-5) << what << ": row sums";
     }
     if (k.bias_relu_mask) {
-      // Bit n of row m is "y ≠ 0" on the written y; bits and bytes past N stay as they were
-      // (the mask buffer's padding is never read).
+      // Bit n of row m is "y ≠ 0" on the written y. The byte holding bit N−1 is written whole,
+      // its bits past N as 0; the bytes after it keep what they held (0xA5: the padding is
+      // never read, so never written).
       for (int64_t z = 0; z < k.models; ++z)
-        for (int64_t m = 0; m < k.M; ++m)
+        for (int64_t m = 0; m < k.M; ++m) {
+          const size_t row = size_t((z * k.M + m) * mask_row_bytes);
           for (int64_t n = 0; n < k.N; ++n) {
-            const size_t byte = size_t((z * k.M + m) * mask_row_bytes + n / 8);
-            const bool bit = (first.mask[byte] >> (n % 8)) & 1u;
+            const bool bit = (first.mask[row + size_t(n / 8)] >> (n % 8)) & 1u;
             ASSERT_EQ(bit, first.c[size_t((z * k.M + m) * k.N + n)] != 0.0f) << what << ": mask bit " << m << "," << n;
           }
+          for (int64_t n = k.N; n % 8 != 0; ++n)
+            ASSERT_EQ((first.mask[row + size_t(n / 8)] >> (n % 8)) & 1u, 0u)
+                << what << ": padding bit " << m << "," << n;
+          for (int64_t byte = (k.N + 7) / 8; byte < mask_row_bytes; ++byte)
+            ASSERT_EQ(first.mask[row + size_t(byte)], 0xA5) << what << ": padding byte " << m << "," << byte;
+        }
     }
     for (size_t r = 1; r < runs.size(); ++r) {
       EXPECT_TRUE(same_bits(runs[r].c, first.c)) << what << ": C differs between item orders (run " << r << ")";
