@@ -21,6 +21,7 @@ import gzip
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 import zlib
@@ -68,10 +69,16 @@ def glued_flag_value(argv, flag):
 
 
 def plain_number_text(text):
-    """Whether `text` is written as the app reads numbers: no blanks around it (" 3e-4") and no
-    digit-group underscores ("1_000"), which Python's int() and float() accept and the app refuses.
-    The same command line must mean the same run in both."""
-    return text == text.strip() and "_" not in text
+    """Whether `text` is written as the app reads numbers: no blanks around it (" 3e-4"), no
+    digit-group underscores ("1_000") and no digits outside ASCII ("５"), which Python's int() and
+    float() accept and the app refuses. The same command line must mean the same run in both."""
+    return text == text.strip() and "_" not in text and text.isascii()
+
+
+def whole_number_text(text):
+    """Whether `text` is a whole number as the app reads one (std::from_chars): ASCII digits after
+    an optional '-', no '+' (which int() takes)."""
+    return plain_number_text(text) and re.fullmatch(r"-?[0-9]+", text) is not None
 
 
 def int_type(lo, hi=None, note=""):
@@ -80,7 +87,7 @@ def int_type(lo, hi=None, note=""):
 
     def parse(text):
         try:
-            value = int(text, 10) if plain_number_text(text) else None
+            value = int(text, 10) if whole_number_text(text) else None
         except ValueError:
             value = None
         if value is None or value < lo or (hi is not None and value > hi):
@@ -142,7 +149,7 @@ def hidden_widths(text):
     widths = []
     for part in text.split(","):
         try:
-            w = int(part, 10) if plain_number_text(part) else None
+            w = int(part, 10) if whole_number_text(part) else None
         except ValueError:
             w = None
         if w is None or not 1 <= w <= MAX_WIDTH:

@@ -21,7 +21,8 @@ else the first of python3, /usr/bin/python3 that does).
 
 Bad flags and paths (a negative count, an --outdir that is a file, a --json that cannot be written,
 a --data or set $MNIST_DIR without the MNIST files, a missing engine) are refused with one line on
-stderr and exit status 2 before anything runs; --outdir (default: a new temp directory) is made only
+stderr (argparse's own usage errors print the usage block first) and exit status 2 before anything
+runs; --outdir (default: a new temp directory) is made only
 when runs start. A run that fails, times out or leaves a report without the table's numbers is a
 failed run: its row says why (the log's last line). Torch rows asked for where no python has torch
 are failed rows too. --json: the report is written (atomically: a temporary file beside it,
@@ -117,8 +118,10 @@ def training_numbers(report, device):
     timed = train
     gpu = None
     if device == "cuda" and "gpu_seconds" in report:
+        # The phases the steps count: gpu_seconds.training also holds the all-logit arms' phase
+        # (--all-logit-arms, the paper preset), whose steps are not among nsteps.
         g = report["gpu_seconds"]
-        gpu = g.get("training", g.get("teacher", 0.0) + g.get("distill_ghosts", 0.0))
+        gpu = g.get("teacher", 0.0) + g.get("distill_ghosts", 0.0)
         timed = gpu
     us = 1e6 * timed / nsteps if nsteps else None
     # Steady: the warm epochs' time over their steps, all phases together (each phase's µs/step
@@ -132,8 +135,9 @@ def training_numbers(report, device):
 
 
 def evals_done(report, epochs_teacher, epochs_distill, arms):
-    """Test-set evaluations a faithful run makes: reference, teacher per epoch, final teacher, arms per epoch."""
-    return 1 + epochs_teacher + 1 + epochs_distill * arms
+    """Test-set evaluations a faithful run makes: reference, teacher per epoch, final teacher, arms per
+    epoch (with no distillation epochs, each arm once: its untrained copy is still evaluated)."""
+    return 1 + epochs_teacher + 1 + max(epochs_distill, 1) * arms
 
 
 def shortened_epochs(faithful_epochs, epochs_teacher, epochs_distill):
@@ -156,12 +160,16 @@ def is_finite_number(v):
 def report_problem(report):
     """Why `report` cannot give a row of the table (one line), or None. What the table needs: the
     training phases' seconds and steps, and the teacher's accuracy; NaN or Inf times are refused
-    (an accuracy may be null: the app writes a NaN model's as null)."""
+    (an accuracy may be null: JSON has no NaN, and a NaN is written as null). A phase of 0 epochs
+    may be missing: the app writes no distillation phase when --epochs-distill is 0."""
     if not isinstance(report, dict):
         return f"a JSON {type(report).__name__}, not the app's --json report (an object)"
+    config = report.get("config") if isinstance(report.get("config"), dict) else {}
     for part in ("seconds", "steps"):
         values = report.get(part)
-        for phase in ("teacher", "distill_ghosts"):
+        for phase, epochs in (("teacher", "epochs_teacher"), ("distill_ghosts", "epochs_distill")):
+            if isinstance(values, dict) and phase not in values and config.get(epochs) == 0:
+                continue
             if not isinstance(values, dict) or not is_finite_number(values.get(phase)) or values[phase] < 0:
                 return f"{part}.{phase}: expected a number ≥ 0 (is it the app's --json report?)"
     for key in ("gpu_seconds", "us_per_step_steady", "steps_steady"):
@@ -266,8 +274,8 @@ def run_once(spec, outdir, index, timeout):
     extra = f" (extrapolated to {spec.extrapolate_to[0]}+{spec.extrapolate_to[1]} epochs: {run['wall']:.1f} s)" \
         if spec.extrapolate_to else ""
     acc = run["acc"]
-    note(f"  {wall:.1f} s wall{extra}; teacher {acc.get('teacher', float('nan')):.4f} "
-         f"student {acc.get('student', float('nan')):.4f} cross-init {acc.get('cross_init', float('nan')):.4f}")
+    note(f"  {wall:.1f} s wall{extra}; teacher {fmt(acc.get('teacher'), '.4f')} "
+         f"student {fmt(acc.get('student'), '.4f')} cross-init {fmt(acc.get('cross_init'), '.4f')}")
 
 
 def med(values):

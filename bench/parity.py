@@ -17,7 +17,8 @@ that is worse, engine vs torch fp64 (then the gap is torch's own float32 roundin
 near-cancelling terms loses ~1e-5..1e-4 relative in fp32); 1 when one does not; 2 for bad input — a flag
 value, a path (--json, --keep, --init, --engine; a --json that is the --init file or a file --keep
 keeps), the data (--data, a set $MNIST_DIR that does not hold MNIST, a damaged IDX file), or flags the
-engine refuses (its exit status 2: its one line is passed on) — said in one line on stderr, before any
+engine refuses (its exit status 2: its one line is passed on) — said in one line on stderr (argparse's
+own usage errors print the usage block first), before any
 computing where it can be (the flags and paths are checked before `import torch`); 3 when the engine
 cannot produce the batch (it fails otherwise, or exits 0 without writing its file, or writes one that
 cannot be read). A NaN error fails the comparison and is printed as nan; --json is strict JSON, with

@@ -388,6 +388,7 @@ class TorchSubliminalTest(ToolTest):
             ("--seed", "100000000000000000000000"), ("--control-seed", "100000000000000000000000"),
             ("--hidden", "100000000"), ("--hidden", "abc"), ("--hidden", "8,,8"), ("--compile-mode", "bogus"),
             ("--lr", " 1e-3"), ("--lr", "1e-3 "), ("--seed", "1_000"), ("--hidden", "8, 8"),  # as the app reads them
+            ("--seed", "+5"), ("--hidden", "+8"), ("--epochs-teacher", "\uff15"), ("--lr", "\uff13e-4"),
             ("--batch-size", "0"), ("--ghosts", "0"), ("--ghosts", "1"), ("--epochs-teacher", "-1"),
             ("--json", self.path("jdir")), ("--json", self.path("nodir", "x.json")),
             ("--json", "/proc/x.json")])  # found when the run starts, not after it (root may "write" /proc)

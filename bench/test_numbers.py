@@ -65,14 +65,14 @@ class TrainingNumbersTest(unittest.TestCase):
         self.assertEqual((train, gpu, nsteps), (8.0, None, 4000))
         self.assertAlmostEqual(us, 1e6 * 8.0 / 4000)  # 2000 µs/step
 
-    def test_cuda_us_per_step_is_gpu_time_of_the_training(self):
-        r = report(gpu_seconds={"training": 4.0, "teacher": 1.0, "distill_ghosts": 1.5})
+    def test_cuda_us_per_step_is_gpu_time_of_the_phases_the_steps_count(self):
+        # "training" also holds the all-logit arms' phase (the paper preset), whose steps are not
+        # among the teacher's and the ghost arms': the two phases' own GPU time is what is divided.
+        r = report(gpu_seconds={"training": 9.0, "teacher": 1.0, "distill_ghosts": 1.5, "distill_all_logits": 6.5})
         train, gpu, us, _, _ = compare.training_numbers(r, "cuda")
-        self.assertEqual((train, gpu), (8.0, 4.0))  # "training" wins over the phases' sum
-        self.assertAlmostEqual(us, 1e6 * 4.0 / 4000)
+        self.assertEqual((train, gpu), (8.0, 2.5))
+        self.assertAlmostEqual(us, 1e6 * 2.5 / 4000)
         self.assertEqual(compare.training_numbers(r, "cpu")[1], None)  # a cpu row has no GPU time
-        r = report(gpu_seconds={"teacher": 1.0, "distill_ghosts": 1.5})  # no "training": the phases' sum
-        self.assertEqual(compare.training_numbers(r, "cuda")[1], 2.5)
 
     def test_steady_weights_each_phase_by_its_warm_steps(self):
         r = report(us_per_step_steady={"teacher": 100.0, "distill_ghosts": 400.0},
@@ -90,7 +90,10 @@ class ReportProblemTest(unittest.TestCase):
         # --epochs-distill 0: a phase of no steps and no seconds is a report, not a broken one
         self.assertIsNone(compare.report_problem(report(seconds={"teacher": 1.0, "distill_ghosts": 0.0},
                                                         steps={"teacher": 10, "distill_ghosts": 0})))
-        # the app writes a NaN model's accuracy as null
+        # the app with --epochs-distill 0 writes no distillation phase at all
+        self.assertIsNone(compare.report_problem(report(seconds={"teacher": 1.0}, steps={"teacher": 10},
+                                                        config={"epochs_teacher": 1, "epochs_distill": 0})))
+        # JSON has no NaN: a NaN accuracy is written as null
         self.assertIsNone(compare.report_problem(report(teacher={"test_acc": None})))
 
     def test_refused(self):
@@ -100,6 +103,10 @@ class ReportProblemTest(unittest.TestCase):
                        (report(steps_steady={"teacher": nan}), "steps_steady"),
                        (report(student={"test_acc": inf}), "student"),
                        (report(steps={"teacher": -1, "distill_ghosts": 0}), "steps.teacher"),
+                       # a missing phase stands for 0 only when the report's config says 0 epochs
+                       (report(seconds={"teacher": 1.0}, steps={"teacher": 10}), "seconds.distill_ghosts"),
+                       (report(seconds={"teacher": 1.0}, steps={"teacher": 10}, config={"epochs_distill": 2}),
+                        "seconds.distill_ghosts"),
                        ({k: v for k, v in report().items() if k != "teacher"}, "no teacher accuracy")]:
             with self.subTest(why=why):
                 problem = compare.report_problem(r)
@@ -132,6 +139,9 @@ class ExtrapolationTest(unittest.TestCase):
         self.assertAlmostEqual(run["train"], 2.0 / 2 * 4 + 3.0 / 1 * 6)  # 22
         # evaluations: reference + teacher per epoch + final teacher + 2 arms per distillation epoch
         self.assertEqual(compare.evals_done(None, 2, 1, 2), 1 + 2 + 1 + 2)
+        # no distillation epochs: each arm's untrained copy is still evaluated once
+        self.assertEqual(compare.evals_done(None, 2, 0, 2), 1 + 2 + 1 + 2)
+        self.assertEqual(compare.evals_done(None, 2, 3, 2), 1 + 2 + 1 + 6)
         evals_full = 1 + 4 + 1 + 6 * 2
         self.assertAlmostEqual(run["wall"], 10.0 - 5.0 - 0.8 + 22.0 + 0.8 / 6 * evals_full)  # 28.6
         self.assertEqual(run["measured"], {"wall": 10.0, "train": 5.0, "epochs_teacher": 2, "epochs_distill": 1})

@@ -18,7 +18,8 @@ student (a fresh nn.Linear init from another seed) on the teacher's ghost logits
 
 Bad input — a flag value out of range, a --json path that cannot be written, a --data or $MNIST_DIR
 that does not hold the four IDX files, a damaged IDX or --load-init file — is refused with one line
-on stderr and exit status 2, before any training. The flags, paths and --load-init are checked
+on stderr (argparse's own usage errors print the usage block first) and exit status 2, before any
+training. The flags, paths and --load-init are checked
 before `import torch`, so such a mistake costs no start-up time. A --json report is written
 atomically after the run: an existing file is replaced only by a complete report.
 
@@ -306,15 +307,16 @@ class Clock:
             ev1.record()
         self.sync()
         dt = time.perf_counter() - t0
+        gpu_dt = ev0.elapsed_time(ev1) / 1e3 if self.cuda else None
         box["seconds"] = dt
         self.wall[name] = self.wall.get(name, 0.0) + dt
         self.steps[name] = self.steps.get(name, 0) + steps
-        if not cold:
+        if not cold:  # on the µs/step clock, as the app: GPU time on cuda, wall time on the CPU
             w = self.warm.setdefault(name, [0.0, 0])
-            w[0] += dt
+            w[0] += gpu_dt if self.cuda else dt
             w[1] += steps
         if self.cuda:
-            self.gpu[name] = self.gpu.get(name, 0.0) + ev0.elapsed_time(ev1) / 1e3
+            self.gpu[name] = self.gpu.get(name, 0.0) + gpu_dt
 
 
 def fmt_acc(a):
@@ -913,12 +915,15 @@ def run(args):
             "preset": "notebook", "seed": args.seed, "models": 1, "ghosts": args.ghosts,
             "hidden": args.hidden_sizes, "batch_size": args.batch_size, "lr": args.lr,
             "epochs_teacher": args.epochs_teacher, "epochs_distill": args.epochs_distill,
-            "temperature": args.temperature, "init": "file" if args.load_init else "torch",
-            "load_init": args.load_init or None, "noise": "uniform", "noise_set": "fresh", "weight_decay": 0.0,
+            # As the app: the init scheme (weights loaded from a file are named by load_init, the
+            # file's resolved path, "" when none).
+            "temperature": args.temperature, "init": "torch",
+            "load_init": os.path.realpath(args.load_init) if args.load_init else "",
+            "noise": "uniform", "noise_set": "fresh", "weight_decay": 0.0,
             "init_perturb": 0.0, "cross_init": control is not None, "control_seed": args.control_seed,
             "all_logit_arms": False, "tf32": args.tf32, "cuda_graphs": args.cuda_graphs,
             "compile": args.compile, "compile_mode": args.compile_mode if args.compile else None,
-            "threads": threads,
+            "threads": threads, "train_samples": 0, "eval_every_epoch": True,
         },
         "device": {"kind": device.type, "name": dev_name, "threads": threads, "cpu": cpu_model(),
                    "torch": torch.__version__, "python": platform.python_version()},
@@ -954,17 +959,18 @@ def run(args):
     secs.setdefault("distill_ghosts", 0.0)
     secs["training"] = secs["teacher"] + secs["distill_ghosts"]
     report["steps"] = {k: int(round(v)) for k, v in clock.steps.items()}
-    for phase in ("teacher", "distill_ghosts"):  # a phase of 0 epochs ran 0 steps, as the app reports
-        report["steps"].setdefault(phase, 0)
+    for phase in ("teacher", "distill_ghosts"):  # a phase of 0 epochs ran 0 steps (the app leaves
+        report["steps"].setdefault(phase, 0)     # a 0-epoch distillation out; compare.py takes both)
     report["us_per_step"] = {}
     for phase, n in clock.steps.items():
         if n:
             t = clock.gpu[phase] if device.type == "cuda" else clock.wall[phase]
             report["us_per_step"][phase] = 1e6 * t / n
-    # steady state: wall time of the epochs after the first of each loop (no compilation, graph
-    # capture or cold caches in them), per step
+    # steady state: the time of the epochs after the first of each loop (no compilation, graph
+    # capture or cold caches in them), per step — GPU time on cuda, wall time on the CPU, as the app
     report["us_per_step_steady"] = {ph: 1e6 * w[0] / w[1] for ph, w in clock.warm.items() if w[1]}
-    report["steps_steady"] = {ph: w[1] for ph, w in clock.warm.items() if w[1]}  # the steps those times cover
+    # the steps those times cover, whole as the app's (an arm trained alone counted steps / arms)
+    report["steps_steady"] = {ph: int(round(w[1])) for ph, w in clock.warm.items() if w[1]}
     if device.type == "cuda":
         report["gpu_seconds"] = dict(clock.gpu)
         report["gpu_seconds"]["training"] = sum(clock.gpu.values())
