@@ -178,7 +178,7 @@ StepOutput run_tail_step(const Step& st, HostMlp& trained, HostMlp& frozen, cons
 void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64_t nan_model,
                 bool biases_first = false) {
   const int64_t S = st.trained, B = st.batch, P = st.sizes.front();
-  HostMlp trained(st.sizes, S, 11), frozen(st.sizes, 0, 12);
+  HostMlp trained(st.sizes, S, 11), frozen(st.sizes, st.distill ? st.frozen : 0, 12);
   auto [x, labels] = random_inputs(st);
   if (nan_model >= 0) x[size_t(nan_model * B * P + 5)] = kNaN;
   const Arena fresh(trained, biases_first);
@@ -225,6 +225,12 @@ void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64
 // Three models, one tile of W0 each, a NaN loss; 1 and 5 blocks give the same bits.
 TEST(FusedTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
   check_tail(Step{{"teacher_tail", {53, 29, 31, 13}, 3, 0, 37, false, 0, 10, 1.0}, 5, false}, {1u, 5u}, 1);
+}
+
+// A distillation step's tail: 4 students learning from 2 frozen teachers (the app's student and
+// control arms), a NaN in student 3's input (a row no teacher reads), 1 and 5 blocks.
+TEST(FusedTail, DistillationStepsDoTheirTailToo) {
+  check_tail(Step{{"distill_tail", {53, 29, 31, 13}, 4, 2, 37, true, 10, 13, 2.0}, 5, false}, {1u, 5u}, 3);
 }
 
 // W0's gradient in 2 × 2 tiles, partial at both edges (65 × 70), and split over K on 17 blocks:

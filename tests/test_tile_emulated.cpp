@@ -107,6 +107,7 @@ struct Case {
   bool column_sums;      // backward_input
   bool row_sums;         // backward_weight
   bool accumulate;
+  bool bias_only = false;  // forward: bias without ReLU or mask (the output layer)
 };
 
 class TileEmulated : public ::testing::Test {
@@ -141,6 +142,7 @@ class TileEmulated : public ::testing::Test {
           for (int64_t kk = 0; kk < k.K; ++kk) v += double(a.at(z, m, kk)) * double(b.at(z, n, kk));
           const size_t e = size_t((z * k.M + m) * k.N + n);
           if (k.bias_relu_mask) v = std::max(v + double(bias[size_t(z * k.N + n)]), 0.0);
+          if (k.bias_only) v += double(bias[size_t(z * k.N + n)]);
           if (k.kind == Kind::backward_input && gate_values[e] == 0.0f) v = 0.0;
           if (k.accumulate) v += double(initial_c[e]);
           ref_c[e] = v;
@@ -170,6 +172,7 @@ class TileEmulated : public ::testing::Test {
       g.accumulate = k.accumulate;
       g.mask_row_bytes = mask_row_bytes;
       if (k.bias_relu_mask) g.bias = bias.data(), g.relu = true, g.mask_out = out.mask.data();
+      if (k.bias_only) g.bias = bias.data();
       if (k.kind == Kind::backward_input) {
         if (k.gate_by_mask) g.mask_in = gate_mask.data();
         else g.gate_values = gate_values.data();
@@ -195,6 +198,10 @@ class TileEmulated : public ::testing::Test {
     }
     if (k.row_sums) {
       EXPECT_LE(relative_error(first.row_sums.data(), ref_rows), 1e-5) << what << ": row sums";
+    }
+    if (!k.bias_relu_mask) {  // no mask asked for: none written
+      EXPECT_TRUE(std::all_of(first.mask.begin(), first.mask.end(), [](uint8_t b) { return b == 0xA5; }))
+          << what << ": a mask written";
     }
     if (k.bias_relu_mask) {
       // Bit n of row m is "y ≠ 0" on the written y. The byte holding bit N−1 is written whole,
@@ -237,6 +244,12 @@ TEST_F(TileEmulated, ForwardBiasReluMaskSplitK) {
   EXPECT_TRUE(ran_parallel);
 }
 
+// The output layer's forward: a bias and no ReLU (so no mask), split K.
+TEST_F(TileEmulated, ForwardBiasWithoutReluSplitK) {
+  check({Kind::forward, 2, 70, 13, 100, 64, false, false, false, false, false, /*bias_only=*/true});
+  EXPECT_GT(planned_splits, 1);
+}
+
 TEST_F(TileEmulated, ForwardWithoutSplitK) {
   check({Kind::forward, 2, 70, 130, 37, 1, true, false, false, false, false});
   EXPECT_EQ(planned_splits, 1);
@@ -259,6 +272,14 @@ TEST_F(TileEmulated, BackwardInputGateValuesColumnSums) {
 
 TEST_F(TileEmulated, BackwardInputGateMaskColumnSums) {
   check({Kind::backward_input, 2, 70, 200, 13, 1, false, true, true, false, false});
+}
+
+// Gated by mask bits, with column sums across row tiles, split K: the three at once, as the
+// --gemm tiled backward pass of a hidden layer runs them.
+TEST_F(TileEmulated, BackwardInputGateMaskColumnSumsSplitK) {
+  check({Kind::backward_input, 2, 130, 45, 77, 64, false, true, true, false, false});
+  EXPECT_GT(planned_splits, 1);
+  EXPECT_EQ(planned_m_tiles, 3);
 }
 
 // Column sums of one row tile, written by its items directly (no hand-off) …
@@ -301,6 +322,12 @@ TEST_F(TileEmulated, BackwardWeightRowSumsSplitK) {
 
 TEST_F(TileEmulated, BackwardWeightAccumulatesWithoutSplitK) {
   check({Kind::backward_weight, 1, 13, 100, 50, 1, false, false, false, true, true});
+}
+
+// Accumulating into dw with K split: the fix-up's sum of the slices, then added to what dw held.
+TEST_F(TileEmulated, BackwardWeightAccumulatesSplitK) {
+  check({Kind::backward_weight, 2, 13, 100, 257, 64, false, false, false, true, true});
+  EXPECT_GT(planned_splits, 1);
 }
 
 // The fix-up adds the slices' partial tiles (and partial row sums) in slice order, starting
