@@ -941,6 +941,29 @@ TEST_F(CudaOps, UniformNoiseMatchesCpuBitForBit) {
       }
 }
 
+// A batch view that does not start on 16 bytes (one float into a larger buffer) cannot take the
+// float4 stores: it gets the per-pixel kernel, and the same bits as an aligned batch.
+TEST_F(CudaOps, NoiseIntoAViewOffByOneFloatIsTheSameNoise) {
+  NoiseArgs a(2, 9, 784, kNoiseSeed, stream_id(7, 1, 2));
+  a.stride = a.B;
+  const std::vector<float> aligned = noise_on(Device::cuda, a, 1);
+  const Tensor buffer = poisoned({a.N * a.B * a.P + 4});
+  const Tensor view = Tensor::view_of(buffer, 1, {a.N, a.B, a.P});
+  noise_batch(a.seed, a.stream, Tensor(), Tensor::from_vector(std::vector<int64_t>{1}, {1}, Device::cuda),
+              a.stride, a.first_image, a.distribution, view);
+  EXPECT_TRUE(
+      bitwise_equal("noise into a view at float 1", view.to_vector<float>(), aligned, {a.N, a.B, a.P}));
+}
+
+// The epilogue kernels read the ReLU mask as 32-bit words: a mask view that does not start on 4
+// bytes is a ShapeError, not a misaligned-address fault.
+TEST_F(CudaOps, AMaskViewOffFourBytesIsRefused) {
+  const Shape ms = gemm::mask_shape(1, 4, 40);
+  const Tensor mask_buffer = Tensor::zeros({ms[0] * ms[1] * ms[2] + 4}, DType::u8, Device::cuda);
+  const Tensor mask = Tensor::view_of(mask_buffer, 1, ms);
+  EXPECT_THROW(gemm::apply_relu_mask(poisoned({1, 4, 40}), mask), ShapeError);
+}
+
 TEST_F(CudaOps, UniformNoiseRangeMomentsAndReproducibility) {
   NoiseArgs a(3, 256, 784, 2024, stream_id(3));
   a.stride = a.B;

@@ -451,7 +451,8 @@ class CudaFusedStep : public CudaTest,
     design_ = std::get<1>(GetParam());
 #ifdef SUBLIMINAL_HAS_CUDA
     if (design_ == FusedStepDesign::cluster && !cuda::cluster_step_supported())
-      GTEST_SKIP() << "the cluster design needs thread-block clusters (compute capability 9.0)";
+      GTEST_SKIP() << "the cluster design needs thread-block clusters (compute capability 9.0) and this "
+                      "build's sm_90 code";
 #endif
     set_fused_step_design(design_);
   }

@@ -483,7 +483,8 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
 #ifdef SUBLIMINAL_HAS_CUDA
   if (device == Device::cuda && config.step == "cluster" && !cuda::cluster_step_supported())
     throw InputError(
-        "--step cluster: needs thread-block clusters (compute capability 9.0 or later); this GPU is " +
+        "--step cluster: needs thread-block clusters (compute capability 9.0 or later) and a build with "
+        "sm_90 code (CMAKE_CUDA_ARCHITECTURES including 90); this GPU is " +
         results.device);
 #endif
   if (device == Device::cuda && config.tf32 && config.gemm_engine == "tiled")

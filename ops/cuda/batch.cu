@@ -2,6 +2,8 @@
 #include <cuda_runtime.h>
 #include <curand_kernel.h>
 
+#include <cstdint>  // uintptr_t
+
 #include "engine/cuda/check.h"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/runtime.h"
@@ -136,7 +138,9 @@ void noise_batch(uint64_t seed, uint64_t stream, const int32_t* order, const int
                  int64_t samples, bool gaussian, float* x) {
   if (models * batch * pixels == 0) return;
   cudaStream_t s = Runtime::get().stream();
-  if (pixels % 4 == 0) {
+  // float4 stores need x on 16 bytes; a view that starts elsewhere takes the scalar kernel, which
+  // draws the same words for the same pixels (P' = P when P is a multiple of 4).
+  if (pixels % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
     noise_batch_kernel<<<grid_for(models * batch * pixels / 4), kThreads, 0, s>>>(
         seed, stream, order, step, stride, first_image, models, sources, batch, pixels, samples, gaussian, x);
   } else {

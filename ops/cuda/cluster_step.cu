@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
     cluster.barrier_wait(std::move(token));
   });
 #else
-  __trap();  // the host never launches it below sm_90 (cluster_step_supported)
+  __trap();  // the host never launches this body (cluster_step_supported: compiled_for_clusters)
 #endif
 }
 
@@ -81,6 +81,18 @@ cudaLaunchAttribute cluster_dims(int blocks) {
   return dims;
 }
 
+// Whether cluster_rows_kernel's body here is its sm_90 one. A build without sm_90 code (say
+// CMAKE_CUDA_ARCHITECTURES=80) still runs on a Hopper, through the driver's JIT of its compute_80
+// PTX, and there the body is the __trap() above: the GPU's capability is not enough to know.
+bool compiled_for_clusters() {
+  cudaFuncAttributes attributes{};
+  if (cudaFuncGetAttributes(&attributes, cluster_rows_kernel) != cudaSuccess) {
+    (void)cudaGetLastError();  // not sticky: cleared, and answered "no"
+    return false;
+  }
+  return attributes.ptxVersion >= 90;
+}
+
 // The machine as the planner sees it, and the kernel's shared memory limit raised to it (once,
 // on the first step: that one runs eagerly, outside any graph capture).
 const cluster::Machine& machine() {
@@ -90,6 +102,9 @@ const cluster::Machine& machine() {
       throw DeviceError(
           "cluster step: needs thread-block clusters (compute capability 9.0 or later); this GPU is " +
           std::to_string(props.major) + "." + std::to_string(props.minor));
+    if (!compiled_for_clusters())
+      throw DeviceError(
+          "cluster step: this build has no sm_90 code for it (CMAKE_CUDA_ARCHITECTURES must include 90)");
     cluster::Machine mc;
     mc.cluster = cluster::kClusterBlocks;
     mc.threads = cluster::kThreads;
@@ -145,7 +160,7 @@ void cluster_step_tuning(const ClusterStepTuning& t) {
 
 bool cluster_step_supported() {
   const cudaDeviceProp& props = Runtime::get().properties();
-  return props.major >= 9;
+  return props.major >= 9 && compiled_for_clusters();
 }
 
 void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,

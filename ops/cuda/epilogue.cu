@@ -7,9 +7,13 @@
 // same LSB-first byte layout the CPU backend writes).
 #include <cuda_runtime.h>
 
+#include <cstdint>  // uintptr_t
+#include <string>
+
 #include "engine/cuda/check.h"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/runtime.h"
+#include "engine/error.h"  // ShapeError
 #include "ops/cuda/gemm_cuda.h"
 
 namespace subliminal::cuda {
@@ -73,12 +77,22 @@ __global__ void bias_gradient_kernel(const float* __restrict__ d, float* __restr
 
 unsigned warp_grid(int64_t items) { return grid_for(items * 32); }
 
+// The kernels read and write the mask as 32-bit words: a mask view that does not start on 4
+// bytes would fault on the GPU, so it is refused here (masks the ops allocate always do).
+void check_mask_words(const char* op, const void* mask) {
+  if (reinterpret_cast<uintptr_t>(mask) % alignof(uint32_t) != 0)
+    throw ShapeError(std::string(op) +
+                     ": the ReLU mask must start on a 4-byte boundary (a view into a mask "
+                     "must begin at a multiple of 4 bytes)");
+}
+
 }  // namespace
 
 void bias_activation(float* y, const float* bias, bool relu, uint8_t* mask, int64_t models, int64_t batch,
                      int64_t features) {
   const int64_t rows = models * batch, words = gemm::mask_row_bits(features) / 32;
   if (rows == 0) return;
+  if (mask) check_mask_words("bias_activation", mask);
   bias_activation_kernel<<<warp_grid(rows * words), kThreads, 0, Runtime::get().stream()>>>(
       y, bias, relu, reinterpret_cast<uint32_t*>(mask), rows, batch, features, words);
   CUDA_CHECK_LAUNCH();
@@ -87,6 +101,7 @@ void bias_activation(float* y, const float* bias, bool relu, uint8_t* mask, int6
 void apply_relu_mask(float* dx, const uint8_t* mask, int64_t models, int64_t batch, int64_t features) {
   const int64_t rows = models * batch, words = gemm::mask_row_bits(features) / 32;
   if (rows == 0) return;
+  check_mask_words("apply_relu_mask", mask);
   apply_relu_mask_kernel<<<warp_grid(rows * ((features + 31) / 32)), kThreads, 0, Runtime::get().stream()>>>(
       dx, reinterpret_cast<const uint32_t*>(mask), rows, features, words);
   CUDA_CHECK_LAUNCH();

@@ -69,8 +69,8 @@ void fused_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, cons
 // cluster of 8 blocks per row block of each trained model runs its rows' forward, loss and
 // backward with cluster barriers only, then a second kernel sums the row blocks' gradients and
 // does `tail`. The same arguments and results as fused_mlp_step, to float32 rounding (its sums
-// are split differently). Needs compute capability 9.0 (cluster_step_supported); throws
-// DeviceError on an older GPU.
+// are split differently). Needs compute capability 9.0 and this build's sm_90 code
+// (cluster_step_supported); throws DeviceError without them.
 bool cluster_step_supported();
 void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, const FusedMlp* frozen,
                       const FusedLoss& loss, float* loss_out, const FusedTail* tail = nullptr);
