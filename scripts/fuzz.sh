@@ -10,8 +10,9 @@ seconds="${1:-30}"
   { echo "fuzz.sh: usage: scripts/fuzz.sh [SECONDS] (a whole number ≥ 1; got '$*')" >&2; exit 2; }
 log=$(mktemp)
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSUBLIMINAL_FUZZ=ON \
-  -DSUBLIMINAL_CUDA=OFF > "$log" 2>&1 || { tail -20 "$log"; exit 1; }
-cmake --build build-fuzz >> "$log" 2>&1 || { grep -E "error" "$log" | head; exit 1; }
+  -DSUBLIMINAL_CUDA=OFF -DCMAKE_COMPILE_WARNING_AS_ERROR="${SUBLIMINAL_WARNINGS_AS_ERRORS:-OFF}" > "$log" 2>&1 ||
+  { tail -20 "$log"; exit 1; }
+cmake --build build-fuzz >> "$log" 2>&1 || { grep -E "error|warning" "$log" | head; exit 1; }
 ctest --test-dir build-fuzz --output-on-failure   # saved regressions and the corpus still pass
 for target in fuzz_idx fuzz_safetensors; do
   work=$(mktemp -d)
