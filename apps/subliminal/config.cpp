@@ -582,15 +582,14 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   // at T = 2 whatever --temperature says). Only flags given are refused: a preset's are fine.
   if (!c.parity_batch_path.empty()) {
     std::string unused;
+    // (--step, --fused-split, --no-graphs too: the batch runs the autograd path, eagerly.)
     for (const char* key : {"models", "lr", "epochs-teacher", "epochs-distill", "temperature", "noise",
                             "noise-set", "weight-decay", "init-perturb", "cross-init", "all-logit-arms",
-                            "eval-every-epoch", "train-samples"})
+                            "eval-every-epoch", "train-samples", "step", "fused-split"})
       if (cli.count(std::string("--") + key)) unused += std::string(unused.empty() ? "" : ", ") + "--" + key;
-    if (allow_nonfinite) unused += std::string(unused.empty() ? "" : ", ") + "--allow-nonfinite";
-    // The batch runs the autograd path, eagerly: how a training step would be run is not asked.
-    for (const char* key : {"step", "fused-split"})
-      if (cli.count(std::string("--") + key)) unused += std::string(unused.empty() ? "" : ", ") + "--" + key;
-    if (no_graphs) unused += std::string(unused.empty() ? "" : ", ") + "--no-graphs";
+    for (const auto& [given, flag] :
+         {std::pair{allow_nonfinite, "--allow-nonfinite"}, {no_graphs, "--no-graphs"}})
+      if (given) unused += std::string(unused.empty() ? "" : ", ") + flag;
     if (!unused.empty())
       throw UsageError(
           "--parity-batch computes one batch from the init, one model, the KL at T = 2, and exits "
