@@ -98,17 +98,19 @@ def int_type(lo, hi=None, note=""):
     return parse
 
 
-def float_type(minimum=0.0, inclusive=False):
-    """An argparse type: a finite number > minimum (≥ with inclusive)."""
-    rel = "≥" if inclusive else ">"
+def float_type(minimum=0.0, inclusive=False, maximum=math.inf, expected=None):
+    """An argparse type: a finite number > minimum (≥ with inclusive) and ≤ maximum; `expected`
+    words the refusal (default: "a finite number > minimum")."""
+    expected = expected or f"a finite number {'≥' if inclusive else '>'} {minimum:g}"
 
     def parse(text):
         try:
             value = float(text) if plain_number_text(text) else None
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
-            raise argparse.ArgumentTypeError(f"expected a finite number {rel} {minimum:g}, got {shown(text)!s}")
+        if (value is None or not math.isfinite(value) or value < minimum or (value == minimum and not inclusive)
+                or value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {shown(text)!s}")
         return value
 
     parse.__name__ = "number"
@@ -121,23 +123,10 @@ positive_float = float_type(0.0)
 
 FLOAT32_MIN_NORMAL = 1.1754943508222875e-38  # below it a float32 the run computes with acts as 0
 FLOAT32_MAX = 3.4028234663852886e38          # above it the float32 is Inf
-
-
-def float32_positive(text):
-    """An argparse type for a setting the run computes with in float32 (--lr, --temperature): a
-    number from float32's smallest normal to its largest, the range the app accepts, with its
-    words, so that one command line is one run in both."""
-    try:
-        value = float(text) if plain_number_text(text) else None
-    except ValueError:
-        value = None
-    if value is None or not math.isfinite(value) or not FLOAT32_MIN_NORMAL <= value <= FLOAT32_MAX:
-        raise argparse.ArgumentTypeError(
-            f"expected a number > 0 that float32 holds (1.18e-38 to 3.4e38), got {shown(text)!s}")
-    return value
-
-
-float32_positive.__name__ = "number"
+# A setting the run computes with in float32 (--lr, --temperature): float32's smallest normal to
+# its largest, the range the app accepts, in its words, so that one command line is one run in both.
+float32_positive = float_type(FLOAT32_MIN_NORMAL, inclusive=True, maximum=FLOAT32_MAX,
+                              expected="a number > 0 that float32 holds (1.18e-38 to 3.4e38)")
 threads_type = int_type(0, MAX_THREADS, " (0: all usable cores)")
 seed_type = int_type(0, MAX_SEED)
 epochs_type = int_type(0, MAX_EPOCHS)
