@@ -3,8 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/resource.h>  // getrusage: peak memory, to prove nothing big was allocated
 #include <sys/stat.h>      // mkfifo, chmod
-#include <sys/wait.h>      // waitpid: the unreadable file, read by another user
-#include <unistd.h>        // geteuid, fork, setresuid, _exit
+#include <unistd.h>        // geteuid
 #include <zlib.h>          // gzopen, gzwrite, gzclose: tests write their own .gz files
 
 #include <chrono>            // std::chrono::steady_clock
@@ -17,7 +16,8 @@
 
 #include "data/idx.h"         // read_idx, IdxFile, IdxLimits
 #include "engine/error.h"     // subliminal::DataError
-#include "tests/idx_files.h"  // idx_bytes, write_raw, write_gz
+#include "tests/as_another_user.h"  // exit_status_as_nobody: the unreadable file, read as another user
+#include "tests/idx_files.h"        // idx_bytes, write_raw, write_gz
 #include "tests/temp_dir.h"   // TempDir
 
 namespace {
@@ -342,30 +342,23 @@ TEST(Idx, UnreadableFileIsRefused) {
     return;
   }
   std::filesystem::permissions(dir.path(), std::filesystem::perms(0755));
-  const pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    // 9: cannot become that user, or it cannot reach the folder ($TMPDIR under a private one).
-    if (setresuid(65534, 65534, 65534) != 0 || access(dir.path().c_str(), X_OK) != 0) _exit(9);
+  const int status = subliminal::test::exit_status_as_nobody(dir.path(), X_OK, [&] {
     try {
       read_idx(dir / "secret", kIdxMagicImages);
     } catch (const DataError& e) {
       const std::string message = e.what();
-      _exit(message.find("secret") != std::string::npos && message.find("cannot open") != std::string::npos &&
-                    message.find("ermission denied") != std::string::npos
-                ? 0
-                : 1);
+      return message.find("secret") != std::string::npos &&
+                     message.find("cannot open") != std::string::npos &&
+                     message.find("ermission denied") != std::string::npos
+                 ? 0
+                 : 1;
     } catch (...) {
-      _exit(2);
+      return 2;
     }
-    _exit(3);  // read it
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status)) << "status " << status;
-  if (WEXITSTATUS(status) == 9)
-    GTEST_SKIP() << "user 65534 cannot be made here or cannot reach " << dir.path();
-  EXPECT_EQ(WEXITSTATUS(status), 0)
+    return 3;  // read it
+  });
+  if (status == -1) GTEST_SKIP() << "user 65534 cannot be made here or cannot reach " << dir.path();
+  EXPECT_EQ(status, 0)
       << "as user 65534: 1 = a DataError without the file and 'Permission denied', 2 = another exception, "
          "3 = the file was read";
 }

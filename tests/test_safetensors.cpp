@@ -19,6 +19,7 @@
 
 #include "engine/safetensors.h"  // read_safetensors, write_safetensors, write_file_atomically
 #include "engine/storage.h"      // cpu_allocator_stats: a refused file makes no tensor
+#include "tests/as_another_user.h"  // exit_status_as_nobody: another user's file in a sticky folder
 #include "tests/test_util.h"     // TempDir, read_text, write_text
 
 namespace {
@@ -416,11 +417,7 @@ TEST(Safetensors, AnotherUsersFileInAStickyDirectoryIsRefusedUpFront) {
   fs::permissions(sticky, fs::perms(01777));
   write_text(sticky / "theirs.json", "theirs");
   fs::permissions(sticky / "theirs.json", fs::perms(0666));
-  const pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    // 9: cannot become that user, or it cannot reach the folder ($TMPDIR under a private one).
-    if (setresuid(65534, 65534, 65534) != 0 || access(sticky.c_str(), W_OK | X_OK) != 0) _exit(9);
+  const int status = subliminal::test::exit_status_as_nobody(sticky, W_OK | X_OK, [&] {
     int refused = 0, accepted = 0;
     try {
       check_file_can_be_written(sticky / "theirs.json");
@@ -432,13 +429,10 @@ TEST(Safetensors, AnotherUsersFileInAStickyDirectoryIsRefusedUpFront) {
       accepted = 1;
     } catch (const InputError&) {
     }
-    _exit(refused && accepted ? 0 : 1);
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status)) << "status " << status;
-  if (WEXITSTATUS(status) == 9) GTEST_SKIP() << "user 65534 cannot be made here or cannot reach " << sticky;
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: the other user's file was not refused, or a new file was";
+    return refused && accepted ? 0 : 1;
+  });
+  if (status == -1) GTEST_SKIP() << "user 65534 cannot be made here or cannot reach " << sticky;
+  EXPECT_EQ(status, 0) << "1: the other user's file was not refused, or a new file was";
   EXPECT_EQ(read_text(sticky / "theirs.json"), "theirs");
 }
 
