@@ -30,6 +30,7 @@
 #include <ostream>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "ops/cuda/cluster_plan.h"
@@ -188,32 +189,33 @@ INSTANTIATE_TEST_SUITE_P(
 // The tail: Adam (against float64, from the gradients the step wrote) over the whole arena,
 // which holds every parameter and padding between them; the running loss sums; the counters
 // advanced after the watch read them; a NaN in one model's input flags the step. A teacher step
-// (NaN in model 1's input), and a distillation step of 4 students from 2 frozen teachers (NaN in
-// student 3's, a row no teacher reads).
+// (NaN in model 1's input) with the arena's biases after and before their weights, and a
+// distillation step of 4 students from 2 frozen teachers (NaN in student 3's, a row no teacher
+// reads).
 TEST(ClusterTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
-  for (const auto& [c, nan_model] :
-       {std::pair{Case{{"tail", {53, 29, 31, 13}, 3, 0, 19, false, 0, 10, 1.0}, 2, 6, 20}, int64_t(1)},
-        std::pair{Case{{"distill_tail", {53, 29, 31, 13}, 4, 2, 19, true, 10, 13, 2.0}, 2, 8, 20},
-                  int64_t(3)}})
-    for (bool biases_first : {false, true}) {
-      const int64_t S = c.trained, B = c.batch, P = c.sizes.front();
-      HostMlp trained(c.sizes, S, 11), frozen(c.sizes, c.distill ? c.frozen : 0, 12);
-      auto [x, labels] = random_inputs(c);
-      x[size_t(nan_model * B * P + 5)] = kNaN;
-      const Arena fresh(trained, biases_first);
-      const TailState initial = initial_tail_state(fresh.values.size(), S);
-      Arena got = fresh;
-      TailState state = initial;
-      const FusedTail tail = tail_over(got, state);
-      const FusedMlp view = got.view(trained);
-      const Output out = run_step(c, trained, frozen, x, labels, &tail, &view);
+  const Case teacher{{"tail", {53, 29, 31, 13}, 3, 0, 19, false, 0, 10, 1.0}, 2, 6, 20};
+  const Case distill{{"distill_tail", {53, 29, 31, 13}, 4, 2, 11, true, 10, 13, 2.0}, 2, 8, 20};
+  for (const auto& [c, nan_model, biases_first] :
+       {std::tuple{teacher, int64_t(1), false}, std::tuple{teacher, int64_t(1), true},
+        std::tuple{distill, int64_t(3), false}}) {
+    const int64_t S = c.trained, B = c.batch, P = c.sizes.front();
+    HostMlp trained(c.sizes, S, 11), frozen(c.sizes, c.distill ? c.frozen : 0, 12);
+    auto [x, labels] = random_inputs(c);
+    x[size_t(nan_model * B * P + 5)] = kNaN;
+    const Arena fresh(trained, biases_first);
+    const TailState initial = initial_tail_state(fresh.values.size(), S);
+    Arena got = fresh;
+    TailState state = initial;
+    const FusedTail tail = tail_over(got, state);
+    const FusedMlp view = got.view(trained);
+    const Output out = run_step(c, trained, frozen, x, labels, &tail, &view);
 
-      const std::string what = std::string(c.name) + ", biases " + (biases_first ? "first" : "last");
-      const std::vector<bool> moved = expect_adam_matches_float64(what, fresh, got, initial, state);
-      EXPECT_GT(std::count(moved.begin(), moved.end(), true), int64_t(moved.size()) / 2)
-          << what << ": Adam moved too little of the arena";
-      expect_tail_bookkeeping(what, initial, state, out.loss, nan_model);
-    }
+    const std::string what = std::string(c.name) + ", biases " + (biases_first ? "first" : "last");
+    const std::vector<bool> moved = expect_adam_matches_float64(what, fresh, got, initial, state);
+    EXPECT_GT(std::count(moved.begin(), moved.end(), true), int64_t(moved.size()) / 2)
+        << what << ": Adam moved too little of the arena";
+    expect_tail_bookkeeping(what, initial, state, out.loss, nan_model);
+  }
 }
 
 // An Adam arena that does not hold every parameter at its gradient's place is refused.
