@@ -30,7 +30,7 @@
 #include <thread>
 #include <vector>
 
-#include "apps/subliminal/blas_core.h"  // ensure_blas_kernels
+#include "apps/subliminal/openblas_env.h"  // prepare_openblas
 #include "engine/device.h"              // device_description
 #include "engine/parallel.h"            // set_cpu_threads
 #include "ops/cpu/gemm_cpu.h"           // linear_forward, linear_backward_input/weight, blas_core
@@ -160,7 +160,7 @@ std::vector<int> default_threads() {
 
 int main(int argc, char** argv) {
   // OpenBLAS 0.3.21 gives CPUs newer than itself its SSE3 kernels: the app's remedy, here too.
-  app::ensure_blas_kernels(argv);
+  app::prepare_openblas(argv);
   const char* usage = "usage: bench_cpu_gemm [--threads N,N,...] [--json FILE]";
   std::vector<int> threads = default_threads();
   std::string json_path;

@@ -1,6 +1,8 @@
 // engine/storage.cpp — the CPU caching allocator and the dispatch to the CUDA pool.
 #include "engine/storage.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -63,8 +65,8 @@ void* cpu_allocate(size_t bytes) {
     if (cache.limit != 0 && cache.stats.bytes_held + rounded > cache.limit) free_cached_blocks(cache);
     if (cache.limit != 0 && cache.stats.bytes_held + rounded > cache.limit)
       throw OutOfMemoryError("out of host memory: allocating " + std::to_string(bytes) +
-                             " bytes would take " + gigabytes_text(cache.stats.bytes_held + rounded) +
-                             ", over the " + gigabytes_text(cache.limit) + " this run may use");
+                             " bytes would take " + bytes_text(cache.stats.bytes_held + rounded) +
+                             ", over the " + bytes_text(cache.limit) + " this run may use");
     cache.stats.fresh_allocations++;
     cache.stats.bytes_held += rounded;  // counted before malloc, so two threads cannot both pass the limit
     cache.stats.peak_bytes_held = std::max(cache.stats.peak_bytes_held, cache.stats.bytes_held);
@@ -95,9 +97,12 @@ void cpu_release(void* p, size_t bytes) noexcept {
 
 }  // namespace
 
-std::string gigabytes_text(uint64_t bytes) {
+std::string bytes_text(uint64_t bytes) {
   char text[32];
-  std::snprintf(text, sizeof text, "%.1f GB", double(bytes) / 1e9);
+  if (bytes >= 1000000000)
+    std::snprintf(text, sizeof text, "%.1f GB", double(bytes) / 1e9);
+  else
+    std::snprintf(text, sizeof text, "%.0f MB", double(bytes) / 1e6);
   return text;
 }
 
@@ -206,7 +211,27 @@ uint64_t host_memory_available() {
     const uint64_t left = limit > usage - cache ? limit - (usage - cache) : 1;
     if (available == 0 || left < available) available = left;
   }
+  // (At least 1: 0 would read as "unknown", no ceiling at all.)
+  const uint64_t address_space = std::max<uint64_t>(address_space_left(), 1);
+  if (address_space != kNoAddressSpaceLimit && (available == 0 || address_space < available))
+    available = address_space;
   return available;
+}
+
+uint64_t address_space_left() {
+  uint64_t left = kNoAddressSpaceLimit;
+  struct Limit {
+    int resource;
+    const char* mapped;  // its counterpart in /proc/self/status, in kB
+  };
+  for (const Limit& l : {Limit{RLIMIT_AS, "VmSize"}, Limit{RLIMIT_DATA, "VmData"}}) {
+    rlimit limit{};
+    if (getrlimit(l.resource, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) continue;
+    const uint64_t mapped = value_in("/proc/self/status", l.mapped) * 1024;
+    const uint64_t room = limit.rlim_cur > mapped ? uint64_t(limit.rlim_cur) - mapped : 0;
+    left = std::min(left, room);
+  }
+  return left;
 }
 
 }  // namespace subliminal

@@ -65,9 +65,19 @@ void set_cpu_memory_limit(uint64_t bytes);
 uint64_t cpu_memory_limit();  // the ceiling set (0: none)
 
 // The memory this process could still take now: /proc/meminfo's MemAvailable, or less where a
-// cgroup (a container's memory limit) allows less. 0 when neither can be read.
+// cgroup (a container's memory limit) or an address-space limit (below) allows less. 0 when
+// none can be read.
 uint64_t host_memory_available();
 
-std::string gigabytes_text(uint64_t bytes);  // "3.2 GB", for messages
+// What this process's address-space limits still let it map: RLIMIT_AS (`ulimit -v`) less the
+// address space it has mapped (/proc/self/status's VmSize), or RLIMIT_DATA (`ulimit -d`, which
+// counts private writable mappings since Linux 4.7) less VmData, whichever is smaller;
+// kNoAddressSpaceLimit when neither limit is set, as on most machines (batch schedulers set
+// them). Address space is not memory: a mapping counts whole here however little of it is
+// touched, as OpenBLAS's work buffers are (ops/cpu/gemm_cpu.h).
+inline constexpr uint64_t kNoAddressSpaceLimit = ~uint64_t(0);
+uint64_t address_space_left();
+
+std::string bytes_text(uint64_t bytes);  // "3.2 GB", or "470 MB" below a gigabyte: for messages
 
 }  // namespace subliminal

@@ -872,9 +872,9 @@ TEST(Experiment, ARunTooLargeForTheMemoryIsRefusedBeforeItStarts) {
     ADD_FAILURE() << "the run started";
   } catch (const OutOfMemoryError& e) {
     EXPECT_EQ(std::string(e.what()), "out of host memory: --models 3 of --hidden 512,512 need at least " +
-                                         gigabytes_text(host_bytes_at_least(config)) +
+                                         bytes_text(host_bytes_at_least(config)) +
                                          " (their parameters, gradients and Adam's moments), and " +
-                                         gigabytes_text(host_bytes_at_least(config) - 1) + " is available");
+                                         bytes_text(host_bytes_at_least(config) - 1) + " is available");
   }
   EXPECT_EQ(cpu_allocator_stats().fresh_allocations, fresh);
 }

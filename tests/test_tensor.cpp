@@ -3,6 +3,7 @@
 // other checks that keep a copy or a reshape from running past a buffer; and the CPU allocator's
 // ceiling on the memory it takes.
 #include <gtest/gtest.h>
+#include <sys/resource.h>  // getrlimit, setrlimit: an address-space limit for a moment
 
 #include <cstdint>  // INT64_MAX
 #include <fstream>  // std::ifstream: /proc/meminfo
@@ -11,6 +12,7 @@
 
 #include "engine/storage.h"  // set_cpu_memory_limit, cpu_allocator_stats, host_memory_available
 #include "engine/tensor.h"
+#include "tests/test_util.h"  // kAddressSanitizer
 
 namespace {
 
@@ -111,6 +113,38 @@ TEST(CpuAllocator, HostMemoryAvailableIsAtMostTheMachines) {
   const uint64_t available = host_memory_available();
   EXPECT_GT(available, 0u);
   EXPECT_LE(available, total_kib * 1024);
+}
+
+// Under an address-space limit (`ulimit -v`), what is left of it: the limit less what the process
+// has mapped, and the memory available is no more than that. Set here for a moment, 1 GiB above
+// what is mapped now, as a soft limit the test can lift again.
+TEST(CpuAllocator, AddressSpaceLeftIsTheLimitLessWhatIsMapped) {
+  if (subliminal::test::kAddressSanitizer) GTEST_SKIP() << "AddressSanitizer maps terabytes: no ulimit -v";
+  rlimit before{};
+  ASSERT_EQ(getrlimit(RLIMIT_AS, &before), 0);
+  if (before.rlim_cur != RLIM_INFINITY || before.rlim_max != RLIM_INFINITY)
+    GTEST_SKIP() << "this process already runs under an address-space limit";
+  rlimit data{};
+  ASSERT_EQ(getrlimit(RLIMIT_DATA, &data), 0);
+  if (data.rlim_cur != RLIM_INFINITY)
+    GTEST_SKIP() << "this process already runs under a data limit (ulimit -d)";
+  EXPECT_EQ(address_space_left(), kNoAddressSpaceLimit);
+  std::ifstream status("/proc/self/status");
+  if (!status) GTEST_SKIP() << "no /proc/self/status here";
+  std::string key;
+  uint64_t mapped_kib = 0;
+  while (status >> key && key != "VmSize:") status.ignore(1 << 10, '\n');
+  ASSERT_TRUE(status >> mapped_kib) << "no VmSize in /proc/self/status";
+  constexpr uint64_t kGiB = uint64_t(1) << 30;
+  rlimit limited = before;
+  limited.rlim_cur = mapped_kib * 1024 + kGiB;
+  ASSERT_EQ(setrlimit(RLIMIT_AS, &limited), 0);
+  const uint64_t left = address_space_left(), available = host_memory_available();
+  ASSERT_EQ(setrlimit(RLIMIT_AS, &before), 0);
+  EXPECT_LE(left, kGiB);
+  EXPECT_GT(left, kGiB - (uint64_t(16) << 20));  // the reading itself maps a page or two
+  EXPECT_LE(available, left);
+  EXPECT_GT(available, 0u);
 }
 
 }  // namespace

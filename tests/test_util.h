@@ -36,6 +36,20 @@ namespace subliminal::test {
 
 namespace fs = std::filesystem;
 
+// True in a build under AddressSanitizer (scripts/sanitize.sh), which maps terabytes of shadow
+// memory up front: an address-space limit (`ulimit -v`) cannot be tested there.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr bool kAddressSanitizer = true;
+#else
+inline constexpr bool kAddressSanitizer = false;
+#endif
+#else
+inline constexpr bool kAddressSanitizer = false;
+#endif
+
 // ---- Random inputs ---------------------------------------------------------------------------
 
 // Values uniform in [lo, hi) from std::mt19937_64(seed).

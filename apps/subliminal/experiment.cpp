@@ -471,8 +471,8 @@ void check_host_memory(const Config& config, Device device) {
   }
   const std::string what = "(their parameters, gradients and Adam's moments)";
   throw OutOfMemoryError("out of host memory: --models " + std::to_string(config.models) + " of --hidden " +
-                         hidden + " need at least " + gigabytes_text(needed) + " " + what + ", and " +
-                         gigabytes_text(limit) + " is available");
+                         hidden + " need at least " + bytes_text(needed) + " " + what + ", and " +
+                         bytes_text(limit) + " is available");
 }
 
 Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer) {

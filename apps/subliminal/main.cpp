@@ -12,19 +12,21 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <new>  // std::bad_alloc
 #include <thread>
 
-#include "apps/subliminal/blas_core.h"
 #include "apps/subliminal/checkpoint.h"
 #include "apps/subliminal/config.h"
 #include "apps/subliminal/experiment.h"
+#include "apps/subliminal/openblas_env.h"
 #include "apps/subliminal/parity.h"
 #include "apps/subliminal/report.h"
 #include "apps/subliminal/sweep.h"
 #include "data/mnist.h"
 #include "engine/parallel.h"
 #include "engine/safetensors.h"
-#include "engine/storage.h"  // set_cpu_memory_limit, host_memory_available
+#include "engine/storage.h"    // set_cpu_memory_limit, host_memory_available, address_space_left
+#include "ops/cpu/gemm_cpu.h"  // blas_work_buffer_bytes
 
 namespace subliminal::app {
 namespace {
@@ -104,6 +106,27 @@ void check_before_running(const Config& config) {
   }
 }
 
+// The CPU allocator's ceiling: the memory available (engine/storage.h) and, under an
+// address-space limit, what is left of it once the run's other mappings are set aside —
+// OpenBLAS's work buffers above all: a buffer per thread, mapped during the first products,
+// and should a mapping fail OpenBLAS retries it forever (ops/cpu/gemm_cpu.h). Tensors past the
+// ceiling are refused with an error instead. Besides the buffers, each of the pool's threads
+// (engine/parallel.h) maps a stack (8 MiB, the usual `ulimit -s`) and may take a malloc arena
+// (64 MiB reserved); kSpare is for the rest (measured: a few MB).
+uint64_t cpu_memory_ceiling(Device device, int cpu_threads) {
+  constexpr uint64_t kMiB = uint64_t(1) << 20, kStackAndArena = 72 * kMiB, kSpare = 64 * kMiB;
+  const uint64_t available = host_memory_available(), room = address_space_left();
+  if (device != Device::cpu || room == kNoAddressSpaceLimit) return available;
+  const uint64_t blas = cpu::blas_work_buffer_bytes(cpu_threads);
+  const uint64_t set_aside = blas + uint64_t(cpu_threads - 1) * kStackAndArena + kSpare;
+  if (room <= set_aside)
+    throw InputError("the address-space limit (ulimit -v or -d) leaves this process " + bytes_text(room) +
+                     ", less than the " + bytes_text(set_aside) + " its " + std::to_string(cpu_threads) +
+                     " threads map before any data (OpenBLAS's work buffers alone: " + bytes_text(blas) +
+                     "): raise the limit or lower --threads");
+  return std::min(available, room - set_aside);
+}
+
 int run(int argc, char** argv) {
   const auto started = std::chrono::steady_clock::now();
   CommandLine command_line = parse_command_line(argc, argv);
@@ -126,7 +149,7 @@ int run(int argc, char** argv) {
   set_cpu_threads(cpu_threads);  // the GEMMs' slabs and the loops between them (engine/parallel.h)
   // Flags that ask for more host memory than there is end in an error naming the bytes, not in
   // the kernel's silent kill once overcommitted pages are touched (engine/storage.h).
-  set_cpu_memory_limit(host_memory_available());
+  set_cpu_memory_limit(cpu_memory_ceiling(device, cpu_threads));
   if (config.sweeps.empty()) check_host_memory(config, device);  // a sweep's, per configuration
   flush_denormals_on_this_thread();
 
@@ -156,6 +179,14 @@ int run(int argc, char** argv) {
   if (!config.json_path.empty())
     write_file_atomically(config.json_path, report_json(config, results, times, device, dir.string()));
   return 0;
+}
+
+// What an out-of-memory error suggests: smaller flags, or, under an address-space limit (the
+// likelier cause: it counts what is mapped, not what is used), a larger one.
+const char* what_to_reduce() {
+  return address_space_left() == kNoAddressSpaceLimit ? "reduce --models, --hidden or --batch-size"
+                                                      : "raise the address-space limit (ulimit -v or -d), or "
+                                                        "reduce --models, --hidden or --batch-size";
 }
 
 // A signal that ends the program removes the temporary file of a write in progress first (the
@@ -205,7 +236,7 @@ void check_standard_output() {
 int main(int argc, char** argv) {
   using namespace subliminal;
   app::hold_closed_standard_descriptors();
-  app::ensure_blas_kernels(argv);
+  app::prepare_openblas(argv);
   app::install_signal_handlers();
   try {
     const int code = app::run(argc, argv);
@@ -215,7 +246,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "subliminal: error: %s\n", e.what());
     return 2;
   } catch (const OutOfMemoryError& e) {  // the flags asked for more than the machine has
-    std::fprintf(stderr, "subliminal: error: %s (reduce --models, --hidden or --batch-size)\n", e.what());
+    std::fprintf(stderr, "subliminal: error: %s (%s)\n", e.what(), app::what_to_reduce());
+    return 2;
+  } catch (const std::bad_alloc&) {  // an allocation outside the engine's allocator: MNIST's bytes
+    std::fprintf(stderr, "subliminal: error: out of host memory (%s)\n", app::what_to_reduce());
     return 2;
   } catch (const app::NonFiniteError& e) {
     std::fprintf(stderr, "subliminal: stopped: %s\n", e.what());

@@ -58,6 +58,13 @@ GemmSlab gemm_slab(const GemmPlan& plan, int64_t m, int64_t n, int64_t index);
 // The threads OpenBLAS itself uses: 1 (the engine's threads split the products instead;
 // engine/parallel.h's set_cpu_threads sets how many).
 int blas_threads();
+// The address space OpenBLAS maps for `threads` threads calling it at once: a work buffer of
+// 128 MiB each (its BUFFER_SIZE on x86-64; 0.3.21 measured), mapped by the first call that
+// finds every buffer mapped so far in use, and kept. OpenBLAS retries a mapping that fails
+// forever — under an address-space limit (engine/storage.h) that is a hang, not an error — so
+// a program under one keeps this much of it spare (apps/subliminal/main.cpp does), and keeps
+// OpenBLAS's own threads from starting (apps/subliminal/openblas_env.h): each maps one too.
+uint64_t blas_work_buffer_bytes(int threads);
 // The kernel family OpenBLAS chose for this CPU at load time ("Haswell", "SkylakeX", "Prescott"...).
 std::string blas_core();
 
