@@ -33,6 +33,7 @@
 #include "apps/subliminal/openblas_env.h"  // prepare_openblas
 #include "engine/device.h"              // device_description
 #include "engine/parallel.h"            // set_cpu_threads
+#include "engine/storage.h"             // address_space_left
 #include "ops/cpu/gemm_cpu.h"           // linear_forward, linear_backward_input/weight, blas_core
 
 extern "C" void openblas_set_num_threads(int threads);  // OpenBLAS's own, beside cblas.h's API
@@ -181,6 +182,14 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", usage);
       return 2;
     }
+  }
+  // OpenBLAS's threads hold a 128 MiB work buffer each, and OpenBLAS retries one it cannot map
+  // forever (ops/cpu/gemm_cpu.h): under an address-space limit this benchmark could hang.
+  if (address_space_left() != kNoAddressSpaceLimit) {
+    std::fprintf(stderr,
+                 "bench_cpu_gemm: runs without an address-space limit only (ulimit -v or -d is set here: "
+                 "OpenBLAS's threads would hang where their buffers did not fit)\n");
+    return 2;
   }
   std::ofstream json_file;  // opened before anything is measured: a bad path should not cost the numbers
   if (!json_path.empty()) {
