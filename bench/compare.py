@@ -325,6 +325,8 @@ def print_table(machine, rows, threads):
           + (f"; GPU: {machine['gpu']}" if machine.get("gpu") else ""))
     if machine.get("torch"):
         print(f"PyTorch: {machine['torch']} ({machine['python']})")
+    if machine.get("engine_build"):
+        print(f"Engine: build {machine['engine_build']}")
     if machine.get("engine_args"):
         print(f"Engine flags: {' '.join(machine['engine_args'])}")
     print("Medians over the runs. wall = the whole process (start, data, training, evaluation, exit); "
@@ -467,9 +469,18 @@ def main():
     devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else (
         ["cpu", "cuda"] if has_gpu else ["cpu"])
 
+    engine_build = None  # the commit it was built from (its --version's first line), kept with the numbers
+    if engine_ok:
+        try:
+            version = subprocess.run([engine, "--version"], capture_output=True, text=True, timeout=60)
+            if version.returncode == 0 and version.stdout.startswith("subliminal "):
+                engine_build = version.stdout.splitlines()[0][len("subliminal "):]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
     machine = {"cpu": cpu_model(), "cores": usable_cores(),
                "gpu": ", ".join(f"{g[0]} (driver {g[1]}, {g[2]})" if len(g) >= 3 else g[0] for g in gpus) or None,
                "torch": torch_version, "python": py, "engine": engine if engine_ok else None,
+               "engine_build": engine_build,
                "engine_args": engine_args,
                "hostname": os.uname().nodename}
     common_engine = ["--data", data_dir, "--threads", str(threads), "--seed", str(args.seed), "--no-progress",

@@ -244,8 +244,10 @@ class CompareRunTest(unittest.TestCase):
 
     def test_json_holds_the_medians_of_the_repeats(self):
         d = self.dir
-        # run n (1, 2) reports teacher n² s: 1 and 4 → train 3 and 6 s over 20 steps
+        # run n (1, 2) reports teacher n² s: 1 and 4 → train 3 and 6 s over 20 steps; --version is
+        # not a run: it names the build, which the JSON keeps
         engine = script(os.path.join(d, "engine.sh"),
+                        '[ "$1" = --version ] && { echo "subliminal 0123456789ab-dirty"; echo "  build: x"; exit 0; }\n'
                         f'n=$(( $(cat "{d}/count" 2>/dev/null || echo 0) + 1 )); echo $n > "{d}/count"\n'
                         'while [ $# -gt 0 ]; do [ "$1" = --json ] && echo "{\\"seconds\\": {\\"teacher\\": $((n*n)), '
                         '\\"distill_ghosts\\": 2}, \\"steps\\": {\\"teacher\\": 10, \\"distill_ghosts\\": 10}, '
@@ -261,6 +263,8 @@ class CompareRunTest(unittest.TestCase):
         with open(out) as f:
             report = json.load(f)
         self.assertEqual((report["repeats"], report["seed"], report["complete"]), (2, 7, True))
+        self.assertEqual(report["machine"]["engine_build"], "0123456789ab-dirty")
+        self.assertIn("Engine: build 0123456789ab-dirty", r.stdout)
         self.assertEqual((report["epochs_teacher"], report["epochs_distill"], report["faithful_epochs"]), (3, 4, None))
         row = report["rows"][0]
         self.assertEqual((row["variant"], row["runs"]), ("engine", 2))

@@ -118,6 +118,7 @@ if ! cmake --build build-gpu -j "$(nproc)" "${targets[@]}" > "$OUT/build.log" 2>
 fi
 say "build: ok ($(( $(date +%s) - t0 )) s)"
 app=build-gpu/apps/subliminal
+"$app" --version | tee -a "$summary"   # the commit ("unknown" in a copy without .git) and the toolchain
 
 # The cluster design (--step cluster) had never run on a GPU when this was written: its tests
 # for one case run first, alone and under a short timeout, so that a hang or a refused launch

@@ -26,6 +26,7 @@
 #include <utility>            // std::pair
 #include <vector>             // std::vector
 
+#include "apps/subliminal/build_info.h"  // kBuildCommit
 #include "apps/subliminal/checkpoint.h"  // save_init, load_init
 #include "apps/subliminal/config.h"      // parse_command_line, Config
 #include "apps/subliminal/experiment.h"  // run_experiment, cross_init_partner, apply_gemm_settings
@@ -1272,8 +1273,9 @@ TEST(SweepResume, AConfigurationIsKnownByItsSettingsNotItsSpelling) {
   EXPECT_NE(kept.find("\"seed=1;lr=0.001\""), std::string::npos) << "the later spelling's rows were dropped";
 }
 
-// Each row names the device it ran on; resuming on another device (or another CPU) is allowed and
-// said, since the rows then differ in their last digits for that reason alone.
+// Each row names the device it ran on (and the build that made it); resuming on another device (or
+// another CPU) is allowed and said, since the rows then differ in their last digits for that
+// reason alone.
 TEST(SweepResume, RowsMadeOnAnotherDeviceAreSaidWhenTheRestRunHere) {
   subliminal::test::TempDir dir;
   const std::string prefix = (dir / "rows").string(), jsonl = prefix + ".jsonl";
@@ -1282,6 +1284,7 @@ TEST(SweepResume, RowsMadeOnAnotherDeviceAreSaidWhenTheRestRunHere) {
   for (const std::string& line : lines_of(subliminal::test::read_text(jsonl))) {
     nlohmann::json row = nlohmann::json::parse(line);
     EXPECT_EQ(row["device"], device_description(Device::cpu)) << line;
+    EXPECT_EQ(row["commit"], subliminal::app::kBuildCommit) << line;
     if (row["config"] != "lr=1e-3") continue;
     row["device"] = "NVIDIA H100 80GB HBM3";
     row.erase("cpu_threads");  // as a GPU's row has none
@@ -1296,6 +1299,36 @@ TEST(SweepResume, RowsMadeOnAnotherDeviceAreSaidWhenTheRestRunHere) {
       std::string::npos)
       << printed;
   EXPECT_EQ(sweep(prefix).find("note"), std::string::npos);  // nothing left to run: nothing to say
+}
+
+// And the build that made it: rows made by another build (another commit, or uncommitted
+// changes) may differ for more than rounding, so resuming with this one says so. A row that names
+// no build (written before rows did) is not counted.
+TEST(SweepResume, RowsMadeByAnotherBuildAreSaidWhenTheRestRunHere) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string(), jsonl = prefix + ".jsonl";
+  sweep(prefix);
+  std::string older, unnamed;  // lr=1e-3's rows as another build's, or naming none; lr=2e-3's gone
+  for (const std::string& line : lines_of(subliminal::test::read_text(jsonl))) {
+    nlohmann::json row = nlohmann::json::parse(line);
+    if (row["config"] != "lr=1e-3") continue;
+    row["commit"] = "0123456789ab-dirty";
+    older += row.dump() + "\n";
+    row.erase("commit");
+    unnamed += row.dump() + "\n";
+  }
+  subliminal::test::write_text(jsonl, older);
+  const std::string printed = sweep(prefix);
+  EXPECT_NE(printed.find(
+                "Sweep: note: rows already there were made by the build of 0123456789ab-dirty, the rest by "
+                "this one, " +
+                std::string(subliminal::app::kBuildCommit) + "\n"),
+            std::string::npos)
+      << printed;
+  subliminal::test::write_text(jsonl, unnamed);
+  const std::string quiet = sweep(prefix);
+  EXPECT_NE(quiet.find("(1 already done)"), std::string::npos) << quiet;
+  EXPECT_EQ(quiet.find("made by"), std::string::npos) << quiet;
 }
 
 // The sweep's first line counts the grid's configurations, and those already done.

@@ -262,6 +262,36 @@ TEST(Cli, MalformedIdxFileIsNamedInTheError) {
   expect_usage_error({"--device", "cpu", "--data", data.path().string()}, bad.string());
 }
 
+// --version names the commit the build was made from — what `git describe` says of this source
+// tree, or "unknown" outside a git checkout — and what it was built with, and exits 0 without
+// looking for data; a run's report names the same build.
+TEST(Cli, VersionNamesTheCommitAndTheBuild) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  const ProcessResult v = run_app({"--version"}, data.path());
+  ASSERT_EQ(v.exit_code, 0) << v.err;
+  EXPECT_EQ(v.err, "");
+  const std::string first = v.out.substr(0, v.out.find('\n'));
+  ASSERT_EQ(first.rfind("subliminal ", 0), 0u) << v.out;
+  const std::string commit = first.substr(std::string("subliminal ").size());
+  const ProcessResult git = subliminal::test::run_process(
+      "/usr/bin/env", {"git", "-C", SUBLIMINAL_SOURCE_DIR, "describe", "--always", "--dirty", "--abbrev=12"},
+      data.path());
+  if (git.exit_code == 0)
+    EXPECT_EQ(commit + "\n", git.out)
+        << "the build's commit is not this source tree's (rebuild after a change)";
+  else
+    EXPECT_EQ(commit, "unknown") << git.err;
+  for (const char* fact : {"\n  build:    ", "\n  CUDA:     ", "\n  cuDNN:    ", "\n  OpenBLAS: OpenBLAS "})
+    EXPECT_NE(v.out.find(fact), std::string::npos) << fact << " in: " << v.out;
+
+  const ProcessResult run = run_app({"--device", "cpu", "--data", data.path().string(), "--epochs-teacher",
+                                     "0", "--epochs-distill", "0", "--no-progress", "--json", "r.json"},
+                                    data.path());
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_NE(read_text(data / "r.json").find("\"commit\": \"" + commit + "\""), std::string::npos);
+}
+
 // GPU-only flags on a CPU run change nothing: the run says so (once) and goes on.
 TEST(Cli, GpuOnlyFlagsOnTheCpuAreNoted) {
   TempDir data;

@@ -503,6 +503,11 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   cli.set_help_flag();  // handled below, so --help works even next to bad flags
   bool help = false;
   cli.add_flag("-h,--help", help, "Print this help and exit");
+  bool version = false;
+  cli.add_flag(
+      "--version", version,
+      "Print the commit this build was made from and what it was built with (CUDA, cuDNN, OpenBLAS), and "
+      "exit");
 
   std::string preset;
   cli.add_option("--preset", preset,
@@ -548,6 +553,10 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   if (help) {
     out.help = true;
     out.help_text = cli.help();
+    return out;
+  }
+  if (version) {
+    out.version = true;
     return out;
   }
 

@@ -81,11 +81,12 @@ struct Config {
   std::string fused_split() const;  // "8,2,bands": --fused-split's form
 };
 
-// The result of reading the command line: a config, or the help text to print.
+// The result of reading the command line: a config, or the help text to print, or --version.
 struct CommandLine {
   Config config;
   bool help = false;
   std::string help_text;
+  bool version = false;  // print build_info_text (apps/subliminal/build_info.h) and exit
 };
 
 // Parses argv. Throws UsageError with a one-line message for any bad flag or value.

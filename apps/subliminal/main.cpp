@@ -15,6 +15,7 @@
 #include <new>  // std::bad_alloc
 #include <thread>
 
+#include "apps/subliminal/build_info.h"
 #include "apps/subliminal/checkpoint.h"
 #include "apps/subliminal/config.h"
 #include "apps/subliminal/experiment.h"
@@ -132,6 +133,10 @@ int run(int argc, char** argv) {
   CommandLine command_line = parse_command_line(argc, argv);
   if (command_line.help) {
     std::fputs(command_line.help_text.c_str(), stdout);
+    return 0;
+  }
+  if (command_line.version) {
+    std::fputs(build_info_text(build_info()).c_str(), stdout);
     return 0;
   }
   Config config = command_line.config;

@@ -4,7 +4,8 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
-#include "engine/error.h"  // ShapeError
+#include "apps/subliminal/build_info.h"  // the "build" of every report
+#include "engine/error.h"                // ShapeError
 #include "engine/parallel.h"
 #include "engine/safetensors.h"  // resolved_path
 #include "ops/cpu/gemm_cpu.h"
@@ -208,6 +209,7 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
     j["device"]["blas_core"] = cpu::blas_core();
   }
   j["data"] = {{"dir", data_dir}};
+  j["build"] = build_info_json(build_info());
 
   j["epochs"]["teacher"] = epochs_json(results.teacher_epochs, "loss");
   for (const auto& [key, epochs] : results.arm_epochs) j["epochs"][key] = epochs_json(epochs, "kl");

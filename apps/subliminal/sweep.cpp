@@ -20,6 +20,7 @@
 #include <set>
 #include <sstream>
 
+#include "apps/subliminal/build_info.h"  // kBuildCommit
 #include "apps/subliminal/checkpoint.h"
 #include "apps/subliminal/experiment.h"
 #include "apps/subliminal/progress.h"
@@ -654,6 +655,22 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
                  "accuracies may differ in the last digits for that reason alone\n",
                  list.c_str(), made_on(this_device, this_threads).c_str());
   }
+  // Likewise the code: rows made by another build (another commit, or uncommitted changes) may
+  // differ for more than rounding. Rows written before they named their build are not counted.
+  std::set<std::string> other_builds;
+  for (size_t i = 0; i < file.rows.size(); ++i) {
+    const nlohmann::json& row = file.rows[i].row;
+    if (!to_run.count(row_keys[i]) && row.contains("commit") && row["commit"].is_string() &&
+        row["commit"] != kBuildCommit)
+      other_builds.insert(row["commit"].get<std::string>());
+  }
+  if (!other_builds.empty() && already < grid.size()) {
+    std::string list;
+    for (const std::string& b : other_builds) list += (list.empty() ? "" : ", ") + b;
+    std::fprintf(out,
+                 "Sweep: note: rows already there were made by the build of %s, the rest by this one, %s\n",
+                 list.c_str(), kBuildCommit);
+  }
   SweepObserver observer(base.progress, stderr);
   for (size_t k = 0; k < grid.size(); ++k) {
     if (finished(k)) continue;
@@ -675,6 +692,7 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
                             {"per_model", acc},      {"base", base_settings},
                             {"device", this_device}, {"data", data}};
       if (device == Device::cpu) row["cpu_threads"] = this_threads;
+      row["commit"] = kBuildCommit;  // the build that made the row (apps/subliminal/build_info.h)
       for (const auto& [key, value] : grid[k]) row["settings"][key] = value;
       jsonl_rows += json_text(row) + '\n';
       csv_rows += csv_line(row);

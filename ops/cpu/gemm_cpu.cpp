@@ -270,6 +270,7 @@ int blas_threads() {
 uint64_t blas_work_buffer_bytes(int threads) {
   return uint64_t(std::max(threads, 1)) * (uint64_t(128) << 20);
 }
+std::string blas_config() { return openblas_get_config(); }
 std::string blas_core() { return openblas_get_corename(); }
 
 #define SUBLIMINAL_INSTANTIATE(T)                                                                     \

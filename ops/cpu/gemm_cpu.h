@@ -65,6 +65,9 @@ int blas_threads();
 // a program under one keeps this much of it spare (apps/subliminal/main.cpp does), and keeps
 // OpenBLAS's own threads from starting (apps/subliminal/openblas_env.h): each maps one too.
 uint64_t blas_work_buffer_bytes(int threads);
+// OpenBLAS's own description of itself: version, build options, kernels ("OpenBLAS 0.3.21
+// DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64").
+std::string blas_config();
 // The kernel family OpenBLAS chose for this CPU at load time ("Haswell", "SkylakeX", "Prescott"...).
 std::string blas_core();
 

@@ -911,13 +911,19 @@ bool Engine::linear_backward_weight(const float* dy, const float* x, float* dw, 
   return true;
 }
 
+std::string library_version() {
+  const size_t v = cudnnGetVersion();
+  std::ostringstream s;
+  s << "cuDNN " << v / 10000 << "." << (v % 10000) / 100 << "." << v % 100 << " (frontend "
+    << CUDNN_FRONTEND_MAJOR_VERSION << "." << CUDNN_FRONTEND_MINOR_VERSION << "."
+    << CUDNN_FRONTEND_PATCH_VERSION << ")";
+  return s.str();
+}
+
 std::string Engine::describe_support() const {
   const Impl& m = *impl_;
   std::ostringstream s;
-  const size_t v = cudnnGetVersion();
-  s << "cuDNN " << v / 10000 << "." << (v % 10000) / 100 << "." << v % 100 << " (frontend "
-    << CUDNN_FRONTEND_MAJOR_VERSION << "." << CUDNN_FRONTEND_MINOR_VERSION << "."
-    << CUDNN_FRONTEND_PATCH_VERSION << ") on " << m.device << ":";
+  s << library_version() << " on " << m.device << ":";
   if (m.op_order.empty()) s << " no ops run yet";
   for (const std::string& key : m.op_order) {
     const Impl::Resolved& r = m.ops.at(key);

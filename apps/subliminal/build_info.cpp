@@ -1,0 +1,74 @@
+// apps/subliminal/build_info.cpp — see build_info.h.
+#include "apps/subliminal/build_info.h"
+
+#include <sstream>
+
+#include "ops/cpu/gemm_cpu.h"  // blas_config
+
+#ifdef SUBLIMINAL_HAS_CUDA
+#include <cuda_runtime_api.h>  // CUDART_VERSION: the toolkit the CUDA code was compiled with
+#endif
+#ifdef SUBLIMINAL_HAS_CUDNN
+#include "ops/cudnn/cudnn_linear.h"  // library_version
+#endif
+
+namespace subliminal::app {
+namespace {
+
+std::string compiler() {
+#if defined(__clang__)
+  return "Clang " __clang_version__;
+#elif defined(__GNUC__)
+  return "GCC " __VERSION__;
+#else
+  return "unknown compiler";
+#endif
+}
+
+#ifdef SUBLIMINAL_HAS_CUDA
+// "CUDA 13.0 for sm_80, sm_90": the toolkit, and the architectures CMAKE_CUDA_ARCHITECTURES
+// compiled device code for ("80;90", passed in by apps/CMakeLists.txt).
+std::string cuda() {
+  std::ostringstream s;
+  s << "CUDA " << CUDART_VERSION / 1000 << "." << (CUDART_VERSION % 1000) / 10 << " for ";
+  std::istringstream archs(SUBLIMINAL_CUDA_ARCHITECTURES);
+  std::string arch;
+  for (bool first = true; std::getline(archs, arch, ';'); first = false)
+    s << (first ? "" : ", ") << "sm_" << arch;
+  return s.str();
+}
+#endif
+
+}  // namespace
+
+BuildInfo build_info() {
+  BuildInfo info;
+  info.commit = kBuildCommit;
+  info.build_type = SUBLIMINAL_BUILD_TYPE;
+  info.compiler = compiler();
+#ifdef SUBLIMINAL_HAS_CUDA
+  info.cuda = cuda();
+#endif
+#ifdef SUBLIMINAL_HAS_CUDNN
+  info.cudnn = cudnn::library_version();
+#endif
+  info.openblas = cpu::blas_config();
+  return info;
+}
+
+std::string build_info_text(const BuildInfo& info) {
+  std::ostringstream s;
+  s << "subliminal " << info.commit << "\n"
+    << "  build:    " << info.build_type << ", " << info.compiler << "\n"
+    << "  CUDA:     " << (info.cuda.empty() ? "none (a CPU-only build)" : info.cuda) << "\n"
+    << "  cuDNN:    " << (info.cudnn.empty() ? "none (built without the cuDNN engine)" : info.cudnn) << "\n"
+    << "  OpenBLAS: " << info.openblas << "\n";
+  return s.str();
+}
+
+nlohmann::json build_info_json(const BuildInfo& info) {
+  return {{"commit", info.commit}, {"build_type", info.build_type}, {"compiler", info.compiler},
+          {"cuda", info.cuda},     {"cudnn", info.cudnn},           {"openblas", info.openblas}};
+}
+
+}  // namespace subliminal::app
