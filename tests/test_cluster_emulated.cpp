@@ -198,6 +198,9 @@ TEST(ClusterTail, DoesAdamTheLossSumsAndTheCountersAsTheSeparateCallsWould) {
   for (const auto& [c, nan_model, biases_first] :
        {std::tuple{teacher, int64_t(1), false}, std::tuple{teacher, int64_t(1), true},
         std::tuple{distill, int64_t(3), false}}) {
+    // (The race check runs kernel 2's hand-offs once per kind of step: the arena's other layout
+    // moves where Adam reads, not who waits for whom.)
+    if (simt::race_check_only() && biases_first) continue;
     const int64_t S = c.trained, B = c.batch, P = c.sizes.front();
     HostMlp trained(c.sizes, S, 11), frozen(c.sizes, c.distill ? c.frozen : 0, 12);
     auto [x, labels] = random_inputs(c);
