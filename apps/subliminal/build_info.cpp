@@ -17,12 +17,14 @@ namespace {
 
 std::string compiler() {
 #if defined(__clang__)
-  return "Clang " __clang_version__;
+  std::string version = "Clang " __clang_version__;  // ("14.0.6 ": it may end in a space)
 #elif defined(__GNUC__)
-  return "GCC " __VERSION__;
+  std::string version = "GCC " __VERSION__;
 #else
-  return "unknown compiler";
+  std::string version = "unknown compiler";
 #endif
+  while (!version.empty() && version.back() == ' ') version.pop_back();
+  return version;
 }
 
 #ifdef SUBLIMINAL_HAS_CUDA
