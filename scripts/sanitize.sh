@@ -26,9 +26,10 @@ cmake --build build-tsan --target test_emulated test_parallel
 TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_parallel
 # A tile case for each way its blocks hand work to each other — split-K slices summed by the last
 # one (forward, at the most slices, and both backward GEMMs, with the column and row sums that
-# ride on them, and accumulating) or in bands — and the slice-order check (the other cases differ
-# from these in per-element epilogues, or hand nothing over, and run in the normal and ASan
-# suites); and three fused steps: 2 layers, distillation (the rows' staging and warp shuffles,
+# ride on them, and accumulating) or in bands, and column sums over more row tiles than the
+# fix-up loads at once — and the slice-order check (the other cases differ from these in
+# per-element epilogues, or hand nothing over, and run in the normal and ASan suites); and three
+# fused steps: 2 layers, distillation (the rows' staging and warp shuffles,
 # the frozen teacher, every phase), 3 layers (the rows' gradient below the logits after
 # __syncwarp, the joined backward phase), and one with the tail's Adam on split-K tiles of W_0
 # and b_0, finished in bands, while the other blocks update the rest of the arena (the tiles'
@@ -41,4 +42,4 @@ TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_parallel
 # Each step runs once, on several blocks (SIMT_RACE_CHECK_ONLY: tests/simt/compare.h); the
 # one-block runs and the repeated runs that compare bits are the normal suite's.
 SIMT_RACE_CHECK_ONLY=1 TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_emulated \
-  --gtest_filter='TileEmulated.ForwardBiasReluMaskSplitK:TileEmulated.ForwardMaxSplits:TileEmulated.BackwardInputGateMaskColumnSumsSplitK:TileEmulated.BackwardInputGateMaskInBands:TileEmulated.BackwardWeightRowSumsSplitK:TileEmulated.BackwardWeightAccumulatesSplitK:TileSplitK.*:*FusedEmulated*distill_2_layers*:*teacher_3_models*:FusedTail.AdamFollowsSplitAndPartialTilesOfW0:*ClusterEmulated.MatchesFloat64*distill_2_layers*:*ClusterEmulated.MatchesFloat64*teacher_odd_sizes*:ClusterTail.DoesAdam*'
+  --gtest_filter='TileEmulated.ForwardBiasReluMaskSplitK:TileEmulated.ForwardMaxSplits:TileEmulated.BackwardInputGateMaskColumnSumsSplitK:TileEmulated.BackwardInputGateMaskInBands:TileEmulated.BackwardInputColumnSumsFiveRowTiles:TileEmulated.BackwardWeightRowSumsSplitK:TileEmulated.BackwardWeightAccumulatesSplitK:TileSplitK.*:*FusedEmulated*distill_2_layers*:*teacher_3_models*:FusedTail.AdamFollowsSplitAndPartialTilesOfW0:*ClusterEmulated.MatchesFloat64*distill_2_layers*:*ClusterEmulated.MatchesFloat64*teacher_odd_sizes*:ClusterTail.DoesAdam*'

@@ -12,7 +12,7 @@
 
 #include "engine/storage.h"  // set_cpu_memory_limit, cpu_allocator_stats, host_memory_available
 #include "engine/tensor.h"
-#include "tests/test_util.h"  // kAddressSanitizer
+#include "tests/test_util.h"  // kSanitizer
 
 namespace {
 
@@ -119,7 +119,7 @@ TEST(CpuAllocator, HostMemoryAvailableIsAtMostTheMachines) {
 // has mapped, and the memory available is no more than that. Set here for a moment, 1 GiB above
 // what is mapped now, as a soft limit the test can lift again.
 TEST(CpuAllocator, AddressSpaceLeftIsTheLimitLessWhatIsMapped) {
-  if (subliminal::test::kAddressSanitizer) GTEST_SKIP() << "AddressSanitizer maps terabytes: no ulimit -v";
+  if (subliminal::test::kSanitizer) GTEST_SKIP() << "a sanitizer maps terabytes: no ulimit -v";
   rlimit before{};
   ASSERT_EQ(getrlimit(RLIMIT_AS, &before), 0);
   if (before.rlim_cur != RLIM_INFINITY || before.rlim_max != RLIM_INFINITY)

@@ -36,18 +36,19 @@ namespace subliminal::test {
 
 namespace fs = std::filesystem;
 
-// True in a build under AddressSanitizer (scripts/sanitize.sh), which maps terabytes of shadow
-// memory up front: an address-space limit (`ulimit -v`) cannot be tested there.
-#if defined(__SANITIZE_ADDRESS__)
-inline constexpr bool kAddressSanitizer = true;
+// True in a build under AddressSanitizer or ThreadSanitizer (scripts/sanitize.sh, scripts/fuzz.sh),
+// which map terabytes of shadow memory up front: an address-space limit (`ulimit -v`) cannot be
+// tested there.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool kSanitizer = true;
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-inline constexpr bool kAddressSanitizer = true;
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+inline constexpr bool kSanitizer = true;
 #else
-inline constexpr bool kAddressSanitizer = false;
+inline constexpr bool kSanitizer = false;
 #endif
 #else
-inline constexpr bool kAddressSanitizer = false;
+inline constexpr bool kSanitizer = false;
 #endif
 
 // ---- Random inputs ---------------------------------------------------------------------------

@@ -28,15 +28,12 @@ std::string compiler() {
 }
 
 #ifdef SUBLIMINAL_HAS_CUDA
-// "CUDA 13.0 for sm_80, sm_90": the toolkit, and the architectures CMAKE_CUDA_ARCHITECTURES
-// compiled device code for ("80;90", passed in by apps/CMakeLists.txt).
+// "CUDA 13.0, architectures 80,90": the toolkit, and CMAKE_CUDA_ARCHITECTURES as the build set it
+// ("80,90", "90a", "native", …; passed in by apps/CMakeLists.txt).
 std::string cuda() {
   std::ostringstream s;
-  s << "CUDA " << CUDART_VERSION / 1000 << "." << (CUDART_VERSION % 1000) / 10 << " for ";
-  std::istringstream archs(SUBLIMINAL_CUDA_ARCHITECTURES);
-  std::string arch;
-  for (bool first = true; std::getline(archs, arch, ';'); first = false)
-    s << (first ? "" : ", ") << "sm_" << arch;
+  s << "CUDA " << CUDART_VERSION / 1000 << "." << (CUDART_VERSION % 1000) / 10 << ", architectures "
+    << SUBLIMINAL_CUDA_ARCHITECTURES;
   return s.str();
 }
 #endif

@@ -8,16 +8,16 @@
 
 namespace subliminal::app {
 
-// `git describe --always --dirty --abbrev=12` of the source tree when it was built ("…-dirty":
-// with uncommitted changes; "unknown": not built from a git checkout). Written at every build
-// by cmake/BuildCommit.cmake.
+// `git describe --always --dirty --abbrev=12` of the source tree when it was built ("…-dirty.
+// 1a2b3c4d": with changes to tracked files, the digits a digest of them; "unknown": not built
+// from a git checkout). Written at every build by cmake/BuildCommit.cmake.
 extern const char* const kBuildCommit;
 
 struct BuildInfo {
   std::string commit;      // kBuildCommit
   std::string build_type;  // CMAKE_BUILD_TYPE: "Release", "Debug", …
   std::string compiler;    // "GCC 12.2.0", "Clang 14.0.6"
-  std::string cuda;        // "CUDA 13.0 for sm_80, sm_90", or "" (no CUDA backend)
+  std::string cuda;        // "CUDA 13.0, architectures 80,90", or "" (no CUDA backend)
   std::string cudnn;       // "cuDNN 9.19.0", or "" (no cuDNN engine)
   std::string openblas;    // OpenBLAS's own configuration line: version, build options, kernels
 };

@@ -4,6 +4,7 @@
 //   0 success · 1 internal or device fault · 2 bad input (flag, file, environment) or out of memory ·
 //   3 a NaN/Inf stopped training
 #include <fcntl.h>  // fcntl, open: the standard descriptors
+#include <pthread.h>  // pthread_getattr_default_np: the stack a new thread maps
 #include <unistd.h>
 
 #include <cerrno>
@@ -107,24 +108,45 @@ void check_before_running(const Config& config) {
   }
 }
 
+// The stack each new thread maps: glibc's default, `ulimit -s` (8 MiB on most machines).
+uint64_t thread_stack_bytes() {
+  size_t bytes = 0;
+  pthread_attr_t defaults;
+  if (pthread_getattr_default_np(&defaults) == 0) {
+    pthread_attr_getstacksize(&defaults, &bytes);
+    pthread_attr_destroy(&defaults);
+  }
+  return bytes > 0 ? bytes : uint64_t(8) << 20;
+}
+
+// What a CPU run on `threads` threads maps beside its tensors: OpenBLAS's work buffers (a buffer
+// a thread, mapped during the first products: should a mapping fail, OpenBLAS retries it
+// forever, ops/cpu/gemm_cpu.h), each of the pool's threads' stack and malloc arena (64 MiB
+// reserved), and kOutside: MNIST's bytes as read (55 MB, kept beside the tensors made from them)
+// and the program's own small allocations.
+uint64_t address_space_beside_tensors(int threads) {
+  constexpr uint64_t kMiB = uint64_t(1) << 20, kArena = 64 * kMiB, kOutside = 128 * kMiB;
+  return cpu::blas_work_buffer_bytes(threads) + uint64_t(threads - 1) * (thread_stack_bytes() + kArena) +
+         kOutside;
+}
+
 // The CPU allocator's ceiling: the memory available (engine/storage.h) and, under an
-// address-space limit, what is left of it once the run's other mappings are set aside —
-// OpenBLAS's work buffers above all: a buffer per thread, mapped during the first products,
-// and should a mapping fail OpenBLAS retries it forever (ops/cpu/gemm_cpu.h). Tensors past the
-// ceiling are refused with an error instead. Besides the buffers, each of the pool's threads
-// (engine/parallel.h) maps a stack (8 MiB, the usual `ulimit -s`) and may take a malloc arena
-// (64 MiB reserved); kSpare is for the rest (measured: a few MB).
+// address-space limit, what is left of it once the rest of the run's mappings are set aside.
+// Tensors past the ceiling are refused with an error, instead of leaving OpenBLAS no room.
 uint64_t cpu_memory_ceiling(Device device, int cpu_threads) {
-  constexpr uint64_t kMiB = uint64_t(1) << 20, kStackAndArena = 72 * kMiB, kSpare = 64 * kMiB;
   const uint64_t available = host_memory_available(), room = address_space_left();
   if (device != Device::cpu || room == kNoAddressSpaceLimit) return available;
-  const uint64_t blas = cpu::blas_work_buffer_bytes(cpu_threads);
-  const uint64_t set_aside = blas + uint64_t(cpu_threads - 1) * kStackAndArena + kSpare;
-  if (room <= set_aside)
+  const uint64_t set_aside = address_space_beside_tensors(cpu_threads);
+  if (room <= set_aside) {
+    int fit = cpu_threads - 1;  // the most threads whose set-aside leaves something for tensors
+    while (fit >= 1 && address_space_beside_tensors(fit) >= room) --fit;
     throw InputError("the address-space limit (ulimit -v or -d) leaves this process " + bytes_text(room) +
-                     ", less than the " + bytes_text(set_aside) + " its " + std::to_string(cpu_threads) +
-                     " threads map before any data (OpenBLAS's work buffers alone: " + bytes_text(blas) +
-                     "): raise the limit or lower --threads");
+                     ", and a run on " + std::to_string(cpu_threads) + " thread" +
+                     (cpu_threads > 1 ? "s" : "") + " needs " + bytes_text(set_aside) +
+                     " of it beside the data (OpenBLAS's work buffers, 128 MiB a thread; the threads' "
+                     "stacks): raise the limit" +
+                     (fit >= 1 ? ", or run with --threads " + std::to_string(fit) + " or fewer" : ""));
+  }
   return std::min(available, room - set_aside);
 }
 

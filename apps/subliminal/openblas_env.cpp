@@ -40,6 +40,8 @@ void prepare_openblas(char** argv) {
   const char* core = better_core_type();
   const bool one_thread = openblas_threads_under_a_limit();
   if (!core && !one_thread) return;
+  const char* found = std::getenv("OPENBLAS_NUM_THREADS");
+  const std::string threads_found = found ? found : "";
   if (core) setenv("OPENBLAS_CORETYPE", core, 1);
   // (The engine sets OpenBLAS's threads to 1 itself, ops/cpu/gemm_cpu.cpp; this only stops them
   // from starting at load.)
@@ -48,7 +50,8 @@ void prepare_openblas(char** argv) {
   execv("/proc/self/exe", argv);
   // exec failed (no /proc?): carry on as we are, with the environment we found.
   if (core) unsetenv("OPENBLAS_CORETYPE");
-  if (one_thread) unsetenv("OPENBLAS_NUM_THREADS");
+  if (one_thread && found) setenv("OPENBLAS_NUM_THREADS", threads_found.c_str(), 1);
+  if (one_thread && !found) unsetenv("OPENBLAS_NUM_THREADS");
   unsetenv("SUBLIMINAL_BLAS_REEXECUTED");
 }
 
