@@ -29,16 +29,16 @@ TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_parallel
 # ride on them, and accumulating) or in bands, and column sums over more row tiles than the
 # fix-up loads at once — and the slice-order check (the other cases differ from these in
 # per-element epilogues, or hand nothing over, and run in the normal and ASan suites); and three
-# fused steps: 2 layers, distillation (the rows' staging and warp shuffles,
-# the frozen teacher, every phase), 3 layers (the rows' gradient below the logits after
-# __syncwarp, the joined backward phase), and one with the tail's Adam on split-K tiles of W_0
-# and b_0, finished in bands, while the other blocks update the rest of the arena (the tiles'
-# cases run both fix-ups). The whole fused suite takes
-# minutes under TSan on 2 cores. And two cluster steps (tests/test_cluster_emulated.cpp), whose
-# blocks hand activations and gradient parts to each other across cluster barriers: a 2-layer
-# distillation and a 3-layer teacher (the exchange of H_1 and of G_1's parts); and the cluster
-# step's tail, whose kernel 2 advances the step counters once every warp's loss watch has read
-# them (a missing __syncthreads there raced unseen by the normal suite).
+# fused steps: 2 layers, distillation (the rows' staging and warp shuffles, the frozen teacher,
+# every phase), 3 layers (the rows' gradient below the logits after __syncwarp, the joined
+# backward phase), and one with the tail's Adam on split-K tiles of W_0 and b_0, finished in
+# bands, while the other blocks update the rest of the arena (the tiles' cases run both
+# fix-ups). The whole fused suite takes minutes under TSan on 2 cores. And two cluster steps
+# (tests/test_cluster_emulated.cpp), whose blocks hand activations and gradient parts to each
+# other across cluster barriers: a 2-layer distillation and a 3-layer teacher (the exchange of
+# H_1 and of G_1's parts); and the cluster step's tail, whose kernel 2 advances the step counters
+# once every warp's loss watch has read them (a missing __syncthreads there raced unseen by the
+# normal suite).
 # Each step runs once, on several blocks (SIMT_RACE_CHECK_ONLY: tests/simt/compare.h); the
 # one-block runs and the repeated runs that compare bits are the normal suite's.
 SIMT_RACE_CHECK_ONLY=1 TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_emulated \

@@ -18,7 +18,7 @@ struct BuildInfo {
   std::string build_type;  // CMAKE_BUILD_TYPE: "Release", "Debug", …
   std::string compiler;    // "GCC 12.2.0", "Clang 14.0.6"
   std::string cuda;        // "CUDA 13.0, architectures 80,90", or "" (no CUDA backend)
-  std::string cudnn;       // "cuDNN 9.19.0", or "" (no cuDNN engine)
+  std::string cudnn;       // "cuDNN 9.19.0 (frontend 1.8.0)", or "" (no cuDNN engine)
   std::string openblas;    // OpenBLAS's own configuration line: version, build options, kernels
 };
 BuildInfo build_info();

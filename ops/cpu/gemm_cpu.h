@@ -66,7 +66,7 @@ int blas_threads();
 // OpenBLAS's own threads from starting (apps/subliminal/openblas_env.h): each maps one too.
 uint64_t blas_work_buffer_bytes(int threads);
 // OpenBLAS's own description of itself: version, build options, kernels ("OpenBLAS 0.3.21
-// DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64").
+// NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64").
 std::string blas_config();
 // The kernel family OpenBLAS chose for this CPU at load time ("Haswell", "SkylakeX", "Prescott"...).
 std::string blas_core();

@@ -70,12 +70,12 @@ class Engine {
   std::unique_ptr<Impl> impl_;
 };
 
-// Builds every graph this engine can use for one shape and runs validate() only: no GPU needed
-// (cudnnCreate is not called). Returns (graph name, "ok" or the frontend's error message) pairs.
 // The cuDNN library this process loaded and the frontend it was built with: "cuDNN 9.19.0
-// (frontend 1.16.0)". Needs no GPU.
+// (frontend 1.8.0)". Needs no GPU.
 std::string library_version();
 
+// Builds every graph this engine can use for one shape and runs validate() only: no GPU needed
+// (cudnnCreate is not called). Returns (graph name, "ok" or the frontend's error message) pairs.
 std::vector<std::pair<std::string, std::string>> validate_graphs_without_gpu(int64_t n, int64_t b, int64_t i,
                                                                              int64_t o);
 
