@@ -12,7 +12,7 @@
 //
 // The fused training step (ops/cuda/fused_program.cuh) runs here too: cooperative groups'
 // grid.sync() is simt::grid_sync(), a barrier over every thread of the launch, and warp
-// shuffles swap values through a per-warp slot array between two barriers.
+// shuffles swap values through per-warp slots, a barrier between writing and reading.
 //
 // What it cannot check: speed, the GPU memory model's weaker corners (C++'s acquire and
 // release, and std::barrier, are what our host threads are ordered by: the same orders the
@@ -59,12 +59,17 @@ inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace simt {
 
-// A warp's lanes swap values through these slots (see __shfl_xor_sync below).
+// A warp's lanes swap values through these slots (see __shfl_xor_sync below): two sets, used by
+// turns, so that one barrier per shuffle is enough.
 struct Warp {
   explicit Warp(std::ptrdiff_t lanes) : barrier(lanes) {}
   std::barrier<> barrier;
-  alignas(8) unsigned char slot[32][8];
+  alignas(8) unsigned char slot[2][32][8];
 };
+
+// Which of its warp's two slot sets this thread's next shuffle writes (each launch's threads are
+// new, so it starts at 0 in every warp; every lane shuffles as often as the others).
+inline thread_local unsigned shuffle_turn = 0;
 
 // What each host thread knows of its place: its block's and warp's barriers, and the grid's.
 inline thread_local std::barrier<>* block_barrier = nullptr;
@@ -165,12 +170,14 @@ template <class T>
 inline T __shfl_xor_sync(unsigned /*lanes*/, T v, int lane_mask) {
   static_assert(sizeof(T) <= 8, "one slot per lane");
   simt::Warp& w = *simt::warp;
-  const unsigned lane = threadIdx.x % 32;
-  std::memcpy(w.slot[lane], &v, sizeof(T));
+  const unsigned lane = threadIdx.x % 32, turn = simt::shuffle_turn;
+  simt::shuffle_turn ^= 1u;
+  std::memcpy(w.slot[turn][lane], &v, sizeof(T));
   w.barrier.arrive_and_wait();  // every lane's value is in its slot
   T out;
-  std::memcpy(&out, w.slot[lane ^ unsigned(lane_mask)], sizeof(T));
-  w.barrier.arrive_and_wait();  // every lane has read before any writes again
+  std::memcpy(&out, w.slot[turn][lane ^ unsigned(lane_mask)], sizeof(T));
+  // No second barrier: the next shuffle writes the other set, and the one after it, this set
+  // again, only past the next shuffle's barrier, which no lane reaches before reading here.
   return out;
 }
 
