@@ -3,7 +3,7 @@
 //
 // On a GPU, ops/cuda/cluster_step.cu runs this program in clusters of 8 blocks (tested in
 // tests/test_cuda_training.cpp: every CudaFusedStep case also runs as *_cluster, on sm_90).
-// Here a cluster is Q consecutive blocks of host threads and its barrier a std::barrier over all
+// Here a cluster is Q consecutive blocks of host threads and its barrier a simt::Barrier over all
 // of their threads. The cases use small blocks and clusters (64 threads, Q = 2 or 3) and short
 // K chunks, so that every path runs: several row blocks per model with a partial last one, rows
 // and widths that are not multiples of 4, columns split unevenly over the cluster, both ways of
@@ -23,7 +23,6 @@
 //     K chunk; and over many shapes, K chunks in whole multiples of 8 (the staging's bank groups).
 #include <gtest/gtest.h>
 
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -100,19 +99,19 @@ Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vec
   out.rows = p.rows, out.row_blocks = p.row_blocks, out.kc = p.kc;
 
   const unsigned blocks = unsigned(c.trained * p.row_blocks * p.cluster);
-  std::vector<std::unique_ptr<std::barrier<>>> cluster_barriers;
+  std::vector<std::unique_ptr<simt::Barrier>> cluster_barriers;
   for (unsigned k = 0; k < blocks / unsigned(p.cluster); ++k)
-    cluster_barriers.push_back(std::make_unique<std::barrier<>>(std::ptrdiff_t(p.cluster) * c.threads));
+    cluster_barriers.push_back(std::make_unique<simt::Barrier>(std::ptrdiff_t(p.cluster) * c.threads));
   // Shared memory starts as garbage on a GPU: NaN here, so that a padding the code forgets to
   // zero poisons the sums it enters.
   std::vector<std::vector<float4>> smem(
       blocks, std::vector<float4>(size_t(p.smem.total + 3) / 4, float4{kNaN, kNaN, kNaN, kNaN}));
   const auto kernel_1 = [&] {
     run_rows(p, reinterpret_cast<float*>(smem[blockIdx.x].data()), [&](auto&& between) {
-      std::barrier<>& cluster_barrier = *cluster_barriers[blockIdx.x / unsigned(p.cluster)];
-      auto token = cluster_barrier.arrive();
+      simt::Barrier& cluster_barrier = *cluster_barriers[blockIdx.x / unsigned(p.cluster)];
+      const unsigned phase = cluster_barrier.arrive();
       between();
-      cluster_barrier.wait(std::move(token));
+      cluster_barrier.wait(phase);
     });
   };
   const unsigned Q = unsigned(p.cluster);

@@ -4,7 +4,7 @@
 // here. Our own GEMM tile (ops/cuda/tile_gemm.cuh) is header-only device code with no inline
 // PTX; compiled by the host compiler against THIS header — which tests/CMakeLists.txt puts ahead
 // of the toolkit's — it runs as real threads: a "block" is blockDim.x std::threads,
-// __syncthreads() is a std::barrier, cuda::atomic_ref is std::atomic_ref (tests/simt/cuda/atomic)
+// __syncthreads() is a barrier (simt::Barrier), cuda::atomic_ref is std::atomic_ref (tests/simt/cuda/atomic)
 // with the memory orders the device code asks for, and several blocks run at once. So the
 // tile's indexing, split-K hand-off and epilogues are checked on every CI run, under
 // AddressSanitizer and ThreadSanitizer too, and a change to them is tested before it ever
@@ -15,14 +15,13 @@
 // shuffles swap values through per-warp slots, a barrier between writing and reading.
 //
 // What it cannot check: speed, the GPU memory model's weaker corners (C++'s acquire and
-// release, and std::barrier, are what our host threads are ordered by: the same orders the
+// release, and the barriers, are what our host threads are ordered by: the same orders the
 // device code asks for, which ThreadSanitizer follows, but not PTX's scopes or its L1),
 // divergent warps, and the real compiler's code generation. The GPU suite still does that.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -59,11 +58,45 @@ inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace simt {
 
+// The barrier behind __syncthreads(), the warps' and the grid's (and the clusters' of
+// tests/test_cluster_emulated.cpp). Waiting threads sleep on a futex (std::atomic::wait) until
+// the last to arrive moves the phase on: with far more threads than cores, a barrier costs a
+// sleep and a wake per thread, and std::barrier, which spins before it sleeps, made
+// scripts/sanitize.sh's ThreadSanitizer run 1.6× as long (170 s against 109 on 2 cores). Arriving is an
+// acquire-release increment and waiting an acquire of the phase that the last arrival releases: everything
+// before the barrier, in any thread, happens before everything after it, in any thread, and no more —
+// ThreadSanitizer sees exactly a barrier's ordering.
+class Barrier {
+ public:
+  explicit Barrier(std::ptrdiff_t count) : count_(count) {}
+  // Arrive without waiting, for work to do between arriving and waiting (a cluster barrier's
+  // split arrive and wait); returns the phase to wait for the end of.
+  unsigned arrive() {
+    // (The phase cannot move on between this load and the increment: it needs this arrival.)
+    const unsigned phase = phase_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
+      arrived_.store(0, std::memory_order_relaxed);  // before the phase moves: no one arrives again before it
+      phase_.fetch_add(1, std::memory_order_acq_rel);
+      phase_.notify_all();
+    }
+    return phase;
+  }
+  void wait(unsigned phase) const {
+    while (phase_.load(std::memory_order_acquire) == phase) phase_.wait(phase, std::memory_order_acquire);
+  }
+  void arrive_and_wait() { wait(arrive()); }
+
+ private:
+  const std::ptrdiff_t count_;
+  std::atomic<std::ptrdiff_t> arrived_{0};
+  std::atomic<unsigned> phase_{0};
+};
+
 // A warp's lanes swap values through these slots (see __shfl_xor_sync below): two sets, used by
 // turns, so that one barrier per shuffle is enough.
 struct Warp {
   explicit Warp(std::ptrdiff_t lanes) : barrier(lanes) {}
-  std::barrier<> barrier;
+  simt::Barrier barrier;
   alignas(8) unsigned char slot[2][32][8];
 };
 
@@ -72,9 +105,9 @@ struct Warp {
 inline thread_local unsigned shuffle_turn = 0;
 
 // What each host thread knows of its place: its block's and warp's barriers, and the grid's.
-inline thread_local std::barrier<>* block_barrier = nullptr;
+inline thread_local simt::Barrier* block_barrier = nullptr;
 inline thread_local Warp* warp = nullptr;
-inline thread_local std::barrier<>* grid_barrier = nullptr;
+inline thread_local simt::Barrier* grid_barrier = nullptr;
 
 // `blocks` blocks' shared memory of type T as a GPU hands it over: garbage. Every byte is 0xFF,
 // so every float in it is a NaN, and a padding the device code forgets to zero, or a value it
@@ -98,14 +131,14 @@ std::vector<T> garbage_shared_memory(unsigned blocks) {
 inline void launch_blocks(unsigned first_block, unsigned count, unsigned grid_blocks, unsigned threads,
                           const std::function<void()>& body) {
   std::atomic<bool> unwaited_copies{false};
-  std::vector<std::unique_ptr<std::barrier<>>> barriers;
+  std::vector<std::unique_ptr<simt::Barrier>> barriers;
   std::vector<std::unique_ptr<Warp>> warps;
   for (unsigned b = 0; b < count; ++b) {
-    barriers.push_back(std::make_unique<std::barrier<>>(std::ptrdiff_t(threads)));
+    barriers.push_back(std::make_unique<simt::Barrier>(std::ptrdiff_t(threads)));
     for (unsigned w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<Warp>(32));
   }
   const bool whole_grid = first_block == 0 && count == grid_blocks;
-  std::barrier<> grid(std::ptrdiff_t(count) * threads);
+  simt::Barrier grid(std::ptrdiff_t(count) * threads);
   std::vector<std::thread> pool;
   pool.reserve(size_t(count) * threads);
   for (unsigned b = 0; b < count; ++b)
