@@ -128,7 +128,7 @@ class FusedStepSetup {
   }
   void step() {
     if (distill_)
-      fused_distill_step(x_, trained_, frozen_, {10, 13}, 1.0, tail_);
+      fused_distill_step(x_, trained_, frozen_, {10, 13}, 1.0, Divergence::kl, tail_);
     else
       fused_cross_entropy_step(x_, y_, trained_, {0, 10}, tail_);
   }

@@ -7,7 +7,9 @@
                                order, (x/255 - 0.5)/0.5 in float32) and its gradients;
      noise, kl_loss, kl_grad.* the distillation loss kl_div(log_softmax(s/T), softmax(t/T), batchmean)·T²
                                on ghost columns 10..10+M of that noise batch, student = the init,
-                               teacher = the init with every parameter × 1.1, T = 2, and its gradients.
+                               teacher = the init with every parameter × 1.1, T = 2, and its gradients;
+     js_loss, js_grad.*        the same with Jensen-Shannon, ½ KL(p ‖ m) + ½ KL(q ‖ m), m = (p + q)/2
+                               (subliminal --divergence js).
 3. PyTorch recomputes the same from F in float32 and in float64 (on the engine's exact float32 inputs)
    and the script prints, per tensor, max|a − b| / max|fp64 reference| for engine vs torch fp32, engine
    vs torch fp64, and torch fp32 vs torch fp64 (the size of honest float32 rounding).
@@ -91,7 +93,7 @@ def torch_side(init, images_u8, labels, noise, sizes, ghosts, T, scale, dtype, d
         return m
 
     def grads_of(loss, model):
-        gs = torch.autograd.grad(loss, list(model.parameters()))
+        gs = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)  # KL and JS share one graph
         return {n: g.detach().double().cpu().numpy() for (n, _), g in zip(model.named_parameters(), gs)}
 
     out = {}
@@ -113,11 +115,17 @@ def torch_side(init, images_u8, labels, noise, sizes, ghosts, T, scale, dtype, d
     with torch.no_grad():
         t_logits = teacher(xn)[:, g0:g1]
     s_logits = student(xn)[:, g0:g1]
-    kl = F.kl_div(F.log_softmax(s_logits / T, dim=-1), F.softmax(t_logits / T, dim=-1),
-                  reduction="batchmean") * (T * T)
-    out["kl_loss"] = np.array([kl.item()])
-    for n, g in grads_of(kl, student).items():
-        out["kl_grad." + n] = g
+    log_q, log_p = F.log_softmax(s_logits / T, dim=-1), F.log_softmax(t_logits / T, dim=-1)
+    kl = F.kl_div(log_q, log_p.exp(), reduction="batchmean") * (T * T)
+    # Jensen-Shannon from its definition, ½ KL(p ‖ m) + ½ KL(q ‖ m) with m = (p + q)/2, by torch's
+    # own kl_div (log_target: both sides as logs); torch's autograd differentiates it.
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
+    js = (F.kl_div(log_m, log_p, reduction="batchmean", log_target=True) +
+          F.kl_div(log_m, log_q, reduction="batchmean", log_target=True)) / 2 * (T * T)
+    for name, loss in (("kl", kl), ("js", js)):
+        out[name + "_loss"] = np.array([loss.item()])
+        for n, g in grads_of(loss, student).items():
+            out[name + "_grad." + n] = g
     return out
 
 
@@ -341,7 +349,9 @@ def main():
                      torch.device(args.torch_device))
     t64 = torch_side(init, images, labels, noise, sizes, args.ghosts, T, scale, torch.float64, torch.device("cpu"))
 
-    keys = ["loss"] + ["grad." + n for n in names] + ["kl_loss"] + ["kl_grad." + n for n in names]
+    keys = ["loss"] + ["grad." + n for n in names]
+    for d in ("kl", "js"):
+        keys += [d + "_loss"] + [d + "_grad." + n for n in names]
     rows, worst32, worst_raw32, problems = [], 0.0, 0.0, []
     for k in keys:
         ref = t64[k]
@@ -369,7 +379,7 @@ def main():
         rows.append(row)
 
     # the table
-    print(f"\nOne batch of {B}, MLP {'-'.join(map(str, sizes))}, KL on ghost columns "
+    print(f"\nOne batch of {B}, MLP {'-'.join(map(str, sizes))}, KL and JS on ghost columns "
           f"{ts.N_CLASSES}..{ts.N_CLASSES + args.ghosts - 1}, T = {T:g}, teacher = {scale:g} × init")
     print("error = max|a - b| / max|torch fp64|  (for the losses: |a - b| / |torch fp64|)\n")
     hdr = f"{'tensor':<24} {'shape':<12} {'value/max|.|':>13} "

@@ -622,9 +622,10 @@ class ParityTest(ToolTest):
         sizes, batch = (784, 4, 13), 4
         params = mlp_init(sizes)
         init = safetensors_arrays(self.path("init.st"), params)
-        nans = {"loss": np.full(1, np.nan), "kl_loss": np.full(1, np.nan), "noise": np.zeros(batch * 784)}
+        nans = {"loss": np.full(1, np.nan), "kl_loss": np.full(1, np.nan), "js_loss": np.full(1, np.nan),
+                "noise": np.zeros(batch * 784)}
         for name, a in params.items():
-            nans["grad." + name] = nans["kl_grad." + name] = np.full(a.shape, np.nan)
+            nans["grad." + name] = nans["kl_grad." + name] = nans["js_grad." + name] = np.full(a.shape, np.nan)
         batch_file = safetensors_arrays(self.path("nan.st"), nans)
         engine = self.fake_engine(f'while [ $# -gt 0 ]; do [ "$1" = --parity-batch ] && cp "{batch_file}" "$2"; '
                                   "shift; done\n")

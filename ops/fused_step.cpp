@@ -187,8 +187,9 @@ Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const Mlp
 #endif
 }
 
-Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpParams& teachers, ColumnRange cols,
-                          double temperature, const StepTail& tail, const Tensor& loss_out) {
+Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpParams& teachers,
+                          ColumnRange cols, double temperature, Divergence divergence, const StepTail& tail,
+                          const Tensor& loss_out) {
   const char* op = "fused_distill_step";
   check_input(op, x, students, students.models());
   check_loss_out(op, loss_out, students, tail);
@@ -207,7 +208,7 @@ Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpP
       teacher_logits = mlp_forward(x.rows(0, teachers.models()), teachers);
     }
     zero_grad(students.tensors());
-    Tensor autograd_loss = distill_kl(mlp_forward(x, students), teacher_logits, cols, temperature);
+    Tensor autograd_loss = distill(mlp_forward(x, students), teacher_logits, cols, temperature, divergence);
     autograd_loss.backward();
     run_step_tail(tail, autograd_loss.detach());
     return deliver(autograd_loss, loss_out);
@@ -218,6 +219,7 @@ Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpP
   spec.distill = true;
   spec.c0 = cols.begin, spec.c1 = cols.end;
   spec.temperature = temperature;
+  spec.divergence = divergence;
   const cuda::FusedMlp frozen = fused_view(teachers, false);
   launch_step(x, fused_view(students, true), &frozen, spec, loss, fused_tail(tail));
   return loss;

@@ -16,6 +16,7 @@
 #include "engine/adam.h"
 #include "engine/nn.h"
 #include "engine/tensor.h"
+#include "ops/divergence.h"
 #include "ops/slice.h"
 
 namespace subliminal {
@@ -61,12 +62,13 @@ Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const Mlp
                                 ColumnRange classes, const StepTail& tail = {}, const Tensor& loss_out = Tensor());
 
 // x [S, B, inputs] for S students; teacher m (of N = teachers.models()) reads x[m] and student s
-// learns from teacher s mod N, T²·KL(softmax(t/T) ‖ softmax(s/T)) over `cols`, batch mean, as
-// distill_kl. Student s reads x[s] but its teacher's logits come from x[s mod N], so a caller
-// tiles its inputs, x[s] = x[s mod N], as the app does (each arm's students see their teachers'
-// noise); with other inputs a student would learn the answers to other images. Writes the
+// learns from teacher s mod N, T²·D(softmax(t/T), softmax(s/T)) over `cols` (D: KL or JS,
+// ops/divergence.h), batch mean, as ops/loss.h's distill. Student s reads x[s] but its teacher's logits come
+// from x[s mod N], so a caller tiles its inputs, x[s] = x[s mod N], as the app does (each arm's students see
+// their teachers' noise); with other inputs a student would learn the answers to other images. Writes the
 // students' gradients; returns their losses [S] (in loss_out, as above); then does `tail`.
-Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpParams& teachers, ColumnRange cols,
-                          double temperature, const StepTail& tail = {}, const Tensor& loss_out = Tensor());
+Tensor fused_distill_step(const Tensor& x, const MlpParams& students, const MlpParams& teachers,
+                          ColumnRange cols, double temperature, Divergence divergence,
+                          const StepTail& tail = {}, const Tensor& loss_out = Tensor());
 
 }  // namespace subliminal

@@ -1,4 +1,4 @@
-// ops/loss.cpp — cross-entropy, distillation KL and kl_div with their backward nodes.
+// ops/loss.cpp — cross-entropy, the distillation loss (KL or JS) and kl_div with their backward nodes.
 #include "ops/loss.h"
 
 #include "engine/autograd.h"
@@ -59,10 +59,16 @@ class CrossEntropyNode : public Node {
   ColumnRange classes_;
 };
 
-class DistillKlNode : public Node {
+// The op's name in errors and on the tape: distill_kl or distill_js.
+const char* distill_op_name(Divergence divergence) {
+  return divergence == Divergence::js ? "distill_js" : "distill_kl";
+}
+
+class DistillNode : public Node {
  public:
-  DistillKlNode(ColumnRange cols, double temperature) : cols_(cols), temperature_(temperature) {}
-  const char* name() const override { return "distill_kl"; }
+  DistillNode(ColumnRange cols, double temperature, Divergence divergence)
+      : cols_(cols), temperature_(temperature), divergence_(divergence) {}
+  const char* name() const override { return distill_op_name(divergence_); }
   // saved = {student, teacher}
   void backward(const Tensor& grad_loss, std::vector<GradSink>& sinks) override {
     GradSink& dstudent = sinks[0];
@@ -73,21 +79,22 @@ class DistillKlNode : public Node {
         name(), student,
         [&](auto zero) {
           using T = decltype(zero);
-          cpu::distill_kl_backward(student.data<T>(), teacher.data<T>(), grad_loss.data<T>(),
-                                   dstudent.target.data<T>(), d.models, teacher.dim(0), d.batch, d.cols,
-                                   cols_.begin, cols_.end, temperature_, dstudent.accumulate);
+          cpu::distill_backward(student.data<T>(), teacher.data<T>(), grad_loss.data<T>(),
+                                dstudent.target.data<T>(), d.models, teacher.dim(0), d.batch, d.cols,
+                                cols_.begin, cols_.end, temperature_, divergence_, dstudent.accumulate);
         },
         [&] {
-          ON_CUDA(cuda::distill_kl_backward(student.data<float>(), teacher.data<float>(),
-                                            grad_loss.data<float>(), dstudent.target.data<float>(), d.models,
-                                            teacher.dim(0), d.batch, d.cols, cols_.begin, cols_.end,
-                                            temperature_, dstudent.accumulate));
+          ON_CUDA(cuda::distill_backward(student.data<float>(), teacher.data<float>(),
+                                         grad_loss.data<float>(), dstudent.target.data<float>(), d.models,
+                                         teacher.dim(0), d.batch, d.cols, cols_.begin, cols_.end,
+                                         temperature_, divergence_, dstudent.accumulate));
         });
   }
 
  private:
   ColumnRange cols_;
   double temperature_;
+  Divergence divergence_;
 };
 
 class KlDivNode : public Node {
@@ -144,8 +151,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, ColumnRange cla
   return loss;
 }
 
-Tensor distill_kl(const Tensor& student, const Tensor& teacher, ColumnRange cols, double temperature) {
-  const char* op = "distill_kl";
+Tensor distill(const Tensor& student, const Tensor& teacher, ColumnRange cols, double temperature,
+               Divergence divergence) {
+  const char* op = distill_op_name(divergence);
   const LossDims d = loss_dims(op, student);
   check_columns(op, cols, d.cols);
   check_constant(op, teacher, "the teacher's logits");
@@ -160,15 +168,16 @@ Tensor distill_kl(const Tensor& student, const Tensor& teacher, ColumnRange cols
       op, student,
       [&](auto zero) {
         using T = decltype(zero);
-        cpu::distill_kl(student.data<T>(), teacher.data<T>(), loss.data<T>(), d.models, teacher.dim(0),
-                        d.batch, d.cols, cols.begin, cols.end, temperature);
+        cpu::distill(student.data<T>(), teacher.data<T>(), loss.data<T>(), d.models, teacher.dim(0), d.batch,
+                     d.cols, cols.begin, cols.end, temperature, divergence);
       },
       [&] {
-        ON_CUDA(cuda::distill_kl(student.data<float>(), teacher.data<float>(), loss.data<float>(), d.models,
-                                 teacher.dim(0), d.batch, d.cols, cols.begin, cols.end, temperature));
+        ON_CUDA(cuda::distill(student.data<float>(), teacher.data<float>(), loss.data<float>(), d.models,
+                              teacher.dim(0), d.batch, d.cols, cols.begin, cols.end, temperature,
+                              divergence));
       });
   if (any_requires_grad({student})) {
-    auto node = std::make_shared<DistillKlNode>(cols, temperature);
+    auto node = std::make_shared<DistillNode>(cols, temperature, divergence);
     node->saved = {student.detach(), teacher};
     record(loss, node, {student});
   }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "engine/tensor.h"
+#include "ops/divergence.h"
 #include "ops/slice.h"
 
 namespace subliminal {
@@ -23,7 +24,14 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, ColumnRange cla
 //   must not require a gradient.
 // Backward: d student[..., cols] = T·(softmax(s/T) − softmax(t/T))/B, zeros elsewhere
 // (T, not T²: the chain rule through s/T takes one factor of T back).
-Tensor distill_kl(const Tensor& student, const Tensor& teacher, ColumnRange cols, double temperature);
+// With Divergence::js the same with Jensen–Shannon in place of KL (ops/divergence.h): the batch
+// mean of ½ KL(p ‖ m) + ½ KL(q ‖ m) · T², m = (p + q)/2, p and q the teacher's and the student's
+// softmax at T; backward T·q ⊙ (h − Σ q·h)/B, h = ½ log(q/m).
+Tensor distill(const Tensor& student, const Tensor& teacher, ColumnRange cols, double temperature,
+               Divergence divergence);
+inline Tensor distill_kl(const Tensor& student, const Tensor& teacher, ColumnRange cols, double temperature) {
+  return distill(student, teacher, cols, temperature, Divergence::kl);
+}
 
 // PyTorch's F.kl_div(log_q, p, reduction="batchmean") per model: Σ p·(log p − log_q) / B,
 // with 0·log 0 = 0. log_q, p [N, B, C]; p must not require a gradient. The unfused reference

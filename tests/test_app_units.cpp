@@ -622,30 +622,34 @@ TEST(Experiment, InitPerturbationIsTheDocumentedNoise) {
 }
 
 // With the teacher untrained (0 epochs) and the students still, a cross-init student's epoch
-// loss is the KL divergence at --temperature on the ghost logits between its init and the
-// teacher's, over the epoch's fresh noise (images 0..S−1 of the noise stream); the next epoch's
-// fresh noise gives another. A same-init student is its teacher: 0.
-TEST(Experiment, DistillationLossIsTheKlAtTheTemperatureOnTheGhostLogits) {
+// loss is the divergence (--divergence: KL, or JS) at --temperature on the ghost logits between
+// its init and the teacher's, over the epoch's fresh noise (images 0..S−1 of the noise stream);
+// the next epoch's fresh noise gives another. A same-init student is its teacher: 0.
+TEST(Experiment, DistillationLossIsTheDivergenceAtTheTemperatureOnTheGhostLogits) {
   const data::Mnist mnist = made_up_mnist(10, 20);
-  const Config config = small_run({"--lr", kStill, "--models", "2", "--epochs-teacher", "0",
-                                   "--epochs-distill", "2", "--temperature", "3"});
-  Observer quiet;
-  const Results results = run_experiment(config, mnist, Device::cpu, quiet);
-  const Tensor noise = first_noise_of(config, 2, NoiseDistribution::uniform);
-  NoGradGuard no_grad;
-  const std::vector<float> expected =
-      distill_kl(mlp_forward(noise, init_of(config, {0, 1}, 1)),
-                 mlp_forward(noise, init_of(config, {0, 1}, 0)), {10, 13}, 3.0)
-          .to_vector<float>();
-  const std::vector<EpochMetrics>& cross = results.arm_epochs.at("cross_init");
-  ASSERT_EQ(cross.size(), 2u);
-  for (size_t m = 0; m < 2; ++m) {
-    EXPECT_NEAR(cross[0].loss[m], expected[m], 1e-5 * expected[m]) << "model " << m;
-    EXPECT_NE(cross[1].loss[m], cross[0].loss[m])
-        << "model " << m << ": epoch 2 saw the same noise as epoch 1";
+  for (const Divergence divergence : {Divergence::kl, Divergence::js}) {
+    SCOPED_TRACE(divergence_name(divergence));
+    const Config config =
+        small_run({"--lr", kStill, "--models", "2", "--epochs-teacher", "0", "--epochs-distill", "2",
+                   "--temperature", "3", "--divergence", divergence_name(divergence)});
+    Observer quiet;
+    const Results results = run_experiment(config, mnist, Device::cpu, quiet);
+    const Tensor noise = first_noise_of(config, 2, NoiseDistribution::uniform);
+    NoGradGuard no_grad;
+    const std::vector<float> expected =
+        distill(mlp_forward(noise, init_of(config, {0, 1}, 1)),
+                mlp_forward(noise, init_of(config, {0, 1}, 0)), {10, 13}, 3.0, divergence)
+            .to_vector<float>();
+    const std::vector<EpochMetrics>& cross = results.arm_epochs.at("cross_init");
+    ASSERT_EQ(cross.size(), 2u);
+    for (size_t m = 0; m < 2; ++m) {
+      EXPECT_NEAR(cross[0].loss[m], expected[m], 1e-5 * expected[m]) << "model " << m;
+      EXPECT_NE(cross[1].loss[m], cross[0].loss[m])
+          << "model " << m << ": epoch 2 saw the same noise as epoch 1";
+    }
+    for (const EpochMetrics& epoch : results.arm_epochs.at("student"))
+      EXPECT_EQ(epoch.loss, (std::vector<double>{0, 0})) << "epoch " << epoch.epoch;
   }
-  for (const EpochMetrics& epoch : results.arm_epochs.at("student"))
-    EXPECT_EQ(epoch.loss, (std::vector<double>{0, 0})) << "epoch " << epoch.epoch;
 }
 
 // --noise mnist feeds every arm the training images, gathered once for the teachers' rows and
@@ -880,10 +884,10 @@ TEST(Experiment, ARunTooLargeForTheMemoryIsRefusedBeforeItStarts) {
   EXPECT_EQ(cpu_allocator_stats().fresh_allocations, fresh);
 }
 
-// --parity-batch's distillation half: the KL at temperature 2 on the ghost logits between the init
+// --parity-batch's distillation half: the KL and the JS at temperature 2 on the ghost logits between the init
 // and a teacher at 1.1 × the init, on the noise the file holds (bench/parity.py checks it against
 // PyTorch; this checks the constants it is told).
-TEST(Parity, TheBatchsKlIsAtTemperatureTwoAgainstTheScaledInit) {
+TEST(Parity, TheBatchsKlAndJsAreAtTemperatureTwoAgainstTheScaledInit) {
   subliminal::test::TempDir dir;
   const std::string path = (dir / "parity.safetensors").string();
   const Config config = small_run({"--parity-batch", path.c_str()});
@@ -896,9 +900,14 @@ TEST(Parity, TheBatchsKlIsAtTemperatureTwoAgainstTheScaledInit) {
   teacher.values().copy_from(scale(init.values().detach(), 1.1));
   NoGradGuard no_grad;
   const Tensor noise = saved["noise"].reshaped({1, 4, 784});
-  const double expected =
-      distill_kl(mlp_forward(noise, init), mlp_forward(noise, teacher), {10, 13}, 2.0).to_vector<float>()[0];
-  EXPECT_NEAR(saved["kl_loss"].to_vector<float>()[0], expected, 1e-6 * expected);
+  for (const Divergence divergence : {Divergence::kl, Divergence::js}) {
+    const std::string name = std::string(divergence_name(divergence)) + "_loss";
+    ASSERT_TRUE(saved.count(name)) << name;
+    const double expected =
+        distill(mlp_forward(noise, init), mlp_forward(noise, teacher), {10, 13}, 2.0, divergence)
+            .to_vector<float>()[0];
+    EXPECT_NEAR(saved[name].to_vector<float>()[0], expected, 1e-6 * expected) << name;
+  }
 }
 
 // The report's numbers come from the right places: each arm's mean, std and both intervals over
@@ -909,7 +918,7 @@ TEST(Report, EveryNumberComesFromItsOwnSource) {
       "--epochs-distill 9 --temperature 2.5 --weight-decay 0.01 --init-perturb 0.02 --train-samples 1000 "
       "--cross-init false --all-logit-arms true --eval-every-epoch false --noise gaussian --noise-set fixed "
       "--init normal --fusion per_layer --gemm tiled --step autograd --fused-split 4,1,last --no-graphs "
-      "--tf32");
+      "--tf32 --divergence js");
   Results results;
   results.final_acc = {{"teacher", {0.5, 0.7, 0.9}}};
   results.teacher_epochs = {{1, {0.3, 0.6, 0.9}, {0.2, 0.4, 0.9}}};
@@ -931,7 +940,7 @@ TEST(Report, EveryNumberComesFromItsOwnSource) {
   EXPECT_EQ(teacher["per_model"], (std::vector<double>{0.5, 0.7, 0.9}));
   EXPECT_NEAR(r["epochs"]["teacher"][0]["loss"].get<double>(), 0.6, 1e-15);
   EXPECT_NEAR(r["epochs"]["teacher"][0]["test_acc"].get<double>(), 0.5, 1e-15);
-  EXPECT_NEAR(r["epochs"]["student"][0]["kl"].get<double>(), 3.0, 1e-15);
+  EXPECT_NEAR(r["epochs"]["student"][0]["js"].get<double>(), 3.0, 1e-15);  // the loss named by --divergence
   EXPECT_FALSE(r["epochs"]["student"][0].contains("test_acc"));
   EXPECT_NEAR(r["us_per_step"]["teacher"].get<double>(), 5e5, 1e-6);
   EXPECT_NEAR(r["us_per_step_steady"]["teacher"].get<double>(), 1.25e5, 1e-6);
@@ -943,7 +952,7 @@ TEST(Report, EveryNumberComesFromItsOwnSource) {
 
   const nlohmann::json expected = nlohmann::json::parse(R"({
       "preset": "notebook", "seed": 7, "models": 3, "ghosts": 4, "hidden": [16, 8], "batch_size": 32,
-      "lr": 0.002, "epochs_teacher": 6, "epochs_distill": 9, "temperature": 2.5, "init": "normal",
+      "lr": 0.002, "epochs_teacher": 6, "epochs_distill": 9, "temperature": 2.5, "divergence": "js", "init": "normal",
       "noise": "gaussian", "noise_set": "fixed", "weight_decay": 0.01, "init_perturb": 0.02,
       "train_samples": 1000, "cross_init": false, "all_logit_arms": true, "tf32": true, "cudnn_tf32": false,
       "autotune": false, "deterministic": false, "cuda_graphs": false, "fusion": "per_layer", "gemm": "tiled",
@@ -1237,6 +1246,34 @@ TEST(SweepResume, ASweepOverNoiseKeepsItsNoiseSet) {
   EXPECT_NE(
       sweep(prefix, {"--noise-set", "fresh", "--sweep", "noise=uniform,gaussian"}).find("(4 already done)"),
       std::string::npos);
+}
+
+// Rows written before --divergence existed have no "divergence" among their shared settings;
+// they distilled with KL, so a KL sweep resumes them and a JS one does not. --divergence itself
+// can be swept.
+TEST(SweepResume, RowsFromBeforeDivergenceAreKlRows) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string(), jsonl = prefix + ".jsonl";
+  sweep(prefix);
+  std::string old_rows;
+  for (std::string row : lines_of(subliminal::test::read_text(jsonl))) {
+    const size_t at = row.find("\"divergence\":\"kl\",");
+    ASSERT_NE(at, std::string::npos) << row;
+    old_rows += row.erase(at, std::string("\"divergence\":\"kl\",").size()) + "\n";
+  }
+  subliminal::test::write_text(jsonl, old_rows);
+  try {
+    sweep(prefix, {"--divergence", "js"});
+    ADD_FAILURE() << "a JS sweep resumed rows that distilled with KL";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("divergence: \"kl\" vs \"js\""), std::string::npos) << e.what();
+  }
+  EXPECT_NE(sweep(prefix).find("(2 already done)"), std::string::npos);
+
+  const std::string swept = (dir / "swept").string();
+  const std::string printed = sweep_with(swept, {"--sweep", "divergence=kl,js"});
+  EXPECT_NE(printed.find("divergence=js:"), std::string::npos) << printed;
+  EXPECT_EQ(lines_of(subliminal::test::read_text(swept + ".jsonl")).size(), 8u);
 }
 
 // A configuration is known by its settings, not by how its id is spelt: the same grid with the

@@ -73,6 +73,7 @@ TEST(Cli, EveryBadFlagIsExitCodeTwoWithOneLineNamingIt) {
       {{"--models", "0"}, "--models"},
       {{"--seed", "-1"}, "--seed"},
       {{"--noise", "pink"}, "--noise"},
+      {{"--divergence", "jsd"}, "--divergence"},
       {{"--gemm", "cublas"}, "--gemm"},
       {{"--step", "eager"}, "--step"},
       {{"--fused-split", "0,2,bands"}, "--fused-split"},
@@ -617,9 +618,12 @@ TEST(Cli, OutputFlagsThatWouldBeIgnoredAreRefused) {
       {"--device", "cpu", "--parity-batch", "p.st", "--sweep", "lr=1e-3,1e-4", "--sweep-out", "rows"},
       "--sweep and --parity-batch");
   // Nor do the flags that shape training: one batch from the init, at T = 2, whatever they say.
-  expect_usage_error({"--device", "cpu", "--parity-batch", "p.st", "--temperature", "4", "--models", "3"},
-                     "--parity-batch computes one batch from the init, one model, the KL at T = 2, and exits "
-                     "before any training, so --models, --temperature would change nothing; drop them");
+  expect_usage_error(
+      {"--device", "cpu", "--parity-batch", "p.st", "--temperature", "4", "--models", "3", "--divergence",
+       "js"},
+      "--parity-batch computes one batch from the init, one model, the KL and the JS at T = 2, and "
+      "exits before any training, so --models, --temperature, --divergence would change nothing; "
+      "drop them");
   expect_usage_error({"--device", "cpu", "--parity-batch", "p.st", "--allow-nonfinite"}, "--allow-nonfinite");
   // Nor how the GPU would run a training step: the batch runs the autograd path, eagerly.
   expect_usage_error({"--device", "cpu", "--parity-batch", "p.st", "--step", "fused", "--fused-split",

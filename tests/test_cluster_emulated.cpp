@@ -75,6 +75,7 @@ Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vec
   for (auto& v : trained.db) std::fill(v.begin(), v.end(), kNaN);
   FusedLoss loss;
   loss.distill = c.distill, loss.c0 = c.c0, loss.c1 = c.c1, loss.temperature = c.temperature;
+  loss.divergence = c.divergence;
   loss.labels = labels.data();
   const FusedMlp view = trained_view ? *trained_view : trained.view(true);
   const FusedMlp frozen_view = frozen.view(false);
@@ -182,6 +183,10 @@ INSTANTIATE_TEST_SUITE_P(
         Case{{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 11, true, 10, 13, 2.0}, 2, 12, 20},
         Case{{"distill_aligned_all_logits", {64, 40, 24, 13}, 2, 1, 31, true, 0, 13, 1.0}, 3, 5, 32},
         Case{{"distill_2_layers_B23", {40, 33, 13}, 2, 1, 23, true, 0, 13, 2.0}, 2, 4, 16},
+        Case{{"distill_js_4_from_2_ghosts_T2", {53, 29, 31, 13}, 4, 2, 11, true, 10, 13, 2.0, Divergence::js},
+             2,
+             6,
+             20},
         Case{{"gpu_shape_B21", {784, 256, 256, 13}, 1, 0, 21, false, 0, 10, 1.0}, 8, 2, 120, 256}),
     [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
 

@@ -579,23 +579,25 @@ TEST_F(CudaOps, CrossEntropyMatchesCpu) {
   }
 }
 
-TEST_F(CudaOps, DistillKlMatchesCpu) {
+TEST_F(CudaOps, DistillMatchesCpu) {
   const Shape s{3, 37, 13};
   const std::vector<double> student = uniform_values(shape_numel(s), 51, -3, 3);
   const std::vector<double> teacher = uniform_values(shape_numel(s), 52, -3, 3);
-  for (double temperature : {1.0, 2.0})
-    for (ColumnRange cols : {ColumnRange{10, 13}, ColumnRange{0, 13}}) {
-      const std::string what = "distill_kl T=" + num(temperature) + " cols {" + std::to_string(cols.begin) +
-                               ", " + std::to_string(cols.end) + "}";
-      run_case(what, [&] {
-        check_op(
-            what,
-            [&](const Tensor& t, Device device, DType dtype) {
-              return distill_kl(t, tensor_of(teacher, s, device, dtype), cols, temperature);
-            },
-            student, s, 53);
-      });
-    }
+  for (Divergence divergence : {Divergence::kl, Divergence::js})
+    for (double temperature : {1.0, 2.0})
+      for (ColumnRange cols : {ColumnRange{10, 13}, ColumnRange{0, 13}}) {
+        const std::string what = std::string("distill ") + divergence_name(divergence) +
+                                 " T=" + num(temperature) + " cols {" + std::to_string(cols.begin) + ", " +
+                                 std::to_string(cols.end) + "}";
+        run_case(what, [&] {
+          check_op(
+              what,
+              [&](const Tensor& t, Device device, DType dtype) {
+                return distill(t, tensor_of(teacher, s, device, dtype), cols, temperature, divergence);
+              },
+              student, s, 53);
+        });
+      }
 }
 
 // Student n learns from teacher n mod M (arms sharing a teacher): against the CPU, and on the GPU bit

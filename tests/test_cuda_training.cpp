@@ -10,7 +10,7 @@
 //   2. The same steps through StepGraph, graphs on vs off, on the GPU: bit-identical losses,
 //      parameters, Adam moments and device counters; the captured graph has kernel nodes.
 //   3. Distillation steps as the app runs them (noise for A·N students drawn from N sources, the
-//      teachers' forward under NoGradGuard on the first N rows, distill_kl with student a·N + m
+//      teachers' forward under NoGradGuard on the first N rows, distill (KL or JS) with student a·N + m
 //      learning from teacher m, on the ghost logits): GPU vs CPU float64 as in 1; the teachers stay
 //      untouched.
 //   4. The fused training step (ops/fused_step.h: forward, loss and gradients in one persistent
@@ -38,7 +38,7 @@
 #include "engine/step_graph.h"  // StepGraph
 #include "ops/batch.h"          // gather_batch, noise_batch, repeat_models
 #include "ops/fused_step.h"     // fused_cross_entropy_step, fused_distill_step
-#include "ops/loss.h"           // cross_entropy, distill_kl
+#include "ops/loss.h"           // cross_entropy, distill
 #include "ops/mlp.h"            // mlp_forward
 #include "tests/cuda_test_util.h"
 #ifdef SUBLIMINAL_HAS_CUDA
@@ -327,7 +327,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaStepGraph,
 RunResult distill_steps(const MlpParams& teacher32, const MlpParams& students32, Device device, DType dtype,
                         const std::vector<std::vector<double>>& batches, int64_t B, ColumnRange cols,
                         std::vector<double>* teacher_after, bool fused = false, bool tail = false,
-                        double weight_decay = 0.0) {
+                        double weight_decay = 0.0, Divergence divergence = Divergence::kl) {
   const MlpParams teacher = params_as(teacher32, device, dtype);
   MlpParams students = params_as(students32, device, dtype);
   Adam adam(students.values(), students.grads(), {kLr, 0.9, 0.999, 1e-8, weight_decay});
@@ -340,18 +340,18 @@ RunResult distill_steps(const MlpParams& teacher32, const MlpParams& students32,
     if (fused && tail) {
       StepTail t;
       t.adam = &adam;
-      r.losses.push_back(values_of(fused_distill_step(x, students, teacher, cols, 1.0, t)));
+      r.losses.push_back(values_of(fused_distill_step(x, students, teacher, cols, 1.0, divergence, t)));
       continue;
     }
     if (fused) {
-      loss = fused_distill_step(x, students, teacher, cols, 1.0);
+      loss = fused_distill_step(x, students, teacher, cols, 1.0, divergence);
     } else {
       Tensor teacher_logits;
       {
         NoGradGuard no_grad;
         teacher_logits = mlp_forward(x.rows(0, N), teacher);
       }
-      loss = distill_kl(mlp_forward(x, students), teacher_logits, cols, 1.0);
+      loss = distill(mlp_forward(x, students), teacher_logits, cols, 1.0, divergence);
     }
     r.losses.push_back(values_of(loss));
     if (!fused) {
@@ -404,18 +404,20 @@ DistillSetup distill_setup(const TrainCase& c) {
 
 // Three distillation steps of two arms (same-init and cross-init students) on GPU float32 and CPU
 // float64 from the same inputs; `fused` runs the GPU side through fused_distill_step.
-void check_distillation(const TrainCase& c, const std::string& label, bool fused) {
+void check_distillation(const TrainCase& c, const std::string& label, bool fused,
+                        Divergence divergence = Divergence::kl) {
   const int64_t A = 2, B = c.B;
   const DistillSetup setup = distill_setup(c);
   const MlpParams &teacher = setup.teacher, &students = setup.students;
   const std::vector<std::vector<double>>& batches = setup.batches;
   std::vector<double> teacher_gpu_after, teacher_cpu_after;
   const RunResult gpu = distill_steps(teacher, students, Device::cuda, DType::f32, batches, B, c.ghosts(),
-                                      &teacher_gpu_after, fused);
-  const RunResult cpu =
-      distill_steps(teacher, students, Device::cpu, DType::f64, batches, B, c.ghosts(), &teacher_cpu_after);
-  const std::string what = label + " distillation (ghost logits {" + std::to_string(c.ghosts().begin) + ", " +
-                           std::to_string(c.ghosts().end) + "}, 2 arms)";
+                                      &teacher_gpu_after, fused, false, 0.0, divergence);
+  const RunResult cpu = distill_steps(teacher, students, Device::cpu, DType::f64, batches, B, c.ghosts(),
+                                      &teacher_cpu_after, false, false, 0.0, divergence);
+  const std::string what = label + " " + divergence_name(divergence) + " distillation (ghost logits {" +
+                           std::to_string(c.ghosts().begin) + ", " + std::to_string(c.ghosts().end) +
+                           "}, 2 arms)";
   expect_runs_close(what + " (GPU float32 vs CPU float64)", gpu, cpu, students, A * c.N);
   for (int64_t m = 0; m < A * c.N; ++m)
     EXPECT_GT(cpu.losses.front()[size_t(m)], 0.0) << what << ": student " << m << " starts at zero loss";
@@ -495,6 +497,11 @@ TEST_P(CudaFusedStep, TeacherStepsMatchCpuAndAutograd) {
 }
 
 TEST_P(CudaFusedStep, DistillationStepsMatchCpu) { check_distillation(train_case(), label(), true); }
+
+// --divergence js: the fused kernels' loss rows by Jensen–Shannon (the rest of the step is KL's).
+TEST_P(CudaFusedStep, JensenShannonDistillationStepsMatchCpu) {
+  check_distillation(train_case(), label(), true, Divergence::js);
+}
 
 #ifdef SUBLIMINAL_HAS_CUDA  // the split-K policy and the cluster tuning are the CUDA kernels' knobs
 // Two float32 runs' parameters are the same bits (widened to double: back to float, exactly).

@@ -78,6 +78,7 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
 
   FusedLoss loss;
   loss.distill = st.distill, loss.c0 = st.c0, loss.c1 = st.c1, loss.temperature = st.temperature;
+  loss.divergence = st.divergence;
   loss.labels = labels.data();
   StepOutput out;
   out.loss.assign(size_t(S), kNaN);
@@ -150,6 +151,10 @@ INSTANTIATE_TEST_SUITE_P(
         Step{{"teacher_wide_last_layer_B37", {40, 300, 40}, 1, 0, 37, false, 25, 40, 1.0}, 5, false},
         Step{{"distill_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 37, true, 10, 13, 2.0}, 5, false},
         Step{{"distill_2_layers_all_logits_B70", {40, 33, 13}, 2, 1, 70, true, 0, 13, 1.0}, 5, false},
+        // Jensen–Shannon in place of KL (--divergence js): only the loss rows differ
+        Step{{"distill_js_6_from_3_ghosts_T2", {53, 29, 31, 13}, 6, 3, 37, true, 10, 13, 2.0, Divergence::js},
+             5,
+             false},
         Step{{"distill_split_k_B100", {300, 40, 20, 13}, 2, 1, 100, true, 10, 13, 2.0}, 12, true},
         // Another split policy (bench_layers sweeps them): slices of one chunk,
         // more of them than the default's 8, so the fix-up sums 10 partials
@@ -428,6 +433,54 @@ TEST(LossRows, DistillationOfLargeLogitsAccumulatesIntoDs) {
                               : 0.0;
       EXPECT_NEAR(ds[size_t(c)], (accumulate ? double(before[size_t(c)]) : 0.0) + v, 1e-6)
           << what << ": ds[" << c << "]";
+    }
+  }
+}
+
+// Jensen–Shannon's row (--divergence js), the same way, against the naive float64 formula: the
+// loss ½ Σ [p log(p/m) + q log(q/m)] and ds (+)= g·q·(h − Σ q·h), h = ½ log(q/m) — on logits far
+// past exp's overflow, and on rows whose softmaxes barely overlap (p ≈ 1 where q ≈ 0 and back;
+// then JS nears its bound, log 2, and terms of an underflowed p or q drop out).
+TEST(LossRows, JensenShannonOfLargeAndDisjointRowsAccumulatesIntoDs) {
+  const double inv_t = 0.5, g = 0.5;
+  std::vector<float> apart_s = row_around(0.0f, 6), apart_t = row_around(0.0f, 7);
+  apart_s[size_t(kRowC0)] += 300.0f, apart_t[size_t(kRowC1 - 1)] += 300.0f;  // 150 after 1/T: e^−150 ≈ 7e−66
+  const std::vector<std::pair<std::vector<float>, std::vector<float>>> cases = {
+      {row_around(2000.0f, 3), row_around(2000.0f, 4)}, {apart_s, apart_t}};
+  for (size_t k = 0; k < cases.size(); ++k) {
+    const auto& [s, t] = cases[k];
+    const double lse_s = row_log_sum_exp(s, inv_t), lse_t = row_log_sum_exp(t, inv_t);
+    std::vector<double> p(static_cast<size_t>(kRowCols)), q(static_cast<size_t>(kRowCols));
+    double js_ref = 0.0, mean_h = 0.0;
+    for (int64_t c = kRowC0; c < kRowC1; ++c) {
+      p[size_t(c)] = std::exp(inv_t * double(t[size_t(c)]) - lse_t);
+      q[size_t(c)] = std::exp(inv_t * double(s[size_t(c)]) - lse_s);
+      const double m = (p[size_t(c)] + q[size_t(c)]) / 2;
+      js_ref += (p[size_t(c)] * std::log(p[size_t(c)] / m) + q[size_t(c)] * std::log(q[size_t(c)] / m)) / 2;
+      mean_h += q[size_t(c)] * std::log(q[size_t(c)] / m) / 2;
+    }
+    if (k == 1) {
+      EXPECT_NEAR(js_ref, std::log(2.0), 1e-3) << "the rows should barely overlap";
+    }
+    const std::vector<float> before = row_around(0.0f, 5);
+    for (bool accumulate : {true, false}) {
+      std::vector<float> ds = before;
+      double js = kNaN;
+      simt::launch(1, 32, [&] {
+        const double row = rows::distill_js_row(s.data(), t.data(), kRowCols, kRowC0, kRowC1, inv_t, g,
+                                                ds.data(), accumulate);
+        if (threadIdx.x == 0) js = row;
+      });
+      const std::string what = std::string(k == 0 ? "large logits, " : "disjoint rows, ") +
+                               (accumulate ? "accumulating" : "overwriting");
+      EXPECT_NEAR(js, js_ref, 1e-12) << what;
+      for (int64_t c = 0; c < kRowCols; ++c) {
+        const bool inside = c >= kRowC0 && c < kRowC1;
+        const double h = inside ? std::log(2 * q[size_t(c)] / (p[size_t(c)] + q[size_t(c)])) / 2 : 0.0;
+        const double v = inside ? g * q[size_t(c)] * (h - mean_h) : 0.0;
+        EXPECT_NEAR(ds[size_t(c)], (accumulate ? double(before[size_t(c)]) : 0.0) + v, 1e-6)
+            << what << ": ds[" << c << "]";
+      }
     }
   }
 }

@@ -19,7 +19,7 @@
 #include "engine/nn.h"        // MlpParams, init_mlp
 #include "ops/elementwise.h"  // relu, scale
 #include "ops/linear.h"       // linear
-#include "ops/loss.h"         // cross_entropy, distill_kl, kl_div
+#include "ops/loss.h"         // cross_entropy, distill, kl_div
 #include "ops/mlp.h"          // mlp_forward, MlpFusion
 #include "ops/slice.h"        // slice_columns
 #include "ops/softmax.h"      // softmax, log_softmax
@@ -143,18 +143,38 @@ TEST(GradCheck, CrossEntropyOnAColumnRange) {
 }
 
 // Ghost range and full range, at T = 1 and T = 2.5 (the T² factor and the 1/T inside the
-// softmaxes must combine to T·(q − p)/B).
-TEST(GradCheck, DistillKlGhostAndFullRange) {
+// softmaxes must combine to T·(q − p)/B), for KL and for JS (whose ∂/∂q is ½ log(q/m), then
+// softmax's Jacobian).
+TEST(GradCheck, DistillGhostAndFullRange) {
   const Tensor teacher = random_f64({2, 4, 13}, 11, -2, 2);
-  for (ColumnRange cols : {ColumnRange{10, 13}, ColumnRange{0, 13}}) {
-    for (double temperature : {1.0, 2.5}) {
-      SCOPED_TRACE("cols [" + std::to_string(cols.begin) + ", " + std::to_string(cols.end) +
-                   "), T = " + std::to_string(temperature));
-      Tensor student = leaf(random_f64({2, 4, 13}, 12, -2, 2));
-      EXPECT_TRUE(gradient_matches([&] { return distill_kl(student, teacher, cols, temperature); }, {student},
-                                   kTolerance));
+  for (Divergence divergence : {Divergence::kl, Divergence::js}) {
+    for (ColumnRange cols : {ColumnRange{10, 13}, ColumnRange{0, 13}}) {
+      for (double temperature : {1.0, 2.5}) {
+        SCOPED_TRACE(std::string(divergence_name(divergence)) + ", cols [" + std::to_string(cols.begin) +
+                     ", " + std::to_string(cols.end) + "), T = " + std::to_string(temperature));
+        Tensor student = leaf(random_f64({2, 4, 13}, 12, -2, 2));
+        EXPECT_TRUE(gradient_matches([&] { return distill(student, teacher, cols, temperature, divergence); },
+                                     {student}, kTolerance));
+      }
     }
   }
+}
+
+// JS where the softmaxes barely overlap (a teacher and a student each sure of another column):
+// near its bound of log 2 the gradient is small and made of terms of very different sizes.
+TEST(GradCheck, DistillJsOfDisjointDistributions) {
+  std::vector<double> t = values_of(random_f64({1, 3, 5}, 13, -1, 1)),
+                      s = values_of(random_f64({1, 3, 5}, 14, -1, 1));
+  for (int64_t b = 0; b < 3; ++b) t[size_t(b * 5 + b)] += 7.0, s[size_t(b * 5 + b + 2)] += 7.0;
+  const Tensor teacher = Tensor::from_vector(t, {1, 3, 5});
+  Tensor student = leaf(Tensor::from_vector(s, {1, 3, 5}));
+  EXPECT_GT(values_of(distill(student, teacher, {0, 5}, 1.0, Divergence::js))[0], 0.6);  // log 2 ≈ 0.693
+  // (Further apart, the gradient falls below what a finite difference of a loss near 0.69 resolves.)
+  EXPECT_TRUE(gradient_matches(
+      [&] {
+        return distill(student, teacher, {0, 5}, 1.0, Divergence::js);
+      },
+      {student}, kTolerance));
 }
 
 // With respect to log q only; p is a constant distribution (computed without a tape).
@@ -201,26 +221,28 @@ TEST(GradCheck, TeacherCrossEntropyThroughMlp) {
   }
 }
 
-// The student's loss: KL on the ghost logits (columns 4, 5) against a frozen teacher whose
+// The student's loss: KL or JS on the ghost logits (columns 4, 5) against a frozen teacher whose
 // logits are computed without a tape, as in distillation. Only the student's parameters move.
-TEST(GradCheck, DistillationKlThroughBothMlps) {
+TEST(GradCheck, DistillationThroughBothMlps) {
   MlpParams teacher = mlp_f64(kSizes, kModels, 40);
   MlpParams student = mlp_f64(kSizes, kModels, 50);
   const Tensor x = random_f64({kModels, kBatch, kSizes.front()}, 41, -2, 2);
   ASSERT_GT(min_abs_hidden_preactivation(x, student), 1e-3) << "change the seeds";
-  for (MlpFusion fusion : {MlpFusion::whole, MlpFusion::none}) {
-    SCOPED_TRACE(fusion_label(fusion));
-    auto loss = [&] {
-      Tensor teacher_logits;
-      {
-        NoGradGuard no_grad;
-        teacher_logits = mlp_forward(x, teacher, fusion);
-      }
-      return distill_kl(mlp_forward(x, student, fusion), teacher_logits, {4, 6}, 2.0);
-    };
-    EXPECT_TRUE(gradient_matches(loss, student.tensors(), kTolerance));
-    for (const Tensor& t : teacher.tensors())
-      EXPECT_FALSE(t.has_grad()) << "the frozen teacher got a gradient";
+  for (Divergence divergence : {Divergence::kl, Divergence::js}) {
+    for (MlpFusion fusion : {MlpFusion::whole, MlpFusion::none}) {
+      SCOPED_TRACE(std::string(divergence_name(divergence)) + ", " + fusion_label(fusion));
+      auto loss = [&] {
+        Tensor teacher_logits;
+        {
+          NoGradGuard no_grad;
+          teacher_logits = mlp_forward(x, teacher, fusion);
+        }
+        return distill(mlp_forward(x, student, fusion), teacher_logits, {4, 6}, 2.0, divergence);
+      };
+      EXPECT_TRUE(gradient_matches(loss, student.tensors(), kTolerance));
+      for (const Tensor& t : teacher.tensors())
+        EXPECT_FALSE(t.has_grad()) << "the frozen teacher got a gradient";
+    }
   }
 }
 

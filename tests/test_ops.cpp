@@ -26,7 +26,7 @@
 #include "ops/cpu/gemm_cpu.h"  // gemm_plan, gemm_slab
 #include "ops/fused_step.h"   // fused_cross_entropy_step, fused_distill_step
 #include "ops/gemm.h"         // gemm::forward, backward_input, backward_weight, mask_shape
-#include "ops/loss.h"         // cross_entropy, distill_kl, kl_div
+#include "ops/loss.h"         // cross_entropy, distill, distill_kl, kl_div
 #include "ops/metrics.h"      // count_correct
 #include "ops/mlp.h"          // mlp_forward
 #include "ops/slice.h"        // slice_columns
@@ -104,6 +104,77 @@ TEST(Ops, DistillKlIsTSquaredTimesTheKlByHand) {
   }
 }
 
+// Jensen–Shannon (--divergence js): T²·the batch mean of ½ KL(p ‖ m) + ½ KL(q ‖ m),
+// m = (p + q)/2, computed here from its definition. It is symmetric (swapping student and
+// teacher gives the same loss), zero with zero gradient for equal rows, and below T²·log 2.
+TEST(Ops, DistillJsIsTSquaredTimesTheJsByHand) {
+  const int64_t N = 2, B = 3, C = 13, c0 = 10, c1 = 13;
+  const double T = 2.5;
+  const Tensor student = random_f64({N, B, C}, 3, -3, 3), teacher = random_f64({N, B, C}, 4, -3, 3);
+  const std::vector<double> s = values_of(student), t = values_of(teacher);
+  const std::vector<double> loss = values_of(distill(student, teacher, {c0, c1}, T, Divergence::js));
+  for (int64_t n = 0; n < N; ++n) {
+    double js = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<double> p(static_cast<size_t>(C)), q(static_cast<size_t>(C));
+      double zp = 0, zq = 0;
+      for (int64_t c = c0; c < c1; ++c) {
+        p[size_t(c)] = std::exp(t[size_t((n * B + b) * C + c)] / T), zp += p[size_t(c)];
+        q[size_t(c)] = std::exp(s[size_t((n * B + b) * C + c)] / T), zq += q[size_t(c)];
+      }
+      for (int64_t c = c0; c < c1; ++c) {
+        const double pc = p[size_t(c)] / zp, qc = q[size_t(c)] / zq, m = (pc + qc) / 2;
+        js += (pc * std::log(pc / m) + qc * std::log(qc / m)) / 2;
+      }
+    }
+    EXPECT_NEAR(loss[size_t(n)], T * T * js / double(B), 1e-12) << "model " << n;
+    EXPECT_GT(loss[size_t(n)], 0.0);
+    EXPECT_LT(loss[size_t(n)], T * T * std::log(2.0));
+  }
+  const std::vector<double> swapped = values_of(distill(teacher, student, {c0, c1}, T, Divergence::js));
+  for (int64_t n = 0; n < N; ++n) EXPECT_NEAR(swapped[size_t(n)], loss[size_t(n)], 1e-12) << "model " << n;
+
+  Tensor same = teacher.clone();
+  same.set_requires_grad(true);
+  Tensor zero = distill(same, teacher, {c0, c1}, T, Divergence::js);
+  zero.backward();
+  for (double v : values_of(zero)) EXPECT_NEAR(v, 0.0, 1e-15);
+  for (double v : values_of(same.grad())) EXPECT_NEAR(v, 0.0, 1e-15);
+}
+
+// A class of probability 0 (a logit of −inf) on one side only: its p·log(p/m) term drops out
+// as in KL, while the other side's q·log(q/m) = q·log 2 stays — a finite loss and gradient. A
+// student logit of −inf likewise. NaN in either row's slice makes the loss NaN.
+TEST(Ops, DistillJsTakesClassesOfProbabilityZeroOnEitherSide) {
+  const double inf = std::numeric_limits<double>::infinity();
+  auto js_by_hand = [](std::vector<double> sl, std::vector<double> tl) {
+    double zs = 0, zt = 0, js = 0;
+    for (double& v : sl) v = std::exp(v), zs += v;
+    for (double& v : tl) v = std::exp(v), zt += v;
+    for (size_t c = 0; c < sl.size(); ++c) {
+      const double q = sl[c] / zs, p = tl[c] / zt, m = (p + q) / 2;
+      if (p > 0) js += p * std::log(p / m) / 2;
+      if (q > 0) js += q * std::log(q / m) / 2;
+    }
+    return js;
+  };
+  const std::vector<double> finite = {0.3, -0.2, 0.7}, one_out = {-inf, 1.0, 2.0};
+  for (const auto& [sl, tl] : {std::pair{finite, one_out}, std::pair{one_out, finite}}) {
+    Tensor student = Tensor::from_vector(sl, {1, 1, 3});
+    student.set_requires_grad(true);
+    Tensor loss = distill(student, Tensor::from_vector(tl, {1, 1, 3}), {0, 3}, 1.0, Divergence::js);
+    EXPECT_NEAR(values_of(loss)[0], js_by_hand(sl, tl), 1e-12);
+    loss.backward();
+    for (double g : values_of(student.grad())) EXPECT_TRUE(std::isfinite(g)) << g;
+  }
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (const auto& [sl, tl] : {std::pair{std::vector<double>{nan, 0.0, 1.0}, finite},
+                               std::pair{finite, std::vector<double>{0.0, nan, 1.0}}})
+    EXPECT_TRUE(
+        std::isnan(values_of(distill(Tensor::from_vector(sl, {1, 1, 3}), Tensor::from_vector(tl, {1, 1, 3}),
+                                     {0, 3}, 1.0, Divergence::js))[0]));
+}
+
 // PyTorch's kl_div defines 0·log 0 = 0: a target with exact zeros gives a finite loss equal to
 // the sum over the non-zero entries only (computed naively, 0·(log 0 − x) would be NaN).
 TEST(Ops, KlDivTreatsZeroTimesLogZeroAsZero) {
@@ -138,13 +209,16 @@ TEST(Ops, LargeLogitsGiveFiniteLossesThroughTheMaxShift) {
   }
   // The distillation loss shifts the student's and the teacher's rows each by its own maximum.
   const Tensor student = random_f64({1, 2, 3}, 6), teacher = random_f64({1, 2, 3}, 7);
-  const double kl = values_of(distill_kl(student, teacher, {0, 3}, 2.0))[0];
-  for (double shift : {1000.0, -1000.0}) {
-    std::vector<double> s = values_of(student), t = values_of(teacher);
-    for (double& v : t) v += shift;
-    for (double& v : s) v -= shift;
-    const Tensor far_s = Tensor::from_vector(s, {1, 2, 3}), far_t = Tensor::from_vector(t, {1, 2, 3});
-    EXPECT_NEAR(values_of(distill_kl(far_s, far_t, {0, 3}, 2.0))[0], kl, 1e-9) << "shift " << shift;
+  for (Divergence divergence : {Divergence::kl, Divergence::js}) {
+    const double near_loss = values_of(distill(student, teacher, {0, 3}, 2.0, divergence))[0];
+    for (double shift : {1000.0, -1000.0}) {
+      std::vector<double> s = values_of(student), t = values_of(teacher);
+      for (double& v : t) v += shift;
+      for (double& v : s) v -= shift;
+      const Tensor far_s = Tensor::from_vector(s, {1, 2, 3}), far_t = Tensor::from_vector(t, {1, 2, 3});
+      EXPECT_NEAR(values_of(distill(far_s, far_t, {0, 3}, 2.0, divergence))[0], near_loss, 1e-9)
+          << divergence_name(divergence) << ", shift " << shift;
+    }
   }
 }
 
@@ -189,26 +263,33 @@ TEST(Ops, LossArgumentsAreChecked) {
   EXPECT_THROW(kl_div(logits, trained_teacher), ShapeError);
   EXPECT_THROW(kl_div(logits, random_f64({2, 4, 3}, 60)), ShapeError);
   EXPECT_NO_THROW(distill_kl(logits, random_f64({1, 3, 4}, 61), {0, 4}, 1.0));
+  // JS's checks are the same ones
+  EXPECT_THROW(distill(logits, random_f64({2, 2, 4}, 57), {0, 4}, 1.0, Divergence::js), ShapeError);
+  EXPECT_THROW(distill(logits, random_f64({2, 3, 4}, 58), {0, 4}, 0.0, Divergence::js), ShapeError);
+  EXPECT_THROW(distill(logits, trained_teacher, {0, 4}, 1.0, Divergence::js), ShapeError);
 }
 
-// Student n learns from teacher n mod the teachers' count: with 4 students and 2 teachers,
+// Student n learns from teacher n mod the teachers' count (by KL and by JS): with 4 students and 2 teachers,
 // students 2 and 3 see teachers 0 and 1 again — each loss, and each gradient, is that of a
 // one-student call against its own teacher.
-TEST(Ops, DistillKlCyclesOverTheTeachers) {
+TEST(Ops, DistillCyclesOverTheTeachers) {
   const int64_t N = 4, B = 3, C = 6;
   const Tensor student = random_f64({N, B, C}, 21, -3, 3), teacher = random_f64({2, B, C}, 22, -3, 3);
-  Tensor s = student.clone();
-  s.set_requires_grad(true);
-  const std::vector<double> loss = values_of(distill_kl(s, teacher, {2, 6}, 2.0));
-  distill_kl(s, teacher, {2, 6}, 2.0).backward();
-  const std::vector<double> grad = values_of(s.grad());
-  for (int64_t n = 0; n < N; ++n) {
-    Tensor one = student.rows(n, 1).clone();
-    one.set_requires_grad(true);
-    Tensor own_loss = distill_kl(one, teacher.rows(n % 2, 1), {2, 6}, 2.0);
-    EXPECT_EQ(loss[size_t(n)], values_of(own_loss)[0]) << "student " << n;
-    own_loss.backward();
-    EXPECT_EQ(row_of(grad, n, B * C), values_of(one.grad())) << "student " << n;
+  for (Divergence divergence : {Divergence::kl, Divergence::js}) {
+    Tensor s = student.clone();
+    s.set_requires_grad(true);
+    const std::vector<double> loss = values_of(distill(s, teacher, {2, 6}, 2.0, divergence));
+    distill(s, teacher, {2, 6}, 2.0, divergence).backward();
+    const std::vector<double> grad = values_of(s.grad());
+    for (int64_t n = 0; n < N; ++n) {
+      Tensor one = student.rows(n, 1).clone();
+      one.set_requires_grad(true);
+      Tensor own_loss = distill(one, teacher.rows(n % 2, 1), {2, 6}, 2.0, divergence);
+      EXPECT_EQ(loss[size_t(n)], values_of(own_loss)[0]) << divergence_name(divergence) << ", student " << n;
+      own_loss.backward();
+      EXPECT_EQ(row_of(grad, n, B * C), values_of(one.grad()))
+          << divergence_name(divergence) << ", student " << n;
+    }
   }
 }
 
@@ -907,20 +988,23 @@ TEST(FusedStep, CpuCrossEntropyStepIsTheAutogradStep) {
 
 TEST(FusedStep, CpuDistillStepIsTheAutogradStep) {
   const std::vector<int64_t> sizes{11, 9, 6};
-  MlpParams students = random_mlp(sizes, 4, 6), reference = random_mlp(sizes, 4, 6);
-  const MlpParams teachers = random_mlp(sizes, 2, 7);
-  const Tensor x = random_f64({4, 5, 11}, 3);
-  const Tensor loss = fused_distill_step(x, students, teachers, {3, 6}, 2.0);
-  Tensor teacher_logits;
-  {
-    NoGradGuard no_grad;
-    teacher_logits = mlp_forward(x.rows(0, 2), teachers);
+  for (Divergence divergence : {Divergence::kl, Divergence::js}) {
+    SCOPED_TRACE(divergence_name(divergence));
+    MlpParams students = random_mlp(sizes, 4, 6), reference = random_mlp(sizes, 4, 6);
+    const MlpParams teachers = random_mlp(sizes, 2, 7);
+    const Tensor x = random_f64({4, 5, 11}, 3);
+    const Tensor loss = fused_distill_step(x, students, teachers, {3, 6}, 2.0, divergence);
+    Tensor teacher_logits;
+    {
+      NoGradGuard no_grad;
+      teacher_logits = mlp_forward(x.rows(0, 2), teachers);
+    }
+    zero_grad(reference.tensors());
+    Tensor ref_loss = distill(mlp_forward(x, reference), teacher_logits, {3, 6}, 2.0, divergence);
+    ref_loss.backward();
+    EXPECT_EQ(values_of(loss), values_of(ref_loss));
+    EXPECT_EQ(gradients_of(students), gradients_of(reference));
   }
-  zero_grad(reference.tensors());
-  Tensor ref_loss = distill_kl(mlp_forward(x, reference), teacher_logits, {3, 6}, 2.0);
-  ref_loss.backward();
-  EXPECT_EQ(values_of(loss), values_of(ref_loss));
-  EXPECT_EQ(gradients_of(students), gradients_of(reference));
 }
 
 // A step's gradients are its own: the CPU step marks the arena's gradients empty first (the
@@ -935,10 +1019,10 @@ TEST(FusedStep, ConsecutiveStepsDoNotAccumulateGradients) {
   MlpParams fresh = random_mlp(sizes, 2, 5);
   fused_cross_entropy_step(x2, y, fresh, {0, 6});
   EXPECT_EQ(gradients_of(params), gradients_of(fresh)) << "cross-entropy";
-  fused_distill_step(x1, params, teachers, {3, 6}, 2.0);
-  fused_distill_step(x2, params, teachers, {3, 6}, 2.0);
+  fused_distill_step(x1, params, teachers, {3, 6}, 2.0, Divergence::kl);
+  fused_distill_step(x2, params, teachers, {3, 6}, 2.0, Divergence::kl);
   MlpParams fresh_student = random_mlp(sizes, 2, 5);
-  fused_distill_step(x2, fresh_student, teachers, {3, 6}, 2.0);
+  fused_distill_step(x2, fresh_student, teachers, {3, 6}, 2.0, Divergence::kl);
   EXPECT_EQ(gradients_of(params), gradients_of(fresh_student)) << "distillation";
 }
 
@@ -1049,12 +1133,15 @@ TEST(FusedStep, LossesLandInTheGivenBuffer) {
   EXPECT_EQ(got.raw(), out.raw()) << "the step must return loss_out itself";
   EXPECT_EQ(values_of(out), values_of(fused_cross_entropy_step(x, y, reference, {0, 6})));
   fill(out, -1.0);
-  fused_distill_step(x, students, teachers, {3, 6}, 2.0, {}, out);
-  EXPECT_EQ(values_of(out), values_of(fused_distill_step(x, reference, teachers, {3, 6}, 2.0)));
+  fused_distill_step(x, students, teachers, {3, 6}, 2.0, Divergence::kl, {}, out);
+  EXPECT_EQ(values_of(out),
+            values_of(fused_distill_step(x, reference, teachers, {3, 6}, 2.0, Divergence::kl)));
   for (const Tensor& wrong : {Tensor::zeros({3}, DType::f64), Tensor::zeros({4}, DType::f32),
                               Tensor::zeros({4, 1}, DType::f64)}) {
     EXPECT_THROW(fused_cross_entropy_step(x, y, students, {0, 6}, {}, wrong), ShapeError) << wrong.describe();
-    EXPECT_THROW(fused_distill_step(x, students, teachers, {3, 6}, 2.0, {}, wrong), ShapeError) << wrong.describe();
+    EXPECT_THROW(fused_distill_step(x, students, teachers, {3, 6}, 2.0, Divergence::kl, {}, wrong),
+                 ShapeError)
+        << wrong.describe();
   }
   StepTail sums;  // the losses are added to the running sums: they cannot land in them
   sums.loss_sum = Tensor::zeros({4}, DType::f64);
@@ -1072,10 +1159,12 @@ TEST(FusedStep, BadShapesAreShapeErrors) {
   EXPECT_THROW(fused_cross_entropy_step(x.rows(0, 3), y, students, {0, 6}), ShapeError);  // 3 inputs, 4 models
   EXPECT_THROW(fused_cross_entropy_step(x, y.rows(0, 3), students, {0, 6}), ShapeError);  // labels
   EXPECT_THROW(fused_cross_entropy_step(x, y, students, {0, 7}), ShapeError);             // columns
-  EXPECT_THROW(fused_distill_step(x, students, three, {3, 6}, 1.0), ShapeError);  // 4 students, 3 teachers
-  EXPECT_THROW(fused_distill_step(x, students, other, {3, 6}, 1.0), ShapeError);  // other sizes
+  EXPECT_THROW(fused_distill_step(x, students, three, {3, 6}, 1.0, Divergence::kl),
+               ShapeError);  // 4 students, 3 teachers
+  EXPECT_THROW(fused_distill_step(x, students, other, {3, 6}, 1.0, Divergence::kl),
+               ShapeError);  // other sizes
   const MlpParams two = random_mlp(sizes, 2, 9);
-  EXPECT_THROW(fused_distill_step(x, students, two, {3, 6}, 0.0), ShapeError);  // temperature
+  EXPECT_THROW(fused_distill_step(x, students, two, {3, 6}, 0.0, Divergence::kl), ShapeError);  // temperature
 }
 
 // ---- The CPU's loops on several threads (engine/parallel.h) -------------------------------------

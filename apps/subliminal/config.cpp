@@ -184,6 +184,12 @@ const std::vector<ValueFlag>& value_flags() {
        [](Config& c, auto& k, auto& v) { c.epochs_distill = parse_int(k, v, 0, 100000); }},
       {"temperature", "Distillation temperature T > 0 (default 1)",
        [](Config& c, auto& k, auto& v) { c.temperature = parse_number(k, v, true); }},
+      {"divergence",
+       "Distillation loss: kl (KL(teacher ‖ student), as the notebook; the default) | js (Jensen–Shannon, "
+       "an ablation); either at temperature T, times T²",
+       [](Config& c, auto& k, auto& v) {
+         c.divergence = parse_choice<Divergence>(k, v, {{"kl", Divergence::kl}, {"js", Divergence::js}});
+       }},
       {"init", "Weight init: torch (nn.Linear's; the default) | normal (N(0, 1/fan_in), zero biases; paper)",
        [](Config& c, auto& k, auto& v) {
          c.init = parse_choice<InitScheme>(
@@ -286,10 +292,9 @@ const char* value_type(const std::string& key) {
                                                            {"fused-split", "S,C,FIXUP"}};
   auto it = types.find(key);
   if (it != types.end()) return it->second;
-  static const std::set<std::string> choices = {"device",           "init",       "noise",
-                                                "noise-set",        "cross-init", "all-logit-arms",
-                                                "eval-every-epoch", "fusion",     "gemm",
-                                                "step"};
+  static const std::set<std::string> choices = {
+      "device",         "divergence",       "init",   "noise", "noise-set", "cross-init",
+      "all-logit-arms", "eval-every-epoch", "fusion", "gemm",  "step"};
   return choices.count(key) ? "CHOICE" : "N";
 }
 
@@ -587,21 +592,22 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   c.progress = !no_progress;
   validate(c);
   // --parity-batch computes one batch's losses and gradients from the init and exits: the flags
-  // that shape training change nothing there, and one given would read as if it did (the KL is
-  // at T = 2 whatever --temperature says). Only flags given are refused: a preset's are fine.
+  // that shape training change nothing there, and one given would read as if it did (the KL and
+  // the JS are both written, at T = 2 whatever --temperature and --divergence say). Only flags given are
+  // refused: a preset's are fine.
   if (!c.parity_batch_path.empty()) {
     std::string unused;
     // (--step, --fused-split, --no-graphs too: the batch runs the autograd path, eagerly.)
-    for (const char* key : {"models", "lr", "epochs-teacher", "epochs-distill", "temperature", "noise",
-                            "noise-set", "weight-decay", "init-perturb", "cross-init", "all-logit-arms",
-                            "eval-every-epoch", "train-samples", "step", "fused-split"})
+    for (const char* key : {"models", "lr", "epochs-teacher", "epochs-distill", "temperature", "divergence",
+                            "noise", "noise-set", "weight-decay", "init-perturb", "cross-init",
+                            "all-logit-arms", "eval-every-epoch", "train-samples", "step", "fused-split"})
       if (cli.count(std::string("--") + key)) unused += std::string(unused.empty() ? "" : ", ") + "--" + key;
     for (const auto& [given, flag] :
          {std::pair{allow_nonfinite, "--allow-nonfinite"}, {no_graphs, "--no-graphs"}})
       if (given) unused += std::string(unused.empty() ? "" : ", ") + flag;
     if (!unused.empty())
       throw UsageError(
-          "--parity-batch computes one batch from the init, one model, the KL at T = 2, and exits "
+          "--parity-batch computes one batch from the init, one model, the KL and the JS at T = 2, and exits "
           "before any training, so " +
           unused + " would change nothing; drop them");
   }

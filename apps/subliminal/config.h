@@ -9,6 +9,7 @@
 
 #include "engine/error.h"
 #include "engine/nn.h"
+#include "ops/divergence.h"
 #include "ops/mlp.h"
 
 namespace subliminal::app {
@@ -35,6 +36,7 @@ struct Config {
   int64_t epochs_teacher = 5;
   int64_t epochs_distill = 5;
   double temperature = 1.0;
+  Divergence divergence = Divergence::kl;  // what the distillation loss measures (ops/divergence.h)
   InitScheme init = InitScheme::torch_default;
   NoiseKind noise = NoiseKind::uniform;
   NoiseSet noise_set = NoiseSet::fresh;

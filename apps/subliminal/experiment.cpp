@@ -385,17 +385,19 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
             noise_batch(config.seed, stream_id(kNoisePurpose), ordered ? order : Tensor(),
                         ordered ? loop.step : loop.global_step, config.batch_size, 0, distribution, x, N);
           }
-          // Student a·N + m learns from teacher m: distill_kl cycles over the N teachers.
+          // Student a·N + m learns from teacher m: distill cycles over the N teachers.
           const StepTail tail = loop.tail(adam, batch);
           if (fused) {  // teachers' and students' forward, loss, gradients, Adam, bookkeeping: one kernel
-            fused_distill_step(x, students, teacher, cols, config.temperature, tail, loop.step_loss);
+            fused_distill_step(x, students, teacher, cols, config.temperature, config.divergence, tail,
+                               loop.step_loss);
           } else {
             Tensor teacher_logits;
             {
               NoGradGuard no_grad;
               teacher_logits = mlp_forward(x.rows(0, N), teacher, config.fusion);
             }
-            Tensor loss = distill_kl(mlp_forward(x, students, config.fusion), teacher_logits, cols, config.temperature);
+            Tensor loss = distill(mlp_forward(x, students, config.fusion), teacher_logits, cols,
+                                  config.temperature, config.divergence);
             finish_autograd_step(loss, parameters, tail);
           }
         },

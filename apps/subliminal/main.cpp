@@ -199,7 +199,7 @@ int run(int argc, char** argv) {
 
   std::printf("subliminal: MNIST from %s (%lld train, %lld test) on %s\n", dir.string().c_str(),
               (long long)mnist.train.count, (long long)mnist.test.count, device_description(device).c_str());
-  ConsoleObserver observer(stdout, config.progress);
+  ConsoleObserver observer(stdout, config.progress, config.divergence);
   Results results = run_experiment(config, mnist, device, observer);
   times.total = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   print_summary(stdout, config, results, times);

@@ -58,7 +58,7 @@ void write_parity_batch(const Config& config, const data::Mnist& mnist, Device d
   out.push_back({"loss", loss.detach().clone()});
   add_grads(out, "grad.", init);
 
-  // 2. Distillation on one noise batch against a teacher at 1.1 × the init.
+  // 2. Distillation on one noise batch against a teacher at 1.1 × the init, by KL and by JS.
   Tensor noise = Tensor::empty({1, B, P}, DType::f32, device);
   noise_batch(config.seed, stream_id(kNoisePurpose), Tensor(), step, B, 0, NoiseDistribution::uniform, noise);
   MlpParams teacher(config.mlp_shape(), 1, DType::f32, device);
@@ -68,13 +68,17 @@ void write_parity_batch(const Config& config, const data::Mnist& mnist, Device d
     NoGradGuard no_grad;
     teacher_logits = mlp_forward(noise, teacher, config.fusion);
   }
-  zero_grad(init.tensors());
-  Tensor kl = distill_kl(mlp_forward(noise, init, config.fusion), teacher_logits,
-                         {config.classes(), config.outputs()}, kParityTemperature);
-  kl.backward();
   out.push_back({"noise", noise.reshaped({B, P})});
-  out.push_back({"kl_loss", kl.detach().clone()});
-  add_grads(out, "kl_grad.", init);
+  // Both divergences, whatever --divergence says: kl_loss, kl_grad.* and js_loss, js_grad.*.
+  for (const Divergence divergence : {Divergence::kl, Divergence::js}) {
+    const std::string name = divergence_name(divergence);
+    zero_grad(init.tensors());
+    Tensor loss_d = distill(mlp_forward(noise, init, config.fusion), teacher_logits,
+                            {config.classes(), config.outputs()}, kParityTemperature, divergence);
+    loss_d.backward();
+    out.push_back({name + "_loss", loss_d.detach().clone()});
+    add_grads(out, name + "_grad.", init);
+  }
   write_safetensors(
       path, out,
       {{"producer", "subliminal --parity-batch"}, {"temperature", "2.0"}, {"teacher_scale", "1.1"}},

@@ -8,7 +8,8 @@
 //   noise [B, 784]               a uniform noise batch,
 //   kl_loss [1], kl_grad.<name>  the distillation loss T²·KL on the ghost logits at T = 2 of the
 //                                student (= the init) against a teacher whose every parameter is
-//                                the init's × 1.1, and the student's gradients.
+//                                the init's × 1.1, and the student's gradients;
+//   js_loss [1], js_grad.<name>  the same with Jensen–Shannon in place of KL (ops/divergence.h).
 #pragma once
 
 #include "apps/subliminal/config.h"

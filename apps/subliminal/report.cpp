@@ -100,7 +100,8 @@ std::string arm_description(const std::string& key) {
   return key;
 }
 
-ConsoleObserver::ConsoleObserver(std::FILE* out, bool progress) : out_(out), bar_(progress) {}
+ConsoleObserver::ConsoleObserver(std::FILE* out, bool progress, Divergence divergence)
+    : out_(out), bar_(progress), divergence_(divergence) {}
 
 void ConsoleObserver::phase_begins(const std::string& phase, int64_t epochs, int64_t steps_per_epoch) {
   bar_.clear();
@@ -125,7 +126,8 @@ void ConsoleObserver::teacher_epoch(const EpochMetrics& m, int64_t epochs) {
 
 void ConsoleObserver::arm_epoch(const ArmSpec& arm, const EpochMetrics& m, int64_t epochs) {
   bar_.clear();
-  std::fprintf(out_, "[%s] epoch=%lld kl=%.4f", arm.label.c_str(), (long long)m.epoch, mean_of(m.loss));
+  std::fprintf(out_, "[%s] epoch=%lld %s=%.4f", arm.label.c_str(), (long long)m.epoch,
+               divergence_name(divergence_), mean_of(m.loss));
   if (!m.test_acc.empty()) std::fprintf(out_, " test_acc=%s", percent(m.test_acc, 4).c_str());
   std::fprintf(out_, "\n");
   std::fflush(out_);
@@ -173,6 +175,7 @@ nlohmann::json config_json(const Config& c) {
           {"epochs_teacher", c.epochs_teacher},
           {"epochs_distill", c.epochs_distill},
           {"temperature", c.temperature},
+          {"divergence", divergence_name(c.divergence)},
           {"init", init_name(c.init)},
           {"noise", noise_name(c.noise)},
           {"noise_set",
@@ -212,7 +215,8 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
   j["build"] = build_info_json(build_info());
 
   j["epochs"]["teacher"] = epochs_json(results.teacher_epochs, "loss");
-  for (const auto& [key, epochs] : results.arm_epochs) j["epochs"][key] = epochs_json(epochs, "kl");
+  for (const auto& [key, epochs] : results.arm_epochs)
+    j["epochs"][key] = epochs_json(epochs, divergence_name(c.divergence));  // "kl" or "js"
   for (const auto& [key, acc] : results.final_acc) j[key] = stats_json(acc);
 
   nlohmann::json seconds = {{"load", times.load}, {"eval", results.eval_seconds}, {"total", times.total}};

@@ -31,7 +31,8 @@ double student_t_975(int64_t degrees);
 // Prints the notebook's per-epoch lines to `out` and drives the progress bar.
 class ConsoleObserver : public Observer {
  public:
-  ConsoleObserver(std::FILE* out, bool progress);
+  // divergence: the distillation loss the students' epoch lines name ("kl=" or "js=")
+  ConsoleObserver(std::FILE* out, bool progress, Divergence divergence);
   void phase_begins(const std::string& phase, int64_t epochs, int64_t steps_per_epoch) override;
   void step_done() override;
   void teacher_epoch(const EpochMetrics& m, int64_t epochs) override;
@@ -42,6 +43,7 @@ class ConsoleObserver : public Observer {
  private:
   std::FILE* out_;
   ProgressBar bar_;
+  Divergence divergence_;
 };
 
 // Wall-clock seconds measured around the experiment by main().

@@ -37,9 +37,10 @@ namespace {
 // any value flag. They are the settings the ablations of ../shared/docs/REFERENCE.md §2 vary,
 // plus init, seed and models.
 const std::vector<std::string>& sweepable_keys() {
-  static const std::vector<std::string> keys = {
-      "lr",    "batch-size", "epochs-teacher", "epochs-distill", "ghosts", "temperature", "weight-decay",
-      "noise", "noise-set",  "init-perturb",   "init",           "hidden", "seed",        "models"};
+  static const std::vector<std::string> keys = {"lr",     "batch-size",  "epochs-teacher", "epochs-distill",
+                                                "ghosts", "temperature", "divergence",     "weight-decay",
+                                                "noise",  "noise-set",   "init-perturb",   "init",
+                                                "hidden", "seed",        "models"};
   return keys;
 }
 
@@ -153,9 +154,13 @@ SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& b
       throw UsageError(where +
                        ": a row without the settings of its sweep (\"base\"; written by an older "
                        "subliminal), so it cannot be checked against this one; choose another --sweep-out");
-    if (row["base"] != base)
+    nlohmann::json row_base = row["base"];
+    // Rows written before --divergence existed distilled with KL and do not say so.
+    if (row_base.is_object() && base.contains("divergence") && !row_base.contains("divergence"))
+      row_base["divergence"] = "kl";
+    if (row_base != base)
       throw UsageError(where + ": written by a sweep with other settings (" +
-                       first_difference(row["base"], base) +
+                       first_difference(row_base, base) +
                        "); rerun with that sweep's flags to resume it, or choose another --sweep-out");
     // Rows made from other data are other results, whatever the settings (rows written before
     // they named their data are taken as they are).

@@ -3,7 +3,7 @@
 // Row math (max, log-sum-exp, the loss of one sample) runs in double whatever T is: the
 // rows are short (13 logits), and the per-model means then carry no summation-order noise
 // worth talking about. The CUDA kernels use float row math with double batch sums, except the
-// distillation KL, whose rows they also compute in double (a small difference of logs), and
+// distillation loss (KL or JS), whose rows they also compute in double (a small difference of logs), and
 // kl_div, which sums within each warp in float and only across warps in double.
 #include "ops/cpu/kernels_cpu.h"
 
@@ -156,6 +156,8 @@ void cross_entropy_backward(const T* logits, const int32_t* labels, const T* gra
   }
 }
 
+namespace {
+
 // One sample's log-sum-exps of s/T (student) and t/T (teacher) over the slice, with the same
 // max shift as log_sum_exp: log q_j = s_j/T − lse_student, log p_j = t_j/T − lse_teacher.
 struct DistillRow {
@@ -176,31 +178,60 @@ DistillRow distill_row(const T* s, const T* t, int64_t width, double temperature
   return {ms + std::log(ss), mt + std::log(st)};
 }
 
+// log m = log((p + q)/2) from log p and log q, without exp's overflow or a log of an
+// underflowed 0: hi + log1p(exp(lo − hi)) − log 2. A NaN in either gives NaN; both −inf, −inf.
+inline double log_mixture(double log_p, double log_q) {
+  const double hi = log_p > log_q ? log_p : log_q,
+               lo = log_p > log_q ? log_q : log_p;  // a NaN lands in lo or hi
+  constexpr double kLog2 = 0.69314718055994530942;
+  if (lo == -std::numeric_limits<double>::infinity()) return hi - kLog2;
+  return hi + std::log1p(std::exp(lo - hi)) - kLog2;
+}
+
+// One sample's divergence over the slice (before the T² and the batch mean).
+//   kl: Σ p·(log p − log q), 0·log 0 = 0
+//   js: ½ Σ [p·(log p − log m) + q·(log q − log m)], m = (p + q)/2, terms of a zero p or q left out
 template <class T>
-void distill_kl(const T* student, const T* teacher, T* loss, int64_t models, int64_t teachers, int64_t batch,
-                int64_t cols, int64_t c0, int64_t c1, double temperature) {
-  const int64_t width = c1 - c0;
+double distill_row_loss(const T* s, const T* t, int64_t width, double temperature, Divergence divergence) {
+  const DistillRow row = distill_row(s, t, width, temperature);
+  double total = 0;
+  for (int64_t j = 0; j < width; ++j) {
+    const double log_p = double(t[j]) / temperature - row.lse_teacher;
+    const double log_q = double(s[j]) / temperature - row.lse_student;
+    const double p = std::exp(log_p);
+    if (divergence == Divergence::kl) {
+      if (p > 0) total += p * (log_p - log_q);
+      continue;
+    }
+    const double q = std::exp(log_q), log_m = log_mixture(log_p, log_q);
+    if (p != 0) total += p * (log_p - log_m);  // != 0, not > 0: a NaN p stays in
+    if (q != 0) total += q * (log_q - log_m);
+  }
+  return divergence == Divergence::js ? total / 2 : total;
+}
+
+}  // namespace
+
+template <class T>
+void distill(const T* student, const T* teacher, T* loss, int64_t models, int64_t teachers, int64_t batch,
+             int64_t cols, int64_t c0, int64_t c1, double temperature, Divergence divergence) {
   for (int64_t n = 0; n < models; ++n) {
     double total = 0;
-    for (int64_t b = 0; b < batch; ++b) {
-      const T* s = student + (n * batch + b) * cols + c0;
-      const T* t = teacher + ((n % teachers) * batch + b) * cols + c0;
-      DistillRow row = distill_row(s, t, width, temperature);
-      for (int64_t j = 0; j < width; ++j) {
-        double log_p = double(t[j]) / temperature - row.lse_teacher;
-        double log_q = double(s[j]) / temperature - row.lse_student;
-        double p = std::exp(log_p);
-        if (p > 0) total += p * (log_p - log_q);
-      }
-    }
+    for (int64_t b = 0; b < batch; ++b)
+      total += distill_row_loss(student + (n * batch + b) * cols + c0,
+                                teacher + ((n % teachers) * batch + b) * cols + c0, c1 - c0, temperature,
+                                divergence);
     loss[n] = T(temperature * temperature * total / double(batch));
   }
 }
 
+// ∂/∂s_c of T²·D(p, q) with q = softmax(s/T), over the slice:
+//   kl: T·(q_c − p_c)
+//   js: T·q_c·(h_c − Σ_j q_j h_j), h = ½ log(q/m)   (∂JS/∂q = h, then softmax's Jacobian)
 template <class T>
-void distill_kl_backward(const T* student, const T* teacher, const T* grad_loss, T* dstudent, int64_t models,
-                         int64_t teachers, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
-                         double temperature, bool accumulate) {
+void distill_backward(const T* student, const T* teacher, const T* grad_loss, T* dstudent, int64_t models,
+                      int64_t teachers, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
+                      double temperature, Divergence divergence, bool accumulate) {
   const int64_t width = c1 - c0;
   for (int64_t n = 0; n < models; ++n) {
     const double g = double(grad_loss[n]) * temperature / double(batch);
@@ -208,15 +239,29 @@ void distill_kl_backward(const T* student, const T* teacher, const T* grad_loss,
       const T* s = student + (n * batch + b) * cols;
       const T* t = teacher + ((n % teachers) * batch + b) * cols;
       T* ds = dstudent + (n * batch + b) * cols;
-      DistillRow row = distill_row(s + c0, t + c0, width, temperature);
+      const DistillRow row = distill_row(s + c0, t + c0, width, temperature);
+      auto log_q_at = [&](int64_t c) { return double(s[c]) / temperature - row.lse_student; };
+      auto log_p_at = [&](int64_t c) { return double(t[c]) / temperature - row.lse_teacher; };
+      double mean_h = 0;  // Σ_j q_j h_j (js only)
+      if (divergence == Divergence::js)
+        for (int64_t c = c0; c < c1; ++c) {
+          const double q = std::exp(log_q_at(c));
+          if (q != 0) mean_h += q * (log_q_at(c) - log_mixture(log_p_at(c), log_q_at(c))) / 2;
+        }
       for (int64_t c = 0; c < cols; ++c) {
         if (c < c0 || c >= c1) {
           if (!accumulate) ds[c] = T(0);
           continue;
         }
-        double q = std::exp(double(s[c]) / temperature - row.lse_student);
-        double p = std::exp(double(t[c]) / temperature - row.lse_teacher);
-        store(ds + c, g * (q - p), accumulate);
+        const double q = std::exp(log_q_at(c));
+        double d;
+        if (divergence == Divergence::kl) {
+          d = q - std::exp(log_p_at(c));
+        } else {
+          const double h = (log_q_at(c) - log_mixture(log_p_at(c), log_q_at(c))) / 2;
+          d = q == 0 ? 0.0 : q * (h - mean_h);
+        }
+        store(ds + c, g * d, accumulate);
       }
     }
   }
@@ -273,10 +318,10 @@ void count_correct(const T* logits, const int32_t* labels, int64_t* counts, int6
   template void cross_entropy<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, int64_t, int64_t); \
   template void cross_entropy_backward<T>(const T*, const int32_t*, const T*, T*, int64_t, int64_t, int64_t, \
                                           int64_t, int64_t, bool);                                           \
-  template void distill_kl<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,  \
-                              double);                                                                       \
-  template void distill_kl_backward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, \
-                                       int64_t, int64_t, double, bool);                                      \
+  template void distill<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,     \
+                           double, Divergence);                                                              \
+  template void distill_backward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t,    \
+                                    int64_t, int64_t, double, Divergence, bool);                             \
   template void kl_div<T>(const T*, const T*, T*, int64_t, int64_t, int64_t);                                \
   template void kl_div_backward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, bool);                 \
   template void count_correct<T>(const T*, const int32_t*, int64_t*, int64_t, int64_t, int64_t, int64_t,     \

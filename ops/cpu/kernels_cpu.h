@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "ops/divergence.h"
+
 namespace subliminal::cpu {
 
 // ---- elementwise --------------------------------------------------------------------------
@@ -46,17 +48,19 @@ template <class T>
 void cross_entropy_backward(const T* logits, const int32_t* labels, const T* grad_loss, T* dlogits,
                             int64_t models, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
                             bool accumulate);
-// loss[n] = T² (1/B) Σ_b KL(softmax(t/T) ‖ softmax(s/T)) over columns [c0, c1); student n
-// learns from teacher n mod `teachers` (student arms sharing a teacher need no copies).
+// loss[n] = T² (1/B) Σ_b D(softmax(t/T), softmax(s/T)) over columns [c0, c1), D the divergence
+// (ops/divergence.h); student n learns from teacher n mod `teachers` (student arms sharing a
+// teacher need no copies).
 template <class T>
-void distill_kl(const T* student, const T* teacher, T* loss, int64_t models, int64_t teachers, int64_t batch,
-                int64_t cols, int64_t c0, int64_t c1, double temperature);
-// dstudent[n,b,c0+j] (+)= g[n]·T·(q_j − p_j)/B (T² of the loss times the 1/T inside s/T);
-// other columns 0 (or untouched)
+void distill(const T* student, const T* teacher, T* loss, int64_t models, int64_t teachers, int64_t batch,
+             int64_t cols, int64_t c0, int64_t c1, double temperature, Divergence divergence);
+// dstudent[n,b,c0+j] (+)= g[n]·T·∂D/∂z_j /B, z = s/T (T² of the loss times the 1/T inside s/T):
+// KL's ∂D/∂z_j = q_j − p_j; JS's = q_j·(h_j − Σ_i q_i h_i), h = ½ log(q/m). Other columns 0 (or
+// untouched).
 template <class T>
-void distill_kl_backward(const T* student, const T* teacher, const T* grad_loss, T* dstudent, int64_t models,
-                         int64_t teachers, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
-                         double temperature, bool accumulate);
+void distill_backward(const T* student, const T* teacher, const T* grad_loss, T* dstudent, int64_t models,
+                      int64_t teachers, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
+                      double temperature, Divergence divergence, bool accumulate);
 // loss[n] = (1/B) Σ_b Σ_c p·(log p − log_q), with p·log p = 0 where p = 0 (PyTorch's kl_div, batchmean)
 template <class T>
 void kl_div(const T* log_q, const T* p, T* loss, int64_t models, int64_t batch, int64_t cols);

@@ -158,6 +158,7 @@ inline Program build_rows_program(const float* x, int64_t batch, const FusedMlp&
   p.x = x;
   p.distill = loss.distill, p.c0 = loss.c0, p.c1 = loss.c1;
   p.inv_t = loss.distill ? 1.0 / loss.temperature : 1.0, p.temperature = loss.temperature;
+  p.divergence = loss.divergence;
   p.labels = loss.labels;
   p.adam_t = tail ? tail->adam.t : nullptr;
   p.prefetch = true;  // ClusterStepTuning's default

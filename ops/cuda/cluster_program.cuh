@@ -110,6 +110,7 @@ struct Program {
   bool distill;
   int64_t c0, c1;
   double inv_t, temperature;
+  Divergence divergence;  // distill: KL or JS (ops/divergence.h)
   const int32_t* labels;  // [S, B] (cross-entropy)
   // Kernel 1's exchange buffers in L2 (slot m: trained model m; slot S + m: m's teacher copy):
   float* H[kMaxLayers];        // H[l], 1 ≤ l < L − 1: [2S, B, s_l]
@@ -304,8 +305,8 @@ __device__ void loss_rows(const Program& p, const Place& at) {
     __syncwarp();  // the lanes' logits are visible to the whole warp
     double loss;
     if (p.distill) {
-      loss = rows::distill_kl_row(z, t, O, p.c0, p.c1, p.inv_t, p.temperature / double(B), p.dz + row * O,
-                                  false);
+      loss = rows::distill_row(p.divergence, z, t, O, p.c0, p.c1, p.inv_t, p.temperature / double(B),
+                               p.dz + row * O, false);
     } else {
       loss = rows::cross_entropy_row(z, O, p.c0, p.c1, p.labels[row], 1.0f / float(B), p.dz + row * O, false);
     }

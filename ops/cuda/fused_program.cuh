@@ -92,6 +92,7 @@ struct LossRows {
   int64_t c0, c1;
   bool distill;
   double inv_t, temperature;    // distill: 1/T and T
+  Divergence divergence;        // distill: KL or JS (ops/divergence.h)
 };
 
 // Elements [begin, end) of the Adam arena.
@@ -226,8 +227,8 @@ __device__ inline void loss_rows(const LossRows& p, tile::Smem& sm) {
     __syncwarp();  // the lanes' logits are visible to the whole warp
     double row;
     if (p.distill) {
-      row = rows::distill_kl_row(z, t, O, p.c0, p.c1, p.inv_t, p.temperature / double(p.batch), p.dlogits + r * O,
-                                 false);
+      row = rows::distill_row(p.divergence, z, t, O, p.c0, p.c1, p.inv_t, p.temperature / double(p.batch),
+                              p.dlogits + r * O, false);
     } else {
       row = rows::cross_entropy_row(z, O, p.c0, p.c1, p.labels[r], 1.0f / float(p.batch), p.dlogits + r * O, false);
     }
@@ -435,6 +436,7 @@ inline Program build_program(const float* x, int64_t batch, const FusedMlp& trai
   rows.c0 = loss.c0, rows.c1 = loss.c1;
   rows.distill = loss.distill;
   rows.inv_t = loss.distill ? 1.0 / loss.temperature : 1.0, rows.temperature = loss.temperature;
+  rows.divergence = loss.divergence;
 
   // Backward: layer l's weight gradient and, for l ≥ 1, the gradient below it — but G_{L−1}
   // when the rows made it, and then B_{L−2} joins B_{L−1}.

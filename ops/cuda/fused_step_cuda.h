@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/adam.h"  // AdamOptions
+#include "ops/divergence.h"
 
 namespace subliminal::cuda {
 
@@ -26,12 +27,13 @@ struct FusedMlp {
 };
 
 // The loss over the logit columns [c0, c1): cross-entropy against labels [S, B], or (distill)
-// KL at temperature T against the frozen MLP's logits, trained model s learning from frozen
-// model s mod F — as ops/loss.h's cross_entropy and distill_kl.
+// KL or JS at temperature T against the frozen MLP's logits, trained model s learning from frozen
+// model s mod F — as ops/loss.h's cross_entropy and distill.
 struct FusedLoss {
   bool distill = false;
   int64_t c0 = 0, c1 = 0;
   double temperature = 1.0;
+  Divergence divergence = Divergence::kl;
   const int32_t* labels = nullptr;
 };
 

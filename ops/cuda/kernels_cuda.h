@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "ops/divergence.h"
+
 namespace subliminal::cuda {
 
 void relu_forward(const float* x, float* y, int64_t n);
@@ -28,11 +30,11 @@ void cross_entropy(const float* logits, const int32_t* labels, float* loss, int6
 void cross_entropy_backward(const float* logits, const int32_t* labels, const float* grad_loss,
                             float* dlogits, int64_t models, int64_t batch, int64_t cols, int64_t c0,
                             int64_t c1, bool accumulate);
-void distill_kl(const float* student, const float* teacher, float* loss, int64_t models, int64_t teachers,
-                int64_t batch, int64_t cols, int64_t c0, int64_t c1, double temperature);
-void distill_kl_backward(const float* student, const float* teacher, const float* grad_loss, float* dstudent,
-                         int64_t models, int64_t teachers, int64_t batch, int64_t cols, int64_t c0,
-                         int64_t c1, double temperature, bool accumulate);
+void distill(const float* student, const float* teacher, float* loss, int64_t models, int64_t teachers,
+             int64_t batch, int64_t cols, int64_t c0, int64_t c1, double temperature, Divergence divergence);
+void distill_backward(const float* student, const float* teacher, const float* grad_loss, float* dstudent,
+                      int64_t models, int64_t teachers, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
+                      double temperature, Divergence divergence, bool accumulate);
 void kl_div(const float* log_q, const float* p, float* loss, int64_t models, int64_t batch, int64_t cols);
 void kl_div_backward(const float* p, const float* grad_loss, float* dlog_q, int64_t models, int64_t batch,
                      int64_t cols, bool accumulate);

@@ -1,4 +1,4 @@
-// ops/cuda/loss_rows.cuh — the two losses for one row of logits, computed by one warp: the
+// ops/cuda/loss_rows.cuh — the losses for one row of logits, computed by one warp: the
 // row math shared by the loss kernels (ops/cuda/rowwise.cu) and both designs of the fused
 // training step (ops/cuda/fused_program.cuh, ops/cuda/cluster_program.cuh), so all of them
 // compute exactly the same thing.
@@ -12,6 +12,8 @@
 
 #include <cmath>
 #include <cstdint>
+
+#include "ops/divergence.h"
 
 namespace subliminal::cuda::rows {
 
@@ -104,6 +106,62 @@ __device__ inline double distill_kl_row(const float* s, const float* t, int64_t 
     }
   }
   return warp_sum_double(kl);
+}
+
+// log m = log((p + q)/2) from log p and log q: hi + log1p(exp(lo − hi)) − log 2, as on the CPU
+// (ops/cpu/kernels_cpu.cpp's log_mixture). A NaN in either gives NaN; both −inf, −inf.
+__device__ inline double log_mixture(double log_p, double log_q) {
+  const double hi = log_p > log_q ? log_p : log_q,
+               lo = log_p > log_q ? log_q : log_p;  // a NaN lands in lo or hi
+  constexpr double kLog2 = 0.69314718055994530942;
+  if (lo == -INFINITY) return hi - kLog2;
+  return hi + log1p(exp(lo - hi)) - kLog2;
+}
+
+// JS(p, q) = ½ Σ [p·(log p − log m) + q·(log q − log m)], m = (p + q)/2, p = softmax(t/T),
+// q = softmax(s/T), over [c0, c1) of a student row s and a teacher row t, summed over the warp
+// (the same on every lane; terms of a zero p or q left out). With ds: ds[c] (+)= g·q·(h − Σ q·h)[c]
+// on [c0, c1), h = ½ log(q/m) (∂JS/∂q, then softmax's Jacobian), and, when overwriting, 0
+// elsewhere. Two passes over the row: Σ q·h is needed before any ds.
+__device__ inline double distill_js_row(const float* s, const float* t, int64_t cols, int64_t c0, int64_t c1,
+                                        double inv_t, double g, float* ds, bool accumulate) {
+  const int lane = threadIdx.x & 31;
+  const double lse_s = warp_log_sum_exp_double(s + c0, c1 - c0, inv_t);
+  const double lse_t = warp_log_sum_exp_double(t + c0, c1 - c0, inv_t);
+  double js = 0.0, qh = 0.0;
+  for (int64_t j = c0 + lane; j < c1; j += 32) {
+    const double log_p = double(__ldcg(&t[j])) * inv_t - lse_t, log_q = double(__ldcg(&s[j])) * inv_t - lse_s;
+    const double log_m = log_mixture(log_p, log_q), p = exp(log_p), q = exp(log_q);
+    if (p != 0.0) js += p * (log_p - log_m);  // != 0, not > 0: a NaN stays in
+    if (q != 0.0) {
+      js += q * (log_q - log_m);
+      qh += q * (log_q - log_m) / 2;
+    }
+  }
+  if (ds) {
+    const double mean_h = warp_sum_double(qh);
+    for (int64_t c = lane; c < cols; c += 32) {
+      const bool inside = c >= c0 && c < c1;
+      if (!inside && accumulate) continue;
+      float v = 0.0f;
+      if (inside) {
+        const double log_p = double(__ldcg(&t[c])) * inv_t - lse_t,
+                     log_q = double(__ldcg(&s[c])) * inv_t - lse_s;
+        const double q = exp(log_q), h = (log_q - log_mixture(log_p, log_q)) / 2;
+        v = q == 0.0 ? 0.0f : float(g * q * (h - mean_h));
+      }
+      ds[c] = accumulate ? ds[c] + v : v;
+    }
+  }
+  return warp_sum_double(js) / 2;
+}
+
+// The divergence's row (ops/divergence.h): distill_kl_row or distill_js_row.
+__device__ inline double distill_row(Divergence divergence, const float* s, const float* t, int64_t cols,
+                                     int64_t c0, int64_t c1, double inv_t, double g, float* ds,
+                                     bool accumulate) {
+  return divergence == Divergence::js ? distill_js_row(s, t, cols, c0, c1, inv_t, g, ds, accumulate)
+                                      : distill_kl_row(s, t, cols, c0, c1, inv_t, g, ds, accumulate);
 }
 
 }  // namespace subliminal::cuda::rows

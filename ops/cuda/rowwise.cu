@@ -104,33 +104,34 @@ __global__ void cross_entropy_backward_kernel(const float* __restrict__ logits,
 }
 
 // Student model n learns from teacher model n mod `teachers`.
-__global__ void distill_kl_kernel(const float* __restrict__ student, const float* __restrict__ teacher,
-                                  float* __restrict__ loss, int64_t teachers, int64_t batch, int64_t cols,
-                                  int64_t c0, int64_t c1, double inv_t, double t_squared) {
+__global__ void distill_kernel(const float* __restrict__ student, const float* __restrict__ teacher,
+                               float* __restrict__ loss, int64_t teachers, int64_t batch, int64_t cols,
+                               int64_t c0, int64_t c1, double inv_t, double t_squared,
+                               Divergence divergence) {
   const int64_t n = blockIdx.x;
   const int lane = threadIdx.x & 31;
   double sum = 0;
   for (int64_t b = threadIdx.x >> 5; b < batch; b += kWarps) {
-    const double kl = rows::distill_kl_row(student + (n * batch + b) * cols,
-                                           teacher + ((n % teachers) * batch + b) * cols, cols, c0, c1, inv_t,
-                                           0.0, nullptr, false);
-    if (lane == 0) sum += kl;
+    const double row = rows::distill_row(divergence, student + (n * batch + b) * cols,
+                                         teacher + ((n % teachers) * batch + b) * cols, cols, c0, c1, inv_t,
+                                         0.0, nullptr, false);
+    if (lane == 0) sum += row;
   }
   const double total = block_sum_in_order(sum);
   if (threadIdx.x == 0) loss[n] = float(t_squared * total / double(batch));
 }
 
-// q − p of two nearly equal softmaxes: double row math, as in the forward.
-__global__ void distill_kl_backward_kernel(const float* __restrict__ student,
-                                           const float* __restrict__ teacher,
-                                           const float* __restrict__ grad_loss, float* dstudent,
-                                           int64_t models, int64_t teachers, int64_t batch, int64_t cols,
-                                           int64_t c0, int64_t c1, double inv_t, double temperature,
-                                           bool accumulate) {
+// q − p (or JS's q·(h − Σ q·h)) of two nearly equal softmaxes: double row math, as in the forward.
+__global__ void distill_backward_kernel(const float* __restrict__ student, const float* __restrict__ teacher,
+                                        const float* __restrict__ grad_loss, float* dstudent, int64_t models,
+                                        int64_t teachers, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
+                                        double inv_t, double temperature, Divergence divergence,
+                                        bool accumulate) {
   WARP_PER_ROW(r, models * batch) {
     const double g = double(grad_loss[r / batch]) * temperature / double(batch);
-    rows::distill_kl_row(student + r * cols, teacher + (((r / batch) % teachers) * batch + r % batch) * cols, cols,
-                         c0, c1, inv_t, g, dstudent + r * cols, accumulate);
+    rows::distill_row(divergence, student + r * cols,
+                      teacher + (((r / batch) % teachers) * batch + r % batch) * cols, cols, c0, c1, inv_t, g,
+                      dstudent + r * cols, accumulate);
   }
 }
 
@@ -233,21 +234,22 @@ void cross_entropy_backward(const float* logits, const int32_t* labels, const fl
   CUDA_CHECK_LAUNCH();
 }
 
-void distill_kl(const float* student, const float* teacher, float* loss, int64_t models, int64_t teachers,
-                int64_t batch, int64_t cols, int64_t c0, int64_t c1, double temperature) {
+void distill(const float* student, const float* teacher, float* loss, int64_t models, int64_t teachers,
+             int64_t batch, int64_t cols, int64_t c0, int64_t c1, double temperature, Divergence divergence) {
   if (models == 0) return;
-  distill_kl_kernel<<<unsigned(models), kThreads, 0, stream()>>>(
-      student, teacher, loss, teachers, batch, cols, c0, c1, 1.0 / temperature, temperature * temperature);
+  distill_kernel<<<unsigned(models), kThreads, 0, stream()>>>(student, teacher, loss, teachers, batch, cols,
+                                                              c0, c1, 1.0 / temperature,
+                                                              temperature * temperature, divergence);
   CUDA_CHECK_LAUNCH();
 }
 
-void distill_kl_backward(const float* student, const float* teacher, const float* grad_loss, float* dstudent,
-                         int64_t models, int64_t teachers, int64_t batch, int64_t cols, int64_t c0,
-                         int64_t c1, double temperature, bool accumulate) {
+void distill_backward(const float* student, const float* teacher, const float* grad_loss, float* dstudent,
+                      int64_t models, int64_t teachers, int64_t batch, int64_t cols, int64_t c0, int64_t c1,
+                      double temperature, Divergence divergence, bool accumulate) {
   if (models * batch == 0) return;
-  distill_kl_backward_kernel<<<row_grid(models * batch), kThreads, 0, stream()>>>(
+  distill_backward_kernel<<<row_grid(models * batch), kThreads, 0, stream()>>>(
       student, teacher, grad_loss, dstudent, models, teachers, batch, cols, c0, c1, 1.0 / temperature,
-      temperature, accumulate);
+      temperature, divergence, accumulate);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -122,7 +122,7 @@ inline void backward(const HostMlp& m, int64_t model, const std::vector<Matrix>&
 
 // What every emulated step's test case starts with: the MLP's sizes s_0 … s_L, S trained and F
 // frozen models (the teachers of a distillation step), the batch B, and the loss: cross-entropy
-// over the logit columns [c0, c1), or (distill) T²·KL at temperature T on them.
+// over the logit columns [c0, c1), or (distill) T²·KL (or JS) at temperature T on them.
 struct Problem {
   const char* name;
   std::vector<int64_t> sizes;
@@ -130,6 +130,7 @@ struct Problem {
   bool distill;
   int64_t c0, c1;
   double temperature;
+  subliminal::Divergence divergence = subliminal::Divergence::kl;
 };
 
 // Each trained model's loss and its weight and bias gradients, in float64.
@@ -139,8 +140,9 @@ struct Reference {
 };
 
 // The reference for one step: cross-entropy of each trained model s on x[s] against labels
-// [S, B] over the logit columns [c0, c1), or (distill) T²·the mean KL from frozen model s mod F
-// on x[f] to model s on x[s].
+// [S, B] over the logit columns [c0, c1), or (distill) T²·the mean KL (or JS) from frozen model
+// s mod F on x[f] to model s on x[s] — written naively, without log-space tricks: the test
+// cases' logits are small.
 inline Reference reference_step(const HostMlp& trained, const HostMlp& frozen, const std::vector<float>& x,
                                 const std::vector<int32_t>& labels, const Problem& problem) {
   const int64_t S = trained.models, F = frozen.models, P = trained.sizes.front(), O = trained.sizes.back();
@@ -154,18 +156,36 @@ inline Reference reference_step(const HostMlp& trained, const HostMlp& frozen, c
     const Matrix& z = acts.back();
     Matrix dz(size_t(B * O), 0.0);
     double total = 0.0;
-    if (distill) {  // T²·mean KL(softmax(t/T) ‖ softmax(z/T)); dz = (T/B)(q − p)
+    if (distill) {  // T²·mean D(p, q), p = softmax(t/T), q = softmax(z/T); dz = (T/B)·∂D/∂(z/T)
       const int64_t f = s % F;
       const Matrix t = forward(frozen, f, x.data() + f * B * P, B).back();
       const double inv_t = 1.0 / temperature;
       for (int64_t r = 0; r < B; ++r) {
         const double lse_s = log_sum_exp(&z[size_t(r * O)], c0, c1, inv_t);
         const double lse_t = log_sum_exp(&t[size_t(r * O)], c0, c1, inv_t);
+        std::vector<double> p(static_cast<size_t>(c1)), q(static_cast<size_t>(c1));
         for (int64_t c = c0; c < c1; ++c) {
-          const double log_p = t[size_t(r * O + c)] * inv_t - lse_t,
-                       log_q = z[size_t(r * O + c)] * inv_t - lse_s;
-          total += std::exp(log_p) * (log_p - log_q);
-          dz[size_t(r * O + c)] = temperature / double(B) * (std::exp(log_q) - std::exp(log_p));
+          p[size_t(c)] = std::exp(t[size_t(r * O + c)] * inv_t - lse_t);
+          q[size_t(c)] = std::exp(z[size_t(r * O + c)] * inv_t - lse_s);
+        }
+        if (problem.divergence == subliminal::Divergence::kl) {  // Σ p log(p/q); ∂ = q − p
+          for (int64_t c = c0; c < c1; ++c) {
+            total += p[size_t(c)] * std::log(p[size_t(c)] / q[size_t(c)]);
+            dz[size_t(r * O + c)] = temperature / double(B) * (q[size_t(c)] - p[size_t(c)]);
+          }
+          continue;
+        }
+        // JS: ½ Σ [p log(p/m) + q log(q/m)], m = (p + q)/2; ∂ = q·(h − Σ q·h), h = ½ log(q/m)
+        double mean_h = 0.0;
+        for (int64_t c = c0; c < c1; ++c) {
+          const double m = (p[size_t(c)] + q[size_t(c)]) / 2;
+          total +=
+              (p[size_t(c)] * std::log(p[size_t(c)] / m) + q[size_t(c)] * std::log(q[size_t(c)] / m)) / 2;
+          mean_h += q[size_t(c)] * std::log(q[size_t(c)] / m) / 2;
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+          const double h = std::log(2 * q[size_t(c)] / (p[size_t(c)] + q[size_t(c)])) / 2;
+          dz[size_t(r * O + c)] = temperature / double(B) * q[size_t(c)] * (h - mean_h);
         }
       }
       ref.loss[size_t(s)] = temperature * temperature * total / double(B);
