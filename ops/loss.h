@@ -24,9 +24,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, ColumnRange cla
 //   must not require a gradient.
 // Backward: d student[..., cols] = T·(softmax(s/T) − softmax(t/T))/B, zeros elsewhere
 // (T, not T²: the chain rule through s/T takes one factor of T back).
-// With Divergence::js the same with Jensen–Shannon in place of KL (ops/divergence.h): the batch
-// mean of ½ KL(p ‖ m) + ½ KL(q ‖ m) · T², m = (p + q)/2, p and q the teacher's and the student's
-// softmax at T; backward T·q ⊙ (h − Σ q·h)/B, h = ½ log(q/m).
+// With Divergence::js the same with Jensen–Shannon in place of KL (ops/divergence.h):
+// T² · the batch mean of (½ KL(p ‖ m) + ½ KL(q ‖ m)), m = (p + q)/2, p and q the teacher's and
+// the student's softmax at T; backward T·q ⊙ (h − Σ q·h)/B, h = ½ log(q/m).
 Tensor distill(const Tensor& student, const Tensor& teacher, ColumnRange cols, double temperature,
                Divergence divergence);
 inline Tensor distill_kl(const Tensor& student, const Tensor& teacher, ColumnRange cols, double temperature) {

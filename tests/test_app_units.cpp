@@ -983,6 +983,23 @@ TEST(Report, TheSummaryAddsStudentsTIntervalBelowThirtyModels) {
   EXPECT_NE(summary(1).find("Teacher final test accuracy: 50.0000%\n"), std::string::npos) << summary(1);
 }
 
+// The students' epoch lines name the loss --divergence chose: "kl=" or "js=".
+TEST(Report, TheStudentsEpochLineNamesTheDivergence) {
+  for (const Divergence divergence : {Divergence::kl, Divergence::js}) {
+    std::FILE* out = std::tmpfile();
+    {
+      ConsoleObserver console(out, false, divergence);
+      console.arm_epoch({"student", "Student", true, false}, {2, {0.25}, {0.5}}, 5);
+    }
+    std::rewind(out);
+    std::string text;
+    for (int c; (c = std::fgetc(out)) != EOF;) text += char(c);
+    std::fclose(out);
+    EXPECT_EQ(text, std::string("[Student] epoch=2 ") + divergence_name(divergence) +
+                        "=0.2500 test_acc=50.0000%\n");
+  }
+}
+
 // Each flag's own bounds: the smallest and largest values it takes are read, one past them is
 // refused (test_cli.cpp shows the messages).
 TEST(Numbers, EachFlagsBoundsAreReadAndOnePastRefused) {
@@ -1274,6 +1291,14 @@ TEST(SweepResume, RowsFromBeforeDivergenceAreKlRows) {
   const std::string printed = sweep_with(swept, {"--sweep", "divergence=kl,js"});
   EXPECT_NE(printed.find("divergence=js:"), std::string::npos) << printed;
   EXPECT_EQ(lines_of(subliminal::test::read_text(swept + ".jsonl")).size(), 8u);
+  // Rows of a sweep over divergence lack it in their base too, but name it in their settings:
+  // they are not rows of a sweep that leaves it at KL.
+  try {
+    sweep_with(swept, {"--sweep", "lr=1e-3,2e-3"});
+    ADD_FAILURE() << "a sweep at KL resumed the rows of a sweep over divergence";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("divergence: (none) vs \"kl\""), std::string::npos) << e.what();
+  }
 }
 
 // A configuration is known by its settings, not by how its id is spelt: the same grid with the

@@ -485,6 +485,42 @@ TEST(LossRows, JensenShannonOfLargeAndDisjointRowsAccumulatesIntoDs) {
   }
 }
 
+// The rows' edges: a class of probability 0 on one side (a logit of −inf) keeps the loss and
+// its gradient finite, by KL (only the teacher's side: KL(p ‖ q) is infinite where q alone is
+// 0) and by JS (either side); a NaN logit in either row makes the loss NaN, and a NaN in the
+// student's row its gradient too.
+TEST(LossRows, ZeroProbabilityClassesAndNaNLogits) {
+  auto run = [](Divergence divergence, const std::vector<float>& s, const std::vector<float>& t,
+                std::vector<float>& ds) {
+    double loss = kNaN;
+    simt::launch(1, 32, [&] {
+      const double row = rows::distill_row(divergence, s.data(), t.data(), kRowCols, kRowC0, kRowC1, 0.5, 1.0,
+                                           ds.data(), false);
+      if (threadIdx.x == 0) loss = row;
+    });
+    return loss;
+  };
+  const std::vector<float> finite = row_around(0.0f, 8);
+  std::vector<float> with_minus_inf = row_around(0.0f, 9), with_nan = row_around(0.0f, 10);
+  with_minus_inf[size_t(kRowC0 + 3)] = -INFINITY;
+  with_nan[size_t(kRowC1 - 2)] = NAN;
+  for (const Divergence divergence : {Divergence::kl, Divergence::js}) {
+    const std::string what = divergence_name(divergence);
+    std::vector<float> ds(static_cast<size_t>(kRowCols), 0.0f);
+    EXPECT_TRUE(std::isfinite(run(divergence, finite, with_minus_inf, ds)))
+        << what << ": −inf in the teacher";
+    for (float v : ds) EXPECT_TRUE(std::isfinite(v)) << what << ": −inf in the teacher";
+    if (divergence == Divergence::js) {
+      EXPECT_TRUE(std::isfinite(run(divergence, with_minus_inf, finite, ds)))
+          << what << ": −inf in the student";
+      for (float v : ds) EXPECT_TRUE(std::isfinite(v)) << what << ": −inf in the student";
+    }
+    EXPECT_TRUE(std::isnan(run(divergence, finite, with_nan, ds))) << what << ": NaN in the teacher";
+    EXPECT_TRUE(std::isnan(run(divergence, with_nan, finite, ds))) << what << ": NaN in the student";
+    EXPECT_TRUE(std::isnan(ds[size_t(kRowC0)])) << what << ": NaN in the student, its gradient";
+  }
+}
+
 // On the GPU the L1 rule is checked at the line size (128 bytes): a workspace buffer that
 // shared a line with the input would be caught there though no element overlaps — which is
 // why ops/cuda/fused_step.cu starts every buffer on a 256-byte boundary.

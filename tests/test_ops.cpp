@@ -144,8 +144,8 @@ TEST(Ops, DistillJsIsTSquaredTimesTheJsByHand) {
 
 // A class of probability 0 (a logit of −inf) on one side only: its p·log(p/m) term drops out
 // as in KL, while the other side's q·log(q/m) = q·log 2 stays — a finite loss and gradient. A
-// student logit of −inf likewise. NaN in either row's slice makes the loss NaN.
-TEST(Ops, DistillJsTakesClassesOfProbabilityZeroOnEitherSide) {
+// student logit of −inf likewise.
+TEST(Ops, DistillJsTakesZeroProbabilityClassesAndNaNPoisonsKlAndJs) {
   const double inf = std::numeric_limits<double>::infinity();
   auto js_by_hand = [](std::vector<double> sl, std::vector<double> tl) {
     double zs = 0, zt = 0, js = 0;
@@ -167,12 +167,21 @@ TEST(Ops, DistillJsTakesClassesOfProbabilityZeroOnEitherSide) {
     loss.backward();
     for (double g : values_of(student.grad())) EXPECT_TRUE(std::isfinite(g)) << g;
   }
+  // A NaN in either row: a NaN loss (the run's non-finite guard then stops it) and, for a NaN in
+  // the student's row, NaN gradients — by KL as by JS (KL once dropped a NaN teacher's terms).
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  for (const auto& [sl, tl] : {std::pair{std::vector<double>{nan, 0.0, 1.0}, finite},
-                               std::pair{finite, std::vector<double>{0.0, nan, 1.0}}})
-    EXPECT_TRUE(
-        std::isnan(values_of(distill(Tensor::from_vector(sl, {1, 1, 3}), Tensor::from_vector(tl, {1, 1, 3}),
-                                     {0, 3}, 1.0, Divergence::js))[0]));
+  for (const Divergence divergence : {Divergence::kl, Divergence::js})
+    for (const auto& [sl, tl] : {std::pair{std::vector<double>{nan, 0.0, 1.0}, finite},
+                                 std::pair{finite, std::vector<double>{0.0, nan, 1.0}}}) {
+      Tensor student = Tensor::from_vector(sl, {1, 1, 3});
+      student.set_requires_grad(true);
+      Tensor loss = distill(student, Tensor::from_vector(tl, {1, 1, 3}), {0, 3}, 1.0, divergence);
+      EXPECT_TRUE(std::isnan(values_of(loss)[0])) << divergence_name(divergence);
+      loss.backward();
+      if (std::isnan(sl[0])) {
+        for (double g : values_of(student.grad())) EXPECT_TRUE(std::isnan(g)) << divergence_name(divergence);
+      }
+    }
 }
 
 // PyTorch's kl_div defines 0·log 0 = 0: a target with exact zeros gives a finite loss equal to

@@ -31,7 +31,7 @@ std::vector<ArmSpec> student_arms(const Config& config);
 
 struct EpochMetrics {
   int64_t epoch = 0;
-  std::vector<double> loss;      // per model: mean training loss over the epoch (CE or KL)
+  std::vector<double> loss;      // per model: mean training loss over the epoch (CE; KL or JS, --divergence)
   std::vector<double> test_acc;  // per model, in [0, 1]; empty when not evaluated this epoch
 };
 

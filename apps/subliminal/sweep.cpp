@@ -155,8 +155,12 @@ SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& b
                        ": a row without the settings of its sweep (\"base\"; written by an older "
                        "subliminal), so it cannot be checked against this one; choose another --sweep-out");
     nlohmann::json row_base = row["base"];
-    // Rows written before --divergence existed distilled with KL and do not say so.
-    if (row_base.is_object() && base.contains("divergence") && !row_base.contains("divergence"))
+    // Rows written before --divergence existed distilled with KL and do not say so — neither in
+    // their base nor in their settings (where a sweep over it puts it: no fill-in for those).
+    const bool before_divergence =
+        !row_base.contains("divergence") &&
+        !(row.contains("settings") && row["settings"].is_object() && row["settings"].contains("divergence"));
+    if (row_base.is_object() && base.contains("divergence") && before_divergence)
       row_base["divergence"] = "kl";
     if (row_base != base)
       throw UsageError(where + ": written by a sweep with other settings (" +

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
 
 #include "engine/error.h"
 #include "engine/simd.h"
@@ -200,11 +201,11 @@ double distill_row_loss(const T* s, const T* t, int64_t width, double temperatur
     const double log_q = double(s[j]) / temperature - row.lse_student;
     const double p = std::exp(log_p);
     if (divergence == Divergence::kl) {
-      if (p > 0) total += p * (log_p - log_q);
+      if (p != 0) total += p * (log_p - log_q);  // != 0, not > 0: a NaN p (a NaN teacher) stays in
       continue;
     }
     const double q = std::exp(log_q), log_m = log_mixture(log_p, log_q);
-    if (p != 0) total += p * (log_p - log_m);  // != 0, not > 0: a NaN p stays in
+    if (p != 0) total += p * (log_p - log_m);
     if (q != 0) total += q * (log_q - log_m);
   }
   return divergence == Divergence::js ? total / 2 : total;
@@ -242,23 +243,25 @@ void distill_backward(const T* student, const T* teacher, const T* grad_loss, T*
       const DistillRow row = distill_row(s + c0, t + c0, width, temperature);
       auto log_q_at = [&](int64_t c) { return double(s[c]) / temperature - row.lse_student; };
       auto log_p_at = [&](int64_t c) { return double(t[c]) / temperature - row.lse_teacher; };
-      double mean_h = 0;  // Σ_j q_j h_j (js only)
+      // JS: q_c and h_c = ½ log(q_c/m_c), needed twice: for Σ q·h, then for each column's ds
+      auto q_and_h = [&](int64_t c) {
+        const double log_q = log_q_at(c);
+        return std::pair{std::exp(log_q), (log_q - log_mixture(log_p_at(c), log_q)) / 2};
+      };
+      double mean_h = 0;  // Σ_j q_j h_j (js only; an underflowed q adds nothing)
       if (divergence == Divergence::js)
-        for (int64_t c = c0; c < c1; ++c) {
-          const double q = std::exp(log_q_at(c));
-          if (q != 0) mean_h += q * (log_q_at(c) - log_mixture(log_p_at(c), log_q_at(c))) / 2;
-        }
+        for (int64_t c = c0; c < c1; ++c)
+          if (const auto [q, h] = q_and_h(c); q != 0) mean_h += q * h;
       for (int64_t c = 0; c < cols; ++c) {
         if (c < c0 || c >= c1) {
           if (!accumulate) ds[c] = T(0);
           continue;
         }
-        const double q = std::exp(log_q_at(c));
         double d;
         if (divergence == Divergence::kl) {
-          d = q - std::exp(log_p_at(c));
+          d = std::exp(log_q_at(c)) - std::exp(log_p_at(c));
         } else {
-          const double h = (log_q_at(c) - log_mixture(log_p_at(c), log_q_at(c))) / 2;
+          const auto [q, h] = q_and_h(c);
           d = q == 0 ? 0.0 : q * (h - mean_h);
         }
         store(ds + c, g * d, accumulate);

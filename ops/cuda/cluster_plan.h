@@ -182,6 +182,7 @@ inline ReduceProgram build_reduce_program(const Program& rows, const FusedMlp& t
   ls.row_loss = rows.row_loss, ls.loss_out = loss_out;
   ls.trained = S, ls.frozen = rows.frozen, ls.batch = rows.batch;
   ls.distill = rows.distill, ls.temperature = rows.temperature;
+  ls.divergence = rows.divergence;  // (the sums need only T²; kept whole, as kernel 1's)
   if (!tail) return r;
   r.tail = *tail;
   const auto& a = tail->adam;

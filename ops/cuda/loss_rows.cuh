@@ -93,7 +93,7 @@ __device__ inline double distill_kl_row(const float* s, const float* t, int64_t 
   for (int64_t j = c0 + lane; j < c1; j += 32) {
     const double log_p = double(__ldcg(&t[j])) * inv_t - lse_t, log_q = double(__ldcg(&s[j])) * inv_t - lse_s;
     const double p = exp(log_p);
-    if (p > 0.0) kl += p * (log_p - log_q);
+    if (p != 0.0) kl += p * (log_p - log_q);  // != 0, not > 0: a NaN p (a NaN teacher) stays in
   }
   if (ds) {
     for (int64_t c = lane; c < cols; c += 32) {
@@ -135,11 +135,11 @@ __device__ inline double distill_js_row(const float* s, const float* t, int64_t 
     if (p != 0.0) js += p * (log_p - log_m);  // != 0, not > 0: a NaN stays in
     if (q != 0.0) {
       js += q * (log_q - log_m);
-      qh += q * (log_q - log_m) / 2;
+      qh += q * ((log_q - log_m) / 2);
     }
   }
+  const double mean_h = warp_sum_double(qh);  // outside `if (ds)`: every lane reaches the shuffles
   if (ds) {
-    const double mean_h = warp_sum_double(qh);
     for (int64_t c = lane; c < cols; c += 32) {
       const bool inside = c >= c0 && c < c1;
       if (!inside && accumulate) continue;

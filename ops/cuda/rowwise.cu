@@ -1,5 +1,5 @@
-// ops/cuda/rowwise.cu — softmax, log-softmax, the losses (cross-entropy, distillation KL and
-// PyTorch's plain kl_div) and accuracy counting.
+// ops/cuda/rowwise.cu — softmax, log-softmax, the losses (cross-entropy, distillation KL or JS,
+// and PyTorch's plain kl_div) and accuracy counting.
 //
 // One warp per row (a sample's logits): lanes stride over the columns and combine with
 // shuffles. Per-model losses use one block per model: its warps take rows in turn, lane 0
