@@ -94,6 +94,25 @@ std::string first_difference(const nlohmann::json& old_base, const nlohmann::jso
   return "";
 }
 
+// Settings added to the report after sweeps had been written with it, and the value a run made
+// before each had: such rows name it neither in their base nor in their settings (a sweep over
+// it puts it there), and are rows of that value.
+const std::vector<std::pair<std::string, std::string>>& settings_added_since() {
+  static const std::vector<std::pair<std::string, std::string>> added = {
+      {"divergence", "kl"}};  // --divergence
+  return added;
+}
+
+// A row's base as this build would write it: the settings it predates, at their old values.
+nlohmann::json with_settings_added_since(const nlohmann::json& row) {
+  nlohmann::json base = row["base"];
+  if (!base.is_object()) return base;
+  const bool has_settings = row.contains("settings") && row["settings"].is_object();
+  for (const auto& [key, old_value] : settings_added_since())
+    if (!base.contains(key) && !(has_settings && row["settings"].contains(key))) base[key] = old_value;
+  return base;
+}
+
 // Whether a line that is not JSON is the start of one of our rows, cut short by an interrupted
 // write. A row is an object with sorted keys, so it starts with {"arm":" (or is a piece of that);
 // a crash can also leave the end of the file as zero bytes the write never filled in.
@@ -154,14 +173,7 @@ SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& b
       throw UsageError(where +
                        ": a row without the settings of its sweep (\"base\"; written by an older "
                        "subliminal), so it cannot be checked against this one; choose another --sweep-out");
-    nlohmann::json row_base = row["base"];
-    // Rows written before --divergence existed distilled with KL and do not say so — neither in
-    // their base nor in their settings (where a sweep over it puts it: no fill-in for those).
-    const bool before_divergence =
-        !row_base.contains("divergence") &&
-        !(row.contains("settings") && row["settings"].is_object() && row["settings"].contains("divergence"));
-    if (row_base.is_object() && base.contains("divergence") && before_divergence)
-      row_base["divergence"] = "kl";
+    const nlohmann::json row_base = with_settings_added_since(row);
     if (row_base != base)
       throw UsageError(where + ": written by a sweep with other settings (" +
                        first_difference(row_base, base) +
