@@ -1286,6 +1286,13 @@ TEST(SweepResume, RowsFromBeforeDivergenceAreKlRows) {
     EXPECT_NE(std::string(e.what()).find("divergence: \"kl\" vs \"js\""), std::string::npos) << e.what();
   }
   EXPECT_NE(sweep(prefix).find("(2 already done)"), std::string::npos);
+  // A sweep over divergence does not take them for its kl configurations: refused.
+  try {
+    sweep(prefix, {"--sweep", "divergence=kl,js"});
+    ADD_FAILURE() << "a sweep over divergence resumed rows that predate it";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("divergence: \"kl\" vs (none)"), std::string::npos) << e.what();
+  }
 
   const std::string swept = (dir / "swept").string();
   const std::string printed = sweep_with(swept, {"--sweep", "divergence=kl,js"});
