@@ -390,6 +390,7 @@ class TorchSubliminalTest(ToolTest):
             ("--lr", " 1e-3"), ("--lr", "1e-3 "), ("--seed", "1_000"), ("--hidden", "8, 8"),  # as the app reads them
             ("--seed", "+5"), ("--hidden", "+8"), ("--epochs-teacher", "\uff15"), ("--lr", "\uff13e-4"),
             ("--batch-size", "0"), ("--ghosts", "0"), ("--ghosts", "1"), ("--epochs-teacher", "-1"),
+            ("--divergence", "jsd"),
             ("--json", self.path("jdir")), ("--json", self.path("nodir", "x.json")),
             ("--json", "/proc/x.json")])  # found when the run starts, not after it (root may "write" /proc)
 
@@ -485,6 +486,20 @@ class TorchSubliminalTest(ToolTest):
                 r = self.run_ts("--variant", variant, "--epochs-teacher", "1", "--lr", "1e30", "--batch-size", "2",
                                 "--json", self.path("nan.json"))
                 self.assertRefused(r, "stopped: non-finite loss in teacher training, epoch 1", code=3)
+
+    def test_js_distillation_is_the_fast_variants(self):
+        # --divergence js (the app's): the notebook as written distils with KL, so faithful refuses it
+        r = self.run_ts("--variant", "faithful", "--divergence", "js")
+        self.assertUsageError(r, "--divergence js belongs to --variant fast")
+        needs("torch")
+        out = self.path("js.json")
+        r = self.run_ts("--epochs-teacher", "1", "--epochs-distill", "1", "--divergence", "js", "--json", out)
+        self.assertEqual(r.returncode, 0, self.describe(r))
+        self.assertRegex(r.stdout, r"\[Student\] epoch=1 js=\d+\.\d{4} ")
+        with open(out) as f:
+            report = json.load(f)
+        self.assertEqual(report["config"]["divergence"], "js")
+        self.assertGreater(report["epochs"]["student"][0]["js"], 0.0)
 
     def test_a_short_run_writes_its_report_and_notes_ignored_flags(self):
         needs("torch")

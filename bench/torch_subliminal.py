@@ -94,6 +94,9 @@ def parse_args(argv=None):
     p.add_argument("--epochs-teacher", type=bench_io.epochs_type, default=5)
     p.add_argument("--epochs-distill", type=bench_io.epochs_type, default=5)
     p.add_argument("--temperature", type=bench_io.float32_positive, default=1.0)
+    p.add_argument("--divergence", choices=["kl", "js"], default="kl",
+                   help="fast variant: the students' loss, KL (the notebook's) or Jensen-Shannon (the app's "
+                        "--divergence js)")
     p.add_argument("--json", type=bench_io.output_file, default="", help="write the report to this JSON file")
     p.add_argument("--threads", type=bench_io.threads_type, default=0,
                    help=f"torch CPU threads, 0..{bench_io.MAX_THREADS} (0: all usable cores)")
@@ -115,6 +118,8 @@ def parse_args(argv=None):
     args.hidden_sizes = args.hidden
     if args.variant == "faithful" and (args.compile or args.cuda_graphs):
         p.error("--compile and --cuda-graphs belong to --variant fast")
+    if args.variant == "faithful" and args.divergence != "kl":
+        p.error("--divergence js belongs to --variant fast (the notebook as written distils with KL)")
     if args.compile and args.cuda_graphs:
         p.error("pick one of --compile and --cuda-graphs (for compiled graphs: --compile --compile-mode reduce-overhead)")
     if args.cuda_graphs and args.device == "cpu":
@@ -628,6 +633,17 @@ def run_fast(args, ctx):
     device, clock, report = ctx["device"], ctx["clock"], ctx["report"]
     teacher, student, control = ctx["teacher"], ctx["student"], ctx["control"]
     B, T, C = args.batch_size, args.temperature, N_CLASSES
+
+    def divergence(log_q, t_over_T):
+        """The students' loss per --divergence, batch mean, from the student's log_softmax and the
+        teacher's logits / T: KL(p ‖ q) as the notebook writes it, or Jensen-Shannon,
+        ½ KL(p ‖ m) + ½ KL(q ‖ m) with m = (p + q)/2 (as the app's ops/loss.h)."""
+        if args.divergence == "kl":
+            return F.kl_div(log_q, F.softmax(t_over_T, dim=-1), reduction="batchmean")
+        log_p = F.log_softmax(t_over_T, dim=-1)
+        log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
+        return (F.kl_div(log_m, log_p, reduction="batchmean", log_target=True) +
+                F.kl_div(log_m, log_q, reduction="batchmean", log_target=True)) / 2
     G0, G1 = N_CLASSES, N_CLASSES + args.ghosts
     graphs = args.cuda_graphs
 
@@ -809,8 +825,7 @@ def run_fast(args, ctx):
         def kl_losses(x, models=models):
             with torch.no_grad():
                 t_logits = teacher(x)[:, G0:G1]
-            p_t = F.softmax(t_logits / T, dim=-1)
-            losses = [F.kl_div(F.log_softmax(m(x)[:, G0:G1] / T, dim=-1), p_t, reduction="batchmean") * (T * T)
+            losses = [divergence(F.log_softmax(m(x)[:, G0:G1] / T, dim=-1), t_logits / T) * (T * T)
                       for m in models]
             return torch.stack(losses)
 
@@ -846,8 +861,8 @@ def run_fast(args, ctx):
             for (key, label, model), kl in zip(group, epoch_kl):
                 stop_if_nonfinite(kl, f"{label} distillation", epoch)
                 acc = accuracy(model)
-                print(f"[{label}] epoch={epoch} kl={kl:.4f} test_acc={acc:.4%}", flush=True)
-                report["epochs"][key].append(epoch_entry(epoch, "kl", kl, acc, box["seconds"]))
+                print(f"[{label}] epoch={epoch} {args.divergence}={kl:.4f} test_acc={acc:.4%}", flush=True)
+                report["epochs"][key].append(epoch_entry(epoch, args.divergence, kl, acc, box["seconds"]))
                 ctx["final"][key] = acc
         del graphed
     report["optimizer_steps"] = {"teacher": clock.steps.get("teacher", 0), "distill_ghosts": opt_steps}
@@ -917,7 +932,7 @@ def run(args):
             "epochs_teacher": args.epochs_teacher, "epochs_distill": args.epochs_distill,
             # As the app: the init scheme (weights loaded from a file are named by load_init, the
             # file's resolved path, "" when none).
-            "temperature": args.temperature, "init": "torch",
+            "temperature": args.temperature, "divergence": args.divergence, "init": "torch",
             "load_init": os.path.realpath(args.load_init) if args.load_init else "",
             "noise": "uniform", "noise_set": "fresh", "weight_decay": 0.0,
             "init_perturb": 0.0, "cross_init": control is not None, "control_seed": args.control_seed,
