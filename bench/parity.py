@@ -117,11 +117,9 @@ def torch_side(init, images_u8, labels, noise, sizes, ghosts, T, scale, dtype, d
     s_logits = student(xn)[:, g0:g1]
     log_q, log_p = F.log_softmax(s_logits / T, dim=-1), F.log_softmax(t_logits / T, dim=-1)
     kl = F.kl_div(log_q, log_p.exp(), reduction="batchmean") * (T * T)
-    # Jensen-Shannon from its definition, ½ KL(p ‖ m) + ½ KL(q ‖ m) with m = (p + q)/2, by torch's
-    # own kl_div (log_target: both sides as logs); torch's autograd differentiates it.
-    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
-    js = (F.kl_div(log_m, log_p, reduction="batchmean", log_target=True) +
-          F.kl_div(log_m, log_q, reduction="batchmean", log_target=True)) / 2 * (T * T)
+    # Jensen-Shannon from its definition (torch_subliminal.js_divergence); torch's autograd
+    # differentiates it.
+    js = ts.js_divergence(log_q, log_p) * (T * T)
     for name, loss in (("kl", kl), ("js", js)):
         out[name + "_loss"] = np.array([loss.item()])
         for n, g in grads_of(loss, student).items():

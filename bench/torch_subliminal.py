@@ -222,6 +222,15 @@ class MLP(nn.Module):
         return self.net(x.view(x.size(0), -1))
 
 
+def js_divergence(log_q, log_p):
+    """Jensen-Shannon of two rows of log-probabilities, batch mean: ½ KL(p ‖ m) + ½ KL(q ‖ m),
+    m = (p + q)/2, by torch's kl_div with log targets (the app's --divergence js, ops/loss.h).
+    The one definition the fast variant trains with and bench/parity.py checks the engine against."""
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
+    return (F.kl_div(log_m, log_p, reduction="batchmean", log_target=True) +
+            F.kl_div(log_m, log_q, reduction="batchmean", log_target=True)) / 2
+
+
 def load_init_into(model, tensors):
     """Copies a safetensors init written by the app's --save-init (net.0.weight, ...; read and checked
     against this MLP's names and shapes by check_inputs) into `model`."""
@@ -636,14 +645,10 @@ def run_fast(args, ctx):
 
     def divergence(log_q, t_over_T):
         """The students' loss per --divergence, batch mean, from the student's log_softmax and the
-        teacher's logits / T: KL(p ‖ q) as the notebook writes it, or Jensen-Shannon,
-        ½ KL(p ‖ m) + ½ KL(q ‖ m) with m = (p + q)/2 (as the app's ops/loss.h)."""
+        teacher's logits / T: KL(p ‖ q) as the notebook writes it, or js_divergence."""
         if args.divergence == "kl":
             return F.kl_div(log_q, F.softmax(t_over_T, dim=-1), reduction="batchmean")
-        log_p = F.log_softmax(t_over_T, dim=-1)
-        log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
-        return (F.kl_div(log_m, log_p, reduction="batchmean", log_target=True) +
-                F.kl_div(log_m, log_q, reduction="batchmean", log_target=True)) / 2
+        return js_divergence(log_q, F.log_softmax(t_over_T, dim=-1))
     G0, G1 = N_CLASSES, N_CLASSES + args.ghosts
     graphs = args.cuda_graphs
 
