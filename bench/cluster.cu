@@ -25,7 +25,11 @@
 //                     the default run's plans stage it: 16 rows × 32 outputs × 392 (a teacher
 //                     step) and 32 × 32 × 264 (a distillation step). docs/PERFORMANCE.md's count
 //                     of its shared-memory traffic puts it at about half the FMA units' rate
-//                     (an H100 SM: 128 FMAs a clock, ≈ 500 GFLOP/s at 1.98 GHz); this says.
+//                     (an H100 SM: 128 FMAs a clock, ≈ 500 GFLOP/s at 1.98 GHz); this says —
+//                     and times the same product with 8 × 4 and 8 × 8 outputs a thread
+//                     (dot_accumulate_blocked), which read half as much shared memory per FMA
+//                     but split K over more groups: whether the step should change blocks.
+//                     Each product's sums are checked against the exact ones.
 //
 // Clusters need compute capability 9.0: on older GPUs those rows are skipped. Timing: the
 // global timer inside the kernels (barrier, loads, arithmetic), CUDA events around launches
@@ -187,29 +191,35 @@ __global__ void __launch_bounds__(kThreads, 1) sm_gemm_kernel(int rounds, unsign
 
 // The cluster step's forward product for one K chunk, as cluster_program.cuh's forward calls
 // it: acc[R, 32] += H[R, kc]·W[32, kc]ᵀ from staging buffers of row stride kc + 4 (an odd number
-// of float4s), the K groups' partials through kpart. `rounds` times, each followed by the
-// __syncthreads the step's pipeline puts after a chunk; out as sm_gemm_kernel's.
-template <int R, int KC>
-__global__ void __launch_bounds__(kThreads, 1) dot_accumulate_kernel(int rounds, unsigned long long* out) {
+// of float4s), the K groups' partials through kpart; each thread a TM × TN block of outputs
+// (4 × 4: the step's dot_accumulate). `rounds` times, each followed by the __syncthreads the
+// step's pipeline puts after a chunk; out as sm_gemm_kernel's, and block 0's acc in result[R, 32].
+// H[m, k] = (m·ld + k) mod 7 / 4 and W[n, k] = (n·ld + k) mod 5 / 2 are multiples of 1/8 whose
+// sums stay below 2²¹ here, so every order of adding gives the exact sum: the host checks it.
+template <int R, int KC, int TM, int TN>
+__global__ void __launch_bounds__(kThreads, 1)
+    dot_accumulate_kernel(int rounds, unsigned long long* out, float* result) {
   constexpr int kN = 32, kLd = KC + 4;
   extern __shared__ __align__(16) float smem[];
   float* h = smem;              // [R, kLd]
   float* w = h + R * kLd;       // [kN, kLd]
   float* acc = w + kN * kLd;    // [R, kN]
-  float* kpart = acc + R * kN;  // [≤ kThreads · 16]
+  float* kpart = acc + R * kN;  // [≤ kThreads · TM · TN]
   for (int i = threadIdx.x; i < R * kLd; i += kThreads) h[i] = i % kLd < KC ? float(i % 7) * 0.25f : 0.0f;
   for (int i = threadIdx.x; i < kN * kLd; i += kThreads) w[i] = i % kLd < KC ? float(i % 5) * 0.5f : 0.0f;
   for (int i = threadIdx.x; i < R * kN; i += kThreads) acc[i] = 0.0f;
   __syncthreads();
   const unsigned long long t0 = global_ns();
   for (int r = 0; r < rounds; ++r) {
-    cuda::cluster::dot_accumulate(acc, kN, h, kLd, w, kLd, R, kN, KC, kpart);
+    cuda::cluster::dot_accumulate_blocked<TM, TN>(acc, kN, h, kLd, w, kLd, R, kN, KC, kpart);
     __syncthreads();
   }
   if (threadIdx.x == 0) {
     if (blockIdx.x == 0) out[0] = global_ns() - t0;
     out[1 + blockIdx.x] = static_cast<unsigned long long>(acc[0] + acc[R * kN - 1]);
   }
+  if (blockIdx.x == 0)
+    for (int i = threadIdx.x; i < R * kN; i += kThreads) result[i] = acc[i];
 }
 
 // ---- host ------------------------------------------------------------------------------------
@@ -346,10 +356,44 @@ void measure_sm_gemm(Report& r, int sms, const std::string& what) {
   measure_one_sm(r, sms, sm_gemm_kernel<M, N, K, kSplit>, smem, 2.0 * M * N * K, what);
 }
 
-template <int R, int KC>
-void measure_dot_accumulate(Report& r, int sms, const std::string& what) {
-  const size_t smem = sizeof(float) * (size_t(R + 32) * (KC + 4) + size_t(R) * 32 + size_t(kThreads) * 16);
-  measure_one_sm(r, sms, dot_accumulate_kernel<R, KC>, smem, 2.0 * R * 32 * KC, what);
+// dot_accumulate_kernel with TM × TN blocks, timed as measure_one_sm times its kernels, and
+// its block 0's sums compared with the exact ones: a block size that computed something else
+// would be timed for nothing, so its row says WRONG instead of a rate (and it returns false).
+template <int R, int KC, int TM, int TN>
+bool measure_dot_accumulate(Report& r, int sms, const std::string& what) {
+  constexpr int kN = 32, kLd = KC + 4;
+  const size_t smem = sizeof(float) * (size_t(R + kN) * kLd + size_t(R) * kN + size_t(kThreads) * TM * TN);
+  const auto kernel = dot_accumulate_kernel<R, KC, TM, TN>;
+  const std::string name = what + ", " + std::to_string(TM) + " × " + std::to_string(TN) + " a thread";
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  Tensor out = Tensor::zeros({1 + sms}, DType::i64, Device::cuda);
+  Tensor result = Tensor::zeros({R * kN}, DType::f32, Device::cuda);
+  constexpr int kRounds = 200;
+  std::vector<double> ns;
+  for (int run = 0; run < 5; ++run) {
+    kernel<<<sms, kThreads, smem, stream()>>>(kRounds, as_u64(out), static_cast<float*>(result.raw()));
+    CUDA_CHECK_LAUNCH();
+    ns.push_back(double(to_host(out, 1)[0]) / kRounds);
+  }
+  std::vector<float> got(size_t(R) * kN);
+  CUDA_CHECK(cudaMemcpyAsync(got.data(), result.raw(), got.size() * sizeof(float), cudaMemcpyDeviceToHost,
+                             stream()));
+  CUDA_CHECK(cudaStreamSynchronize(stream()));
+  int64_t wrong = 0;
+  for (int m = 0; m < R; ++m)
+    for (int n = 0; n < kN; ++n) {
+      double sum = 0.0;
+      for (int k = 0; k < KC; ++k)
+        sum += double((m * kLd + k) % 7) * 0.25 * (double((n * kLd + k) % 5) * 0.5);
+      wrong += double(got[size_t(m) * kN + n]) != kRounds * sum;
+    }
+  if (wrong > 0) {
+    r.add(name, double(wrong), "wrong", "WRONG: outputs that differ from the exact sums");
+    return false;
+  }
+  const double us = median(ns) / 1e3;
+  r.add(name, us, "µs", std::to_string(int(2.0 * R * kN * KC / us * 1e-3)) + " GFLOP/s per SM");
+  return true;
 }
 
 }  // namespace
@@ -389,9 +433,16 @@ int main(int argc, char** argv) {
     attempt("SM arithmetic", [&] {
       measure_sm_gemm<16, 32, 784, 8>(r, sms, "layer 0 forward on one SM: 16 rows × 32 outputs, K = 784");
       measure_sm_gemm<32, 784, 16, 1>(r, sms, "layer 0 weight gradient on one SM: 32 × 784, K = 16");
-      measure_dot_accumulate<16, 392>(r, sms, "the step's dot_accumulate, a teacher chunk: 16 × 32, K = 392");
-      measure_dot_accumulate<32, 264>(r, sms,
-                                      "the step's dot_accumulate, a distillation chunk: 32 × 32, K = 264");
+      // The step's 4 × 4 blocks, then the larger ones docs/PERFORMANCE.md weighs against them.
+      const std::string teacher = "dot_accumulate, a teacher chunk: 16 × 32, K = 392";
+      const std::string distill = "dot_accumulate, a distillation chunk: 32 × 32, K = 264";
+      for (const bool right : {measure_dot_accumulate<16, 392, 4, 4>(r, sms, teacher),
+                               measure_dot_accumulate<16, 392, 8, 4>(r, sms, teacher),
+                               measure_dot_accumulate<16, 392, 8, 8>(r, sms, teacher),
+                               measure_dot_accumulate<32, 264, 4, 4>(r, sms, distill),
+                               measure_dot_accumulate<32, 264, 8, 4>(r, sms, distill),
+                               measure_dot_accumulate<32, 264, 8, 8>(r, sms, distill)})
+        failures += !right;  // a wrong sum fails the run (exit 1), after every row is printed
     });
     json["rows"] = r.rows;
     if (args.json.is_open()) args.json << json.dump(2) << "\n";

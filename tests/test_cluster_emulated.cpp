@@ -18,6 +18,8 @@
 //   - the tail: Adam over the whole arena (its padding too), the running loss sums, the
 //     counters; an arena without every parameter is refused;
 //   - kernel 2 alone over more row blocks than it loads at once, in row-block order;
+//   - the forward product with larger register blocks (dot_accumulate_blocked, 8 × 4 and 8 × 8:
+//     bench/cluster.cu's candidates) against float64;
 //   - the plans for the app's default run, --models 10 and the paper's sizes on an H100 (132
 //     SMs, 227 KB of shared memory a block), and under a tuning that caps the clusters or the
 //     K chunk; and over many shapes, K chunks in whole multiples of 8 (the staging's bank groups).
@@ -280,6 +282,61 @@ TEST(ClusterReduce, SumsMoreRowBlocksThanOneBatchInOrder) {
       for (int64_t e = 0; e < count; ++e) sums[size_t(e)] += parts[k][size_t(p * count + e)];
     EXPECT_TRUE(simt::same_bits(grads[k], sums))
         << "segment " << k << ": not the partials summed in row-block order";
+  }
+}
+
+// dot_accumulate_blocked, whose larger blocks bench/cluster.cu times against the step's 4 × 4:
+// acc += A·Bᵀ over shapes with one block a thread and with K split over many groups (the
+// bench's chunks: 16 × 32 × 392 and 32 × 32 × 264 at 256 threads), against float64, onto an
+// acc that already holds values, the columns past N4 of acc's rows and the K groups' scratch
+// poisoned with NaN (the sum may not read them, nor write past N4). Each block size gives the
+// same bits on every run.
+template <int TM, int TN>
+void check_blocked_dot(int threads, int M4, int N4, int K4) {
+  SCOPED_TRACE(std::to_string(TM) + " × " + std::to_string(TN) + " blocks, " + std::to_string(threads) +
+               " threads, " + std::to_string(M4) + " × " + std::to_string(N4) + " × " + std::to_string(K4));
+  const int ld = K4 + 4, ldc = N4 + 3;
+  std::mt19937 rng(uint32_t(M4 * 1000 + N4 * 10 + K4));
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  // float4s, so that the operands' rows are 16-byte aligned as in shared memory.
+  std::vector<float4> a4(size_t(M4 * ld / 4)), b4(size_t(N4 * ld / 4));
+  float* A = reinterpret_cast<float*>(a4.data());
+  float* B = reinterpret_cast<float*>(b4.data());
+  for (int i = 0; i < M4 * ld; ++i) A[i] = i % ld < K4 ? u(rng) : kNaN;  // the padding is never read
+  for (int i = 0; i < N4 * ld; ++i) B[i] = i % ld < K4 ? u(rng) : kNaN;
+  std::vector<float> start(size_t(M4 * ldc), kNaN);
+  for (int m = 0; m < M4; ++m)
+    for (int n = 0; n < N4; ++n) start[size_t(m * ldc + n)] = u(rng);
+  auto run = [&] {
+    std::vector<float> acc = start, kpart(size_t(threads * TM * TN), kNaN);
+    simt::launch(1, unsigned(threads), [&] {
+      dot_accumulate_blocked<TM, TN>(acc.data(), ldc, A, ld, B, ld, M4, N4, K4, kpart.data());
+    });
+    return acc;
+  };
+  const std::vector<float> got = run();
+  for (int m = 0; m < M4; ++m) {
+    for (int n = 0; n < N4; ++n) {
+      double want = start[size_t(m * ldc + n)];
+      for (int k = 0; k < K4; ++k) want += double(A[m * ld + k]) * double(B[n * ld + k]);
+      ASSERT_NEAR(got[size_t(m * ldc + n)], want, 1e-5 * (1.0 + std::sqrt(double(K4))))
+          << "acc[" << m << ", " << n << "]";
+    }
+    for (int n = N4; n < ldc; ++n) ASSERT_TRUE(std::isnan(got[size_t(m * ldc + n)])) << "wrote past N4";
+  }
+  EXPECT_TRUE(simt::same_bits(run(), got)) << "a second run gave other bits";
+}
+
+TEST(ClusterProducts, BlockedDotAccumulateMatchesFloat64) {
+  for (const auto& [threads, M4, N4, K4] : std::vector<std::tuple<int, int, int, int>>{{64, 8, 8, 4},
+                                                                                       {64, 8, 16, 20},
+                                                                                       {64, 24, 32, 36},
+                                                                                       {64, 16, 8, 128},
+                                                                                       {256, 16, 32, 392},
+                                                                                       {256, 32, 32, 264}}) {
+    check_blocked_dot<4, 4>(threads, M4, N4, K4);
+    check_blocked_dot<8, 4>(threads, M4, N4, K4);
+    check_blocked_dot<8, 8>(threads, M4, N4, K4);
   }
 }
 

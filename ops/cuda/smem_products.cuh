@@ -3,7 +3,9 @@
 // two shapes of product its layers need, each thread computing a 4 × 4 block of outputs.
 //
 //   dot_accumulate   acc[m, n] += Σ_k A[m, k]·B[n, k]   both operands K-contiguous: a forward
-//                                                        layer, H·Wᵀ
+//                                                        layer, H·Wᵀ (dot_accumulate_blocked:
+//                                                        the same with larger blocks, timed
+//                                                        by bench/cluster.cu)
 //   outer_product    C[m, n] = Σ_k A(k, m)·B[k, n]      K down the rows: a weight gradient
 //                                                        Gᵀ·H (K = the batch's rows) or the
 //                                                        gradient below a layer, G·W
@@ -84,35 +86,44 @@ __device__ inline void pipelined(int chunks, float* buffer0, float* buffer1, Iss
   }
 }
 
-// acc[m, n] += Σ_k A[m, k]·B[n, k] for m < M4, n < N4, k < K4 (multiples of 4; A and B padded
-// with zeros to them, rows 16-byte aligned). Each thread computes 4 rows × 4 columns from float4
-// reads along k: rows m0 … m0 + 3 and the columns c, c + N4/4, c + 2·N4/4, c + 3·N4/4 — strided,
-// so that the 8 threads of a quarter warp read 8 consecutive rows of B, in 8 different bank
-// groups when ldb/4 is odd (the staging buffers' stride: SmemLayout), where 4 adjacent columns
-// each would put them in 2. With fewer such blocks than threads, `groups` threads share a
-// block's K range, their partial blocks go to kpart and are added in group order — so the sum
+// acc[m, n] += Σ_k A[m, k]·B[n, k] for m < M4, n < N4, k < K4 (multiples of 4 — of TM and TN
+// too; A and B padded with zeros to them, rows 16-byte aligned). Each thread computes a block of
+// TM rows × TN columns from float4 reads along k: rows m0 … m0 + TM − 1 and the columns c0,
+// c0 + N4/TN, c0 + 2·N4/TN, … — strided, so that the 8 threads of a quarter warp read 8
+// consecutive rows of B, in 8 different bank groups when ldb/4 is odd (the staging buffers'
+// stride: SmemLayout), where adjacent columns would put them in fewer. With fewer such blocks
+// than threads, `groups` threads share a block's K range, their partial blocks go to kpart
+// ([groups, TM·TN, blocks], ≤ threads · TM·TN floats) and are added in group order — so the sum
 // has the same order on every run.
-__device__ inline void dot_accumulate(float* acc, int ldc, const float* A, int lda, const float* B, int ldb,
-                                      int M4, int N4, int K4, float* kpart) {
-  const int tiles_n = N4 / 4, tiles = M4 / 4 * tiles_n;
+//
+// A 4 × 4 block (dot_accumulate, the step's) reads 8 float4s per 64 FMAs; 8 × 8 reads 16 per
+// 256, half the shared-memory traffic per FMA, but fills a quarter as many threads, so K is
+// split over 4 times as many groups and the fix-up grows. bench/cluster.cu times 4 × 4, 8 × 4
+// and 8 × 8 on the default run's K chunks: the number to read before the step changes block.
+template <int TM, int TN>
+__device__ inline void dot_accumulate_blocked(float* acc, int ldc, const float* A, int lda, const float* B,
+                                              int ldb, int M4, int N4, int K4, float* kpart) {
+  static_assert(TM % 4 == 0 && TN % 4 == 0, "register blocks are whole 4 × 4s");
+  constexpr int kBlock = TM * TN;
+  const int tiles_n = N4 / TN, tiles = M4 / TM * tiles_n;
   if (tiles == 0 || K4 == 0) return;
   const int groups = int(larger(1, smaller(int(blockDim.x) / tiles, K4 / 4)));
   const int k_per_group = (K4 / 4 + groups - 1) / groups * 4;
   for (int t = int(threadIdx.x); t < tiles * groups; t += int(blockDim.x)) {
     const int tile = t % tiles, group = t / tiles;
-    const int m0 = tile / tiles_n * 4, c0 = tile % tiles_n;  // columns c0 + j·tiles_n
-    float c[4][4] = {};
+    const int m0 = tile / tiles_n * TM, c0 = tile % tiles_n;  // columns c0 + j·tiles_n
+    float c[TM][TN] = {};
     const int k_end = int(smaller(K4, (group + 1) * k_per_group));
     for (int k = group * k_per_group; k < k_end; k += 4) {
-      float4 a[4], b[4];
+      float4 a[TM], b[TN];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = *reinterpret_cast<const float4*>(A + (m0 + i) * lda + k);
+      for (int i = 0; i < TM; ++i) a[i] = *reinterpret_cast<const float4*>(A + (m0 + i) * lda + k);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = *reinterpret_cast<const float4*>(B + (c0 + j * tiles_n) * ldb + k);
+      for (int j = 0; j < TN; ++j) b[j] = *reinterpret_cast<const float4*>(B + (c0 + j * tiles_n) * ldb + k);
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < TN; ++j) {
           c[i][j] = fmaf(a[i].x, b[j].x, c[i][j]);
           c[i][j] = fmaf(a[i].y, b[j].y, c[i][j]);
           c[i][j] = fmaf(a[i].z, b[j].z, c[i][j]);
@@ -121,27 +132,33 @@ __device__ inline void dot_accumulate(float* acc, int ldc, const float* A, int l
     }
     if (groups == 1) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[(m0 + i) * ldc + c0 + j * tiles_n] += c[i][j];
+        for (int j = 0; j < TN; ++j) acc[(m0 + i) * ldc + c0 + j * tiles_n] += c[i][j];
     } else {
-      // kpart[group][4i + j][tile]: a warp's lanes hold consecutive tiles, so each of the 16
-      // stores writes 32 consecutive floats, one a bank. (Tile-major, [group][tile][4i + j], put
-      // the lanes 16 floats apart: 2 banks, a 16-way conflict on every store.)
+      // kpart[group][TN·i + j][tile]: a warp's lanes hold consecutive tiles, so each store
+      // writes 32 consecutive floats, one a bank. (Tile-major, [group][tile][TN·i + j], would
+      // put the lanes TM·TN floats apart: 2 banks at 4 × 4, a 16-way conflict on every store.)
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) kpart[(group * 16 + 4 * i + j) * tiles + tile] = c[i][j];
+        for (int j = 0; j < TN; ++j) kpart[(group * kBlock + TN * i + j) * tiles + tile] = c[i][j];
     }
   }
   if (groups == 1) return;
   __syncthreads();  // every group's partial block is in kpart
-  for (int e = int(threadIdx.x); e < tiles * 16; e += int(blockDim.x)) {
-    const int tile = e % tiles, ij = e / tiles, i = ij / 4, j = ij % 4;
+  for (int e = int(threadIdx.x); e < tiles * kBlock; e += int(blockDim.x)) {
+    const int tile = e % tiles, ij = e / tiles, i = ij / TN, j = ij % TN;
     float sum = 0.0f;
-    for (int group = 0; group < groups; ++group) sum += kpart[(group * 16 + ij) * tiles + tile];
-    acc[(tile / tiles_n * 4 + i) * ldc + tile % tiles_n + j * tiles_n] += sum;
+    for (int group = 0; group < groups; ++group) sum += kpart[(group * kBlock + ij) * tiles + tile];
+    acc[(tile / tiles_n * TM + i) * ldc + tile % tiles_n + j * tiles_n] += sum;
   }
+}
+
+// The cluster step's forward product: 4 × 4 blocks (kpart ≤ threads · 16 floats).
+__device__ inline void dot_accumulate(float* acc, int ldc, const float* A, int lda, const float* B, int ldb,
+                                      int M4, int N4, int K4, float* kpart) {
+  dot_accumulate_blocked<4, 4>(acc, ldc, A, lda, B, ldb, M4, N4, K4, kpart);
 }
 
 // store(m0, n0, c) for each 4 × 4 block of C[m, n] = Σ_{k < K} A(k, m)·B[k, n], m < M4, n < N4:
