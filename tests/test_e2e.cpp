@@ -134,6 +134,31 @@ TEST(EndToEnd, UnderAnAddressSpaceLimitARunFinishesOrStopsInOneLine) {
   EXPECT_GE(codes.size(), 2u) << "the first limit past loading already ran: no refusal was tried";
 }
 
+// A checkpoint that cannot be written (here a file-size limit of 1 MiB, where the trained
+// teacher, student and control take 3.2 MB; a full disk fails the same way) costs the run
+// none of its numbers: the summary is printed and the report written before it, and the
+// program then fails in one line naming the checkpoint, leaving no part of it behind.
+TEST(EndToEnd, ACheckpointThatCannotBeWrittenLeavesTheSummaryAndTheReport) {
+  SKIP_WITHOUT_MNIST();
+  TempDir cwd;
+  std::vector<std::string> args = {"-c", "ulimit -f 1024 && exec \"$@\"", "sh", SUBLIMINAL_APP_PATH};
+  for (const char* a :
+       {"--device", "cpu", "--train-samples", "2000", "--epochs-teacher", "1", "--epochs-distill", "1",
+        "--no-progress", "--json", "report.json", "--save", "trained.safetensors"})
+    args.push_back(a);
+  const ProcessResult r = subliminal::test::run_process("/bin/sh", args, cwd.path());
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_EQ(r.err, "subliminal: error: trained.safetensors: write failed (File too large)\n");
+  EXPECT_NE(r.out.find("Summary ("), std::string::npos) << r.out;
+  const json report = json::parse(read_text(cwd / "report.json"));
+  EXPECT_TRUE(report.contains("student") && report["student"].contains("test_acc"))
+      << report.dump().substr(0, 300);
+  std::vector<std::string> left;
+  for (const auto& entry : fs::directory_iterator(cwd.path()))
+    left.push_back(entry.path().filename().string());
+  EXPECT_EQ(left, std::vector<std::string>{"report.json"}) << "a checkpoint, or part of one, was left";
+}
+
 // ---- One run: console, report, the effect --------------------------------------------------------
 
 // The notebook's lines, as its readers know them, and the report's shape: every arm with an

@@ -477,7 +477,8 @@ void check_host_memory(const Config& config, Device device) {
                          bytes_text(limit) + " is available");
 }
 
-Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer) {
+Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer,
+                       TrainedModels* trained) {
   check_host_memory(config, device);
   Results results;
   results.device = device_description(device);
@@ -563,8 +564,8 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
     if (found != results.arm_epochs.end() && !found->second.empty())
       results.final_acc.push_back({a.key, found->second.back().test_acc});
   }
-  if (!config.save_path.empty())
-    save_trained(config.save_path, teacher, trained_ghost, trained_all, arms, config.force);
+  if (trained != nullptr)
+    *trained = {std::move(teacher), std::move(trained_ghost), std::move(trained_all), arms};
   results.notes = gemm::fallback_report();
   results.gemm_tuning = gemm::tuning_report();
   return results;

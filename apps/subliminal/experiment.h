@@ -11,6 +11,7 @@
 #include "apps/subliminal/config.h"
 #include "data/mnist.h"
 #include "engine/device.h"
+#include "engine/nn.h"
 #include "ops/slice.h"
 
 namespace subliminal::app {
@@ -89,8 +90,18 @@ uint64_t host_bytes_at_least(const Config& config);
 // and the sizes), not minutes later at the allocation that passes it.
 void check_host_memory(const Config& config, Device device);
 
-// Runs the whole experiment on `device` (already validated as usable).
-Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer);
+// The models a run ends with, for --save: the teacher, and each distilled group's arms (ghost
+// logits, all logits; either may be empty) in `arms` order.
+struct TrainedModels {
+  MlpParams teacher, ghost, all;
+  std::vector<ArmSpec> arms;
+};
+
+// Runs the whole experiment on `device` (already validated as usable). With `trained`, the
+// trained models are moved there, for the caller to save once the results are reported: a
+// checkpoint that cannot be written (a full disk) then costs none of the run's numbers.
+Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer,
+                       TrainedModels* trained = nullptr);
 
 // Sets the GEMM engine, TF32, autotuning and epilogue fusion (gemm::settings()) from the flags.
 void apply_gemm_settings(const Config& config);

@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <exception>  // exception_ptr: the report and the checkpoint each written
 #include <filesystem>
 #include <new>  // std::bad_alloc
 #include <thread>
@@ -200,11 +201,31 @@ int run(int argc, char** argv) {
   std::printf("subliminal: MNIST from %s (%lld train, %lld test) on %s\n", dir.string().c_str(),
               (long long)mnist.train.count, (long long)mnist.test.count, device_description(device).c_str());
   ConsoleObserver observer(stdout, config.progress, config.divergence);
-  Results results = run_experiment(config, mnist, device, observer);
+  TrainedModels trained;
+  Results results =
+      run_experiment(config, mnist, device, observer, config.save_path.empty() ? nullptr : &trained);
   times.total = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   print_summary(stdout, config, results, times);
+  // The numbers first, the checkpoint last, and each written even if the other cannot be (a
+  // full disk, a file-size limit): a run of many models should not lose its report to its
+  // checkpoint's size. The first failure is then the program's error.
+  std::exception_ptr failed;
+  const auto attempt = [&failed](const auto& write) {
+    try {
+      write();
+    } catch (...) {
+      if (!failed) failed = std::current_exception();
+    }
+  };
   if (!config.json_path.empty())
-    write_file_atomically(config.json_path, report_json(config, results, times, device, dir.string()));
+    attempt([&] {
+      write_file_atomically(config.json_path, report_json(config, results, times, device, dir.string()));
+    });
+  if (!config.save_path.empty())
+    attempt([&] {
+      save_trained(config.save_path, trained.teacher, trained.ghost, trained.all, trained.arms, config.force);
+    });
+  if (failed) std::rethrow_exception(failed);
   return 0;
 }
 
