@@ -605,6 +605,82 @@ TEST(Cli, AnIgnoredHangupStaysIgnored) {
   EXPECT_GT(hangups, 10) << "the run ended before most SIGHUPs were sent: make it longer";
 }
 
+// Runs the app in `cwd` (stdout and stderr to files there), waits until `ready` says the run is
+// under way, sends it SIGINT (as Ctrl-C does) and waits for it to end.
+struct Interrupted {
+  int status = 0;  // waitpid's
+  std::string out, err;
+};
+template <class Ready>
+Interrupted interrupt_app(const std::vector<std::string>& args, const fs::path& cwd, Ready&& ready) {
+  const std::string app = SUBLIMINAL_APP_PATH, out = (cwd / "stdout").string(),
+                    err = (cwd / "stderr").string();
+  std::vector<std::string> argv_strings{app};
+  argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_strings) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t child = fork();
+  if (child < 0) return {};
+  if (child == 0) {  // only async-signal-safe calls until exec
+    const int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0 || chdir(cwd.c_str()) != 0) _exit(127);
+    std::signal(SIGINT, SIG_DFL);
+    execv(app.c_str(), argv.data());
+    _exit(127);
+  }
+  Interrupted r;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!ready() && waitpid(child, &r.status, WNOHANG) == 0 && std::chrono::steady_clock::now() < deadline)
+    usleep(2000);
+  kill(child, SIGINT);
+  waitpid(child, &r.status, 0);
+  r.out = read_text(out);
+  r.err = read_text(err);
+  fs::remove(out);
+  fs::remove(err);
+  return r;
+}
+
+// Ctrl-C ends the program as SIGINT does (the shell sees it), after one line on stderr that says
+// what it interrupted and what was not written; a sweep's lock goes with it, and its line says
+// that the same command resumes. (It used to end silently, and leave PREFIX.lock behind.)
+TEST(Cli, CtrlCSaysWhatWasNotWrittenAndLeavesNoLock) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  const std::vector<std::string> long_run = {"--device",         "cpu", "--data",       data.path().string(),
+                                             "--epochs-teacher", "300", "--no-progress"};
+  {
+    TempDir cwd;
+    std::vector<std::string> args = long_run;
+    args.insert(args.end(), {"--json", "r.json", "--save", "m.st"});
+    const Interrupted r = interrupt_app(args, cwd.path(), [&] {
+      return read_text(cwd / "stdout").find("Training teacher") != std::string::npos;
+    });
+    EXPECT_TRUE(WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGINT)
+        << "status " << r.status << ": " << r.err;
+    EXPECT_EQ(r.err,
+              "subliminal: interrupted by SIGINT before the run ended: --json r.json and --save m.st "
+              "were not written\n");
+    EXPECT_TRUE(fs::is_empty(cwd.path())) << "a report or checkpoint was left";
+  }
+  {
+    TempDir cwd;
+    std::vector<std::string> args = long_run;
+    args.insert(args.end(), {"--sweep", "lr=1e-3,2e-3", "--sweep-out", "rows"});
+    const Interrupted r = interrupt_app(args, cwd.path(), [&] {
+      return fs::exists(cwd / "rows.lock");  // taken after the note is set
+    });
+    EXPECT_TRUE(WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGINT)
+        << "status " << r.status << ": " << r.err;
+    EXPECT_EQ(r.err,
+              "subliminal: interrupted by SIGINT: the configurations that finished are in rows.csv and "
+              "rows.jsonl; the same command resumes the sweep\n");
+    EXPECT_FALSE(fs::exists(cwd / "rows.lock"));
+  }
+}
+
 // --parity-batch writes its file and exits; other outputs would silently not be written.
 // --sweep-out without a --sweep would be ignored.
 TEST(Cli, OutputFlagsThatWouldBeIgnoredAreRefused) {

@@ -21,6 +21,7 @@
 #include "apps/subliminal/checkpoint.h"
 #include "apps/subliminal/config.h"
 #include "apps/subliminal/experiment.h"
+#include "apps/subliminal/interrupt.h"
 #include "apps/subliminal/openblas_env.h"
 #include "apps/subliminal/parity.h"
 #include "apps/subliminal/report.h"
@@ -151,6 +152,19 @@ uint64_t cpu_memory_ceiling(Device device, int cpu_threads) {
   return std::min(available, room - set_aside);
 }
 
+// What a signal's message says a single run leaves unwritten (interrupt.h): " before the run
+// ended: --json r.json and --save m.st were not written" (either may be "": not asked for, or
+// already written).
+std::string run_interrupted(const std::string& json_path, const std::string& save_path) {
+  std::vector<std::string> named;
+  if (!json_path.empty()) named.push_back("--json " + json_path);
+  if (!save_path.empty()) named.push_back("--save " + save_path);
+  std::string text = " before the run ended";
+  if (named.empty()) return text;
+  return text + ": " + named.front() + (named.size() > 1 ? " and " + named.back() + " were" : " was") +
+         " not written";
+}
+
 int run(int argc, char** argv) {
   const auto started = std::chrono::steady_clock::now();
   CommandLine command_line = parse_command_line(argc, argv);
@@ -164,6 +178,7 @@ int run(int argc, char** argv) {
   }
   Config config = command_line.config;
   check_before_running(config);
+  set_interrupt_note(" before the run started");
   // A bad checkpoint is found before anything runs (a sweep's, at each configuration's --models,
   // by sweep_configs above).
   if (!config.load_init_path.empty() && config.sweeps.empty()) {
@@ -191,12 +206,18 @@ int run(int argc, char** argv) {
   times.load = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 
   if (!config.parity_batch_path.empty()) {
+    set_interrupt_note(" before " + config.parity_batch_path + " was written");
     write_parity_batch(config, mnist, device, config.parity_batch_path);
     std::printf("subliminal: wrote one batch's losses and gradients to %s\n",
                 config.parity_batch_path.c_str());
     return 0;
   }
-  if (!config.sweeps.empty()) return run_sweep(config, mnist, device, stdout);
+  if (!config.sweeps.empty()) {
+    set_interrupt_note(": the configurations that finished are in " + config.sweep_out + ".csv and " +
+                       config.sweep_out + ".jsonl; the same command resumes the sweep");
+    return run_sweep(config, mnist, device, stdout);
+  }
+  set_interrupt_note(run_interrupted(config.json_path, config.save_path));
 
   std::printf("subliminal: MNIST from %s (%lld train, %lld test) on %s\n", dir.string().c_str(),
               (long long)mnist.train.count, (long long)mnist.test.count, device_description(device).c_str());
@@ -221,10 +242,12 @@ int run(int argc, char** argv) {
     attempt([&] {
       write_file_atomically(config.json_path, report_json(config, results, times, device, dir.string()));
     });
+  set_interrupt_note(run_interrupted("", config.save_path));
   if (!config.save_path.empty())
     attempt([&] {
       save_trained(config.save_path, trained.teacher, trained.ghost, trained.all, trained.arms, config.force);
     });
+  set_interrupt_note("");  // nothing is left to lose
   if (failed) std::rethrow_exception(failed);
   return 0;
 }
@@ -238,9 +261,11 @@ const char* what_to_reduce() {
 }
 
 // A signal that ends the program removes the temporary file of a write in progress first (the
-// file it would have replaced is untouched either way), then ends it as the signal would have.
+// file it would have replaced is untouched either way), says in one line what it interrupted
+// and what was not written (interrupt.h), then ends the program as the signal would have.
 void end_on_signal(int signal_number) {
   remove_unfinished_file();
+  on_ending_signal(signal_number);  // says what was not written; a sweep's lock goes too
   std::signal(signal_number, SIG_DFL);
   std::raise(signal_number);
 }

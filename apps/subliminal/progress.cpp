@@ -5,6 +5,8 @@
 
 #include <cstdio>
 
+#include "apps/subliminal/interrupt.h"
+
 namespace subliminal::app {
 
 ProgressBar::ProgressBar(bool enabled, std::FILE* out) : out_(out), active_(enabled && isatty(fileno(out))) {}
@@ -32,6 +34,7 @@ void ProgressBar::clear() {
   std::fprintf(out_, "\r\033[K");
   std::fflush(out_);
   on_screen_ = false;
+  note_progress_bar_on_screen(false);
 }
 
 void ProgressBar::draw() {
@@ -44,6 +47,7 @@ void ProgressBar::draw() {
                (long long)total_, elapsed);
   std::fflush(out_);
   on_screen_ = true;
+  note_progress_bar_on_screen(true);  // a signal's message erases it first (interrupt.h)
 }
 
 }  // namespace subliminal::app

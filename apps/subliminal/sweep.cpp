@@ -23,6 +23,7 @@
 #include "apps/subliminal/build_info.h"  // kBuildCommit
 #include "apps/subliminal/checkpoint.h"
 #include "apps/subliminal/experiment.h"
+#include "apps/subliminal/interrupt.h"  // a Ctrl-C removes the lock
 #include "apps/subliminal/progress.h"
 #include "apps/subliminal/report.h"
 #include "data/mnist.h"          // mnist_fingerprint: the data each row was made from
@@ -291,8 +292,10 @@ class SweepLock {
       ::close(fd_);  // not ours to remove
       throw;
     }
+    remember_lock_file(fd_, path_);  // a Ctrl-C removes it too (interrupt.h)
   }
   ~SweepLock() {
+    forget_lock_file(fd_);
     // Before unlocking, so that a waiting sweep's check above sees it gone; and only if the name
     // is still our file (not one moved onto it while the sweep ran).
     if (still_there()) ::unlink(path_.c_str());
