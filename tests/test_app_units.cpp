@@ -821,7 +821,7 @@ TEST(Experiment, AnInitOfManyModelsSavesAndLoadsWhole) {
         << e.what();
   }
   const std::string one = (dir / "one.safetensors").string();
-  save_init(one, init_of(small_run({}), {5}, 0), false);
+  save_init(one, init_of(small_run({}), {5}, 0), false, 5);
   MlpParams two(init.shape(), 2, DType::f32, Device::cpu);
   try {
     load_init(one, two);

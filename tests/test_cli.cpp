@@ -263,6 +263,42 @@ TEST(Cli, MalformedIdxFileIsNamedInTheError) {
   expect_usage_error({"--device", "cpu", "--data", data.path().string()}, bad.string());
 }
 
+// An init file holds the weights, not the run: the batches, the noise and the cross-init
+// student follow --seed. --save-init records the seed, and --load-init under another seed says
+// so (one note on stderr; the run goes on), where a user expected the run to repeat.
+TEST(Cli, AnInitLoadedUnderAnotherSeedSaysTheRunWillNotRepeat) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  const std::vector<std::string> quick = {"--device",
+                                          "cpu",
+                                          "--data",
+                                          data.path().string(),
+                                          "--epochs-teacher",
+                                          "0",
+                                          "--epochs-distill",
+                                          "0",
+                                          "--no-progress",
+                                          "--hidden",
+                                          "8"};
+  auto run = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = quick;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_app(args, data.path());
+  };
+  const ProcessResult saved = run({"--seed", "5", "--save-init", "init.st"});
+  ASSERT_EQ(saved.exit_code, 0) << saved.err;
+  const ProcessResult other = run({"--load-init", "init.st"});
+  EXPECT_EQ(other.exit_code, 0) << other.err;
+  EXPECT_NE(other.err.find("subliminal: note: init.st was saved by a run with --seed 5; this run's batches, "
+                           "noise and cross-init student follow --seed 0, so it does not repeat that run "
+                           "(give --seed 5 to)\n"),
+            std::string::npos)
+      << other.err;
+  const ProcessResult same = run({"--load-init", "init.st", "--seed", "5"});
+  EXPECT_EQ(same.exit_code, 0) << same.err;
+  EXPECT_EQ(same.err.find("was saved by a run"), std::string::npos) << same.err;
+}
+
 // --version names the commit the build was made from — what `git describe` says of this source
 // tree — and what it was built with, and exits 0 without
 // looking for data; a run's report names the same build.

@@ -32,14 +32,20 @@ std::map<std::string, std::string> metadata(const MlpParams& params) {
 
 }  // namespace
 
-void save_init(const std::string& path, const MlpParams& init, bool overwrite) {
+void save_init(const std::string& path, const MlpParams& init, bool overwrite, uint64_t seed) {
   std::vector<NamedTensor> tensors;
   add_params(tensors, "", init, 0, init.models());
-  write_safetensors(path, tensors, metadata(init), overwrite);
+  std::map<std::string, std::string> meta = metadata(init);
+  meta["seed"] = std::to_string(seed);
+  write_safetensors(path, tensors, meta, overwrite);
 }
 
-void load_init(const std::string& path, MlpParams& init, bool for_parity_batch) {
+void load_init(const std::string& path, MlpParams& init, bool for_parity_batch, std::string* saved_seed) {
   SafetensorsFile file = read_safetensors(path);
+  if (saved_seed != nullptr) {
+    const auto seed = file.metadata.find("seed");
+    *saved_seed = seed == file.metadata.end() ? "" : seed->second;
+  }
   std::vector<Tensor> tensors = init.tensors();
   std::vector<std::string> names = init.names();
   // A --save checkpoint names each model's tensors under its arm (teacher.net.0.weight, ...):

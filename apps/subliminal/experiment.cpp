@@ -511,7 +511,7 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
     load_init(config.load_init_path, init);
   else
     init_mlp(init, config.init, seeds, 0);
-  if (!config.save_init_path.empty()) save_init(config.save_init_path, init, config.force);
+  if (!config.save_init_path.empty()) save_init(config.save_init_path, init, config.force, config.seed);
 
   MlpParams cross(shape, N, DType::f32, device);
   if (config.preset == Preset::paper && N >= 2) {

@@ -183,7 +183,17 @@ int run(int argc, char** argv) {
   // by sweep_configs above).
   if (!config.load_init_path.empty() && config.sweeps.empty()) {
     MlpParams probe(config.mlp_shape(), config.models, DType::f32, Device::cpu);
-    load_init(config.load_init_path, probe, !config.parity_batch_path.empty());
+    std::string saved_seed;
+    load_init(config.load_init_path, probe, !config.parity_batch_path.empty(), &saved_seed);
+    // The file gives the weights only: a run meant to repeat the one that saved them needs its
+    // seed too, which a reader of the file would not guess.
+    if (!saved_seed.empty() && saved_seed != std::to_string(config.seed) && config.parity_batch_path.empty())
+      std::fprintf(stderr,
+                   "subliminal: note: %s was saved by a run with --seed %s; this run's batches, noise and "
+                   "cross-init student follow --seed %llu, so it does not repeat that run (give --seed %s "
+                   "to)\n",
+                   config.load_init_path.c_str(), saved_seed.c_str(), (unsigned long long)config.seed,
+                   saved_seed.c_str());
   }
   const Device device = resolve_device(config.device);
   note_gpu_only_flags(config, device);
