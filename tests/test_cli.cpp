@@ -18,6 +18,7 @@
 #include <set>        // std::set
 #include <sstream>    // std::istringstream
 #include <string>     // std::string
+#include <thread>     // std::thread::hardware_concurrency
 #include <utility>    // std::pair
 #include <vector>     // std::vector
 
@@ -297,6 +298,26 @@ TEST(Cli, AnInitLoadedUnderAnotherSeedSaysTheRunWillNotRepeat) {
   const ProcessResult same = run({"--load-init", "init.st", "--seed", "5"});
   EXPECT_EQ(same.exit_code, 0) << same.err;
   EXPECT_EQ(same.err.find("was saved by a run"), std::string::npos) << same.err;
+}
+
+// The console says where a run runs, and on the CPU how many threads when --threads chose a
+// count other than the hardware's (the device's description alone names the hardware's).
+TEST(Cli, TheConsoleNamesTheThreadsTheRunUses) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  const int hardware = int(std::max(1u, std::thread::hardware_concurrency()));
+  const std::string device = "cpu (" + std::to_string(hardware) + " hardware threads)";
+  for (int threads : {hardware, hardware + 1}) {
+    const ProcessResult r =
+        run_app({"--device", "cpu", "--data", data.path().string(), "--epochs-teacher", "0",
+                 "--epochs-distill", "0", "--no-progress", "--threads", std::to_string(threads)},
+                data.path());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const std::string where =
+        threads == hardware ? device : device + " with " + std::to_string(threads) + " threads";
+    EXPECT_NE(r.out.find(" on " + where + "\n"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(", 1 model, " + where + "):\n"), std::string::npos) << r.out;
+  }
 }
 
 // --version names the commit the build was made from — what `git describe` says of this source

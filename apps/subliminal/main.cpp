@@ -230,7 +230,8 @@ int run(int argc, char** argv) {
   set_interrupt_note(run_interrupted(config.json_path, config.save_path));
 
   std::printf("subliminal: MNIST from %s (%lld train, %lld test) on %s\n", dir.string().c_str(),
-              (long long)mnist.train.count, (long long)mnist.test.count, device_description(device).c_str());
+              (long long)mnist.train.count, (long long)mnist.test.count,
+              where_it_runs(device_description(device)).c_str());
   ConsoleObserver observer(stdout, config.progress, config.divergence);
   TrainedModels trained;
   Results results =

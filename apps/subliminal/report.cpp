@@ -1,8 +1,10 @@
 // apps/subliminal/report.cpp — console lines, the summary table and the JSON report.
 #include "apps/subliminal/report.h"
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <thread>  // hardware_concurrency: where_it_runs
 
 #include "apps/subliminal/build_info.h"  // the "build" of every report
 #include "engine/error.h"                // ShapeError
@@ -140,12 +142,18 @@ void ConsoleObserver::message(const std::string& line) {
   std::fprintf(stderr, "subliminal: %s\n", line.c_str());
 }
 
+std::string where_it_runs(const std::string& description) {
+  const int threads = cpu_threads(), hardware = int(std::max(1u, std::thread::hardware_concurrency()));
+  if (description != device_description(Device::cpu) || threads == hardware) return description;
+  return description + " with " + std::to_string(threads) + (threads == 1 ? " thread" : " threads");
+}
+
 void print_summary(std::FILE* out, const Config& config, const Results& results, const RunTimes& times) {
   for (const auto& [key, acc] : results.final_acc)
     if (key == "teacher") std::fprintf(out, "Teacher final test accuracy: %s\n", percent(acc, 4).c_str());
   std::fprintf(out, "\nSummary (%s preset, seed %llu, %lld model%s, %s):\n", preset_name(config.preset),
                (unsigned long long)config.seed, (long long)config.models, config.models == 1 ? "" : "s",
-               results.device.c_str());
+               where_it_runs(results.device).c_str());
   std::fprintf(out, "  %-36s %s\n", "arm", "test accuracy");
   for (const auto& [key, acc] : results.final_acc)
     std::fprintf(out, "  %-36s %s\n", arm_description(key).c_str(), percent(acc, 2).c_str());

@@ -67,6 +67,10 @@ std::string json_text(const nlohmann::json& j, int indent = -1);
 std::string report_json(const Config& config, const Results& results, const RunTimes& times, Device device,
                         const std::string& data_dir);
 
+// Where a run runs, for the console: the device's description and, on the CPU when --threads
+// chose another count than the hardware's, the threads — "cpu (2 hardware threads) with 1 thread".
+std::string where_it_runs(const std::string& description);
+
 // Human label of an arm key for the summary table.
 std::string arm_description(const std::string& key);
 
