@@ -1200,7 +1200,7 @@ TEST(SweepResume, AFileRemovedUnderASweepStopsIt) {
 TEST(SweepResume, TheCsvIsTheJsonlsTable) {
   subliminal::test::TempDir dir;
   const std::string prefix = (dir / "rows").string();
-  subliminal::test::write_text(prefix + ".csv", "config,arm,test_acc,ci95,std,n,seconds,ci95_t\n");
+  subliminal::test::write_text(prefix + ".csv", "config,arm,test_acc,ci95,std,n,seconds,ci95_t,lr,hidden\n");
   sweep(prefix, {"--models", "2", "--sweep", "hidden=8,8;8"});
   std::vector<std::string> rows = lines_of(subliminal::test::read_text(prefix + ".jsonl"));
   ASSERT_EQ(rows.size(), 16u);
@@ -1217,13 +1217,22 @@ TEST(SweepResume, TheCsvIsTheJsonlsTable) {
   const std::vector<std::string> csv = lines_of(subliminal::test::read_text(prefix + ".csv"));
   ASSERT_EQ(rows.size(), 17u);
   ASSERT_EQ(csv.size(), 18u);
-  EXPECT_EQ(csv[0], "config,arm,test_acc,ci95,std,n,seconds,ci95_t");
+  // A column for each swept key, the value as the run read it (lr=1e-3 is 0.001, the old row's
+  // lr=5e-4 0.0005).
+  EXPECT_EQ(csv[0], "config,arm,test_acc,ci95,std,n,seconds,ci95_t,lr,hidden");
   int checked_spread = 0;
   for (size_t i = 0; i < rows.size(); ++i) {
     const nlohmann::json row = nlohmann::json::parse(rows[i]);
-    const std::string id = row["config"], line = csv[i + 1];
+    std::string id = row["config"], line = csv[i + 1];
     const std::string quoted_id = id.find(',') == std::string::npos ? id : "\"" + id + "\"";
     ASSERT_EQ(line.compare(0, quoted_id.size() + 1, quoted_id + ","), 0) << line;
+    const std::string hidden = row["settings"]["hidden"];
+    const std::map<std::string, std::string> lr_read = {
+        {"1e-3", "0.001"}, {"2e-3", "0.002"}, {"5e-4", "0.0005"}};
+    const std::string settings = lr_read.at(row["settings"]["lr"]) + "," +
+                                 (hidden.find(',') == std::string::npos ? hidden : "\"" + hidden + "\"");
+    ASSERT_TRUE(line.ends_with("," + settings)) << line << " does not end with " << settings;
+    line.resize(line.size() - settings.size() - 1);
     std::vector<std::string> fields;
     std::istringstream rest(line.substr(quoted_id.size() + 1));
     for (std::string field; std::getline(rest, field, ',');) fields.push_back(field);

@@ -305,8 +305,9 @@ std::string first_lines(const std::vector<std::string>& lines, size_t n) {
   return text;
 }
 
-// One CSV and one JSONL row per configuration × arm; rerunning the same command finds every
-// configuration done, says so, runs nothing and writes no duplicate rows.
+// One CSV and one JSONL row per configuration × arm, the CSV with a column of the swept value as
+// the run read it; rerunning the same command finds every configuration done, says so, prints
+// their results as their runs did, runs nothing and writes no duplicate rows.
 TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   SKIP_WITHOUT_MNIST();
   TempDir dir;
@@ -322,7 +323,10 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   const std::vector<std::string> csv = lines_of(read_text(prefix + ".csv"));
   const std::vector<std::string> jsonl = lines_of(read_text(prefix + ".jsonl"));
   ASSERT_EQ(csv.size(), 1 + 2 * 4u) << read_text(prefix + ".csv");  // header + 2 configs × 4 arms
-  EXPECT_EQ(csv[0], "config,arm,test_acc,ci95,std,n,seconds,ci95_t");
+  EXPECT_EQ(csv[0], "config,arm,test_acc,ci95,std,n,seconds,ci95_t,lr");
+  for (size_t i = 1; i < csv.size(); ++i)
+    EXPECT_TRUE(csv[i].starts_with("lr=1e-3,") ? csv[i].ends_with(",0.001") : csv[i].ends_with(",0.0003"))
+        << csv[i];
   ASSERT_EQ(jsonl.size(), 2 * 4u);
   std::map<std::string, int> rows_per_config;
   for (const std::string& line : jsonl) {
@@ -337,8 +341,14 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ASSERT_EQ(again.exit_code, 0) << again.err;
   EXPECT_NE(again.out.find("2 already done"), std::string::npos) << again.out;
-  EXPECT_EQ(again.out.find("lr=1e-3:"), std::string::npos) << "a finished configuration ran again:\n"
-                                                           << again.out;
+  for (const char* id : {"lr=1e-3:", "lr=3e-4:"}) {
+    const size_t at = first.out.find(id);
+    ASSERT_NE(at, std::string::npos) << first.out;
+    const std::string line = first.out.substr(at, first.out.find('\n', at) - at);
+    EXPECT_NE(again.out.find(line + " (done before)\n"), std::string::npos)
+        << "not the results of the first run, or a finished configuration ran again:\n"
+        << again.out;
+  }
   EXPECT_EQ(lines_of(read_text(prefix + ".csv")), csv);
   EXPECT_EQ(lines_of(read_text(prefix + ".jsonl")), jsonl);
   std::cout << "[ e2e      ] sweep rerun (nothing to do): " << seconds << " s\n";

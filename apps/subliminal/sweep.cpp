@@ -412,11 +412,46 @@ std::string csv_field(const std::string& s) {
   return q + "\"";
 }
 
-constexpr const char* kCsvHeader = "config,arm,test_acc,ci95,std,n,seconds,ci95_t\n";
+constexpr const char* kCsvHeader = "config,arm,test_acc,ci95,std,n,seconds,ci95_t";
+
+// After the statistics, the CSV has a column for each swept key, holding the value as the run
+// read it — lr=1e-4 and lr=0.0001 are both 0.0001, temperature=1 and 1.0 both 1.0 — so that a
+// table of a grid groups and plots without parsing the configurations' ids, whose text is the
+// user's. Its keys: this sweep's, then those only older rows of the file have (an earlier grid
+// of the same sweep); a row without one ran at the base's value, which is what it holds there.
+struct CsvColumns {
+  const Config* base = nullptr;
+  std::vector<std::string> keys;
+};
+
+// A setting's JSON value (config_json) as one CSV value: hidden's [256,256] as 256,256.
+std::string setting_text(const nlohmann::json& value) {
+  if (value.is_string()) return value.get<std::string>();
+  if (!value.is_array()) return value.dump();
+  std::string text;
+  for (const nlohmann::json& v : value) text += (text.empty() ? "" : ",") + setting_text(v);
+  return text;
+}
+
+// The value of swept key `key` (a flag's name: "batch-size") the row's run read.
+std::string value_read(const Config& base, const nlohmann::json& row, const std::string& key) {
+  Config config = base;
+  if (row.contains("settings") && row["settings"].contains(key))
+    set_config_value(config, key, row["settings"][key].get<std::string>());
+  std::string field = key;
+  std::replace(field.begin(), field.end(), '-', '_');  // config_json's name of it
+  return setting_text(config_json(config).at(field));
+}
+
+std::string csv_header(const CsvColumns& columns) {
+  std::string header = kCsvHeader;
+  for (const std::string& key : columns.keys) header += "," + csv_field(key);
+  return header + "\n";
+}
 
 // The CSV line of one JSONL row: the CSV is a table of the JSONL, rebuilt from it when a sweep
 // starts. (Rows written before ci95_t existed get it from their std and n.)
-std::string csv_line(const nlohmann::json& row) {
+std::string csv_line(const nlohmann::json& row, const CsvColumns& columns) {
   const int64_t n = row.value("n", int64_t(1));
   const double std = row.value("std", 0.0);
   const double ci95_t = row.contains("ci95_t") ? row["ci95_t"].get<double>()
@@ -425,8 +460,17 @@ std::string csv_line(const nlohmann::json& row) {
   std::ostringstream line;
   line << csv_field(row["config"].get<std::string>()) << ',' << csv_field(row["arm"].get<std::string>())
        << ',' << row["test_acc"].get<double>() << ',' << row.value("ci95", 0.0) << ',' << std << ',' << n
-       << ',' << row.value("seconds", 0.0) << ',' << ci95_t << '\n';
+       << ',' << row.value("seconds", 0.0) << ',' << ci95_t;
+  for (const std::string& key : columns.keys) line << ',' << csv_field(value_read(*columns.base, row, key));
+  line << '\n';
   return line.str();
+}
+
+// " student 0.691±0.053": an arm's result on a sweep's console line.
+std::string result_text(const std::string& arm, double mean, double ci95) {
+  char text[64];
+  std::snprintf(text, sizeof text, " %.3f±%.3f", mean, ci95);
+  return " " + arm + text;
 }
 
 // One configuration's experiment. What stops it names the configuration: a sweep runs many, and
@@ -631,12 +675,20 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
     if (!finished(k)) to_run.insert(config_keys[k]);
   std::map<std::pair<std::string, std::string>, size_t> last;  // (settings, arm) → its last row
   for (size_t i = 0; i < file.rows.size(); ++i) last[{row_keys[i], file.rows[i].arm}] = i;
-  std::string jsonl_text, csv_text = kCsvHeader;
-  for (size_t i = 0; i < file.rows.size(); ++i) {
-    const SweepRow& r = file.rows[i];
-    if (to_run.count(row_keys[i]) || last[{row_keys[i], r.arm}] != i) continue;
-    jsonl_text += r.line + '\n';
-    csv_text += csv_line(r.row);
+  std::vector<size_t> kept;
+  for (size_t i = 0; i < file.rows.size(); ++i)
+    if (!to_run.count(row_keys[i]) && last[{row_keys[i], file.rows[i].arm}] == i) kept.push_back(i);
+  CsvColumns columns{&base, {}};
+  for (const auto& [key, value] : grid.front()) columns.keys.push_back(key);
+  for (size_t i : kept)
+    if (file.rows[i].row.contains("settings"))
+      for (const auto& [key, value] : file.rows[i].row["settings"].items())
+        if (std::find(columns.keys.begin(), columns.keys.end(), key) == columns.keys.end())
+          columns.keys.push_back(key);
+  std::string jsonl_text, csv_text = csv_header(columns);
+  for (size_t i : kept) {
+    jsonl_text += file.rows[i].line + '\n';
+    csv_text += csv_line(file.rows[i].row, columns);
   }
   // Both rewritten even when unchanged: a name that is one of a file's hard links (another
   // prefix's file too, perhaps) becomes a file of its own, so no two sweeps append to one file.
@@ -655,6 +707,17 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   for (size_t k = 0; k < grid.size(); ++k) already += finished(k);
   std::fprintf(out, "Sweep: %zu configuration%s (%zu already done) → %s, %s\n", grid.size(),
                grid.size() == 1 ? "" : "s", already, csv_path.c_str(), jsonl_path.c_str());
+  // The configurations done before, with their results as their runs printed them: rerunning a
+  // finished sweep shows its table rather than a count.
+  for (size_t k = 0; k < grid.size(); ++k) {
+    if (!finished(k)) continue;
+    std::string line = config_id(grid[k]) + ":";
+    for (size_t i : kept)
+      if (row_keys[i] == config_keys[k])
+        line += result_text(file.rows[i].arm, file.rows[i].row.value("test_acc", 0.0),
+                            file.rows[i].row.value("ci95", 0.0));
+    std::fprintf(out, "%s (done before)\n", line.c_str());
+  }
   // Rows are comparable to the last digit only when one device made them all (another device, or
   // another CPU, rounds differently; on the CPU, so do other --threads, which cut the GEMMs
   // otherwise): resuming elsewhere is allowed, and said. Each row names its device (and on the
@@ -719,10 +782,8 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
       row["commit"] = kBuildCommit;  // the build that made the row (apps/subliminal/build_info.h)
       for (const auto& [key, value] : grid[k]) row["settings"][key] = value;
       jsonl_rows += json_text(row) + '\n';
-      csv_rows += csv_line(row);
-      char text[64];
-      std::snprintf(text, sizeof text, " %.3f±%.3f", s.mean, s.ci95);
-      console += " " + arm + text;
+      csv_rows += csv_line(row, columns);
+      console += result_text(arm, s.mean, s.ci95);
     }
     errno = 0;
     jsonl << jsonl_rows << std::flush;  // the JSONL first: it is what resuming reads
