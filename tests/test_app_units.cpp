@@ -929,8 +929,13 @@ TEST(Report, EveryNumberComesFromItsOwnSource) {
   results.timing["teacher"].steady_seconds = 0.25;
   results.timing["distill_ghosts"].steps = 3;  // one epoch: no steady time
   results.timing["distill_ghosts"].wall_seconds = 3;
-  const nlohmann::json r = nlohmann::json::parse(report_json(c, results, {}, Device::cpu, "data"));
+  const nlohmann::json r = nlohmann::json::parse(
+      report_json(c, results, {}, Device::cpu,
+                  {"data", "2+2 images, crc32 0", {"subliminal", "--seed", "3"}, "2026-12-07T18:30:05Z"}));
 
+  EXPECT_EQ(r["data"], (nlohmann::json{{"dir", "data"}, {"fingerprint", "2+2 images, crc32 0"}}));
+  EXPECT_EQ(r["command"], (std::vector<std::string>{"subliminal", "--seed", "3"}));
+  EXPECT_EQ(r["started"], "2026-12-07T18:30:05Z");
   const nlohmann::json& teacher = r["teacher"];
   EXPECT_NEAR(teacher["test_acc"].get<double>(), 0.7, 1e-15);
   EXPECT_NEAR(teacher["std"].get<double>(), 0.2, 1e-15);

@@ -185,6 +185,14 @@ TEST(EndToEnd, OneModelRunPrintsTheNotebooksLinesAndWritesTheReport) {
     EXPECT_EQ(r[arm]["per_model"].size(), 1u) << arm;
   }
   EXPECT_GT(r["seconds"]["total"].get<double>(), 0.0);
+  // Where it came from: the data read (as a sweep's rows name it), the command, when it started.
+  EXPECT_EQ(r["data"]["fingerprint"].get<std::string>().rfind("60000+10000 images, crc32 ", 0), 0u)
+      << r["data"];
+  EXPECT_EQ(r["command"].front(), SUBLIMINAL_APP_PATH);
+  EXPECT_NE(std::find(r["command"].begin(), r["command"].end(), "--epochs-distill"), r["command"].end());
+  EXPECT_TRUE(
+      std::regex_match(r["started"].get<std::string>(), std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")))
+      << r["started"];
   EXPECT_EQ(r["epochs"]["teacher"].size(), 1u);
   EXPECT_EQ(r["epochs"]["student"].size(), 2u);
   EXPECT_EQ(r["epochs"]["cross_init"].size(), 2u);

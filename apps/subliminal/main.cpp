@@ -167,6 +167,7 @@ std::string run_interrupted(const std::string& json_path, const std::string& sav
 
 int run(int argc, char** argv) {
   const auto started = std::chrono::steady_clock::now();
+  const std::string started_utc = utc_now();
   CommandLine command_line = parse_command_line(argc, argv);
   if (command_line.help) {
     std::fputs(command_line.help_text.c_str(), stdout);
@@ -251,7 +252,8 @@ int run(int argc, char** argv) {
   };
   if (!config.json_path.empty())
     attempt([&] {
-      write_file_atomically(config.json_path, report_json(config, results, times, device, dir.string()));
+      const RunSource source{dir.string(), data::mnist_fingerprint(mnist), {argv, argv + argc}, started_utc};
+      write_file_atomically(config.json_path, report_json(config, results, times, device, source));
     });
   set_interrupt_note(run_interrupted("", config.save_path));
   if (!config.save_path.empty())

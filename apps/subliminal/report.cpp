@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ctime>  // utc_now
 #include <nlohmann/json.hpp>
 #include <thread>  // hardware_concurrency: where_it_runs
 
@@ -208,8 +209,17 @@ nlohmann::json config_json(const Config& c) {
           {"load_init", c.load_init_path.empty() ? "" : resolved_path(c.load_init_path).string()}};
 }
 
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return text;
+}
+
 std::string report_json(const Config& c, const Results& results, const RunTimes& times, Device device,
-                        const std::string& data_dir) {
+                        const RunSource& source) {
   nlohmann::json j;
   j["config"] = config_json(c);
   j["device"] = {{"kind", device_name(device)}, {"name", results.device}};
@@ -219,7 +229,9 @@ std::string report_json(const Config& c, const Results& results, const RunTimes&
     j["device"]["cpu_threads"] = cpu_threads();
     j["device"]["blas_core"] = cpu::blas_core();
   }
-  j["data"] = {{"dir", data_dir}};
+  j["data"] = {{"dir", source.data_dir}, {"fingerprint", source.data_fingerprint}};
+  j["command"] = source.command;
+  j["started"] = source.started_utc;
   j["build"] = build_info_json(build_info());
 
   j["epochs"]["teacher"] = epochs_json(results.teacher_epochs, "loss");

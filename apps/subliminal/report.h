@@ -62,10 +62,22 @@ nlohmann::json config_json(const Config& config);
 // replaced by U+FFFD instead of throwing after a whole run.
 std::string json_text(const nlohmann::json& j, int indent = -1);
 
-// The JSON report (schema in README.md): config, device, per-epoch metrics, per-arm final
-// accuracies with statistics, seconds per phase.
+// Where a run came from, for its report: the data (its folder, and the sizes and CRC-32 of what
+// was read, as a sweep's rows name it: data::mnist_fingerprint), the command line and when it
+// started (UTC, ISO 8601) — so that a report found later says how to make it again.
+struct RunSource {
+  std::string data_dir, data_fingerprint;
+  std::vector<std::string> command;
+  std::string started_utc;
+};
+
+// The JSON report (schema in README.md): config, device, data, command, per-epoch metrics,
+// per-arm final accuracies with statistics, seconds per phase.
 std::string report_json(const Config& config, const Results& results, const RunTimes& times, Device device,
-                        const std::string& data_dir);
+                        const RunSource& source);
+
+// Now, as "2026-12-07T18:30:05Z".
+std::string utc_now();
 
 // Where a run runs, for the console: the device's description and, on the CPU when --threads
 // chose another count than the hardware's, the threads — "cpu (2 hardware threads) with 1 thread".
