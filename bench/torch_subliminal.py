@@ -28,6 +28,7 @@ atomically after the run: an existing file is replaced only by a complete report
 import time
 
 T_START = time.perf_counter()  # before importing torch: seconds.total covers the whole script
+T_START_WALL = time.time()  # the report's "started"
 
 import argparse
 import contextlib
@@ -948,6 +949,9 @@ def run(args):
         "device": {"kind": device.type, "name": dev_name, "threads": threads, "cpu": cpu_model(),
                    "torch": torch.__version__, "python": platform.python_version()},
         "data": {"dir": data_dir},
+        # As the app's report: the command line's words and when the run began (UTC).
+        "command": [sys.executable] + sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T_START_WALL)),
         "epochs": {},
         "seconds": {"import": T_IMPORTED - T_START, "load": 0.0, "eval": 0.0},
     }
