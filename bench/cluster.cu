@@ -194,8 +194,9 @@ __global__ void __launch_bounds__(kThreads, 1) sm_gemm_kernel(int rounds, unsign
 // of float4s), the K groups' partials through kpart; each thread a TM × TN block of outputs
 // (4 × 4: the step's dot_accumulate). `rounds` times, each followed by the __syncthreads the
 // step's pipeline puts after a chunk; out as sm_gemm_kernel's, and block 0's acc in result[R, 32].
-// H[m, k] = (m·ld + k) mod 7 / 4 and W[n, k] = (n·ld + k) mod 5 / 2 are multiples of 1/8 whose
-// sums stay below 2²¹ here, so every order of adding gives the exact sum: the host checks it.
+// H[m, k] = (k mod 5 + m)/8 and W[n, k] = (k mod 3 + n)/4: no two rows alike, so an output in
+// the wrong place is a wrong value; multiples of 1/32 whose sums over one round stay below 2¹⁹,
+// so every order of adding gives the exact sum, which the host checks after a round.
 template <int R, int KC, int TM, int TN>
 __global__ void __launch_bounds__(kThreads, 1)
     dot_accumulate_kernel(int rounds, unsigned long long* out, float* result) {
@@ -205,8 +206,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* w = h + R * kLd;       // [kN, kLd]
   float* acc = w + kN * kLd;    // [R, kN]
   float* kpart = acc + R * kN;  // [≤ kThreads · TM · TN]
-  for (int i = threadIdx.x; i < R * kLd; i += kThreads) h[i] = i % kLd < KC ? float(i % 7) * 0.25f : 0.0f;
-  for (int i = threadIdx.x; i < kN * kLd; i += kThreads) w[i] = i % kLd < KC ? float(i % 5) * 0.5f : 0.0f;
+  for (int i = threadIdx.x; i < R * kLd; i += kThreads)
+    h[i] = i % kLd < KC ? float(i % kLd % 5 + i / kLd) * 0.125f : 0.0f;
+  for (int i = threadIdx.x; i < kN * kLd; i += kThreads)
+    w[i] = i % kLd < KC ? float(i % kLd % 3 + i / kLd) * 0.25f : 0.0f;
   for (int i = threadIdx.x; i < R * kN; i += kThreads) acc[i] = 0.0f;
   __syncthreads();
   const unsigned long long t0 = global_ns();
@@ -356,8 +359,8 @@ void measure_sm_gemm(Report& r, int sms, const std::string& what) {
   measure_one_sm(r, sms, sm_gemm_kernel<M, N, K, kSplit>, smem, 2.0 * M * N * K, what);
 }
 
-// dot_accumulate_kernel with TM × TN blocks, timed as measure_one_sm times its kernels, and
-// its block 0's sums compared with the exact ones: a block size that computed something else
+// dot_accumulate_kernel with TM × TN blocks, timed as measure_one_sm times its kernels, after
+// block 0's sums of one round are compared with the exact ones: a block size that computed something else
 // would be timed for nothing, so its row says WRONG instead of a rate (and it returns false).
 template <int R, int KC, int TM, int TN>
 bool measure_dot_accumulate(Report& r, int sms, const std::string& what) {
@@ -368,13 +371,8 @@ bool measure_dot_accumulate(Report& r, int sms, const std::string& what) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   Tensor out = Tensor::zeros({1 + sms}, DType::i64, Device::cuda);
   Tensor result = Tensor::zeros({R * kN}, DType::f32, Device::cuda);
-  constexpr int kRounds = 200;
-  std::vector<double> ns;
-  for (int run = 0; run < 5; ++run) {
-    kernel<<<sms, kThreads, smem, stream()>>>(kRounds, as_u64(out), static_cast<float*>(result.raw()));
-    CUDA_CHECK_LAUNCH();
-    ns.push_back(double(to_host(out, 1)[0]) / kRounds);
-  }
+  kernel<<<sms, kThreads, smem, stream()>>>(1, as_u64(out), static_cast<float*>(result.raw()));  // checked
+  CUDA_CHECK_LAUNCH();
   std::vector<float> got(size_t(R) * kN);
   CUDA_CHECK(cudaMemcpyAsync(got.data(), result.raw(), got.size() * sizeof(float), cudaMemcpyDeviceToHost,
                              stream()));
@@ -383,13 +381,19 @@ bool measure_dot_accumulate(Report& r, int sms, const std::string& what) {
   for (int m = 0; m < R; ++m)
     for (int n = 0; n < kN; ++n) {
       double sum = 0.0;
-      for (int k = 0; k < KC; ++k)
-        sum += double((m * kLd + k) % 7) * 0.25 * (double((n * kLd + k) % 5) * 0.5);
-      wrong += double(got[size_t(m) * kN + n]) != kRounds * sum;
+      for (int k = 0; k < KC; ++k) sum += (k % 5 + m) * 0.125 * ((k % 3 + n) * 0.25);
+      wrong += double(got[size_t(m) * kN + n]) != sum;
     }
   if (wrong > 0) {
     r.add(name, double(wrong), "wrong", "WRONG: outputs that differ from the exact sums");
     return false;
+  }
+  constexpr int kRounds = 200;
+  std::vector<double> ns;
+  for (int run = 0; run < 5; ++run) {
+    kernel<<<sms, kThreads, smem, stream()>>>(kRounds, as_u64(out), static_cast<float*>(result.raw()));
+    CUDA_CHECK_LAUNCH();
+    ns.push_back(double(to_host(out, 1)[0]) / kRounds);
   }
   const double us = median(ns) / 1e3;
   r.add(name, us, "µs", std::to_string(int(2.0 * R * kN * KC / us * 1e-3)) + " GFLOP/s per SM");

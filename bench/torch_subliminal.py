@@ -867,7 +867,9 @@ def run_fast(args, ctx):
             for (key, label, model), kl in zip(group, epoch_kl):
                 stop_if_nonfinite(kl, f"{label} distillation", epoch)
                 acc = accuracy(model)
-                print(f"[{label}] epoch={epoch} {args.divergence}={kl:.4f} test_acc={acc:.4%}", flush=True)
+                # As the app: KL with the notebook's four decimals, JS (~1e-4) with significant digits.
+                loss = f"{kl:.4f}" if args.divergence == "kl" else f"{kl:.3e}"
+                print(f"[{label}] epoch={epoch} {args.divergence}={loss} test_acc={acc:.4%}", flush=True)
                 report["epochs"][key].append(epoch_entry(epoch, args.divergence, kl, acc, box["seconds"]))
                 ctx["final"][key] = acc
         del graphed

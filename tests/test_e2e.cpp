@@ -134,9 +134,9 @@ TEST(EndToEnd, UnderAnAddressSpaceLimitARunFinishesOrStopsInOneLine) {
   EXPECT_GE(codes.size(), 2u) << "the first limit past loading already ran: no refusal was tried";
 }
 
-// A checkpoint that cannot be written (here a file-size limit of 1 MiB, where the trained
-// teacher, student and control take 3.2 MB; a full disk fails the same way) costs the run
-// none of its numbers: the summary is printed and the report written before it, and the
+// A checkpoint that cannot be written (here `ulimit -f 1024`, 512 KiB or 1 MiB as the shell
+// counts its blocks, where the trained teacher, student and control take 3.2 MB; a full disk fails the same
+// way) costs the run none of its numbers: the summary is printed and the report written before it, and the
 // program then fails in one line naming the checkpoint, leaving no part of it behind.
 TEST(EndToEnd, ACheckpointThatCannotBeWrittenLeavesTheSummaryAndTheReport) {
   SKIP_WITHOUT_MNIST();
@@ -362,12 +362,13 @@ TEST(EndToEnd, SweepWritesOneRowPerConfigAndArmAndResumes) {
   std::cout << "[ e2e      ] sweep rerun (nothing to do): " << seconds << " s\n";
 
   // The same sweep under other settings: its rows are not results of this one. Refused, naming
-  // the first setting that differs, before anything is written.
+  // every setting that differs, before anything is written.
   std::vector<std::string> other = args;
   other[3] = "2";  // --epochs-teacher
+  other.insert(other.end(), {"--ghosts", "4"});
   const ProcessResult changed = subliminal::test::run_process(SUBLIMINAL_APP_PATH, other, dir.path());
   EXPECT_EQ(changed.exit_code, 2) << changed.err;
-  EXPECT_NE(changed.err.find("epochs_teacher: 1 vs 2"), std::string::npos) << changed.err;
+  EXPECT_NE(changed.err.find("(epochs_teacher: 1 vs 2; ghosts: 3 vs 4)"), std::string::npos) << changed.err;
   EXPECT_EQ(lines_of(read_text(prefix + ".jsonl")), jsonl);
 
   // Rows of an older subliminal, without their sweep's settings, cannot be checked: refused.

@@ -12,18 +12,19 @@
 namespace subliminal::app {
 namespace {
 
-// Published with a release store of `set` after the bytes are in place; read by the handler
-// after an acquire load. (The handler runs on the thread it interrupts, between two of that
-// thread's instructions: the flags keep it from reading a half-copied text.)
+// Two buffers: a new text is copied into the one the handler is not told to read, then published
+// by a release store of its index, which the handler loads with acquire. So a signal that lands
+// while the text changes still finds a whole one, the old. (The handler may run on any thread
+// that does not block the signal, usually the main one, the one that changes the text.)
 struct Text {
-  char bytes[1024];
-  std::atomic<bool> set{false};
+  char bytes[2][1024];
+  std::atomic<int> current{-1};  // -1: no text
   void assign(const std::string& text) {
-    set.store(false, std::memory_order_release);
-    const size_t n = std::min(text.size(), sizeof bytes - 1);
-    std::memcpy(bytes, text.data(), n);
-    bytes[n] = '\0';
-    set.store(n > 0, std::memory_order_release);
+    const int next = current.load(std::memory_order_relaxed) == 0 ? 1 : 0;
+    const size_t n = std::min(text.size(), sizeof bytes[next] - 1);
+    std::memcpy(bytes[next], text.data(), n);
+    bytes[next][n] = '\0';
+    current.store(n > 0 ? next : -1, std::memory_order_release);
   }
 };
 
@@ -91,10 +92,11 @@ void on_ending_signal(int signal_number) noexcept {
         held.st_dev == there.st_dev && held.st_ino == there.st_ino)
       ::unlink(lock.path);
   }
-  if (!g_note.set.load(std::memory_order_acquire)) return;
+  const int note = g_note.current.load(std::memory_order_acquire);
+  if (note < 0) return;
   write_text("subliminal: interrupted by ");
   write_text(signal_name(signal_number));
-  write_text(g_note.bytes);
+  write_text(g_note.bytes[note]);
   write_text("\n");
 }
 

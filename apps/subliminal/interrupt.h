@@ -4,7 +4,7 @@
 // async-signal-safe calls (write, unlink, fstat: no allocation, no stdio, no locks).
 //
 //   subliminal: interrupted by SIGINT before the run ended: --json r.json was not written
-//   subliminal: interrupted by SIGINT: the finished configurations are in runs/lr.csv and
+//   subliminal: interrupted by SIGINT: the configurations that finished are in runs/lr.csv and
 //               runs/lr.jsonl; the same command resumes the sweep
 #pragma once
 

@@ -7,6 +7,7 @@
 #include <pthread.h>  // pthread_getattr_default_np: the stack a new thread maps
 #include <unistd.h>
 
+#include <atomic>  // end_on_signal runs once
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -219,13 +220,13 @@ int run(int argc, char** argv) {
   if (!config.parity_batch_path.empty()) {
     set_interrupt_note(" before " + config.parity_batch_path + " was written");
     write_parity_batch(config, mnist, device, config.parity_batch_path);
+    set_interrupt_note("");
     std::printf("subliminal: wrote one batch's losses and gradients to %s\n",
                 config.parity_batch_path.c_str());
     return 0;
   }
   if (!config.sweeps.empty()) {
-    set_interrupt_note(": the configurations that finished are in " + config.sweep_out + ".csv and " +
-                       config.sweep_out + ".jsonl; the same command resumes the sweep");
+    set_interrupt_note(" before the sweep started");  // run_sweep says more once its files are there
     return run_sweep(config, mnist, device, stdout);
   }
   set_interrupt_note(run_interrupted(config.json_path, config.save_path));
@@ -241,26 +242,32 @@ int run(int argc, char** argv) {
   print_summary(stdout, config, results, times);
   // The numbers first, the checkpoint last, and each written even if the other cannot be (a
   // full disk, a file-size limit): a run of many models should not lose its report to its
-  // checkpoint's size. The first failure is then the program's error.
+  // checkpoint's size. A failure is then the program's error; two are one line naming both.
   std::exception_ptr failed;
-  const auto attempt = [&failed](const auto& write) {
+  std::string failures;
+  const auto attempt = [&](const auto& write) {
     try {
       write();
-    } catch (...) {
+      return true;
+    } catch (const std::exception& e) {
       if (!failed) failed = std::current_exception();
+      failures += (failures.empty() ? "" : "; ") + std::string(e.what());
+      return false;
     }
   };
+  bool report_written = true;
   if (!config.json_path.empty())
-    attempt([&] {
+    report_written = attempt([&] {
       const RunSource source{dir.string(), data::mnist_fingerprint(mnist), {argv, argv + argc}, started_utc};
       write_file_atomically(config.json_path, report_json(config, results, times, device, source));
     });
-  set_interrupt_note(run_interrupted("", config.save_path));
-  if (!config.save_path.empty())
-    attempt([&] {
-      save_trained(config.save_path, trained.teacher, trained.ghost, trained.all, trained.arms, config.force);
-    });
+  set_interrupt_note(run_interrupted(report_written ? "" : config.json_path, config.save_path));
+  const bool saved = config.save_path.empty() || attempt([&] {
+                       save_trained(config.save_path, trained.teacher, trained.ghost, trained.all,
+                                    trained.arms, config.force);
+                     });
   set_interrupt_note("");  // nothing is left to lose
+  if (!report_written && !saved) throw InputError(failures);
   if (failed) std::rethrow_exception(failed);
   return 0;
 }
@@ -277,8 +284,13 @@ const char* what_to_reduce() {
 // file it would have replaced is untouched either way), says in one line what it interrupted
 // and what was not written (interrupt.h), then ends the program as the signal would have.
 void end_on_signal(int signal_number) {
-  remove_unfinished_file();
-  on_ending_signal(signal_number);  // says what was not written; a sweep's lock goes too
+  // Once: a second signal (another kind, held back while this ran: install_signal_handlers)
+  // only ends the program.
+  static std::atomic<bool> ending{false};
+  if (!ending.exchange(true)) {
+    remove_unfinished_file();
+    on_ending_signal(signal_number);  // says what was not written; a sweep's lock goes too
+  }
   std::signal(signal_number, SIG_DFL);
   std::raise(signal_number);
 }
@@ -286,10 +298,16 @@ void end_on_signal(int signal_number) {
 void install_signal_handlers() {
   // A signal the parent set to be ignored stays ignored: `nohup` ignores SIGHUP, and a shell
   // ignores SIGINT for a job it starts in the background.
+  // While the handler runs, the other two are held back, so its line is not cut by another's.
+  struct sigaction ending {};
+  ending.sa_handler = end_on_signal;
+  ending.sa_flags = SA_RESTART;  // as std::signal set it
+  sigemptyset(&ending.sa_mask);
+  for (int signal_number : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&ending.sa_mask, signal_number);
   for (int signal_number : {SIGINT, SIGTERM, SIGHUP}) {
     struct sigaction inherited {};
     if (sigaction(signal_number, nullptr, &inherited) == 0 && inherited.sa_handler != SIG_IGN)
-      std::signal(signal_number, end_on_signal);
+      sigaction(signal_number, &ending, nullptr);
   }
   // A closed pipe or a file-size limit makes the write fail (EPIPE, EFBIG) instead of killing the
   // program unannounced: the run still writes its --json and --save, then main() says what failed.

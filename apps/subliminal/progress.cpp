@@ -43,11 +43,11 @@ void ProgressBar::draw() {
   std::string bar;
   for (int i = 0; i < kWidth; ++i) bar += i < filled ? "\u2588" : "\u2591";
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  note_progress_bar_on_screen(true);  // before it is drawn: a signal's message erases it first (interrupt.h)
   std::fprintf(out_, "\r\033[K[%s] %s %lld/%lld steps  %.1f s", label_.c_str(), bar.c_str(), (long long)done_,
                (long long)total_, elapsed);
   std::fflush(out_);
   on_screen_ = true;
-  note_progress_bar_on_screen(true);  // a signal's message erases it first (interrupt.h)
 }
 
 }  // namespace subliminal::app

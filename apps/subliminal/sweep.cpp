@@ -84,15 +84,20 @@ nlohmann::json sweep_base(const Config& base) {
   return nlohmann::json::parse(json_text(settings));
 }
 
-// The first setting in which two bases differ, "key: old vs new", for the message.
-std::string first_difference(const nlohmann::json& old_base, const nlohmann::json& new_base) {
+// Every setting in which two bases differ, "key: old vs new; …", for the message: a user
+// rebuilding the sweep's command needs all of them, not one per attempt.
+std::string differences(const nlohmann::json& old_base, const nlohmann::json& new_base) {
+  std::string text;
+  const auto add = [&text](const std::string& key, const std::string& old_value,
+                           const std::string& new_value) {
+    text += (text.empty() ? "" : "; ") + key + ": " + old_value + " vs " + new_value;
+  };
   for (const auto& [key, value] : new_base.items())
     if (!old_base.contains(key) || old_base[key] != value)
-      return key + ": " + (old_base.contains(key) ? json_text(old_base[key]) : "(none)") + " vs " +
-             json_text(value);
+      add(key, old_base.contains(key) ? json_text(old_base[key]) : "(none)", json_text(value));
   for (const auto& [key, value] : old_base.items())
-    if (!new_base.contains(key)) return key + ": " + json_text(value) + " vs (none)";
-  return "";
+    if (!new_base.contains(key)) add(key, json_text(value), "(none)");
+  return text;
 }
 
 // Settings added to the report after sweeps had been written with it, and the value a run made
@@ -176,8 +181,7 @@ SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& b
                        "subliminal), so it cannot be checked against this one; choose another --sweep-out");
     const nlohmann::json row_base = with_settings_added_since(row);
     if (row_base != base)
-      throw UsageError(where + ": written by a sweep with other settings (" +
-                       first_difference(row_base, base) +
+      throw UsageError(where + ": written by a sweep with other settings (" + differences(row_base, base) +
                        "); rerun with that sweep's flags to resume it, or choose another --sweep-out");
     // Rows made from other data are other results, whatever the settings (rows written before
     // they named their data are taken as they are).
@@ -433,14 +437,22 @@ std::string setting_text(const nlohmann::json& value) {
   return text;
 }
 
-// The value of swept key `key` (a flag's name: "batch-size") the row's run read.
-std::string value_read(const Config& base, const nlohmann::json& row, const std::string& key) {
+// The values of swept keys `keys` (flags' names: "batch-size") the row's run read: the base with
+// all of the row's settings (one setting can change how another reads: noise=mnist makes any
+// noise-set "fixed").
+std::vector<std::string> values_read(const Config& base, const nlohmann::json& row,
+                                     const std::vector<std::string>& keys) {
   Config config = base;
-  if (row.contains("settings") && row["settings"].contains(key))
-    set_config_value(config, key, row["settings"][key].get<std::string>());
-  std::string field = key;
-  std::replace(field.begin(), field.end(), '-', '_');  // config_json's name of it
-  return setting_text(config_json(config).at(field));
+  if (row.contains("settings"))
+    for (const auto& [key, value] : row["settings"].items())
+      set_config_value(config, key, value.get<std::string>());
+  const nlohmann::json read = config_json(config);
+  std::vector<std::string> values;
+  for (std::string field : keys) {
+    std::replace(field.begin(), field.end(), '-', '_');  // config_json's name of it
+    values.push_back(setting_text(read.at(field)));
+  }
+  return values;
 }
 
 std::string csv_header(const CsvColumns& columns) {
@@ -461,7 +473,8 @@ std::string csv_line(const nlohmann::json& row, const CsvColumns& columns) {
   line << csv_field(row["config"].get<std::string>()) << ',' << csv_field(row["arm"].get<std::string>())
        << ',' << row["test_acc"].get<double>() << ',' << row.value("ci95", 0.0) << ',' << std << ',' << n
        << ',' << row.value("seconds", 0.0) << ',' << ci95_t;
-  for (const std::string& key : columns.keys) line << ',' << csv_field(value_read(*columns.base, row, key));
+  for (const std::string& value : values_read(*columns.base, row, columns.keys))
+    line << ',' << csv_field(value);
   line << '\n';
   return line.str();
 }
@@ -694,6 +707,8 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   // prefix's file too, perhaps) becomes a file of its own, so no two sweeps append to one file.
   write_file_atomically(jsonl_path, jsonl_text);
   write_file_atomically(csv_path, csv_text);
+  set_interrupt_note(": the configurations that finished are in " + csv_path + " and " + jsonl_path +
+                     "; the same command resumes the sweep");
   std::ofstream csv(csv_path, std::ios::app), jsonl(jsonl_path, std::ios::app);
   if (!csv || !jsonl)
     throw InputError("--sweep-out " + path_text(base.sweep_out) +
@@ -709,15 +724,15 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
                grid.size() == 1 ? "" : "s", already, csv_path.c_str(), jsonl_path.c_str());
   // The configurations done before, with their results as their runs printed them: rerunning a
   // finished sweep shows its table rather than a count.
-  for (size_t k = 0; k < grid.size(); ++k) {
-    if (!finished(k)) continue;
-    std::string line = config_id(grid[k]) + ":";
-    for (size_t i : kept)
-      if (row_keys[i] == config_keys[k])
-        line += result_text(file.rows[i].arm, file.rows[i].row.value("test_acc", 0.0),
-                            file.rows[i].row.value("ci95", 0.0));
-    std::fprintf(out, "%s (done before)\n", line.c_str());
-  }
+  std::map<std::string, std::string> results_of;  // a configuration's settings → its results' text
+  for (size_t i : kept)
+    results_of[row_keys[i]] += result_text(file.rows[i].arm, file.rows[i].row.value("test_acc", 0.0),
+                                           file.rows[i].row.value("ci95", 0.0));
+  for (size_t k = 0; k < grid.size(); ++k)
+    if (finished(k))
+      std::fprintf(out, "%s:%s (done before)\n", config_id(grid[k]).c_str(),
+                   results_of[config_keys[k]].c_str());
+  std::fflush(out);
   // Rows are comparable to the last digit only when one device made them all (another device, or
   // another CPU, rounds differently; on the CPU, so do other --threads, which cut the GEMMs
   // otherwise): resuming elsewhere is allowed, and said. Each row names its device (and on the

@@ -89,9 +89,10 @@ __device__ inline void pipelined(int chunks, float* buffer0, float* buffer1, Iss
 // acc[m, n] += Σ_k A[m, k]·B[n, k] for m < M4, n < N4, k < K4 (multiples of 4 — of TM and TN
 // too; A and B padded with zeros to them, rows 16-byte aligned). Each thread computes a block of
 // TM rows × TN columns from float4 reads along k: rows m0 … m0 + TM − 1 and the columns c0,
-// c0 + N4/TN, c0 + 2·N4/TN, … — strided, so that the 8 threads of a quarter warp read 8
-// consecutive rows of B, in 8 different bank groups when ldb/4 is odd (the staging buffers'
-// stride: SmemLayout), where adjacent columns would put them in fewer. With fewer such blocks
+// c0 + N4/TN, c0 + 2·N4/TN, … — strided, so that the 8 threads of a quarter warp read
+// consecutive rows of B, in different bank groups when ldb/4 is odd (the staging buffers'
+// stride: SmemLayout), where adjacent columns would put them in fewer. (At 4 × 4 and the step's
+// 32 columns those are 8 rows; at 8 × 8, 4 rows, each read by two threads at once.) With fewer such blocks
 // than threads, `groups` threads share a block's K range, their partial blocks go to kpart
 // ([groups, TM·TN, blocks], ≤ threads · TM·TN floats) and are added in group order — so the sum
 // has the same order on every run.
