@@ -11,7 +11,8 @@ Runs, on each device asked for, `--repeats K` times each (round-robin, so drift 
   torch fast+compile        (cuda only by default) torch.compile'd loss and Adam step
 
 and prints one table (medians over the repeats) plus, with --json, the same as JSON. Every run also
-leaves its own JSON report and log in --outdir.
+leaves its own JSON report and log in --outdir. --divergence js runs the Jensen-Shannon ablation in
+the engine and the fast variants (the faithful one, the notebook as written, has only the KL).
 
   python3 bench/compare.py --device cpu --repeats 1 --faithful-epochs 1
   python3 bench/compare.py --device cuda --faithful-epochs 1 --json bench-h100.json
@@ -329,6 +330,8 @@ def print_table(machine, rows, threads):
         print(f"Engine: build {machine['engine_build']}")
     if machine.get("engine_args"):
         print(f"Engine flags: {' '.join(machine['engine_args'])}")
+    if machine.get("divergence", "kl") != "kl":
+        print(f"Students' loss: {machine['divergence']} (--divergence; the notebook's is kl)")
     print("Medians over the runs. wall = the whole process (start, data, training, evaluation, exit); "
           "train = host wall of the training phases;\nµs/step = training time per step (GPU-event time on cuda), "
           "one distillation step advancing every arm; steady = epochs after the first.\n")
@@ -365,7 +368,7 @@ def print_table(machine, rows, threads):
 
 # The engine's flags that compare.py sets on every engine run (run_spec adds --json).
 ENGINE_FLAGS_SET_HERE = ("--data", "--threads", "--seed", "--no-progress", "--epochs-teacher", "--epochs-distill",
-                         "--device", "--json")
+                         "--divergence", "--device", "--json")
 
 
 def parse_args():
@@ -389,6 +392,9 @@ def parse_args():
     p.add_argument("--seed", type=bench_io.seed_type, default=0)
     p.add_argument("--epochs-teacher", type=bench_io.epochs_type, default=5)
     p.add_argument("--epochs-distill", type=bench_io.epochs_type, default=5)
+    p.add_argument("--divergence", choices=["kl", "js"], default="kl",
+                   help="the students' loss, for the engine and the fast variants: kl (the notebook's) or js "
+                        "(Jensen-Shannon, an ablation; the faithful variant, the notebook as written, has no JS)")
     p.add_argument("--outdir", default="", help="per-run JSON reports and logs (default: a new temp directory)")
     p.add_argument("--json", type=bench_io.output_file, default="",
                    help="write the table as JSON here (only once a run has succeeded)")
@@ -418,7 +424,7 @@ def parse_args():
         if flag in ENGINE_FLAGS_SET_HERE:
             die(f"--engine-args {shown(args.engine_args)}: {flag} is set by compare.py for every engine run "
                 f"(use its own option, if it has one: --data, --threads, --seed, --epochs-teacher, --epochs-distill, "
-                f"--device)")
+                f"--divergence, --device)")
     # options that the other options make meaningless: said, not silently dropped
     if "faithful" not in args.wanted:
         for flag, value in (("--faithful-epochs", args.faithful_epochs), ("--faithful-repeats", args.faithful_repeats)):
@@ -430,6 +436,12 @@ def parse_args():
         note("--engine-args does nothing without the engine variant in --variants")
     if args.python and args.wanted == ["engine"]:
         note("--python does nothing when only the engine runs")
+    if args.divergence == "js" and "faithful" in args.wanted:
+        if args.variants is not None:
+            die("--divergence js: the faithful variant is the notebook as written, whose loss is the KL; "
+                "leave it out of --variants")
+        args.wanted.remove("faithful")
+        note("--divergence js: the faithful variant (the notebook as written, KL only) is left out")
     args.faithful_repeats = 1 if args.faithful_repeats is None else args.faithful_repeats
     args.faithful_epochs = args.faithful_epochs or 0
     if args.outdir:
@@ -481,11 +493,14 @@ def main():
                "gpu": ", ".join(f"{g[0]} (driver {g[1]}, {g[2]})" if len(g) >= 3 else g[0] for g in gpus) or None,
                "torch": torch_version, "python": py, "engine": engine if engine_ok else None,
                "engine_build": engine_build,
-               "engine_args": engine_args,
+               "engine_args": engine_args, "divergence": args.divergence,
                "hostname": os.uname().nodename}
     common_engine = ["--data", data_dir, "--threads", str(threads), "--seed", str(args.seed), "--no-progress",
                      "--epochs-teacher", str(args.epochs_teacher), "--epochs-distill", str(args.epochs_distill)]
     common_torch = ["--data", data_dir, "--threads", str(threads), "--seed", str(args.seed)]
+    if args.divergence != "kl":  # the notebook's KL is both programs' default: its commands stay as they were
+        common_engine += ["--divergence", args.divergence]
+        common_torch += ["--divergence", args.divergence]
     specs = []
     for dev in devices:
         if "engine" in wanted:

@@ -296,6 +296,25 @@ class CompareTest(ToolTest):
             self.assertNotIn("Traceback", r.stderr)
             self.assertIn("nothing to run", r.stderr.splitlines()[-1])
 
+    def test_divergence_reaches_the_engine_and_the_fast_variants_not_the_faithful(self):
+        fake_python = script(self.path("python"), 'echo "2.0 0"\n')  # "torch 2.0 without CUDA"
+        with self.unchanged():
+            r = self.run_tool(COMPARE, "--engine", self.fake_engine, "--data", self.data, "--device", "cpu",
+                              "--python", fake_python, "--divergence", "js", "--dry-run")
+            self.assertEqual(r.returncode, 0, self.describe(r))
+            self.assertIn("--epochs-distill 5 --divergence js --json", r.stdout)
+            self.assertIn("--divergence js --variant fast", r.stdout)
+            self.assertNotIn("faithful", r.stdout)  # the notebook as written has no JS: left out, said so
+            self.assertIn("the faithful variant (the notebook as written, KL only) is left out", r.stderr)
+        with self.unchanged():  # asked for by name, it is refused
+            self.assertRefused(self.run_tool(COMPARE, *self.base("--variants", "engine,faithful", "--divergence", "js")),
+                               "--divergence js", "faithful")
+        with self.unchanged():  # the default's commands are as they were
+            r = self.run_tool(COMPARE, *self.base("--dry-run"))
+            self.assertNotIn("--divergence", r.stdout)
+        self.assertRefused(self.run_tool(COMPARE, *self.base("--engine-args", "--divergence js")),
+                           "--divergence is set by compare.py")
+
     def test_failed_runs_do_not_replace_an_existing_json(self):
         old = self.path("report.json")
         with open(old, "w") as f:
