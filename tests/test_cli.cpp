@@ -710,37 +710,29 @@ Interrupted interrupt_app(const std::vector<std::string>& args, const fs::path& 
 TEST(Cli, CtrlCSaysWhatWasNotWrittenAndLeavesNoLock) {
   TempDir data;
   write_tiny_mnist(data.path());
-  const std::vector<std::string> long_run = {"--device",         "cpu", "--data",       data.path().string(),
-                                             "--epochs-teacher", "300", "--no-progress"};
-  {
-    TempDir cwd;
-    std::vector<std::string> args = long_run;
-    args.insert(args.end(), {"--json", "r.json", "--save", "m.st"});
-    const Interrupted r = interrupt_app(args, cwd.path(), [&] {
-      return read_text(cwd / "stdout").find("Training teacher") != std::string::npos;
-    });
+  // The run with `extra`, interrupted once its stdout holds `said` (printed after the note is set).
+  auto interrupted = [&](const fs::path& cwd, const std::vector<std::string>& extra,
+                         const std::string& said) {
+    std::vector<std::string> args = {"--device",         "cpu", "--data",       data.path().string(),
+                                     "--epochs-teacher", "300", "--no-progress"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const Interrupted r =
+        interrupt_app(args, cwd, [&] { return read_text(cwd / "stdout").find(said) != std::string::npos; });
     EXPECT_TRUE(WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGINT)
         << "status " << r.status << ": " << r.err;
-    EXPECT_EQ(r.err,
-              "subliminal: interrupted by SIGINT before the run ended: --json r.json and --save m.st "
-              "were not written\n");
-    EXPECT_TRUE(fs::is_empty(cwd.path())) << "a report or checkpoint was left";
-  }
-  {
-    TempDir cwd;
-    std::vector<std::string> args = long_run;
-    args.insert(args.end(), {"--sweep", "lr=1e-3,2e-3", "--sweep-out", "rows"});
-    const Interrupted r = interrupt_app(args, cwd.path(), [&] {
-      // Said once the rows' files are rewritten, after the locks are taken and the note is set.
-      return read_text(cwd / "stdout").find("Sweep: ") != std::string::npos;
-    });
-    EXPECT_TRUE(WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGINT)
-        << "status " << r.status << ": " << r.err;
-    EXPECT_EQ(r.err,
-              "subliminal: interrupted by SIGINT: the configurations that finished are in rows.csv and "
-              "rows.jsonl; the same command resumes the sweep\n");
-    EXPECT_FALSE(fs::exists(cwd / "rows.lock"));
-  }
+    return r.err;
+  };
+  TempDir run, sweep;
+  EXPECT_EQ(interrupted(run.path(), {"--json", "r.json", "--save", "m.st"}, "Training teacher"),
+            "subliminal: interrupted by SIGINT before the run ended: --json r.json and --save m.st were not "
+            "written\n");
+  EXPECT_TRUE(fs::is_empty(run.path())) << "a report or checkpoint was left";
+  // "Sweep: " is said once the rows' files are rewritten, after the locks are taken and named.
+  EXPECT_EQ(
+      interrupted(sweep.path(), {"--sweep", "lr=1e-3,2e-3", "--sweep-out", "rows"}, "Sweep: "),
+      "subliminal: interrupted by SIGINT: the configurations that finished are in rows.csv and rows.jsonl; "
+      "the same command resumes the sweep\n");
+  EXPECT_FALSE(fs::exists(sweep / "rows.lock"));
 }
 
 // --parity-batch writes its file and exits; other outputs would silently not be written.
