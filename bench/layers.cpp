@@ -193,7 +193,9 @@ nlohmann::json design_table(bool cluster) {
 // barriers — but the first one's load is not hidden behind any arithmetic; short ones start
 // computing sooner); the rows spread over fewer clusters (fewer gradient partials for the
 // second kernel to add, more arithmetic per cluster); the kernels launched only once the one
-// ahead has finished; each layer's first chunk issued only after the barrier ahead of it.
+// ahead has finished; each layer's first chunk issued only after the barrier ahead of it; the
+// hidden layers' forward products in 8 × 8 register blocks (half the shared-memory reads per
+// FMA; bench_cluster times one chunk of it alone).
 nlohmann::json cluster_tuning_sweep(int64_t batch) {
   nlohmann::json rows = nlohmann::json::array();
   if (!cuda::cluster_step_supported()) return rows;
@@ -208,6 +210,7 @@ nlohmann::json cluster_tuning_sweep(int64_t batch) {
     tunings.push_back({"clusters <= " + std::to_string(clusters), {.max_clusters = clusters}});
   tunings.push_back({"launches not overlapped", {.overlap_launches = false}});
   tunings.push_back({"no prefetch", {.prefetch = false}});
+  tunings.push_back({"8 x 8 forward blocks", {.register_block = 8}});
   std::printf("cluster step, batch %lld, tuned (µs per step, eager launches, CUDA-event medians):\n",
               (long long)batch);
   std::printf("%-24s %10s %10s\n", "tuning", "teacher", "distill");
@@ -219,7 +222,8 @@ nlohmann::json cluster_tuning_sweep(int64_t batch) {
                           {"max_chunk", t.tuning.max_chunk},
                           {"max_clusters", t.tuning.max_clusters},
                           {"overlap_launches", t.tuning.overlap_launches},
-                          {"prefetch", t.tuning.prefetch}};
+                          {"prefetch", t.tuning.prefetch},
+                          {"register_block", t.tuning.register_block}};
     std::printf("%-24s", t.name.c_str());
     for (bool distill : {false, true}) {
       FusedStepSetup setup(batch, distill);

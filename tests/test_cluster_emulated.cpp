@@ -19,7 +19,8 @@
 //     counters; an arena without every parameter is refused;
 //   - kernel 2 alone over more row blocks than it loads at once, in row-block order;
 //   - the forward product with larger register blocks (dot_accumulate_blocked, 8 × 4 and 8 × 8:
-//     bench/cluster.cu's candidates) against float64;
+//     bench/cluster.cu's candidates) against float64, and every step case with the hidden
+//     layers' forward products in 8 × 8 blocks (ClusterStepTuning::register_block);
 //   - the plans for the app's default run, --models 10 and the paper's sizes on an H100 (132
 //     SMs, 227 KB of shared memory a block), and under a tuning that caps the clusters or the
 //     K chunk; and over many shapes, K chunks in whole multiples of 8 (the staging's bank groups).
@@ -66,6 +67,7 @@ struct RunOptions {
   // cluster may wait for, or read, another's work. If one did, this would hang, or read the
   // NaN the scratch is poisoned with.
   bool clusters_together = true;
+  int block = 4;  // ClusterStepTuning::register_block
 };
 
 // One step: kernel 1 on S·P·Q blocks in clusters of Q, then kernel 2 on 3 blocks. With
@@ -81,7 +83,7 @@ Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vec
   loss.labels = labels.data();
   const FusedMlp view = trained_view ? *trained_view : trained.view(true);
   const FusedMlp frozen_view = frozen.view(false);
-  Machine mc{c.cluster, c.clusters, c.threads, int64_t(1) << 20, c.max_chunk};
+  Machine mc{c.cluster, c.clusters, c.threads, int64_t(1) << 20, c.max_chunk, options.block};
   Program p = build_rows_program(x.data(), c.batch, view, c.distill ? &frozen_view : nullptr, loss, tail, mc);
   p.prefetch = options.prefetch;
 
@@ -109,13 +111,18 @@ Output run_step(const Case& c, HostMlp& trained, HostMlp& frozen, const std::vec
   // zero poisons the sums it enters.
   std::vector<std::vector<float4>> smem(
       blocks, std::vector<float4>(size_t(p.smem.total + 3) / 4, float4{kNaN, kNaN, kNaN, kNaN}));
-  const auto kernel_1 = [&] {
-    run_rows(p, reinterpret_cast<float*>(smem[blockIdx.x].data()), [&](auto&& between) {
-      simt::Barrier& cluster_barrier = *cluster_barriers[blockIdx.x / unsigned(p.cluster)];
-      const unsigned phase = cluster_barrier.arrive();
-      between();
-      cluster_barrier.wait(phase);
-    });
+  const auto cluster_sync = [&](auto&& between) {
+    simt::Barrier& cluster_barrier = *cluster_barriers[blockIdx.x / unsigned(p.cluster)];
+    const unsigned phase = cluster_barrier.arrive();
+    between();
+    cluster_barrier.wait(phase);
+  };
+  const auto kernel_1 = [&] {  // as cluster_step.cu picks its kernel
+    float* sm = reinterpret_cast<float*>(smem[blockIdx.x].data());
+    if (p.block == 8)
+      run_rows<8>(p, sm, cluster_sync);
+    else
+      run_rows<4>(p, sm, cluster_sync);
   };
   const unsigned Q = unsigned(p.cluster);
   if (options.clusters_together) {
@@ -168,6 +175,46 @@ TEST_P(ClusterEmulated, WithoutThePrefetchGivesTheSameBits) {
 // The clusters one at a time, the last first, as a GPU may schedule them: the same bits.
 TEST_P(ClusterEmulated, OneClusterAtATimeInReverseGivesTheSameBits) {
   expect_same_bits_as_by_default(GetParam(), {.clusters_together = false}, "one cluster at a time");
+}
+
+// 8 × 8 register blocks in the hidden layers' forward products (ClusterStepTuning::
+// register_block): the same step to float32 rounding, and the same bits run after run. Where the
+// rows or a block's columns are not multiples of 8 those products stay 4 × 4.
+TEST_P(ClusterEmulated, EightByEightBlocksMatchFloat64) {
+  const Case& c = GetParam();
+  HostMlp trained(c.sizes, c.trained, 11), frozen(c.sizes, c.frozen, 12);
+  const auto [x, labels] = random_inputs(c);
+  const Reference ref = reference_step(trained, frozen, x, labels, c);
+  const RunOptions eight{.block = 8};
+  const Output got = run_step(c, trained, frozen, x, labels, nullptr, nullptr, eight);
+  expect_matches_reference(std::string(c.name) + " 8 × 8", got, ref, c.sizes);
+  if (!simt::race_check_only())
+    expect_same_bits(std::string(c.name) + " 8 × 8",
+                     run_step(c, trained, frozen, x, labels, nullptr, nullptr, eight), got);
+}
+
+// … and where the shapes allow it, the 8 × 8 products do run: a quarter as many blocks of
+// outputs split K over more groups, which add in another order, so the gradients differ from
+// the 4 × 4 step's in their last bits. (Not always: where K is short, both may split it into
+// the same groups of one float4 each — the first case at K chunks of 24 floats did.) Rows in
+// blocks of 8 and columns in multiples of 8 a block: widths 64/40/24 over 3 blocks (16 and 8
+// columns, rounded), 30 rows over 4 clusters, chunks of 64; and the GPU's shape at 16 rows a
+// cluster.
+TEST(ClusterEightByEight, RunsWhereTheShapesAllow) {
+  for (const Case& c :
+       {Case{{"teacher_aligned_B30", {64, 40, 24, 13}, 1, 0, 30, false, 0, 10, 1.0}, 3, 4, 64},
+        Case{{"gpu_shape_B32", {784, 256, 256, 13}, 1, 0, 32, false, 0, 10, 1.0}, 8, 2, 400, 256}}) {
+    HostMlp trained(c.sizes, c.trained, 11), frozen(c.sizes, c.frozen, 12);
+    const auto [x, labels] = random_inputs(c);
+    const Reference ref = reference_step(trained, frozen, x, labels, c);
+    const Output four = run_step(c, trained, frozen, x, labels);
+    const Output eight = run_step(c, trained, frozen, x, labels, nullptr, nullptr, {.block = 8});
+    EXPECT_EQ(eight.rows % 8, 0) << c.name;
+    expect_matches_reference(std::string(c.name) + " 8 × 8", eight, ref, c.sizes);
+    bool differ = false;
+    for (size_t l = 0; l < four.dw.size(); ++l) differ = differ || !simt::same_bits(four.dw[l], eight.dw[l]);
+    EXPECT_TRUE(differ) << c.name << ": the 8 × 8 step gave the 4 × 4 one's bits; did its products run?";
+  }
 }
 
 // Widths 64/40/24 stage by 16-byte copies (rows of x and W aligned), 53/29/31 by single loads;
@@ -407,6 +454,16 @@ TEST(ClusterPlan, TuningCapsTheClustersAndTheChunks) {
   EXPECT_GT(uncapped.kc, 64);
   EXPECT_THROW(tuned(h100, {.max_chunk = -1}), ShapeError);
   EXPECT_THROW(tuned(h100, {.max_clusters = -1}), ShapeError);
+  // 8 × 8 register blocks: the K groups' partials take threads · 64 floats (a 4 × 4 plan's,
+  // threads · 16), and the default run's teacher step keeps its 16 row blocks of 16 rows.
+  const Program eight = plan({.register_block = 8});
+  EXPECT_EQ(eight.block, 8);
+  EXPECT_EQ(uncapped.block, 4);
+  EXPECT_GE(eight.smem.acc - eight.smem.kpart, 256 * 64);
+  EXPECT_GE(uncapped.smem.acc - uncapped.smem.kpart, 256 * 16);
+  EXPECT_EQ(eight.rows, 16);
+  EXPECT_EQ(eight.row_blocks, 16);
+  EXPECT_THROW(tuned(h100, {.register_block = 6}), ShapeError);
 }
 
 // K chunks are whole multiples of 8 floats on every plan, not only on the H100's: the staging

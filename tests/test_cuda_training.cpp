@@ -579,9 +579,10 @@ struct ClusterTuningScope {
 };
 
 // The cluster design under bench_layers' other tunings: K chunks capped short (many chunks a
-// product) and the rows spread over 2 clusters (long row blocks, few partials) are the same step
-// to float32 rounding; launches that wait for the kernel ahead to finish before they start, and
-// each layer's first chunk issued only after the barrier ahead of it, give the default's bits.
+// product), the rows spread over 2 clusters (long row blocks, few partials) and 8 × 8 register
+// blocks in the forward products are the same step to float32 rounding; launches that wait for the kernel
+// ahead to finish before they start, and each layer's first chunk issued only after the barrier ahead of it,
+// give the default's bits.
 TEST_P(CudaFusedStep, OtherClusterTuningsMatchCpu) {
   if (design_ != FusedStepDesign::cluster) GTEST_SKIP() << "the tuning is the cluster design's";
   const TrainCase& c = train_case();
@@ -595,6 +596,8 @@ TEST_P(CudaFusedStep, OtherClusterTuningsMatchCpu) {
                     steps.init, c.N);
   expect_runs_close(label() + " teacher steps, 2 clusters (vs CPU float64)", run({.max_clusters = 2}), cpu,
                     steps.init, c.N);
+  expect_runs_close(label() + " teacher steps, 8 × 8 forward blocks (vs CPU float64)",
+                    run({.register_block = 8}), cpu, steps.init, c.N);
   const RunResult defaults = run({});
   expect_same_float_params(
       label() + " teacher steps, launches not overlapped (got) vs the default (expected)",
@@ -606,6 +609,7 @@ TEST_P(CudaFusedStep, OtherClusterTuningsMatchCpu) {
 TEST(ClusterStepTuning, RefusesANegativeCap) {
   EXPECT_THROW(cuda::cluster_step_tuning({.max_chunk = -1}), ShapeError);
   EXPECT_THROW(cuda::cluster_step_tuning({.max_clusters = -1}), ShapeError);
+  EXPECT_THROW(cuda::cluster_step_tuning({.register_block = 16}), ShapeError);
   cuda::cluster_step_tuning({});  // no cap is accepted
 }
 

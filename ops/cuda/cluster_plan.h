@@ -23,10 +23,11 @@ inline int own_width4(const std::vector<int64_t>& s, int layers, int Q) {
   return round4(widest);
 }
 
-// A block's shared memory for `rows` rows per cluster and K chunks of kc floats (SmemLayout's
-// parts, each a multiple of 4 floats).
+// A block's shared memory for `rows` rows per cluster and K chunks of kc floats, each thread
+// computing block × block outputs of a forward product (SmemLayout's parts, each a multiple of 4
+// floats).
 inline SmemLayout smem_layout(const std::vector<int64_t>& s, int layers, int Q, int64_t rows, int kc,
-                              int threads) {
+                              int threads, int block = 4) {
   const int R4 = round4(rows), NH4 = own_width4(s, layers, Q), O4 = round4(s[size_t(layers)]);
   SmemLayout lay{};
   int at = 0;
@@ -38,7 +39,7 @@ inline SmemLayout smem_layout(const std::vector<int64_t>& s, int layers, int Q, 
   lay.b_part = R4 * (kc + 4);
   lay.buffer[0] = take(lay.b_part + NH4 * (kc + 4));
   lay.buffer[1] = take(lay.b_part + NH4 * (kc + 4));
-  lay.kpart = take(threads * 16);
+  lay.kpart = take(threads * block * block);
   lay.acc = take(R4 * NH4);
   lay.zacc = take(R4 * O4);
   lay.wlast = take(O4 * NH4);
@@ -56,6 +57,7 @@ struct Machine {
   int threads;              // per block
   int64_t smem_floats;      // a block's shared memory
   int max_chunk = 1 << 30;  // (tests: force several K chunks)
+  int block = 4;            // ClusterStepTuning::register_block
 };
 
 // Throws ShapeError for a negative cap in a ClusterStepTuning.
@@ -63,6 +65,9 @@ inline void check_tuning(const ClusterStepTuning& tuning) {
   if (tuning.max_chunk < 0 || tuning.max_clusters < 0)
     throw ShapeError("cluster step tuning: K chunks of at most " + std::to_string(tuning.max_chunk) +
                      " floats, at most " + std::to_string(tuning.max_clusters) + " clusters");
+  if (tuning.register_block != 4 && tuning.register_block != 8)
+    throw ShapeError("cluster step tuning: register blocks of " + std::to_string(tuning.register_block) +
+                     " × " + std::to_string(tuning.register_block) + " (4 or 8)");
 }
 
 // The machine as a tuned step plans for it: K chunks and the clusters in use capped
@@ -71,6 +76,7 @@ inline Machine tuned(Machine mc, const ClusterStepTuning& tuning) {
   check_tuning(tuning);
   if (tuning.max_chunk > 0) mc.max_chunk = tuning.max_chunk;
   if (tuning.max_clusters > 0) mc.clusters = std::min(mc.clusters, tuning.max_clusters);
+  mc.block = tuning.register_block;
   return mc;
 }
 
@@ -85,7 +91,7 @@ inline void plan_rows(Program& p, const Machine& mc) {
   const std::vector<int64_t> s(p.s, p.s + p.layers + 1);
   const int64_t widest_k = *std::max_element(s.begin(), s.end() - 1);
   const auto fits = [&](int64_t rows, int kc) {
-    return smem_layout(s, p.layers, mc.cluster, rows, kc, mc.threads).total <= mc.smem_floats;
+    return smem_layout(s, p.layers, mc.cluster, rows, kc, mc.threads, mc.block).total <= mc.smem_floats;
   };
   // Chunks are multiples of 8, so that the staging stride kc + 4 is an odd number of float4s
   // (dot_accumulate's bank groups): K rounded up (or the tests' cap) at most.
@@ -108,7 +114,8 @@ inline void plan_rows(Program& p, const Machine& mc) {
   const int64_t chunks = (widest_k + kc - 1) / kc;
   const int even = int((widest_k + chunks - 1) / chunks);
   p.kc = std::max(least, (even + 7) / 8 * 8);
-  p.smem = smem_layout(s, p.layers, mc.cluster, p.rows, p.kc, mc.threads);
+  p.smem = smem_layout(s, p.layers, mc.cluster, p.rows, p.kc, mc.threads, mc.block);
+  p.block = mc.block;
 }
 
 // Floats each of the program's exchange buffers and gradient partials needs, in this order:

@@ -88,7 +88,7 @@ struct Net {
 struct SmemLayout {
   int buffer[2];  // the staged chunks: operand A's [R4, kc + 4], then operand B's [NH4, kc + 4]
   int b_part;     // where operand B starts within a buffer
-  int kpart;      // K groups' partial 4 × 4 blocks: [groups, 16, tiles], ≤ threads · 16
+  int kpart;  // K groups' partial blocks: [groups, block², tiles], ≤ threads · block² (Program::block)
   int acc;        // [R4, NH4]: this block's columns of the hidden layer being computed
   int zacc;       // [R4, O4]: its part of the logits
   int wlast;      // [O4, NH4]: W_{L−1}[:, own]
@@ -124,6 +124,7 @@ struct Program {
   int64_t* adam_t;             // advanced by the first thread (null: no Adam)
   SmemLayout smem;
   bool prefetch;  // issue each layer's first chunk, as far as it can, during the barrier before it
+  int block;      // a thread's outputs in a hidden layer's forward product: block × block (4 or 8)
 };
 
 // Kernel 2's work: each gradient from its partials, Adam, the losses and the counters.
@@ -200,11 +201,28 @@ __device__ inline void stage_forward_chunk(const Program& p, float* sm, const Pl
           op.own.n4);
 }
 
+// acc[R4, n4] += A·Bᵀ over one staged K chunk of a hidden layer's forward product, each thread
+// computing kBlock × kBlock outputs where the shape allows (kBlock = 8: R4 and n4 multiples of
+// 8), else 4 × 4. The kernel is instantiated per block size (Program::block): the default's code
+// is what it was without the choice.
+template <int kBlock>
+__device__ inline void forward_product(float* acc, int n4, const float* A, const float* B, int ld, int R4,
+                                       int K4, float* kpart) {
+  if constexpr (kBlock == 8) {
+    if (R4 % 8 == 0 && n4 % 8 == 0) {
+      dot_accumulate_blocked<8, 8>(acc, n4, A, ld, B, ld, R4, n4, K4, kpart);
+      return;
+    }
+  }
+  dot_accumulate(acc, n4, A, ld, B, ld, R4, n4, K4, kpart);
+}
+
 // The forward pass of `net`'s model `mi` for the cluster's rows, read from x_rows ([R, s_0],
 // row stride s_0), into slot `slot` of the exchange buffers; leaves the block's columns of
 // H_{L−1} in acc and its part of the logits in zpart. With p.prefetch, each hidden layer past
-// the first has its first chunk's weights issued during the barrier ahead of it.
-template <class ClusterSync>
+// the first has its first chunk's weights issued during the barrier ahead of it. kBlock:
+// Program::block.
+template <int kBlock, class ClusterSync>
 __device__ void forward(const Program& p, float* sm, const Place& at, const Net& net, int64_t mi,
                         const float* x_rows, int64_t slot, ClusterSync&& cluster_sync) {
   const int L = p.layers, ld = p.kc + 4;
@@ -228,8 +246,7 @@ __device__ void forward(const Program& p, float* sm, const Place& at, const Net&
         [&](int c, float* buf) { stage_forward_chunk(p, sm, at, op, c, buf, true, true); },
         [&](int c, float* buf) {
           const int kn = chunk_length(in, p.kc, c);
-          dot_accumulate(acc, own.n4, buf, ld, buf + lay.b_part, ld, at.R4, own.n4, round4(kn),
-                         sm + lay.kpart);
+          forward_product<kBlock>(acc, own.n4, buf, buf + lay.b_part, ld, at.R4, round4(kn), sm + lay.kpart);
         },
         weights_issued);
     // + bias, ReLU (PyTorch's: z ≤ 0 → 0, NaN stays); into acc and, where the cluster's other
@@ -458,8 +475,9 @@ __device__ void backward(const Program& p, float* sm, const Place& at, ClusterSy
 // fence that comes with arriving — then waits for every thread of the cluster (their writes
 // acquired). between() may read only what no thread writes from the last completed barrier to
 // the end of the step (the weights and x, which kernel 1 never writes; rows of H, written before
-// an earlier barrier and never again), and must not wait for other threads.
-template <class ClusterSync>
+// an earlier barrier and never again), and must not wait for other threads. kBlock must be
+// p.block (the launcher instantiates the kernel for it).
+template <int kBlock, class ClusterSync>
 __device__ void run_rows(const Program& p, float* sm, ClusterSync&& cluster_sync) {
   Place at;
   at.Q = p.cluster, at.q = int(blockIdx.x) % p.cluster;
@@ -470,10 +488,10 @@ __device__ void run_rows(const Program& p, float* sm, ClusterSync&& cluster_sync
   const int64_t S = p.trained, B = p.batch, m = at.model;
   if (p.distill) {
     const int64_t f = m % p.frozen;
-    forward(p, sm, at, p.teacher, f, p.x + (f * B + at.r0) * p.s[0], S + m, cluster_sync);
+    forward<kBlock>(p, sm, at, p.teacher, f, p.x + (f * B + at.r0) * p.s[0], S + m, cluster_sync);
     __syncthreads();
   }
-  forward(p, sm, at, p.net, m, p.x + (m * B + at.r0) * p.s[0], m, cluster_sync);
+  forward<kBlock>(p, sm, at, p.net, m, p.x + (m * B + at.r0) * p.s[0], m, cluster_sync);
   // Every block's part of the logits in L2; layer L − 2's first backward chunk in flight
   // through the loss rows.
   cluster_sync([&] { prefetch_backward(p, sm, at, p.layers - 2); });

@@ -38,6 +38,9 @@ using cluster::ReduceProgram;
 static_assert(sizeof(Program) <= 4096, "the cluster step's program outgrew a kernel parameter");
 static_assert(sizeof(ReduceProgram) <= 4096, "the cluster step's reduction outgrew a kernel parameter");
 
+// kBlock: the program's register block (Program::block, ClusterStepTuning::register_block), a
+// kernel each, so that the default's code is the same as without the choice.
+template <int kBlock>
 __global__ void __launch_bounds__(cluster::kThreads, 1)
     cluster_rows_kernel(const __grid_constant__ Program p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -50,7 +53,7 @@ __global__ void __launch_bounds__(cluster::kThreads, 1)
   cudaTriggerProgrammaticLaunchCompletion();
   cudaGridDependencySynchronize();
   // cluster.sync() is barrier_arrive() then barrier_wait(); prefetches go between the two.
-  cluster::run_rows(p, reinterpret_cast<float*>(dynamic_smem), [&](auto&& between) {
+  cluster::run_rows<kBlock>(p, reinterpret_cast<float*>(dynamic_smem), [&](auto&& between) {
     auto token = cluster.barrier_arrive();
     between();
     cluster.barrier_wait(std::move(token));
@@ -86,7 +89,7 @@ cudaLaunchAttribute cluster_dims(int blocks) {
 // PTX, and there the body is the __trap() above: the GPU's capability is not enough to know.
 bool compiled_for_clusters() {
   cudaFuncAttributes attributes{};
-  if (cudaFuncGetAttributes(&attributes, cluster_rows_kernel) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attributes, cluster_rows_kernel<4>) != cudaSuccess) {
     (void)cudaGetLastError();  // not sticky: cleared, and answered "no"
     return false;
   }
@@ -109,9 +112,11 @@ const cluster::Machine& machine() {
     mc.cluster = cluster::kClusterBlocks;
     mc.threads = cluster::kThreads;
     mc.smem_floats = int64_t(props.sharedMemPerBlockOptin) / int64_t(sizeof(float));
-    CUDA_CHECK(cudaFuncSetAttribute(cluster_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(props.sharedMemPerBlockOptin)));
-    // How many clusters of this shape run at once (one block per SM at this much memory).
+    for (auto kernel : {cluster_rows_kernel<4>, cluster_rows_kernel<8>})
+      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      int(props.sharedMemPerBlockOptin)));
+    // How many clusters of this shape run at once (one block per SM at this much memory, for
+    // either kernel).
     cudaLaunchConfig_t config{};
     config.gridDim = dim3(unsigned(mc.cluster));
     config.blockDim = dim3(unsigned(mc.threads));
@@ -120,7 +125,7 @@ const cluster::Machine& machine() {
     config.attrs = &dims;
     config.numAttrs = 1;
     int clusters = 0;
-    CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, cluster_rows_kernel, &config));
+    CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, cluster_rows_kernel<4>, &config));
     if (clusters <= 0) throw DeviceError("cluster step: a cluster of 8 blocks does not fit on this GPU");
     mc.clusters = clusters;
     return mc;
@@ -199,7 +204,8 @@ void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, co
   config.blockDim = dim3(unsigned(mc.threads));
   config.dynamicSmemBytes = size_t(p.smem.total) * sizeof(float);
   config.stream = Runtime::get().stream();
-  launch(cluster_rows_kernel, config, p.cluster, t.overlap_launches, p);
+  launch(p.block == 8 ? cluster_rows_kernel<8> : cluster_rows_kernel<4>, config, p.cluster,
+         t.overlap_launches, p);
 
   // Kernel 2: a thread per gradient element where they fit in one wave of resident blocks, so
   // that each thread's partial loads are one batch of round trips, not several in a row.

@@ -93,12 +93,18 @@ void cluster_mlp_step(const float* x, int64_t batch, const FusedMlp& trained, co
 //                     barrier ahead of the layer (a hidden layer's weights going forward; all
 //                     of it going backward), issued between the barrier's arrive and its
 //                     wait, so that its load overlaps the barrier. Same bits either way.
-// Throws ShapeError for a negative cap.
+//   register_block    the outputs each thread computes in a hidden layer's forward product from
+//                     a K chunk: 4 (4 × 4) or 8 (8 × 8, where the rows and the block's columns
+//                     are multiples of 8; else 4 × 4): half the shared-memory reads per FMA, a
+//                     quarter of the threads, K split over more groups (docs/PERFORMANCE.md,
+//                     "What should reach 40 µs"). The results move by float32 rounding.
+// Throws ShapeError for a negative cap or a register block other than 4 and 8.
 struct ClusterStepTuning {
   int max_chunk = 0;
   int max_clusters = 0;
   bool overlap_launches = true;
   bool prefetch = true;
+  int register_block = 4;
 };
 void cluster_step_tuning(const ClusterStepTuning& tuning);
 
