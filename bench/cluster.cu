@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* h = smem;              // [R, kLd]
   float* w = h + R * kLd;       // [kN, kLd]
   float* acc = w + kN * kLd;    // [R, kN]
-  float* kpart = acc + R * kN;  // [≤ kThreads · TM · TN]
+  float* kpart = acc + R * kN;  // [≤ kThreads · (TM · TN + 1)]: dot_accumulate_blocked's
   for (int i = threadIdx.x; i < R * kLd; i += kThreads)
     h[i] = i % kLd < KC ? float(i % kLd % 5 + i / kLd) * 0.125f : 0.0f;
   for (int i = threadIdx.x; i < kN * kLd; i += kThreads)
@@ -365,7 +365,8 @@ void measure_sm_gemm(Report& r, int sms, const std::string& what) {
 template <int R, int KC, int TM, int TN>
 bool measure_dot_accumulate(Report& r, int sms, const std::string& what) {
   constexpr int kN = 32, kLd = KC + 4;
-  const size_t smem = sizeof(float) * (size_t(R + kN) * kLd + size_t(R) * kN + size_t(kThreads) * TM * TN);
+  const size_t smem = sizeof(float) * (size_t(R + kN) * kLd + size_t(R) * kN +
+                                       size_t(kThreads) * (TM * TN + (TM > 4 ? 1 : 0)));
   const auto kernel = dot_accumulate_kernel<R, KC, TM, TN>;
   const std::string name = what + ", " + std::to_string(TM) + " × " + std::to_string(TN) + " a thread";
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));

@@ -355,7 +355,7 @@ void check_blocked_dot(int threads, int M4, int N4, int K4) {
   for (int m = 0; m < M4; ++m)
     for (int n = 0; n < N4; ++n) start[size_t(m * ldc + n)] = u(rng);
   auto run = [&] {
-    std::vector<float> acc = start, kpart(size_t(threads * TM * TN), kNaN);
+    std::vector<float> acc = start, kpart(size_t(threads * (TM * TN + (TM > 4 ? 1 : 0))), kNaN);
     simt::launch(1, unsigned(threads), [&] {
       dot_accumulate_blocked<TM, TN>(acc.data(), ldc, A, ld, B, ld, M4, N4, K4, kpart.data());
     });
@@ -415,20 +415,24 @@ TEST(ClusterPlan, DefaultRunOnAnH100) {
     EXPECT_EQ(p.kc, w.kc) << what;
   }
   // Ten models (--models 10) and the paper preset's 100 at batch 1024: more row blocks than
-  // clusters at once, in waves, each as large as the memory allows, the rows evened out.
-  for (const auto& [models, batch] : std::vector<std::pair<int64_t, int64_t>>{{10, 256}, {100, 1024}}) {
-    FusedMlp many;
-    many.layers = 3, many.sizes = sizes, many.models = models;
-    many.weights.assign(3, nullptr), many.biases.assign(3, nullptr);
-    FusedLoss loss;
-    loss.c1 = 10;
-    const Program p = build_rows_program(nullptr, batch, many, nullptr, loss, nullptr, h100);
-    const std::string what = std::to_string(models) + " models at batch " + std::to_string(batch);
-    EXPECT_LE(p.smem.total, h100.smem_floats) << what;
-    EXPECT_GE(p.row_blocks * p.rows, batch) << what;
-    EXPECT_LT(p.row_blocks * p.rows - batch, p.row_blocks) << what << ": the row blocks are uneven";
-    EXPECT_GE(p.rows, 64) << what << ": rows per cluster well short of what the memory holds";
-  }
+  // clusters at once, in waves, each as large as the memory allows, the rows evened out — with
+  // 4 × 4 and 8 × 8 register blocks (whose K groups' partials take 4 times the room).
+  for (const auto& [models, batch] : std::vector<std::pair<int64_t, int64_t>>{{10, 256}, {100, 1024}})
+    for (int block : {4, 8}) {
+      FusedMlp many;
+      many.layers = 3, many.sizes = sizes, many.models = models;
+      many.weights.assign(3, nullptr), many.biases.assign(3, nullptr);
+      FusedLoss loss;
+      loss.c1 = 10;
+      const Program p = build_rows_program(nullptr, batch, many, nullptr, loss, nullptr,
+                                           tuned(h100, {.register_block = block}));
+      const std::string what = std::to_string(models) + " models at batch " + std::to_string(batch) + ", " +
+                               std::to_string(block) + " × " + std::to_string(block);
+      EXPECT_LE(p.smem.total, h100.smem_floats) << what;
+      EXPECT_GE(p.row_blocks * p.rows, batch) << what;
+      EXPECT_LT(p.row_blocks * p.rows - batch, p.row_blocks) << what << ": the row blocks are uneven";
+      EXPECT_GE(p.rows, 64) << what << ": rows per cluster well short of what the memory holds";
+    }
 }
 
 // A tuned machine (ClusterStepTuning, bench_layers' sweep): the rows spread over fewer
@@ -481,32 +485,33 @@ TEST(ClusterPlan, ChunksAreMultiplesOfEightOverManyShapes) {
     for (int Q : {1, 3, 8})
       for (int64_t smem_floats : {int64_t(232448 / 4), int64_t(16384)})
         for (int max_chunk : {1 << 30, 100, 20})
-          for (const auto& [models, batch] :
-               std::vector<std::pair<int64_t, int64_t>>{{1, 21}, {2, 256}, {10, 1000}}) {
-            FusedMlp trained;
-            trained.layers = int(sizes.size()) - 1, trained.sizes = sizes, trained.models = models;
-            trained.weights.assign(sizes.size() - 1, nullptr);
-            trained.biases.assign(sizes.size() - 1, nullptr);
-            FusedLoss loss;
-            loss.c1 = sizes.back();
-            const Machine mc{Q, 16, 256, smem_floats, max_chunk};
-            Program p;
-            try {
-              p = build_rows_program(nullptr, batch, trained, nullptr, loss, nullptr, mc);
-            } catch (const ShapeError&) {
-              continue;  // not one row fits this memory
+          for (int block : {4, 8})
+            for (const auto& [models, batch] :
+                 std::vector<std::pair<int64_t, int64_t>>{{1, 21}, {2, 256}, {10, 1000}}) {
+              FusedMlp trained;
+              trained.layers = int(sizes.size()) - 1, trained.sizes = sizes, trained.models = models;
+              trained.weights.assign(sizes.size() - 1, nullptr);
+              trained.biases.assign(sizes.size() - 1, nullptr);
+              FusedLoss loss;
+              loss.c1 = sizes.back();
+              const Machine mc{Q, 16, 256, smem_floats, max_chunk, block};
+              Program p;
+              try {
+                p = build_rows_program(nullptr, batch, trained, nullptr, loss, nullptr, mc);
+              } catch (const ShapeError&) {
+                continue;  // not one row fits this memory
+              }
+              ++planned;
+              const std::string what =
+                  std::to_string(sizes.front()) + "-wide input, Q = " + std::to_string(Q) + ", " +
+                  std::to_string(smem_floats) + " floats, chunks ≤ " + std::to_string(max_chunk) + ", " +
+                  std::to_string(models) + " models at batch " + std::to_string(batch);
+              ASSERT_EQ(p.kc % 8, 0) << what << ": a chunk of " << p.kc;
+              ASSERT_EQ((p.kc + 4) / 4 % 2, 1) << what << ": the staging stride is an even number of float4s";
+              ASSERT_LE(p.smem.total, smem_floats) << what;
+              ASSERT_GE(p.rows * p.row_blocks, batch) << what << ": rows left out";
+              ASSERT_LT(p.rows * p.row_blocks - batch, p.row_blocks) << what << ": the row blocks are uneven";
             }
-            ++planned;
-            const std::string what = std::to_string(sizes.front()) + "-wide input, Q = " + std::to_string(Q) +
-                                     ", " + std::to_string(smem_floats) + " floats, chunks ≤ " +
-                                     std::to_string(max_chunk) + ", " + std::to_string(models) +
-                                     " models at batch " + std::to_string(batch);
-            ASSERT_EQ(p.kc % 8, 0) << what << ": a chunk of " << p.kc;
-            ASSERT_EQ((p.kc + 4) / 4 % 2, 1) << what << ": the staging stride is an even number of float4s";
-            ASSERT_LE(p.smem.total, smem_floats) << what;
-            ASSERT_GE(p.rows * p.row_blocks, batch) << what << ": rows left out";
-            ASSERT_LT(p.rows * p.row_blocks - batch, p.row_blocks) << what << ": the row blocks are uneven";
-          }
   EXPECT_GT(planned, 100) << "most of the shapes should fit";
 }
 

@@ -39,7 +39,7 @@ inline SmemLayout smem_layout(const std::vector<int64_t>& s, int layers, int Q, 
   lay.b_part = R4 * (kc + 4);
   lay.buffer[0] = take(lay.b_part + NH4 * (kc + 4));
   lay.buffer[1] = take(lay.b_part + NH4 * (kc + 4));
-  lay.kpart = take(threads * block * block);
+  lay.kpart = take(threads * (block * block + (block > 4 ? 1 : 0)));  // (dot_accumulate_blocked's padding)
   lay.acc = take(R4 * NH4);
   lay.zacc = take(R4 * O4);
   lay.wlast = take(O4 * NH4);

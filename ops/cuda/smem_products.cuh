@@ -1,6 +1,7 @@
 // ops/cuda/smem_products.cuh — one thread block's matrix products from shared memory, for the
 // cluster step (ops/cuda/cluster_program.cuh): staging operands there chunk by chunk, and the
-// two shapes of product its layers need, each thread computing a 4 × 4 block of outputs.
+// two shapes of product its layers need, each thread computing a 4 × 4 block of outputs (or,
+// forward, 8 × 8: ClusterStepTuning::register_block).
 //
 //   dot_accumulate   acc[m, n] += Σ_k A[m, k]·B[n, k]   both operands K-contiguous: a forward
 //                                                        layer, H·Wᵀ (dot_accumulate_blocked:
@@ -101,6 +102,13 @@ __device__ inline void pipelined(int chunks, float* buffer0, float* buffer1, Iss
 // 256, half the shared-memory traffic per FMA, but fills a quarter as many threads, so K is
 // split over 4 times as many groups and the fix-up grows. bench/cluster.cu times 4 × 4, 8 × 4
 // and 8 × 8 on the default run's K chunks: the number to read before the step changes block.
+//
+// Blocks taller than 4 rows (the 4 × 4 code is as it was before they existed) keep their reads
+// and stores apart in the banks in two more ways: their rows are strided as the columns are
+// (row mt + i·M4/TM: a quarter warp's lanes, whose blocks differ in mt, read adjacent rows,
+// where rows TM apart would share bank groups), and with fewer than 32 blocks, when a warp
+// holds several K groups, each group's partials are padded by `tiles` floats (so that the
+// groups' stores fall in different banks): kpart then needs threads · (TM·TN + 1) floats.
 template <int TM, int TN>
 __device__ inline void dot_accumulate_blocked(float* acc, int ldc, const float* A, int lda, const float* B,
                                               int ldb, int M4, int N4, int K4, float* kpart) {
@@ -110,15 +118,21 @@ __device__ inline void dot_accumulate_blocked(float* acc, int ldc, const float* 
   if (tiles == 0 || K4 == 0) return;
   const int groups = int(larger(1, smaller(int(blockDim.x) / tiles, K4 / 4)));
   const int k_per_group = (K4 / 4 + groups - 1) / groups * 4;
+  constexpr bool kTall = TM > 4;
+  // Row i of block `tile` is m0 + i·dm: rows m0 … m0 + 3, or strided (taller blocks).
+  const int dm = kTall ? M4 / TM : 1;
+  // A taller block's K group's partials are padded by `pad` floats past the group's TM·TN·tiles.
+  const int pad = kTall && tiles < 32 ? tiles : 0;
   for (int t = int(threadIdx.x); t < tiles * groups; t += int(blockDim.x)) {
     const int tile = t % tiles, group = t / tiles;
-    const int m0 = tile / tiles_n * TM, c0 = tile % tiles_n;  // columns c0 + j·tiles_n
+    const int m0 = kTall ? tile / tiles_n : tile / tiles_n * TM,
+              c0 = tile % tiles_n;  // columns c0 + j·tiles_n
     float c[TM][TN] = {};
     const int k_end = int(smaller(K4, (group + 1) * k_per_group));
     for (int k = group * k_per_group; k < k_end; k += 4) {
       float4 a[TM], b[TN];
 #pragma unroll
-      for (int i = 0; i < TM; ++i) a[i] = *reinterpret_cast<const float4*>(A + (m0 + i) * lda + k);
+      for (int i = 0; i < TM; ++i) a[i] = *reinterpret_cast<const float4*>(A + (m0 + i * dm) * lda + k);
 #pragma unroll
       for (int j = 0; j < TN; ++j) b[j] = *reinterpret_cast<const float4*>(B + (c0 + j * tiles_n) * ldb + k);
 #pragma unroll
@@ -135,7 +149,7 @@ __device__ inline void dot_accumulate_blocked(float* acc, int ldc, const float* 
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < TN; ++j) acc[(m0 + i) * ldc + c0 + j * tiles_n] += c[i][j];
+        for (int j = 0; j < TN; ++j) acc[(m0 + i * dm) * ldc + c0 + j * tiles_n] += c[i][j];
     } else {
       // kpart[group][TN·i + j][tile]: a warp's lanes hold consecutive tiles, so each store
       // writes 32 consecutive floats, one a bank. (Tile-major, [group][tile][TN·i + j], would
@@ -143,7 +157,8 @@ __device__ inline void dot_accumulate_blocked(float* acc, int ldc, const float* 
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < TN; ++j) kpart[(group * kBlock + TN * i + j) * tiles + tile] = c[i][j];
+        for (int j = 0; j < TN; ++j)
+          kpart[(group * kBlock + TN * i + j) * tiles + tile + group * pad] = c[i][j];
     }
   }
   if (groups == 1) return;
@@ -151,8 +166,10 @@ __device__ inline void dot_accumulate_blocked(float* acc, int ldc, const float* 
   for (int e = int(threadIdx.x); e < tiles * kBlock; e += int(blockDim.x)) {
     const int tile = e % tiles, ij = e / tiles, i = ij / TN, j = ij % TN;
     float sum = 0.0f;
-    for (int group = 0; group < groups; ++group) sum += kpart[(group * kBlock + ij) * tiles + tile];
-    acc[(tile / tiles_n * TM + i) * ldc + tile % tiles_n + j * tiles_n] += sum;
+    for (int group = 0; group < groups; ++group)
+      sum += kpart[(group * kBlock + ij) * tiles + tile + group * pad];
+    const int m0 = kTall ? tile / tiles_n : tile / tiles_n * TM;
+    acc[(m0 + i * dm) * ldc + tile % tiles_n + j * tiles_n] += sum;
   }
 }
 
