@@ -164,6 +164,15 @@ TEST(Progress, ABarLeftOnScreenIsErasedWhenItGoesAway) {
   close(terminal);
 }
 
+// The bar's times: elapsed, and while steps remain, what is left at the pace so far (none
+// before the first step, whose pace is unknown, nor after the last).
+TEST(Progress, TheBarSaysWhatIsLeftAtThePaceSoFar) {
+  EXPECT_EQ(progress_times(3.1, 712, 1175), "3.1 s, ~2.0 s left");  // 3.1 / 712 · 463
+  EXPECT_EQ(progress_times(1.0, 1, 3), "1.0 s, ~2.0 s left");
+  EXPECT_EQ(progress_times(0.0, 0, 1175), "0.0 s");
+  EXPECT_EQ(progress_times(4.71, 1175, 1175), "4.7 s");
+}
+
 // --fused-split reaches the config (and the report's form of it); the default is the step's.
 TEST(FusedSplit, FlagSetsThePolicyAndPrintsBack) {
   const Config defaults = parse({});

@@ -1,5 +1,6 @@
 // apps/subliminal/progress.h — a one-line progress bar on stderr, only when stderr is a
-// terminal (logs and pipes stay clean).
+// terminal (logs and pipes stay clean):
+//   [Teacher] ███████░░░░░  712/1175 steps  3.1 s, ~2.0 s left
 #pragma once
 
 #include <chrono>
@@ -8,6 +9,9 @@
 #include <string>
 
 namespace subliminal::app {
+
+// The bar's times: "3.1 s" elapsed, and while steps remain, at the pace so far, "…, ~2.0 s left".
+std::string progress_times(double elapsed_seconds, int64_t done, int64_t total);
 
 class ProgressBar {
  public:
