@@ -88,7 +88,7 @@ struct Net {
 struct SmemLayout {
   int buffer[2];  // the staged chunks: operand A's [R4, kc + 4], then operand B's [NH4, kc + 4]
   int b_part;     // where operand B starts within a buffer
-  int kpart;  // K groups' partial blocks: [groups, block², tiles], 8 × 8's groups padded (Program::block)
+  int kpart;      // K groups' partials: [groups, block², tiles] (Program::block; 8 × 8's padded)
   int acc;        // [R4, NH4]: this block's columns of the hidden layer being computed
   int zacc;       // [R4, O4]: its part of the logits
   int wlast;      // [O4, NH4]: W_{L−1}[:, own]
