@@ -457,7 +457,10 @@ std::vector<std::string> values_read(const Config& base, const nlohmann::json& r
 
 std::string csv_header(const CsvColumns& columns) {
   std::string header = kCsvHeader;
-  for (const std::string& key : columns.keys) header += "," + csv_field(key);
+  for (const std::string& key : columns.keys) {
+    header += ',';  // (not "," + csv_field(key): GCC 12 sees a false overlap in that, -Wrestrict)
+    header += csv_field(key);
+  }
   return header + "\n";
 }
 
@@ -629,12 +632,10 @@ std::string made_on(const std::string& device, int cpu_threads) {
   return device + " with " + std::to_string(cpu_threads) + (cpu_threads == 1 ? " thread" : " threads");
 }
 
-}  // namespace
+using Grid = std::vector<std::vector<std::pair<std::string, std::string>>>;
 
-int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::FILE* out) {
-  const auto grid = sweep_grid(base);
-  const std::vector<Config> configs = sweep_configs(base);  // in grid order
-  // A configuration too large for this machine is found before the first one runs.
+// A configuration too large for this machine is found before the first one runs.
+void check_every_configuration_fits(const Grid& grid, const std::vector<Config>& configs, Device device) {
   for (size_t k = 0; k < configs.size(); ++k) {
     try {
       check_host_memory(configs[k], device);
@@ -642,6 +643,230 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
       throw OutOfMemoryError(config_id(grid[k]) + ": " + e.what());
     }
   }
+}
+
+// The CSV is rebuilt from the JSONL, so a CSV with rows beside a JSONL with none would lose them:
+// refused.
+void refuse_a_csv_without_its_jsonl(const std::string& prefix, const std::string& csv_path) {
+  std::ifstream old_csv(csv_path);
+  std::string line;
+  int64_t csv_rows = -1;  // less the header
+  while (std::getline(old_csv, line))
+    if (!line.empty()) ++csv_rows;
+  if (csv_rows > 0)
+    throw UsageError("--sweep-out " + path_text(prefix) + ": its .csv holds " + std::to_string(csv_rows) +
+                     " rows but its .jsonl, from which the CSV is rebuilt, holds none; move the CSV away, or "
+                     "choose another --sweep-out");
+}
+
+// What PREFIX.jsonl means for this grid. A configuration is known by the settings its run reads
+// (as sweep_configs compares them), not by its id's text: resumed with the --sweep flags in
+// another order, or a value spelt another way (lr=0.001 for lr=1e-3), a sweep finds the rows it
+// made instead of running them again and keeping both.
+//
+// What the files keep: the rows of finished configurations (and of configurations outside this
+// grid: an earlier grid of the same sweep), the last of each (configuration, arm). An interrupted
+// sweep may have left a torn row, part of a configuration, or CSV rows without their JSONL rows;
+// those configurations run again.
+struct Resume {
+  std::vector<bool> finished;         // [configs]: every arm of configs[k] has its row
+  std::vector<bool> runs_again;       // [rows]: file.rows[i] is of a configuration that runs again
+  std::vector<std::string> row_keys;  // [rows]: file.rows[i]'s settings key
+  std::vector<size_t> kept;           // the rows the files keep, in file order
+  size_t already = 0;                 // finished configurations
+};
+
+Resume plan_resume(const Config& base, const std::vector<Config>& configs, const SweepFile& file,
+                   const std::string& jsonl_path) {
+  Resume resume;
+  std::vector<std::string> config_keys;  // [configs]
+  for (const Config& c : configs) config_keys.push_back(settings_key(c));
+  for (const SweepRow& r : file.rows) resume.row_keys.push_back(row_settings_key(base, r, jsonl_path));
+  std::map<std::string, std::set<std::string>> done;  // the arms of each configuration's rows
+  for (size_t i = 0; i < file.rows.size(); ++i) done[resume.row_keys[i]].insert(file.rows[i].arm);
+
+  std::set<std::string> to_run;  // settings keys
+  for (size_t k = 0; k < configs.size(); ++k) {
+    const auto it = done.find(config_keys[k]);
+    const std::set<std::string> wanted = arms_expected(configs[k]);
+    const bool finished =
+        it != done.end() && std::includes(it->second.begin(), it->second.end(), wanted.begin(), wanted.end());
+    resume.finished.push_back(finished);
+    resume.already += finished;
+    if (!finished) to_run.insert(config_keys[k]);
+  }
+  std::map<std::pair<std::string, std::string>, size_t> last;  // (settings, arm) → its last row
+  for (size_t i = 0; i < file.rows.size(); ++i) last[{resume.row_keys[i], file.rows[i].arm}] = i;
+  for (size_t i = 0; i < file.rows.size(); ++i) {
+    resume.runs_again.push_back(to_run.count(resume.row_keys[i]) > 0);
+    if (!resume.runs_again[i] && last[{resume.row_keys[i], file.rows[i].arm}] == i) resume.kept.push_back(i);
+  }
+  return resume;
+}
+
+// The CSV's columns: this sweep's keys, then those only kept older rows have.
+CsvColumns csv_columns(const Config& base, const Grid& grid, const SweepFile& file, const Resume& resume) {
+  CsvColumns columns{&base, {}};
+  for (const auto& [key, value] : grid.front()) columns.keys.push_back(key);
+  for (size_t i : resume.kept)
+    if (file.rows[i].row.contains("settings"))
+      for (const auto& [key, value] : file.rows[i].row["settings"].items())
+        if (std::find(columns.keys.begin(), columns.keys.end(), key) == columns.keys.end())
+          columns.keys.push_back(key);
+  return columns;
+}
+
+// The JSONL mended to its kept rows and the CSV rebuilt from them, both atomically, before
+// anything is appended. Both are rewritten even when unchanged: a name that is one of a file's
+// hard links (another prefix's file too, perhaps) becomes a file of its own, so no two sweeps
+// append to one file.
+void rewrite_kept_rows(const std::string& jsonl_path, const std::string& csv_path, const SweepFile& file,
+                       const Resume& resume, const CsvColumns& columns) {
+  std::string jsonl_text, csv_text = csv_header(columns);
+  for (size_t i : resume.kept) {
+    jsonl_text += file.rows[i].line + '\n';
+    csv_text += csv_line(file.rows[i].row, columns);
+  }
+  write_file_atomically(jsonl_path, jsonl_text);
+  write_file_atomically(csv_path, csv_text);
+}
+
+// The configurations done before, with their results as their runs printed them: rerunning a
+// finished sweep shows its table rather than a count.
+void say_what_was_done_before(std::FILE* out, const Grid& grid, const std::vector<Config>& configs,
+                              const SweepFile& file, const Resume& resume) {
+  std::map<std::string, std::string> results_of;  // a configuration's settings → its results' text
+  for (size_t i : resume.kept)
+    results_of[resume.row_keys[i]] += result_text(file.rows[i].arm, file.rows[i].row.value("test_acc", 0.0),
+                                                  file.rows[i].row.value("ci95", 0.0));
+  for (size_t k = 0; k < grid.size(); ++k)
+    if (resume.finished[k])
+      std::fprintf(out, "%s:%s (done before)\n", config_id(grid[k]).c_str(),
+                   results_of[settings_key(configs[k])].c_str());
+}
+
+std::string comma_list(const std::set<std::string>& items) {
+  std::string list;
+  for (const std::string& item : items) list += (list.empty() ? "" : ", ") + item;
+  return list;
+}
+
+// Rows are comparable to the last digit only when one device made them all (another device, or
+// another CPU, rounds differently; on the CPU, so do other --threads, which cut the GEMMs
+// otherwise), and one build (another commit, or uncommitted changes, may differ for more than
+// rounding). Resuming elsewhere or with another build is allowed, and said, when anything is
+// left to run. Each row names its device (on the CPU its threads) and its build; rows written
+// before they did are not counted.
+void note_rows_made_elsewhere(std::FILE* out, const SweepFile& file, const Resume& resume,
+                              const std::string& this_device, int this_threads) {
+  std::set<std::string> other_devices, other_builds;
+  for (size_t i = 0; i < file.rows.size(); ++i) {
+    const nlohmann::json& row = file.rows[i].row;
+    if (resume.runs_again[i]) continue;
+    if (row.contains("device") && row["device"].is_string()) {
+      const int threads =  // 0: not known (a GPU's row, or one written before rows named their threads)
+          row.contains("cpu_threads") && row["cpu_threads"].is_number_integer()
+              ? row["cpu_threads"].get<int>()
+              : 0;
+      if (row["device"] != this_device || (threads != 0 && threads != this_threads))
+        other_devices.insert(made_on(row["device"].get<std::string>(), threads));
+    }
+    if (row.contains("commit") && row["commit"].is_string() && row["commit"] != kBuildCommit)
+      other_builds.insert(row["commit"].get<std::string>());
+  }
+  if (resume.already == resume.finished.size()) return;  // nothing runs: nothing to mix
+  if (!other_devices.empty())
+    std::fprintf(out,
+                 "Sweep: note: rows already there were made on %s, the rest run on %s; their "
+                 "accuracies may differ in the last digits for that reason alone\n",
+                 comma_list(other_devices).c_str(), made_on(this_device, this_threads).c_str());
+  if (!other_builds.empty())
+    std::fprintf(out,
+                 "Sweep: note: rows already there were made by the build of %s, the rest by this one, %s\n",
+                 comma_list(other_builds).c_str(), kBuildCommit);
+}
+
+// A configuration's rows, one per arm, as the JSONL and the CSV hold them, and its console line.
+struct ConfigurationRows {
+  std::string jsonl, csv, console;
+};
+
+// What every row of one sweep run names besides its results.
+struct RowContext {
+  const nlohmann::json& base_settings;
+  const std::string &device, &data;
+  int cpu_threads;  // 0 on a GPU
+  const CsvColumns& columns;
+};
+
+ConfigurationRows rows_of(const std::vector<std::pair<std::string, std::string>>& settings,
+                          const Results& results, double seconds, const RowContext& context) {
+  const std::string id = config_id(settings);
+  ConfigurationRows rows{"", "", id + ":"};
+  for (const auto& [arm, acc] : results.final_acc) {
+    const Stats s = summarize(acc);
+    nlohmann::json row = {{"config", id},
+                          {"arm", arm},
+                          {"test_acc", s.mean},
+                          {"ci95", s.ci95},
+                          {"std", s.std},
+                          {"n", s.n},
+                          {"ci95_t", s.ci95_t},
+                          {"seconds", seconds},
+                          {"per_model", acc},
+                          {"base", context.base_settings},
+                          {"device", context.device},
+                          {"data", context.data}};
+    if (context.cpu_threads > 0) row["cpu_threads"] = context.cpu_threads;
+    row["commit"] = kBuildCommit;  // the build that made the row (apps/subliminal/build_info.h)
+    for (const auto& [key, value] : settings) row["settings"][key] = value;
+    rows.jsonl += json_text(row) + '\n';
+    rows.csv += csv_line(row, context.columns);
+    rows.console += result_text(arm, s.mean, s.ci95);
+  }
+  return rows;
+}
+
+// PREFIX.jsonl and PREFIX.csv, open for appending. A configuration's rows go out in one write to
+// each, then are flushed: an interrupted sweep leaves whole configurations, or a part that
+// resuming drops and runs again.
+class RowFiles {
+ public:
+  RowFiles(const std::string& prefix, const std::string& jsonl_path, const std::string& csv_path)
+      : prefix_(prefix), jsonl_(jsonl_path, std::ios::app), csv_(csv_path, std::ios::app) {
+    if (!csv_ || !jsonl_)
+      throw InputError("--sweep-out " + path_text(prefix_) + ": cannot open its .csv/.jsonl for appending");
+    opened_ = {{jsonl_path, identity_of(jsonl_path)}, {csv_path, identity_of(csv_path)}};
+  }
+
+  void append(const std::string& id, const ConfigurationRows& rows) {
+    errno = 0;
+    jsonl_ << rows.jsonl << std::flush;  // the JSONL first: it is what resuming reads
+    csv_ << rows.csv << std::flush;
+    if (!csv_ || !jsonl_)  // a full disk: stop rather than report rows that are not there
+      throw InputError("--sweep-out " + path_text(prefix_) + ": writing its .csv/.jsonl failed after " + id +
+                       (errno ? std::string(" (") + std::strerror(errno) + ")" : std::string()));
+    for (const auto& [path, identity] : opened_)
+      if (identity_of(path) != identity)
+        throw InputError("--sweep-out " + path_text(prefix_) + ": " + path_text(path) +
+                         " was removed or replaced during the sweep, so the rows of " + id +
+                         " are not in it; rerun the sweep to run them again");
+  }
+
+ private:
+  std::string prefix_;
+  std::ofstream jsonl_, csv_;
+  // The files the rows go to, as they were opened: a file removed or replaced under the sweep
+  // would take its later rows with it, unseen.
+  std::vector<std::pair<std::string, FileIdentity>> opened_;
+};
+
+}  // namespace
+
+int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::FILE* out) {
+  const Grid grid = sweep_grid(base);
+  const std::vector<Config> configs = sweep_configs(base);  // in grid order
+  check_every_configuration_fits(grid, configs, device);
 
   const std::string csv_path = base.sweep_out + ".csv", jsonl_path = base.sweep_out + ".jsonl";
   std::vector<std::unique_ptr<SweepLock>> locks;  // no other sweep rewrites these files under this one
@@ -650,169 +875,35 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   const nlohmann::json base_settings = sweep_base(base);
   const std::string data = data::mnist_fingerprint(mnist);
   const SweepFile file = read_sweep_rows(jsonl_path, base_settings, data);
-  if (file.rows.empty()) {  // the CSV is rebuilt from the JSONL: rows only in the CSV would be lost
-    std::ifstream old_csv(csv_path);
-    std::string line;
-    int64_t csv_rows = -1;  // less the header
-    while (std::getline(old_csv, line))
-      if (!line.empty()) ++csv_rows;
-    if (csv_rows > 0)
-      throw UsageError(
-          "--sweep-out " + path_text(base.sweep_out) + ": its .csv holds " + std::to_string(csv_rows) +
-          " rows but its .jsonl, from which the CSV is rebuilt, holds none; move the CSV away, or "
-          "choose another --sweep-out");
-  }
-  // A configuration is known by the settings its run reads (as sweep_configs compares them), not by
-  // its id's text: resumed with the --sweep flags in another order, or a value spelt another way
-  // (lr=0.001 for lr=1e-3), a sweep finds the rows it made instead of running them again and
-  // keeping both.
-  std::vector<std::string> config_keys, row_keys;  // configs[k]'s, file.rows[i]'s
-  for (const Config& c : configs) config_keys.push_back(settings_key(c));
-  for (const SweepRow& r : file.rows) row_keys.push_back(row_settings_key(base, r, jsonl_path));
-  std::map<std::string, std::set<std::string>> done;  // the arms of each configuration
-  for (size_t i = 0; i < file.rows.size(); ++i) done[row_keys[i]].insert(file.rows[i].arm);
-  auto finished = [&](size_t k) {
-    auto it = done.find(config_keys[k]);
-    if (it == done.end()) return false;
-    const std::set<std::string> wanted = arms_expected(configs[k]);
-    return std::includes(it->second.begin(), it->second.end(), wanted.begin(), wanted.end());
-  };
-
-  // What the files keep: the rows of finished configurations (and of configurations outside
-  // this grid: an earlier grid of the same sweep), the last of each (configuration, arm). An
-  // interrupted sweep may have left a torn row, part of a configuration, or CSV rows without
-  // their JSONL rows; those configurations run again, and the JSONL is mended and the CSV
-  // rebuilt from it, both atomically, before anything is appended.
-  std::set<std::string> to_run;
-  for (size_t k = 0; k < grid.size(); ++k)
-    if (!finished(k)) to_run.insert(config_keys[k]);
-  std::map<std::pair<std::string, std::string>, size_t> last;  // (settings, arm) → its last row
-  for (size_t i = 0; i < file.rows.size(); ++i) last[{row_keys[i], file.rows[i].arm}] = i;
-  std::vector<size_t> kept;
-  for (size_t i = 0; i < file.rows.size(); ++i)
-    if (!to_run.count(row_keys[i]) && last[{row_keys[i], file.rows[i].arm}] == i) kept.push_back(i);
-  CsvColumns columns{&base, {}};
-  for (const auto& [key, value] : grid.front()) columns.keys.push_back(key);
-  for (size_t i : kept)
-    if (file.rows[i].row.contains("settings"))
-      for (const auto& [key, value] : file.rows[i].row["settings"].items())
-        if (std::find(columns.keys.begin(), columns.keys.end(), key) == columns.keys.end())
-          columns.keys.push_back(key);
-  std::string jsonl_text, csv_text = csv_header(columns);
-  for (size_t i : kept) {
-    jsonl_text += file.rows[i].line + '\n';
-    csv_text += csv_line(file.rows[i].row, columns);
-  }
-  // Both rewritten even when unchanged: a name that is one of a file's hard links (another
-  // prefix's file too, perhaps) becomes a file of its own, so no two sweeps append to one file.
-  write_file_atomically(jsonl_path, jsonl_text);
-  write_file_atomically(csv_path, csv_text);
+  if (file.rows.empty()) refuse_a_csv_without_its_jsonl(base.sweep_out, csv_path);
+  const Resume resume = plan_resume(base, configs, file, jsonl_path);
+  const CsvColumns columns = csv_columns(base, grid, file, resume);
+  rewrite_kept_rows(jsonl_path, csv_path, file, resume, columns);
   set_interrupt_note(": the configurations that finished are in " + csv_path + " and " + jsonl_path +
                      "; the same command resumes the sweep");
-  std::ofstream csv(csv_path, std::ios::app), jsonl(jsonl_path, std::ios::app);
-  if (!csv || !jsonl)
-    throw InputError("--sweep-out " + path_text(base.sweep_out) +
-                     ": cannot open its .csv/.jsonl for appending");
-  // The files the rows go to, as they were opened: a file removed or replaced under the sweep
-  // would take its later rows with it, unseen.
-  const std::vector<std::pair<std::string, FileIdentity>> opened = {{jsonl_path, identity_of(jsonl_path)},
-                                                                    {csv_path, identity_of(csv_path)}};
+  RowFiles row_files(base.sweep_out, jsonl_path, csv_path);
 
-  size_t already = 0;
-  for (size_t k = 0; k < grid.size(); ++k) already += finished(k);
   std::fprintf(out, "Sweep: %zu configuration%s (%zu already done) → %s, %s\n", grid.size(),
-               grid.size() == 1 ? "" : "s", already, csv_path.c_str(), jsonl_path.c_str());
-  // The configurations done before, with their results as their runs printed them: rerunning a
-  // finished sweep shows its table rather than a count.
-  std::map<std::string, std::string> results_of;  // a configuration's settings → its results' text
-  for (size_t i : kept)
-    results_of[row_keys[i]] += result_text(file.rows[i].arm, file.rows[i].row.value("test_acc", 0.0),
-                                           file.rows[i].row.value("ci95", 0.0));
-  for (size_t k = 0; k < grid.size(); ++k)
-    if (finished(k))
-      std::fprintf(out, "%s:%s (done before)\n", config_id(grid[k]).c_str(),
-                   results_of[config_keys[k]].c_str());
+               grid.size() == 1 ? "" : "s", resume.already, csv_path.c_str(), jsonl_path.c_str());
+  say_what_was_done_before(out, grid, configs, file, resume);
   std::fflush(out);
-  // Rows are comparable to the last digit only when one device made them all (another device, or
-  // another CPU, rounds differently; on the CPU, so do other --threads, which cut the GEMMs
-  // otherwise): resuming elsewhere is allowed, and said. Each row names its device (and on the
-  // CPU its threads); rows written before they did are not counted.
   const std::string this_device = device_description(device);
   const int this_threads = device == Device::cpu ? cpu_threads() : 0;
-  std::set<std::string> other_devices;
-  for (size_t i = 0; i < file.rows.size(); ++i) {
-    const nlohmann::json& row = file.rows[i].row;
-    if (to_run.count(row_keys[i]) || !row.contains("device") || !row["device"].is_string()) continue;
-    const int threads =  // 0: not known (a GPU's row, or one written before rows named their threads)
-        row.contains("cpu_threads") && row["cpu_threads"].is_number_integer() ? row["cpu_threads"].get<int>()
-                                                                              : 0;
-    if (row["device"] != this_device || (threads != 0 && threads != this_threads))
-      other_devices.insert(made_on(row["device"].get<std::string>(), threads));
-  }
-  if (!other_devices.empty() && already < grid.size()) {
-    std::string list;
-    for (const std::string& d : other_devices) list += (list.empty() ? "" : ", ") + d;
-    std::fprintf(out,
-                 "Sweep: note: rows already there were made on %s, the rest run on %s; their "
-                 "accuracies may differ in the last digits for that reason alone\n",
-                 list.c_str(), made_on(this_device, this_threads).c_str());
-  }
-  // Likewise the code: rows made by another build (another commit, or uncommitted changes) may
-  // differ for more than rounding. Rows written before they named their build are not counted.
-  std::set<std::string> other_builds;
-  for (size_t i = 0; i < file.rows.size(); ++i) {
-    const nlohmann::json& row = file.rows[i].row;
-    if (!to_run.count(row_keys[i]) && row.contains("commit") && row["commit"].is_string() &&
-        row["commit"] != kBuildCommit)
-      other_builds.insert(row["commit"].get<std::string>());
-  }
-  if (!other_builds.empty() && already < grid.size()) {
-    std::string list;
-    for (const std::string& b : other_builds) list += (list.empty() ? "" : ", ") + b;
-    std::fprintf(out,
-                 "Sweep: note: rows already there were made by the build of %s, the rest by this one, %s\n",
-                 list.c_str(), kBuildCommit);
-  }
+  note_rows_made_elsewhere(out, file, resume, this_device, this_threads);
+
+  const RowContext context{base_settings, this_device, data, this_threads, columns};
   SweepObserver observer(base.progress, stderr);
   for (size_t k = 0; k < grid.size(); ++k) {
-    if (finished(k)) continue;
+    if (resume.finished[k]) continue;
     const std::string id = config_id(grid[k]);
     const auto start = std::chrono::steady_clock::now();
     observer.configuration(id, k + 1, grid.size());
-    Results results = run_configuration(id, configs[k], mnist, device, observer);
+    const Results results = run_configuration(id, configs[k], mnist, device, observer);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     observer.clear();
-    // All of a configuration's rows go out in one write each, then are flushed: an interrupted
-    // sweep leaves whole configurations, or a part that resuming drops and runs again.
-    std::string csv_rows, jsonl_rows, console = id + ":";
-    for (const auto& [arm, acc] : results.final_acc) {
-      const Stats s = summarize(acc);
-      nlohmann::json row = {{"config", id},          {"arm", arm},
-                            {"test_acc", s.mean},    {"ci95", s.ci95},
-                            {"std", s.std},          {"n", s.n},
-                            {"ci95_t", s.ci95_t},    {"seconds", seconds},
-                            {"per_model", acc},      {"base", base_settings},
-                            {"device", this_device}, {"data", data}};
-      if (device == Device::cpu) row["cpu_threads"] = this_threads;
-      row["commit"] = kBuildCommit;  // the build that made the row (apps/subliminal/build_info.h)
-      for (const auto& [key, value] : grid[k]) row["settings"][key] = value;
-      jsonl_rows += json_text(row) + '\n';
-      csv_rows += csv_line(row, columns);
-      console += result_text(arm, s.mean, s.ci95);
-    }
-    errno = 0;
-    jsonl << jsonl_rows << std::flush;  // the JSONL first: it is what resuming reads
-    csv << csv_rows << std::flush;
-    if (!csv || !jsonl)  // a full disk: stop rather than report rows that are not there
-      throw InputError("--sweep-out " + path_text(base.sweep_out) +
-                       ": writing its .csv/.jsonl failed after " + id +
-                       (errno ? std::string(" (") + std::strerror(errno) + ")" : std::string()));
-    for (const auto& [path, identity] : opened)
-      if (identity_of(path) != identity)
-        throw InputError("--sweep-out " + path_text(base.sweep_out) + ": " + path_text(path) +
-                         " was removed or replaced during the sweep, so the rows of " + id +
-                         " are not in it; rerun the sweep to run them again");
-    std::fprintf(out, "%s\n", console.c_str());  // said only once its rows are written
+    const ConfigurationRows rows = rows_of(grid[k], results, seconds, context);
+    row_files.append(id, rows);
+    std::fprintf(out, "%s\n", rows.console.c_str());  // said only once its rows are written
     std::fflush(out);
   }
   return 0;
