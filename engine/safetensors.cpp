@@ -36,16 +36,33 @@ struct Entry {
   std::string name;
   DType dtype;
   Shape shape;
-  uint64_t begin, end;
+  uint64_t begin, end;  // byte offsets into the data section
 };
 
-}  // namespace
+// The parser's message quotes the bytes it read last, which may be anything: printable ASCII
+// kept, every other byte as \xNN.
+std::string printable(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte >= 0x20 && byte < 0x7f) {
+      out += c;
+    } else {
+      char hex[5];
+      std::snprintf(hex, sizeof hex, "\\x%02x", unsigned(byte));
+      out += hex;
+    }
+  }
+  return out;
+}
 
-SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::string& name,
-                                  SafetensorsLimits limits) {
+// The file's layout: an 8-byte little-endian header length, the header's JSON, then the data.
+// Returns the header, a JSON object, and sets `header_bytes` to the length of its text.
+nlohmann::json read_header(const uint8_t* bytes, size_t size, const std::string& name,
+                           const SafetensorsLimits& limits, uint64_t& header_bytes) {
   if (size < 8)
     defect(name, "only " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
-  uint64_t header_bytes = 0;
+  header_bytes = 0;
   for (int i = 7; i >= 0; --i) header_bytes = (header_bytes << 8) | bytes[i];
   if (header_bytes > limits.max_header_bytes)
     defect(name, "header length " + std::to_string(header_bytes) + " exceeds the " +
@@ -53,85 +70,80 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::
   if (header_bytes > size - 8)
     defect(name, "header length " + std::to_string(header_bytes) + " runs past the end of the " +
                      std::to_string(size) + "-byte file");
-  const uint8_t* data = bytes + 8 + header_bytes;
-  const uint64_t data_bytes = size - 8 - header_bytes;
-
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_bytes);
   } catch (const nlohmann::json::exception& e) {
-    // The parser's message quotes the bytes it read last, which may be anything.
-    std::string what;
-    for (const char c : std::string(e.what())) {
-      const auto byte = static_cast<unsigned char>(c);
-      if (byte >= 0x20 && byte < 0x7f) {
-        what += c;
-      } else {
-        char hex[5];
-        std::snprintf(hex, sizeof hex, "\\x%02x", unsigned(byte));
-        what += hex;
-      }
-    }
-    defect(name, "header is not valid JSON (" + what + ")");
+    defect(name, "header is not valid JSON (" + printable(e.what()) + ")");
   }
   if (!header.is_object()) defect(name, "header is not a JSON object");
+  return header;
+}
 
-  SafetensorsFile file;
-  std::vector<Entry> entries;
-  for (const auto& [key, value] : header.items()) {
-    if (key == "__metadata__") {
-      if (!value.is_object()) defect(name, "__metadata__ is not an object");
-      for (const auto& [mk, mv] : value.items()) {
-        if (!mv.is_string()) defect(name, "__metadata__ value for " + quoted(mk) + " is not a string");
-        file.metadata[mk] = mv.get<std::string>();
-      }
-      continue;
-    }
-    // Names and values come from the file: quoted (one line, bounded), and JSON values are
-    // described by their type, never dumped (dumping is recursive: a deeply nested value
-    // would overflow the stack).
-    const std::string where = "tensor " + quoted(key);
-    if (!value.is_object() || !value.contains("dtype") || !value.contains("shape") ||
-        !value.contains("data_offsets"))
-      defect(name, where + " lacks dtype, shape or data_offsets");
-    const auto& dtype = value["dtype"];
-    if (!dtype.is_string() || !dtype_codes().count(dtype.get<std::string>()))
-      defect(name,
-             where + " has an unsupported dtype " +
-                 (dtype.is_string() ? quoted(dtype.get<std::string>()) : std::string(dtype.type_name())));
-    Entry e{key, dtype_codes().at(dtype.get<std::string>()), {}, 0, 0};
-    const auto& shape = value["shape"];
-    if (!shape.is_array() || shape.size() > 8)
-      defect(name, where + " has a bad shape (expected an array of at most 8 dimensions)");
-    uint64_t count = 1;
-    for (const auto& d : shape) {
-      if (!d.is_number_unsigned())
-        defect(name, where + " has a bad shape (an entry is not a whole number ≥ 0)");
-      const uint64_t dim = d.get<uint64_t>();
-      if (dim > data_bytes && dim != 0)  // also keeps every dimension far below 2^63
-        defect(name, where + " has a bad shape (a dimension of " + std::to_string(dim) +
-                         ", more than the file's data bytes)");
-      if (dim != 0 && count > data_bytes / dim)
-        defect(name, where + " declares more elements than the file holds");
-      count *= dim;
-      e.shape.push_back(int64_t(dim));
-    }
-    const auto& offsets = value["data_offsets"];
-    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
-        !offsets[1].is_number_unsigned())
-      defect(name, where + " has bad data_offsets (expected two whole numbers)");
-    e.begin = offsets[0].get<uint64_t>();
-    e.end = offsets[1].get<uint64_t>();
-    if (e.begin > e.end || e.end > data_bytes)
-      defect(name, where + " has data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
-                       ") outside the " + std::to_string(data_bytes) + " data bytes");
-    if (count * dtype_size(e.dtype) != e.end - e.begin)
-      defect(name, where + " has " + std::to_string(e.end - e.begin) + " bytes for " + std::to_string(count) +
-                       " " + dtype_name(e.dtype) + " values");
-    entries.push_back(std::move(e));
+// "__metadata__": an object of strings.
+std::map<std::string, std::string> read_metadata(const nlohmann::json& value, const std::string& name) {
+  if (!value.is_object()) defect(name, "__metadata__ is not an object");
+  std::map<std::string, std::string> metadata;
+  for (const auto& [key, text] : value.items()) {
+    if (!text.is_string()) defect(name, "__metadata__ value for " + quoted(key) + " is not a string");
+    metadata[key] = text.get<std::string>();
+  }
+  return metadata;
+}
+
+// One tensor's header entry, {"dtype": "F32", "shape": [O, I], "data_offsets": [begin, end]},
+// checked against a data section of `data_bytes`: a known dtype, at most 8 dimensions, offsets
+// inside the data and exactly as many bytes as the shape's elements need — with no product or
+// sum that could overflow on the way. Names and values come from the file: quoted (one line,
+// bounded), and JSON values are described by their type, never dumped (dumping is recursive: a
+// deeply nested value would overflow the stack).
+Entry read_entry(const std::string& key, const nlohmann::json& value, uint64_t data_bytes,
+                 const std::string& name) {
+  const std::string where = "tensor " + quoted(key);
+  if (!value.is_object() || !value.contains("dtype") || !value.contains("shape") ||
+      !value.contains("data_offsets"))
+    defect(name, where + " lacks dtype, shape or data_offsets");
+  const auto& dtype = value["dtype"];
+  if (!dtype.is_string() || !dtype_codes().count(dtype.get<std::string>()))
+    defect(name, where + " has an unsupported dtype " +
+                     (dtype.is_string() ? quoted(dtype.get<std::string>()) : std::string(dtype.type_name())));
+  Entry e{key, dtype_codes().at(dtype.get<std::string>()), {}, 0, 0};
+
+  const auto& shape = value["shape"];
+  if (!shape.is_array() || shape.size() > 8)
+    defect(name, where + " has a bad shape (expected an array of at most 8 dimensions)");
+  uint64_t count = 1;
+  for (const auto& d : shape) {
+    if (!d.is_number_unsigned())
+      defect(name, where + " has a bad shape (an entry is not a whole number ≥ 0)");
+    const uint64_t dim = d.get<uint64_t>();
+    if (dim > data_bytes && dim != 0)  // also keeps every dimension far below 2^63
+      defect(name, where + " has a bad shape (a dimension of " + std::to_string(dim) +
+                       ", more than the file's data bytes)");
+    if (dim != 0 && count > data_bytes / dim)
+      defect(name, where + " declares more elements than the file holds");
+    count *= dim;
+    e.shape.push_back(int64_t(dim));
   }
 
-  // The data must be covered exactly: sorted by offset, each entry starts where the last ended.
+  const auto& offsets = value["data_offsets"];
+  if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
+      !offsets[1].is_number_unsigned())
+    defect(name, where + " has bad data_offsets (expected two whole numbers)");
+  e.begin = offsets[0].get<uint64_t>();
+  e.end = offsets[1].get<uint64_t>();
+  if (e.begin > e.end || e.end > data_bytes)
+    defect(name, where + " has data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
+                     ") outside the " + std::to_string(data_bytes) + " data bytes");
+  if (count * dtype_size(e.dtype) != e.end - e.begin)
+    defect(name, where + " has " + std::to_string(e.end - e.begin) + " bytes for " + std::to_string(count) +
+                     " " + dtype_name(e.dtype) + " values");
+  return e;
+}
+
+// The data must be covered exactly: sorted by offset, each entry starts where the last ended,
+// and the last ends where the file does.
+void check_coverage(const std::vector<Entry>& entries, uint64_t data_bytes, const std::string& name) {
   std::vector<const Entry*> by_offset;
   for (const Entry& e : entries) by_offset.push_back(&e);
   std::sort(by_offset.begin(), by_offset.end(), [](const Entry* a, const Entry* b) {
@@ -146,6 +158,26 @@ SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::
   }
   if (covered != data_bytes)
     defect(name, std::to_string(data_bytes - covered) + " data bytes belong to no tensor");
+}
+
+}  // namespace
+
+SafetensorsFile parse_safetensors(const uint8_t* bytes, size_t size, const std::string& name,
+                                  SafetensorsLimits limits) {
+  uint64_t header_bytes = 0;
+  const nlohmann::json header = read_header(bytes, size, name, limits, header_bytes);
+  const uint8_t* data = bytes + 8 + header_bytes;
+  const uint64_t data_bytes = size - 8 - header_bytes;
+
+  SafetensorsFile file;
+  std::vector<Entry> entries;
+  for (const auto& [key, value] : header.items()) {
+    if (key == "__metadata__")
+      file.metadata = read_metadata(value, name);
+    else
+      entries.push_back(read_entry(key, value, data_bytes, name));
+  }
+  check_coverage(entries, data_bytes, name);
 
   for (const Entry& e : entries) {
     Tensor t = Tensor::empty(e.shape, e.dtype, Device::cpu);

@@ -142,6 +142,9 @@ TEST(Safetensors, RefusesEveryMalformedFileNamingIt) {
   expect_defect(file_bytes(good, kEightBytes, int64_t(good.size() + 9)), "runs past the end");
   expect_defect(file_bytes(good, kEightBytes, int64_t(1) << 62), "exceeds");
   expect_defect(file_bytes("{\"a\": [1, 2", ""), "not valid JSON");
+  // The JSON parser quotes the bytes it read last; a byte that is not printable ASCII is shown
+  // as \xNN, so the message stays one readable line.
+  expect_defect(file_bytes("{\"a\xff\n", ""), "\\xff");
   expect_defect(file_bytes("[1, 2, 3]", ""), "not a JSON object");
   expect_defect(file_bytes("{\"a\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]}}", "1234"),
                 "unsupported dtype");
