@@ -3,7 +3,7 @@
 // The only place that prints errors and picks exit codes:
 //   0 success · 1 internal or device fault · 2 bad input (flag, file, environment) or out of memory ·
 //   3 a NaN/Inf stopped training
-#include <fcntl.h>  // fcntl, open: the standard descriptors
+#include <fcntl.h>    // fcntl, open: the standard descriptors
 #include <pthread.h>  // pthread_getattr_default_np: the stack a new thread maps
 #include <unistd.h>
 
@@ -107,7 +107,7 @@ void check_before_running(const Config& config) {
     check_output_path("--sweep-out", config.sweep_out + ".csv", false);
     check_output_path("--sweep-out", config.sweep_out + ".jsonl", false);
     check_sweep_lock(config.sweep_out);  // someone's own PREFIX.lock is not taken over, nor removed
-    sweep_configs(config);  // a bad --sweep is found before the device and MNIST are set up
+    sweep_configs(config);               // a bad --sweep is found before the device and MNIST are set up
   }
 }
 
@@ -166,6 +166,67 @@ std::string run_interrupted(const std::string& json_path, const std::string& sav
          " not written";
 }
 
+// A bad --load-init file is found before anything runs. The file gives the weights only: a run
+// meant to repeat the one that saved them needs its seed too, which a reader of the file would
+// not guess, so a differing seed is said.
+void check_init_file(const Config& config) {
+  if (config.load_init_path.empty()) return;
+  MlpParams probe(config.mlp_shape(), config.models, DType::f32, Device::cpu);
+  std::string saved_seed;
+  load_init(config.load_init_path, probe, !config.parity_batch_path.empty(), &saved_seed);
+  if (!saved_seed.empty() && saved_seed != std::to_string(config.seed) && config.parity_batch_path.empty())
+    std::fprintf(stderr,
+                 "subliminal: note: %s was saved by a run with --seed %s; this run's batches, noise and "
+                 "cross-init student follow --seed %llu, so it does not repeat that run (give --seed %s "
+                 "to)\n",
+                 config.load_init_path.c_str(), saved_seed.c_str(), (unsigned long long)config.seed,
+                 saved_seed.c_str());
+}
+
+// The CPU threads, the host-memory ceiling and the floating-point mode the run works under.
+void set_up_this_machine(const Config& config, Device device) {
+  const int cpu_threads =
+      config.threads > 0 ? config.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  set_cpu_threads(cpu_threads);  // the GEMMs' slabs and the loops between them (engine/parallel.h)
+  // Flags that ask for more host memory than there is end in an error naming the bytes, not in
+  // the kernel's silent kill once overcommitted pages are touched (engine/storage.h).
+  set_cpu_memory_limit(cpu_memory_ceiling(device, cpu_threads));
+  if (config.sweeps.empty()) check_host_memory(config, device);  // a sweep's, per configuration
+  flush_denormals_on_this_thread();
+}
+
+// The numbers first, the checkpoint last, and each written even if the other cannot be (a full
+// disk, a file-size limit): a run of many models should not lose its report to its checkpoint's
+// size. A failure is then the program's error; two are one line naming both.
+void write_report_then_checkpoint(const Config& config, const Results& results, const RunTimes& times,
+                                  Device device, const RunSource& source, const TrainedModels& trained) {
+  std::exception_ptr failed;
+  std::string failures;
+  const auto attempt = [&](const auto& write) {
+    try {
+      write();
+      return true;
+    } catch (const std::exception& e) {
+      if (!failed) failed = std::current_exception();
+      failures += (failures.empty() ? "" : "; ") + std::string(e.what());
+      return false;
+    }
+  };
+  bool report_written = true;
+  if (!config.json_path.empty())
+    report_written = attempt([&] {
+      write_file_atomically(config.json_path, report_json(config, results, times, device, source));
+    });
+  set_interrupt_note(run_interrupted(report_written ? "" : config.json_path, config.save_path));
+  const bool saved = config.save_path.empty() || attempt([&] {
+                       save_trained(config.save_path, trained.teacher, trained.ghost, trained.all,
+                                    trained.arms, config.force);
+                     });
+  set_interrupt_note("");  // nothing is left to lose
+  if (!report_written && !saved) throw InputError(failures);
+  if (failed) std::rethrow_exception(failed);
+}
+
 int run(int argc, char** argv) {
   const auto started = std::chrono::steady_clock::now();
   const std::string started_utc = utc_now();
@@ -181,32 +242,10 @@ int run(int argc, char** argv) {
   Config config = command_line.config;
   check_before_running(config);
   set_interrupt_note(" before the run started");
-  // A bad checkpoint is found before anything runs (a sweep's, at each configuration's --models,
-  // by sweep_configs above).
-  if (!config.load_init_path.empty() && config.sweeps.empty()) {
-    MlpParams probe(config.mlp_shape(), config.models, DType::f32, Device::cpu);
-    std::string saved_seed;
-    load_init(config.load_init_path, probe, !config.parity_batch_path.empty(), &saved_seed);
-    // The file gives the weights only: a run meant to repeat the one that saved them needs its
-    // seed too, which a reader of the file would not guess.
-    if (!saved_seed.empty() && saved_seed != std::to_string(config.seed) && config.parity_batch_path.empty())
-      std::fprintf(stderr,
-                   "subliminal: note: %s was saved by a run with --seed %s; this run's batches, noise and "
-                   "cross-init student follow --seed %llu, so it does not repeat that run (give --seed %s "
-                   "to)\n",
-                   config.load_init_path.c_str(), saved_seed.c_str(), (unsigned long long)config.seed,
-                   saved_seed.c_str());
-  }
+  if (config.sweeps.empty()) check_init_file(config);  // a sweep's, by sweep_configs
   const Device device = resolve_device(config.device);
   note_gpu_only_flags(config, device);
-  const int cpu_threads =
-      config.threads > 0 ? config.threads : int(std::max(1u, std::thread::hardware_concurrency()));
-  set_cpu_threads(cpu_threads);  // the GEMMs' slabs and the loops between them (engine/parallel.h)
-  // Flags that ask for more host memory than there is end in an error naming the bytes, not in
-  // the kernel's silent kill once overcommitted pages are touched (engine/storage.h).
-  set_cpu_memory_limit(cpu_memory_ceiling(device, cpu_threads));
-  if (config.sweeps.empty()) check_host_memory(config, device);  // a sweep's, per configuration
-  flush_denormals_on_this_thread();
+  set_up_this_machine(config, device);
 
   const std::filesystem::path dir = data::locate_mnist(config.data_dir);
   check_outputs_spare(config, data::mnist_files_in(dir));  // before anything is written
@@ -240,35 +279,10 @@ int run(int argc, char** argv) {
       run_experiment(config, mnist, device, observer, config.save_path.empty() ? nullptr : &trained);
   times.total = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   print_summary(stdout, config, results, times);
-  // The numbers first, the checkpoint last, and each written even if the other cannot be (a
-  // full disk, a file-size limit): a run of many models should not lose its report to its
-  // checkpoint's size. A failure is then the program's error; two are one line naming both.
-  std::exception_ptr failed;
-  std::string failures;
-  const auto attempt = [&](const auto& write) {
-    try {
-      write();
-      return true;
-    } catch (const std::exception& e) {
-      if (!failed) failed = std::current_exception();
-      failures += (failures.empty() ? "" : "; ") + std::string(e.what());
-      return false;
-    }
-  };
-  bool report_written = true;
+  RunSource source;  // for --json only: the fingerprint reads all of MNIST (a CRC-32 of 55 MB)
   if (!config.json_path.empty())
-    report_written = attempt([&] {
-      const RunSource source{dir.string(), data::mnist_fingerprint(mnist), {argv, argv + argc}, started_utc};
-      write_file_atomically(config.json_path, report_json(config, results, times, device, source));
-    });
-  set_interrupt_note(run_interrupted(report_written ? "" : config.json_path, config.save_path));
-  const bool saved = config.save_path.empty() || attempt([&] {
-                       save_trained(config.save_path, trained.teacher, trained.ghost, trained.all,
-                                    trained.arms, config.force);
-                     });
-  set_interrupt_note("");  // nothing is left to lose
-  if (!report_written && !saved) throw InputError(failures);
-  if (failed) std::rethrow_exception(failed);
+    source = {dir.string(), data::mnist_fingerprint(mnist), {argv, argv + argc}, started_utc};
+  write_report_then_checkpoint(config, results, times, device, source, trained);
   return 0;
 }
 
