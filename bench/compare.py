@@ -451,50 +451,43 @@ def parse_args():
     return args
 
 
-def main():
-    args = parse_args()
-    wanted, engine_args = args.wanted, args.engine_argv
-    try:
-        data_dir = bench_io.locate_mnist(args.data, REPO)
-    except ValueError as e:
-        die(str(e))
-    threads = args.threads if args.threads > 0 else usable_cores()
-    engine = os.path.abspath(args.engine)
-    engine_ok = os.path.isfile(engine) and os.access(engine, os.X_OK)
-    if "engine" in wanted and not engine_ok:
-        die(f"no engine executable at {shown(engine)} (build it: cmake --build build; or pass --engine PATH, "
-            "or leave it out with --variants)")
-    torch_wanted = [v for v in wanted if v != "engine"]
-    py, torch_version, torch_cuda = (None, None, False)
-    no_torch = None  # why the torch rows cannot run, when they cannot: they stay in the table as failed
-    if torch_wanted:
-        py, torch_version, torch_cuda = python_with_torch(args.python)
-        if not py:
-            if args.python:
-                die(f"--python {shown(args.python)}: cannot import torch and numpy with it")
-            no_torch = "no python with torch and numpy (tried this one, python3, /usr/bin/python3; see --python)"
+def find_torch(args, torch_wanted):
+    """(python, torch version, has CUDA, why the torch rows cannot run or None)."""
+    if not torch_wanted:
+        return None, None, False, None
+    py, torch_version, torch_cuda = python_with_torch(args.python)
+    if py:
+        return py, torch_version, torch_cuda, None
+    if args.python:
+        die(f"--python {shown(args.python)}: cannot import torch and numpy with it")
+    # The torch rows stay in the table, as failed rows saying why.
+    return None, None, False, "no python with torch and numpy (tried this one, python3, /usr/bin/python3; see --python)"
 
-    gpus = nvidia_gpus()
+
+def devices_to_run(args, gpus, torch_cuda):
     has_gpu = bool(gpus) or torch_cuda
     if args.device == "cuda" and not has_gpu:
         die("--device cuda: no GPU found (nvidia-smi lists none and torch.cuda.is_available() is False)")
-    devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else (
-        ["cpu", "cuda"] if has_gpu else ["cpu"])
+    if args.device in ("cpu", "cuda"):
+        return [args.device]
+    return ["cpu", "cuda"] if has_gpu else ["cpu"]
 
-    engine_build = None  # the commit it was built from (its --version's first line), kept with the numbers
-    if engine_ok:
-        try:
-            version = subprocess.run([engine, "--version"], capture_output=True, text=True, timeout=60)
-            if version.returncode == 0 and version.stdout.startswith("subliminal "):
-                engine_build = version.stdout.splitlines()[0][len("subliminal "):]
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    machine = {"cpu": cpu_model(), "cores": usable_cores(),
-               "gpu": ", ".join(f"{g[0]} (driver {g[1]}, {g[2]})" if len(g) >= 3 else g[0] for g in gpus) or None,
-               "torch": torch_version, "python": py, "engine": engine if engine_ok else None,
-               "engine_build": engine_build,
-               "engine_args": engine_args, "divergence": args.divergence,
-               "hostname": os.uname().nodename}
+
+def engine_build_of(engine):
+    """The commit the engine was built from (its --version's first line), kept with the numbers."""
+    try:
+        version = subprocess.run([engine, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if version.returncode == 0 and version.stdout.startswith("subliminal "):
+        return version.stdout.splitlines()[0][len("subliminal "):]
+    return None
+
+
+def plan_specs(args, devices, threads, data_dir, engine, py, torch_version, torch_cuda, no_torch):
+    """Every row of the table, as the command it runs and how many times."""
+    wanted, engine_args = args.wanted, args.engine_argv
+    torch_wanted = [v for v in wanted if v != "engine"]
     common_engine = ["--data", data_dir, "--threads", str(threads), "--seed", str(args.seed), "--no-progress",
                      "--epochs-teacher", str(args.epochs_teacher), "--epochs-distill", str(args.epochs_distill)]
     common_torch = ["--data", data_dir, "--threads", str(threads), "--seed", str(args.seed)]
@@ -534,6 +527,89 @@ def main():
         if cannot_run:
             for s in specs[first_torch_row:]:
                 s.repeats, s.failures = 0, [cannot_run]
+    return specs
+
+
+def make_outdir(args):
+    """--outdir, or a new temp directory; made only once runs start (not for --dry-run or refused flags)."""
+    try:
+        if args.outdir:
+            outdir = os.path.abspath(args.outdir)
+            os.makedirs(outdir, exist_ok=True)
+            return outdir
+        return tempfile.mkdtemp(prefix="compare_")
+    except OSError as e:
+        die(f"--outdir {shown(args.outdir or tempfile.gettempdir())}: cannot make it ({e.strerror or e})")
+
+
+class JsonReport:
+    """The report to --json, written once at least one run has succeeded (an existing file is not replaced
+    by a report of failures only); atomically, so a kill never leaves half a file."""
+
+    def __init__(self, args, specs, header):
+        self.path, self.specs, self.header = args.json, specs, header
+        self.failed = []  # the messages of failed writes since the last good one
+
+    def write(self, rows, complete):
+        if not self.path or not any(s.runs for s in self.specs):
+            return False
+        try:
+            bench_io.write_json_atomically(self.path, {**self.header, "complete": complete, "rows": rows,
+                                                       "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        except OSError as e:
+            self.failed.append(f"--json {shown(self.path)}: cannot write it ({e.strerror or e})")
+            if len(self.failed) == 1:
+                note(f"warning: {self.failed[-1]}")
+            return False
+        self.failed.clear()
+        return True
+
+
+class Stopped(Exception):
+    pass
+
+
+def run_round_robin(specs, outdir, timeout, report):
+    """Repeat r of every row before repeat r + 1 of any, so drift hits every row alike. Returns whether it
+    ran to the end (False: stopped by SIGTERM or Ctrl-C; the runs finished so far are kept)."""
+    def on_signal(signum, _frame):
+        raise Stopped(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        for r in range(max(s.repeats for s in specs)):
+            for s in specs:
+                if r < s.repeats:
+                    run_once(s, outdir, r + 1, timeout)
+                    report.write(with_ratios([summarize(x) for x in specs]), False)  # partial results survive a kill
+    except (Stopped, KeyboardInterrupt) as e:
+        note(f"stopped ({e or 'interrupt'}): the table holds the runs finished so far")
+        return False
+    return True
+
+
+def main():
+    args = parse_args()
+    try:
+        data_dir = bench_io.locate_mnist(args.data, REPO)
+    except ValueError as e:
+        die(str(e))
+    threads = args.threads if args.threads > 0 else usable_cores()
+    engine = os.path.abspath(args.engine)
+    engine_ok = os.path.isfile(engine) and os.access(engine, os.X_OK)
+    if "engine" in args.wanted and not engine_ok:
+        die(f"no engine executable at {shown(engine)} (build it: cmake --build build; or pass --engine PATH, "
+            "or leave it out with --variants)")
+    py, torch_version, torch_cuda, no_torch = find_torch(args, [v for v in args.wanted if v != "engine"])
+    gpus = nvidia_gpus()
+    devices = devices_to_run(args, gpus, torch_cuda)
+    machine = {"cpu": cpu_model(), "cores": usable_cores(),
+               "gpu": ", ".join(f"{g[0]} (driver {g[1]}, {g[2]})" if len(g) >= 3 else g[0] for g in gpus) or None,
+               "torch": torch_version, "python": py, "engine": engine if engine_ok else None,
+               "engine_build": engine_build_of(engine) if engine_ok else None,
+               "engine_args": args.engine_argv, "divergence": args.divergence,
+               "hostname": os.uname().nodename}
+    specs = plan_specs(args, devices, threads, data_dir, engine, py, torch_version, torch_cuda, no_torch)
     if not any(s.repeats for s in specs):
         die("nothing to run" + (f": {specs[0].failures[0]}" if specs else ""))
     if no_torch:  # said once the flags are known to be good: a refusal stays one line
@@ -547,62 +623,21 @@ def main():
                   (f"x{s.repeats}: {' '.join(s.cmd)} --json ..." if s.repeats else f"cannot run: {s.failures[0]}"))
         return 0
 
-    # the outdir is made only now that runs start (not for --dry-run or refused flags)
-    try:
-        if args.outdir:
-            outdir = os.path.abspath(args.outdir)
-            os.makedirs(outdir, exist_ok=True)
-        else:
-            outdir = tempfile.mkdtemp(prefix="compare_")
-    except OSError as e:
-        die(f"--outdir {shown(args.outdir or tempfile.gettempdir())}: cannot make it ({e.strerror or e})")
+    outdir = make_outdir(args)
     note(f"per-run reports and logs in {outdir}")
-    json_failed = []
-
-    def write_json(rows, complete):
-        """The report to --json, once at least one run has succeeded (an existing file is not replaced
-        by a report of failures only); atomically, so a kill never leaves half a file."""
-        if not args.json or not any(s.runs for s in specs):
-            return False
-        out = {"machine": machine, "threads": threads, "data": data_dir, "seed": args.seed,
-               "epochs_teacher": args.epochs_teacher, "epochs_distill": args.epochs_distill,
-               "repeats": args.repeats, "faithful_epochs": args.faithful_epochs or None, "complete": complete,
-               "rows": rows, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        try:
-            bench_io.write_json_atomically(args.json, out)
-        except OSError as e:
-            json_failed.append(f"--json {shown(args.json)}: cannot write it ({e.strerror or e})")
-            if len(json_failed) == 1:
-                note(f"warning: {json_failed[-1]}")
-            return False
-        json_failed.clear()
-        return True
-
-    class Stopped(Exception):
-        pass
-
-    def on_signal(signum, _frame):
-        raise Stopped(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, on_signal)
+    report = JsonReport(args, specs, {
+        "machine": machine, "threads": threads, "data": data_dir, "seed": args.seed,
+        "epochs_teacher": args.epochs_teacher, "epochs_distill": args.epochs_distill, "repeats": args.repeats,
+        "faithful_epochs": args.faithful_epochs or None})
     t0 = time.perf_counter()
-    complete = True
-    try:
-        for r in range(max(s.repeats for s in specs)):  # round-robin over the variants
-            for s in specs:
-                if r < s.repeats:
-                    run_once(s, outdir, r + 1, args.timeout)
-                    write_json(with_ratios([summarize(x) for x in specs]), False)  # partial results survive a kill
-    except (Stopped, KeyboardInterrupt) as e:
-        complete = False
-        note(f"stopped ({e or 'interrupt'}): the table holds the runs finished so far")
+    complete = run_round_robin(specs, outdir, args.timeout, report)
     rows = with_ratios([summarize(s) for s in specs])
     print_table(machine, rows, threads)
     print(f"\n(compare.py took {time.perf_counter() - t0:.0f} s; per-run reports and logs in {outdir})"
           + ("" if complete else " — INCOMPLETE"))
-    if args.json and not write_json(rows, complete):
-        if json_failed:
-            die(json_failed[-1])
+    if args.json and not report.write(rows, complete):
+        if report.failed:
+            die(report.failed[-1])
         note(f"no run succeeded: --json {shown(args.json)} not written" +
              (" (the existing file is kept)" if os.path.exists(args.json) else ""))
     failed = [r for r in rows if not r.get("runs")]
