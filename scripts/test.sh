@@ -7,7 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # SUBLIMINAL_WARNINGS_AS_ERRORS=ON (CI sets it): a compiler warning, or a register spill ptxas
 # reports, fails the build instead of scrolling past.
+# The bench tools' tests run their PyTorch cases with the project's own PyTorch where
+# `scripts/setup.sh --bench` installed it (.venv), else skip them, saying so. Named every time:
+# the build folder would otherwise keep the python of its first configure.
+python=$(command -v python3 || true)
+if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch, numpy" >/dev/null 2>&1; then
+  python="$PWD/.venv/bin/python"
+fi
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_COMPILE_WARNING_AS_ERROR="${SUBLIMINAL_WARNINGS_AS_ERRORS:-OFF}"
+  -DCMAKE_COMPILE_WARNING_AS_ERROR="${SUBLIMINAL_WARNINGS_AS_ERRORS:-OFF}" \
+  ${python:+-DPython3_EXECUTABLE="$python"}
 cmake --build build
 ctest --test-dir build --output-on-failure -j "$(nproc)"
