@@ -1000,6 +1000,54 @@ TEST(Report, TheSummaryAddsStudentsTIntervalBelowThirtyModels) {
   EXPECT_NE(summary(1).find("Teacher final test accuracy: 50.0000%\n"), std::string::npos) << summary(1);
 }
 
+// The summary's "with" line names the settings of the experiment that differ from its preset's,
+// as flags — and those flags, given again with the preset, make the same experiment.
+TEST(Report, TheSummaryNamesTheSettingsOffThePresetAsFlagsThatRepeatThem) {
+  EXPECT_EQ(flags_off_preset(parse({})), "");
+  EXPECT_EQ(flags_off_preset(parse({"--preset", "paper"})), "");
+  EXPECT_EQ(flags_off_preset(parse({"--seed", "3", "--models", "4", "--threads", "1", "--fusion", "none"})),
+            "")
+      << "the header names the seed and models; how a run computes is not what it computes";
+  EXPECT_EQ(flags_off_preset(parse({"--preset", "paper", "--batch-size", "1024"})), "")
+      << "the paper's own batch size is not off its preset";
+  EXPECT_EQ(flags_off_preset(parse({"--preset", "paper", "--batch-size", "256"})), "--batch-size 256");
+  EXPECT_EQ(flags_off_preset(parse({"--noise", "mnist", "--noise-set", "fixed"})), "--noise mnist")
+      << "--noise-set is ignored with --noise mnist";
+
+  const Config config = parse({"--weight-decay",
+                               "1e-4",
+                               "--hidden",
+                               "128,64",
+                               "--lr",
+                               "0.001",
+                               "--divergence",
+                               "js",
+                               "--init",
+                               "normal",
+                               "--cross-init",
+                               "false",
+                               "--temperature",
+                               "2",
+                               "--init-perturb",
+                               "0.01",
+                               "--train-samples",
+                               "1000",
+                               "--ghosts",
+                               "5",
+                               "--epochs-teacher",
+                               "2",
+                               "--noise-set",
+                               "fixed",
+                               "--all-logit-arms",
+                               "true"});
+  const std::string text = flags_off_preset(config);
+  EXPECT_EQ(text,
+            "--ghosts 5 --hidden 128,64 --lr 0.001 --epochs-teacher 2 --temperature 2.0 --divergence js "
+            "--init normal --noise-set fixed --weight-decay 0.0001 --init-perturb 0.01 --cross-init false "
+            "--all-logit-arms true --train-samples 1000");
+  EXPECT_EQ(config_json(parse_words(text)), config_json(config)) << text;
+}
+
 // The students' epoch lines name the loss --divergence chose: "kl=" with the notebook's four
 // decimals, "js=" (no line of the notebook's, and small) with significant digits.
 TEST(Report, TheStudentsEpochLineNamesTheDivergence) {

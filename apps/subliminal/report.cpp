@@ -158,6 +158,9 @@ void print_summary(std::FILE* out, const Config& config, const Results& results,
   std::fprintf(out, "\nSummary (%s preset, seed %llu, %lld model%s, %s):\n", preset_name(config.preset),
                (unsigned long long)config.seed, (long long)config.models, config.models == 1 ? "" : "s",
                where_it_runs(results.device).c_str());
+  // What was run, beyond the header, so that a console copied into notes says it.
+  const std::string flags = flags_off_preset(config);
+  if (!flags.empty()) std::fprintf(out, "  with %s\n", flags.c_str());
   std::fprintf(out, "  %-36s %s\n", "arm", "test accuracy");
   for (const auto& [key, acc] : results.final_acc)
     std::fprintf(out, "  %-36s %s\n", arm_description(key).c_str(), percent(acc, 2).c_str());
@@ -170,6 +173,45 @@ void print_summary(std::FILE* out, const Config& config, const Results& results,
                times.total, times.load, teacher == results.timing.end() ? 0.0 : teacher->second.wall_seconds,
                distill, results.eval_seconds);
   if (!results.notes.empty()) std::fprintf(out, "Notes:\n%s", results.notes.c_str());
+}
+
+std::string setting_text(const nlohmann::json& value) {
+  if (value.is_string()) return value.get<std::string>();
+  if (!value.is_array()) return value.dump();
+  std::string text;
+  for (const nlohmann::json& v : value) {
+    if (!text.empty()) text += ',';
+    text += setting_text(v);
+  }
+  return text;
+}
+
+std::string flags_off_preset(const Config& config) {
+  Config preset;
+  set_config_value(preset, "preset", preset_name(config.preset));
+  const nlohmann::json ran = config_json(config), preset_settings = config_json(preset);
+  // The settings that change what the experiment computes, in --help's order (the header names
+  // the preset, seed and models; --gemm, --step, --fusion and --threads change how it is
+  // computed, not what). With --noise mnist, --noise-set is ignored: not named.
+  const char* experiment_keys[] = {"ghosts",         "hidden",         "batch_size",     "lr",
+                                   "epochs_teacher", "epochs_distill", "temperature",    "divergence",
+                                   "init",           "noise",          "noise_set",      "weight_decay",
+                                   "init_perturb",   "cross_init",     "all_logit_arms", "train_samples"};
+  std::vector<std::string> flags;
+  for (std::string key : experiment_keys) {
+    if (ran[key] == preset_settings[key] || (key == "noise_set" && config.noise == NoiseKind::mnist))
+      continue;
+    const std::string value = setting_text(ran[key]);
+    std::replace(key.begin(), key.end(), '_', '-');  // the report's name → the flag's
+    flags.push_back("--" + key + " " + value);
+  }
+  if (!config.load_init_path.empty()) flags.push_back("--load-init " + path_text(config.load_init_path));
+  std::string text;
+  for (const std::string& flag : flags) {
+    if (!text.empty()) text += ' ';
+    text += flag;
+  }
+  return text;
 }
 
 std::string json_text(const nlohmann::json& j, int indent) {

@@ -58,6 +58,14 @@ void print_summary(std::FILE* out, const Config& config, const Results& results,
 // Every setting that shapes a run's results (the report's "config"; no file names).
 nlohmann::json config_json(const Config& config);
 
+// A setting's JSON value (config_json) as the flag takes it: hidden's [256,256] as 256,256,
+// "js" as js, 0.0001 as 0.0001.
+std::string setting_text(const nlohmann::json& value);
+
+// The settings of the experiment that differ from its preset's, as the flags that set them:
+// "--lr 0.001 --weight-decay 0.0001", or "" for none.
+std::string flags_off_preset(const Config& config);
+
 // JSON text that cannot fail: a file name that is not UTF-8 (a path is bytes) has its bad bytes
 // replaced by U+FFFD instead of throwing after a whole run.
 std::string json_text(const nlohmann::json& j, int indent = -1);

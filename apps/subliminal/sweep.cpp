@@ -103,8 +103,10 @@ std::string differences(const nlohmann::json& old_base, const nlohmann::json& ne
 // Settings added to the report after sweeps had been written with it, and the value a run made
 // before each had: such rows name it neither in their base nor in their settings (a sweep over
 // it puts it there), and are rows of that value.
-const std::vector<std::pair<std::string, std::string>>& settings_added_since() {
-  static const std::vector<std::pair<std::string, std::string>> added = {
+// Values are JSON as config_json writes them: a string for a choice ("kl"), a number or a bool
+// for a setting that is one, so that a row's base compares equal to a new one's.
+const std::vector<std::pair<std::string, nlohmann::json>>& settings_added_since() {
+  static const std::vector<std::pair<std::string, nlohmann::json>> added = {
       {"divergence", "kl"}};  // --divergence
   return added;
 }
@@ -427,15 +429,6 @@ struct CsvColumns {
   const Config* base = nullptr;
   std::vector<std::string> keys;
 };
-
-// A setting's JSON value (config_json) as one CSV value: hidden's [256,256] as 256,256.
-std::string setting_text(const nlohmann::json& value) {
-  if (value.is_string()) return value.get<std::string>();
-  if (!value.is_array()) return value.dump();
-  std::string text;
-  for (const nlohmann::json& v : value) text += (text.empty() ? "" : ",") + setting_text(v);
-  return text;
-}
 
 // The values of swept keys `keys` (flags' names: "batch-size") the row's run read: the base with
 // all of the row's settings (one setting can change how another reads: noise=mnist makes any
