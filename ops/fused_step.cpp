@@ -47,8 +47,8 @@ void check_tail(const char* op, const StepTail& tail, const MlpParams& params) {
   if (tail.loss_sum.defined()) {  // the checks of accumulate_and_watch, for the step's losses
     check_loss_watch(op, tail.loss_sum, tail.step, tail.first_bad);
     if (tail.loss_sum.shape() != Shape{params.models()} || tail.loss_sum.dtype() != params.dtype())
-      throw ShapeError(where + "loss sums " + tail.loss_sum.describe() + " for " + std::to_string(params.models()) +
-                       " models");
+      throw ShapeError(where + "loss sums " + tail.loss_sum.describe() + " for " +
+                       std::to_string(params.models()) + " models");
     check_same_device(op, params.values(), tail.loss_sum);
   }
   check_counters(op, tail.counters);  // the checks of increment
@@ -121,7 +121,8 @@ Tensor deliver(const Tensor& loss, const Tensor& loss_out) {
 
 void run_step_tail(const StepTail& tail, const Tensor& loss) {
   if (tail.adam) tail.adam->step();
-  if (tail.loss_sum.defined()) accumulate_and_watch(tail.loss_sum, loss, tail.loss_weight, tail.step, tail.first_bad);
+  if (tail.loss_sum.defined())
+    accumulate_and_watch(tail.loss_sum, loss, tail.loss_weight, tail.step, tail.first_bad);
   increment(tail.counters);
 }
 
@@ -150,8 +151,10 @@ FusedStepDesign fused_step_design() { return design(); }
 bool fused_step_on_gpu(const MlpParams& params) {
 #ifdef SUBLIMINAL_HAS_CUDA
   const int layers = params.shape().layers();
-  return params.device() == Device::cuda && params.dtype() == DType::f32 && layers >= 2 &&
-         layers <= cuda::kFusedMaxLayers;
+  static_assert(kFusedStepMaxLayers == cuda::kFusedMaxLayers,
+                "the kernels' limit, as ops/fused_step.h says it");
+  return params.device() == Device::cuda && params.dtype() == DType::f32 && layers >= kFusedStepMinLayers &&
+         layers <= kFusedStepMaxLayers;
 #else
   (void)params;
   return false;

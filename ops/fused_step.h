@@ -21,6 +21,10 @@
 
 namespace subliminal {
 
+// The layers the GPU's fused-step kernels train: 2 to 3 (one or two hidden layers). A deeper MLP
+// takes the autograd tape.
+inline constexpr int kFusedStepMinLayers = 2, kFusedStepMaxLayers = 3;
+
 // True when fused_*_step runs as a GPU kernel (of the design below) for these parameters.
 bool fused_step_on_gpu(const MlpParams& params);
 
@@ -59,7 +63,8 @@ void run_step_tail(const StepTail& tail, const Tensor& loss);
 // loop passes one that outlives the step: on the GPU the step then allocates nothing, and a
 // CUDA graph of it holds no memory nodes.)
 Tensor fused_cross_entropy_step(const Tensor& x, const Tensor& labels, const MlpParams& params,
-                                ColumnRange classes, const StepTail& tail = {}, const Tensor& loss_out = Tensor());
+                                ColumnRange classes, const StepTail& tail = {},
+                                const Tensor& loss_out = Tensor());
 
 // x [S, B, inputs] for S students; teacher m (of N = teachers.models()) reads x[m] and student s
 // learns from teacher s mod N, T²·D(softmax(t/T), softmax(s/T)) over `cols` (D: KL or JS,

@@ -18,6 +18,7 @@
 #include <set>
 
 #include "engine/safetensors.h"  // resolved_path
+#include "ops/fused_step.h"      // kFusedStepMinLayers, kFusedStepMaxLayers
 #include "ops/gemm.h"
 
 namespace subliminal::app {
@@ -321,6 +322,15 @@ MlpShape Config::mlp_shape() const {
   return s;
 }
 
+std::string Config::hidden_text() const {
+  std::string text;
+  for (const int64_t width : hidden) {
+    if (!text.empty()) text += ',';
+    text += std::to_string(width);
+  }
+  return text;
+}
+
 std::string Config::fused_split() const {
   return std::to_string(fused_max_splits) + "," + std::to_string(fused_min_chunks) + "," +
          (fused_band_fixup ? "bands" : "last");
@@ -412,6 +422,16 @@ void validate(const Config& c) {
     throw UsageError(
         "--deterministic and --autotune: autotuning picks GEMM algorithms by timing, so two runs "
         "may round differently; drop one of them");
+  // The fused and cluster steps are kernels for 2 or 3 layers; named for a deeper MLP, the run
+  // would take the autograd tape without saying so.
+  const int layers = int(c.hidden.size()) + 1;
+  if ((c.step == "fused" || c.step == "cluster") &&
+      (layers < kFusedStepMinLayers || layers > kFusedStepMaxLayers))
+    throw UsageError("--step " + c.step + " and --hidden " + c.hidden_text() +
+                     ": its kernels train MLPs of " + std::to_string(kFusedStepMinLayers - 1) + " or " +
+                     std::to_string(kFusedStepMaxLayers - 1) + " hidden layers, and this one has " +
+                     std::to_string(layers - 1) +
+                     "; use --step auto (which takes the autograd tape there) or autograd");
   if (c.gemm_engine == "cudnn" && !gemm::cudnn_compiled())
     throw UsageError(
         "--gemm cudnn: this build has no cuDNN engine (needs CUDA, cuDNN and the cudnn-frontend headers: "

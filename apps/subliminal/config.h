@@ -40,10 +40,10 @@ struct Config {
   InitScheme init = InitScheme::torch_default;
   NoiseKind noise = NoiseKind::uniform;
   NoiseSet noise_set = NoiseSet::fresh;
-  double weight_decay = 0.0;    // L2 penalty in the students' Adam
-  double init_perturb = 0.0;    // σ of Gaussian noise added to the same-init students' init
-  bool cross_init = true;       // also distill students from a different init (the control)
-  bool all_logit_arms = false;  // also distill on all logits (the paper's extra arms)
+  double weight_decay = 0.0;     // L2 penalty in the students' Adam
+  double init_perturb = 0.0;     // σ of Gaussian noise added to the same-init students' init
+  bool cross_init = true;        // also distill students from a different init (the control)
+  bool all_logit_arms = false;   // also distill on all logits (the paper's extra arms)
   bool eval_every_epoch = true;  // the notebook evaluates after every epoch; false: after the last only
   // Use only the first N training images (0: all) — quick experiments. A distillation epoch is
   // as long as a pass over them too, and a fixed noise set holds N images (experiment.cpp).
@@ -81,6 +81,7 @@ struct Config {
   int64_t outputs() const { return classes() + ghosts; }
   MlpShape mlp_shape() const;
   std::string fused_split() const;  // "8,2,bands": --fused-split's form
+  std::string hidden_text() const;  // "256,256": --hidden's form
 };
 
 // The result of reading the command line: a config, or the help text to print, or --version.

@@ -375,8 +375,8 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
           // (source = model mod N); real images are gathered once and tiled.
           const Tensor& x = inputs(batch)[0];
           if (config.noise == NoiseKind::mnist) {  // real training images as inputs; their labels go unused
-            gather_batch(data.train_images, data.train_labels, order, loop.step, config.batch_size, x.rows(0, N),
-                         inputs(batch)[1]);
+            gather_batch(data.train_images, data.train_labels, order, loop.step, config.batch_size,
+                         x.rows(0, N), inputs(batch)[1]);
             for (int64_t a = 1; a < A; ++a) x.rows(a * N, N).copy_from(x.rows(0, N));
           } else {
             // fixed: a set of S noise images per model, reshuffled every epoch (the paper's);
@@ -466,11 +466,7 @@ uint64_t host_bytes_at_least(const Config& config) {
 void check_host_memory(const Config& config, Device device) {
   const uint64_t limit = cpu_memory_limit(), needed = host_bytes_at_least(config);
   if (device != Device::cpu || limit == 0 || needed <= limit) return;
-  std::string hidden;
-  for (const int64_t width : config.hidden) {
-    if (!hidden.empty()) hidden += ',';
-    hidden += std::to_string(width);
-  }
+  const std::string hidden = config.hidden_text();
   const std::string what = "(their parameters, gradients and Adam's moments)";
   throw OutOfMemoryError("out of host memory: --models " + std::to_string(config.models) + " of --hidden " +
                          hidden + " need at least " + bytes_text(needed) + " " + what + ", and " +
