@@ -274,6 +274,17 @@ class CompareTest(ToolTest):
             with self.subTest(args=args), self.unchanged():
                 self.assertRefused(self.run_tool(COMPARE, *self.base(*args)), *mentions)
 
+    def test_engine_flags_that_change_the_experiment_need_the_engine_alone(self):
+        # Beside the PyTorch rows, which run the notebook's experiment, the engine's row must run it too.
+        for flags in ("--lr 1e-3", "--hidden=128", "--preset paper"):
+            with self.subTest(flags=flags), self.unchanged():
+                r = self.run_tool(COMPARE, *self.base("--variants", "engine,fast", "--engine-args", flags, "--dry-run"))
+                self.assertRefused(r, "--engine-args", flags.split()[0].split("=")[0] + " changes the experiment",
+                                   "--variants engine")
+        r = self.run_tool(COMPARE, *self.base("--engine-args", "--lr 1e-3 --gemm tiled", "--dry-run"))
+        self.assertEqual(r.returncode, 0, self.describe(r))  # the engine alone may run another experiment
+        self.assertIn("--lr 1e-3", r.stdout)
+
     def test_wrong_mnist_dir_is_an_error_not_a_fallback(self):
         os.mkdir(self.path("empty"))
         for value, why in [(self.path("typo"), "no such directory"), (self.path("empty"), "none of the four")]:
