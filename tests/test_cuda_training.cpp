@@ -431,6 +431,15 @@ TEST_P(CudaDistill, DistillationStepsMatchCpu) {
   check_distillation(c, std::string(c.name) + " " + engine_name(std::get<1>(GetParam())), false);
 }
 
+// --divergence js on the autograd path: the loss kernels' JS rows inside whole steps, on every
+// GEMM engine (the fused steps' are CudaFusedStep.JensenShannonDistillationStepsMatchCpu).
+TEST_P(CudaDistill, JensenShannonDistillationStepsMatchCpu) {
+  const TrainCase& c = std::get<0>(GetParam());
+  gemm::settings().engine = std::get<1>(GetParam());
+  check_distillation(c, std::string(c.name) + " " + engine_name(std::get<1>(GetParam())) + " js", false,
+                     Divergence::js);
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaDistill,
                          ::testing::Combine(::testing::ValuesIn(kTrainCases), ::testing::ValuesIn(kEngines)),
                          case_engine_name);
