@@ -373,7 +373,9 @@ ENGINE_FLAGS_SET_HERE = ("--data", "--threads", "--seed", "--no-progress", "--ep
 
 # The engine's flags that change the experiment itself. The PyTorch rows run the notebook's, so an
 # engine row with one of these would answer another question beside them (its accuracies and its
-# time both): allowed only when the engine runs alone (--variants engine).
+# time both): allowed only when the engine runs alone (--variants engine). --eval-every-epoch is
+# among them although it changes no accuracy: the PyTorch programs evaluate every epoch, and the
+# wall time would not be the same work.
 ENGINE_FLAGS_CHANGING_THE_EXPERIMENT = (
     "--preset", "--models", "--ghosts", "--hidden", "--batch-size", "--lr", "--temperature", "--init", "--noise",
     "--noise-set", "--weight-decay", "--init-perturb", "--cross-init", "--all-logit-arms", "--eval-every-epoch",
@@ -435,7 +437,7 @@ def parse_args():
                 f"(use its own option, if it has one: --data, --threads, --seed, --epochs-teacher, --epochs-distill, "
                 f"--divergence, --device)")
     changing = [w.split("=", 1)[0] for w in args.engine_argv if w.split("=", 1)[0] in ENGINE_FLAGS_CHANGING_THE_EXPERIMENT]
-    if changing and [v for v in args.wanted if v != "engine"]:
+    if changing and "engine" in args.wanted and [v for v in args.wanted if v != "engine"]:
         die(f"--engine-args {shown(args.engine_args)}: {changing[0]} changes the experiment, and the PyTorch rows "
             f"run the notebook's, so the table would compare two experiments; time it alone with --variants engine")
     # options that the other options make meaningless: said, not silently dropped

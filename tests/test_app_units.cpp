@@ -1046,6 +1046,21 @@ TEST(Report, TheSummaryNamesTheSettingsOffThePresetAsFlagsThatRepeatThem) {
             "--init normal --noise-set fixed --weight-decay 0.0001 --init-perturb 0.01 --cross-init false "
             "--all-logit-arms true --train-samples 1000");
   EXPECT_EQ(config_json(parse_words(text)), config_json(config)) << text;
+
+  // The init file by its absolute path (the run's from any folder), quoted as a shell reads it.
+  subliminal::test::TempDir dir;
+  const std::filesystem::path root = std::filesystem::canonical(dir.path());  // $TMPDIR may be a link
+  const std::string plain = (root / "init.st").string(), odd = (root / "my init's.st").string();
+  EXPECT_EQ(flags_off_preset(parse({"--load-init", plain.c_str()})), "--load-init " + plain);
+  EXPECT_EQ(flags_off_preset(parse({"--load-init", odd.c_str()})),
+            "--load-init '" + root.string() + "/my init'\\''s.st'");
+  {
+    const std::filesystem::path here = std::filesystem::current_path();
+    std::filesystem::current_path(dir.path());
+    const std::string relative = flags_off_preset(parse({"--load-init", "init.st"}));
+    std::filesystem::current_path(here);
+    EXPECT_EQ(relative, "--load-init " + plain);
+  }
 }
 
 // The students' epoch lines name the loss --divergence chose: "kl=" with the notebook's four

@@ -790,13 +790,14 @@ TEST(Cli, InconsistentFlagCombinationsAreRefused) {
   // A sweep makes many runs: one run's files would be overwritten by each.
   expect_usage_error({"--json", "r.json", "--sweep", "lr=1e-3", "--sweep-out", "rows"},
                      "--json writes one run's file; a --sweep writes its rows to --sweep-out");
-  // The fused and cluster steps' kernels train 1 or 2 hidden layers; named for 3, the run would
-  // have taken the autograd tape unannounced. (--step auto takes it, as it should.)
+  // The fused and cluster steps' kernels train at most 2 hidden layers; named for 3, the run
+  // would have taken the autograd tape unannounced. (--step auto takes it, as it should.) Refused
+  // on the CPU too, where --step changes nothing: the combination is wrong on any device.
   for (const char* step : {"fused", "cluster"})
     expect_usage_error({"--device", "cpu", "--step", step, "--hidden", "64,64,64"},
                        std::string("--step ") + step +
-                           " and --hidden 64,64,64: its kernels train MLPs of 1 or 2 hidden layers, and this "
-                           "one has 3");
+                           " and --hidden 64,64,64: its kernels train MLPs of at most 2 hidden layers, and "
+                           "this one has 3");
   expect_usage_error({"--step", "fused", "--sweep", "hidden=64;64,64,64", "--sweep-out", "rows"},
                      "--sweep configuration hidden=64,64,64: --step fused and --hidden 64,64,64");
 }

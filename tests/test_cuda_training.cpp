@@ -176,16 +176,16 @@ const char* fusion_name(MlpFusion f) {
   return f == MlpFusion::whole ? "whole" : f == MlpFusion::per_layer ? "per_layer" : "none";
 }
 
-class CudaTraining
-    : public CudaTest,
-      public ::testing::WithParamInterface<std::tuple<TrainCase, MlpFusion, gemm::GpuEngine>> {};
+class CudaTraining : public CudaTest,
+                     public ::testing::WithParamInterface<std::tuple<TrainCase, MlpFusion, gemm::GpuEngine>> {
+};
 
 TEST_P(CudaTraining, TeacherStepsMatchCpu) {
   const TrainCase& c = std::get<0>(GetParam());
   const MlpFusion fusion = std::get<1>(GetParam());
   gemm::settings().engine = std::get<2>(GetParam());
-  const std::string what = std::string(c.name) + " fusion=" + fusion_name(fusion) + " engine=" +
-                           engine_name(std::get<2>(GetParam())) + " teacher steps";
+  const std::string what = std::string(c.name) + " fusion=" + fusion_name(fusion) +
+                           " engine=" + engine_name(std::get<2>(GetParam())) + " teacher steps";
   const MlpParams init = make_params(c.sizes, c.N, 42);
   const HostData data = make_data(512, c.sizes[0], c.N, c.classes().width(), 7);
   const int steps = 5;
@@ -240,7 +240,8 @@ GraphRun graph_steps(const MlpParams& init32, bool use_graphs, const HostData& d
   StepGraph graph(cuda, use_graphs);
   GraphRun r;
   // The batch's buffers outlive the steps, as the app's do (its BatchBuffers).
-  const Tensor x = Tensor::empty({N, B, data.P}, DType::f32, cuda), y = Tensor::empty({N, B}, DType::i32, cuda);
+  const Tensor x = Tensor::empty({N, B, data.P}, DType::f32, cuda),
+               y = Tensor::empty({N, B}, DType::i32, cuda);
   for (int s = 0; s < steps; ++s) {
     graph.run([&] {
       gather_batch(dd.images, dd.labels, dd.order, step, B, x, y);
@@ -436,7 +437,7 @@ TEST_P(CudaDistill, DistillationStepsMatchCpu) {
 TEST_P(CudaDistill, JensenShannonDistillationStepsMatchCpu) {
   const TrainCase& c = std::get<0>(GetParam());
   gemm::settings().engine = std::get<1>(GetParam());
-  check_distillation(c, std::string(c.name) + " " + engine_name(std::get<1>(GetParam())) + " js", false,
+  check_distillation(c, std::string(c.name) + " " + engine_name(std::get<1>(GetParam())), false,
                      Divergence::js);
 }
 
@@ -493,10 +494,12 @@ TEST_P(CudaFusedStep, TeacherStepsMatchCpuAndAutograd) {
   ASSERT_TRUE(fused_step_on_gpu(params_as(init, Device::cuda, DType::f32)))
       << what << ": these parameters would not take the fused GPU kernel";
   const int steps = 4;
-  const HostData data = make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 7);
+  const HostData data =
+      make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 7);
   const RunResult fused =
       teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole, true);
-  const RunResult cpu = teacher_steps(init, Device::cpu, DType::f64, data, steps, c.B, c.classes(), MlpFusion::whole);
+  const RunResult cpu =
+      teacher_steps(init, Device::cpu, DType::f64, data, steps, c.B, c.classes(), MlpFusion::whole);
   const RunResult autograd =
       teacher_steps(init, Device::cuda, DType::f32, data, steps, c.B, c.classes(), MlpFusion::whole);
   expect_runs_close(what + " (fused GPU float32 vs CPU float64)", fused, cpu, init, c.N);
@@ -555,8 +558,8 @@ TEST_P(CudaFusedStep, OtherSplitPoliciesMatchCpu) {
   const TrainCase& c = train_case();
   const TwoTeacherSteps steps(c, 42, 7);
   const RunResult cpu = steps.cpu();
-  for (const cuda::FusedSplitPolicy policy : {cuda::FusedSplitPolicy{1, 1}, cuda::FusedSplitPolicy{16, 1},
-                                              cuda::FusedSplitPolicy{2, 4}}) {
+  for (const cuda::FusedSplitPolicy policy :
+       {cuda::FusedSplitPolicy{1, 1}, cuda::FusedSplitPolicy{16, 1}, cuda::FusedSplitPolicy{2, 4}}) {
     SplitPolicyScope scope(policy);
     expect_runs_close(std::string(c.name) + " fused teacher steps, at most " +
                           std::to_string(policy.max_splits) + " splits of at least " +
@@ -652,7 +655,8 @@ TEST_P(CudaFusedStep, GraphReplaysEqualEagerStepsBitForBit) {
   const TrainCase& c = train_case();
   const MlpParams init = make_params(c.sizes, c.N, 43);
   const int steps = 5;  // warm-up, capture, three replays
-  const HostData data = make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 8);
+  const HostData data =
+      make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 8);
   const GraphRun eager = graph_steps(init, false, data, steps, c.B, c.classes(), StepKind::fused);
   const GraphRun graph = graph_steps(init, true, data, steps, c.B, c.classes(), StepKind::fused);
   const std::string what = label() + ", graphs on (got) vs off (expected)";
@@ -673,17 +677,20 @@ TEST_P(CudaFusedStep, TailInTheKernelEqualsSeparateCallsBitForBit) {
   const TrainCase& c = train_case();
   const MlpParams init = make_params(c.sizes, c.N, 44);
   const int steps = 5;
-  const HostData data = make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 9);
+  const HostData data =
+      make_data(std::max<int64_t>(512, steps * c.B), c.sizes[0], c.N, c.classes().width(), 9);
   const GraphRun separate = graph_steps(init, true, data, steps, c.B, c.classes(), StepKind::fused);
   const GraphRun tail = graph_steps(init, true, data, steps, c.B, c.classes(), StepKind::fused_with_tail);
-  const GraphRun tail_eager = graph_steps(init, false, data, steps, c.B, c.classes(), StepKind::fused_with_tail);
+  const GraphRun tail_eager =
+      graph_steps(init, false, data, steps, c.B, c.classes(), StepKind::fused_with_tail);
   const std::string what = label() + " step, its tail in the kernels (got) vs separate (expected)";
   std::cout << "[ info ] " << label() << ": kernel nodes per step " << tail.kernel_nodes << " with the tail, "
             << separate.kernel_nodes << " without\n";
   const unsigned step_kernels = design_ == FusedStepDesign::cluster ? 2u : 1u;
   EXPECT_EQ(tail.kernel_nodes, 1u + step_kernels)
       << what << ": the step should be the gather and its own kernels";
-  EXPECT_EQ(tail.memory_nodes, 0u) << what << ": the step should allocate nothing (its graph has memory nodes)";
+  EXPECT_EQ(tail.memory_nodes, 0u) << what
+                                   << ": the step should allocate nothing (its graph has memory nodes)";
   for (int s = 0; s < steps; ++s)
     EXPECT_TRUE(bitwise_equal(what + ": loss at step " + std::to_string(s + 1), tail.losses[size_t(s)],
                               separate.losses[size_t(s)], {c.N}));
@@ -692,7 +699,8 @@ TEST_P(CudaFusedStep, TailInTheKernelEqualsSeparateCallsBitForBit) {
   EXPECT_TRUE(bitwise_equal(what + ": Adam exp_avg", tail.exp_avg, separate.exp_avg, arena));
   EXPECT_TRUE(bitwise_equal(what + ": Adam exp_avg_sq", tail.exp_avg_sq, separate.exp_avg_sq, arena));
   EXPECT_TRUE(bitwise_equal(what + ": running loss sum", tail.loss_sum, separate.loss_sum, {c.N}));
-  EXPECT_TRUE(bitwise_equal(what + ": parameter arena, graphs off", tail_eager.values, separate.values, arena));
+  EXPECT_TRUE(
+      bitwise_equal(what + ": parameter arena, graphs off", tail_eager.values, separate.values, arena));
   EXPECT_EQ(tail.adam_steps, steps) << what << ": Adam's device step count";
   EXPECT_EQ(tail.step, steps) << what << ": the step counter";
   EXPECT_EQ(tail.global_step, steps) << what << ": the second counter";
@@ -706,13 +714,14 @@ TEST_P(CudaFusedStep, DistillationTailInTheKernelEqualsSeparateAdamBitForBit) {
   const TrainCase& c = train_case();
   const DistillSetup setup = distill_setup(c);
   std::vector<double> unused;
-  const RunResult separate = distill_steps(setup.teacher, setup.students, Device::cuda, DType::f32, setup.batches,
-                                           c.B, c.ghosts(), &unused, true, false, 1e-2);
-  const RunResult tail = distill_steps(setup.teacher, setup.students, Device::cuda, DType::f32, setup.batches, c.B,
-                                       c.ghosts(), &unused, true, true, 1e-2);
+  const RunResult separate = distill_steps(setup.teacher, setup.students, Device::cuda, DType::f32,
+                                           setup.batches, c.B, c.ghosts(), &unused, true, false, 1e-2);
+  const RunResult tail = distill_steps(setup.teacher, setup.students, Device::cuda, DType::f32, setup.batches,
+                                       c.B, c.ghosts(), &unused, true, true, 1e-2);
   const std::string what = label() + " distillation, Adam in the kernels (got) vs after them (expected)";
   // The runs' values are float32 widened to double: back to float, exactly, for the bit compare.
-  auto same_bits = [&](const std::string& label, const std::vector<double>& got, const std::vector<double>& ref) {
+  auto same_bits = [&](const std::string& label, const std::vector<double>& got,
+                       const std::vector<double>& ref) {
     return bitwise_equal(what + ": " + label, std::vector<float>(got.begin(), got.end()),
                          std::vector<float>(ref.begin(), ref.end()), {int64_t(ref.size())});
   };

@@ -428,9 +428,8 @@ void validate(const Config& c) {
   if ((c.step == "fused" || c.step == "cluster") &&
       (layers < kFusedStepMinLayers || layers > kFusedStepMaxLayers))
     throw UsageError("--step " + c.step + " and --hidden " + c.hidden_text() +
-                     ": its kernels train MLPs of " + std::to_string(kFusedStepMinLayers - 1) + " or " +
-                     std::to_string(kFusedStepMaxLayers - 1) + " hidden layers, and this one has " +
-                     std::to_string(layers - 1) +
+                     ": its kernels train MLPs of at most " + std::to_string(kFusedStepMaxLayers - 1) +
+                     " hidden layers, and this one has " + std::to_string(layers - 1) +
                      "; use --step auto (which takes the autograd tape there) or autograd");
   if (c.gemm_engine == "cudnn" && !gemm::cudnn_compiled())
     throw UsageError(

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <exception>  // exception_ptr: the report and the checkpoint each written
 #include <filesystem>
+#include <functional>
 #include <new>  // std::bad_alloc
 #include <thread>
 
@@ -198,8 +199,10 @@ void set_up_this_machine(const Config& config, Device device) {
 // The numbers first, the checkpoint last, and each written even if the other cannot be (a full
 // disk, a file-size limit): a run of many models should not lose its report to its checkpoint's
 // size. A failure is then the program's error; two are one line naming both.
-void write_report_then_checkpoint(const Config& config, const Results& results, const RunTimes& times,
-                                  Device device, const RunSource& source, const TrainedModels& trained) {
+// report_text: the --json report's text, made only when it is asked for (and inside the attempt,
+// so that nothing it does can cost the checkpoint).
+void write_report_then_checkpoint(const Config& config, const std::function<std::string()>& report_text,
+                                  const TrainedModels& trained) {
   std::exception_ptr failed;
   std::string failures;
   const auto attempt = [&](const auto& write) {
@@ -214,9 +217,7 @@ void write_report_then_checkpoint(const Config& config, const Results& results, 
   };
   bool report_written = true;
   if (!config.json_path.empty())
-    report_written = attempt([&] {
-      write_file_atomically(config.json_path, report_json(config, results, times, device, source));
-    });
+    report_written = attempt([&] { write_file_atomically(config.json_path, report_text()); });
   set_interrupt_note(run_interrupted(report_written ? "" : config.json_path, config.save_path));
   const bool saved = config.save_path.empty() || attempt([&] {
                        save_trained(config.save_path, trained.teacher, trained.ghost, trained.all,
@@ -279,10 +280,14 @@ int run(int argc, char** argv) {
       run_experiment(config, mnist, device, observer, config.save_path.empty() ? nullptr : &trained);
   times.total = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   print_summary(stdout, config, results, times);
-  RunSource source;  // for --json only: the fingerprint reads all of MNIST (a CRC-32 of 55 MB)
-  if (!config.json_path.empty())
-    source = {dir.string(), data::mnist_fingerprint(mnist), {argv, argv + argc}, started_utc};
-  write_report_then_checkpoint(config, results, times, device, source, trained);
+  write_report_then_checkpoint(
+      config,
+      [&] {
+        const RunSource source{
+            dir.string(), data::mnist_fingerprint(mnist), {argv, argv + argc}, started_utc};
+        return report_json(config, results, times, device, source);
+      },
+      trained);
   return 0;
 }
 

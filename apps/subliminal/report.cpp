@@ -2,8 +2,10 @@
 #include "apps/subliminal/report.h"
 
 #include <algorithm>
+#include <cctype>  // isalnum: shell_word
 #include <cmath>
-#include <ctime>  // utc_now
+#include <cstring>  // strchr: shell_word
+#include <ctime>    // utc_now
 #include <nlohmann/json.hpp>
 #include <thread>  // hardware_concurrency: where_it_runs
 
@@ -186,10 +188,30 @@ std::string setting_text(const nlohmann::json& value) {
   return text;
 }
 
+namespace {
+
+// A word as a POSIX shell reads it back: as it is when it holds only characters no shell treats
+// specially, else in single quotes (a quote inside as '\'').
+std::string shell_word(const std::string& word) {
+  const bool plain = !word.empty() && std::all_of(word.begin(), word.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || std::strchr("_./,:=@%+-", c) != nullptr;
+  });
+  if (plain) return word;
+  std::string text = "'";
+  for (const char c : word) text += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return text + "'";
+}
+
+}  // namespace
+
 std::string flags_off_preset(const Config& config) {
+  // The init file is named apart (below): config_json resolves its path, which can fail (a link
+  // loop made since the run began), and the summary must not.
+  Config settings = config;
+  settings.load_init_path.clear();
   Config preset;
   set_config_value(preset, "preset", preset_name(config.preset));
-  const nlohmann::json ran = config_json(config), preset_settings = config_json(preset);
+  const nlohmann::json ran = config_json(settings), preset_settings = config_json(preset);
   // The settings that change what the experiment computes, in --help's order (the header names
   // the preset, seed and models; --gemm, --step, --fusion and --threads change how it is
   // computed, not what). With --noise mnist, --noise-set is ignored: not named.
@@ -205,7 +227,15 @@ std::string flags_off_preset(const Config& config) {
     std::replace(key.begin(), key.end(), '_', '-');  // the report's name → the flag's
     flags.push_back("--" + key + " " + value);
   }
-  if (!config.load_init_path.empty()) flags.push_back("--load-init " + path_text(config.load_init_path));
+  if (!config.load_init_path.empty()) {
+    // The file the run read, from any folder: its absolute path where it can still be found.
+    std::string path = config.load_init_path;
+    try {
+      path = resolved_path(path).string();
+    } catch (const std::exception&) {  // as given, then
+    }
+    flags.push_back("--load-init " + shell_word(path));
+  }
   std::string text;
   for (const std::string& flag : flags) {
     if (!text.empty()) text += ' ';
