@@ -284,6 +284,11 @@ class CompareTest(ToolTest):
         r = self.run_tool(COMPARE, *self.base("--engine-args", "--lr 1e-3 --gemm tiled", "--dry-run"))
         self.assertEqual(r.returncode, 0, self.describe(r))  # the engine alone may run another experiment
         self.assertIn("--lr 1e-3", r.stdout)
+        # Without the engine they reach no run: noted as doing nothing, not refused (the fast row
+        # itself may then have nothing to run it with, where no python has torch).
+        r = self.run_tool(COMPARE, *self.base("--variants", "fast", "--engine-args", "--lr 1e-3", "--dry-run"))
+        self.assertIn("--engine-args does nothing without the engine variant", r.stderr, self.describe(r))
+        self.assertNotIn("changes the experiment", r.stderr, self.describe(r))
 
     def test_wrong_mnist_dir_is_an_error_not_a_fallback(self):
         os.mkdir(self.path("empty"))
