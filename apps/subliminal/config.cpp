@@ -517,6 +517,33 @@ std::string command_line_error(const CLI::ParseError& error, const CLI::App& cli
   return what;
 }
 
+namespace {
+
+// --parity-batch computes one batch's losses and gradients from the init and exits: the flags
+// that shape training change nothing there, and one given would read as if it did (the KL and
+// the JS are both written, at T = 2 whatever --temperature and --divergence say). Only flags
+// given are refused: a preset's are fine.
+void refuse_what_parity_batch_ignores(const Config& c, const CLI::App& cli, bool allow_nonfinite,
+                                      bool no_graphs) {
+  if (c.parity_batch_path.empty()) return;
+  std::string unused;
+  // (--step, --fused-split, --no-graphs too: the batch runs the autograd path, eagerly.)
+  for (const char* key : {"models", "lr", "epochs-teacher", "epochs-distill", "temperature", "divergence",
+                          "noise", "noise-set", "weight-decay", "init-perturb", "cross-init",
+                          "all-logit-arms", "eval-every-epoch", "train-samples", "step", "fused-split"})
+    if (cli.count(std::string("--") + key)) unused += std::string(unused.empty() ? "" : ", ") + "--" + key;
+  for (const auto& [given, flag] :
+       {std::pair{allow_nonfinite, "--allow-nonfinite"}, {no_graphs, "--no-graphs"}})
+    if (given) unused += std::string(unused.empty() ? "" : ", ") + flag;
+  if (!unused.empty())
+    throw UsageError(
+        "--parity-batch computes one batch from the init, one model, the KL and the JS at T = 2, and exits "
+        "before any training, so " +
+        unused + " would change nothing; drop them");
+}
+
+}  // namespace
+
 CommandLine parse_command_line(int argc, const char* const* argv) {
   CLI::App cli{
       "subliminal — the 'subliminal learning' MNIST experiment on a from-scratch C++/CUDA engine.\n"
@@ -610,26 +637,7 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   c.allow_nonfinite = allow_nonfinite;
   c.progress = !no_progress;
   validate(c);
-  // --parity-batch computes one batch's losses and gradients from the init and exits: the flags
-  // that shape training change nothing there, and one given would read as if it did (the KL and
-  // the JS are both written, at T = 2 whatever --temperature and --divergence say). Only flags given are
-  // refused: a preset's are fine.
-  if (!c.parity_batch_path.empty()) {
-    std::string unused;
-    // (--step, --fused-split, --no-graphs too: the batch runs the autograd path, eagerly.)
-    for (const char* key : {"models", "lr", "epochs-teacher", "epochs-distill", "temperature", "divergence",
-                            "noise", "noise-set", "weight-decay", "init-perturb", "cross-init",
-                            "all-logit-arms", "eval-every-epoch", "train-samples", "step", "fused-split"})
-      if (cli.count(std::string("--") + key)) unused += std::string(unused.empty() ? "" : ", ") + "--" + key;
-    for (const auto& [given, flag] :
-         {std::pair{allow_nonfinite, "--allow-nonfinite"}, {no_graphs, "--no-graphs"}})
-      if (given) unused += std::string(unused.empty() ? "" : ", ") + flag;
-    if (!unused.empty())
-      throw UsageError(
-          "--parity-batch computes one batch from the init, one model, the KL and the JS at T = 2, and exits "
-          "before any training, so " +
-          unused + " would change nothing; drop them");
-  }
+  refuse_what_parity_batch_ignores(c, cli, allow_nonfinite, no_graphs);
   return out;
 }
 
