@@ -639,172 +639,236 @@ class GraphedStep:
         self.graphs[bs].replay()
 
 
-def run_fast(args, ctx):
-    device, clock, report = ctx["device"], ctx["clock"], ctx["report"]
-    teacher, student, control = ctx["teacher"], ctx["student"], ctx["control"]
-    B, T, C = args.batch_size, args.temperature, N_CLASSES
+class FastRun:
+    """The fast variant: the data on the device as two tensors, normalised once; each step gathers
+    its batch by index (the teacher) or draws its noise with torch.rand (the students), on the
+    device; optionally each step captured as a CUDA graph (--cuda-graphs) or its loss and Adam step
+    torch.compile'd (--compile). One object holds what the phases share."""
 
-    def divergence(log_q, t_over_T):
-        """The students' loss per --divergence, batch mean, from the student's log_softmax and the
-        teacher's logits / T: KL(p ‖ q) as the notebook writes it, or js_divergence."""
-        if args.divergence == "kl":
-            return F.kl_div(log_q, F.softmax(t_over_T, dim=-1), reduction="batchmean")
-        return js_divergence(log_q, F.log_softmax(t_over_T, dim=-1))
-    G0, G1 = N_CLASSES, N_CLASSES + args.ghosts
-    graphs = args.cuda_graphs
+    def __init__(self, args, ctx):
+        self.args, self.ctx = args, ctx
+        self.device, self.clock, self.report = ctx["device"], ctx["clock"], ctx["report"]
+        self.graphs = args.cuda_graphs
+        self.ghosts = slice(N_CLASSES, N_CLASSES + args.ghosts)
 
-    t0 = time.perf_counter()
-    arrays = load_mnist_arrays(ctx["data_dir"])
+        t0 = time.perf_counter()
+        arrays = load_mnist_arrays(ctx["data_dir"])
+        self.Xtr, self.Ytr = self.to_device(arrays["train_images"], arrays["train_labels"])
+        self.Xte, self.Yte = self.to_device(arrays["test_images"], arrays["test_labels"])
+        self.clock.sync()
+        self.report["seconds"]["load"] = time.perf_counter() - t0
+        self.report["data"]["pipeline"] = "tensors on the device, normalised once"
+        # An epoch: full batches, then the remainder (the last, smaller batch); a captured graph
+        # or a compiled step per batch size.
+        self.N = self.Xtr.shape[0]
+        self.full_steps, self.rem = divmod(self.N, args.batch_size)
+        self.steps_per_epoch = self.full_steps + (1 if self.rem else 0)
+        self.sizes = [args.batch_size] + ([self.rem] if self.rem else [])
 
-    def to_device(images, labels):
-        # ToTensor() then Normalize((0.5,), (0.5,)), in the same float32 operations, once
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(device).reshape(len(images), IMAGE_PIXELS)
+    def to_device(self, images, labels):
+        """ToTensor() then Normalize((0.5,), (0.5,)), in the same float32 operations, once."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).reshape(len(images), IMAGE_PIXELS)
         x = x.to(torch.float32).div(255).sub(0.5).div(0.5).contiguous()
-        y = torch.from_numpy(labels.astype(np.int64)).to(device)
+        y = torch.from_numpy(labels.astype(np.int64)).to(self.device)
         return x, y
 
-    Xtr, Ytr = to_device(arrays["train_images"], arrays["train_labels"])
-    Xte, Yte = to_device(arrays["test_images"], arrays["test_labels"])
-    clock.sync()
-    report["seconds"]["load"] = time.perf_counter() - t0
-    report["data"]["pipeline"] = "tensors on the device, normalised once"
-    N = Xtr.shape[0]
-    full_steps, rem = divmod(N, B)
-    steps_per_epoch = full_steps + (1 if rem else 0)
-    sizes = [B] + ([rem] if rem else [])
-
     @torch.inference_mode()
-    def accuracy(model):
+    def accuracy(self, model):
         t = time.perf_counter()
         model.eval()
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        for i in range(0, Xte.shape[0], 10000):
-            pred = model(Xte[i:i + 10000])[:, :C].argmax(dim=-1)
-            correct += (pred == Yte[i:i + 10000]).sum()
-        acc = correct.item() / Xte.shape[0]
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        for i in range(0, self.Xte.shape[0], 10000):
+            pred = model(self.Xte[i:i + 10000])[:, :N_CLASSES].argmax(dim=-1)
+            correct += (pred == self.Yte[i:i + 10000]).sum()
+        acc = correct.item() / self.Xte.shape[0]
         model.train()
-        report["seconds"]["eval"] += time.perf_counter() - t
+        self.report["seconds"]["eval"] += time.perf_counter() - t
         return acc
 
-    def step_functions(loss_fn, opt):
+    def divergence(self, log_q, t_over_T):
+        """The students' loss per --divergence, batch mean, from the student's log_softmax and the
+        teacher's logits / T: KL(p ‖ q) as the notebook writes it, or js_divergence."""
+        if self.args.divergence == "kl":
+            return F.kl_div(log_q, F.softmax(t_over_T, dim=-1), reduction="batchmean")
+        return js_divergence(log_q, F.log_softmax(t_over_T, dim=-1))
+
+    def adam(self, params):
+        kw = {"lr": self.args.lr}
+        if self.graphs:
+            kw["capturable"] = True
+        return torch.optim.Adam(params, **kw)
+
+    def step_functions(self, loss_fn, opt):
         """{"loss": loss_fn, "step": opt.step}, both torch.compile'd with --compile (static shapes:
         the full and the last batch get a graph each)."""
-        if not args.compile:
+        if not self.args.compile:
             return {"loss": loss_fn, "step": opt.step}
 
-        @torch.compile(fullgraph=False, dynamic=False, mode=args.compile_mode)
+        @torch.compile(fullgraph=False, dynamic=False, mode=self.args.compile_mode)
         def step():
             opt.step()
 
-        return {"loss": torch.compile(loss_fn, dynamic=False, mode=args.compile_mode), "step": step}
+        return {"loss": torch.compile(loss_fn, dynamic=False, mode=self.args.compile_mode), "step": step}
 
-    def compile_warmup(body, models, opt, reset, fns, eager, what):
+    def add_seconds(self, key, seconds):
+        self.report["seconds"][key] = self.report["seconds"].get(key, 0.0) + seconds
+
+    def compile_warmup(self, body, models, opt, reset, fns, eager, what):
         """Compiles (one step of every batch size, undone afterwards); on failure notes it and goes eager."""
         t_c = time.perf_counter()
         try:
             with preserved_state(models, opt, reset):
-                for bs in sizes:
+                for bs in self.sizes:
                     body(bs)
         except Exception as e:  # noqa: BLE001 — report it and carry on eagerly
             print(f"torch_subliminal: warning: torch.compile of the {what} step failed ({type(e).__name__}: "
                   f"{str(e)[:500]}); running that phase eagerly", file=sys.stderr, flush=True)
-            report.setdefault("compile_failed", {})[what] = f"{type(e).__name__}: {str(e)[:2000]}"
+            self.report.setdefault("compile_failed", {})[what] = f"{type(e).__name__}: {str(e)[:2000]}"
             fns.update(eager)
-        k = "compile_" + what
-        report["seconds"][k] = report["seconds"].get(k, 0.0) + time.perf_counter() - t_c
+        self.add_seconds("compile_" + what, time.perf_counter() - t_c)
 
-    def adam(params):
-        kw = {"lr": args.lr}
-        if graphs:
-            kw["capturable"] = True
-        return torch.optim.Adam(params, **kw)
+    def capture(self, body, models, opt, reset, what):
+        """GraphedStep(...), or None after a failed capture (noted in the report; eager from then on)."""
+        t_cap = time.perf_counter()
+        try:
+            g = GraphedStep(body, self.sizes, models, opt, reset)
+        except Exception as e:  # noqa: BLE001 — report it and carry on eagerly
+            print(f"torch_subliminal: warning: CUDA graph capture of the {what} step failed ({type(e).__name__}: "
+                  f"{e}); running that phase eagerly", file=sys.stderr, flush=True)
+            self.report.setdefault("cuda_graphs_failed", {})[what] = f"{type(e).__name__}: {e}"
+            return None
+        self.add_seconds("capture_" + what, time.perf_counter() - t_cap)
+        return g
 
-    ctx["final"]["reference"] = accuracy(teacher)
+    def replay_epoch(self, graphed):
+        for _ in range(self.full_steps):
+            graphed.replay(self.args.batch_size)
+        if self.rem:
+            graphed.replay(self.rem)
 
-    # ---- teacher
-    print("Training teacher...", flush=True)
-    opt = adam(teacher.parameters())
+    def train_teacher(self, teacher):
+        args, device, B, N = self.args, self.device, self.args.batch_size, self.N
+        print("Training teacher...", flush=True)
+        opt = self.adam(teacher.parameters())
 
-    def ce_first10(x, y):
-        return F.cross_entropy(teacher(x)[:, :C], y)
+        def ce_first10(x, y):
+            return F.cross_entropy(teacher(x)[:, :N_CLASSES], y)
 
-    fns = step_functions(ce_first10, opt)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    report["epochs"]["teacher"] = []
+        fns = self.step_functions(ce_first10, opt)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.report["epochs"]["teacher"] = []
 
-    if graphs and args.epochs_teacher > 0:
-        perm = torch.randperm(N, device=device)
-        batch_index = torch.zeros((), dtype=torch.int64, device=device)
-        offsets = torch.arange(B, device=device)
-
-        def teacher_body(bs):
-            idx = perm.index_select(0, batch_index * B + offsets[:bs])
-            x, y = Xtr.index_select(0, idx), Ytr.index_select(0, idx)
+        def teacher_step(x, y):
             loss = fns["loss"](x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             fns["step"]()
-            loss_sum.add_(loss.detach().double() * bs)
-            batch_index.add_(1)
+            loss_sum.add_(loss.detach().double() * x.shape[0])
 
-        def teacher_reset():
-            loss_sum.zero_()
-            batch_index.zero_()
+        if self.graphs and args.epochs_teacher > 0:
+            # The graph's batch comes from device buffers: the epoch's permutation and the batch
+            # number, which the step itself advances.
+            perm = torch.randperm(N, device=device)
+            batch_index = torch.zeros((), dtype=torch.int64, device=device)
+            offsets = torch.arange(B, device=device)
 
-    def teacher_step(x, y):
-        loss = fns["loss"](x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        fns["step"]()
-        loss_sum.add_(loss.detach().double() * x.shape[0])
+            def teacher_body(bs):
+                idx = perm.index_select(0, batch_index * B + offsets[:bs])
+                teacher_step(self.Xtr.index_select(0, idx), self.Ytr.index_select(0, idx))
+                batch_index.add_(1)
 
-    def capture(body, models, opt, reset, what):
-        """GraphedStep(...), or None after a failed capture (noted in the report; eager from then on)."""
-        t_cap = time.perf_counter()
-        try:
-            g = GraphedStep(body, sizes, models, opt, reset)
-        except Exception as e:  # noqa: BLE001 — report it and carry on eagerly
-            print(f"torch_subliminal: warning: CUDA graph capture of the {what} step failed ({type(e).__name__}: "
-                  f"{e}); running that phase eagerly", file=sys.stderr, flush=True)
-            report.setdefault("cuda_graphs_failed", {})[what] = f"{type(e).__name__}: {e}"
-            return None
-        k = "capture_" + what
-        report["seconds"][k] = report["seconds"].get(k, 0.0) + time.perf_counter() - t_cap
-        return g
-
-    graphed = None
-    for epoch in range(1, args.epochs_teacher + 1):
-        with clock.phase("teacher", steps_per_epoch, cold=epoch == 1) as box:
-            if graphs and epoch == 1:
-                graphed = capture(teacher_body, [teacher], opt, teacher_reset, "teacher")
-            if graphed is not None:
-                perm.copy_(torch.randperm(N, device=device))
+            def teacher_reset():
+                loss_sum.zero_()
                 batch_index.zero_()
-                loss_sum.zero_()
-                for _ in range(full_steps):
-                    graphed.replay(B)
-                if rem:
-                    graphed.replay(rem)
-            else:
-                if args.compile and epoch == 1:
-                    compile_warmup(lambda bs: teacher_step(Xtr[:bs], Ytr[:bs]), [teacher], opt, loss_sum.zero_,
-                                   fns, {"loss": ce_first10, "step": opt.step}, "teacher")
-                loss_sum.zero_()
-                perm_e = torch.randperm(N, device=device)
-                for s in range(steps_per_epoch):
-                    idx = perm_e[s * B:(s + 1) * B]
-                    teacher_step(Xtr[idx], Ytr[idx])
-            epoch_loss = loss_sum.item() / N
-        stop_if_nonfinite(epoch_loss, "teacher training", epoch)
-        acc = accuracy(teacher)
-        print(f"[Teacher] epoch={epoch} loss={epoch_loss:.4f} test_acc={acc:.4%}", flush=True)
-        report["epochs"]["teacher"].append(epoch_entry(epoch, "loss", epoch_loss, acc, box["seconds"]))
-    del graphed
-    ctx["final"]["teacher"] = (report["epochs"]["teacher"][-1]["test_acc"] if report["epochs"]["teacher"]
-                               else ctx["final"]["reference"])
-    print(f"Teacher final test accuracy: {ctx['final']['teacher']:.4%}", flush=True)
 
-    # ---- students
+        graphed = None
+        for epoch in range(1, args.epochs_teacher + 1):
+            with self.clock.phase("teacher", self.steps_per_epoch, cold=epoch == 1) as box:
+                if self.graphs and epoch == 1:
+                    graphed = self.capture(teacher_body, [teacher], opt, teacher_reset, "teacher")
+                if graphed is not None:
+                    perm.copy_(torch.randperm(N, device=device))
+                    batch_index.zero_()
+                    loss_sum.zero_()
+                    self.replay_epoch(graphed)
+                else:
+                    if args.compile and epoch == 1:
+                        self.compile_warmup(lambda bs: teacher_step(self.Xtr[:bs], self.Ytr[:bs]), [teacher], opt,
+                                            loss_sum.zero_, fns, {"loss": ce_first10, "step": opt.step}, "teacher")
+                    loss_sum.zero_()
+                    perm_e = torch.randperm(N, device=device)
+                    for s in range(self.steps_per_epoch):
+                        idx = perm_e[s * B:(s + 1) * B]
+                        teacher_step(self.Xtr[idx], self.Ytr[idx])
+                epoch_loss = loss_sum.item() / N
+            stop_if_nonfinite(epoch_loss, "teacher training", epoch)
+            acc = self.accuracy(teacher)
+            print(f"[Teacher] epoch={epoch} loss={epoch_loss:.4f} test_acc={acc:.4%}", flush=True)
+            self.report["epochs"]["teacher"].append(epoch_entry(epoch, "loss", epoch_loss, acc, box["seconds"]))
+
+    def distill(self, teacher, group, arm_count):
+        """Trains the arms of `group` [(key, label, model)] together, one Adam over their parameters,
+        each step on one noise batch that all of them and the teacher see. Returns the optimizer steps."""
+        args, device, T = self.args, self.device, self.args.temperature
+        models = [m for _, _, m in group]
+        opt = self.adam([p for m in models for p in m.parameters()])
+        kl_sums = torch.zeros(len(group), dtype=torch.float64, device=device)
+
+        def kl_losses(x):
+            with torch.no_grad():
+                t_logits = teacher(x)[:, self.ghosts]
+            losses = [self.divergence(F.log_softmax(m(x)[:, self.ghosts] / T, dim=-1), t_logits / T) * (T * T)
+                      for m in models]
+            return torch.stack(losses)
+
+        dfns = self.step_functions(kl_losses, opt)
+
+        def distill_body(bs):
+            x = torch.rand(bs, IMAGE_PIXELS, device=device) * 2 - 1
+            losses = dfns["loss"](x)
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            dfns["step"]()
+            kl_sums.add_(losses.detach().double() * bs)
+
+        graphed = None
+        for epoch in range(1, args.epochs_distill + 1):
+            steps = self.steps_per_epoch * len(group) / arm_count  # an arm trained alone counts its share
+            with self.clock.phase("distill_ghosts", steps, cold=epoch == 1) as box:
+                if self.graphs and epoch == 1:
+                    graphed = self.capture(distill_body, models, opt, kl_sums.zero_, "distill")
+                if args.compile and epoch == 1:
+                    self.compile_warmup(distill_body, models, opt, kl_sums.zero_, dfns,
+                                        {"loss": kl_losses, "step": opt.step}, "distill")
+                kl_sums.zero_()
+                if graphed is not None:
+                    self.replay_epoch(graphed)
+                else:
+                    for s in range(self.steps_per_epoch):
+                        distill_body(min(args.batch_size, self.N - s * args.batch_size))
+                epoch_kl = (kl_sums / self.N).tolist()
+            for (key, label, model), kl in zip(group, epoch_kl):
+                stop_if_nonfinite(kl, f"{label} distillation", epoch)
+                acc = self.accuracy(model)
+                # As the app: KL with the notebook's four decimals, JS (~1e-4) with significant digits.
+                loss = f"{kl:.4f}" if args.divergence == "kl" else f"{kl:.3e}"
+                print(f"[{label}] epoch={epoch} {args.divergence}={loss} test_acc={acc:.4%}", flush=True)
+                self.report["epochs"][key].append(epoch_entry(epoch, args.divergence, kl, acc, box["seconds"]))
+                self.ctx["final"][key] = acc
+        return self.steps_per_epoch * len(group) * args.epochs_distill
+
+
+def run_fast(args, ctx):
+    teacher, student, control, final = ctx["teacher"], ctx["student"], ctx["control"], ctx["final"]
+    run = FastRun(args, ctx)
+    report = run.report
+    final["reference"] = run.accuracy(teacher)
+
+    run.train_teacher(teacher)
+    teacher_epochs = report["epochs"]["teacher"]
+    final["teacher"] = teacher_epochs[-1]["test_acc"] if teacher_epochs else final["reference"]
+    print(f"Teacher final test accuracy: {final['teacher']:.4%}", flush=True)
+
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -816,64 +880,15 @@ def run_fast(args, ctx):
     print("Distilling students on noise...", flush=True)
     if args.epochs_distill == 0:
         for key, _, model in arms:
-            ctx["final"][key] = accuracy(model)
-        report["optimizer_steps"] = {"teacher": clock.steps.get("teacher", 0), "distill_ghosts": 0}
+            final[key] = run.accuracy(model)
+        report["optimizer_steps"] = {"teacher": run.clock.steps.get("teacher", 0), "distill_ghosts": 0}
         return
 
+    # --arms together (the app's way): student and control in one step; sequential: one, then the other.
     groups = [arms] if args.arms == "together" else [[a] for a in arms]
     report["config"]["arms"] = args.arms
-    opt_steps = 0
-    for group in groups:
-        models = [m for _, _, m in group]
-        opt = adam([p for m in models for p in m.parameters()])
-        kl_sums = torch.zeros(len(group), dtype=torch.float64, device=device)
-
-        def kl_losses(x, models=models):
-            with torch.no_grad():
-                t_logits = teacher(x)[:, G0:G1]
-            losses = [divergence(F.log_softmax(m(x)[:, G0:G1] / T, dim=-1), t_logits / T) * (T * T)
-                      for m in models]
-            return torch.stack(losses)
-
-        dfns = step_functions(kl_losses, opt)
-
-        def distill_body(bs, dfns=dfns, opt=opt, kl_sums=kl_sums):
-            x = torch.rand(bs, IMAGE_PIXELS, device=device) * 2 - 1
-            losses = dfns["loss"](x)
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            dfns["step"]()
-            kl_sums.add_(losses.detach().double() * bs)
-
-        graphed = None
-        for epoch in range(1, args.epochs_distill + 1):
-            with clock.phase("distill_ghosts", steps_per_epoch * len(group) / len(arms), cold=epoch == 1) as box:
-                if graphs and epoch == 1:
-                    graphed = capture(distill_body, models, opt, kl_sums.zero_, "distill")
-                if args.compile and epoch == 1:
-                    compile_warmup(distill_body, models, opt, kl_sums.zero_, dfns,
-                                   {"loss": kl_losses, "step": opt.step}, "distill")
-                kl_sums.zero_()
-                if graphed is not None:
-                    for _ in range(full_steps):
-                        graphed.replay(B)
-                    if rem:
-                        graphed.replay(rem)
-                else:
-                    for s in range(steps_per_epoch):
-                        distill_body(min(B, N - s * B))
-                epoch_kl = (kl_sums / N).tolist()
-            opt_steps += steps_per_epoch * len(group)
-            for (key, label, model), kl in zip(group, epoch_kl):
-                stop_if_nonfinite(kl, f"{label} distillation", epoch)
-                acc = accuracy(model)
-                # As the app: KL with the notebook's four decimals, JS (~1e-4) with significant digits.
-                loss = f"{kl:.4f}" if args.divergence == "kl" else f"{kl:.3e}"
-                print(f"[{label}] epoch={epoch} {args.divergence}={loss} test_acc={acc:.4%}", flush=True)
-                report["epochs"][key].append(epoch_entry(epoch, args.divergence, kl, acc, box["seconds"]))
-                ctx["final"][key] = acc
-        del graphed
-    report["optimizer_steps"] = {"teacher": clock.steps.get("teacher", 0), "distill_ghosts": opt_steps}
+    opt_steps = sum(run.distill(teacher, group, len(arms)) for group in groups)
+    report["optimizer_steps"] = {"teacher": run.clock.steps.get("teacher", 0), "distill_ghosts": opt_steps}
 
 
 # ----------------------------------------------------------------------------------------------
