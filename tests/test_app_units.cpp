@@ -495,6 +495,19 @@ constexpr const char* kStill = "1e-30";
 
 // The teacher's epoch loss is the mean cross-entropy over every image of --train-samples: the
 // short last batch weighted by its size, nothing dropped, each epoch summed afresh.
+// An explicit --step fused or cluster trains in its own float32 kernels: the flags that choose
+// how the Linear layers' GEMMs run reach only the evaluation, and a GPU run says which (--step
+// auto takes the autograd tape when any is given, so that the run gets what it named).
+TEST(Experiment, TheFlagsTheFusedStepLeavesToTheEvaluationAreNamed) {
+  EXPECT_EQ(flags_the_fused_step_leaves_to_evaluation(parse({"--step", "fused"})), "");
+  EXPECT_EQ(flags_the_fused_step_leaves_to_evaluation(parse({"--gemm", "cublaslt", "--fusion", "whole"})), "")
+      << "the defaults, named, are still the defaults";
+  EXPECT_EQ(flags_the_fused_step_leaves_to_evaluation(parse(
+                {"--step", "cluster", "--gemm", "tiled", "--tf32", "--autotune", "--fusion", "per_layer"})),
+            "--gemm tiled, --tf32, --autotune, --fusion per_layer");
+  EXPECT_EQ(flags_the_fused_step_leaves_to_evaluation(parse({"--autotune"})), "--autotune");
+}
+
 TEST(Experiment, TeacherLossIsTheMeanOverEveryTrainingImage) {
   const data::Mnist mnist = made_up_mnist(14, 20);
   const Config config =

@@ -231,11 +231,11 @@ class BatchBuffers {
 // faster — small problems, up to 1024 rows (models × batch) per step: the default run (0.33 vs
 // 0.44 s of GPU time in training) but not --models 10 or the paper preset, where cuBLASLt's
 // larger kernels win (docs/PERFORMANCE.md) — and only on the default GEMM path: a run that
-// names another engine, TF32 or another fusion gets what it named.
+// names another engine, TF32, cuBLASLt's autotuning or another fusion gets what it named.
 bool uses_fused_step(const Config& config, const MlpParams& params) {
   if (!fused_step_on_gpu(params) || config.step == "autograd") return false;
   if (config.step == "fused" || config.step == "cluster") return true;
-  return config.gemm_engine == "cublaslt" && config.fusion == MlpFusion::whole && !config.tf32 &&
+  return flags_the_fused_step_leaves_to_evaluation(config).empty() &&
          params.models() * config.batch_size <= 1024;
 }
 
@@ -427,6 +427,22 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
 
 int64_t cross_init_partner(int64_t model, int64_t models) { return (model + 1) % models; }
 
+std::string flags_the_fused_step_leaves_to_evaluation(const Config& config) {
+  const Config defaults;
+  std::vector<std::string> flags;
+  if (config.gemm_engine != defaults.gemm_engine) flags.push_back("--gemm " + config.gemm_engine);
+  if (config.tf32) flags.push_back("--tf32");
+  if (config.autotune) flags.push_back("--autotune");
+  if (config.fusion != defaults.fusion)
+    flags.push_back(std::string("--fusion ") + fusion_name(config.fusion));
+  std::string text;
+  for (const std::string& flag : flags) {
+    if (!text.empty()) text += ", ";
+    text += flag;
+  }
+  return text;
+}
+
 std::vector<ArmSpec> student_arms(const Config& config) {
   std::vector<ArmSpec> arms{{"student", "Student", true, false}};
   if (config.cross_init) arms.push_back({"cross_init", "Cross-init", false, false});
@@ -488,6 +504,12 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
 #endif
   if (device == Device::cuda && config.tf32 && config.gemm_engine == "tiled")
     observer.message("note: --tf32 has no effect with --gemm tiled (its kernels compute in fp32)");
+  const std::string evaluation_only = flags_the_fused_step_leaves_to_evaluation(config);
+  if (device == Device::cuda && (config.step == "fused" || config.step == "cluster") &&
+      !evaluation_only.empty())
+    observer.message(
+        "note: --step " + config.step +
+        " trains in its own float32 kernels; these flags reach only the evaluation: " + evaluation_only);
   if (device == Device::cuda && config.graphs && !replay_graphs(config))
     observer.message("note: --gemm cudnn launches each step without CUDA graphs (its workspace may move)");
   const MlpShape shape = config.mlp_shape();

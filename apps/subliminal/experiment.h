@@ -37,15 +37,15 @@ struct EpochMetrics {
 };
 
 struct PhaseTiming {
-  double wall_seconds = 0;   // host clock around the phase's training steps (eval excluded)
-  double gpu_seconds = 0;    // CUDA events around the same steps (0 on the CPU)
-  int64_t steps = 0;         // training steps run
+  double wall_seconds = 0;  // host clock around the phase's training steps (eval excluded)
+  double gpu_seconds = 0;   // CUDA events around the same steps (0 on the CPU)
+  int64_t steps = 0;        // training steps run
   // The same clock (GPU events on the GPU, the host's on the CPU) over the epochs after the
   // phase's first, and their steps: a step's cost without the first epoch's graph capture, cold
   // caches and first-touch pages (bench/compare.py's "steady" column).
   double steady_seconds = 0;
   int64_t steady_steps = 0;
-  size_t graph_kernels = 0;  // kernels in one captured full-batch step (0 without graphs)
+  size_t graph_kernels = 0;       // kernels in one captured full-batch step (0 without graphs)
   size_t graph_memory_nodes = 0;  // its allocations and frees (0: the step allocates nothing)
   bool fused = false;             // the steps ran as ops/fused_step.h's step (--step fused or cluster)
 };
@@ -72,6 +72,11 @@ struct Observer {
   virtual void phase_ends() {}
   virtual void message(const std::string& line) {}
 };
+
+// The flags a run names that an explicit --step fused or cluster leaves to the evaluation alone,
+// its training running in the step's own float32 kernels: "--gemm tiled, --tf32" ("" for none).
+// (--step auto takes the autograd tape when any of them is given.)
+std::string flags_the_fused_step_leaves_to_evaluation(const Config& config);
 
 // The model whose init cross-init student m takes in the paper's arms: a cyclic shift, so a
 // derangement — no student ever gets its own model's init (a random permutation would pair
