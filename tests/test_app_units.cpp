@@ -318,6 +318,16 @@ std::string numbered_values(const std::string& key, int n) {
 // A grid over the cap (10 000 configurations) is refused with its count before any configuration
 // is made (27 million used to be built in memory: an internal error, std::bad_alloc); one at the
 // cap is made.
+// --epochs-distill 0 refuses the distillation's own flags as changing nothing — but not where the
+// epochs are swept themselves: a grid with a no-distillation baseline is fair.
+TEST(Sweep, SweptDistillationEpochsLeaveTheDistillationFlagsMeaningful) {
+  EXPECT_NO_THROW(parse({"--sweep", "epochs-distill=0,5", "--temperature", "2", "--sweep-out", "rows"}));
+  EXPECT_NO_THROW(
+      parse({"--sweep", "epochs-distill=0,5", "--sweep", "noise=uniform,gaussian", "--sweep-out", "rows"}));
+  EXPECT_THROW(parse({"--epochs-distill", "0", "--sweep", "noise=uniform,gaussian", "--sweep-out", "rows"}),
+               UsageError);
+}
+
 TEST(Sweep, AGridOverTheCapIsRefusedGivingItsSize) {
   Config base = parse({});
   base.sweeps = {numbered_values("seed", 300), numbered_values("epochs-teacher", 300),
@@ -725,7 +735,7 @@ TEST(Experiment, WeightDecayLeavesTheTeacherAlone) {
   auto teacher_epochs = [&](const char* decay) {
     Observer quiet;
     const Config config = small_run(
-        {"--lr", "0.01", "--epochs-teacher", "2", "--epochs-distill", "0", "--weight-decay", decay});
+        {"--lr", "0.01", "--epochs-teacher", "2", "--epochs-distill", "1", "--weight-decay", decay});
     return run_experiment(config, mnist, Device::cpu, quiet).teacher_epochs;
   };
   const std::vector<EpochMetrics> without = teacher_epochs("0"), with = teacher_epochs("0.5");
@@ -757,13 +767,11 @@ TEST(Experiment, WithoutDistillationEachStudentIsItsInit) {
   }
 }
 
-// --save holds the teacher and each arm's students under the arm's name, each model in order
-// (run_experiment hands the trained models out; main() saves them after the report).
-TEST(Experiment, SaveHoldsEachArmsStudents) {
+void save_holds_each_arms_students(const char* epochs_distill) {
   subliminal::test::TempDir dir;
   const std::string path = (dir / "trained.safetensors").string();
   const Config config = small_run({"--lr", kStill, "--models", "2", "--epochs-teacher", "0",
-                                   "--epochs-distill", "1", "--save", path.c_str()});
+                                   "--epochs-distill", epochs_distill, "--save", path.c_str()});
   Observer quiet;
   TrainedModels trained;
   run_experiment(config, made_up_mnist(8, 20), Device::cpu, quiet, &trained);
@@ -785,6 +793,46 @@ TEST(Experiment, SaveHoldsEachArmsStudents) {
       EXPECT_LT(worst, 1e-6) << name;
     }
   }
+}
+
+// --save holds the teacher and each arm's students under the arm's name, each model in order
+// (run_experiment hands the trained models out; main() saves them after the report).
+// With --epochs-distill 0 the students are their inits, and --save holds them as such (it used
+// to hold the teacher alone).
+TEST(Experiment, SaveHoldsEachArmsStudents) {
+  for (const char* epochs_distill : {"1", "0"}) {
+    SCOPED_TRACE(std::string("--epochs-distill ") + epochs_distill);
+    save_holds_each_arms_students(epochs_distill);
+  }
+}
+
+// A run that notes what its sizes make of its flags: a batch larger than the training images
+// (each epoch one smaller step), the paper preset's cross-model control with one model (a
+// second init instead). A run without either notes nothing.
+TEST(Experiment, NotesSayWhatTheSizesMakeOfTheFlags) {
+  struct Notes : Observer {
+    std::string text;
+    void message(const std::string& line) override { text += line + "\n"; }
+  };
+  const data::Mnist mnist = made_up_mnist(20, 8);
+  auto notes = [&](std::vector<const char*> flags) {
+    flags.insert(flags.end(),
+                 {"--hidden", "8", "--epochs-teacher", "1", "--epochs-distill", "0", "--no-progress"});
+    Notes observer;
+    run_experiment(parse(flags), mnist, Device::cpu, observer);
+    return observer.text;
+  };
+  EXPECT_EQ(notes({"--batch-size", "4"}), "");
+  EXPECT_EQ(notes({"--batch-size", "30"}),
+            "note: --batch-size 30 is more than the 20 training images: each epoch is one step of 20\n");
+  EXPECT_EQ(notes({"--batch-size", "30", "--train-samples", "10"}),
+            "note: --batch-size 30 is more than the 10 training images --train-samples leaves: each epoch is "
+            "one step of 10\n");
+  EXPECT_NE(notes({"--preset", "paper", "--models", "1", "--batch-size", "4"})
+                .find("note: --preset paper with one model: the cross-init control is a second init"),
+            std::string::npos);
+  EXPECT_EQ(notes({"--preset", "paper", "--models", "2", "--batch-size", "4"}), "");
+  EXPECT_EQ(notes({"--preset", "paper", "--models", "1", "--batch-size", "4", "--cross-init", "false"}), "");
 }
 
 // --save-init with --models N writes each tensor of the shared init with a leading N, model m's
@@ -942,7 +990,7 @@ TEST(Report, EveryNumberComesFromItsOwnSource) {
       "--seed 7 --models 3 --ghosts 4 --hidden 16,8 --batch-size 32 --lr 0.002 --epochs-teacher 6 "
       "--epochs-distill 9 --temperature 2.5 --weight-decay 0.01 --init-perturb 0.02 --train-samples 1000 "
       "--cross-init false --all-logit-arms true --eval-every-epoch false --noise gaussian --noise-set fixed "
-      "--init normal --fusion per_layer --gemm tiled --step autograd --fused-split 4,1,last --no-graphs "
+      "--init normal --fusion per_layer --gemm tiled --step fused --fused-split 4,1,last --no-graphs "
       "--tf32 --divergence js");
   Results results;
   results.final_acc = {{"teacher", {0.5, 0.7, 0.9}}};
@@ -986,7 +1034,7 @@ TEST(Report, EveryNumberComesFromItsOwnSource) {
       "noise": "gaussian", "noise_set": "fixed", "weight_decay": 0.01, "init_perturb": 0.02,
       "train_samples": 1000, "cross_init": false, "all_logit_arms": true, "tf32": true, "cudnn_tf32": false,
       "autotune": false, "deterministic": false, "cuda_graphs": false, "fusion": "per_layer", "gemm": "tiled",
-      "step": "autograd", "fused_split": "4,1,last", "eval_every_epoch": false, "load_init": ""})");
+      "step": "fused", "fused_split": "4,1,last", "eval_every_epoch": false, "load_init": ""})");
   for (const auto& [key, value] : expected.items()) EXPECT_EQ(r["config"][key], value) << key;
   EXPECT_EQ(r["config"].size(), expected.size());
 }
@@ -1024,8 +1072,8 @@ TEST(Report, TheSummaryNamesTheSettingsOffThePresetAsFlagsThatRepeatThem) {
   EXPECT_EQ(flags_off_preset(parse({"--preset", "paper", "--batch-size", "1024"})), "")
       << "the paper's own batch size is not off its preset";
   EXPECT_EQ(flags_off_preset(parse({"--preset", "paper", "--batch-size", "256"})), "--batch-size 256");
-  EXPECT_EQ(flags_off_preset(parse({"--noise", "mnist", "--noise-set", "fixed"})), "--noise mnist")
-      << "--noise-set is ignored with --noise mnist";
+  EXPECT_EQ(flags_off_preset(parse({"--noise", "mnist"})), "--noise mnist")
+      << "not --noise-set fixed, which --noise mnist implies (the report's noise_set says it)";
 
   const Config config = parse({"--weight-decay",
                                "1e-4",
@@ -1073,6 +1121,25 @@ TEST(Report, TheSummaryNamesTheSettingsOffThePresetAsFlagsThatRepeatThem) {
     const std::string relative = flags_off_preset(parse({"--load-init", "init.st"}));
     std::filesystem::current_path(here);
     EXPECT_EQ(relative, "--load-init " + plain);
+  }
+}
+
+// The distillation's first line says what the students learn on: noise (the notebook's words), or
+// with --noise mnist the training images themselves.
+TEST(Report, TheDistillationLineNamesTheStudentsInputs) {
+  for (const bool real_images : {false, true}) {
+    std::FILE* out = std::tmpfile();
+    {
+      ConsoleObserver console(out, false, Divergence::kl, real_images);
+      console.phase_begins("Distill", 1, 1);
+      console.phase_ends();
+    }
+    std::rewind(out);
+    std::string text;
+    for (int c; (c = std::fgetc(out)) != EOF;) text += char(c);
+    std::fclose(out);
+    EXPECT_EQ(text,
+              real_images ? "Distilling students on MNIST images...\n" : "Distilling students on noise...\n");
   }
 }
 
@@ -1132,8 +1199,16 @@ std::vector<std::string> lines_of(const std::string& text) {
 // A sweep with these flags and no training, so that each configuration takes milliseconds, its
 // rows under `prefix`. Returns what it printed.
 std::string sweep_with(const std::string& prefix, std::vector<const char*> flags) {
-  std::vector<const char*> args = {"--epochs-teacher", "0",           "--epochs-distill", "0",
-                                   "--sweep-out",      prefix.c_str()};
+  // No training, for speed — but one distillation epoch where a flag or key shapes distillation,
+  // which --epochs-distill 0 refuses as changing nothing.
+  const bool distills = std::any_of(flags.begin(), flags.end(), [](const char* flag) {
+    const std::string text = flag;
+    for (const char* key : {"temperature", "divergence", "weight-decay", "noise"})
+      if (text.starts_with(key) || text.starts_with(std::string("--") + key)) return true;
+    return false;
+  });
+  std::vector<const char*> args = {"--epochs-teacher",   "0",           "--epochs-distill",
+                                   distills ? "1" : "0", "--sweep-out", prefix.c_str()};
   args.insert(args.end(), flags.begin(), flags.end());
   // small_run's --hidden 8, unless the sweep sets --hidden (both would be refused).
   const bool sweeps_hidden = std::any_of(

@@ -360,10 +360,10 @@ TEST(Cli, GpuOnlyFlagsOnTheCpuAreNoted) {
   TempDir data;
   write_tiny_mnist(data.path());
   const std::vector<std::string> run = {"--device",         "cpu", "--data",           data.path().string(),
-                                        "--epochs-teacher", "0",   "--epochs-distill", "0",
-                                        "--no-progress"};
+                                        "--batch-size",     "2",   "--epochs-teacher", "0",
+                                        "--epochs-distill", "0",   "--no-progress"};
   std::vector<std::string> args = run;
-  for (const char* flag : {"--tf32", "--no-graphs", "--step", "cluster", "--fused-split", "4,2,last"})
+  for (const char* flag : {"--tf32", "--no-graphs", "--step", "fused", "--fused-split", "4,2,last"})
     args.push_back(flag);
   const ProcessResult noted = run_app(args, data.path());
   ASSERT_EQ(noted.exit_code, 0) << noted.err;
@@ -373,6 +373,26 @@ TEST(Cli, GpuOnlyFlagsOnTheCpuAreNoted) {
   const ProcessResult quiet = run_app(run, data.path());
   ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
   EXPECT_EQ(quiet.err, "");
+}
+
+// --parity-batch computes one model's batch whatever --models a preset says: under --preset
+// paper (100 models) a one-model init is what it takes (it used to be refused: "this run trains
+// 100").
+TEST(Cli, AParityBatchUnderThePaperPresetTakesAOneModelInit) {
+  TempDir data;
+  write_tiny_mnist(data.path());
+  const std::string init = (data / "init.st").string(), parity = (data / "p.st").string();
+  const std::vector<std::string> common = {"--device", "cpu", "--data",       data.path().string(),
+                                           "--hidden", "8",   "--batch-size", "2"};
+  std::vector<std::string> save = common, batch = common;
+  save.insert(save.end(),
+              {"--epochs-teacher", "0", "--epochs-distill", "0", "--no-progress", "--save-init", init});
+  batch.insert(batch.end(), {"--preset", "paper", "--parity-batch", parity, "--load-init", init});
+  const ProcessResult saved = run_app(save, data.path());
+  ASSERT_EQ(saved.exit_code, 0) << saved.err;
+  const ProcessResult r = run_app(batch, data.path());
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(parity));
 }
 
 // --threads sets the CPU threads of the engine's loops, as the report records them.
@@ -570,11 +590,11 @@ TEST(Cli, StandardOutputThatCannotBeWrittenIsExitTwoAndTheReportIsKept) {
        {subliminal::test::StdoutTo::closed_pipe, subliminal::test::StdoutTo::dev_full}) {
     SCOPED_TRACE(stdout_to == subliminal::test::StdoutTo::closed_pipe ? "closed pipe" : "/dev/full");
     TempDir cwd;
-    const ProcessResult r =
-        subliminal::test::run_process(SUBLIMINAL_APP_PATH,
-                                      {"--device", "cpu", "--data", data.path().string(), "--epochs-teacher",
-                                       "0", "--epochs-distill", "0", "--no-progress", "--json", "r.json"},
-                                      cwd.path(), {"MNIST_DIR"}, {}, stdout_to);
+    const ProcessResult r = subliminal::test::run_process(
+        SUBLIMINAL_APP_PATH,
+        {"--device", "cpu", "--data", data.path().string(), "--batch-size", "2", "--epochs-teacher", "0",
+         "--epochs-distill", "0", "--no-progress", "--json", "r.json"},
+        cwd.path(), {"MNIST_DIR"}, {}, stdout_to);
     EXPECT_EQ(r.exit_code, 2) << "(-1: killed by a signal) " << r.err;
     EXPECT_NE(r.err.find("subliminal: error: cannot write to standard output"), std::string::npos) << r.err;
     EXPECT_EQ(count_lines(r.err), 1) << r.err;
@@ -609,8 +629,8 @@ TEST(Cli, ASweepsStandardOutputThatCannotBeWrittenIsExitTwoWithTheReason) {
     TempDir cwd;
     const ProcessResult r = subliminal::test::run_process(
         SUBLIMINAL_APP_PATH,
-        {"--device", "cpu", "--data", data.path().string(), "--epochs-teacher", "0", "--epochs-distill", "0",
-         "--no-progress", "--sweep", "lr=1e-3,2e-3", "--sweep-out", "rows"},
+        {"--device", "cpu", "--data", data.path().string(), "--batch-size", "2", "--epochs-teacher", "0",
+         "--epochs-distill", "0", "--no-progress", "--sweep", "lr=1e-3,2e-3", "--sweep-out", "rows"},
         cwd.path(), {"MNIST_DIR"}, {}, stdout_to);
     EXPECT_EQ(r.exit_code, 2) << r.err;
     EXPECT_EQ(r.err, std::string("subliminal: error: cannot write to standard output ") + reason + "\n");
@@ -713,8 +733,9 @@ TEST(Cli, CtrlCSaysWhatWasNotWrittenAndLeavesNoLock) {
   // The run with `extra`, interrupted once its stdout holds `said` (printed after the note is set).
   auto interrupted = [&](const fs::path& cwd, const std::vector<std::string>& extra,
                          const std::string& said) {
-    std::vector<std::string> args = {"--device",         "cpu", "--data",       data.path().string(),
-                                     "--epochs-teacher", "300", "--no-progress"};
+    std::vector<std::string> args = {"--device",           "cpu",          "--data",
+                                     data.path().string(), "--batch-size", "2",
+                                     "--epochs-teacher",   "300",          "--no-progress"};
     args.insert(args.end(), extra.begin(), extra.end());
     const Interrupted r =
         interrupt_app(args, cwd, [&] { return read_text(cwd / "stdout").find(said) != std::string::npos; });
@@ -800,6 +821,36 @@ TEST(Cli, InconsistentFlagCombinationsAreRefused) {
                            "this one has 3");
   expect_usage_error({"--step", "fused", "--sweep", "hidden=64;64,64,64", "--sweep-out", "rows"},
                      "--sweep configuration hidden=64,64,64: --step fused and --hidden 64,64,64");
+  // Flags the rest of the command makes do nothing, refused as such:
+  // --force without a checkpoint to replace (beside a sweep it would read as "start over");
+  expect_usage_error(
+      {"--force", "--json", "r.json"},
+      "--force lets --save, --save-init and --parity-batch replace existing files, and none of "
+      "them is given (--json always replaces its file)");
+  expect_usage_error(
+      {"--force", "--sweep", "lr=1e-3", "--sweep-out", "rows"},
+      "a sweep resumes whatever --force says: to start it over, move its .jsonl and .csv away");
+  // --fused-split where no fused step splits K;
+  expect_usage_error({"--step", "autograd", "--fused-split", "4,2,last"},
+                     "--fused-split 4,2,last and --step autograd: only --step fused");
+  expect_usage_error({"--step", "cluster", "--fused-split", "4,2,bands"},
+                     "--step cluster: only --step fused");
+  // --noise-set beside real images, which are always the training set;
+  expect_usage_error(
+      {"--noise", "mnist", "--noise-set", "fresh"},
+      "--noise-set fresh and --noise mnist: the students' inputs are then the training images");
+  // the distillation's settings where nothing is distilled — given or swept, unless the epochs are
+  // swept too (--sweep epochs-distill=0,5 beside --temperature 2 is a fair grid).
+  for (const char* flag : {"--temperature", "--divergence", "--weight-decay", "--noise", "--noise-set"}) {
+    const std::string value = std::string(flag) == "--divergence"  ? "js"
+                              : std::string(flag) == "--noise"     ? "gaussian"
+                              : std::string(flag) == "--noise-set" ? "fixed"
+                                                                   : "2";
+    expect_usage_error({"--epochs-distill", "0", flag, value},
+                       std::string(flag) + " " + value + " and --epochs-distill 0: no student is distilled");
+  }
+  expect_usage_error({"--epochs-distill", "0", "--sweep", "temperature=1,2", "--sweep-out", "rows"},
+                     "--sweep temperature=1,2 and --epochs-distill 0: no student is distilled");
 }
 
 }  // namespace

@@ -207,7 +207,7 @@ const std::vector<ValueFlag>& value_flags() {
        }},
       {"noise-set",
        "fresh (new noise every epoch, as the notebook; the default) | fixed (one set per model, as "
-       "many images as the training set (--train-samples), reshuffled each epoch; paper); ignored "
+       "many images as the training set (--train-samples), reshuffled each epoch; paper); refused "
        "with --noise mnist, whose inputs are always the training set, reshuffled",
        [](Config& c, auto& k, auto& v) {
          c.noise_set = parse_choice<NoiseSet>(k, v, {{"fresh", NoiseSet::fresh}, {"fixed", NoiseSet::fixed}});
@@ -239,7 +239,8 @@ const std::vector<ValueFlag>& value_flags() {
              {{"whole", MlpFusion::whole}, {"per_layer", MlpFusion::per_layer}, {"none", MlpFusion::none}});
        }},
       {"gemm",
-       "GPU engine for the Linear layers: cublaslt (the default) | cudnn | tiled (our own fp32 kernels)",
+       "GPU engine for the Linear layers: cublaslt (the default) | cudnn (its fused graphs run in TF32, "
+       "whatever --tf32 says: docs/CUDNN.md) | tiled (our own fp32 kernels)",
        [](Config& c, auto& k, auto& v) {
          parse_choice<int>(k, v, {{"cublaslt", 0}, {"cudnn", 1}, {"tiled", 2}});
          c.gemm_engine = v;
@@ -422,6 +423,19 @@ void validate(const Config& c) {
     throw UsageError(
         "--deterministic and --autotune: autotuning picks GEMM algorithms by timing, so two runs "
         "may round differently; drop one of them");
+  // --force lets a checkpoint replace an existing file; with none asked for it would do nothing —
+  // and beside a sweep it reads as "start over", which it is not (a sweep resumes).
+  if (c.force && c.save_path.empty() && c.save_init_path.empty() && c.parity_batch_path.empty())
+    throw UsageError(
+        std::string("--force lets --save, --save-init and --parity-batch replace existing files, "
+                    "and none of them is given") +
+        (c.sweeps.empty() ? " (--json always replaces its file)"
+                          : "; a sweep resumes whatever --force says: to start it over, move its "
+                            ".jsonl and .csv away"));
+  // --fused-split is how the fused step's kernel splits K; the tape and the cluster step do not.
+  if (c.fused_split() != Config().fused_split() && (c.step == "autograd" || c.step == "cluster"))
+    throw UsageError("--fused-split " + c.fused_split() + " and --step " + c.step +
+                     ": only --step fused (or auto, where it takes the fused step) splits K that way");
   // The fused and cluster steps are kernels for 2 or 3 layers; named for a deeper MLP, the run
   // would take the autograd tape without saying so.
   const int layers = int(c.hidden.size()) + 1;
@@ -542,6 +556,34 @@ void refuse_what_parity_batch_ignores(const Config& c, const CLI::App& cli, bool
         unused + " would change nothing; drop them");
 }
 
+// Flags given (or swept) for the distillation that the run's other flags make meaningless:
+// --noise-set beside --noise mnist (real images are always the training set, reshuffled), and
+// the distillation's own settings beside --epochs-distill 0 (the students are evaluated at their
+// inits). Only flags given are refused, and a sweep's key only where the flag that voids it is
+// not swept itself (--sweep epochs-distill=0,5 --temperature 2 is a fair grid).
+void refuse_what_the_students_inputs_ignore(const Config& c, const CLI::App& cli,
+                                            const std::map<std::string, std::string>& given,
+                                            const std::vector<std::string>& sweeps) {
+  std::map<std::string, std::string> swept;  // key → the --sweep text
+  for (const std::string& sweep : sweeps) swept[sweep.substr(0, sweep.find('='))] = sweep;
+  const auto named = [&](const std::string& key) -> std::string {  // how the user set it, or ""
+    if (cli.count("--" + key)) return "--" + key + " " + given.at(key);
+    if (swept.count(key)) return "--sweep " + swept.at(key);
+    return "";
+  };
+  if (c.noise == NoiseKind::mnist && !swept.count("noise") && !named("noise-set").empty())
+    throw UsageError(named("noise-set") +
+                     " and --noise mnist: the students' inputs are then the training images, reshuffled each "
+                     "epoch, whatever --noise-set says; drop it");
+  if (c.epochs_distill == 0 && !swept.count("epochs-distill"))
+    for (const char* key : {"temperature", "divergence", "weight-decay", "noise", "noise-set"})
+      if (!named(key).empty())
+        throw UsageError(
+            named(key) +
+            " and --epochs-distill 0: no student is distilled (each is evaluated at its init), so "
+            "it would change nothing; drop it");
+}
+
 }  // namespace
 
 CommandLine parse_command_line(int argc, const char* const* argv) {
@@ -629,6 +671,7 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
       throw UsageError("--" + key + " " + given[key] + " and --sweep " + sweep + ": the sweep sets --" + key +
                        " in every configuration, so the flag would change nothing; drop one");
   }
+  refuse_what_the_students_inputs_ignore(c, cli, given, sweeps);
   c.tf32 = tf32;
   c.autotune = autotune;
   c.deterministic = deterministic;

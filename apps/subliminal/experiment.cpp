@@ -325,6 +325,18 @@ void perturb(MlpParams& params, double sigma, uint64_t seed) {
     }
 }
 
+// The students of a group of arms at their inits: arm a's are models a·N .. a·N + N−1 of one
+// batched MlpParams, copies of the same-init or the cross-init models.
+MlpParams group_students(const std::vector<ArmSpec>& arms, const MlpParams& same_init,
+                         const MlpParams& cross_init) {
+  const int64_t N = same_init.models(), A = int64_t(arms.size());
+  MlpParams students(same_init.shape(), A * N, DType::f32, same_init.device());
+  for (int64_t a = 0; a < A; ++a)
+    for (int64_t m = 0; m < N; ++m)
+      students.copy_model_from(arms[size_t(a)].same_init ? same_init : cross_init, m, a * N + m);
+  return students;
+}
+
 // Distills one group of arms (all on the same logits) from the frozen teachers.
 void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, const MlpParams& same_init,
                    const MlpParams& cross_init, const DeviceData& data, const Config& config, Device device,
@@ -337,11 +349,7 @@ void distill_group(const std::vector<ArmSpec>& arms, const MlpParams& teacher, c
   const ColumnRange cols =
       all_logits ? ColumnRange{0, config.outputs()} : ColumnRange{config.classes(), config.outputs()};
 
-  // Arm a's students are models a·N .. a·N + N−1 of one batched MlpParams.
-  MlpParams students(teacher.shape(), A * N, DType::f32, device);
-  for (int64_t a = 0; a < A; ++a)
-    for (int64_t m = 0; m < N; ++m)
-      students.copy_model_from(arms[size_t(a)].same_init ? same_init : cross_init, m, a * N + m);
+  MlpParams students = group_students(arms, same_init, cross_init);
 
   Adam adam(students.values(), students.grads(), {config.lr, 0.9, 0.999, 1e-8, config.weight_decay});
   const bool fused = uses_fused_step(config, students);
@@ -504,6 +512,8 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
 #endif
   if (device == Device::cuda && config.tf32 && config.gemm_engine == "tiled")
     observer.message("note: --tf32 has no effect with --gemm tiled (its kernels compute in fp32)");
+  if (device == Device::cuda && config.autotune && config.gemm_engine == "tiled")
+    observer.message("note: --autotune has no effect with --gemm tiled (it times cuBLASLt's algorithms)");
   const std::string evaluation_only = flags_the_fused_step_leaves_to_evaluation(config);
   if (device == Device::cuda && (config.step == "fused" || config.step == "cluster") &&
       !evaluation_only.empty())
@@ -515,6 +525,17 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   const MlpShape shape = config.mlp_shape();
   const int64_t N = config.models;
   DeviceData data = upload(mnist, device, config.train_samples);
+  // What the run's sizes make of flags that read as if they did more:
+  if (config.batch_size > data.train_count)
+    observer.message("note: --batch-size " + std::to_string(config.batch_size) + " is more than the " +
+                     std::to_string(data.train_count) + " training images" +
+                     (config.train_samples > 0 ? " --train-samples leaves" : "") +
+                     ": each epoch is one step of " + std::to_string(data.train_count));
+  if (config.preset == Preset::paper && N == 1 && config.cross_init)
+    observer.message(
+        "note: --preset paper with one model: the cross-init control is a second init drawn from --seed, as "
+        "in "
+        "the notebook preset; the paper's pairing with another model's init needs --models 2 or more");
 
   // 1. init: model m from seed + m; the shared init (variant 0) and the cross-init one. The
   // teacher and the same-init students start as exact copies of the shared init (unless
@@ -569,10 +590,11 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   for (const auto* group : {&ghost_arms, &all_arms}) {
     if (group->empty()) continue;
     MlpParams* out = group == &ghost_arms ? &trained_ghost : &trained_all;
-    if (config.epochs_distill == 0) {  // nothing to train: the students are their inits
+    if (config.epochs_distill == 0) {  // nothing to train: the students are their inits (and --save's)
       for (const ArmSpec& a : *group)
         results.final_acc.push_back(
             {a.key, evaluate(a.same_init ? same_init : cross, data, config.fusion, config.classes())});
+      if (trained != nullptr) *out = group_students(*group, same_init, cross);
       continue;
     }
     distill_group(*group, teacher, same_init, cross, data, config, device, results, observer, out);

@@ -172,7 +172,9 @@ std::string run_interrupted(const std::string& json_path, const std::string& sav
 // not guess, so a differing seed is said.
 void check_init_file(const Config& config) {
   if (config.load_init_path.empty()) return;
-  MlpParams probe(config.mlp_shape(), config.models, DType::f32, Device::cpu);
+  // --parity-batch computes one model's batch, whatever --models or a preset says.
+  const int64_t models = config.parity_batch_path.empty() ? config.models : 1;
+  MlpParams probe(config.mlp_shape(), models, DType::f32, Device::cpu);
   std::string saved_seed;
   load_init(config.load_init_path, probe, !config.parity_batch_path.empty(), &saved_seed);
   if (!saved_seed.empty() && saved_seed != std::to_string(config.seed) && config.parity_batch_path.empty())
@@ -274,7 +276,7 @@ int run(int argc, char** argv) {
   std::printf("subliminal: MNIST from %s (%lld train, %lld test) on %s\n", dir.string().c_str(),
               (long long)mnist.train.count, (long long)mnist.test.count,
               where_it_runs(device_description(device)).c_str());
-  ConsoleObserver observer(stdout, config.progress, config.divergence);
+  ConsoleObserver observer(stdout, config.progress, config.divergence, config.noise == NoiseKind::mnist);
   TrainedModels trained;
   Results results =
       run_experiment(config, mnist, device, observer, config.save_path.empty() ? nullptr : &trained);

@@ -105,16 +105,17 @@ std::string arm_description(const std::string& key) {
   return key;
 }
 
-ConsoleObserver::ConsoleObserver(std::FILE* out, bool progress, Divergence divergence)
-    : out_(out), bar_(progress), divergence_(divergence) {}
+ConsoleObserver::ConsoleObserver(std::FILE* out, bool progress, Divergence divergence, bool real_images)
+    : out_(out), bar_(progress), divergence_(divergence), real_images_(real_images) {}
 
 void ConsoleObserver::phase_begins(const std::string& phase, int64_t epochs, int64_t steps_per_epoch) {
   bar_.clear();
   if (phase == "Teacher")
     std::fprintf(out_, "Training teacher...\n");
   else
-    std::fprintf(out_, "%s students on noise...\n",
-                 phase == "Distill" ? "Distilling" : "Distilling (all logits)");
+    std::fprintf(out_, "%s students on %s...\n",
+                 phase == "Distill" ? "Distilling" : "Distilling (all logits)",
+                 real_images_ ? "MNIST images" : "noise");
   std::fflush(out_);
   bar_.begin(phase, epochs * steps_per_epoch);
 }
@@ -214,7 +215,7 @@ std::string flags_off_preset(const Config& config) {
   const nlohmann::json ran = config_json(settings), preset_settings = config_json(preset);
   // The settings that change what the experiment computes, in --help's order (the header names
   // the preset, seed and models; --gemm, --step, --fusion and --threads change how it is
-  // computed, not what). With --noise mnist, --noise-set is ignored: not named.
+  // computed, not what). --noise mnist implies the fixed set (the report's noise_set): not named.
   const char* experiment_keys[] = {"ghosts",         "hidden",         "batch_size",     "lr",
                                    "epochs_teacher", "epochs_distill", "temperature",    "divergence",
                                    "init",           "noise",          "noise_set",      "weight_decay",

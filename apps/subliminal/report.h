@@ -31,8 +31,9 @@ double student_t_975(int64_t degrees);
 // Prints the notebook's per-epoch lines to `out` and drives the progress bar.
 class ConsoleObserver : public Observer {
  public:
-  // divergence: the distillation loss the students' epoch lines name ("kl=" or "js=")
-  ConsoleObserver(std::FILE* out, bool progress, Divergence divergence);
+  // divergence: the distillation loss the students' epoch lines name ("kl=" or "js=");
+  // real_images: the students learn on MNIST images (--noise mnist), not on noise.
+  ConsoleObserver(std::FILE* out, bool progress, Divergence divergence, bool real_images = false);
   void phase_begins(const std::string& phase, int64_t epochs, int64_t steps_per_epoch) override;
   void step_done() override;
   void teacher_epoch(const EpochMetrics& m, int64_t epochs) override;
@@ -44,6 +45,7 @@ class ConsoleObserver : public Observer {
   std::FILE* out_;
   ProgressBar bar_;
   Divergence divergence_;
+  bool real_images_;
 };
 
 // Wall-clock seconds measured around the experiment by main().
