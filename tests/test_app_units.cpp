@@ -835,6 +835,28 @@ TEST(Experiment, NotesSayWhatTheSizesMakeOfTheFlags) {
   EXPECT_EQ(notes({"--preset", "paper", "--models", "1", "--batch-size", "4", "--cross-init", "false"}), "");
 }
 
+// --save-init records the scheme the init was drawn with ("init"), and an init loaded from a file
+// and saved again keeps the file's (not the run's --init, which then names the control's).
+TEST(Experiment, AnInitFileRecordsItsSchemeAndASaveOfItKeepsIt) {
+  subliminal::test::TempDir dir;
+  const std::string drawn = (dir / "drawn.st").string(), again = (dir / "again.st").string();
+  const data::Mnist mnist = made_up_mnist(8, 20);
+  Observer quiet;
+  run_experiment(small_run({"--init", "normal", "--epochs-teacher", "0", "--epochs-distill", "0",
+                            "--save-init", drawn.c_str()}),
+                 mnist, Device::cpu, quiet);
+  EXPECT_EQ(read_safetensors(drawn).metadata.at("init"), "normal");
+  run_experiment(small_run({"--load-init", drawn.c_str(), "--epochs-teacher", "0", "--epochs-distill", "0",
+                            "--save-init", again.c_str()}),
+                 mnist, Device::cpu, quiet);
+  EXPECT_EQ(read_safetensors(again).metadata.at("init"), "normal");
+  MlpParams probe(small_run({}).mlp_shape(), 1, DType::f32, Device::cpu);
+  InitFileNotes notes;
+  load_init(again, probe, false, &notes);
+  EXPECT_EQ(notes.scheme, "normal");
+  EXPECT_EQ(notes.seed, "0");
+}
+
 // --save-init with --models N writes each tensor of the shared init with a leading N, model m's
 // at [m]; --load-init of that file starts the same N models, so a run from it is the run that
 // wrote it. A file of another model count is refused, saying how many models it holds.
@@ -894,7 +916,7 @@ TEST(Experiment, AnInitOfManyModelsSavesAndLoadsWhole) {
         << e.what();
   }
   const std::string one = (dir / "one.safetensors").string();
-  save_init(one, init_of(small_run({}), {5}, 0), false, 5);
+  save_init(one, init_of(small_run({}), {5}, 0), false, 5, "torch");
   MlpParams two(init.shape(), 2, DType::f32, Device::cpu);
   try {
     load_init(one, two);

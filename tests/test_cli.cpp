@@ -298,6 +298,25 @@ TEST(Cli, AnInitLoadedUnderAnotherSeedSaysTheRunWillNotRepeat) {
   const ProcessResult same = run({"--load-init", "init.st", "--seed", "5"});
   EXPECT_EQ(same.exit_code, 0) << same.err;
   EXPECT_EQ(same.err.find("was saved by a run"), std::string::npos) << same.err;
+
+  // The file gives the shared init; the run draws its cross-init control itself, with --init's
+  // scheme: a file of another scheme says so, and --init (no longer refused beside --load-init)
+  // gives a control of the same kind.
+  const ProcessResult normal = run({"--init", "normal", "--seed", "5", "--save-init", "normal.st"});
+  ASSERT_EQ(normal.exit_code, 0) << normal.err;
+  const ProcessResult torch_control = run({"--load-init", "normal.st", "--seed", "5"});
+  EXPECT_EQ(torch_control.exit_code, 0) << torch_control.err;
+  EXPECT_NE(
+      torch_control.err.find("subliminal: note: normal.st holds an --init normal init; this run draws its "
+                             "cross-init control with --init torch (give --init normal for a control of "
+                             "the same kind)\n"),
+      std::string::npos)
+      << torch_control.err;
+  const ProcessResult normal_control = run({"--load-init", "normal.st", "--seed", "5", "--init", "normal"});
+  EXPECT_EQ(normal_control.exit_code, 0) << normal_control.err;
+  EXPECT_EQ(normal_control.err.find("holds an --init"), std::string::npos) << normal_control.err;
+  const ProcessResult no_control = run({"--load-init", "normal.st", "--seed", "5", "--cross-init", "false"});
+  EXPECT_EQ(no_control.err.find("holds an --init"), std::string::npos) << no_control.err;
 }
 
 // The console says where a run runs, and on the CPU how many threads when --threads chose a
@@ -792,8 +811,6 @@ TEST(Cli, InconsistentFlagCombinationsAreRefused) {
   // Model m trains from seed + m: the last model's seed must not wrap around to 0.
   expect_usage_error({"--seed", "18446744073709551615", "--models", "2"},
                      "--seed 18446744073709551615 and --models 2: model m trains from seed + m");
-  expect_usage_error({"--init", "normal", "--load-init", "init.safetensors"},
-                     "--init normal and --load-init: the init comes from the file");
   // A prefix given as one of the sweep's files would start a sweep in rows.jsonl.jsonl.
   expect_usage_error({"--sweep", "lr=1e-3", "--sweep-out", "rows.jsonl"},
                      "--sweep-out: expected the prefix without .jsonl");

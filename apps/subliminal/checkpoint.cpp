@@ -32,19 +32,24 @@ std::map<std::string, std::string> metadata(const MlpParams& params) {
 
 }  // namespace
 
-void save_init(const std::string& path, const MlpParams& init, bool overwrite, uint64_t seed) {
+void save_init(const std::string& path, const MlpParams& init, bool overwrite, uint64_t seed,
+               const std::string& scheme) {
   std::vector<NamedTensor> tensors;
   add_params(tensors, "", init, 0, init.models());
   std::map<std::string, std::string> meta = metadata(init);
   meta["seed"] = std::to_string(seed);
+  if (!scheme.empty()) meta["init"] = scheme;
   write_safetensors(path, tensors, meta, overwrite);
 }
 
-void load_init(const std::string& path, MlpParams& init, bool for_parity_batch, std::string* saved_seed) {
+void load_init(const std::string& path, MlpParams& init, bool for_parity_batch, InitFileNotes* notes) {
   SafetensorsFile file = read_safetensors(path);
-  if (saved_seed != nullptr) {
-    const auto seed = file.metadata.find("seed");
-    *saved_seed = seed == file.metadata.end() ? "" : seed->second;
+  if (notes != nullptr) {
+    const auto said = [&file](const char* key) {
+      const auto found = file.metadata.find(key);
+      return found == file.metadata.end() ? std::string() : found->second;
+    };
+    *notes = {said("seed"), said("init")};
   }
   std::vector<Tensor> tensors = init.tensors();
   std::vector<std::string> names = init.names();

@@ -19,16 +19,24 @@
 namespace subliminal::app {
 
 // `seed`, the run's --seed, goes into the file's metadata ("seed"): the weights alone do not
-// repeat a run, whose batches, noise and cross-init student follow its seed.
-void save_init(const std::string& path, const MlpParams& init, bool overwrite, uint64_t seed);
+// repeat a run, whose batches, noise and cross-init student follow its seed. `scheme`, the
+// --init the weights were drawn with ("torch", "normal"; "" when not known), goes there too
+// ("init"): a run from the file draws its cross-init control with a scheme of its own.
+void save_init(const std::string& path, const MlpParams& init, bool overwrite, uint64_t seed,
+               const std::string& scheme);
+
+// What an init file says of the run that wrote it ("" for what it does not say: a file written by
+// another tool, or before subliminal recorded it).
+struct InitFileNotes {
+  std::string seed, scheme;
+};
 // Fills `init` (all of its models) from the file; errors name the file and the tensor, and a file
 // of another model count says how many models it holds — and how to get one that fits: give
 // --models, or, for --parity-batch (`for_parity_batch`: it computes one model's batch, and refuses
 // --models), write a one-model init.
-// With `saved_seed`, the --seed of the run that wrote the file goes there ("" for a file
-// without one: written by another tool, or before the seed was recorded).
+// With `notes`, what the file says of the run that wrote it goes there.
 void load_init(const std::string& path, MlpParams& init, bool for_parity_batch = false,
-               std::string* saved_seed = nullptr);
+               InitFileNotes* notes = nullptr);
 // `ghost` / `all` hold the arms of each distilled group in `arms` order (may be empty).
 void save_trained(const std::string& path, const MlpParams& teacher, const MlpParams& ghost,
                   const MlpParams& all, const std::vector<ArmSpec>& arms, bool overwrite);

@@ -191,7 +191,9 @@ const std::vector<ValueFlag>& value_flags() {
        [](Config& c, auto& k, auto& v) {
          c.divergence = parse_choice<Divergence>(k, v, {{"kl", Divergence::kl}, {"js", Divergence::js}});
        }},
-      {"init", "Weight init: torch (nn.Linear's; the default) | normal (N(0, 1/fan_in), zero biases; paper)",
+      {"init",
+       "Weight init: torch (nn.Linear's; the default) | normal (N(0, 1/fan_in), zero biases; paper); with "
+       "--load-init, the cross-init control's (the file gives the shared init)",
        [](Config& c, auto& k, auto& v) {
          c.init = parse_choice<InitScheme>(
              k, v, {{"torch", InitScheme::torch_default}, {"normal", InitScheme::normal_fan_in}});
@@ -658,11 +660,6 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   for (const ValueFlag& f : value_flags())
     if (cli.count(std::string("--") + f.key)) set_config_value(c, f.key, given[f.key]);
   c.sweeps = sweeps;
-  // The init comes from the --load-init file: an --init given too would change nothing.
-  if (cli.count("--init") && cli.count("--load-init"))
-    throw UsageError("--init " + given["init"] +
-                     " and --load-init: the init comes from the file, so --init "
-                     "would change nothing; drop one");
   // A swept key's flag would be overwritten in every configuration: refused, as it would have
   // changed nothing (the rows record the swept value, not the flag).
   for (const std::string& sweep : sweeps) {

@@ -546,11 +546,14 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   std::vector<uint64_t> seeds;
   for (int64_t m = 0; m < N; ++m) seeds.push_back(config.seed + uint64_t(m));
   MlpParams init(shape, N, DType::f32, device);
+  InitFileNotes loaded;  // a loaded init keeps the scheme its file names (if any) in a --save-init of it
   if (!config.load_init_path.empty())
-    load_init(config.load_init_path, init);
+    load_init(config.load_init_path, init, false, &loaded);
   else
     init_mlp(init, config.init, seeds, 0);
-  if (!config.save_init_path.empty()) save_init(config.save_init_path, init, config.force, config.seed);
+  if (!config.save_init_path.empty())
+    save_init(config.save_init_path, init, config.force, config.seed,
+              config.load_init_path.empty() ? init_name(config.init) : loaded.scheme);
 
   MlpParams cross(shape, N, DType::f32, device);
   if (config.preset == Preset::paper && N >= 2) {

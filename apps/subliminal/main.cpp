@@ -169,21 +169,31 @@ std::string run_interrupted(const std::string& json_path, const std::string& sav
 
 // A bad --load-init file is found before anything runs. The file gives the weights only: a run
 // meant to repeat the one that saved them needs its seed too, which a reader of the file would
-// not guess, so a differing seed is said.
+// not guess, so a differing seed is said; and the cross-init control, drawn by the run itself
+// (unless the paper's pairing takes another model's init from the file), with --init's scheme,
+// so a file of another scheme is said too.
 void check_init_file(const Config& config) {
   if (config.load_init_path.empty()) return;
   // --parity-batch computes one model's batch, whatever --models or a preset says.
-  const int64_t models = config.parity_batch_path.empty() ? config.models : 1;
-  MlpParams probe(config.mlp_shape(), models, DType::f32, Device::cpu);
-  std::string saved_seed;
-  load_init(config.load_init_path, probe, !config.parity_batch_path.empty(), &saved_seed);
-  if (!saved_seed.empty() && saved_seed != std::to_string(config.seed) && config.parity_batch_path.empty())
+  const bool parity = !config.parity_batch_path.empty();
+  MlpParams probe(config.mlp_shape(), parity ? 1 : config.models, DType::f32, Device::cpu);
+  InitFileNotes file;
+  load_init(config.load_init_path, probe, parity, &file);
+  if (parity) return;
+  const bool draws_its_control = config.cross_init && !(config.preset == Preset::paper && config.models >= 2);
+  if (!file.seed.empty() && file.seed != std::to_string(config.seed))
     std::fprintf(stderr,
-                 "subliminal: note: %s was saved by a run with --seed %s; this run's batches, noise and "
-                 "cross-init student follow --seed %llu, so it does not repeat that run (give --seed %s "
-                 "to)\n",
-                 config.load_init_path.c_str(), saved_seed.c_str(), (unsigned long long)config.seed,
-                 saved_seed.c_str());
+                 "subliminal: note: %s was saved by a run with --seed %s; this run's batches, noise%s follow "
+                 "--seed %llu, so it does not repeat that run (give --seed %s to)\n",
+                 config.load_init_path.c_str(), file.seed.c_str(),
+                 draws_its_control ? " and cross-init student" : "", (unsigned long long)config.seed,
+                 file.seed.c_str());
+  if (draws_its_control && !file.scheme.empty() && file.scheme != init_name(config.init))
+    std::fprintf(stderr,
+                 "subliminal: note: %s holds an --init %s init; this run draws its cross-init control with "
+                 "--init %s (give --init %s for a control of the same kind)\n",
+                 config.load_init_path.c_str(), file.scheme.c_str(), init_name(config.init),
+                 file.scheme.c_str());
 }
 
 // The CPU threads, the host-memory ceiling and the floating-point mode the run works under.
