@@ -451,6 +451,9 @@ def parse_args():
         note("--engine-args does nothing without the engine variant in --variants")
     if args.python and args.wanted == ["engine"]:
         note("--python does nothing when only the engine runs")
+    if args.divergence != "kl" and args.epochs_distill == 0:  # the engine refuses it: no student is distilled
+        die(f"--divergence {args.divergence} and --epochs-distill 0: no student is distilled, so it would change "
+            "nothing; drop one")
     if args.divergence == "js" and "faithful" in args.wanted:
         if args.variants is not None:
             die("--divergence js: the faithful variant is the notebook as written, whose loss is the KL; "

@@ -268,6 +268,7 @@ class CompareTest(ToolTest):
                 (["--outdir", self.path("afile", "sub")], ["--outdir", "not a directory"]),
                 (["--engine-args", '"x'], ["--engine-args"]),
                 (["--engine-args", "--seed 3"], ["--engine-args", "--seed is set by compare.py"]),
+                (["--divergence", "js", "--epochs-distill", "0"], ["--divergence js and --epochs-distill 0"]),
                 (["--engine-args", "--json=x.json"], ["--engine-args", "--json is set by compare.py"]),
                 (["--engine", self.path("no-engine")], ["no engine executable", "no-engine"]),
                 (["--data", self.path("nowhere")], ["--data", "no such directory"])]:

@@ -315,9 +315,6 @@ std::string numbered_values(const std::string& key, int n) {
   return text;
 }
 
-// A grid over the cap (10 000 configurations) is refused with its count before any configuration
-// is made (27 million used to be built in memory: an internal error, std::bad_alloc); one at the
-// cap is made.
 // --epochs-distill 0 refuses the distillation's own flags as changing nothing — but not where the
 // epochs are swept themselves: a grid with a no-distillation baseline is fair.
 TEST(Sweep, SweptDistillationEpochsLeaveTheDistillationFlagsMeaningful) {
@@ -326,8 +323,14 @@ TEST(Sweep, SweptDistillationEpochsLeaveTheDistillationFlagsMeaningful) {
       parse({"--sweep", "epochs-distill=0,5", "--sweep", "noise=uniform,gaussian", "--sweep-out", "rows"}));
   EXPECT_THROW(parse({"--epochs-distill", "0", "--sweep", "noise=uniform,gaussian", "--sweep-out", "rows"}),
                UsageError);
+  EXPECT_THROW(parse({"--sweep", "epochs-distill=0,00", "--temperature", "2", "--sweep-out", "rows"}),
+               UsageError)
+      << "every swept value is 0";
 }
 
+// A grid over the cap (10 000 configurations) is refused with its count before any configuration
+// is made (27 million used to be built in memory: an internal error, std::bad_alloc); one at the
+// cap is made.
 TEST(Sweep, AGridOverTheCapIsRefusedGivingItsSize) {
   Config base = parse({});
   base.sweeps = {numbered_values("seed", 300), numbered_values("epochs-teacher", 300),

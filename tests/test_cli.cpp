@@ -316,7 +316,16 @@ TEST(Cli, AnInitLoadedUnderAnotherSeedSaysTheRunWillNotRepeat) {
   EXPECT_EQ(normal_control.exit_code, 0) << normal_control.err;
   EXPECT_EQ(normal_control.err.find("holds an --init"), std::string::npos) << normal_control.err;
   const ProcessResult no_control = run({"--load-init", "normal.st", "--seed", "5", "--cross-init", "false"});
+  EXPECT_EQ(no_control.exit_code, 0) << no_control.err;
   EXPECT_EQ(no_control.err.find("holds an --init"), std::string::npos) << no_control.err;
+  // Under the paper's pairing the control comes from the file too: neither note names it.
+  const ProcessResult saved_two =
+      run({"--models", "2", "--seed", "5", "--init", "normal", "--save-init", "two.st"});
+  ASSERT_EQ(saved_two.exit_code, 0) << saved_two.err;
+  const ProcessResult paired = run({"--preset", "paper", "--models", "2", "--load-init", "two.st"});
+  EXPECT_EQ(paired.exit_code, 0) << paired.err;
+  EXPECT_EQ(paired.err.find("holds an --init"), std::string::npos) << paired.err;
+  EXPECT_NE(paired.err.find("this run's batches and noise follow --seed 0"), std::string::npos) << paired.err;
 }
 
 // The console says where a run runs, and on the CPU how many threads when --threads chose a
@@ -389,6 +398,11 @@ TEST(Cli, GpuOnlyFlagsOnTheCpuAreNoted) {
   EXPECT_NE(noted.err.find("change nothing: --tf32, --no-graphs, --step, --fused-split\n"), std::string::npos)
       << noted.err;
   EXPECT_EQ(count_lines(noted.err), 1) << noted.err;
+  std::vector<std::string> cluster = run;  // the cluster design, which has no --fused-split
+  for (const char* flag : {"--step", "cluster"}) cluster.push_back(flag);
+  const ProcessResult cluster_noted = run_app(cluster, data.path());
+  ASSERT_EQ(cluster_noted.exit_code, 0) << cluster_noted.err;
+  EXPECT_NE(cluster_noted.err.find("change nothing: --step\n"), std::string::npos) << cluster_noted.err;
   const ProcessResult quiet = run_app(run, data.path());
   ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
   EXPECT_EQ(quiet.err, "");
@@ -868,6 +882,22 @@ TEST(Cli, InconsistentFlagCombinationsAreRefused) {
   }
   expect_usage_error({"--epochs-distill", "0", "--sweep", "temperature=1,2", "--sweep-out", "rows"},
                      "--sweep temperature=1,2 and --epochs-distill 0: no student is distilled");
+  expect_usage_error({"--sweep", "epochs-distill=0", "--temperature", "2", "--sweep-out", "rows"},
+                     "--temperature 2 and --sweep epochs-distill=0: no student is distilled");
+  expect_usage_error({"--epochs-distill", "0", "--all-logit-arms", "true"},
+                     "--all-logit-arms true and --epochs-distill 0: no student is distilled");
+  // --init beside --load-init names the scheme of a control the run draws itself: with none to
+  // draw, or for --parity-batch (one model from the file), it would change nothing.
+  expect_usage_error({"--load-init", "i.st", "--init", "normal", "--cross-init", "false"},
+                     "--init normal and --load-init: the file gives the shared init, and this run draws no "
+                     "control of its own (--cross-init false)");
+  expect_usage_error({"--preset", "paper", "--models", "2", "--load-init", "i.st", "--init", "torch"},
+                     "(--preset paper pairs each cross-init student with another model's init)");
+  expect_usage_error({"--preset", "paper", "--models", "2", "--load-init", "i.st", "--sweep",
+                      "init=torch,normal", "--sweep-out", "rows"},
+                     "--sweep init=torch,normal and --load-init: the file gives the shared init");
+  expect_usage_error({"--device", "cpu", "--parity-batch", "p.st", "--load-init", "i.st", "--init", "normal"},
+                     "so --init would change nothing");
 }
 
 }  // namespace

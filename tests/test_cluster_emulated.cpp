@@ -47,8 +47,8 @@ using namespace emulated;  // HostMlp, the float64 reference, Arena, TailState
 constexpr int kEmulatedThreads = 64;
 
 struct Case : Problem {
-  int cluster, clusters;  // Q, and the clusters the rows are spread over
-  int max_chunk;          // the K chunk's cap (below the widest K: several chunks per product)
+  int cluster, clusters;           // Q, and the clusters the rows are spread over
+  int max_chunk;                   // the K chunk's cap (below the widest K: several chunks per product)
   int threads = kEmulatedThreads;  // a block's
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }

@@ -91,8 +91,8 @@ void PrintTo(const GemmCase& c, std::ostream* os) { *os << name_of(c); }  // gte
 // (two 128-bit mask words per row, N = 3).
 // 64 models of 130×70: enough tiles that the tiled engine runs without split-K, with three row
 // tiles to reduce the bias gradients across.
-const std::vector<GemmCase> kGemmCases = {{3, 37, 53, 29},    {1, 37, 53, 29},   {1, 256, 784, 256},
-                                          {1, 256, 256, 13},  {3, 64, 200, 130}, {64, 130, 70, 70}};
+const std::vector<GemmCase> kGemmCases = {{3, 37, 53, 29},   {1, 37, 53, 29},   {1, 256, 784, 256},
+                                          {1, 256, 256, 13}, {3, 64, 200, 130}, {64, 130, 70, 70}};
 
 // Float32-exact inputs of one case: x [N,B,I] ~ U(−1,1), w [N,O,I] ~ U(±1/√I), b [N,O] ~ U(−0.5,0.5).
 struct GemmData {
@@ -360,8 +360,8 @@ TEST_F(CudaTiledGemm, ReproducibleBitForBit) {
     const int64_t N = c.N, B = c.B, I = c.I, O = c.O;
     const Tensor x = gpu32(d.x, d.xs()), w = gpu32(d.w, d.ws());
     const Tensor dy = gpu32(uniform_values(N * B * O, seed + 7, -1, 1), {N, B, O});
-    const Tensor mask_in = Tensor::from_vector(random_mask(N, B, I, seed + 8, false), gemm::mask_shape(N, B, I),
-                                               Device::cuda);
+    const Tensor mask_in =
+        Tensor::from_vector(random_mask(N, B, I, seed + 8, false), gemm::mask_shape(N, B, I), Device::cuda);
     Tensor y = poisoned(d.ys()), mask = poisoned_mask(gemm::mask_shape(N, B, O)), dx = poisoned(d.xs()),
            dbias_prev = poisoned({N, I}), dw = poisoned(d.ws()), dbias = poisoned(d.bs());
     gemm::forward(x, w, gpu32(d.b, d.bs()), Activation::relu, y, mask);

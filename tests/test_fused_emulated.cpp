@@ -44,8 +44,8 @@ using simt::same_bits;
 // ---- one step, emulated ----------------------------------------------------------------------
 
 struct Step : Problem {
-  unsigned grid;      // blocks of the multi-block runs (each case also runs on 1 block)
-  bool split_k;       // the case is there to exercise split-K: some GEMM must split on `grid`
+  unsigned grid;             // blocks of the multi-block runs (each case also runs on 1 block)
+  bool split_k;              // the case is there to exercise split-K: some GEMM must split on `grid`
   FusedSplitPolicy split{};  // how far K may split (the default, unless the case is about that)
 };
 
@@ -69,8 +69,11 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
   Workspace ws;
   ws.H.assign(size_t(L), nullptr);
   ws.G.assign(size_t(L) + 1, nullptr);
-  for (int l = 1; l < L; ++l) H[size_t(l)].assign(size_t((S + F) * B * st.sizes[size_t(l)]), kNaN), ws.H[size_t(l)] = H[size_t(l)].data();
-  for (int l = 1; l <= L; ++l) G[size_t(l)].assign(size_t(S * B * st.sizes[size_t(l)]), kNaN), ws.G[size_t(l)] = G[size_t(l)].data();
+  for (int l = 1; l < L; ++l)
+    H[size_t(l)].assign(size_t((S + F) * B * st.sizes[size_t(l)]), kNaN),
+        ws.H[size_t(l)] = H[size_t(l)].data();
+  for (int l = 1; l <= L; ++l)
+    G[size_t(l)].assign(size_t(S * B * st.sizes[size_t(l)]), kNaN), ws.G[size_t(l)] = G[size_t(l)].data();
   std::vector<float> logits(size_t(logit_rows(S, st.distill) * B * st.sizes[size_t(L)]), kNaN);
   std::vector<double> row_loss(size_t(S * B), std::nan(""));
   ws.logits = logits.data();
@@ -84,9 +87,10 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
   out.loss.assign(size_t(S), kNaN);
   const FusedMlp frozen_view = frozen.view(false);
   Program prog = build_program(x.data(), B, trained_view ? *trained_view : trained.view(true),
-                               st.distill ? &frozen_view : nullptr, loss, out.loss.data(), ws, int(blocks), tail,
-                               st.split);
-  EXPECT_EQ(l1_rule_violation(prog, 1), "") << "the program breaks the rule that lets its tiles read through L1";
+                               st.distill ? &frozen_view : nullptr, loss, out.loss.data(), ws, int(blocks),
+                               tail, st.split);
+  EXPECT_EQ(l1_rule_violation(prog, 1), "")
+      << "the program breaks the rule that lets its tiles read through L1";
   int64_t floats = 0, counters = 0;
   scratch_sizes(prog, floats, counters);
   std::vector<float> scratch(size_t(std::max<int64_t>(floats, 1)), kNaN);
@@ -99,7 +103,8 @@ StepOutput run_step(const Step& st, HostMlp& trained, HostMlp& frozen, const std
   }
   std::vector<tile::Smem> smem = simt::garbage_shared_memory<tile::Smem>(blocks);
   simt::launch(blocks, tile::kBlockThreads, [&] {
-    run_program(prog, smem[blockIdx.x], [] { simt::grid_sync(); }, [](int) {}, [](int) {});
+    run_program(
+        prog, smem[blockIdx.x], [] { simt::grid_sync(); }, [](int) {}, [](int) {});
   });
   EXPECT_TRUE(std::all_of(counter_scratch.begin(), counter_scratch.end(), [](int c) { return c == 0; }))
       << "the program's GEMMs must leave their counters at zero";
@@ -122,7 +127,8 @@ TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
       simt::race_check_only() ? std::vector<unsigned>{st.grid} : std::vector<unsigned>{1u, st.grid};
   for (unsigned blocks : block_counts) {
     const std::string what = std::string(st.distill ? "distillation" : "cross-entropy") + " step, " +
-                             std::to_string(st.sizes.size() - 1) + " layers, " + std::to_string(blocks) + " blocks";
+                             std::to_string(st.sizes.size() - 1) + " layers, " + std::to_string(blocks) +
+                             " blocks";
     const StepOutput got = run_step(st, trained, frozen, x, labels, blocks);
     if (st.split_k && blocks > 1) {
       // … and past the default's limit when the case's policy allows more
@@ -223,7 +229,8 @@ void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64
   }
   for (size_t r = 1; r < runs.size(); ++r)
     EXPECT_TRUE(same_bits(runs[0].first.values, runs[r].first.values) &&
-                same_bits(runs[0].second.m, runs[r].second.m) && same_bits(runs[0].second.v, runs[r].second.v))
+                same_bits(runs[0].second.m, runs[r].second.m) &&
+                same_bits(runs[0].second.v, runs[r].second.v))
         << st.name << ": " << block_counts[0] << " and " << block_counts[r] << " blocks give different bits";
 }
 
@@ -336,11 +343,13 @@ TEST(FusedLossSums, ManyModelsAndRowsMatchFloat64) {
       for (int64_t b = 0; b < B; ++b) sum += rows[size_t(m * B + b)];
       const double expected = (distill ? 4.0 : 1.0) * sum / double(B);
       if (m == 7) {
-        EXPECT_TRUE(std::isnan(loss[size_t(m)]) && std::isnan(sums[size_t(m)])) << what << ": model 7's NaN row";
+        EXPECT_TRUE(std::isnan(loss[size_t(m)]) && std::isnan(sums[size_t(m)]))
+            << what << ": model 7's NaN row";
         continue;
       }
       EXPECT_NEAR(loss[size_t(m)], expected, 1e-6 * expected) << what << ": model " << m;
-      EXPECT_EQ(sums[size_t(m)], 1.0f + float(B) * loss[size_t(m)]) << what << ": model " << m << "'s running sum";
+      EXPECT_EQ(sums[size_t(m)], 1.0f + float(B) * loss[size_t(m)])
+          << what << ": model " << m << "'s running sum";
     }
     EXPECT_EQ(first_bad, 41) << what << ": the NaN row's step";
   }
@@ -577,8 +586,8 @@ TEST(FusedPlan, DefaultRunPhasesFitOneWave) {
     trained.models = S, frozen.models = F;
     // Buffers of the real sizes: build_program only offsets into them (nothing runs here).
     const int64_t B = 256;
-    std::vector<float> x(static_cast<size_t>(S * B * sizes[0])), h1(static_cast<size_t>((S + F) * B * sizes[1])),
-        h2(static_cast<size_t>((S + F) * B * sizes[2])),
+    std::vector<float> x(static_cast<size_t>(S * B * sizes[0])),
+        h1(static_cast<size_t>((S + F) * B * sizes[1])), h2(static_cast<size_t>((S + F) * B * sizes[2])),
         logits(static_cast<size_t>(logit_rows(S, F > 0) * B * sizes[3]));
     Workspace ws{{nullptr, h1.data(), h2.data()}, std::vector<float*>(4, nullptr), logits.data(), nullptr};
     FusedLoss loss;
@@ -592,7 +601,8 @@ TEST(FusedPlan, DefaultRunPhasesFitOneWave) {
         items += g.items;
         longest = std::max(longest, g.k_per_split), shortest = std::min(shortest, g.k_per_split);
       }
-      const std::string what = (F > 0 ? "distillation" : "teacher") + std::string(" step, phase ") + std::to_string(ph);
+      const std::string what =
+          (F > 0 ? "distillation" : "teacher") + std::string(" step, phase ") + std::to_string(ph);
       EXPECT_LE(items, grid) << what << ": a second wave";
       if (prog.phase[ph].gemms > 1 && prog.gemm[prog.phase[ph].first_gemm].K > 32) {
         EXPECT_LE(longest, 2 * shortest) << what << ": its GEMMs' slices are far apart in length";

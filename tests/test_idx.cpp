@@ -14,11 +14,11 @@
 #include <string>            // std::string
 #include <vector>            // std::vector
 
-#include "data/idx.h"         // read_idx, IdxFile, IdxLimits
-#include "engine/error.h"     // subliminal::DataError
+#include "data/idx.h"               // read_idx, IdxFile, IdxLimits
+#include "engine/error.h"           // subliminal::DataError
 #include "tests/as_another_user.h"  // exit_status_as_nobody: the unreadable file, read as another user
 #include "tests/idx_files.h"        // idx_bytes, write_raw, write_gz
-#include "tests/temp_dir.h"   // TempDir
+#include "tests/temp_dir.h"         // TempDir
 
 namespace {
 

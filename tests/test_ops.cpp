@@ -5,33 +5,33 @@
 // fused training step's CPU path (the autograd step it stands for) and its shape checks.
 #include <gtest/gtest.h>
 
-#include <chrono>   // std::chrono::seconds
-#include <cmath>    // std::exp, std::log, std::isnan
-#include <cstdio>   // std::fprintf
-#include <cstdlib>  // std::_Exit
-#include <cstring>  // std::memcmp
-#include <future>   // std::promise, std::future
-#include <limits>   // std::numeric_limits
+#include <chrono>    // std::chrono::seconds
+#include <cmath>     // std::exp, std::log, std::isnan
+#include <cstdio>    // std::fprintf
+#include <cstdlib>   // std::_Exit
+#include <cstring>   // std::memcmp
+#include <future>    // std::promise, std::future
+#include <limits>    // std::numeric_limits
 #include <optional>  // std::optional
-#include <thread>   // std::thread
-#include <vector>   // std::vector
+#include <thread>    // std::thread
+#include <vector>    // std::vector
 
-#include "engine/adam.h"      // Adam
-#include "engine/autograd.h"  // NoGradGuard
-#include "engine/kernels.h"   // fill, accumulate_and_watch, increment
-#include "engine/parallel.h"  // set_cpu_threads, cpu_threads
+#include "engine/adam.h"        // Adam
+#include "engine/autograd.h"    // NoGradGuard
+#include "engine/kernels.h"     // fill, accumulate_and_watch, increment
+#include "engine/parallel.h"    // set_cpu_threads, cpu_threads
 #include "engine/step_graph.h"  // StepGraph
 #include "engine/storage.h"     // cpu_allocator_stats, reset_cpu_peak, cpu_cache_trim
-#include "ops/batch.h"        // noise_batch, gather_batch
-#include "ops/cpu/gemm_cpu.h"  // gemm_plan, gemm_slab
-#include "ops/fused_step.h"   // fused_cross_entropy_step, fused_distill_step
-#include "ops/gemm.h"         // gemm::forward, backward_input, backward_weight, mask_shape
-#include "ops/loss.h"         // cross_entropy, distill, distill_kl, kl_div
-#include "ops/metrics.h"      // count_correct
-#include "ops/mlp.h"          // mlp_forward
-#include "ops/slice.h"        // slice_columns
-#include "ops/softmax.h"      // softmax, log_softmax
-#include "tests/test_util.h"  // random tensors, values_of
+#include "ops/batch.h"          // noise_batch, gather_batch
+#include "ops/cpu/gemm_cpu.h"   // gemm_plan, gemm_slab
+#include "ops/fused_step.h"     // fused_cross_entropy_step, fused_distill_step
+#include "ops/gemm.h"           // gemm::forward, backward_input, backward_weight, mask_shape
+#include "ops/loss.h"           // cross_entropy, distill, distill_kl, kl_div
+#include "ops/metrics.h"        // count_correct
+#include "ops/mlp.h"            // mlp_forward
+#include "ops/slice.h"          // slice_columns
+#include "ops/softmax.h"        // softmax, log_softmax
+#include "tests/test_util.h"    // random tensors, values_of
 
 namespace {
 
@@ -1051,7 +1051,8 @@ TEST(StepGraph, OnTheCpuEveryCallRunsTheStep) {
 TEST(FusedStep, CpuTailIsTheSeparateCalls) {
   const std::vector<int64_t> sizes{11, 9, 6};
   MlpParams fused = random_mlp(sizes, 2, 5), reference = random_mlp(sizes, 2, 5);
-  Adam fused_adam(fused.values(), fused.grads(), {1e-2}), ref_adam(reference.values(), reference.grads(), {1e-2});
+  Adam fused_adam(fused.values(), fused.grads(), {1e-2}),
+      ref_adam(reference.values(), reference.grads(), {1e-2});
   const Tensor x = random_f64({2, 7, 11}, 1), y = random_labels(2, 7, 6, 2);
   auto counters = [] {
     return std::vector<Tensor>{Tensor::full({1}, 3.0, DType::i64), Tensor::full({1}, 9.0, DType::i64)};
@@ -1061,7 +1062,8 @@ TEST(FusedStep, CpuTailIsTheSeparateCalls) {
   Tensor fused_bad = Tensor::full({1}, 1e9, DType::i64), ref_bad = Tensor::full({1}, 1e9, DType::i64);
   StepTail tail;
   tail.adam = &fused_adam;
-  tail.loss_sum = fused_sum, tail.step = fused_counters[0], tail.first_bad = fused_bad, tail.loss_weight = 7.0;
+  tail.loss_sum = fused_sum, tail.step = fused_counters[0], tail.first_bad = fused_bad,
+  tail.loss_weight = 7.0;
   tail.counters = fused_counters;
   const Tensor loss = fused_cross_entropy_step(x, y, fused, {0, 6}, tail);
 
@@ -1145,8 +1147,8 @@ TEST(FusedStep, LossesLandInTheGivenBuffer) {
   fused_distill_step(x, students, teachers, {3, 6}, 2.0, Divergence::kl, {}, out);
   EXPECT_EQ(values_of(out),
             values_of(fused_distill_step(x, reference, teachers, {3, 6}, 2.0, Divergence::kl)));
-  for (const Tensor& wrong : {Tensor::zeros({3}, DType::f64), Tensor::zeros({4}, DType::f32),
-                              Tensor::zeros({4, 1}, DType::f64)}) {
+  for (const Tensor& wrong :
+       {Tensor::zeros({3}, DType::f64), Tensor::zeros({4}, DType::f32), Tensor::zeros({4, 1}, DType::f64)}) {
     EXPECT_THROW(fused_cross_entropy_step(x, y, students, {0, 6}, {}, wrong), ShapeError) << wrong.describe();
     EXPECT_THROW(fused_distill_step(x, students, teachers, {3, 6}, 2.0, Divergence::kl, {}, wrong),
                  ShapeError)
@@ -1165,7 +1167,8 @@ TEST(FusedStep, BadShapesAreShapeErrors) {
   const Tensor x = random_f64({4, 5, 11}, 3), empty = random_f64({4, 0, 11}, 3);
   const Tensor y = random_labels(4, 5, 6, 2);
   EXPECT_THROW(fused_cross_entropy_step(empty, random_labels(4, 0, 6, 2), students, {0, 6}), ShapeError);
-  EXPECT_THROW(fused_cross_entropy_step(x.rows(0, 3), y, students, {0, 6}), ShapeError);  // 3 inputs, 4 models
+  EXPECT_THROW(fused_cross_entropy_step(x.rows(0, 3), y, students, {0, 6}),
+               ShapeError);  // 3 inputs, 4 models
   EXPECT_THROW(fused_cross_entropy_step(x, y.rows(0, 3), students, {0, 6}), ShapeError);  // labels
   EXPECT_THROW(fused_cross_entropy_step(x, y, students, {0, 7}), ShapeError);             // columns
   EXPECT_THROW(fused_distill_step(x, students, three, {3, 6}, 1.0, Divergence::kl),

@@ -17,10 +17,10 @@
 #include <string>             // std::string
 #include <vector>             // std::vector
 
-#include "engine/safetensors.h"  // read_safetensors, write_safetensors, write_file_atomically
-#include "engine/storage.h"      // cpu_allocator_stats: a refused file makes no tensor
+#include "engine/safetensors.h"     // read_safetensors, write_safetensors, write_file_atomically
+#include "engine/storage.h"         // cpu_allocator_stats: a refused file makes no tensor
 #include "tests/as_another_user.h"  // exit_status_as_nobody: another user's file in a sticky folder
-#include "tests/test_util.h"     // TempDir, read_text, write_text
+#include "tests/test_util.h"        // TempDir, read_text, write_text
 
 namespace {
 

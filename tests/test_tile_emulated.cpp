@@ -174,8 +174,10 @@ class TileEmulated : public ::testing::Test {
       if (k.bias_relu_mask) g.bias = bias.data(), g.relu = true, g.mask_out = out.mask.data();
       if (k.bias_only) g.bias = bias.data();
       if (k.kind == Kind::backward_input) {
-        if (k.gate_by_mask) g.mask_in = gate_mask.data();
-        else g.gate_values = gate_values.data();
+        if (k.gate_by_mask)
+          g.mask_in = gate_mask.data();
+        else
+          g.gate_values = gate_values.data();
         if (k.column_sums) g.column_sums = out.column_sums.data();
       }
       if (k.row_sums) g.row_sums = out.row_sums.data();
@@ -189,8 +191,8 @@ class TileEmulated : public ::testing::Test {
     }
 
     const std::string what = "kind " + std::to_string(int(k.kind)) + ", " + std::to_string(k.M) + "×" +
-                             std::to_string(k.N) + "×" + std::to_string(k.K) + ", " + std::to_string(planned_splits) +
-                             " splits";
+                             std::to_string(k.N) + "×" + std::to_string(k.K) + ", " +
+                             std::to_string(planned_splits) + " splits";
     const Outputs& first = runs.front();
     EXPECT_LE(relative_error(first.c.data(), ref_c), 1e-5) << what << ": C";
     if (k.column_sums) {
@@ -212,7 +214,8 @@ class TileEmulated : public ::testing::Test {
           const size_t row = size_t((z * k.M + m) * mask_row_bytes);
           for (int64_t n = 0; n < k.N; ++n) {
             const bool bit = (first.mask[row + size_t(n / 8)] >> (n % 8)) & 1u;
-            ASSERT_EQ(bit, first.c[size_t((z * k.M + m) * k.N + n)] != 0.0f) << what << ": mask bit " << m << "," << n;
+            ASSERT_EQ(bit, first.c[size_t((z * k.M + m) * k.N + n)] != 0.0f)
+                << what << ": mask bit " << m << "," << n;
           }
           for (int64_t n = k.N; n % 8 != 0; ++n)
             ASSERT_EQ((first.mask[row + size_t(n / 8)] >> (n % 8)) & 1u, 0u)
@@ -222,7 +225,8 @@ class TileEmulated : public ::testing::Test {
         }
     }
     for (size_t r = 1; r < runs.size(); ++r) {
-      EXPECT_TRUE(same_bits(runs[r].c, first.c)) << what << ": C differs between item orders (run " << r << ")";
+      EXPECT_TRUE(same_bits(runs[r].c, first.c))
+          << what << ": C differs between item orders (run " << r << ")";
       if (k.column_sums) {
         EXPECT_TRUE(same_bits(runs[r].column_sums, first.column_sums)) << what << ": column sums";
       }
@@ -367,8 +371,10 @@ TEST(TileSplitK, AddsThePartialsInSliceOrder) {
     for (size_t e = 0; e < c.size(); ++e) c[e] = c[e] + part.c[e];
     for (size_t e = 0; e < rows.size(); ++e) rows[e] = rows[e] + part.row_sums[e];
   }
-  EXPECT_TRUE(same_bits(split.c, c)) << "the fix-up did not add the " << g.splits << " partial tiles in slice order";
-  EXPECT_TRUE(same_bits(split.row_sums, rows)) << "the fix-up did not add the partial row sums in slice order";
+  EXPECT_TRUE(same_bits(split.c, c)) << "the fix-up did not add the " << g.splits
+                                     << " partial tiles in slice order";
+  EXPECT_TRUE(same_bits(split.row_sums, rows))
+      << "the fix-up did not add the partial row sums in slice order";
 }
 
 // plan(): the slices cover K in whole chunks, at least min_chunks per slice (2 by default), at
@@ -390,9 +396,10 @@ TEST(TilePlan, OneWaveAndWholeChunks) {
                 plan(g, target, max_splits, min_chunks);
               const int64_t tiles = models * ceil_div(M, kTileM) * ceil_div(N, kTileN);
               const int64_t chunks = ceil_div(K, kTileK), per_slice = g.k_per_split / kTileK;
-              const std::string what = std::to_string(models) + "×" + std::to_string(M) + "×" + std::to_string(N) +
-                                       "×" + std::to_string(K) + " for " + std::to_string(target) + ", policy " +
-                                       std::to_string(max_splits) + "/" + std::to_string(min_chunks);
+              const std::string what = std::to_string(models) + "×" + std::to_string(M) + "×" +
+                                       std::to_string(N) + "×" + std::to_string(K) + " for " +
+                                       std::to_string(target) + ", policy " + std::to_string(max_splits) +
+                                       "/" + std::to_string(min_chunks);
               ASSERT_EQ(g.items, tiles * g.splits) << what;
               ASSERT_TRUE(g.splits == 1 || g.items <= target) << what << ": a second wave";
               ASSERT_LE(g.splits, max_splits) << what;
@@ -407,7 +414,7 @@ TEST(TilePlan, OneWaveAndWholeChunks) {
   plan(f0, 264, 16, 2);
   EXPECT_EQ(f0.splits, 13);  // 16 wanted: 4 chunks a slice, the last one short
   plan(f0, 264);
-  EXPECT_EQ(f0.splits, 7);   // the default's 8 wanted: 7 chunks a slice
+  EXPECT_EQ(f0.splits, 7);  // the default's 8 wanted: 7 chunks a slice
   // The MNIST MLP's first weight gradient at batch 256 on 264 blocks: 52 tiles × 4 slices of
   // 4 chunks (6 slices would be 312 items: 48 blocks would run two).
   Gemm dw0{};

@@ -112,7 +112,7 @@ void save_trained(const std::string& path, const MlpParams& teacher, const MlpPa
   for (const ArmSpec& arm : arms) {
     const MlpParams& group = arm.all_logits ? all : ghost;
     int64_t& index = arm.all_logits ? all_index : ghost_index;
-    if (group.models() == 0) continue;  // that group was not trained (no distillation epochs)
+    if (group.models() == 0) continue;  // a group without arms (no all-logit arms, say)
     add_params(tensors, arm.key + ".", group, index * N, N);
     ++index;
   }

@@ -193,7 +193,8 @@ const std::vector<ValueFlag>& value_flags() {
        }},
       {"init",
        "Weight init: torch (nn.Linear's; the default) | normal (N(0, 1/fan_in), zero biases; paper); with "
-       "--load-init, the cross-init control's (the file gives the shared init)",
+       "--load-init, the scheme of the cross-init control the run draws itself (the file gives the shared "
+       "init)",
        [](Config& c, auto& k, auto& v) {
          c.init = parse_choice<InitScheme>(
              k, v, {{"torch", InitScheme::torch_default}, {"normal", InitScheme::normal_fan_in}});
@@ -248,10 +249,10 @@ const std::vector<ValueFlag>& value_flags() {
          c.gemm_engine = v;
        }},
       {"step",
-       "How the GPU runs a training step: auto (the default: fused for small steps on the default "
-       "GEMM path) | autograd (the engine's tape, a kernel per op) | fused (forward, loss and "
-       "gradients in one kernel; 2-3 layers) | cluster (the same step by row blocks in thread-block "
-       "clusters: two kernels; sm_90 and later)",
+       "How the GPU runs a training step: auto (the default: fused for small steps, the tape beside "
+       "--gemm, --tf32, --autotune or --fusion) | autograd (the engine's tape, a kernel per op) | fused "
+       "(forward, loss and gradients in one kernel; 1-2 hidden layers) | cluster (the same step by row "
+       "blocks in thread-block clusters: two kernels; sm_90 and later)",
        [](Config& c, auto& k, auto& v) {
          parse_choice<int>(k, v, {{"auto", 0}, {"autograd", 1}, {"fused", 2}, {"cluster", 3}});
          c.step = v;
@@ -259,7 +260,7 @@ const std::vector<ValueFlag>& value_flags() {
       {"fused-split",
        "How the GPU's fused step splits K: S,C,bands|last — at most S (1-16) slices of at least C (1-64) "
        "16-wide chunks, a split tile finished in bands by all of its items or by the last one (default "
-       "8,2,bands)",
+       "8,2,bands); refused beside --step autograd or cluster, which do not split K",
        [](Config& c, auto& k, auto& v) { parse_fused_split(c, k, v); }},
       {"json", "Write the run's report (config, per-epoch metrics, accuracies, timings) to this JSON file",
        [](Config& c, auto& k, auto& v) { c.json_path = parse_path(k, v); }},
@@ -537,8 +538,8 @@ namespace {
 
 // --parity-batch computes one batch's losses and gradients from the init and exits: the flags
 // that shape training change nothing there, and one given would read as if it did (the KL and
-// the JS are both written, at T = 2 whatever --temperature and --divergence say). Only flags
-// given are refused: a preset's are fine.
+// the JS are both written, at T = 2 whatever --temperature and --divergence say; --init beside
+// --load-init, whose file gives the one model). Only flags given are refused: a preset's are fine.
 void refuse_what_parity_batch_ignores(const Config& c, const CLI::App& cli, bool allow_nonfinite,
                                       bool no_graphs) {
   if (c.parity_batch_path.empty()) return;
@@ -548,8 +549,9 @@ void refuse_what_parity_batch_ignores(const Config& c, const CLI::App& cli, bool
                           "noise", "noise-set", "weight-decay", "init-perturb", "cross-init",
                           "all-logit-arms", "eval-every-epoch", "train-samples", "step", "fused-split"})
     if (cli.count(std::string("--") + key)) unused += std::string(unused.empty() ? "" : ", ") + "--" + key;
-  for (const auto& [given, flag] :
-       {std::pair{allow_nonfinite, "--allow-nonfinite"}, {no_graphs, "--no-graphs"}})
+  for (const auto& [given, flag] : {std::pair{allow_nonfinite, "--allow-nonfinite"},
+                                    {no_graphs, "--no-graphs"},
+                                    {!c.load_init_path.empty() && cli.count("--init") > 0, "--init"}})
     if (given) unused += std::string(unused.empty() ? "" : ", ") + flag;
   if (!unused.empty())
     throw UsageError(
@@ -558,14 +560,36 @@ void refuse_what_parity_batch_ignores(const Config& c, const CLI::App& cli, bool
         unused + " would change nothing; drop them");
 }
 
-// Flags given (or swept) for the distillation that the run's other flags make meaningless:
-// --noise-set beside --noise mnist (real images are always the training set, reshuffled), and
-// the distillation's own settings beside --epochs-distill 0 (the students are evaluated at their
-// inits). Only flags given are refused, and a sweep's key only where the flag that voids it is
-// not swept itself (--sweep epochs-distill=0,5 --temperature 2 is a fair grid).
-void refuse_what_the_students_inputs_ignore(const Config& c, const CLI::App& cli,
-                                            const std::map<std::string, std::string>& given,
-                                            const std::vector<std::string>& sweeps) {
+// Whether any value of a swept key, read as the run reads it, satisfies `test` (a value the key
+// refuses counts as satisfying it: sweep_grid refuses it later, naming it).
+bool any_swept_value(const std::string& sweep, const std::function<bool(const Config&)>& test) {
+  const size_t eq = sweep.find('=');
+  const std::string key = sweep.substr(0, eq), values = eq == std::string::npos ? "" : sweep.substr(eq + 1);
+  size_t start = 0;
+  while (start <= values.size()) {
+    const size_t comma = std::min(values.find(',', start), values.size());
+    Config probe;
+    try {
+      set_config_value(probe, key, values.substr(start, comma - start));
+      if (test(probe)) return true;
+    } catch (const UsageError&) {
+      return true;
+    }
+    start = comma + 1;
+  }
+  return false;
+}
+
+// Flags given (or swept) that the rest of the command makes meaningless: the distillation's own
+// settings where nothing is distilled (--epochs-distill 0, or every swept value 0: the students
+// are evaluated at their inits), --noise-set beside --noise mnist (real images are always the
+// training set, reshuffled), and --init beside --load-init where the run draws no control of its
+// own (the file gives the shared init; --init names only the scheme of a control the run draws).
+// Only flags given are refused, and a sweep's key only where the flag that voids it is not swept
+// to other values (--sweep epochs-distill=0,5 --temperature 2 is a fair grid).
+void refuse_flags_the_command_voids(const Config& c, const CLI::App& cli,
+                                    const std::map<std::string, std::string>& given,
+                                    const std::vector<std::string>& sweeps) {
   std::map<std::string, std::string> swept;  // key → the --sweep text
   for (const std::string& sweep : sweeps) swept[sweep.substr(0, sweep.find('='))] = sweep;
   const auto named = [&](const std::string& key) -> std::string {  // how the user set it, or ""
@@ -577,13 +601,28 @@ void refuse_what_the_students_inputs_ignore(const Config& c, const CLI::App& cli
     throw UsageError(named("noise-set") +
                      " and --noise mnist: the students' inputs are then the training images, reshuffled each "
                      "epoch, whatever --noise-set says; drop it");
-  if (c.epochs_distill == 0 && !swept.count("epochs-distill"))
-    for (const char* key : {"temperature", "divergence", "weight-decay", "noise", "noise-set"})
+  const bool distills = swept.count("epochs-distill")
+                            ? any_swept_value(swept.at("epochs-distill"),
+                                              [](const Config& probe) { return probe.epochs_distill > 0; })
+                            : c.epochs_distill > 0;
+  if (!distills)
+    for (const char* key :
+         {"temperature", "divergence", "weight-decay", "noise", "noise-set", "all-logit-arms"})
       if (!named(key).empty())
         throw UsageError(
-            named(key) +
-            " and --epochs-distill 0: no student is distilled (each is evaluated at its init), so "
-            "it would change nothing; drop it");
+            named(key) + " and " +
+            (swept.count("epochs-distill") ? named("epochs-distill") : "--epochs-distill 0") +
+            ": no student is distilled (each is evaluated at its init), so it would change nothing; "
+            "drop it");
+  if (!c.load_init_path.empty() && c.parity_batch_path.empty() && !c.draws_its_own_control() &&
+      !named("init").empty())
+    throw UsageError(named("init") +
+                     " and --load-init: the file gives the shared init, and this run draws no "
+                     "control of its own (" +
+                     std::string(c.cross_init ? "--preset paper pairs each cross-init student with another "
+                                                "model's init"
+                                              : "--cross-init false") +
+                     "), so it would change nothing; drop it");
 }
 
 }  // namespace
@@ -668,7 +707,7 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
       throw UsageError("--" + key + " " + given[key] + " and --sweep " + sweep + ": the sweep sets --" + key +
                        " in every configuration, so the flag would change nothing; drop one");
   }
-  refuse_what_the_students_inputs_ignore(c, cli, given, sweeps);
+  refuse_flags_the_command_voids(c, cli, given, sweeps);
   c.tf32 = tf32;
   c.autotune = autotune;
   c.deterministic = deterministic;

@@ -79,6 +79,11 @@ struct Config {
 
   int64_t classes() const { return 10; }
   int64_t outputs() const { return classes() + ghosts; }
+  // The paper's cross-model control: each cross-init student takes another model's init (needs
+  // two models); otherwise the run draws a second init of its own (variant 1, from the seed).
+  bool pairs_models_for_control() const { return preset == Preset::paper && models >= 2; }
+  // Whether the run draws a cross-init control's init itself (with --init's scheme).
+  bool draws_its_own_control() const { return cross_init && !pairs_models_for_control(); }
   MlpShape mlp_shape() const;
   std::string fused_split() const;  // "8,2,bands": --fused-split's form
   std::string hidden_text() const;  // "256,256": --hidden's form

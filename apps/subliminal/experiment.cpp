@@ -515,6 +515,10 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   if (device == Device::cuda && config.autotune && config.gemm_engine == "tiled")
     observer.message("note: --autotune has no effect with --gemm tiled (it times cuBLASLt's algorithms)");
   const std::string evaluation_only = flags_the_fused_step_leaves_to_evaluation(config);
+  if (device == Device::cuda && config.step == "auto" && config.fused_split() != Config().fused_split() &&
+      !evaluation_only.empty())
+    observer.message("note: --fused-split " + config.fused_split() +
+                     " has no effect: --step auto takes the autograd tape beside " + evaluation_only);
   if (device == Device::cuda && (config.step == "fused" || config.step == "cluster") &&
       !evaluation_only.empty())
     observer.message(
@@ -526,7 +530,7 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
   const int64_t N = config.models;
   DeviceData data = upload(mnist, device, config.train_samples);
   // What the run's sizes make of flags that read as if they did more:
-  if (config.batch_size > data.train_count)
+  if (config.batch_size > data.train_count && config.epochs_teacher + config.epochs_distill > 0)
     observer.message("note: --batch-size " + std::to_string(config.batch_size) + " is more than the " +
                      std::to_string(data.train_count) + " training images" +
                      (config.train_samples > 0 ? " --train-samples leaves" : "") +
@@ -556,7 +560,7 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
               config.load_init_path.empty() ? init_name(config.init) : loaded.scheme);
 
   MlpParams cross(shape, N, DType::f32, device);
-  if (config.preset == Preset::paper && N >= 2) {
+  if (config.pairs_models_for_control()) {
     // The paper's cross-model arm takes another model's init. A cyclic shift is a
     // derangement: no model is ever paired with its own init, where the paper script's random
     // permutation pairs about one with itself (../shared/docs/REFERENCE.md §2, pitfalls).

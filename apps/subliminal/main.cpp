@@ -180,14 +180,15 @@ void check_init_file(const Config& config) {
   InitFileNotes file;
   load_init(config.load_init_path, probe, parity, &file);
   if (parity) return;
-  const bool draws_its_control = config.cross_init && !(config.preset == Preset::paper && config.models >= 2);
+  const bool draws_its_control = config.draws_its_own_control();
   if (!file.seed.empty() && file.seed != std::to_string(config.seed))
-    std::fprintf(stderr,
-                 "subliminal: note: %s was saved by a run with --seed %s; this run's batches, noise%s follow "
-                 "--seed %llu, so it does not repeat that run (give --seed %s to)\n",
-                 config.load_init_path.c_str(), file.seed.c_str(),
-                 draws_its_control ? " and cross-init student" : "", (unsigned long long)config.seed,
-                 file.seed.c_str());
+    std::fprintf(
+        stderr,
+        "subliminal: note: %s was saved by a run with --seed %s; this run's %s follow --seed %llu, so "
+        "it does not repeat that run (give --seed %s to)\n",
+        config.load_init_path.c_str(), file.seed.c_str(),
+        draws_its_control ? "batches, noise and cross-init student" : "batches and noise",
+        (unsigned long long)config.seed, file.seed.c_str());
   if (draws_its_control && !file.scheme.empty() && file.scheme != init_name(config.init))
     std::fprintf(stderr,
                  "subliminal: note: %s holds an --init %s init; this run draws its cross-init control with "
