@@ -537,9 +537,9 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
                      ": each epoch is one step of " + std::to_string(data.train_count));
   if (config.preset == Preset::paper && N == 1 && config.cross_init)
     observer.message(
-        "note: --preset paper with one model: the cross-init control is a second init drawn from --seed, as "
-        "in "
-        "the notebook preset; the paper's pairing with another model's init needs --models 2 or more");
+        "note: --preset paper with one model: the cross-init control is a second init drawn from "
+        "--seed, as in the notebook preset; the paper's pairing with another model's init needs "
+        "--models 2 or more");
 
   // 1. init: model m from seed + m; the shared init (variant 0) and the cross-init one. The
   // teacher and the same-init students start as exact copies of the shared init (unless
