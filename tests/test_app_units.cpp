@@ -440,6 +440,15 @@ data::Mnist made_up_mnist(int64_t train, int64_t test) {
 }
 
 // A small model and batch for the made-up runs, plus `extra` flags.
+// What was written to a std::tmpfile(), which is then closed.
+std::string read_and_close(std::FILE* out) {
+  std::rewind(out);
+  std::string text;
+  for (int c; (c = std::fgetc(out)) != EOF;) text += char(c);
+  std::fclose(out);
+  return text;
+}
+
 Config small_run(std::vector<const char*> extra) {
   std::vector<const char*> args = {"--hidden", "8", "--batch-size", "4", "--no-progress"};
   args.insert(args.end(), extra.begin(), extra.end());
@@ -1074,11 +1083,7 @@ TEST(Report, TheSummaryAddsStudentsTIntervalBelowThirtyModels) {
     results.final_acc = {{"teacher", acc}};
     std::FILE* out = std::tmpfile();
     print_summary(out, parse({}), results, {});
-    std::rewind(out);
-    std::string text;
-    for (int c; (c = std::fgetc(out)) != EOF;) text += char(c);
-    std::fclose(out);
-    return text;
+    return read_and_close(out);
   };
   EXPECT_NE(summary(29).find("(95% CI, n=29; Student's t: ± "), std::string::npos) << summary(29);
   EXPECT_NE(summary(30).find("(95% CI, n=30)"), std::string::npos) << summary(30);
@@ -1159,10 +1164,7 @@ TEST(Report, TheDistillationLineNamesTheStudentsInputs) {
       console.phase_begins("Distill", 1, 1);
       console.phase_ends();
     }
-    std::rewind(out);
-    std::string text;
-    for (int c; (c = std::fgetc(out)) != EOF;) text += char(c);
-    std::fclose(out);
+    const std::string text = read_and_close(out);
     EXPECT_EQ(text,
               real_images ? "Distilling students on MNIST images...\n" : "Distilling students on noise...\n");
   }
@@ -1179,10 +1181,7 @@ TEST(Report, TheStudentsEpochLineNamesTheDivergence) {
       console.arm_epoch({"student", "Student", true, false},
                         {2, {divergence == Divergence::kl ? 0.25 : 6.1e-5}, {0.5}}, 5);
     }
-    std::rewind(out);
-    std::string text;
-    for (int c; (c = std::fgetc(out)) != EOF;) text += char(c);
-    std::fclose(out);
+    const std::string text = read_and_close(out);
     EXPECT_EQ(text, std::string("[Student] epoch=2 ") + loss + " test_acc=50.0000%\n");
   }
 }
@@ -1241,11 +1240,7 @@ std::string sweep_with(const std::string& prefix, std::vector<const char*> flags
   if (sweeps_hidden) args.insert(args.begin(), {"--batch-size", "4", "--no-progress"});
   std::FILE* out = std::tmpfile();
   run_sweep(sweeps_hidden ? parse(args) : small_run(args), made_up_mnist(8, 200), Device::cpu, out);
-  std::rewind(out);
-  std::string text;
-  for (int c; (c = std::fgetc(out)) != EOF;) text += char(c);
-  std::fclose(out);
-  return text;
+  return read_and_close(out);
 }
 
 // A sweep of lr=1e-3,2e-3, plus `extra` flags.

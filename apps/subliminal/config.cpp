@@ -117,17 +117,12 @@ void parse_fused_split(Config& c, const std::string& key, const std::string& val
 
 std::vector<int64_t> parse_sizes(const std::string& key, const std::string& value) {
   std::vector<int64_t> sizes;
-  size_t start = 0;
-  while (true) {
-    size_t comma = value.find(',', start);
-    std::string part = value.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+  for (const std::string& part : split_text(value, ',')) {
     int64_t v = 0;
     auto [end, error] = std::from_chars(part.data(), part.data() + part.size(), v);
     if (part.empty() || error != std::errc() || end != part.data() + part.size() || v < 1 || v > 65536)
       bad_value(key, "comma-separated layer widths from 1 to 65536 (e.g. 256,256)", value);
     sizes.push_back(v);
-    if (comma == std::string::npos) break;
-    start = comma + 1;
   }
   return sizes;
 }
@@ -324,6 +319,17 @@ MlpShape Config::mlp_shape() const {
   s.sizes.insert(s.sizes.end(), hidden.begin(), hidden.end());
   s.sizes.push_back(outputs());
   return s;
+}
+
+std::vector<std::string> split_text(const std::string& text, char separator) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    const size_t at = text.find(separator, start);
+    parts.push_back(text.substr(start, at == std::string::npos ? std::string::npos : at - start));
+    if (at == std::string::npos) return parts;
+    start = at + 1;
+  }
 }
 
 std::string Config::hidden_text() const {
@@ -565,17 +571,14 @@ void refuse_what_parity_batch_ignores(const Config& c, const CLI::App& cli, bool
 bool any_swept_value(const std::string& sweep, const std::function<bool(const Config&)>& test) {
   const size_t eq = sweep.find('=');
   const std::string key = sweep.substr(0, eq), values = eq == std::string::npos ? "" : sweep.substr(eq + 1);
-  size_t start = 0;
-  while (start <= values.size()) {
-    const size_t comma = std::min(values.find(',', start), values.size());
+  for (const std::string& value : split_text(values, ',')) {
     Config probe;
     try {
-      set_config_value(probe, key, values.substr(start, comma - start));
+      set_config_value(probe, key, value);
       if (test(probe)) return true;
     } catch (const UsageError&) {
       return true;
     }
-    start = comma + 1;
   }
   return false;
 }

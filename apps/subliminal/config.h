@@ -89,6 +89,9 @@ struct Config {
   std::string hidden_text() const;  // "256,256": --hidden's form
 };
 
+// "a,b,,c" split at `separator` into its parts, empty ones included: {"a", "b", "", "c"}.
+std::vector<std::string> split_text(const std::string& text, char separator);
+
 // The result of reading the command line: a config, or the help text to print, or --version.
 struct CommandLine {
   Config config;

@@ -50,17 +50,6 @@ bool sweepable(const std::string& key) {
   return std::find(keys.begin(), keys.end(), key) != keys.end();
 }
 
-std::vector<std::string> split(const std::string& text, char separator) {
-  std::vector<std::string> parts;
-  size_t start = 0;
-  while (true) {
-    size_t at = text.find(separator, start);
-    parts.push_back(text.substr(start, at == std::string::npos ? std::string::npos : at - start));
-    if (at == std::string::npos) return parts;
-    start = at + 1;
-  }
-}
-
 // What every row of one sweep shares: the settings of the base run (config_json, the init
 // file's resolved path among them), less the swept keys and what does not change a row (whether
 // each epoch was evaluated). A row written under other settings is not a result of this sweep,
@@ -371,7 +360,7 @@ SweptKey parse_sweep(const std::string& sweep) {
                      ")");
   }
   // hidden sizes contain commas themselves: separate its values with ';' instead.
-  return {sweep, key, split(sweep.substr(eq + 1), key == "hidden" ? ';' : ',')};
+  return {sweep, key, split_text(sweep.substr(eq + 1), key == "hidden" ? ';' : ',')};
 }
 
 // The most configurations one sweep may have. Each runs a whole experiment — at the notebook's
