@@ -497,19 +497,11 @@ void check_host_memory(const Config& config, Device device) {
                          bytes_text(limit) + " is available");
 }
 
-Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer,
-                       TrainedModels* trained) {
-  check_host_memory(config, device);
-  Results results;
-  results.device = device_description(device);
-  apply_gemm_settings(config);
-#ifdef SUBLIMINAL_HAS_CUDA
-  if (device == Device::cuda && config.step == "cluster" && !cuda::cluster_step_supported())
-    throw InputError(
-        "--step cluster: needs thread-block clusters (compute capability 9.0 or later) and a build with "
-        "sm_90 code (CMAKE_CUDA_ARCHITECTURES including 90); this GPU is " +
-        results.device);
-#endif
+namespace {
+
+// Notes on flags that read as if they did more than they do with this device and these sizes;
+// the run goes on (the refusals are Config::validate's).
+void note_flags_without_effect(const Config& config, Device device, int64_t train_count, Observer& observer) {
   if (device == Device::cuda && config.tf32 && config.gemm_engine == "tiled")
     observer.message("note: --tf32 has no effect with --gemm tiled (its kernels compute in fp32)");
   if (device == Device::cuda && config.autotune && config.gemm_engine == "tiled")
@@ -526,62 +518,117 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
         " trains in its own float32 kernels; these flags reach only the evaluation: " + evaluation_only);
   if (device == Device::cuda && config.graphs && !replay_graphs(config))
     observer.message("note: --gemm cudnn launches each step without CUDA graphs (its workspace may move)");
-  const MlpShape shape = config.mlp_shape();
-  const int64_t N = config.models;
-  DeviceData data = upload(mnist, device, config.train_samples);
-  // What the run's sizes make of flags that read as if they did more:
-  if (config.batch_size > data.train_count && config.epochs_teacher + config.epochs_distill > 0)
+  if (config.batch_size > train_count && config.epochs_teacher + config.epochs_distill > 0)
     observer.message("note: --batch-size " + std::to_string(config.batch_size) + " is more than the " +
-                     std::to_string(data.train_count) + " training images" +
+                     std::to_string(train_count) + " training images" +
                      (config.train_samples > 0 ? " --train-samples leaves" : "") +
-                     ": each epoch is one step of " + std::to_string(data.train_count));
-  if (config.preset == Preset::paper && N == 1 && config.cross_init)
+                     ": each epoch is one step of " + std::to_string(train_count));
+  if (config.preset == Preset::paper && config.models == 1 && config.cross_init)
     observer.message(
         "note: --preset paper with one model: the cross-init control is a second init drawn from "
         "--seed, as in the notebook preset; the paper's pairing with another model's init needs "
         "--models 2 or more");
+}
 
-  // 1. init: model m from seed + m; the shared init (variant 0) and the cross-init one. The
-  // teacher and the same-init students start as exact copies of the shared init (unless
-  // --init-perturb), as in the notebook's student.load_state_dict(teacher.state_dict()). The
-  // notebook stops before any control; here the cross-init students start from a second init
-  // drawn from the same seed (variant 1, engine/nn.h), except in the paper preset with ≥ 2
-  // models (below).
+// The run's three starting points, N models each.
+struct Inits {
+  MlpParams init;       // the shared init: the teacher's, and the reference arm's
+  MlpParams same_init;  // the same-init students' start: init, or init perturbed (--init-perturb)
+  MlpParams cross;      // the cross-init students' start
+};
+
+// Model m from seed + m; the shared init (variant 0) and the cross-init one. The teacher and
+// the same-init students start as exact copies of the shared init (unless --init-perturb), as
+// in the notebook's student.load_state_dict(teacher.state_dict()). The notebook stops before
+// any control; here the cross-init students start from a second init drawn from the same seed
+// (variant 1, engine/nn.h), except in the paper preset with ≥ 2 models (below).
+Inits draw_inits(const Config& config, Device device) {
+  const MlpShape shape = config.mlp_shape();
+  const int64_t N = config.models;
   std::vector<uint64_t> seeds;
   for (int64_t m = 0; m < N; ++m) seeds.push_back(config.seed + uint64_t(m));
-  MlpParams init(shape, N, DType::f32, device);
+  Inits inits{MlpParams(shape, N, DType::f32, device), MlpParams(shape, N, DType::f32, device),
+              MlpParams(shape, N, DType::f32, device)};
   InitFileNotes loaded;  // a loaded init keeps the scheme its file names (if any) in a --save-init of it
   if (!config.load_init_path.empty())
-    load_init(config.load_init_path, init, false, &loaded);
+    load_init(config.load_init_path, inits.init, false, &loaded);
   else
-    init_mlp(init, config.init, seeds, 0);
+    init_mlp(inits.init, config.init, seeds, 0);
   if (!config.save_init_path.empty())
-    save_init(config.save_init_path, init, config.force, config.seed,
+    save_init(config.save_init_path, inits.init, config.force, config.seed,
               config.load_init_path.empty() ? init_name(config.init) : loaded.scheme);
 
-  MlpParams cross(shape, N, DType::f32, device);
   if (config.pairs_models_for_control()) {
     // The paper's cross-model arm takes another model's init. A cyclic shift is a
     // derangement: no model is ever paired with its own init, where the paper script's random
     // permutation pairs about one with itself (../shared/docs/REFERENCE.md §2, pitfalls).
-    for (int64_t m = 0; m < N; ++m) cross.copy_model_from(init, cross_init_partner(m, N), m);
+    for (int64_t m = 0; m < N; ++m) inits.cross.copy_model_from(inits.init, cross_init_partner(m, N), m);
   } else {
-    init_mlp(cross, config.init, seeds, 1);
+    init_mlp(inits.cross, config.init, seeds, 1);
   }
-  MlpParams same_init(shape, N, DType::f32, device);
-  same_init.copy_from(init);
-  if (config.init_perturb > 0) perturb(same_init, config.init_perturb, config.seed);
+  inits.same_init.copy_from(inits.init);
+  if (config.init_perturb > 0) perturb(inits.same_init, config.init_perturb, config.seed);
+  return inits;
+}
+
+// Step 4: the students, one group per set of distilled logits (ghost, then all). Each arm's
+// final accuracy goes to results; the trained students to *trained_ghost / *trained_all.
+void train_students(const std::vector<ArmSpec>& arms, const MlpParams& teacher, const Inits& inits,
+                    const DeviceData& data, const Config& config, Device device, Results& results,
+                    Observer& observer, MlpParams* trained_ghost, MlpParams* trained_all) {
+  std::vector<ArmSpec> ghost_arms, all_arms;
+  for (const ArmSpec& a : arms) (a.all_logits ? all_arms : ghost_arms).push_back(a);
+  for (const auto* group : {&ghost_arms, &all_arms}) {
+    if (group->empty()) continue;
+    MlpParams* out = group == &ghost_arms ? trained_ghost : trained_all;
+    if (config.epochs_distill == 0) {  // nothing to train: the students are their inits (and --save's)
+      for (const ArmSpec& a : *group)
+        results.final_acc.push_back({a.key, evaluate(a.same_init ? inits.same_init : inits.cross, data,
+                                                     config.fusion, config.classes())});
+      if (out != nullptr) *out = group_students(*group, inits.same_init, inits.cross);
+      continue;
+    }
+    distill_group(*group, teacher, inits.same_init, inits.cross, data, config, device, results, observer,
+                  out);
+  }
+  for (const ArmSpec& a : arms) {
+    const auto found = results.arm_epochs.find(a.key);
+    if (found != results.arm_epochs.end() && !found->second.empty())
+      results.final_acc.push_back({a.key, found->second.back().test_acc});
+  }
+}
+
+}  // namespace
+
+Results run_experiment(const Config& config, const data::Mnist& mnist, Device device, Observer& observer,
+                       TrainedModels* trained) {
+  check_host_memory(config, device);
+  Results results;
+  results.device = device_description(device);
+  apply_gemm_settings(config);
+#ifdef SUBLIMINAL_HAS_CUDA
+  if (device == Device::cuda && config.step == "cluster" && !cuda::cluster_step_supported())
+    throw InputError(
+        "--step cluster: needs thread-block clusters (compute capability 9.0 or later) and a build with "
+        "sm_90 code (CMAKE_CUDA_ARCHITECTURES including 90); this GPU is " +
+        results.device);
+#endif
+  DeviceData data = upload(mnist, device, config.train_samples);
+  note_flags_without_effect(config, device, data.train_count, observer);
+
+  // 1. init.
+  Inits inits = draw_inits(config, device);
 
   // 2. reference: the untrained init (the paper's reference arm, ../shared/docs/REFERENCE.md §2).
   {
     auto start = Clock::now();
-    results.final_acc.push_back({"reference", evaluate(init, data, config.fusion, config.classes())});
+    results.final_acc.push_back({"reference", evaluate(inits.init, data, config.fusion, config.classes())});
     results.eval_seconds += seconds_since(start);
   }
 
   // 3. teacher.
-  MlpParams teacher(shape, N, DType::f32, device);
-  teacher.copy_from(init);
+  MlpParams teacher(config.mlp_shape(), config.models, DType::f32, device);
+  teacher.copy_from(inits.init);
   train_teacher(teacher, data, config, device, results, observer);
   // The notebook's "Teacher final test accuracy" evaluates the teacher once more; its weights are
   // those of the last epoch's evaluation (always made), so that number is reused.
@@ -589,28 +636,11 @@ Results run_experiment(const Config& config, const data::Mnist& mnist, Device de
                                               ? results.final_acc.front().second
                                               : results.teacher_epochs.back().test_acc});
 
-  // 4. students, one group per set of distilled logits.
-  std::vector<ArmSpec> arms = student_arms(config);
-  std::vector<ArmSpec> ghost_arms, all_arms;
-  for (const ArmSpec& a : arms) (a.all_logits ? all_arms : ghost_arms).push_back(a);
+  // 4. students.
+  const std::vector<ArmSpec> arms = student_arms(config);
   MlpParams trained_ghost, trained_all;
-  for (const auto* group : {&ghost_arms, &all_arms}) {
-    if (group->empty()) continue;
-    MlpParams* out = group == &ghost_arms ? &trained_ghost : &trained_all;
-    if (config.epochs_distill == 0) {  // nothing to train: the students are their inits (and --save's)
-      for (const ArmSpec& a : *group)
-        results.final_acc.push_back(
-            {a.key, evaluate(a.same_init ? same_init : cross, data, config.fusion, config.classes())});
-      if (trained != nullptr) *out = group_students(*group, same_init, cross);
-      continue;
-    }
-    distill_group(*group, teacher, same_init, cross, data, config, device, results, observer, out);
-  }
-  for (const ArmSpec& a : arms) {
-    const auto found = results.arm_epochs.find(a.key);
-    if (found != results.arm_epochs.end() && !found->second.empty())
-      results.final_acc.push_back({a.key, found->second.back().test_acc});
-  }
+  train_students(arms, teacher, inits, data, config, device, results, observer,
+                 trained != nullptr ? &trained_ghost : nullptr, trained != nullptr ? &trained_all : nullptr);
   if (trained != nullptr)
     *trained = {std::move(teacher), std::move(trained_ghost), std::move(trained_all), arms};
   results.notes = gemm::fallback_report();
