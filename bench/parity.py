@@ -259,6 +259,150 @@ def read_engine_file(path, what):
         die(f"{what} wrote an unreadable file: {e}", 3)
 
 
+def first_batch(args):
+    """The first --batch-size training images (uint8) and labels, in file order."""
+    try:
+        arrays = bench_io.load_mnist_arrays(args.data_dir)
+    except ValueError as e:
+        die(str(e))
+    B = args.batch_size
+    if len(arrays["train_images"]) < B:
+        die(f"--batch-size {B}: the training set in {shown(args.data_dir)} holds only {len(arrays['train_images'])} images")
+    return arrays["train_images"][:B], arrays["train_labels"][:B]
+
+
+def make_workdir(args):
+    """--keep's folder, or a temporary one removed at exit."""
+    if not args.keep:
+        workdir = tempfile.mkdtemp(prefix="parity_")
+        atexit.register(shutil.rmtree, workdir, True)
+        return workdir
+    try:
+        os.makedirs(args.keep, exist_ok=True)
+    except OSError as e:
+        die(f"--keep {shown(args.keep)}: cannot make it ({e.strerror or e})")
+    return args.keep
+
+
+class Inputs:
+    """What both sides compute from: the init, the noise batch, T and the teacher's scale, and the
+    engine's tensors (None with --torch-only)."""
+
+    def __init__(self, init, init_path, noise, T=DEFAULT_T, scale=DEFAULT_SCALE, engine_out=None):
+        self.init, self.init_path, self.noise = init, init_path, noise
+        self.T, self.scale, self.engine_out = T, scale, engine_out
+
+
+def torch_only_inputs(args):
+    """--init's tensors (or torch's own init from --seed) and a torch.rand noise batch."""
+    if args.init_tensors is not None:
+        init = args.init_tensors
+    else:
+        torch.manual_seed(args.seed)
+        init = {k: v.numpy().copy() for k, v in ts.MLP(args.sizes).state_dict().items()}
+    B = args.batch_size
+    noise = (torch.rand(B, ts.IMAGE_PIXELS, generator=torch.Generator().manual_seed(args.seed)) * 2 - 1).numpy()
+    print("parity.py: --torch-only: no engine; comparing torch fp32 with torch fp64")
+    return Inputs(init, args.init, noise)
+
+
+def engine_inputs(args, workdir, threads):
+    """Steps 1 and 2 of the docstring: the engine writes the init (unless --init gives one) and the
+    parity batch; both are read back."""
+    engine, B = args.engine, args.batch_size
+    help_text = run_engine([engine, "--help"], "subliminal --help")
+    if "--parity-batch" not in help_text:
+        die(f"{engine} has no --parity-batch option (rebuild the app); `--torch-only` checks the torch side", 3)
+    common = ["--data", args.data_dir, "--device", args.device, "--threads", str(threads), "--seed", str(args.seed),
+              "--hidden", ",".join(map(str, args.hidden)), "--ghosts", str(args.ghosts)]
+    init_path = args.init
+    if not init_path:
+        init_path = os.path.join(workdir, INIT_FILE)
+        if os.path.exists(init_path):
+            os.remove(init_path)
+        run_engine([engine, *common, "--save-init", init_path, "--epochs-teacher", "0", "--epochs-distill", "0",
+                    "--cross-init", "false", "--no-progress"], "subliminal --save-init")
+    parity_path = os.path.join(workdir, PARITY_FILE)
+    if os.path.exists(parity_path):  # a --keep folder's earlier run: the engine will not overwrite it
+        os.remove(parity_path)
+    run_engine([engine, *common, "--parity-batch", parity_path, "--load-init", init_path,
+                "--batch-size", str(B), *args.engine_argv], "subliminal --parity-batch")
+    if args.init:  # the engine has read it already
+        try:
+            init, _ = bench_io.read_safetensors(init_path)
+        except ValueError as e:
+            die(f"--init {e}")
+    else:
+        init, _ = read_engine_file(init_path, "subliminal --save-init")
+    engine_out, meta = read_engine_file(parity_path, "subliminal --parity-batch")
+    try:
+        T = float(meta.get("temperature", DEFAULT_T))
+        scale = float(meta.get("teacher_scale", DEFAULT_SCALE))
+    except (TypeError, ValueError):
+        die(f"{shown(parity_path)}: temperature / teacher_scale in its metadata are not numbers", 3)
+    if "noise" not in engine_out:
+        die(f"{parity_path} holds no `noise` tensor", 3)
+    if engine_out["noise"].size != B * ts.IMAGE_PIXELS:
+        die(f"{parity_path}: its `noise` holds {engine_out['noise'].size} values, not {B} × {ts.IMAGE_PIXELS}", 3)
+    noise = engine_out["noise"].reshape(B, ts.IMAGE_PIXELS)
+    print(f"parity.py: engine {engine} on {args.device}; init {init_path}; batch {parity_path}")
+    return Inputs(init, init_path, noise, T, scale, engine_out)
+
+
+class Comparison:
+    """One row per tensor (the errors of each pair of sides), and the worst of them."""
+
+    def __init__(self):
+        self.rows, self.worst32, self.worst_raw32, self.problems = [], 0.0, 0.0, []
+
+
+def compare(keys, t32, t64, engine_out, tolerance):
+    c = Comparison()
+    for k in keys:
+        ref = t64[k]
+        row = {"tensor": k, "shape": list(ref.shape), "torch32_vs_torch64": rel_err(t32[k], ref, ref),
+               "value": float(ref.reshape(-1)[0]) if k.endswith("loss") else float(np.max(np.abs(ref)))}
+        c.rows.append(row)
+        if engine_out is None:
+            continue
+        if k not in engine_out:
+            c.problems.append(f"engine file lacks {k}")
+            continue
+        if engine_out[k].size != ref.size:
+            c.problems.append(f"{k}: engine shape {list(engine_out[k].shape)}, torch {list(ref.shape)}")
+            continue
+        e = engine_out[k].astype(np.float64).reshape(ref.shape)
+        row["engine_vs_torch32"] = rel_err(e, t32[k], ref)
+        row["engine_vs_torch64"] = rel_err(e, ref, ref)
+        if not np.all(np.isfinite(e)):
+            c.problems.append(f"{k}: engine values are not all finite")
+        e32 = row["engine_vs_torch32"]
+        row["judged_against"], row["error"] = judge(e32, row["engine_vs_torch64"], row["torch32_vs_torch64"],
+                                                    tolerance)
+        c.worst_raw32 = worse(c.worst_raw32, e32)
+        c.worst32 = worse(c.worst32, row["error"])
+    return c
+
+
+def print_table(rows, with_engine, B, sizes, ghosts, T, scale):
+    print(f"\nOne batch of {B}, MLP {'-'.join(map(str, sizes))}, KL and JS on ghost columns "
+          f"{ts.N_CLASSES}..{ts.N_CLASSES + ghosts - 1}, T = {T:g}, teacher = {scale:g} × init")
+    print("error = max|a - b| / max|torch fp64|  (for the losses: |a - b| / |torch fp64|)\n")
+    hdr = f"{'tensor':<24} {'shape':<12} {'value/max|.|':>13} "
+    if with_engine:
+        hdr += f"{'engine vs fp32':>15} {'engine vs fp64':>15} "
+    hdr += f"{'fp32 vs fp64':>13}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        line = f"{r['tensor']:<24} {'x'.join(map(str, r['shape'])):<12} {r['value']:>13.6g} "
+        if with_engine:
+            e32, e64 = r.get("engine_vs_torch32"), r.get("engine_vs_torch64")
+            line += f"{e32:>15.2e} {e64:>15.2e} " if e32 is not None else f"{'missing':>15} {'':>15} "
+        line += f"{r['torch32_vs_torch64']:>13.2e}"
+        print(line)
+
+
 def main():
     global ts, np, torch, F
     args = parse_args()
@@ -273,144 +417,44 @@ def main():
     torch.set_float32_matmul_precision("highest")  # no TF32 in the fp32 reference
     if args.torch_device == "cuda" and not torch.cuda.is_available():
         die("--torch-device cuda: torch.cuda.is_available() is False")
-    try:
-        arrays = bench_io.load_mnist_arrays(args.data_dir)
-    except ValueError as e:
-        die(str(e))
-    if len(arrays["train_images"]) < B:
-        die(f"--batch-size {B}: the training set in {shown(args.data_dir)} holds only {len(arrays['train_images'])} images")
-    images, labels = arrays["train_images"][:B], arrays["train_labels"][:B]
-
-    workdir = args.keep or tempfile.mkdtemp(prefix="parity_")
-    if args.keep:
-        try:
-            os.makedirs(workdir, exist_ok=True)
-        except OSError as e:
-            die(f"--keep {shown(args.keep)}: cannot make it ({e.strerror or e})")
-    else:
-        atexit.register(shutil.rmtree, workdir, True)
-    T, scale = DEFAULT_T, DEFAULT_SCALE
-    engine_out = None
-    init_path = args.init
-    if args.torch_only:
-        if args.init_tensors is not None:
-            init = args.init_tensors
-        else:
-            torch.manual_seed(args.seed)
-            init = {k: v.numpy().copy() for k, v in ts.MLP(sizes).state_dict().items()}
-        noise = (torch.rand(B, ts.IMAGE_PIXELS, generator=torch.Generator().manual_seed(args.seed)) * 2 - 1).numpy()
-        print("parity.py: --torch-only: no engine; comparing torch fp32 with torch fp64")
-    else:
-        engine = args.engine
-        help_text = run_engine([engine, "--help"], "subliminal --help")
-        if "--parity-batch" not in help_text:
-            die(f"{engine} has no --parity-batch option (rebuild the app); `--torch-only` checks the torch side", 3)
-        common = ["--data", args.data_dir, "--device", args.device, "--threads", str(threads), "--seed", str(args.seed),
-                  "--hidden", ",".join(map(str, args.hidden)), "--ghosts", str(args.ghosts)]
-        if not init_path:
-            init_path = os.path.join(workdir, INIT_FILE)
-            if os.path.exists(init_path):
-                os.remove(init_path)
-            run_engine([engine, *common, "--save-init", init_path, "--epochs-teacher", "0", "--epochs-distill", "0",
-                        "--cross-init", "false", "--no-progress"], "subliminal --save-init")
-        parity_path = os.path.join(workdir, PARITY_FILE)
-        if os.path.exists(parity_path):  # a --keep folder's earlier run: the engine will not overwrite it
-            os.remove(parity_path)
-        run_engine([engine, *common, "--parity-batch", parity_path, "--load-init", init_path,
-                    "--batch-size", str(B), *args.engine_argv], "subliminal --parity-batch")
-        if args.init:  # the engine has read it already
-            try:
-                init, _ = bench_io.read_safetensors(init_path)
-            except ValueError as e:
-                die(f"--init {e}")
-        else:
-            init, _ = read_engine_file(init_path, "subliminal --save-init")
-        engine_out, meta = read_engine_file(parity_path, "subliminal --parity-batch")
-        try:
-            T = float(meta.get("temperature", T))
-            scale = float(meta.get("teacher_scale", scale))
-        except (TypeError, ValueError):
-            die(f"{shown(parity_path)}: temperature / teacher_scale in its metadata are not numbers", 3)
-        if "noise" not in engine_out:
-            die(f"{parity_path} holds no `noise` tensor", 3)
-        if engine_out["noise"].size != B * ts.IMAGE_PIXELS:
-            die(f"{parity_path}: its `noise` holds {engine_out['noise'].size} values, not {B} × {ts.IMAGE_PIXELS}", 3)
-        noise = engine_out["noise"].reshape(B, ts.IMAGE_PIXELS)
-        print(f"parity.py: engine {engine} on {args.device}; init {init_path}; batch {parity_path}")
+    images, labels = first_batch(args)
+    workdir = make_workdir(args)
+    inputs = torch_only_inputs(args) if args.torch_only else engine_inputs(args, workdir, threads)
+    engine_out = inputs.engine_out
 
     names = list(ts.MLP(sizes).state_dict().keys())
     try:
-        bench_io.check_init(init, sizes, init_path or "the init")
+        bench_io.check_init(inputs.init, sizes, inputs.init_path or "the init")
     except ValueError as e:
         die(f"--init {e}" if args.init else str(e), 2 if args.init else 3)
-    t32 = torch_side(init, images, labels, noise, sizes, args.ghosts, T, scale, torch.float32,
-                     torch.device(args.torch_device))
-    t64 = torch_side(init, images, labels, noise, sizes, args.ghosts, T, scale, torch.float64, torch.device("cpu"))
+    t32 = torch_side(inputs.init, images, labels, inputs.noise, sizes, args.ghosts, inputs.T, inputs.scale,
+                     torch.float32, torch.device(args.torch_device))
+    t64 = torch_side(inputs.init, images, labels, inputs.noise, sizes, args.ghosts, inputs.T, inputs.scale,
+                     torch.float64, torch.device("cpu"))
 
     keys = ["loss"] + ["grad." + n for n in names]
     for d in ("kl", "js"):
         keys += [d + "_loss"] + [d + "_grad." + n for n in names]
-    rows, worst32, worst_raw32, problems = [], 0.0, 0.0, []
-    for k in keys:
-        ref = t64[k]
-        row = {"tensor": k, "shape": list(ref.shape), "torch32_vs_torch64": rel_err(t32[k], ref, ref),
-               "value": float(ref.reshape(-1)[0]) if k.endswith("loss") else float(np.max(np.abs(ref)))}
-        if engine_out is not None:
-            if k not in engine_out:
-                problems.append(f"engine file lacks {k}")
-                rows.append(row)
-                continue
-            e = engine_out[k].astype(np.float64).reshape(ref.shape) if engine_out[k].size == ref.size else None
-            if e is None:
-                problems.append(f"{k}: engine shape {list(engine_out[k].shape)}, torch {list(ref.shape)}")
-                rows.append(row)
-                continue
-            row["engine_vs_torch32"] = rel_err(e, t32[k], ref)
-            row["engine_vs_torch64"] = rel_err(e, ref, ref)
-            if not np.all(np.isfinite(e)):
-                problems.append(f"{k}: engine values are not all finite")
-            e32 = row["engine_vs_torch32"]
-            row["judged_against"], row["error"] = judge(e32, row["engine_vs_torch64"], row["torch32_vs_torch64"],
-                                                        args.tolerance)
-            worst_raw32 = worse(worst_raw32, e32)
-            worst32 = worse(worst32, row["error"])
-        rows.append(row)
-
-    # the table
-    print(f"\nOne batch of {B}, MLP {'-'.join(map(str, sizes))}, KL and JS on ghost columns "
-          f"{ts.N_CLASSES}..{ts.N_CLASSES + args.ghosts - 1}, T = {T:g}, teacher = {scale:g} × init")
-    print("error = max|a - b| / max|torch fp64|  (for the losses: |a - b| / |torch fp64|)\n")
-    hdr = f"{'tensor':<24} {'shape':<12} {'value/max|.|':>13} "
-    if engine_out is not None:
-        hdr += f"{'engine vs fp32':>15} {'engine vs fp64':>15} "
-    hdr += f"{'fp32 vs fp64':>13}"
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        line = f"{r['tensor']:<24} {'x'.join(map(str, r['shape'])):<12} {r['value']:>13.6g} "
-        if engine_out is not None:
-            e32, e64 = r.get("engine_vs_torch32"), r.get("engine_vs_torch64")
-            line += f"{e32:>15.2e} {e64:>15.2e} " if e32 is not None else f"{'missing':>15} {'':>15} "
-        line += f"{r['torch32_vs_torch64']:>13.2e}"
-        print(line)
+    c = compare(keys, t32, t64, engine_out, args.tolerance)
+    print_table(c.rows, engine_out is not None, B, sizes, args.ghosts, inputs.T, inputs.scale)
 
     status = 0
     if engine_out is not None:
-        ok, lines = verdict(rows, worst_raw32, worst32, args.tolerance, problems)
+        ok, lines = verdict(c.rows, c.worst_raw32, c.worst32, args.tolerance, c.problems)
         print("\n" + "\n".join(lines))
         status = 0 if ok else 1
     else:
         worst = 0.0
-        for r in rows:
+        for r in c.rows:
             worst = worse(worst, r["torch32_vs_torch64"])
         print(f"\ntorch fp32 vs fp64 worst: {worst:.2e} (no engine compared)")
     if args.json:
         write_json(args.json, {
             "engine_device": None if engine_out is None else args.device, "torch_device": args.torch_device,
-            "batch_size": B, "sizes": list(sizes), "temperature": T, "teacher_scale": scale,
-            "tolerance": args.tolerance, "worst_error": None if engine_out is None else worst32,
-            "worst_engine_vs_torch32": None if engine_out is None else worst_raw32,
-            "status": "pass" if status == 0 else "fail", "problems": problems, "rows": rows,
+            "batch_size": B, "sizes": list(sizes), "temperature": inputs.T, "teacher_scale": inputs.scale,
+            "tolerance": args.tolerance, "worst_error": None if engine_out is None else c.worst32,
+            "worst_engine_vs_torch32": None if engine_out is None else c.worst_raw32,
+            "status": "pass" if status == 0 else "fail", "problems": c.problems, "rows": c.rows,
             "framework": f"pytorch {torch.__version__}"})
     return status
 
