@@ -451,7 +451,7 @@ def progress_bar(iterable, desc, enabled):
 
 
 def run_faithful(args, ctx):
-    device, sizes, clock, report = ctx["device"], ctx["sizes"], ctx["clock"], ctx["report"]
+    device, clock, report = ctx["device"], ctx["clock"], ctx["report"]
     DEVICE = device.type
     GHOST_IDX = torch.arange(N_CLASSES, N_CLASSES + args.ghosts)
     LR, BATCH_SIZE, T = args.lr, args.batch_size, args.temperature
@@ -918,6 +918,66 @@ def check_torch_args(args):
         die(f"--compile needs torch ≥ 2.0 (this is {torch.__version__})")
 
 
+def new_report(args, device, dev_name, threads, cross_init):
+    """The JSON report's fields known before training, in the app's schema; run() adds the rest."""
+    report = {
+        "framework": f"pytorch {torch.__version__}",
+        "variant": args.variant + ("+compile" if args.compile else "") + ("+cuda-graphs" if args.cuda_graphs else ""),
+        "config": {
+            "preset": "notebook", "seed": args.seed, "models": 1, "ghosts": args.ghosts,
+            "hidden": args.hidden_sizes, "batch_size": args.batch_size, "lr": args.lr,
+            "epochs_teacher": args.epochs_teacher, "epochs_distill": args.epochs_distill,
+            # As the app: the init scheme (weights loaded from a file are named by load_init, the
+            # file's resolved path, "" when none).
+            "temperature": args.temperature, "divergence": args.divergence, "init": "torch",
+            "load_init": os.path.realpath(args.load_init) if args.load_init else "",
+            "noise": "uniform", "noise_set": "fresh", "weight_decay": 0.0,
+            "init_perturb": 0.0, "cross_init": cross_init, "control_seed": args.control_seed,
+            "all_logit_arms": False, "tf32": args.tf32, "cuda_graphs": args.cuda_graphs,
+            "compile": args.compile, "compile_mode": args.compile_mode if args.compile else None,
+            "threads": threads, "train_samples": 0, "eval_every_epoch": True,
+        },
+        "device": {"kind": device.type, "name": dev_name, "threads": threads, "cpu": cpu_model(),
+                   "torch": torch.__version__, "python": platform.python_version()},
+        "data": {"dir": args.data_dir},
+        # As the app's report: the command line's words and when the run began (UTC).
+        "command": [sys.executable] + sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T_START_WALL)),
+        "epochs": {},
+        "seconds": {"import": T_IMPORTED - T_START, "load": 0.0, "eval": 0.0},
+    }
+    if device.type == "cuda":
+        report["device"]["cuda"] = torch.version.cuda
+        report["device"]["capability"] = list(torch.cuda.get_device_capability(device))
+    return report
+
+
+def add_timings(report, clock, device):
+    """The report's seconds, steps and µs per step from the clock, as the app's report has them."""
+    secs = report["seconds"]
+    for phase, s in clock.wall.items():
+        secs[phase] = s
+    secs.setdefault("teacher", 0.0)
+    secs.setdefault("distill_ghosts", 0.0)
+    secs["training"] = secs["teacher"] + secs["distill_ghosts"]
+    report["steps"] = {k: int(round(v)) for k, v in clock.steps.items()}
+    for phase in ("teacher", "distill_ghosts"):  # a phase of 0 epochs ran 0 steps (the app leaves
+        report["steps"].setdefault(phase, 0)     # a 0-epoch distillation out; compare.py takes both)
+    report["us_per_step"] = {}
+    for phase, n in clock.steps.items():
+        if n:
+            t = clock.gpu[phase] if device.type == "cuda" else clock.wall[phase]
+            report["us_per_step"][phase] = 1e6 * t / n
+    # steady state: the time of the epochs after the first of each loop (no compilation, graph
+    # capture or cold caches in them), per step — GPU time on cuda, wall time on the CPU, as the app
+    report["us_per_step_steady"] = {ph: 1e6 * w[0] / w[1] for ph, w in clock.warm.items() if w[1]}
+    # the steps those times cover, whole as the app's (an arm trained alone counted steps / arms)
+    report["steps_steady"] = {ph: int(round(w[1])) for ph, w in clock.warm.items() if w[1]}
+    if device.type == "cuda":
+        report["gpu_seconds"] = dict(clock.gpu)
+        report["gpu_seconds"]["training"] = sum(clock.gpu.values())
+
+
 def run(args):
     data_dir = args.data_dir
 
@@ -946,35 +1006,7 @@ def run(args):
     print(f"torch_subliminal: {args.variant} variant, pytorch {torch.__version__}, MNIST from {data_dir} on {dev_name}",
           flush=True)
 
-    report = {
-        "framework": f"pytorch {torch.__version__}",
-        "variant": args.variant + ("+compile" if args.compile else "") + ("+cuda-graphs" if args.cuda_graphs else ""),
-        "config": {
-            "preset": "notebook", "seed": args.seed, "models": 1, "ghosts": args.ghosts,
-            "hidden": args.hidden_sizes, "batch_size": args.batch_size, "lr": args.lr,
-            "epochs_teacher": args.epochs_teacher, "epochs_distill": args.epochs_distill,
-            # As the app: the init scheme (weights loaded from a file are named by load_init, the
-            # file's resolved path, "" when none).
-            "temperature": args.temperature, "divergence": args.divergence, "init": "torch",
-            "load_init": os.path.realpath(args.load_init) if args.load_init else "",
-            "noise": "uniform", "noise_set": "fresh", "weight_decay": 0.0,
-            "init_perturb": 0.0, "cross_init": control is not None, "control_seed": args.control_seed,
-            "all_logit_arms": False, "tf32": args.tf32, "cuda_graphs": args.cuda_graphs,
-            "compile": args.compile, "compile_mode": args.compile_mode if args.compile else None,
-            "threads": threads, "train_samples": 0, "eval_every_epoch": True,
-        },
-        "device": {"kind": device.type, "name": dev_name, "threads": threads, "cpu": cpu_model(),
-                   "torch": torch.__version__, "python": platform.python_version()},
-        "data": {"dir": data_dir},
-        # As the app's report: the command line's words and when the run began (UTC).
-        "command": [sys.executable] + sys.argv,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T_START_WALL)),
-        "epochs": {},
-        "seconds": {"import": T_IMPORTED - T_START, "load": 0.0, "eval": 0.0},
-    }
-    if device.type == "cuda":
-        report["device"]["cuda"] = torch.version.cuda
-        report["device"]["capability"] = list(torch.cuda.get_device_capability(device))
+    report = new_report(args, device, dev_name, threads, control is not None)
     clock = Clock(device)
     ctx = {"device": device, "sizes": sizes, "clock": clock, "report": report, "data_dir": data_dir,
            "teacher": teacher, "student": student, "control": control, "final": {}}
@@ -993,28 +1025,8 @@ def run(args):
             report[key] = stats_json([final[key]])
             print(f"  {names[key]:<36} {100 * final[key]:.2f}%")
 
+    add_timings(report, clock, device)
     secs = report["seconds"]
-    for phase, s in clock.wall.items():
-        secs[phase] = s
-    secs.setdefault("teacher", 0.0)
-    secs.setdefault("distill_ghosts", 0.0)
-    secs["training"] = secs["teacher"] + secs["distill_ghosts"]
-    report["steps"] = {k: int(round(v)) for k, v in clock.steps.items()}
-    for phase in ("teacher", "distill_ghosts"):  # a phase of 0 epochs ran 0 steps (the app leaves
-        report["steps"].setdefault(phase, 0)     # a 0-epoch distillation out; compare.py takes both)
-    report["us_per_step"] = {}
-    for phase, n in clock.steps.items():
-        if n:
-            t = clock.gpu[phase] if device.type == "cuda" else clock.wall[phase]
-            report["us_per_step"][phase] = 1e6 * t / n
-    # steady state: the time of the epochs after the first of each loop (no compilation, graph
-    # capture or cold caches in them), per step — GPU time on cuda, wall time on the CPU, as the app
-    report["us_per_step_steady"] = {ph: 1e6 * w[0] / w[1] for ph, w in clock.warm.items() if w[1]}
-    # the steps those times cover, whole as the app's (an arm trained alone counted steps / arms)
-    report["steps_steady"] = {ph: int(round(w[1])) for ph, w in clock.warm.items() if w[1]}
-    if device.type == "cuda":
-        report["gpu_seconds"] = dict(clock.gpu)
-        report["gpu_seconds"]["training"] = sum(clock.gpu.values())
     secs["total"] = time.perf_counter() - T_START
     print(f"Time: {secs['total']:.1f} s total (import {secs['import']:.1f} s, data {secs['load']:.1f} s, "
           f"teacher {secs['teacher']:.1f} s, distillation {secs['distill_ghosts']:.1f} s, "
