@@ -33,7 +33,6 @@ never replaced by a report of failures only. Exit status: 0 when every row has a
 session was stopped, 2 for bad input.
 """
 import argparse
-import json
 import math
 import os
 import shlex

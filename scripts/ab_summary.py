@@ -13,7 +13,6 @@ A file that cannot be read, is not JSON, or is not shaped like the app's report 
 a numeric test_acc; a number too large for a float, or nesting too deep to parse) stops the summary
 with one line naming it on stderr and exit status 2, as does a side with no files.
 """
-import json
 import os
 import statistics
 import sys

@@ -30,7 +30,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(cmake ninja-build g++ make pkg-config libopenblas-dev zlib1g-dev libgtest-dev libcli11-dev
-          nlohmann-json3-dev python3 curl)
+          nlohmann-json3-dev python3 pyflakes3 curl)
 [ "$want_bench" = 1 ] && packages+=(python3-venv python3-matplotlib)
 [ "$want_fuzz" = 1 ] && packages+=(clang libclang-rt-dev)
 
