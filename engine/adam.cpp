@@ -50,10 +50,10 @@ Adam::Adam(const Tensor& values, const Tensor& grads, AdamOptions options)
 }
 
 void Adam::step() {
-  increment(t_);
+  if (values_.device() == Device::cuda) check_dtype("Adam", values_, DType::f32, "CUDA parameters");
+  increment(t_);  // after the checks: a refused step is not counted
   if (values_.device() == Device::cuda) {
 #ifdef SUBLIMINAL_HAS_CUDA
-    check_dtype("Adam", values_, DType::f32, "CUDA parameters");
     cuda::adam_update(values_.data<float>(), grads_.data<float>(), m_.data<float>(), v_.data<float>(),
                       values_.numel(), t_.data<int64_t>(), options_);
     return;

@@ -1,7 +1,9 @@
 // engine/autograd.cpp — the backward walk, grad mode, and Tensor's autograd accessors.
 #include "engine/autograd.h"
 
+#include <algorithm>
 #include <map>
+#include <mutex>
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
@@ -54,6 +56,8 @@ std::vector<std::shared_ptr<Node>> topological_order(const std::shared_ptr<Node>
 static Tensor ones(const Shape& shape, DType dtype, Device device) {
   static std::map<std::tuple<Shape, DType, Device>, Tensor>* cache =
       new std::map<std::tuple<Shape, DType, Device>, Tensor>;
+  static std::mutex* cache_mutex = new std::mutex;  // grad mode is per thread: so may backward() be
+  const std::lock_guard<std::mutex> lock(*cache_mutex);
   auto found = cache->find({shape, dtype, device});
   if (found != cache->end()) return found->second;
   // Inside a CUDA-graph capture the seed would become the graph's own memory and outlive it;
@@ -158,8 +162,8 @@ void Tensor::backward() const {
     std::vector<GradSink> sinks(1);
     if (!root_meta.grad.defined()) root_meta.grad = Tensor::empty(shape(), dtype(), device());
     sinks[0] = {root_meta.grad, root_meta.grad_defined};
-    root_meta.grad_defined = true;
     write_sink(sinks[0], seed);
+    root_meta.grad_defined = true;
     return;
   }
 
@@ -180,6 +184,9 @@ void Tensor::backward() const {
     output_grads.erase(found);
 
     std::vector<GradSink> sinks(node->edges.size());
+    // Leaves this node writes first. Marked as holding a gradient only once the node returns: a
+    // backward that throws may have written part of one, and has_grad() must not vouch for it.
+    std::vector<AutogradMeta*> first_written;
     for (size_t k = 0; k < node->edges.size(); ++k) {
       const Edge& e = node->edges[k];
       if (!e.meta || !e.meta->requires_grad) continue;
@@ -190,11 +197,15 @@ void Tensor::backward() const {
       } else {  // a leaf: its persistent gradient buffer
         AutogradMeta& leaf = *e.meta;
         if (!leaf.grad.defined()) leaf.grad = Tensor::empty(e.shape, e.dtype, e.device);
-        sinks[k] = {leaf.grad, leaf.grad_defined};
-        leaf.grad_defined = true;
+        const bool written =
+            leaf.grad_defined ||  // by an earlier backward, or by this node's edge before
+            std::find(first_written.begin(), first_written.end(), &leaf) != first_written.end();
+        sinks[k] = {leaf.grad, written};
+        if (!written) first_written.push_back(&leaf);
       }
     }
     node->backward(grad_output, sinks);
+    for (AutogradMeta* leaf : first_written) leaf->grad_defined = true;
     // Free the tape as we go: this node's saved activations and its links to its inputs.
     node->saved.clear();
     node->edges.clear();

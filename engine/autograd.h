@@ -16,6 +16,14 @@
 // gradient straight into the parameter's gradient buffer (beta = 0 or 1) and nothing is
 // copied. A leaf's gradient buffer persists across steps; zero_grad() only marks it empty,
 // which makes the next backward overwrite it — no memset, no allocation.
+//
+// Saved tensors are shared, not copied, and nothing versions them (PyTorch's version counters
+// catch this; we do not): a tensor an op saved — its input x, a weight, the labels, the
+// teacher's logits — must keep its values until backward() has run. Refilling a batch buffer
+// or updating the weights between a forward and its backward silently gives the gradient of
+// the new values. The training loops run forward, backward, then the optimiser, then the next
+// batch, which keeps the rule. A backward that throws (bad labels found partway) leaves the
+// leaves it was writing without a gradient (has_grad() false), and the tape half freed.
 #pragma once
 
 #include <memory>

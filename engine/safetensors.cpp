@@ -365,6 +365,10 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
   uint64_t offset = 0;
   std::vector<Tensor> host;
   for (const NamedTensor& nt : tensors) {
+    // Names the reader would refuse (read_safetensors): a caller's bug, caught before writing.
+    if (nt.name == "__metadata__" || header.contains(nt.name))
+      throw Error("write_safetensors: " + path_text(path.string()) + ": tensor name " + quoted(nt.name) +
+                  (nt.name == "__metadata__" ? " is reserved for the metadata" : " given twice"));
     Tensor t = nt.tensor.device() == Device::cpu ? nt.tensor : nt.tensor.to(Device::cpu);
     header[nt.name] = {
         {"dtype", code_of(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {offset, offset + t.bytes()}}};

@@ -34,8 +34,14 @@ StepGraph::StepGraph(Device device, bool use_graphs) : device_(device), use_grap
 StepGraph::~StepGraph() = default;
 
 void StepGraph::run(const std::function<void()>& fn) {
+  // The first call runs eagerly, creating what the step allocates lazily; counted only once it
+  // has returned, so a first call that throws is not followed by a capture of a step that never ran.
+  if (device_ != Device::cuda || !use_graphs_ || calls_ == 0) {
+    fn();
+    ++calls_;
+    return;
+  }
   ++calls_;
-  if (device_ != Device::cuda || !use_graphs_ || calls_ == 1) return fn();
 #ifdef SUBLIMINAL_HAS_CUDA
   cudaStream_t stream = cuda::Runtime::get().stream();
   if (!graph_) {

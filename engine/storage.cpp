@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <new>
 #include <string>
@@ -50,6 +51,8 @@ void free_cached_blocks(CpuCache& cache) {
 }
 
 void* cpu_allocate(size_t bytes) {
+  if (bytes > std::numeric_limits<size_t>::max() - kCpuAlignment)  // round_up would wrap to a tiny block
+    throw OutOfMemoryError("out of host memory: cannot allocate " + std::to_string(bytes) + " bytes");
   size_t rounded = round_up(bytes == 0 ? 1 : bytes, kCpuAlignment);
   CpuCache& cache = cpu_cache();
   {
@@ -117,7 +120,18 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
     throw NoGpuError("this build has no CUDA backend; cannot allocate GPU memory");
 #endif
   }
-  return std::shared_ptr<Storage>(new Storage(p, bytes, device));
+  try {
+    return std::shared_ptr<Storage>(new Storage(p, bytes, device));
+  } catch (...) {  // the Storage or its control block could not be allocated: the block goes back
+    if (device == Device::cpu) {
+      cpu_release(p, bytes);
+    } else {
+#ifdef SUBLIMINAL_HAS_CUDA
+      cuda::device_release(p);
+#endif
+    }
+    throw;
+  }
 }
 
 Storage::~Storage() {

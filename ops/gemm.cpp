@@ -18,11 +18,20 @@ void expect_shape(const char* op, const Tensor& t, const Shape& shape, const cha
                      t.describe());
 }
 
+// A floating operand (if given): on ref's device, of ref's dtype.
 void expect_same(const char* op, const Tensor& ref, const Tensor& t) {
   if (!t.defined()) return;
   if (t.device() != ref.device()) check_same_device(op, ref, t);
-  if (t.dtype() != ref.dtype() && t.dtype() != DType::u8)
+  if (t.dtype() != ref.dtype())
     throw ShapeError(std::string(op) + ": mixed dtypes " + ref.describe() + " and " + t.describe());
+}
+
+// A ReLU bit-mask (if given): uint8, on ref's device.
+void expect_mask(const char* op, const Tensor& ref, const Tensor& mask) {
+  if (!mask.defined()) return;
+  if (mask.device() != ref.device()) check_same_device(op, ref, mask);
+  if (mask.dtype() != DType::u8)
+    throw ShapeError(std::string(op) + ": the ReLU mask must be uint8, got " + mask.describe());
 }
 
 // Dims from x [N,B,I] and w [N,O,I].
@@ -62,7 +71,8 @@ void forward(const Tensor& x, const Tensor& w, const Tensor& bias, Activation ac
   if (bias.defined()) expect_shape(op, bias, {d.models, d.out}, "the bias");
   const bool relu = act == Activation::relu;
   if (relu) expect_shape(op, relu_mask, mask_shape(d.models, d.batch, d.out), "the ReLU mask");
-  for (const Tensor* t : {&w, &bias, &y, &relu_mask}) expect_same(op, x, *t);
+  for (const Tensor* t : {&w, &bias, &y}) expect_same(op, x, *t);
+  expect_mask(op, x, relu_mask);
 
   backend_dispatch(
       op, x,
@@ -104,7 +114,8 @@ void backward_input(const Tensor& dy, const Tensor& w, const Tensor& prev_mask, 
   }
   if (prev_output.defined())
     expect_shape(op, prev_output, {d.models, d.batch, d.in}, "the previous layer's output");
-  for (const Tensor* t : {&w, &prev_mask, &dx, &dbias_prev, &prev_output}) expect_same(op, dy, *t);
+  for (const Tensor* t : {&w, &dx, &dbias_prev, &prev_output}) expect_same(op, dy, *t);
+  expect_mask(op, dy, prev_mask);
 
   if (accumulate && prev_mask.defined()) {
     // The mask must not touch what dx already holds: compute into a temporary, then add.
@@ -161,7 +172,8 @@ void bias_activation(const Tensor& y, const Tensor& bias, Activation act, const 
   const bool relu = act == Activation::relu;
   if (bias.defined()) expect_shape(op, bias, {N, F}, "the bias");
   if (relu) expect_shape(op, relu_mask, mask_shape(N, B, F), "the ReLU mask");
-  for (const Tensor* t : {&bias, &relu_mask}) expect_same(op, y, *t);
+  expect_same(op, y, bias);
+  expect_mask(op, y, relu_mask);
   backend_dispatch(
       op, y,
       [&](auto zero) {
@@ -180,7 +192,7 @@ void apply_relu_mask(const Tensor& dx, const Tensor& mask) {
   check_rank(op, dx, 3, "the gradient");
   const int64_t N = dx.dim(0), B = dx.dim(1), F = dx.dim(2);
   expect_shape(op, mask, mask_shape(N, B, F), "the ReLU mask");
-  expect_same(op, dx, mask);
+  expect_mask(op, dx, mask);
   backend_dispatch(
       op, dx,
       [&](auto zero) {

@@ -22,7 +22,9 @@
 // cuBLASLt's RELU_AUX epilogue agrees except at an exact 0, where it sets the bit — the
 // cuBLASLt path with fused epilogues passes the gradient there (a measure-zero event in
 // training; docs/CUDNN.md). Our own kernels (--gemm tiled, the fused step) gate as PyTorch does.
-// cuBLASLt leaves the padding bits of a row unwritten; the CPU writes them as 0.
+// cuBLASLt and our tiled kernels leave the padding bits of a row unwritten (the tiled GEMM
+// writes its last tile's bytes up to ceil(F/8) only); the CPU and epilogue.cu write them as 0.
+// Readers of a mask look at bits f < F only.
 #pragma once
 
 #include <cstdint>

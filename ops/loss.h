@@ -34,8 +34,8 @@ inline Tensor distill_kl(const Tensor& student, const Tensor& teacher, ColumnRan
 }
 
 // PyTorch's F.kl_div(log_q, p, reduction="batchmean") per model: Σ p·(log p − log_q) / B,
-// with 0·log 0 = 0. log_q, p [N, B, C]; p must not require a gradient. The unfused reference
-// for distill_kl (log_softmax → kl_div → scale).
+// with 0·log 0 = 0; a NaN or negative p makes the loss NaN, as torch's xlogy(p, p) does. log_q, p [N, B, C];
+// p must not require a gradient. The unfused reference for distill_kl (log_softmax → kl_div → scale).
 Tensor kl_div(const Tensor& log_q, const Tensor& p);
 
 }  // namespace subliminal

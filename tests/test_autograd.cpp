@@ -63,6 +63,29 @@ TEST(Autograd, SameLeafAsBothInputsOfOneNodeGetsBothGradients) {
   EXPECT_EQ(grad_of(x), (std::vector<double>{2, 2, 2}));
 }
 
+// out = x, whose backward writes the first element of its sink and then throws: an op that
+// finds bad input (a label out of range) partway through its loop.
+class ThrowsHalfwayNode : public Node {
+ public:
+  const char* name() const override { return "test_throws_halfway"; }
+  void backward(const Tensor&, std::vector<GradSink>& sinks) override {
+    sinks[0].target.data<double>()[0] = 777.0;
+    throw Error("test_throws_halfway: bad input");
+  }
+};
+
+// A backward that throws leaves its leaves without a gradient (has_grad() false), not with the
+// half it wrote; the next backward overwrites that buffer rather than adding to it.
+TEST(Autograd, ABackwardThatThrowsLeavesNoHalfWrittenGradient) {
+  Tensor x = leaf({1, 2, 3}, {3});
+  Tensor out = Tensor::from_vector(x.to_vector<double>(), x.shape());
+  record(out, std::make_shared<ThrowsHalfwayNode>(), {x});
+  EXPECT_THROW(out.backward(), Error);
+  EXPECT_FALSE(x.has_grad());
+  add(x, x).backward();
+  EXPECT_EQ(grad_of(x), (std::vector<double>{2, 2, 2}));
+}
+
 // 2x + 3x through two scale nodes: d/dx = 5.
 TEST(Autograd, LeafUsedByTwoNodesGetsTheSum) {
   Tensor x = leaf({1, -2}, {2});

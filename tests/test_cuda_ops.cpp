@@ -651,6 +651,18 @@ TEST_F(CudaOps, KlDivMatchesCpu) {
       log_q, s, 62);
 }
 
+// A NaN or negative target probability makes the loss NaN on the GPU too (the CPU test:
+// Ops.KlDivKeepsANanOrNegativeTargetInTheLoss).
+TEST_F(CudaOps, KlDivKeepsANanOrNegativeTargetInTheLoss) {
+  const Shape s{3, 1, 2};
+  const std::vector<double> log_q = {-0.7, -0.7, -0.7, -0.7, -0.7, -0.7};
+  const std::vector<double> p = {std::nan(""), 0.5, -0.5, 1.5, 0.5, 0.5};
+  const std::vector<double> loss = values_of(kl_div(gpu32(log_q, s), gpu32(p, s)));
+  EXPECT_TRUE(std::isnan(loss[0]));
+  EXPECT_TRUE(std::isnan(loss[1]));
+  EXPECT_NEAR(loss[2], 2 * 0.5 * (std::log(0.5) + 0.7), 1e-6);
+}
+
 // count_correct with ties (the first maximum wins) and NaN (maximal; the first NaN wins; NaN outside
 // the class range is ignored), accumulating into nonzero counts.
 TEST_F(CudaOps, CountCorrectMatchesCpuWithTiesAndNaN) {

@@ -184,6 +184,18 @@ TEST(Ops, DistillJsTakesZeroProbabilityClassesAndNaNPoisonsKlAndJs) {
     }
 }
 
+// Only an exact zero drops out: a NaN or negative target probability makes that model's loss NaN,
+// as torch's xlogy(p, p) does (skipping every p ≤ 0 would hide a NaN teacher).
+TEST(Ops, KlDivKeepsANanOrNegativeTargetInTheLoss) {
+  const std::vector<double> log_q = {-0.7, -0.7, -0.7, -0.7, -0.7, -0.7};
+  const std::vector<double> p = {std::nan(""), 0.5, -0.5, 1.5, 0.5, 0.5};
+  const std::vector<double> loss =
+      values_of(kl_div(Tensor::from_vector(log_q, {3, 1, 2}), Tensor::from_vector(p, {3, 1, 2})));
+  EXPECT_TRUE(std::isnan(loss[0]));
+  EXPECT_TRUE(std::isnan(loss[1]));
+  EXPECT_NEAR(loss[2], 2 * 0.5 * (std::log(0.5) + 0.7), 1e-14);
+}
+
 // PyTorch's kl_div defines 0·log 0 = 0: a target with exact zeros gives a finite loss equal to
 // the sum over the non-zero entries only (computed naively, 0·(log 0 − x) would be NaN).
 TEST(Ops, KlDivTreatsZeroTimesLogZeroAsZero) {
@@ -870,6 +882,13 @@ TEST(Gemm, MismatchedShapesAreShapeErrors) {
   EXPECT_THROW(gemm::backward_input(dy, w, Tensor(), dx, Tensor::empty({N, I}, DType::f64), false),
                ShapeError);
   EXPECT_THROW(gemm::backward_weight(dy, x, Tensor::empty({N, O, I + 1}, DType::f64), false, Tensor()),
+               ShapeError);
+  // A uint8 tensor is a mask, nothing else; a mask of another dtype is refused too.
+  EXPECT_THROW(
+      gemm::forward(x, Tensor::zeros({N, O, I}, DType::u8), Tensor(), gemm::Activation::none, y, Tensor()),
+      ShapeError);
+  EXPECT_THROW(gemm::forward(x, w, Tensor(), gemm::Activation::relu, y,
+                             Tensor::zeros(gemm::mask_shape(N, B, O), DType::f64)),
                ShapeError);
   // The well-shaped calls go through.
   gemm::forward(x, w, Tensor(), gemm::Activation::relu, y, mask);

@@ -274,6 +274,16 @@ TEST(Safetensors, WriteRefusesToClobberAndReplacesAtomically) {
   EXPECT_EQ(directory_entries(dir.path()), std::vector<std::string>{"ckpt.safetensors"});
 }
 
+// A file the reader would refuse is never written: a tensor name given twice, or one named
+// "__metadata__", is the caller's bug, thrown before the file is touched.
+TEST(Safetensors, WriteRefusesNamesTheReaderWouldRefuse) {
+  TempDir dir;
+  const Tensor t = Tensor::from_vector(std::vector<float>{1}, {1});
+  EXPECT_THROW(write_safetensors(dir / "a.safetensors", {{"t", t}, {"t", t}}, {}, false), Error);
+  EXPECT_THROW(write_safetensors(dir / "a.safetensors", {{"__metadata__", t}}, {{"k", "v"}}, false), Error);
+  EXPECT_TRUE(directory_entries(dir.path()).empty());
+}
+
 // A failed write throws and leaves nothing behind (no stray temporary file).
 TEST(Safetensors, WriteIntoAMissingDirectoryFailsCleanly) {
   TempDir dir;

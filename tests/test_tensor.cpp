@@ -101,6 +101,12 @@ TEST(CpuAllocator, ACeilingRefusesWhatWouldPassItOnlyAfterReturningTheCache) {
   EXPECT_EQ(cpu_allocator_stats().bytes_held, held + 3 * kMiB);
 }
 
+// A size within a few bytes of SIZE_MAX cannot wrap to a tiny block when it is rounded up to
+// the allocator's alignment: it is refused as out of memory.
+TEST(CpuAllocator, ASizeThatWouldWrapWhenRoundedIsRefused) {
+  EXPECT_THROW(Tensor::empty({(int64_t(1) << 61) - 1}, DType::f64), OutOfMemoryError);
+}
+
 // The memory available is the machine's (MemAvailable), or less where a cgroup allows less: never
 // nothing and never more than the machine has.
 TEST(CpuAllocator, HostMemoryAvailableIsAtMostTheMachines) {

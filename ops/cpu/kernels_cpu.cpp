@@ -275,7 +275,8 @@ void kl_div(const T* log_q, const T* p, T* loss, int64_t models, int64_t batch, 
   for (int64_t n = 0; n < models; ++n) {
     double total = 0;
     for (int64_t i = n * batch * cols; i < (n + 1) * batch * cols; ++i)
-      if (p[i] > T(0)) total += double(p[i]) * (std::log(double(p[i])) - double(log_q[i]));
+      if (p[i] != T(0))
+        total += double(p[i]) * (std::log(double(p[i])) - double(log_q[i]));  // a NaN stays in
     loss[n] = T(total / double(batch));
   }
 }

@@ -241,12 +241,24 @@ class PlanCache {
     Runtime& rt = Runtime::get();
     Geometry g = geometry(key.kind, dims);
     const size_t d_bytes = size_t(g.m * g.n * key.models) * sizeof(float);
-    void* scratch = nullptr;
-    CUDA_CHECK(cudaMallocAsync(&scratch, d_bytes, rt.stream()));
-    CUDA_CHECK(cudaMemsetAsync(scratch, 0, d_bytes, rt.stream()));
-    cudaEvent_t start, stop;
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&stop));
+    // The scratch output and the two events, released however the timing ends (a failed check
+    // throws out of the loop).
+    struct TimingResources {
+      cudaStream_t stream;
+      void* scratch = nullptr;
+      cudaEvent_t start = nullptr, stop = nullptr;
+      ~TimingResources() {
+        if (start) cudaEventDestroy(start);
+        if (stop) cudaEventDestroy(stop);
+        if (scratch) cudaFreeAsync(scratch, stream);
+      }
+    } timing{rt.stream()};
+    CUDA_CHECK(cudaMallocAsync(&timing.scratch, d_bytes, rt.stream()));
+    CUDA_CHECK(cudaMemsetAsync(timing.scratch, 0, d_bytes, rt.stream()));
+    CUDA_CHECK(cudaEventCreate(&timing.start));
+    CUDA_CHECK(cudaEventCreate(&timing.stop));
+    void* const scratch = timing.scratch;
+    const cudaEvent_t start = timing.start, stop = timing.stop;
     const float alpha = 1.0f, beta = key.accumulate ? 1.0f : 0.0f;
     float best_ms = 0;
     int best = -1;
@@ -267,9 +279,6 @@ class PlanCache {
       if (ran && (best < 0 || ms < best_ms)) best_ms = ms, best = i;
     }
     if (best < 0) best = 0;  // nothing ran: keep the heuristic's choice; the real call reports why
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    CUDA_CHECK(cudaFreeAsync(scratch, rt.stream()));
     tuned_.push_back(std::string(kind_name(key.kind)) + " " + epilogue_name(key.epilogue) +
                      " N=" + std::to_string(key.models) + " B=" + std::to_string(key.batch) +
                      " I=" + std::to_string(key.in) + " O=" + std::to_string(key.out) + ": candidate " +

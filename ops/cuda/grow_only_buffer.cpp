@@ -20,7 +20,14 @@ void* GrowOnlyBuffer::reserve(size_t bytes) {
   // From the runtime's stream-ordered pool (no device-wide synchronisation; running out is an
   // OutOfMemoryError that says how much is in use), never given back.
   void* fresh = device_allocate(grown);
-  if (zeroed_) CUDA_CHECK(cudaMemsetAsync(fresh, 0, grown, Runtime::get().stream()));
+  if (zeroed_) {
+    try {
+      CUDA_CHECK(cudaMemsetAsync(fresh, 0, grown, Runtime::get().stream()));
+    } catch (...) {
+      device_release(fresh);  // not yet ours to keep
+      throw;
+    }
+  }
   if (buffer_) retired_.push_back(buffer_);  // a captured graph may still use it: keep it
   buffer_ = fresh;
   bytes_ = grown;

@@ -141,7 +141,7 @@ __global__ void kl_div_kernel(const float* __restrict__ log_q, const float* __re
   float sum = 0.0f;
   for (int64_t i = threadIdx.x; i < per_model; i += blockDim.x) {
     const float pi = p[n * per_model + i];
-    if (pi > 0.0f) sum += pi * (logf(pi) - log_q[n * per_model + i]);
+    if (pi != 0.0f) sum += pi * (logf(pi) - log_q[n * per_model + i]);  // != 0: a NaN or negative p stays in
   }
   sum = warp_sum(sum);
   const double total = block_sum_in_order(double(sum));

@@ -455,22 +455,41 @@ void require(const void* p, const char* op, const char* what) {
   if (p == nullptr) throw ShapeError(std::string("cudnn::") + op + ": " + what + " is null");
 }
 
-// A device allocation that only grows, stream-ordered (cudaMallocAsync / cudaFreeAsync).
+// A device allocation that only grows, stream-ordered (cudaMallocAsync / cudaFreeAsync). As the
+// engine's GrowOnlyBuffer (ops/cuda/grow_only_buffer.h), which this library cannot link: a
+// grown-out allocation is kept until the engine goes, since a CUDA graph captured earlier may
+// still point at it, and growing inside a capture is refused, naming the buffer (the graph
+// would own the allocation). Each growth at least doubles, so all of them together hold less
+// than twice the largest.
 struct DeviceBuffer {
+  const char* what;
   void* ptr = nullptr;
   size_t bytes = 0;
+  std::vector<void*> retired;
+
+  explicit DeviceBuffer(const char* name) : what(name) {}
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 
   // Returns true when a new (uninitialised) allocation was made.
   bool reserve(size_t wanted, cudaStream_t stream) {
     if (wanted <= bytes) return false;
-    if (ptr != nullptr) CUDA_CHECK(cudaFreeAsync(ptr, stream));
-    ptr = nullptr;
-    bytes = 0;
-    CUDA_CHECK(cudaMallocAsync(&ptr, wanted, stream));
-    bytes = wanted;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    if (capture != cudaStreamCaptureStatusNone)
+      throw DeviceError(std::string("cudnn: the ") + what + " needs " + std::to_string(wanted) +
+                        " bytes inside a CUDA graph capture (run the step once eagerly first)");
+    const size_t grown = std::max(wanted, 2 * bytes);
+    void* fresh = nullptr;
+    CUDA_CHECK(cudaMallocAsync(&fresh, grown, stream));
+    if (ptr != nullptr) retired.push_back(ptr);
+    ptr = fresh;
+    bytes = grown;
     return true;
   }
   void release(cudaStream_t stream) noexcept {
+    for (void* old : retired) (void)cudaFreeAsync(old, stream);
+    retired.clear();
     if (ptr != nullptr) (void)cudaFreeAsync(ptr, stream);
     ptr = nullptr;
     bytes = 0;
@@ -502,7 +521,7 @@ struct Engine::Impl {
   cudaStream_t stream = nullptr;
   cudnnHandle_t handle = nullptr;
   std::string device;  // "NVIDIA H100 80GB HBM3 (sm_90)"
-  DeviceBuffer workspace, ones, scratch;
+  DeviceBuffer workspace{"workspace"}, ones{"vector of ones"}, scratch{"weight-gradient scratch"};
   size_t ones_count = 0;                                           // floats of `ones` filled with 1.0f
   std::unordered_map<std::string, std::unique_ptr<Built>> graphs;  // by Spec::key()
   std::map<std::string, Resolved> ops;                             // by op key
@@ -633,7 +652,7 @@ struct Engine::Impl {
       offsets.push_back(total);
       total += (static_cast<size_t>(floats) * sizeof(float) + 255) / 256 * 256;
     }
-    DeviceBuffer buffer;
+    DeviceBuffer buffer{"probe buffer"};
     buffer.reserve(total, stream);
     std::unordered_map<int64_t, void*> pack;
     for (size_t k = 0; k < tensors.size(); ++k)
@@ -725,14 +744,15 @@ struct Engine::Impl {
 
   // A device vector of at least `count` ones.
   float* ones_vector(size_t count) {
-    if (count > ones_count) {
+    if (count > ones_count) {  // only when the buffer grows, which reserve refuses inside a capture
       ones.reserve(count * sizeof(float), stream);
-      std::vector<float> host(count, 1.0f);
+      const size_t filled = ones.bytes / sizeof(float);  // the whole (maybe doubled) buffer
+      std::vector<float> host(filled, 1.0f);
       CUDA_CHECK(
-          cudaMemcpyAsync(ones.ptr, host.data(), count * sizeof(float), cudaMemcpyHostToDevice, stream));
+          cudaMemcpyAsync(ones.ptr, host.data(), filled * sizeof(float), cudaMemcpyHostToDevice, stream));
       // Growth is rare; waiting here keeps `host` alive until the copy has read it.
       CUDA_CHECK(cudaStreamSynchronize(stream));
-      ones_count = count;
+      ones_count = filled;
     }
     return static_cast<float*>(ones.ptr);
   }
