@@ -7,6 +7,8 @@
 // a GEMM's time), yielding the core to anyone who wants it, then sleeps on the atomic.
 #include "engine/parallel.h"
 
+#include <sched.h>  // sched_getaffinity, CPU_COUNT
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -142,13 +144,21 @@ std::unique_ptr<Pool> pool;
 // from inside a parallel_for body, whose caller holds pool_mutex for the whole job.
 std::atomic<int> wanted_threads{0};
 
-// The threads a job may use: the set number, else the hardware's.
+// The threads a job may use: the set number, else the usable cores.
 int threads_now() {
   const int wanted = wanted_threads.load(std::memory_order_relaxed);
-  return wanted > 0 ? wanted : int(std::max(1u, std::thread::hardware_concurrency()));
+  return wanted > 0 ? wanted : usable_cpu_cores();
 }
 
 }  // namespace
+
+int usable_cpu_cores() {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) > 0)
+    return CPU_COUNT(&allowed);
+  return int(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 void set_cpu_threads(int threads) {
   std::lock_guard<std::mutex> lock(pool_mutex);

@@ -22,8 +22,12 @@
 
 namespace subliminal {
 
+// The cores this process may run on: its CPU affinity (taskset, a container's cpuset), else
+// the hardware's threads. A pool larger than this would only take turns on the same cores.
+int usable_cpu_cores();
+
 // How many threads parallel_for uses, the caller included (≥ 1; 1: no pool). The default is
-// the hardware's threads; the app sets it with its --threads. cpu_threads() takes no lock, so
+// usable_cpu_cores(); the app sets it with its --threads. cpu_threads() takes no lock, so
 // it may be asked inside a parallel_for body.
 void set_cpu_threads(int threads);
 int cpu_threads();

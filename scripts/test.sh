@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/test.sh — builds subliminal (CPU backend; the CUDA code too when a CUDA toolkit is
 # installed) and runs the whole test suite. GPU tests skip, saying why, without a GPU;
-# end-to-end tests on real MNIST run when MNIST_DIR is set.
+# end-to-end tests on real MNIST run when MNIST_DIR is set, or else on ./data/mnist where
+# scripts/setup.sh put it.
 set -euo pipefail
 [ $# -eq 0 ] || { echo "test.sh: takes no arguments (got '$1'); its first lines say what it does" >&2; exit 2; }
 cd "$(dirname "$0")/.."
@@ -13,6 +14,15 @@ cd "$(dirname "$0")/.."
 python=$(command -v python3 || true)
 if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch, numpy" >/dev/null 2>&1; then
   python="$PWD/.venv/bin/python"
+fi
+if [ -z "${MNIST_DIR:-}" ]; then
+  if [ -e data/mnist/train-images-idx3-ubyte.gz ] || [ -e data/mnist/train-images-idx3-ubyte ]; then
+    MNIST_DIR="$PWD/data/mnist"
+    export MNIST_DIR
+    echo "test.sh: end-to-end tests on $MNIST_DIR (MNIST_DIR is not set)"
+  else
+    echo "test.sh: MNIST_DIR is not set and ./data/mnist holds no MNIST: the end-to-end tests skip"
+  fi
 fi
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_COMPILE_WARNING_AS_ERROR="${SUBLIMINAL_WARNINGS_AS_ERRORS:-OFF}" \

@@ -406,6 +406,21 @@ TEST(Cli, GpuOnlyFlagsOnTheCpuAreNoted) {
   const ProcessResult quiet = run_app(run, data.path());
   ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
   EXPECT_EQ(quiet.err, "");
+  // --gemm cudnn names an engine the build may not have: noted on the CPU where it is built in,
+  // refused (on any device) where it is not.
+  std::vector<std::string> cudnn = run;
+  for (const char* flag : {"--gemm", "cudnn"}) cudnn.push_back(flag);
+  const ProcessResult version = run_app({"--version"}, data.path());
+  const ProcessResult cudnn_run = run_app(cudnn, data.path());
+  if (version.out.find("cuDNN:    none") != std::string::npos) {
+    EXPECT_EQ(cudnn_run.exit_code, 2) << cudnn_run.err;
+    EXPECT_NE(cudnn_run.err.find("--gemm cudnn: this build has no cuDNN engine"), std::string::npos)
+        << cudnn_run.err;
+  } else {
+    EXPECT_EQ(cudnn_run.exit_code, 0) << cudnn_run.err;
+    EXPECT_NE(cudnn_run.err.find("change nothing: --gemm\n"), std::string::npos) << cudnn_run.err;
+  }
+  EXPECT_EQ(count_lines(cudnn_run.err), 1) << cudnn_run.err;
 }
 
 // --parity-batch computes one model's batch whatever --models a preset says: under --preset
@@ -866,6 +881,8 @@ TEST(Cli, InconsistentFlagCombinationsAreRefused) {
                      "--fused-split 4,2,last and --step autograd: only --step fused");
   expect_usage_error({"--step", "cluster", "--fused-split", "4,2,bands"},
                      "--step cluster: only --step fused");
+  expect_usage_error({"--step", "autograd", "--fused-split", "8,2,bands"},  // the default, given
+                     "--fused-split 8,2,bands and --step autograd: only --step fused");
   // --noise-set beside real images, which are always the training set;
   expect_usage_error(
       {"--noise", "mnist", "--noise-set", "fresh"},

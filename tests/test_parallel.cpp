@@ -3,6 +3,7 @@
 // under the caller's floating-point control word. (CI runs this suite under ThreadSanitizer
 // too: scripts/sanitize.sh.)
 #include <gtest/gtest.h>
+#include <sched.h>  // sched_getaffinity, sched_setaffinity
 
 #include <algorithm>  // std::sort
 #include <atomic>     // std::atomic
@@ -53,6 +54,23 @@ std::vector<std::pair<int64_t, int64_t>> ranges_of(int64_t n, int64_t grain) {
   });
   std::sort(ranges.begin(), ranges.end());
   return ranges;
+}
+
+// The default thread count follows the CPU affinity (taskset, a container's cpuset), not the
+// machine's thread count: a thread confined to one core counts one usable core.
+TEST(UsableCpuCores, FollowTheAffinity) {
+  cpu_set_t before;
+  ASSERT_EQ(sched_getaffinity(0, sizeof before, &before), 0);
+  EXPECT_EQ(usable_cpu_cores(), CPU_COUNT(&before));
+  int first = 0;
+  while (!CPU_ISSET(first, &before)) ++first;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(first, &one);
+  ASSERT_EQ(sched_setaffinity(0, sizeof one, &one), 0);
+  const int confined = usable_cpu_cores();
+  ASSERT_EQ(sched_setaffinity(0, sizeof before, &before), 0);
+  EXPECT_EQ(confined, 1);
 }
 
 TEST_F(Parallel, CoversEveryIndexOnceInContiguousRanges) {

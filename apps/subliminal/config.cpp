@@ -228,7 +228,8 @@ const std::vector<ValueFlag>& value_flags() {
        "is then as many steps as a pass over them",
        [](Config& c, auto& k, auto& v) { c.train_samples = parse_int(k, v, 0, INT32_MAX); }},
       {"threads",
-       "CPU threads for the GEMMs and the engine's loops between them (default 0: all hardware threads)",
+       "CPU threads for the GEMMs and the engine's loops between them (default 0: every core this process "
+       "may run on, its CPU affinity)",
        [](Config& c, auto& k, auto& v) { c.threads = int(parse_int(k, v, 0, 1024)); }},
       {"fusion", "How the MLP sits on the autograd tape: whole (the default) | per_layer | none",
        [](Config& c, auto& k, auto& v) {
@@ -441,10 +442,6 @@ void validate(const Config& c) {
         (c.sweeps.empty() ? " (--json always replaces its file)"
                           : "; a sweep resumes whatever --force says: to start it over, move its "
                             ".jsonl and .csv away"));
-  // --fused-split is how the fused step's kernel splits K; the tape and the cluster step do not.
-  if (c.fused_split() != Config().fused_split() && (c.step == "autograd" || c.step == "cluster"))
-    throw UsageError("--fused-split " + c.fused_split() + " and --step " + c.step +
-                     ": only --step fused (or auto, where it takes the fused step) splits K that way");
   // The fused and cluster steps are kernels for 2 or 3 layers; named for a deeper MLP, the run
   // would take the autograd tape without saying so.
   const int layers = int(c.hidden.size()) + 1;
@@ -586,8 +583,9 @@ bool any_swept_value(const std::string& sweep, const std::function<bool(const Co
 // Flags given (or swept) that the rest of the command makes meaningless: the distillation's own
 // settings where nothing is distilled (--epochs-distill 0, or every swept value 0: the students
 // are evaluated at their inits), --noise-set beside --noise mnist (real images are always the
-// training set, reshuffled), and --init beside --load-init where the run draws no control of its
-// own (the file gives the shared init; --init names only the scheme of a control the run draws).
+// training set, reshuffled), --fused-split beside a --step that does not split K, and --init
+// beside --load-init where the run draws no control of its own (the file gives the shared init;
+// --init names only the scheme of a control the run draws).
 // Only flags given are refused, and a sweep's key only where the flag that voids it is not swept
 // to other values (--sweep epochs-distill=0,5 --temperature 2 is a fair grid).
 void refuse_flags_the_command_voids(const Config& c, const CLI::App& cli,
@@ -600,6 +598,11 @@ void refuse_flags_the_command_voids(const Config& c, const CLI::App& cli,
     if (swept.count(key)) return "--sweep " + swept.at(key);
     return "";
   };
+  // --fused-split is how the fused step's kernel splits K; the tape and the cluster step do not
+  // (neither key is sweepable).
+  if ((c.step == "autograd" || c.step == "cluster") && !named("fused-split").empty())
+    throw UsageError(named("fused-split") + " and --step " + c.step +
+                     ": only --step fused (or auto, where it takes the fused step) splits K that way");
   if (c.noise == NoiseKind::mnist && !swept.count("noise") && !named("noise-set").empty())
     throw UsageError(named("noise-set") +
                      " and --noise mnist: the students' inputs are then the training images, reshuffled each "

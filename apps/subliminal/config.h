@@ -49,7 +49,7 @@ struct Config {
   // as long as a pass over them too, and a fixed noise set holds N images (experiment.cpp).
   int64_t train_samples = 0;
 
-  // CPU threads: the engine's pool, for the GEMMs' slabs and its loops; 0 = all hardware threads
+  // CPU threads: the engine's pool, for the GEMMs' slabs and its loops; 0 = the usable cores (affinity)
   int threads = 0;
   bool tf32 = false;
   bool autotune = false;       // time cuBLASLt candidates per GEMM shape (gemm::Settings::autotune)

@@ -17,7 +17,6 @@
 #include <filesystem>
 #include <functional>
 #include <new>  // std::bad_alloc
-#include <thread>
 
 #include "apps/subliminal/build_info.h"
 #include "apps/subliminal/checkpoint.h"
@@ -199,8 +198,7 @@ void check_init_file(const Config& config) {
 
 // The CPU threads, the host-memory ceiling and the floating-point mode the run works under.
 void set_up_this_machine(const Config& config, Device device) {
-  const int cpu_threads =
-      config.threads > 0 ? config.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  const int cpu_threads = config.threads > 0 ? config.threads : usable_cpu_cores();
   set_cpu_threads(cpu_threads);  // the GEMMs' slabs and the loops between them (engine/parallel.h)
   // Flags that ask for more host memory than there is end in an error naming the bytes, not in
   // the kernel's silent kill once overcommitted pages are touched (engine/storage.h).

@@ -760,7 +760,8 @@ void note_rows_made_elsewhere(std::FILE* out, const SweepFile& file, const Resum
   if (!other_devices.empty())
     std::fprintf(out,
                  "Sweep: note: rows already there were made on %s, the rest run on %s; their "
-                 "accuracies may differ in the last digits for that reason alone\n",
+                 "accuracies may differ for that reason alone (training amplifies last-bit differences: one "
+                 "model's student by several points)\n",
                  comma_list(other_devices).c_str(), made_on(this_device, this_threads).c_str());
   if (!other_builds.empty())
     std::fprintf(out,
