@@ -23,6 +23,7 @@ import math
 import os
 import re
 import struct
+import sys
 import tempfile
 import zlib
 
@@ -127,6 +128,10 @@ FLOAT32_MAX = 3.4028234663852886e38          # above it the float32 is Inf
 # its largest, the range the app accepts, in its words, so that one command line is one run in both.
 float32_positive = float_type(FLOAT32_MIN_NORMAL, inclusive=True, maximum=FLOAT32_MAX,
                               expected="a number > 0 that float32 holds (1.18e-38 to 3.4e38)")
+# Adam's first step is lr / (1 − β₁) = 10·lr, which torch computes as a float32: a larger lr is a
+# RuntimeError inside optimizer.step(), so it is refused here instead.
+adam_lr = float_type(FLOAT32_MIN_NORMAL, inclusive=True, maximum=FLOAT32_MAX / 10,
+                     expected="a number > 0 up to 3.4e37 (Adam's first step, 10 × lr, must be a float32)")
 threads_type = int_type(0, MAX_THREADS, " (0: all usable cores)")
 seed_type = int_type(0, MAX_SEED)
 epochs_type = int_type(0, MAX_EPOCHS)
@@ -149,6 +154,42 @@ def hidden_widths(text):
 
 
 hidden_widths.__name__ = "widths"
+
+
+def stop_quietly_on_sigint(prog, what):
+    """Ctrl-C prints one line, `prog: interrupted: what`, and exits 130 (as a shell reports a
+    SIGINT), where Python would print a KeyboardInterrupt traceback; atexit handlers still run."""
+    import signal
+
+    def on_sigint(_signum, _frame):
+        print(f"{prog}: interrupted: {what}", file=sys.stderr)
+        sys.exit(130)
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser as the project's tools need it: a usage error is one line on stderr
+    (argparse prints the usage block first), and an option given twice is refused where argparse
+    lets the last one win silently (`--engine A --engine B` ran B)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help shows the usage)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        argv = sys.argv[1:] if args is None else list(args)
+        seen = set()
+        for word in argv:
+            if word == "--":
+                break
+            flag = word.split("=", 1)[0]
+            action = self._option_string_actions.get(flag)
+            if action is None or isinstance(action, (argparse._AppendAction, argparse._HelpAction)):
+                continue  # a value (which may start with '-'), or an option meant to repeat
+            if action.dest in seen:
+                self.error(f"{flag} is given twice; give it once")
+            seen.add(action.dest)
+        return super().parse_args(argv, namespace)
 
 
 def output_file_problem(path):
@@ -211,6 +252,19 @@ def same_file(a, b):
     """Whether two paths name the same file (after links), for refusing an output that would
     overwrite an input."""
     return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
+
+
+def data_file_named(path, data_dir):
+    """The MNIST file of data_dir that `path` names (after links), or None: an output written there
+    would overwrite the data every later run reads."""
+    if not path or not data_dir:
+        return None
+    for base in MNIST_FILES.values():
+        for name in (base, base + ".gz"):
+            f = os.path.join(data_dir, name)
+            if os.path.exists(f) and same_file(path, f):
+                return f
+    return None
 
 
 class UnreadableJSON(ValueError):

@@ -22,7 +22,7 @@ else the first of python3, /usr/bin/python3 that does).
 
 Bad flags and paths (a negative count, an --outdir that is a file, a --json that cannot be written,
 a --data or set $MNIST_DIR without the MNIST files, a missing engine) are refused with one line on
-stderr (argparse's own usage errors print the usage block first) and exit status 2 before anything
+stderr and exit status 2 before anything
 runs; --outdir (default: a new temp directory) is made only
 when runs start. A run that fails, times out or leaves a report without the table's numbers is a
 failed run: its row says why (the log's last line). Torch rows asked for where no python has torch
@@ -30,9 +30,8 @@ are failed rows too. --json: the report is written (atomically: a temporary file
 renamed) after every run once at least one run has succeeded — so partial results survive a kill —
 and at the end; a session in which no run succeeded writes nothing there, so an existing file is
 never replaced by a report of failures only. Exit status: 0 when every row has a run, 1 when a row has none or the
-session was stopped, 2 for bad input.
+session was stopped (SIGTERM, or Ctrl-C during the runs), 2 for bad input, 130 for Ctrl-C before any run.
 """
-import argparse
 import math
 import os
 import shlex
@@ -222,11 +221,15 @@ def read_run(report, spec, wall, json_path, log_path):
     return run
 
 
+def run_files(spec, outdir, index):
+    """The report and the log run `index` of spec leaves in outdir."""
+    tag = f"{spec.name.replace(' ', '_').replace('+', '_')}-{spec.device}-{index}"
+    return os.path.join(outdir, tag + ".json"), os.path.join(outdir, tag + ".log")
+
+
 def run_once(spec, outdir, index, timeout):
     """Runs spec once; appends the run to spec.runs, or a one-line reason to spec.failures."""
-    tag = f"{spec.name.replace(' ', '_').replace('+', '_')}-{spec.device}-{index}"
-    json_path = os.path.join(outdir, tag + ".json")
-    log_path = os.path.join(outdir, tag + ".log")
+    json_path, log_path = run_files(spec, outdir, index)
     cmd = spec.cmd + ["--json", json_path]
     note(f"[{spec.name} on {spec.device}, run {index}] {' '.join(cmd)}")
     t0 = time.perf_counter()
@@ -382,7 +385,7 @@ ENGINE_FLAGS_CHANGING_THE_EXPERIMENT = (
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description="Engine vs PyTorch on the notebook experiment: one table.")
+    p = bench_io.ArgumentParser(description="Engine vs PyTorch on the notebook experiment: one table.")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: the CPU rows, plus the cuda rows when a GPU is found")
     p.add_argument("--engine", default=os.path.join(REPO, "build", "apps", "subliminal"))
@@ -593,19 +596,38 @@ def run_round_robin(specs, outdir, timeout, report):
         raise Stopped(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         for r in range(max(s.repeats for s in specs)):
             for s in specs:
                 if r < s.repeats:
                     run_once(s, outdir, r + 1, timeout)
                     report.write(with_ratios([summarize(x) for x in specs]), False)  # partial results survive a kill
-    except (Stopped, KeyboardInterrupt) as e:
-        note(f"stopped ({e or 'interrupt'}): the table holds the runs finished so far")
+    except Stopped as e:
+        note(f"stopped ({e}): the table holds the runs finished so far")
         return False
     return True
 
 
+def refuse_json_over_inputs_or_runs(args, data_dir, specs):
+    """--json naming an MNIST file the runs read, or a run's own report or log in --outdir (the
+    table, written after each run, would replace it): refused before anything runs."""
+    data_file = bench_io.data_file_named(args.json, data_dir)
+    if data_file:
+        die(f"--json {shown(args.json)} is {shown(data_file)}, a file the runs read: the table would overwrite it")
+    if not args.json or not args.outdir:
+        return
+    outdir = os.path.abspath(args.outdir)
+    for s in specs:
+        for r in range(1, s.repeats + 1):
+            for f in run_files(s, outdir, r):
+                if bench_io.same_file(args.json, f):
+                    die(f"--json {shown(args.json)} is run {r} of {s.name}'s own file in --outdir: the table would "
+                        "overwrite it")
+
+
 def main():
+    bench_io.stop_quietly_on_sigint("compare.py", "before any run (nothing written)")
     args = parse_args()
     try:
         data_dir = bench_io.locate_mnist(args.data, REPO)
@@ -627,6 +649,7 @@ def main():
                "engine_args": args.engine_argv, "divergence": args.divergence,
                "hostname": os.uname().nodename}
     specs = plan_specs(args, devices, threads, data_dir, engine, py, torch_version, torch_cuda, no_torch)
+    refuse_json_over_inputs_or_runs(args, data_dir, specs)
     if not any(s.repeats for s in specs):
         die("nothing to run" + (f": {specs[0].failures[0]}" if specs else ""))
     if no_torch:  # said once the flags are known to be good: a refusal stays one line

@@ -19,17 +19,16 @@ that is worse, engine vs torch fp64 (then the gap is torch's own float32 roundin
 near-cancelling terms loses ~1e-5..1e-4 relative in fp32); 1 when one does not; 2 for bad input — a flag
 value, a path (--json, --keep, --init, --engine; a --json that is the --init file or a file --keep
 keeps), the data (--data, a set $MNIST_DIR that does not hold MNIST, a damaged IDX file), or flags the
-engine refuses (its exit status 2: its one line is passed on) — said in one line on stderr (argparse's
-own usage errors print the usage block first), before any
+engine refuses (its exit status 2: its one line is passed on) — said in one line on stderr (a flag given
+twice too), before any
 computing where it can be (the flags and paths are checked before `import torch`); 3 when the engine
 cannot produce the batch (it fails otherwise, or exits 0 without writing its file, or writes one that
-cannot be read). A NaN error fails the comparison and is printed as nan; --json is strict JSON, with
+cannot be read); 130 for Ctrl-C (one line). A NaN error fails the comparison and is printed as nan; --json is strict JSON, with
 NaN and infinite errors written as null.
 
   python3 bench/parity.py --device cpu --data /path/to/mnist
   python3 bench/parity.py --torch-only          # PyTorch side alone (fp32 vs fp64), no engine
 """
-import argparse
 import atexit
 import math
 import os
@@ -168,7 +167,7 @@ def verdict(rows, worst_raw32, worst32, tolerance, problems):
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description="One-batch loss/gradient parity: engine vs PyTorch fp32/fp64.")
+    p = bench_io.ArgumentParser(description="One-batch loss/gradient parity: engine vs PyTorch fp32/fp64.")
     p.add_argument("--engine", default=None, help="the app (default: build/apps/subliminal)")
     p.add_argument("--data", default="", help="MNIST IDX directory (raw or .gz)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="device the engine computes on (default cpu)")
@@ -222,6 +221,9 @@ def check_inputs(args):
         args.data_dir = bench_io.locate_mnist(args.data, REPO)
     except ValueError as e:
         die(str(e))
+    data_file = bench_io.data_file_named(args.json, args.data_dir)
+    if data_file:
+        die(f"--json {shown(args.json)} is {shown(data_file)}, a file the run reads: the table would overwrite it")
     if args.keep:
         why = bench_io.output_dir_problem(args.keep)
         if why:
@@ -405,6 +407,7 @@ def print_table(rows, with_engine, B, sizes, ghosts, T, scale):
 
 def main():
     global ts, np, torch, F
+    bench_io.stop_quietly_on_sigint("parity.py", "nothing compared (an existing --json is as it was)")
     args = parse_args()
     check_inputs(args)
     import torch_subliminal  # noqa: E402  (dies with a clear message when torch or numpy is missing)

@@ -27,10 +27,12 @@ import json
 import math
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,17 +159,33 @@ def script(path, body):
     return path
 
 
+def with_overrides(base, extra):
+    """base's words less the flags `extra` gives again (and their values), then extra: the tools
+    refuse a flag given twice, so a test that changes one of a base's flags replaces it."""
+    again = {w.split("=", 1)[0] for w in extra if w.startswith("--")}
+    out, i = [], 0
+    while i < len(base):
+        word = base[i]
+        if word.split("=", 1)[0] in again:
+            i += 1 if "=" in word or i + 1 == len(base) or base[i + 1].startswith("--") else 2
+            continue
+        out.append(word)
+        i += 1
+    return out + list(extra)
+
+
 def tree(root):
-    """{relative path: (size, mtime_ns)} of everything under root, folders included — but for
-    torch's own cache folder ($TMPDIR/torchinductor_$USER, made when torchvision imports
-    torch._dynamo), which is torch's to keep, not a leftover of the tools."""
+    """{relative path: (size, mtime_ns)} of everything under root, folders included (by their
+    presence: a writability probe made and removed in a folder moves its mtime and leaves
+    nothing) — but for torch's own cache folder ($TMPDIR/torchinductor_$USER, made when
+    torchvision imports torch._dynamo), which is torch's to keep, not a leftover of the tools."""
     out = {}
     for d, dirs, files in os.walk(root):
         dirs[:] = [n for n in dirs if not n.startswith("torchinductor_")]
         for name in dirs + files:
             p = os.path.join(d, name)
             st = os.lstat(p)
-            out[os.path.relpath(p, root)] = (st.st_size if not os.path.isdir(p) else 0, st.st_mtime_ns)
+            out[os.path.relpath(p, root)] = (0, 0) if os.path.isdir(p) else (st.st_size, st.st_mtime_ns)
     return out
 
 
@@ -191,6 +209,17 @@ class ToolTest(unittest.TestCase):
         e.update(env or {})
         return subprocess.run([PY, tool, *args], cwd=self.dir, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, errors="replace", timeout=timeout)
+
+    def interrupted(self, tool, *args, after=1.5):
+        """The tool's result when Ctrl-C (SIGINT, to it alone) reaches it `after` seconds in."""
+        e = {k: v for k, v in os.environ.items() if k != "MNIST_DIR"}
+        e.update({"TMPDIR": self.dir, "PYTHONDONTWRITEBYTECODE": "1"})
+        p = subprocess.Popen([PY, tool, *args], cwd=self.dir, env=e, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, errors="replace")
+        time.sleep(after)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
     @contextlib.contextmanager
     def unchanged(self, ignore=()):
@@ -217,19 +246,36 @@ class ToolTest(unittest.TestCase):
             self.assertIn(m, lines[0], self.describe(r))
 
     def assertUsageError(self, r, flag):
-        """argparse's usage error: exit 2, no traceback, the last stderr line names the flag."""
+        """A usage error (bench_io.ArgumentParser's): exit 2, no traceback, one stderr line naming
+        the flag (no usage block)."""
         self.assertEqual(r.returncode, 2, self.describe(r))
         self.assertNotIn("Traceback", r.stderr, self.describe(r))
         lines = [line for line in r.stderr.splitlines() if line.strip()]
-        self.assertTrue(lines, self.describe(r))
-        self.assertIn("error:", lines[-1], self.describe(r))
-        self.assertIn(flag, lines[-1], self.describe(r))
+        self.assertEqual(len(lines), 1, self.describe(r))
+        self.assertIn("error:", lines[0], self.describe(r))
+        self.assertIn(flag, lines[0], self.describe(r))
 
     def check_usage_errors(self, tool, base, cases):
         """Each (flag, value) of `cases` after `base`: an argparse error naming the flag, nothing written."""
         for flag, value in cases:
             with self.subTest(flag=flag, value=value), self.unchanged():
-                self.assertUsageError(self.run_tool(tool, *base, flag, value), flag)
+                self.assertUsageError(self.run_tool(tool, *with_overrides(base, [flag, value])), flag)
+
+
+class UsageTest(ToolTest):
+    """What every tool's flag parser (bench_io.ArgumentParser) does with a bad or repeated flag."""
+
+    def test_usage_errors_and_repeated_flags_are_one_line(self):
+        # argparse prints its usage block before the error, and lets a repeated flag's last value win
+        for tool, args, flag in [(COMPARE, ["--repeats", "2", "--repeats", "3"], "--repeats is given twice"),
+                                 (COMPARE, ["--engine=a", "--engine", "b"], "--engine is given twice"),
+                                 (TORCH_SCRIPT, ["--lr", "1e-3", "--lr=2e-3"], "--lr is given twice"),
+                                 (PARITY, ["--torch-only", "--torch-only"], "--torch-only is given twice"),
+                                 (PLOT, ["x.json", "--out", "a.png", "--out", "b.png"], "--out is given twice"),
+                                 (PARITY, ["--tolerance", "nan"], "--tolerance"),
+                                 (COMPARE, ["--bogus"], "--bogus")]:
+            with self.subTest(tool=os.path.basename(tool), args=args), self.unchanged():
+                self.assertUsageError(self.run_tool(tool, *args), flag)
 
 
 # ---------------------------------------------------------------------------------------------- compare.py
@@ -240,8 +286,8 @@ class CompareTest(ToolTest):
         return script(self.path("engine.sh"), body)
 
     def base(self, *extra):
-        return ["--engine", self.fake_engine, "--data", self.data, "--device", "cpu", "--repeats", "1",
-                "--variants", "engine", *extra]
+        return with_overrides(["--engine", self.fake_engine, "--data", self.data, "--device", "cpu", "--repeats", "1",
+                               "--variants", "engine"], extra)
 
     def setUp(self):
         super().setUp()
@@ -262,6 +308,7 @@ class CompareTest(ToolTest):
     def test_bad_lists_and_dirs_are_one_line(self):
         with open(self.path("afile"), "w") as f:
             f.write("x")
+        os.mkdir(self.path("runs"))
         for args, mentions in [
                 (["--variants", ","], ["--variants"]), (["--variants", "engine,bogus"], ["--variants", "bogus"]),
                 (["--outdir", self.path("afile")], ["--outdir", "not a directory"]),
@@ -271,7 +318,12 @@ class CompareTest(ToolTest):
                 (["--divergence", "js", "--epochs-distill", "0"], ["--divergence js and --epochs-distill 0"]),
                 (["--engine-args", "--json=x.json"], ["--engine-args", "--json is set by compare.py"]),
                 (["--engine", self.path("no-engine")], ["no engine executable", "no-engine"]),
-                (["--data", self.path("nowhere")], ["--data", "no such directory"])]:
+                (["--data", self.path("nowhere")], ["--data", "no such directory"]),
+                # a --json that is a file the runs read, or a run's own report in --outdir
+                (["--json", os.path.join(self.data, "train-labels-idx1-ubyte.gz")],
+                 ["--json", "a file the runs read"]),
+                (["--outdir", self.path("runs"), "--json", self.path("runs", "engine-cpu-1.json")],
+                 ["--json", "run 1 of engine's own file in --outdir"])]:
             with self.subTest(args=args), self.unchanged():
                 self.assertRefused(self.run_tool(COMPARE, *self.base(*args)), *mentions)
 
@@ -331,6 +383,21 @@ class CompareTest(ToolTest):
             self.assertNotIn("--divergence", r.stdout)
         self.assertRefused(self.run_tool(COMPARE, *self.base("--engine-args", "--divergence js")),
                            "--divergence is set by compare.py")
+
+    def test_ctrl_c_stops_the_session_saying_so(self):
+        # during a run: the session stops, keeping what finished (exit 1, as for SIGTERM)
+        self.fake_engine = self.engine('case "$*" in *--version*) echo "subliminal test"; exit 0;; esac\nsleep 30\n')
+        r = self.interrupted(COMPARE, *self.base("--outdir", self.path("out")))
+        self.assertEqual(r.returncode, 1, self.describe(r))
+        self.assertNotIn("Traceback", r.stderr, self.describe(r))
+        self.assertIn("stopped (SIGINT): the table holds the runs finished so far", r.stderr, self.describe(r))
+        # before any run (here while it asks the engine its --version): one line, exit 130
+        self.fake_engine = self.engine("sleep 30\n")
+        with self.unchanged():
+            r = self.interrupted(COMPARE, *self.base())
+        self.assertEqual(r.returncode, 130, self.describe(r))
+        self.assertNotIn("Traceback", r.stderr, self.describe(r))
+        self.assertIn("compare.py: interrupted: before any run", r.stderr.splitlines()[-1], self.describe(r))
 
     def test_failed_runs_do_not_replace_an_existing_json(self):
         old = self.path("report.json")
@@ -413,14 +480,14 @@ class TorchSubliminalTest(ToolTest):
     BASE = ["--epochs-teacher", "0", "--epochs-distill", "0", "--hidden", "4", "--threads", "1", "--batch-size", "4"]
 
     def run_ts(self, *args, **kw):
-        return self.run_tool(TORCH_SCRIPT, "--data", self.data, *self.BASE, *args, **kw)
+        return self.run_tool(TORCH_SCRIPT, *with_overrides(["--data", self.data, *self.BASE], args), **kw)
 
     def test_bad_numbers_and_paths_are_usage_errors(self):  # refused before torch is imported
         os.mkdir(self.path("jdir"))
         self.check_usage_errors(TORCH_SCRIPT, ["--data", self.data], [
             ("--threads", "100000"), ("--threads", "-1"), ("--lr", "nan"), ("--lr", "-1"), ("--lr", "0"),
             ("--temperature", "nan"), ("--temperature", "inf"), ("--seed", "1e23"),
-            ("--temperature", "1e-45"), ("--lr", "1e-39"), ("--lr", "3.5e38"),  # outside float32's normal range, as the app
+            ("--temperature", "1e-45"), ("--lr", "1e-39"), ("--lr", "3.5e38"), ("--lr", "1e38"),  # outside float32's normal range, as the app
             ("--seed", "100000000000000000000000"), ("--control-seed", "100000000000000000000000"),
             ("--hidden", "100000000"), ("--hidden", "abc"), ("--hidden", "8,,8"), ("--compile-mode", "bogus"),
             ("--lr", " 1e-3"), ("--lr", "1e-3 "), ("--seed", "1_000"), ("--hidden", "8, 8"),  # as the app reads them
@@ -434,7 +501,9 @@ class TorchSubliminalTest(ToolTest):
         os.mkdir(self.path("jdir"))
         cases = [(["--data", self.path("nowhere")], ["--data", "no such directory"]),
                  (["--load-init", self.path("none.st")], ["--load-init", "no such file"]),
-                 (["--load-init", self.path("jdir")], ["--load-init", "is a directory"])]
+                 (["--load-init", self.path("jdir")], ["--load-init", "is a directory"]),
+                 (["--data", self.data, "--json", os.path.join(self.data, "t10k-images-idx3-ubyte.gz")],
+                  ["--json", "a file the run reads"])]
         for args, mentions in cases:
             with self.subTest(args=args), self.unchanged():
                 self.assertRefused(self.run_tool(TORCH_SCRIPT, *args), *mentions)
@@ -538,6 +607,19 @@ class TorchSubliminalTest(ToolTest):
         self.assertEqual(report["config"]["divergence"], "js")
         self.assertGreater(report["epochs"]["student"][0]["js"], 0.0)
 
+    def test_ctrl_c_is_one_line_and_exit_130(self):
+        needs("torch")
+        old = self.path("old.json")
+        with open(old, "w") as f:
+            f.write("{}\n")
+        r = self.interrupted(TORCH_SCRIPT, *with_overrides(["--data", self.data, *self.BASE],
+                                                          ["--epochs-teacher", "100000", "--json", old]), after=4)
+        self.assertEqual(r.returncode, 130, self.describe(r))
+        self.assertNotIn("Traceback", r.stderr, self.describe(r))
+        self.assertIn("interrupted: no report written", r.stderr.splitlines()[-1], self.describe(r))
+        with open(old) as f:
+            self.assertEqual(f.read(), "{}\n")
+
     def test_a_short_run_writes_its_report_and_notes_ignored_flags(self):
         needs("torch")
         out = self.path("out.json")
@@ -582,12 +664,14 @@ class ParityTest(ToolTest):
         cases = [(["--keep", self.path("afile")], ["--keep", "not a directory"]),
                  (["--engine-args", '"x'], ["--engine-args"]),
                  (["--init", self.path("none.st")], ["--init", "no such file"]),
-                 (["--data", self.path("nowhere")], ["--data", "no such directory"])]
+                 (["--data", self.path("nowhere")], ["--data", "no such directory"]),
+                 (["--json", os.path.join(self.data, "train-images-idx3-ubyte.gz")], ["--json", "a file the run reads"])]
         if not module_missing("numpy"):
             cases.append((["--init", self.path("text.st")], ["--init", "text.st", "not a safetensors file"]))
         for args, mentions in cases:
             with self.subTest(args=args), self.unchanged():
-                self.assertRefused(self.run_tool(PARITY, "--torch-only", "--data", self.data, *args), *mentions)
+                self.assertRefused(self.run_tool(PARITY, *with_overrides(["--torch-only", "--data", self.data], args)),
+                                   *mentions)
         with self.subTest(case="no engine"), self.unchanged():
             self.assertRefused(self.run_tool(PARITY, "--engine", self.path("none"), "--data", self.data),
                                "no engine executable")

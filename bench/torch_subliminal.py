@@ -18,7 +18,7 @@ student (a fresh nn.Linear init from another seed) on the teacher's ghost logits
 
 Bad input — a flag value out of range, a --json path that cannot be written, a --data or $MNIST_DIR
 that does not hold the four IDX files, a damaged IDX or --load-init file — is refused with one line
-on stderr (argparse's own usage errors print the usage block first) and exit status 2, before any
+on stderr and exit status 2, before any
 training. The flags, paths and --load-init are checked
 before `import torch`, so such a mistake costs no start-up time. A --json report is written
 atomically after the run: an existing file is replaced only by a complete report.
@@ -30,7 +30,6 @@ import time
 T_START = time.perf_counter()  # before importing torch: seconds.total covers the whole script
 T_START_WALL = time.time()  # the report's "started"
 
-import argparse
 import contextlib
 import math
 import os
@@ -80,7 +79,7 @@ NUMPY_MISSING = (f"numpy is not installed for {sys.executable} (Debian: apt-get 
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
+    p = bench_io.ArgumentParser(
         description="The seed notebook's subliminal-learning MNIST experiment in PyTorch (faithful or fast), "
                     "writing the app's JSON report schema.")
     p.add_argument("--variant", choices=["faithful", "fast"], default="fast")
@@ -91,7 +90,7 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=bench_io.hidden_widths, default="256,256",
                    help=f"hidden widths, comma-separated (each 1..{bench_io.MAX_WIDTH})")
     p.add_argument("--batch-size", type=bench_io.int_type(1, bench_io.MAX_BATCH), default=256)
-    p.add_argument("--lr", type=bench_io.float32_positive, default=3e-4)
+    p.add_argument("--lr", type=bench_io.adam_lr, default=3e-4)
     p.add_argument("--epochs-teacher", type=bench_io.epochs_type, default=5)
     p.add_argument("--epochs-distill", type=bench_io.epochs_type, default=5)
     p.add_argument("--temperature", type=bench_io.float32_positive, default=1.0)
@@ -148,6 +147,9 @@ def check_inputs(args):
         args.data_dir = bench_io.locate_mnist(args.data, REPO)
     except ValueError as e:
         die(str(e))
+    data_file = bench_io.data_file_named(args.json, args.data_dir)
+    if data_file:
+        die(f"--json {shown(args.json)} is {shown(data_file)}, a file the run reads: the report would overwrite it")
     args.init_tensors = None
     if args.load_init:
         if not os.path.isfile(args.load_init):
@@ -167,6 +169,7 @@ def check_inputs(args):
 
 
 if __name__ == "__main__":
+    bench_io.stop_quietly_on_sigint(PROG, "no report written (an existing --json is as it was)")
     ARGS = parse_args()
     check_inputs(ARGS)
 

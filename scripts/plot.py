@@ -210,7 +210,7 @@ def sweep_figure(rows, out, plt):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_io.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="a --json report or a --sweep-out .jsonl file")
     parser.add_argument("--out", required=True, help="image file to write (.png added when it has no extension)")
     args = parser.parse_args()
