@@ -1301,6 +1301,59 @@ TEST(SweepResume, AConfigurationIsDoneWithEachOfItsArmsNotWithAsManyRows) {
             std::string::npos);
 }
 
+// A row whose settings name a flag a sweep cannot vary (an edited file: --threads is under the
+// report's device, not its config) is refused naming the key, where it used to end in an
+// internal error (a JSON lookup of a column the config does not have).
+TEST(SweepResume, ARowSettingAKeyNoSweepVariesIsRefused) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string(), jsonl = prefix + ".jsonl";
+  sweep(prefix);
+  std::string edited;
+  for (const std::string& line : lines_of(subliminal::test::read_text(jsonl))) {
+    nlohmann::json row = nlohmann::json::parse(line);
+    if (edited.empty()) row["settings"]["threads"] = "1";
+    edited += row.dump() + "\n";
+  }
+  subliminal::test::write_text(jsonl, edited);
+  try {
+    sweep(prefix);
+    ADD_FAILURE() << "a row setting --threads was taken";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find(
+                  "has settings this sweep cannot read (\"threads\" is not a key --sweep takes)"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(subliminal::test::read_text(jsonl), edited);
+}
+
+// Rows from --load-init carry the file's contents (size and CRC-32): a sweep resumed after the
+// file was replaced by another init is refused, naming both, where the path alone — all the
+// base holds — let it mix rows of two inits. The same file resumes.
+TEST(SweepResume, RowsFromAReplacedInitFileAreRefused) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string(), init = (dir / "init.st").string();
+  save_init(init, init_of(small_run({}), {5}, 0), false, 0, "torch");
+  const std::string made_with = init_file_fingerprint(init);
+  sweep(prefix, {"--load-init", init.c_str()});
+  for (const std::string& line : lines_of(subliminal::test::read_text(prefix + ".jsonl")))
+    EXPECT_EQ(nlohmann::json::parse(line)["init_file"], made_with);
+  EXPECT_NE(sweep(prefix, {"--load-init", init.c_str()}).find("(2 already done)"), std::string::npos);
+
+  save_init(init, init_of(small_run({}), {6}, 0), true, 0, "torch");
+  const std::string before = subliminal::test::read_text(prefix + ".jsonl");
+  try {
+    sweep(prefix, {"--load-init", init.c_str()});
+    ADD_FAILURE() << "a sweep resumed from a replaced init file";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find(": made from another --load-init file (\"" + made_with +
+                                         "\"; this one's is \"" + init_file_fingerprint(init) + "\")"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(subliminal::test::read_text(prefix + ".jsonl"), before);
+}
+
 // Rows carry the data they were made from: a sweep resumed on other data (here MNIST-shaped data
 // drawn from another seed; in life another copy, or Fashion-MNIST in the same format) is refused,
 // naming both, where it used to mix the two without a word.

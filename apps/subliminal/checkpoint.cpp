@@ -1,7 +1,14 @@
 // apps/subliminal/checkpoint.cpp — MLP parameters to and from safetensors.
 #include "apps/subliminal/checkpoint.h"
 
+#include <zlib.h>  // crc32_z: init_file_fingerprint
+
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 
 #include "engine/safetensors.h"
 
@@ -117,6 +124,17 @@ void save_trained(const std::string& path, const MlpParams& teacher, const MlpPa
     ++index;
   }
   write_safetensors(path, tensors, metadata(teacher), overwrite);
+}
+
+std::string init_file_fingerprint(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(path_text(path) + ": cannot read it (" + std::strerror(errno) + ")");
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw InputError(path_text(path) + ": read error");
+  const uLong crc = crc32_z(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), bytes.size());
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08lx", static_cast<unsigned long>(crc));
+  return std::to_string(bytes.size()) + " bytes, crc32 " + hex;
 }
 
 }  // namespace subliminal::app

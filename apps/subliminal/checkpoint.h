@@ -38,6 +38,11 @@ struct InitFileNotes {
 void load_init(const std::string& path, MlpParams& init, bool for_parity_batch = false,
                InitFileNotes* notes = nullptr);
 // `ghost` / `all` hold the arms of each distilled group in `arms` order (may be empty).
+// What identifies an init file's contents, whatever its name: "1079352 bytes, crc32 1a2b3c4d".
+// A sweep's rows from --load-init carry it, so that rows made from a file since replaced are
+// not taken for this file's.
+std::string init_file_fingerprint(const std::string& path);
+
 void save_trained(const std::string& path, const MlpParams& teacher, const MlpParams& ghost,
                   const MlpParams& all, const std::vector<ArmSpec>& arms, bool overwrite);
 

@@ -132,8 +132,15 @@ struct SweepRow {
 struct SweepFile {
   std::vector<SweepRow> rows;
 };
+// What a sweep's rows were made from besides their settings: the data (mnist_fingerprint), and
+// the contents of the --load-init file (init_file_fingerprint; "" without one).
+struct MadeFrom {
+  std::string data, init_file;
+};
+
 SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& base,
-                          const std::string& data) {
+                          const MadeFrom& made_from) {
+  const std::string& data = made_from.data;
   SweepFile file;
   std::string text;
   std::error_code missing;
@@ -179,6 +186,11 @@ SweepFile read_sweep_rows(const std::string& jsonl_path, const nlohmann::json& b
     if (row.contains("data") && row["data"] != data)
       throw UsageError(where + ": made from other data (" + json_text(row["data"]) + "; this run's is \"" +
                        data + "\"); rerun with that data to resume it, or choose another --sweep-out");
+    // Likewise rows from an init file replaced since (the path alone is in the base).
+    if (row.contains("init_file") && row["init_file"] != made_from.init_file)
+      throw UsageError(where + ": made from another --load-init file (" + json_text(row["init_file"]) +
+                       "; this one's is \"" + made_from.init_file +
+                       "\"); rerun with that file to resume it, or choose another --sweep-out");
     file.rows.push_back({row["config"].get<std::string>(), row["arm"].get<std::string>(), line, row});
   }
   return file;
@@ -196,8 +208,12 @@ std::string row_settings_key(const Config& base, const SweepRow& r, const std::s
   try {
     if (!r.row.contains("settings") || !r.row["settings"].is_object())
       throw DataError("a row without its settings");
-    for (const auto& [key, value] : r.row["settings"].items())
+    for (const auto& [key, value] : r.row["settings"].items()) {
+      // A flag a sweep cannot vary (--threads, --device, ...) is not a setting of a row: its
+      // column would have no value in the report's config.
+      if (!sweepable(key)) throw DataError(quoted(key) + " is not a key --sweep takes");
       set_config_value(config, key, value.get<std::string>());
+    }
   } catch (const std::exception& e) {  // DataError, a UsageError of a value, nlohmann's type_error
     throw DataError("--sweep-out " + path_text(jsonl_path) + ": the row of configuration " +
                     quoted(r.config) + " has settings this sweep cannot read (" + e.what() +
@@ -777,7 +793,8 @@ struct ConfigurationRows {
 // What every row of one sweep run names besides its results.
 struct RowContext {
   const nlohmann::json& base_settings;
-  const std::string &device, &data;
+  const std::string& device;
+  const MadeFrom& made_from;
   int cpu_threads;  // 0 on a GPU
   const CsvColumns& columns;
 };
@@ -799,7 +816,8 @@ ConfigurationRows rows_of(const std::vector<std::pair<std::string, std::string>>
                           {"per_model", acc},
                           {"base", context.base_settings},
                           {"device", context.device},
-                          {"data", context.data}};
+                          {"data", context.made_from.data}};
+    if (!context.made_from.init_file.empty()) row["init_file"] = context.made_from.init_file;
     if (context.cpu_threads > 0) row["cpu_threads"] = context.cpu_threads;
     row["commit"] = kBuildCommit;  // the build that made the row (apps/subliminal/build_info.h)
     for (const auto& [key, value] : settings) row["settings"][key] = value;
@@ -856,8 +874,9 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   for (const std::string& path : sweep_lock_paths(base.sweep_out))
     locks.push_back(std::make_unique<SweepLock>(base.sweep_out, path));
   const nlohmann::json base_settings = sweep_base(base);
-  const std::string data = data::mnist_fingerprint(mnist);
-  const SweepFile file = read_sweep_rows(jsonl_path, base_settings, data);
+  const MadeFrom made_from{data::mnist_fingerprint(mnist),
+                           base.load_init_path.empty() ? "" : init_file_fingerprint(base.load_init_path)};
+  const SweepFile file = read_sweep_rows(jsonl_path, base_settings, made_from);
   if (file.rows.empty()) refuse_a_csv_without_its_jsonl(base.sweep_out, csv_path);
   const Resume resume = plan_resume(base, configs, file, jsonl_path);
   const CsvColumns columns = csv_columns(base, grid, file, resume);
@@ -874,7 +893,7 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   const int this_threads = device == Device::cpu ? cpu_threads() : 0;
   note_rows_made_elsewhere(out, file, resume, this_device, this_threads);
 
-  const RowContext context{base_settings, this_device, data, this_threads, columns};
+  const RowContext context{base_settings, this_device, made_from, this_threads, columns};
   SweepObserver observer(base.progress, stderr);
   for (size_t k = 0; k < grid.size(); ++k) {
     if (resume.finished[k]) continue;
