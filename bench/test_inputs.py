@@ -818,7 +818,8 @@ class PlotTest(ToolTest):
         good = self.write("r.json", json.dumps(app_report()))
         os.mkdir(self.path("jdir"))
         for out, why in [(self.path("jdir"), "is a directory"), (self.path("nodir", "x.png"), "does not exist"),
-                         (self.path("jdir") + "/", "directory")]:
+                         (self.path("jdir") + "/", "directory"), ("", "is empty"),
+                         (self.path(".png"), "names only an extension")]:
             with self.subTest(out=out), self.unchanged():
                 self.assertRefused(self.run_tool(PLOT, good, "--out", out), "--out", why)
         if not module_missing("matplotlib"):

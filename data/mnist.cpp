@@ -42,12 +42,18 @@ struct FileLookup {
 };
 
 // The raw file if it exists, else name + ".gz". Existence is enough here: if the raw name is,
-// say, a directory, read_idx says so, rather than us quietly reading the .gz beside it.
+// say, a directory, read_idx says so, rather than us quietly reading the .gz beside it — and
+// a symbolic link to nothing (a moved dataset) is said as such, not read past or called missing.
 FileLookup find_file(const fs::path& dir, const std::string& name) {
   FileLookup lookup;
   for (const fs::path& candidate : {dir / name, dir / (name + ".gz")}) {
     std::error_code error;  // exists() leaves it clear when the answer is a plain "no"
     if (fs::exists(candidate, error)) return {candidate, ""};
+    std::error_code link_error;
+    if (!error && fs::is_symlink(fs::symlink_status(candidate, link_error)))
+      return {std::nullopt, path_text(candidate.string()) + ": a symbolic link to " +
+                                path_text(fs::read_symlink(candidate, link_error).string()) +
+                                ", which does not exist"};
     if (error && lookup.problem.empty())
       lookup.problem = path_text(candidate.string()) + ": " + error.message();
   }

@@ -250,8 +250,15 @@ AtomicTarget atomic_target(const std::filesystem::path& requested) {
                      ": is read-only for this user; refusing to replace it (make it writable, or "
                      "choose another name)");
   const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
+  // ".NAME.tmp-XXXXXX", NAME cut short where the whole would pass the 255 bytes a file name may
+  // have (a legal output name of 245 bytes would otherwise be refused as "File name too long").
+  constexpr size_t kNameMax = 255, kAround = 1 + 11;  // "." and ".tmp-XXXXXX"
+  const std::string filename = path.filename().string();
+  if (filename.size() > kNameMax)  // the rename would fail, after the work
+    throw InputError(name + ": the file name is " + std::to_string(filename.size()) +
+                     " bytes long; a file name may have at most 255");
   std::string temp_name = ".";  // built in steps: g++ 12 warns falsely on "." + string (GCC bug 105329)
-  temp_name += path.filename().string();
+  temp_name += filename.substr(0, kNameMax - kAround);
   temp_name += ".tmp-XXXXXX";
   return {path, (dir / temp_name).string()};
 }

@@ -111,8 +111,16 @@ def load_input(path):
     return "sweep", rows
 
 
+IMAGE_FORMATS = {"png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp"}
+
+
 def output_path(out):
     """The file --out names (.png added when it has no extension), after checking it can be written."""
+    name = os.path.basename(out)
+    if not out:
+        die("--out is empty (give the image's name, e.g. fig.png)")
+    if name.count(".") == 1 and name[1:].lower() in IMAGE_FORMATS:  # ".png" would be written as .png.png
+        die(f"--out {shown(out)}: names only an extension (give the image's name, e.g. fig{name})")
     if out.endswith("/"):
         die(f"--out {shown(out)}: names a directory (it ends with /)")
     if os.path.isdir(out):

@@ -326,6 +326,20 @@ TEST(Cli, AnInitLoadedUnderAnotherSeedSaysTheRunWillNotRepeat) {
   EXPECT_EQ(paired.exit_code, 0) << paired.err;
   EXPECT_EQ(paired.err.find("holds an --init"), std::string::npos) << paired.err;
   EXPECT_NE(paired.err.find("this run's batches and noise follow --seed 0"), std::string::npos) << paired.err;
+
+  // What the file says is printed escaped: a newline or a terminal escape written into its
+  // metadata neither breaks the note's line nor reaches the terminal.
+  subliminal::SafetensorsFile file = subliminal::read_safetensors(data.path() / "init.st");
+  file.metadata["seed"] = "5\n\x1b[31mred";
+  file.metadata["init"] = "normal\nsecond line";
+  subliminal::write_safetensors(data.path() / "odd.st", file.tensors, file.metadata, false);
+  const ProcessResult odd = run({"--load-init", "odd.st"});
+  EXPECT_EQ(odd.exit_code, 0) << odd.err;
+  EXPECT_EQ(odd.err.find('\x1b'), std::string::npos) << odd.err;
+  EXPECT_NE(odd.err.find("was saved by a run with --seed \"5\\x0a\\x1b[31mred\""), std::string::npos)
+      << odd.err;
+  EXPECT_NE(odd.err.find("holds an --init \"normal\\x0asecond line\" init"), std::string::npos) << odd.err;
+  EXPECT_EQ(count_lines(odd.err), 2) << odd.err;
 }
 
 // The console says where a run runs, and on the CPU how many threads when --threads chose a

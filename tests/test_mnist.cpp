@@ -261,6 +261,20 @@ TEST(LocateMnist, AFileThatCannotBeLookedAtIsNotCalledMissing) {
   }
 }
 
+// A symbolic link to nothing at a file's name (a dataset moved away) is said as such — not
+// called missing, and not read past to the .gz beside it.
+TEST(LocateMnist, ADanglingLinkIsSaidAndNotReadPast) {
+  EnvironmentGuard guard;
+  TempDir dir;
+  write_small_mnist(dir.path());
+  fs::copy_file(dir / "train-labels-idx1-ubyte", dir / "train-labels-idx1-ubyte.gz");  // readable beside it
+  fs::remove(dir / "train-labels-idx1-ubyte");
+  fs::create_symlink("/nonexistent/labels", dir / "train-labels-idx1-ubyte");
+  EXPECT_DATA_ERROR(locate_mnist(dir.path().string()), "--data", "train-labels-idx1-ubyte",
+                    "a symbolic link to /nonexistent/labels, which does not exist");
+  EXPECT_DATA_ERROR(load_mnist(dir.path()), "a symbolic link to /nonexistent/labels, which does not exist");
+}
+
 TEST(LocateMnist, NothingFoundListsEveryPlaceSearched) {
   EnvironmentGuard guard;
   TempDir root;

@@ -284,6 +284,15 @@ TEST(Safetensors, WriteRefusesNamesTheReaderWouldRefuse) {
   EXPECT_TRUE(directory_entries(dir.path()).empty());
 }
 
+// A name as long as a file name may be (255 bytes) is written: the temporary file beside it
+// takes a shortened form of the name, not one past the limit.
+TEST(Safetensors, AFileNameOfTheLongestLegalLengthIsWritten) {
+  TempDir dir;
+  const fs::path path = dir / std::string(255, 'n');
+  write_safetensors(path, {{"t", Tensor::from_vector(std::vector<float>{1}, {1})}}, {}, false);
+  EXPECT_EQ(directory_entries(dir.path()), std::vector<std::string>{std::string(255, 'n')});
+}
+
 // A failed write throws and leaves nothing behind (no stray temporary file).
 TEST(Safetensors, WriteIntoAMissingDirectoryFailsCleanly) {
   TempDir dir;

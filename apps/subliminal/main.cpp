@@ -7,7 +7,9 @@
 #include <pthread.h>  // pthread_getattr_default_np: the stack a new thread maps
 #include <unistd.h>
 
-#include <atomic>  // end_on_signal runs once
+#include <algorithm>  // std::all_of
+#include <atomic>     // end_on_signal runs once
+#include <cctype>     // std::isalnum
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -158,8 +160,8 @@ uint64_t cpu_memory_ceiling(Device device, int cpu_threads) {
 // already written).
 std::string run_interrupted(const std::string& json_path, const std::string& save_path) {
   std::vector<std::string> named;
-  if (!json_path.empty()) named.push_back("--json " + json_path);
-  if (!save_path.empty()) named.push_back("--save " + save_path);
+  if (!json_path.empty()) named.push_back("--json " + path_text(json_path));
+  if (!save_path.empty()) named.push_back("--save " + path_text(save_path));
   std::string text = " before the run ended";
   if (named.empty()) return text;
   return text + ": " + named.front() + (named.size() > 1 ? " and " + named.back() + " were" : " was") +
@@ -171,6 +173,16 @@ std::string run_interrupted(const std::string& json_path, const std::string& sav
 // not guess, so a differing seed is said; and the cross-init control, drawn by the run itself
 // (unless the paper's pairing takes another model's init from the file), with --init's scheme,
 // so a file of another scheme is said too.
+// A value from the file's metadata as a flag's value in a note: as it is when it reads as one
+// (letters, digits, '.', '-', '_'; at most 40), else quoted() — a newline or an escape sequence
+// written into a file must not reach the terminal.
+std::string metadata_text(const std::string& value) {
+  const bool plain = value.size() <= 40 && std::all_of(value.begin(), value.end(), [](char c) {
+                       return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_';
+                     });
+  return plain ? value : quoted(value, 40);
+}
+
 void check_init_file(const Config& config) {
   if (config.load_init_path.empty()) return;
   // --parity-batch computes one model's batch, whatever --models or a preset says.
@@ -185,15 +197,15 @@ void check_init_file(const Config& config) {
         stderr,
         "subliminal: note: %s was saved by a run with --seed %s; this run's %s follow --seed %llu, so "
         "it does not repeat that run (give --seed %s to)\n",
-        config.load_init_path.c_str(), file.seed.c_str(),
+        path_text(config.load_init_path).c_str(), metadata_text(file.seed).c_str(),
         draws_its_control ? "batches, noise and cross-init student" : "batches and noise",
-        (unsigned long long)config.seed, file.seed.c_str());
+        (unsigned long long)config.seed, metadata_text(file.seed).c_str());
   if (draws_its_control && !file.scheme.empty() && file.scheme != init_name(config.init))
     std::fprintf(stderr,
                  "subliminal: note: %s holds an --init %s init; this run draws its cross-init control with "
                  "--init %s (give --init %s for a control of the same kind)\n",
-                 config.load_init_path.c_str(), file.scheme.c_str(), init_name(config.init),
-                 file.scheme.c_str());
+                 path_text(config.load_init_path).c_str(), metadata_text(file.scheme).c_str(),
+                 init_name(config.init), metadata_text(file.scheme).c_str());
 }
 
 // The CPU threads, the host-memory ceiling and the floating-point mode the run works under.
@@ -269,7 +281,7 @@ int run(int argc, char** argv) {
   times.load = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 
   if (!config.parity_batch_path.empty()) {
-    set_interrupt_note(" before " + config.parity_batch_path + " was written");
+    set_interrupt_note(" before " + path_text(config.parity_batch_path) + " was written");
     write_parity_batch(config, mnist, device, config.parity_batch_path);
     set_interrupt_note("");
     std::printf("subliminal: wrote one batch's losses and gradients to %s\n",

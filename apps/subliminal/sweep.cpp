@@ -881,8 +881,8 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
   const Resume resume = plan_resume(base, configs, file, jsonl_path);
   const CsvColumns columns = csv_columns(base, grid, file, resume);
   rewrite_kept_rows(jsonl_path, csv_path, file, resume, columns);
-  set_interrupt_note(": the configurations that finished are in " + csv_path + " and " + jsonl_path +
-                     "; the same command resumes the sweep");
+  set_interrupt_note(": the configurations that finished are in " + path_text(csv_path) + " and " +
+                     path_text(jsonl_path) + "; the same command resumes the sweep");
   RowFiles row_files(base.sweep_out, jsonl_path, csv_path);
 
   std::fprintf(out, "Sweep: %zu configuration%s (%zu already done) → %s, %s\n", grid.size(),
