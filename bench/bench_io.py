@@ -536,6 +536,28 @@ def load_mnist_arrays(directory):
     return out
 
 
+def check_mnist_files(directory):
+    """load_mnist_arrays' checks without numpy (for compare.py, which reads no images itself but
+    should refuse damaged data before its runs fail on it one by one): ValueError naming the file."""
+    for split in ("train", "test"):
+        ip, lp = idx_path(directory, MNIST_FILES[split + "_images"]), idx_path(directory, MNIST_FILES[split + "_labels"])
+        if not ip or not lp:
+            raise ValueError(f"{shown(directory)}: missing the MNIST {split} files")
+        raw_labels = read_file_bytes(lp)
+        label_dims, label_header = parse_idx_header(lp, raw_labels[:4 + 4 * 255], len(raw_labels))
+        raw_images = read_file_bytes(ip)
+        image_dims, _ = parse_idx_header(ip, raw_images[:4 + 4 * 255], len(raw_images))
+        labels = memoryview(raw_labels)[label_header:]
+        if len(image_dims) != 3 or tuple(image_dims[1:]) != (28, 28):
+            raise ValueError(f"{shown(ip)}: MNIST {split} images must be N×28×28, the file holds {tuple(image_dims)}")
+        if len(label_dims) != 1 or label_dims[0] != image_dims[0]:
+            raise ValueError(f"{shown(lp)}: holds labels of shape {tuple(label_dims)} for {image_dims[0]} {split} "
+                             "images; the counts must match")
+        if len(labels) and max(labels) >= N_CLASSES:
+            i = next(k for k, v in enumerate(labels) if v >= N_CLASSES)
+            raise ValueError(f"{shown(lp)}: label {labels[i]} at index {i} is out of range 0..9")
+
+
 # ---------------------------------------------------------------------------------------------- safetensors
 
 

@@ -21,7 +21,7 @@ This script needs no torch itself; the torch runs use --python (default: this py
 else the first of python3, /usr/bin/python3 that does).
 
 Bad flags and paths (a negative count, an --outdir that is a file, a --json that cannot be written,
-a --data or set $MNIST_DIR without the MNIST files, a missing engine) are refused with one line on
+a --data or set $MNIST_DIR without the MNIST files or with a damaged one, a missing engine) are refused with one line on
 stderr and exit status 2 before anything
 runs; --outdir (default: a new temp directory) is made only
 when runs start. A run that fails, times out or leaves a report without the table's numbers is a
@@ -631,6 +631,8 @@ def main():
     args = parse_args()
     try:
         data_dir = bench_io.locate_mnist(args.data, REPO)
+        if not args.dry_run:
+            bench_io.check_mnist_files(data_dir)  # damaged data: one line now, not a failed row per run
     except ValueError as e:
         die(str(e))
     threads = args.threads if args.threads > 0 else usable_cores()

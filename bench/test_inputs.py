@@ -233,6 +233,30 @@ class ToolTest(unittest.TestCase):
 
         self.assertEqual(keep(after), keep(before), "files were left, removed or changed")
 
+    def damaged_data(self):
+        """{name: (directory, file named in the message, defect)} — each a tiny MNIST with one bad file."""
+        cases = {}
+        d = write_mnist(self.path("truncated"))
+        p = os.path.join(d, "train-images-idx3-ubyte.gz")
+        with open(p, "rb") as f:
+            raw = f.read()
+        with open(p, "wb") as f:
+            f.write(raw[:len(raw) // 2])
+        cases["truncated gzip"] = (d, "train-images-idx3-ubyte.gz", "truncated")
+        d = write_mnist(self.path("notgz"))
+        with open(os.path.join(d, "train-labels-idx1-ubyte.gz"), "wb") as f:
+            f.write(b"hello, not gzip\n")
+        cases["not gzip"] = (d, "train-labels-idx1-ubyte.gz", "not a gzip file")
+        d = write_mnist(self.path("short"), gz=False)
+        with open(os.path.join(d, "t10k-labels-idx1-ubyte"), "wb") as f:
+            f.write(idx((4,))[:-2])
+        cases["short payload"] = (d, "t10k-labels-idx1-ubyte", "header says")
+        d = write_mnist(self.path("label"), gz=False)
+        with open(os.path.join(d, "t10k-labels-idx1-ubyte"), "wb") as f:
+            f.write(idx((4,), bytes([0, 1, 2, 200])))
+        cases["label out of range"] = (d, "t10k-labels-idx1-ubyte", "out of range")
+        return cases
+
     def describe(self, r):
         return f"\n--- exit {r.returncode}; stderr:\n{r.stderr}\n--- stdout (tail):\n{r.stdout[-800:]}"
 
@@ -383,6 +407,11 @@ class CompareTest(ToolTest):
             self.assertNotIn("--divergence", r.stdout)
         self.assertRefused(self.run_tool(COMPARE, *self.base("--engine-args", "--divergence js")),
                            "--divergence is set by compare.py")
+
+    def test_damaged_mnist_is_one_line_before_any_run(self):
+        for name, (d, file, why) in self.damaged_data().items():
+            with self.subTest(data=name), self.unchanged():
+                self.assertRefused(self.run_tool(COMPARE, *self.base("--data", d)), file, why)
 
     def test_ctrl_c_stops_the_session_saying_so(self):
         # during a run: the session stops, keeping what finished (exit 1, as for SIGTERM)
@@ -550,30 +579,6 @@ class TorchSubliminalTest(ToolTest):
         with self.subTest(case="--json is the --load-init file"), self.unchanged():
             self.assertRefused(self.run_ts("--load-init", self.path("list.st"), "--json", self.path("list.st")),
                                "--json", "--load-init")
-
-    def damaged_data(self):
-        """{name: (directory, file named in the message, defect)} — each a tiny MNIST with one bad file."""
-        cases = {}
-        d = write_mnist(self.path("truncated"))
-        p = os.path.join(d, "train-images-idx3-ubyte.gz")
-        with open(p, "rb") as f:
-            raw = f.read()
-        with open(p, "wb") as f:
-            f.write(raw[:len(raw) // 2])
-        cases["truncated gzip"] = (d, "train-images-idx3-ubyte.gz", "truncated")
-        d = write_mnist(self.path("notgz"))
-        with open(os.path.join(d, "train-labels-idx1-ubyte.gz"), "wb") as f:
-            f.write(b"hello, not gzip\n")
-        cases["not gzip"] = (d, "train-labels-idx1-ubyte.gz", "not a gzip file")
-        d = write_mnist(self.path("short"), gz=False)
-        with open(os.path.join(d, "t10k-labels-idx1-ubyte"), "wb") as f:
-            f.write(idx((4,))[:-2])
-        cases["short payload"] = (d, "t10k-labels-idx1-ubyte", "header says")
-        d = write_mnist(self.path("label"), gz=False)
-        with open(os.path.join(d, "t10k-labels-idx1-ubyte"), "wb") as f:
-            f.write(idx((4,), bytes([0, 1, 2, 200])))
-        cases["label out of range"] = (d, "t10k-labels-idx1-ubyte", "out of range")
-        return cases
 
     def test_damaged_mnist_files_are_one_line(self):
         needs("torch")
