@@ -281,12 +281,24 @@ def _json_int(text):
     return int(text)
 
 
-def parse_json(text):
+def _object_once(pairs):
+    """json's object hook refusing a name given twice in one object (json keeps the last; another
+    reader may keep the first, and so read another file)."""
+    names = set()
+    for name, _ in pairs:
+        if name in names:
+            raise UnreadableJSON(f"names {json.dumps(name)} twice")
+        names.add(name)
+    return dict(pairs)
+
+
+def parse_json(text, names_once=False):
     """json.loads for text from outside: besides json's ValueError for what is not JSON, raises
     UnreadableJSON for an integer beyond a float's range and for a document nested deeper than the
-    parser's recursion limit (json raises RecursionError there, which no caller expects)."""
+    parser's recursion limit (json raises RecursionError there, which no caller expects), and,
+    with names_once, for an object naming a member twice."""
     try:
-        return json.loads(text, parse_int=_json_int)
+        return json.loads(text, parse_int=_json_int, object_pairs_hook=_object_once if names_once else None)
     except RecursionError:
         raise UnreadableJSON("is nested too deeply to read (arrays or objects within each other "
                              "past Python's recursion limit)") from None
@@ -582,7 +594,7 @@ def read_safetensors(path):
     if 8 + n > len(raw):
         raise ValueError(f"{where}: not a safetensors file (header length {n} runs past the end of the file)")
     try:
-        header = parse_json(raw[8:8 + n].decode("utf-8"))
+        header = parse_json(raw[8:8 + n].decode("utf-8"), names_once=True)
     except UnreadableJSON as e:
         raise ValueError(f"{where}: not a safetensors file (its header {e})") from None
     except ValueError as e:  # also UnicodeDecodeError

@@ -553,6 +553,11 @@ class TorchSubliminalTest(ToolTest):
         with open(self.path("text.st"), "w") as f:
             f.write("not a safetensors file at all\n")
         bad["text.st"] = (None, "not a safetensors file")
+        entry = '{"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}'
+        twice = ('{"net.0.weight": %s, "net.0.weight": %s}' % (entry, entry)).encode()
+        with open(self.path("twice.st"), "wb") as f:  # json keeps the last, another reader the first
+            f.write(struct.pack("<Q", len(twice)) + twice + bytes(4))
+        bad["twice.st"] = (None, 'its header names "net.0.weight" twice')
         for name, (_, why) in bad.items():
             with self.subTest(file=name), self.unchanged():
                 self.assertRefused(self.run_ts("--load-init", self.path(name)), "--load-init", name, why)

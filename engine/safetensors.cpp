@@ -12,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 namespace subliminal {
 namespace {
@@ -71,12 +72,23 @@ nlohmann::json read_header(const uint8_t* bytes, size_t size, const std::string&
     defect(name, "header length " + std::to_string(header_bytes) + " runs past the end of the " +
                      std::to_string(size) + "-byte file");
   nlohmann::json header;
+  // A name given twice in the header's object: JSON parsers keep one of them (nlohmann the last,
+  // others the first), so two readers could see two different files. Refused, naming it.
+  std::set<std::string> names;
+  std::string twice;
+  const auto note_names = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    if (event == nlohmann::json::parse_event_t::key && depth == 1 &&
+        !names.insert(parsed.get<std::string>()).second && twice.empty())
+      twice = parsed.get<std::string>();
+    return true;
+  };
   try {
-    header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_bytes);
+    header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_bytes, note_names);
   } catch (const nlohmann::json::exception& e) {
     defect(name, "header is not valid JSON (" + printable(e.what()) + ")");
   }
   if (!header.is_object()) defect(name, "header is not a JSON object");
+  if (!twice.empty()) defect(name, "header names " + subliminal::quoted(twice) + " twice");
   return header;
 }
 

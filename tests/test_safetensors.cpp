@@ -146,6 +146,10 @@ TEST(Safetensors, RefusesEveryMalformedFileNamingIt) {
   // as \xNN, so the message stays one readable line.
   expect_defect(file_bytes("{\"a\xff\n", ""), "\\xff");
   expect_defect(file_bytes("[1, 2, 3]", ""), "not a JSON object");
+  // A name twice: one parser keeps the first, another the last, so two readers see two files.
+  expect_defect(
+      file_bytes("{" + f32_entry("a", "[2]", 0, 8) + "," + f32_entry("a", "[1]", 0, 4) + "}", kEightBytes),
+      "header names \"a\" twice");
   expect_defect(file_bytes("{\"a\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]}}", "1234"),
                 "unsupported dtype");
   expect_defect(file_bytes("{" + f32_entry("a", "[3]", 0, 8) + "}", kEightBytes), "bytes for 3");
