@@ -383,11 +383,16 @@ def write_json_atomically(path, obj):
 
 
 def idx_path(directory, base):
-    """The file for `base` in `directory`: raw if present, else .gz; None if neither."""
+    """The file for `base` in `directory`: raw if present, else .gz; None if neither. Something
+    else at either name (a directory, a FIFO, a link to nothing) is a ValueError naming it: not
+    "missing", and not read past to the other name (a FIFO would block the read)."""
     for name in (base, base + ".gz"):
         p = os.path.join(directory, name)
         if os.path.isfile(p):
             return p
+        if os.path.lexists(p):
+            why = "a symbolic link to nothing" if os.path.islink(p) and not os.path.exists(p) else "not a regular file"
+            raise ValueError(f"{shown(p)}: {why}")
     return None
 
 
@@ -444,7 +449,14 @@ class gzip_errors:
     """Turns what reading a damaged .gz (or any unreadable file) raises into ValueError naming `name`."""
 
     def __init__(self, name):
-        self.name = shown(name)
+        self.path, self.name = name, shown(name)
+
+    def starts_as_gzip(self):
+        try:
+            with open(self.path, "rb") as f:
+                return f.read(2) == b"\x1f\x8b"
+        except OSError:
+            return False
 
     def __enter__(self):
         return self
@@ -453,6 +465,8 @@ class gzip_errors:
         if kind is None:
             return False
         if isinstance(e, gzip.BadGzipFile):
+            if self.starts_as_gzip():  # Python reads what follows a gzip member as another member
+                raise ValueError(f"{self.name}: bytes after its gzip stream that are not gzip (a damaged file)") from None
             raise ValueError(f"{self.name}: not a gzip file (its name ends in .gz)") from None
         if isinstance(e, EOFError):
             raise ValueError(f"{self.name}: truncated (the gzip stream ends before its end marker)") from None
@@ -483,6 +497,8 @@ def parse_idx_header(path, head, size):
     """(dims, header bytes) of an IDX file of unsigned bytes (named `path` in messages) whose first
     bytes are `head` and whose length is `size`; ValueError when the header is bad or the payload is
     not the size it says."""
+    if size == 0:
+        raise ValueError(f"{shown(path)}: empty (0 bytes), not an IDX file")
     if len(head) < 4 or head[0] != 0 or head[1] != 0:
         raise ValueError(f"{shown(path)}: not an IDX file (bad magic)")
     if head[2] != 0x08:

@@ -255,6 +255,16 @@ class ToolTest(unittest.TestCase):
         with open(os.path.join(d, "t10k-labels-idx1-ubyte"), "wb") as f:
             f.write(idx((4,), bytes([0, 1, 2, 200])))
         cases["label out of range"] = (d, "t10k-labels-idx1-ubyte", "out of range")
+        d = write_mnist(self.path("empty"), gz=False)
+        open(os.path.join(d, "t10k-labels-idx1-ubyte"), "wb").close()
+        cases["empty file"] = (d, "t10k-labels-idx1-ubyte", "empty (0 bytes)")
+        d = write_mnist(self.path("trailing"))
+        with open(os.path.join(d, "train-labels-idx1-ubyte.gz"), "ab") as f:
+            f.write(b"appended, not gzip")
+        cases["bytes after the gzip stream"] = (d, "train-labels-idx1-ubyte.gz", "bytes after its gzip stream")
+        d = write_mnist(self.path("dirname"))
+        os.mkdir(os.path.join(d, "train-labels-idx1-ubyte"))  # a folder at the raw name, the .gz beside it
+        cases["a folder at a file's name"] = (d, "train-labels-idx1-ubyte", "not a regular file")
         return cases
 
     def describe(self, r):
