@@ -41,6 +41,16 @@ def is_number(v):
     return bench_io.is_finite_number(v)
 
 
+def is_accuracy(v):
+    """A number in [0, 1]: an accuracy as the reports write it (a fraction, not percent)."""
+    return is_number(v) and 0 <= v <= 1
+
+
+def is_count(v):
+    """A whole number ≥ 1 (a model count)."""
+    return is_number(v) and not isinstance(v, bool) and v >= 1 and v == int(v)
+
+
 def check_report(report):
     """Why a --json report cannot be drawn (one line), or None."""
     if not isinstance(report, dict):
@@ -52,8 +62,10 @@ def check_report(report):
         a = report[k]
         if not isinstance(a, dict) or not is_number(a.get("test_acc")):
             return f"{k}: expected an object with a numeric test_acc"
-        if not is_number(a.get("ci95", 0.0)) or a.get("ci95", 0.0) < 0 or not is_number(a.get("n", 1)):
-            return f"{k}: ci95 must be a number ≥ 0 and n a number"
+        if not is_accuracy(a["test_acc"]):
+            return f"{k}: test_acc {a['test_acc']!r} is not an accuracy (a fraction in [0, 1])"
+        if not is_number(a.get("ci95", 0.0)) or not 0 <= a.get("ci95", 0.0) <= 1 or not is_count(a.get("n", 1)):
+            return f"{k}: ci95 must be a number in [0, 1] and n a whole number ≥ 1"
     for key in ("config", "device", "seconds"):
         if not isinstance(report.get(key, {}), dict):
             return f"{key}: expected an object"
@@ -68,8 +80,8 @@ def check_sweep_row(row):
         return f"a JSON {type(row).__name__}, not an object"
     if not isinstance(row.get("arm"), str):
         return "no arm name (\"arm\")"
-    if not is_number(row.get("test_acc")) or not is_number(row.get("ci95", 0.0)) or row.get("ci95", 0.0) < 0:
-        return "test_acc must be a number and ci95 a number ≥ 0"
+    if not is_accuracy(row.get("test_acc")) or not is_number(row.get("ci95", 0.0)) or not 0 <= row.get("ci95", 0.0) <= 1:
+        return "test_acc must be an accuracy (a fraction in [0, 1]) and ci95 a number in [0, 1]"
     settings = row.get("settings")
     if not isinstance(settings, dict) or not all(isinstance(v, (str, int, float)) for v in settings.values()):
         return "settings: expected an object of plain values"
