@@ -11,6 +11,7 @@
 #include <unistd.h>    // read
 
 #include <algorithm>          // std::max_element
+#include <atomic>             // std::atomic: a file replaced from another thread
 #include <chrono>             // std::chrono::steady_clock
 #include <cmath>              // std::sqrt, std::lgamma, M_PI
 #include <cstdio>             // std::fopen, std::fputs, std::tmpfile
@@ -23,6 +24,7 @@
 #include <set>                // std::set
 #include <sstream>            // std::istringstream
 #include <string>             // std::string
+#include <thread>             // std::thread, std::this_thread::sleep_for
 #include <utility>            // std::pair
 #include <vector>             // std::vector
 
@@ -991,6 +993,31 @@ TEST(Experiment, ARunTooLargeForTheMemoryIsRefusedBeforeItStarts) {
   EXPECT_EQ(cpu_allocator_stats().fresh_allocations, fresh);
 }
 
+// With --epochs-distill 0 the students are evaluated at their inits: that evaluation is counted
+// in the evaluation's seconds like every other (it was left out: of a run doing nothing but
+// evaluate three models, a third was counted).
+TEST(Experiment, EvaluatingStudentsAtTheirInitsCountsAsEvaluation) {
+  const Config config = parse({"--hidden", "256,256", "--models", "4", "--epochs-teacher", "0",
+                               "--epochs-distill", "0", "--no-progress"});
+  const data::Mnist mnist = made_up_mnist(8, 4000);
+  Observer quiet;
+  run_experiment(config, mnist, Device::cpu, quiet);  // warm: the allocator's cache, the pool
+  const auto start = std::chrono::steady_clock::now();
+  const Results results = run_experiment(config, mnist, Device::cpu, quiet);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_GT(results.eval_seconds, 0.6 * wall) << "of " << wall << " s";
+}
+
+// --parity-batch computes one model's batch: the paper preset's 100 models are not what it needs
+// (it was refused as out of memory, sized for all of them, with no way round: --models is
+// refused beside it).
+TEST(Experiment, AParityBatchCountsOneModelsMemory) {
+  const Config paper = parse({"--preset", "paper", "--no-progress"});
+  const Config parity = parse({"--preset", "paper", "--parity-batch", "p.st", "--no-progress"});
+  EXPECT_EQ(paper.models, 100);
+  EXPECT_EQ(host_bytes_at_least(parity) * 100, host_bytes_at_least(paper));
+}
+
 // --parity-batch's distillation half: the KL and the JS at temperature 2 on the ghost logits between the init
 // and a teacher at 1.1 × the init, on the noise the file holds (bench/parity.py checks it against
 // PyTorch; this checks the constants it is told).
@@ -1352,6 +1379,50 @@ TEST(SweepResume, RowsFromAReplacedInitFileAreRefused) {
         << e.what();
   }
   EXPECT_EQ(subliminal::test::read_text(prefix + ".jsonl"), before);
+}
+
+// Each configuration reads --load-init again: a file replaced while the sweep runs stops it, and
+// no row claims the first file for a run that read the second (they used to: every row named the
+// file the sweep began with). The reference arm (the untrained init's accuracy) shows which
+// init a row's run read.
+TEST(SweepResume, AnInitFileReplacedDuringTheSweepStopsIt) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string(), init = (dir / "init.st").string(),
+                    other = (dir / "other.st").string();
+  const Config shape = parse({"--hidden", "64", "--no-progress"});
+  save_init(init, init_of(shape, {5}, 0), false, 0, "torch");
+  save_init(other, init_of(shape, {6}, 0), false, 0, "torch");
+  const std::string made_with = init_file_fingerprint(init);
+  std::atomic<bool> done{false};
+  std::thread replacer([&] {  // once the first configuration's rows are there, the file changes
+    while (!done && subliminal::test::read_text(prefix + ".jsonl").empty())
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    std::filesystem::rename(other, init);
+  });
+  std::FILE* out = std::tmpfile();
+  bool stopped = false;
+  try {
+    run_sweep(parse({"--hidden", "64", "--batch-size", "32", "--no-progress", "--epochs-teacher", "1",
+                     "--epochs-distill", "0", "--load-init", init.c_str(), "--sweep",
+                     "lr=1e-3,2e-3,3e-3,4e-3,5e-3,6e-3,7e-3,8e-3", "--sweep-out", prefix.c_str()}),
+              made_up_mnist(4000, 200), Device::cpu, out);
+  } catch (const InputError& e) {
+    stopped = true;
+    EXPECT_NE(std::string(e.what()).find(" changed while the sweep ran (\"" + made_with + "\" when it began"),
+              std::string::npos)
+        << e.what();
+  }
+  done = true;
+  replacer.join();
+  std::fclose(out);
+  EXPECT_TRUE(stopped) << "the sweep ended before the file changed: make its configurations longer";
+  std::set<double> references;
+  for (const std::string& line : lines_of(subliminal::test::read_text(prefix + ".jsonl"))) {
+    const nlohmann::json row = nlohmann::json::parse(line);
+    EXPECT_EQ(row["init_file"], made_with);
+    if (row["arm"] == "reference") references.insert(row["test_acc"].get<double>());
+  }
+  EXPECT_EQ(references.size(), 1u) << "rows from two inits";
 }
 
 // Rows carry the data they were made from: a sweep resumed on other data (here MNIST-shaped data

@@ -483,7 +483,9 @@ uint64_t host_bytes_at_least(const Config& config) {
     for (const ArmSpec& arm : student_arms(config)) arms += arm.all_logits == all_logits;
     largest_group = std::max(largest_group, arms);
   }
-  const uint64_t copy = uint64_t(config.models) * uint64_t(config.mlp_shape().parameters_per_model()) * 4;
+  // --parity-batch computes one model's batch, whatever --models a preset says (the paper's 100).
+  const int64_t models = config.parity_batch_path.empty() ? config.models : 1;
+  const uint64_t copy = uint64_t(models) * uint64_t(config.mlp_shape().parameters_per_model()) * 4;
   return copy * uint64_t(2 + 4 * largest_group);
 }
 
@@ -492,9 +494,10 @@ void check_host_memory(const Config& config, Device device) {
   if (device != Device::cpu || limit == 0 || needed <= limit) return;
   const std::string hidden = config.hidden_text();
   const std::string what = "(their parameters, gradients and Adam's moments)";
-  throw OutOfMemoryError("out of host memory: --models " + std::to_string(config.models) + " of --hidden " +
-                         hidden + " need at least " + bytes_text(needed) + " " + what + ", and " +
-                         bytes_text(limit) + " is available");
+  const std::string models = config.parity_batch_path.empty() ? "--models " + std::to_string(config.models)
+                                                              : "--parity-batch's one model";
+  throw OutOfMemoryError("out of host memory: " + models + " of --hidden " + hidden + " need at least " +
+                         bytes_text(needed) + " " + what + ", and " + bytes_text(limit) + " is available");
 }
 
 namespace {
@@ -582,9 +585,12 @@ void train_students(const std::vector<ArmSpec>& arms, const MlpParams& teacher, 
     if (group->empty()) continue;
     MlpParams* out = group == &ghost_arms ? trained_ghost : trained_all;
     if (config.epochs_distill == 0) {  // nothing to train: the students are their inits (and --save's)
-      for (const ArmSpec& a : *group)
+      for (const ArmSpec& a : *group) {
+        const auto start = Clock::now();
         results.final_acc.push_back({a.key, evaluate(a.same_init ? inits.same_init : inits.cross, data,
                                                      config.fusion, config.classes())});
+        results.eval_seconds += seconds_since(start);
+      }
       if (out != nullptr) *out = group_students(*group, inits.same_init, inits.cross);
       continue;
     }

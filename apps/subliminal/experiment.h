@@ -87,7 +87,7 @@ int64_t cross_init_partner(int64_t model, int64_t models);
 // float) in 2 + 4·g copies while a group of g arms distils — the init and the trained teacher,
 // and each arm's weights, gradients and Adam's two moments. Activations, the evaluation's
 // chunks, the data and the allocator's cache come on top: measured runs hold about twice this
-// (Experiment.HostBytesAtLeastIsWhatACpuRunSurelyHolds).
+// (Experiment.HostBytesAtLeastIsWhatACpuRunSurelyHolds). A --parity-batch run counts one model.
 uint64_t host_bytes_at_least(const Config& config);
 
 // On the CPU, with a ceiling on its allocator (engine/storage.h, set_cpu_memory_limit): a run

@@ -228,6 +228,7 @@ void write_report_then_checkpoint(const Config& config, const std::function<std:
                                   const TrainedModels& trained) {
   std::exception_ptr failed;
   std::string failures;
+  bool only_bad_input = true;  // every failure the user's (a path, a full disk): exit 2, else 1
   const auto attempt = [&](const auto& write) {
     try {
       write();
@@ -235,6 +236,8 @@ void write_report_then_checkpoint(const Config& config, const std::function<std:
     } catch (const std::exception& e) {
       if (!failed) failed = std::current_exception();
       failures += (failures.empty() ? "" : "; ") + std::string(e.what());
+      if (!dynamic_cast<const InputError*>(&e) && !dynamic_cast<const OutOfMemoryError*>(&e))
+        only_bad_input = false;
       return false;
     }
   };
@@ -247,7 +250,12 @@ void write_report_then_checkpoint(const Config& config, const std::function<std:
                                     trained.arms, config.force);
                      });
   set_interrupt_note("");  // nothing is left to lose
-  if (!report_written && !saved) throw InputError(failures);
+  // Both failed: one line naming both, exiting as the graver of the two would alone (a device
+  // fault beside a bad path is still a fault).
+  if (!report_written && !saved) {
+    if (only_bad_input) throw InputError(failures);
+    throw Error(failures);
+  }
   if (failed) std::rethrow_exception(failed);
 }
 

@@ -791,6 +791,20 @@ struct ConfigurationRows {
 };
 
 // What every row of one sweep run names besides its results.
+// Each configuration reads --load-init again: a file replaced while the sweep runs would train
+// the rest from another init under rows naming the first. Checked before and after each
+// configuration, so that a row's init_file is the file its run read.
+void refuse_a_changed_init_file(const Config& base, const MadeFrom& made_from, const std::string& id) {
+  if (base.load_init_path.empty()) return;
+  const std::string now = init_file_fingerprint(base.load_init_path);
+  if (now != made_from.init_file)
+    throw InputError(
+        "--load-init " + path_text(base.load_init_path) + " changed while the sweep ran (\"" +
+        made_from.init_file + "\" when it began, \"" + now + "\" at configuration " + id +
+        "); the configurations before it are written, the rest not: restore the file and rerun to "
+        "resume");
+}
+
 struct RowContext {
   const nlohmann::json& base_settings;
   const std::string& device;
@@ -900,9 +914,11 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
     const std::string id = config_id(grid[k]);
     const auto start = std::chrono::steady_clock::now();
     observer.configuration(id, k + 1, grid.size());
+    refuse_a_changed_init_file(base, made_from, id);
     const Results results = run_configuration(id, configs[k], mnist, device, observer);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     observer.clear();
+    refuse_a_changed_init_file(base, made_from, id);  // read again by the run: its rows must say what it read
     const ConfigurationRows rows = rows_of(grid[k], results, seconds, context);
     row_files.append(id, rows);
     std::fprintf(out, "%s\n", rows.console.c_str());  // said only once its rows are written
