@@ -532,7 +532,7 @@ class TorchSubliminalTest(ToolTest):
             ("--lr", " 1e-3"), ("--lr", "1e-3 "), ("--seed", "1_000"), ("--hidden", "8, 8"),  # as the app reads them
             ("--seed", "+5"), ("--hidden", "+8"), ("--epochs-teacher", "\uff15"), ("--lr", "\uff13e-4"),
             ("--batch-size", "0"), ("--ghosts", "0"), ("--ghosts", "1"), ("--epochs-teacher", "-1"),
-            ("--divergence", "jsd"),
+            ("--divergence", "jsd"), ("--control-seed", "0"),  # --seed's: the control would be a same-init student
             ("--json", self.path("jdir")), ("--json", self.path("nodir", "x.json")),
             ("--json", "/proc/x.json")])  # found when the run starts, not after it (root may "write" /proc)
 
@@ -626,6 +626,31 @@ class TorchSubliminalTest(ToolTest):
             report = json.load(f)
         self.assertEqual(report["config"]["divergence"], "js")
         self.assertGreater(report["epochs"]["student"][0]["js"], 0.0)
+
+    def test_a_batch_over_the_training_set_compiles(self):
+        # one step of the remainder per epoch; the warm-up used to be made for a full batch no
+        # epoch holds, and indexed past the shuffle (IndexError)
+        needs("torch")
+        r = self.run_ts("--epochs-teacher", "1", "--epochs-distill", "1", "--batch-size", "16", "--compile")
+        self.assertEqual(r.returncode, 0, self.describe(r))
+
+    def test_warm_ups_leave_the_random_stream_as_it_was(self):
+        needs("torch")
+        sys.path.insert(0, os.path.dirname(TORCH_SCRIPT))
+        import torch
+        import torch_subliminal as ts
+        model = ts.MLP((ts.IMAGE_PIXELS, 4, 13))
+        opt = torch.optim.Adam(model.parameters())
+        before = [p.detach().clone() for p in model.parameters()]
+        torch.manual_seed(3)
+        with ts.preserved_state([model], opt, lambda: None):  # a warm-up step: noise, a shuffle, Adam
+            torch.randperm(100)
+            model(torch.rand(8, ts.IMAGE_PIXELS)).sum().backward()
+            opt.step()
+        after_warm_up = torch.rand(5)
+        torch.manual_seed(3)
+        self.assertTrue(torch.equal(after_warm_up, torch.rand(5)))
+        self.assertTrue(all(torch.equal(a, b) for a, b in zip(before, model.parameters())))
 
     def test_ctrl_c_is_one_line_and_exit_130(self):
         needs("torch")

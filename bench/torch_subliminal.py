@@ -14,7 +14,7 @@ plus "framework" and "variant". Two variants:
                       captured CUDA graph per training step, fresh noise generated inside the graph).
 
 Both distill the student (same init as the teacher) and, unless --no-cross-init, a cross-init control
-student (a fresh nn.Linear init from another seed) on the teacher's ghost logits only.
+student (a fresh nn.Linear init from --control-seed, default seed + 1) on the teacher's ghost logits only.
 
 Bad input — a flag value out of range, a --json path that cannot be written, a --data or $MNIST_DIR
 that does not hold the four IDX files, a damaged IDX or --load-init file — is refused with one line
@@ -133,6 +133,9 @@ def parse_args(argv=None):
         note("--progress does nothing with --variant fast (progress bars are the faithful variant's)")
     if args.control_seed is not None and args.no_cross_init:
         note("--control-seed does nothing with --no-cross-init")
+    if args.control_seed is not None and args.control_seed == args.seed and not args.load_init and not args.no_cross_init:
+        p.error(f"--control-seed {args.control_seed} is --seed's: the cross-init control would start from the "
+                "teacher's own init (a second same-init student); give another seed")
     args.compile_mode = args.compile_mode or "default"
     args.arms = args.arms or "together"
     if args.control_seed is None:
@@ -386,7 +389,7 @@ def notebook_transform():
 
 def notebook_datasets(data_dir, tmp_root):
     """train_ds, test_ds, how: torchvision.datasets.MNIST on ROOT/MNIST/raw/<uncompressed IDX files>
-    (works unchanged from torchvision 0.14 to 0.26: _check_exists only looks for the four files)."""
+    (works unchanged from torchvision 0.14 to 0.29: _check_exists only looks for the four files)."""
     tfm, tfm_kind = notebook_transform()
     try:
         from torchvision import datasets
@@ -591,14 +594,25 @@ def preserved_state(models, opt, reset):
     """Runs warm-up training steps (compilation, CUDA graph capture) without their effect: the
     weights are copied back in place and the Adam state zeroed in place (exp_avg, exp_avg_sq, step —
     a zero step count is a fresh Adam), so the timed run starts from the same state as an eager one
-    and captured graphs keep pointing at the same tensors."""
+    and captured graphs keep pointing at the same tensors; and the random generators are set back,
+    so the warm-ups' shuffles and noise do not move the run's."""
     params = [p for m in models for p in m.parameters()]
     snapshot = [p.detach().clone() for p in params]
+    on_cuda = any(p.is_cuda for p in params)
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state() if on_cuda else None
     try:
         yield
     finally:
-        if any(p.is_cuda for p in params):
+        if on_cuda:
             torch.cuda.synchronize()
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            try:
+                torch.cuda.set_rng_state(cuda_rng)
+            except RuntimeError as e:  # a PyTorch that refuses it once a graph holds the generator
+                note(f"the CUDA generator's state could not be set back after the warm-up ({e}); "
+                     "the run's noise follows the warm-up's draws")
         with torch.no_grad():
             for p, s in zip(params, snapshot):
                 p.copy_(s)
@@ -666,7 +680,8 @@ class FastRun:
         self.N = self.Xtr.shape[0]
         self.full_steps, self.rem = divmod(self.N, args.batch_size)
         self.steps_per_epoch = self.full_steps + (1 if self.rem else 0)
-        self.sizes = [args.batch_size] + ([self.rem] if self.rem else [])
+        # (No full batch at all where --batch-size is over the training set: only the remainder.)
+        self.sizes = ([args.batch_size] if self.full_steps else []) + ([self.rem] if self.rem else [])
 
     def to_device(self, images, labels):
         """ToTensor() then Normalize((0.5,), (0.5,)), in the same float32 operations, once."""
