@@ -1425,6 +1425,28 @@ TEST(SweepResume, AnInitFileReplacedDuringTheSweepStopsIt) {
   EXPECT_EQ(references.size(), 1u) << "rows from two inits";
 }
 
+// At --epochs-distill 0 the distillation's settings change nothing: a grid crossing
+// epochs-distill=0,1 with temperature=1,2 runs the 0-epoch experiment once (it ran it twice) and
+// writes its results under both configurations, saying so.
+TEST(Sweep, ConfigurationsThatDifferOnlyInWhatDoesNotDistilRunOnce) {
+  subliminal::test::TempDir dir;
+  const std::string prefix = (dir / "rows").string();
+  std::FILE* out = std::tmpfile();
+  run_sweep(small_run({"--epochs-teacher", "1", "--sweep", "epochs-distill=0,1", "--sweep", "temperature=1,2",
+                       "--sweep-out", prefix.c_str()}),
+            made_up_mnist(8, 200), Device::cpu, out);
+  const std::string printed = read_and_close(out);
+  EXPECT_NE(printed.find("(the run of epochs-distill=0;temperature=1: nothing distils)"), std::string::npos)
+      << printed;
+  std::map<std::string, nlohmann::json> per_model;  // config → its student row's per-model accuracies
+  for (const std::string& line : lines_of(subliminal::test::read_text(prefix + ".jsonl"))) {
+    const nlohmann::json row = nlohmann::json::parse(line);
+    if (row["arm"] == "student") per_model[row["config"].get<std::string>()] = row["per_model"];
+  }
+  ASSERT_EQ(per_model.size(), 4u);
+  EXPECT_EQ(per_model["epochs-distill=0;temperature=2"], per_model["epochs-distill=0;temperature=1"]);
+}
+
 // Rows carry the data they were made from: a sweep resumed on other data (here MNIST-shaped data
 // drawn from another seed; in life another copy, or Fashion-MNIST in the same format) is refused,
 // naming both, where it used to mix the two without a word.

@@ -791,6 +791,22 @@ struct ConfigurationRows {
 };
 
 // What every row of one sweep run names besides its results.
+// The settings a configuration's run actually uses, as text: with --epochs-distill 0 no student
+// is distilled, so the distillation's own settings change nothing, and configurations that
+// differ only in them are one run (a grid of epochs-distill=0,5 × temperature=1,2,4 holds three
+// such at 0 epochs: it runs one, and writes its results under each).
+std::string run_key(Config config) {
+  if (config.epochs_distill == 0) {
+    const Config defaults;
+    config.temperature = defaults.temperature;
+    config.divergence = defaults.divergence;
+    config.weight_decay = defaults.weight_decay;
+    config.noise = defaults.noise;
+    config.noise_set = defaults.noise_set;
+  }
+  return settings_key(config);
+}
+
 // Each configuration reads --load-init again: a file replaced while the sweep runs would train
 // the rest from another init under rows naming the first. Checked before and after each
 // configuration, so that a row's init_file is the file its run read.
@@ -909,9 +925,20 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
 
   const RowContext context{base_settings, this_device, made_from, this_threads, columns};
   SweepObserver observer(base.progress, stderr);
+  std::map<std::string, std::pair<std::string, Results>>
+      ran;  // run_key → the first id that ran it, its results
   for (size_t k = 0; k < grid.size(); ++k) {
     if (resume.finished[k]) continue;
     const std::string id = config_id(grid[k]);
+    const auto same_run = ran.find(run_key(configs[k]));
+    if (same_run != ran.end()) {  // not run again: the same run's results, under this configuration's name
+      const ConfigurationRows rows = rows_of(grid[k], same_run->second.second, 0.0, context);
+      row_files.append(id, rows);
+      std::fprintf(out, "%s (the run of %s: nothing distils)\n", rows.console.c_str(),
+                   same_run->second.first.c_str());
+      std::fflush(out);
+      continue;
+    }
     const auto start = std::chrono::steady_clock::now();
     observer.configuration(id, k + 1, grid.size());
     refuse_a_changed_init_file(base, made_from, id);
@@ -923,6 +950,7 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
     row_files.append(id, rows);
     std::fprintf(out, "%s\n", rows.console.c_str());  // said only once its rows are written
     std::fflush(out);
+    if (configs[k].epochs_distill == 0) ran.emplace(run_key(configs[k]), std::make_pair(id, results));
   }
   return 0;
 }
