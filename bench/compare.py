@@ -21,7 +21,8 @@ This script needs no torch itself; the torch runs use --python (default: this py
 else the first of python3, /usr/bin/python3 that does).
 
 Bad flags and paths (a negative count, an --outdir that is a file, a --json that cannot be written,
-a --data or set $MNIST_DIR without the MNIST files or with a damaged one, a missing engine) are refused with one line on
+a --data or set $MNIST_DIR without the MNIST files or with a damaged one, a missing engine, an
+--engine-args flag the engine does not know) are refused with one line on
 stderr and exit status 2 before anything
 runs; --outdir (default: a new temp directory) is made only
 when runs start. A run that fails, times out or leaves a report without the table's numbers is a
@@ -504,6 +505,20 @@ def engine_build_of(engine):
     return None
 
 
+def refuse_engine_args_the_engine_refuses(engine, engine_argv):
+    """--engine-args the engine would refuse (an unknown flag, a bad value), found before any run:
+    the engine reads its flags before it answers --version, so one short call says."""
+    if not engine_argv:
+        return
+    try:
+        r = subprocess.run([engine, *engine_argv, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return  # said when the runs start
+    if r.returncode == 2:
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        die(f"--engine-args: the engine refuses them: {lines[-1].strip() if lines else '(exit 2)'}")
+
+
 def plan_specs(args, devices, threads, data_dir, engine, py, torch_version, torch_cuda, no_torch):
     """Every row of the table, as the command it runs and how many times."""
     wanted, engine_args = args.wanted, args.engine_argv
@@ -641,6 +656,8 @@ def main():
     if "engine" in args.wanted and not engine_ok:
         die(f"no engine executable at {shown(engine)} (build it: cmake --build build; or pass --engine PATH, "
             "or leave it out with --variants)")
+    if "engine" in args.wanted and engine_ok:
+        refuse_engine_args_the_engine_refuses(engine, args.engine_argv)
     py, torch_version, torch_cuda, no_torch = find_torch(args, [v for v in args.wanted if v != "engine"])
     gpus = nvidia_gpus()
     devices = devices_to_run(args, gpus, torch_cuda)

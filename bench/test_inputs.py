@@ -418,6 +418,15 @@ class CompareTest(ToolTest):
         self.assertRefused(self.run_tool(COMPARE, *self.base("--engine-args", "--divergence js")),
                            "--divergence is set by compare.py")
 
+    def test_engine_args_the_engine_refuses_are_one_line_before_any_run(self):
+        # the engine reads its flags before answering --version: an unknown one is found at once,
+        # not by every run failing on it
+        self.fake_engine = self.engine('case "$*" in *--bogus*) echo \'subliminal: error: unknown flag "--bogus"\' >&2; '
+                                       'exit 2;; esac\nexit 1\n')
+        with self.unchanged():
+            self.assertRefused(self.run_tool(COMPARE, *self.base("--engine-args", "--bogus")),
+                               "--engine-args: the engine refuses them", 'unknown flag "--bogus"')
+
     def test_damaged_mnist_is_one_line_before_any_run(self):
         for name, (d, file, why) in self.damaged_data().items():
             with self.subTest(data=name), self.unchanged():
