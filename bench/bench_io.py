@@ -537,16 +537,25 @@ def idx_dims(path, name=None):
     return parse_idx_header(name, head, size)[0]
 
 
-def check_mnist_split(split, images_path, image_dims, labels_path, labels):
-    """ValueError when a split's images are not N×28×28, its labels not N digits 0..9."""
+def check_mnist_split(split, images_path, image_dims, labels_path, label_dims, labels):
+    """ValueError when a split's images are not N×28×28, its labels not N digits 0..9. `labels`:
+    the label bytes (a numpy array or a memoryview: no numpy needed)."""
     if len(image_dims) != 3 or tuple(image_dims[1:]) != (28, 28):
         raise ValueError(f"{shown(images_path)}: MNIST {split} images must be N×28×28, the file holds {tuple(image_dims)}")
-    if labels.ndim != 1 or labels.shape[0] != image_dims[0]:
-        raise ValueError(f"{shown(labels_path)}: holds labels of shape {tuple(labels.shape)} for "
+    if len(label_dims) != 1 or label_dims[0] != image_dims[0]:
+        raise ValueError(f"{shown(labels_path)}: holds labels of shape {tuple(label_dims)} for "
                          f"{image_dims[0]} {split} images; the counts must match")
-    if labels.size and int(labels.max()) >= N_CLASSES:
-        i = int((labels >= N_CLASSES).argmax())
+    if len(labels) and max(labels) >= N_CLASSES:
+        i = next(k for k, v in enumerate(labels) if v >= N_CLASSES)
         raise ValueError(f"{shown(labels_path)}: label {int(labels[i])} at index {i} is out of range 0..9")
+
+
+def mnist_split_files(directory, split):
+    """(images, labels) paths of a split; ValueError when either is missing."""
+    ip, lp = idx_path(directory, MNIST_FILES[split + "_images"]), idx_path(directory, MNIST_FILES[split + "_labels"])
+    if not ip or not lp:
+        raise ValueError(f"{shown(directory)}: missing the MNIST {split} files")
+    return ip, lp
 
 
 def load_mnist_arrays(directory):
@@ -554,12 +563,10 @@ def load_mnist_arrays(directory):
     naming the file and what is wrong with it. Labels are read first: they are small."""
     out = {}
     for split in ("train", "test"):
-        ip, lp = idx_path(directory, MNIST_FILES[split + "_images"]), idx_path(directory, MNIST_FILES[split + "_labels"])
-        if not ip or not lp:
-            raise ValueError(f"{shown(directory)}: missing the MNIST {split} files")
+        ip, lp = mnist_split_files(directory, split)
         labels = read_idx(lp)
         images = read_idx(ip)
-        check_mnist_split(split, ip, images.shape, lp, labels)
+        check_mnist_split(split, ip, images.shape, lp, labels.shape, labels)
         out[split + "_images"], out[split + "_labels"] = images, labels
     return out
 
@@ -568,22 +575,12 @@ def check_mnist_files(directory):
     """load_mnist_arrays' checks without numpy (for compare.py, which reads no images itself but
     should refuse damaged data before its runs fail on it one by one): ValueError naming the file."""
     for split in ("train", "test"):
-        ip, lp = idx_path(directory, MNIST_FILES[split + "_images"]), idx_path(directory, MNIST_FILES[split + "_labels"])
-        if not ip or not lp:
-            raise ValueError(f"{shown(directory)}: missing the MNIST {split} files")
+        ip, lp = mnist_split_files(directory, split)
         raw_labels = read_file_bytes(lp)
         label_dims, label_header = parse_idx_header(lp, raw_labels[:4 + 4 * 255], len(raw_labels))
         raw_images = read_file_bytes(ip)
         image_dims, _ = parse_idx_header(ip, raw_images[:4 + 4 * 255], len(raw_images))
-        labels = memoryview(raw_labels)[label_header:]
-        if len(image_dims) != 3 or tuple(image_dims[1:]) != (28, 28):
-            raise ValueError(f"{shown(ip)}: MNIST {split} images must be N×28×28, the file holds {tuple(image_dims)}")
-        if len(label_dims) != 1 or label_dims[0] != image_dims[0]:
-            raise ValueError(f"{shown(lp)}: holds labels of shape {tuple(label_dims)} for {image_dims[0]} {split} "
-                             "images; the counts must match")
-        if len(labels) and max(labels) >= N_CLASSES:
-            i = next(k for k, v in enumerate(labels) if v >= N_CLASSES)
-            raise ValueError(f"{shown(lp)}: label {labels[i]} at index {i} is out of range 0..9")
+        check_mnist_split(split, ip, image_dims, lp, label_dims, memoryview(raw_labels)[label_header:])
 
 
 # ---------------------------------------------------------------------------------------------- safetensors

@@ -412,9 +412,10 @@ def notebook_datasets(data_dir, tmp_root):
         # inside it): the headers and sizes here, the labels in full (they are small)
         for split in ("train", "test"):
             images = os.path.join(raw, MNIST_FILES[split + "_images"])
+            labels = bench_io.read_idx(sources[split + "_labels"])
             bench_io.check_mnist_split(split, sources[split + "_images"],
                                        bench_io.idx_dims(images, sources[split + "_images"]),
-                                       sources[split + "_labels"], bench_io.read_idx(sources[split + "_labels"]))
+                                       sources[split + "_labels"], labels.shape, labels)
     except ValueError as e:
         die(str(e))
     with warnings.catch_warnings():

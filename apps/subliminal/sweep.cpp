@@ -925,8 +925,8 @@ int run_sweep(const Config& base, const data::Mnist& mnist, Device device, std::
 
   const RowContext context{base_settings, this_device, made_from, this_threads, columns};
   SweepObserver observer(base.progress, stderr);
-  std::map<std::string, std::pair<std::string, Results>>
-      ran;  // run_key → the first id that ran it, its results
+  // The 0-epoch runs made so far: run_key → the configuration that ran it, and its results.
+  std::map<std::string, std::pair<std::string, Results>> ran;
   for (size_t k = 0; k < grid.size(); ++k) {
     if (resume.finished[k]) continue;
     const std::string id = config_id(grid[k]);
