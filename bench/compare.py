@@ -506,8 +506,9 @@ def engine_build_of(engine):
 
 
 def refuse_engine_args_the_engine_refuses(engine, engine_argv):
-    """--engine-args the engine would refuse (an unknown flag, a bad value), found before any run:
-    the engine reads its flags before it answers --version, so one short call says."""
+    """--engine-args the engine would refuse as a command line (an unknown flag, a value flag
+    without its value), found before any run: the engine parses its flags before it answers
+    --version, so one short call says. (A bad value is checked after that, by each run.)"""
     if not engine_argv:
         return
     try:
