@@ -254,16 +254,16 @@ def same_file(a, b):
     return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
 
 
-def data_file_named(path, data_dir):
-    """The MNIST file of data_dir that `path` names (after links), or None: an output written there
-    would overwrite the data every later run reads."""
+def json_over_data(path, data_dir, readers="the run reads"):
+    """Why --json `path` may not be written, when it names (after links) one of data_dir's MNIST
+    files — a report there would overwrite the data every later run reads; else None."""
     if not path or not data_dir:
         return None
     for base in MNIST_FILES.values():
         for name in (base, base + ".gz"):
             f = os.path.join(data_dir, name)
             if os.path.exists(f) and same_file(path, f):
-                return f
+                return f"--json {shown(path)} is {shown(f)}, a file {readers}: the report would overwrite it"
     return None
 
 

@@ -628,9 +628,9 @@ def run_round_robin(specs, outdir, timeout, report):
 def refuse_json_over_inputs_or_runs(args, data_dir, specs):
     """--json naming an MNIST file the runs read, or a run's own report or log in --outdir (the
     table, written after each run, would replace it): refused before anything runs."""
-    data_file = bench_io.data_file_named(args.json, data_dir)
-    if data_file:
-        die(f"--json {shown(args.json)} is {shown(data_file)}, a file the runs read: the table would overwrite it")
+    why = bench_io.json_over_data(args.json, data_dir, "the runs read")
+    if why:
+        die(why)
     if not args.json or not args.outdir:
         return
     outdir = os.path.abspath(args.outdir)

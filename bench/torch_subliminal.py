@@ -150,9 +150,9 @@ def check_inputs(args):
         args.data_dir = bench_io.locate_mnist(args.data, REPO)
     except ValueError as e:
         die(str(e))
-    data_file = bench_io.data_file_named(args.json, args.data_dir)
-    if data_file:
-        die(f"--json {shown(args.json)} is {shown(data_file)}, a file the run reads: the report would overwrite it")
+    why = bench_io.json_over_data(args.json, args.data_dir)
+    if why:
+        die(why)
     args.init_tensors = None
     if args.load_init:
         if not os.path.isfile(args.load_init):
