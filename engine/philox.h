@@ -44,13 +44,21 @@ inline Block block(uint64_t seed, uint64_t stream, uint64_t block) {
 }
 
 // words[4·i + j] = word j of block first_block + i, for i < blocks: a run of positions
-// 4·first_block ..., the same words as calling block() once per block. On CPUs with AVX-512
-// it computes 16 blocks per pass, one block per 32-bit vector lane (engine/philox.cpp), which
-// makes the distillation's noise about ten times cheaper than the scalar loop.
+// 4·first_block ..., the same words as calling block() once per block. It takes the fastest
+// FillPath this CPU has: with AVX-512 it computes 16 blocks per pass, with AVX2 8, one block
+// per 32-bit vector lane (engine/philox.cpp); the distillation's noise costs about a tenth of
+// the scalar loop's time with AVX-512.
 void fill_words(uint64_t seed, uint64_t stream, uint64_t first_block, int64_t blocks, uint32_t* words);
 
-// Whether fill_words takes the AVX-512 path on this CPU (the tests say which one they checked).
-bool fill_words_is_vectorised();
+// The ways fill_words can compute its words. Each gives the same words; the tests check every
+// one the CPU has.
+enum class FillPath { avx512, avx2, scalar };
+bool cpu_has(FillPath path);
+FillPath fastest_fill_path();  // the one fill_words takes
+const char* fill_path_name(FillPath path);
+// fill_words by `path`; throws Error when the CPU does not have it.
+void fill_words_by(FillPath path, uint64_t seed, uint64_t stream, uint64_t first_block, int64_t blocks,
+                   uint32_t* words);
 
 // A 32-bit word → float in [0, 1) from its top 24 bits: every value is exact in float32, so
 // 2u − 1 ∈ [−1, 1) is exact too and CPU and GPU agree bit for bit.

@@ -7,9 +7,11 @@
 #include <iostream>   // std::cout
 #include <numbers>    // std::numbers::pi
 #include <numeric>    // std::iota
+#include <string>     // std::string
 #include <vector>     // std::vector
 
-#include "engine/philox.h"    // philox::block, philox::fill_words
+#include "engine/error.h"     // Error
+#include "engine/philox.h"    // philox::block, philox::fill_words_by, philox::cpu_has
 #include "engine/random.h"    // fill_uniform, uniform_in, fill_normal, random_permutation, stream_id
 #include "tests/test_util.h"  // values_of
 
@@ -51,34 +53,54 @@ TEST(Philox, MatchesRandom123KnownAnswers) {
   }
 }
 
-// fill_words (16 blocks per pass with AVX-512) gives block()'s words, block after block: at
-// every run length around the 16-block groups, at block indices whose low word wraps inside
-// a group, and with the known answer in lane 0 of a group.
+// fill_words gives block()'s words, block after block, by every path this CPU has (AVX-512's
+// 16 blocks per pass, AVX2's 8, the scalar loop): at every run length around the 8- and
+// 16-block groups, at block indices whose low word wraps inside a group, and with the known
+// answer in lane 0 of a group.
 TEST(Philox, FillWordsMatchesBlockByBlock) {
-  if (!philox::fill_words_is_vectorised())
-    std::cout << "[ NOTE     ] no AVX-512 here: this checks the scalar fill only\n";
-  const uint64_t firsts[] = {0, 5, 0xFFFFFFF0ull, 0xFFFFFFF7ull, 0x1FFFFFFFFull - 20, ~uint64_t(0) - 40};
+  const uint64_t firsts[] = {0,
+                             5,
+                             0xFFFFFFF0ull,
+                             0xFFFFFFF1ull,
+                             0xFFFFFFF7ull,
+                             0xFFFFFFF8ull,
+                             0xFFFFFFF9ull,
+                             0x1FFFFFFFFull - 20,
+                             ~uint64_t(0) - 40};
   const uint64_t seeds[] = {0, 0x299f31d0a4093822ull, 7};
   std::vector<uint32_t> words;
-  for (uint64_t seed : seeds)
-    for (uint64_t first : firsts)
-      for (int64_t blocks : {0, 1, 15, 16, 17, 31, 32, 33, 40}) {
-        const uint64_t stream = seed * 31 + first;
-        words.assign(size_t(4 * blocks) + 1, 0xDEADBEEFu);  // one poisoned word past the end
-        philox::fill_words(seed, stream, first, blocks, words.data());
-        for (int64_t i = 0; i < blocks; ++i) {
-          const philox::Block expected = philox::block(seed, stream, first + uint64_t(i));
-          for (int j = 0; j < 4; ++j)
-            ASSERT_EQ(words[size_t(4 * i + j)], expected[size_t(j)])
-                << "seed " << seed << " first block " << first << " of " << blocks << ": block " << i
-                << " word " << j;
+  for (const philox::FillPath path :
+       {philox::FillPath::avx512, philox::FillPath::avx2, philox::FillPath::scalar}) {
+    const std::string name = philox::fill_path_name(path);
+    if (!philox::cpu_has(path)) {
+      std::cout << "[ NOTE     ] no " << name << " on this CPU: its fill is not checked here\n";
+      EXPECT_THROW(philox::fill_words_by(path, 0, 0, 0, 16, words.data()), Error) << name;
+      continue;
+    }
+    for (uint64_t seed : seeds)
+      for (uint64_t first : firsts)
+        for (int64_t blocks : {0, 1, 7, 8, 9, 15, 16, 17, 23, 31, 32, 33, 40}) {
+          const uint64_t stream = seed * 31 + first;
+          words.assign(size_t(4 * blocks) + 1, 0xDEADBEEFu);  // one poisoned word past the end
+          philox::fill_words_by(path, seed, stream, first, blocks, words.data());
+          for (int64_t i = 0; i < blocks; ++i) {
+            const philox::Block expected = philox::block(seed, stream, first + uint64_t(i));
+            for (int j = 0; j < 4; ++j)
+              ASSERT_EQ(words[size_t(4 * i + j)], expected[size_t(j)])
+                  << name << ", seed " << seed << " first block " << first << " of " << blocks << ": block "
+                  << i << " word " << j;
+          }
+          EXPECT_EQ(words.back(), 0xDEADBEEFu) << name << " wrote past " << blocks << " blocks";
         }
-        EXPECT_EQ(words.back(), 0xDEADBEEFu) << "wrote past " << blocks << " blocks";
-      }
-  std::vector<uint32_t> group(64);
-  philox::fill_words(0, 0, 0, 16, group.data());
-  EXPECT_EQ(group[0], kKats[0].expected[0]);
-  EXPECT_EQ(group[3], kKats[0].expected[3]);
+    std::vector<uint32_t> group(64);
+    philox::fill_words_by(path, 0, 0, 0, 16, group.data());
+    EXPECT_EQ(group[0], kKats[0].expected[0]) << name;
+    EXPECT_EQ(group[3], kKats[0].expected[3]) << name;
+  }
+  EXPECT_TRUE(philox::cpu_has(philox::FillPath::scalar));
+  EXPECT_TRUE(philox::cpu_has(philox::fastest_fill_path()));
+  std::cout << "[ NOTE     ] fill_words takes the " << philox::fill_path_name(philox::fastest_fill_path())
+            << " path here\n";
 }
 
 // Position p of a stream is word p % 4 of block p / 4.
