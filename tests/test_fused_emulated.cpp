@@ -124,7 +124,7 @@ TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
 
   const Reference ref = reference_step(trained, frozen, x, labels, st);
   const std::vector<unsigned> block_counts =
-      simt::race_check_only() ? std::vector<unsigned>{st.grid} : std::vector<unsigned>{1u, st.grid};
+      simt::sanitizer_run() ? std::vector<unsigned>{st.grid} : std::vector<unsigned>{1u, st.grid};
   for (unsigned blocks : block_counts) {
     const std::string what = std::string(st.distill ? "distillation" : "cross-entropy") + " step, " +
                              std::to_string(st.sizes.size() - 1) + " layers, " + std::to_string(blocks) +
@@ -138,8 +138,7 @@ TEST_P(FusedEmulated, MatchesFloat64AndRepeatsBitForBit) {
           << what << ": " << got.parallel_fixups << " GEMMs finish their split tiles in bands";
     }
     expect_matches_reference(what, got, ref, st.sizes);
-    if (!simt::race_check_only())
-      expect_same_bits(what, run_step(st, trained, frozen, x, labels, blocks), got);
+    if (!simt::sanitizer_run()) expect_same_bits(what, run_step(st, trained, frozen, x, labels, blocks), got);
   }
 }
 
@@ -217,7 +216,7 @@ void check_tail(const Step& st, const std::vector<unsigned>& block_counts, int64
     EXPECT_GT(moved_in(w0_end, moved.size()), 0) << what << ": Adam did not move the parameters after W0";
     expect_tail_bookkeeping(what, initial, state, out.loss, nan_model);
 
-    if (!simt::race_check_only()) {
+    if (!simt::sanitizer_run()) {
       Arena again = fresh;
       TailState again_state = initial;
       run_tail_step(st, trained, frozen, x, labels, blocks, again, again_state);

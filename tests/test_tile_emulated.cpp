@@ -159,6 +159,7 @@ class TileEmulated : public ::testing::Test {
     std::vector<Outputs> runs;
     for (const auto& [blocks, how, parallel] : std::vector<std::tuple<unsigned, int, bool>>{
              {1, 0, false}, {3, 1, false}, {2, 2, false}, {0, 2, true}}) {
+      if (blocks == 1 && simt::sanitizer_run()) continue;  // the sanitizers watch the runs on several
       Outputs out;
       out.c = k.accumulate ? initial_c : std::vector<float>(initial_c.size(), kNaN);
       out.column_sums.assign(size_t(k.models * k.N), kNaN);

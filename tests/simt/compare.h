@@ -11,11 +11,13 @@
 
 namespace simt {
 
-// True when SIMT_RACE_CHECK_ONLY=1, as scripts/sanitize.sh sets it for its ThreadSanitizer run:
-// a step's race check needs one run on several blocks. The one-block runs and the repeats that
-// compare bits are the normal suite's job, and under TSan on 2 cores each costs a minute.
-inline bool race_check_only() {
-  const char* v = std::getenv("SIMT_RACE_CHECK_ONLY");
+// True when SIMT_SANITIZER_RUN=1, as scripts/sanitize.sh sets it for its AddressSanitizer and
+// ThreadSanitizer runs: a step's memory and race checks need one run on several blocks. A
+// one-block run touches the same memory as a run on several (each block's grid-stride loop
+// covers the same items), and a repeat touches it again: comparing their bits is the normal
+// suite's job, and under the sanitizers on 2 cores each costs tens of seconds.
+inline bool sanitizer_run() {
+  const char* v = std::getenv("SIMT_SANITIZER_RUN");
   return v != nullptr && std::string(v) == "1";
 }
 
