@@ -98,12 +98,15 @@ __attribute__((target("avx2"))) inline void multiply_hi_lo(__m256i c, __m256i m,
   const __m256i even = _mm256_mul_epu32(c, m);                        // c[2k]·m in 64-bit lane k
   const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(c, 32), m);  // c[2k+1]·m in 64-bit lane k
   constexpr int kOddLanes = 0xAA;
+  // Low words: even products' low halves sit in place; odd products' move up one lane.
   lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), kOddLanes);
+  // High words: even products' high halves move down one lane; odd products' sit in place.
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, kOddLanes);
 }
 
 // Blocks first .. first + 7 into words[0 .. 31], as sixteen_blocks for 8 lanes (AVX2 has no
 // three-way XOR, and its shuffles stay within 128-bit halves until the last step).
+// 8 lanes, one block each: c_i (u32 × 8) holds counter word i of the 8 blocks.
 __attribute__((target("avx2"))) void eight_blocks(uint64_t seed, uint64_t stream, uint64_t first,
                                                   uint32_t* words) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);

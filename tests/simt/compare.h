@@ -13,9 +13,11 @@ namespace simt {
 
 // True when SIMT_SANITIZER_RUN=1, as scripts/sanitize.sh sets it for its AddressSanitizer and
 // ThreadSanitizer runs: a step's memory and race checks need one run on several blocks. A
-// one-block run touches the same memory as a run on several (each block's grid-stride loop
-// covers the same items), and a repeat touches it again: comparing their bits is the normal
-// suite's job, and under the sanitizers on 2 cores each costs tens of seconds.
+// repeat touches the same memory again, and a one-block run a part of it (a tile GEMM plans
+// the same items for any block count; a fused step on one block splits no K, so it writes no
+// partial tiles); comparing their bits is the normal suite's job, and under the sanitizers on
+// 2 cores each costs tens of seconds. (The unsplit paths keep their sanitizer runs: the tile
+// cases without split-K, and FusedTail's runs, one of them on one block.)
 inline bool sanitizer_run() {
   const char* v = std::getenv("SIMT_SANITIZER_RUN");
   return v != nullptr && std::string(v) == "1";
